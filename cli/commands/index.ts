@@ -1,0 +1,11 @@
+import type { Command } from "commander";
+import type { GetContext } from "../program.ts";
+import { register as registerHelp } from "./help/exit-codes.ts";
+
+/**
+ * The command tree. Each command lives in commands/<noun>/<verb>.ts and exports
+ * `register(parent, getContext)`; noun groups are created here.
+ */
+export function registerCommands(program: Command, getContext: GetContext): void {
+  registerHelp(program, getContext);
+}

@@ -1,0 +1,123 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { configError } from "./errors.ts";
+
+/**
+ * User configuration: $XDG_CONFIG_HOME/apes/config.toml. Every key is optional; unknown keys are an
+ * error (a typo should not silently fall back to a default). Environment variables win over the file.
+ *
+ *   idp = "https://id.example.com"       # skip DNS discovery
+ *   [dns]
+ *   servers = ["127.0.0.1:5353"]          # resolvers for _ddisa lookups (default: the system's)
+ *   doh_url = "https://dns.example/resolve"  # DNS-over-HTTPS JSON fallback
+ *   allow_loopback_http = false           # accept http://127.0.0.1 IdPs (single-machine setups)
+ *   timeout = "5s"
+ */
+export interface UserConfig {
+  idp?: string;
+  dns: {
+    servers?: string[];
+    dohUrl?: string;
+    allowLoopbackHttp: boolean;
+    timeoutMs: number;
+  };
+  /** Where the file was read from, if it existed. */
+  source?: string;
+}
+
+export const DEFAULT_DNS_TIMEOUT_MS = 5000;
+
+export function defaultConfig(): UserConfig {
+  return { dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS } };
+}
+
+export async function loadUserConfig(
+  configDir: string,
+  env: Readonly<Record<string, string | undefined>>,
+): Promise<UserConfig> {
+  const file = join(configDir, "config.toml");
+  let text: string | undefined;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
+      throw configError(`cannot read ${file}: ${(e as Error).message}`);
+    }
+  }
+  const config = text === undefined ? defaultConfig() : await parseUserConfig(text, file);
+  return applyEnv(config, env);
+}
+
+export async function parseUserConfig(text: string, file: string): Promise<UserConfig> {
+  const { parse } = await import("smol-toml");
+  let doc: Record<string, unknown>;
+  try {
+    doc = parse(text) as Record<string, unknown>;
+  } catch (e) {
+    throw configError(`${file}: ${(e as Error).message}`, "fix the TOML syntax, or remove the file to use defaults");
+  }
+  const config = defaultConfig();
+  config.source = file;
+  const bad = (key: string, what: string) => configError(`${file}: "${key}" must be ${what}`);
+  for (const [key, value] of Object.entries(doc)) {
+    switch (key) {
+      case "idp":
+        if (typeof value !== "string" || !/^https?:\/\//.test(value)) throw bad("idp", "an http(s) URL");
+        config.idp = value;
+        break;
+      case "dns": {
+        if (!value || typeof value !== "object" || Array.isArray(value)) throw bad("dns", "a table");
+        for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+          if (k === "servers") {
+            if (!Array.isArray(v) || !v.every((s) => typeof s === "string" && s.length > 0)) {
+              throw bad("dns.servers", "an array of host[:port] strings");
+            }
+            config.dns.servers = v as string[];
+          } else if (k === "doh_url") {
+            if (typeof v !== "string" || !/^https?:\/\//.test(v)) throw bad("dns.doh_url", "an http(s) URL");
+            config.dns.dohUrl = v;
+          } else if (k === "allow_loopback_http") {
+            if (typeof v !== "boolean") throw bad("dns.allow_loopback_http", "true or false");
+            config.dns.allowLoopbackHttp = v;
+          } else if (k === "timeout") {
+            const ms = typeof v === "string" ? parseDuration(v) : undefined;
+            if (ms === undefined) throw bad("dns.timeout", 'a duration such as "5s"');
+            config.dns.timeoutMs = ms;
+          } else {
+            throw configError(`${file}: unknown key "dns.${k}"`);
+          }
+        }
+        break;
+      }
+      default:
+        throw configError(`${file}: unknown key "${key}"`, "see `apes --help` and README.md for the keys");
+    }
+  }
+  return config;
+}
+
+function applyEnv(config: UserConfig, env: Readonly<Record<string, string | undefined>>): UserConfig {
+  if (env.APES_IDP) config.idp = env.APES_IDP;
+  if (env.APES_DNS_SERVERS) config.dns.servers = env.APES_DNS_SERVERS.split(",").map((s) => s.trim());
+  if (env.APES_DOH_URL) config.dns.dohUrl = env.APES_DOH_URL;
+  if (env.APES_ALLOW_LOOPBACK_HTTP === "1") config.dns.allowLoopbackHttp = true;
+  return config;
+}
+
+/**
+ * Durations as people write them: "90" (seconds), "30s", "5m", "1h", "2d", "1h30m".
+ * Returns milliseconds, or undefined when the text is not a duration.
+ */
+export function parseDuration(text: string): number | undefined {
+  const t = text.trim();
+  if (/^\d+$/.test(t)) return Number(t) * 1000;
+  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  const re = /(\d+)(ms|s|m|h|d)/gy;
+  let total = 0;
+  let matched = 0;
+  for (let m = re.exec(t); m; m = re.exec(t)) {
+    total += Number(m[1]) * units[m[2]!]!;
+    matched = re.lastIndex;
+  }
+  return matched === t.length && t.length > 0 ? total : undefined;
+}

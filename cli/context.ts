@@ -1,0 +1,83 @@
+import { loadUserConfig, type UserConfig } from "./config.ts";
+import { type Paths, xdgPaths } from "./paths.ts";
+
+/** What a command may touch. Commands receive it; tests build one with fakes (see test/unit/fake-context.ts). */
+export interface Output {
+  write(chunk: string): unknown;
+  /** True when a person is watching (progress lines, colour). */
+  isTTY?: boolean;
+}
+
+export interface Io {
+  stdout: Output;
+  stderr: Output;
+  stdin: NodeJS.ReadableStream;
+}
+
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number;
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+export interface GlobalOptions {
+  json: boolean;
+  debug: boolean;
+  color: boolean;
+}
+
+export type Fetch = typeof fetch;
+
+export interface Context {
+  io: Io;
+  env: Readonly<Record<string, string | undefined>>;
+  http: Fetch;
+  clock: Clock;
+  paths: Paths;
+  globals: GlobalOptions;
+  /** Loaded on first use, so commands that need no config pay nothing. */
+  config(): Promise<UserConfig>;
+  /** Debug line on stderr when --debug is on. */
+  debug(message: string): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms, signal) =>
+    new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const timer = setTimeout(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+    }),
+};
+
+export function createContext(globals: GlobalOptions, overrides: Partial<Context> = {}): Context {
+  const env = overrides.env ?? process.env;
+  const paths = overrides.paths ?? xdgPaths(env);
+  const io: Io = overrides.io ?? { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
+  let configPromise: Promise<UserConfig> | undefined;
+  return {
+    io,
+    env,
+    http: overrides.http ?? ((input, init) => fetch(input, init)),
+    clock: overrides.clock ?? systemClock,
+    paths,
+    globals,
+    config:
+      overrides.config ??
+      (() => {
+        configPromise ??= loadUserConfig(paths.configDir, env);
+        return configPromise;
+      }),
+    debug(message) {
+      if (globals.debug) io.stderr.write(`debug: ${message}\n`);
+    },
+  };
+}

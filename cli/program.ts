@@ -1,0 +1,115 @@
+import { Command, CommanderError, Option } from "commander";
+import { registerCommands } from "./commands/index.ts";
+import { type Context, createContext, type GlobalOptions } from "./context.ts";
+import { CliError } from "./errors.ts";
+import { ExitCode } from "./exit-codes.ts";
+import { VERSION } from "./version.ts";
+
+export type GetContext = () => Context;
+
+/**
+ * Builds the commander program. `overrides` lets tests inject io/http/clock; the real binary passes
+ * none. Commands register themselves in commands/index.ts, one file per command.
+ */
+export function buildProgram(overrides: Partial<Context> = {}): { program: Command; getContext: GetContext } {
+  const program = new Command("apes");
+  let context: Context | undefined;
+  const getContext: GetContext = () => {
+    if (!context) {
+      const o = program.opts<{ json?: boolean; debug?: boolean; color?: boolean }>();
+      const env = overrides.env ?? process.env;
+      const globals: GlobalOptions = {
+        json: Boolean(o.json),
+        debug: Boolean(o.debug) || env.APES_DEBUG === "1",
+        color: o.color !== false && !env.NO_COLOR,
+      };
+      context = createContext(globals, overrides);
+    }
+    return context;
+  };
+  const io = overrides.io;
+  program
+    .description("sudo for agents: every privileged action an agent takes is approved by a human first")
+    .version(`apes ${VERSION}`, "-V, --version", "print the version")
+    .addOption(new Option("--json", "print machine-readable JSON on stdout (read commands)"))
+    .addOption(new Option("--debug", "print debug details (discovery, HTTP) on stderr"))
+    .addOption(new Option("--no-color", "disable colour in output"))
+    .helpCommand(false)
+    .showSuggestionAfterError(true)
+    .configureHelp({ sortSubcommands: true, showGlobalOptions: true })
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => (io?.stdout ?? process.stdout).write(s),
+      writeErr: (s) => (io?.stderr ?? process.stderr).write(s),
+    });
+  program.addHelpText(
+    "after",
+    `
+Examples:
+  $ apes login alice@example.com              log in (IdP found through DNS)
+  $ apes --reason "deploy hotfix" -- systemctl restart nginx
+  $ apes grants list --inbox                  grants waiting for your decision
+  $ apes help exit-codes                      what each exit status means
+
+Run \`apes <command> --help\` for a command's options.`,
+  );
+  registerCommands(program, getContext);
+  // Every subcommand inherits the error handling and output routing of the root.
+  const propagate = (cmd: Command) => {
+    for (const sub of cmd.commands) {
+      sub.exitOverride().configureOutput(program.configureOutput()).showSuggestionAfterError(true);
+      propagate(sub);
+    }
+  };
+  propagate(program);
+  return { program, getContext };
+}
+
+/** Runs the program and returns the exit status; never throws. */
+export async function runCli(argv: readonly string[], overrides: Partial<Context> = {}): Promise<number> {
+  const { program, getContext } = buildProgram(overrides);
+  const stderr = overrides.io?.stderr ?? process.stderr;
+  try {
+    await program.parseAsync(argv as string[], { from: "user" });
+    return typeof process.exitCode === "number" && !overrides.io ? process.exitCode : ExitCode.OK;
+  } catch (e) {
+    return reportError(e, stderr, () => getContext().globals.debug);
+  }
+}
+
+function reportError(e: unknown, stderr: { write(s: string): unknown }, debug: () => boolean): number {
+  if (e instanceof CommanderError) {
+    // help and --version end through exitOverride with code 0.
+    if (e.exitCode === 0) return ExitCode.OK;
+    if (e.code === "commander.unknownCommand" || e.code === "commander.unknownOption") {
+      stderr.write("  run `apes --help` for the commands and options\n");
+    }
+    return ExitCode.USAGE;
+  }
+  if (e instanceof CliError) {
+    stderr.write(`apes: ${e.message}\n`);
+    if (e.hint) stderr.write(`  ${e.hint.replaceAll("\n", "\n  ")}\n`);
+    if (safe(debug) && e.cause) stderr.write(`  cause: ${describeCause(e.cause)}\n`);
+    return e.exitCode;
+  }
+  stderr.write(`apes: unexpected error: ${e instanceof Error ? e.message : String(e)}\n`);
+  if (safe(debug) && e instanceof Error && e.stack) stderr.write(`${e.stack}\n`);
+  else stderr.write("  run again with --debug for details\n");
+  return ExitCode.ERROR;
+}
+
+function describeCause(cause: unknown): string {
+  if (cause instanceof Error) {
+    const inner = (cause as Error & { cause?: unknown }).cause;
+    return inner ? `${cause.message} (${describeCause(inner)})` : cause.message;
+  }
+  return String(cause);
+}
+
+function safe(f: () => boolean): boolean {
+  try {
+    return f();
+  } catch {
+    return false;
+  }
+}

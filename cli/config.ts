@@ -54,7 +54,10 @@ export async function parseUserConfig(text: string, file: string): Promise<UserC
   try {
     doc = parse(text) as Record<string, unknown>;
   } catch (e) {
-    throw configError(`${file}: ${(e as Error).message}`, "fix the TOML syntax, or remove the file to use defaults");
+    throw configError(
+      `${file}: ${(e as Error).message}`,
+      "fix the TOML syntax, or remove the file to use defaults",
+    );
   }
   const config = defaultConfig();
   config.source = file;

@@ -18,8 +18,16 @@ export const EXIT_CODE_DESCRIPTIONS: ReadonlyArray<[ExitCodeValue, string, strin
   [ExitCode.OK, "ok", "success; with `apes -- cmd`, the command's own status is passed through"],
   [ExitCode.ERROR, "error", "a general error (the message says what happened and what to do)"],
   [ExitCode.USAGE, "usage", "bad command line: unknown command or option, missing or invalid argument"],
-  [ExitCode.UNAVAILABLE, "unavailable", "a service (IdP, DNS) could not be reached or answered with a server error"],
-  [ExitCode.TEMPFAIL, "pending", "pending or temporary: a grant awaits approval, a wait timed out; try again later"],
+  [
+    ExitCode.UNAVAILABLE,
+    "unavailable",
+    "a service (IdP, DNS) could not be reached or answered with a server error",
+  ],
+  [
+    ExitCode.TEMPFAIL,
+    "pending",
+    "pending or temporary: a grant awaits approval, a wait timed out; try again later",
+  ],
   [ExitCode.NOPERM, "not permitted", "denied, revoked, not authorized, or the session could not be renewed"],
   [ExitCode.CONFIG, "config error", "configuration missing or invalid (config.toml, auth.json, policy)"],
   [ExitCode.CANNOT_EXECUTE, "cannot execute", "the approved command was found but could not be executed"],

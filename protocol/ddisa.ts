@@ -67,7 +67,11 @@ export function parseDdisaRecord(raw: string, options: ParseOptions = {}): Parse
   const idpError = checkIdpUrl(idp, options);
   if (idpError) return fail(idpError);
 
-  const record: DdisaRecord = { version: DDISA_VERSION, idp: normalizeIdp(idp), priority: DDISA_DEFAULT_PRIORITY };
+  const record: DdisaRecord = {
+    version: DDISA_VERSION,
+    idp: normalizeIdp(idp),
+    priority: DDISA_DEFAULT_PRIORITY,
+  };
 
   const mode = fields.get("mode");
   if (mode !== undefined) {
@@ -114,7 +118,8 @@ export function selectDdisaRecord(txtRecords: readonly string[], options: ParseO
   const seen = new Set<string>();
   for (const p of parsed) {
     if (!p.ok) {
-      if (p.error.startsWith("not a DDISA record")) explanation.push(`ignored non-DDISA TXT record: ${p.raw}`);
+      if (p.error.startsWith("not a DDISA record"))
+        explanation.push(`ignored non-DDISA TXT record: ${p.raw}`);
       else explanation.push(`invalid record "${p.raw}": ${p.error}`);
       continue;
     }
@@ -151,8 +156,15 @@ export function selectDdisaRecord(txtRecords: readonly string[], options: ParseO
 export function emailDomain(email: string): string {
   const at = email.lastIndexOf("@");
   if (at <= 0 || at === email.length - 1) throw new Error(`"${email}" is not an email address`);
-  const domain = email.slice(at + 1).toLowerCase().replace(/\.$/, "");
-  if (!/^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/.test(domain)) {
+  const domain = email
+    .slice(at + 1)
+    .toLowerCase()
+    .replace(/\.$/, "");
+  if (
+    !/^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/.test(
+      domain,
+    )
+  ) {
     throw new Error(`"${domain}" is not a valid domain name`);
   }
   return domain;
@@ -178,7 +190,8 @@ function checkIdpUrl(value: string, options: ParseOptions): string | undefined {
   if (url.protocol === "https:") return undefined;
   if (url.protocol === "http:") {
     if (!isLoopbackHost(url.hostname)) return `"${value}" must use https`;
-    if (!options.allowLoopbackHttp) return `"${value}" uses plain http (allowed for loopback only when enabled)`;
+    if (!options.allowLoopbackHttp)
+      return `"${value}" uses plain http (allowed for loopback only when enabled)`;
     return undefined;
   }
   return `"${value}" must use https`;

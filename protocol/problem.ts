@@ -45,7 +45,12 @@ export class ProblemError extends Error {
   }
   toProblem(instance?: string): Problem {
     const t = PROBLEM_TYPES[this.code];
-    const p: Problem = { type: PROBLEM_BASE + this.code, title: t.title, status: t.status, detail: this.message };
+    const p: Problem = {
+      type: PROBLEM_BASE + this.code,
+      title: t.title,
+      status: t.status,
+      detail: this.message,
+    };
     if (instance) p.instance = instance;
     return { ...this.extensions, ...p };
   }

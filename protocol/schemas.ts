@@ -12,7 +12,8 @@ export function schemasDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.APES_SCHEMAS_DIR) return resolve(env.APES_SCHEMAS_DIR);
   const here = dirname(fileURLToPath(import.meta.url));
   const candidate = resolve(here, "..", "..", "shared", "protocol", "schemas");
-  if (!existsSync(candidate)) throw new Error(`protocol schemas not found at ${candidate}; set APES_SCHEMAS_DIR`);
+  if (!existsSync(candidate))
+    throw new Error(`protocol schemas not found at ${candidate}; set APES_SCHEMAS_DIR`);
   return candidate;
 }
 
@@ -57,7 +58,9 @@ export function loadSchemas(dir = schemasDir()): SchemaValidator {
   const validate = (name: SchemaName, value: unknown) => {
     const fn = get(name);
     const valid = fn(value) as boolean;
-    const errors = valid ? [] : (fn.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message ?? "invalid"}`);
+    const errors = valid
+      ? []
+      : (fn.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message ?? "invalid"}`);
     return { valid, errors };
   };
   return {

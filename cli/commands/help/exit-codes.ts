@@ -1,6 +1,6 @@
 import type { Command } from "commander";
-import { EXIT_CODE_DESCRIPTIONS, exitCodesHelp } from "../../exit-codes.ts";
 import { usageError } from "../../errors.ts";
+import { EXIT_CODE_DESCRIPTIONS, exitCodesHelp } from "../../exit-codes.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
 

@@ -110,8 +110,9 @@ function parseOpenSshPrivateKey(pem: string): KeyObject {
     if (r.uint32() !== 1) throw new KeyFormatError("OpenSSH key files with several keys are not supported");
     r.string(); // public key blob (repeated in the private section)
     const priv = new SshReader(r.string());
-    if (priv.uint32() !== priv.uint32())
-      throw new KeyFormatError("corrupt OpenSSH key (check integers differ)");
+    const check1 = priv.uint32();
+    const check2 = priv.uint32();
+    if (check1 !== check2) throw new KeyFormatError("corrupt OpenSSH key (check integers differ)");
     const type = priv.string().toString("latin1");
     if (type !== SSH_ED25519) throw new KeyFormatError(`unsupported key type "${type}" (only ssh-ed25519)`);
     const pub = priv.string();

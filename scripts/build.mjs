@@ -2,7 +2,7 @@
 // application support turns it into a blob (with a V8 code cache), and postject injects the blob
 // into a copy of the pinned node binary. Runs offline; uses only what `npm ci` installed.
 import { execFileSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -21,7 +21,8 @@ if (!process.version.startsWith("v24.")) {
 mkdirSync(dist, { recursive: true });
 mkdirSync(work, { recursive: true });
 
-const bundle = join(work, "apes.cjs");
+// Per-process names so concurrent builds (parallel test runs, several developers) never collide.
+const bundle = join(work, `apes.${process.pid}.cjs`);
 const started = Date.now();
 await build({
   entryPoints: [join(root, "cli/main.ts")],
@@ -39,16 +40,16 @@ await build({
   logLevel: "warning",
 });
 
-const seaConfig = join(work, "sea-config.json");
-const blob = join(work, "apes.blob");
+const seaConfig = join(work, `sea-config.${process.pid}.json`);
+const blob = join(work, `apes.${process.pid}.blob`);
 writeFileSync(
   seaConfig,
   JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }),
 );
-execFileSync(nodeBinary, ["--experimental-sea-config", seaConfig], { stdio: "inherit" });
+execFileSync(nodeBinary, ["--experimental-sea-config", seaConfig], { stdio: ["ignore", "ignore", "inherit"] });
 
 const out = join(dist, "apes");
-const tmp = `${out}.tmp`;
+const tmp = `${out}.${process.pid}.tmp`;
 rmSync(tmp, { force: true });
 copyFileSync(nodeBinary, tmp);
 chmodSync(tmp, 0o755);
@@ -64,8 +65,8 @@ execFileSync(
   ],
   { stdio: ["ignore", "ignore", "pipe"] },
 );
-rmSync(out, { force: true });
 // rename is atomic: a running test never sees a half-written binary.
-execFileSync("mv", ["-f", tmp, out]);
+renameSync(tmp, out);
+for (const f of [bundle, seaConfig, blob]) rmSync(f, { force: true });
 const mb = (statSync(out).size / 1e6).toFixed(0);
 console.log(`built dist/apes (${mb} MB, node ${process.version}) in ${Date.now() - started} ms`);

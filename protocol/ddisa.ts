@@ -22,15 +22,20 @@ export interface ParseOptions {
   allowLoopbackHttp?: boolean;
 }
 
+/**
+ * The verdict on one TXT string: a valid DDISA record, an invalid one (it claims `v=ddisa1` but breaks
+ * a rule: never used), or one that is not for us (another TXT record, or another DDISA version).
+ */
 export type ParsedRecord =
   | { ok: true; raw: string; record: DdisaRecord; ignoredKeys: string[] }
-  | { ok: false; raw: string; error: string };
+  | { ok: false; raw: string; error: string; ignored: boolean };
 
 const KNOWN_KEYS = new Set(["idp", "mode", "priority", "policy_endpoint"]);
 
 /** Parse one TXT record (its character-strings already joined). Never throws. */
 export function parseDdisaRecord(raw: string, options: ParseOptions = {}): ParsedRecord {
-  const fail = (error: string): ParsedRecord => ({ ok: false, raw, error });
+  const fail = (error: string): ParsedRecord => ({ ok: false, raw, error, ignored: false });
+  const ignore = (error: string): ParsedRecord => ({ ok: false, raw, error, ignored: true });
   const text = raw.trim();
   const firstSpace = text.search(/\s/);
   let versionToken = firstSpace === -1 ? text : text.slice(0, firstSpace);
@@ -41,9 +46,12 @@ export function parseDdisaRecord(raw: string, options: ParseOptions = {}): Parse
     rest = `${versionToken.slice(semi + 1)} ${rest}`;
     versionToken = versionToken.slice(0, semi);
   }
-  if (!versionToken.startsWith("v=")) return fail("not a DDISA record (first token is not v=ddisa1)");
+  // Other TXT records may share the name (v=spf1..., verification tokens): they are not errors.
+  if (!versionToken.startsWith("v=ddisa")) return ignore("not a DDISA record (first token is not v=ddisa1)");
   if (versionToken !== `v=${DDISA_VERSION}`) {
-    return fail(`unsupported version "${versionToken.slice(2)}" (expected ${DDISA_VERSION})`);
+    return ignore(
+      `unsupported DDISA version "${versionToken.slice(2)}" (this client speaks ${DDISA_VERSION})`,
+    );
   }
 
   const fields = new Map<string, string>();
@@ -89,7 +97,7 @@ export function parseDdisaRecord(raw: string, options: ParseOptions = {}): Parse
 
   const policy = fields.get("policy_endpoint");
   if (policy !== undefined) {
-    const policyError = checkIdpUrl(policy, options);
+    const policyError = checkIdpUrl(policy, options, false);
     if (policyError) return fail(`policy_endpoint: ${policyError}`);
     record.policy_endpoint = policy;
   }
@@ -118,8 +126,7 @@ export function selectDdisaRecord(txtRecords: readonly string[], options: ParseO
   const seen = new Set<string>();
   for (const p of parsed) {
     if (!p.ok) {
-      if (p.error.startsWith("not a DDISA record"))
-        explanation.push(`ignored non-DDISA TXT record: ${p.raw}`);
+      if (p.ignored) explanation.push(`ignored "${p.raw}": ${p.error}`);
       else explanation.push(`invalid record "${p.raw}": ${p.error}`);
       continue;
     }
@@ -136,12 +143,16 @@ export function selectDdisaRecord(txtRecords: readonly string[], options: ParseO
     explanation.push(txtRecords.length === 0 ? "no TXT records found" : "no valid DDISA record found");
     return { parsed, explanation };
   }
-  valid.sort((a, b) => a.priority - b.priority || (a.idp < b.idp ? -1 : a.idp > b.idp ? 1 : 0));
+  // Full order (priority, then the whole record) so the winner never depends on the DNS answer order.
+  const cmp = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0);
+  valid.sort(
+    (a, b) => a.priority - b.priority || cmp(a.idp, b.idp) || cmp(JSON.stringify(a), JSON.stringify(b)),
+  );
   const selected = valid[0]!;
-  const tied = valid.filter((r) => r.priority === selected.priority && r.idp !== selected.idp);
+  const tied = valid.filter((r) => r !== selected && r.priority === selected.priority);
   if (tied.length) {
     explanation.push(
-      `priority tie at ${selected.priority} with ${tied.map((r) => r.idp).join(", ")}: chose ${selected.idp} (lowest URL)`,
+      `priority tie at ${selected.priority} with ${tied.map((r) => r.idp).join(", ")}: chose ${selected.idp} (lowest IdP URL, then lowest record text)`,
     );
   }
   explanation.push(
@@ -179,7 +190,7 @@ export function isLoopbackHost(hostname: string): boolean {
   return h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
 }
 
-function checkIdpUrl(value: string, options: ParseOptions): string | undefined {
+function checkIdpUrl(value: string, options: ParseOptions, issuer = true): string | undefined {
   let url: URL;
   try {
     url = new URL(value);
@@ -187,6 +198,9 @@ function checkIdpUrl(value: string, options: ParseOptions): string | undefined {
     return `"${value}" is not a URL`;
   }
   if (url.username || url.password) return `"${value}" must not contain credentials`;
+  // An IdP base URL is an OIDC issuer: no query or fragment (OpenID Connect Discovery 1.0, section 2).
+  if (issuer && (url.search || url.hash || value.includes("#")))
+    return `"${value}" must not have a query or fragment`;
   if (url.protocol === "https:") return undefined;
   if (url.protocol === "http:") {
     if (!isLoopbackHost(url.hostname)) return `"${value}" must use https`;

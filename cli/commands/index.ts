@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import type { GetContext } from "../program.ts";
+import { register as registerDnsCheck } from "./dns/check.ts";
 import { register as registerHelp } from "./help/exit-codes.ts";
 
 /**
@@ -8,4 +9,9 @@ import { register as registerHelp } from "./help/exit-codes.ts";
  */
 export function registerCommands(program: Command, getContext: GetContext): void {
   registerHelp(program, getContext);
+  const dns = program
+    .command("dns")
+    .description("DNS discovery (DDISA) diagnostics for admins")
+    .helpCommand(false);
+  registerDnsCheck(dns, getContext);
 }

@@ -12,6 +12,7 @@ import { configError } from "./errors.ts";
  *   doh_url = "https://dns.example/resolve"  # DNS-over-HTTPS JSON fallback
  *   allow_loopback_http = false           # accept http://127.0.0.1 IdPs (single-machine setups)
  *   timeout = "5s"
+ *   ca_file = "/etc/apes/idp-ca.pem"     # extra CA for a private-PKI IdP (env APES_CA_FILE wins)
  */
 export interface UserConfig {
   idp?: string;
@@ -21,6 +22,8 @@ export interface UserConfig {
     allowLoopbackHttp: boolean;
     timeoutMs: number;
   };
+  /** PEM file with extra CA certificates trusted for HTTPS to the IdP (added to the system roots). */
+  caFile?: string;
   /** Where the file was read from, if it existed. */
   source?: string;
 }
@@ -92,6 +95,10 @@ export async function parseUserConfig(text: string, file: string): Promise<UserC
         }
         break;
       }
+      case "ca_file":
+        if (typeof value !== "string" || value.length === 0) throw bad("ca_file", "a path to a PEM file");
+        config.caFile = value;
+        break;
       default:
         throw configError(`${file}: unknown key "${key}"`, "see `apes --help` and README.md for the keys");
     }
@@ -104,6 +111,7 @@ function applyEnv(config: UserConfig, env: Readonly<Record<string, string | unde
   if (env.APES_DNS_SERVERS) config.dns.servers = env.APES_DNS_SERVERS.split(",").map((s) => s.trim());
   if (env.APES_DOH_URL) config.dns.dohUrl = env.APES_DOH_URL;
   if (env.APES_ALLOW_LOOPBACK_HTTP === "1") config.dns.allowLoopbackHttp = true;
+  if (env.APES_CA_FILE) config.caFile = env.APES_CA_FILE;
   return config;
 }
 

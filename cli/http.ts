@@ -1,0 +1,267 @@
+import { describeErrorBody } from "../protocol/problem.ts";
+import type { Context, Fetch } from "./context.ts";
+import { CliError, configError } from "./errors.ts";
+import { ExitCode, type ExitCodeValue } from "./exit-codes.ts";
+
+/**
+ * The one HTTP helper every IdP call goes through: JSON in and out via ctx.http, a timeout on every
+ * request, problem+json and OAuth error bodies turned into a CliError with the right exit status,
+ * ETag / If-None-Match, an optional extra CA (config `ca_file` / APES_CA_FILE), and `--debug` lines
+ * that never contain a token or a body.
+ */
+
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
+export interface HttpRequest {
+  url: string;
+  method?: string;
+  /** Sent as `Authorization: Bearer <token>`; never logged. */
+  token?: string;
+  json?: unknown;
+  /** Sent as application/x-www-form-urlencoded (OAuth token endpoints). */
+  form?: Record<string, string>;
+  headers?: Record<string, string>;
+  /** Sent as If-None-Match; a 304 answer then resolves with `notModified: true`. */
+  etag?: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Statuses (besides 2xx and 304-with-etag) that resolve instead of throwing. */
+  accept?: readonly number[];
+}
+
+export interface HttpResponse<T = unknown> {
+  status: number;
+  headers: Headers;
+  body: T;
+  etag?: string;
+  notModified: boolean;
+}
+
+/** An HTTP error answer; `code` is the OAuth `error` or the last segment of the problem `type`. */
+export class HttpError extends CliError {
+  readonly status: number;
+  readonly code?: string;
+  readonly body: unknown;
+  readonly url: string;
+  constructor(
+    message: string,
+    options: {
+      exitCode: ExitCodeValue;
+      hint?: string;
+      status: number;
+      code?: string;
+      body: unknown;
+      url: string;
+    },
+  ) {
+    super(message, { exitCode: options.exitCode, hint: options.hint });
+    this.name = "HttpError";
+    this.status = options.status;
+    this.code = options.code;
+    this.body = options.body;
+    this.url = options.url;
+  }
+}
+
+/** "IdP at https://id.example.com" for messages. */
+export function serviceName(url: string): string {
+  try {
+    return `IdP at ${new URL(url).origin}`;
+  } catch {
+    return `IdP at ${url}`;
+  }
+}
+
+export async function request<T = unknown>(ctx: Context, req: HttpRequest): Promise<HttpResponse<T>> {
+  const method = req.method ?? (req.json !== undefined || req.form ? "POST" : "GET");
+  const headers: Record<string, string> = {
+    accept: "application/json, application/problem+json",
+    ...req.headers,
+  };
+  let body: string | undefined;
+  if (req.json !== undefined) {
+    headers["content-type"] = "application/json";
+    body = JSON.stringify(req.json);
+  } else if (req.form) {
+    headers["content-type"] = "application/x-www-form-urlencoded";
+    body = new URLSearchParams(req.form).toString();
+  }
+  if (req.token) headers.authorization = `Bearer ${req.token}`;
+  if (req.etag) headers["if-none-match"] = req.etag;
+
+  const timeoutMs = req.timeoutMs ?? httpTimeoutMs(ctx);
+  const timeout = AbortSignal.timeout(timeoutMs);
+  const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+  const where = serviceName(req.url);
+  const started = Date.now();
+  const fetcher = await transport(ctx);
+  let res: Response;
+  try {
+    res = await fetcher(req.url, { method, headers, body, signal, redirect: "error" });
+  } catch (e) {
+    if (req.signal?.aborted) throw req.signal.reason ?? e;
+    const why = timeout.aborted ? `no answer within ${Math.round(timeoutMs / 1000)} s` : networkReason(e);
+    ctx.debug(`${method} ${redactUrl(req.url)} -> failed: ${why}`);
+    throw new CliError(`${where} is unreachable (${why})`, {
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "check that the IdP is running and the URL is right (`apes whoami` shows the IdP), then try again",
+      cause: e,
+    });
+  }
+  const text = await res.text().catch(() => "");
+  ctx.debug(`${method} ${redactUrl(req.url)} -> ${res.status} (${Date.now() - started} ms)`);
+  const etag = res.headers.get("etag") ?? undefined;
+  if (res.status === 304) {
+    return {
+      status: 304,
+      headers: res.headers,
+      body: undefined as T,
+      etag: etag ?? req.etag,
+      notModified: true,
+    };
+  }
+  let parsed: unknown;
+  if (text) {
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+  }
+  if ((res.status >= 200 && res.status < 300) || req.accept?.includes(res.status)) {
+    if (res.status !== 204 && text && parsed === undefined) {
+      throw new CliError(`${where} answered ${req.url} with something that is not JSON`, {
+        exitCode: ExitCode.UNAVAILABLE,
+        hint: "is the URL an apes/OpenApe IdP? check `--idp` or the `idp` config key",
+      });
+    }
+    return { status: res.status, headers: res.headers, body: parsed as T, etag, notModified: false };
+  }
+  throw errorFor(res.status, parsed, req.url, res.headers);
+}
+
+/** Maps an error answer to a CliError: 5xx -> 69, 401/403 -> 77, 429 -> 75, other 4xx -> 1. */
+export function errorFor(status: number, body: unknown, url: string, headers?: Headers): HttpError {
+  const where = serviceName(url);
+  const detail = describeErrorBody(body);
+  const code = errorCode(body);
+  const base = { status, code, body, url };
+  if (status >= 500) {
+    return new HttpError(`${where} failed: ${status}${detail ? ` ${detail}` : ""}`, {
+      ...base,
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "the IdP has a problem; try again later or ask its operator",
+    });
+  }
+  if (status === 401) {
+    return new HttpError(`${where} refused the session: ${detail ?? "authentication required"}`, {
+      ...base,
+      exitCode: ExitCode.NOPERM,
+      hint: "log in again: `apes login <email>`",
+    });
+  }
+  if (status === 403) {
+    return new HttpError(`not permitted: ${detail ?? "the IdP refused this request"}`, {
+      ...base,
+      exitCode: ExitCode.NOPERM,
+    });
+  }
+  if (status === 429) {
+    const after = headers?.get("retry-after");
+    return new HttpError(`${where} is rate limiting: ${detail ?? "too many requests"}`, {
+      ...base,
+      exitCode: ExitCode.TEMPFAIL,
+      hint: after ? `try again in ${after} s` : "try again later",
+    });
+  }
+  if (status === 404) {
+    return new HttpError(`not found: ${detail ?? url}`, { ...base, exitCode: ExitCode.ERROR });
+  }
+  return new HttpError(`${where} rejected the request (${status}): ${detail ?? "no details given"}`, {
+    ...base,
+    exitCode: ExitCode.ERROR,
+  });
+}
+
+function errorCode(body: unknown): string | undefined {
+  if (!body || typeof body !== "object") return undefined;
+  const b = body as Record<string, unknown>;
+  if (typeof b.error === "string") return b.error;
+  if (typeof b.type === "string") return b.type.replace(/\/+$/, "").split("/").pop();
+  return undefined;
+}
+
+function networkReason(e: unknown): string {
+  let cur: unknown = e;
+  for (let i = 0; i < 4 && cur; i++) {
+    const err = cur as { code?: string; message?: string; cause?: unknown };
+    if (err.code === "ECONNREFUSED") return "connection refused";
+    if (err.code === "ENOTFOUND" || err.code === "EAI_AGAIN") return "host name not found";
+    if (err.code === "ECONNRESET") return "connection reset";
+    if (err.code === "UND_ERR_CONNECT_TIMEOUT" || err.code === "ETIMEDOUT") return "connection timed out";
+    if (err.code?.startsWith("ERR_TLS") || /certificate/i.test(err.message ?? "")) {
+      return `TLS: ${err.message}; for a private CA set \`ca_file\` in config.toml or APES_CA_FILE`;
+    }
+    if (!err.cause) return err.message ?? String(cur);
+    cur = err.cause;
+  }
+  return String(e);
+}
+
+/** Query strings may carry codes; debug lines show the path only. */
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.origin}${u.pathname}${u.search ? "?…" : ""}`;
+  } catch {
+    return "<url>";
+  }
+}
+
+export function httpTimeoutMs(ctx: Context): number {
+  const v = Number(ctx.env.APES_HTTP_TIMEOUT_MS);
+  return Number.isFinite(v) && v > 0 ? v : DEFAULT_TIMEOUT_MS;
+}
+
+// The extra-CA transport, built once per process. Node's global fetch cannot take a dispatcher from
+// the npm undici (different major), so with a CA the request goes through undici's own fetch.
+const transports = new WeakMap<Context, Promise<Fetch>>();
+
+async function transport(ctx: Context): Promise<Fetch> {
+  let t = transports.get(ctx);
+  if (!t) {
+    t = buildTransport(ctx);
+    transports.set(ctx, t);
+  }
+  return t;
+}
+
+async function buildTransport(ctx: Context): Promise<Fetch> {
+  const config = await ctx.config();
+  const caFile = config.caFile;
+  if (!caFile) return ctx.http;
+  const { readFile } = await import("node:fs/promises");
+  let pem: string;
+  try {
+    pem = await readFile(caFile, "utf8");
+  } catch (e) {
+    throw configError(
+      `cannot read the CA file ${caFile}: ${(e as Error).message}`,
+      "fix `ca_file` in config.toml or APES_CA_FILE",
+    );
+  }
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw configError(
+      `${caFile} holds no PEM certificate`,
+      "point `ca_file` / APES_CA_FILE at a PEM CA certificate",
+    );
+  }
+  const [{ Agent, fetch: undiciFetch }, { rootCertificates }] = await Promise.all([
+    import("undici"),
+    import("node:tls"),
+  ]);
+  const dispatcher = new Agent({ connect: { ca: [...rootCertificates, pem] } });
+  ctx.debug(`https: trusting the extra CA in ${caFile}`);
+  return ((input: string | URL | Request, init?: RequestInit) =>
+    undiciFetch(input as string, { ...(init as object), dispatcher } as never)) as unknown as Fetch;
+}

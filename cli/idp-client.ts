@@ -1,0 +1,161 @@
+import type { Discovery } from "../protocol/types.ts";
+import type { Context } from "./context.ts";
+import { CliError, usageError } from "./errors.ts";
+import { ExitCode } from "./exit-codes.ts";
+import { request, serviceName } from "./http.ts";
+
+/**
+ * The IdP's discovery document (`{idp}/.well-known/openid-configuration`) and the endpoints apes
+ * uses, read from it and never hard-coded: both endpoint name families (ddisa_auth_* and the older
+ * ddisa_agent_*) are understood. Cached in memory per process and on disk (cacheDir/discovery/) for
+ * DISCOVERY_TTL_S, so a command pays the round trip at most every few minutes.
+ */
+
+export const DISCOVERY_TTL_S = 300;
+
+export interface IdpEndpoints {
+  /** The IdP base URL as configured (no trailing slash). */
+  idp: string;
+  issuer: string;
+  jwksUri?: string;
+  tokenEndpoint?: string;
+  challengeEndpoint?: string;
+  authenticateEndpoint?: string;
+  /** Which name family advertised the challenge endpoint: "auth" takes `{id}`, "agent" `{agent_id}`. */
+  challengeFamily: "auth" | "agent";
+  grantsEndpoint?: string;
+  delegationsEndpoint?: string;
+  /** Advertised agents endpoint, else `{issuer}/api/agents`. */
+  agentsEndpoint: string;
+  authMethods: string[];
+  grantTypes: string[];
+  document: Discovery;
+}
+
+/** Validates and normalises an IdP URL given by the user, config or DNS. */
+export function normalizeIdpUrl(raw: string): string {
+  let u: URL;
+  try {
+    u = new URL(raw.trim());
+  } catch {
+    throw usageError(`"${raw}" is not a URL`, "give the IdP as https://id.example.com");
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") {
+    throw usageError(`the IdP URL must be https:// (got ${u.protocol})`);
+  }
+  if (u.search || u.hash) throw usageError("the IdP URL must not have a query or fragment");
+  return `${u.origin}${u.pathname.replace(/\/+$/, "")}`;
+}
+
+const memory = new Map<string, Promise<IdpEndpoints>>();
+
+export async function idpEndpoints(
+  ctx: Context,
+  idp: string,
+  options: { refresh?: boolean } = {},
+): Promise<IdpEndpoints> {
+  const base = normalizeIdpUrl(idp);
+  const key = `${ctx.paths.cacheDir}\n${base}`;
+  if (!options.refresh) {
+    const hit = memory.get(key);
+    if (hit) return hit;
+  }
+  const p = loadEndpoints(ctx, base, options.refresh === true);
+  memory.set(key, p);
+  p.catch(() => memory.delete(key));
+  return p;
+}
+
+/** Forget cached discovery (tests, or after an endpoint answered 404). */
+export function clearDiscoveryMemory(): void {
+  memory.clear();
+}
+
+async function loadEndpoints(ctx: Context, base: string, refresh: boolean): Promise<IdpEndpoints> {
+  const file = await cacheFile(ctx, base);
+  const nowS = Math.floor(ctx.clock.now() / 1000);
+  if (!refresh) {
+    const cached = await readCache(file, nowS);
+    if (cached) {
+      ctx.debug(`discovery: ${base} (cached)`);
+      return endpointsFrom(base, cached);
+    }
+  }
+  const url = `${base}/.well-known/openid-configuration`;
+  const res = await request<unknown>(ctx, { url });
+  const doc = res.body;
+  if (!doc || typeof doc !== "object" || typeof (doc as Discovery).issuer !== "string") {
+    throw new CliError(`${serviceName(url)} has no valid discovery document at ${url}`, {
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "is this an OpenID / DDISA IdP? check `--idp` or the `idp` config key",
+    });
+  }
+  const endpoints = endpointsFrom(base, doc as Discovery);
+  await writeCache(file, { fetched_at: nowS, document: doc }).catch(() => undefined);
+  ctx.debug(`discovery: ${base} issuer=${endpoints.issuer} challenge=${endpoints.challengeEndpoint ?? "-"}`);
+  return endpoints;
+}
+
+export function endpointsFrom(base: string, doc: Discovery): IdpEndpoints {
+  const str = (v: unknown) => (typeof v === "string" && v.length > 0 ? v : undefined);
+  const authChallenge = str(doc.ddisa_auth_challenge_endpoint);
+  const agentChallenge = str(doc.ddisa_agent_challenge_endpoint);
+  const issuer = doc.issuer.replace(/\/+$/, "");
+  return {
+    idp: base,
+    issuer: doc.issuer,
+    jwksUri: str(doc.jwks_uri),
+    tokenEndpoint: str(doc.token_endpoint),
+    challengeEndpoint: authChallenge ?? agentChallenge,
+    authenticateEndpoint:
+      str(doc.ddisa_auth_authenticate_endpoint) ?? str(doc.ddisa_agent_authenticate_endpoint),
+    challengeFamily: authChallenge ? "auth" : "agent",
+    grantsEndpoint: str(doc.openape_grants_endpoint),
+    delegationsEndpoint: str(doc.openape_delegations_endpoint),
+    agentsEndpoint:
+      str(doc.openape_agents_endpoint) ?? str(doc.apes_agents_endpoint) ?? `${issuer}/api/agents`,
+    authMethods: Array.isArray(doc.ddisa_auth_methods_supported) ? doc.ddisa_auth_methods_supported : [],
+    grantTypes: Array.isArray(doc.openape_grant_types_supported) ? doc.openape_grant_types_supported : [],
+    document: doc,
+  };
+}
+
+/** The endpoint or a clear error naming the discovery field the IdP does not advertise. */
+export function requireEndpoint(e: IdpEndpoints, value: string | undefined, field: string): string {
+  if (value) return value;
+  throw new CliError(`the IdP at ${e.idp} does not advertise ${field} in its discovery document`, {
+    exitCode: ExitCode.UNAVAILABLE,
+    hint: "this IdP does not support the feature; ask its operator or use another IdP",
+  });
+}
+
+async function cacheFile(ctx: Context, base: string): Promise<string> {
+  const { createHash } = await import("node:crypto");
+  const { join } = await import("node:path");
+  const name = createHash("sha256").update(base).digest("hex").slice(0, 32);
+  return join(ctx.paths.cacheDir, "discovery", `${name}.json`);
+}
+
+async function readCache(file: string, nowS: number): Promise<Discovery | undefined> {
+  const { readFile } = await import("node:fs/promises");
+  try {
+    const entry = JSON.parse(await readFile(file, "utf8")) as { fetched_at?: unknown; document?: unknown };
+    if (typeof entry.fetched_at !== "number" || !entry.document || typeof entry.document !== "object")
+      return undefined;
+    // A clock that went backwards also invalidates the entry.
+    if (entry.fetched_at > nowS || nowS - entry.fetched_at >= DISCOVERY_TTL_S) return undefined;
+    const doc = entry.document as Discovery;
+    return typeof doc.issuer === "string" ? doc : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeCache(file: string, entry: unknown): Promise<void> {
+  const { mkdir, writeFile, rename } = await import("node:fs/promises");
+  const { dirname } = await import("node:path");
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  await writeFile(tmp, JSON.stringify(entry), { mode: 0o600 });
+  await rename(tmp, file);
+}

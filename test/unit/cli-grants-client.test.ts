@@ -1,0 +1,230 @@
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { keyLogin } from "../../cli/auth/key-login.ts";
+import { writeSession } from "../../cli/auth/store.ts";
+import type { Clock } from "../../cli/context.ts";
+import { ExitCode } from "../../cli/exit-codes.ts";
+import { grantsClient } from "../../cli/grants/client.ts";
+import { formatElapsed, startProgress } from "../../cli/grants/progress.ts";
+import { waitForDecision } from "../../cli/grants/wait.ts";
+import { errorFor, request } from "../../cli/http.ts";
+import { clearDiscoveryMemory } from "../../cli/idp-client.ts";
+import { fingerprint, formatOpenSshPrivateKey } from "../../protocol/keys.ts";
+import { fakeContext } from "../helpers/fake-context.ts";
+import { type FakeIdp, fakeIdp } from "./cli-fake-idp.ts";
+
+class StepClock implements Clock {
+  t = Date.UTC(2026, 10, 22);
+  sleeps: number[] = [];
+  now() {
+    return this.t;
+  }
+  async sleep(ms: number) {
+    this.sleeps.push(ms);
+    this.t += ms;
+  }
+}
+
+let home: string;
+beforeEach(() => {
+  home = mkdtempSync(join(tmpdir(), "apes-grants-"));
+  clearDiscoveryMemory();
+});
+afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+async function loggedIn(idp: FakeIdp, clock: StepClock, env: Record<string, string> = {}) {
+  const { privateKey } = generateKeyPairSync("ed25519");
+  idp.users.set("bot@example.test", { key: privateKey, act: "agent" });
+  const keyPath = join(home, "id_ed25519");
+  writeFileSync(keyPath, formatOpenSshPrivateKey(privateKey), { mode: 0o600 });
+  const ctx = fakeContext({ home, http: idp.http, clock, env });
+  const r = await keyLogin(ctx, idp.base, "bot@example.test", privateKey);
+  await writeSession(ctx, {
+    version: 1,
+    idp: idp.base,
+    email: r.email,
+    act: r.act,
+    token: r.token,
+    expires_at: r.expiresAt,
+    key_path: keyPath,
+    key_fingerprint: fingerprint(privateKey),
+  });
+  return ctx;
+}
+
+function setup(options: { push?: boolean } = {}) {
+  const clock = new StepClock();
+  const idp = fakeIdp({ now: () => Math.floor(clock.now() / 1000), push: options.push });
+  return { clock, idp };
+}
+
+/** Decides a grant through the fake's API as a second (human) user, so the ETag changes as on a real IdP. */
+async function decide(idp: FakeIdp, clock: Clock, id: string, verb: "approve" | "deny") {
+  const owner = generateKeyPairSync("ed25519").privateKey;
+  idp.users.set("alice@example.test", { key: owner, act: "human" });
+  const octx = fakeContext({ home: join(home, "owner"), http: idp.http, clock });
+  const r = await keyLogin(octx, idp.base, "alice@example.test", owner);
+  await idp.http(`${idp.base}/api/grants/${id}/${verb}`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${r.token}`, "content-type": "application/json" },
+    body: "{}",
+  });
+}
+
+const request0 = { target_host: "h", audience: "escapes", grant_type: "once" as const, command: ["ls"] };
+
+describe("grants client", () => {
+  it("creates, reads, lists and authenticates with the session token", async () => {
+    const { clock, idp } = setup();
+    const ctx = await loggedIn(idp, clock);
+    const c = await grantsClient(ctx);
+    const { grant, reused } = await c.create(request0);
+    expect(reused).toBe(false);
+    expect(grant.request.requester).toBe("bot@example.test");
+    expect((await c.get(grant.id)).status).toBe("pending");
+    expect((await c.list({ status: "pending" })).data.map((g) => g.id)).toEqual([grant.id]);
+    const last = idp.requests.at(-1)!;
+    expect(last.path).toBe("/api/grants");
+    expect(last.headers.authorization).toMatch(/^Bearer /);
+  });
+
+  it("refuses ids that would change the URL path", async () => {
+    const { clock, idp } = setup();
+    const c = await grantsClient(await loggedIn(idp, clock));
+    const e = await c.get("../admin").catch((x) => x);
+    expect(e.exitCode).toBe(ExitCode.USAGE);
+  });
+
+  it("re-authenticates transparently when the token is about to expire", async () => {
+    const { clock, idp } = setup();
+    const ctx = await loggedIn(idp, clock);
+    const c = await grantsClient(ctx);
+    const before = idp.authentications;
+    clock.t += 3590 * 1000;
+    await c.list();
+    expect(idp.authentications).toBe(before + 1);
+  });
+});
+
+describe("waitForDecision", () => {
+  it("polls with If-None-Match every 3 s until decided", async () => {
+    const { clock, idp } = setup();
+    const ctx = await loggedIn(idp, clock);
+    const c = await grantsClient(ctx);
+    const { grant } = await c.create(request0);
+    let polls = 0;
+    const progress: number[] = [];
+    const result = await waitForDecision(ctx, c, grant.id, {
+      onProgress: (ms) => {
+        progress.push(ms);
+        if (++polls === 3) void decide(idp, clock, grant.id, "deny");
+      },
+      timeoutMs: 60_000,
+    });
+    expect(result.status).toBe("denied");
+    expect(polls).toBeGreaterThanOrEqual(3);
+    expect(clock.sleeps.every((ms) => ms === 3000)).toBe(true);
+    const gets = idp.requests.filter((r) => r.path === `/api/grants/${grant.id}`);
+    expect(gets.slice(1).every((r) => r.headers["if-none-match"])).toBe(true);
+    expect(progress[0]).toBe(0);
+  });
+
+  it("long-polls with Prefer: wait when the IdP applies it, without sleeping", async () => {
+    const { clock, idp } = setup({ push: true });
+    const ctx = await loggedIn(idp, clock);
+    const c = await grantsClient(ctx);
+    const { grant } = await c.create(request0);
+    idp.onWait = () => decide(idp, clock, grant.id, "approve");
+    const result = await waitForDecision(ctx, c, grant.id, { timeoutMs: 60_000 });
+    expect(result.status).toBe("approved");
+    expect(clock.sleeps).toEqual([]);
+    expect(idp.requests.some((r) => r.headers.prefer === "wait=25")).toBe(true);
+  });
+
+  it("falls back to polling when APES_NO_PUSH=1", async () => {
+    const { clock, idp } = setup({ push: true });
+    const ctx = await loggedIn(idp, clock, { APES_NO_PUSH: "1" });
+    const c = await grantsClient(ctx);
+    const { grant } = await c.create(request0);
+    const e = await waitForDecision(ctx, c, grant.id, { timeoutMs: 10_000 }).catch((x) => x);
+    expect(e.exitCode).toBe(ExitCode.TEMPFAIL);
+    expect(e.message).toContain("still pending after 10s");
+    expect(idp.requests.some((r) => r.headers.prefer)).toBe(false);
+  });
+
+  it("ends with exit 75 on timeout and says how to continue", async () => {
+    const { clock, idp } = setup();
+    const ctx = await loggedIn(idp, clock);
+    const c = await grantsClient(ctx);
+    const { grant } = await c.create(request0);
+    const e = await waitForDecision(ctx, c, grant.id, { timeoutMs: 7000 }).catch((x) => x);
+    expect(e.exitCode).toBe(ExitCode.TEMPFAIL);
+    expect(e.hint).toContain(`apes grants wait ${grant.id}`);
+  });
+});
+
+describe("http helper", () => {
+  it("maps statuses to exit codes", () => {
+    const u = "https://id.test/x";
+    expect(errorFor(503, {}, u).exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(errorFor(401, { detail: "expired" }, u).exitCode).toBe(ExitCode.NOPERM);
+    expect(errorFor(403, {}, u).exitCode).toBe(ExitCode.NOPERM);
+    const e = errorFor(400, { error: "invalid_grant", error_description: "no such delegation" }, u);
+    expect(e.exitCode).toBe(ExitCode.ERROR);
+    expect(e.message).toContain("no such delegation");
+    expect(e.code).toBe("invalid_grant");
+    expect(
+      errorFor(409, { type: "https://openape.org/errors/invalid_state", title: "t", status: 409 }, u).code,
+    ).toBe("invalid_state");
+  });
+
+  it("logs requests with --debug but never the token", async () => {
+    const idp = fakeIdp();
+    const ctx = fakeContext({ home, http: idp.http, globals: { debug: true } });
+    await request(ctx, {
+      url: `${idp.base}/.well-known/openid-configuration?x=secret`,
+      token: "SECRET-TOKEN",
+    });
+    expect(ctx.stderr.text).toContain(
+      "GET https://id.example.test/.well-known/openid-configuration?… -> 200",
+    );
+    expect(ctx.stderr.text).not.toContain("SECRET");
+  });
+
+  it("turns refused connections and 5xx into exit 69 naming the IdP", async () => {
+    const idp = fakeIdp();
+    const ctx = fakeContext({ home, http: idp.http });
+    const e = await request(ctx, { url: `${idp.base}/boom` }).catch((x) => x);
+    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(e.message).toContain("maintenance");
+    idp.down = true;
+    const e2 = await request(ctx, { url: `${idp.base}/x` }).catch((x) => x);
+    expect(e2.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(e2.message).toBe("IdP at https://id.example.test is unreachable (connection refused)");
+  });
+
+  it("refuses a configured CA file that is missing (78)", async () => {
+    const ctx = fakeContext({ home, http: fakeIdp().http, config: { caFile: join(home, "nope.pem") } });
+    const e = await request(ctx, { url: "https://id.example.test/x" }).catch((x) => x);
+    expect(e.exitCode).toBe(ExitCode.CONFIG);
+  });
+});
+
+describe("progress line", () => {
+  it("prints one plain line when stderr is not a TTY", () => {
+    const ctx = fakeContext();
+    const p = startProgress(ctx, "waiting for approval");
+    p.update("still waiting");
+    p.stop("approved");
+    expect(ctx.stderr.text).toBe("waiting for approval\napproved\n");
+  });
+
+  it("formats elapsed time", () => {
+    expect(formatElapsed(5_400)).toBe("5s");
+    expect(formatElapsed(65_000)).toBe("1m05s");
+    expect(formatElapsed(3_700_000)).toBe("1h01m");
+  });
+});

@@ -1,0 +1,151 @@
+import { describe, expect, it } from "vitest";
+import { checkDohUrl, parseDohJson, parseTxtData, queryDoh } from "../../protocol/doh.ts";
+import { DnsQueryError } from "../../protocol/resolver.ts";
+
+const NAME = "_ddisa.example.com";
+
+describe("parseTxtData", () => {
+  it.each([
+    ['"v=ddisa1 idp=https://a.example"', "v=ddisa1 idp=https://a.example"],
+    ['"v=ddisa1 idp=https://" "a.example; priority=1"', "v=ddisa1 idp=https://a.example; priority=1"],
+    ['"part"   "two"', "parttwo"],
+    ['"say \\"hi\\""', 'say "hi"'],
+    ['"back\\\\slash"', "back\\slash"],
+    ['"caf\\195\\169"', "café"],
+    ['"snow ☃"', "snow ☃"],
+    ['""', ""],
+    ["v=ddisa1 idp=https://unquoted.example", "v=ddisa1 idp=https://unquoted.example"],
+  ])("%s -> %j", (data, text) => {
+    expect(parseTxtData(data)).toBe(text);
+  });
+
+  it.each(['"unterminated', '"a" b', '"a\\', '"\\999"'])("rejects %j", (data) => {
+    expect(() => parseTxtData(data)).toThrow(/malformed TXT data/);
+  });
+});
+
+describe("parseDohJson", () => {
+  it("keeps type 16 answers of the name, strips quotes, takes the smallest TTL", () => {
+    const a = parseDohJson(
+      {
+        Status: 0,
+        Answer: [
+          { name: "_ddisa.example.com.", type: 16, TTL: 250, data: '"v=ddisa1 idp=https://a.example"' },
+          { name: "_ddisa.example.com.", type: 16, TTL: 100, data: '"v=spf1" " -all"' },
+          { name: "_ddisa.example.com.", type: 1, TTL: 5, data: "192.0.2.1" },
+          { name: "_ddisa.other.example.", type: 16, TTL: 5, data: '"v=ddisa1 idp=https://evil.example"' },
+        ],
+      },
+      NAME,
+      "doh",
+    );
+    expect(a).toEqual({
+      txt: ["v=ddisa1 idp=https://a.example", "v=spf1 -all"],
+      ttl: 100,
+      rcode: "NOERROR",
+      server: "doh",
+    });
+  });
+
+  it("follows a CNAME", () => {
+    const a = parseDohJson(
+      {
+        Status: 0,
+        Answer: [
+          { name: "_ddisa.example.com.", type: 5, TTL: 300, data: "ddisa.hoster.example." },
+          { name: "ddisa.hoster.example.", type: 16, TTL: 300, data: '"v=ddisa1 idp=https://h.example"' },
+        ],
+      },
+      NAME,
+      "doh",
+    );
+    expect(a.txt).toEqual(["v=ddisa1 idp=https://h.example"]);
+  });
+
+  it("uses 300 s when an answer has no TTL", () => {
+    const a = parseDohJson({ Status: 0, Answer: [{ name: NAME, type: 16, data: '"x"' }] }, NAME, "doh");
+    expect(a.ttl).toBe(300);
+  });
+
+  it("NXDOMAIN and NODATA are answers with a short TTL", () => {
+    expect(parseDohJson({ Status: 3 }, NAME, "d")).toEqual({
+      txt: [],
+      ttl: 60,
+      rcode: "NXDOMAIN",
+      server: "d",
+    });
+    const soa = { name: "example.com.", type: 6, TTL: 20, data: "ns. admin. 1 2 3 4 5" };
+    expect(parseDohJson({ Status: 0, Authority: [soa] }, NAME, "d")).toMatchObject({
+      rcode: "NODATA",
+      ttl: 20,
+    });
+    expect(parseDohJson({ Status: 0, Answer: [] }, NAME, "d").rcode).toBe("NODATA");
+  });
+
+  it("a server failure status is a failure", () => {
+    expect(() => parseDohJson({ Status: 2 }, NAME, "d")).toThrow(/Status 2/);
+    expect(() => parseDohJson({ Status: 5 }, NAME, "d")).toThrow(DnsQueryError);
+  });
+
+  it.each([
+    [null, "not a JSON object"],
+    [[], "not a JSON object"],
+    [{}, "no numeric Status"],
+    [{ Status: "0" }, "no numeric Status"],
+    [{ Status: 0, Answer: {} }, "Answer is not an array"],
+    [{ Status: 0, Answer: [null] }, "not an object"],
+    [{ Status: 0, Answer: [{ name: NAME, type: 16 }] }, "lacks name/type/data"],
+    [{ Status: 0, Answer: [{ name: NAME, type: 16, data: '"open' }] }, "unterminated"],
+  ])("rejects malformed body %j", (body, why) => {
+    expect(() => parseDohJson(body, NAME, "d")).toThrow(why);
+  });
+});
+
+describe("queryDoh", () => {
+  const fetchJson =
+    (body: string, status = 200): typeof fetch =>
+    async () =>
+      new Response(body, { status, headers: { "content-type": "application/dns-json" } });
+
+  it("builds the GET request and parses the answer", async () => {
+    let seen: string | undefined;
+    const a = await queryDoh("https://doh.example/dns-query?ct=1", NAME, {
+      timeoutMs: 1000,
+      fetch: async (input, init) => {
+        seen = String(input);
+        expect(new Headers(init?.headers).get("accept")).toBe("application/dns-json");
+        return new Response(
+          JSON.stringify({ Status: 0, Answer: [{ name: NAME, type: 16, TTL: 9, data: '"x"' }] }),
+        );
+      },
+    });
+    expect(seen).toBe("https://doh.example/dns-query?ct=1&name=_ddisa.example.com&type=TXT");
+    expect(a).toMatchObject({ txt: ["x"], ttl: 9, server: "https://doh.example/dns-query?ct=1" });
+  });
+
+  it("malformed JSON, HTTP errors and fetch errors are failures", async () => {
+    const opts = (f: typeof fetch) => ({ timeoutMs: 1000, fetch: f });
+    await expect(queryDoh("https://d.example", NAME, opts(fetchJson("{not json")))).rejects.toThrow(
+      /not JSON/,
+    );
+    await expect(queryDoh("https://d.example", NAME, opts(fetchJson("{}", 500)))).rejects.toThrow(/HTTP 500/);
+    await expect(
+      queryDoh(
+        "https://d.example",
+        NAME,
+        opts(async () => {
+          throw new TypeError("fetch failed");
+        }),
+      ),
+    ).rejects.toThrow(/DoH request failed: fetch failed/);
+  });
+
+  it("accepts https, and plain http only on loopback", () => {
+    expect(checkDohUrl("https://dns.example/resolve").host).toBe("dns.example");
+    expect(checkDohUrl("http://127.0.0.1:8053/resolve").port).toBe("8053");
+    expect(checkDohUrl("http://[::1]/resolve").hostname).toBe("[::1]");
+    expect(() => checkDohUrl("http://dns.example/resolve")).toThrow(/must use https/);
+    expect(() => checkDohUrl("file:///etc/passwd")).toThrow(/must use https/);
+    expect(() => checkDohUrl("not a url")).toThrow(/not a URL/);
+  });
+});

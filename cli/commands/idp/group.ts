@@ -1,0 +1,30 @@
+import type { Command } from "commander";
+import type { GetContext } from "../../program.ts";
+import { register as registerKeysRotate } from "./keys-rotate.ts";
+import { register as registerServe } from "./serve.ts";
+import { register as registerUsersAdd } from "./users-add.ts";
+import { register as registerUsersDisable } from "./users-disable.ts";
+import { register as registerUsersList } from "./users-list.ts";
+
+/** `apes idp ...`: the reference identity provider and its offline admin commands. */
+export function registerIdpCommands(program: Command, getContext: GetContext): void {
+  const idp = program
+    .command("idp")
+    .description("run and administer the reference identity provider")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ apes idp serve --listen 127.0.0.1:8080
+  $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
+  $ apes idp users add bot@example.com --agent --owner alice@example.com --key bot.pub
+  $ apes idp keys rotate`,
+    );
+  registerServe(idp, getContext);
+  const users = idp.command("users").description("add, list and disable users (offline, on the data dir)");
+  registerUsersAdd(users, getContext);
+  registerUsersList(users, getContext);
+  registerUsersDisable(users, getContext);
+  const keys = idp.command("keys").description("manage the IdP's signing keys");
+  registerKeysRotate(keys, getContext);
+}

@@ -1,0 +1,112 @@
+import type { Command } from "commander";
+import { usageError } from "../../errors.ts";
+import type { GetContext } from "../../program.ts";
+import { dataDirOf, dataOption } from "./common.ts";
+
+interface ServeOpts {
+  listen: string;
+  issuer?: string;
+  data?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tokenTtl: string;
+  rateLimit?: string;
+  logLevel: string;
+}
+
+export function parseListen(value: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || port > 65535)
+    throw usageError(
+      `invalid --listen "${value}"`,
+      "use HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)",
+    );
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+/** `apes idp serve`: runs the IdP until SIGTERM/SIGINT. */
+export function register(parent: Command, getContext: GetContext): void {
+  parent
+    .command("serve")
+    .description("run the identity provider (HTTP or HTTPS), logging JSON lines on stderr")
+    .option("--listen <host:port>", "address to listen on (port 0: any free port)", "127.0.0.1:8080")
+    .option("--issuer <url>", "issuer URL (default: derived from --listen and the scheme)")
+    .addOption(dataOption())
+    .option("--tls-cert <file>", "PEM certificate chain (serve HTTPS)")
+    .option("--tls-key <file>", "PEM private key for --tls-cert")
+    .option("--token-ttl <duration>", "session token lifetime (e.g. 15m, 1h)", "1h")
+    .option("--rate-limit <n/period>", "requests per identity, e.g. 600/1m; off to disable", "100000/1m")
+    .option("--log-level <level>", "debug, info, warn or error", "info")
+    .addHelpText(
+      "after",
+      `
+The first line logged is {"level":"info","msg":"listening","url":...,"issuer":...}.
+A signing key is created on first start; rotate it with \`apes idp keys rotate\`.
+
+Examples:
+  $ apes idp serve --listen 127.0.0.1:8080
+  $ apes idp serve --listen 0.0.0.0:443 --issuer https://id.example.com --tls-cert cert.pem --tls-key key.pem
+  $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m`,
+    )
+    .action(async (opts: ServeOpts) => {
+      const ctx = getContext();
+      const { host, port } = parseListen(opts.listen);
+      if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) {
+        throw usageError("--tls-cert and --tls-key go together");
+      }
+      if (opts.issuer !== undefined) {
+        let u: URL;
+        try {
+          u = new URL(opts.issuer);
+        } catch {
+          throw usageError(
+            `invalid --issuer "${opts.issuer}"`,
+            "give an absolute URL like https://id.example.com",
+          );
+        }
+        if (u.protocol !== "https:" && u.protocol !== "http:") throw usageError("--issuer must be http(s)");
+      }
+      const [{ startIdp }, { jsonLogger, isLogLevel }, { parseDuration }, { parseRateLimit }] =
+        await Promise.all([
+          import("../../../idp/server.ts"),
+          import("../../../idp/log.ts"),
+          import("../../../idp/grants.ts"),
+          import("../../../idp/context.ts"),
+        ]);
+      if (!isLogLevel(opts.logLevel)) throw usageError(`invalid --log-level "${opts.logLevel}"`);
+      let tokenTtl: number;
+      try {
+        tokenTtl = parseDuration(opts.tokenTtl, "--token-ttl");
+        parseRateLimit(opts.rateLimit ?? "100000/1m");
+      } catch (e) {
+        throw usageError((e as Error).message);
+      }
+      const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
+      const idp = await startIdp({
+        host,
+        port,
+        dataDir: dataDirOf(ctx, opts.data),
+        ...(opts.issuer ? { issuer: opts.issuer } : {}),
+        ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
+        tokenTtl,
+        rateLimit: opts.rateLimit ?? "100000/1m",
+        log,
+      });
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string) => {
+          process.off("SIGTERM", onTerm);
+          process.off("SIGINT", onInt);
+          log.log("info", "shutting down", { signal });
+          void idp.close().then(() => {
+            log.log("info", "stopped", {});
+            resolve();
+          });
+        };
+        const onTerm = () => stop("SIGTERM");
+        const onInt = () => stop("SIGINT");
+        process.on("SIGTERM", onTerm);
+        process.on("SIGINT", onInt);
+      });
+    });
+}

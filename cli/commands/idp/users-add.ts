@@ -1,0 +1,120 @@
+import { existsSync, readFileSync } from "node:fs";
+import type { Command } from "commander";
+import { CliError, usageError } from "../../errors.ts";
+import { printData } from "../../output.ts";
+import type { GetContext } from "../../program.ts";
+import { dataOption, openStore } from "./common.ts";
+
+interface AddOpts {
+  human?: boolean;
+  agent?: boolean;
+  owner?: string;
+  approver: string[];
+  key?: string;
+  admin?: boolean;
+  name?: string;
+  data?: string;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+/** `--key` takes the public key line itself or a file holding it. */
+function readKeyArg(value: string): string {
+  if (value.trim().startsWith("ssh-")) return value.trim();
+  if (!existsSync(value))
+    throw usageError(`--key: no such file ${value}`, "give an ssh-ed25519 public key line or a .pub file");
+  return readFileSync(value, "utf8").trim().split("\n")[0]!.trim();
+}
+
+export function register(parent: Command, getContext: GetContext): void {
+  parent
+    .command("add")
+    .description("add a human or an agent (an agent needs an owner)")
+    .argument("<email>", "the identity's email")
+    .option("--human", "a person")
+    .option("--agent", "an AI agent or daemon (needs --owner)")
+    .option("--owner <email>", "the human owning the agent (decides its grants)")
+    .option("--approver <email>", "a human who may also decide this user's grants (repeatable)", collect, [])
+    .option("--key <key>", "ssh-ed25519 public key line, or a file containing it")
+    .option("--admin", "may see every grant and decide humans' grants")
+    .option("--name <name>", "display name")
+    .addOption(dataOption())
+    .addHelpText(
+      "after",
+      `
+Safe while the server runs.
+
+Examples:
+  $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
+  $ apes idp users add bot@example.com --agent --owner alice@example.com --key "ssh-ed25519 AAAA... bot"
+  $ apes idp users add carol@example.com --human --approver alice@example.com`,
+    )
+    .action(async (emailArg: string, opts: AddOpts) => {
+      const ctx = getContext();
+      const [{ isEmail }, keys] = await Promise.all([
+        import("../../../idp/grants.ts"),
+        import("../../../protocol/keys.ts"),
+      ]);
+      const email = emailArg.toLowerCase();
+      if (!isEmail(email)) throw usageError(`"${emailArg}" is not an email address`);
+      if (Boolean(opts.human) === Boolean(opts.agent))
+        throw usageError("give exactly one of --human or --agent");
+      const kind = opts.agent ? "agent" : "human";
+      if (kind === "agent" && !opts.owner) throw usageError("an agent needs --owner <human email>");
+      if (kind === "human" && opts.owner) throw usageError("--owner is only for agents");
+      if (kind === "agent" && opts.admin) throw usageError("agents cannot be admins");
+      let publicKey: string | undefined;
+      let fingerprint: string | undefined;
+      if (opts.key !== undefined) {
+        publicKey = readKeyArg(opts.key);
+        try {
+          fingerprint = keys.fingerprint(keys.parseSshPublicKey(publicKey).key);
+        } catch (e) {
+          throw usageError(
+            `--key: ${(e as Error).message}`,
+            "give an ssh-ed25519 public key line or a .pub file",
+          );
+        }
+      }
+      const store = await openStore(ctx, opts.data);
+      try {
+        if (store.getUser(email))
+          throw new CliError(`${email} already exists`, { hint: "`apes idp users list` shows the users" });
+        const owner = opts.owner?.toLowerCase();
+        const approvers = opts.approver.map((a) => a.toLowerCase());
+        for (const h of owner ? [owner, ...approvers] : approvers) {
+          const u = store.getUser(h);
+          if (u?.kind !== "human") {
+            throw new CliError(`${h} is not a human user of this IdP`, {
+              hint: `add it first: apes idp users add ${h} --human`,
+            });
+          }
+        }
+        if (approvers.includes(email)) throw usageError("a user cannot be its own approver");
+        store.addUser({
+          email,
+          kind,
+          ...(owner ? { owner } : {}),
+          approvers,
+          admin: Boolean(opts.admin),
+          ...(publicKey ? { publicKey, fingerprint } : {}),
+          ...(opts.name ? { name: opts.name } : {}),
+          createdAt: Math.floor(ctx.clock.now() / 1000),
+        });
+        printData(
+          ctx,
+          {
+            email,
+            kind,
+            owner: owner ?? null,
+            approvers,
+            admin: Boolean(opts.admin),
+            fingerprint: fingerprint ?? null,
+          },
+          () => `added ${kind} ${email}${fingerprint ? ` (${fingerprint})` : ""}`,
+        );
+      } finally {
+        store.close();
+      }
+    });
+}

@@ -1,0 +1,33 @@
+import type { Command } from "commander";
+import { CliError } from "../../errors.ts";
+import { printData } from "../../output.ts";
+import type { GetContext } from "../../program.ts";
+import { dataOption, openStore } from "./common.ts";
+
+export function register(parent: Command, getContext: GetContext): void {
+  parent
+    .command("disable")
+    .description("disable a user: it can no longer log in and its tokens stop working")
+    .argument("<email>", "the user")
+    .addOption(dataOption())
+    .addHelpText(
+      "after",
+      "\nTakes effect at once, also while the server runs.\n\nExamples:\n  $ apes idp users disable bot@example.com",
+    )
+    .action(async (email: string, opts: { data?: string }) => {
+      const ctx = getContext();
+      const store = await openStore(ctx, opts.data);
+      try {
+        if (!store.setDisabled(email.toLowerCase(), true)) {
+          throw new CliError(`no user ${email}`, { hint: "`apes idp users list` shows the users" });
+        }
+        printData(
+          ctx,
+          { email: email.toLowerCase(), disabled: true },
+          () => `disabled ${email.toLowerCase()}`,
+        );
+      } finally {
+        store.close();
+      }
+    });
+}

@@ -1,0 +1,47 @@
+import type { Command } from "commander";
+import { formatTable, formatTime, printData } from "../../output.ts";
+import type { GetContext } from "../../program.ts";
+import { dataOption, openStore } from "./common.ts";
+
+export function register(parent: Command, getContext: GetContext): void {
+  parent
+    .command("list")
+    .description("list users")
+    .addOption(dataOption())
+    .addHelpText("after", "\nExamples:\n  $ apes idp users list\n  $ apes --json idp users list")
+    .action(async (opts: { data?: string }) => {
+      const ctx = getContext();
+      const store = await openStore(ctx, opts.data);
+      try {
+        const users = store.listUsers();
+        const data = users.map((u) => ({
+          email: u.email,
+          kind: u.kind,
+          owner: u.owner ?? null,
+          approvers: u.approvers,
+          admin: u.admin,
+          disabled: u.disabled,
+          fingerprint: u.fingerprint ?? null,
+          created_at: u.createdAt,
+        }));
+        printData(ctx, data, () =>
+          users.length === 0
+            ? "no users; add one with `apes idp users add <email> --human`"
+            : formatTable([
+                ["EMAIL", "KIND", "OWNER", "ADMIN", "STATUS", "KEY", "CREATED"],
+                ...users.map((u) => [
+                  u.email,
+                  u.kind,
+                  u.owner ?? "-",
+                  u.admin ? "yes" : "no",
+                  u.disabled ? "disabled" : "active",
+                  u.fingerprint ?? "-",
+                  formatTime(u.createdAt),
+                ]),
+              ]),
+        );
+      } finally {
+        store.close();
+      }
+    });
+}

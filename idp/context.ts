@@ -1,0 +1,171 @@
+import { EventEmitter } from "node:events";
+import { ProblemError } from "../protocol/problem.ts";
+import { CLI_TOKEN_AUDIENCE } from "../protocol/types.ts";
+import type { Actor } from "./grants.ts";
+import type { Call } from "./http.ts";
+import type { Keyring } from "./keys.ts";
+import type { Logger } from "./log.ts";
+import type { Store, UserRecord } from "./store/types.ts";
+import { TokenError, verifyJwt } from "./tokens.ts";
+
+/** Everything a route needs, built once by the server. */
+export interface Idp {
+  store: Store;
+  keys: Keyring;
+  issuer: string;
+  /** Issuer without a trailing slash: the base of every advertised endpoint. */
+  base: string;
+  tokenTtl: number;
+  log: Logger;
+  events: GrantEvents;
+  /** Unix seconds. */
+  now(): number;
+  /** Resolves when the server shuts down (long polls answer at once). */
+  shutdown: AbortSignal;
+  authenticate(call: Call): Principal;
+  rateLimit(key: string): void;
+}
+
+export interface Principal {
+  sub: string;
+  user: UserRecord;
+  actor: Actor;
+  /** For a delegated (token-exchange) token: who is acting for `sub`. */
+  actingParty?: string;
+  tokenExp: number;
+}
+
+/** In-process change notification, keyed by grant id: long polls wait on it (no db polling). */
+export class GrantEvents {
+  private readonly emitter = new EventEmitter();
+  constructor() {
+    this.emitter.setMaxListeners(0);
+  }
+  changed(id: string): void {
+    this.emitter.emit(id);
+  }
+  /** Resolves on the next change of `id`, or when `signal` aborts. */
+  wait(id: string, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        this.emitter.off(id, done);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      if (signal.aborted) return resolve();
+      this.emitter.on(id, done);
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
+  listeners(id: string): number {
+    return this.emitter.listenerCount(id);
+  }
+}
+
+/**
+ * Verifies IdP session tokens (`aud: apes-cli`, `act` present). Verified token strings are cached
+ * until their exp, so a client's repeated requests cost a map lookup instead of an Ed25519 verify;
+ * the user record (disabled?) is still read on every request.
+ */
+export class SessionVerifier {
+  private readonly cache = new Map<string, Record<string, unknown>>();
+  private readonly idp: () => Idp;
+  constructor(idp: () => Idp) {
+    this.idp = idp;
+  }
+
+  verify(token: string): Record<string, unknown> {
+    const idp = this.idp();
+    const now = idp.now();
+    const cached = this.cache.get(token);
+    if (cached) {
+      if ((cached.exp as number) > now) return cached;
+      this.cache.delete(token);
+    }
+    let claims: Record<string, unknown>;
+    try {
+      claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
+        now,
+        issuer: idp.issuer,
+        audience: CLI_TOKEN_AUDIENCE,
+        leeway: 0,
+      });
+    } catch (e) {
+      if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
+      throw e;
+    }
+    if (typeof claims.sub !== "string" || claims.act === undefined) {
+      throw new ProblemError("invalid_token", "not an IdP session token");
+    }
+    if (this.cache.size >= 50_000) this.cache.clear();
+    this.cache.set(token, claims);
+    return claims;
+  }
+}
+
+export function bearer(call: Call): string {
+  const h = call.req.headers.authorization;
+  if (!h) throw new ProblemError("unauthorized", "send Authorization: Bearer <token>");
+  const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/i.exec(h);
+  if (!m) throw new ProblemError("invalid_token", "malformed Authorization header (expected Bearer)");
+  return m[1]!;
+}
+
+export function principalFrom(claims: Record<string, unknown>, user: UserRecord | undefined): Principal {
+  if (!user) throw new ProblemError("invalid_token", "the token's subject is not a user of this IdP");
+  if (user.disabled) throw new ProblemError("invalid_token", "the account is disabled");
+  const act = claims.act;
+  const actingParty =
+    act && typeof act === "object" && typeof (act as { sub?: unknown }).sub === "string"
+      ? (act as { sub: string }).sub
+      : undefined;
+  if (actingParty === undefined && act !== "human" && act !== "agent") {
+    throw new ProblemError("invalid_token", "the token's act claim is invalid");
+  }
+  const p: Principal = {
+    sub: user.email,
+    user,
+    actor: { sub: user.email, kind: user.kind, admin: user.admin, delegated: actingParty !== undefined },
+    tokenExp: claims.exp as number,
+  };
+  if (actingParty !== undefined) p.actingParty = actingParty;
+  return p;
+}
+
+/** Token bucket per identity: `limit` requests per `windowSec`, refilled continuously. */
+export class RateLimiter {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly limit: number;
+  private readonly perMs: number;
+  constructor(limit: number, windowSec: number) {
+    this.limit = limit;
+    this.perMs = limit / (windowSec * 1000);
+  }
+  /** Seconds to wait, or 0 when the request may proceed. */
+  take(key: string, nowMs: number): number {
+    let b = this.buckets.get(key);
+    if (!b) {
+      if (this.buckets.size > 100_000) this.buckets.clear();
+      b = { tokens: this.limit, at: nowMs };
+      this.buckets.set(key, b);
+    }
+    b.tokens = Math.min(this.limit, b.tokens + (nowMs - b.at) * this.perMs);
+    b.at = nowMs;
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return 0;
+    }
+    return Math.max(1, Math.ceil((1 - b.tokens) / this.perMs / 1000));
+  }
+}
+
+/** `N/PERIOD` like "600/1m", "20/10s", "100000/1h"; "off" disables. */
+export function parseRateLimit(spec: string): { limit: number; windowSec: number } | null {
+  if (spec === "off" || spec === "0") return null;
+  const m = /^(\d+)\/(\d*)(s|m|h)$/.exec(spec.trim());
+  if (!m) throw new Error(`invalid rate limit "${spec}" (expected N/PERIOD such as 600/1m)`);
+  const limit = Number(m[1]);
+  const windowSec = Number(m[2] || "1") * { s: 1, m: 60, h: 3600 }[m[3] as "s" | "m" | "h"];
+  if (limit < 1 || windowSec < 1) throw new Error(`invalid rate limit "${spec}"`);
+  return { limit, windowSec };
+}

@@ -1,0 +1,4 @@
+import type { Idp, Principal } from "../context.ts";
+import type { Router } from "../http.ts";
+
+export function registerDelegationRoutes(_router: Router<Principal>, _idp: Idp): void {}

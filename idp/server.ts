@@ -1,0 +1,214 @@
+import { readFileSync } from "node:fs";
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { AddressInfo } from "node:net";
+import { ProblemError } from "../protocol/problem.ts";
+import {
+  bearer,
+  GrantEvents,
+  type Idp,
+  type Principal,
+  parseRateLimit,
+  principalFrom,
+  RateLimiter,
+  SessionVerifier,
+} from "./context.ts";
+import { type Call, Router, requestId, send, sendError } from "./http.ts";
+import { Keyring } from "./keys.ts";
+import type { Logger } from "./log.ts";
+import { registerAgentRoutes } from "./routes/agents.ts";
+import { registerAuthRoutes } from "./routes/auth.ts";
+import { registerDelegationRoutes } from "./routes/delegations.ts";
+import { registerDiscoveryRoutes } from "./routes/discovery.ts";
+import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerTokenRoutes } from "./routes/token.ts";
+import { openSqliteStore } from "./store/sqlite.ts";
+
+export interface ServeOptions {
+  host: string;
+  port: number;
+  dataDir: string;
+  issuer?: string;
+  tls?: { cert: string; key: string };
+  /** Session token lifetime in seconds. */
+  tokenTtl: number;
+  /** "N/PERIOD" or "off". */
+  rateLimit: string;
+  log: Logger;
+}
+
+export interface RunningIdp {
+  url: string;
+  issuer: string;
+  /** Stop accepting, finish in-flight requests (long polls answer at once), close the database. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_RATE_LIMIT = "100000/1m";
+
+export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
+  const limits = parseRateLimit(opts.rateLimit);
+  const limiter = limits ? new RateLimiter(limits.limit, limits.windowSec) : undefined;
+  const store = openSqliteStore(opts.dataDir);
+  const nowSec = () => Math.floor(Date.now() / 1000);
+  const keys = new Keyring(store, nowSec());
+  const shutdown = new AbortController();
+
+  const server: Server = opts.tls
+    ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) })
+    : createHttpServer();
+  server.keepAliveTimeout = 30_000;
+  server.requestTimeout = 120_000; // long polls wait at most 60 s
+  server.headersTimeout = 30_000;
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const hostPart = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
+  const url = `${opts.tls ? "https" : "http"}://${hostPart}:${port}`;
+  const issuer = opts.issuer ?? url;
+
+  let verifier: SessionVerifier;
+  const idp: Idp = {
+    store,
+    keys,
+    issuer,
+    base: issuer.replace(/\/+$/, ""),
+    tokenTtl: opts.tokenTtl,
+    log: opts.log,
+    events: new GrantEvents(),
+    now: nowSec,
+    shutdown: shutdown.signal,
+    authenticate(call: Call): Principal {
+      const claims = verifier.verify(bearer(call));
+      const principal = principalFrom(claims, store.getUser(claims.sub as string));
+      idp.rateLimit(`sub:${principal.sub}`);
+      return principal;
+    },
+    rateLimit(key: string) {
+      if (!limiter) return;
+      const wait = limiter.take(key, Date.now());
+      if (wait > 0)
+        throw new ProblemError("rate_limited", `slow down; retry in ${wait} s`, { retry_after: wait });
+    },
+  };
+  verifier = new SessionVerifier(() => idp);
+
+  const router = new Router<Principal>();
+  registerDiscoveryRoutes(router, idp);
+  registerAuthRoutes(router, idp);
+  registerAgentRoutes(router, idp);
+  registerGrantRoutes(router, idp);
+  registerDelegationRoutes(router, idp);
+  registerTokenRoutes(router, idp);
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const started = performance.now();
+    const rid = requestId(req);
+    res.setHeader("x-request-id", rid);
+    const rawUrl = req.url ?? "/";
+    const q = rawUrl.indexOf("?");
+    const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
+    const method = req.method ?? "GET";
+    const ac = new AbortController();
+    // The client going away (not a finished response) stops a long poll.
+    res.on("close", () => {
+      if (!res.writableFinished) ac.abort();
+    });
+    const call: Call = {
+      req,
+      res,
+      method,
+      path,
+      params: {},
+      query: new URLSearchParams(q === -1 ? "" : rawUrl.slice(q + 1)),
+      rid,
+      ip: req.socket.remoteAddress ?? "",
+      closed: ac.signal,
+    };
+    let status = 500;
+    let sub: string | undefined;
+    try {
+      const m = router.match(method, path);
+      if (!m) throw new ProblemError("not_found", `no endpoint ${path}`);
+      if ("allowed" in m) {
+        res.setHeader("allow", m.allowed.join(", "));
+        throw new ProblemError("method_not_allowed", `${method} is not allowed on ${path}`);
+      }
+      call.params = m.params;
+      let principal: Principal | undefined;
+      if (m.route.auth) {
+        principal = idp.authenticate(call);
+        sub = principal.sub;
+      } else {
+        idp.rateLimit(`ip:${call.ip}`);
+      }
+      const reply = await m.route.handler(call, principal as Principal);
+      status = reply.status;
+      send(res, reply.status, reply.body, reply.headers);
+    } catch (e) {
+      if (!(e instanceof ProblemError) && !(e instanceof Error && e.name === "OAuthError")) {
+        opts.log.log("error", "unhandled error", { rid, error: e instanceof Error ? e.message : String(e) });
+      }
+      status = sendError(res, e, idp.base + path);
+    }
+    if (opts.log.enabled("info")) {
+      opts.log.log("info", "request", {
+        rid,
+        method,
+        path,
+        status,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+        ...(sub ? { sub } : {}),
+      });
+    }
+  };
+  server.on("request", (req, res) => {
+    void handle(req, res);
+  });
+
+  // Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis.
+  const sweep = setInterval(() => {
+    try {
+      const now = nowSec();
+      for (const id of store.expireDue(now)) idp.events.changed(id);
+      store.purgeExpired(now);
+    } catch (e) {
+      opts.log.log("warn", "sweep failed", { error: (e as Error).message });
+    }
+  }, 5000);
+  sweep.unref();
+
+  opts.log.log("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    issuer,
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        clearInterval(sweep);
+        shutdown.abort();
+        const force = setTimeout(() => server.closeAllConnections(), 10_000);
+        force.unref();
+        server.close(() => {
+          clearTimeout(force);
+          store.close();
+          resolve();
+        });
+        server.closeIdleConnections();
+      });
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,482 @@
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
+import { join } from "node:path";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import type { Grant, GrantRequest } from "../../protocol/types.ts";
+import type {
+  GrantPage,
+  GrantQuery,
+  NewGrant,
+  NewUser,
+  SigningKeyRecord,
+  Store,
+  StoredGrant,
+  Transition,
+  UserRecord,
+} from "./types.ts";
+
+/**
+ * node:sqlite implementation of the Store. WAL journal with synchronous=NORMAL: a commit survives a
+ * killed process (only an OS crash can lose the last transactions); a busy timeout lets the offline
+ * admin commands write while the server runs. Statements are prepared once and cached.
+ */
+
+export const DB_FILE = "idp.sqlite";
+
+/** Versioned migrations: index i brings the schema to user_version i+1. Append only. */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE users (
+    email TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('human', 'agent')),
+    owner TEXT,
+    admin INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    public_key TEXT,
+    fingerprint TEXT,
+    name TEXT,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX users_owner ON users(owner) WHERE owner IS NOT NULL;
+  CREATE TABLE approvers (
+    subject TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    PRIMARY KEY (subject, approver)
+  ) WITHOUT ROWID;
+  CREATE INDEX approvers_by_approver ON approvers(approver, subject);
+  CREATE TABLE signing_keys (
+    kid TEXT PRIMARY KEY,
+    private_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER,
+    max_exp INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE TABLE challenges (
+    challenge TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE used_jtis (
+    jti TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE grants (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    match_key TEXT,
+    delegator TEXT,
+    delegate TEXT,
+    decided_by TEXT,
+    created_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    expires_at INTEGER,
+    used_at INTEGER,
+    version INTEGER NOT NULL DEFAULT 1
+  );
+  CREATE INDEX grants_newest ON grants(created_at, seq);
+  CREATE INDEX grants_by_status ON grants(status, created_at, seq);
+  CREATE INDEX grants_by_requester ON grants(requester, created_at, seq);
+  CREATE INDEX grants_by_requester_status ON grants(requester, status, created_at, seq);
+  CREATE INDEX grants_by_delegator ON grants(delegator, created_at, seq) WHERE delegator IS NOT NULL;
+  CREATE INDEX grants_by_delegate ON grants(delegate, created_at, seq) WHERE delegate IS NOT NULL;
+  CREATE INDEX grants_reuse ON grants(requester, match_key) WHERE status = 'approved' AND match_key IS NOT NULL;
+  CREATE INDEX grants_expiring ON grants(expires_at) WHERE status = 'approved' AND expires_at IS NOT NULL;
+  `,
+];
+
+interface UserRow {
+  email: string;
+  kind: "human" | "agent";
+  owner: string | null;
+  admin: number;
+  disabled: number;
+  public_key: string | null;
+  fingerprint: string | null;
+  name: string | null;
+  created_at: number;
+}
+
+interface GrantRow {
+  seq: number;
+  id: string;
+  type: Grant["type"];
+  status: Grant["status"];
+  request: string;
+  decided_by: string | null;
+  created_at: number;
+  decided_at: number | null;
+  expires_at: number | null;
+  used_at: number | null;
+  version: number;
+}
+
+const GRANT_COLS =
+  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version";
+
+function grantFromRow(r: GrantRow): StoredGrant {
+  const grant: Grant = {
+    id: r.id,
+    type: r.type,
+    request: JSON.parse(r.request) as GrantRequest,
+    status: r.status,
+    created_at: r.created_at,
+  };
+  if (r.decided_by !== null) grant.decided_by = r.decided_by;
+  if (r.decided_at !== null) grant.decided_at = r.decided_at;
+  if (r.expires_at !== null) grant.expires_at = r.expires_at;
+  if (r.used_at !== null) grant.used_at = r.used_at;
+  return { grant, version: r.version, seq: r.seq };
+}
+
+/** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
+export function openSqliteStore(dataDir: string, options: { busyTimeoutMs?: number } = {}): SqliteStore {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  chmodSync(dataDir, 0o700);
+  const file = join(dataDir, DB_FILE);
+  // Create the file 0600 ourselves: sqlite would use the umask (the db holds the signing keys).
+  if (!existsSync(file)) closeSync(openSync(file, "a", 0o600));
+  chmodSync(file, 0o600);
+  const db = new DatabaseSync(file, { timeout: options.busyTimeoutMs ?? 5000 });
+  db.exec("PRAGMA journal_mode = WAL");
+  db.exec("PRAGMA synchronous = NORMAL");
+  db.exec("PRAGMA foreign_keys = ON");
+  migrate(db);
+  for (const suffix of ["-wal", "-shm"]) {
+    if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
+  }
+  return new SqliteStore(db);
+}
+
+function migrate(db: DatabaseSync): void {
+  // BEGIN IMMEDIATE serializes concurrent first starts (server + admin command).
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const row = db.prepare("PRAGMA user_version").get() as { user_version: number };
+    for (let v = row.user_version; v < MIGRATIONS.length; v++) {
+      db.exec(MIGRATIONS[v]!);
+      db.exec(`PRAGMA user_version = ${v + 1}`);
+    }
+    db.exec("COMMIT");
+  } catch (e) {
+    db.exec("ROLLBACK");
+    throw e;
+  }
+}
+
+export class SqliteStore implements Store {
+  private readonly db: DatabaseSync;
+  private readonly stmts = new Map<string, StatementSync>();
+
+  constructor(db: DatabaseSync) {
+    this.db = db;
+  }
+
+  /** Cached prepared statement. */
+  private q(sql: string): StatementSync {
+    let s = this.stmts.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.stmts.set(sql, s);
+    }
+    return s;
+  }
+
+  /** Runs fn in one transaction (bulk seeding, multi-row changes). */
+  transaction<T>(fn: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const r = fn();
+      this.db.exec("COMMIT");
+      return r;
+    } catch (e) {
+      this.db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+
+  // --- users ---
+
+  addUser(u: NewUser): void {
+    this.transaction(() => {
+      this.q(
+        "INSERT INTO users (email, kind, owner, admin, disabled, public_key, fingerprint, name, created_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+      ).run(
+        u.email,
+        u.kind,
+        u.owner ?? null,
+        u.admin ? 1 : 0,
+        u.publicKey ?? null,
+        u.fingerprint ?? null,
+        u.name ?? null,
+        u.createdAt,
+      );
+      for (const a of new Set(u.approvers ?? [])) {
+        this.q("INSERT INTO approvers (subject, approver) VALUES (?, ?)").run(u.email, a);
+      }
+    });
+  }
+
+  getUser(email: string): UserRecord | undefined {
+    const r = this.q("SELECT * FROM users WHERE email = ?").get(email) as UserRow | undefined;
+    if (!r) return undefined;
+    const approvers = (
+      this.q("SELECT approver FROM approvers WHERE subject = ?").all(email) as { approver: string }[]
+    ).map((a) => a.approver);
+    return this.userFromRow(r, approvers);
+  }
+
+  private userFromRow(r: UserRow, approvers: string[]): UserRecord {
+    const u: UserRecord = {
+      email: r.email,
+      kind: r.kind,
+      approvers,
+      admin: r.admin === 1,
+      disabled: r.disabled === 1,
+      createdAt: r.created_at,
+    };
+    if (r.owner !== null) u.owner = r.owner;
+    if (r.public_key !== null) u.publicKey = r.public_key;
+    if (r.fingerprint !== null) u.fingerprint = r.fingerprint;
+    if (r.name !== null) u.name = r.name;
+    return u;
+  }
+
+  listUsers(): UserRecord[] {
+    const rows = this.q("SELECT * FROM users ORDER BY email").all() as unknown as UserRow[];
+    const approvers = new Map<string, string[]>();
+    for (const a of this.q("SELECT subject, approver FROM approvers ORDER BY approver").all() as {
+      subject: string;
+      approver: string;
+    }[]) {
+      const list = approvers.get(a.subject) ?? [];
+      list.push(a.approver);
+      approvers.set(a.subject, list);
+    }
+    return rows.map((r) => this.userFromRow(r, approvers.get(r.email) ?? []));
+  }
+
+  setDisabled(email: string, disabled: boolean): boolean {
+    return this.q("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1;
+  }
+
+  subordinatesOf(email: string): string[] {
+    const owned = this.q("SELECT email FROM users WHERE owner = ?").all(email) as { email: string }[];
+    const approved = this.q("SELECT subject FROM approvers WHERE approver = ?").all(email) as {
+      subject: string;
+    }[];
+    return [...new Set([...owned.map((r) => r.email), ...approved.map((r) => r.subject)])];
+  }
+
+  // --- signing keys ---
+
+  listSigningKeys(): SigningKeyRecord[] {
+    const rows = this.q("SELECT * FROM signing_keys ORDER BY created_at, kid").all() as {
+      kid: string;
+      private_key: string;
+      created_at: number;
+      retired_at: number | null;
+      max_exp: number;
+    }[];
+    return rows.map((r) => {
+      const k: SigningKeyRecord = {
+        kid: r.kid,
+        privateKey: r.private_key,
+        createdAt: r.created_at,
+        maxExp: r.max_exp,
+      };
+      if (r.retired_at !== null) k.retiredAt = r.retired_at;
+      return k;
+    });
+  }
+
+  addSigningKey(k: SigningKeyRecord): void {
+    this.q(
+      "INSERT INTO signing_keys (kid, private_key, created_at, retired_at, max_exp) VALUES (?, ?, ?, ?, ?)",
+    ).run(k.kid, k.privateKey, k.createdAt, k.retiredAt ?? null, k.maxExp);
+  }
+
+  retireSigningKeys(exceptKid: string, now: number): void {
+    this.q("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL AND kid <> ?").run(
+      now,
+      exceptKid,
+    );
+  }
+
+  raiseKeyMaxExp(kid: string, maxExp: number): void {
+    this.q("UPDATE signing_keys SET max_exp = ? WHERE kid = ? AND max_exp < ?").run(maxExp, kid, maxExp);
+  }
+
+  externalChangeMarker(): number {
+    return (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
+  }
+
+  // --- single-use values ---
+
+  putChallenge(challenge: string, subject: string, expiresAt: number): void {
+    this.q("INSERT INTO challenges (challenge, subject, expires_at) VALUES (?, ?, ?)").run(
+      challenge,
+      subject,
+      expiresAt,
+    );
+  }
+
+  takeChallenge(challenge: string, subject: string, now: number): boolean {
+    // One statement: the delete both checks and consumes, so a challenge can be used at most once.
+    return (
+      this.q("DELETE FROM challenges WHERE challenge = ? AND subject = ? AND expires_at > ?").run(
+        challenge,
+        subject,
+        now,
+      ).changes === 1
+    );
+  }
+
+  useJti(jti: string, expiresAt: number): boolean {
+    return (
+      this.q("INSERT OR IGNORE INTO used_jtis (jti, expires_at) VALUES (?, ?)").run(jti, expiresAt)
+        .changes === 1
+    );
+  }
+
+  purgeExpired(now: number): void {
+    this.q("DELETE FROM challenges WHERE expires_at <= ?").run(now);
+    this.q("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
+  }
+
+  // --- grants ---
+
+  insertGrant(n: NewGrant): StoredGrant {
+    const g = n.grant;
+    const r = this.q(
+      `INSERT INTO grants (id, type, requester, status, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      g.id,
+      g.type,
+      g.request.requester,
+      g.status,
+      JSON.stringify(g.request),
+      n.matchKey ?? null,
+      g.type === "delegation" ? (g.request.delegator ?? null) : null,
+      g.type === "delegation" ? (g.request.delegate ?? null) : null,
+      g.decided_by ?? null,
+      g.created_at,
+      g.decided_at ?? null,
+      g.expires_at ?? null,
+      g.used_at ?? null,
+    );
+    return { grant: g, version: 1, seq: Number(r.lastInsertRowid) };
+  }
+
+  getGrant(id: string): StoredGrant | undefined {
+    const r = this.q(`SELECT ${GRANT_COLS} FROM grants WHERE id = ?`).get(id) as GrantRow | undefined;
+    return r ? grantFromRow(r) : undefined;
+  }
+
+  findReusable(requester: string, matchKey: string, now: number): StoredGrant | undefined {
+    const r = this.q(
+      `SELECT ${GRANT_COLS} FROM grants
+       WHERE requester = ? AND match_key = ? AND status = 'approved'
+         AND json_extract(request, '$.grant_type') IN ('timed', 'always')
+         AND (expires_at IS NULL OR expires_at > ?)
+       ORDER BY seq DESC LIMIT 1`,
+    ).get(requester, matchKey, now) as GrantRow | undefined;
+    return r ? grantFromRow(r) : undefined;
+  }
+
+  queryGrants(q: GrantQuery): GrantPage {
+    // One index range scan per requester (each bounded by limit+1), merged here: the cost depends
+    // on the page size and the number of requesters, not on how many grants are stored.
+    const scopes: { column: string; value: string }[] = [];
+    if (q.delegator !== undefined) scopes.push({ column: "delegator", value: q.delegator });
+    else if (q.delegate !== undefined) scopes.push({ column: "delegate", value: q.delegate });
+    else if (q.requesters) for (const r of q.requesters) scopes.push({ column: "requester", value: r });
+    const rows: GrantRow[] = [];
+    if (q.requesters && q.requesters.length === 0) return { items: [], hasMore: false };
+    const run = (column: string | undefined, value: string | undefined) => {
+      const where: string[] = [];
+      const args: (string | number)[] = [];
+      if (column) {
+        where.push(`${column} = ?`);
+        args.push(value!);
+      }
+      if (q.status) {
+        where.push("status = ?");
+        args.push(q.status);
+      }
+      if (q.type) {
+        where.push("type = ?");
+        args.push(q.type);
+      }
+      if (q.before) {
+        where.push("(created_at < ? OR (created_at = ? AND seq < ?))");
+        args.push(q.before.createdAt, q.before.createdAt, q.before.seq);
+      }
+      const sql = `SELECT ${GRANT_COLS} FROM grants ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
+        ORDER BY created_at DESC, seq DESC LIMIT ?`;
+      args.push(q.limit + 1);
+      rows.push(...(this.q(sql).all(...args) as unknown as GrantRow[]));
+    };
+    if (scopes.length === 0) run(undefined, undefined);
+    else for (const s of scopes) run(s.column, s.value);
+    // Delegation listings filtered by both roles: keep the requester filter as a post-filter.
+    rows.sort((a, b) => b.created_at - a.created_at || b.seq - a.seq);
+    const unique = rows.filter((r, i) => i === 0 || r.seq !== rows[i - 1]!.seq);
+    const page = unique.slice(0, q.limit);
+    return { items: page.map(grantFromRow), hasMore: unique.length > q.limit };
+  }
+
+  transition(id: string, t: Transition): StoredGrant | undefined {
+    const sets = ["status = ?", "version = version + 1"];
+    const args: (string | number | null)[] = [t.to];
+    if (t.decidedBy !== undefined) {
+      sets.push("decided_by = ?");
+      args.push(t.decidedBy);
+    }
+    if (t.decidedAt !== undefined) {
+      sets.push("decided_at = ?");
+      args.push(t.decidedAt);
+    }
+    if (t.expiresAt !== undefined) {
+      sets.push("expires_at = ?");
+      args.push(t.expiresAt);
+    }
+    if (t.usedAt !== undefined) {
+      sets.push("used_at = ?");
+      args.push(t.usedAt);
+    }
+    if (t.grantType !== undefined) {
+      sets.push("request = json_set(request, '$.grant_type', ?)");
+      args.push(t.grantType);
+    }
+    if (t.duration !== undefined) {
+      sets.push(
+        t.duration === null
+          ? "request = json_remove(request, '$.duration')"
+          : "request = json_set(request, '$.duration', ?)",
+      );
+      if (t.duration !== null) args.push(t.duration);
+    }
+    const placeholders = t.from.map(() => "?").join(", ");
+    // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
+    const r = this.q(
+      `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
+    ).get(...args, id, ...t.from) as GrantRow | undefined;
+    return r ? grantFromRow(r) : undefined;
+  }
+
+  expireDue(now: number): string[] {
+    const rows = this.q(
+      "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
+    ).all(now) as { id: string }[];
+    return rows.map((r) => r.id);
+  }
+
+  close(): void {
+    this.stmts.clear();
+    if (this.db.isOpen) this.db.close();
+  }
+}

@@ -1,0 +1,275 @@
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { formatSshPublicKey } from "../../protocol/keys.ts";
+
+/**
+ * The real IdP (`dist/apes idp serve`) as a child process for integration tests, plus small HTTP
+ * helpers. Every started process is remembered and killed when the test process exits, but tests
+ * should still call stop() in afterAll.
+ */
+
+export interface IdpHandle {
+  url: string;
+  issuer: string;
+  dataDir: string;
+  pid: number;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<void>;
+  /** Send a signal (default SIGKILL) and wait for exit. */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  /** Start again on the same data dir AND the same port (url/issuer/pid are updated). */
+  restart(): Promise<void>;
+  /** stderr so far (JSON log lines), across restarts. */
+  logs(): string;
+  /** Exit code of the last process once it has exited (null while running or when killed by a signal). */
+  exitCode(): number | null;
+}
+
+export interface StartIdpOptions {
+  dataDir?: string;
+  tokenTtl?: string;
+  tls?: { cert: string; key: string };
+  issuer?: string;
+  extraArgs?: string[];
+  env?: Record<string, string>;
+}
+
+export function apesBin(): string {
+  return resolve(import.meta.dirname, "..", "..", "dist", "apes");
+}
+
+const live = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const p of live) p.kill("SIGKILL");
+});
+
+function waitExit(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => p.once("exit", () => r()));
+}
+
+export async function startIdp(options: StartIdpOptions = {}): Promise<IdpHandle> {
+  const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "apes-idp-")), "data");
+  let stderr = "";
+  let proc: ChildProcess;
+  let port = 0;
+  let url = "";
+  let issuer = "";
+
+  const launch = async () => {
+    const args = ["idp", "serve", "--listen", `127.0.0.1:${port}`, "--data", dataDir];
+    if (options.tokenTtl) args.push("--token-ttl", options.tokenTtl);
+    if (options.tls) args.push("--tls-cert", options.tls.cert, "--tls-key", options.tls.key);
+    if (options.issuer) args.push("--issuer", options.issuer);
+    args.push(...(options.extraArgs ?? []));
+    const p = spawn(apesBin(), args, {
+      env: { ...process.env, ...options.env },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    proc = p;
+    live.add(p);
+    p.once("exit", () => live.delete(p));
+    const start = stderr.length;
+    await new Promise<void>((resolveStart, reject) => {
+      const timer = setTimeout(() => {
+        p.kill("SIGKILL");
+        reject(new Error(`the IdP did not report "listening" within 20 s:\n${stderr.slice(start)}`));
+      }, 20_000);
+      let buffer = "";
+      let listening = false;
+      p.stderr!.setEncoding("utf8");
+      p.stderr!.on("data", (chunk: string) => {
+        stderr += chunk;
+        if (listening) return;
+        buffer += chunk;
+        let nl = buffer.indexOf("\n");
+        while (nl !== -1) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 1);
+          nl = buffer.indexOf("\n");
+          try {
+            const entry = JSON.parse(line) as { msg?: string; url?: string; issuer?: string };
+            if (entry.msg === "listening" && entry.url) {
+              clearTimeout(timer);
+              listening = true;
+              url = entry.url;
+              issuer = entry.issuer ?? entry.url;
+              port = Number(new URL(entry.url).port);
+              resolveStart();
+              return;
+            }
+          } catch {
+            // not a log line
+          }
+        }
+      });
+      p.once("exit", (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`the IdP exited (${code ?? signal}) before listening:\n${stderr.slice(start)}`));
+      });
+    });
+  };
+
+  await launch();
+  const handle: IdpHandle = {
+    get url() {
+      return url;
+    },
+    get issuer() {
+      return issuer;
+    },
+    dataDir,
+    get pid() {
+      return proc.pid!;
+    },
+    async stop() {
+      proc.kill("SIGTERM");
+      await waitExit(proc);
+    },
+    async kill(signal: NodeJS.Signals = "SIGKILL") {
+      proc.kill(signal);
+      await waitExit(proc);
+    },
+    async restart() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill("SIGTERM");
+        await waitExit(proc);
+      }
+      url = "";
+      issuer = "";
+      await launch();
+    },
+    logs: () => stderr,
+    exitCode: () => proc.exitCode,
+  };
+  return handle;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `dist/apes ...args` and collects its output (never throws on a non-zero exit). */
+export function runApes(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  return new Promise((resolveRun) => {
+    execFile(apesBin(), args, { env: { ...process.env, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+      resolveRun({ code, stdout, stderr });
+    });
+  });
+}
+
+export async function addUser(
+  dataDir: string,
+  email: string,
+  options: {
+    agent?: boolean;
+    owner?: string;
+    approvers?: string[];
+    publicKey?: string;
+    admin?: boolean;
+  } = {},
+): Promise<void> {
+  const args = ["idp", "users", "add", email, options.agent ? "--agent" : "--human", "--data", dataDir];
+  if (options.owner) args.push("--owner", options.owner);
+  for (const a of options.approvers ?? []) args.push("--approver", a);
+  if (options.publicKey) args.push("--key", options.publicKey);
+  if (options.admin) args.push("--admin");
+  const r = await runApes(args);
+  if (r.code !== 0) throw new Error(`apes idp users add ${email} failed (${r.code}): ${r.stderr}`);
+}
+
+/** A fresh Ed25519 key pair with its `ssh-ed25519 ...` public line. */
+export function newKey(comment = "test"): {
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+  publicLine: string;
+} {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  return { privateKey, publicKey, publicLine: formatSshPublicKey(publicKey, comment) };
+}
+
+export type FetchLike = typeof fetch;
+
+export async function discovery(url: string, f: FetchLike = fetch): Promise<Record<string, string>> {
+  const res = await f(`${url}/.well-known/openid-configuration`);
+  if (!res.ok) throw new Error(`discovery failed: ${res.status}`);
+  return (await res.json()) as Record<string, string>;
+}
+
+/** Challenge/authenticate through the endpoints in discovery; returns the session token. */
+export async function loginWithKey(url: string, email: string, privateKey: KeyObject, f: FetchLike = fetch) {
+  const d = await discovery(url, f);
+  const post = async (endpoint: string, body: unknown) => {
+    const res = await f(endpoint, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const json = (await res.json()) as Record<string, unknown>;
+    if (!res.ok) throw new Error(`${endpoint}: ${res.status} ${JSON.stringify(json)}`);
+    return json;
+  };
+  const { challenge } = (await post(d.ddisa_auth_challenge_endpoint!, { id: email })) as {
+    challenge: string;
+  };
+  const signature = sign(null, Buffer.from(challenge, "utf8"), privateKey).toString("base64");
+  const { token } = (await post(d.ddisa_auth_authenticate_endpoint!, {
+    id: email,
+    challenge,
+    signature,
+  })) as {
+    token: string;
+  };
+  return token;
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: response bodies are arbitrary JSON; tests assert their shape.
+export type Json = any;
+
+export interface ApiResponse<T = unknown> {
+  status: number;
+  headers: Headers;
+  body: T;
+}
+
+/** A tiny JSON client for the IdP's APIs: `api(url, token).post("/api/grants", {...})`. */
+export function api(base: string, token?: string, f: FetchLike = fetch) {
+  const call = async <T = Json>(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<ApiResponse<T>> => {
+    const h: Record<string, string> = { ...headers };
+    if (token) h.authorization = `Bearer ${token}`;
+    if (body !== undefined) h["content-type"] ??= "application/json";
+    const res = await f(path.startsWith("http") ? path : base + path, {
+      method,
+      headers: h,
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      // leave as text
+    }
+    return { status: res.status, headers: res.headers, body: parsed as T };
+  };
+  return {
+    get: <T = Json>(path: string, headers?: Record<string, string>) =>
+      call<T>("GET", path, undefined, headers),
+    post: <T = Json>(path: string, body?: unknown, headers?: Record<string, string>) =>
+      call<T>("POST", path, body ?? {}, headers),
+    delete: <T = Json>(path: string, headers?: Record<string, string>) =>
+      call<T>("DELETE", path, undefined, headers),
+    call,
+  };
+}

@@ -40,9 +40,13 @@ export function normalizeIdpUrl(raw: string): string {
   } catch {
     throw usageError(`"${raw}" is not a URL`, "give the IdP as https://id.example.com");
   }
-  if (u.protocol !== "https:" && u.protocol !== "http:") {
-    throw usageError(`the IdP URL must be https:// (got ${u.protocol})`);
+  // Plain http would send keys' challenges and tokens in the clear: loopback only (tests, one-machine setups).
+  const h = u.hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  const loopback = h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
+  if (u.protocol !== "https:" && !(u.protocol === "http:" && loopback)) {
+    throw usageError(`the IdP URL must be https:// (plain http only on a loopback address), got ${raw}`);
   }
+  if (u.username || u.password) throw usageError("the IdP URL must not contain credentials");
   if (u.search || u.hash) throw usageError("the IdP URL must not have a query or fragment");
   return `${u.origin}${u.pathname.replace(/\/+$/, "")}`;
 }

@@ -1,8 +1,17 @@
 import type { Command } from "commander";
 import type { GetContext } from "../program.ts";
+import { registerAgentsCommands } from "./agents/group.ts";
+import { register as registerDelegate } from "./delegate/delegate.ts";
+import { registerDelegationsCommands } from "./delegations/group.ts";
 import { register as registerDnsCheck } from "./dns/check.ts";
+import { registerGrantsCommands } from "./grants/group.ts";
 import { register as registerHelp } from "./help/exit-codes.ts";
 import { registerIdpCommands } from "./idp/group.ts";
+import { register as registerKeygen } from "./keygen/keygen.ts";
+import { register as registerLogin } from "./login/login.ts";
+import { register as registerLogout } from "./logout/logout.ts";
+import { registerTokenCommands } from "./token/group.ts";
+import { register as registerWhoami } from "./whoami/whoami.ts";
 
 /**
  * The command tree. Each command lives in commands/<noun>/<verb>.ts and exports
@@ -16,4 +25,14 @@ export function registerCommands(program: Command, getContext: GetContext): void
     .description("DNS discovery (DDISA) diagnostics for admins")
     .helpCommand(false);
   registerDnsCheck(dns, getContext);
+  // Sessions, grants, delegations (issue 4).
+  registerLogin(program, getContext);
+  registerLogout(program, getContext);
+  registerWhoami(program, getContext);
+  registerKeygen(program, getContext);
+  registerAgentsCommands(program, getContext);
+  registerGrantsCommands(program, getContext);
+  registerDelegate(program, getContext);
+  registerDelegationsCommands(program, getContext);
+  registerTokenCommands(program, getContext);
 }

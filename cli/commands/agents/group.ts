@@ -1,0 +1,14 @@
+import type { Command } from "commander";
+import type { GetContext } from "../../program.ts";
+import { register as registerAdd } from "./add.ts";
+import { register as registerList } from "./list.ts";
+
+/** `apes agents ...`: one command per file. */
+export function registerAgentsCommands(program: Command, getContext: GetContext): void {
+  const group = program
+    .command("agents")
+    .description("agents you own (enroll with their public key)")
+    .helpCommand(false);
+  registerAdd(group, getContext);
+  registerList(group, getContext);
+}

@@ -1,0 +1,55 @@
+import type { Command } from "commander";
+import type { Context } from "../../context.ts";
+import { printData } from "../../output.ts";
+import type { GetContext } from "../../program.ts";
+
+export function register(parent: Command, getContext: GetContext): void {
+  parent
+    .command("list")
+    .description("list the agents you own")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ apes agents list
+  $ apes agents list --json | jq -r '.[].email'`,
+    )
+    .action(async () => {
+      await agentsList(getContext());
+    });
+}
+
+interface AgentView {
+  email?: string;
+  name?: string;
+  owner?: string;
+  approvers?: string[];
+  fingerprint?: string;
+  disabled?: boolean;
+}
+
+export async function agentsList(ctx: Context): Promise<void> {
+  const [{ authed }, { idpEndpoints }, { formatTable }] = await Promise.all([
+    import("../../grants/client.ts"),
+    import("../../idp-client.ts"),
+    import("../../output.ts"),
+  ]);
+  const auth = await authed(ctx);
+  const endpoints = await idpEndpoints(ctx, auth.session().idp);
+  const res = await auth.call<{ data?: AgentView[] } | AgentView[]>({ url: endpoints.agentsEndpoint });
+  const agents = Array.isArray(res.body) ? res.body : (res.body?.data ?? []);
+  printData(ctx, agents, () =>
+    agents.length === 0
+      ? "no agents (enroll one with `apes agents add --name N --key PUBKEY`)"
+      : formatTable([
+          ["EMAIL", "NAME", "OWNER", "APPROVERS", "KEY"],
+          ...agents.map((a) => [
+            `${a.email ?? "?"}${a.disabled ? " (disabled)" : ""}`,
+            a.name ?? "-",
+            a.owner ?? "-",
+            a.approvers?.join(",") || "-",
+            a.fingerprint ?? "-",
+          ]),
+        ]),
+  );
+}

@@ -1,0 +1,97 @@
+import type { Command } from "commander";
+import type { Context } from "../../context.ts";
+import type { GetContext } from "../../program.ts";
+
+export interface GrantsRequestOptions {
+  audience: string;
+  host?: string;
+  approval: string;
+  duration?: string;
+  reason?: string;
+  runAs?: string;
+  wait?: boolean;
+  timeout?: string;
+}
+
+export function register(parent: Command, getContext: GetContext): void {
+  parent
+    .command("request")
+    .description("ask for a grant to run a command (a human approves it)")
+    .argument("<cmd...>", "the command and its arguments, after --")
+    .option("--audience <aud>", "who will verify the grant", "escapes")
+    .option("--host <host>", "target host (default: this host's name)")
+    .option("--approval <type>", "once | timed | always (the approver may change it)", "once")
+    .option("--duration <d>", "for timed grants: how long, e.g. 30m, 8h")
+    .option("--reason <text>", "why, shown to the approver")
+    .option("--run-as <user>", "run the command as this user (default: root)")
+    .option("--wait", "wait for the decision (exit 0 approved, 77 denied, 75 timed out)")
+    .option("--timeout <d>", "with --wait: give up after this long, e.g. 10m")
+    .addHelpText(
+      "after",
+      `
+The grant carries the command as argv and its cmd_hash ("SHA-256:" + hex of the JSON
+array), so the approver sees exactly what runs and the verifier checks it element by
+element. The grant id is printed on stdout. An IdP may answer with an existing approved
+timed/always grant that matches exactly (shown as "reused").
+
+Examples:
+  $ apes grants request --reason "rotate logs" -- logrotate -f /etc/logrotate.conf
+  $ apes grants request --approval timed --duration 30m -- systemctl restart nginx
+  $ id=$(apes grants request -- apt-get upgrade -y) && apes grants wait "$id"
+  $ apes --json grants request --wait --timeout 5m -- ls /root`,
+    )
+    .action(async (cmd: string[], options: GrantsRequestOptions) => {
+      await grantsRequest(getContext(), cmd, options);
+    });
+}
+
+export async function grantsRequest(
+  ctx: Context,
+  cmd: string[],
+  options: GrantsRequestOptions,
+): Promise<void> {
+  const [{ cmdHash, isWellFormedArgv }, { hostname }, fmt, { grantsClient }, { usageError }, { printData }] =
+    await Promise.all([
+      import("../../../protocol/cmd-hash.ts"),
+      import("node:os"),
+      import("../../grants/format.ts"),
+      import("../../grants/client.ts"),
+      import("../../errors.ts"),
+      import("../../output.ts"),
+    ]);
+  if (cmd.length === 0)
+    throw usageError("no command given", "put it after --: `apes grants request -- systemctl restart nginx`");
+  if (!isWellFormedArgv(cmd)) throw usageError("the command contains invalid Unicode");
+  const { grant_type, duration } = fmt.approvalAndDuration(options.approval, options.duration);
+  const host = options.host ?? hostname();
+  if (!host) throw usageError("--host is empty");
+  if (!options.audience) throw usageError("--audience is empty");
+  const timeoutMs = fmt.parseDurationSeconds(options.timeout, "--timeout");
+  if (timeoutMs !== undefined && !options.wait) throw usageError("--timeout needs --wait");
+
+  const client = await grantsClient(ctx);
+  const { grant, reused } = await client.create({
+    target_host: host,
+    audience: options.audience,
+    grant_type: grant_type ?? "once",
+    command: cmd,
+    cmd_hash: cmdHash(cmd),
+    ...(duration !== undefined ? { duration } : {}),
+    ...(options.reason ? { reason: options.reason } : {}),
+    ...(options.runAs ? { run_as: options.runAs } : {}),
+  });
+  if (!options.wait || grant.status !== "pending") {
+    if (!ctx.globals.json) {
+      ctx.io.stderr.write(
+        reused
+          ? `reused approved grant ${grant.id} (${grant.request.grant_type})\n`
+          : `requested grant ${grant.id}: ${grant.status}; an approver sees it in \`apes grants list --inbox\`\n`,
+      );
+    }
+    printData(ctx, { ...grant, reused }, () => grant.id);
+    if (options.wait) (await import("./wait.ts")).decisionExit(grant);
+    return;
+  }
+  const { waitAndReport } = await import("./wait.ts");
+  await waitAndReport(ctx, client, grant.id, timeoutMs !== undefined ? timeoutMs * 1000 : undefined, grant);
+}

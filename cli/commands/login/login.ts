@@ -1,0 +1,131 @@
+import { type Command, Option } from "commander";
+import type { Context } from "../../context.ts";
+import { printData } from "../../output.ts";
+import type { GetContext } from "../../program.ts";
+
+export interface LoginOptions {
+  key?: string;
+  idp?: string;
+}
+
+export function register(program: Command, getContext: GetContext): void {
+  program
+    .command("login")
+    .description("log in with an Ed25519 key (challenge-response); the session renews itself with the key")
+    .argument("[email]", "your identity; default: the comment of <key>.pub when it is an email")
+    .addOption(
+      new Option("--key <path>", "private key (OpenSSH or PKCS#8 PEM, unencrypted)").default(
+        undefined,
+        "$XDG_CONFIG_HOME/apes/id_ed25519, then ~/.ssh/id_ed25519",
+      ),
+    )
+    .option(
+      "--idp <url>",
+      "the IdP (default: config `idp` / APES_IDP, else DNS discovery of the email's domain)",
+    )
+    .addHelpText(
+      "after",
+      `
+The IdP comes from --idp, else the config (\`idp\` in config.toml or APES_IDP), else the
+current session when it is for the same email, else DDISA discovery (_ddisa.<domain> TXT;
+--debug shows the record and its mode). The session is stored in
+$XDG_CONFIG_HOME/apes/auth.json (0600) with the key's path and fingerprint; every command
+re-authenticates with that key when less than 60 s of the token remain.
+
+Examples:
+  $ apes login alice@example.com
+  $ apes login alice@example.com --key ~/.ssh/id_ed25519 --idp https://id.example.com
+  $ apes login --key ~/.config/apes/id_ed25519      email from the key's .pub comment (agents)
+  $ apes --json login bot+agent@example.com`,
+    )
+    .action(async (email: string | undefined, options: LoginOptions) => {
+      await login(getContext(), email, options);
+    });
+}
+
+export async function login(
+  ctx: Context,
+  emailArg: string | undefined,
+  options: LoginOptions,
+): Promise<void> {
+  const [{ chooseKeyPath, emailFromPublicKey, loadPrivateKey, looksLikeEmail }, store, { keyLogin }] =
+    await Promise.all([
+      import("../../auth/keys.ts"),
+      import("../../auth/store.ts"),
+      import("../../auth/key-login.ts"),
+    ]);
+  const { usageError } = await import("../../errors.ts");
+  const keyPath = await chooseKeyPath(ctx, options.key);
+  const loaded = await loadPrivateKey(ctx, keyPath);
+
+  let email = emailArg?.trim();
+  if (!email) {
+    email = await emailFromPublicKey(keyPath);
+    if (!email) {
+      throw usageError(
+        "which identity? give the email: `apes login <email>`",
+        `(without an email, apes reads it from the comment of ${keyPath}.pub; \`apes keygen --comment <email>\` writes one)`,
+      );
+    }
+    ctx.debug(`login: email ${email} from ${keyPath}.pub`);
+  }
+  if (!looksLikeEmail(email)) throw usageError(`"${email}" is not an email address`);
+
+  const idp = await chooseIdp(ctx, email, options.idp);
+  const result = await keyLogin(ctx, idp, email, loaded.key);
+  const nowS = Math.floor(ctx.clock.now() / 1000);
+  const session = {
+    version: 1 as const,
+    idp,
+    email: result.email,
+    act: result.act,
+    token: result.token,
+    expires_at: result.expiresAt,
+    key_path: loaded.path,
+    key_fingerprint: loaded.fingerprint,
+    authenticated_at: nowS,
+  };
+  await store.withSessionLock(ctx, () => store.writeSession(ctx, session));
+  const { formatTime } = await import("../../output.ts");
+  printData(
+    ctx,
+    {
+      email: session.email,
+      act: session.act,
+      idp,
+      issuer: result.endpoints.issuer,
+      expires_at: session.expires_at,
+      key_path: session.key_path,
+      key_fingerprint: session.key_fingerprint,
+    },
+    () =>
+      `logged in as ${session.email} (${session.act}) at ${idp}\n` +
+      `token valid until ${formatTime(session.expires_at)}; renewed with ${loaded.path} (${loaded.fingerprint})`,
+  );
+}
+
+async function chooseIdp(ctx: Context, email: string, explicit: string | undefined): Promise<string> {
+  const { normalizeIdpUrl } = await import("../../idp-client.ts");
+  if (explicit) {
+    ctx.debug(`login: idp ${explicit} from --idp`);
+    return normalizeIdpUrl(explicit);
+  }
+  const config = await ctx.config();
+  if (!config.idp) {
+    const { readSession } = await import("../../auth/store.ts");
+    const current = await readSession(ctx).catch(() => undefined);
+    if (current && current.email.toLowerCase() === email.toLowerCase()) {
+      ctx.debug(`login: idp ${current.idp} from the current session of ${current.email}`);
+      return normalizeIdpUrl(current.idp);
+    }
+  }
+  const { discoverIdp } = await import("../../discovery.ts");
+  const found = await discoverIdp(ctx, email);
+  for (const line of found.explanation) ctx.debug(`login: ${line}`);
+  if (found.record) {
+    ctx.debug(
+      `login: DDISA record idp=${found.record.idp} mode=${found.record.mode ?? "open"} (via ${found.via})`,
+    );
+  }
+  return normalizeIdpUrl(found.idp);
+}

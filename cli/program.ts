@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { registerCommands } from "./commands/index.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
+import { routeArgv } from "./elevation/grammar.ts";
 import { CliError } from "./errors.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { VERSION } from "./version.ts";
@@ -70,7 +71,9 @@ export async function runCli(argv: readonly string[], overrides: Partial<Context
   const { program, getContext } = buildProgram(overrides);
   const stderr = overrides.io?.stderr ?? process.stderr;
   try {
-    await program.parseAsync(argv as string[], { from: "user" });
+    // `apes [--reason R ...] -- cmd` is `apes run ...`: routed here, before commander sees it, so a
+    // command word after `--` can never be taken for a subcommand.
+    await program.parseAsync(routeArgv(argv), { from: "user" });
     return typeof process.exitCode === "number" && !overrides.io ? process.exitCode : ExitCode.OK;
   } catch (e) {
     return reportError(e, stderr, () => getContext().globals.debug);

@@ -1,0 +1,41 @@
+import type { Command } from "commander";
+import { addElevationOptions, elevationFromRaw, rootRawArgs } from "../../elevation/options.ts";
+import { usageError } from "../../errors.ts";
+import type { GetContext } from "../../program.ts";
+
+/**
+ * `apes __request --result-fd N [elevation options] -- CMD...`: run by the setuid shim as the
+ * invoking user; writes the AuthZ-JWT to fd N and nowhere else. Hidden from help.
+ */
+export function register(program: Command, getContext: GetContext): void {
+  const cmd = program
+    .command("__request", { hidden: true })
+    .description("internal: request, wait for and deliver an elevation grant (run by the shim)")
+    .requiredOption("--result-fd <n>", "the inherited pipe the AuthZ-JWT is written to");
+  addElevationOptions(cmd).action(async (_args: string[], _opts: unknown, self: Command) => {
+    const raw = rootRawArgs(self);
+    if (raw[0] !== "__request") throw usageError("__request must come first");
+    let rest = raw.slice(1);
+    let fdText: string | undefined;
+    if (rest[0] === "--result-fd") {
+      fdText = rest[1];
+      rest = rest.slice(2);
+    } else if (rest[0]?.startsWith("--result-fd=")) {
+      fdText = rest[0].slice("--result-fd=".length);
+      rest = rest.slice(1);
+    }
+    if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
+    const req = elevationFromRaw(rest);
+    const ctx = getContext();
+    const controller = new AbortController();
+    const onSignal = () => controller.abort(new Error("interrupted"));
+    const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+    for (const s of signals) process.on(s, onSignal);
+    try {
+      const { runRequester } = await import("../../elevation/request.ts");
+      await runRequester(ctx, req, { resultFd: Number(fdText), signal: controller.signal });
+    } finally {
+      for (const s of signals) process.off(s, onSignal);
+    }
+  });
+}

@@ -1,0 +1,281 @@
+import { closeSync, fstatSync, writeSync } from "node:fs";
+import { hostname } from "node:os";
+import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { ELEVATION_AUDIENCE, type Grant } from "../../protocol/types.ts";
+import type { Context } from "../context.ts";
+import { CliError } from "../errors.ts";
+import { ExitCode } from "../exit-codes.ts";
+import type { GrantsClient, NewGrantRequest } from "../grants/client.ts";
+import { formatElapsed, startProgress } from "../grants/progress.ts";
+import { continueCommand, type ElevationRequest } from "./grammar.ts";
+
+/**
+ * The requester: `apes __request --result-fd N ... -- CMD` (run by the shim as the invoking user),
+ * and `apes --no-wait -- CMD` without the shim. Creates (or reuses, or continues with --grant) a
+ * grant bound to the exact command, waits for a human's decision, fetches the AuthZ-JWT and writes
+ * it to the inherited fd, which is the ONLY place the token ever goes.
+ */
+
+export interface RequesterDeps {
+  client(ctx: Context): Promise<GrantsClient>;
+  wait(
+    ctx: Context,
+    client: GrantsClient,
+    id: string,
+    options: {
+      timeoutMs?: number;
+      signal?: AbortSignal;
+      onProgress?(ms: number, g: Grant | undefined): void;
+    },
+  ): Promise<Grant>;
+  /** Writes the token to the result fd and closes it. */
+  deliver(fd: number, token: string): void;
+  /** Refuses a result fd that is not an inherited pipe. */
+  checkFd(fd: number): void;
+  hostname(): string;
+}
+
+export interface RequesterOptions {
+  /** The shim's pipe; undefined when apes runs without the shim (then only --no-wait is possible). */
+  resultFd?: number;
+  /** Aborted by SIGINT/SIGTERM: a grant created by this run is revoked. */
+  signal?: AbortSignal;
+  deps?: Partial<RequesterDeps>;
+}
+
+export const defaultDeps: RequesterDeps = {
+  async client(ctx) {
+    const { grantsClient } = await import("../grants/client.ts");
+    return grantsClient(ctx);
+  },
+  async wait(ctx, client, id, options) {
+    const { waitForDecision } = await import("../grants/wait.ts");
+    return waitForDecision(ctx, client, id, options);
+  },
+  deliver: writeToken,
+  checkFd: checkResultFd,
+  hostname: () => hostname(),
+};
+
+/** The grant request for a command: audience "escapes", this host, the exact argv and its hash. */
+export function grantRequestFor(req: ElevationRequest, host: string): NewGrantRequest {
+  return {
+    audience: ELEVATION_AUDIENCE,
+    target_host: host,
+    grant_type: req.approval,
+    command: [...req.command],
+    cmd_hash: cmdHash(req.command),
+    run_as: req.runAs,
+    ...(req.durationS !== undefined ? { duration: req.durationS } : {}),
+    ...(req.reason !== undefined ? { reason: req.reason } : {}),
+  };
+}
+
+/** Why an existing grant (--grant ID) cannot serve this command, or undefined when it can. */
+export function grantMismatch(grant: Grant, req: ElevationRequest, host: string): string | undefined {
+  const r = grant.request;
+  if (grant.type !== "command") return `grant ${grant.id} is a ${grant.type} grant, not a command grant`;
+  const cmd = r.command ?? [];
+  if (cmd.length !== req.command.length || cmd.some((a, i) => a !== req.command[i])) {
+    return `grant ${grant.id} is for ${JSON.stringify(cmd)}, not ${JSON.stringify(req.command)}`;
+  }
+  if ((r.run_as ?? "root") !== req.runAs)
+    return `grant ${grant.id} runs as ${r.run_as ?? "root"}, not ${req.runAs}`;
+  if (r.target_host !== host) return `grant ${grant.id} is for host ${r.target_host}, this is ${host}`;
+  if (r.audience !== ELEVATION_AUDIENCE)
+    return `grant ${grant.id} has audience ${r.audience}, not ${ELEVATION_AUDIENCE}`;
+  return undefined;
+}
+
+/** Resolves 0 once the token is delivered; every other outcome is a CliError with its exit status. */
+export async function runRequester(
+  ctx: Context,
+  req: ElevationRequest,
+  options: RequesterOptions = {},
+): Promise<number> {
+  const deps = { ...defaultDeps, ...options.deps };
+  const timing = ctx.env.APES_TIMING === "1";
+  const t0 = performance.now();
+  let prev = t0;
+  const mark = (phase: string) => {
+    if (!timing) return;
+    const now = performance.now();
+    ctx.io.stderr.write(`apes-timing: requester ${phase} ${(now - prev).toFixed(1)}\n`);
+    prev = now;
+  };
+  if (options.resultFd !== undefined) deps.checkFd(options.resultFd);
+
+  const host = deps.hostname();
+  const client = await deps.client(ctx);
+  mark("session");
+  const who = client.session.email;
+
+  let grant: Grant;
+  let createdHere = false;
+  if (req.grantId) {
+    grant = await client.get(req.grantId);
+    const mismatch = grantMismatch(grant, req, host);
+    if (mismatch) {
+      throw new CliError(mismatch, {
+        exitCode: ExitCode.NOPERM,
+        hint: "run without --grant to request a new grant for this command",
+      });
+    }
+    if (grant.request.requester !== who) {
+      throw new CliError(
+        `grant ${grant.id} was requested by ${grant.request.requester}, not by you (${who})`,
+        {
+          exitCode: ExitCode.NOPERM,
+        },
+      );
+    }
+  } else {
+    const created = await client.create(grantRequestFor(req, host));
+    grant = created.grant;
+    createdHere = !created.reused;
+    if (created.reused && grant.status === "approved") {
+      const until = grant.expires_at ? ` until ${new Date(grant.expires_at * 1000).toISOString()}` : "";
+      ctx.io.stderr.write(
+        `apes: using ${grant.request.grant_type} grant ${grant.id}, approved by ${grant.decided_by ?? "?"}${until}\n`,
+      );
+    }
+  }
+  mark("grant");
+
+  if (grant.status === "pending") {
+    const direct = options.resultFd === undefined;
+    if (req.noWait || direct) pendingExit(ctx, grant, req, client);
+    grant = await waitWithCancel(ctx, client, grant, req, options.signal, createdHere, deps);
+    mark("wait");
+  }
+  if (grant.status !== "approved") throw notUsable(grant, req);
+  if (options.resultFd === undefined) {
+    throw new CliError(
+      `grant ${grant.id} is approved, but this apes cannot elevate: it is not the setuid shim`,
+      {
+        exitCode: ExitCode.CONFIG,
+        hint: `install the shim (\`sudo make install\`), then run \`${continueCommand(grant.id, req)}\``,
+      },
+    );
+  }
+  const { authz_jwt } = await client.token(grant.id);
+  mark("token");
+  deps.deliver(options.resultFd, authz_jwt);
+  mark("deliver");
+  if (timing) ctx.io.stderr.write(`apes-timing: requester total ${(performance.now() - t0).toFixed(1)}\n`);
+  return ExitCode.OK;
+}
+
+/** Prints the grant id (stdout) and how to continue, and ends with exit 75. */
+function pendingExit(ctx: Context, grant: Grant, req: ElevationRequest, client: GrantsClient): never {
+  const next = continueCommand(grant.id, req);
+  if (ctx.globals.json) {
+    ctx.io.stdout.write(
+      `${JSON.stringify({ grant_id: grant.id, status: grant.status, idp: client.session.idp, continue: next })}\n`,
+    );
+  } else {
+    ctx.io.stdout.write(`${grant.id}\n`);
+  }
+  throw new CliError(`grant ${grant.id} awaits approval (${describe(grant)})`, {
+    exitCode: ExitCode.TEMPFAIL,
+    hint: `approve: apes grants approve ${grant.id}   (an approver of ${client.session.email}, IdP ${client.session.idp})\nthen:    ${next}`,
+  });
+}
+
+async function waitWithCancel(
+  ctx: Context,
+  client: GrantsClient,
+  grant: Grant,
+  req: ElevationRequest,
+  signal: AbortSignal | undefined,
+  createdHere: boolean,
+  deps: RequesterDeps,
+): Promise<Grant> {
+  ctx.io.stderr.write(
+    `apes: grant ${grant.id} needs approval (${describe(grant)})\n` +
+      `  who:     an approver of ${client.session.email}\n` +
+      `  approve: apes grants approve ${grant.id}   (IdP ${client.session.idp})\n`,
+  );
+  const progress = startProgress(ctx, `waiting for approval of ${grant.id}`);
+  try {
+    const decided = await deps.wait(ctx, client, grant.id, {
+      timeoutMs: req.timeoutMs,
+      signal,
+      onProgress: (ms) => progress.update(`waiting for approval of ${grant.id} (${formatElapsed(ms)})`),
+    });
+    progress.stop(
+      decided.status === "approved"
+        ? `apes: approved by ${decided.decided_by ?? "?"}`
+        : `apes: grant ${decided.status}`,
+    );
+    return decided;
+  } catch (e) {
+    progress.stop();
+    if (signal?.aborted) {
+      if (createdHere) {
+        // Cancel what we asked for, so nobody approves a request no one waits for.
+        try {
+          await client.revoke(grant.id);
+          ctx.io.stderr.write(`apes: interrupted; grant ${grant.id} cancelled\n`);
+        } catch (revokeError) {
+          ctx.io.stderr.write(
+            `apes: interrupted; could not cancel grant ${grant.id}: ${(revokeError as Error).message}\n`,
+          );
+        }
+      } else {
+        ctx.io.stderr.write(`apes: interrupted; grant ${grant.id} is still pending\n`);
+      }
+      throw new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
+    }
+    if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) {
+      throw new CliError(e.message, {
+        exitCode: ExitCode.TEMPFAIL,
+        hint: `continue later with \`${continueCommand(grant.id, req)}\``,
+      });
+    }
+    throw e;
+  }
+}
+
+function notUsable(grant: Grant, req: ElevationRequest): CliError {
+  const by = grant.decided_by ? ` by ${grant.decided_by}` : "";
+  const what: Record<string, string> = {
+    denied: `grant ${grant.id} was denied${by}`,
+    revoked: `grant ${grant.id} was revoked${by}`,
+    expired: `grant ${grant.id} has expired`,
+    used: `grant ${grant.id} was already used (once grants run one time)`,
+  };
+  return new CliError(what[grant.status] ?? `grant ${grant.id} is ${grant.status}`, {
+    exitCode: ExitCode.NOPERM,
+    hint: `request a new grant: apes --reason "..." -- ${req.command.join(" ")}`,
+  });
+}
+
+function describe(grant: Grant): string {
+  const r = grant.request;
+  const dur = r.grant_type === "timed" && r.duration ? ` ${formatElapsed(r.duration * 1000)}` : "";
+  return `${r.grant_type}${dur}: ${(r.command ?? []).join(" ")} as ${r.run_as ?? "root"} on ${r.target_host}`;
+}
+
+/** The result fd must be an inherited pipe (the shim's), never a file or terminal the token could land in. */
+function checkResultFd(fd: number): void {
+  let ok = false;
+  try {
+    ok = Number.isInteger(fd) && fd >= 3 && fstatSync(fd).isFIFO();
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new CliError(`--result-fd ${fd} is not an inherited pipe`, {
+      exitCode: ExitCode.USAGE,
+      hint: "__request is run by the apes setuid shim; run `apes --reason R -- cmd` instead",
+    });
+  }
+}
+
+export function writeToken(fd: number, token: string): void {
+  const buf = Buffer.from(token, "utf8");
+  let off = 0;
+  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+  closeSync(fd);
+}

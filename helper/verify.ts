@@ -1,0 +1,395 @@
+import { createHash } from "node:crypto";
+import { fstatSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import {
+  type Allowed,
+  checkIssuer,
+  checkTokenShape,
+  consumeOutcome,
+  type Decision,
+  decide,
+  deny,
+  exitStatusFor,
+  parseRequest,
+  type VerifyRequest,
+} from "./decide.ts";
+import { type Policy, PolicyError, parsePolicy, policyFileProblem } from "./policy.ts";
+
+/**
+ * `apes __verify --config-fd 3`: the effects around the pure decision. Runs as the unprivileged
+ * `_apes` user with a fixed environment (HOME = the JWKS cache dir). Order (contract):
+ *   request line -> policy from the fd -> token shape -> issuer allow-list (no network before this)
+ *   -> discovery + JWKS from that issuer only (cached) -> signature, alg pinned to EdDSA
+ *   -> claim checks (decide) -> consume at the IdP (fail closed) -> one verdict line on stdout.
+ */
+
+export interface VerifierIo {
+  stdin: NodeJS.ReadableStream;
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown };
+}
+
+export interface VerifierOptions {
+  configFd: number;
+  /** Where the JWKS cache lives (the verifier's HOME). Undefined: no cache. */
+  cacheDir?: string;
+  nowS?: () => number;
+  /** Injected for unit tests; the default talks HTTP(S) with the policy's CA. */
+  http?: HttpFn;
+}
+
+export type HttpFn = (
+  url: string,
+  init: { method: "GET" | "POST"; headers?: Record<string, string>; body?: string; ca?: string },
+) => Promise<{ status: number; body: unknown }>;
+
+/** A network-level failure (no HTTP answer, or a 5xx): fail closed. */
+export class Unreachable extends Error {}
+
+const MAX_REQUEST_BYTES = 64 * 1024;
+const MAX_POLICY_BYTES = 256 * 1024;
+/** Discovery and JWKS are reused this long; an unknown kid refetches, at most every REFETCH_MIN_S. */
+export const JWKS_TTL_S = 300;
+export const REFETCH_MIN_S = 10;
+const HTTP_TIMEOUT_MS = 5000;
+
+/** Prints the verdict line (and timing lines); returns the decision and the contract's exit status. */
+export async function runVerifier(
+  io: VerifierIo,
+  options: VerifierOptions,
+): Promise<{ exit: 0 | 69 | 77 | 78; decision: Decision }> {
+  const t0 = performance.now();
+  const marks: [string, number][] = [];
+  const mark = (name: string) => marks.push([name, performance.now()]);
+  let timing = false;
+  let decision: Decision;
+  try {
+    decision = await verify(io, options, mark, (req) => {
+      timing = req.timing;
+    });
+  } catch (e) {
+    // Anything unexpected is a denial, never an allow.
+    decision = deny("config_invalid", `verifier error: ${(e as Error).message}`);
+  }
+  io.stdout.write(`${JSON.stringify(decision)}\n`);
+  if (timing) {
+    let prev = t0;
+    for (const [name, at] of marks) {
+      io.stderr.write(`apes-timing: verifier ${name} ${(at - prev).toFixed(1)}\n`);
+      prev = at;
+    }
+    io.stderr.write(`apes-timing: verifier total ${(performance.now() - t0).toFixed(1)}\n`);
+  }
+  return { exit: exitStatusFor(decision), decision };
+}
+
+async function verify(
+  io: VerifierIo,
+  options: VerifierOptions,
+  mark: (name: string) => void,
+  onRequest: (r: VerifyRequest) => void,
+): Promise<Decision> {
+  const nowS = options.nowS ?? (() => Math.floor(Date.now() / 1000));
+  const line = await readLine(io.stdin, MAX_REQUEST_BYTES);
+  if (line === undefined) return deny("request_invalid", "no request line on stdin (or longer than 64 KiB)");
+  const request = parseRequest(line);
+  if ("ok" in request) return request;
+  onRequest(request);
+
+  const policy = readPolicy(options.configFd);
+  if ("ok" in policy) return policy;
+  mark("read");
+
+  const shape = checkTokenShape(request.jwt);
+  if (shape) return shape;
+  const unverified = decodeParts(request.jwt);
+  if (!unverified) return deny("token_malformed", "the grant token's header or payload is not JSON");
+  const issuerCheck = checkIssuer(unverified.payload.iss, policy);
+  if (!issuerCheck.ok) return issuerCheck;
+  const issuer = issuerCheck.issuer;
+  if (unverified.header.alg !== "EdDSA") {
+    return deny(
+      "signature_invalid",
+      `alg ${JSON.stringify(unverified.header.alg ?? null)} is not accepted (EdDSA only)`,
+    );
+  }
+  const kid = unverified.header.kid;
+  if (typeof kid !== "string" || kid.length === 0)
+    return deny("signature_invalid", "the token header has no kid");
+
+  const http = options.http ?? (await httpForPolicy(policy));
+  let meta: IssuerMeta;
+  try {
+    meta = await issuerMeta(http, issuer, options.cacheDir, nowS(), kid);
+  } catch (e) {
+    return deny("jwks_unavailable", `cannot get the signing keys of ${issuer}: ${(e as Error).message}`);
+  }
+  mark("jwks");
+  const jwk = meta.keys.find((k) => k.kid === kid);
+  if (!jwk) return deny("signature_invalid", `the token's key ${kid} is not published by ${issuer}`);
+
+  let claims: Record<string, unknown>;
+  try {
+    const { compactVerify, importJWK } = await import("jose");
+    if (jwk.kty !== "OKP" || jwk.crv !== "Ed25519" || (jwk.alg !== undefined && jwk.alg !== "EdDSA")) {
+      return deny("signature_invalid", `key ${kid} is not an Ed25519 key`);
+    }
+    const key = await importJWK({ kty: "OKP", crv: "Ed25519", x: jwk.x as string }, "EdDSA");
+    const { payload } = await compactVerify(request.jwt, key, { algorithms: ["EdDSA"] });
+    const parsed = JSON.parse(new TextDecoder().decode(payload)) as unknown;
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) {
+      return deny("token_malformed", "the token payload is not an object");
+    }
+    claims = parsed as Record<string, unknown>;
+  } catch (e) {
+    return deny(
+      "signature_invalid",
+      `the token's signature does not verify with ${issuer}'s key ${kid} (${(e as Error).message})`,
+    );
+  }
+  mark("signature");
+
+  const decision = decide(claims, request, policy, nowS());
+  if (!decision.ok) return decision;
+  const consumed = await consume(http, meta.grantsEndpoint, decision, request.jwt);
+  mark("consume");
+  return consumed;
+}
+
+function readPolicy(fd: number): Policy | ReturnType<typeof deny> {
+  try {
+    const st = fstatSync(fd);
+    const problem = policyFileProblem({ uid: st.uid, mode: st.mode, isFile: st.isFile() });
+    if (problem) return deny("config_invalid", `the policy ${problem}`);
+    if (st.size > MAX_POLICY_BYTES) return deny("config_invalid", "the policy is larger than 256 KiB");
+    const text = readFileSync(fd, "utf8");
+    return parsePolicy(text, "the policy", { hostname: hostname() });
+  } catch (e) {
+    if (e instanceof PolicyError) return deny("config_invalid", e.message);
+    return deny("config_invalid", `cannot read the policy from fd ${fd}: ${(e as Error).message}`);
+  }
+}
+
+async function consume(
+  http: HttpFn,
+  grantsEndpoint: string,
+  allowed: Allowed,
+  jwt: string,
+): Promise<Decision> {
+  const url = `${grantsEndpoint}/${encodeURIComponent(allowed.grant_id)}/consume`;
+  let res: { status: number; body: unknown };
+  try {
+    res = await http(url, {
+      method: "POST",
+      headers: { authorization: `Bearer ${jwt}`, "content-type": "application/json" },
+      body: "{}",
+    });
+  } catch (e) {
+    return deny("idp_unreachable", `cannot consume the grant at ${grantsEndpoint}: ${(e as Error).message}`);
+  }
+  if (res.status >= 500)
+    return deny("idp_unreachable", `the IdP failed to consume the grant (${res.status})`);
+  return consumeOutcome(res.status, res.body, allowed);
+}
+
+/** Header and payload of a compact JWT, before the signature is checked (only iss, alg, kid are used). */
+function decodeParts(
+  jwt: string,
+): { header: Record<string, unknown>; payload: Record<string, unknown> } | undefined {
+  const [h, p] = jwt.split(".");
+  try {
+    const header = JSON.parse(Buffer.from(h!, "base64url").toString("utf8")) as unknown;
+    const payload = JSON.parse(Buffer.from(p!, "base64url").toString("utf8")) as unknown;
+    const isObj = (v: unknown): v is Record<string, unknown> =>
+      !!v && typeof v === "object" && !Array.isArray(v);
+    if (!isObj(header) || !isObj(payload)) return undefined;
+    return { header, payload };
+  } catch {
+    return undefined;
+  }
+}
+
+export interface Jwk {
+  kty?: string;
+  crv?: string;
+  x?: string;
+  kid?: string;
+  alg?: string;
+}
+
+export interface IssuerMeta {
+  issuer: string;
+  grantsEndpoint: string;
+  jwksUri: string;
+  keys: Jwk[];
+  fetchedAt: number;
+}
+
+/**
+ * Discovery and JWKS of an allow-listed issuer, from the cache when fresh. The jwks_uri and the
+ * grants endpoint must be on the issuer's own origin: a discovery document cannot send the verifier
+ * (or the AuthZ-JWT) anywhere else.
+ */
+async function issuerMeta(
+  http: HttpFn,
+  issuer: string,
+  cacheDir: string | undefined,
+  nowS: number,
+  kid: string,
+): Promise<IssuerMeta> {
+  const file = cacheDir
+    ? `${cacheDir}/jwks-${createHash("sha256").update(issuer).digest("hex").slice(0, 24)}.json`
+    : undefined;
+  const cached = file ? readCache(file, issuer) : undefined;
+  if (cached && cached.fetchedAt <= nowS && nowS - cached.fetchedAt < JWKS_TTL_S) {
+    const known = cached.keys.some((k) => k.kid === kid);
+    // Unknown kid: the IdP may have rotated; refetch, but not more often than REFETCH_MIN_S.
+    if (known || nowS - cached.fetchedAt < REFETCH_MIN_S) return cached;
+  }
+  const meta = await fetchIssuerMeta(http, issuer, nowS);
+  if (file) writeCache(file, meta);
+  return meta;
+}
+
+export async function fetchIssuerMeta(http: HttpFn, issuer: string, nowS: number): Promise<IssuerMeta> {
+  const origin = new URL(issuer).origin;
+  const sameOrigin = (name: string, v: unknown): string => {
+    if (typeof v !== "string") throw new Error(`the discovery document has no ${name}`);
+    let u: URL;
+    try {
+      u = new URL(v);
+    } catch {
+      throw new Error(`${name} is not a URL`);
+    }
+    if (u.origin !== origin) throw new Error(`${name} ${v} is not on the issuer's origin ${origin}`);
+    return v.replace(/\/+$/, "");
+  };
+  const disc = await getJson(http, `${issuer}/.well-known/openid-configuration`);
+  const doc = disc as Record<string, unknown>;
+  if (typeof doc.issuer !== "string" || doc.issuer.replace(/\/+$/, "") !== issuer) {
+    throw new Error(`the discovery document names issuer ${String(doc.issuer)}, expected ${issuer}`);
+  }
+  const jwksUri = sameOrigin("jwks_uri", doc.jwks_uri);
+  const grantsEndpoint = sameOrigin("openape_grants_endpoint", doc.openape_grants_endpoint);
+  const jwks = (await getJson(http, jwksUri)) as { keys?: unknown };
+  if (!Array.isArray(jwks.keys)) throw new Error(`${jwksUri} has no keys array`);
+  const keys = (jwks.keys as unknown[]).filter((k): k is Jwk => !!k && typeof k === "object") as Jwk[];
+  return { issuer, grantsEndpoint, jwksUri, keys, fetchedAt: nowS };
+}
+
+async function getJson(http: HttpFn, url: string): Promise<unknown> {
+  const res = await http(url, { method: "GET", headers: { accept: "application/json" } });
+  if (res.status !== 200 || !res.body || typeof res.body !== "object")
+    throw new Error(`GET ${url} answered ${res.status}`);
+  return res.body;
+}
+
+function readCache(file: string, issuer: string): IssuerMeta | undefined {
+  try {
+    const m = JSON.parse(readFileSync(file, "utf8")) as IssuerMeta;
+    if (m.issuer !== issuer || typeof m.fetchedAt !== "number" || !Array.isArray(m.keys)) return undefined;
+    if (typeof m.grantsEndpoint !== "string" || typeof m.jwksUri !== "string") return undefined;
+    return m;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeCache(file: string, meta: IssuerMeta): void {
+  // Best effort: a read-only cache only costs a fetch. Atomic so a concurrent verifier never reads half.
+  try {
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(meta), { mode: 0o600 });
+    renameSync(tmp, file);
+  } catch {
+    // ignore
+  }
+}
+
+/** HTTP(S) through node:http(s): cheap to load (each verifier is a fresh process), CA from the policy. */
+export async function httpForPolicy(policy: Policy): Promise<HttpFn> {
+  let ca: string | undefined = policy.caPem;
+  if (policy.caFile) {
+    try {
+      ca = `${ca ?? ""}\n${readFileSync(policy.caFile, "utf8")}`;
+    } catch (e) {
+      throw new PolicyError(`cannot read ca_file ${policy.caFile}: ${(e as Error).message}`);
+    }
+  }
+  let cas: string[] | undefined;
+  if (ca) {
+    const { rootCertificates } = await import("node:tls");
+    cas = [...rootCertificates, ca];
+  }
+  return (url, init) => httpRequest(url, { ...init, ca: cas });
+}
+
+async function httpRequest(
+  url: string,
+  init: { method: string; headers?: Record<string, string>; body?: string; ca?: string[] },
+): Promise<{ status: number; body: unknown }> {
+  const u = new URL(url);
+  const mod = u.protocol === "https:" ? await import("node:https") : await import("node:http");
+  return new Promise((resolve, reject) => {
+    const req = mod.request(
+      u,
+      {
+        method: init.method,
+        headers: {
+          ...init.headers,
+          ...(init.body ? { "content-length": String(Buffer.byteLength(init.body)) } : {}),
+        },
+        timeout: HTTP_TIMEOUT_MS,
+        // One short-lived process: no pooled sockets that could keep it alive.
+        agent: false,
+        ...(init.ca ? { ca: init.ca } : {}),
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size > 1024 * 1024) req.destroy(new Error("answer larger than 1 MiB"));
+          else chunks.push(c);
+        });
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let body: unknown;
+          try {
+            body = text ? JSON.parse(text) : undefined;
+          } catch {
+            body = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, body });
+        });
+        res.on("error", (e) => reject(new Unreachable(e.message)));
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error(`no answer within ${HTTP_TIMEOUT_MS / 1000} s`)));
+    req.on("error", (e) => reject(new Unreachable(networkReason(e))));
+    if (init.body) req.write(init.body);
+    req.end();
+  });
+}
+
+function networkReason(e: Error & { code?: string }): string {
+  if (e.code === "ECONNREFUSED") return "connection refused";
+  if (e.code === "ENOTFOUND" || e.code === "EAI_AGAIN") return "host name not found";
+  if (e.code?.startsWith("ERR_TLS") || e.code?.includes("CERT") || /certificate/i.test(e.message)) {
+    return `TLS: ${e.message} (is the IdP's CA in the policy? \`sudo apes trust ... --ca-file F\`)`;
+  }
+  return e.message;
+}
+
+/** One line from the stream (up to a newline or EOF), or undefined when longer than `max` bytes. */
+export async function readLine(stream: NodeJS.ReadableStream, max: number): Promise<string | undefined> {
+  let buf = "";
+  for await (const chunk of stream) {
+    buf += typeof chunk === "string" ? chunk : (chunk as Buffer).toString("utf8");
+    const nl = buf.indexOf("\n");
+    if (nl >= 0) return buf.slice(0, nl);
+    if (buf.length > max) return undefined;
+  }
+  if (buf.length > max) return undefined;
+  return buf.length > 0 ? buf : undefined;
+}

@@ -12,6 +12,10 @@ import { register as registerLogin } from "./login/login.ts";
 import { register as registerLogout } from "./logout/logout.ts";
 import { registerTokenCommands } from "./token/group.ts";
 import { register as registerWhoami } from "./whoami/whoami.ts";
+import { register as registerRequest } from "./internal/request.ts";
+import { register as registerVerify } from "./internal/verify.ts";
+import { register as registerRun } from "./run/run.ts";
+import { register as registerTrust } from "./trust/trust.ts";
 
 /**
  * The command tree. Each command lives in commands/<noun>/<verb>.ts and exports
@@ -35,4 +39,9 @@ export function registerCommands(program: Command, getContext: GetContext): void
   registerDelegate(program, getContext);
   registerDelegationsCommands(program, getContext);
   registerTokenCommands(program, getContext);
+  // Elevation: `apes [run] -- cmd`, the policy, and the shim's hidden helpers (issue 5).
+  registerRun(program, getContext);
+  registerTrust(program, getContext);
+  registerRequest(program, getContext);
+  registerVerify(program, getContext);
 }

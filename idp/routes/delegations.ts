@@ -1,4 +1,160 @@
+import { randomUUID } from "node:crypto";
+import { ProblemError } from "../../protocol/problem.ts";
+import type { Grant, GrantRequest } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
-import type { Router } from "../http.ts";
+import { effectiveStatus, isEmail, parseDuration, parseGrantType } from "../grants.ts";
+import { jsonBody, onlyFields, type Router } from "../http.ts";
+import type { StoredGrant } from "../store/types.ts";
+import { etagOf, listParams, loadGrant, page } from "./common.ts";
+import { PATHS } from "./discovery.ts";
 
-export function registerDelegationRoutes(_router: Router<Principal>, _idp: Idp): void {}
+/**
+ * Delegations (PROTOCOL.md section 4): a human lets a delegate act for it at an audience. Created
+ * already approved by the delegator; used through token exchange at the token endpoint.
+ */
+
+function isParty(p: Principal, g: Grant): boolean {
+  return p.actor.admin || g.request.delegator === p.sub || g.request.delegate === p.sub;
+}
+
+function visibleDelegation(idp: Idp, p: Principal, id: string): StoredGrant {
+  const stored = loadGrant(idp, id);
+  if (stored.grant.type !== "delegation" || !isParty(p, stored.grant)) {
+    throw new ProblemError("not_found", "no such delegation");
+  }
+  return stored;
+}
+
+function scopesOf(value: unknown): string[] | undefined {
+  if (value === undefined) return undefined;
+  if (
+    !Array.isArray(value) ||
+    value.length > 100 ||
+    !value.every((s) => typeof s === "string" && s.length > 0 && s.length <= 200)
+  ) {
+    throw new ProblemError("invalid_request", "scopes must be an array of at most 100 non-empty strings");
+  }
+  return value as string[];
+}
+
+export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): void {
+  const D = PATHS.delegations;
+
+  router.add("POST", D, true, async (call, p) => {
+    // Only a human acting with its own token may hand out its authority.
+    if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot create delegations");
+    if (p.actor.kind !== "human") throw new ProblemError("forbidden", "only humans create delegations");
+    const body = await jsonBody(call);
+    onlyFields(body, ["delegator", "delegate", "audience", "scopes", "grant_type", "duration"]);
+    if (body.delegator !== undefined && String(body.delegator).toLowerCase() !== p.sub) {
+      throw new ProblemError("forbidden", "delegator must be the authenticated identity");
+    }
+    if (!isEmail(body.delegate)) throw new ProblemError("invalid_request", "delegate must be an email");
+    const delegate = body.delegate.toLowerCase();
+    if (delegate === p.sub) throw new ProblemError("invalid_request", "cannot delegate to yourself");
+    const delegateUser = idp.store.getUser(delegate);
+    if (!delegateUser || delegateUser.disabled) {
+      throw new ProblemError("invalid_request", `${delegate} is not an active user of this IdP`);
+    }
+    if (typeof body.audience !== "string" || body.audience.length === 0 || body.audience.length > 256) {
+      throw new ProblemError("invalid_request", 'audience is required (an SP identifier, or "*" for any)');
+    }
+    const grantType = parseGrantType(body.grant_type ?? "always");
+    const request: GrantRequest = {
+      requester: p.sub,
+      target_host: "*",
+      audience: body.audience,
+      grant_type: grantType,
+      delegator: p.sub,
+      delegate,
+    };
+    const scopes = scopesOf(body.scopes);
+    if (scopes) request.scopes = scopes;
+    const now = idp.now();
+    const grant: Grant = {
+      id: randomUUID(),
+      type: "delegation",
+      request,
+      status: "approved",
+      decided_by: p.sub,
+      created_at: now,
+      decided_at: now,
+    };
+    if (grantType === "timed") {
+      if (body.duration === undefined)
+        throw new ProblemError("invalid_request", "a timed delegation needs duration");
+      request.duration = parseDuration(body.duration);
+      grant.expires_at = now + request.duration;
+    } else if (body.duration !== undefined) {
+      throw new ProblemError("invalid_request", "duration is only valid for timed delegations");
+    }
+    const stored = idp.store.insertGrant({ grant });
+    idp.log.log("info", "delegation created", { rid: call.rid, grant: grant.id, delegator: p.sub, delegate });
+    return { status: 201, body: stored.grant, headers: { location: `${idp.base}${D}/${grant.id}` } };
+  });
+
+  router.add("GET", D, true, (call, p) => {
+    const q = listParams(call, ["role"]);
+    const role = q.get("role");
+    if (role !== undefined && role !== "delegator" && role !== "delegate") {
+      throw new ProblemError("invalid_request", "role must be delegator or delegate");
+    }
+    const result = idp.store.queryGrants({
+      ...(role === "delegator"
+        ? { delegator: p.sub }
+        : role === "delegate"
+          ? { delegate: p.sub }
+          : { party: p.sub }),
+      ...(q.status ? { status: q.status } : {}),
+      limit: q.limit,
+      ...(q.before ? { before: q.before } : {}),
+    });
+    return { status: 200, body: page(idp, result.items, result.hasMore) };
+  });
+
+  router.add("GET", `${D}/:id`, true, (call, p) => {
+    const stored = visibleDelegation(idp, p, call.params.id!);
+    return { status: 200, body: stored.grant, headers: { etag: etagOf(stored) } };
+  });
+
+  router.add("DELETE", `${D}/:id`, true, (call, p) => {
+    const stored = visibleDelegation(idp, p, call.params.id!);
+    if (stored.grant.request.delegator !== p.sub && !p.actor.admin) {
+      throw new ProblemError("forbidden", "only the delegator revokes a delegation");
+    }
+    if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot revoke delegations");
+    const updated = idp.store.transition(stored.grant.id, { from: ["approved"], to: "revoked" });
+    if (!updated) {
+      throw new ProblemError("invalid_state", `the delegation is ${stored.grant.status}, not approved`, {
+        grant_status: stored.grant.status,
+      });
+    }
+    idp.events.changed(stored.grant.id);
+    return { status: 200, body: updated.grant };
+  });
+
+  router.add("POST", `${D}/:id/validate`, true, async (call, p) => {
+    const body = await jsonBody(call);
+    onlyFields(body, ["delegate", "audience"]);
+    if (typeof body.delegate !== "string" || typeof body.audience !== "string") {
+      throw new ProblemError("invalid_request", "delegate and audience are required");
+    }
+    const stored = visibleDelegation(idp, p, call.params.id!);
+    const g = stored.grant;
+    const status = effectiveStatus(g, idp.now());
+    let reason: string | undefined;
+    if (status !== "approved") reason = `the delegation is ${status}`;
+    else if (g.request.delegate !== body.delegate.toLowerCase()) reason = "delegate does not match";
+    else if (g.request.audience !== "*" && g.request.audience !== body.audience)
+      reason = "audience does not match";
+    return {
+      status: 200,
+      body: {
+        valid: reason === undefined,
+        delegation: g,
+        scopes: g.request.scopes ?? [],
+        ...(reason ? { reason } : {}),
+      },
+    };
+  });
+}

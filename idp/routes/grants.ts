@@ -1,4 +1,317 @@
-import type { Idp, Principal } from "../context.ts";
-import type { Router } from "../http.ts";
+import { randomUUID } from "node:crypto";
+import { ProblemError } from "../../protocol/problem.ts";
+import type { Grant, GrantCategory } from "../../protocol/types.ts";
+import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
+import { bearer, type Idp, type Principal } from "../context.ts";
+import {
+  type Action,
+  allowedFrom,
+  authzClaims,
+  authzExp,
+  canDecide,
+  canRevoke,
+  canView,
+  consumeOutcome,
+  matchKey,
+  parseApproveOverrides,
+  parseGrantRequest,
+  targetStatus,
+} from "../grants.ts";
+import { type Call, jsonBody, onlyFields, type Reply, type Router } from "../http.ts";
+import type { StoredGrant, Transition } from "../store/types.ts";
+import { signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { etagMatches, etagOf, listParams, loadGrant, MAX_WAIT, page, preferWait } from "./common.ts";
+import { PATHS } from "./discovery.ts";
 
-export function registerGrantRoutes(_router: Router<Principal>, _idp: Idp): void {}
+/**
+ * The grants API (PROTOCOL.md section 3). Each handler is an ordered list of checks: parse,
+ * load, visibility (404), permission (403), state (409), then one conditional store update.
+ */
+
+const MAX_BATCH = 100;
+
+/** Loads a grant the principal may see; others' grants are indistinguishable from missing ones. */
+function visibleGrant(idp: Idp, p: Principal, id: string): StoredGrant {
+  const stored = loadGrant(idp, id);
+  if (!canView(p.actor, stored.grant, idp.store.getUser(stored.grant.request.requester))) {
+    throw new ProblemError("not_found", "no such grant");
+  }
+  return stored;
+}
+
+function invalidState(grant: Grant, wanted: string): ProblemError {
+  return new ProblemError("invalid_state", `the grant is ${grant.status}, not ${wanted}`, {
+    grant_status: grant.status,
+  });
+}
+
+/** approve / deny / revoke, shared by the single calls and batch (so both authorize identically). */
+export function applyAction(
+  idp: Idp,
+  p: Principal,
+  id: string,
+  action: Action,
+  body: Record<string, unknown>,
+): Grant {
+  const stored = visibleGrant(idp, p, id);
+  const grant = stored.grant;
+  const requester = idp.store.getUser(grant.request.requester);
+  const now = idp.now();
+  let t: Transition;
+  if (action === "revoke") {
+    onlyFields(body, ["reason"]);
+    const decision = canRevoke(p.actor, grant, requester);
+    if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
+    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked" };
+  } else {
+    const decision = canDecide(p.actor, requester);
+    if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
+    if (grant.status !== "pending") throw invalidState(grant, "pending");
+    t = { from: ["pending"], to: targetStatus(action), decidedBy: p.sub, decidedAt: now };
+    if (action === "approve") {
+      const o = parseApproveOverrides(body, grant.request);
+      if (o.grantType !== grant.request.grant_type) t.grantType = o.grantType;
+      if (o.duration !== grant.request.duration) t.duration = o.duration ?? null;
+      if (o.grantType === "timed") t.expiresAt = now + o.duration!;
+    } else onlyFields(body, ["reason"]);
+  }
+  if (!t.from.includes(grant.status)) throw invalidState(grant, t.from.join(" or "));
+  const updated = idp.store.transition(id, t);
+  if (!updated) {
+    // Lost a race with another decision: report the state that won.
+    throw invalidState(idp.store.getGrant(id)?.grant ?? grant, t.from.join(" or "));
+  }
+  idp.events.changed(id);
+  idp.log.log("info", `grant ${updated.grant.status}`, {
+    grant: id,
+    by: p.sub,
+    requester: grant.request.requester,
+  });
+  return updated.grant;
+}
+
+/** GET with ETag, If-None-Match and `Prefer: wait=N` (answered as soon as the grant changes). */
+async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
+  const id = call.params.id!;
+  let stored = visibleGrant(idp, p, id);
+  const ifNoneMatch = call.req.headers["if-none-match"];
+  const wait = preferWait(call);
+  const headers: Record<string, string> = {};
+  if (wait !== undefined) {
+    headers["preference-applied"] = `wait=${wait}`;
+    // Wait only while the client's view (its ETag, or the state it just saw) is current.
+    const seen = ifNoneMatch ?? etagOf(stored);
+    if (etagMatches(seen, etagOf(stored))) {
+      const deadline = Date.now() + Math.min(wait, MAX_WAIT) * 1000;
+      const stop = AbortSignal.any([
+        call.closed,
+        idp.shutdown,
+        AbortSignal.timeout(Math.max(0, deadline - Date.now())),
+      ]);
+      while (!stop.aborted) {
+        // Subscribing and reading happen in the same tick: no change can slip in between.
+        await idp.events.wait(id, stop);
+        stored = loadGrant(idp, id);
+        if (!etagMatches(seen, etagOf(stored))) break;
+      }
+    }
+  }
+  const etag = etagOf(stored);
+  headers.etag = etag;
+  if (etagMatches(ifNoneMatch, etag)) return { status: 304, headers };
+  return { status: 200, body: stored.grant, headers };
+}
+
+export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
+  const G = PATHS.grants;
+
+  router.add("POST", G, true, async (call, p): Promise<Reply> => {
+    const body = await jsonBody(call);
+    const request = parseGrantRequest(body, p.sub);
+    if (request.audience === CLI_TOKEN_AUDIENCE) {
+      throw new ProblemError(
+        "invalid_request",
+        `audience "${CLI_TOKEN_AUDIENCE}" is reserved for session tokens`,
+      );
+    }
+    const now = idp.now();
+    const key = matchKey(request);
+    // An approved timed/always grant for exactly this command is reused (200) instead of asking again.
+    const reusable = idp.store.findReusable(request.requester, key, now);
+    if (reusable) return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
+    const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
+    const stored = idp.store.insertGrant({ grant, matchKey: key });
+    idp.log.log("info", "grant created", { rid: call.rid, grant: grant.id, requester: p.sub });
+    return {
+      status: 201,
+      body: stored.grant,
+      headers: { location: `${idp.base}${G}/${grant.id}`, etag: etagOf(stored) },
+    };
+  });
+
+  router.add("GET", G, true, (call, p) => {
+    const q = listParams(call, ["requester", "type"]);
+    const requester = q.get("requester")?.toLowerCase();
+    const type = q.get("type");
+    if (type !== undefined && type !== "command" && type !== "delegation") {
+      throw new ProblemError("invalid_request", "type must be command or delegation");
+    }
+    let requesters: string[] | undefined;
+    if (p.actor.admin) requesters = requester ? [requester] : undefined;
+    else {
+      const visible = [p.sub, ...idp.store.subordinatesOf(p.sub)];
+      requesters = requester ? visible.filter((r) => r === requester) : visible;
+    }
+    const result = idp.store.queryGrants({
+      ...(requesters ? { requesters } : {}),
+      ...(q.status ? { status: q.status } : {}),
+      ...(type ? { type: type as GrantCategory } : {}),
+      limit: q.limit,
+      ...(q.before ? { before: q.before } : {}),
+    });
+    return { status: 200, body: page(idp, result.items, result.hasMore) };
+  });
+
+  // Verify an AuthZ-JWT without consuming it. The token in the body is the credential.
+  router.add("POST", `${G}/verify`, false, async (call) => {
+    const body = await jsonBody(call);
+    onlyFields(body, ["token"]);
+    if (typeof body.token !== "string") throw new ProblemError("invalid_request", "token is required");
+    const now = idp.now();
+    let claims: Record<string, unknown>;
+    try {
+      claims = verifyJwt(body.token, (kid) => idp.keys.publicKey(kid, now), {
+        now,
+        issuer: idp.issuer,
+        leeway: 0,
+      });
+    } catch (e) {
+      if (e instanceof TokenError)
+        return { status: 200, body: { valid: false, error: e.reason, detail: e.message } };
+      throw e;
+    }
+    if (typeof claims.grant_id !== "string") {
+      return {
+        status: 200,
+        body: { valid: false, error: "not_authz_jwt", detail: "the token names no grant" },
+      };
+    }
+    const stored = idp.store.getGrant(claims.grant_id);
+    const outcome = stored ? consumeOutcome(stored.grant, now) : undefined;
+    if (!outcome?.ok) {
+      return { status: 200, body: { valid: false, error: outcome?.error ?? "not_found", claims } };
+    }
+    return { status: 200, body: { valid: true, claims } };
+  });
+
+  router.add("POST", `${G}/batch`, true, async (call, p) => {
+    const body = await jsonBody(call);
+    onlyFields(body, ["operations"]);
+    const ops = body.operations;
+    if (!Array.isArray(ops) || ops.length === 0 || ops.length > MAX_BATCH) {
+      throw new ProblemError(
+        "invalid_request",
+        `operations must be an array of 1..${MAX_BATCH} {id, action}`,
+      );
+    }
+    const parsed = ops.map((op, i) => {
+      if (!op || typeof op !== "object" || Array.isArray(op)) {
+        throw new ProblemError("invalid_request", `operations[${i}] must be an object`);
+      }
+      const o = op as Record<string, unknown>;
+      for (const k of Object.keys(o)) {
+        if (!["id", "action", "grant_type", "duration", "reason"].includes(k)) {
+          throw new ProblemError("invalid_request", `operations[${i}]: unknown field "${k}"`);
+        }
+      }
+      if (typeof o.id !== "string")
+        throw new ProblemError("invalid_request", `operations[${i}].id is required`);
+      if (o.action !== "approve" && o.action !== "deny" && o.action !== "revoke") {
+        throw new ProblemError("invalid_request", `operations[${i}].action must be approve, deny or revoke`);
+      }
+      const { id, action, ...rest } = o;
+      return { id, action: o.action as Action, rest };
+    });
+    const results = parsed.map(({ id, action, rest }) => {
+      try {
+        const g = applyAction(idp, p, id, action, rest);
+        return { id, success: true, status: g.status };
+      } catch (e) {
+        if (!(e instanceof ProblemError)) throw e;
+        const status = e.extensions.grant_status;
+        return { id, success: false, error: e.code, detail: e.message, ...(status ? { status } : {}) };
+      }
+    });
+    return { status: 200, body: { results } };
+  });
+
+  router.add("GET", `${G}/:id`, true, (call, p) => getGrant(idp, call, p));
+
+  for (const action of ["approve", "deny", "revoke"] as const) {
+    router.add("POST", `${G}/:id/${action}`, true, async (call, p) => {
+      const body = await jsonBody(call);
+      return { status: 200, body: applyAction(idp, p, call.params.id!, action, body) };
+    });
+  }
+
+  router.add("POST", `${G}/:id/token`, true, async (call, p) => {
+    const body = await jsonBody(call);
+    onlyFields(body, []);
+    const stored = visibleGrant(idp, p, call.params.id!);
+    const grant = stored.grant;
+    if (grant.request.requester !== p.sub) {
+      throw new ProblemError("forbidden", "only the requester may fetch the grant's token");
+    }
+    if (grant.type !== "command") {
+      throw new ProblemError(
+        "invalid_request",
+        "delegations are used through token exchange at the token endpoint",
+      );
+    }
+    if (grant.status !== "approved") throw invalidState(grant, "approved");
+    const iat = idp.now();
+    const claims = authzClaims({ issuer: idp.issuer, grant, iat, jti: randomUUID() });
+    const authzJwt = signJwt(claims, idp.keys.signingKey(iat, authzExp(grant, iat)));
+    return { status: 200, body: { authz_jwt: authzJwt, grant } };
+  });
+
+  // Consume with the AuthZ-JWT as bearer: `once` grants are used exactly once (conditional update).
+  router.add("POST", `${G}/:id/consume`, false, async (call) => {
+    const token = bearer(call);
+    const now = idp.now();
+    let claims: Record<string, unknown>;
+    try {
+      claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
+        now,
+        issuer: idp.issuer,
+        leeway: 0,
+      });
+    } catch (e) {
+      if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
+      throw e;
+    }
+    if (claims.grant_id !== call.params.id || claims.act !== undefined) {
+      throw new ProblemError("invalid_token", "the token is not an AuthZ-JWT for this grant");
+    }
+    const body = await jsonBody(call);
+    onlyFields(body, []);
+    let stored = loadGrant(idp, call.params.id!);
+    if (claims.sub !== stored.grant.request.requester || claims.aud !== stored.grant.request.audience) {
+      throw new ProblemError("invalid_token", "the token does not match the grant");
+    }
+    let outcome = consumeOutcome(stored.grant, now);
+    if (outcome.ok && outcome.markUsed) {
+      const used = idp.store.transition(stored.grant.id, { from: ["approved"], to: "used", usedAt: now });
+      if (used) {
+        idp.events.changed(stored.grant.id);
+        idp.log.log("info", "grant consumed", { rid: call.rid, grant: stored.grant.id });
+        return { status: 200, body: { status: "consumed", grant_id: stored.grant.id } };
+      }
+      // Someone else consumed (or revoked) it between our read and write.
+      stored = loadGrant(idp, call.params.id!);
+      outcome = consumeOutcome(stored.grant, now);
+    }
+    if (outcome.ok) return { status: 200, body: { status: outcome.status, grant_id: stored.grant.id } };
+    return { status: 409, body: { error: outcome.error, status: outcome.status, grant_id: stored.grant.id } };
+  });
+}

@@ -1,4 +1,237 @@
+import { randomUUID } from "node:crypto";
+import { KeyFormatError, parseSshPublicKey } from "../../protocol/keys.ts";
 import type { Idp, Principal } from "../context.ts";
-import type { Router } from "../http.ts";
+import { effectiveStatus } from "../grants.ts";
+import { formOrJsonBody, OAuthError, type Router } from "../http.ts";
+import type { UserRecord } from "../store/types.ts";
+import { signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { issueSessionToken } from "./auth.ts";
+import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
-export function registerTokenRoutes(_router: Router<Principal>, _idp: Idp): void {}
+/**
+ * The OAuth token endpoint: RFC 8693 token exchange on a delegation (subject_token optional when
+ * delegation_grant_id names the delegation), and the older client_credentials form with an Ed25519
+ * client assertion. Errors are OAuth `{error, error_description}` bodies.
+ */
+
+const JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt";
+const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
+const JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const ASSERTION_MAX_LIFETIME = 300;
+
+const KNOWN = new Set([
+  "grant_type",
+  "actor_token",
+  "actor_token_type",
+  "subject_token",
+  "subject_token_type",
+  "delegation_grant_id",
+  "delegation_grant",
+  "audience",
+  "resource",
+  "scope",
+  "requested_token_type",
+  "client_id",
+  "client_assertion",
+  "client_assertion_type",
+]);
+
+function param(body: Record<string, unknown>, name: string): string | undefined {
+  const v = body[name];
+  if (v === undefined || v === "") return undefined;
+  if (typeof v !== "string") throw new OAuthError("invalid_request", `${name} must be a string`);
+  return v;
+}
+
+/** Verifies an IdP session token for the token endpoint (OAuth errors instead of problems). */
+function sessionUser(idp: Idp, token: string, what: string): UserRecord {
+  const now = idp.now();
+  let claims: Record<string, unknown>;
+  try {
+    claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
+      now,
+      issuer: idp.issuer,
+      audience: "apes-cli",
+      leeway: 0,
+    });
+  } catch (e) {
+    if (e instanceof TokenError) throw new OAuthError("invalid_grant", `${what}: ${e.message}`);
+    throw e;
+  }
+  if (claims.act !== "human" && claims.act !== "agent") {
+    throw new OAuthError("invalid_grant", `${what} must be the identity's own session token`);
+  }
+  const user = idp.store.getUser(String(claims.sub));
+  if (!user || user.disabled) throw new OAuthError("invalid_grant", `${what}: unknown or disabled identity`);
+  return user;
+}
+
+/** Issues the delegated token `{sub: delegator, act: {sub: delegate}, ...}` after every check. */
+function exchange(
+  idp: Idp,
+  actor: UserRecord,
+  grantId: string,
+  audienceParam: string | undefined,
+  subject?: string,
+) {
+  if (!/^[0-9a-f-]{36}$/.test(grantId)) throw new OAuthError("invalid_grant", "unknown delegation");
+  const stored = idp.store.getGrant(grantId);
+  const g = stored?.grant;
+  if (g?.type !== "delegation") throw new OAuthError("invalid_grant", "unknown delegation");
+  if (g.request.delegate !== actor.email) {
+    throw new OAuthError("invalid_grant", "the actor is not the delegate of this delegation");
+  }
+  if (subject !== undefined && subject !== g.request.delegator) {
+    throw new OAuthError("invalid_grant", "subject_token does not name the delegator of this delegation");
+  }
+  const now = idp.now();
+  const status = effectiveStatus(g, now);
+  if (status !== "approved") throw new OAuthError("invalid_grant", `the delegation is ${status}`);
+  const audience = audienceParam ?? (g.request.audience !== "*" ? g.request.audience : undefined);
+  if (!audience) throw new OAuthError("invalid_request", "audience is required for a delegation to any SP");
+  if (g.request.audience !== "*" && g.request.audience !== audience) {
+    throw new OAuthError("invalid_target", "the delegation is not valid for this audience");
+  }
+  const delegator = idp.store.getUser(g.request.delegator!);
+  if (!delegator || delegator.disabled) throw new OAuthError("invalid_grant", "the delegator is disabled");
+  if (g.request.grant_type === "once") {
+    // Single use, atomically: the conditional update decides which of concurrent exchanges wins.
+    const used = idp.store.transition(g.id, { from: ["approved"], to: "used", usedAt: now });
+    if (!used) throw new OAuthError("invalid_grant", "the delegation was already used");
+    idp.events.changed(g.id);
+  }
+  let exp = now + idp.tokenTtl;
+  if (g.expires_at !== undefined) exp = Math.min(exp, g.expires_at);
+  const token = signJwt(
+    {
+      iss: idp.issuer,
+      sub: g.request.delegator,
+      aud: audience,
+      act: { sub: actor.email },
+      delegation_grant: g.id,
+      scope: g.request.scopes ?? [],
+      iat: now,
+      exp,
+      jti: randomUUID(),
+    },
+    idp.keys.signingKey(now, exp),
+  );
+  idp.log.log("info", "token exchanged", {
+    delegation: g.id,
+    delegate: actor.email,
+    delegator: g.request.delegator,
+    aud: audience,
+  });
+  return {
+    access_token: token,
+    issued_token_type: JWT_TOKEN_TYPE,
+    token_type: "Bearer",
+    expires_in: exp - now,
+    scope: (g.request.scopes ?? []).join(" "),
+  };
+}
+
+/** The older form: an Ed25519 client assertion signed with the identity's own key (jti single use). */
+function assertionUser(idp: Idp, assertion: string, clientId: string | undefined): UserRecord {
+  const now = idp.now();
+  let claims: Record<string, unknown>;
+  let user: UserRecord | undefined;
+  try {
+    claims = verifyJwt(
+      assertion,
+      () => {
+        // The key is the issuer's registered key: read iss before verifying, then check it below.
+        const payload = JSON.parse(Buffer.from(assertion.split(".")[1] ?? "", "base64url").toString("utf8"));
+        user = typeof payload?.iss === "string" ? idp.store.getUser(payload.iss.toLowerCase()) : undefined;
+        if (!user?.publicKey || user.disabled) return undefined;
+        try {
+          return parseSshPublicKey(user.publicKey).key;
+        } catch (e) {
+          if (e instanceof KeyFormatError) return undefined;
+          throw e;
+        }
+      },
+      { now, audience: [idp.base + PATHS.token, idp.issuer], leeway: 0 },
+    );
+  } catch (e) {
+    if (e instanceof TokenError)
+      throw new OAuthError("invalid_client", `client_assertion: ${e.message}`, 401);
+    if (e instanceof SyntaxError)
+      throw new OAuthError("invalid_client", "client_assertion is malformed", 401);
+    throw e;
+  }
+  if (!user) throw new OAuthError("invalid_client", "client_assertion: unknown client", 401);
+  if (claims.sub !== claims.iss || (clientId !== undefined && clientId.toLowerCase() !== user.email)) {
+    throw new OAuthError(
+      "invalid_client",
+      "client_assertion: iss, sub and client_id must name the same identity",
+      401,
+    );
+  }
+  if (typeof claims.jti !== "string" || claims.jti.length === 0 || claims.jti.length > 200) {
+    throw new OAuthError("invalid_client", "client_assertion needs a jti", 401);
+  }
+  const exp = claims.exp as number;
+  const iat = typeof claims.iat === "number" ? claims.iat : now;
+  if (exp - Math.min(iat, now) > ASSERTION_MAX_LIFETIME) {
+    throw new OAuthError(
+      "invalid_client",
+      `client_assertion lifetime exceeds ${ASSERTION_MAX_LIFETIME} s`,
+      401,
+    );
+  }
+  // Replay protection: the jti is recorded until the assertion expires.
+  if (!idp.store.useJti(`${user.email}:${claims.jti}`, exp + 60)) {
+    throw new OAuthError("invalid_client", "client_assertion was already used (jti replay)", 401);
+  }
+  return user;
+}
+
+export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
+  router.add("POST", PATHS.token, false, async (call) => {
+    const body = await formOrJsonBody(call);
+    for (const k of Object.keys(body)) {
+      if (!KNOWN.has(k)) throw new OAuthError("invalid_request", `unknown parameter ${k}`);
+    }
+    const grantType = param(body, "grant_type");
+    const audience = param(body, "audience");
+    if (grantType === TOKEN_EXCHANGE) {
+      const actorToken = param(body, "actor_token");
+      if (!actorToken)
+        throw new OAuthError("invalid_request", "actor_token (the delegate's own token) is required");
+      const actorType = param(body, "actor_token_type");
+      if (actorType !== undefined && actorType !== JWT_TOKEN_TYPE && actorType !== ACCESS_TOKEN_TYPE) {
+        throw new OAuthError("invalid_request", `actor_token_type must be ${JWT_TOKEN_TYPE}`);
+      }
+      const grantId = param(body, "delegation_grant_id") ?? param(body, "delegation_grant");
+      if (!grantId) throw new OAuthError("invalid_request", "delegation_grant_id is required");
+      const actor = sessionUser(idp, actorToken, "actor_token");
+      const subjectToken = param(body, "subject_token");
+      const subject = subjectToken ? sessionUser(idp, subjectToken, "subject_token").email : undefined;
+      return { status: 200, body: exchange(idp, actor, grantId, audience, subject) };
+    }
+    if (grantType === "client_credentials") {
+      if (param(body, "client_assertion_type") !== JWT_BEARER) {
+        throw new OAuthError("invalid_client", `client_assertion_type must be ${JWT_BEARER}`, 401);
+      }
+      const assertion = param(body, "client_assertion");
+      if (!assertion) throw new OAuthError("invalid_client", "client_assertion is required", 401);
+      const user = assertionUser(idp, assertion, param(body, "client_id"));
+      const grantId = param(body, "delegation_grant") ?? param(body, "delegation_grant_id");
+      if (grantId) return { status: 200, body: exchange(idp, user, grantId, audience) };
+      // Without a delegation: the identity's own session token (older agent login).
+      const { token, expiresIn } = issueSessionToken(idp, user);
+      return {
+        status: 200,
+        body: {
+          access_token: token,
+          token_type: "Bearer",
+          issued_token_type: JWT_TOKEN_TYPE,
+          expires_in: expiresIn,
+        },
+      };
+    }
+    if (grantType === undefined) throw new OAuthError("invalid_request", "grant_type is required");
+    throw new OAuthError("unsupported_grant_type", `grant_type ${grantType} is not supported`);
+  });
+}

@@ -391,7 +391,9 @@ export class SqliteStore implements Store {
     // One index range scan per requester (each bounded by limit+1), merged here: the cost depends
     // on the page size and the number of requesters, not on how many grants are stored.
     const scopes: { column: string; value: string }[] = [];
-    if (q.delegator !== undefined) scopes.push({ column: "delegator", value: q.delegator });
+    if (q.party !== undefined) {
+      scopes.push({ column: "delegator", value: q.party }, { column: "delegate", value: q.party });
+    } else if (q.delegator !== undefined) scopes.push({ column: "delegator", value: q.delegator });
     else if (q.delegate !== undefined) scopes.push({ column: "delegate", value: q.delegate });
     else if (q.requesters) for (const r of q.requesters) scopes.push({ column: "requester", value: r });
     const rows: GrantRow[] = [];
@@ -422,7 +424,6 @@ export class SqliteStore implements Store {
     };
     if (scopes.length === 0) run(undefined, undefined);
     else for (const s of scopes) run(s.column, s.value);
-    // Delegation listings filtered by both roles: keep the requester filter as a post-filter.
     rows.sort((a, b) => b.created_at - a.created_at || b.seq - a.seq);
     const unique = rows.filter((r, i) => i === 0 || r.seq !== rows[i - 1]!.seq);
     const page = unique.slice(0, q.limit);
@@ -448,17 +449,21 @@ export class SqliteStore implements Store {
       sets.push("used_at = ?");
       args.push(t.usedAt);
     }
+    // Both request edits go into one expression: a column assigned twice keeps only the last.
+    let request = "request";
+    const requestArgs: (string | number)[] = [];
     if (t.grantType !== undefined) {
-      sets.push("request = json_set(request, '$.grant_type', ?)");
-      args.push(t.grantType);
+      request = `json_set(${request}, '$.grant_type', ?)`;
+      requestArgs.push(t.grantType);
     }
-    if (t.duration !== undefined) {
-      sets.push(
-        t.duration === null
-          ? "request = json_remove(request, '$.duration')"
-          : "request = json_set(request, '$.duration', ?)",
-      );
-      if (t.duration !== null) args.push(t.duration);
+    if (t.duration === null) request = `json_remove(${request}, '$.duration')`;
+    else if (t.duration !== undefined) {
+      request = `json_set(${request}, '$.duration', ?)`;
+      requestArgs.push(t.duration);
+    }
+    if (request !== "request") {
+      sets.push(`request = ${request}`);
+      args.push(...requestArgs);
     }
     const placeholders = t.from.map(() => "?").join(", ");
     // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.

@@ -84,6 +84,8 @@ export interface GrantQuery {
   requesters?: readonly string[];
   delegator?: string;
   delegate?: string;
+  /** Delegations where this identity is the delegator or the delegate. */
+  party?: string;
   status?: GrantStatus;
   type?: GrantCategory;
   limit: number;

@@ -273,3 +273,73 @@ export function api(base: string, token?: string, f: FetchLike = fetch) {
     call,
   };
 }
+
+// --- a small organisation for tests ---
+/**
+ * A small organisation on a real IdP process, shared by the idp-* integration tests:
+ * alice owns bot (bob approves bot too), carol owns bot2, dave is unrelated, root is an admin.
+ */
+export const USERS = {
+  alice: "alice@example.com",
+  bob: "bob@example.com",
+  carol: "carol@example.com",
+  dave: "dave@example.com",
+  root: "root@example.com",
+  bot: "bot@example.com",
+  bot2: "bot2@example.com",
+} as const;
+export type Name = keyof typeof USERS;
+
+export interface World {
+  idp: IdpHandle;
+  keys: Record<Name, ReturnType<typeof newKey>>;
+  tokens: Record<Name, string>;
+  as(name: Name): ReturnType<typeof api>;
+  relogin(): Promise<void>;
+  grants: string;
+  delegations: string;
+  discovery: Record<string, string>;
+}
+
+export async function startWorld(options: StartIdpOptions = {}): Promise<World> {
+  const dataDir = join(mkdtempSync(join(tmpdir(), "apes-idp-world-")), "data");
+  const keys = Object.fromEntries(Object.keys(USERS).map((n) => [n, newKey(n)])) as World["keys"];
+  await addUser(dataDir, USERS.alice, { publicKey: keys.alice.publicLine });
+  await addUser(dataDir, USERS.bob, { publicKey: keys.bob.publicLine });
+  await addUser(dataDir, USERS.carol, { publicKey: keys.carol.publicLine });
+  await addUser(dataDir, USERS.dave, { publicKey: keys.dave.publicLine, approvers: [USERS.carol] });
+  await addUser(dataDir, USERS.root, { publicKey: keys.root.publicLine, admin: true });
+  await addUser(dataDir, USERS.bot, {
+    agent: true,
+    owner: USERS.alice,
+    approvers: [USERS.bob],
+    publicKey: keys.bot.publicLine,
+  });
+  await addUser(dataDir, USERS.bot2, { agent: true, owner: USERS.carol, publicKey: keys.bot2.publicLine });
+  const idp = await startIdp({ ...options, dataDir });
+  const world: World = {
+    idp,
+    keys,
+    tokens: {} as World["tokens"],
+    as: (name) => api(idp.url, world.tokens[name]),
+    async relogin() {
+      for (const n of Object.keys(USERS) as Name[]) {
+        world.tokens[n] = await loginWithKey(idp.url, USERS[n], keys[n].privateKey);
+      }
+    },
+    grants: "",
+    delegations: "",
+    discovery: {},
+  };
+  await world.relogin();
+  world.discovery = (await api(idp.url).get("/.well-known/openid-configuration")).body;
+  world.grants = world.discovery.openape_grants_endpoint!;
+  world.delegations = world.discovery.openape_delegations_endpoint!;
+  return world;
+}
+
+export const ls = (argv: string[] = ["ls", "/root"]) => ({
+  target_host: "web1",
+  audience: "escapes",
+  command: argv,
+});

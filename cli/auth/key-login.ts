@@ -120,7 +120,8 @@ function interpret(
     email: who,
     act,
     expiresAt,
-    issuedAt: typeof claims?.iat === "number" ? claims.iat : undefined,
+    issuedAt:
+      typeof claims?.iat === "number" ? claims.iat : typeof a.expires_in === "number" ? nowS : undefined,
     endpoints,
   };
 }

@@ -44,8 +44,14 @@ export function notLoggedIn(): CliError {
   });
 }
 
-/** Pure: does this session need a new token at `nowS`? */
-export function needsRefresh(s: { expires_at: number }, nowS: number, margin = REFRESH_MARGIN_S): boolean {
+/**
+ * Pure: does this session need a new token at `nowS`? Less than 60 s left; for tokens that live
+ * less than two minutes (test IdPs with `--token-ttl 10s`) half their lifetime, so a token that was
+ * just issued is used rather than renewed again at once.
+ */
+export function needsRefresh(s: { expires_at: number; issued_at?: number }, nowS: number): boolean {
+  const lifetime = s.issued_at !== undefined ? s.expires_at - s.issued_at : Number.POSITIVE_INFINITY;
+  const margin = Math.min(REFRESH_MARGIN_S, Math.max(1, Math.floor(lifetime / 2)));
   return s.expires_at - nowS < margin;
 }
 
@@ -121,6 +127,7 @@ async function reauthenticate(ctx: Context, s: StoredSession): Promise<StoredSes
     ...s,
     token: result.token,
     expires_at: result.expiresAt,
+    issued_at: result.issuedAt,
     act: result.act,
     key_fingerprint: loaded.fingerprint,
     authenticated_at: Math.floor(ctx.clock.now() / 1000),

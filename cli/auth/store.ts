@@ -26,6 +26,8 @@ export interface StoredSession {
   key_fingerprint?: string;
   /** Unix seconds of the last key login (diagnostics). */
   authenticated_at?: number;
+  /** The token's `iat` (its lifetime sets the renewal margin for short-lived tokens). */
+  issued_at?: number;
 }
 
 export function authFile(ctx: Context): string {
@@ -70,6 +72,8 @@ export function parseSession(text: string, file: string): StoredSession {
   if (s.act !== "human" && s.act !== "agent") throw broken('"act" must be "human" or "agent"');
   if (typeof s.expires_at !== "number" || !Number.isFinite(s.expires_at))
     throw broken('"expires_at" missing');
+  if (s.issued_at !== undefined && typeof s.issued_at !== "number")
+    throw broken('"issued_at" must be a number');
   for (const k of ["key_path", "key_fingerprint"] as const) {
     if (s[k] !== undefined && typeof s[k] !== "string") throw broken(`"${k}" must be a string`);
   }

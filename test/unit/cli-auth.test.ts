@@ -243,5 +243,10 @@ describe("freshSession", () => {
     expect(needsRefresh({ expires_at: 1060 }, 1000)).toBe(false);
     expect(needsRefresh({ expires_at: 1059 }, 1000)).toBe(true);
     expect(needsRefresh({ expires_at: 900 }, 1000)).toBe(true);
+    // A 10 s token is renewed in its last 5 s, not at once.
+    expect(needsRefresh({ issued_at: 1000, expires_at: 1010 }, 1000)).toBe(false);
+    expect(needsRefresh({ issued_at: 1000, expires_at: 1010 }, 1006)).toBe(true);
+    expect(needsRefresh({ issued_at: 1000, expires_at: 4600 }, 4540)).toBe(false);
+    expect(needsRefresh({ issued_at: 1000, expires_at: 4600 }, 4541)).toBe(true);
   });
 });

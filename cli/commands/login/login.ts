@@ -81,6 +81,7 @@ export async function login(
     act: result.act,
     token: result.token,
     expires_at: result.expiresAt,
+    issued_at: result.issuedAt,
     key_path: loaded.path,
     key_fingerprint: loaded.fingerprint,
     authenticated_at: nowS,

@@ -30,3 +30,85 @@ bench-startup: build
 
 clean:
 	rm -rf dist build
+
+# ---- setuid shim (native/) ----------------------------------------------------------------------
+# Paths are compiled into the shim; rebuilding with other PREFIX/SYSCONFDIR/LOCALSTATEDIR values is
+# detected through $(NATIVE_OUT)/paths.stamp. NATIVE_OUT lets tests build into their own directory.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+LOCALSTATEDIR ?= /var
+DESTDIR ?=
+NATIVE_OUT ?= native
+FUZZ_TIME ?= 20
+APES_EXEC_PATH := $(PREFIX)/libexec/apes/apes
+NATIVE_PATHS := -DAPES_EXEC='"$(APES_EXEC_PATH)"' -DAPES_EXEC_DIR='"$(PREFIX)/libexec/apes"' \
+  -DAPES_CONFIG='"$(SYSCONFDIR)/apes/config.toml"' -DAPES_AUDIT_LOG='"$(LOCALSTATEDIR)/log/apes/audit.log"' \
+  -DAPES_CACHE_DIR='"$(LOCALSTATEDIR)/cache/apes"'
+NATIVE_WARN := -std=c11 -Wall -Wextra -Werror -Wformat=2 -Wformat-security -Wshadow -Wvla -Wstrict-prototypes
+NATIVE_CFLAGS := $(NATIVE_WARN) -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3 -fstack-protector-strong \
+  -fstack-clash-protection -fcf-protection -fPIE
+NATIVE_LDFLAGS := -pie -Wl,-z,relro,-z,now -Wl,-z,noexecstack
+NATIVE_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c
+NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h
+
+.PHONY: native native-test native-fuzz install uninstall FORCE
+
+native: $(NATIVE_OUT)/apes-shim $(NATIVE_OUT)/test-hash
+
+$(NATIVE_OUT)/paths.stamp: FORCE
+	@mkdir -p $(NATIVE_OUT)
+	@echo '$(NATIVE_PATHS)' | cmp -s - $@ || echo '$(NATIVE_PATHS)' > $@
+
+$(NATIVE_OUT)/apes-shim: native/apes-shim.c $(NATIVE_LIB) $(NATIVE_HDR) $(NATIVE_OUT)/paths.stamp
+	$(CC) $(NATIVE_CFLAGS) $(NATIVE_PATHS) native/apes-shim.c $(NATIVE_LIB) $(NATIVE_LDFLAGS) -o $@.tmp
+	mv -f $@.tmp $@
+
+# Prints the shim's cmd_hash for an argv (differential test against protocol/cmd-hash.ts).
+$(NATIVE_OUT)/test-hash: native/test-hash.c $(NATIVE_LIB) $(NATIVE_HDR)
+	@mkdir -p $(NATIVE_OUT)
+	$(CC) $(NATIVE_CFLAGS) native/test-hash.c $(NATIVE_LIB) $(NATIVE_LDFLAGS) -o $@
+
+# C unit tests of escaping, UTF-8, the grammar and the verdict parser under ASan/UBSan.
+$(NATIVE_OUT)/test-unit: native/test-unit.c $(NATIVE_LIB) $(NATIVE_HDR)
+	@mkdir -p $(NATIVE_OUT)
+	$(CC) $(NATIVE_WARN) $(NATIVE_SAN) native/test-unit.c $(NATIVE_LIB) -o $@
+
+native-test: $(NATIVE_OUT)/test-unit
+	$(NATIVE_OUT)/test-unit
+
+# libFuzzer over argv handling and the verdict parser, bounded by FUZZ_TIME seconds (needs clang).
+$(NATIVE_OUT)/fuzz-shim: native/fuzz/fuzz-shim.c $(NATIVE_LIB) $(NATIVE_HDR)
+	@mkdir -p $(NATIVE_OUT)
+	clang $(NATIVE_WARN) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  native/fuzz/fuzz-shim.c $(NATIVE_LIB) -o $@
+
+native-fuzz: $(NATIVE_OUT)/fuzz-shim
+	@mkdir -p $(NATIVE_OUT)/fuzz-corpus
+	$(NATIVE_OUT)/fuzz-shim -max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 \
+	  -artifact_prefix=$(NATIVE_OUT)/ $(NATIVE_OUT)/fuzz-corpus native/fuzz/corpus
+
+# `make install` as root: the shim setuid root, the executable it trusts, the verifier user and the
+# root-only directories. With DESTDIR (packaging) the _apes user and ownership are left to the package.
+install: build native
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/apes
+	install -m 0755 -o root -g root dist/apes $(DESTDIR)$(APES_EXEC_PATH).new
+	mv -f $(DESTDIR)$(APES_EXEC_PATH).new $(DESTDIR)$(APES_EXEC_PATH)
+	install -m 4755 -o root -g root $(NATIVE_OUT)/apes-shim $(DESTDIR)$(PREFIX)/bin/apes.new
+	mv -f $(DESTDIR)$(PREFIX)/bin/apes.new $(DESTDIR)$(PREFIX)/bin/apes
+	install -d -m 0755 -o root -g root $(DESTDIR)$(SYSCONFDIR)/apes
+	install -d -m 0700 -o root -g root $(DESTDIR)$(LOCALSTATEDIR)/log/apes
+	@if [ -n "$(DESTDIR)" ]; then \
+	  echo "note: DESTDIR set: create the _apes system user and chown $(LOCALSTATEDIR)/cache/apes to it at package install"; \
+	  install -d -m 0700 $(DESTDIR)$(LOCALSTATEDIR)/cache/apes; \
+	else \
+	  getent passwd _apes >/dev/null || useradd --system --user-group --no-create-home \
+	    --shell /usr/sbin/nologin --home-dir $(LOCALSTATEDIR)/cache/apes _apes || getent passwd _apes >/dev/null; \
+	  install -d -m 0700 -o _apes -g _apes $(LOCALSTATEDIR)/cache/apes; \
+	fi
+
+# Removes the programs; the policy, the audit log, the cache and the _apes user stay (say so).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/apes $(DESTDIR)$(APES_EXEC_PATH)
+	-rmdir $(DESTDIR)$(PREFIX)/libexec/apes 2>/dev/null
+	@echo "kept: $(SYSCONFDIR)/apes (policy), $(LOCALSTATEDIR)/log/apes (audit), $(LOCALSTATEDIR)/cache/apes, user _apes"

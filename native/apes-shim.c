@@ -1,0 +1,558 @@
+/*
+ * apes: the setuid-root shim, installed as $(PREFIX)/bin/apes (4755 root:root).
+ *
+ * The only privileged code of apes besides the approved command itself. It decides in C whether
+ * argv is an elevation (`apes [run] [options] -- CMD...`); anything else runs the real apes
+ * executable (EXEC) as the calling user. For an elevation it runs, in this order:
+ *   1. sanity checks and the cmd_hash of CMD, as root but touching only argv and fixed paths;
+ *   2. the requester (`apes __request`) as the calling user, which gets the AuthZ-JWT approved by
+ *      a human and hands it back through a pipe;
+ *   3. the verifier (`apes __verify`) as the unprivileged _apes user with a fixed environment,
+ *      which checks the JWT against the root-only policy and consumes the grant;
+ *   4. the audit line, then execve of CMD as run_as with an allow-listed environment.
+ * Every path, including the EXEC it trusts, is fixed at compile time (Makefile), never taken from
+ * argv or the environment. The contract with the TypeScript halves: notes/elevation-interface.md.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "elev.h"
+#include "json.h"
+
+#if !defined(APES_EXEC) || !defined(APES_CONFIG) || !defined(APES_AUDIT_LOG) || !defined(APES_CACHE_DIR)
+#error "build with `make native`: the Makefile sets APES_EXEC, APES_CONFIG, APES_AUDIT_LOG, APES_CACHE_DIR"
+#endif
+#ifndef APES_EXEC_DIR
+#error "APES_EXEC_DIR (the directory of APES_EXEC) comes from the Makefile"
+#endif
+
+#define VERIFY_USER "_apes"
+#define SECURE_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_TOKEN (16 * 1024)
+#define MAX_VERDICT (64 * 1024)
+
+enum {
+  EXIT_USAGE = 2,
+  EXIT_UNAVAILABLE = 69,
+  EXIT_PENDING = 75,
+  EXIT_DENIED = 77,
+  EXIT_CONFIG = 78,
+  EXIT_CANNOT_EXEC = 126,
+  EXIT_NOT_FOUND = 127,
+  EXIT_INTERRUPTED = 130,
+};
+
+struct user {
+  char *name, *home, *shell;
+  uid_t uid;
+  gid_t gid;
+};
+
+/* What the audit line records about this attempt. */
+static struct {
+  struct user caller;
+  struct user target;
+  char *const *cmd;
+  size_t ncmd;
+  char hash[CMD_HASH_LEN];
+  const char *grant_id, *sub, *decided_by, *issuer;
+} A;
+
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("apes: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(code);
+}
+
+/* In a forked child: say what failed and leave without running atexit handlers or flushing. */
+static void child_fail(const char *what) __attribute__((noreturn));
+static void child_fail(const char *what) {
+  fprintf(stderr, "apes: %s: %s\n", what, strerror(errno));
+  _exit(1);
+}
+
+/* fds 0-2 must be open, or a file we open later could become someone's stdout. */
+static void sane_stdio(void) {
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF && open("/dev/null", O_RDWR) != fd) _exit(1);
+}
+
+static void reset_signals(void) {
+  sigset_t none;
+  for (int s = 1; s < NSIG; s++)
+    if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL); /* glibc-internal ones fail: harmless */
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static int ids_are(uid_t uid, gid_t gid) {
+  uid_t r, e, s;
+  gid_t rg, eg, sg;
+  if (getresuid(&r, &e, &s) != 0 || getresgid(&rg, &eg, &sg) != 0) return 0;
+  if (r != uid || e != uid || s != uid || rg != gid || eg != gid || sg != gid) return 0;
+  /* Once dropped, root must be out of reach for good. */
+  if (uid != 0 && (setuid(0) != -1 || seteuid(0) != -1)) return 0;
+  if (uid != 0 && gid != 0 && setgid(0) != -1) return 0;
+  return 1;
+}
+
+/* Become the calling user for good: real ids everywhere. The supplementary groups are the ones the
+ * caller already has (a sandbox that dropped groups keeps them dropped). */
+static int drop_to_caller(void) {
+  uid_t uid = getuid();
+  gid_t gid = getgid();
+  if (setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) return -1;
+  return ids_are(uid, gid) ? 0 : -1;
+}
+
+static int copy_user(const struct passwd *pw, struct user *u) {
+  u->name = strdup(pw->pw_name);
+  u->home = strdup(pw->pw_dir ? pw->pw_dir : "/");
+  u->shell = strdup(pw->pw_shell && *pw->pw_shell ? pw->pw_shell : "/bin/sh");
+  u->uid = pw->pw_uid;
+  u->gid = pw->pw_gid;
+  return u->name && u->home && u->shell ? 0 : -1;
+}
+
+/* EXEC is what runs as the user, as the requester and as the verifier: only root may change it. */
+static void check_exec(void) {
+  struct stat st;
+  if (stat(APES_EXEC_DIR, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
+    die(EXIT_CONFIG, "%s must be a directory owned by root and writable only by root: run `sudo make install`",
+        APES_EXEC_DIR);
+  if (stat(APES_EXEC, &st) != 0)
+    die(EXIT_CONFIG, "%s is missing: run `sudo make install`", APES_EXEC);
+  if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
+    die(EXIT_CONFIG, "%s must be a regular file owned by root and not group- or world-writable", APES_EXEC);
+}
+
+/* Not an elevation: nothing privileged to do. */
+static void run_unprivileged(char **argv) __attribute__((noreturn));
+static void run_unprivileged(char **argv) {
+  if (drop_to_caller() != 0) die(1, "cannot drop privileges: %s", strerror(errno));
+  argv[0] = (char *)"apes";
+  execv(APES_EXEC, argv);
+  die(EXIT_CANNOT_EXEC, "cannot execute %s: %s", APES_EXEC, strerror(errno));
+}
+
+/* ---- audit ---- */
+
+static void kv_str(struct buf *b, const char *key, const char *value) {
+  buf_printf(b, ",\"%s\":", key);
+  json_str(b, value ? value : "", value ? strlen(value) : 0);
+}
+
+/* Appends one JSON line to AUDIT_LOG (and a summary to syslog); 0 only when it is on disk. */
+static int audit(const char *decision, const char *reason) {
+  struct buf b = {0}, cmd = {0};
+  struct stat st;
+  int fd, ok = 0;
+  json_argv(&cmd, A.cmd, A.ncmd);
+  buf_printf(&b, "{\"ts\":%lld,\"decision\":\"%s\"", (long long)time(NULL), decision);
+  kv_str(&b, "reason", reason);
+  kv_str(&b, "user", A.caller.name);
+  buf_printf(&b, ",\"uid\":%lu", (unsigned long)A.caller.uid);
+  kv_str(&b, "run_as", A.target.name);
+  buf_puts(&b, ",\"argv\":");
+  buf_put(&b, cmd.p, cmd.len);
+  kv_str(&b, "cmd_hash", A.hash);
+  kv_str(&b, "grant_id", A.grant_id);
+  kv_str(&b, "sub", A.sub);
+  kv_str(&b, "decided_by", A.decided_by);
+  kv_str(&b, "issuer", A.issuer);
+  buf_printf(&b, ",\"pid\":%ld}\n", (long)getpid());
+
+  openlog("apes", LOG_PID, LOG_AUTHPRIV);
+  syslog(LOG_AUTHPRIV | (strcmp(decision, "allow") == 0 ? LOG_NOTICE : LOG_WARNING),
+         "%s%s%s: user=%s uid=%lu run_as=%s grant=%.80s cmd_hash=%s argv=%.400s", decision,
+         reason && *reason ? " " : "", reason ? reason : "", A.caller.name, (unsigned long)A.caller.uid,
+         A.target.name, A.grant_id ? A.grant_id : "", A.hash, cmd.p ? cmd.p : "");
+  closelog();
+
+  fd = open(APES_AUDIT_LOG, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd >= 0 && !b.err && !cmd.err && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0) {
+    size_t off = 0;
+    while (off < b.len) {
+      ssize_t n = write(fd, b.p + off, b.len - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+    ok = off == b.len && fsync(fd) == 0;
+  }
+  if (fd >= 0 && close(fd) != 0) ok = 0;
+  buf_free(&b);
+  buf_free(&cmd);
+  return ok ? 0 : -1;
+}
+
+/* Record the denial, then leave without running anything. */
+static void deny(const char *reason, int code, const char *fmt, ...) __attribute__((noreturn));
+static void deny(const char *reason, int code, const char *fmt, ...) {
+  if (fmt) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("apes: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+  }
+  if (audit("deny", reason) != 0) die(EXIT_DENIED, "audit log not writable (%s)", APES_AUDIT_LOG);
+  exit(code);
+}
+
+/* ---- children and pipes ---- */
+
+/* Make fd available as target in a child that is about to exec: inherited, no CLOEXEC. */
+static int move_fd(int fd, int target) {
+  if (fd == target) return fcntl(fd, F_SETFD, 0);
+  return dup2(fd, target) == target ? 0 : -1;
+}
+
+static int wait_child(pid_t pid) {
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR) return -1;
+  return st;
+}
+
+/* Reads until EOF or max bytes; returns the count, -1 on error. */
+static ssize_t read_upto(int fd, char *buf, size_t max) {
+  size_t got = 0;
+  while (got < max) {
+    ssize_t n = read(fd, buf + got, max - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    got += (size_t)n;
+  }
+  return (ssize_t)got;
+}
+
+static void set_ignore(int sig, int ignore) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = ignore ? SIG_IGN : SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  sigaction(sig, &sa, NULL);
+}
+
+/* Step 2: the requester, as the calling user with the caller's environment. Returns the token. */
+static char *request_token(int argc, char **argv, const struct elevation *el) {
+  static char token[MAX_TOKEN + 2];
+  int p[2], st;
+  size_t nopt = (size_t)(el->opt_end - el->opt_start), k = 0;
+  char **rargv = calloc(5 + nopt + 1 + A.ncmd + 1, sizeof *rargv);
+  if (!rargv) die(1, "out of memory");
+  rargv[k++] = (char *)"apes";
+  rargv[k++] = (char *)"__request";
+  rargv[k++] = (char *)"--result-fd";
+  rargv[k++] = (char *)"3";
+  for (int i = el->opt_start; i < el->opt_end; i++) rargv[k++] = argv[i];
+  rargv[k++] = (char *)"--";
+  for (int i = el->cmd_start; i < argc; i++) rargv[k++] = argv[i];
+  rargv[k] = NULL;
+
+  if (pipe2(p, O_CLOEXEC) != 0) die(1, "pipe: %s", strerror(errno));
+  pid_t pid = fork();
+  if (pid < 0) die(1, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    if (drop_to_caller() != 0) child_fail("cannot drop privileges");
+    if (move_fd(p[1], 3) != 0) child_fail("result pipe");
+    execv(APES_EXEC, rargv);
+    child_fail("cannot execute " APES_EXEC);
+  }
+  close(p[1]);
+  /* The terminal's Ctrl-C is for the requester (it cancels the pending grant, exits 130). */
+  set_ignore(SIGINT, 1);
+  set_ignore(SIGQUIT, 1);
+  set_ignore(SIGTSTP, 1);
+  ssize_t n = read_upto(p[0], token, MAX_TOKEN + 1);
+  close(p[0]); /* a requester still writing gets EPIPE instead of blocking us */
+  st = wait_child(pid);
+  set_ignore(SIGINT, 0);
+  set_ignore(SIGQUIT, 0);
+  set_ignore(SIGTSTP, 0);
+  free(rargv);
+
+  if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == EXIT_PENDING) {
+    if (audit("pending", "") != 0) die(EXIT_DENIED, "audit log not writable (%s)", APES_AUDIT_LOG);
+    exit(EXIT_PENDING);
+  }
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    int code = EXIT_DENIED;
+    if (st != -1 && WIFEXITED(st)) code = WEXITSTATUS(st);
+    if (st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) code = EXIT_INTERRUPTED;
+    deny("requester_failed", code, "not run: the approval request did not succeed");
+  }
+  if (n <= 0 || n > MAX_TOKEN) deny("requester_failed", EXIT_DENIED, "not run: the requester returned no token");
+  if (token[n - 1] == '\n') n--;
+  token[n] = '\0';
+  if (n == 0 || strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != (size_t)n)
+    deny("requester_failed", EXIT_DENIED, "not run: the requester returned a malformed token");
+  return token;
+}
+
+/* Writes req to wfd and reads the answer from rfd at the same time, so neither side can block the
+ * other; stops reading at max bytes. Returns the byte count read. */
+static size_t exchange(int wfd, const char *req, size_t reqlen, int rfd, char *out, size_t max) {
+  size_t off = 0, got = 0;
+  int wopen = 1;
+  for (;;) {
+    struct pollfd pf[2] = {{rfd, POLLIN, 0}, {wfd, POLLOUT, 0}};
+    if (poll(pf, wopen ? 2 : 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (wopen && pf[1].revents) {
+      /* at most PIPE_BUF: POLLOUT promises that much room, so this write never blocks */
+      size_t len = reqlen - off < PIPE_BUF ? reqlen - off : PIPE_BUF;
+      ssize_t n = (pf[1].revents & POLLOUT) ? write(wfd, req + off, len) : -1;
+      if (n > 0) off += (size_t)n;
+      if ((n < 0 && errno != EINTR && errno != EAGAIN) || off == reqlen) {
+        close(wfd); /* done, or the verifier stopped reading (EPIPE: SIGPIPE is ignored) */
+        wopen = 0;
+      }
+    }
+    if (pf[0].revents) {
+      ssize_t n = read(rfd, out + got, max - got);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) break;
+      got += (size_t)n;
+      if (got == max) break;
+    }
+  }
+  if (wopen) close(wfd);
+  close(rfd);
+  return got;
+}
+
+static int reason_ok(const char *r) {
+  return r && *r && strlen(r) <= 64 && strspn(r, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(r);
+}
+
+/* Step 3: the verifier, as _apes with a fixed environment; returns only when the command is allowed. */
+static void verify(int cfd, const struct user *verifier, const char *token) {
+  static char out[MAX_VERDICT + 1];
+  static char *const vargv[] = {"apes", "__verify", "--config-fd", "3", NULL};
+  static char *const venv[] = {"PATH=" SECURE_PATH, "HOME=" APES_CACHE_DIR, "LANG=C.UTF-8", "APES_VERIFIER=1",
+                               NULL};
+  struct buf req = {0};
+  struct json_kv *kv = NULL;
+  int in[2], outp[2], st, count = -1;
+
+  buf_puts(&req, "{\"jwt\":");
+  json_str(&req, token, strlen(token));
+  buf_puts(&req, ",\"argv\":");
+  json_argv(&req, A.cmd, A.ncmd);
+  kv_str(&req, "cmd_hash", A.hash);
+  kv_str(&req, "user", A.caller.name);
+  buf_printf(&req, ",\"uid\":%lu", (unsigned long)A.caller.uid);
+  kv_str(&req, "run_as", A.target.name);
+  buf_puts(&req, "}\n");
+  if (req.err) die(1, "out of memory");
+
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0) die(1, "pipe: %s", strerror(errno));
+  pid_t pid = fork();
+  if (pid < 0) die(1, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    /* Own session: the caller's terminal cannot signal or stop the verifier. */
+    if (setsid() < 0) child_fail("setsid");
+    int c = fcntl(cfd, F_DUPFD_CLOEXEC, 10), i = fcntl(in[0], F_DUPFD_CLOEXEC, 10),
+        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10);
+    if (c < 0 || i < 0 || o < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
+      child_fail("verifier pipes");
+    /* No groups, _apes ids, no way back. */
+    if (setgroups(0, NULL) != 0 || setresgid(verifier->gid, verifier->gid, verifier->gid) != 0 ||
+        setresuid(verifier->uid, verifier->uid, verifier->uid) != 0 || !ids_are(verifier->uid, verifier->gid))
+      child_fail("cannot become " VERIFY_USER);
+    if (chdir(APES_CACHE_DIR) != 0) child_fail(APES_CACHE_DIR);
+    execve(APES_EXEC, vargv, venv);
+    child_fail("cannot execute " APES_EXEC);
+  }
+  close(in[0]);
+  close(outp[1]);
+  close(cfd);
+  set_ignore(SIGPIPE, 1);
+  size_t n = exchange(in[1], req.p, req.len, outp[0], out, sizeof out);
+  st = wait_child(pid);
+  buf_free(&req);
+
+  if (n < sizeof out) {
+    if (n > 0 && out[n - 1] == '\n') n--;
+    count = json_parse_flat(out, n, &kv);
+  }
+  int code = st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  const char *reason = count >= 0 ? json_get_str(kv, count, "reason") : NULL;
+  if (code == 0 && count >= 0 && json_get_bool(kv, count, "ok") == 1) {
+    const char *h = json_get_str(kv, count, "cmd_hash"), *r = json_get_str(kv, count, "run_as");
+    A.grant_id = json_get_str(kv, count, "grant_id");
+    A.sub = json_get_str(kv, count, "sub");
+    A.decided_by = json_get_str(kv, count, "decided_by");
+    A.issuer = json_get_str(kv, count, "issuer");
+    /* Allowed only for exactly this command and this target user. */
+    if (!h || strcmp(h, A.hash) != 0 || !r || strcmp(r, A.target.name) != 0)
+      deny("verdict_mismatch", EXIT_DENIED, "denied: the verifier approved a different command or user");
+    if (!A.grant_id || !*A.grant_id) deny("verifier_failed", EXIT_DENIED, "denied: the verdict has no grant id");
+    return; /* kv stays alive: A points into it until exec */
+  }
+  if (code == EXIT_UNAVAILABLE || code == EXIT_CONFIG) {
+    if (!reason_ok(reason)) reason = code == EXIT_UNAVAILABLE ? "idp_unreachable" : "config_invalid";
+    deny(reason, code, "not run: %s", reason);
+  }
+  if (!reason_ok(reason) || (code != 0 && code != EXIT_DENIED)) reason = "verifier_failed";
+  deny(reason, EXIT_DENIED, "denied: %s", reason);
+}
+
+/* ---- step 4: exec ---- */
+
+/* CMD[0] without '/' is looked up in the fixed secure PATH only; with '/' it is used as given. */
+static const char *resolve(const char *name, char *path, size_t size) {
+  if (strchr(name, '/')) return name;
+  const char *dir = SECURE_PATH;
+  while (*dir) {
+    size_t len = strcspn(dir, ":");
+    struct stat st;
+    int n = snprintf(path, size, "%.*s/%s", (int)len, dir, name);
+    if (n > 0 && (size_t)n < size && stat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111))
+      return path;
+    dir += len + (dir[len] == ':');
+  }
+  return NULL;
+}
+
+/* Locale and terminal values are copied only when they cannot name a file (like sudo's env_check). */
+static int env_value_ok(const char *v) {
+  size_t n = strlen(v);
+  if (n > 256 || strpbrk(v, "/%")) return 0;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) return 0;
+  return 1;
+}
+
+static int env_name_ok(const char *e, size_t len) {
+  static const char *const names[] = {"TERM", "LANG", "LANGUAGE"};
+  for (size_t i = 0; i < 3; i++)
+    if (strlen(names[i]) == len && strncmp(e, names[i], len) == 0) return 1;
+  return len > 3 && len <= 32 && strncmp(e, "LC_", 3) == 0 && strspn(e + 3, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") == len - 3;
+}
+
+static void env_add(char **env, size_t *n, const char *name, const char *value) {
+  if (asprintf(&env[*n], "%s=%s", name, value) < 0) die(1, "out of memory");
+  (*n)++;
+}
+
+static char **build_env(const struct user *target, const char *grant_id) {
+  extern char **environ;
+  size_t n = 0, max = 7 + 32 + 1;
+  char **env = calloc(max, sizeof *env);
+  if (!env) die(1, "out of memory");
+  env_add(env, &n, "HOME", target->home);
+  env_add(env, &n, "USER", target->name);
+  env_add(env, &n, "LOGNAME", target->name);
+  env_add(env, &n, "SHELL", target->shell);
+  env_add(env, &n, "PATH", SECURE_PATH);
+  env_add(env, &n, "APES_USER", A.caller.name);
+  env_add(env, &n, "APES_GRANT_ID", grant_id);
+  for (char **e = environ; e && *e && n < max - 1; e++) {
+    const char *eq = strchr(*e, '=');
+    if (!eq || !env_name_ok(*e, (size_t)(eq - *e)) || !env_value_ok(eq + 1)) continue;
+    int dup = 0;
+    for (size_t i = 7; i < n; i++)
+      if (strncmp(env[i], *e, (size_t)(eq - *e) + 1) == 0) dup = 1; /* first one wins, like getenv */
+    if (!dup && !(env[n++] = strdup(*e))) die(1, "out of memory");
+  }
+  env[n] = NULL;
+  return env;
+}
+
+static void run_command(void) __attribute__((noreturn));
+static void run_command(void) {
+  char buf[PATH_MAX];
+  const char *path = resolve(A.cmd[0], buf, sizeof buf);
+  if (!path) die(EXIT_NOT_FOUND, "%s: command not found in %s", A.cmd[0], SECURE_PATH);
+  if (initgroups(A.target.name, A.target.gid) != 0 ||
+      setresgid(A.target.gid, A.target.gid, A.target.gid) != 0 ||
+      setresuid(A.target.uid, A.target.uid, A.target.uid) != 0 || !ids_are(A.target.uid, A.target.gid))
+    die(EXIT_CANNOT_EXEC, "cannot become %s: %s", A.target.name, strerror(errno));
+  char **env = build_env(&A.target, A.grant_id);
+  reset_signals(); /* SIGPIPE was ignored while talking to the verifier */
+  execve(path, A.cmd, env);
+  int err = errno;
+  die(err == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC, "%s: %s", A.cmd[0], strerror(err));
+}
+
+int main(int argc, char **argv) {
+  struct elevation el;
+  struct user verifier;
+  struct passwd *pw;
+  struct stat st;
+  int bad, cfd;
+
+  sane_stdio();
+  if (argc < 1 || !argv[0]) die(EXIT_USAGE, "called without argv[0]");
+  check_exec();
+  if (!elev_parse(argc, argv, &el)) run_unprivileged(argv);
+
+  /* ---- 1. sanity: still only argv and fixed paths, no other input ---- */
+  if (geteuid() != 0) die(EXIT_CONFIG, "not installed setuid root, so it cannot elevate: run `sudo make install`");
+  closefrom(3);
+  reset_signals();
+  umask(022);
+  switch (elev_check_argv(argc, argv, &el, &bad)) {
+  case ARGV_OK: break;
+  case ARGV_BAD_UTF8: die(EXIT_USAGE, "argument %d is not valid UTF-8: refusing to run it", bad);
+  case ARGV_TOO_MANY: die(EXIT_USAGE, "the command has more than %d arguments", APES_MAX_CMD_ARGS);
+  case ARGV_ARG_TOO_LONG: die(EXIT_USAGE, "argument %d is longer than %d bytes", bad, APES_MAX_ARG_BYTES);
+  case ARGV_CMD_TOO_LONG: die(EXIT_USAGE, "the command is longer than %d bytes", APES_MAX_CMD_BYTES);
+  }
+  A.cmd = argv + el.cmd_start;
+  A.ncmd = (size_t)(argc - el.cmd_start);
+  if (cmd_hash(A.cmd, A.ncmd, A.hash) != 0) die(1, "out of memory");
+  /* The caller is who the real uid says, never a name from the environment. */
+  if (!(pw = getpwuid(getuid())) || copy_user(pw, &A.caller) != 0)
+    die(1, "uid %lu has no passwd entry", (unsigned long)getuid());
+  if (!(pw = getpwnam(el.run_as)) || copy_user(pw, &A.target) != 0) die(EXIT_USAGE, "no such user: %s", el.run_as);
+  if (!(pw = getpwnam(VERIFY_USER)) || pw->pw_uid == 0 || copy_user(pw, &verifier) != 0)
+    die(EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
+
+  /* The policy is checked before anyone is asked to approve: a command that cannot be verified
+   * is refused up front. The open fd is what the verifier reads, so the check cannot go stale. */
+  cfd = open(APES_CONFIG, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (cfd < 0 && errno == ENOENT)
+    deny("config_missing", EXIT_CONFIG, "no policy at %s: set one up with `sudo apes trust ...`", APES_CONFIG);
+  if (cfd < 0 || fstat(cfd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
+    deny("config_insecure", EXIT_CONFIG, "%s must be a regular file owned by root, not group- or world-writable",
+         APES_CONFIG);
+
+  /* ---- 2. requester, as the caller ---- */
+  const char *token = request_token(argc, argv, &el);
+
+  /* ---- 3. verifier, as _apes; returns only when allowed ---- */
+  verify(cfd, &verifier, token);
+
+  /* ---- 4. audit, then exec; no audit line, no command ---- */
+  if (audit("allow", "") != 0) die(EXIT_DENIED, "denied: audit log not writable (%s)", APES_AUDIT_LOG);
+  run_command();
+}

@@ -1,0 +1,276 @@
+/**
+ * Helpers for tests of the setuid shim (native/): install the real thing (a setuid-root binary
+ * built for a temporary PREFIX, the real dist/apes as EXEC) and run it as a real non-root user.
+ * These tests need root (CI runs as root); the installs live under a mkdtemp directory each.
+ *
+ *   const inst = await installIntoTempPrefix();
+ *   const user = ensureTestUser();
+ *   const r = await runAsUser(user, [inst.shim, "--version"], { env: { HOME: home } });
+ */
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+
+const execFileP = promisify(execFile);
+export const REPO = join(import.meta.dirname, "..", "..");
+export const DIST_APES = join(REPO, "dist", "apes");
+/** The non-root user the e2e tests act as (created when missing). */
+export const TEST_USER = "apes-e2e";
+export const VERIFY_USER = "_apes";
+
+export interface UnixUser {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+export interface ShimInstall {
+  /** The mkdtemp directory everything lives in (mode 0755 so other users can traverse it). */
+  root: string;
+  prefix: string;
+  etc: string;
+  var: string;
+  /** $(PREFIX)/bin/apes, the setuid-root shim. */
+  shim: string;
+  /** $(PREFIX)/libexec/apes/apes, the executable the shim trusts. */
+  exec: string;
+  /** $(SYSCONFDIR)/apes/config.toml (not created by the install). */
+  config: string;
+  auditLog: string;
+  cacheDir: string;
+  /** Where the shim was built (test-hash is there too). */
+  buildDir: string;
+  cleanup(): Promise<void>;
+}
+
+function lookupUser(name: string): UnixUser | undefined {
+  try {
+    const line = execFileSync("getent", ["passwd", name], { encoding: "utf8" }).trim();
+    const f = line.split(":");
+    return { name, uid: Number(f[2]), gid: Number(f[3]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Creates the user when missing (idempotent, tolerant of a concurrent creation). */
+export function ensureUser(name: string, system = false): UnixUser {
+  const found = lookupUser(name);
+  if (found) return found;
+  const args = system
+    ? ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir"]
+    : ["--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir"];
+  const home = system ? "/var/cache/apes" : "/nonexistent";
+  try {
+    execFileSync("useradd", [...args, home, name], { stdio: ["ignore", "ignore", "pipe"] });
+  } catch (e) {
+    if (!lookupUser(name)) throw e;
+  }
+  const user = lookupUser(name);
+  if (!user) throw new Error(`could not create user ${name}`);
+  return user;
+}
+
+export function ensureTestUser(name = TEST_USER): UnixUser {
+  return ensureUser(name);
+}
+
+/**
+ * `make install` into a fresh temporary PREFIX/SYSCONFDIR/LOCALSTATEDIR (dist/apes must be built:
+ * the global setup checks it; `-o build` keeps make from rebuilding it). The shim is compiled with
+ * these paths and installed 4755 root:root, so it is a real setuid binary.
+ */
+export async function installIntoTempPrefix(): Promise<ShimInstall> {
+  if (process.getuid?.() !== 0) throw new Error("installing the setuid shim needs root");
+  if (!existsSync(DIST_APES)) throw new Error(`${DIST_APES} is missing: run \`make build\``);
+  // The system user the verifier runs as; created here first so `make install` does not give it
+  // a temporary home directory.
+  ensureUser(VERIFY_USER, true);
+  const root = mkdtempSync(join(tmpdir(), "apes-shim-"));
+  chmodSync(root, 0o755);
+  const prefix = join(root, "usr");
+  const etc = join(root, "etc");
+  const varDir = join(root, "var");
+  const buildDir = join(root, "build");
+  await execFileP(
+    "make",
+    [
+      "-s",
+      "-o",
+      "build",
+      "install",
+      `PREFIX=${prefix}`,
+      `SYSCONFDIR=${etc}`,
+      `LOCALSTATEDIR=${varDir}`,
+      `NATIVE_OUT=${buildDir}`,
+    ],
+    { cwd: REPO, maxBuffer: 16 << 20 },
+  );
+  return {
+    root,
+    prefix,
+    etc,
+    var: varDir,
+    shim: join(prefix, "bin", "apes"),
+    exec: join(prefix, "libexec", "apes", "apes"),
+    config: join(etc, "apes", "config.toml"),
+    auditLog: join(varDir, "log", "apes", "audit.log"),
+    cacheDir: join(varDir, "cache", "apes"),
+    buildDir,
+    cleanup: () => rm(root, { recursive: true, force: true }),
+  };
+}
+
+/** Writes the policy file as `apes trust` would (root:root 0600 unless told otherwise). */
+export function writeConfig(
+  inst: ShimInstall,
+  text: string,
+  opts: { mode?: number; uid?: number; gid?: number } = {},
+): void {
+  writeFileSync(inst.config, text);
+  chownSync(inst.config, opts.uid ?? 0, opts.gid ?? 0);
+  chmodSync(inst.config, opts.mode ?? 0o600);
+}
+
+export interface AuditLine {
+  ts: number;
+  decision: "allow" | "deny" | "pending";
+  reason: string;
+  user: string;
+  uid: number;
+  run_as: string;
+  argv: string[];
+  cmd_hash: string;
+  grant_id: string;
+  sub: string;
+  decided_by: string;
+  issuer: string;
+  pid: number;
+}
+
+export function readAudit(inst: ShimInstall): AuditLine[] {
+  if (!existsSync(inst.auditLog)) return [];
+  return readFileSync(inst.auditLog, "utf8")
+    .split("\n")
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as AuditLine);
+}
+
+/** A fresh directory owned by the user (mode 0700), e.g. for its HOME. */
+export function makeUserDir(user: UnixUser, parent = tmpdir()): string {
+  const dir = mkdtempSync(join(parent, `apes-${user.name}-`));
+  chownSync(dir, user.uid, user.gid);
+  chmodSync(dir, 0o700);
+  return dir;
+}
+
+export interface RunOptions {
+  /** The complete environment (nothing is inherited from the test process). */
+  env?: Record<string, string>;
+  input?: string | Buffer;
+  timeoutMs?: number;
+  cwd?: string;
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Starts argv as the user (setpriv: real+effective uid/gid and the user's groups; no privileges). */
+export function spawnAsUser(user: UnixUser, argv: string[], opts: RunOptions = {}): ChildProcess {
+  const [file, ...rest] = argv;
+  if (!file) throw new Error("empty argv");
+  return spawn(
+    "setpriv",
+    ["--reuid", String(user.uid), "--regid", String(user.gid), "--init-groups", "--", file, ...rest],
+    { env: opts.env ?? { PATH: "/usr/bin:/bin" }, cwd: opts.cwd ?? "/", stdio: ["pipe", "pipe", "pipe"] },
+  );
+}
+
+/** Runs argv as the user and collects its output; killed (SIGKILL) after timeoutMs (default 20 s). */
+export function runAsUser(user: UnixUser, argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const child = spawnAsUser(user, argv, opts);
+  return collect(child, opts);
+}
+
+export function collect(
+  child: ChildProcess,
+  opts: Pick<RunOptions, "input" | "timeoutMs"> = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+      stdout += d;
+    });
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      stderr += d;
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 20_000);
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+    child.stdin?.on("error", () => {}); // the program may exit without reading its input
+    child.stdin?.end(opts.input ?? "");
+  });
+}
+
+/**
+ * Replaces EXEC with a small stand-in for the TypeScript halves (`__request`, `__verify`) so the
+ * shim's own privilege handling can be tested end to end without an IdP. It records what it saw
+ * into `dir` (mode 1777) and answers as the files there say:
+ *   request.mode   token (default: write the file `token` to fd 3, exit 0) | sleep | exit:N | garbage
+ *   verdict        what __verify prints on stdout;  verify.exit  its exit status (default 0)
+ * and records request.{pid,uid,groups,argv,environ,fd3}, verify.{uid,groups,cwd,environ,fds,config,
+ * stdin}, plain.{uid,argv}. Its path names are baked in because the verifier's environment is fixed.
+ */
+export function installStubExec(inst: ShimInstall): string {
+  const dir = join(inst.root, "stub");
+  execFileSync("mkdir", ["-p", dir]);
+  chmodSync(dir, 0o1777);
+  const q = `'${dir}'`;
+  const script = `#!/bin/sh
+S=${q}
+case "$1" in
+__request)
+  echo $$ > "$S/request.pid"
+  /usr/bin/id -u > "$S/request.uid"; /usr/bin/id -G > "$S/request.groups"
+  printf '%s\\0' "$@" > "$S/request.argv"
+  /bin/cat /proc/$$/environ > "$S/request.environ"
+  if { true >&3; } 2>/dev/null; then echo open > "$S/request.fd3"; fi
+  mode=$(/bin/cat "$S/request.mode" 2>/dev/null || echo token)
+  case "$mode" in
+  token) /bin/cat "$S/token" >&3; exit 0 ;;
+  sleep) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 3>&- ;;
+  garbage) printf 'not a token!' >&3; exit 0 ;;
+  exit:*) exit "\${mode#exit:}" ;;
+  esac
+  exit 1 ;;
+__verify)
+  /usr/bin/id -u > "$S/verify.uid"; /usr/bin/id -G > "$S/verify.groups"; pwd > "$S/verify.cwd"
+  /bin/cat /proc/$$/environ > "$S/verify.environ"
+  /bin/ls -l /proc/$$/fd > "$S/verify.fds"
+  /bin/cat <&3 > "$S/verify.config"
+  /bin/cat > "$S/verify.stdin"
+  /bin/cat "$S/verdict" 2>/dev/null
+  exit "$(/bin/cat "$S/verify.exit" 2>/dev/null || echo 0)" ;;
+*)
+  /usr/bin/id -u > "$S/plain.uid"; printf '%s\\0' "$@" > "$S/plain.argv"; exit 0 ;;
+esac
+`;
+  writeFileSync(inst.exec, script);
+  chownSync(inst.exec, 0, 0);
+  chmodSync(inst.exec, 0o755);
+  return dir;
+}

@@ -218,9 +218,13 @@ export function normalizeIssuer(raw: string, allowLoopbackHttp: boolean): string
 }
 
 /** Ownership and mode rule for the policy file (checked by the shim on its fd, and again here). */
-export function policyFileProblem(st: { uid: number; mode: number; isFile: boolean }): string | undefined {
+export function policyFileProblem(
+  st: { uid: number; mode: number; isFile: boolean },
+  ownerUid = 0,
+): string | undefined {
   if (!st.isFile) return "is not a regular file";
-  if (st.uid !== 0) return `is owned by uid ${st.uid}, not root`;
+  if (st.uid !== ownerUid)
+    return `is owned by uid ${st.uid}, not ${ownerUid === 0 ? "root" : `uid ${ownerUid}`}`;
   if ((st.mode & 0o022) !== 0) return `is group- or world-writable (mode ${(st.mode & 0o7777).toString(8)})`;
   return undefined;
 }

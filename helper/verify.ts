@@ -36,6 +36,8 @@ export interface VerifierOptions {
   nowS?: () => number;
   /** Injected for unit tests; the default talks HTTP(S) with the policy's CA. */
   http?: HttpFn;
+  /** Owner the policy file must have: root, except in unit tests run by another user. */
+  policyOwnerUid?: number;
 }
 
 export type HttpFn = (
@@ -96,7 +98,7 @@ async function verify(
   if ("ok" in request) return request;
   onRequest(request);
 
-  const policy = readPolicy(options.configFd);
+  const policy = readPolicy(options.configFd, options.policyOwnerUid ?? 0);
   if ("ok" in policy) return policy;
   mark("read");
 
@@ -156,10 +158,10 @@ async function verify(
   return consumed;
 }
 
-function readPolicy(fd: number): Policy | ReturnType<typeof deny> {
+function readPolicy(fd: number, ownerUid: number): Policy | ReturnType<typeof deny> {
   try {
     const st = fstatSync(fd);
-    const problem = policyFileProblem({ uid: st.uid, mode: st.mode, isFile: st.isFile() });
+    const problem = policyFileProblem({ uid: st.uid, mode: st.mode, isFile: st.isFile() }, ownerUid);
     if (problem) return deny("config_invalid", `the policy ${problem}`);
     if (st.size > MAX_POLICY_BYTES) return deny("config_invalid", "the policy is larger than 256 KiB");
     const text = readFileSync(fd, "utf8");

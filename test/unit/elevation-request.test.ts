@@ -1,0 +1,308 @@
+import { describe, expect, it } from "vitest";
+import { parseElevation, validateElevation } from "../../cli/elevation/grammar.ts";
+import {
+  grantMismatch,
+  grantRequestFor,
+  type RequesterDeps,
+  runRequester,
+} from "../../cli/elevation/request.ts";
+import { CliError } from "../../cli/errors.ts";
+import type { GrantsClient } from "../../cli/grants/client.ts";
+import { cmdHash } from "../../protocol/cmd-hash.ts";
+import type { Grant } from "../../protocol/types.ts";
+import { fakeContext } from "../helpers/fake-context.ts";
+
+const ME = "agent@example.com";
+
+function request(argv: string[]) {
+  const p = parseElevation(argv);
+  if (!p.ok) throw new Error(p.error);
+  const v = validateElevation(p.args);
+  if (!v.ok) throw new Error(v.error);
+  return v.request;
+}
+
+function grant(over: Partial<Grant> = {}, req: Partial<Grant["request"]> = {}): Grant {
+  return {
+    id: "g-1",
+    type: "command",
+    status: "pending",
+    created_at: 1,
+    request: {
+      requester: ME,
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "once",
+      command: ["id", "-u"],
+      cmd_hash: cmdHash(["id", "-u"]),
+      run_as: "root",
+      ...req,
+    },
+    ...over,
+  };
+}
+
+interface Recorder {
+  created: unknown[];
+  revoked: string[];
+  delivered: { fd: number; token: string }[];
+}
+
+function fakeClient(options: { create?: () => { grant: Grant; reused: boolean }; get?: Grant } = {}) {
+  const rec: Recorder = { created: [], revoked: [], delivered: [] };
+  const client = {
+    session: { idp: "https://id.example.com", email: ME, act: "agent", token: "session", expiresAt: 0 },
+    endpoints: {},
+    async create(req: unknown) {
+      rec.created.push(req);
+      return options.create ? options.create() : { grant: grant(), reused: false };
+    },
+    async get(id: string) {
+      if (!options.get || options.get.id !== id) throw new Error("no such grant");
+      return options.get;
+    },
+    async revoke(id: string) {
+      rec.revoked.push(id);
+      return grant({ status: "revoked" });
+    },
+    async token(id: string) {
+      return { authz_jwt: `jwt-for-${id}`, grant: grant({ id, status: "approved" }) };
+    },
+  } as unknown as GrantsClient;
+  return { client, rec };
+}
+
+function deps(client: GrantsClient, rec: Recorder, wait: RequesterDeps["wait"]): Partial<RequesterDeps> {
+  return {
+    client: async () => client,
+    wait,
+    deliver: (fd, token) => rec.delivered.push({ fd, token }),
+    checkFd: () => {},
+    hostname: () => "web1",
+  };
+}
+
+async function failure(p: Promise<unknown>): Promise<CliError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(CliError);
+    return e as CliError;
+  }
+  throw new Error("expected a CliError");
+}
+
+describe("grantRequestFor", () => {
+  it("binds the exact command, its hash, host, audience and run_as", () => {
+    expect(grantRequestFor(request(["--reason", "r", "--as", "nobody", "--", "id", "-u"]), "web1")).toEqual({
+      audience: "escapes",
+      target_host: "web1",
+      grant_type: "once",
+      command: ["id", "-u"],
+      cmd_hash: cmdHash(["id", "-u"]),
+      run_as: "nobody",
+      reason: "r",
+    });
+    expect(
+      grantRequestFor(request(["--approval", "timed", "--duration", "2h", "--", "id"]), "h"),
+    ).toMatchObject({
+      grant_type: "timed",
+      duration: 7200,
+    });
+  });
+});
+
+describe("grantMismatch (--grant ID must match the command)", () => {
+  const req = request(["--", "id", "-u"]);
+  it("accepts the same command, user, host and audience", () => {
+    expect(grantMismatch(grant(), req, "web1")).toBeUndefined();
+  });
+  it("names what differs", () => {
+    expect(grantMismatch(grant({}, { command: ["id"] }), req, "web1")).toContain("not");
+    expect(grantMismatch(grant({}, { command: ["id -u"] }), request(["--", "id", "-u"]), "web1")).toContain(
+      "id -u",
+    );
+    expect(grantMismatch(grant({}, { run_as: "nobody" }), req, "web1")).toContain("runs as nobody");
+    expect(grantMismatch(grant({}, { target_host: "web2" }), req, "web1")).toContain("host web2");
+    expect(grantMismatch(grant({}, { audience: "apes-cli" }), req, "web1")).toContain("audience");
+    expect(grantMismatch(grant({ type: "delegation" }), req, "web1")).toContain("delegation");
+  });
+});
+
+describe("runRequester", () => {
+  it("waits for approval, then writes the AuthZ-JWT to the result fd only", async () => {
+    const ctx = fakeContext();
+    const { client, rec } = fakeClient();
+    const code = await runRequester(ctx, request(["--reason", "r", "--", "id", "-u"]), {
+      resultFd: 3,
+      deps: deps(client, rec, async () => grant({ status: "approved", decided_by: "alice@example.com" })),
+    });
+    expect(code).toBe(0);
+    expect(rec.delivered).toEqual([{ fd: 3, token: "jwt-for-g-1" }]);
+    expect(ctx.stdout.text).toBe("");
+    expect(ctx.stderr.text).not.toContain("jwt-for");
+    expect(ctx.stderr.text).toContain("g-1");
+    expect(ctx.stderr.text).toContain("apes grants approve g-1");
+    expect(ctx.stderr.text).toContain("approved by alice@example.com");
+  });
+
+  it("uses a reused approved grant without waiting", async () => {
+    const ctx = fakeContext();
+    const { client, rec } = fakeClient({
+      create: () => ({
+        grant: grant(
+          { status: "approved", decided_by: "alice@example.com", expires_at: 2e9 },
+          { grant_type: "timed" },
+        ),
+        reused: true,
+      }),
+    });
+    const code = await runRequester(
+      ctx,
+      request(["--approval", "timed", "--duration", "1h", "--", "id", "-u"]),
+      {
+        resultFd: 3,
+        deps: deps(client, rec, async () => {
+          throw new Error("must not wait");
+        }),
+      },
+    );
+    expect(code).toBe(0);
+    expect(ctx.stderr.text).toContain("using timed grant g-1");
+    expect(rec.delivered).toHaveLength(1);
+  });
+
+  it("--no-wait prints the grant id, how to continue, and ends with 75", async () => {
+    const ctx = fakeContext();
+    const { client, rec } = fakeClient();
+    const e = await failure(
+      runRequester(ctx, request(["--no-wait", "--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(client, rec, async () => grant()),
+      }),
+    );
+    expect(e.exitCode).toBe(75);
+    expect(ctx.stdout.text).toBe("g-1\n");
+    expect(e.hint).toContain("apes --grant g-1 -- id -u");
+    expect(rec.delivered).toEqual([]);
+  });
+
+  it("without the shim (no result fd) creates the grant and ends with 75", async () => {
+    const ctx = fakeContext({ globals: { json: true } });
+    const { client, rec } = fakeClient();
+    const e = await failure(
+      runRequester(ctx, request(["--no-wait", "--", "id", "-u"]), {
+        deps: deps(client, rec, async () => grant()),
+      }),
+    );
+    expect(e.exitCode).toBe(75);
+    expect(JSON.parse(ctx.stdout.text)).toMatchObject({
+      grant_id: "g-1",
+      status: "pending",
+      continue: "apes --grant g-1 -- id -u",
+    });
+  });
+
+  it("ends with 77 when the grant is denied", async () => {
+    const { client, rec } = fakeClient();
+    const e = await failure(
+      runRequester(fakeContext(), request(["--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(client, rec, async () => grant({ status: "denied", decided_by: "alice@example.com" })),
+      }),
+    );
+    expect(e.exitCode).toBe(77);
+    expect(e.message).toContain("denied by alice@example.com");
+    expect(rec.delivered).toEqual([]);
+  });
+
+  it("Ctrl-C while waiting revokes the grant it created and ends with 130", async () => {
+    const ctx = fakeContext();
+    const { client, rec } = fakeClient();
+    const controller = new AbortController();
+    const e = await failure(
+      runRequester(ctx, request(["--", "id", "-u"]), {
+        resultFd: 3,
+        signal: controller.signal,
+        deps: deps(client, rec, async (_c, _cl, _id, o) => {
+          controller.abort(new Error("interrupted"));
+          o.signal?.throwIfAborted();
+          return grant();
+        }),
+      }),
+    );
+    expect(e.exitCode).toBe(130);
+    expect(rec.revoked).toEqual(["g-1"]);
+    expect(ctx.stderr.text).toContain("cancelled");
+  });
+
+  it("a timeout ends with 75 and says how to continue", async () => {
+    const { client, rec } = fakeClient();
+    const e = await failure(
+      runRequester(fakeContext(), request(["--timeout", "1s", "--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(client, rec, async () => {
+          throw new CliError("grant g-1 is still pending after 1s", { exitCode: 75 });
+        }),
+      }),
+    );
+    expect(e.exitCode).toBe(75);
+    expect(e.hint).toContain("apes --grant g-1 -- id -u");
+    expect(rec.revoked).toEqual([]);
+  });
+
+  it("--grant continues a matching grant, and refuses one for another command", async () => {
+    const ok = fakeClient({ get: grant({ status: "approved", decided_by: "alice@example.com" }) });
+    expect(
+      await runRequester(fakeContext(), request(["--grant", "g-1", "--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(ok.client, ok.rec, async () => grant()),
+      }),
+    ).toBe(0);
+    expect(ok.rec.created).toEqual([]);
+    const other = fakeClient({ get: grant({ status: "approved" }, { command: ["id"] }) });
+    const e = await failure(
+      runRequester(fakeContext(), request(["--grant", "g-1", "--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(other.client, other.rec, async () => grant()),
+      }),
+    );
+    expect(e.exitCode).toBe(77);
+    expect(other.rec.delivered).toEqual([]);
+  });
+
+  it("--grant refuses someone else's grant", async () => {
+    const f = fakeClient({ get: grant({ status: "approved" }, { requester: "other@example.com" }) });
+    const e = await failure(
+      runRequester(fakeContext(), request(["--grant", "g-1", "--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(f.client, f.rec, async () => grant()),
+      }),
+    );
+    expect(e.message).toContain("other@example.com");
+  });
+
+  it("an approved grant without the shim ends with 78 and says how to install it", async () => {
+    const f = fakeClient({ get: grant({ status: "approved" }) });
+    const e = await failure(
+      runRequester(fakeContext(), request(["--grant", "g-1", "--no-wait", "--", "id", "-u"]), {
+        deps: deps(f.client, f.rec, async () => grant()),
+      }),
+    );
+    expect(e.exitCode).toBe(78);
+    expect(e.hint).toContain("sudo make install");
+  });
+
+  it("prints timing lines with APES_TIMING=1", async () => {
+    const ctx = fakeContext({ env: { APES_TIMING: "1" } });
+    const { client, rec } = fakeClient({
+      create: () => ({ grant: grant({ status: "approved" }), reused: true }),
+    });
+    await runRequester(ctx, request(["--", "id", "-u"]), {
+      resultFd: 3,
+      deps: deps(client, rec, async () => grant()),
+    });
+    expect(ctx.stderr.text).toMatch(/^apes-timing: requester token [\d.]+$/m);
+    expect(ctx.stderr.text).toMatch(/^apes-timing: requester total [\d.]+$/m);
+  });
+});

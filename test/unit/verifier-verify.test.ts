@@ -1,0 +1,288 @@
+import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { exportJWK, SignJWT } from "jose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { HttpFn } from "../../helper/verify.ts";
+import { readLine, runVerifier } from "../../helper/verify.ts";
+import { cmdHash } from "../../protocol/cmd-hash.ts";
+
+// The verifier's effects with a fake network: real Ed25519 keys, real JWTs (jose), a real policy fd.
+const ISS = "https://id.example.com";
+const AGENT = "agent@example.com";
+const HUMAN = "alice@example.com";
+const NOW = Math.floor(Date.now() / 1000);
+const ARGV = ["id", "-u"];
+
+let dir: string;
+let idpKey: { privateKey: KeyObject; publicKey: KeyObject };
+let foreignKey: { privateKey: KeyObject; publicKey: KeyObject };
+let jwk: Record<string, unknown>;
+
+const POLICY = `
+issuers = ["${ISS}"]
+approvers = ["${HUMAN}"]
+host = "web1"
+run_as = ["root", "nobody"]
+[users]
+deploy = ["${AGENT}"]
+`;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "apes-verifier-"));
+  idpKey = generateKeyPairSync("ed25519");
+  foreignKey = generateKeyPairSync("ed25519");
+  jwk = { ...(await exportJWK(idpKey.publicKey)), kid: "k1", alg: "EdDSA", use: "sig" };
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function token(over: Record<string, unknown> = {}, key: KeyObject = idpKey.privateKey, kid = "k1") {
+  const claims = {
+    iss: ISS,
+    sub: AGENT,
+    aud: "escapes",
+    target_host: "web1",
+    jti: crypto.randomUUID(),
+    grant_id: "6f1c2b3a-0000-4000-8000-000000000001",
+    grant_type: "once",
+    approval: "once",
+    command: ARGV,
+    cmd_hash: cmdHash(ARGV),
+    run_as: "root",
+    decided_by: HUMAN,
+    iat: NOW,
+    exp: NOW + 300,
+    ...over,
+  };
+  return new SignJWT(claims).setProtectedHeader({ alg: "EdDSA", kid }).sign(key);
+}
+
+interface FakeIdp {
+  http: HttpFn;
+  calls: string[];
+  consume: { status: number; body: unknown } | Error;
+  discovery: Record<string, unknown>;
+  keys: () => unknown[];
+}
+
+function fakeIdp(): FakeIdp {
+  const f: FakeIdp = {
+    calls: [],
+    consume: { status: 200, body: { status: "consumed" } },
+    discovery: {
+      issuer: ISS,
+      jwks_uri: `${ISS}/.well-known/jwks.json`,
+      openape_grants_endpoint: `${ISS}/api/grants`,
+    },
+    keys: () => [jwk],
+    http: async (url, init) => {
+      f.calls.push(`${init.method} ${url}`);
+      if (url === `${ISS}/.well-known/openid-configuration`) return { status: 200, body: f.discovery };
+      if (url === f.discovery.jwks_uri) return { status: 200, body: { keys: f.keys() } };
+      if (url.endsWith("/consume")) {
+        if (f.consume instanceof Error) throw f.consume;
+        expect(init.headers?.authorization).toMatch(/^Bearer ey/);
+        return f.consume;
+      }
+      return { status: 404, body: {} };
+    },
+  };
+  return f;
+}
+
+let n = 0;
+async function verify(
+  jwt: string,
+  idp: FakeIdp,
+  options: { policy?: string; mode?: number; req?: Record<string, unknown>; cacheDir?: string } = {},
+) {
+  const file = join(dir, `policy-${n++}.toml`);
+  writeFileSync(file, options.policy ?? POLICY, { mode: 0o600 });
+  if (options.mode !== undefined) chmodSync(file, options.mode);
+  const fd = openSync(file, "r");
+  const line = JSON.stringify({
+    jwt,
+    argv: ARGV,
+    cmd_hash: cmdHash(ARGV),
+    user: "deploy",
+    uid: 1001,
+    run_as: "root",
+    ...options.req,
+  });
+  let stdout = "";
+  let stderr = "";
+  try {
+    const r = await runVerifier(
+      {
+        stdin: Readable.from([`${line}\n`]),
+        stdout: { write: (s: string) => (stdout += s) },
+        stderr: { write: (s: string) => (stderr += s) },
+      },
+      { configFd: fd, http: idp.http, cacheDir: options.cacheDir, policyOwnerUid: process.getuid?.() ?? 0 },
+    );
+    return { ...r, verdict: JSON.parse(stdout) as Record<string, unknown>, stdout, stderr };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe("runVerifier", () => {
+  it("allows a valid grant, consumes it, and prints one flat verdict line", async () => {
+    const idp = fakeIdp();
+    const r = await verify(await token(), idp);
+    expect(r.exit).toBe(0);
+    expect(r.stdout.endsWith("\n")).toBe(true);
+    expect(r.stdout.trim().split("\n")).toHaveLength(1);
+    expect(r.verdict).toMatchObject({
+      ok: true,
+      cmd_hash: cmdHash(ARGV),
+      run_as: "root",
+      sub: AGENT,
+      decided_by: HUMAN,
+      issuer: ISS,
+    });
+    for (const v of Object.values(r.verdict)) expect(["string", "boolean"]).toContain(typeof v);
+    expect(idp.calls.at(-1)).toBe(`POST ${ISS}/api/grants/6f1c2b3a-0000-4000-8000-000000000001/consume`);
+  });
+
+  it("denies an issuer outside the policy without any network call", async () => {
+    const idp = fakeIdp();
+    const r = await verify(await token({ iss: "https://evil.example.com" }), idp);
+    expect(r.verdict).toMatchObject({ ok: false, reason: "issuer_not_allowed" });
+    expect(r.exit).toBe(77);
+    expect(idp.calls).toEqual([]);
+  });
+
+  it("denies a token signed by a foreign key under the IdP's kid (signature_invalid)", async () => {
+    const r = await verify(await token({}, foreignKey.privateKey, "k1"), fakeIdp());
+    expect(r.verdict).toMatchObject({ ok: false, reason: "signature_invalid" });
+  });
+
+  it("denies a token with an unknown kid after one refetch", async () => {
+    const idp = fakeIdp();
+    const r = await verify(await token({}, foreignKey.privateKey, "other"), idp);
+    expect(r.verdict).toMatchObject({ ok: false, reason: "signature_invalid" });
+    expect(r.verdict.detail).toContain("other");
+  });
+
+  it("pins alg to EdDSA: an HS256 token is refused before its signature is looked at", async () => {
+    const hs = await new SignJWT({ iss: ISS })
+      .setProtectedHeader({ alg: "HS256", kid: "k1" })
+      .sign(new Uint8Array(32));
+    const r = await verify(hs, fakeIdp());
+    expect(r.verdict).toMatchObject({ ok: false, reason: "signature_invalid" });
+    expect(r.verdict.detail).toContain("HS256");
+  });
+
+  it("denies a tampered payload", async () => {
+    const [h, , s] = (await token()).split(".");
+    const payload = Buffer.from(
+      JSON.stringify({ iss: ISS, sub: AGENT, command: ["rm", "-rf", "/"] }),
+    ).toString("base64url");
+    const r = await verify(`${h}.${payload}.${s}`, fakeIdp());
+    expect(r.verdict).toMatchObject({ ok: false, reason: "signature_invalid" });
+  });
+
+  it("reports a token that is not a JWT as token_malformed", async () => {
+    expect((await verify("not-a-jwt", fakeIdp())).verdict).toMatchObject({ reason: "token_malformed" });
+  });
+
+  it("refuses a jwks_uri on another origin (jwks_unavailable, exit 69)", async () => {
+    const idp = fakeIdp();
+    idp.discovery.jwks_uri = "https://keys.evil.example.com/jwks.json";
+    const r = await verify(await token(), idp);
+    expect(r.verdict).toMatchObject({ ok: false, reason: "jwks_unavailable" });
+    expect(r.verdict.detail).toContain("origin");
+    expect(r.exit).toBe(69);
+  });
+
+  it("refuses a discovery document naming another issuer", async () => {
+    const idp = fakeIdp();
+    idp.discovery.issuer = "https://other.example.com";
+    expect((await verify(await token(), idp)).verdict).toMatchObject({ reason: "jwks_unavailable" });
+  });
+
+  it("refuses a grants endpoint on another origin (the token would leak there)", async () => {
+    const idp = fakeIdp();
+    idp.discovery.openape_grants_endpoint = "https://collector.example.com/api/grants";
+    expect((await verify(await token(), idp)).verdict).toMatchObject({ reason: "jwks_unavailable" });
+  });
+
+  it("fails closed when the IdP is unreachable at consume (idp_unreachable, exit 69)", async () => {
+    const idp = fakeIdp();
+    idp.consume = new Error("connection refused");
+    const r = await verify(await token(), idp);
+    expect(r.verdict).toMatchObject({ ok: false, reason: "idp_unreachable" });
+    expect(r.exit).toBe(69);
+  });
+
+  it("fails closed on a 5xx from consume", async () => {
+    const idp = fakeIdp();
+    idp.consume = { status: 503, body: {} };
+    expect((await verify(await token(), idp)).exit).toBe(69);
+  });
+
+  it("denies a replayed once grant (grant_not_usable already_consumed)", async () => {
+    const idp = fakeIdp();
+    idp.consume = { status: 409, body: { error: "already_consumed", status: "used" } };
+    const r = await verify(await token(), idp);
+    expect(r.verdict).toMatchObject({ ok: false, reason: "grant_not_usable" });
+    expect(r.verdict.detail).toContain("already_consumed");
+  });
+
+  it("does not consume when a claim check fails", async () => {
+    const idp = fakeIdp();
+    const r = await verify(await token({ target_host: "web2" }), idp);
+    expect(r.verdict).toMatchObject({ reason: "host_mismatch" });
+    expect(idp.calls.some((c) => c.endsWith("/consume"))).toBe(false);
+  });
+
+  it("denies config_invalid (exit 78) for a group-writable policy", async () => {
+    const r = await verify(await token(), fakeIdp(), { mode: 0o620 });
+    expect(r.verdict).toMatchObject({ ok: false, reason: "config_invalid" });
+    expect(r.exit).toBe(78);
+  });
+
+  it("denies config_invalid for a policy with an unknown key", async () => {
+    const r = await verify(await token(), fakeIdp(), { policy: `${POLICY}\nextra = 1\n` });
+    expect(r.verdict).toMatchObject({ reason: "config_invalid" });
+  });
+
+  it("denies request_invalid when the shim's hash is not the hash of argv", async () => {
+    const r = await verify(await token(), fakeIdp(), { req: { cmd_hash: cmdHash(["id"]) } });
+    expect(r.verdict).toMatchObject({ reason: "request_invalid" });
+    expect(r.exit).toBe(77);
+  });
+
+  it("caches discovery and JWKS in its HOME and refetches on an unknown kid", async () => {
+    const cacheDir = mkdtempSync(join(dir, "cache-"));
+    const idp = fakeIdp();
+    await verify(await token(), idp, { cacheDir });
+    const fetches = () => idp.calls.filter((c) => c.startsWith("GET")).length;
+    expect(fetches()).toBe(2);
+    expect(readdirSync(cacheDir).filter((f) => f.startsWith("jwks-"))).toHaveLength(1);
+    const again = await verify(await token(), idp, { cacheDir });
+    expect(again.exit).toBe(0);
+    expect(fetches()).toBe(2);
+    // A fresh cache is not refetched for an unknown kid (rate limit)...
+    await verify(await token({}, foreignKey.privateKey, "k2"), idp, { cacheDir });
+    expect(fetches()).toBe(2);
+  });
+
+  it("prints timing lines on stderr only when asked", async () => {
+    const quiet = await verify(await token(), fakeIdp());
+    expect(quiet.stderr).toBe("");
+    const timed = await verify(await token(), fakeIdp(), { req: { timing: true } });
+    expect(timed.stderr).toMatch(/^apes-timing: verifier consume [\d.]+$/m);
+  });
+});
+
+describe("readLine", () => {
+  it("stops at the first newline and refuses oversized input", async () => {
+    expect(await readLine(Readable.from(["ab", "c\nrest"]), 100)).toBe("abc");
+    expect(await readLine(Readable.from(["x".repeat(200)]), 100)).toBeUndefined();
+    expect(await readLine(Readable.from([]), 100)).toBeUndefined();
+  });
+});

@@ -155,6 +155,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       }
       const reply = await m.route.handler(call, principal as Principal);
       status = reply.status;
+      // While shutting down, do not keep the connection for another request.
+      if (shutdown.signal.aborted) res.setHeader("connection", "close");
       send(res, reply.status, reply.body, reply.headers);
     } catch (e) {
       if (!(e instanceof ProblemError) && !(e instanceof Error && e.name === "OAuthError")) {
@@ -201,8 +203,11 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         shutdown.abort();
         const force = setTimeout(() => server.closeAllConnections(), 10_000);
         force.unref();
+        // Keep-alive connections that finish their request during shutdown become idle: close them.
+        const idle = setInterval(() => server.closeIdleConnections(), 50);
         server.close(() => {
           clearTimeout(force);
+          clearInterval(idle);
           store.close();
           resolve();
         });

@@ -257,11 +257,12 @@ function describe(grant: Grant): string {
   return `${r.grant_type}${dur}: ${(r.command ?? []).join(" ")} as ${r.run_as ?? "root"} on ${r.target_host}`;
 }
 
-/** The result fd must be an inherited pipe (the shim's), never a file or terminal the token could land in. */
+/** The result fd must be an inherited pipe (or socket), never a file or terminal the token could land in. */
 function checkResultFd(fd: number): void {
   let ok = false;
   try {
-    ok = Number.isInteger(fd) && fd >= 3 && fstatSync(fd).isFIFO();
+    const st = Number.isInteger(fd) && fd >= 3 ? fstatSync(fd) : undefined;
+    ok = st !== undefined && (st.isFIFO() || st.isSocket());
   } catch {
     ok = false;
   }

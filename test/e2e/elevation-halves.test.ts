@@ -113,9 +113,9 @@ beforeAll(async () => {
   for (const [who, email] of [
     ["human", HUMAN],
     ["agent", AGENT],
-  ]) {
-    const r = await runApes(["login", email, "--key", join(home(who!), "key.pem"), "--idp", idp.url], {
-      HOME: home(who!),
+  ] as const) {
+    const r = await runApes(["login", email, "--key", join(home(who), "key.pem"), "--idp", idp.url], {
+      HOME: home(who),
     });
     expect(r.code, r.stderr).toBe(0);
   }

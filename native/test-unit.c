@@ -1,0 +1,253 @@
+/* C unit tests of the shim's pure parts, run under ASan/UBSan by `make native-test`:
+ * UTF-8 validation, JSON escaping, cmd_hash, the elevation grammar, argv limits, the verdict parser. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "elev.h"
+#include "json.h"
+#include "sha256.h"
+#include "utf8.h"
+
+static int failures, checks;
+
+#define CHECK(cond)                                                    \
+  do {                                                                 \
+    checks++;                                                          \
+    if (!(cond)) {                                                     \
+      failures++;                                                      \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                  \
+  } while (0)
+
+static int valid(const char *s, size_t n) { return utf8_valid((const unsigned char *)s, n); }
+
+static void test_utf8(void) {
+  CHECK(valid("", 0));
+  CHECK(valid("plain ascii \x7f", 13));
+  CHECK(valid("\xc3\xa9", 2));                  /* é */
+  CHECK(valid("\xe2\x80\xa8\xe2\x80\xa9", 6));  /* U+2028 U+2029 */
+  CHECK(valid("\xf0\x9f\x90\x92", 4));          /* 🐒 */
+  CHECK(valid("\xf4\x8f\xbf\xbf", 4));          /* U+10FFFF */
+  CHECK(valid("\xed\x9f\xbf", 3));              /* U+D7FF */
+  CHECK(valid("\xee\x80\x80", 3));              /* U+E000 */
+  CHECK(!valid("\xc0\xaf", 2));                 /* overlong '/' */
+  CHECK(!valid("\xc1\xbf", 2));                 /* overlong */
+  CHECK(!valid("\xe0\x80\xaf", 3));             /* overlong 3-byte */
+  CHECK(!valid("\xf0\x80\x80\xaf", 4));         /* overlong 4-byte */
+  CHECK(!valid("\xed\xa0\x80", 3));             /* U+D800 */
+  CHECK(!valid("\xed\xbf\xbf", 3));             /* U+DFFF */
+  CHECK(!valid("\xf4\x90\x80\x80", 4));         /* U+110000 */
+  CHECK(!valid("\xf5\x80\x80\x80", 4));
+  CHECK(!valid("\xff", 1));
+  CHECK(!valid("\x80", 1));                     /* lone continuation */
+  CHECK(!valid("\xc3", 1));                     /* truncated */
+  CHECK(!valid("\xe2\x80", 2));
+  CHECK(!valid("\xf0\x9f\x90", 3));
+  CHECK(!valid("a\xc3(", 3));                   /* bad continuation */
+  unsigned char out[4];
+  uint32_t cp;
+  for (uint32_t c = 1; c <= 0x10FFFF; c += (c < 0x3000 ? 1 : 97)) {
+    if (c >= 0xD800 && c <= 0xDFFF) continue;
+    size_t n = utf8_encode(c, out);
+    if (utf8_seq(out, n, &cp) != n || cp != c) {
+      CHECK(0 && "utf8 round trip");
+      break;
+    }
+  }
+}
+
+static void escaped(const char *in, size_t n, const char *want) {
+  struct buf b = {0};
+  json_str(&b, in, n);
+  CHECK(!b.err && strcmp(b.p, want) == 0);
+  if (b.p && strcmp(b.p, want) != 0) fprintf(stderr, "  got %s want %s\n", b.p, want);
+  buf_free(&b);
+}
+
+static void test_escape(void) {
+  escaped("", 0, "\"\"");
+  escaped("a b", 3, "\"a b\"");
+  escaped("\"\\", 2, "\"\\\"\\\\\"");
+  escaped("\b\f\n\r\t", 5, "\"\\b\\f\\n\\r\\t\"");
+  escaped("\x01\x1b\x1f\x0b", 4, "\"\\u0001\\u001b\\u001f\\u000b\"");
+  escaped("\x7f/", 2, "\"\x7f/\"");
+  escaped("\xe2\x80\xa8\xf0\x9f\x90\x92", 7, "\"\xe2\x80\xa8\xf0\x9f\x90\x92\"");
+  escaped("a\xc0\xafz", 4, "\"a\\ufffd\\ufffdz\""); /* invalid bytes cannot leak into JSON */
+  struct buf b = {0};
+  char *argv[] = {"a", "b c", "", "\""};
+  json_argv(&b, argv, 4);
+  CHECK(b.p && strcmp(b.p, "[\"a\",\"b c\",\"\",\"\\\"\"]") == 0);
+  buf_free(&b);
+}
+
+static void test_hash(void) {
+  struct sha256 c;
+  unsigned char d[32];
+  char h[CMD_HASH_LEN];
+  sha256_init(&c);
+  sha256_update(&c, "abc", 3);
+  sha256_final(&c, d);
+  CHECK(d[0] == 0xba && d[1] == 0x78 && d[31] == 0xad);
+  /* Values from node: "SHA-256:"+sha256(JSON.stringify(argv)) */
+  char *a1[] = {"a", "b c"};
+  CHECK(cmd_hash(a1, 2, h) == 0 &&
+        strcmp(h, "SHA-256:8c76884296cd4981663dd1413a7bca4fc5d6020ae2b47c2be5f6a535c1a3b892") == 0);
+  char *a2[] = {"a b"};
+  char h2[CMD_HASH_LEN];
+  CHECK(cmd_hash(a2, 1, h2) == 0 && strcmp(h, h2) != 0);
+  /* a long input crosses many blocks and the padding boundary */
+  char *big = malloc(200000);
+  memset(big, 'x', 199999);
+  big[199999] = 0;
+  char *a3[] = {big};
+  CHECK(cmd_hash(a3, 1, h) == 0 && strlen(h) == 72);
+  free(big);
+}
+
+static int parse(int argc, char **argv, struct elevation *e) { return elev_parse(argc, argv, e); }
+
+static void test_grammar(void) {
+  struct elevation e;
+  char *g1[] = {"apes", "--reason", "R", "--", "ls", "-l"};
+  CHECK(parse(6, g1, &e) && e.opt_start == 1 && e.opt_end == 3 && e.cmd_start == 4 && strcmp(e.run_as, "root") == 0);
+  char *g2[] = {"apes", "run", "--as=bob", "--json", "--json", "--no-wait", "--", "id"};
+  CHECK(parse(8, g2, &e) && e.opt_start == 2 && e.cmd_start == 7 && strcmp(e.run_as, "bob") == 0);
+  char *g3[] = {"apes", "--", "ls"};
+  CHECK(parse(3, g3, &e) && e.cmd_start == 2);
+  char *g4[] = {"apes", "--reason", "--", "ls"}; /* --reason takes "--" as its value */
+  CHECK(!parse(4, g4, &e));
+  char *g5[] = {"apes", "--reason", "--", "--", "ls"};
+  CHECK(parse(5, g5, &e) && e.cmd_start == 4);
+  char *g6[] = {"apes", "--as", "a", "--as", "b", "--", "ls"}; /* twice: not an elevation */
+  CHECK(!parse(7, g6, &e));
+  char *g7[] = {"apes", "--reason", "x", "--"}; /* empty CMD */
+  CHECK(!parse(4, g7, &e));
+  char *g8[] = {"apes", "--reason", "x", "ls"}; /* no -- */
+  CHECK(!parse(4, g8, &e));
+  char *g9[] = {"apes", "--version"};
+  CHECK(!parse(2, g9, &e));
+  char *g10[] = {"apes", "--json=1", "--", "ls"}; /* flags take no value */
+  CHECK(!parse(4, g10, &e));
+  char *g11[] = {"apes", "grants", "list", "--", "x"};
+  CHECK(!parse(5, g11, &e));
+  char *g12[] = {"apes", "--reason"};
+  CHECK(!parse(2, g12, &e));
+  char *g13[] = {"apes", "--as=", "--", "ls"};
+  CHECK(parse(4, g13, &e) && strcmp(e.run_as, "") == 0);
+  char *g14[] = {"apes", "--", "--", "x"};
+  CHECK(parse(4, g14, &e) && e.cmd_start == 2);
+  char *g15[] = {"apes", "--json", "run", "--", "x"}; /* run only first */
+  CHECK(!parse(5, g15, &e));
+  char *g16[] = {"apes", "--reasons", "x", "--", "ls"};
+  CHECK(!parse(5, g16, &e));
+  char *g17[] = {"apes", "run"};
+  CHECK(!parse(2, g17, &e));
+  CHECK(!parse(1, g9, &e));
+  CHECK(!parse(0, g9, &e));
+}
+
+static void test_limits(void) {
+  struct elevation e;
+  int bad;
+  char *ok[] = {"apes", "--reason", "r", "--", "ls"};
+  CHECK(parse(5, ok, &e) && elev_check_argv(5, ok, &e, &bad) == ARGV_OK);
+  char *u[] = {"apes", "--reason", "\xff", "--", "ls"};
+  CHECK(parse(5, u, &e) && elev_check_argv(5, u, &e, &bad) == ARGV_BAD_UTF8 && bad == 2);
+  char *big = malloc(APES_MAX_ARG_BYTES + 2);
+  memset(big, 'a', APES_MAX_ARG_BYTES + 1);
+  big[APES_MAX_ARG_BYTES] = 0; /* exactly at the limit: fine */
+  char *l1[] = {"apes", "--", big};
+  CHECK(parse(3, l1, &e) && elev_check_argv(3, l1, &e, &bad) == ARGV_OK);
+  big[APES_MAX_ARG_BYTES] = 'a';
+  big[APES_MAX_ARG_BYTES + 1] = 0;
+  CHECK(elev_check_argv(3, l1, &e, &bad) == ARGV_ARG_TOO_LONG);
+  big[APES_MAX_ARG_BYTES] = 0;
+  char **many = calloc(APES_MAX_CMD_ARGS + 3, sizeof *many);
+  many[0] = "apes";
+  many[1] = "--";
+  for (int i = 0; i < APES_MAX_CMD_ARGS + 1; i++) many[2 + i] = "x";
+  CHECK(parse(APES_MAX_CMD_ARGS + 2, many, &e) && elev_check_argv(APES_MAX_CMD_ARGS + 2, many, &e, &bad) == ARGV_OK);
+  CHECK(parse(APES_MAX_CMD_ARGS + 3, many, &e) &&
+        elev_check_argv(APES_MAX_CMD_ARGS + 3, many, &e, &bad) == ARGV_TOO_MANY);
+  for (int i = 0; i < 9; i++) many[2 + i] = big; /* 9 * 32 KiB > 256 KiB */
+  CHECK(parse(11, many, &e) && elev_check_argv(11, many, &e, &bad) == ARGV_CMD_TOO_LONG);
+  CHECK(parse(10, many, &e) && elev_check_argv(10, many, &e, &bad) == ARGV_OK); /* 8 * 32 KiB = 256 KiB */
+  free(many);
+  free(big);
+}
+
+static int flat(const char *s, struct json_kv **kv) { return json_parse_flat(s, strlen(s), kv); }
+
+static void test_verdict(void) {
+  struct json_kv *kv;
+  int n = flat("{\"ok\":true,\"grant_id\":\"g\",\"cmd_hash\":\"SHA-256:ab\",\"run_as\":\"root\"}", &kv);
+  CHECK(n == 4 && json_get_bool(kv, n, "ok") == 1 && strcmp(json_get_str(kv, n, "run_as"), "root") == 0 &&
+        json_get_str(kv, n, "ok") == NULL && json_get_str(kv, n, "missing") == NULL);
+  json_kv_free(kv, n);
+  n = flat(" \t\r\n{ \"ok\" : false , \"reason\" : \"token_expired\" } \n", &kv);
+  CHECK(n == 2 && json_get_bool(kv, n, "ok") == 0 && json_get_bool(kv, n, "reason") == -1);
+  json_kv_free(kv, n);
+  n = flat("{}", &kv);
+  CHECK(n == 0);
+  json_kv_free(kv, n);
+  n = flat("{\"s\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\udc12\\u2028\"}", &kv);
+  CHECK(n == 1 && strcmp(json_get_str(kv, n, "s"), "\"\\/\b\f\n\r\t\xc3\xa9\xf0\x9f\x90\x92\xe2\x80\xa8") == 0);
+  json_kv_free(kv, n);
+  static const char *const bad[] = {
+      "",
+      "{",
+      "[]",
+      "{\"ok\":true",
+      "{\"ok\":true}x",
+      "{\"ok\":true}{}",
+      "{\"ok\":1}",
+      "{\"ok\":null}",
+      "{\"ok\":{}}",
+      "{\"ok\":[]}",
+      "{\"ok\":tru}",
+      "{\"ok\":True}",
+      "{\"ok\":true,}",
+      "{,}",
+      "{\"a\":\"x\",\"a\":\"y\"}",
+      "{\"a\" \"x\"}",
+      "{a:\"x\"}",
+      "{'a':'x'}",
+      "{\"a\":\"x\ny\"}",
+      "{\"a\":\"\\x\"}",
+      "{\"a\":\"\\u12\"}",
+      "{\"a\":\"\\u0000\"}",
+      "{\"a\":\"\\ud800\"}",
+      "{\"a\":\"\\udc00\"}",
+      "{\"a\":\"\\ud800\\u0041\"}",
+      "{\"a\":\"\xc0\xaf\"}",
+      "{\"a\":\"\xed\xa0\x80\"}",
+      "{\"a\":\"x\"} \x01",
+      "{\"a\":\"unterminated}",
+      "{\"a\":\"x\\",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int r = flat(bad[i], &kv);
+    if (r >= 0) fprintf(stderr, "  accepted: %s\n", bad[i]);
+    CHECK(r == -1 && kv == NULL);
+  }
+  CHECK(json_parse_flat("{\"a\":\"b\"}\0", 10, &kv) == -1); /* embedded NUL after the object */
+  struct buf many = {0};
+  buf_putc(&many, '{');
+  for (int i = 0; i <= JSON_MAX_KEYS; i++) buf_printf(&many, "%s\"k%d\":true", i ? "," : "", i);
+  buf_putc(&many, '}');
+  CHECK(json_parse_flat(many.p, many.len, &kv) == -1);
+  buf_free(&many);
+}
+
+int main(void) {
+  test_utf8();
+  test_escape();
+  test_hash();
+  test_grammar();
+  test_limits();
+  test_verdict();
+  printf("native unit tests: %d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,168 @@
+import { mkdtempSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { Keyring, rotateKeys } from "../../idp/keys.ts";
+import { openSqliteStore, type SqliteStore } from "../../idp/store/sqlite.ts";
+import type { Grant } from "../../protocol/types.ts";
+
+const stores: SqliteStore[] = [];
+const open = (dir = join(mkdtempSync(join(tmpdir(), "apes-store-")), "d")) => {
+  const s = openSqliteStore(dir);
+  stores.push(s);
+  return { s, dir };
+};
+afterEach(() => {
+  for (const s of stores.splice(0)) s.close();
+});
+
+let n = 0;
+const g = (requester: string, created_at: number, extra: Partial<Grant> = {}): Grant => ({
+  id: `00000000-0000-4000-8000-${String(++n).padStart(12, "0")}`,
+  type: "command",
+  request: { requester, target_host: "h", audience: "escapes", grant_type: "once", command: ["ls"] },
+  status: "pending",
+  created_at,
+  ...extra,
+});
+
+describe("sqlite store", () => {
+  it("creates the data dir 0700 and the db 0600, and migrates idempotently", () => {
+    const { s, dir } = open();
+    s.close();
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, "idp.sqlite")).mode & 0o777).toBe(0o600);
+    const again = open(dir).s;
+    expect(again.listUsers()).toEqual([]);
+  });
+
+  it("paginates newest first across equal timestamps without skipping or repeating", () => {
+    const { s } = open();
+    const ids: string[] = [];
+    s.transaction(() => {
+      for (let i = 0; i < 37; i++)
+        ids.push(s.insertGrant({ grant: g(i % 2 ? "a" : "b", 1000 + Math.floor(i / 10)) }).grant.id);
+    });
+    for (const requesters of [undefined, ["a", "b"]]) {
+      const seen: string[] = [];
+      let before: { createdAt: number; seq: number } | undefined;
+      for (let page = 0; page < 20; page++) {
+        const r = s.queryGrants({
+          ...(requesters ? { requesters } : {}),
+          limit: 4,
+          ...(before ? { before } : {}),
+        });
+        seen.push(...r.items.map((i) => i.grant.id));
+        if (!r.hasMore) break;
+        const last = r.items.at(-1)!;
+        before = { createdAt: last.grant.created_at, seq: last.seq };
+      }
+      expect(seen).toEqual([...ids].reverse());
+    }
+    expect(s.queryGrants({ requesters: ["a"], status: "pending", limit: 100 }).items.length).toBe(18);
+    expect(s.queryGrants({ requesters: [], limit: 100 }).items).toEqual([]);
+  });
+
+  it("transitions are compare-and-set on the status", () => {
+    const { s } = open();
+    const { grant } = s.insertGrant({ grant: g("a", 1) });
+    const approved = s.transition(grant.id, {
+      from: ["pending"],
+      to: "approved",
+      decidedBy: "x",
+      decidedAt: 2,
+    });
+    expect(approved?.grant).toMatchObject({ status: "approved", decided_by: "x", decided_at: 2 });
+    expect(approved?.version).toBe(2);
+    expect(s.transition(grant.id, { from: ["pending"], to: "denied" })).toBeUndefined();
+    expect(s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 3 })?.grant.used_at).toBe(3);
+    expect(s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 4 })).toBeUndefined();
+  });
+
+  it("rewrites grant_type and duration together on an override", () => {
+    const { s } = open();
+    const { grant } = s.insertGrant({ grant: g("a", 1) });
+    const t = s.transition(grant.id, {
+      from: ["pending"],
+      to: "approved",
+      grantType: "timed",
+      duration: 60,
+      expiresAt: 61,
+    });
+    expect(t?.grant.request).toMatchObject({ grant_type: "timed", duration: 60 });
+    expect(t?.grant.expires_at).toBe(61);
+  });
+
+  it("finds reusable approved timed/always grants by match key only while unexpired", () => {
+    const { s } = open();
+    const always = g("a", 1, { status: "approved" });
+    always.request.grant_type = "always";
+    s.insertGrant({ grant: always, matchKey: "k" });
+    const once = g("a", 2, { status: "approved" });
+    s.insertGrant({ grant: once, matchKey: "k2" });
+    const timed = g("a", 3, { status: "approved", expires_at: 100 });
+    timed.request.grant_type = "timed";
+    s.insertGrant({ grant: timed, matchKey: "k3" });
+    expect(s.findReusable("a", "k", 50)?.grant.id).toBe(always.id);
+    expect(s.findReusable("b", "k", 50)).toBeUndefined();
+    expect(s.findReusable("a", "k2", 50)).toBeUndefined();
+    expect(s.findReusable("a", "k3", 50)?.grant.id).toBe(timed.id);
+    expect(s.findReusable("a", "k3", 100)).toBeUndefined();
+    expect(s.expireDue(100)).toEqual([timed.id]);
+    expect(s.getGrant(timed.id)?.grant.status).toBe("expired");
+  });
+
+  it("challenges and jtis are single use", () => {
+    const { s } = open();
+    s.putChallenge("c1", "a@x", 100);
+    expect(s.takeChallenge("c1", "b@x", 50)).toBe(false);
+    expect(s.takeChallenge("c1", "a@x", 50)).toBe(true);
+    expect(s.takeChallenge("c1", "a@x", 50)).toBe(false);
+    s.putChallenge("c2", "a@x", 100);
+    expect(s.takeChallenge("c2", "a@x", 100)).toBe(false);
+    expect(s.useJti("j", 100)).toBe(true);
+    expect(s.useJti("j", 100)).toBe(false);
+    s.purgeExpired(101);
+    expect(s.useJti("j", 200)).toBe(true);
+  });
+
+  it("users, approvers and subordinates", () => {
+    const { s } = open();
+    s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+    s.addUser({ email: "bob@x", kind: "human", createdAt: 1, admin: true });
+    s.addUser({ email: "bot@x", kind: "agent", owner: "alice@x", approvers: ["bob@x"], createdAt: 1 });
+    s.addUser({ email: "dave@x", kind: "human", approvers: ["alice@x"], createdAt: 1 });
+    expect(s.getUser("bot@x")).toMatchObject({ kind: "agent", owner: "alice@x", approvers: ["bob@x"] });
+    expect(s.subordinatesOf("alice@x").sort()).toEqual(["bot@x", "dave@x"]);
+    expect(s.subordinatesOf("bob@x")).toEqual(["bot@x"]);
+    expect(() => s.addUser({ email: "alice@x", kind: "human", createdAt: 2 })).toThrow();
+    expect(s.setDisabled("bot@x", true)).toBe(true);
+    expect(s.getUser("bot@x")?.disabled).toBe(true);
+    expect(s.setDisabled("nobody@x", true)).toBe(false);
+  });
+});
+
+describe("keyring", () => {
+  it("creates a key on first use, rotates, keeps the old key until its tokens expire", () => {
+    const { s, dir } = open();
+    const ring = new Keyring(s, 1000);
+    const first = ring.activeKid();
+    ring.signingKey(1000, 1300); // a token valid until 1300
+    // Another process rotates.
+    const other = openSqliteStore(dir);
+    const rec = rotateKeys(other, 1100);
+    other.close();
+    expect(ring.signingKey(1100, 1400).kid).toBe(rec.kid);
+    expect(
+      ring
+        .jwks(1200)
+        .keys.map((k) => k.kid)
+        .sort(),
+    ).toEqual([first, rec.kid].sort());
+    expect(ring.publicKey(first, 1200)).toBeDefined();
+    // max_exp is raised in steps of an hour: the old key is gone after 1300 + 3600.
+    expect(ring.publicKey(first, 1300 + 3600)).toBeUndefined();
+    expect(ring.jwks(1300 + 3600).keys.map((k) => k.kid)).toEqual([rec.kid]);
+    expect(ring.publicKey("unknown", 1200)).toBeUndefined();
+  });
+});

@@ -47,6 +47,7 @@ export async function waitForDecision(
   let grant: Grant | undefined;
   let first = true;
   let fastAnswers = 0;
+  let announced = false;
   for (;;) {
     options.signal?.throwIfAborted();
     const remainingMs = deadline - ctx.clock.now();
@@ -56,6 +57,10 @@ export async function waitForDecision(
       push && !first ? Math.max(1, Math.min(MAX_WAIT_S, Math.ceil(remainingMs / 1000))) : undefined;
     const sent = Date.now();
     const r = await client.fetch(id, { etag, waitSeconds, signal: options.signal });
+    if (waitSeconds !== undefined && r.waitApplied && !announced) {
+      announced = true;
+      ctx.debug(`wait: the IdP holds the request open (Prefer: wait=${waitSeconds} applied): push mode`);
+    }
     if (r.grant) grant = r.grant;
     if (r.etag) etag = r.etag;
     if (grant && grant.status !== "pending") return grant;

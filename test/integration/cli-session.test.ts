@@ -1,4 +1,6 @@
-import { mkdirSync, renameSync, statSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, renameSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -139,5 +141,36 @@ describe("an IdP that is down", () => {
     expect(r.stderr).toContain(`IdP at ${url} is unreachable (connection refused)`);
     const r2 = await runWith(["login", u.email, "--idp", url], u.env);
     expect(r2.code).toBe(69);
+  });
+});
+
+describe("an IdP on HTTPS with a private CA", () => {
+  it("is trusted through APES_CA_FILE and refused without it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "apes-cli-tls-"));
+    execFileSync(
+      "openssl",
+      ["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"].concat([
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        join(dir, "key.pem"),
+        "-out",
+        join(dir, "cert.pem"),
+      ]),
+      { stdio: "ignore" },
+    );
+    const tls = await startIdp({ tls: { cert: join(dir, "cert.pem"), key: join(dir, "key.pem") } });
+    try {
+      const u = cliUser("gina@example.com", tls.url);
+      await addUser(tls.dataDir, u.email, { publicKey: u.publicLine });
+      const refused = await u.run(["login", u.email]);
+      expect(refused.code).toBe(69);
+      expect(refused.stderr).toContain("APES_CA_FILE");
+      const ok = await u.run(["login", u.email], { APES_CA_FILE: join(dir, "cert.pem") });
+      expect(ok.code, ok.stderr).toBe(0);
+      expect((await u.run(["grants", "list"], { APES_CA_FILE: join(dir, "cert.pem") })).code).toBe(0);
+    } finally {
+      await tls.stop();
+    }
   });
 });

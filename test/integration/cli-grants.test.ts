@@ -1,0 +1,247 @@
+import { spawn } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { loadSchemas } from "../../protocol/schemas.ts";
+import { addUser, apesBin, type IdpHandle, startIdp } from "../helpers/idp.ts";
+import { type CliUser, cliUser, jwtClaims } from "./cli-helpers.ts";
+
+// Agent and owner with separate HOMEs against one real IdP: the whole grant and delegation flow
+// through the built binary only.
+let idp: IdpHandle;
+let alice: CliUser; // human, owns bot
+let bob: CliUser; // human, unrelated
+let bot: CliUser; // agent
+const schemas = loadSchemas();
+
+beforeAll(async () => {
+  idp = await startIdp();
+  alice = cliUser("alice@example.com", idp.url);
+  bob = cliUser("bob@example.com", idp.url);
+  bot = cliUser("bot@example.com", idp.url);
+  await addUser(idp.dataDir, alice.email, { publicKey: alice.publicLine });
+  await addUser(idp.dataDir, bob.email, { publicKey: bob.publicLine });
+  await addUser(idp.dataDir, bot.email, { agent: true, owner: alice.email, publicKey: bot.publicLine });
+  for (const u of [alice, bob, bot]) {
+    const r = await u.run(["login", u.email]);
+    if (r.code !== 0) throw new Error(`login ${u.email}: ${r.stderr}`);
+  }
+});
+
+afterAll(async () => {
+  await idp?.stop();
+});
+
+/** Starts `apes grants wait` in the background and resolves with its result. */
+function waitInBackground(u: CliUser, id: string, extraEnv: Record<string, string> = {}) {
+  const p = spawn(apesBin(), ["--json", "--debug", "grants", "wait", id, "--timeout", "50s"], {
+    env: { ...u.env, ...extraEnv },
+  });
+  let stdout = "";
+  let stderr = "";
+  p.stdout.on("data", (c) => {
+    stdout += c;
+  });
+  p.stderr.on("data", (c) => {
+    stderr += c;
+  });
+  const done = new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    p.on("exit", (code) => resolve({ code: code ?? 1, stdout, stderr }));
+  });
+  return { done, started: () => stderr.includes("waiting for a decision"), kill: () => p.kill("SIGKILL") };
+}
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
+}
+
+describe("grants between an agent and its owner", () => {
+  it("request -> inbox -> approve (push wait ends) -> token -> show", async () => {
+    const argv = ["systemctl", "restart", "nginx"];
+    const req = await bot.run(["grants", "request", "--reason", "deploy", "--host", "web1", "--", ...argv]);
+    expect(req.code, req.stderr).toBe(0);
+    const id = req.stdout.trim();
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+
+    const waiter = waitInBackground(bot, id);
+    await until(waiter.started);
+
+    const inbox = await alice.run(["--json", "grants", "list", "--inbox"]);
+    expect(inbox.code, inbox.stderr).toBe(0);
+    const pending = JSON.parse(inbox.stdout);
+    expect(pending.map((g: { id: string }) => g.id)).toContain(id);
+    for (const g of pending) schemas.assert("grant", g);
+    const g = pending.find((x: { id: string }) => x.id === id);
+    expect(g.request).toMatchObject({
+      requester: bot.email,
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "once",
+      command: argv,
+      cmd_hash: cmdHash(argv),
+      reason: "deploy",
+    });
+    // The agent's own inbox does not show its own request; an unrelated human cannot see it.
+    expect(JSON.parse((await bot.run(["--json", "grants", "list", "--inbox"])).stdout)).toEqual([]);
+    expect((await bob.run(["grants", "show", id])).code).toBe(1);
+
+    // The agent cannot approve itself.
+    const self = await bot.run(["grants", "approve", id]);
+    expect(self.code).toBe(77);
+
+    const ok = await alice.run(["grants", "approve", id]);
+    expect(ok.code, ok.stderr).toBe(0);
+    const waited = await waiter.done;
+    expect(waited.code, waited.stderr).toBe(0);
+    expect(JSON.parse(waited.stdout)).toMatchObject({ id, status: "approved", decided_by: alice.email });
+    expect(waited.stderr).toContain("push mode");
+    expect(waited.stderr).not.toMatch(/Bearer|eyJ/);
+
+    const token = await bot.run(["grants", "token", id]);
+    expect(token.code, token.stderr).toBe(0);
+    expect(token.stdout).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+\n$/);
+    const claims = jwtClaims(token.stdout.trim());
+    schemas.assert("authz-jwt-claims", claims);
+    expect(claims).toMatchObject({ sub: bot.email, grant_id: id, command: argv, cmd_hash: cmdHash(argv) });
+
+    const show = await alice.run(["grants", "show", id]);
+    expect(show.stdout).toContain("status:");
+    expect(show.stdout).toContain("approved");
+    expect(show.stdout).toContain("systemctl restart nginx");
+  });
+
+  it("a denial ends grants wait with 77; revoke after approval too", async () => {
+    const id = (await bot.run(["grants", "request", "--", "rm", "-rf", "/var/cache/x"])).stdout.trim();
+    const waiter = waitInBackground(bot, id, { APES_NO_PUSH: "1", APES_POLL_INTERVAL_MS: "200" });
+    await until(waiter.started);
+    expect((await alice.run(["grants", "deny", id])).code).toBe(0);
+    const r = await waiter.done;
+    expect(r.code).toBe(77);
+    expect(r.stderr).toContain(`grant ${id} is denied by ${alice.email}`);
+    expect(r.stderr).not.toContain("push mode");
+
+    const id2 = (
+      await bot.run(["grants", "request", "--approval", "timed", "--duration", "10m", "--", "uptime"])
+    ).stdout.trim();
+    expect((await alice.run(["grants", "approve", id2])).code).toBe(0);
+    expect((await alice.run(["--json", "grants", "revoke", id2])).stdout).toContain('"revoked"');
+    const w2 = await bot.run(["grants", "wait", id2]);
+    expect(w2.code).toBe(77);
+    expect((await bot.run(["grants", "token", id2])).code).toBe(1);
+  });
+
+  it("grants wait times out with 75", async () => {
+    const id = (await bot.run(["grants", "request", "--", "true"])).stdout.trim();
+    const r = await bot.run(["grants", "wait", id, "--timeout", "2s"]);
+    expect(r.code).toBe(75);
+    expect(r.stderr).toContain("still pending");
+  });
+
+  it("an approved timed grant is reused for the same command", async () => {
+    const args = [
+      "grants",
+      "request",
+      "--approval",
+      "timed",
+      "--duration",
+      "1h",
+      "--host",
+      "db1",
+      "--",
+      "pg_dump",
+      "app",
+    ];
+    const first = (await bot.run(args)).stdout.trim();
+    expect((await alice.run(["grants", "approve", first])).code).toBe(0);
+    const again = await bot.run(["--json", ...args]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ id: first, reused: true, status: "approved" });
+  });
+
+  it("the owner lists its agents", async () => {
+    const r = await alice.run(["--json", "agents", "list"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).map((a: { email: string }) => a.email)).toContain(bot.email);
+  });
+
+  it("the owner enrolls a new agent which then logs in with its key", async () => {
+    const newbie = cliUser("placeholder@example.com", idp.url);
+    const add = await alice.run([
+      "--json",
+      "agents",
+      "add",
+      "--name",
+      "ci",
+      "--key",
+      `${newbie.keyPath}.pub`,
+    ]);
+    expect(add.code, add.stderr).toBe(0);
+    const email = JSON.parse(add.stdout).email as string;
+    const login = await newbie.run(["login", email, "--key", newbie.keyPath]);
+    expect(login.code, login.stderr).toBe(0);
+    expect(JSON.parse((await newbie.run(["--json", "whoami"])).stdout)).toMatchObject({
+      email,
+      act: "agent",
+    });
+  });
+});
+
+describe("delegations and token exchange", () => {
+  it("alice delegates to bot; bot exchanges for a token with sub=alice, act.sub=bot", async () => {
+    const d = await alice.run([
+      "--json",
+      "delegate",
+      "--to",
+      bot.email,
+      "--audience",
+      "mail.example.com",
+      "--scopes",
+      "read,send",
+    ]);
+    expect(d.code, d.stderr).toBe(0);
+    const delegation = JSON.parse(d.stdout);
+    schemas.assert("delegation", delegation);
+    expect(delegation.request).toMatchObject({
+      delegator: alice.email,
+      delegate: bot.email,
+      scopes: ["read", "send"],
+    });
+
+    const listed = JSON.parse((await bot.run(["--json", "delegations", "list"])).stdout);
+    expect(listed.map((x: { id: string }) => x.id)).toContain(delegation.id);
+
+    const t = await bot.run([
+      "token",
+      "exchange",
+      "--delegation",
+      delegation.id,
+      "--audience",
+      "mail.example.com",
+    ]);
+    expect(t.code, t.stderr).toBe(0);
+    const claims = jwtClaims(t.stdout.trim());
+    expect(claims).toMatchObject({
+      sub: alice.email,
+      aud: "mail.example.com",
+      act: { sub: bot.email },
+      delegation_grant: delegation.id,
+    });
+
+    // Agents cannot delegate; the wrong audience is refused; after revocation no more tokens.
+    expect((await bot.run(["delegate", "--to", alice.email, "--audience", "x"])).code).toBe(77);
+    expect(
+      (await bot.run(["token", "exchange", "--delegation", delegation.id, "--audience", "other.example"]))
+        .code,
+    ).not.toBe(0);
+    expect((await alice.run(["delegations", "revoke", delegation.id])).code).toBe(0);
+    const after = await bot.run([
+      "token",
+      "exchange",
+      "--delegation",
+      delegation.id,
+      "--audience",
+      "mail.example.com",
+    ]);
+    expect(after.code).not.toBe(0);
+    expect(after.stdout).toBe("");
+  });
+});

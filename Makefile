@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test lint typecheck check clean bench-startup
+.PHONY: all build bundle test lint typecheck check clean bench-startup bench-cli
 
 all: build
 
@@ -27,6 +27,9 @@ check: typecheck lint test
 
 bench-startup: build
 	node bench/startup.mjs
+
+bench-cli: build
+	node bench/cli/run.mjs
 
 clean:
 	rm -rf dist build

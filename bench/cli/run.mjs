@@ -1,0 +1,235 @@
+// CLI benchmark: wall time of `apes whoami` and `apes grants list` against the bare single-executable
+// floor, and approval-to-exit latency of `apes grants wait` with push (long-poll) vs 3 s polling.
+//
+//   make bench-cli                        (builds dist/apes first)
+//   node bench/cli/run.mjs [--runs 30] [--warmup 5] [--waits 8]
+//
+// Method (written up in bench/BENCHMARKS.md, section "CLI: sessions and grants"):
+// - A real IdP (`dist/apes idp serve` on 127.0.0.1, its own temp data dir) with a human (alice) and
+//   her agent (bot), each with its own HOME, logged in through `apes login` with keys from `apes keygen`.
+// - Start-up: the bare SEA (a one-line console.log built from the same pinned node with the same SEA
+//   settings), `apes whoami` (local: reads auth.json) and `apes grants list` (one discovery-cached
+//   HTTP round trip to the IdP) run interleaved in rotating order; spawnSync wall time; warm-up
+//   rounds discarded; medians and percentiles reported.
+// - Approval latency: bot requests a grant, `apes grants wait <id>` starts; after a random delay
+//   (0.5-3.5 s, so the polling phase is sampled uniformly) the bench approves the grant over HTTP
+//   with alice's token and measures from just before the approve request to the exit of the wait
+//   process. Push = default client (Prefer: wait long-poll); poll = APES_NO_PUSH=1 (3 s interval, the
+//   behaviour of clients without push).
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const { values } = parseArgs({
+  options: {
+    runs: { type: "string", default: "30" },
+    warmup: { type: "string", default: "5" },
+    waits: { type: "string", default: "8" },
+  },
+});
+const runs = Number(values.runs);
+const warmup = Number(values.warmup);
+const waits = Number(values.waits);
+
+if (!process.version.startsWith("v24.")) {
+  console.error(`bench: run with the pinned node (node_modules/.bin/node), got ${process.version}`);
+  process.exit(1);
+}
+const apes = join(root, "dist", "apes");
+if (!existsSync(apes)) {
+  console.error("bench: dist/apes is missing: run `make build` first");
+  process.exit(1);
+}
+
+const work = mkdtempSync(join(tmpdir(), "apes-bench-cli-"));
+let idpProc;
+
+/** The bare floor: scripts/sea.mjs when present (same settings as dist/apes), else the same steps here. */
+async function buildBare() {
+  const main = join(work, "bare.cjs");
+  writeFileSync(main, 'console.log("x");\n');
+  const out = join(work, "bare");
+  try {
+    const { buildSea } = await import("../../scripts/sea.mjs");
+    return buildSea({ main, out, workDir: work });
+  } catch {
+    const seaConfig = join(work, "sea.json");
+    const blob = join(work, "bare.blob");
+    writeFileSync(
+      seaConfig,
+      JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }),
+    );
+    execFileSync(process.execPath, ["--experimental-sea-config", seaConfig], { stdio: "ignore" });
+    execFileSync("cp", [process.execPath, out]);
+    execFileSync(
+      process.execPath,
+      [
+        join(root, "node_modules/postject/dist/cli.js"),
+        out,
+        "NODE_SEA_BLOB",
+        blob,
+        "--sentinel-fuse",
+        "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
+      ],
+      { stdio: "ignore" },
+    );
+    return out;
+  }
+}
+
+function run(args, env) {
+  const r = spawnSync(apes, args, { env, encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`apes ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
+function person(name) {
+  const home = join(work, name);
+  const env = {
+    HOME: home,
+    XDG_CONFIG_HOME: join(home, ".config"),
+    XDG_CACHE_HOME: join(home, ".cache"),
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+  };
+  const pub = run(["keygen", "--comment", `${name}@example.com`], env).trim();
+  return { name, email: `${name}@example.com`, home, env, pub };
+}
+
+async function startIdp(dataDir) {
+  const p = spawn(apes, ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dataDir], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  idpProc = p;
+  let buf = "";
+  return new Promise((resolve, reject) => {
+    p.stderr.setEncoding("utf8");
+    p.stderr.on("data", (c) => {
+      buf += c;
+      for (const line of buf.split("\n")) {
+        try {
+          const e = JSON.parse(line);
+          if (e.msg === "listening") resolve(e.url);
+        } catch {}
+      }
+    });
+    p.once("exit", (code) => reject(new Error(`IdP exited ${code}: ${buf}`)));
+  });
+}
+
+const q = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const i = (s.length - 1) * p;
+  const lo = Math.floor(i);
+  const hi = Math.ceil(i);
+  return s[lo] + (s[hi] - s[lo]) * (i - lo);
+};
+const fmt = (ms) => ms.toFixed(1).padStart(7);
+
+try {
+  const dataDir = join(work, "idp");
+  const alice = person("alice");
+  const bot = person("bot");
+  run(["idp", "users", "add", alice.email, "--human", "--key", alice.pub, "--data", dataDir], process.env);
+  run(
+    [
+      "idp",
+      "users",
+      "add",
+      bot.email,
+      "--agent",
+      "--owner",
+      alice.email,
+      "--key",
+      bot.pub,
+      "--data",
+      dataDir,
+    ],
+    process.env,
+  );
+  const url = await startIdp(dataDir);
+  for (const p of [alice, bot]) {
+    p.env.APES_IDP = url;
+    run(["login", p.email], p.env);
+  }
+  const bare = await buildBare();
+
+  // --- start-up ---
+  const cases = [
+    { name: "bare SEA (console.log)", file: bare, args: [], env: {} },
+    { name: "apes whoami", file: apes, args: ["whoami"], env: bot.env },
+    { name: "apes grants list", file: apes, args: ["grants", "list"], env: bot.env },
+  ];
+  for (const c of cases) c.times = [];
+  for (let round = 0; round < warmup + runs; round++) {
+    for (let k = 0; k < cases.length; k++) {
+      const c = cases[(round + k) % cases.length];
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(c.file, c.args, { env: c.env, stdio: "ignore" });
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (r.status !== 0) throw new Error(`${c.name} exited ${r.status}`);
+      if (round >= warmup) c.times.push(ms);
+    }
+  }
+  const base = q(cases[0].times, 0.5);
+  console.log(`node ${process.version}; ${runs} interleaved runs after ${warmup} warm-up rounds`);
+  console.log("command                     median     p10     p90   vs bare");
+  for (const c of cases) {
+    const med = q(c.times, 0.5);
+    console.log(
+      `${c.name.padEnd(24)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms`,
+    );
+  }
+
+  // --- approval-to-exit latency ---
+  const aliceToken = JSON.parse(readFileSync(join(alice.home, ".config/apes/auth.json"), "utf8")).token;
+  const grantsUrl = (await (await fetch(`${url}/.well-known/openid-configuration`)).json())
+    .openape_grants_endpoint;
+  const latency = async (mode) => {
+    const env = mode === "poll" ? { ...bot.env, APES_NO_PUSH: "1" } : bot.env;
+    const id = run(["grants", "request", "--", "true"], bot.env).trim();
+    const child = spawn(apes, ["grants", "wait", id, "--timeout", "60s"], {
+      env,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let err = "";
+    child.stderr.on("data", (c) => {
+      err += c;
+    });
+    const exited = new Promise((resolve) =>
+      child.once("exit", (code) => resolve([code, process.hrtime.bigint()])),
+    );
+    for (let i = 0; i < 200 && !err.includes("waiting for a decision"); i++) await sleep(10);
+    await sleep(500 + Math.random() * 3000);
+    const t0 = process.hrtime.bigint();
+    const res = await fetch(`${grantsUrl}/${id}/approve`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${aliceToken}`, "content-type": "application/json" },
+      body: "{}",
+    });
+    if (res.status !== 200) throw new Error(`approve: ${res.status} ${await res.text()}`);
+    const [code, t1] = await exited;
+    if (code !== 0) throw new Error(`grants wait exited ${code}: ${err}`);
+    return Number(t1 - t0) / 1e6;
+  };
+  const results = { push: [], poll: [] };
+  for (let i = 0; i < waits; i++) {
+    results.push.push(await latency("push"));
+    results.poll.push(await latency("poll"));
+  }
+  console.log(
+    `\napproval -> \`apes grants wait\` exit, ${waits} runs each (approval after a random 0.5-3.5 s)`,
+  );
+  console.log("mode                        median     min     max");
+  for (const [mode, xs] of Object.entries(results)) {
+    const label = mode === "push" ? "push (Prefer: wait)" : "poll 3 s (APES_NO_PUSH=1)";
+    console.log(`${label.padEnd(24)} ${fmt(q(xs, 0.5))} ${fmt(q(xs, 0))} ${fmt(q(xs, 1))}`);
+  }
+} finally {
+  idpProc?.kill("SIGTERM");
+  rmSync(work, { recursive: true, force: true });
+}

@@ -182,14 +182,35 @@ export interface RunResult {
   stderr: string;
 }
 
-/** Starts argv as the user (setpriv: real+effective uid/gid and the user's groups; no privileges). */
+/**
+ * Starts argv as the user: setpriv sets real+effective uid/gid and the user's groups (no
+ * privileges left), then `env -i` installs opts.env. The environment is applied only after the
+ * drop, so variables like LD_PRELOAD meant for the program under test never touch setpriv (root).
+ */
 export function spawnAsUser(user: UnixUser, argv: string[], opts: RunOptions = {}): ChildProcess {
   const [file, ...rest] = argv;
-  if (!file) throw new Error("empty argv");
+  if (!file?.startsWith("/")) throw new Error(`spawnAsUser needs an absolute path, got ${file}`);
+  const env = opts.env ?? { PATH: "/usr/bin:/bin" };
+  const assignments = Object.entries(env).map(([k, v]) => {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`odd environment variable name ${k}`);
+    return `${k}=${v}`;
+  });
   return spawn(
-    "setpriv",
-    ["--reuid", String(user.uid), "--regid", String(user.gid), "--init-groups", "--", file, ...rest],
-    { env: opts.env ?? { PATH: "/usr/bin:/bin" }, cwd: opts.cwd ?? "/", stdio: ["pipe", "pipe", "pipe"] },
+    "/usr/bin/setpriv",
+    [
+      "--reuid",
+      String(user.uid),
+      "--regid",
+      String(user.gid),
+      "--init-groups",
+      "--",
+      "/usr/bin/env",
+      "-i",
+      ...assignments,
+      file,
+      ...rest,
+    ],
+    { env: { PATH: "/usr/bin:/bin" }, cwd: opts.cwd ?? "/", stdio: ["pipe", "pipe", "pipe"] },
   );
 }
 
@@ -260,7 +281,7 @@ __request)
 __verify)
   /usr/bin/id -u > "$S/verify.uid"; /usr/bin/id -G > "$S/verify.groups"; pwd > "$S/verify.cwd"
   /bin/cat /proc/$$/environ > "$S/verify.environ"
-  /bin/ls -l /proc/$$/fd > "$S/verify.fds"
+  /bin/ls -l /proc/self/fd > "$S/verify.fds"
   /bin/cat <&3 > "$S/verify.config"
   /bin/cat > "$S/verify.stdin"
   /bin/cat "$S/verdict" 2>/dev/null

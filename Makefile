@@ -115,3 +115,10 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/apes $(DESTDIR)$(APES_EXEC_PATH)
 	-rmdir $(DESTDIR)$(PREFIX)/libexec/apes 2>/dev/null
 	@echo "kept: $(SYSCONFDIR)/apes (policy), $(LOCALSTATEDIR)/log/apes (audit), $(LOCALSTATEDIR)/cache/apes, user _apes"
+
+# ---- demo (scripts/demo.sh) ----------------------------------------------------------------------
+# As root: build, install into a throw-away prefix, start a TLS IdP on 127.0.0.1, have an agent run
+# `apes --reason demo -- id -u` as a demo user, approve it as a human, show `0`; cleans up after itself.
+.PHONY: demo
+demo: build
+	bash scripts/demo.sh

@@ -26,7 +26,7 @@ typecheck: node_modules/.bin/node
 check: typecheck lint test
 
 bench-startup: build
-	node bench/startup.mjs
+	node bench/startup/run.mjs
 
 bench-cli: build
 	node bench/cli/run.mjs

@@ -1,13 +1,24 @@
-import { runCli } from "./program.ts";
+import { VERSION } from "./version.ts";
 
 // Entry point of the single executable. Nothing heavy is imported here: commands load what they
 // need when they run, so `apes --version` costs little more than the runtime's own start-up.
-runCli(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e) => {
-    process.stderr.write(`apes: ${e instanceof Error ? e.message : String(e)}\n`);
-    process.exitCode = 1;
-  },
-);
+const argv = process.argv.slice(2);
+
+if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
+  // Answered before the command tree is built (the same line commander prints): scripts and
+  // installers call this often, and it need not pay for ~50 command modules.
+  process.stdout.write(`apes ${VERSION}\n`);
+} else {
+  // A dynamic import keeps the program's modules uninitialised (esbuild wraps them) until here.
+  import("./program.ts")
+    .then(({ runCli }) => runCli(argv))
+    .then(
+      (code) => {
+        process.exitCode = code;
+      },
+      (e) => {
+        process.stderr.write(`apes: ${e instanceof Error ? e.message : String(e)}\n`);
+        process.exitCode = 1;
+      },
+    );
+}

@@ -1,11 +1,12 @@
 // Build dist/apes: esbuild bundles cli/main.ts into one CommonJS file, Node's single-executable
 // application support turns it into a blob (with a V8 code cache), and postject injects the blob
-// into a copy of the pinned node binary. Runs offline; uses only what `npm ci` installed.
-import { execFileSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+// into a copy of the pinned node binary (scripts/sea.mjs). Runs offline; uses only what `npm ci` installed.
+import { mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
+import { buildSea } from "./sea.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = join(root, "dist");
@@ -20,6 +21,44 @@ if (!process.version.startsWith("v24.")) {
 
 mkdirSync(dist, { recursive: true });
 mkdirSync(work, { recursive: true });
+
+// Start-up: built-in modules that are imported at the top of a module but only used inside functions
+// are loaded on first use instead (commander imports node:child_process for executable subcommands,
+// which apes does not use; config and session code import fs/promises and readline). Each costs about
+// a millisecond or more on every start. The stand-in is a Proxy that loads the real module on the
+// first property read. Its key list is taken here, from the same pinned node the executable runs, so
+// esbuild's interop (__toESM copies keys for default and namespace imports) needs no early load.
+const LAZY_BUILTINS = ["child_process", "fs/promises", "readline", "readline/promises"];
+const requireBuiltin = createRequire(import.meta.url);
+const lazyBuiltins = {
+  name: "lazy-builtins",
+  setup(b) {
+    const filter = new RegExp(`^(node:)?(${LAZY_BUILTINS.join("|").replaceAll("/", "\\/")})$`);
+    b.onResolve({ filter }, (args) =>
+      args.namespace === "lazy-builtin"
+        ? undefined
+        : { path: args.path.replace(/^node:/, ""), namespace: "lazy-builtin" },
+    );
+    b.onLoad({ filter: /.*/, namespace: "lazy-builtin" }, (args) => {
+      const id = `node:${args.path}`;
+      const keys = Object.getOwnPropertyNames(requireBuiltin(id));
+      return {
+        loader: "js",
+        contents: `let real;
+const load = () => (real ??= require(${JSON.stringify(id)}));
+const keys = ${JSON.stringify(keys)};
+module.exports = new Proxy({}, {
+  get: (_, key) => (key === "__esModule" ? undefined : load()[key]),
+  set: (_, key, value) => { load()[key] = value; return true; },
+  has: (_, key) => key in load(),
+  ownKeys: () => keys,
+  getOwnPropertyDescriptor: (_, key) =>
+    keys.includes(key) ? { value: undefined, writable: true, enumerable: true, configurable: true } : undefined,
+});`,
+      };
+    });
+  },
+};
 
 // Per-process names so concurrent builds (parallel test runs, several developers) never collide.
 const bundle = join(work, `apes.${process.pid}.cjs`);
@@ -38,35 +77,11 @@ await build({
   define: { __APES_VERSION__: JSON.stringify(pkg.version), "import.meta.url": "__apes_import_meta_url" },
   banner: { js: 'var __apes_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: "warning",
+  plugins: [lazyBuiltins],
 });
 
-const seaConfig = join(work, `sea-config.${process.pid}.json`);
-const blob = join(work, `apes.${process.pid}.blob`);
-writeFileSync(
-  seaConfig,
-  JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }),
-);
-execFileSync(nodeBinary, ["--experimental-sea-config", seaConfig], { stdio: ["ignore", "ignore", "inherit"] });
-
 const out = join(dist, "apes");
-const tmp = `${out}.${process.pid}.tmp`;
-rmSync(tmp, { force: true });
-copyFileSync(nodeBinary, tmp);
-chmodSync(tmp, 0o755);
-execFileSync(
-  process.execPath,
-  [
-    join(root, "node_modules/postject/dist/cli.js"),
-    tmp,
-    "NODE_SEA_BLOB",
-    blob,
-    "--sentinel-fuse",
-    "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
-  ],
-  { stdio: ["ignore", "ignore", "pipe"] },
-);
-// rename is atomic: a running test never sees a half-written binary.
-renameSync(tmp, out);
-for (const f of [bundle, seaConfig, blob]) rmSync(f, { force: true });
+buildSea({ main: bundle, out, workDir: work, nodeBinary });
+rmSync(bundle, { force: true });
 const mb = (statSync(out).size / 1e6).toFixed(0);
 console.log(`built dist/apes (${mb} MB, node ${process.version}) in ${Date.now() - started} ms`);

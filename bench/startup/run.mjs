@@ -1,0 +1,139 @@
+// Start-up benchmark: dist/apes --version and --help against a bare single executable (a one-line
+// `console.log("x")` program) built from the same pinned node with the same SEA settings
+// (scripts/sea.mjs). Reports medians side by side and the ratios to the bare executable.
+//
+//   make bench-startup            (builds dist/apes first)
+//   node bench/startup/run.mjs [--runs 30] [--warmup 5] [--max-ratio 1.3]
+//
+// Method: every round runs the three commands once each, in a rotating order (interleaved, so drift
+// in machine load hits all three alike); wall time of spawnSync (fork + exec + run + exit) with an
+// empty environment from `/`. The first --warmup rounds are discarded. If hyperfine is installed,
+// it is run too (-N, same runs) as a cross-check; the script works without it.
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { buildSea } from "../../scripts/sea.mjs";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const { values } = parseArgs({
+  options: {
+    runs: { type: "string", default: "30" },
+    warmup: { type: "string", default: "5" },
+    "max-ratio": { type: "string", default: "1.3" },
+  },
+});
+const runs = Number(values.runs);
+const warmup = Number(values.warmup);
+const maxRatio = Number(values["max-ratio"]);
+
+if (!process.version.startsWith("v24.")) {
+  console.error(`bench: run with the pinned node (node_modules/.bin/node), got ${process.version}`);
+  process.exit(1);
+}
+const apes = join(root, "dist", "apes");
+if (!existsSync(apes)) {
+  console.error("bench: dist/apes is missing: run `make build` first");
+  process.exit(1);
+}
+
+const work = mkdtempSync(join(tmpdir(), "apes-bench-startup-"));
+try {
+  const main = join(work, "bare.cjs");
+  writeFileSync(main, 'console.log("x");\n');
+  const bare = buildSea({ main, out: join(work, "bare"), workDir: work });
+
+  const cases = [
+    { name: "bare SEA (console.log)", file: bare, args: [] },
+    { name: "apes --version", file: apes, args: ["--version"] },
+    { name: "apes --help", file: apes, args: ["--help"] },
+  ];
+  for (const c of cases) {
+    const r = spawnSync(c.file, c.args, { cwd: "/", env: {}, encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`${c.name} exited ${r.status}: ${r.stderr}`);
+    c.times = [];
+  }
+
+  for (let round = 0; round < warmup + runs; round++) {
+    for (let k = 0; k < cases.length; k++) {
+      const c = cases[(round + k) % cases.length];
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(c.file, c.args, { cwd: "/", env: {}, stdio: "ignore" });
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (r.status !== 0) throw new Error(`${c.name} exited ${r.status}`);
+      if (round >= warmup) c.times.push(ms);
+    }
+  }
+
+  const q = (xs, p) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const i = (s.length - 1) * p;
+    const lo = Math.floor(i);
+    const hi = Math.ceil(i);
+    return s[lo] + (s[hi] - s[lo]) * (i - lo);
+  };
+  const base = q(cases[0].times, 0.5);
+  console.log(`node ${process.version}, ${runs} interleaved runs each after ${warmup} warm-up rounds`);
+  console.log("command                    median    min     p10     p90   ratio");
+  let worst = 0;
+  for (const c of cases) {
+    const med = q(c.times, 0.5);
+    const ratio = med / base;
+    if (c.file === apes) worst = Math.max(worst, ratio);
+    console.log(
+      `${c.name.padEnd(24)} ${med.toFixed(1).padStart(6)} ms ${q(c.times, 0).toFixed(1).padStart(6)} ${q(c.times, 0.1).toFixed(1).padStart(6)} ${q(
+        c.times,
+        0.9,
+      )
+        .toFixed(1)
+        .padStart(6)}  ${ratio.toFixed(2)}`,
+    );
+  }
+  console.log(
+    worst <= maxRatio
+      ? `ok: worst ratio ${worst.toFixed(2)} <= ${maxRatio}`
+      : `ABOVE TARGET: worst ratio ${worst.toFixed(2)} > ${maxRatio}`,
+  );
+
+  let hyperfine = false;
+  try {
+    execFileSync("hyperfine", ["--version"], { stdio: "ignore" });
+    hyperfine = true;
+  } catch {
+    console.log("(hyperfine not installed: skipped the cross-check)");
+  }
+  if (hyperfine) {
+    const json = join(work, "hyperfine.json");
+    execFileSync(
+      "hyperfine",
+      [
+        "-N",
+        "--warmup",
+        String(warmup),
+        "--runs",
+        String(runs),
+        "--export-json",
+        json,
+        ...cases.map((c) => [c.file, ...c.args].join(" ")),
+      ],
+      {
+        stdio: ["ignore", "ignore", "inherit"],
+        cwd: "/",
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+      },
+    );
+    const { results } = JSON.parse(await import("node:fs").then((fs) => fs.readFileSync(json, "utf8")));
+    const hb = results[0].median;
+    console.log("hyperfine (-N) medians:");
+    results.forEach((r, i) => {
+      console.log(
+        `${cases[i].name.padEnd(24)} ${(r.median * 1000).toFixed(1).padStart(6)} ms  ${(r.median / hb).toFixed(2)}`,
+      );
+    });
+  }
+  process.exitCode = worst <= maxRatio ? 0 : 3;
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}

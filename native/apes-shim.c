@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -158,6 +160,14 @@ static void run_unprivileged(char **argv) {
 
 /* ---- audit ---- */
 
+static void set_ignore(int sig, int ignore) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = ignore ? SIG_IGN : SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  sigaction(sig, &sa, NULL);
+}
+
 static void kv_str(struct buf *b, const char *key, const char *value) {
   buf_printf(b, ",\"%s\":", key);
   json_str(b, value ? value : "", value ? strlen(value) : 0);
@@ -165,10 +175,12 @@ static void kv_str(struct buf *b, const char *key, const char *value) {
 
 /* Appends one JSON line to AUDIT_LOG (and a summary to syslog); 0 only when it is on disk. */
 static int audit(const char *decision, const char *reason) {
-  struct buf b = {0}, cmd = {0};
+  struct buf b = {0}, cmd = {0}, grant = {0};
   struct stat st;
-  int fd, ok = 0;
+  struct rlimit saved, unlimited = {RLIM_INFINITY, RLIM_INFINITY};
+  int fd, ok = 0, raised;
   json_argv(&cmd, A.cmd, A.ncmd);
+  json_str(&grant, A.grant_id ? A.grant_id : "", A.grant_id ? strlen(A.grant_id) : 0);
   buf_printf(&b, "{\"ts\":%lld,\"decision\":\"%s\"", (long long)time(NULL), decision);
   kv_str(&b, "reason", reason);
   kv_str(&b, "user", A.caller.name);
@@ -187,11 +199,16 @@ static int audit(const char *decision, const char *reason) {
   syslog(LOG_AUTHPRIV | (strcmp(decision, "allow") == 0 ? LOG_NOTICE : LOG_WARNING),
          "%s%s%s: user=%s uid=%lu run_as=%s grant=%.80s cmd_hash=%s argv=%.400s", decision,
          reason && *reason ? " " : "", reason ? reason : "", A.caller.name, (unsigned long)A.caller.uid,
-         A.target.name, A.grant_id ? A.grant_id : "", A.hash, cmd.p ? cmd.p : "");
+         A.target.name, grant.p ? grant.p : "", A.hash, cmd.p ? cmd.p : "");
   closelog();
 
+  /* The caller's RLIMIT_FSIZE must not tear the line: lift it where the kernel lets us, take
+   * SIGXFSZ as an error, and under an exclusive lock cut a short write back off again. */
+  set_ignore(SIGXFSZ, 1);
+  raised = getrlimit(RLIMIT_FSIZE, &saved) == 0 && setrlimit(RLIMIT_FSIZE, &unlimited) == 0;
   fd = open(APES_AUDIT_LOG, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd >= 0 && !b.err && !cmd.err && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0) {
+  if (fd >= 0 && !b.err && !cmd.err && flock(fd, LOCK_EX) == 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+      st.st_uid == 0) {
     size_t off = 0;
     while (off < b.len) {
       ssize_t n = write(fd, b.p + off, b.len - off);
@@ -199,11 +216,15 @@ static int audit(const char *decision, const char *reason) {
       if (n <= 0) break;
       off += (size_t)n;
     }
+    if (off != b.len && off > 0 && ftruncate(fd, st.st_size) != 0) off = 0;
     ok = off == b.len && fsync(fd) == 0;
   }
   if (fd >= 0 && close(fd) != 0) ok = 0;
+  if (raised && setrlimit(RLIMIT_FSIZE, &saved) != 0) ok = 0;
+  set_ignore(SIGXFSZ, 0);
   buf_free(&b);
   buf_free(&cmd);
+  buf_free(&grant);
   return ok ? 0 : -1;
 }
 
@@ -250,13 +271,6 @@ static ssize_t read_upto(int fd, char *buf, size_t max) {
   return (ssize_t)got;
 }
 
-static void set_ignore(int sig, int ignore) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = ignore ? SIG_IGN : SIG_DFL;
-  sigemptyset(&sa.sa_mask);
-  sigaction(sig, &sa, NULL);
-}
 
 /* Step 2: the requester, as the calling user with the caller's environment. Returns the token. */
 static char *request_token(int argc, char **argv, const struct elevation *el) {
@@ -328,9 +342,10 @@ static size_t exchange(int wfd, const char *req, size_t reqlen, int rfd, char *o
     if (wopen && pf[1].revents) {
       /* at most PIPE_BUF: POLLOUT promises that much room, so this write never blocks */
       size_t len = reqlen - off < PIPE_BUF ? reqlen - off : PIPE_BUF;
-      ssize_t n = (pf[1].revents & POLLOUT) ? write(wfd, req + off, len) : -1;
-      if (n > 0) off += (size_t)n;
-      if ((n < 0 && errno != EINTR && errno != EAGAIN) || off == reqlen) {
+      ssize_t n = 0;
+      int gone = !(pf[1].revents & POLLOUT); /* POLLERR/POLLHUP: the verifier closed its stdin */
+      if (!gone && (n = write(wfd, req + off, len)) > 0) off += (size_t)n;
+      if (gone || (n < 0 && errno != EINTR && errno != EAGAIN) || off == reqlen) {
         close(wfd); /* done, or the verifier stopped reading (EPIPE: SIGPIPE is ignored) */
         wopen = 0;
       }

@@ -254,6 +254,42 @@ describe("an approved command", () => {
   });
 });
 
+describe("resource limits planted by the caller", () => {
+  // The shim lifts RLIMIT_FSIZE for its audit write when it may (CAP_SYS_RESOURCE in the bounding
+  // set; containers often drop it). Either way the audit log never gets a torn line.
+  const capBnd = BigInt(`0x${/CapBnd:\s*([0-9a-f]+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]}`);
+  const canRaise = ((capBnd >> 24n) & 1n) === 1n;
+
+  it(`a small RLIMIT_FSIZE cannot tear the audit line (${canRaise ? "lifted" : "refused"} here)`, async () => {
+    const cmd = [...recorder("ran"), "x".repeat(700)]; // the stub records < 1 KiB, the audit line is more
+    allow(cmd);
+    if (!existsSync(inst.auditLog) || statSync(inst.auditLog).size < 1024) {
+      await shim(["--", ...cmd]); // make sure the log is already past the limit
+      auditMark = readAudit(inst).length;
+      rmSync(join(out, "ran.uid"), { force: true });
+    }
+    const r = await runAsUser(
+      user,
+      ["/bin/bash", "-c", 'ulimit -f 1; exec "$0" "$@"', inst.shim, "--", ...cmd],
+      {
+        env: callerEnv(),
+        cwd: home,
+      },
+    );
+    if (canRaise) {
+      expect(r.code, r.stderr).toBe(0);
+      expect(newAudit()).toEqual([expect.objectContaining({ decision: "allow", argv: cmd })]);
+      expect(existsSync(join(out, "ran.uid"))).toBe(true);
+    } else {
+      expect(r.code).toBe(77);
+      expect(r.stderr).toMatch(/audit log not writable/);
+      expect(newAudit()).toEqual([]); // readAudit parses every line: none is torn
+      expect(readFileSync(inst.auditLog, "utf8").endsWith("}\n")).toBe(true);
+      expect(existsSync(join(out, "ran.uid"))).toBe(false);
+    }
+  });
+});
+
 describe("the requester", () => {
   it("runs as the caller with the caller's environment, the token pipe on fd 3 and the options as given", async () => {
     const cmd = ["/bin/true", "a b", "", "ü"];

@@ -10,7 +10,7 @@ import { ExitCode } from "../../cli/exit-codes.ts";
 import { grantsClient } from "../../cli/grants/client.ts";
 import { formatElapsed, startProgress } from "../../cli/grants/progress.ts";
 import { waitForDecision } from "../../cli/grants/wait.ts";
-import { errorFor, request } from "../../cli/http.ts";
+import { errorFor, nodeFetch, request } from "../../cli/http.ts";
 import { clearDiscoveryMemory } from "../../cli/idp-client.ts";
 import { fingerprint, formatOpenSshPrivateKey } from "../../protocol/keys.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
@@ -210,6 +210,51 @@ describe("http helper", () => {
     const ctx = fakeContext({ home, http: fakeIdp().http, config: { caFile: join(home, "nope.pem") } });
     const e = await request(ctx, { url: "https://id.example.test/x" }).catch((x) => x);
     expect(e.exitCode).toBe(ExitCode.CONFIG);
+  });
+});
+
+describe("nodeFetch (node:http transport)", () => {
+  it("sends method, headers and body; answers status, headers and text; refused -> 69", async () => {
+    const { createServer } = await import("node:http");
+    const seen: { method?: string; auth?: string; body?: string }[] = [];
+    const server = createServer((req, res) => {
+      let body = "";
+      req.on("data", (c) => {
+        body += c;
+      });
+      req.on("end", () => {
+        seen.push({ method: req.method, auth: req.headers.authorization, body });
+        res.writeHead(201, {
+          "content-type": "application/json",
+          etag: '"7"',
+          "preference-applied": "wait=5",
+        });
+        res.end('{"ok":true}');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const res = await nodeFetch(`http://127.0.0.1:${port}/x`, {
+        method: "POST",
+        headers: { Authorization: "Bearer t", "content-type": "application/json" },
+        body: '{"a":1}',
+      });
+      expect(res.status).toBe(201);
+      expect(res.headers.get("ETag")).toBe('"7"');
+      expect(res.headers.get("missing")).toBeNull();
+      expect(JSON.parse(await res.text())).toEqual({ ok: true });
+      expect(seen[0]).toEqual({ method: "POST", auth: "Bearer t", body: '{"a":1}' });
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+    const ctx = fakeContext({
+      home,
+      http: ((u: string, i?: RequestInit) => nodeFetch(u, i)) as typeof fetch,
+    });
+    const e = await request(ctx, { url: `http://127.0.0.1:${port}/gone` }).catch((x) => x);
+    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(e.message).toContain("connection refused");
   });
 });
 

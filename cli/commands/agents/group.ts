@@ -8,7 +8,11 @@ export function registerAgentsCommands(program: Command, getContext: GetContext)
   const group = program
     .command("agents")
     .description("agents you own (enroll with their public key)")
-    .helpCommand(false);
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ apes agents add --name deploy-bot --key ./bot.pub\n  $ apes agents list --json",
+    );
   registerAdd(group, getContext);
   registerList(group, getContext);
 }

@@ -8,7 +8,8 @@ export function registerDelegationsCommands(program: Command, getContext: GetCon
   const group = program
     .command("delegations")
     .description("delegations you gave or received")
-    .helpCommand(false);
+    .helpCommand(false)
+    .addHelpText("after", "\nExamples:\n  $ apes delegations list\n  $ apes delegations revoke <id>");
   registerList(group, getContext);
   registerRevoke(group, getContext);
 }

@@ -14,7 +14,11 @@ export function registerGrantsCommands(program: Command, getContext: GetContext)
   const group = program
     .command("grants")
     .description("grants: ask for, decide and use approvals of commands")
-    .helpCommand(false);
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ apes grants request -- systemctl restart nginx\n  $ apes grants list --inbox\n  $ apes grants approve <id>\n  $ apes grants wait <id> --timeout 10m",
+    );
   registerRequest(group, getContext);
   registerList(group, getContext);
   registerShow(group, getContext);

@@ -7,6 +7,10 @@ export function registerTokenCommands(program: Command, getContext: GetContext):
   const group = program
     .command("token")
     .description("tokens for services (token exchange on a delegation)")
-    .helpCommand(false);
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ apes token exchange --delegation <id> --audience mail.example.com",
+    );
   registerExchange(group, getContext);
 }

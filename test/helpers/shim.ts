@@ -3,9 +3,15 @@
  * built for a temporary PREFIX, the real dist/apes as EXEC) and run it as a real non-root user.
  * These tests need root (CI runs as root); the installs live under a mkdtemp directory each.
  *
- *   const inst = await installIntoTempPrefix();
- *   const user = ensureTestUser();
- *   const r = await runAsUser(user, [inst.shim, "--version"], { env: { HOME: home } });
+ *   const inst = await installIntoTempPrefix();   // afterAll: await inst.cleanup()
+ *   const user = ensureTestUser();                   // "apes-e2e", created when missing
+ *   const home = makeUserDir(user);                  // a HOME the user owns
+ *   writeConfig(inst, policyToml);                   // root:root 0600, as `apes trust` writes it
+ *   const r = await runAsUser(user, [inst.shim, "--reason", "r", "--", "/usr/bin/id"], {
+ *     env: { PATH: "/usr/bin:/bin", HOME: home },    // the COMPLETE environment of the program
+ *   });                                              // -> { code, signal, stdout, stderr }
+ *   readAudit(inst)                                  // the audit log, parsed
+ * installStubExec(inst) swaps EXEC for a recording stand-in of `__request`/`__verify` (shim-only tests).
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -187,7 +193,9 @@ export interface RunResult {
  * privileges left), then `env -i` installs opts.env. The environment is applied only after the
  * drop, so variables like LD_PRELOAD meant for the program under test never touch setpriv (root).
  */
-export function spawnAsUser(user: UnixUser, argv: string[], opts: RunOptions = {}): ChildProcess {
+export function spawnAsUser(who: UnixUser | string, argv: string[], opts: RunOptions = {}): ChildProcess {
+  const user = typeof who === "string" ? lookupUser(who) : who;
+  if (!user) throw new Error(`no such user: ${String(who)}`);
   const [file, ...rest] = argv;
   if (!file?.startsWith("/")) throw new Error(`spawnAsUser needs an absolute path, got ${file}`);
   const env = opts.env ?? { PATH: "/usr/bin:/bin" };
@@ -215,7 +223,11 @@ export function spawnAsUser(user: UnixUser, argv: string[], opts: RunOptions = {
 }
 
 /** Runs argv as the user and collects its output; killed (SIGKILL) after timeoutMs (default 20 s). */
-export function runAsUser(user: UnixUser, argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+export function runAsUser(
+  user: UnixUser | string,
+  argv: string[],
+  opts: RunOptions = {},
+): Promise<RunResult> {
   const child = spawnAsUser(user, argv, opts);
   return collect(child, opts);
 }

@@ -113,7 +113,11 @@ function allow(cmd: string[], runAs = "root"): void {
 /** A command that records who ran it and with what environment, under `out/tag.*`. */
 function recorder(tag: string): string[] {
   const p = join(out, tag);
-  return ["/bin/sh", "-c", `id -u > ${p}.uid; id -G > ${p}.groups; cat /proc/$$/environ > ${p}.environ`];
+  return [
+    "/bin/sh",
+    "-c",
+    `id -u > ${p}.uid; id -G > ${p}.groups; cat /proc/$$/environ > ${p}.environ; ls -l /proc/self/fd > ${p}.fds`,
+  ];
 }
 
 function stubFile(name: string): string {
@@ -127,6 +131,15 @@ function environ(text: string): Record<string, string> {
     env[kv.slice(0, i)] = kv.slice(i + 1);
   }
   return env;
+}
+
+/** `ls -l /proc/self/fd` output as fd -> target, without the directory ls itself opened. */
+function fds(text: string): Record<number, string> {
+  const map: Record<number, string> = {};
+  for (const m of text.split("\n").map((l) => /\s(\d+) -> (.*)$/.exec(l))) {
+    if (m && !m[2]!.startsWith("/proc/")) map[Number(m[1])] = m[2]!;
+  }
+  return map;
 }
 
 function newAudit(): AuditLine[] {
@@ -251,6 +264,32 @@ describe("an approved command", () => {
       unlinkSync(inst.auditLog);
       writeFileSync(inst.auditLog, saved, { mode: 0o600 });
     }
+  });
+});
+
+describe("file descriptors of the caller", () => {
+  it("beyond 0-2 never reach the requester, the verifier or the command; a closed stdin is reopened", async () => {
+    const cmd = recorder("ran");
+    allow(cmd);
+    const secret = join(out, "caller-secret");
+    writeFileSync(secret, "x", { mode: 0o644 });
+    const r = await runAsUser(
+      user,
+      ["/bin/bash", "-c", `exec 5<${secret} 7<${secret}; exec 0<&-; exec "$0" "$@"`, inst.shim, "--", ...cmd],
+      { env: callerEnv(), cwd: home },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const req = fds(stubFile("request.fds"));
+    expect(Object.keys(req).map(Number)).toEqual([0, 1, 2, 3]);
+    // glibc reopens a closed 0-2 for a setuid program before main (stdin as /dev/full), the shim
+    // would use /dev/null: either way never a descriptor the next open() could hand out.
+    expect(req[0]).toMatch(/^\/dev\/(null|full)$/);
+    expect(req[3]).toMatch(/^pipe:/);
+    expect(Object.keys(fds(stubFile("verify.fds"))).map(Number)).toEqual([0, 1, 2, 3]);
+    const ran = fds(readFileSync(join(out, "ran.fds"), "utf8"));
+    expect(Object.keys(ran).map(Number)).toEqual([0, 1, 2]);
+    expect(ran[0]).toMatch(/^\/dev\/(null|full)$/);
+    expect(Object.values(ran)).not.toContain(secret);
   });
 });
 
@@ -414,14 +453,11 @@ describe("the verifier", () => {
       APES_VERIFIER: "1",
     });
     expect(stubFile("verify.config")).toBe(POLICY);
-    // ls inherits exactly what the verifier got: 0-2, the policy on 3, and the directory ls opened
-    const fds = stubFile("verify.fds")
-      .split("\n")
-      .map((l) => /\s(\d+) -> (.*)$/.exec(l))
-      .filter((m) => m !== null)
-      .filter((m) => !m[2]!.startsWith("/proc/"));
-    expect(fds.map((m) => Number(m[1])).sort()).toEqual([0, 1, 2, 3]);
-    expect(fds.find((m) => m[1] === "3")![2]).toBe(inst.config);
+    // ls inherits exactly what the verifier got: 0-2 and the policy on 3 (ls's own stdout is a file)
+    const vfds = fds(stubFile("verify.fds"));
+    expect(Object.keys(vfds).map(Number)).toEqual([0, 1, 2, 3]);
+    expect(vfds[0]).toMatch(/^pipe:/);
+    expect(vfds[3]).toBe(inst.config);
     const line = stubFile("verify.stdin");
     expect(line.endsWith("}\n")).toBe(true);
     expect(line.trimEnd()).not.toContain("\n");

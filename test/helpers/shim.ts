@@ -265,7 +265,7 @@ export function collect(
  * into `dir` (mode 1777) and answers as the files there say:
  *   request.mode   token (default: write the file `token` to fd 3, exit 0) | sleep | exit:N | garbage
  *   verdict        what __verify prints on stdout;  verify.exit  its exit status (default 0)
- * and records request.{pid,uid,groups,argv,environ,fd3}, verify.{uid,groups,cwd,environ,fds,config,
+ * and records request.{pid,uid,groups,argv,environ,fd3,fds}, verify.{uid,groups,cwd,environ,fds,config,
  * stdin}, plain.{uid,argv}. Its path names are baked in because the verifier's environment is fixed.
  */
 export function installStubExec(inst: ShimInstall): string {
@@ -282,6 +282,7 @@ __request)
   printf '%s\\0' "$@" > "$S/request.argv"
   /bin/cat /proc/$$/environ > "$S/request.environ"
   if { true >&3; } 2>/dev/null; then echo open > "$S/request.fd3"; fi
+  /bin/ls -l /proc/self/fd > "$S/request.fds"
   mode=$(/bin/cat "$S/request.mode" 2>/dev/null || echo token)
   case "$mode" in
   token) /bin/cat "$S/token" >&3; exit 0 ;;

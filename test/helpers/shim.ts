@@ -62,22 +62,32 @@ function lookupUser(name: string): UnixUser | undefined {
   }
 }
 
-/** Creates the user when missing (idempotent, tolerant of a concurrent creation). */
+/**
+ * Creates the user when missing: idempotent, and tolerant of a concurrent creation (parallel test
+ * files): useradd fails while another holds the passwd lock, so it is retried a few times.
+ */
 export function ensureUser(name: string, system = false): UnixUser {
-  const found = lookupUser(name);
-  if (found) return found;
-  const args = system
-    ? ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir"]
-    : ["--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir"];
   const home = system ? "/var/cache/apes" : "/nonexistent";
-  try {
-    execFileSync("useradd", [...args, home, name], { stdio: ["ignore", "ignore", "pipe"] });
-  } catch (e) {
-    if (!lookupUser(name)) throw e;
+  const args = [
+    ...(system ? ["--system"] : []),
+    "--user-group",
+    "--no-create-home",
+    "--shell",
+    "/usr/sbin/nologin",
+    "--home-dir",
+    home,
+    name,
+  ];
+  for (let attempt = 0; ; attempt++) {
+    const found = lookupUser(name);
+    if (found) return found;
+    try {
+      execFileSync("useradd", args, { stdio: ["ignore", "ignore", "pipe"] });
+    } catch (e) {
+      if (attempt >= 20) throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100); // the lock holder finishes
+    }
   }
-  const user = lookupUser(name);
-  if (!user) throw new Error(`could not create user ${name}`);
-  return user;
 }
 
 export function ensureTestUser(name = TEST_USER): UnixUser {

@@ -115,6 +115,18 @@ describe("make install", () => {
     expect(statSync(inst.cacheDir).uid).toBe(verifier.uid);
   });
 
+  it("builds the shim hardened: PIE, full RELRO, stack protector, FORTIFY_SOURCE, no executable stack", () => {
+    const read = (flag: string) => execFileSync("readelf", ["-W", flag, inst.shim], { encoding: "utf8" });
+    expect(read("-h")).toMatch(/Type:\s+DYN/);
+    expect(read("-d")).toMatch(/BIND_NOW/);
+    const segments = read("-l");
+    expect(segments).toMatch(/GNU_RELRO/);
+    expect(segments).toMatch(/GNU_STACK\s+(\S+\s+){5}RW\s/);
+    const symbols = execFileSync("nm", ["-D", inst.shim], { encoding: "utf8" });
+    expect(symbols).toMatch(/__stack_chk_fail/);
+    expect(symbols).toMatch(/__\w+_chk@/);
+  });
+
   it("with DESTDIR stages the files and leaves the user to the package", async () => {
     const dest = mkdtempSync(join(tmpdir(), "apes-destdir-"));
     try {

@@ -30,10 +30,12 @@ export function parseDurationSeconds(value: string | undefined, option = "--dura
 export function approvalAndDuration(
   approvalText: string | undefined,
   durationText: string | undefined,
+  /** Approving a timed request may keep its requested duration: the IdP checks. */
+  options: { timedNeedsDuration?: boolean } = {},
 ): { grant_type?: GrantType; duration?: number } {
   const grant_type = parseApproval(approvalText);
   const duration = parseDurationSeconds(durationText);
-  if (grant_type === "timed" && duration === undefined) {
+  if (grant_type === "timed" && duration === undefined && options.timedNeedsDuration !== false) {
     throw usageError("--approval timed needs --duration (e.g. --duration 30m)");
   }
   if (duration !== undefined && grant_type !== undefined && grant_type !== "timed") {

@@ -129,6 +129,43 @@ describe("grants between an agent and its owner", () => {
     expect((await bot.run(["grants", "token", id2])).code).toBe(1);
   });
 
+  it("the approver can change the approval: a once request approved as timed 30m", async () => {
+    const id = (await bot.run(["grants", "request", "--", "journalctl", "-u", "nginx"])).stdout.trim();
+    const r = await alice.run([
+      "--json",
+      "grants",
+      "approve",
+      id,
+      "--approval",
+      "timed",
+      "--duration",
+      "30m",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const g = JSON.parse(r.stdout);
+    expect(g.status).toBe("approved");
+    expect(g.request).toMatchObject({ grant_type: "timed", duration: 1800 });
+    expect(g.expires_at - g.decided_at).toBe(1800);
+    const bad = await alice.run(["grants", "approve", id, "--approval", "once", "--duration", "5m"]);
+    expect(bad.code).toBe(2);
+  });
+
+  it("Ctrl-C during `grants request --wait` cancels the pending grant (130)", async () => {
+    const p = spawn(apesBin(), ["--json", "grants", "request", "--wait", "--", "reboot"], { env: bot.env });
+    let stderr = "";
+    p.stderr.on("data", (c) => {
+      stderr += c;
+    });
+    const exited = new Promise<number | null>((resolve) => p.on("exit", (code) => resolve(code)));
+    await until(() => stderr.includes("waiting for a decision"));
+    p.kill("SIGINT");
+    expect(await exited).toBe(130);
+    const id = /grant ([0-9a-f-]{36})/.exec(stderr)?.[1];
+    expect(stderr).toContain(`grant ${id} cancelled`);
+    const shown = JSON.parse((await bot.run(["--json", "grants", "show", id!])).stdout);
+    expect(shown.status).toBe("revoked");
+  });
+
   it("grants wait times out with 75", async () => {
     const id = (await bot.run(["grants", "request", "--", "true"])).stdout.trim();
     const r = await bot.run(["grants", "wait", id, "--timeout", "2s"]);

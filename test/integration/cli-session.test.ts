@@ -174,3 +174,46 @@ describe("an IdP on HTTPS with a private CA", () => {
     }
   });
 });
+
+describe("apes login through DDISA discovery", () => {
+  it("finds the IdP from the email's _ddisa record (DoH fallback) and --debug shows record and mode", async () => {
+    const { createServer } = await import("node:http");
+    const { createSocket } = await import("node:dgram");
+    // A DNS server address where nobody listens, so the resolver falls back to DoH.
+    const udp = createSocket("udp4");
+    await new Promise<void>((r) => udp.bind(0, "127.0.0.1", r));
+    const deadDns = `127.0.0.1:${udp.address().port}`;
+    await new Promise<void>((r) => udp.close(() => r()));
+    const queries: string[] = [];
+    const doh = createServer((req, res) => {
+      const name = new URL(req.url ?? "/", "http://x").searchParams.get("name") ?? "";
+      queries.push(name);
+      const answer =
+        name === "_ddisa.example.com"
+          ? [{ name, type: 16, TTL: 60, data: `"v=ddisa1 idp=${idp.url}; mode=allowlist-admin"` }]
+          : [];
+      res.writeHead(200, { "content-type": "application/dns-json" });
+      res.end(JSON.stringify({ Status: answer.length ? 0 : 3, Answer: answer }));
+    });
+    await new Promise<void>((r) => doh.listen(0, "127.0.0.1", r));
+    try {
+      const u = cliUser("henry@example.com", idp.url);
+      await addUser(idp.dataDir, u.email, { publicKey: u.publicLine });
+      const { APES_IDP: _none, ...env } = u.env;
+      const r = await runWith(["--debug", "login", u.email], {
+        ...env,
+        APES_DNS_SERVERS: deadDns,
+        APES_DOH_URL: `http://127.0.0.1:${(doh.address() as { port: number }).port}/resolve`,
+        APES_ALLOW_LOOPBACK_HTTP: "1",
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(queries).toContain("_ddisa.example.com");
+      expect(r.stderr).toContain("mode=allowlist-admin");
+      expect(r.stderr).toContain("via doh");
+      expect(r.stderr).not.toMatch(/eyJ[\w-]+\.eyJ/); // no token in debug output
+      expect(u.authJson().idp).toBe(idp.url);
+    } finally {
+      await new Promise((r) => doh.close(r));
+    }
+  });
+});

@@ -29,7 +29,7 @@ export async function grantsApprove(
   options: { approval?: string; duration?: string },
 ) {
   const { approvalAndDuration } = await import("../../grants/format.ts");
-  const body = approvalAndDuration(options.approval, options.duration);
+  const body = approvalAndDuration(options.approval, options.duration, { timedNeedsDuration: false });
   const json = Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
   return decide(ctx, id, "approved", (c) => c.approve(id, json));
 }

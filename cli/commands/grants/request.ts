@@ -24,7 +24,10 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--duration <d>", "for timed grants: how long, e.g. 30m, 8h")
     .option("--reason <text>", "why, shown to the approver")
     .option("--run-as <user>", "run the command as this user (default: root)")
-    .option("--wait", "wait for the decision (exit 0 approved, 77 denied, 75 timed out)")
+    .option(
+      "--wait",
+      "wait for the decision (exit 0 approved, 77 denied, 75 timed out; Ctrl-C cancels the grant)",
+    )
     .option("--timeout <d>", "with --wait: give up after this long, e.g. 10m")
     .addHelpText(
       "after",
@@ -93,5 +96,12 @@ export async function grantsRequest(
     return;
   }
   const { waitAndReport } = await import("./wait.ts");
-  await waitAndReport(ctx, client, grant.id, timeoutMs !== undefined ? timeoutMs * 1000 : undefined, grant);
+  await waitAndReport(
+    ctx,
+    client,
+    grant.id,
+    timeoutMs !== undefined ? timeoutMs * 1000 : undefined,
+    grant,
+    true,
+  );
 }

@@ -42,6 +42,8 @@ export async function waitAndReport(
   id: string,
   timeoutMs: number | undefined,
   known?: Grant,
+  /** Ctrl-C cancels the (own, pending) grant: set by `grants request --wait`, which created it. */
+  cancelOnInterrupt = false,
 ): Promise<Grant> {
   const [{ waitForDecision }, { startProgress }, { printData }, { shellJoin }] = await Promise.all([
     import("../../grants/wait.ts"),
@@ -51,12 +53,28 @@ export async function waitAndReport(
   ]);
   const what = known?.request.command ? `: ${shellJoin(known.request.command)}` : "";
   const progress = startProgress(ctx, `waiting for a decision on grant ${id}${what}`);
+  const interrupted = new AbortController();
+  const onSigint = () => interrupted.abort(new Error("SIGINT"));
+  process.once("SIGINT", onSigint);
   let grant: Grant;
   try {
-    grant = await waitForDecision(ctx, client, id, { timeoutMs });
+    grant = await waitForDecision(ctx, client, id, { timeoutMs, signal: interrupted.signal });
   } catch (e) {
     progress.stop();
-    throw e;
+    if (!interrupted.signal.aborted) throw e;
+    let what = "the grant is still pending";
+    if (cancelOnInterrupt) {
+      what = await client.revoke(id).then(
+        () => `grant ${id} cancelled`,
+        (err: Error) => `could not cancel grant ${id}: ${err.message}`,
+      );
+    }
+    throw new CliError(`interrupted; ${what}`, {
+      exitCode: ExitCode.INTERRUPTED,
+      hint: cancelOnInterrupt ? undefined : `wait again with \`apes grants wait ${id}\``,
+    });
+  } finally {
+    process.removeListener("SIGINT", onSigint);
   }
   progress.stop(`grant ${id} ${grant.status}${grant.decided_by ? ` by ${grant.decided_by}` : ""}`);
   printData(ctx, grant, () => grant.status);

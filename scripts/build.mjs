@@ -1,7 +1,8 @@
 // Build dist/apes: esbuild bundles cli/main.ts into one CommonJS file, Node's single-executable
 // application support turns it into a blob (with a V8 code cache), and postject injects the blob
 // into a copy of the pinned node binary (scripts/sea.mjs). Runs offline; uses only what `npm ci` installed.
-import { mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -60,6 +61,22 @@ module.exports = new Proxy({}, {
   },
 };
 
+// `await import("node:dgram")` would stay a real dynamic import in the CommonJS bundle, which needs an
+// ES module loader at run time (scripts/sea-loader.cjs runs the bundle as a plain script): load
+// built-ins with require instead. The namespace object is the same shape (named exports + default).
+const dynamicBuiltins = {
+  name: "dynamic-import-of-builtins",
+  setup(b) {
+    b.onResolve({ filter: /^node:/ }, (args) =>
+      args.kind === "dynamic-import" ? { path: args.path, namespace: "dynamic-builtin" } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "dynamic-builtin" }, (args) => ({
+      loader: "js",
+      contents: `module.exports = require(${JSON.stringify(args.path)});`,
+    }));
+  },
+};
+
 // Per-process names so concurrent builds (parallel test runs, several developers) never collide.
 const bundle = join(work, `apes.${process.pid}.cjs`);
 const started = Date.now();
@@ -77,11 +94,46 @@ await build({
   define: { __APES_VERSION__: JSON.stringify(pkg.version), "import.meta.url": "__apes_import_meta_url" },
   banner: { js: 'var __apes_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: "warning",
-  plugins: [lazyBuiltins],
+  plugins: [dynamicBuiltins, lazyBuiltins],
 });
 
+// The bundle runs through scripts/sea-loader.cjs with a code cache warmed by running start-up
+// (scripts/sea-cache.cjs); see the loader for why.
+const code = readFileSync(bundle, "latin1");
+if (/[^\x00-\x7f]/.test(code)) throw new Error("build: the bundle is not ASCII (esbuild charset changed?)");
+const dynamicImport = /\bimport\(\s*["'`]/.exec(code);
+if (dynamicImport)
+  throw new Error(
+    `build: a dynamic import() is left in the bundle: ${code.slice(dynamicImport.index, dynamicImport.index + 60)}`,
+  );
+const wrapped = join(work, `apes.${process.pid}.js`);
+const cache = join(work, `apes.${process.pid}.cache`);
+writeFileSync(wrapped, `(function (exports, require, module, __filename, __dirname) {${code}\n})`, "latin1");
+const { NODE_OPTIONS: _ignored, ...cacheEnv } = process.env; // flags must match the runtime's
+execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache], {
+  env: cacheEnv,
+  stdio: ["ignore", "ignore", "inherit"],
+});
 const out = join(dist, "apes");
-buildSea({ main: bundle, out, workDir: work, nodeBinary });
-rmSync(bundle, { force: true });
+try {
+  buildSea({
+    main: join(root, "scripts/sea-loader.cjs"),
+    out,
+    workDir: work,
+    nodeBinary,
+    assets: { "apes.js": wrapped, "apes.cache": cache },
+  });
+} finally {
+  for (const f of [bundle, wrapped, cache]) rmSync(f, { force: true });
+}
+// A rejected cache still works, only slower: catch it here rather than in a benchmark.
+const check = spawnSync(out, ["--help"], { env: { APES_DEBUG: "1" }, encoding: "utf8" });
+if (
+  check.status !== 0 ||
+  !check.stdout.startsWith("Usage: apes") ||
+  check.stderr.includes("cache rejected")
+) {
+  throw new Error(`build: dist/apes --help failed or rejected its code cache: ${check.stderr}`);
+}
 const mb = (statSync(out).size / 1e6).toFixed(0);
 console.log(`built dist/apes (${mb} MB, node ${process.version}) in ${Date.now() - started} ms`);

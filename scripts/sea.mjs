@@ -12,15 +12,26 @@ export const SEA_SETTINGS = Object.freeze({ disableExperimentalSEAWarning: true,
 export const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 
 /**
- * Turn one CommonJS file into a single executable at `out`: SEA blob (with a V8 code cache), a copy
+ * Turn one CommonJS file (plus optional `assets`, name -> file, read with node:sea) into a single
+ * executable at `out`: SEA blob (with a V8 code cache), a copy
  * of `nodeBinary` (default: the running, pinned node), postject. Work files get per-process names in
  * `workDir` so concurrent builds never collide, and `out` is replaced by an atomic rename, so a
  * running test never sees a half-written binary.
  */
-export function buildSea({ main, out, workDir, nodeBinary = process.execPath, tag = String(process.pid) }) {
+export function buildSea({
+  main,
+  out,
+  workDir,
+  nodeBinary = process.execPath,
+  tag = String(process.pid),
+  assets = undefined,
+}) {
   const seaConfig = join(workDir, `sea-config.${tag}.json`);
   const blob = join(workDir, `sea.${tag}.blob`);
-  writeFileSync(seaConfig, JSON.stringify({ main, output: blob, ...SEA_SETTINGS }));
+  writeFileSync(
+    seaConfig,
+    JSON.stringify({ main, output: blob, ...SEA_SETTINGS, ...(assets ? { assets } : {}) }),
+  );
   try {
     execFileSync(nodeBinary, ["--experimental-sea-config", seaConfig], {
       stdio: ["ignore", "ignore", "pipe"],

@@ -222,6 +222,33 @@ describe("grants between an agent and its owner", () => {
   });
 });
 
+describe("the grants client module against the real IdP (used by elevation)", () => {
+  it("batch decides several grants; consume spends a once grant exactly once", async () => {
+    const { createContext } = await import("../../cli/context.ts");
+    const { grantsClient } = await import("../../cli/grants/client.ts");
+    const globals = { json: false, debug: false, color: false };
+    const botClient = await grantsClient(createContext(globals, { env: bot.env }));
+    const aliceClient = await grantsClient(createContext(globals, { env: alice.env }));
+    const base = { target_host: "web2", audience: "escapes", grant_type: "once" as const };
+    const a = (await botClient.create({ ...base, command: ["echo", "a"], cmd_hash: cmdHash(["echo", "a"]) }))
+      .grant;
+    const b = (await botClient.create({ ...base, command: ["echo", "b"], cmd_hash: cmdHash(["echo", "b"]) }))
+      .grant;
+    const { results } = await aliceClient.batch([
+      { id: a.id, action: "approve" },
+      { id: b.id, action: "deny" },
+    ]);
+    expect(results).toEqual([
+      expect.objectContaining({ id: a.id, success: true, status: "approved" }),
+      expect.objectContaining({ id: b.id, success: true, status: "denied" }),
+    ]);
+    const { authz_jwt } = await botClient.token(a.id);
+    expect(await botClient.consume(a.id, authz_jwt)).toMatchObject({ status: "consumed" });
+    expect(await botClient.consume(a.id, authz_jwt)).toMatchObject({ error: "already_consumed" });
+    expect((await botClient.get(a.id)).status).toBe("used");
+  });
+});
+
 describe("delegations and token exchange", () => {
   it("alice delegates to bot; bot exchanges for a token with sub=alice, act.sub=bot", async () => {
     const d = await alice.run([

@@ -142,6 +142,18 @@ describe("an IdP that is down", () => {
     const r2 = await runWith(["login", u.email, "--idp", url], u.env);
     expect(r2.code).toBe(69);
   });
+
+  it("a logged-in command whose IdP went away gives 69, not a silent failure", async () => {
+    const gone = await startIdp();
+    const u = cliUser("ivy@example.com", gone.url);
+    await addUser(gone.dataDir, u.email, { publicKey: u.publicLine });
+    expect((await u.run(["login", u.email])).code).toBe(0);
+    await gone.stop();
+    const r = await u.run(["grants", "list"]);
+    expect(r.code).toBe(69);
+    expect(r.stderr).toContain(`IdP at ${gone.url} is unreachable`);
+    expect(r.stdout).toBe("");
+  });
 });
 
 describe("an IdP on HTTPS with a private CA", () => {

@@ -109,12 +109,16 @@ export async function removeSession(ctx: Context): Promise<boolean> {
   }
 }
 
+/** A lock file without a pid this old is abandoned. */
 export const LOCK_STALE_MS = 30_000;
-export const LOCK_WAIT_MS = 30_000;
+/** A live holder this old is hung (a login takes at most a few request timeouts). */
+export const LOCK_HUNG_MS = 120_000;
+/** How long a command waits for the lock before giving up (75). */
+export const LOCK_WAIT_MS = 60_000;
 
 /**
- * Runs `fn` holding `auth.json.lock` (O_EXCL create). A lock whose pid is gone, or older than
- * LOCK_STALE_MS (a hung or foreign-namespace holder), is taken over.
+ * Runs `fn` holding `auth.json.lock` (O_EXCL create, holder pid inside). A lock whose process is
+ * gone is taken over at once; one without a pid after LOCK_STALE_MS; a live holder after LOCK_HUNG_MS.
  */
 export async function withSessionLock<T>(
   ctx: Context,
@@ -172,17 +176,19 @@ export async function withSessionLock<T>(
 async function isStaleLock(lock: string): Promise<boolean> {
   try {
     const [text, st] = await Promise.all([readFile(lock, "utf8"), stat(lock)]);
-    if (Date.now() - st.mtimeMs > LOCK_STALE_MS) return true;
+    const age = Date.now() - st.mtimeMs;
     const pid = Number(text.trim());
-    // An empty file is a holder between create and write: not stale (the age check covers crashes there).
-    if (!Number.isInteger(pid) || pid <= 0) return false;
-    if (pid === process.pid) return false;
+    // No pid yet: a holder between create and write, or one that crashed right there.
+    if (!Number.isInteger(pid) || pid <= 0) return age > LOCK_STALE_MS;
+    if (pid === process.pid) return age > LOCK_HUNG_MS;
     try {
       process.kill(pid, 0);
-      return false;
     } catch (e) {
-      return (e as NodeJS.ErrnoException).code === "ESRCH";
+      // ESRCH: the holder is gone. EPERM: alive but another user's; treat as alive.
+      if ((e as NodeJS.ErrnoException).code === "ESRCH") return true;
     }
+    // Alive (or a pid from another namespace): only a holder hung far beyond a login's timeouts.
+    return age > LOCK_HUNG_MS;
   } catch {
     // Vanished between the failed create and now: retry right away.
     return false;

@@ -147,6 +147,28 @@ describe("session store", () => {
     expect(await withSessionLock(s.ctx, async () => "ran")).toBe("ran");
   });
 
+  it("waits for a live holder, and takes over one hung far beyond a login", async () => {
+    const s = setup();
+    const { mkdirSync, utimesSync } = await import("node:fs");
+    mkdirSync(s.ctx.paths.configDir, { recursive: true });
+    const lock = `${authFile(s.ctx)}.lock`;
+    writeFileSync(lock, `${process.ppid}\n`);
+    let ran = false;
+    const r = await withSessionLock(
+      s.ctx,
+      async () => {
+        ran = true;
+        return "took the lock";
+      },
+      async () => "someone else renewed",
+    );
+    expect(r).toBe("someone else renewed");
+    expect(ran).toBe(false);
+    const old = new Date(Date.now() - 10 * 60_000);
+    utimesSync(lock, old, old);
+    expect(await withSessionLock(s.ctx, async () => "took the lock")).toBe("took the lock");
+  });
+
   it("serialises concurrent holders", async () => {
     const s = setup();
     let inside = 0;

@@ -7,20 +7,21 @@ export PATH := $(NODE_BIN):$(PATH)
 
 all: build
 
-node_modules/.bin/node: package-lock.json
+# npm writes node_modules/.package-lock.json on every install: a stamp that is newer than the lock file.
+NODE_STAMP := node_modules/.package-lock.json
+$(NODE_STAMP): package-lock.json
 	npm ci
-	@touch $@
 
-build: node_modules/.bin/node
+build: $(NODE_STAMP)
 	node scripts/build.mjs
 
 test: build
 	npm test
 
-lint: node_modules/.bin/node
+lint: $(NODE_STAMP)
 	npx biome check .
 
-typecheck: node_modules/.bin/node
+typecheck: $(NODE_STAMP)
 	npx tsc --noEmit -p tsconfig.json
 
 check: typecheck lint test

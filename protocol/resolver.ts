@@ -545,10 +545,8 @@ export async function resolveDdisa(domain: string, options: ResolveOptions = {})
 
   const timeoutMs = options.timeoutMs ?? 5000;
   const failures: DnsQueryError[] = [];
-  const { isIP, getServers } = await import("node:net").then(async (net) => ({
-    isIP: net.isIP,
-    getServers: (await import("node:dns")).getServers,
-  }));
+  const { isIP } = await import("node:net");
+  const { getServers } = await import("node:dns"); // the system's resolvers, from /etc/resolv.conf
   const serverTexts = options.servers?.length ? options.servers : getServers();
   const servers = serverTexts.map((s) => parseServer(s, isIP));
   const query = options.query ?? queryTxtUdp;

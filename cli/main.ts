@@ -4,6 +4,14 @@ import { VERSION } from "./version.ts";
 // need when they run, so `apes --version` costs little more than the runtime's own start-up.
 const argv = process.argv.slice(2);
 
+// `apes grants list | head`: a closed pipe is the reader's choice, not an error worth a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
+    throw e;
+  });
+}
+
 if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
   // Answered before the command tree is built (the same line commander prints): scripts and
   // installers call this often, and it need not pay for ~50 command modules.

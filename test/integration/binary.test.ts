@@ -88,3 +88,21 @@ describe("dist/apes with an empty environment, from /", () => {
     expect(r.stderr).toContain("missing required argument 'email'");
   });
 });
+
+describe("dist/apes writing into a closed pipe (`apes --help | head -0`)", () => {
+  it("exits quietly instead of crashing with EPIPE", async () => {
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+      const child = spawn(bin, ["--help"], { cwd: "/", env: {}, stdio: ["ignore", "pipe", "pipe"] });
+      // Close our read end before the child has started: its first write meets a closed pipe.
+      child.stdout.destroy();
+      let stderr = "";
+      child.stderr.on("data", (d) => {
+        stderr += d;
+      });
+      child.on("error", reject);
+      child.on("close", (code) => resolve({ code, stderr }));
+    });
+    expect(r.stderr).not.toMatch(/EPIPE|Error|at /);
+    expect(r.code).toBe(0);
+  });
+});

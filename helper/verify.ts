@@ -1,5 +1,10 @@
 import { createHash } from "node:crypto";
 import { fstatSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+// Static (require) imports on purpose: `await import("node:http")` builds an ESM facade of the module
+// whose lazy exports load Node's whole bundled undici (~40 ms on every verification).
+import { request as httpRequestFn } from "node:http";
+import { request as httpsRequestFn } from "node:https";
+import { rootCertificates } from "node:tls";
 import { hostname } from "node:os";
 import {
   type Allowed,
@@ -320,7 +325,6 @@ export async function httpForPolicy(policy: Policy): Promise<HttpFn> {
   }
   let cas: string[] | undefined;
   if (ca) {
-    const { rootCertificates } = await import("node:tls");
     cas = [...rootCertificates, ca];
   }
   return (url, init) => httpRequest(url, { ...init, ca: cas });
@@ -331,9 +335,9 @@ async function httpRequest(
   init: { method: string; headers?: Record<string, string>; body?: string; ca?: string[] },
 ): Promise<{ status: number; body: unknown }> {
   const u = new URL(url);
-  const mod = u.protocol === "https:" ? await import("node:https") : await import("node:http");
+  const send = u.protocol === "https:" ? httpsRequestFn : httpRequestFn;
   return new Promise((resolve, reject) => {
-    const req = mod.request(
+    const req = send(
       u,
       {
         method: init.method,

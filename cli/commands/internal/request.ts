@@ -26,7 +26,8 @@ export function register(program: Command, getContext: GetContext): void {
     }
     if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
     const req = elevationFromRaw(rest);
-    const ctx = getContext();
+    const { withNodeFetch } = await import("../../elevation/node-fetch.ts");
+    const ctx = await withNodeFetch(getContext());
     const controller = new AbortController();
     const onSignal = () => controller.abort(new Error("interrupted"));
     const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import type { Context, Fetch } from "../../context.ts";
 import { addElevationOptions, elevationFromRaw, rootRawArgs } from "../../elevation/options.ts";
 import { usageError } from "../../errors.ts";
 import type { GetContext } from "../../program.ts";
@@ -26,8 +27,11 @@ export function register(program: Command, getContext: GetContext): void {
     }
     if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
     const req = elevationFromRaw(rest);
-    const { withNodeFetch } = await import("../../elevation/node-fetch.ts");
-    const ctx = await withNodeFetch(getContext());
+    // The runtime's fetch loads Node's bundled undici on first use (~30 ms); the requester runs once
+    // per elevation, so it talks HTTP through cli/http.ts's node:http(s) client instead.
+    const { nodeFetch } = await import("../../http.ts");
+    const base = getContext();
+    const ctx: Context = { ...base, http: ((input, init) => nodeFetch(input, init)) as Fetch };
     const controller = new AbortController();
     const onSignal = () => controller.abort(new Error("interrupted"));
     const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;

@@ -8,6 +8,8 @@ const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 
 
 export interface Logger {
   log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
+  /** Logged at any level: lifecycle lines tools depend on (listening, stopped). */
+  always(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
   enabled(level: LogLevel): boolean;
 }
 
@@ -20,11 +22,13 @@ export function jsonLogger(
   write: (line: string) => void = (l) => process.stderr.write(l),
 ): Logger {
   const min = ORDER[level];
+  const emit = (l: LogLevel, msg: string, fields?: Record<string, unknown>) =>
+    write(`${JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...fields })}\n`);
   return {
     enabled: (l) => ORDER[l] >= min,
     log(l, msg, fields) {
-      if (ORDER[l] < min) return;
-      write(`${JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...fields })}\n`);
+      if (ORDER[l] >= min) emit(l, msg, fields);
     },
+    always: emit,
   };
 }

@@ -27,6 +27,7 @@ import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
+import { withUserCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite.ts";
 
 export interface ServeOptions {
@@ -49,14 +50,16 @@ export interface RunningIdp {
   close(): Promise<void>;
 }
 
-export const DEFAULT_RATE_LIMIT = "100000/1m";
+export const DEFAULT_RATE_LIMIT = "600000/1m";
 
 export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   const limits = parseRateLimit(opts.rateLimit);
   const limiter = limits ? new RateLimiter(limits.limit, limits.windowSec) : undefined;
-  const store = openSqliteStore(opts.dataDir);
+  const sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+  const store = withUserCache(sqlite);
   const nowSec = () => Math.floor(Date.now() / 1000);
   const keys = new Keyring(store, nowSec());
+  sqlite.enableGroupCommit();
   const shutdown = new AbortController();
 
   const server: Server = opts.tls
@@ -154,15 +157,23 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         idp.rateLimit(`ip:${call.ip}`);
       }
       const reply = await m.route.handler(call, principal as Principal);
+      // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
+      await store.flushed?.();
       status = reply.status;
       // While shutting down, do not keep the connection for another request.
       if (shutdown.signal.aborted) res.setHeader("connection", "close");
       send(res, reply.status, reply.body, reply.headers);
     } catch (e) {
+      let error = e;
       if (!(e instanceof ProblemError) && !(e instanceof Error && e.name === "OAuthError")) {
         opts.log.log("error", "unhandled error", { rid, error: e instanceof Error ? e.message : String(e) });
       }
-      status = sendError(res, e, idp.base + path);
+      try {
+        await store.flushed?.();
+      } catch {
+        error = new ProblemError("internal", "storage failure");
+      }
+      status = sendError(res, error, idp.base + path);
     }
     if (opts.log.enabled("info")) {
       opts.log.log("info", "request", {
@@ -190,8 +201,16 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     }
   }, 5000);
   sweep.unref();
+  const checkpoint = setInterval(() => {
+    try {
+      store.checkpoint();
+    } catch (e) {
+      opts.log.log("warn", "checkpoint failed", { error: (e as Error).message });
+    }
+  }, 1000);
+  checkpoint.unref();
 
-  opts.log.log("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
+  opts.log.always("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
 
   let closing: Promise<void> | undefined;
   return {
@@ -200,6 +219,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     close() {
       closing ??= new Promise<void>((resolve) => {
         clearInterval(sweep);
+        clearInterval(checkpoint);
         shutdown.abort();
         const force = setTimeout(() => server.closeAllConnections(), 10_000);
         force.unref();

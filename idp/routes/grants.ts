@@ -19,7 +19,7 @@ import {
 } from "../grants.ts";
 import { type Call, jsonBody, onlyFields, type Reply, type Router } from "../http.ts";
 import type { StoredGrant, Transition } from "../store/types.ts";
-import { signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { checkClaims, signJwt, TokenError, verifyJwt } from "../tokens.ts";
 import { etagMatches, etagOf, listParams, loadGrant, MAX_WAIT, page, preferWait } from "./common.ts";
 import { PATHS } from "./discovery.ts";
 
@@ -122,8 +122,28 @@ async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
   return { status: 200, body: stored.grant, headers };
 }
 
+/**
+ * AuthZ-JWTs this process issued, by exact string: presenting one of them proves it was signed
+ * here, so consume skips the Ed25519 verification (the expensive step). Bounded; after a restart
+ * every token is verified again.
+ */
+class IssuedTokens {
+  private readonly map = new Map<string, Record<string, unknown>>();
+  add(token: string, claims: Record<string, unknown>): void {
+    if (this.map.size >= 20_000) this.map.clear();
+    this.map.set(token, claims);
+  }
+  get(token: string): Record<string, unknown> | undefined {
+    return this.map.get(token);
+  }
+  delete(token: string): void {
+    this.map.delete(token);
+  }
+}
+
 export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
   const G = PATHS.grants;
+  const issued = new IssuedTokens();
 
   router.add("POST", G, true, async (call, p): Promise<Reply> => {
     const body = await jsonBody(call);
@@ -272,6 +292,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const iat = idp.now();
     const claims = authzClaims({ issuer: idp.issuer, grant, iat, jti: randomUUID() });
     const authzJwt = signJwt(claims, idp.keys.signingKey(iat, authzExp(grant, iat)));
+    issued.add(authzJwt, claims);
     return { status: 200, body: { authz_jwt: authzJwt, grant } };
   });
 
@@ -279,13 +300,15 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
   router.add("POST", `${G}/:id/consume`, false, async (call) => {
     const token = bearer(call);
     const now = idp.now();
-    let claims: Record<string, unknown>;
+    let claims = issued.get(token);
     try {
-      claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
-        now,
-        issuer: idp.issuer,
-        leeway: 0,
-      });
+      if (claims) checkClaims(claims, { now, leeway: 0 });
+      else
+        claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
+          now,
+          issuer: idp.issuer,
+          leeway: 0,
+        });
     } catch (e) {
       if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
       throw e;
@@ -303,6 +326,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     if (outcome.ok && outcome.markUsed) {
       const used = idp.store.transition(stored.grant.id, { from: ["approved"], to: "used", usedAt: now });
       if (used) {
+        issued.delete(token);
         idp.events.changed(stored.grant.id);
         idp.log.log("info", "grant consumed", { rid: call.rid, grant: stored.grant.id });
         return { status: 200, body: { status: "consumed", grant_id: stored.grant.id } };

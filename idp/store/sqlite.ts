@@ -65,6 +65,7 @@ const MIGRATIONS: readonly string[] = [
     type TEXT NOT NULL,
     requester TEXT NOT NULL,
     status TEXT NOT NULL,
+    grant_type TEXT NOT NULL,
     request TEXT NOT NULL,
     match_key TEXT,
     delegator TEXT,
@@ -76,13 +77,12 @@ const MIGRATIONS: readonly string[] = [
     used_at INTEGER,
     version INTEGER NOT NULL DEFAULT 1
   );
-  CREATE INDEX grants_newest ON grants(created_at, seq);
-  CREATE INDEX grants_by_status ON grants(status, created_at, seq);
-  CREATE INDEX grants_by_requester ON grants(requester, created_at, seq);
-  CREATE INDEX grants_by_requester_status ON grants(requester, status, created_at, seq);
-  CREATE INDEX grants_by_delegator ON grants(delegator, created_at, seq) WHERE delegator IS NOT NULL;
-  CREATE INDEX grants_by_delegate ON grants(delegate, created_at, seq) WHERE delegate IS NOT NULL;
-  CREATE INDEX grants_reuse ON grants(requester, match_key) WHERE status = 'approved' AND match_key IS NOT NULL;
+  CREATE INDEX grants_by_status ON grants(status, seq);
+  CREATE INDEX grants_by_requester ON grants(requester, seq);
+  CREATE INDEX grants_by_requester_status ON grants(requester, status, seq);
+  CREATE INDEX grants_by_delegator ON grants(delegator, seq) WHERE delegator IS NOT NULL;
+  CREATE INDEX grants_by_delegate ON grants(delegate, seq) WHERE delegate IS NOT NULL;
+  CREATE INDEX grants_reuse ON grants(requester, match_key) WHERE status = 'approved' AND grant_type <> 'once';
   CREATE INDEX grants_expiring ON grants(expires_at) WHERE status = 'approved' AND expires_at IS NOT NULL;
   `,
 ];
@@ -132,7 +132,16 @@ function grantFromRow(r: GrantRow): StoredGrant {
 }
 
 /** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
-export function openSqliteStore(dataDir: string, options: { busyTimeoutMs?: number } = {}): SqliteStore {
+export interface SqliteOptions {
+  busyTimeoutMs?: number;
+  /**
+   * false: no checkpoint inside commits; the owner calls checkpoint() on a timer instead (the
+   * server: a checkpoint syncs the files, and once a second is enough).
+   */
+  autoCheckpoint?: boolean;
+}
+
+export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): SqliteStore {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   chmodSync(dataDir, 0o700);
   const file = join(dataDir, DB_FILE);
@@ -143,6 +152,11 @@ export function openSqliteStore(dataDir: string, options: { busyTimeoutMs?: numb
   db.exec("PRAGMA journal_mode = WAL");
   db.exec("PRAGMA synchronous = NORMAL");
   db.exec("PRAGMA foreign_keys = ON");
+  // A page cache and memory map large enough for the hot indexes: random uuid lookups on a big
+  // table otherwise become a read syscall each.
+  db.exec("PRAGMA cache_size = -65536");
+  db.exec("PRAGMA mmap_size = 268435456");
+  if (options.autoCheckpoint === false) db.exec("PRAGMA wal_autocheckpoint = 0");
   migrate(db);
   for (const suffix of ["-wal", "-shm"]) {
     if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
@@ -185,7 +199,21 @@ export class SqliteStore implements Store {
   }
 
   /** Runs fn in one transaction (bulk seeding, multi-row changes). */
+  /** Runs fn atomically (a savepoint inside an open transaction or group-commit batch). */
   transaction<T>(fn: () => T): T {
+    if (this.groupCommit) this.openBatch();
+    if (this.db.isTransaction) {
+      this.db.exec("SAVEPOINT tx");
+      try {
+        const r = fn();
+        this.db.exec("RELEASE tx");
+        return r;
+      } catch (e) {
+        this.db.exec("ROLLBACK TO tx");
+        this.db.exec("RELEASE tx");
+        throw e;
+      }
+    }
     this.db.exec("BEGIN IMMEDIATE");
     try {
       const r = fn();
@@ -197,11 +225,66 @@ export class SqliteStore implements Store {
     }
   }
 
+  // --- group commit ---
+  // The server handles requests on one thread; with group commit, every write made while handling
+  // the requests of one event-loop turn goes into one transaction, committed in setImmediate. The
+  // server sends no response before flushed() resolves, so nothing uncommitted is ever acknowledged
+  // (a SIGKILL loses only unacknowledged work). Conditional updates stay atomic: one thread, one
+  // connection, and reads see the batch's own writes.
+  private groupCommit = false;
+  private batch: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | undefined;
+
+  enableGroupCommit(): void {
+    this.groupCommit = true;
+  }
+
+  private openBatch(): void {
+    if (this.batch) return;
+    this.db.exec("BEGIN IMMEDIATE");
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => {}); // observed by flushed() callers
+    this.batch = { promise, resolve, reject };
+    setImmediate(() => this.commitBatch());
+  }
+
+  private commitBatch(): void {
+    const b = this.batch;
+    if (!b) return;
+    this.batch = undefined;
+    try {
+      this.db.exec("COMMIT");
+      b.resolve();
+    } catch (e) {
+      try {
+        this.db.exec("ROLLBACK");
+      } catch {
+        // already rolled back
+      }
+      b.reject(e);
+    }
+  }
+
+  /** Resolves when every write made so far is committed (undefined: nothing pending). */
+  flushed(): Promise<void> | undefined {
+    return this.batch?.promise;
+  }
+
+  /** A cached statement that writes: joins (or opens) the group-commit batch. */
+  private wq(sql: string): StatementSync {
+    if (this.groupCommit && !this.batch) this.openBatch();
+    return this.q(sql);
+  }
+
   // --- users ---
 
   addUser(u: NewUser): void {
     this.transaction(() => {
-      this.q(
+      this.wq(
         "INSERT INTO users (email, kind, owner, admin, disabled, public_key, fingerprint, name, created_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
       ).run(
         u.email,
@@ -214,7 +297,7 @@ export class SqliteStore implements Store {
         u.createdAt,
       );
       for (const a of new Set(u.approvers ?? [])) {
-        this.q("INSERT INTO approvers (subject, approver) VALUES (?, ?)").run(u.email, a);
+        this.wq("INSERT INTO approvers (subject, approver) VALUES (?, ?)").run(u.email, a);
       }
     });
   }
@@ -259,7 +342,9 @@ export class SqliteStore implements Store {
   }
 
   setDisabled(email: string, disabled: boolean): boolean {
-    return this.q("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1;
+    return (
+      this.wq("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1
+    );
   }
 
   subordinatesOf(email: string): string[] {
@@ -293,20 +378,20 @@ export class SqliteStore implements Store {
   }
 
   addSigningKey(k: SigningKeyRecord): void {
-    this.q(
+    this.wq(
       "INSERT INTO signing_keys (kid, private_key, created_at, retired_at, max_exp) VALUES (?, ?, ?, ?, ?)",
     ).run(k.kid, k.privateKey, k.createdAt, k.retiredAt ?? null, k.maxExp);
   }
 
   retireSigningKeys(exceptKid: string, now: number): void {
-    this.q("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL AND kid <> ?").run(
+    this.wq("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL AND kid <> ?").run(
       now,
       exceptKid,
     );
   }
 
   raiseKeyMaxExp(kid: string, maxExp: number): void {
-    this.q("UPDATE signing_keys SET max_exp = ? WHERE kid = ? AND max_exp < ?").run(maxExp, kid, maxExp);
+    this.wq("UPDATE signing_keys SET max_exp = ? WHERE kid = ? AND max_exp < ?").run(maxExp, kid, maxExp);
   }
 
   externalChangeMarker(): number {
@@ -316,7 +401,7 @@ export class SqliteStore implements Store {
   // --- single-use values ---
 
   putChallenge(challenge: string, subject: string, expiresAt: number): void {
-    this.q("INSERT INTO challenges (challenge, subject, expires_at) VALUES (?, ?, ?)").run(
+    this.wq("INSERT INTO challenges (challenge, subject, expires_at) VALUES (?, ?, ?)").run(
       challenge,
       subject,
       expiresAt,
@@ -326,7 +411,7 @@ export class SqliteStore implements Store {
   takeChallenge(challenge: string, subject: string, now: number): boolean {
     // One statement: the delete both checks and consumes, so a challenge can be used at most once.
     return (
-      this.q("DELETE FROM challenges WHERE challenge = ? AND subject = ? AND expires_at > ?").run(
+      this.wq("DELETE FROM challenges WHERE challenge = ? AND subject = ? AND expires_at > ?").run(
         challenge,
         subject,
         now,
@@ -336,28 +421,29 @@ export class SqliteStore implements Store {
 
   useJti(jti: string, expiresAt: number): boolean {
     return (
-      this.q("INSERT OR IGNORE INTO used_jtis (jti, expires_at) VALUES (?, ?)").run(jti, expiresAt)
+      this.wq("INSERT OR IGNORE INTO used_jtis (jti, expires_at) VALUES (?, ?)").run(jti, expiresAt)
         .changes === 1
     );
   }
 
   purgeExpired(now: number): void {
-    this.q("DELETE FROM challenges WHERE expires_at <= ?").run(now);
-    this.q("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM challenges WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
   }
 
   // --- grants ---
 
   insertGrant(n: NewGrant): StoredGrant {
     const g = n.grant;
-    const r = this.q(
-      `INSERT INTO grants (id, type, requester, status, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    const r = this.wq(
+      `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
       g.id,
       g.type,
       g.request.requester,
       g.status,
+      g.request.grant_type,
       JSON.stringify(g.request),
       n.matchKey ?? null,
       g.type === "delegation" ? (g.request.delegator ?? null) : null,
@@ -379,8 +465,7 @@ export class SqliteStore implements Store {
   findReusable(requester: string, matchKey: string, now: number): StoredGrant | undefined {
     const r = this.q(
       `SELECT ${GRANT_COLS} FROM grants
-       WHERE requester = ? AND match_key = ? AND status = 'approved'
-         AND json_extract(request, '$.grant_type') IN ('timed', 'always')
+       WHERE requester = ? AND match_key = ? AND status = 'approved' AND grant_type <> 'once'
          AND (expires_at IS NULL OR expires_at > ?)
        ORDER BY seq DESC LIMIT 1`,
     ).get(requester, matchKey, now) as GrantRow | undefined;
@@ -414,17 +499,17 @@ export class SqliteStore implements Store {
         args.push(q.type);
       }
       if (q.before) {
-        where.push("(created_at < ? OR (created_at = ? AND seq < ?))");
-        args.push(q.before.createdAt, q.before.createdAt, q.before.seq);
+        where.push("seq < ?");
+        args.push(q.before.seq);
       }
       const sql = `SELECT ${GRANT_COLS} FROM grants ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
-        ORDER BY created_at DESC, seq DESC LIMIT ?`;
+        ORDER BY seq DESC LIMIT ?`;
       args.push(q.limit + 1);
       rows.push(...(this.q(sql).all(...args) as unknown as GrantRow[]));
     };
     if (scopes.length === 0) run(undefined, undefined);
     else for (const s of scopes) run(s.column, s.value);
-    rows.sort((a, b) => b.created_at - a.created_at || b.seq - a.seq);
+    rows.sort((a, b) => b.seq - a.seq);
     const unique = rows.filter((r, i) => i === 0 || r.seq !== rows[i - 1]!.seq);
     const page = unique.slice(0, q.limit);
     return { items: page.map(grantFromRow), hasMore: unique.length > q.limit };
@@ -455,6 +540,8 @@ export class SqliteStore implements Store {
     if (t.grantType !== undefined) {
       request = `json_set(${request}, '$.grant_type', ?)`;
       requestArgs.push(t.grantType);
+      sets.push("grant_type = ?");
+      args.push(t.grantType);
     }
     if (t.duration === null) request = `json_remove(${request}, '$.duration')`;
     else if (t.duration !== undefined) {
@@ -467,20 +554,25 @@ export class SqliteStore implements Store {
     }
     const placeholders = t.from.map(() => "?").join(", ");
     // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
-    const r = this.q(
+    const r = this.wq(
       `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
     ).get(...args, id, ...t.from) as GrantRow | undefined;
     return r ? grantFromRow(r) : undefined;
   }
 
   expireDue(now: number): string[] {
-    const rows = this.q(
+    const rows = this.wq(
       "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
     ).all(now) as { id: string }[];
     return rows.map((r) => r.id);
   }
 
+  checkpoint(): void {
+    if (!this.db.isTransaction) this.db.exec("PRAGMA wal_checkpoint(PASSIVE)");
+  }
+
   close(): void {
+    this.commitBatch();
     this.stmts.clear();
     if (this.db.isOpen) this.db.close();
   }

@@ -134,5 +134,11 @@ export interface Store {
   /** Marks approved grants past expires_at as expired; returns their ids. */
   expireDue(now: number): string[];
 
+  /** Pending durability: resolves once every write made so far is committed (undefined: none). */
+  flushed?(): Promise<void> | undefined;
+
+  /** Housekeeping the server runs on a timer (SQLite: a passive WAL checkpoint). */
+  checkpoint(): void;
+
   close(): void;
 }

@@ -1,0 +1,253 @@
+// IdP benchmark: full grant lifecycles (create -> approve -> token -> consume) per second at 1, 10
+// and 50 concurrent clients with p50/p99 per request type, on a store already holding 100,000
+// grants; then approval-to-waiter notification latency (Prefer: wait). Drives the real
+// `dist/apes idp serve` process over HTTP. Run with the pinned node: `node bench/idp/run.ts`.
+import { spawn } from "node:child_process";
+import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { Pool } from "undici";
+import { matchKey } from "../../idp/grants.ts";
+import { newSigningKeyRecord } from "../../idp/keys.ts";
+import { openSqliteStore } from "../../idp/store/sqlite.ts";
+import { formatSshPublicKey } from "../../protocol/keys.ts";
+import type { Grant } from "../../protocol/types.ts";
+
+const args = new Map(
+  process.argv.slice(2).map((a) => {
+    const [k, v] = a.replace(/^--/, "").split("=");
+    return [k!, v ?? "1"];
+  }),
+);
+const SEED = Number(args.get("seed") ?? 100_000);
+const SECONDS = Number(args.get("seconds") ?? 8);
+const LEVELS = (args.get("clients") ?? "1,10,50").split(",").map(Number);
+const LOG_LEVEL = args.get("log-level") ?? "warn";
+const NOTIFY_SAMPLES = Number(args.get("notify") ?? 300);
+const root = resolve(import.meta.dirname, "..", "..");
+const bin = join(root, "dist", "apes");
+const MAX_CLIENTS = Math.max(...LEVELS);
+
+const pct = (xs: number[], p: number) => {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+const ms = (x: number) => x.toFixed(2);
+
+// --- seed ---
+const base = mkdtempSync(join(tmpdir(), "apes-bench-idp-"));
+const dataDir = join(base, "data");
+const store = openSqliteStore(dataDir);
+const human = generateKeyPairSync("ed25519");
+const agents: { email: string; key: KeyObject }[] = [];
+const t = performance.now();
+store.transaction(() => {
+  store.addUser({
+    email: "alice@bench.test",
+    kind: "human",
+    publicKey: formatSshPublicKey(human.publicKey),
+    createdAt: 1,
+  });
+  for (let i = 0; i < MAX_CLIENTS; i++) {
+    const k = generateKeyPairSync("ed25519");
+    const email = `agent${i}@bench.test`;
+    store.addUser({
+      email,
+      kind: "agent",
+      owner: "alice@bench.test",
+      publicKey: formatSshPublicKey(k.publicKey),
+      createdAt: 1,
+    });
+    agents.push({ email, key: k.privateKey });
+  }
+  store.addSigningKey(newSigningKeyRecord(1));
+  const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
+  const now = Math.floor(Date.now() / 1000);
+  for (let i = 0; i < SEED; i++) {
+    const requester = agents[i % agents.length]!.email;
+    const grant: Grant = {
+      id: randomUUID(),
+      type: "command",
+      request: {
+        requester,
+        target_host: "web1",
+        audience: "escapes",
+        grant_type: "once",
+        command: ["seed", String(i)],
+      },
+      status: statuses[i % statuses.length]!,
+      created_at: now - SEED + i,
+    };
+    store.insertGrant({ grant, matchKey: matchKey(grant.request) });
+  }
+});
+store.close();
+console.log(
+  `seeded ${SEED} grants, ${MAX_CLIENTS} agents in ${((performance.now() - t) / 1000).toFixed(1)} s`,
+);
+
+// --- server ---
+// --profile=DIR runs the server from source under --cpu-prof (for optimizing), else the built binary.
+const PROFILE = args.get("profile");
+const serveArgs = ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dataDir, "--log-level", LOG_LEVEL];
+const proc = PROFILE
+  ? spawn(
+      process.execPath,
+      ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs],
+      {
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    )
+  : spawn(bin, serveArgs, { stdio: ["ignore", "ignore", "pipe"] });
+const url: string = await new Promise((res, rej) => {
+  let buf = "";
+  proc.stderr!.on("data", (c: Buffer) => {
+    buf += c.toString();
+    const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
+    if (m) {
+      proc.stderr!.removeAllListeners("data");
+      proc.stderr!.resume();
+      res(m[1]!);
+    }
+  });
+  proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
+});
+const pool = new Pool(url, { connections: MAX_CLIENTS + 10, pipelining: 1 });
+
+async function call(
+  method: string,
+  path: string,
+  token: string | undefined,
+  body?: unknown,
+  headers: Record<string, string> = {},
+) {
+  const h: Record<string, string> = { ...headers };
+  if (token) h.authorization = `Bearer ${token}`;
+  if (body !== undefined) h["content-type"] = "application/json";
+  const r = await pool.request({
+    method: method as "GET",
+    path,
+    headers: h,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.body.text();
+  return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
+}
+
+const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
+const path = (u: string) => new URL(u).pathname;
+const G = path(disco.openape_grants_endpoint);
+
+async function login(email: string, key: KeyObject) {
+  const { challenge } = (
+    await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
+  ).body;
+  const signature = sign(null, Buffer.from(challenge), key).toString("base64");
+  const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
+    id: email,
+    challenge,
+    signature,
+  });
+  if (r.status !== 200) throw new Error(`login ${email}: ${r.status}`);
+  return r.body.token as string;
+}
+const humanToken = await login("alice@bench.test", human.privateKey);
+const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
+
+// --- lifecycles ---
+type Kind = "create" | "approve" | "token" | "consume";
+const results: string[] = [];
+let seq = 0;
+for (const clients of LEVELS) {
+  const lat: Record<Kind, number[]> = { create: [], approve: [], token: [], consume: [] };
+  let done = 0;
+  let errors = 0;
+  const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
+    const s = performance.now();
+    const r = await f();
+    lat[kind].push(performance.now() - s);
+    return r;
+  };
+  const deadline = performance.now() + SECONDS * 1000;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, i) => {
+      const token = agentTokens[i]!;
+      while (performance.now() < deadline) {
+        const c = await timed("create", () =>
+          call("POST", G, token, {
+            target_host: "web1",
+            audience: "escapes",
+            grant_type: "once",
+            command: ["bench", String(seq++)],
+          }),
+        );
+        if (c.status !== 201) {
+          errors++;
+          continue;
+        }
+        const id = c.body.id;
+        const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken));
+        const tk = await timed("token", () => call("POST", `${G}/${id}/token`, token));
+        const cs = await timed("consume", () => call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt));
+        if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
+        else errors++;
+      }
+    }),
+  );
+  const secs = (performance.now() - started) / 1000;
+  const line = `| ${clients} | ${(done / secs).toFixed(0)} | ${(
+    ["create", "approve", "token", "consume"] as Kind[]
+  )
+    .map((k) => `${ms(pct(lat[k], 50))} / ${ms(pct(lat[k], 99))}`)
+    .join(" | ")} | ${errors} |`;
+  results.push(line);
+  console.log(
+    `clients=${clients}: ${done} lifecycles in ${secs.toFixed(1)} s = ${(done / secs).toFixed(0)}/s, errors ${errors}`,
+  );
+}
+
+// --- notification latency: approve -> parked waiter answered ---
+const notify: number[] = [];
+for (let i = 0; i < NOTIFY_SAMPLES; i++) {
+  const token = agentTokens[i % agentTokens.length]!;
+  const c = await call("POST", G, token, {
+    target_host: "web1",
+    audience: "escapes",
+    grant_type: "once",
+    command: ["notify", String(i)],
+  });
+  const etag = c.headers.etag as string;
+  let answered = 0;
+  const waiter = call("GET", `${G}/${c.body.id}`, token, undefined, {
+    prefer: "wait=30",
+    "if-none-match": etag,
+  }).then((r) => {
+    answered = performance.now();
+    return r;
+  });
+  // Let the waiter park at the IdP before approving.
+  await new Promise((r) => setTimeout(r, 5));
+  const sent = performance.now();
+  await call("POST", `${G}/${c.body.id}/approve`, humanToken);
+  const r = await waiter;
+  if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
+  notify.push(answered - sent);
+}
+
+proc.kill("SIGTERM");
+await new Promise((r) => proc.once("exit", r));
+await pool.close();
+rmSync(base, { recursive: true, force: true });
+
+console.log(`\nstore: ${SEED} seeded grants; server log level ${LOG_LEVEL}; ${SECONDS} s per level\n`);
+console.log(
+  "| clients | lifecycles/s | create p50 / p99 ms | approve p50 / p99 ms | token p50 / p99 ms | consume p50 / p99 ms | errors |",
+);
+console.log("|---|---|---|---|---|---|---|");
+for (const l of results) console.log(l);
+console.log(
+  `\nnotification (approve sent -> waiter answered), ${NOTIFY_SAMPLES} samples: p50 ${ms(pct(notify, 50))} ms, p99 ${ms(pct(notify, 99))} ms, max ${ms(Math.max(...notify))} ms`,
+);

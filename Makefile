@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test lint typecheck check clean bench-startup bench-cli
+.PHONY: all build bundle test lint typecheck check clean bench-startup bench-cli bench-idp
 
 all: build
 
@@ -31,6 +31,9 @@ bench-startup: build
 
 bench-cli: build
 	node bench/cli/run.mjs
+
+bench-idp: build
+	node bench/idp/run.ts
 
 clean:
 	rm -rf dist build

@@ -166,3 +166,39 @@ describe("keyring", () => {
     expect(ring.publicKey("unknown", 1200)).toBeUndefined();
   });
 });
+
+describe("group commit", () => {
+  it("batches writes until setImmediate; other connections see them only after flushed()", async () => {
+    const { s, dir } = open();
+    s.enableGroupCommit();
+    const reader = openSqliteStore(dir);
+    stores.push(reader);
+    const { grant } = s.insertGrant({ grant: g("a", 1) });
+    s.transition(grant.id, { from: ["pending"], to: "approved", decidedBy: "x", decidedAt: 2 });
+    const flushed = s.flushed();
+    expect(flushed).toBeInstanceOf(Promise);
+    // The writer's own reads see the batch; another connection does not, yet.
+    expect(s.getGrant(grant.id)?.grant.status).toBe("approved");
+    expect(reader.getGrant(grant.id)).toBeUndefined();
+    await flushed;
+    expect(s.flushed()).toBeUndefined();
+    expect(reader.getGrant(grant.id)?.grant.status).toBe("approved");
+  });
+
+  it("a failing transaction inside a batch rolls back only itself", async () => {
+    const { s, dir } = open();
+    s.enableGroupCommit();
+    s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+    // The duplicate approver row fails after the user row was written: the savepoint undoes both.
+    expect(() =>
+      s.transaction(() => {
+        s.addUser({ email: "bob@x", kind: "human", createdAt: 1 });
+        s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+      }),
+    ).toThrow();
+    await s.flushed();
+    const reader = openSqliteStore(dir);
+    stores.push(reader);
+    expect(reader.listUsers().map((u) => u.email)).toEqual(["alice@x"]);
+  });
+});

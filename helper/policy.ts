@@ -14,7 +14,8 @@ import { parse } from "smol-toml";
  *   run_as = ["root"]                             # Unix users a command may run as (default ["root"])
  *   allow_self_approval = false                   # may a requester approve its own grant? (default false)
  *   allow_loopback_http = false                   # accept http:// issuers on 127.0.0.1/::1/localhost
- *   ca_pem = '''-----BEGIN CERTIFICATE-----...''' # extra CA(s) for TLS to the issuers (PEM, inline)
+ *   ca_pem = '''-----BEGIN CERTIFICATE-----...''' # the issuers' TLS CA(s), PEM inline; when set, ONLY
+ *                                                 #   these are trusted (pinned), not the system roots
  *   ca_file = "/etc/apes/idp-ca.pem"              # or: a PEM file the verifier (user _apes) can read
  *   [users]                                       # REQUIRED: Unix user -> identities it may act as
  *   deploy = ["agent-deploy@example.com"]

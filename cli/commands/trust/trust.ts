@@ -56,7 +56,10 @@ export function register(program: Command, getContext: GetContext): void {
     .option("--audience <aud>", 'accepted grant audiences (default "escapes"; repeatable)', collectList)
     .option("--run-as <list>", "Unix users commands may run as (default root)", collectList)
     .option("--host <name>", "this machine's name in grants (default: the hostname)")
-    .option("--ca-file <pem>", "CA certificate(s) for the IdP's TLS; copied into the policy")
+    .option(
+      "--ca-file <pem>",
+      "the IdP's TLS CA certificate(s): copied into the policy and pinned (system roots then not trusted)",
+    )
     .option(
       "--allow-loopback-http",
       "accept a plain http:// IdP on 127.0.0.1/::1/localhost (single-machine setups)",

@@ -1,0 +1,271 @@
+// Elevation benchmark: `apes --reason bench -- /bin/true` through the real setuid shim, with a reusable
+// approved timed grant, against `sudo -n true` (NOPASSWD) in the same run, plus the split between
+// shim, requester, verifier and IdP round trips. As root (installs the shim into a temp prefix, adds
+// a user and a sudoers drop-in, both removed at the end; installs sudo with apt when missing).
+// Run with the pinned node: `node bench/elevate/run.ts [--rounds=40]` (or `make bench-elevate`).
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { addUser, api, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
+import {
+  collect,
+  ensureUser,
+  installIntoTempPrefix,
+  makeUserDir,
+  spawnAsUser,
+  VERIFY_USER,
+  writeConfig,
+} from "../../test/helpers/shim.ts";
+
+const args = new Map(
+  process.argv.slice(2).map((a) => {
+    const [k, v] = a.replace(/^--/, "").split("=");
+    return [k!, v ?? "1"];
+  }),
+);
+const ROUNDS = Number(args.get("rounds") ?? 40);
+const WARMUP = 5;
+const BENCH_USER = "apes-bench";
+const SUDOERS = "/etc/sudoers.d/apes-bench";
+const CMD = ["/bin/true"];
+const OPTS = ["--approval", "timed", "--duration", "1h", "--reason", "bench"];
+
+if (process.getuid?.() !== 0) {
+  console.error("bench/elevate needs root (it installs the setuid shim into a temporary prefix)");
+  process.exit(77);
+}
+if (!existsSync("/usr/bin/sudo")) {
+  console.error("installing sudo (apt-get) for the comparison...");
+  execFileSync("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "sudo"], {
+    stdio: "inherit",
+    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+  });
+}
+
+const work = mkdtempSync(join(tmpdir(), "apes-bench-elevate-"));
+chmodSync(work, 0o755); // the bench user reads its HOME and the CA below it
+const cleanups: (() => unknown)[] = [() => rmSync(work, { recursive: true, force: true })];
+try {
+  await main();
+} finally {
+  for (const c of cleanups.reverse()) await c();
+}
+
+async function main() {
+  const inst = await installIntoTempPrefix();
+  cleanups.push(() => inst.cleanup());
+  const user = ensureUser(BENCH_USER);
+  cleanups.push(() => spawnSync("userdel", [BENCH_USER]));
+  const verifier = ensureUser(VERIFY_USER, true);
+  writeFileSync(SUDOERS, `${BENCH_USER} ALL=(root) NOPASSWD: /usr/bin/true, /bin/true\n`, { mode: 0o440 });
+  cleanups.push(() => rmSync(SUDOERS, { force: true }));
+
+  // TLS IdP on loopback with a throw-away CA, as in `make demo`.
+  const ssl = (a: string[]) => execFileSync("openssl", a, { cwd: work, stdio: "ignore" });
+  ssl(
+    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"].concat([
+      "-subj",
+      "/CN=bench CA",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+    ]),
+  );
+  ssl(
+    [
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-subj",
+      "/CN=127.0.0.1",
+    ].concat(["-keyout", "server.key", "-out", "server.csr"]),
+  );
+  writeFileSync(join(work, "ext"), "subjectAltName=IP:127.0.0.1\n");
+  ssl(
+    ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"].concat([
+      "-days",
+      "1",
+      "-extfile",
+      "ext",
+      "-out",
+      "server.pem",
+    ]),
+  );
+  const caPem = join(work, "ca.pem");
+  const data = join(work, "idp");
+  const human = newKey("alice");
+  const agent = newKey("bot");
+  await addUser(data, "alice@example.com", { publicKey: human.publicLine });
+  await addUser(data, "bot@example.com", {
+    agent: true,
+    owner: "alice@example.com",
+    publicKey: agent.publicLine,
+  });
+  const idp = await startIdp({
+    dataDir: data,
+    tls: { cert: join(work, "server.pem"), key: join(work, "server.key") },
+    extraArgs: ["--log-level", "warn"],
+  });
+  cleanups.push(() => idp.stop());
+  const caFetch = (await import("undici")).Agent;
+  const { readFileSync } = await import("node:fs");
+  const dispatcher = new caFetch({ connect: { ca: readFileSync(caPem, "utf8") } });
+  const tlsFetch = ((input: string, init?: RequestInit) =>
+    import("undici").then((u) =>
+      u.fetch(input, { ...(init as object), dispatcher } as never),
+    )) as unknown as typeof fetch;
+  const alice = api(
+    idp.url,
+    await loginWithKey(idp.url, "alice@example.com", human.privateKey, tlsFetch),
+    tlsFetch,
+  );
+  const grants = (await alice.get("/.well-known/openid-configuration")).body
+    .openape_grants_endpoint as string;
+
+  const home = makeUserDir(user, work);
+  writeFileSync(join(home, "key.pem"), agent.privateKey.export({ type: "pkcs8", format: "pem" }), {
+    mode: 0o600,
+  });
+  execFileSync("mkdir", ["-p", join(home, ".config", "apes")]);
+  writeFileSync(join(home, ".config", "apes", "config.toml"), `ca_file = "${caPem}"\n`);
+  execFileSync("chown", ["-R", `${user.uid}:${user.gid}`, home]);
+  const env = { HOME: home, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" };
+  const login = await collect(
+    spawnAsUser(
+      user,
+      [inst.shim, "login", "bot@example.com", "--key", join(home, "key.pem"), "--idp", idp.url],
+      { env },
+    ),
+  );
+  if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
+  writeConfig(
+    inst,
+    `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`,
+  );
+
+  // The reusable timed grant: the first elevation asks, alice approves over HTTP.
+  const first = spawnAsUser(user, [inst.shim, ...OPTS, "--", ...CMD], { env });
+  const firstDone = collect(first);
+  let id: string | undefined;
+  for (let i = 0; i < 200 && !id; i++) {
+    const list = await alice.get(`${grants}?status=pending`);
+    id = list.body?.data?.[0]?.id;
+    if (!id) await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!id) throw new Error("no pending grant");
+  await alice.post(`${grants}/${id}/approve`, {});
+  const r0 = await firstDone;
+  if (r0.code !== 0) throw new Error(`first elevation failed: ${r0.stderr}`);
+
+  const asUser = ["setpriv", "--reuid", String(user.uid), "--regid", String(user.gid), "--init-groups", "--"];
+  const run = (argv: string[], opts: Parameters<typeof spawnSync>[2] = {}) => {
+    const t = performance.now();
+    const r = spawnSync(argv[0]!, argv.slice(1), { cwd: "/", ...opts });
+    const ms = performance.now() - t;
+    if (r.status !== 0) throw new Error(`${argv.join(" ")} failed (${r.status}): ${r.stderr}`);
+    return { ms, r };
+  };
+  // One AuthZ-JWT of the timed grant for the verifier-alone runs (timed grants consume as "valid").
+  const tok = run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
+    env,
+    stdio: ["ignore", "ignore", "pipe", "pipe"],
+  }).r.output[3]!.toString();
+  const requestLine = `${JSON.stringify({ jwt: tok, argv: CMD, cmd_hash: cmdHash(CMD), user: BENCH_USER, uid: user.uid, run_as: "root" })}\n`;
+  const verifierEnv = { PATH: "/usr/bin:/bin", HOME: inst.cacheDir, LANG: "C.UTF-8", APES_VERIFIER: "1" };
+  const asVerifier = [
+    "setpriv",
+    "--reuid",
+    String(verifier.uid),
+    "--regid",
+    String(verifier.gid),
+    "--clear-groups",
+    "--",
+  ];
+
+  const cases: Record<string, () => number> = {
+    "setpriv /bin/true (harness floor)": () => run([...asUser, "/bin/true"], { env }).ms,
+    "sudo -n true": () => run([...asUser, "/usr/bin/sudo", "-n", "true"], { env }).ms,
+    "apes -- /bin/true (shim, timed grant reused)": () =>
+      run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
+    "requester alone (__request)": () =>
+      run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
+        env,
+        stdio: ["ignore", "ignore", "pipe", "pipe"],
+      }).ms,
+    "verifier alone (__verify)": () => {
+      const fd = openSync(inst.config, "r");
+      try {
+        return run([...asVerifier, inst.exec, "__verify", "--config-fd", "3"], {
+          env: verifierEnv,
+          cwd: inst.cacheDir,
+          input: requestLine,
+          stdio: ["pipe", "pipe", "pipe", fd],
+        }).ms;
+      } finally {
+        closeSync(fd);
+      }
+    },
+  };
+  const times: Record<string, number[]> = Object.fromEntries(Object.keys(cases).map((k) => [k, []]));
+  const names = Object.keys(cases);
+  for (let round = 0; round < WARMUP + ROUNDS; round++) {
+    // Rotate the order so no case always runs right after another.
+    for (let i = 0; i < names.length; i++) {
+      const name = names[(i + round) % names.length]!;
+      const ms = cases[name]!();
+      if (round >= WARMUP) times[name]!.push(ms);
+    }
+  }
+
+  // Phase split from the programs' own timing lines (median over 15 runs each).
+  const phases: Record<string, number[]> = {};
+  for (let i = 0; i < 15; i++) {
+    const req = run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
+      env: { ...env, APES_TIMING: "1" },
+      stdio: ["ignore", "ignore", "pipe", "pipe"],
+    }).r.stderr!.toString();
+    const fd = openSync(inst.config, "r");
+    const ver = run([...asVerifier, inst.exec, "__verify", "--config-fd", "3"], {
+      env: verifierEnv,
+      cwd: inst.cacheDir,
+      input: requestLine.replace(/}\n$/, ',"timing":true}\n'),
+      stdio: ["pipe", "pipe", "pipe", fd],
+    }).r.stderr!.toString();
+    closeSync(fd);
+    for (const m of `${req}\n${ver}`.matchAll(/^apes-timing: (\w+) (\w+) ([\d.]+)$/gm)) {
+      const key = `${m[1]} ${m[2]}`;
+      phases[key] = [...(phases[key] ?? []), Number(m[3])];
+    }
+  }
+
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  };
+  const pct = (xs: number[], p: number) =>
+    [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))]!;
+  const f = (x: number) => x.toFixed(1);
+  console.log(
+    `\n${ROUNDS} rounds after ${WARMUP} warm-up, interleaved; TLS IdP on 127.0.0.1; wall time of spawnSync\n`,
+  );
+  console.log("| case | median | p10 | p90 |\n| --- | ---: | ---: | ---: |");
+  for (const [name, xs] of Object.entries(times)) {
+    console.log(`| ${name} | ${f(median(xs))} ms | ${f(pct(xs, 0.1))} | ${f(pct(xs, 0.9))} |`);
+  }
+  console.log('\n| phase (from APES_TIMING / "timing":true) | median |\n| --- | ---: |');
+  for (const [name, xs] of Object.entries(phases)) console.log(`| ${name} | ${f(median(xs))} ms |`);
+  const total = median(times["apes -- /bin/true (shim, timed grant reused)"]!);
+  const reqMs = median(times["requester alone (__request)"]!);
+  const verMs = median(times["verifier alone (__verify)"]!);
+  const floor = median(times["setpriv /bin/true (harness floor)"]!);
+  console.log(
+    `\nsplit of the median elevation (${f(total)} ms): requester process ${f(reqMs - floor)} ms, verifier process ${f(verMs - floor)} ms, ` +
+      `shim + exec of the command + harness ${f(total - (reqMs - floor) - (verMs - floor))} ms (harness floor ${f(floor)} ms)`,
+  );
+}

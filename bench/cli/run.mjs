@@ -194,11 +194,16 @@ try {
     const id = run(["grants", "request", "--", "true"], bot.env).trim();
     const child = spawn(apes, ["grants", "wait", id, "--timeout", "60s"], {
       env,
-      stdio: ["ignore", "ignore", "pipe"],
+      stdio: ["ignore", "pipe", "pipe"],
     });
     let err = "";
+    let printed;
     child.stderr.on("data", (c) => {
       err += c;
+    });
+    // `grants wait` prints the final status on stdout: the moment the decision reached the client.
+    child.stdout.on("data", () => {
+      printed ??= process.hrtime.bigint();
     });
     const exited = new Promise((resolve) =>
       child.once("exit", (code) => resolve([code, process.hrtime.bigint()])),
@@ -214,20 +219,24 @@ try {
     if (res.status !== 200) throw new Error(`approve: ${res.status} ${await res.text()}`);
     const [code, t1] = await exited;
     if (code !== 0) throw new Error(`grants wait exited ${code}: ${err}`);
-    return Number(t1 - t0) / 1e6;
+    return { printed: Number(printed - t0) / 1e6, exited: Number(t1 - t0) / 1e6 };
   };
   const results = { push: [], poll: [] };
   for (let i = 0; i < waits; i++) {
     results.push.push(await latency("push"));
     results.poll.push(await latency("poll"));
   }
+  console.log(`\napproval -> \`apes grants wait\`, ${waits} runs each (approval after a random 0.5-3.5 s)`);
   console.log(
-    `\napproval -> \`apes grants wait\` exit, ${waits} runs each (approval after a random 0.5-3.5 s)`,
+    "mode                       status on stdout: median    min    max | exit: median    min    max",
   );
-  console.log("mode                        median     min     max");
   for (const [mode, xs] of Object.entries(results)) {
     const label = mode === "push" ? "push (Prefer: wait)" : "poll 3 s (APES_NO_PUSH=1)";
-    console.log(`${label.padEnd(24)} ${fmt(q(xs, 0.5))} ${fmt(q(xs, 0))} ${fmt(q(xs, 1))}`);
+    const p = xs.map((x) => x.printed);
+    const e = xs.map((x) => x.exited);
+    console.log(
+      `${label.padEnd(26)}                  ${fmt(q(p, 0.5))} ${fmt(q(p, 0))} ${fmt(q(p, 1))} |       ${fmt(q(e, 0.5))} ${fmt(q(e, 0))} ${fmt(q(e, 1))}`,
+    );
   }
 } finally {
   idpProc?.kill("SIGTERM");

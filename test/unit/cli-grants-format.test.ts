@@ -1,0 +1,74 @@
+import { describe, expect, it } from "vitest";
+import { ExitCode } from "../../cli/exit-codes.ts";
+import {
+  approvalAndDuration,
+  formatSeconds,
+  grantDetails,
+  grantTable,
+  parseDurationSeconds,
+  shellJoin,
+} from "../../cli/grants/format.ts";
+import type { Grant } from "../../protocol/types.ts";
+
+const usage = (f: () => unknown) => {
+  try {
+    f();
+  } catch (e) {
+    return (e as { exitCode?: number }).exitCode;
+  }
+  return undefined;
+};
+
+describe("grant option parsing", () => {
+  it("approval and duration go together", () => {
+    expect(approvalAndDuration(undefined, undefined)).toEqual({ grant_type: undefined, duration: undefined });
+    expect(approvalAndDuration("always", undefined)).toEqual({ grant_type: "always", duration: undefined });
+    expect(approvalAndDuration(undefined, "30m")).toEqual({ grant_type: "timed", duration: 1800 });
+    expect(approvalAndDuration("timed", "1h30m")).toEqual({ grant_type: "timed", duration: 5400 });
+    expect(usage(() => approvalAndDuration("timed", undefined))).toBe(ExitCode.USAGE);
+    expect(approvalAndDuration("timed", undefined, { timedNeedsDuration: false }).grant_type).toBe("timed");
+    expect(usage(() => approvalAndDuration("once", "5m"))).toBe(ExitCode.USAGE);
+    expect(usage(() => approvalAndDuration("forever", undefined))).toBe(ExitCode.USAGE);
+  });
+
+  it("durations are at least one second", () => {
+    expect(parseDurationSeconds("90")).toBe(90);
+    expect(usage(() => parseDurationSeconds("500ms"))).toBe(ExitCode.USAGE);
+    expect(usage(() => parseDurationSeconds("-5m"))).toBe(ExitCode.USAGE);
+    expect(formatSeconds(1800)).toBe("30m");
+    expect(formatSeconds(7200)).toBe("2h");
+    expect(formatSeconds(90)).toBe("90s");
+  });
+});
+
+describe("grant rendering", () => {
+  const g: Grant = {
+    id: "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d",
+    type: "command",
+    status: "pending",
+    created_at: 1_790_000_000,
+    request: {
+      requester: "bot@example.com",
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "timed",
+      duration: 1800,
+      command: ["sh", "-c", "echo 'hi there'"],
+      reason: "logs",
+    },
+  };
+
+  it("quotes arguments so the approver sees the exact argv", () => {
+    expect(shellJoin(["ls", "-la", "/root dir", "it's", ""])).toBe(`ls -la '/root dir' 'it'\\''s' ''`);
+    expect(grantTable([g])).toContain(`sh -c 'echo '\\''hi there'\\'''`);
+    expect(grantTable([g])).toContain("timed 30m");
+    expect(grantTable([])).toBe("no grants");
+  });
+
+  it("shows the details that matter and skips empty ones", () => {
+    const text = grantDetails(g);
+    expect(text).toMatch(/^requester: +bot@example.com$/m);
+    expect(text).toMatch(/^reason: +logs$/m);
+    expect(text).not.toContain("decided by");
+  });
+});

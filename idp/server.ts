@@ -201,14 +201,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     }
   }, 5000);
   sweep.unref();
-  const checkpoint = setInterval(() => {
-    try {
-      store.checkpoint();
-    } catch (e) {
-      opts.log.log("warn", "checkpoint failed", { error: (e as Error).message });
-    }
-  }, 1000);
-  checkpoint.unref();
+  const stopCheckpointer = sqlite.startCheckpointer(1000);
 
   opts.log.always("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
 
@@ -219,7 +212,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     close() {
       closing ??= new Promise<void>((resolve) => {
         clearInterval(sweep);
-        clearInterval(checkpoint);
+
         shutdown.abort();
         const force = setTimeout(() => server.closeAllConnections(), 10_000);
         force.unref();
@@ -228,8 +221,10 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         server.close(() => {
           clearTimeout(force);
           clearInterval(idle);
-          store.close();
-          resolve();
+          void stopCheckpointer().then(() => {
+            store.close();
+            resolve();
+          });
         });
         server.closeIdleConnections();
       });

@@ -1,6 +1,7 @@
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { Worker } from "node:worker_threads";
 import type { Grant, GrantRequest } from "../../protocol/types.ts";
 import type {
   GrantPage,
@@ -135,8 +136,8 @@ function grantFromRow(r: GrantRow): StoredGrant {
 export interface SqliteOptions {
   busyTimeoutMs?: number;
   /**
-   * false: no checkpoint inside commits; the owner calls checkpoint() on a timer instead (the
-   * server: a checkpoint syncs the files, and once a second is enough).
+   * false: no checkpoint inside commits; the owner runs startCheckpointer() (or checkpoint() on a
+   * timer) instead: a checkpoint syncs the files, and once a second is enough.
    */
   autoCheckpoint?: boolean;
 }
@@ -161,7 +162,7 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   for (const suffix of ["-wal", "-shm"]) {
     if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
   }
-  return new SqliteStore(db);
+  return new SqliteStore(db, file);
 }
 
 function migrate(db: DatabaseSync): void {
@@ -180,12 +181,23 @@ function migrate(db: DatabaseSync): void {
   }
 }
 
+const CHECKPOINTER = `
+const { parentPort, workerData } = require("node:worker_threads");
+const { DatabaseSync } = require("node:sqlite");
+const db = new DatabaseSync(workerData.file, { timeout: 5000 });
+const run = () => { try { db.exec("PRAGMA wal_checkpoint(PASSIVE)"); } catch {} };
+const timer = setInterval(run, workerData.intervalMs);
+parentPort.on("message", () => { clearInterval(timer); run(); db.close(); parentPort.close(); });
+`;
+
 export class SqliteStore implements Store {
   private readonly db: DatabaseSync;
+  private readonly file: string;
   private readonly stmts = new Map<string, StatementSync>();
 
-  constructor(db: DatabaseSync) {
+  constructor(db: DatabaseSync, file: string) {
     this.db = db;
+    this.file = file;
   }
 
   /** Cached prepared statement. */
@@ -569,6 +581,26 @@ export class SqliteStore implements Store {
 
   checkpoint(): void {
     if (!this.db.isTransaction) this.db.exec("PRAGMA wal_checkpoint(PASSIVE)");
+  }
+
+  /**
+   * Checkpoints the WAL every `intervalMs` from a worker thread with its own connection: copying
+   * pages and syncing the files then never stalls the server's event loop (a PASSIVE checkpoint
+   * does not block writers). Returns a function that stops it.
+   */
+  startCheckpointer(intervalMs = 1000): () => Promise<void> {
+    const worker = new Worker(CHECKPOINTER, { eval: true, workerData: { file: this.file, intervalMs } });
+    worker.unref();
+    return async () => {
+      worker.postMessage("stop");
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => void worker.terminate().then(() => resolve()), 2000);
+        worker.once("exit", () => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    };
   }
 
   close(): void {

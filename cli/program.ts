@@ -1,5 +1,6 @@
 import { Command, CommanderError, Option } from "commander";
 import { registerCommands } from "./commands/index.ts";
+import { isInternal, runInternal } from "./commands/internal/fast.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
 import { routeArgv } from "./elevation/grammar.ts";
 import { CliError } from "./errors.ts";
@@ -72,6 +73,15 @@ Run \`apes <command> --help\` for a command's options.`,
 
 /** Runs the program and returns the exit status; never throws. */
 export async function runCli(argv: readonly string[], overrides: Partial<Context> = {}): Promise<number> {
+  if (isInternal(argv)) {
+    // The shim's helpers (every elevation): no command tree, see commands/internal/fast.ts.
+    const stderr = overrides.io?.stderr ?? { write: (s: string) => process.stderr.write(s) };
+    try {
+      return await runInternal(argv, overrides);
+    } catch (e) {
+      return reportError(e, stderr, () => (overrides.env ?? process.env).APES_DEBUG === "1");
+    }
+  }
   const { program, getContext } = buildProgram(overrides);
   // process.stderr is created on first access (a stream and its modules): only touch it for an error.
   const stderr = overrides.io?.stderr ?? { write: (s: string) => process.stderr.write(s) };

@@ -6,7 +6,8 @@ import type { GetContext } from "../../program.ts";
 
 /**
  * `apes __request --result-fd N [elevation options] -- CMD...`: run by the setuid shim as the
- * invoking user; writes the AuthZ-JWT to fd N and nowhere else. Hidden from help.
+ * invoking user; writes the AuthZ-JWT to fd N and nowhere else. Hidden from help. The shim's calls
+ * take a fast route in program.ts (no command tree); this registration serves `--help` and tests.
  */
 export function register(program: Command, getContext: GetContext): void {
   const cmd = program
@@ -14,33 +15,36 @@ export function register(program: Command, getContext: GetContext): void {
     .description("internal: request, wait for and deliver an elevation grant (run by the shim)")
     .requiredOption("--result-fd <n>", "the inherited pipe the AuthZ-JWT is written to");
   addElevationOptions(cmd).action(async (_args: string[], _opts: unknown, self: Command) => {
-    const raw = rootRawArgs(self);
-    if (raw[0] !== "__request") throw usageError("__request must come first");
-    let rest = raw.slice(1);
-    let fdText: string | undefined;
-    if (rest[0] === "--result-fd") {
-      fdText = rest[1];
-      rest = rest.slice(2);
-    } else if (rest[0]?.startsWith("--result-fd=")) {
-      fdText = rest[0].slice("--result-fd=".length);
-      rest = rest.slice(1);
-    }
-    if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
-    const req = elevationFromRaw(rest);
-    // The runtime's fetch loads Node's bundled undici on first use (~30 ms); the requester runs once
-    // per elevation, so it talks HTTP through cli/http.ts's node:http(s) client instead.
-    const { nodeFetch } = await import("../../http.ts");
-    const base = getContext();
-    const ctx: Context = { ...base, http: ((input, init) => nodeFetch(input, init)) as Fetch };
-    const controller = new AbortController();
-    const onSignal = () => controller.abort(new Error("interrupted"));
-    const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-    for (const s of signals) process.on(s, onSignal);
-    try {
-      const { runRequester } = await import("../../elevation/request.ts");
-      await runRequester(ctx, req, { resultFd: Number(fdText), signal: controller.signal });
-    } finally {
-      for (const s of signals) process.off(s, onSignal);
-    }
+    await requestAction(getContext(), rootRawArgs(self));
   });
+}
+
+/** `raw` is the whole argv, starting with `__request`. */
+export async function requestAction(base: Context, raw: readonly string[]): Promise<void> {
+  if (raw[0] !== "__request") throw usageError("__request must come first");
+  let rest = raw.slice(1);
+  let fdText: string | undefined;
+  if (rest[0] === "--result-fd") {
+    fdText = rest[1];
+    rest = rest.slice(2);
+  } else if (rest[0]?.startsWith("--result-fd=")) {
+    fdText = rest[0].slice("--result-fd=".length);
+    rest = rest.slice(1);
+  }
+  if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
+  const req = elevationFromRaw(rest);
+  // The runtime's fetch loads Node's bundled undici on first use (~30 ms); the requester runs once
+  // per elevation, so it talks HTTP through cli/http.ts's node:http(s) client instead.
+  const { nodeFetch } = await import("../../http.ts");
+  const ctx: Context = { ...base, http: ((input, init) => nodeFetch(input, init)) as Fetch };
+  const controller = new AbortController();
+  const onSignal = () => controller.abort(new Error("interrupted"));
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const s of signals) process.on(s, onSignal);
+  try {
+    const { runRequester } = await import("../../elevation/request.ts");
+    await runRequester(ctx, req, { resultFd: Number(fdText), signal: controller.signal });
+  } finally {
+    for (const s of signals) process.off(s, onSignal);
+  }
 }

@@ -1,0 +1,37 @@
+import { type Context, createContext } from "../../context.ts";
+import { parseElevation } from "../../elevation/grammar.ts";
+
+/**
+ * The setuid shim runs `apes __request ...` and `apes __verify ...` on every elevation; they skip
+ * building the commander tree (~20 ms each, measured in bench/elevate) and parse their fixed argv
+ * themselves. Returns 0 or throws (CliError) like any command.
+ */
+export function isInternal(argv: readonly string[]): boolean {
+  return argv[0] === "__request" || argv[0] === "__verify";
+}
+
+export async function runInternal(argv: readonly string[], overrides: Partial<Context>): Promise<number> {
+  const env = overrides.env ?? process.env;
+  if (argv[0] === "__verify") {
+    const { configFdArg, verifyAction } = await import("./verify.ts");
+    const fd = configFdArg(argv);
+    const ctx = createContext({ json: false, debug: false, color: false }, overrides);
+    await verifyAction(ctx, fd);
+    return 0;
+  }
+  // __request --result-fd N [elevation options] -- CMD: the globals are among the options.
+  const rest = argv[1]?.startsWith("--result-fd=") ? argv.slice(2) : argv.slice(3);
+  const parsed = parseElevation(rest, false);
+  const flags = parsed.ok ? parsed.args : { json: false, debug: false, noColor: false };
+  const ctx = createContext(
+    {
+      json: flags.json,
+      debug: flags.debug || env.APES_DEBUG === "1",
+      color: !flags.noColor && !env.NO_COLOR,
+    },
+    overrides,
+  );
+  const { requestAction } = await import("./request.ts");
+  await requestAction(ctx, argv);
+  return 0;
+}

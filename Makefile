@@ -126,3 +126,9 @@ uninstall:
 .PHONY: demo
 demo: build
 	bash scripts/demo.sh
+
+# As root: `apes -- /bin/true` through the shim (reused timed grant) against `sudo -n true`, with the
+# split between requester, verifier and shim (bench/elevate/run.ts; installs sudo with apt if missing).
+.PHONY: bench-elevate
+bench-elevate: build
+	node bench/elevate/run.ts

@@ -160,6 +160,8 @@ export async function runRequester(
   }
   const { authz_jwt } = await client.token(grant.id);
   mark("token");
+  // Interrupted before the wait (or right after it ended): deliver nothing.
+  if (options.signal?.aborted) throw new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
   deps.deliver(options.resultFd, authz_jwt);
   mark("deliver");
   if (timing) ctx.io.stderr.write(`apes-timing: requester total ${(performance.now() - t0).toFixed(1)}\n`);

@@ -236,6 +236,23 @@ describe("runRequester", () => {
     expect(ctx.stderr.text).toContain("cancelled");
   });
 
+  it("an interrupt that arrives while an approved grant is fetched delivers nothing", async () => {
+    const { client, rec } = fakeClient({
+      create: () => ({ grant: grant({ status: "approved" }), reused: true }),
+    });
+    const controller = new AbortController();
+    controller.abort(new Error("interrupted"));
+    const e = await failure(
+      runRequester(fakeContext(), request(["--", "id", "-u"]), {
+        resultFd: 3,
+        signal: controller.signal,
+        deps: deps(client, rec, async () => grant()),
+      }),
+    );
+    expect(e.exitCode).toBe(130);
+    expect(rec.delivered).toEqual([]);
+  });
+
   it("a timeout ends with 75 and says how to continue", async () => {
     const { client, rec } = fakeClient();
     const e = await failure(

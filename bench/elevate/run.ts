@@ -26,6 +26,8 @@ const args = new Map(
   }),
 );
 const ROUNDS = Number(args.get("rounds") ?? 40);
+/** --tls=0: plain http on loopback (allow_loopback_http), to see what TLS costs. */
+const TLS = args.get("tls") !== "0";
 const WARMUP = 5;
 const BENCH_USER = "apes-bench";
 const SUDOERS = "/etc/sudoers.d/apes-bench";
@@ -109,17 +111,17 @@ async function main() {
   });
   const idp = await startIdp({
     dataDir: data,
-    tls: { cert: join(work, "server.pem"), key: join(work, "server.key") },
+    ...(TLS ? { tls: { cert: join(work, "server.pem"), key: join(work, "server.key") } } : {}),
     extraArgs: ["--log-level", "warn"],
   });
   cleanups.push(() => idp.stop());
   const caFetch = (await import("undici")).Agent;
   const { readFileSync } = await import("node:fs");
   const dispatcher = new caFetch({ connect: { ca: readFileSync(caPem, "utf8") } });
-  const tlsFetch = ((input: string, init?: RequestInit) =>
-    import("undici").then((u) =>
-      u.fetch(input, { ...(init as object), dispatcher } as never),
-    )) as unknown as typeof fetch;
+  const tlsFetch = (TLS
+    ? (input: string, init?: RequestInit) =>
+        import("undici").then((u) => u.fetch(input, { ...(init as object), dispatcher } as never))
+    : fetch) as unknown as typeof fetch;
   const alice = api(
     idp.url,
     await loginWithKey(idp.url, "alice@example.com", human.privateKey, tlsFetch),
@@ -133,7 +135,7 @@ async function main() {
     mode: 0o600,
   });
   execFileSync("mkdir", ["-p", join(home, ".config", "apes")]);
-  writeFileSync(join(home, ".config", "apes", "config.toml"), `ca_file = "${caPem}"\n`);
+  writeFileSync(join(home, ".config", "apes", "config.toml"), TLS ? `ca_file = "${caPem}"\n` : "");
   execFileSync("chown", ["-R", `${user.uid}:${user.gid}`, home]);
   const env = { HOME: home, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" };
   const login = await collect(
@@ -146,7 +148,7 @@ async function main() {
   if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
   writeConfig(
     inst,
-    `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`,
+    `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\n${TLS ? `ca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''` : "allow_loopback_http = true"}\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`,
   );
 
   // The reusable timed grant: the first elevation asks, alice approves over HTTP.

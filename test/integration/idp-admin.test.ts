@@ -224,6 +224,48 @@ describe("idp serve options", () => {
     idp = undefined;
   });
 
+  it("refuses an expired session token (--token-ttl 1s)", async () => {
+    const dir = join(tmp("apes-idp-ttl-"), "d");
+    const k = newKey();
+    await addUser(dir, "t@example.com", { publicKey: k.publicLine });
+    idp = await startIdp({ dataDir: dir, tokenTtl: "1s" });
+    const token = await loginWithKey(idp.url, "t@example.com", k.privateKey);
+    expect((await api(idp.url, token).get("/api/me")).status).toBe(200);
+    let r = await api(idp.url, token).get("/api/me");
+    for (let i = 0; i < 40 && r.status === 200; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      r = await api(idp.url, token).get("/api/me");
+    }
+    expect(r.status).toBe(401);
+    expect(r.body).toMatchObject({ type: "https://openape.org/errors/invalid_token", reason: "expired" });
+    await idp.stop();
+    idp = undefined;
+  });
+
+  it("explains a port in use and unreadable TLS files", async () => {
+    const dir = join(tmp("apes-idp-port-"), "d");
+    idp = await startIdp({ dataDir: dir });
+    const port = new URL(idp.url).port;
+    const busy = await runApes(["idp", "serve", "--listen", `127.0.0.1:${port}`, "--data", `${dir}2`]);
+    expect(busy.code).toBe(69);
+    expect(busy.stderr).toMatch(/already in use/);
+    const tls = await runApes([
+      "idp",
+      "serve",
+      "--listen",
+      "127.0.0.1:0",
+      "--data",
+      `${dir}3`,
+      "--tls-cert",
+      "/nonexistent.pem",
+      "--tls-key",
+      "/nonexistent.key",
+    ]);
+    expect(tls.code).toBe(78);
+    await idp.stop();
+    idp = undefined;
+  });
+
   it("refuses bad options with a usage error", async () => {
     expect((await runApes(["idp", "serve", "--listen", "nope"])).code).toBe(2);
     expect((await runApes(["idp", "serve", "--listen", "127.0.0.1:0", "--token-ttl", "forever"])).code).toBe(

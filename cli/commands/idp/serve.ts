@@ -1,5 +1,6 @@
 import type { Command } from "commander";
-import { usageError } from "../../errors.ts";
+import { CliError, usageError } from "../../errors.ts";
+import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";
 import { dataDirOf, dataOption } from "./common.ts";
 
@@ -25,6 +26,32 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
+/** Why the server could not start, with what to do about it. */
+function startError(e: unknown, opts: ServeOpts): CliError {
+  const err = e as NodeJS.ErrnoException;
+  const message = err?.message ?? String(e);
+  if (err?.code === "EADDRINUSE") {
+    return new CliError(`${opts.listen} is already in use`, {
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "stop the other server or choose another --listen port (0 picks a free one)",
+    });
+  }
+  if (err?.code === "EACCES" && err.syscall === "listen") {
+    return new CliError(`not allowed to listen on ${opts.listen}`, {
+      exitCode: ExitCode.NOPERM,
+      hint: "ports below 1024 need privileges; use a higher port behind a proxy",
+    });
+  }
+  if (err?.code === "ENOENT" || err?.code === "EACCES" || /PEM|certificate|key/i.test(message)) {
+    return new CliError(`cannot start the IdP: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "check --data, --tls-cert and --tls-key (readable PEM files)",
+      cause: e,
+    });
+  }
+  return new CliError(`cannot start the IdP: ${message}`, { exitCode: ExitCode.ERROR, cause: e });
+}
+
 /** `apes idp serve`: runs the IdP until SIGTERM/SIGINT. */
 export function register(parent: Command, getContext: GetContext): void {
   parent
@@ -36,7 +63,7 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--tls-cert <file>", "PEM certificate chain (serve HTTPS)")
     .option("--tls-key <file>", "PEM private key for --tls-cert")
     .option("--token-ttl <duration>", "session token lifetime (e.g. 15m, 1h)", "1h")
-    .option("--rate-limit <n/period>", "requests per identity, e.g. 600/1m; off to disable", "100000/1m")
+    .option("--rate-limit <n/period>", "requests per identity, e.g. 600/1m; off to disable", "600000/1m")
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -78,28 +105,33 @@ Examples:
       let tokenTtl: number;
       try {
         tokenTtl = parseDuration(opts.tokenTtl, "--token-ttl");
-        parseRateLimit(opts.rateLimit ?? "100000/1m");
+        parseRateLimit(opts.rateLimit ?? "600000/1m");
       } catch (e) {
         throw usageError((e as Error).message);
       }
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
-      const idp = await startIdp({
-        host,
-        port,
-        dataDir: dataDirOf(ctx, opts.data),
-        ...(opts.issuer ? { issuer: opts.issuer } : {}),
-        ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
-        tokenTtl,
-        rateLimit: opts.rateLimit ?? "100000/1m",
-        log,
-      });
+      let idp: Awaited<ReturnType<typeof startIdp>>;
+      try {
+        idp = await startIdp({
+          host,
+          port,
+          dataDir: dataDirOf(ctx, opts.data),
+          ...(opts.issuer ? { issuer: opts.issuer } : {}),
+          ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
+          tokenTtl,
+          rateLimit: opts.rateLimit ?? "600000/1m",
+          log,
+        });
+      } catch (e) {
+        throw startError(e, opts);
+      }
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           process.off("SIGTERM", onTerm);
           process.off("SIGINT", onInt);
-          log.log("info", "shutting down", { signal });
+          log.always("info", "shutting down", { signal });
           void idp.close().then(() => {
-            log.log("info", "stopped", {});
+            log.always("info", "stopped", {});
             resolve();
           });
         };

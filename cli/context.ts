@@ -66,7 +66,11 @@ export function createContext(globals: GlobalOptions, overrides: Partial<Context
   return {
     io,
     env,
-    http: overrides.http ?? ((input, init) => fetch(input, init)),
+    // node:http rather than the runtime's fetch: the first fetch call costs ~30 ms of start-up in
+    // the single executable, more than the whole request (bench/BENCHMARKS.md, CLI section).
+    http:
+      overrides.http ??
+      (async (input, init) => (await import("./http.ts")).nodeFetch(input as string | URL | Request, init)),
     clock: overrides.clock ?? systemClock,
     paths,
     globals,

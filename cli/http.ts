@@ -266,6 +266,7 @@ async function buildTransport(ctx: Context): Promise<Fetch> {
 /** The part of a fetch Response the helper reads. */
 interface MinimalResponse {
   status: number;
+  ok: boolean;
   headers: { get(name: string): string | null };
   text(): Promise<string>;
 }
@@ -310,8 +311,10 @@ export async function nodeFetch(
         res.on("end", () => {
           signal?.removeEventListener("abort", onAbort);
           const text = Buffer.concat(chunks).toString("utf8");
+          const status = res.statusCode ?? 0;
           const answer: MinimalResponse = {
-            status: res.statusCode ?? 0,
+            status,
+            ok: status >= 200 && status < 300,
             headers: {
               get(name: string) {
                 const v = res.headers[name.toLowerCase()];

@@ -254,7 +254,7 @@ async function main() {
     [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))]!;
   const f = (x: number) => x.toFixed(1);
   console.log(
-    `\n${ROUNDS} rounds after ${WARMUP} warm-up, interleaved; TLS IdP on 127.0.0.1; wall time of spawnSync\n`,
+    `\n${ROUNDS} rounds after ${WARMUP} warm-up, interleaved; ${TLS ? "TLS" : "plain http"} IdP on 127.0.0.1; wall time of spawnSync\n`,
   );
   console.log("| case | median | p10 | p90 |\n| --- | ---: | ---: | ---: |");
   for (const [name, xs] of Object.entries(times)) {

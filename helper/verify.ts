@@ -288,6 +288,9 @@ function readCache(file: string, issuer: string): IssuerMeta | undefined {
     const m = JSON.parse(readFileSync(file, "utf8")) as IssuerMeta;
     if (m.issuer !== issuer || typeof m.fetchedAt !== "number" || !Array.isArray(m.keys)) return undefined;
     if (typeof m.grantsEndpoint !== "string" || typeof m.jwksUri !== "string") return undefined;
+    // The same origin rule as on fetch: a cache entry can never send the token elsewhere.
+    const origin = new URL(issuer).origin;
+    if (new URL(m.grantsEndpoint).origin !== origin || new URL(m.jwksUri).origin !== origin) return undefined;
     return m;
   } catch {
     return undefined;

@@ -1,5 +1,14 @@
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
-import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -269,6 +278,21 @@ describe("runVerifier", () => {
     // A fresh cache is not refetched for an unknown kid (rate limit)...
     await verify(await token({}, foreignKey.privateKey, "k2"), idp, { cacheDir });
     expect(fetches()).toBe(2);
+  });
+
+  it("ignores a cache entry whose grants endpoint is on another origin", async () => {
+    const cacheDir = mkdtempSync(join(dir, "cache-"));
+    const idp = fakeIdp();
+    await verify(await token(), idp, { cacheDir });
+    const file = join(cacheDir, readdirSync(cacheDir).find((f) => f.startsWith("jwks-"))!);
+    const entry = JSON.parse(readFileSync(file, "utf8"));
+    writeFileSync(
+      file,
+      JSON.stringify({ ...entry, grantsEndpoint: "https://collector.example.com/api/grants" }),
+    );
+    const r = await verify(await token(), idp, { cacheDir });
+    expect(r.exit).toBe(0);
+    expect(idp.calls.at(-1)).toBe(`POST ${ISS}/api/grants/6f1c2b3a-0000-4000-8000-000000000001/consume`);
   });
 
   it("prints timing lines on stderr only when asked", async () => {

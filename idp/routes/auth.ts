@@ -46,9 +46,11 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp): void {
     const body = await jsonBody(call);
     onlyFields(body, ["id", "agent_id"]);
     const id = subjectOf(body);
-    // Same answer for unknown users (no account enumeration); the challenge is just never usable.
+    // Same answer for unknown, disabled or keyless users (no account enumeration), but only real
+    // candidates' challenges are stored: nobody can fill the database with challenges for nobody.
     const value = randomBytes(32).toString("base64url");
-    idp.store.putChallenge(value, id, idp.now() + CHALLENGE_TTL);
+    const user = idp.store.getUser(id);
+    if (user?.publicKey && !user.disabled) idp.store.putChallenge(value, id, idp.now() + CHALLENGE_TTL);
     return { status: 200, body: { challenge: value, expires_in: CHALLENGE_TTL } };
   };
   const authenticate = async (call: Parameters<Parameters<typeof router.add>[3]>[0]) => {

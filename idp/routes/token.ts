@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { KeyFormatError, parseSshPublicKey } from "../../protocol/keys.ts";
+import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
 import { effectiveStatus } from "../grants.ts";
 import { formOrJsonBody, OAuthError, type Router } from "../http.ts";
@@ -51,7 +52,7 @@ function sessionUser(idp: Idp, token: string, what: string): UserRecord {
     claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
       now,
       issuer: idp.issuer,
-      audience: "apes-cli",
+      audience: CLI_TOKEN_AUDIENCE,
       leeway: 0,
     });
   } catch (e) {
@@ -91,6 +92,13 @@ function exchange(
   if (!audience) throw new OAuthError("invalid_request", "audience is required for a delegation to any SP");
   if (g.request.audience !== "*" && g.request.audience !== audience) {
     throw new OAuthError("invalid_target", "the delegation is not valid for this audience");
+  }
+  // A token for the IdP's own APIs only from a delegation naming them explicitly, never from "*".
+  if (audience === CLI_TOKEN_AUDIENCE && g.request.audience !== CLI_TOKEN_AUDIENCE) {
+    throw new OAuthError(
+      "invalid_target",
+      `a token for ${CLI_TOKEN_AUDIENCE} needs a delegation with that audience`,
+    );
   }
   const delegator = idp.store.getUser(g.request.delegator!);
   if (!delegator || delegator.disabled) throw new OAuthError("invalid_grant", "the delegator is disabled");

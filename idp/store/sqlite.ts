@@ -86,7 +86,13 @@ const MIGRATIONS: readonly string[] = [
   CREATE INDEX grants_reuse ON grants(requester, match_key) WHERE status = 'approved' AND grant_type <> 'once';
   CREATE INDEX grants_expiring ON grants(expires_at) WHERE status = 'approved' AND expires_at IS NOT NULL;
   `,
+  `
+  CREATE INDEX challenges_by_subject ON challenges(subject, expires_at);
+  `,
 ];
+
+/** Outstanding challenges kept per identity; older ones are dropped (bounds storage per id). */
+export const MAX_CHALLENGES_PER_SUBJECT = 16;
 
 interface UserRow {
   email: string;
@@ -418,6 +424,12 @@ export class SqliteStore implements Store {
       subject,
       expiresAt,
     );
+    // Keep the new challenge and the most recent others (ties in the same second: any of them).
+    this.wq(
+      `DELETE FROM challenges WHERE subject = ? AND challenge <> ? AND challenge NOT IN
+        (SELECT challenge FROM challenges WHERE subject = ? AND challenge <> ?
+         ORDER BY expires_at DESC LIMIT ${MAX_CHALLENGES_PER_SUBJECT - 1})`,
+    ).run(subject, challenge, subject, challenge);
   }
 
   takeChallenge(challenge: string, subject: string, now: number): boolean {

@@ -81,6 +81,17 @@ describe("idp delegations and token exchange", () => {
     schemas.assert("error", r.body);
   });
 
+  it("a '*' delegation never yields a token for the IdP's own APIs", async () => {
+    const d = await delegate("alice", { delegate: USERS.bot, audience: "*", grant_type: "always" });
+    const base = { grant_type: EXCHANGE, actor_token: w.tokens.bot, delegation_grant_id: d.body.id };
+    const r = await exchange({ ...base, audience: "apes-cli" });
+    expect(r.status).toBe(400);
+    expect(r.body.error).toBe("invalid_target");
+    expect((await exchange({ ...base, audience: "any.example.com" })).status).toBe(200);
+    // "*" with no audience asked for is refused: the token must name its audience.
+    expect((await exchange(base)).body.error).toBe("invalid_request");
+  });
+
   it("refuses bad delegation bodies", async () => {
     expect((await delegate("alice", { delegate: "nobody@example.com", audience: "*" })).status).toBe(400);
     expect((await delegate("alice", { delegate: USERS.alice, audience: "*" })).status).toBe(400);

@@ -126,6 +126,15 @@ describe("sqlite store", () => {
     expect(s.useJti("j", 200)).toBe(true);
   });
 
+  it("keeps at most 16 outstanding challenges per identity, always the newest", () => {
+    const { s } = open();
+    for (let i = 0; i < 40; i++) s.putChallenge(`c${i}`, "a@x", 100);
+    expect(s.takeChallenge("c39", "a@x", 50)).toBe(true);
+    let live = 0;
+    for (let i = 0; i < 39; i++) if (s.takeChallenge(`c${i}`, "a@x", 50)) live++;
+    expect(live).toBe(15);
+  });
+
   it("users, approvers and subordinates", () => {
     const { s } = open();
     s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });

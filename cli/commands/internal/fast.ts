@@ -3,7 +3,7 @@ import { parseElevation } from "../../elevation/grammar.ts";
 
 /**
  * The setuid shim runs `apes __request ...` and `apes __verify ...` on every elevation; they skip
- * building the commander tree (~20 ms each, measured in bench/elevate) and parse their fixed argv
+ * building the commander tree (~7 ms each, see bench/BENCHMARKS.md) and parse their fixed argv
  * themselves. Returns 0 or throws (CliError) like any command.
  */
 export function isInternal(argv: readonly string[]): boolean {

@@ -7,15 +7,15 @@ import { register as registerDnsCheck } from "./dns/check.ts";
 import { registerGrantsCommands } from "./grants/group.ts";
 import { register as registerHelp } from "./help/exit-codes.ts";
 import { registerIdpCommands } from "./idp/group.ts";
+import { register as registerRequest } from "./internal/request.ts";
+import { register as registerVerify } from "./internal/verify.ts";
 import { register as registerKeygen } from "./keygen/keygen.ts";
 import { register as registerLogin } from "./login/login.ts";
 import { register as registerLogout } from "./logout/logout.ts";
-import { registerTokenCommands } from "./token/group.ts";
-import { register as registerWhoami } from "./whoami/whoami.ts";
-import { register as registerRequest } from "./internal/request.ts";
-import { register as registerVerify } from "./internal/verify.ts";
 import { register as registerRun } from "./run/run.ts";
+import { registerTokenCommands } from "./token/group.ts";
 import { register as registerTrust } from "./trust/trust.ts";
+import { register as registerWhoami } from "./whoami/whoami.ts";
 
 /**
  * The command tree. Each command lives in commands/<noun>/<verb>.ts and exports

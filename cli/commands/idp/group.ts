@@ -11,6 +11,7 @@ export function registerIdpCommands(program: Command, getContext: GetContext): v
   const idp = program
     .command("idp")
     .description("run and administer the reference identity provider")
+    .helpCommand(false)
     .addHelpText(
       "after",
       `
@@ -21,10 +22,13 @@ Examples:
   $ apes idp keys rotate`,
     );
   registerServe(idp, getContext);
-  const users = idp.command("users").description("add, list and disable users (offline, on the data dir)");
+  const users = idp
+    .command("users")
+    .description("add, list and disable users (offline, on the data dir)")
+    .helpCommand(false);
   registerUsersAdd(users, getContext);
   registerUsersList(users, getContext);
   registerUsersDisable(users, getContext);
-  const keys = idp.command("keys").description("manage the IdP's signing keys");
+  const keys = idp.command("keys").description("manage the IdP's signing keys").helpCommand(false);
   registerKeysRotate(keys, getContext);
 }

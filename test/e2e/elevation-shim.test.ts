@@ -1,6 +1,16 @@
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { SignJWT } from "jose";
@@ -282,6 +292,58 @@ describe("elevation through the setuid shim: approved", () => {
     expect(again.stdout).toBe("0\n");
     expect(again.stderr).toContain("using timed grant");
     expect(again.audit?.grant_id).toBe(first.audit?.grant_id);
+  });
+});
+
+describe("apes trust through the installed shim", () => {
+  it("as root writes the installation's policy (paths.json), 0600 root, and the next elevation uses it", async () => {
+    // make install writes paths.json next to the executable; written here too in case it does not yet.
+    const pathsJson = join(inst.prefix, "libexec", "apes", "paths.json");
+    if (!existsSync(pathsJson)) {
+      writeFileSync(
+        pathsJson,
+        JSON.stringify({ prefix: inst.prefix, sysconfdir: inst.etc, localstatedir: inst.var }),
+        { mode: 0o644 },
+      );
+    }
+    try {
+      rmSync(inst.config);
+      const args = ["trust", "--idp", idp.url, "--allow-loopback-http", "--approvers", `${ALICE},${CAROL}`];
+      args.push("--map", `${user.name}=${BOT},${CAROL}`, "--run-as", "root,nobody");
+      const r = await collect(spawn(inst.shim, args, { env: { PATH: "/usr/bin:/bin", HOME: work } }));
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toContain("discovery and JWKS ok");
+      const st = statSync(inst.config);
+      expect([st.uid, st.mode & 0o777]).toEqual([0, 0o600]);
+      const shown = await collect(
+        spawn(inst.shim, ["trust", "--show", "--json"], { env: { PATH: "/usr/bin:/bin", HOME: work } }),
+      );
+      expect(JSON.parse(shown.stdout)).toMatchObject({
+        path: inst.config,
+        insecure: null,
+        policy: { run_as: ["root", "nobody"] },
+      });
+      const ok = await elevate(["--reason", "e2e", "--", "id", "-u"], { decide: approveBy(ALICE) });
+      expect(ok.stdout).toBe("0\n");
+    } finally {
+      writeConfig(inst, policy());
+    }
+  });
+
+  it("as the user is refused (77) and leaves the policy alone", async () => {
+    const before = readFileSync(inst.config, "utf8");
+    const r = await collect(
+      spawnAsUser(
+        user,
+        [inst.shim, "trust", "--idp", idp.url, "--approvers", BOT, "--map", `${user.name}=${BOT}`],
+        {
+          env: { HOME: agentHome, PATH: "/usr/bin:/bin" },
+        },
+      ),
+    );
+    expect(r.code).toBe(77);
+    expect(r.stderr).toContain("run it as root");
+    expect(readFileSync(inst.config, "utf8")).toBe(before);
   });
 });
 

@@ -96,7 +96,6 @@ function decodeURIComponentSafe(s: string): string {
 export async function readBody(req: IncomingMessage): Promise<Buffer> {
   const declared = Number(req.headers["content-length"] ?? 0);
   if (declared > MAX_BODY_BYTES) {
-    req.resume();
     throw new ProblemError("payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`);
   }
   const chunks: Buffer[] = [];
@@ -104,7 +103,6 @@ export async function readBody(req: IncomingMessage): Promise<Buffer> {
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
     if (size > MAX_BODY_BYTES) {
-      req.resume();
       throw new ProblemError("payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`);
     }
     chunks.push(chunk as Buffer);
@@ -202,7 +200,12 @@ export function send(
 
 export function sendError(res: ServerResponse, e: unknown, path: string): number {
   if (e instanceof OAuthError) {
-    send(res, e.status, { error: e.error, error_description: e.message });
+    send(
+      res,
+      e.status,
+      { error: e.error, error_description: e.message },
+      e.status === 413 ? { connection: "close" } : {},
+    );
     return e.status;
   }
   const p = e instanceof ProblemError ? e : new ProblemError("internal", "internal error");
@@ -210,6 +213,8 @@ export function sendError(res: ServerResponse, e: unknown, path: string): number
   const retry = p.extensions.retry_after;
   if (typeof retry === "number") headers["retry-after"] = String(retry);
   if (p.status === 401) headers["www-authenticate"] = 'Bearer realm="apes"';
+  // An oversized upload is not read to the end: close the connection after answering.
+  if (p.status === 413) headers.connection = "close";
   send(res, p.status, p.toProblem(path), headers);
   return p.status;
 }

@@ -60,7 +60,8 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp): void {
     if (typeof body.challenge !== "string" || body.challenge.length === 0 || body.challenge.length > 256) {
       throw new ProblemError("invalid_request", "challenge is required");
     }
-    if (typeof body.signature !== "string" || !/^[A-Za-z0-9+/]{86}==$/.test(body.signature)) {
+    // Standard base64 as the protocol says; unpadded and base64url forms are tolerated.
+    if (typeof body.signature !== "string" || !/^[A-Za-z0-9+/_-]{86}(==)?$/.test(body.signature)) {
       throw new ProblemError("invalid_request", "signature must be a base64 Ed25519 signature (64 bytes)");
     }
     // Consume first: a challenge is single use even when the signature turns out wrong.

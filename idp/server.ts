@@ -69,6 +69,18 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   server.requestTimeout = 120_000; // long polls wait at most 60 s
   server.headersTimeout = 30_000;
 
+  // Requests can arrive as soon as the port is bound (a restart on a known port): they wait here
+  // until the routes exist, which needs the bound port (the default issuer names it).
+  let handler: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined;
+  let markReady!: () => void;
+  const ready = new Promise<void>((resolve) => {
+    markReady = resolve;
+  });
+  server.on("request", (req, res) => {
+    if (handler) void handler(req, res);
+    else void ready.then(() => handler!(req, res));
+  });
+
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.host, () => {
@@ -186,9 +198,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       });
     }
   };
-  server.on("request", (req, res) => {
-    void handle(req, res);
-  });
+  handler = handle;
+  markReady();
 
   // Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis.
   const sweep = setInterval(() => {

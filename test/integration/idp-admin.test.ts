@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent, fetch as undiciFetch } from "undici";
@@ -33,7 +33,10 @@ describe("idp admin: key rotation, users, files", () => {
 
   it("keeps the data dir 0700 and the database 0600", () => {
     expect(statSync(w.idp.dataDir).mode & 0o777).toBe(0o700);
-    expect(statSync(join(w.idp.dataDir, "idp.sqlite")).mode & 0o777).toBe(0o600);
+    // The WAL holds page images too (the signing key among them): every file is private.
+    const files = readdirSync(w.idp.dataDir);
+    expect(files).toEqual(expect.arrayContaining(["idp.sqlite", "idp.sqlite-wal", "idp.sqlite-shm"]));
+    for (const f of files) expect(statSync(join(w.idp.dataDir, f)).mode & 0o777, f).toBe(0o600);
   });
 
   it("rotates keys while running: old tokens still verify, new tokens carry the new kid", async () => {

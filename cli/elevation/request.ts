@@ -103,8 +103,33 @@ export async function runRequester(
     ctx.io.stderr.write(`apes-timing: requester ${phase} ${(now - prev).toFixed(1)}\n`);
     prev = now;
   };
-  if (options.resultFd !== undefined) deps.checkFd(options.resultFd);
+  if (options.resultFd === undefined) return requestInner(ctx, req, options, deps, mark, t0);
+  deps.checkFd(options.resultFd);
+  try {
+    return await requestInner(ctx, req, options, deps, mark, t0);
+  } catch (e) {
+    // Tell the shim why, for its audit line (one reason code, never a token); pending needs none.
+    const reason = requesterReason(e);
+    if (reason) {
+      try {
+        deps.deliver(options.resultFd, reason);
+      } catch {
+        // the shim may be gone already
+      }
+    }
+    throw e;
+  }
+}
 
+async function requestInner(
+  ctx: Context,
+  req: ElevationRequest,
+  options: RequesterOptions,
+  deps: RequesterDeps,
+  mark: (phase: string) => void,
+  t0: number,
+): Promise<number> {
+  const timing = ctx.env.APES_TIMING === "1";
   const host = deps.hostname();
   const client = await deps.client(ctx);
   mark("session");
@@ -116,13 +141,14 @@ export async function runRequester(
     grant = await client.get(req.grantId);
     const mismatch = grantMismatch(grant, req, host);
     if (mismatch) {
-      throw new CliError(mismatch, {
+      throw withReason("grant_mismatch", mismatch, {
         exitCode: ExitCode.NOPERM,
         hint: "run without --grant to request a new grant for this command",
       });
     }
     if (grant.request.requester !== who) {
-      throw new CliError(
+      throw withReason(
+        "grant_not_yours",
         `grant ${grant.id} was requested by ${grant.request.requester}, not by you (${who})`,
         {
           exitCode: ExitCode.NOPERM,
@@ -162,7 +188,7 @@ export async function runRequester(
   mark("token");
   // Interrupted before the wait (or right after it ended): deliver nothing.
   if (options.signal?.aborted) throw new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
-  deps.deliver(options.resultFd, authz_jwt);
+  deps.deliver(options.resultFd!, authz_jwt);
   mark("deliver");
   if (timing) ctx.io.stderr.write(`apes-timing: requester total ${(performance.now() - t0).toFixed(1)}\n`);
   return ExitCode.OK;
@@ -239,6 +265,45 @@ async function waitWithCancel(
   }
 }
 
+/** A CliError that also names the audit reason the requester reports to the shim. */
+export class RequesterError extends CliError {
+  readonly reason: string;
+  constructor(reason: string, message: string, options: ConstructorParameters<typeof CliError>[1]) {
+    super(message, options);
+    this.reason = reason;
+  }
+}
+
+function withReason(reason: string, message: string, options: ConstructorParameters<typeof CliError>[1]) {
+  return new RequesterError(reason, message, options);
+}
+
+/**
+ * The reason code for the shim's audit line when the requester fails (lowercase, [a-z_]): the grant's
+ * fate when it has one, else the kind of failure. Undefined for "pending" (75), which the shim audits
+ * as such.
+ */
+export function requesterReason(e: unknown): string | undefined {
+  if (e instanceof RequesterError) return e.reason;
+  if (!(e instanceof CliError)) return "requester_error";
+  switch (e.exitCode) {
+    case ExitCode.TEMPFAIL:
+      return undefined;
+    case ExitCode.INTERRUPTED:
+      return "interrupted";
+    case ExitCode.UNAVAILABLE:
+      return "idp_unreachable";
+    case ExitCode.NOPERM:
+      return "not_permitted";
+    case ExitCode.CONFIG:
+      return "requester_config";
+    case ExitCode.USAGE:
+      return "usage";
+    default:
+      return "requester_error";
+  }
+}
+
 function notUsable(grant: Grant, req: ElevationRequest): CliError {
   const by = grant.decided_by ? ` by ${grant.decided_by}` : "";
   const what: Record<string, string> = {
@@ -247,7 +312,7 @@ function notUsable(grant: Grant, req: ElevationRequest): CliError {
     expired: `grant ${grant.id} has expired`,
     used: `grant ${grant.id} was already used (once grants run one time)`,
   };
-  return new CliError(what[grant.status] ?? `grant ${grant.id} is ${grant.status}`, {
+  return withReason(`grant_${grant.status}`, what[grant.status] ?? `grant ${grant.id} is ${grant.status}`, {
     exitCode: ExitCode.NOPERM,
     hint: `request a new grant: apes --reason "..." -- ${req.command.join(" ")}`,
   });

@@ -4,6 +4,7 @@ import {
   grantMismatch,
   grantRequestFor,
   type RequesterDeps,
+  requesterReason,
   runRequester,
 } from "../../cli/elevation/request.ts";
 import { CliError } from "../../cli/errors.ts";
@@ -112,6 +113,19 @@ describe("grantRequestFor", () => {
   });
 });
 
+describe("requesterReason (the audit reason the requester reports to the shim)", () => {
+  it("names the grant's fate, the failure kind, and nothing for pending", () => {
+    expect(requesterReason(new CliError("x", { exitCode: 75 }))).toBeUndefined();
+    expect(requesterReason(new CliError("x", { exitCode: 69 }))).toBe("idp_unreachable");
+    expect(requesterReason(new CliError("x", { exitCode: 77 }))).toBe("not_permitted");
+    expect(requesterReason(new CliError("x", { exitCode: 130 }))).toBe("interrupted");
+    expect(requesterReason(new Error("boom"))).toBe("requester_error");
+    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "requester_config", "usage"]) {
+      expect(r).toMatch(/^[a-z_]{1,64}$/);
+    }
+  });
+});
+
 describe("grantMismatch (--grant ID must match the command)", () => {
   const req = request(["--", "id", "-u"]);
   it("accepts the same command, user, host and audience", () => {
@@ -213,7 +227,8 @@ describe("runRequester", () => {
     );
     expect(e.exitCode).toBe(77);
     expect(e.message).toContain("denied by alice@example.com");
-    expect(rec.delivered).toEqual([]);
+    // No token, only the reason for the shim's audit line.
+    expect(rec.delivered).toEqual([{ fd: 3, token: "grant_denied" }]);
   });
 
   it("Ctrl-C while waiting revokes the grant it created and ends with 130", async () => {
@@ -234,9 +249,10 @@ describe("runRequester", () => {
     expect(e.exitCode).toBe(130);
     expect(rec.revoked).toEqual(["g-1"]);
     expect(ctx.stderr.text).toContain("cancelled");
+    expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
   });
 
-  it("an interrupt that arrives while an approved grant is fetched delivers nothing", async () => {
+  it("an interrupt that arrives while an approved grant is fetched delivers no token", async () => {
     const { client, rec } = fakeClient({
       create: () => ({ grant: grant({ status: "approved" }), reused: true }),
     });
@@ -250,7 +266,7 @@ describe("runRequester", () => {
       }),
     );
     expect(e.exitCode).toBe(130);
-    expect(rec.delivered).toEqual([]);
+    expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
   });
 
   it("a timeout ends with 75 and says how to continue", async () => {
@@ -266,6 +282,7 @@ describe("runRequester", () => {
     expect(e.exitCode).toBe(75);
     expect(e.hint).toContain("apes --grant g-1 -- id -u");
     expect(rec.revoked).toEqual([]);
+    expect(rec.delivered).toEqual([]);
   });
 
   it("--grant continues a matching grant, and refuses one for another command", async () => {
@@ -285,7 +302,7 @@ describe("runRequester", () => {
       }),
     );
     expect(e.exitCode).toBe(77);
-    expect(other.rec.delivered).toEqual([]);
+    expect(other.rec.delivered).toEqual([{ fd: 3, token: "grant_mismatch" }]);
   });
 
   it("--grant refuses someone else's grant", async () => {

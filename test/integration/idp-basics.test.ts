@@ -100,3 +100,43 @@ describe("idp serve: discovery, jwks, login, users", () => {
     expect(users.map((u) => u.email)).toEqual(["alice@example.com", "bot@example.com"]);
   });
 });
+
+describe("idp serve --issuer", () => {
+  let idp: IdpHandle | undefined;
+  afterAll(async () => {
+    await idp?.stop();
+  });
+
+  it("advertises every endpoint under the configured issuer and signs with it", async () => {
+    const dataDir = join(mkdtempSync(join(tmpdir(), "apes-idp-issuer-")), "data");
+    const k = newKey();
+    await addUser(dataDir, "i@example.com", { publicKey: k.publicLine });
+    idp = await startIdp({ dataDir, issuer: "https://id.example.test/" });
+    expect(idp.issuer).toBe("https://id.example.test/");
+    const d = await discovery(idp.url);
+    schemas.assert("openid-configuration-extensions", d);
+    expect(d.issuer).toBe("https://id.example.test/");
+    expect(d.openape_grants_endpoint).toBe("https://id.example.test/api/grants");
+    // Log in against the real address, with the advertised paths.
+    const local = (u: string) => idp!.url + new URL(u).pathname;
+    const post = (u: string, body: unknown) =>
+      fetch(local(u), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    const { challenge } = (await (
+      await post(d.ddisa_auth_challenge_endpoint!, { id: "i@example.com" })
+    ).json()) as {
+      challenge: string;
+    };
+    const { sign } = await import("node:crypto");
+    const signature = sign(null, Buffer.from(challenge), k.privateKey).toString("base64");
+    const r = await post(d.ddisa_auth_authenticate_endpoint!, { id: "i@example.com", challenge, signature });
+    const { token } = (await r.json()) as { token: string };
+    expect(JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()).iss).toBe(
+      "https://id.example.test/",
+    );
+    expect((await api(idp.url, token).get("/api/me")).status).toBe(200);
+  });
+});

@@ -222,6 +222,8 @@ export interface IssuerMeta {
   jwksUri: string;
   keys: Jwk[];
   fetchedAt: number;
+  /** This fetch was caused by an unknown kid (rate-limits the next one). */
+  kidMiss?: boolean;
 }
 
 /**
@@ -240,12 +242,15 @@ async function issuerMeta(
     ? `${cacheDir}/jwks-${createHash("sha256").update(issuer).digest("hex").slice(0, 24)}.json`
     : undefined;
   const cached = file ? readCache(file, issuer) : undefined;
+  let kidMiss = false;
   if (cached && cached.fetchedAt <= nowS && nowS - cached.fetchedAt < JWKS_TTL_S) {
-    const known = cached.keys.some((k) => k.kid === kid);
-    // Unknown kid: the IdP may have rotated; refetch, but not more often than REFETCH_MIN_S.
-    if (known || nowS - cached.fetchedAt < REFETCH_MIN_S) return cached;
+    if (cached.keys.some((k) => k.kid === kid)) return cached;
+    // Unknown kid: the IdP may have rotated, so refetch at once; but if the cached keys come from
+    // such a refetch less than REFETCH_MIN_S ago, a token with made-up kids gets no more fetches.
+    if (cached.kidMiss && nowS - cached.fetchedAt < REFETCH_MIN_S) return cached;
+    kidMiss = true;
   }
-  const meta = await fetchIssuerMeta(http, issuer, nowS);
+  const meta = { ...(await fetchIssuerMeta(http, issuer, nowS)), ...(kidMiss ? { kidMiss } : {}) };
   if (file) writeCache(file, meta);
   return meta;
 }

@@ -185,6 +185,20 @@ describe("__request + __verify with the real IdP", () => {
     expect(r.verdict).toMatchObject({ ok: false, reason: "issuer_not_allowed" });
   });
 
+  it("follows a key rotation at the IdP: the new kid is fetched at once despite a fresh cache", async () => {
+    const cache = mkdtempSync(join(root, "cache-"));
+    const policy = policyFile("rotate", policyText(idp.issuer));
+    const before = await approvedToken(["date"]);
+    expect((await verify(policy, line(before, ["date"]), cache)).code).toBe(0);
+    const rotated = await runApes(["idp", "keys", "rotate", "--data", idp.dataDir]);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const after = await approvedToken(["date", "-u"]);
+    const kid = (jwt: string) => JSON.parse(Buffer.from(jwt.split(".")[0]!, "base64url").toString()).kid;
+    expect(kid(after)).not.toBe(kid(before));
+    const r = await verify(policy, line(after, ["date", "-u"]), cache);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
   it("fails closed (idp_unreachable, 69) when the IdP is gone between token and consume", async () => {
     const argv = ["uname"];
     const cache = mkdtempSync(join(root, "cache-"));

@@ -275,9 +275,24 @@ describe("runVerifier", () => {
     const again = await verify(await token(), idp, { cacheDir });
     expect(again.exit).toBe(0);
     expect(fetches()).toBe(2);
-    // A fresh cache is not refetched for an unknown kid (rate limit)...
+    // An unknown kid refetches at once (the IdP may have rotated)...
     await verify(await token({}, foreignKey.privateKey, "k2"), idp, { cacheDir });
-    expect(fetches()).toBe(2);
+    expect(fetches()).toBe(4);
+    // ...but made-up kids right after that refetch get no more fetches (rate limit).
+    const r = await verify(await token({}, foreignKey.privateKey, "k3"), idp, { cacheDir });
+    expect(r.verdict).toMatchObject({ reason: "signature_invalid" });
+    expect(fetches()).toBe(4);
+  });
+
+  it("picks up a rotated key: the new kid is fetched at once, the old one still verifies", async () => {
+    const cacheDir = mkdtempSync(join(dir, "cache-"));
+    const idp = fakeIdp();
+    expect((await verify(await token(), idp, { cacheDir })).exit).toBe(0);
+    const rotated = generateKeyPairSync("ed25519");
+    const jwk2 = { ...(await exportJWK(rotated.publicKey)), kid: "k2", alg: "EdDSA", use: "sig" };
+    idp.keys = () => [jwk, jwk2];
+    expect((await verify(await token({}, rotated.privateKey, "k2"), idp, { cacheDir })).exit).toBe(0);
+    expect((await verify(await token(), idp, { cacheDir })).exit).toBe(0);
   });
 
   it("ignores a cache entry whose grants endpoint is on another origin", async () => {

@@ -9,7 +9,14 @@ export type GrantStatus = "pending" | "approved" | "denied" | "revoked" | "expir
 export type Act = "human" | "agent";
 
 export const GRANT_TYPES: readonly GrantType[] = ["once", "timed", "always"];
-export const GRANT_STATUSES: readonly GrantStatus[] = ["pending", "approved", "denied", "revoked", "expired", "used"];
+export const GRANT_STATUSES: readonly GrantStatus[] = [
+  "pending",
+  "approved",
+  "denied",
+  "revoked",
+  "expired",
+  "used",
+];
 
 /** Default audience and token audience (PROTOCOL.md). */
 export const ELEVATION_AUDIENCE = "escapes";

@@ -219,9 +219,10 @@ async function waitWithCancel(
   createdHere: boolean,
   deps: RequesterDeps,
 ): Promise<Grant> {
+  const who = await approversOf(ctx, client);
   ctx.io.stderr.write(
     `apes: grant ${grant.id} needs approval (${describe(grant)})\n` +
-      `  who:     an approver of ${client.session.email}\n` +
+      `  who:     ${who}\n` +
       `  approve: apes grants approve ${grant.id}   (IdP ${client.session.idp})\n`,
   );
   const progress = startProgress(ctx, `waiting for approval of ${grant.id}`);
@@ -263,6 +264,42 @@ async function waitWithCancel(
     }
     throw e;
   }
+}
+
+/**
+ * Who can approve: the requester's owner and approvers from the IdP's userinfo endpoint (best
+ * effort, short timeout: only shown while waiting for a person anyway).
+ */
+export async function approversOf(ctx: Context, client: GrantsClient): Promise<string> {
+  const me = client.session.email;
+  const fallback = `an approver of ${me}`;
+  const url = (client.endpoints as { document?: Record<string, unknown> }).document?.userinfo_endpoint;
+  if (typeof url !== "string") return fallback;
+  try {
+    const { request } = await import("../http.ts");
+    const res = await request<{ owner?: unknown; approvers?: unknown; kind?: unknown }>(ctx, {
+      url,
+      token: client.session.token,
+      timeoutMs: 2000,
+    });
+    return describeApprovers(me, res.body) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+/** "alice@x (owner) or bob@x" from a userinfo body; undefined when it names nobody. */
+export function describeApprovers(me: string, body: unknown): string | undefined {
+  if (!body || typeof body !== "object") return undefined;
+  const b = body as { owner?: unknown; approvers?: unknown; kind?: unknown };
+  const names: string[] = [];
+  if (typeof b.owner === "string") names.push(`${b.owner} (owner)`);
+  if (Array.isArray(b.approvers)) {
+    for (const a of b.approvers) if (typeof a === "string" && a !== b.owner) names.push(a);
+  }
+  // A human may approve its own grants at the IdP (the policy may still refuse self-approval).
+  if (b.kind === "human") names.push(`${me} (yourself)`);
+  return names.length > 0 ? names.join(" or ") : undefined;
 }
 
 /** A CliError that also names the audit reason the requester reports to the shim. */

@@ -257,6 +257,7 @@ describe("elevation through the setuid shim: approved", () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe("0\n");
     expect(r.stderr).toContain("approved by alice@example.com");
+    expect(r.stderr).toContain(`who:     ${ALICE} (owner) or ${BOB}`);
     expect(r.audit).toMatchObject({
       decision: "allow",
       user: user.name,

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseElevation, validateElevation } from "../../cli/elevation/grammar.ts";
 import {
+  describeApprovers,
   grantMismatch,
   grantRequestFor,
   type RequesterDeps,
@@ -123,6 +124,17 @@ describe("requesterReason (the audit reason the requester reports to the shim)",
     for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "requester_config", "usage"]) {
       expect(r).toMatch(/^[a-z_]{1,64}$/);
     }
+  });
+});
+
+describe("describeApprovers", () => {
+  it("names the owner and the other approvers from userinfo", () => {
+    expect(describeApprovers(ME, { kind: "agent", owner: "alice@x", approvers: ["bob@x", "alice@x"] })).toBe(
+      "alice@x (owner) or bob@x",
+    );
+    expect(describeApprovers("carol@x", { kind: "human", approvers: [] })).toBe("carol@x (yourself)");
+    expect(describeApprovers(ME, { kind: "agent", approvers: [] })).toBeUndefined();
+    expect(describeApprovers(ME, "nope")).toBeUndefined();
   });
 });
 

@@ -1,5 +1,5 @@
 import { type Command, Option } from "commander";
-import type { Grant, GrantStatus } from "../../../protocol/types.ts";
+import { GRANT_STATUSES, type Grant, type GrantStatus } from "../../../protocol/types.ts";
 import type { Context } from "../../context.ts";
 import type { GetContext } from "../../program.ts";
 
@@ -14,16 +14,7 @@ export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("list")
     .description("list grants you can see: your own and those of agents you own or approve")
-    .addOption(
-      new Option("--status <status>", "only this status").choices([
-        "pending",
-        "approved",
-        "denied",
-        "revoked",
-        "expired",
-        "used",
-      ]),
-    )
+    .addOption(new Option("--status <status>", "only this status").choices(GRANT_STATUSES))
     .option("--inbox", "pending grants of others waiting for your decision")
     .option("--requester <email>", "only grants of this requester")
     .option("--limit <n>", "at most this many (newest first)", "50")

@@ -103,6 +103,12 @@ install: build native
 	mv -f $(DESTDIR)$(APES_EXEC_PATH).new $(DESTDIR)$(APES_EXEC_PATH)
 	install -m 4755 -o root -g root $(NATIVE_OUT)/apes-shim $(DESTDIR)$(PREFIX)/bin/apes.new
 	mv -f $(DESTDIR)$(PREFIX)/bin/apes.new $(DESTDIR)$(PREFIX)/bin/apes
+	# The executable learns SYSCONFDIR/LOCALSTATEDIR from this root-owned file next to it (never from argv
+	# or the environment), so `sudo apes trust` writes the policy the shim reads.
+	printf '{"prefix":"%s","sysconfdir":"%s","localstatedir":"%s"}\n' '$(PREFIX)' '$(SYSCONFDIR)' '$(LOCALSTATEDIR)' \
+	  > $(DESTDIR)$(PREFIX)/libexec/apes/paths.json.new
+	chmod 0644 $(DESTDIR)$(PREFIX)/libexec/apes/paths.json.new
+	mv -f $(DESTDIR)$(PREFIX)/libexec/apes/paths.json.new $(DESTDIR)$(PREFIX)/libexec/apes/paths.json
 	install -d -m 0755 -o root -g root $(DESTDIR)$(SYSCONFDIR)/apes
 	install -d -m 0700 -o root -g root $(DESTDIR)$(LOCALSTATEDIR)/log/apes
 	@if [ -n "$(DESTDIR)" ]; then \
@@ -116,7 +122,7 @@ install: build native
 
 # Removes the programs; the policy, the audit log, the cache and the _apes user stay (say so).
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/apes $(DESTDIR)$(APES_EXEC_PATH)
+	rm -f $(DESTDIR)$(PREFIX)/bin/apes $(DESTDIR)$(APES_EXEC_PATH) $(DESTDIR)$(PREFIX)/libexec/apes/paths.json
 	-rmdir $(DESTDIR)$(PREFIX)/libexec/apes 2>/dev/null
 	@echo "kept: $(SYSCONFDIR)/apes (policy), $(LOCALSTATEDIR)/log/apes (audit), $(LOCALSTATEDIR)/cache/apes, user _apes"
 

@@ -272,6 +272,8 @@ static ssize_t read_upto(int fd, char *buf, size_t max) {
 }
 
 
+static int reason_ok(const char *r);
+
 /* Step 2: the requester, as the calling user with the caller's environment. Returns the token. */
 static char *request_token(int argc, char **argv, const struct elevation *el) {
   static char token[MAX_TOKEN + 2];
@@ -318,7 +320,16 @@ static char *request_token(int argc, char **argv, const struct elevation *el) {
     int code = EXIT_DENIED;
     if (st != -1 && WIFEXITED(st)) code = WEXITSTATUS(st);
     if (st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) code = EXIT_INTERRUPTED;
-    deny("requester_failed", code, "not run: the approval request did not succeed");
+    /* A failing requester may leave one reason code in the pipe (never a token). It is the user's
+     * own process, so the audit keeps it under a requester_ prefix and only in the reason charset. */
+    static char reason[sizeof "requester_" + 64];
+    strcpy(reason, "requester_failed");
+    if (n > 0 && n <= 65) {
+      if (token[n - 1] == '\n') n--;
+      token[n] = '\0';
+      if (reason_ok(token)) snprintf(reason, sizeof reason, "requester_%s", token);
+    }
+    deny(reason, code, "not run: the approval request did not succeed");
   }
   if (n <= 0 || n > MAX_TOKEN) deny("requester_failed", EXIT_DENIED, "not run: the requester returned no token");
   if (token[n - 1] == '\n') n--;

@@ -45,12 +45,6 @@ step "build and install into $D (PREFIX, SYSCONFDIR, LOCALSTATEDIR all under it)
 make -s -o build install PREFIX="$D/usr" SYSCONFDIR="$D/etc" LOCALSTATEDIR="$D/var" NATIVE_OUT="$D/build"
 SHIM="$D/usr/bin/apes"
 EXEC="$D/usr/libexec/apes/apes"
-PATHS_JSON="$D/usr/libexec/apes/paths.json"
-if [ ! -f "$PATHS_JSON" ]; then
-  # Older Makefiles do not write it yet; `apes trust` needs it to find the demo SYSCONFDIR.
-  printf '{"prefix":"%s","sysconfdir":"%s","localstatedir":"%s"}\n' "$D/usr" "$D/etc" "$D/var" >"$PATHS_JSON"
-  chmod 0644 "$PATHS_JSON"
-fi
 ls -l "$SHIM" "$EXEC"
 
 step "a local CA and a TLS certificate for 127.0.0.1 (openssl)"

@@ -297,7 +297,7 @@ describe("refusals", () => {
 describe("fail closed when the approval request fails", () => {
   // With nobody logged in, the real `apes __request` (the colleague's TypeScript side; before it
   // exists, commander's "unknown command") exits with an error: the shim must run nothing.
-  it("runs nothing, audits requester_failed, and no caller-planted code runs privileged", async () => {
+  it("runs nothing, audits the requester's reason, and no caller-planted code runs privileged", async () => {
     writeConfig(inst, 'issuer = "https://idp.invalid"\n');
     const evil = join(out, "evil-bin");
     mkdirSync(evil);
@@ -329,7 +329,8 @@ describe("fail closed when the approval request fails", () => {
     expect(newAudit()).toEqual([
       expect.objectContaining({
         decision: "deny",
-        reason: "requester_failed",
+        // Nobody is logged in: the requester reports not_permitted, audited under its prefix.
+        reason: "requester_not_permitted",
         user: user.name,
         argv: touchCmd(),
       }),

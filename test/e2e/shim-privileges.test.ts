@@ -371,6 +371,12 @@ describe("the requester", () => {
     ["exit:130", 130, "deny", "requester_failed"],
     ["exit:1", 1, "deny", "requester_failed"],
     ["garbage", 77, "deny", "requester_failed"],
+    // A failing requester's reason code is audited under a requester_ prefix, only in the reason charset.
+    ["reason:77:grant_denied", 77, "deny", "requester_grant_denied"],
+    ["reason:69:idp_unreachable", 69, "deny", "requester_idp_unreachable"],
+    ["reason:77:Evil reason", 77, "deny", "requester_failed"],
+    ["reason:77:a.b.c", 77, "deny", "requester_failed"],
+    [`reason:77:${"x".repeat(65)}`, 77, "deny", "requester_failed"],
   ])("outcome %s: exit %i, audit %s %s, nothing runs", async (mode, code, decision, reason) => {
     const cmd = recorder("never");
     allow(cmd);

@@ -274,6 +274,7 @@ export function collect(
  * shim's own privilege handling can be tested end to end without an IdP. It records what it saw
  * into `dir` (mode 1777) and answers as the files there say:
  *   request.mode   token (default: write the file `token` to fd 3, exit 0) | sleep | exit:N | garbage
+ *                  | reason:N:TEXT (write TEXT to fd 3, exit N: a failing requester's reason code)
  *   verdict        what __verify prints on stdout;  verify.exit  its exit status (default 0)
  * and records request.{pid,uid,groups,argv,environ,fd3,fds}, verify.{uid,groups,cwd,environ,fds,config,
  * stdin}, plain.{uid,argv}. Its path names are baked in because the verifier's environment is fixed.
@@ -299,6 +300,7 @@ __request)
   sleep) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 3>&- ;;
   garbage) printf 'not a token!' >&3; exit 0 ;;
   exit:*) exit "\${mode#exit:}" ;;
+  reason:*) r=\${mode#reason:}; printf '%s' "\${r#*:}" >&3; exit "\${r%%:*}" ;;
   esac
   exit 1 ;;
 __verify)

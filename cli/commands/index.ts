@@ -27,7 +27,11 @@ export function registerCommands(program: Command, getContext: GetContext): void
   const dns = program
     .command("dns")
     .description("DNS discovery (DDISA) diagnostics for admins")
-    .helpCommand(false);
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ apes dns check alice@example.com\n  $ apes --json dns check example.com",
+    );
   registerDnsCheck(dns, getContext);
   // Sessions, grants, delegations (issue 4).
   registerLogin(program, getContext);

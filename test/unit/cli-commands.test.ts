@@ -333,30 +333,3 @@ describe("apes agents", () => {
     expect(JSON.parse(list.stdout)[0].email).toBe("bot@agents.example.test");
   });
 });
-
-describe("help", () => {
-  it("every session/grant/delegation command has help with `$ apes` examples", async () => {
-    const { buildProgram } = await import("../../cli/program.ts");
-    const { program } = buildProgram();
-    const mine = [
-      "login",
-      "logout",
-      "whoami",
-      "keygen",
-      "agents",
-      "grants",
-      "delegate",
-      "delegations",
-      "token",
-    ];
-    const walk = (cmd: import("commander").Command, path: string[]): string[][] =>
-      cmd.commands.flatMap((c) => [[...path, c.name()], ...walk(c, [...path, c.name()])]);
-    const paths = walk(program, []).filter((p) => mine.includes(p[0]!));
-    expect(paths.length).toBeGreaterThanOrEqual(22);
-    for (const p of paths) {
-      const h = await runInProcess([...p, "--help"]);
-      expect(h.code, p.join(" ")).toBe(0);
-      expect(h.stdout, p.join(" ")).toContain("$ apes");
-    }
-  });
-});

@@ -24,4 +24,23 @@ describe("CLI skeleton", () => {
     expect(r.code).toBe(ExitCode.USAGE);
     expect(r.stderr).toContain('no help topic or command "nonsense"');
   });
+
+  it("every command, group and subcommand has help with `$ apes` examples", async () => {
+    const { buildProgram } = await import("../../cli/program.ts");
+    const { program } = buildProgram();
+    type Cmd = import("commander").Command & { _hidden?: boolean };
+    const walk = (cmd: Cmd, path: string[]): string[][] =>
+      (cmd.commands as Cmd[])
+        .filter((c) => !c._hidden)
+        .flatMap((c) => [[...path, c.name()], ...walk(c, [...path, c.name()])]);
+    const paths = walk(program as Cmd, []);
+    expect(paths.length).toBeGreaterThanOrEqual(35);
+    const missing: string[] = [];
+    for (const p of paths) {
+      const h = await runInProcess([...p, "--help"]);
+      expect(h.code, p.join(" ")).toBe(0);
+      if (!/\$ (sudo )?apes /.test(h.stdout)) missing.push(p.join(" "));
+    }
+    expect(missing).toEqual([]);
+  });
 });

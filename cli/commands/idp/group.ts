@@ -25,10 +25,22 @@ Examples:
   const users = idp
     .command("users")
     .description("add, list and disable users (offline, on the data dir)")
-    .helpCommand(false);
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
+  $ apes idp users list --json
+  $ apes idp users disable bot@example.com`,
+    );
   registerUsersAdd(users, getContext);
   registerUsersList(users, getContext);
   registerUsersDisable(users, getContext);
-  const keys = idp.command("keys").description("manage the IdP's signing keys").helpCommand(false);
+  const keys = idp
+    .command("keys")
+    .description("manage the IdP's signing keys")
+    .helpCommand(false)
+    .addHelpText("after", "\nExamples:\n  $ apes idp keys rotate --data /var/lib/apes-idp");
   registerKeysRotate(keys, getContext);
 }

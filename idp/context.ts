@@ -22,6 +22,8 @@ export interface Idp {
   now(): number;
   /** Resolves when the server shuts down (long polls answer at once). */
   shutdown: AbortSignal;
+  /** Verifies a session token this IdP issued (`aud: apes-cli`); throws TokenError. */
+  sessionClaims(token: string): Record<string, unknown>;
   authenticate(call: Call): Principal;
   rateLimit(key: string): void;
 }
@@ -63,9 +65,10 @@ export class GrantEvents {
 }
 
 /**
- * Verifies IdP session tokens (`aud: apes-cli`, `act` present). Verified token strings are cached
- * until their exp, so a client's repeated requests cost a map lookup instead of an Ed25519 verify;
- * the user record (disabled?) is still read on every request.
+ * Verifies IdP session tokens (`aud: apes-cli`) for every endpoint, the API and /token alike; each
+ * caller maps TokenError to its own error format. Verified token strings are cached until their
+ * exp, so a client's repeated requests cost a map lookup instead of an Ed25519 verify; the user
+ * record (disabled?) is still read on every request.
  */
 export class SessionVerifier {
   private readonly cache = new Map<string, Record<string, unknown>>();
@@ -74,7 +77,7 @@ export class SessionVerifier {
     this.idp = idp;
   }
 
-  verify(token: string): Record<string, unknown> {
+  claims(token: string): Record<string, unknown> {
     const idp = this.idp();
     const now = idp.now();
     const cached = this.cache.get(token);
@@ -82,20 +85,14 @@ export class SessionVerifier {
       if ((cached.exp as number) > now) return cached;
       this.cache.delete(token);
     }
-    let claims: Record<string, unknown>;
-    try {
-      claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
-        now,
-        issuer: idp.issuer,
-        audience: CLI_TOKEN_AUDIENCE,
-        leeway: 0,
-      });
-    } catch (e) {
-      if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
-      throw e;
-    }
+    const claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
+      now,
+      issuer: idp.issuer,
+      audience: CLI_TOKEN_AUDIENCE,
+      leeway: 0,
+    });
     if (typeof claims.sub !== "string" || claims.act === undefined) {
-      throw new ProblemError("invalid_token", "not an IdP session token");
+      throw new TokenError("claims", "not an IdP session token");
     }
     if (this.cache.size >= 50_000) this.cache.clear();
     this.cache.set(token, claims);

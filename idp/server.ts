@@ -29,6 +29,7 @@ import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { withUserCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite.ts";
+import { TokenError } from "./tokens.ts";
 
 export interface ServeOptions {
   host: string;
@@ -104,8 +105,15 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     events: new GrantEvents(),
     now: nowSec,
     shutdown: shutdown.signal,
+    sessionClaims: (token) => verifier.claims(token),
     authenticate(call: Call): Principal {
-      const claims = verifier.verify(bearer(call));
+      let claims: Record<string, unknown>;
+      try {
+        claims = verifier.claims(bearer(call));
+      } catch (e) {
+        if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
+        throw e;
+      }
       const principal = principalFrom(claims, store.getUser(claims.sub as string));
       idp.rateLimit(`sub:${principal.sub}`);
       return principal;

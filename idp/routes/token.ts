@@ -46,15 +46,9 @@ function param(body: Record<string, unknown>, name: string): string | undefined 
 
 /** Verifies an IdP session token for the token endpoint (OAuth errors instead of problems). */
 function sessionUser(idp: Idp, token: string, what: string): UserRecord {
-  const now = idp.now();
   let claims: Record<string, unknown>;
   try {
-    claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
-      now,
-      issuer: idp.issuer,
-      audience: CLI_TOKEN_AUDIENCE,
-      leeway: 0,
-    });
+    claims = idp.sessionClaims(token);
   } catch (e) {
     if (e instanceof TokenError) throw new OAuthError("invalid_grant", `${what}: ${e.message}`);
     throw e;

@@ -138,3 +138,34 @@ demo: build
 .PHONY: bench-elevate
 bench-elevate: build
 	node bench/elevate/run.ts
+
+# ---- the IdP as a systemd service (packaging/systemd/) -------------------------------------------
+# `sudo make install install-idp-service`: the unit runs $(APES_EXEC_PATH) (what `make install` puts
+# there) as the system user _apes-idp on $(LOCALSTATEDIR)/lib/apes-idp. Never enables or starts it.
+SYSTEMD_UNITDIR ?= $(PREFIX)/lib/systemd/system
+IDP_DATA_DIR := $(LOCALSTATEDIR)/lib/apes-idp
+IDP_UNIT := $(DESTDIR)$(SYSTEMD_UNITDIR)/apes-idp.service
+
+.PHONY: install-idp-service uninstall-idp-service
+install-idp-service:
+	install -d -m 0755 $(DESTDIR)$(SYSTEMD_UNITDIR)
+	sed -e 's|@EXEC@|$(APES_EXEC_PATH)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	  -e 's|@LOCALSTATEDIR@|$(LOCALSTATEDIR)|g' packaging/systemd/apes-idp.service.in > $(IDP_UNIT).new
+	chmod 0644 $(IDP_UNIT).new
+	mv -f $(IDP_UNIT).new $(IDP_UNIT)
+	@if [ -n "$(DESTDIR)" ]; then \
+	  echo "note: DESTDIR set: create the _apes-idp system user and chown $(IDP_DATA_DIR) to it at package install"; \
+	  install -d -m 0700 $(DESTDIR)$(IDP_DATA_DIR); \
+	else \
+	  getent passwd _apes-idp >/dev/null || useradd --system --user-group --no-create-home \
+	    --shell /usr/sbin/nologin --home-dir /nonexistent _apes-idp || getent passwd _apes-idp >/dev/null; \
+	  install -d -m 0700 -o _apes-idp -g _apes-idp $(IDP_DATA_DIR); \
+	fi
+	@echo "installed $(SYSTEMD_UNITDIR)/apes-idp.service (settings: $(SYSCONFDIR)/apes/idp.env, data: $(IDP_DATA_DIR))"
+	@echo "start it with: systemctl daemon-reload && systemctl enable --now apes-idp"
+
+# Removes the unit; the data directory (users, keys, grants) and the _apes-idp user stay.
+uninstall-idp-service:
+	rm -f $(IDP_UNIT)
+	@echo "kept: $(IDP_DATA_DIR) (IdP data), $(SYSCONFDIR)/apes/idp.env, user _apes-idp"
+	@echo "stop it first if it runs: systemctl disable --now apes-idp && systemctl daemon-reload"

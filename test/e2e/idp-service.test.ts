@@ -99,12 +99,20 @@ function expandExecStart(line: string, env: Record<string, string>): string[] {
   return argv;
 }
 
-function make(target: string, inst: ShimInstall) {
-  return execFileP(
-    "make",
-    ["-s", target, `PREFIX=${inst.prefix}`, `SYSCONFDIR=${inst.etc}`, `LOCALSTATEDIR=${inst.var}`],
-    { cwd: REPO },
-  );
+/**
+ * Runs a make target for the temporary install. useradd fails while another test file's useradd
+ * holds the passwd lock ("cannot lock /etc/passwd"); the target is idempotent, so that is retried.
+ */
+async function make(target: string, inst: ShimInstall) {
+  const args = ["-s", target, `PREFIX=${inst.prefix}`, `SYSCONFDIR=${inst.etc}`, `LOCALSTATEDIR=${inst.var}`];
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await execFileP("make", args, { cwd: REPO });
+    } catch (e) {
+      if (attempt >= 10 || !/cannot lock/.test((e as { stderr?: string }).stderr ?? "")) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
 }
 
 /** `runuser -u _apes-idp -- apes ...` (the README's admin command form) through the installed shim. */

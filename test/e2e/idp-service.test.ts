@@ -123,13 +123,104 @@ function asServiceUser(inst: ShimInstall, args: string[]) {
   });
 }
 
+interface ServiceRun {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  listening: { url: string; issuer: string };
+  logs(): string;
+}
+
+/**
+ * Starts argv as systemd would start the unit's ExecStart: as the unit's user with its groups, with
+ * UMask, the service environment only, cwd /. `wrap` goes in front (e.g. strace), running as root.
+ * Resolves once the "listening" line is logged.
+ */
+async function startAsService(
+  argv: string[],
+  env: Record<string, string>,
+  umask: string,
+  wrap: string[] = [],
+): Promise<ServiceRun> {
+  const assignments = Object.entries({
+    ...env,
+    PATH: SERVICE_PATH,
+    HOME: "/nonexistent",
+    USER: SERVICE_USER,
+    LOGNAME: SERVICE_USER,
+  }).map(([k, v]) => `${k}=${v}`);
+  const command = [
+    ...wrap,
+    "/usr/bin/setpriv",
+    "--reuid",
+    SERVICE_USER,
+    "--regid",
+    SERVICE_USER,
+    "--init-groups",
+    "--",
+    "/usr/bin/env",
+    "-i",
+    ...assignments,
+    "/bin/sh",
+    "-c",
+    'umask "$0" && exec "$@"',
+    umask,
+    ...argv,
+  ];
+  const child = spawn(command[0]!, command.slice(1), {
+    cwd: "/",
+    env: { PATH: "/usr/bin:/bin" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let logs = "";
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const listening = await new Promise<{ url: string; issuer: string }>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`no "listening" line within 15 s:\n${logs}`));
+    }, 15_000);
+    child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
+      logs += chunk;
+      const line = logs.split("\n").find((l) => l.includes('"msg":"listening"'));
+      if (line) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line) as { url: string; issuer: string });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`the service exited (${code}) before listening:\n${logs}`));
+    });
+  });
+  return { child, exited, listening, logs: () => logs };
+}
+
+/** The system calls in a systemd group, nested groups expanded (`systemd-analyze syscall-filter`). */
+async function syscallGroup(group: string): Promise<Set<string>> {
+  const { stdout } = await execFileP("systemd-analyze", ["syscall-filter"], { maxBuffer: 4 << 20 });
+  const groups = new Map<string, string[]>();
+  let current: string[] | undefined;
+  for (const line of stdout.split("\n")) {
+    if (line.startsWith("@")) {
+      current = [];
+      groups.set(line.split(/\s/)[0]!, current);
+    } else if (current && /^\s+[@a-z0-9_-]+$/.test(line)) current.push(line.trim());
+  }
+  const expand = (name: string, out: Set<string>): Set<string> => {
+    for (const m of groups.get(name) ?? [])
+      if (m.startsWith("@")) expand(m, out);
+      else out.add(m);
+    return out;
+  };
+  return expand(group, new Set());
+}
+
 describe("apes-idp.service", () => {
   let inst: ShimInstall;
   let unitPath: string;
   let unit: Unit;
   let dataDir: string;
   let makeOutput: string;
-  let server: ChildProcess | undefined;
+  const servers: ChildProcess[] = [];
 
   beforeAll(async () => {
     inst = await installIntoTempPrefix();
@@ -140,7 +231,7 @@ describe("apes-idp.service", () => {
   });
 
   afterAll(async () => {
-    if (server && server.exitCode === null && server.signalCode === null) server.kill("SIGKILL");
+    for (const p of servers) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
     await inst?.cleanup();
   });
 
@@ -206,52 +297,9 @@ describe("apes-idp.service", () => {
     const umask = one(unit, "UMask");
     expect(umask).toMatch(/^0[0-7]{3}$/);
 
-    // As systemd would: the unit's user and its groups, UMask, a clean environment, cwd /.
-    const assignments = Object.entries({
-      ...env,
-      PATH: SERVICE_PATH,
-      HOME: "/nonexistent",
-      USER: SERVICE_USER,
-      LOGNAME: SERVICE_USER,
-    }).map(([k, v]) => `${k}=${v}`);
-    const child = spawn(
-      "/usr/bin/setpriv",
-      [
-        "--reuid",
-        SERVICE_USER,
-        "--regid",
-        SERVICE_USER,
-        "--init-groups",
-        "--",
-        "/usr/bin/env",
-        "-i",
-        ...assignments,
-        "/bin/sh",
-        "-c",
-        'umask "$0" && exec "$@"',
-        umask,
-        ...argv,
-      ],
-      { cwd: "/", env: { PATH: "/usr/bin:/bin" }, stdio: ["ignore", "ignore", "pipe"] },
-    );
-    server = child;
-    let logs = "";
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    const listening = await new Promise<{ url: string; issuer: string }>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no "listening" line within 15 s:\n${logs}`)), 15_000);
-      child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
-        logs += chunk;
-        const line = logs.split("\n").find((l) => l.includes('"msg":"listening"'));
-        if (line) {
-          clearTimeout(timer);
-          resolve(JSON.parse(line) as { url: string; issuer: string });
-        }
-      });
-      void exited.then((code) => {
-        clearTimeout(timer);
-        reject(new Error(`the service exited (${code}) before listening:\n${logs}`));
-      });
-    });
+    const run = await startAsService(argv, env, umask);
+    servers.push(run.child);
+    const { child, exited, listening } = run;
     expect(listening.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
 
     const discovery = (await (await fetch(`${listening.url}/.well-known/openid-configuration`)).json()) as {
@@ -288,7 +336,43 @@ describe("apes-idp.service", () => {
 
     child.kill("SIGTERM");
     expect(await exited).toBe(0);
-    expect(logs).toContain('"msg":"stopped"');
+    expect(run.logs()).toContain('"msg":"stopped"');
+  });
+
+  // No systemd manager here to apply SystemCallFilter=, so check what it would see: every system
+  // call the service makes (start, HTTP requests, a login challenge, SIGTERM) is in the allowed set.
+  it("makes only system calls that SystemCallFilter= allows", async () => {
+    const filter = one(unit, "SystemCallFilter");
+    const allowed = await syscallGroup(filter);
+    expect(allowed.has("openat")).toBe(true); // the group was parsed
+    const trace = join(inst.root, "strace.out");
+    const env = serviceEnvironment(unit);
+    const run = await startAsService(expandExecStart(one(unit, "ExecStart"), env), env, one(unit, "UMask"), [
+      "/usr/bin/strace",
+      "-f",
+      "-qq",
+      "-o",
+      trace,
+      "--",
+    ]);
+    servers.push(run.child);
+    expect((await fetch(`${run.listening.url}/.well-known/openid-configuration`)).status).toBe(200);
+    expect((await fetch(`${run.listening.url}/.well-known/jwks.json`)).status).toBe(200);
+    const challenge = await fetch(`${run.listening.url}/api/auth/challenge`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ id: "alice@example.com" }),
+    });
+    expect(challenge.status).toBe(200);
+    // The traced program is strace's only child (setpriv, env and sh exec into the same process).
+    const pid = Number((await execFileP("pgrep", ["-P", String(run.child.pid)])).stdout.trim());
+    process.kill(pid, "SIGTERM");
+    expect(await run.exited).toBe(0);
+    const used = new Set(
+      [...readFileSync(trace, "utf8").matchAll(/^\d+\s+([a-z0-9_]+)\(/gm)].map((m) => m[1]!),
+    );
+    expect(used.has("listen")).toBe(true);
+    expect([...used].filter((name) => !allowed.has(name))).toEqual([]);
   });
 
   it("make uninstall-idp-service removes the unit and keeps the data", async () => {

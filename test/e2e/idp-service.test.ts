@@ -365,7 +365,9 @@ describe("apes-idp.service", () => {
     });
     expect(challenge.status).toBe(200);
     // The traced program is strace's only child (setpriv, env and sh exec into the same process).
-    const pid = Number((await execFileP("pgrep", ["-P", String(run.child.pid)])).stdout.trim());
+    const tracer = run.child.pid!;
+    const pid = Number(readFileSync(`/proc/${tracer}/task/${tracer}/children`, "utf8").trim());
+    expect(pid).toBeGreaterThan(0);
     process.kill(pid, "SIGTERM");
     expect(await run.exited).toBe(0);
     const used = new Set(

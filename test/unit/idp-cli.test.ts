@@ -2,7 +2,7 @@ import { mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseListen } from "../../cli/commands/idp/serve.ts";
+import { parseListen, startError } from "../../cli/commands/idp/serve.ts";
 import { CliError } from "../../cli/errors.ts";
 import { runInProcess } from "../helpers/fake-context.ts";
 import { newKey } from "../helpers/idp.ts";
@@ -69,5 +69,21 @@ describe("parseListen", () => {
     for (const bad of ["", "8080", "host:", "host:99999", ":80", "a:b:c"]) {
       expect(() => parseListen(bad), bad).toThrow(CliError);
     }
+  });
+});
+
+describe("apes idp serve start-up errors", () => {
+  const fail = (code: string, extra: Record<string, string> = {}) =>
+    startError(Object.assign(new Error(`${code}: failed`), { code, ...extra }), { listen: "127.0.0.1:8080" });
+
+  it("maps each cause to an exit code a supervisor can act on", () => {
+    expect(fail("EADDRINUSE").exitCode).toBe(69);
+    expect(fail("EACCES", { syscall: "listen" }).exitCode).toBe(77);
+    // A data dir owned by someone else (root ran an admin command first): configuration, not retryable.
+    const eperm = fail("EPERM", { syscall: "chmod" });
+    expect(eperm.exitCode).toBe(78);
+    expect(eperm.hint).toContain("chown");
+    expect(fail("ENOENT").exitCode).toBe(78);
+    expect(startError(new Error("boom"), { listen: "x" }).exitCode).toBe(1);
   });
 });

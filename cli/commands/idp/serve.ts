@@ -27,7 +27,8 @@ export function parseListen(value: string): { host: string; port: number } {
 }
 
 /** Why the server could not start, with what to do about it. */
-function startError(e: unknown, opts: ServeOpts): CliError {
+/** Why the IdP could not start, as the exit code a supervisor can act on (78: fix the config). */
+export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliError {
   const err = e as NodeJS.ErrnoException;
   const message = err?.message ?? String(e);
   if (err?.code === "EADDRINUSE") {
@@ -40,6 +41,14 @@ function startError(e: unknown, opts: ServeOpts): CliError {
     return new CliError(`not allowed to listen on ${opts.listen}`, {
       exitCode: ExitCode.NOPERM,
       hint: "ports below 1024 need privileges; use a higher port behind a proxy",
+    });
+  }
+  if (err?.code === "EPERM") {
+    // E.g. a database file created by root before the service user ever ran (chmod is refused).
+    return new CliError(`cannot start the IdP: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "the data dir and its files must belong to the user running the IdP (chown -R that user the --data dir)",
+      cause: e,
     });
   }
   if (err?.code === "ENOENT" || err?.code === "EACCES" || /PEM|certificate|key/i.test(message)) {

@@ -38,6 +38,17 @@ export class FakeClock implements Clock {
   }
 }
 
+/** A clock whose sleep returns at once and moves time forward by the amount slept. */
+export class StepClock implements Clock {
+  t = Date.UTC(2026, 10, 22);
+  now() {
+    return this.t;
+  }
+  async sleep(ms: number) {
+    this.t += ms;
+  }
+}
+
 export interface FakeContextOptions {
   env?: Record<string, string | undefined>;
   http?: Fetch;

@@ -19,6 +19,9 @@ import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { collect, type RunResult } from "./process.ts";
+
+export { collect, type RunResult };
 
 const execFileP = promisify(execFile);
 export const REPO = join(import.meta.dirname, "..", "..");
@@ -191,13 +194,6 @@ export interface RunOptions {
   cwd?: string;
 }
 
-export interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
 /**
  * Starts argv as the user: setpriv sets real+effective uid/gid and the user's groups (no
  * privileges left), then `env -i` installs opts.env. The environment is applied only after the
@@ -240,33 +236,6 @@ export function runAsUser(
 ): Promise<RunResult> {
   const child = spawnAsUser(user, argv, opts);
   return collect(child, opts);
-}
-
-export function collect(
-  child: ChildProcess,
-  opts: Pick<RunOptions, "input" | "timeoutMs"> = {},
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-    });
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-      stderr += d;
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 20_000);
-    child.on("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-    child.stdin?.on("error", () => {}); // the program may exit without reading its input
-    child.stdin?.end(opts.input ?? "");
-  });
 }
 
 /**

@@ -2,6 +2,7 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { collect } from "../helpers/process.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const bin = join(root, "dist", "apes");
@@ -9,19 +10,7 @@ const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { ve
 
 /** Runs dist/apes like `env -i apes ...` from `/`: no environment at all, not even PATH or HOME. */
 function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { cwd: "/", env: {}, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
+  return collect(spawn(bin, args, { cwd: "/", env: {}, stdio: ["pipe", "pipe", "pipe"] }));
 }
 
 describe("dist/apes with an empty environment, from /", () => {

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DdisaCache, DnsUnavailableError, queryTxtUdp, resolveDdisa } from "../../protocol/resolver.ts";
+import { collect } from "../helpers/process.ts";
 
 // A real DNS server (dnsmasq, Debian package dnsmasq-base) on a loopback port, serving _ddisa TXT
 // records; the real dist/apes pointed at it. Every query names its servers explicitly, so the
@@ -148,23 +149,13 @@ afterAll(async () => {
 });
 
 function apes(args: string[], env: Record<string, string>) {
-  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(bin, args, {
+  return collect(
+    spawn(bin, args, {
       cwd: "/",
       env: { PATH: "/usr/bin:/bin", HOME: dir, XDG_CONFIG_HOME: join(dir, "config"), ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
+      stdio: ["pipe", "pipe", "pipe"],
+    }),
+  );
 }
 
 describe("resolveDdisa against dnsmasq", () => {

@@ -13,23 +13,12 @@ import {
   withSessionLock,
   writeSession,
 } from "../../cli/auth/store.ts";
-import type { Clock } from "../../cli/context.ts";
 import { CliError } from "../../cli/errors.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import { clearDiscoveryMemory, endpointsFrom } from "../../cli/idp-client.ts";
 import { fingerprint, formatOpenSshPrivateKey } from "../../protocol/keys.ts";
-import { fakeContext } from "../helpers/fake-context.ts";
+import { fakeContext, StepClock } from "../helpers/fake-context.ts";
 import { fakeIdp } from "./cli-fake-idp.ts";
-
-class StepClock implements Clock {
-  t = Date.UTC(2026, 10, 22);
-  now() {
-    return this.t;
-  }
-  async sleep(ms: number) {
-    this.t += ms;
-  }
-}
 
 let home: string;
 beforeEach(() => {

@@ -4,24 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { inboxOf } from "../../cli/commands/grants/list.ts";
-import type { Clock } from "../../cli/context.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import { clearDiscoveryMemory } from "../../cli/idp-client.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { formatOpenSshPrivateKey, formatSshPublicKey } from "../../protocol/keys.ts";
 import type { Grant } from "../../protocol/types.ts";
-import { type FakeContextOptions, runInProcess } from "../helpers/fake-context.ts";
+import { type FakeContextOptions, runInProcess, StepClock } from "../helpers/fake-context.ts";
 import { fakeIdp } from "./cli-fake-idp.ts";
-
-class StepClock implements Clock {
-  t = Date.UTC(2026, 10, 22);
-  now() {
-    return this.t;
-  }
-  async sleep(ms: number) {
-    this.t += ms;
-  }
-}
 
 let root: string;
 beforeEach(() => {

@@ -16,15 +16,14 @@
 //   with alice's token and measures from just before the approve request to the exit of the wait
 //   process. Push = default client (Prefer: wait long-poll); poll = APES_NO_PUSH=1 (3 s interval, the
 //   behaviour of clients without push).
-import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { buildBareSea, requireBuiltApes } from "../common.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "30" },
@@ -36,51 +35,10 @@ const runs = Number(values.runs);
 const warmup = Number(values.warmup);
 const waits = Number(values.waits);
 
-if (!process.version.startsWith("v24.")) {
-  console.error(`bench: run with the pinned node (node_modules/.bin/node), got ${process.version}`);
-  process.exit(1);
-}
-const apes = join(root, "dist", "apes");
-if (!existsSync(apes)) {
-  console.error("bench: dist/apes is missing: run `make build` first");
-  process.exit(1);
-}
+const apes = requireBuiltApes();
 
 const work = mkdtempSync(join(tmpdir(), "apes-bench-cli-"));
 let idpProc;
-
-/** The bare floor: scripts/sea.mjs when present (same settings as dist/apes), else the same steps here. */
-async function buildBare() {
-  const main = join(work, "bare.cjs");
-  writeFileSync(main, 'console.log("x");\n');
-  const out = join(work, "bare");
-  try {
-    const { buildSea } = await import("../../scripts/sea.mjs");
-    return buildSea({ main, out, workDir: work });
-  } catch {
-    const seaConfig = join(work, "sea.json");
-    const blob = join(work, "bare.blob");
-    writeFileSync(
-      seaConfig,
-      JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }),
-    );
-    execFileSync(process.execPath, ["--experimental-sea-config", seaConfig], { stdio: "ignore" });
-    execFileSync("cp", [process.execPath, out]);
-    execFileSync(
-      process.execPath,
-      [
-        join(root, "node_modules/postject/dist/cli.js"),
-        out,
-        "NODE_SEA_BLOB",
-        blob,
-        "--sentinel-fuse",
-        "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
-      ],
-      { stdio: "ignore" },
-    );
-    return out;
-  }
-}
 
 function run(args, env) {
   const r = spawnSync(apes, args, { env, encoding: "utf8" });
@@ -156,7 +114,7 @@ try {
     p.env.APES_IDP = url;
     run(["login", p.email], p.env);
   }
-  const bare = await buildBare();
+  const bare = buildBareSea(work);
 
   // --- start-up ---
   const cases = [

@@ -10,14 +10,12 @@
 // empty environment from `/`. The first --warmup rounds are discarded. If hyperfine is installed,
 // it is run too (-N, same runs) as a cross-check; the script works without it.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { buildSea } from "../../scripts/sea.mjs";
+import { buildBareSea, requireBuiltApes } from "../common.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "30" },
@@ -29,21 +27,11 @@ const runs = Number(values.runs);
 const warmup = Number(values.warmup);
 const maxRatio = Number(values["max-ratio"]);
 
-if (!process.version.startsWith("v24.")) {
-  console.error(`bench: run with the pinned node (node_modules/.bin/node), got ${process.version}`);
-  process.exit(1);
-}
-const apes = join(root, "dist", "apes");
-if (!existsSync(apes)) {
-  console.error("bench: dist/apes is missing: run `make build` first");
-  process.exit(1);
-}
+const apes = requireBuiltApes();
 
 const work = mkdtempSync(join(tmpdir(), "apes-bench-startup-"));
 try {
-  const main = join(work, "bare.cjs");
-  writeFileSync(main, 'console.log("x");\n');
-  const bare = buildSea({ main, out: join(work, "bare"), workDir: work });
+  const bare = buildBareSea(work);
 
   const cases = [
     { name: "bare SEA (console.log)", file: bare, args: [] },

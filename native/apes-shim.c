@@ -76,13 +76,18 @@ static struct {
   const char *grant_id, *sub, *decided_by, *issuer;
 } A;
 
+/* One "apes: ..." line on stderr. */
+static void vsay(const char *fmt, va_list ap) {
+  fputs("apes: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+}
+
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  fputs("apes: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsay(fmt, ap);
   va_end(ap);
   exit(code);
 }
@@ -229,14 +234,13 @@ static int audit(const char *decision, const char *reason) {
 }
 
 /* Record the denial, then leave without running anything. */
-static void deny(const char *reason, int code, const char *fmt, ...) __attribute__((noreturn));
+static void deny(const char *reason, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
 static void deny(const char *reason, int code, const char *fmt, ...) {
   if (fmt) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("apes: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsay(fmt, ap);
     va_end(ap);
   }
   if (audit("deny", reason) != 0) die(EXIT_DENIED, "audit log not writable (%s)", APES_AUDIT_LOG);

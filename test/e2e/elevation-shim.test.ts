@@ -13,7 +13,7 @@ import {
 } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import { SignJWT } from "jose";
+import { decodeJwt, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import {
@@ -423,9 +423,13 @@ describe("elevation through the setuid shim: nothing runs when", () => {
 
   it("a timed grant has expired", async () => {
     const m = marker("expired");
-    const { token } = await approvedToken(["touch", m], ["--approval", "timed", "--duration", "1s"]);
-    await new Promise((r) => setTimeout(r, 2100));
-    const r = await elevate(["--approval", "timed", "--duration", "1s", "--", "touch", m], {
+    // The window starts at approval, and fetching the token after it takes a few process starts:
+    // leave it ample room on a loaded machine, then wait for the token's own exp to pass.
+    const timed = ["--approval", "timed", "--duration", "5s"];
+    const { token } = await approvedToken(["touch", m], timed);
+    const exp = decodeJwt(token).exp!;
+    await new Promise((r) => setTimeout(r, Math.max(0, exp * 1000 - Date.now()) + 1100));
+    const r = await elevate([...timed, "--", "touch", m], {
       env: evil(token),
     });
     expectDenied(r, "grant_not_usable", m);

@@ -197,12 +197,13 @@ describe("idp grants API", () => {
     });
 
     it("expires a timed grant on read once expires_at has passed", async () => {
-      const g = await create("bot", { ...ls(["sleep", "1"]), grant_type: "timed", duration: 1 });
+      // 2 s leaves room for approve + token on a loaded machine before the window closes.
+      const g = await create("bot", { ...ls(["sleep", "1"]), grant_type: "timed", duration: 2 });
       await w.as("alice").post(`${w.grants}/${g.id}/approve`);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       // Wait (bounded) for the second to pass, using long-poll on the grant instead of sleeping blindly.
       let status = "approved";
-      for (let i = 0; i < 10 && status === "approved"; i++) {
+      for (let i = 0; i < 15 && status === "approved"; i++) {
         const r = await w.as("bot").get(`${w.grants}/${g.id}`, { prefer: "wait=1" });
         status = r.body.status;
       }

@@ -50,8 +50,13 @@ function waitInBackground(u: CliUser, id: string, extraEnv: Record<string, strin
   return { done, started: () => stderr.includes("waiting for a decision"), kill: () => p.kill("SIGKILL") };
 }
 
-async function until(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
+/** Polls cond (every 50 ms, at most 30 s) and fails loudly instead of carrying on when it never holds. */
+async function until(cond: () => boolean, what: () => string = () => "the waiter to start"): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`gave up waiting for ${what()}`);
 }
 
 describe("grants between an agent and its owner", () => {
@@ -156,10 +161,15 @@ describe("grants between an agent and its owner", () => {
     p.stderr.on("data", (c) => {
       stderr += c;
     });
-    const exited = new Promise<number | null>((resolve) => p.on("exit", (code) => resolve(code)));
-    await until(() => stderr.includes("waiting for a decision"));
+    const exited = new Promise<number | string>((resolve) =>
+      p.on("exit", (code, signal) => resolve(code ?? `${signal}`)),
+    );
+    await until(
+      () => stderr.includes("waiting for a decision"),
+      () => `the waiting line; stderr so far: ${stderr}`,
+    );
     p.kill("SIGINT");
-    expect(await exited).toBe(130);
+    expect(await exited, stderr).toBe(130);
     const id = /grant ([0-9a-f-]{36})/.exec(stderr)?.[1];
     expect(stderr).toContain(`grant ${id} cancelled`);
     const shown = JSON.parse((await bot.run(["--json", "grants", "show", id!])).stdout);

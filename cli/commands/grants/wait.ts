@@ -52,10 +52,12 @@ export async function waitAndReport(
     import("../../grants/format.ts"),
   ]);
   const what = known?.request.command ? `: ${shellJoin(known.request.command)}` : "";
-  const progress = startProgress(ctx, `waiting for a decision on grant ${id}${what}`);
+  // The handler goes in before the waiting line is printed: whoever reacts to that line with Ctrl-C
+  // (a person, or a wrapper script) must reach the cancel path, not the default SIGINT death.
   const interrupted = new AbortController();
   const onSigint = () => interrupted.abort(new Error("SIGINT"));
   process.once("SIGINT", onSigint);
+  const progress = startProgress(ctx, `waiting for a decision on grant ${id}${what}`);
   let grant: Grant;
   try {
     grant = await waitForDecision(ctx, client, id, { timeoutMs, signal: interrupted.signal });

@@ -57,6 +57,8 @@ export interface FakeContextOptions {
   globals?: Partial<GlobalOptions>;
   stdin?: string;
   home?: string;
+  /** A Capture subclass that reacts to what is written (e.g. sends a signal on a given line). */
+  stderr?: Capture;
 }
 
 export interface FakeContext extends Context {
@@ -67,7 +69,7 @@ export interface FakeContext extends Context {
 /** A Context for unit tests: captured output, no network unless `http` is given, a fixed HOME. */
 export function fakeContext(options: FakeContextOptions = {}): FakeContext {
   const stdout = new Capture();
-  const stderr = new Capture();
+  const stderr = options.stderr ?? new Capture();
   const home = options.home ?? "/nonexistent-home";
   const env = { HOME: home, ...options.env };
   const globals: GlobalOptions = { json: false, debug: false, color: false, ...options.globals };

@@ -44,9 +44,8 @@ class InterruptOnWaitingLine extends Capture {
 
 describe("grants request --wait and Ctrl-C", () => {
   it("a SIGINT right after the waiting line reaches the cancel path (handler installed first)", async () => {
-    const ctx = fakeContext({ env: { APES_NO_PUSH: "1", APES_POLL_INTERVAL_MS: "100" } });
     const stderr = new InterruptOnWaitingLine();
-    ctx.io.stderr = stderr;
+    const ctx = fakeContext({ env: { APES_NO_PUSH: "1", APES_POLL_INTERVAL_MS: "100" }, stderr });
     const revoked: string[] = [];
     const before = process.listenerCount("SIGINT");
     const e = await waitAndReport(ctx, approvingClient(revoked), pending.id, undefined, pending, true).then(

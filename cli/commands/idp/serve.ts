@@ -119,6 +119,14 @@ Examples:
         throw usageError((e as Error).message);
       }
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
+      // Caught from before the "listening" line: a supervisor that stops the IdP as soon as it has
+      // seen that line still gets the graceful shutdown, not the default death by signal.
+      const signals = ["SIGTERM", "SIGINT"] as const;
+      let onSignal: (signal: string) => void = () => {};
+      const stopRequested = new Promise<string>((resolve) => {
+        onSignal = resolve;
+      });
+      for (const s of signals) process.on(s, onSignal);
       let idp: Awaited<ReturnType<typeof startIdp>>;
       try {
         idp = await startIdp({
@@ -132,22 +140,13 @@ Examples:
           log,
         });
       } catch (e) {
+        for (const s of signals) process.off(s, onSignal);
         throw startError(e, opts);
       }
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          process.off("SIGTERM", onTerm);
-          process.off("SIGINT", onInt);
-          log.always("info", "shutting down", { signal });
-          void idp.close().then(() => {
-            log.always("info", "stopped", {});
-            resolve();
-          });
-        };
-        const onTerm = () => stop("SIGTERM");
-        const onInt = () => stop("SIGINT");
-        process.on("SIGTERM", onTerm);
-        process.on("SIGINT", onInt);
-      });
+      const signal = await stopRequested;
+      for (const s of signals) process.off(s, onSignal);
+      log.always("info", "shutting down", { signal });
+      await idp.close();
+      log.always("info", "stopped", {});
     });
 }

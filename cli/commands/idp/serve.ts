@@ -122,10 +122,7 @@ Examples:
       // Caught from before the "listening" line: a supervisor that stops the IdP as soon as it has
       // seen that line still gets the graceful shutdown, not the default death by signal.
       const signals = ["SIGTERM", "SIGINT"] as const;
-      let onSignal: (signal: string) => void = () => {};
-      const stopRequested = new Promise<string>((resolve) => {
-        onSignal = resolve;
-      });
+      const { promise: stopRequested, resolve: onSignal } = Promise.withResolvers<string>();
       for (const s of signals) process.on(s, onSignal);
       let idp: Awaited<ReturnType<typeof startIdp>>;
       try {

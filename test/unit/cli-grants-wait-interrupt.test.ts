@@ -2,22 +2,10 @@ import { describe, expect, it } from "vitest";
 import { waitAndReport } from "../../cli/commands/grants/wait.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import type { GrantFetch, GrantsClient } from "../../cli/grants/client.ts";
-import type { Grant } from "../../protocol/types.ts";
 import { Capture, fakeContext } from "../helpers/fake-context.ts";
+import { sampleGrant } from "../helpers/grants.ts";
 
-const pending: Grant = {
-  id: "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d",
-  type: "command",
-  status: "pending",
-  created_at: 1_790_000_000,
-  request: {
-    requester: "bot@example.com",
-    target_host: "web1",
-    audience: "escapes",
-    grant_type: "once",
-    command: ["reboot"],
-  },
-};
+const pending = sampleGrant({ id: "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d" });
 
 /** A client whose grant is pending on the first read and approved on every later one. */
 function approvingClient(revoked: string[]): GrantsClient {

@@ -13,6 +13,7 @@ import type { GrantsClient } from "../../cli/grants/client.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
+import { sampleGrant } from "../helpers/grants.ts";
 
 const ME = "agent@example.com";
 
@@ -24,25 +25,8 @@ function request(argv: string[]) {
   return v.request;
 }
 
-function grant(over: Partial<Grant> = {}, req: Partial<Grant["request"]> = {}): Grant {
-  return {
-    id: "g-1",
-    type: "command",
-    status: "pending",
-    created_at: 1,
-    request: {
-      requester: ME,
-      target_host: "web1",
-      audience: "escapes",
-      grant_type: "once",
-      command: ["id", "-u"],
-      cmd_hash: cmdHash(["id", "-u"]),
-      run_as: "root",
-      ...req,
-    },
-    ...over,
-  };
-}
+const grant = (over: Partial<Grant> = {}, req: Partial<Grant["request"]> = {}): Grant =>
+  sampleGrant(over, { requester: ME, ...req });
 
 interface Recorder {
   created: unknown[];

@@ -1,10 +1,9 @@
-import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, renameSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addUser, type IdpHandle, startIdp } from "../helpers/idp.ts";
+import { addUser, type IdpHandle, loopbackCert, startIdp } from "../helpers/idp.ts";
 import { type CliUser, cliUser, jwtClaims, loginCount, runWith } from "./cli-helpers.ts";
 
 // The real IdP with 10 s tokens: the CLI renews in the last 5 s (half the lifetime for short tokens).
@@ -159,28 +158,17 @@ describe("an IdP that is down", () => {
 describe("an IdP on HTTPS with a private CA", () => {
   it("is trusted through APES_CA_FILE and refused without it", async () => {
     const dir = mkdtempSync(join(tmpdir(), "apes-cli-tls-"));
-    execFileSync(
-      "openssl",
-      ["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"].concat([
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-keyout",
-        join(dir, "key.pem"),
-        "-out",
-        join(dir, "cert.pem"),
-      ]),
-      { stdio: "ignore" },
-    );
-    const tls = await startIdp({ tls: { cert: join(dir, "cert.pem"), key: join(dir, "key.pem") } });
+    const tlsFiles = loopbackCert(dir);
+    const tls = await startIdp({ tls: tlsFiles });
     try {
       const u = cliUser("gina@example.com", tls.url);
       await addUser(tls.dataDir, u.email, { publicKey: u.publicLine });
       const refused = await u.run(["login", u.email]);
       expect(refused.code).toBe(69);
       expect(refused.stderr).toContain("APES_CA_FILE");
-      const ok = await u.run(["login", u.email], { APES_CA_FILE: join(dir, "cert.pem") });
+      const ok = await u.run(["login", u.email], { APES_CA_FILE: tlsFiles.cert });
       expect(ok.code, ok.stderr).toBe(0);
-      expect((await u.run(["grants", "list"], { APES_CA_FILE: join(dir, "cert.pem") })).code).toBe(0);
+      expect((await u.run(["grants", "list"], { APES_CA_FILE: tlsFiles.cert })).code).toBe(0);
     } finally {
       await tls.stop();
     }

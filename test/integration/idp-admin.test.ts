@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +8,7 @@ import {
   api,
   type IdpHandle,
   loginWithKey,
+  loopbackCert,
   ls,
   newKey,
   runApes,
@@ -192,34 +192,14 @@ describe("idp serve options", () => {
 
   it("serves HTTPS with --tls-cert/--tls-key and derives an https issuer", async () => {
     const dir = tmp("apes-idp-tls-");
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "ed25519",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-keyout",
-        join(dir, "key.pem"),
-        "-out",
-        join(dir, "cert.pem"),
-      ],
-      { stdio: "ignore" },
-    );
+    const tlsFiles = loopbackCert(dir);
     idp = await startIdp({
       dataDir: join(dir, "d"),
-      tls: { cert: join(dir, "cert.pem"), key: join(dir, "key.pem") },
+      tls: tlsFiles,
     });
     expect(idp.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     expect(idp.issuer).toBe(idp.url);
-    const dispatcher = new Agent({ connect: { ca: readFileSync(join(dir, "cert.pem")) } });
+    const dispatcher = new Agent({ connect: { ca: readFileSync(tlsFiles.cert) } });
     const r = await undiciFetch(`${idp.url}/.well-known/openid-configuration`, { dispatcher });
     expect(((await r.json()) as { issuer: string }).issuer).toBe(idp.url);
     await dispatcher.close();

@@ -26,3 +26,12 @@ export function buildBareSea(work) {
   writeFileSync(main, 'console.log("x");\n');
   return buildSea({ main, out: join(work, "bare"), workDir: work });
 }
+
+/** Quantile p (0..1) of xs, linearly interpolated between the nearest ranks. */
+export function quantile(xs, p) {
+  const s = [...xs].sort((a, b) => a - b);
+  const i = (s.length - 1) * p;
+  const lo = Math.floor(i);
+  const hi = Math.ceil(i);
+  return s[lo] + (s[hi] - s[lo]) * (i - lo);
+}

@@ -22,7 +22,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
-import { buildBareSea, requireBuiltApes } from "../common.mjs";
+import { buildBareSea, quantile as q, requireBuiltApes } from "../common.mjs";
 
 const { values } = parseArgs({
   options: {
@@ -79,13 +79,6 @@ async function startIdp(dataDir) {
   });
 }
 
-const q = (xs, p) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const i = (s.length - 1) * p;
-  const lo = Math.floor(i);
-  const hi = Math.ceil(i);
-  return s[lo] + (s[hi] - s[lo]) * (i - lo);
-};
 const fmt = (ms) => ms.toFixed(1).padStart(7);
 
 try {

@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { buildBareSea, requireBuiltApes } from "../common.mjs";
+import { buildBareSea, quantile as q, requireBuiltApes } from "../common.mjs";
 
 const { values } = parseArgs({
   options: {
@@ -55,13 +55,6 @@ try {
     }
   }
 
-  const q = (xs, p) => {
-    const s = [...xs].sort((a, b) => a - b);
-    const i = (s.length - 1) * p;
-    const lo = Math.floor(i);
-    const hi = Math.ceil(i);
-    return s[lo] + (s[hi] - s[lo]) * (i - lo);
-  };
   const base = q(cases[0].times, 0.5);
   console.log(`node ${process.version}, ${runs} interleaved runs each after ${warmup} warm-up rounds`);
   console.log("command                    median    min     p10     p90   ratio");

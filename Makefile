@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test lint typecheck check clean bench-startup bench-cli bench-idp
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp
 
 all: build
 
@@ -15,8 +15,15 @@ $(NODE_STAMP): package-lock.json
 build: $(NODE_STAMP)
 	node scripts/build.mjs
 
+# Every test: builds dist/apes first (the integration and e2e tests drive it). As root, since the
+# e2e tests install the setuid shim into a temp prefix and run it as a real non-root user.
 test: build
 	npm test
+
+# The Debian packages the tests need (test/debian-packages.txt), installed when missing.
+test-deps:
+	@missing=$$(grep -v '^#' test/debian-packages.txt | while read -r p; do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
 lint: $(NODE_STAMP)
 	npx biome check .

@@ -1,7 +1,7 @@
 import { loadUserConfig, type UserConfig } from "./config.ts";
 import { type Paths, xdgPaths } from "./paths.ts";
 
-/** What a command may touch. Commands receive it; tests build one with fakes (see test/unit/fake-context.ts). */
+/** What a command may touch. Commands receive it; tests build one with fakes (see test/helpers/fake-context.ts). */
 export interface Output {
   write(chunk: string): unknown;
   /** True when a person is watching (progress lines, colour). */

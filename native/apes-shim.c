@@ -11,7 +11,7 @@
  *      which checks the JWT against the root-only policy and consumes the grant;
  *   4. the audit line, then execve of CMD as run_as with an allow-listed environment.
  * Every path, including the EXEC it trusts, is fixed at compile time (Makefile), never taken from
- * argv or the environment. The contract with the TypeScript halves: notes/elevation-interface.md.
+ * argv or the environment. The contract with the TypeScript halves: docs/elevation.md.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 
-/** Prefix of the unambiguous hash form (PROTOCOL.md section 3). */
+/** Prefix of the unambiguous hash form (docs/protocol.md, section 3). */
 export const CMD_HASH_PREFIX = "SHA-256:";
 
 /**

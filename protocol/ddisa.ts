@@ -1,5 +1,5 @@
 /**
- * DDISA discovery records (PROTOCOL.md section 1): `_ddisa.<domain>` TXT
+ * DDISA discovery records (docs/protocol.md, section 1): `_ddisa.<domain>` TXT
  *   v=ddisa1 idp=https://id.example.com; mode=open; priority=10; policy_endpoint=https://...
  * Pure functions only: parsing, validation and selection. Resolution lives in resolver.ts.
  */

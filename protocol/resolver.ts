@@ -1,5 +1,5 @@
 /**
- * DDISA resolution (PROTOCOL.md section 1): TXT at `_ddisa.<domain>` over DNS, DNS-over-HTTPS JSON as
+ * DDISA resolution (docs/protocol.md, section 1): TXT at `_ddisa.<domain>` over DNS, DNS-over-HTTPS JSON as
  * the fallback, and a TTL cache keyed by the bare domain.
  *
  * Why our own DNS client: node:dns `resolveTxt` returns no TTL (and `resolveAny` sends ANY queries,

@@ -1,40 +1,56 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 import addFormats from "ajv-formats";
 
 /**
- * JSON Schema validation against the protocol contract (../shared/protocol/schemas, draft 2020-12).
- * Used by tests; APES_SCHEMAS_DIR points elsewhere when the schemas live somewhere else.
+ * JSON Schema validation (draft 2020-12) of what the IdP emits. The project's own schemas are
+ * protocol/schemas/*.json, written from docs/protocol.md and protocol/types.ts. An external set
+ * (the protocol family's published schemas) can be checked as well: `APES_SCHEMAS_DIR` names its
+ * folder; without it only the project's own schemas are used. Used by tests (ajv is a dev tool).
  */
-export function schemasDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.APES_SCHEMAS_DIR) return resolve(env.APES_SCHEMAS_DIR);
-  const here = dirname(fileURLToPath(import.meta.url));
-  const candidate = resolve(here, "..", "..", "shared", "protocol", "schemas");
-  if (!existsSync(candidate))
-    throw new Error(`protocol schemas not found at ${candidate}; set APES_SCHEMAS_DIR`);
-  return candidate;
+
+/** The project's own schemas, next to this file. */
+export const OWN_SCHEMAS_DIR = join(import.meta.dirname, "schemas");
+
+/** The external conformance set, when `APES_SCHEMAS_DIR` names one. */
+export function externalSchemasDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const dir = env.APES_SCHEMAS_DIR;
+  if (!dir) return undefined;
+  const path = resolve(dir);
+  if (!existsSync(path)) throw new Error(`APES_SCHEMAS_DIR=${dir}: no such directory`);
+  return path;
 }
 
+/** Names present in the project's own set; an external set is checked for those it also has. */
 export type SchemaName =
   | "authz-jwt-claims"
-  | "client-metadata"
   | "ddisa-record"
+  | "delegated-token-claims"
   | "delegation"
   | "error"
+  | "grant-list"
   | "grant-request"
   | "grant"
+  | "jwks"
   | "openid-configuration-extensions"
-  | "sp-scope-catalog";
+  | "session-token-claims";
 
 export interface SchemaValidator {
+  /** The folders the schemas came from, own first. */
+  readonly dirs: readonly string[];
+  /** The names this validator knows. */
+  has(name: SchemaName): boolean;
   validate(name: SchemaName, value: unknown): { valid: boolean; errors: string[] };
   /** Throws with every error listed; handy in tests: `schemas.assert("grant", g)`. */
   assert(name: SchemaName, value: unknown): void;
 }
 
-export function loadSchemas(dir = schemasDir()): SchemaValidator {
+/** One folder of schemas, compiled lazily by name (file name without `.json`). */
+function loadDir(dir: string): {
+  has(name: string): boolean;
+  validate(name: string, value: unknown): string[];
+} {
   const ajv = new Ajv2020({ allErrors: true, strict: false });
   (addFormats as unknown as (a: Ajv2020) => void)(ajv);
   const byName = new Map<string, string>();
@@ -44,30 +60,49 @@ export function loadSchemas(dir = schemasDir()): SchemaValidator {
     byName.set(file.replace(/\.json$/, ""), schema.$id ?? file);
   }
   const compiled = new Map<string, ValidateFunction>();
-  const get = (name: string): ValidateFunction => {
-    let fn = compiled.get(name);
-    if (!fn) {
-      const id = byName.get(name);
-      if (!id) throw new Error(`no schema named ${name} in ${dir}`);
-      fn = ajv.getSchema(id);
-      if (!fn) throw new Error(`schema ${name} (${id}) did not compile`);
-      compiled.set(name, fn);
-    }
-    return fn;
+  return {
+    has: (name) => byName.has(name),
+    validate(name, value) {
+      let fn = compiled.get(name);
+      if (!fn) {
+        const id = byName.get(name);
+        if (!id) throw new Error(`no schema named ${name} in ${dir}`);
+        fn = ajv.getSchema(id);
+        if (!fn) throw new Error(`schema ${name} (${id}) did not compile`);
+        compiled.set(name, fn);
+      }
+      if (fn(value)) return [];
+      return (fn.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message ?? "invalid"}`);
+    },
   };
+}
+
+/**
+ * A validator over one or more folders: a value is valid when every folder that has a schema of
+ * that name accepts it (the first folder must have it). Default: the project's own schemas, plus
+ * the external set when `APES_SCHEMAS_DIR` is set.
+ */
+export function loadSchemas(dirs: readonly string[] = defaultDirs()): SchemaValidator {
+  const sets = dirs.map((dir) => ({ dir, set: loadDir(dir) }));
   const validate = (name: SchemaName, value: unknown) => {
-    const fn = get(name);
-    const valid = fn(value) as boolean;
-    const errors = valid
-      ? []
-      : (fn.errors ?? []).map((e) => `${e.instancePath || "/"} ${e.message ?? "invalid"}`);
-    return { valid, errors };
+    if (!sets[0]?.set.has(name)) throw new Error(`no schema named ${name} in ${dirs[0]}`);
+    const errors = sets.flatMap(({ dir, set }) =>
+      set.has(name) ? set.validate(name, value).map((e) => `${e} (${dir})`) : [],
+    );
+    return { valid: errors.length === 0, errors };
   };
   return {
+    dirs,
+    has: (name) => sets[0]?.set.has(name) ?? false,
     validate,
     assert(name, value) {
       const r = validate(name, value);
       if (!r.valid) throw new Error(`${name} schema: ${r.errors.join("; ")}\n${JSON.stringify(value)}`);
     },
   };
+}
+
+function defaultDirs(): string[] {
+  const external = externalSchemasDir();
+  return external ? [OWN_SCHEMAS_DIR, external] : [OWN_SCHEMAS_DIR];
 }

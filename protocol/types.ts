@@ -1,6 +1,6 @@
 /**
- * Wire types of the grants and delegations protocol (PROTOCOL.md sections 3-4). The JSON Schemas in
- * ../shared/protocol/schemas are the contract; these types mirror them for the code.
+ * Wire types of the grants and delegations protocol (docs/protocol.md, sections 3-4). The JSON Schemas in
+ * protocol/schemas/ are the contract; these types mirror them for the code.
  */
 
 export type GrantType = "once" | "timed" | "always";
@@ -18,7 +18,7 @@ export const GRANT_STATUSES: readonly GrantStatus[] = [
   "used",
 ];
 
-/** Default audience and token audience (PROTOCOL.md). */
+/** Default audience and token audience (docs/protocol.md). */
 export const ELEVATION_AUDIENCE = "escapes";
 export const CLI_TOKEN_AUDIENCE = "apes-cli";
 

@@ -6,7 +6,7 @@ import { HttpError, request } from "../http.ts";
 import { type IdpEndpoints, idpEndpoints, requireEndpoint } from "../idp-client.ts";
 
 /**
- * Ed25519 challenge-response login (PROTOCOL.md section 2): POST {id} to the challenge endpoint,
+ * Ed25519 challenge-response login (docs/protocol.md, section 2): POST {id} to the challenge endpoint,
  * sign the exact challenge string, POST {id, challenge, signature} to the authenticate endpoint.
  * IdPs that only know the older `{agent_id}` body are handled by trying the other shape once.
  */

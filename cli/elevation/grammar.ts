@@ -1,7 +1,7 @@
 import { parseDuration } from "../config.ts";
 
 /**
- * The elevation grammar, the same one the setuid shim parses in C (elevation-interface.md):
+ * The elevation grammar, the same one the setuid shim parses in C (docs/elevation.md):
  *
  *   apes [run] [ELEVATION-OPTION...] -- CMD [ARG...]
  *

@@ -7,7 +7,7 @@ import { HttpError, type HttpRequest, type HttpResponse, request } from "../http
 import { type IdpEndpoints, idpEndpoints, requireEndpoint } from "../idp-client.ts";
 
 /**
- * The grants API of the session's IdP (PROTOCOL.md section 3), endpoint from discovery. Every call
+ * The grants API of the session's IdP (docs/protocol.md, section 3), endpoint from discovery. Every call
  * takes a fresh session token (re-authenticating with the key when it is about to expire), and a
  * 401 on a token we believed valid (IdP restarted with new keys) is retried once after a forced
  * re-login.

@@ -8,7 +8,7 @@ import { idpEndpoints, requireEndpoint } from "../idp-client.ts";
 import { authed, checkGrantId } from "./client.ts";
 
 /**
- * Delegations (PROTOCOL.md section 4) and RFC 8693 token exchange on them. Endpoints come from
+ * Delegations (docs/protocol.md, section 4) and RFC 8693 token exchange on them. Endpoints come from
  * discovery (`openape_delegations_endpoint`, `token_endpoint`).
  */
 

@@ -9,7 +9,7 @@ import { etagOf, listParams, loadGrant, page } from "./common.ts";
 import { PATHS } from "./discovery.ts";
 
 /**
- * Delegations (PROTOCOL.md section 4): a human lets a delegate act for it at an audience. Created
+ * Delegations (docs/protocol.md, section 4): a human lets a delegate act for it at an audience. Created
  * already approved by the delegator; used through token exchange at the token endpoint.
  */
 

@@ -24,7 +24,7 @@ import { etagMatches, etagOf, listParams, loadGrant, MAX_WAIT, page, preferWait 
 import { PATHS } from "./discovery.ts";
 
 /**
- * The grants API (PROTOCOL.md section 3). Each handler is an ordered list of checks: parse,
+ * The grants API (docs/protocol.md, section 3). Each handler is an ordered list of checks: parse,
  * load, visibility (404), permission (403), state (409), then one conditional store update.
  */
 

@@ -68,6 +68,7 @@ describe("idp serve: discovery, jwks, login, users", () => {
   it("publishes an Ed25519 JWKS", async () => {
     const d = await discovery(idp.url);
     const jwks = (await (await fetch(d.jwks_uri!)).json()) as { keys: Record<string, string>[] };
+    schemas.assert("jwks", jwks);
     expect(jwks.keys.length).toBe(1);
     expect(jwks.keys[0]).toMatchObject({ kty: "OKP", crv: "Ed25519", alg: "EdDSA", use: "sig" });
     expect(jwks.keys[0]!.x).toMatch(/^[A-Za-z0-9_-]{43}$/);
@@ -82,6 +83,7 @@ describe("idp serve: discovery, jwks, login, users", () => {
     expect(h).toMatchObject({ alg: "EdDSA" });
     expect(typeof h.kid).toBe("string");
     expect(p).toMatchObject({ iss: idp.issuer, sub: "alice@example.com", aud: "apes-cli", act: "human" });
+    schemas.assert("session-token-claims", p);
     expect(p.exp - p.iat).toBe(3600);
     const botToken = await loginWithKey(idp.url, "bot@example.com", bot.privateKey);
     const me = await api(idp.url, botToken).get("/api/me");

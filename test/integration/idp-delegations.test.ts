@@ -127,6 +127,7 @@ describe("idp delegations and token exchange", () => {
       expect(t.body).toMatchObject({ issued_token_type: JWT_TYPE, token_type: "Bearer" });
       expect(t.body.expires_in).toBeGreaterThan(0);
       const c = claimsOf(t.body.access_token);
+      schemas.assert("delegated-token-claims", c);
       expect(c).toMatchObject({
         iss: w.idp.issuer,
         sub: USERS.alice,

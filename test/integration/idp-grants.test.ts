@@ -261,6 +261,7 @@ describe("idp grants API", () => {
         const r = await w.as("carol").get(q);
         expect(r.status).toBe(200);
         seen.push(...r.body.data.map((g: { id: string }) => g.id));
+        schemas.assert("grant-list", r.body);
         cursor = r.body.pagination.cursor;
         expect(r.body.pagination.has_more).toBe(cursor !== null);
         if (!cursor) break;

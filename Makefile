@@ -83,6 +83,11 @@ $(NATIVE_OUT)/test-hash: native/test-hash.c $(NATIVE_LIB) $(NATIVE_HDR)
 	@mkdir -p $(NATIVE_OUT)
 	$(CC) $(NATIVE_CFLAGS) native/test-hash.c $(NATIVE_LIB) $(NATIVE_LDFLAGS) -o $@
 
+# Prints the shim's grammar decision for argv vectors (differential test against cli/elevation/grammar.ts).
+$(NATIVE_OUT)/test-grammar: native/test-grammar.c $(NATIVE_LIB) $(NATIVE_HDR)
+	@mkdir -p $(NATIVE_OUT)
+	$(CC) $(NATIVE_CFLAGS) native/test-grammar.c $(NATIVE_LIB) $(NATIVE_LDFLAGS) -o $@
+
 # C unit tests of escaping, UTF-8, the grammar and the verdict parser under ASan/UBSan.
 $(NATIVE_OUT)/test-unit: native/test-unit.c $(NATIVE_LIB) $(NATIVE_HDR)
 	@mkdir -p $(NATIVE_OUT)

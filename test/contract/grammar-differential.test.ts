@@ -119,6 +119,6 @@ describe("the shim's grammar equals the CLI's", () => {
       ["--reason", "--", "ls"],
     ];
     const shim = shimVerdicts(edge);
-    edge.forEach((v, i) => expect(shim[i], JSON.stringify(v)).toEqual(tsVerdict(v)));
+    for (const [i, v] of edge.entries()) expect(shim[i], JSON.stringify(v)).toEqual(tsVerdict(v));
   });
 });

@@ -1,0 +1,73 @@
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
+import { describe, expect, it } from "vitest";
+
+/**
+ * The folders' imports point one way (ARCHITECTURE: protocol/ at the bottom, cli/ at the top): a
+ * static `import`/`export ... from` or a dynamic `import()` of a relative path may only reach the
+ * folders listed for its own folder. Folders that do not exist yet are listed so that they start
+ * out right.
+ */
+
+const REPO = join(import.meta.dirname, "..", "..");
+
+const ALLOWED: Record<string, readonly string[]> = {
+  protocol: ["protocol"],
+  client: ["client", "protocol"],
+  helper: ["helper", "protocol"], // the verifier (verifier/ to come)
+  verifier: ["verifier", "protocol"],
+  server: ["server", "protocol"],
+  idp: ["idp", "server", "protocol"],
+  control: ["control", "server", "protocol"],
+  nest: ["nest", "client", "protocol"],
+  cli: ["cli", "client", "protocol", "helper", "verifier", "server", "idp", "control", "nest"],
+};
+
+function tsFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) out.push(...tsFiles(path));
+    else if (name.endsWith(".ts")) out.push(path);
+  }
+  return out;
+}
+
+const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"(\.{1,2}\/[^"]+)"/gm;
+
+function topFolder(path: string): string {
+  return relative(REPO, path).split("/")[0]!;
+}
+
+describe("import boundaries", () => {
+  it("every folder imports only the folders below it", () => {
+    const violations: string[] = [];
+    let checked = 0;
+    for (const folder of Object.keys(ALLOWED)) {
+      let files: string[];
+      try {
+        files = tsFiles(join(REPO, folder));
+      } catch {
+        continue; // not there yet
+      }
+      for (const file of files) {
+        for (const m of readFileSync(file, "utf8").matchAll(SPECIFIER)) {
+          checked++;
+          const target = topFolder(resolve(dirname(file), m[1]!));
+          if (!ALLOWED[folder]!.includes(target)) violations.push(`${relative(REPO, file)} -> ${m[1]}`);
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(200);
+    expect(violations).toEqual([]);
+  });
+
+  it("catches a forbidden import (the check is not vacuous)", () => {
+    const sample = 'import { x } from "../cli/output.ts";\nconst y = await import("../idp/grants.ts");';
+    const found = [...sample.matchAll(SPECIFIER)].map((m) =>
+      topFolder(resolve(join(REPO, "protocol"), m[1]!)),
+    );
+    expect(found).toEqual(["cli", "idp"]);
+    expect(found.every((t) => ALLOWED.protocol!.includes(t))).toBe(false);
+  });
+});

@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { parseDurationMs } from "../protocol/duration.ts";
 import { configError } from "./errors.ts";
 
 /**
@@ -115,20 +116,5 @@ function applyEnv(config: UserConfig, env: Readonly<Record<string, string | unde
   return config;
 }
 
-/**
- * Durations as people write them: "90" (seconds), "30s", "5m", "1h", "2d", "1h30m".
- * Returns milliseconds, or undefined when the text is not a duration.
- */
-export function parseDuration(text: string): number | undefined {
-  const t = text.trim();
-  if (/^\d+$/.test(t)) return Number(t) * 1000;
-  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-  const re = /(\d+)(ms|s|m|h|d)/gy;
-  let total = 0;
-  let matched = 0;
-  for (let m = re.exec(t); m; m = re.exec(t)) {
-    total += Number(m[1]) * units[m[2]!]!;
-    matched = re.lastIndex;
-  }
-  return matched === t.length && t.length > 0 ? total : undefined;
-}
+/** Durations in milliseconds (protocol/duration.ts has the one grammar). */
+export const parseDuration = parseDurationMs;

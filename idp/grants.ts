@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { cmdHash, isCanonicalCmdHash } from "../protocol/cmd-hash.ts";
+import { durationSeconds } from "../protocol/duration.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import type { Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
 import { ELEVATION_AUDIENCE, GRANT_TYPES } from "../protocol/types.ts";
@@ -175,17 +176,15 @@ export function matchKey(r: GrantRequest): string {
 // --- input validation ---
 
 const MAX_DURATION = 366 * 24 * 3600;
-const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 
-/** Seconds from a positive integer or a string like "90s", "30m", "1h", "2d" (or "1h30m"). */
+/** Seconds from a positive integer or a duration text like "90s", "30m", "1h30m" (protocol/duration.ts). */
 export function parseDuration(value: unknown, field = "duration"): number {
-  let seconds: number;
-  if (typeof value === "number") seconds = value;
-  else if (typeof value === "string" && /^(\d+[smhd]?)+$/.test(value) && value.length <= 32) {
-    seconds = 0;
-    for (const m of value.matchAll(/(\d+)([smhd]?)/g)) seconds += Number(m[1]) * UNITS[m[2] || "s"]!;
-  } else throw new ProblemError("invalid_request", `${field} must be seconds or a string like "30m"`);
-  if (!Number.isInteger(seconds) || seconds < 1 || seconds > MAX_DURATION) {
+  if (typeof value !== "number" && typeof value !== "string")
+    throw new ProblemError("invalid_request", `${field} must be seconds or a string like "30m"`);
+  const seconds = durationSeconds(value);
+  if (seconds === undefined && typeof value === "string")
+    throw new ProblemError("invalid_request", `${field} must be seconds or a string like "30m"`);
+  if (seconds === undefined || seconds < 1 || seconds > MAX_DURATION) {
     throw new ProblemError(
       "invalid_request",
       `${field} must be a whole number of seconds in 1..${MAX_DURATION}`,

@@ -37,11 +37,13 @@ export function pathsFrom(
   };
 }
 
-export function installedPaths(execPath: string = process.execPath): InstalledPaths {
+/** `trustedUid`: who must own paths.json (root; the tests pass their own uid to reach this path). */
+export function installedPaths(execPath: string = process.execPath, trustedUid = 0): InstalledPaths {
   const file = join(dirname(execPath), "paths.json");
   try {
     const st = lstatSync(file);
-    if (!st.isFile() || st.uid !== 0 || (st.mode & 0o022) !== 0) return pathsFrom(DEFAULT_PATHS, "defaults");
+    if (!st.isFile() || st.uid !== trustedUid || (st.mode & 0o022) !== 0)
+      return pathsFrom(DEFAULT_PATHS, "defaults");
     const v = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
     const abs = (x: unknown) => typeof x === "string" && x.startsWith("/") && !x.includes("\0");
     if (!abs(v.prefix) || !abs(v.sysconfdir) || !abs(v.localstatedir))

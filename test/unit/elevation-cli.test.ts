@@ -168,10 +168,14 @@ describe("installedPaths", () => {
       join(dir, "libexec", "paths.json"),
       JSON.stringify({ prefix: "/opt/a", sysconfdir: "/opt/a/etc", localstatedir: "/opt/a/var" }),
     );
-    const p = installedPaths(exec);
-    if (process.getuid?.() === 0) expect(p.configFile).toBe("/opt/a/etc/apes/config.toml");
-    else expect(p.source).toBe("defaults");
+    // Owned by whoever runs the test: trusted when that is the owner asked for, whatever the uid.
+    const me = process.getuid!();
+    const p = installedPaths(exec, me);
+    expect(p.configFile).toBe("/opt/a/etc/apes/config.toml");
+    expect(p.auditLog).toBe("/opt/a/var/log/apes/audit.log");
+    expect(p.source).toBe(join(dir, "libexec", "paths.json"));
+    expect(installedPaths(exec, me + 1).source).toBe("defaults"); // owned by someone else
     chmodSync(join(dir, "libexec", "paths.json"), 0o666);
-    expect(installedPaths(exec).source).toBe("defaults");
+    expect(installedPaths(exec, me).source).toBe("defaults"); // writable by others
   });
 });

@@ -1,4 +1,13 @@
-import { CMD_HASH_PREFIX, cmdHash, isCanonicalCmdHash, legacyCmdHash } from "../protocol/cmd-hash.ts";
+import {
+  type AuthzFailure,
+  checkAudience,
+  checkAuthzShape,
+  checkAuthzTimes,
+  checkCommand,
+  checkHost,
+} from "../protocol/authz.ts";
+import { cmdHash } from "../protocol/cmd-hash.ts";
+import { CLOCK_SKEW_S } from "../protocol/jwt.ts";
 import type { Policy } from "./policy.ts";
 
 /**
@@ -61,10 +70,11 @@ export interface VerifyRequest {
   timing: boolean;
 }
 
-/** Clock skew tolerated on exp, iat and nbf. */
-export const LEEWAY_S = 60;
+/** Clock skew tolerated on exp, iat and nbf: the one leeway of protocol/jwt.ts. */
+export const LEEWAY_S = CLOCK_SKEW_S;
 
 export const deny = (reason: ReasonCode, detail: string): Denied => ({ ok: false, reason, detail });
+const denied = (f: AuthzFailure): Denied => deny(f.reason as ReasonCode, f.detail);
 
 /** Exit status of the verifier for a decision (contract: 0 allowed, 77 denied, 69 unreachable, 78 config). */
 export function exitStatusFor(d: Decision): 0 | 69 | 77 | 78 {
@@ -141,8 +151,6 @@ export function checkIssuer(iss: unknown, policy: Policy): { ok: true; issuer: s
   return { ok: true, issuer: normalized };
 }
 
-const GRANT_TYPES = ["once", "timed", "always"] as const;
-
 /**
  * Every check on the signature-verified claims, in the contract's order. `nowS` is Unix seconds.
  */
@@ -153,77 +161,22 @@ export function decide(
   nowS: number,
 ): Decision {
   // Shape first: a token missing what we check is malformed, not "mismatched".
-  for (const k of ["sub", "jti", "grant_id"] as const) {
-    if (typeof claims[k] !== "string" || (claims[k] as string).length === 0) {
-      return deny("token_malformed", `the token has no ${k} claim`);
-    }
-  }
-  for (const k of ["exp", "iat"] as const) {
-    if (typeof claims[k] !== "number" || !Number.isFinite(claims[k])) {
-      return deny("token_malformed", `the token has no numeric ${k} claim`);
-    }
-  }
-  if (claims.nbf !== undefined && (typeof claims.nbf !== "number" || !Number.isFinite(claims.nbf))) {
-    return deny("token_malformed", "nbf is not a number");
-  }
-  const grantType = claims.grant_type;
-  if (typeof grantType !== "string" || !(GRANT_TYPES as readonly string[]).includes(grantType)) {
-    return deny("token_malformed", "grant_type is not once, timed or always");
-  }
+  const shape = checkAuthzShape(claims);
+  if (shape) return denied(shape);
   const sub = claims.sub as string;
+  const grantType = claims.grant_type as Allowed["grant_type"];
 
   const issuer = checkIssuer(claims.iss, policy);
   if (!issuer.ok) return issuer;
 
-  const aud = claims.aud;
-  const auds =
-    typeof aud === "string" ? [aud] : Array.isArray(aud) ? aud.filter((a) => typeof a === "string") : [];
-  if (auds.length === 0) return deny("token_malformed", "the token has no aud claim");
-  if (!auds.some((a) => policy.audiences.includes(a))) {
-    return deny(
-      "audience_not_allowed",
-      `audience ${auds.join(",")} is not accepted (policy: ${policy.audiences.join(", ")})`,
-    );
-  }
-
-  const exp = claims.exp as number;
-  const iat = claims.iat as number;
-  if (nowS > exp + LEEWAY_S) return deny("token_expired", `the grant token expired at ${iso(exp)}`);
-  if (iat > nowS + LEEWAY_S)
-    return deny("token_not_yet_valid", `the grant token was issued in the future (${iso(iat)})`);
-  if (typeof claims.nbf === "number" && claims.nbf > nowS + LEEWAY_S) {
-    return deny("token_not_yet_valid", `the grant token is not valid before ${iso(claims.nbf)}`);
-  }
-
-  if (claims.target_host !== policy.host) {
-    return deny(
-      "host_mismatch",
-      `the grant is for host ${JSON.stringify(claims.target_host ?? null)}, this host is ${JSON.stringify(policy.host)}`,
-    );
-  }
-
-  // The command claim is the authority; the hash is checked in addition, never instead.
-  const command = claims.command;
-  if (!Array.isArray(command) || !command.every((c) => typeof c === "string")) {
-    return deny("command_mismatch", "the grant token carries no command claim");
-  }
-  const mismatch = firstDifference(command as string[], request.argv);
-  if (mismatch) return deny("command_mismatch", mismatch);
-  const hash = claims.cmd_hash;
-  if (hash !== undefined) {
-    if (typeof hash !== "string") return deny("cmd_hash_mismatch", "cmd_hash is not a string");
-    if (hash.startsWith(CMD_HASH_PREFIX)) {
-      if (!isCanonicalCmdHash(hash) || hash !== request.cmd_hash) {
-        return deny(
-          "cmd_hash_mismatch",
-          `the grant's cmd_hash ${hash} does not match the command (${request.cmd_hash})`,
-        );
-      }
-    } else if (hash !== legacyCmdHash(request.argv)) {
-      // A legacy bare-hex hash is only cross-checked: `command` above already decided.
-      return deny("cmd_hash_mismatch", "the grant's legacy cmd_hash does not match the command");
-    }
-  }
+  // Then the checks every verifier shares (protocol/authz.ts), in the contract's order. The command
+  // claim is the authority; the hash is checked in addition, never instead.
+  const shared =
+    checkAudience(claims, policy.audiences) ??
+    checkAuthzTimes(claims, nowS) ??
+    checkHost(claims, policy.host) ??
+    checkCommand(claims, request.argv);
+  if (shared) return denied(shared);
 
   const decidedBy = claims.decided_by;
   if (typeof decidedBy !== "string" || decidedBy.length === 0) {
@@ -289,22 +242,4 @@ export function consumeOutcome(status: number, body: unknown, allowed: Allowed):
     "grant_not_usable",
     `the IdP refused to consume the grant (${status} ${error ?? "error"}${detail})`,
   );
-}
-
-function firstDifference(granted: readonly string[], argv: readonly string[]): string | undefined {
-  const n = Math.max(granted.length, argv.length);
-  for (let i = 0; i < n; i++) {
-    if (granted[i] !== argv[i]) {
-      if (granted.length !== argv.length) {
-        return `the grant is for ${JSON.stringify(granted)}, the command is ${JSON.stringify(argv)} (${granted.length} vs ${argv.length} arguments)`;
-      }
-      return `argument ${i} differs: the grant has ${JSON.stringify(granted[i])}, the command has ${JSON.stringify(argv[i])}`;
-    }
-  }
-  return undefined;
-}
-
-function iso(s: number): string {
-  const d = new Date(s * 1000);
-  return Number.isNaN(d.getTime()) ? String(s) : d.toISOString().replace(".000Z", "Z");
 }

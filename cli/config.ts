@@ -14,6 +14,7 @@ import { configError } from "./errors.ts";
  *   allow_loopback_http = false           # accept http://127.0.0.1 IdPs (single-machine setups)
  *   timeout = "5s"
  *   ca_file = "/etc/apes/idp-ca.pem"     # extra CA for a private-PKI IdP (env APES_CA_FILE wins)
+ *   allow_raw_login_signature = false     # sign an older IdP's bare challenge (docs/signatures.md)
  */
 export interface UserConfig {
   idp?: string;
@@ -25,6 +26,11 @@ export interface UserConfig {
   };
   /** PEM file with extra CA certificates trusted for HTTPS to the IdP (added to the system roots). */
   caFile?: string;
+  /**
+   * Log in at IdPs that only verify a signature over the bare challenge. Off by default: such a
+   * signature is not bound to the IdP, so that IdP could use it at another where the key is registered.
+   */
+  allowRawLoginSignature: boolean;
   /** Where the file was read from, if it existed. */
   source?: string;
 }
@@ -32,7 +38,10 @@ export interface UserConfig {
 export const DEFAULT_DNS_TIMEOUT_MS = 5000;
 
 export function defaultConfig(): UserConfig {
-  return { dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS } };
+  return {
+    dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS },
+    allowRawLoginSignature: false,
+  };
 }
 
 export async function loadUserConfig(
@@ -99,6 +108,10 @@ export async function parseUserConfig(text: string, file: string): Promise<UserC
       case "ca_file":
         if (typeof value !== "string" || value.length === 0) throw bad("ca_file", "a path to a PEM file");
         config.caFile = value;
+        break;
+      case "allow_raw_login_signature":
+        if (typeof value !== "boolean") throw bad("allow_raw_login_signature", "true or false");
+        config.allowRawLoginSignature = value;
         break;
       default:
         throw configError(`${file}: unknown key "${key}"`, "see `apes --help` and README.md for the keys");

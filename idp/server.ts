@@ -8,6 +8,7 @@ import {
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { ProblemError } from "../protocol/problem.ts";
+import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import {
   bearer,
   GrantEvents,
@@ -22,7 +23,7 @@ import { type Call, Router, requestId, send, sendError } from "./http.ts";
 import { Keyring } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
-import { registerAuthRoutes } from "./routes/auth.ts";
+import { loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
@@ -41,6 +42,8 @@ export interface ServeOptions {
   tokenTtl: number;
   /** "N/PERIOD" or "off". */
   rateLimit: string;
+  /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
+  allowRawLoginSignatures?: boolean;
   log: Logger;
 }
 
@@ -60,6 +63,10 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   const store = withUserCache(sqlite);
   const nowSec = () => Math.floor(Date.now() / 1000);
   const keys = new Keyring(store, nowSec());
+  const login = {
+    challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
+    allowRawSignatures: opts.allowRawLoginSignatures === true,
+  };
   sqlite.enableGroupCommit();
   const shutdown = new AbortController();
 
@@ -128,8 +135,15 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   verifier = new SessionVerifier(() => idp);
 
   const router = new Router<Principal>();
-  registerDiscoveryRoutes(router, idp);
-  registerAuthRoutes(router, idp);
+  if (login.allowRawSignatures) {
+    opts.log.always(
+      "warn",
+      "raw login signatures accepted (--allow-raw-login-signatures): a key that signs raw challenges can be used as a signing oracle by another IdP",
+      {},
+    );
+  }
+  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login));
+  registerAuthRoutes(router, idp, login);
   registerAgentRoutes(router, idp);
   registerGrantRoutes(router, idp);
   registerDelegationRoutes(router, idp);

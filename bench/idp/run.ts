@@ -12,6 +12,7 @@ import { matchKey } from "../../idp/grants.ts";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
 import { openSqliteStore } from "../../idp/store/sqlite.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
+import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
 
 const args = new Map(
@@ -144,7 +145,8 @@ async function login(email: string, key: KeyObject) {
   const { challenge } = (
     await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
   ).body;
-  const signature = sign(null, Buffer.from(challenge), key).toString("base64");
+  const issuer = String(disco.issuer).replace(/\/+$/, "");
+  const signature = sign(null, signingInput("login", issuer, email, challenge), key).toString("base64");
   const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
     id: email,
     challenge,

@@ -1,14 +1,25 @@
 import { type KeyObject, sign } from "node:crypto";
+import { visible } from "../../protocol/display.ts";
+import {
+  advertisedFormats,
+  isPlainChallenge,
+  SIGNATURE_FORMAT_V1,
+  SIGNATURE_FORMATS_FIELD,
+  SignatureInputError,
+  signingInput,
+} from "../../protocol/signatures.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
 import { HttpError, request } from "../http.ts";
-import { type IdpEndpoints, idpEndpoints, requireEndpoint } from "../idp-client.ts";
+import { type IdpEndpoints, idpEndpoints, normalizeIdpUrl, requireEndpoint } from "../idp-client.ts";
 
 /**
  * Ed25519 challenge-response login (docs/protocol.md, section 2): POST {id} to the challenge endpoint,
- * sign the exact challenge string, POST {id, challenge, signature} to the authenticate endpoint.
- * IdPs that only know the older `{agent_id}` body are handled by trying the other shape once.
+ * sign the challenge, POST {id, challenge, signature} to the authenticate endpoint. What the key
+ * signs names the purpose and this IdP (docs/signatures.md), so a hostile IdP cannot use the
+ * signature elsewhere; the raw challenge is signed only for an older IdP and only when the user
+ * opted in. IdPs that only know the older `{agent_id}` body are handled by trying the other shape once.
  */
 
 export interface KeyLoginResult {
@@ -37,6 +48,7 @@ export async function keyLogin(
   key: KeyObject,
 ): Promise<KeyLoginResult> {
   const endpoints = await idpEndpoints(ctx, idp);
+  const sign = await loginSigner(ctx, endpoints, email, key);
   const challengeUrl = requireEndpoint(
     endpoints,
     endpoints.challengeEndpoint,
@@ -65,7 +77,7 @@ export async function keyLogin(
       throw loginError(e2, email);
     }
   }
-  const signature = sign(null, Buffer.from(challenge, "utf8"), key).toString("base64");
+  const signature = sign(challenge);
   let answer: AuthenticateAnswer;
   try {
     const res = await request<AuthenticateAnswer>(ctx, {
@@ -79,13 +91,67 @@ export async function keyLogin(
   return interpret(ctx, answer, email, endpoints);
 }
 
+/**
+ * How this login signs a challenge, decided before any is asked for: the IdP must name itself with
+ * the URL apes connected to (else its signatures would name another IdP), and must verify the
+ * domain-separated form unless the user opted in to the raw one.
+ */
+async function loginSigner(
+  ctx: Context,
+  endpoints: IdpEndpoints,
+  email: string,
+  key: KeyObject,
+): Promise<(challenge: string) => string> {
+  let issuer: string | undefined;
+  try {
+    issuer = normalizeIdpUrl(endpoints.issuer);
+  } catch {
+    issuer = undefined;
+  }
+  if (issuer !== endpoints.idp) {
+    throw new CliError(
+      `the IdP at ${endpoints.idp} names another issuer in its discovery document (${visible(endpoints.issuer, { max: 200 })}); refusing to sign a login for it`,
+      {
+        exitCode: ExitCode.UNAVAILABLE,
+        hint: "an IdP's issuer is the URL it is reached at; if you meant that issuer, log in with `--idp <issuer>`",
+      },
+    );
+  }
+  if (advertisedFormats(endpoints.document).includes(SIGNATURE_FORMAT_V1)) {
+    return (challenge) => {
+      try {
+        return sign(null, signingInput("login", endpoints.idp, email, challenge), key).toString("base64");
+      } catch (e) {
+        if (e instanceof SignatureInputError) throw new CliError(`cannot sign a login: ${e.message}`);
+        throw e;
+      }
+    };
+  }
+  const config = await ctx.config();
+  if (!config.allowRawLoginSignature) {
+    throw new CliError(
+      `the IdP at ${endpoints.idp} does not advertise ${SIGNATURE_FORMAT_V1} login signatures (${SIGNATURE_FORMATS_FIELD}); signing its bare challenge would let it use your key at other IdPs`,
+      {
+        exitCode: ExitCode.CONFIG,
+        hint: "upgrade the IdP; or, only if this key is registered at no other IdP, set `allow_raw_login_signature = true` in config.toml (docs/signatures.md)",
+      },
+    );
+  }
+  ctx.io.stderr.write(
+    `apes: warning: signing the bare challenge of ${endpoints.idp} (allow_raw_login_signature): this signature is not bound to the IdP\n`,
+  );
+  return (challenge) => sign(null, Buffer.from(challenge, "utf8"), key).toString("base64");
+}
+
 async function askChallenge(ctx: Context, url: string, field: string, email: string): Promise<string> {
   const res = await request<{ challenge?: unknown }>(ctx, { url, json: { [field]: email } });
   const c = res.body?.challenge;
-  if (typeof c !== "string" || c.length < 16) {
-    throw new CliError(`the IdP answered the login challenge request without a usable challenge`, {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+  // A plain challenge holds no separator and no "." (never a JWT signing input): see docs/signatures.md.
+  if (!isPlainChallenge(c)) {
+    throw new CliError(
+      "the IdP answered the login challenge request without a plain challenge (16-256 characters of A-Z a-z 0-9 _ ~ + / = -); refusing to sign it",
+      { exitCode: ExitCode.UNAVAILABLE },
+    );
   }
   return c;
 }
@@ -113,17 +179,41 @@ function interpret(
         : nowS + 3600;
   const actRaw = typeof a.act === "string" ? a.act : typeof claims?.act === "string" ? claims.act : undefined;
   const act = actRaw === "human" ? "human" : "agent";
-  const who =
-    typeof a.email === "string" && a.email ? a.email : typeof claims?.sub === "string" ? claims.sub : email;
+  confirmIdentity(a, claims, email);
   return {
     token,
-    email: who,
+    email,
     act,
     expiresAt,
     issuedAt:
       typeof claims?.iat === "number" ? claims.iat : typeof a.expires_in === "number" ? nowS : undefined,
     endpoints,
   };
+}
+
+/** How identities compare (the IdP matches ids case-insensitively). */
+function normalIdentity(id: string): string {
+  return id.normalize("NFC").toLowerCase();
+}
+
+/**
+ * The identity is the one the user asked for: every identity the IdP's answer names (id, email, the
+ * token's sub) must be exactly that one, and at least one must be there.
+ */
+function confirmIdentity(
+  a: AuthenticateAnswer,
+  claims: Record<string, unknown> | undefined,
+  email: string,
+): void {
+  const named = [a.id, a.email, claims?.sub].filter((v) => v !== undefined);
+  const wanted = normalIdentity(email);
+  const other = named.find((v) => typeof v !== "string" || normalIdentity(v) !== wanted);
+  if (named.length > 0 && other === undefined) return;
+  const shown = other === undefined ? "no identity" : visible(String(other), { max: 200 });
+  throw new CliError(`login as ${visible(email)} failed: the IdP answered for ${shown}`, {
+    exitCode: ExitCode.NOPERM,
+    hint: "the IdP must confirm the identity you log in as; check `--idp` and the email's DDISA record",
+  });
 }
 
 /** Unverified payload of a JWT (the client only reads its own token's exp/sub/act; the IdP verifies). */

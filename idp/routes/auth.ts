@@ -1,14 +1,55 @@
-import { randomBytes, randomUUID, verify } from "node:crypto";
+import { type KeyObject, randomUUID, verify } from "node:crypto";
 import { parseSshPublicKey } from "../../protocol/keys.ts";
 import { ProblemError } from "../../protocol/problem.ts";
+import {
+  SIGNATURE_FORMAT_RAW,
+  SIGNATURE_FORMAT_V1,
+  SignatureInputError,
+  signingInput,
+} from "../../protocol/signatures.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
+import { CHALLENGE_TTL, type ChallengeSealer } from "../challenges.ts";
 import type { Idp, Principal } from "../context.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
 import type { UserRecord } from "../store/types.ts";
 import { signJwt } from "../tokens.ts";
 import { PATHS } from "./discovery.ts";
 
-export const CHALLENGE_TTL = 300;
+export interface LoginSettings {
+  challenges: ChallengeSealer;
+  /** Also accept the older raw signature over the bare challenge (an opt-in compatibility mode). */
+  allowRawSignatures: boolean;
+}
+
+/** The signature formats this IdP verifies, as advertised in discovery (docs/signatures.md). */
+export function loginSignatureFormats(settings: Pick<LoginSettings, "allowRawSignatures">): string[] {
+  return settings.allowRawSignatures ? [SIGNATURE_FORMAT_V1, SIGNATURE_FORMAT_RAW] : [SIGNATURE_FORMAT_V1];
+}
+
+/**
+ * Which accepted format `signature` is in, or undefined. The v1 message names this IdP (its issuer)
+ * and the id exactly as the client sent it, so a signature made for another IdP or purpose fails.
+ */
+function verifiedFormat(
+  idp: Idp,
+  settings: LoginSettings,
+  sentId: string,
+  challenge: string,
+  key: KeyObject,
+  signature: Buffer,
+): string | undefined {
+  try {
+    if (verify(null, signingInput("login", idp.base, sentId, challenge), key, signature)) {
+      return SIGNATURE_FORMAT_V1;
+    }
+  } catch (e) {
+    if (!(e instanceof SignatureInputError)) throw e;
+  }
+  if (settings.allowRawSignatures && verify(null, Buffer.from(challenge, "utf8"), key, signature)) {
+    return SIGNATURE_FORMAT_RAW;
+  }
+  return undefined;
+}
 
 /** The identity in a challenge/authenticate body: `id` (current) or `agent_id` (older clients). */
 function subjectOf(body: Record<string, unknown>): string {
@@ -41,22 +82,21 @@ export function issueSessionToken(idp: Idp, user: UserRecord): { token: string; 
   return { token, expiresIn: idp.tokenTtl };
 }
 
-export function registerAuthRoutes(router: Router<Principal>, idp: Idp): void {
+export function registerAuthRoutes(router: Router<Principal>, idp: Idp, settings: LoginSettings): void {
   const challenge = async (call: Parameters<Parameters<typeof router.add>[3]>[0]) => {
     const body = await jsonBody(call);
     onlyFields(body, ["id", "agent_id"]);
     const id = subjectOf(body);
-    // Same answer for unknown, disabled or keyless users (no account enumeration), but only real
-    // candidates' challenges are stored: nobody can fill the database with challenges for nobody.
-    const value = randomBytes(32).toString("base64url");
-    const user = idp.store.getUser(id);
-    if (user?.publicKey && !user.disabled) idp.store.putChallenge(value, id, idp.now() + CHALLENGE_TTL);
+    // Sealed, not stored: the same answer for every id (no account enumeration), and no flood of
+    // requests can evict a challenge someone else holds.
+    const value = settings.challenges.issue(id, idp.now());
     return { status: 200, body: { challenge: value, expires_in: CHALLENGE_TTL } };
   };
   const authenticate = async (call: Parameters<Parameters<typeof router.add>[3]>[0]) => {
     const body = await jsonBody(call);
     onlyFields(body, ["id", "agent_id", "challenge", "signature"]);
     const id = subjectOf(body);
+    const sentId = (body.id ?? body.agent_id) as string;
     if (typeof body.challenge !== "string" || body.challenge.length === 0 || body.challenge.length > 256) {
       throw new ProblemError("invalid_request", "challenge is required");
     }
@@ -64,19 +104,28 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp): void {
     if (typeof body.signature !== "string" || !/^[A-Za-z0-9+/_-]{86}(==)?$/.test(body.signature)) {
       throw new ProblemError("invalid_request", "signature must be a base64 Ed25519 signature (64 bytes)");
     }
-    // Consume first: a challenge is single use even when the signature turns out wrong.
-    if (!idp.store.takeChallenge(body.challenge, id, idp.now())) {
-      throw new ProblemError("invalid_token", "unknown, used or expired challenge for this id");
-    }
+    const opened = settings.challenges.open(body.challenge, id, idp.now());
+    if (!opened) throw new ProblemError("invalid_token", "unknown, used or expired challenge for this id");
     const user = idp.store.getUser(id);
     if (!user?.publicKey || user.disabled) {
       throw new ProblemError("invalid_token", "authentication failed");
     }
     const key = parseSshPublicKey(user.publicKey).key;
-    const ok = verify(null, Buffer.from(body.challenge, "utf8"), key, Buffer.from(body.signature, "base64"));
-    if (!ok) throw new ProblemError("invalid_token", "authentication failed");
+    const signature = Buffer.from(body.signature, "base64");
+    const format = verifiedFormat(idp, settings, sentId, body.challenge, key, signature);
+    if (!format) throw new ProblemError("invalid_token", "authentication failed");
+    // Spent only once verified: a stranger who saw the challenge cannot burn it with a bad signature.
+    if (!idp.store.spendChallenge(opened.nonce, id, opened.expiresAt)) {
+      throw new ProblemError("invalid_token", "unknown, used or expired challenge for this id");
+    }
+    if (format === SIGNATURE_FORMAT_RAW) {
+      idp.log.log("warn", "login with a raw challenge signature (compatibility mode; not domain-separated)", {
+        rid: call.rid,
+        sub: user.email,
+      });
+    }
     const { token, expiresIn } = issueSessionToken(idp, user);
-    idp.log.log("info", "login", { rid: call.rid, sub: user.email, method: "ed25519" });
+    idp.log.log("info", "login", { rid: call.rid, sub: user.email, method: "ed25519", format });
     return {
       status: 200,
       body: {

@@ -1,3 +1,4 @@
+import { SIGNATURE_FORMATS_FIELD } from "../../protocol/signatures.ts";
 import type { Idp, Principal } from "../context.ts";
 import type { Router } from "../http.ts";
 
@@ -18,7 +19,7 @@ export const PATHS = {
 
 export const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
 
-export function discoveryDocument(idp: Idp): Record<string, unknown> {
+export function discoveryDocument(idp: Idp, signatureFormats: string[]): Record<string, unknown> {
   const u = (p: string) => idp.base + p;
   return {
     issuer: idp.issuer,
@@ -36,6 +37,8 @@ export function discoveryDocument(idp: Idp): Record<string, unknown> {
     ddisa_auth_authenticate_endpoint: u(PATHS.authenticate),
     ddisa_agent_challenge_endpoint: u(PATHS.agentChallenge),
     ddisa_agent_authenticate_endpoint: u(PATHS.agentAuthenticate),
+    // What a key signs to log in here (docs/signatures.md).
+    [SIGNATURE_FORMATS_FIELD]: signatureFormats,
     openape_grants_endpoint: u(PATHS.grants),
     openape_delegations_endpoint: u(PATHS.delegations),
     openape_agents_endpoint: u(PATHS.agents),
@@ -44,9 +47,13 @@ export function discoveryDocument(idp: Idp): Record<string, unknown> {
   };
 }
 
-export function registerDiscoveryRoutes(router: Router<Principal>, idp: Idp): void {
+export function registerDiscoveryRoutes(
+  router: Router<Principal>,
+  idp: Idp,
+  signatureFormats: string[],
+): void {
   // The document only changes with the issuer: build it once.
-  const doc = discoveryDocument(idp);
+  const doc = discoveryDocument(idp, signatureFormats);
   router.add("GET", PATHS.discovery, false, () => ({
     status: 200,
     body: doc,

@@ -91,9 +91,6 @@ const MIGRATIONS: readonly string[] = [
   `,
 ];
 
-/** Outstanding challenges kept per identity; older ones are dropped (bounds storage per id). */
-export const MAX_CHALLENGES_PER_SUBJECT = 16;
-
 interface UserRow {
   email: string;
   kind: "human" | "agent";
@@ -418,27 +415,14 @@ export class SqliteStore implements Store {
 
   // --- single-use values ---
 
-  putChallenge(challenge: string, subject: string, expiresAt: number): void {
-    this.wq("INSERT INTO challenges (challenge, subject, expires_at) VALUES (?, ?, ?)").run(
-      challenge,
-      subject,
-      expiresAt,
-    );
-    // Keep the new challenge and the most recent others (ties in the same second: any of them).
-    this.wq(
-      `DELETE FROM challenges WHERE subject = ? AND challenge <> ? AND challenge NOT IN
-        (SELECT challenge FROM challenges WHERE subject = ? AND challenge <> ?
-         ORDER BY expires_at DESC LIMIT ${MAX_CHALLENGES_PER_SUBJECT - 1})`,
-    ).run(subject, challenge, subject, challenge);
-  }
-
-  takeChallenge(challenge: string, subject: string, now: number): boolean {
-    // One statement: the delete both checks and consumes, so a challenge can be used at most once.
+  spendChallenge(nonce: string, subject: string, expiresAt: number): boolean {
+    // The challenges table holds spent nonces only (challenges are sealed, idp/challenges.ts); one
+    // conditional insert decides which of concurrent uses of a challenge wins.
     return (
-      this.wq("DELETE FROM challenges WHERE challenge = ? AND subject = ? AND expires_at > ?").run(
-        challenge,
+      this.wq("INSERT OR IGNORE INTO challenges (challenge, subject, expires_at) VALUES (?, ?, ?)").run(
+        nonce,
         subject,
-        now,
+        expiresAt,
       ).changes === 1
     );
   }

@@ -117,9 +117,11 @@ export interface Store {
   externalChangeMarker(): number;
 
   // single-use values (challenges, client-assertion jti)
-  putChallenge(challenge: string, subject: string, expiresAt: number): void;
-  /** Atomically removes a live challenge bound to `subject`; false when absent, used, expired or foreign. */
-  takeChallenge(challenge: string, subject: string, now: number): boolean;
+  /**
+   * Records the nonce of a used login challenge (idp/challenges.ts) until it expires; false when it
+   * was already spent. Challenges themselves are stateless: only spent ones are stored.
+   */
+  spendChallenge(nonce: string, subject: string, expiresAt: number): boolean;
   /** Records a jti; false when it was already used (replay). */
   useJti(jti: string, expiresAt: number): boolean;
   purgeExpired(now: number): void;

@@ -4,6 +4,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
+import { advertisedFormats, SIGNATURE_FORMAT_V1, signingInput } from "../../protocol/signatures.ts";
 
 /**
  * The real IdP (`dist/apes idp serve`) as a child process for integration tests, plus small HTTP
@@ -221,6 +222,22 @@ export async function discovery(url: string, f: FetchLike = fetch): Promise<Reco
   return (await res.json()) as Record<string, string>;
 }
 
+/**
+ * The login signature over `challenge` in the format the IdP advertises (docs/signatures.md): the
+ * domain-separated form when offered, else the older raw challenge bytes.
+ */
+export function loginSignature(
+  doc: Record<string, unknown>,
+  id: string,
+  challenge: string,
+  privateKey: KeyObject,
+): string {
+  const bytes = advertisedFormats(doc).includes(SIGNATURE_FORMAT_V1)
+    ? signingInput("login", String(doc.issuer).replace(/\/+$/, ""), id, challenge)
+    : Buffer.from(challenge, "utf8");
+  return sign(null, bytes, privateKey).toString("base64");
+}
+
 /** Challenge/authenticate through the endpoints in discovery; returns the session token. */
 export async function loginWithKey(url: string, email: string, privateKey: KeyObject, f: FetchLike = fetch) {
   const d = await discovery(url, f);
@@ -237,7 +254,7 @@ export async function loginWithKey(url: string, email: string, privateKey: KeyOb
   const { challenge } = (await post(d.ddisa_auth_challenge_endpoint!, { id: email })) as {
     challenge: string;
   };
-  const signature = sign(null, Buffer.from(challenge, "utf8"), privateKey).toString("base64");
+  const signature = loginSignature(d, email, challenge, privateKey);
   const { token } = (await post(d.ddisa_auth_authenticate_endpoint!, {
     id: email,
     challenge,

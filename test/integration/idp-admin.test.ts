@@ -7,6 +7,7 @@ import {
   addUser,
   api,
   type IdpHandle,
+  loginSignature,
   loginWithKey,
   loopbackCert,
   ls,
@@ -106,10 +107,9 @@ describe("idp admin: key rotation, users, files", () => {
 
   it("challenges are single use, bound to the id, and accept the older agent_id form", async () => {
     const d = w.discovery;
-    const { sign } = await import("node:crypto");
     const post = (u: string, b: unknown) => api(w.idp.url).post(u, b);
     const { challenge } = (await post(d.ddisa_agent_challenge_endpoint!, { agent_id: USERS.bot })).body;
-    const signature = sign(null, Buffer.from(challenge), w.keys.bot.privateKey).toString("base64");
+    const signature = loginSignature(d, USERS.bot, challenge, w.keys.bot.privateKey);
     // Bound to the id: the challenge cannot be redeemed for another identity (and stays usable).
     expect(
       (await post(d.ddisa_auth_authenticate_endpoint!, { id: USERS.alice, challenge, signature })).status,
@@ -125,17 +125,37 @@ describe("idp admin: key rotation, users, files", () => {
     expect(
       (await post(d.ddisa_auth_authenticate_endpoint!, { id: USERS.bot, challenge, signature })).status,
     ).toBe(401);
-    // A wrong signature burns the challenge too.
+    // A wrong signature fails without spending the challenge (whoever saw it cannot burn it): the
+    // raw form (off by default), a message naming another IdP, another key; then the right one works.
     const c2 = (await post(d.ddisa_auth_challenge_endpoint!, { id: USERS.bot })).body.challenge;
-    const wrong = sign(null, Buffer.from(c2), w.keys.alice.privateKey).toString("base64");
-    expect(
-      (await post(d.ddisa_auth_authenticate_endpoint!, { id: USERS.bot, challenge: c2, signature: wrong }))
-        .status,
-    ).toBe(401);
-    const right = sign(null, Buffer.from(c2), w.keys.bot.privateKey).toString("base64");
+    const { sign } = await import("node:crypto");
+    const wrongs = [
+      sign(null, Buffer.from(c2), w.keys.bot.privateKey).toString("base64"),
+      loginSignature({ ...d, issuer: "https://other.example" }, USERS.bot, c2, w.keys.bot.privateKey),
+      loginSignature(d, USERS.bot, c2, w.keys.alice.privateKey),
+    ];
+    for (const wrong of wrongs) {
+      expect(
+        (await post(d.ddisa_auth_authenticate_endpoint!, { id: USERS.bot, challenge: c2, signature: wrong }))
+          .status,
+      ).toBe(401);
+    }
+    const right = loginSignature(d, USERS.bot, c2, w.keys.bot.privateKey);
     expect(
       (await post(d.ddisa_auth_authenticate_endpoint!, { id: USERS.bot, challenge: c2, signature: right }))
         .status,
+    ).toBe(200);
+    // A challenge the IdP did not seal (or sealed for another id) is refused.
+    const forged = `${c2.slice(0, -4)}AAAA`;
+    const forgedSig = loginSignature(d, USERS.bot, forged, w.keys.bot.privateKey);
+    expect(
+      (
+        await post(d.ddisa_auth_authenticate_endpoint!, {
+          id: USERS.bot,
+          challenge: forged,
+          signature: forgedSig,
+        })
+      ).status,
     ).toBe(401);
     expect((await post(d.ddisa_auth_challenge_endpoint!, {})).status).toBe(400);
     expect(

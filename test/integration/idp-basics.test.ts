@@ -8,6 +8,7 @@ import {
   api,
   discovery,
   type IdpHandle,
+  loginSignature,
   loginWithKey,
   newKey,
   runApes,
@@ -132,8 +133,7 @@ describe("idp serve --issuer", () => {
     ).json()) as {
       challenge: string;
     };
-    const { sign } = await import("node:crypto");
-    const signature = sign(null, Buffer.from(challenge), k.privateKey).toString("base64");
+    const signature = loginSignature(d, "i@example.com", challenge, k.privateKey);
     const r = await post(d.ddisa_auth_authenticate_endpoint!, { id: "i@example.com", challenge, signature });
     const { token } = (await r.json()) as { token: string };
     expect(JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()).iss).toBe(

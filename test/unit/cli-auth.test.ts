@@ -27,18 +27,24 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(home, { recursive: true, force: true }));
 
-function setup(options: { family?: "auth" | "agent"; ttl?: number } = {}) {
+function setup(options: { family?: "auth" | "agent"; ttl?: number; raw?: boolean; allowRaw?: boolean } = {}) {
   const clock = new StepClock();
   const idp = fakeIdp({
     family: options.family,
     tokenTtlS: options.ttl,
+    rawSignatures: options.raw,
     now: () => Math.floor(clock.now() / 1000),
   });
   const { privateKey } = generateKeyPairSync("ed25519");
   idp.users.set("bot@example.test", { key: privateKey, act: "agent" });
   const keyPath = join(home, "id_ed25519");
   writeFileSync(keyPath, formatOpenSshPrivateKey(privateKey, "bot@example.test"), { mode: 0o600 });
-  const ctx = fakeContext({ home, http: idp.http, clock });
+  const ctx = fakeContext({
+    home,
+    http: idp.http,
+    clock,
+    ...(options.allowRaw ? { config: { allowRawLoginSignature: true } } : {}),
+  });
   return { clock, idp, ctx, privateKey, keyPath };
 }
 
@@ -76,6 +82,21 @@ describe("key login", () => {
     expect(s.idp.requests.find((q) => q.path.endsWith("/challenge"))?.body).toEqual({
       agent_id: "bot@example.test",
     });
+  });
+
+  it("signs the raw challenge of an older IdP only when the config opts in, with a warning", async () => {
+    const refused = setup({ raw: true });
+    const e = await keyLogin(refused.ctx, refused.idp.base, "bot@example.test", refused.privateKey).catch(
+      (x) => x,
+    );
+    expect(e).toBeInstanceOf(CliError);
+    expect(e.exitCode).toBe(ExitCode.CONFIG);
+    expect(e.hint).toContain("allow_raw_login_signature = true");
+    expect(refused.idp.requests.some((q) => q.path.endsWith("/challenge"))).toBe(false);
+    const s = setup({ raw: true, allowRaw: true });
+    const r = await keyLogin(s.ctx, s.idp.base, "bot@example.test", s.privateKey);
+    expect(r.email).toBe("bot@example.test");
+    expect(s.ctx.stderr.text).toContain("warning: signing the bare challenge");
   });
 
   it("refuses a key that is not registered with exit 77", async () => {

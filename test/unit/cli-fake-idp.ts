@@ -1,4 +1,5 @@
 import { type KeyObject, randomUUID, verify } from "node:crypto";
+import { SIGNATURE_FORMAT_V1, SIGNATURE_FORMATS_FIELD, signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
 
 /**
@@ -17,6 +18,8 @@ export interface FakeIdpOptions {
   push?: boolean;
   /** Token exchange answers unsupported_grant_type (older IdPs). */
   noTokenExchange?: boolean;
+  /** An older IdP: advertises no signature format and verifies the raw challenge. */
+  rawSignatures?: boolean;
 }
 
 export interface FakeIdp {
@@ -103,6 +106,7 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
         openape_grants_endpoint: `${base}/api/grants`,
         openape_delegations_endpoint: `${base}/api/delegations`,
       };
+      if (!options.rawSignatures) doc[SIGNATURE_FORMATS_FIELD] = [SIGNATURE_FORMAT_V1];
       if (family === "auth") {
         doc.ddisa_auth_challenge_endpoint = `${base}/api/auth/challenge`;
         doc.ddisa_auth_authenticate_endpoint = `${base}/api/auth/authenticate`;
@@ -126,7 +130,10 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
       const user = id ? idp.users.get(id) : undefined;
       if (!id || !user || challenges.get(b.challenge ?? "") !== id) return problem(401, "invalid challenge");
       challenges.delete(b.challenge!);
-      if (!verify(null, Buffer.from(b.challenge!), user.key, Buffer.from(b.signature ?? "", "base64"))) {
+      const signed = options.rawSignatures
+        ? Buffer.from(b.challenge!)
+        : signingInput("login", base, id, b.challenge!);
+      if (!verify(null, signed, user.key, Buffer.from(b.signature ?? "", "base64"))) {
         return problem(401, "bad signature");
       }
       idp.authentications++;

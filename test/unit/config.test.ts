@@ -23,6 +23,7 @@ describe("parseUserConfig", () => {
   it("reads every key", async () => {
     const c = await parseUserConfig(
       `idp = "https://id.example.com"
+allow_raw_login_signature = true
 [dns]
 servers = ["127.0.0.1:5353", "[::1]:53"]
 doh_url = "https://dns.example/resolve"
@@ -39,6 +40,7 @@ timeout = "1500ms"
         allowLoopbackHttp: true,
         timeoutMs: 1500,
       },
+      allowRawLoginSignature: true,
       source: F,
     });
   });
@@ -46,6 +48,7 @@ timeout = "1500ms"
   it("an empty file gives the defaults", async () => {
     expect(await parseUserConfig("", F)).toEqual({ ...defaultConfig(), source: F });
     expect(defaultConfig().dns).toEqual({ allowLoopbackHttp: false, timeoutMs: 5000 });
+    expect(defaultConfig().allowRawLoginSignature).toBe(false);
   });
 
   it.each([
@@ -65,6 +68,7 @@ timeout = "1500ms"
     ['[dns]\nservers = [""]', '"dns.servers" must be an array'],
     ['[dns]\ndoh_url = "ftp://x"', '"dns.doh_url" must be an http(s) URL'],
     ['[dns]\nallow_loopback_http = "yes"', '"dns.allow_loopback_http" must be true or false'],
+    ['allow_raw_login_signature = "yes"', '"allow_raw_login_signature" must be true or false'],
     ["[dns]\ntimeout = 5", '"dns.timeout" must be a duration'],
     ['[dns]\ntimeout = "5 parsecs"', '"dns.timeout" must be a duration'],
   ])("rejects wrong types: %j", async (text, message) => {

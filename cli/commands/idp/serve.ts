@@ -12,6 +12,7 @@ interface ServeOpts {
   tlsKey?: string;
   tokenTtl: string;
   rateLimit?: string;
+  allowRawLoginSignatures?: boolean;
   logLevel: string;
 }
 
@@ -73,12 +74,18 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--tls-key <file>", "PEM private key for --tls-cert")
     .option("--token-ttl <duration>", "session token lifetime (e.g. 15m, 1h)", "1h")
     .option("--rate-limit <n/period>", "requests per identity, e.g. 600/1m; off to disable", "600000/1m")
+    .option(
+      "--allow-raw-login-signatures",
+      "also accept key logins signed over the bare challenge (older clients; unsafe, logged)",
+    )
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
       `
 The first line logged is {"level":"info","msg":"listening","url":...,"issuer":...}.
 A signing key is created on first start; rotate it with \`apes idp keys rotate\`.
+Key logins must sign the domain-separated message of docs/signatures.md; with
+--allow-raw-login-signatures the bare challenge is accepted too (older clients; logged as a warning).
 
 Examples:
   $ apes idp serve --listen 127.0.0.1:8080
@@ -134,6 +141,7 @@ Examples:
           ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
           tokenTtl,
           rateLimit: opts.rateLimit ?? "600000/1m",
+          allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
           log,
         });
       } catch (e) {

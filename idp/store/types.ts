@@ -43,7 +43,7 @@ export interface SigningKeyRecord {
   privateKey: string;
   createdAt: number;
   retiredAt?: number;
-  /** Upper bound of the `exp` of every token signed with this key (published until then). */
+  /** The latest `exp` of any token signed with this key (a retired key is published until then). */
   maxExp: number;
 }
 

@@ -168,10 +168,14 @@ describe("keyring", () => {
         .keys.map((k) => k.kid)
         .sort(),
     ).toEqual([first, rec.kid].sort());
-    expect(ring.publicKey(first, 1200)).toBeDefined();
-    // max_exp is raised in steps of an hour: the old key is gone after 1300 + 3600.
-    expect(ring.publicKey(first, 1300 + 3600)).toBeUndefined();
-    expect(ring.jwks(1300 + 3600).keys.map((k) => k.kid)).toEqual([rec.kid]);
+    expect(ring.publicKey(first, 1299)).toBeDefined();
+    // The exact last expiry is recorded: the old key is gone the moment its last token expired.
+    expect(ring.publicKey(first, 1300)).toBeUndefined();
+    expect(ring.jwks(1300).keys.map((k) => k.kid)).toEqual([rec.kid]);
+    // Also for a fresh process reading the record.
+    const reader = openSqliteStore(dir);
+    stores.push(reader);
+    expect(reader.listSigningKeys().find((k) => k.kid === first)?.maxExp).toBe(1300);
     expect(ring.publicKey("unknown", 1200)).toBeUndefined();
   });
 });

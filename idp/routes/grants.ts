@@ -121,6 +121,8 @@ async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
         stored = loadGrant(idp, id);
         if (!etagMatches(seen, etagOf(stored))) break;
       }
+      // The wait may have outlasted a revoked delegation or a disabled account: check again.
+      idp.authenticate(call);
     }
   }
   const etag = etagOf(stored);

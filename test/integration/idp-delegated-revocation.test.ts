@@ -74,6 +74,20 @@ describe("idp: delegated tokens stop at revocation and at a disabled party", () 
     expect((await exchange("bot", id)).body.error).toBe("invalid_grant");
   });
 
+  it("a long poll that outlasts the revocation answers 401, not the grant", async () => {
+    const { id, token } = await delegated("alice", "bot");
+    const g = await w.as("alice").post(w.grants, { ...ls(["long-poll"]), grant_type: "once" });
+    const poll = api(w.idp.url, token).get(`${w.grants}/${g.body.id}`, { prefer: "wait=30" });
+    // Let the poll reach the server and start waiting before the delegation is revoked and the
+    // grant changes (were it later, the poll would get 401 at its start: the test cannot pass wrongly).
+    await sleep(500);
+    expect((await w.as("alice").delete(`${w.delegations}/${id}`)).status).toBe(200);
+    expect((await w.as("alice").post(`${w.grants}/${g.body.id}/approve`)).status).toBe(200);
+    const answer = await poll;
+    expect(answer.status).toBe(401);
+    expect(answer.body).not.toHaveProperty("request");
+  });
+
   it("disabling the delegate (offline command, server running): 401 on the next call", async () => {
     const { id, token } = await delegated("carol", "bot2");
     const as = api(w.idp.url, token);

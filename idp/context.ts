@@ -113,8 +113,8 @@ export type PrincipalLookups = Pick<Store, "getUser" | "getGrant">;
 
 /**
  * The principal of a verified session token, re-checked against current state on every request: the
- * subject exists and is enabled; for a delegated token also its delegation (still approved,
- * unexpired, naming exactly these two parties and the IdP's own audience) and the acting party
+ * subject exists and is enabled; for a delegated token also its delegation (still approved or used,
+ * not revoked or expired, naming exactly these two parties and the IdP's own audience) and the acting party
  * (exists, enabled). A revocation or a disabled account therefore stops a live token at once.
  */
 export function principalFrom(
@@ -169,7 +169,8 @@ export function delegatedTokenProblem(
     return "the token does not match its delegation";
   }
   const status = effectiveStatus(delegation, now);
-  if (status !== "approved") return `the token's delegation is ${status}`;
+  // "used": a `once` delegation after its one exchange, which issued this very token.
+  if (status !== "approved" && status !== "used") return `the token's delegation is ${status}`;
   if (!delegateUser || delegateUser.disabled) return "the acting party's account is disabled";
   return undefined;
 }

@@ -74,6 +74,21 @@ describe("idp: delegated tokens stop at revocation and at a disabled party", () 
     expect((await exchange("bot", id)).body.error).toBe("invalid_grant");
   });
 
+  it("a `once` delegation: its token works after the exchange and stops when the delegator revokes", async () => {
+    const d = await w.as("alice").post(w.delegations, {
+      delegate: USERS.bot,
+      audience: "apes-cli",
+      grant_type: "once",
+    });
+    const t = await exchange("bot", d.body.id);
+    expect(t.status, JSON.stringify(t.body)).toBe(200);
+    const as = api(w.idp.url, t.body.access_token);
+    expect((await as.get(w.grants)).status).toBe(200);
+    expect((await w.as("alice").get(`${w.delegations}/${d.body.id}`)).body.status).toBe("used");
+    expect((await w.as("alice").delete(`${w.delegations}/${d.body.id}`)).status).toBe(200);
+    expect((await as.get(w.grants)).status).toBe(401);
+  });
+
   it("a long poll that outlasts the revocation answers 401, not the grant", async () => {
     const { id, token } = await delegated("alice", "bot");
     const g = await w.as("alice").post(w.grants, { ...ls(["long-poll"]), grant_type: "once" });

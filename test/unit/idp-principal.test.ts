@@ -43,11 +43,15 @@ describe("delegatedTokenProblem (pure)", () => {
   it("accepts an approved, unexpired delegation of exactly these parties with an enabled delegate", () => {
     expect(delegatedTokenProblem("alice@x", "bot@x", delegation(), bot, 100)).toBeUndefined();
   });
+  it("accepts a used `once` delegation: its one exchange issued the token", () => {
+    const used = delegation({ status: "used" }, { grant_type: "once" });
+    expect(delegatedTokenProblem("alice@x", "bot@x", used, bot, 100)).toBeUndefined();
+  });
   it.each([
     ["missing", undefined, bot, /does not exist/],
     ["a command grant", delegation({ type: "command" }), bot, /does not exist/],
     ["revoked", delegation({ status: "revoked" }), bot, /is revoked/],
-    ["used", delegation({ status: "used" }), bot, /is used/],
+    ["denied", delegation({ status: "denied" }), bot, /is denied/],
     ["expired by time", delegation({ expires_at: 100 }), bot, /is expired/],
     ["another delegate", delegation({}, { delegate: "bot2@x" }), bot, /does not match/],
     ["another delegator", delegation({}, { delegator: "bob@x" }), bot, /does not match/],

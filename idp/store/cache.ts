@@ -65,7 +65,8 @@ export function withReadCache(store: Store): Store {
     purgeExpired: (n) => store.purgeExpired(n),
     insertGrant: (g) => store.insertGrant(g),
     getGrant(id) {
-      fresh();
+      // The change marker only where memory answers: command grants are read from the store anyway.
+      if (delegations.has(id)) fresh();
       const cached = delegations.get(id);
       if (cached) return cached;
       const g = store.getGrant(id);

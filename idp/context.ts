@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
 import { ProblemError } from "../protocol/problem.ts";
-import { CLI_TOKEN_AUDIENCE } from "../protocol/types.ts";
-import type { Actor } from "./grants.ts";
+import { CLI_TOKEN_AUDIENCE, type Grant } from "../protocol/types.ts";
+import { type Actor, effectiveStatus } from "./grants.ts";
 import type { Call } from "./http.ts";
 import type { Keyring } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -67,8 +67,8 @@ export class GrantEvents {
 /**
  * Verifies IdP session tokens (`aud: apes-cli`) for every endpoint, the API and /token alike; each
  * caller maps TokenError to its own error format. Verified token strings are cached until their
- * exp, so a client's repeated requests cost a map lookup instead of an Ed25519 verify; the user
- * record (disabled?) is still read on every request.
+ * exp, so a client's repeated requests cost a map lookup instead of an Ed25519 verify; what may
+ * change (the user disabled, a delegation revoked) is re-checked on every request by principalFrom.
  */
 export class SessionVerifier {
   private readonly cache = new Map<string, Record<string, unknown>>();
@@ -108,7 +108,21 @@ export function bearer(call: Call): string {
   return m[1]!;
 }
 
-export function principalFrom(claims: Record<string, unknown>, user: UserRecord | undefined): Principal {
+/** What principal resolution reads on every request (the server's cached, change-aware store). */
+export type PrincipalLookups = Pick<Store, "getUser" | "getGrant">;
+
+/**
+ * The principal of a verified session token, re-checked against current state on every request: the
+ * subject exists and is enabled; for a delegated token also its delegation (still approved or used,
+ * not revoked or expired, naming exactly these two parties and the IdP's own audience) and the acting party
+ * (exists, enabled). A revocation or a disabled account therefore stops a live token at once.
+ */
+export function principalFrom(
+  claims: Record<string, unknown>,
+  lookups: PrincipalLookups,
+  now: number,
+): Principal {
+  const user = lookups.getUser(claims.sub as string);
   if (!user) throw new ProblemError("invalid_token", "the token's subject is not a user of this IdP");
   if (user.disabled) throw new ProblemError("invalid_token", "the account is disabled");
   const act = claims.act;
@@ -119,6 +133,18 @@ export function principalFrom(claims: Record<string, unknown>, user: UserRecord 
   if (actingParty === undefined && act !== "human" && act !== "agent") {
     throw new ProblemError("invalid_token", "the token's act claim is invalid");
   }
+  if (actingParty !== undefined) {
+    const id = claims.delegation_grant;
+    const delegation = typeof id === "string" ? lookups.getGrant(id)?.grant : undefined;
+    const problem = delegatedTokenProblem(
+      user.email,
+      actingParty,
+      delegation,
+      lookups.getUser(actingParty),
+      now,
+    );
+    if (problem) throw new ProblemError("invalid_token", problem);
+  }
   const p: Principal = {
     sub: user.email,
     user,
@@ -127,6 +153,26 @@ export function principalFrom(claims: Record<string, unknown>, user: UserRecord 
   };
   if (actingParty !== undefined) p.actingParty = actingParty;
   return p;
+}
+
+/** Why a delegated token (sub = delegator, act.sub = delegate) may no longer be used; undefined: it may. */
+export function delegatedTokenProblem(
+  delegator: string,
+  delegate: string,
+  delegation: Grant | undefined,
+  delegateUser: UserRecord | undefined,
+  now: number,
+): string | undefined {
+  if (delegation?.type !== "delegation") return "the token's delegation does not exist";
+  const r = delegation.request;
+  if (r.delegator !== delegator || r.delegate !== delegate || r.audience !== CLI_TOKEN_AUDIENCE) {
+    return "the token does not match its delegation";
+  }
+  const status = effectiveStatus(delegation, now);
+  // "used": a `once` delegation after its one exchange, which issued this very token.
+  if (status !== "approved" && status !== "used") return `the token's delegation is ${status}`;
+  if (!delegateUser || delegateUser.disabled) return "the acting party's account is disabled";
+  return undefined;
 }
 
 /** Token bucket per identity: `limit` requests per `windowSec`, refilled continuously. */

@@ -28,7 +28,7 @@ import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
-import { withUserCache } from "./store/cache.ts";
+import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite.ts";
 import { TokenError } from "./tokens.ts";
 
@@ -60,7 +60,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   const limits = parseRateLimit(opts.rateLimit);
   const limiter = limits ? new RateLimiter(limits.limit, limits.windowSec) : undefined;
   const sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
-  const store = withUserCache(sqlite);
+  const store = withReadCache(sqlite);
   const nowSec = () => Math.floor(Date.now() / 1000);
   const keys = new Keyring(store, nowSec());
   const login = {
@@ -121,7 +121,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
         throw e;
       }
-      const principal = principalFrom(claims, store.getUser(claims.sub as string));
+      const principal = principalFrom(claims, store, nowSec());
       idp.rateLimit(`sub:${principal.sub}`);
       return principal;
     },
@@ -174,7 +174,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       closed: ac.signal,
     };
     let status = 500;
-    let sub: string | undefined;
+    // Who made the request, on each of its log lines: with a delegated token both parties.
+    let who: { sub?: string; act_sub?: string } = {};
     try {
       const m = router.match(method, path);
       if (!m) throw new ProblemError("not_found", `no endpoint ${path}`);
@@ -186,7 +187,9 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       let principal: Principal | undefined;
       if (m.route.auth) {
         principal = idp.authenticate(call);
-        sub = principal.sub;
+        who = principal.actingParty
+          ? { sub: principal.sub, act_sub: principal.actingParty }
+          : { sub: principal.sub };
       } else {
         idp.rateLimit(`ip:${call.ip}`);
       }
@@ -200,7 +203,11 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     } catch (e) {
       let error = e;
       if (!(e instanceof ProblemError) && !(e instanceof Error && e.name === "OAuthError")) {
-        opts.log.log("error", "unhandled error", { rid, error: e instanceof Error ? e.message : String(e) });
+        opts.log.log("error", "unhandled error", {
+          rid,
+          error: e instanceof Error ? e.message : String(e),
+          ...who,
+        });
       }
       try {
         await store.flushed?.();
@@ -216,7 +223,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         path,
         status,
         ms: Math.round((performance.now() - started) * 10) / 10,
-        ...(sub ? { sub } : {}),
+        ...who,
       });
     }
   };

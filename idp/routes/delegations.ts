@@ -123,11 +123,16 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
       throw new ProblemError("forbidden", "only the delegator revokes a delegation");
     }
     if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot revoke delegations");
-    const updated = idp.store.transition(stored.grant.id, { from: ["approved"], to: "revoked" });
+    // A used `once` delegation is revoked too: that stops the token its one exchange issued.
+    const updated = idp.store.transition(stored.grant.id, { from: ["approved", "used"], to: "revoked" });
     if (!updated) {
-      throw new ProblemError("invalid_state", `the delegation is ${stored.grant.status}, not approved`, {
-        grant_status: stored.grant.status,
-      });
+      throw new ProblemError(
+        "invalid_state",
+        `the delegation is ${stored.grant.status}, not approved or used`,
+        {
+          grant_status: stored.grant.status,
+        },
+      );
     }
     idp.events.changed(stored.grant.id);
     return { status: 200, body: updated.grant };

@@ -39,6 +39,11 @@ function visibleGrant(idp: Idp, p: Principal, id: string): StoredGrant {
   return stored;
 }
 
+/** Log fields naming the acting party of a delegated token (it acts for `p.sub`). */
+function actingFields(p: Principal): { act_sub?: string } {
+  return p.actingParty ? { act_sub: p.actingParty } : {};
+}
+
 function invalidState(grant: Grant, wanted: string): ProblemError {
   return new ProblemError("invalid_state", `the grant is ${grant.status}, not ${wanted}`, {
     grant_status: grant.status,
@@ -75,6 +80,7 @@ export function applyAction(
       if (o.grantType === "timed") t.expiresAt = now + o.duration!;
     } else onlyFields(body, ["reason"]);
   }
+  t.actingParty = p.actingParty ?? null;
   if (!t.from.includes(grant.status)) throw invalidState(grant, t.from.join(" or "));
   const updated = idp.store.transition(id, t);
   if (!updated) {
@@ -85,6 +91,7 @@ export function applyAction(
   idp.log.log("info", `grant ${updated.grant.status}`, {
     grant: id,
     by: p.sub,
+    ...actingFields(p),
     requester: grant.request.requester,
   });
   return updated.grant;
@@ -114,6 +121,8 @@ async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
         stored = loadGrant(idp, id);
         if (!etagMatches(seen, etagOf(stored))) break;
       }
+      // The wait may have outlasted a revoked delegation or a disabled account: check again.
+      idp.authenticate(call);
     }
   }
   const etag = etagOf(stored);
@@ -160,8 +169,17 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const reusable = idp.store.findReusable(request.requester, key, now);
     if (reusable) return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
     const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
-    const stored = idp.store.insertGrant({ grant, matchKey: key });
-    idp.log.log("info", "grant created", { rid: call.rid, grant: grant.id, requester: p.sub });
+    const stored = idp.store.insertGrant({
+      grant,
+      matchKey: key,
+      ...(p.actingParty ? { actingParty: p.actingParty } : {}),
+    });
+    idp.log.log("info", "grant created", {
+      rid: call.rid,
+      grant: grant.id,
+      requester: p.sub,
+      ...actingFields(p),
+    });
     return {
       status: 201,
       body: stored.grant,

@@ -1,25 +1,29 @@
-import type { NewUser, Store, UserRecord } from "./types.ts";
+import type { NewUser, Store, StoredGrant, UserRecord } from "./types.ts";
 
 /**
- * A Store whose user lookups are served from memory. Users change rarely and only through this
- * process (agent enrollment: cleared here) or the offline admin commands in another process
- * (detected by the store's change marker on every lookup, so a disabled user is refused at once).
+ * A Store whose lookups on every authenticated request (users, and the delegation behind a delegated
+ * token) are served from memory. They change rarely, and only through this process (every write
+ * goes through this wrapper and drops what it touches) or through the offline admin commands in
+ * another process (detected by the store's change marker, one pragma, checked on every cached
+ * lookup: a user disabled there is refused on its next request).
  */
-export function withUserCache(store: Store): Store {
+export function withReadCache(store: Store): Store {
   const users = new Map<string, UserRecord | undefined>();
   const subordinates = new Map<string, string[]>();
+  // Delegations only: command grants are read once or twice each and change on every step.
+  const delegations = new Map<string, StoredGrant>();
   let marker = store.externalChangeMarker();
+  const clear = () => {
+    users.clear();
+    subordinates.clear();
+    delegations.clear();
+  };
   const fresh = () => {
     const m = store.externalChangeMarker();
     if (m !== marker) {
       marker = m;
-      users.clear();
-      subordinates.clear();
+      clear();
     }
-  };
-  const clear = () => {
-    users.clear();
-    subordinates.clear();
   };
   return {
     addUser(u: NewUser) {
@@ -59,13 +63,40 @@ export function withUserCache(store: Store): Store {
     useJti: (j, e) => store.useJti(j, e),
     purgeExpired: (n) => store.purgeExpired(n),
     insertGrant: (g) => store.insertGrant(g),
-    getGrant: (id) => store.getGrant(id),
+    getGrant(id) {
+      // The change marker only where memory answers: command grants are read from the store anyway.
+      if (delegations.has(id)) fresh();
+      const cached = delegations.get(id);
+      if (cached) return cached;
+      const g = store.getGrant(id);
+      if (g?.grant.type === "delegation") {
+        if (delegations.size > 10_000) delegations.clear();
+        delegations.set(id, deepFreeze(g));
+      }
+      return g;
+    },
     findReusable: (r, k, n) => store.findReusable(r, k, n),
     queryGrants: (q) => store.queryGrants(q),
-    transition: (id, t) => store.transition(id, t),
-    expireDue: (n) => store.expireDue(n),
+    transition(id, t) {
+      delegations.delete(id);
+      return store.transition(id, t);
+    },
+    expireDue(n) {
+      const ids = store.expireDue(n);
+      for (const id of ids) delegations.delete(id);
+      return ids;
+    },
     flushed: () => store.flushed?.(),
     checkpoint: () => store.checkpoint(),
     close: () => store.close(),
   };
+}
+
+/** Cached values are shared by every reader: frozen, so no caller can change what the next one sees. */
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
 }

@@ -89,6 +89,12 @@ const MIGRATIONS: readonly string[] = [
   `
   CREATE INDEX challenges_by_subject ON challenges(subject, expires_at);
   `,
+  // Who acted, when a grant was created or decided with a delegated token (act.sub; NULL: the
+  // principal itself). Not on the wire: the grant schema has no field for it.
+  `
+  ALTER TABLE grants ADD COLUMN created_act TEXT;
+  ALTER TABLE grants ADD COLUMN decided_act TEXT;
+  `,
 ];
 
 interface UserRow {
@@ -115,10 +121,12 @@ interface GrantRow {
   expires_at: number | null;
   used_at: number | null;
   version: number;
+  created_act: string | null;
+  decided_act: string | null;
 }
 
 const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version";
+  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act";
 
 function grantFromRow(r: GrantRow): StoredGrant {
   const grant: Grant = {
@@ -132,7 +140,10 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.decided_at !== null) grant.decided_at = r.decided_at;
   if (r.expires_at !== null) grant.expires_at = r.expires_at;
   if (r.used_at !== null) grant.used_at = r.used_at;
-  return { grant, version: r.version, seq: r.seq };
+  const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
+  if (r.created_act !== null) stored.createdAct = r.created_act;
+  if (r.decided_act !== null) stored.decidedAct = r.decided_act;
+  return stored;
 }
 
 /** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
@@ -444,8 +455,8 @@ export class SqliteStore implements Store {
   insertGrant(n: NewGrant): StoredGrant {
     const g = n.grant;
     const r = this.wq(
-      `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
       g.id,
       g.type,
@@ -461,8 +472,11 @@ export class SqliteStore implements Store {
       g.decided_at ?? null,
       g.expires_at ?? null,
       g.used_at ?? null,
+      n.actingParty ?? null,
     );
-    return { grant: g, version: 1, seq: Number(r.lastInsertRowid) };
+    const stored: StoredGrant = { grant: g, version: 1, seq: Number(r.lastInsertRowid) };
+    if (n.actingParty !== undefined) stored.createdAct = n.actingParty;
+    return stored;
   }
 
   getGrant(id: string): StoredGrant | undefined {
@@ -541,6 +555,10 @@ export class SqliteStore implements Store {
     if (t.usedAt !== undefined) {
       sets.push("used_at = ?");
       args.push(t.usedAt);
+    }
+    if (t.actingParty !== undefined) {
+      sets.push("decided_act = ?");
+      args.push(t.actingParty);
     }
     // Both request edits go into one expression: a column assigned twice keeps only the last.
     let request = "request";

@@ -43,7 +43,7 @@ export interface SigningKeyRecord {
   privateKey: string;
   createdAt: number;
   retiredAt?: number;
-  /** Upper bound of the `exp` of every token signed with this key (published until then). */
+  /** The latest `exp` of any token signed with this key (a retired key is published until then). */
   maxExp: number;
 }
 
@@ -53,12 +53,18 @@ export interface StoredGrant {
   version: number;
   /** Position in the newest-first order; with created_at it forms the pagination cursor. */
   seq: number;
+  /** The acting party (act.sub) when the grant was created with a delegated token. */
+  createdAct?: string;
+  /** The acting party of the last decision made with a delegated token (absent: the decider itself). */
+  decidedAct?: string;
 }
 
 export interface NewGrant {
   grant: Grant;
   /** Key of (host, audience, run_as, command) for reuse of approved timed/always grants. */
   matchKey?: string;
+  /** Created with a delegated token: who acted (act.sub) for the requester. */
+  actingParty?: string;
 }
 
 /** A conditional state change: applied only when the grant's status is one of `from`. */
@@ -69,6 +75,8 @@ export interface Transition {
   decidedAt?: number;
   expiresAt?: number | null;
   usedAt?: number;
+  /** A decision by a principal: who acted with a delegated token (act.sub), null for its own token. */
+  actingParty?: string | null;
   /** Replaces request.grant_type / request.duration (an approver's override). */
   grantType?: Grant["request"]["grant_type"];
   duration?: number | null;

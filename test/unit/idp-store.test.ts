@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Keyring, rotateKeys } from "../../idp/keys.ts";
+import { withReadCache } from "../../idp/store/cache.ts";
 import { openSqliteStore, type SqliteStore } from "../../idp/store/sqlite.ts";
 import type { Grant } from "../../protocol/types.ts";
 
@@ -160,10 +161,14 @@ describe("keyring", () => {
         .keys.map((k) => k.kid)
         .sort(),
     ).toEqual([first, rec.kid].sort());
-    expect(ring.publicKey(first, 1200)).toBeDefined();
-    // max_exp is raised in steps of an hour: the old key is gone after 1300 + 3600.
-    expect(ring.publicKey(first, 1300 + 3600)).toBeUndefined();
-    expect(ring.jwks(1300 + 3600).keys.map((k) => k.kid)).toEqual([rec.kid]);
+    expect(ring.publicKey(first, 1299)).toBeDefined();
+    // The exact last expiry is recorded: the old key is gone the moment its last token expired.
+    expect(ring.publicKey(first, 1300)).toBeUndefined();
+    expect(ring.jwks(1300).keys.map((k) => k.kid)).toEqual([rec.kid]);
+    // Also for a fresh process reading the record.
+    const reader = openSqliteStore(dir);
+    stores.push(reader);
+    expect(reader.listSigningKeys().find((k) => k.kid === first)?.maxExp).toBe(1300);
     expect(ring.publicKey("unknown", 1200)).toBeUndefined();
   });
 });
@@ -201,5 +206,76 @@ describe("group commit", () => {
     const reader = openSqliteStore(dir);
     stores.push(reader);
     expect(reader.listUsers().map((u) => u.email)).toEqual(["alice@x"]);
+  });
+});
+
+describe("read cache (the server's view of users and delegations)", () => {
+  const delegation = (): Grant =>
+    g("alice@x", 1, {
+      type: "delegation",
+      status: "approved",
+      request: {
+        requester: "alice@x",
+        target_host: "*",
+        audience: "apes-cli",
+        grant_type: "always",
+        delegator: "alice@x",
+        delegate: "bot@x",
+      },
+    });
+
+  it("serves a delegation from memory until this process changes it", () => {
+    const { s } = open();
+    const cached = withReadCache(s);
+    const { grant } = cached.insertGrant({ grant: delegation() });
+    expect(cached.getGrant(grant.id)?.grant.status).toBe("approved");
+    expect(cached.getGrant(grant.id)).toBe(cached.getGrant(grant.id)); // one shared, frozen object
+    expect(Object.isFrozen(cached.getGrant(grant.id)?.grant.request)).toBe(true);
+    cached.transition(grant.id, { from: ["approved"], to: "revoked" });
+    expect(cached.getGrant(grant.id)?.grant.status).toBe("revoked");
+  });
+
+  it("drops everything when another process committed (the offline admin commands)", () => {
+    const { s, dir } = open();
+    const cached = withReadCache(s);
+    s.addUser({ email: "bot@x", kind: "human", createdAt: 1 });
+    const { grant } = cached.insertGrant({ grant: delegation() });
+    expect(cached.getGrant(grant.id)?.grant.status).toBe("approved");
+    expect(cached.getUser("bot@x")?.disabled).toBe(false);
+    const other = openSqliteStore(dir);
+    other.transition(grant.id, { from: ["approved"], to: "revoked" });
+    other.setDisabled("bot@x", true);
+    other.close();
+    expect(cached.getGrant(grant.id)?.grant.status).toBe("revoked");
+    expect(cached.getUser("bot@x")?.disabled).toBe(true);
+  });
+
+  it("drops delegations the expiry sweep expired", () => {
+    const { s } = open();
+    const cached = withReadCache(s);
+    const { grant } = cached.insertGrant({ grant: { ...delegation(), expires_at: 10 } });
+    expect(cached.getGrant(grant.id)?.grant.status).toBe("approved");
+    expect(cached.expireDue(10)).toEqual([grant.id]);
+    expect(cached.getGrant(grant.id)?.grant.status).toBe("expired");
+  });
+});
+
+describe("acting party of delegated writes", () => {
+  it("records who acted on creation and on a decision, and clears it for the principal's own", () => {
+    const { s } = open();
+    const stored = s.insertGrant({ grant: g("alice@x", 1), actingParty: "bot@x" });
+    expect(stored.createdAct).toBe("bot@x");
+    expect(s.getGrant(stored.grant.id)).toMatchObject({ createdAct: "bot@x" });
+    const revoked = s.transition(stored.grant.id, { from: ["pending"], to: "revoked", actingParty: "bot@x" });
+    expect(revoked).toMatchObject({ createdAct: "bot@x", decidedAct: "bot@x" });
+    const own = s.insertGrant({ grant: g("alice@x", 2) });
+    expect(s.getGrant(own.grant.id)).not.toHaveProperty("createdAct");
+    s.transition(own.grant.id, {
+      from: ["pending"],
+      to: "approved",
+      decidedBy: "alice@x",
+      actingParty: null,
+    });
+    expect(s.getGrant(own.grant.id)).not.toHaveProperty("decidedAct");
   });
 });

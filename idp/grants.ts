@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { cmdHash, isCanonicalCmdHash } from "../protocol/cmd-hash.ts";
+import { hasUnsafeChars } from "../protocol/display.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import type { Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
 import { ELEVATION_AUDIENCE, GRANT_TYPES } from "../protocol/types.ts";
@@ -218,12 +219,30 @@ function str(
       `${field} must be a non-empty string of at most ${max} characters`,
     );
   }
-  if (/[\u0000-\u001f\u007f]/.test(v))
-    throw new ProblemError("invalid_request", `${field} contains control characters`);
+  refuseUnsafe(field, v);
   return v;
 }
 
-function strArray(body: Record<string, unknown>, field: string, maxItems: number): string[] | undefined {
+/**
+ * Text a person reads when deciding (reason, audience, host, scopes ...) must show as itself: no
+ * control, bidi or invisible character. Only `command` may hold them (a command may need a newline);
+ * every display then escapes and marks it (commandWarning).
+ */
+export function refuseUnsafe(field: string, value: string): void {
+  if (hasUnsafeChars(value)) {
+    throw new ProblemError(
+      "invalid_request",
+      `${field} contains control, bidi or invisible characters (only command may hold them)`,
+    );
+  }
+}
+
+function strArray(
+  body: Record<string, unknown>,
+  field: string,
+  maxItems: number,
+  { unsafeAllowed = false } = {},
+): string[] | undefined {
   const v = body[field];
   if (v === undefined) return undefined;
   if (
@@ -233,6 +252,7 @@ function strArray(body: Record<string, unknown>, field: string, maxItems: number
   ) {
     throw new ProblemError("invalid_request", `${field} must be an array of at most ${maxItems} strings`);
   }
+  if (!unsafeAllowed) for (const [i, x] of (v as string[]).entries()) refuseUnsafe(`${field}[${i}]`, x);
   return v as string[];
 }
 
@@ -276,7 +296,7 @@ export function parseGrantRequest(body: Record<string, unknown>, requester: stri
   } else if (body.duration !== undefined) {
     throw new ProblemError("invalid_request", "duration is only valid for timed grants");
   }
-  const command = strArray(body, "command", 1024);
+  const command = strArray(body, "command", 1024, { unsafeAllowed: true });
   if (command !== undefined) {
     if (command.length === 0) throw new ProblemError("invalid_request", "command must not be empty");
     if (!command.every((a) => a.isWellFormed())) {

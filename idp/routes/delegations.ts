@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantRequest } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
-import { effectiveStatus, isEmail, parseDuration, parseGrantType } from "../grants.ts";
+import { effectiveStatus, isEmail, parseDuration, parseGrantType, refuseUnsafe } from "../grants.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
 import type { StoredGrant } from "../store/types.ts";
 import { etagOf, listParams, loadGrant, page } from "./common.ts";
@@ -34,6 +34,7 @@ function scopesOf(value: unknown): string[] | undefined {
   ) {
     throw new ProblemError("invalid_request", "scopes must be an array of at most 100 non-empty strings");
   }
+  for (const [i, s] of (value as string[]).entries()) refuseUnsafe(`scopes[${i}]`, s);
   return value as string[];
 }
 
@@ -59,6 +60,7 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     if (typeof body.audience !== "string" || body.audience.length === 0 || body.audience.length > 256) {
       throw new ProblemError("invalid_request", 'audience is required (an SP identifier, or "*" for any)');
     }
+    refuseUnsafe("audience", body.audience);
     const grantType = parseGrantType(body.grant_type ?? "always");
     const request: GrantRequest = {
       requester: p.sub,

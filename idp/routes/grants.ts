@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { commandWarning } from "../../protocol/display.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantCategory } from "../../protocol/types.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
@@ -162,6 +163,10 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
     const stored = idp.store.insertGrant({ grant, matchKey: key });
     idp.log.log("info", "grant created", { rid: call.rid, grant: grant.id, requester: p.sub });
+    // Every display marks such a command; the log says so too, for whoever reads it later.
+    const warning = request.command && commandWarning(request.command);
+    if (warning)
+      idp.log.log("warn", "grant command shown escaped", { rid: call.rid, grant: grant.id, warning });
     return {
       status: 201,
       body: stored.grant,

@@ -63,8 +63,8 @@ export async function delegate(ctx: Context, options: DelegateOptions): Promise<
   });
   printData(ctx, d, () =>
     [
-      `delegation ${d.id}: ${d.request.delegate} may act for ${d.request.delegator ?? api.auth.session().email} at ${d.request.audience} (${d.status})`,
-      `the delegate gets a token with: apes token exchange --delegation ${d.id} --audience ${d.request.audience === "*" ? "<sp>" : d.request.audience}`,
+      `delegation ${fmt.shown(d.id)}: ${fmt.shown(d.request.delegate)} may act for ${fmt.shown(d.request.delegator ?? api.auth.session().email)} at ${fmt.shown(d.request.audience)} (${fmt.shown(d.status)})`,
+      `the delegate gets a token with: apes token exchange --delegation ${fmt.shown(d.id)} --audience ${d.request.audience === "*" ? "<sp>" : fmt.shown(d.request.audience)}`,
     ].join("\n"),
   );
 }

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { cmdHash, isCanonicalCmdHash } from "../protocol/cmd-hash.ts";
 import { hasUnsafeChars } from "../protocol/display.ts";
+import { canonicalIdentity, normalizeIdentity } from "../protocol/names.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import type { Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
 import { ELEVATION_AUDIENCE, GRANT_TYPES } from "../protocol/types.ts";
@@ -279,7 +280,7 @@ export function parseGrantRequest(body: Record<string, unknown>, requester: stri
       throw new ProblemError("invalid_request", `unknown field "${k}"`);
     }
   }
-  if (body.requester !== undefined && body.requester !== requester) {
+  if (body.requester !== undefined && canonicalIdentity(body.requester) !== requester) {
     throw new ProblemError("forbidden", "requester must be the authenticated identity");
   }
   const grantType = parseGrantType(body.grant_type);
@@ -350,12 +351,11 @@ export function parseApproveOverrides(
   return { grantType, duration };
 }
 
-const EMAIL =
-  /^[^\s@<>()[\]\\,;:"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-
-/** Identities are email-shaped (lowercased by callers before comparison). */
-export function isEmail(value: unknown): value is string {
-  return typeof value === "string" && value.length <= 254 && EMAIL.test(value);
+/** An identity from a request body in its stored form (protocol/names.ts), or a 400 naming the field. */
+export function identityField(field: string, value: unknown): string {
+  const r = normalizeIdentity(value);
+  if (!r.ok) throw new ProblemError("invalid_request", `${field} ${r.reason}`);
+  return r.identity;
 }
 
 /** The email of an agent enrolled by `owner`: `<name>+agent@<owner's domain>`. */

@@ -13,6 +13,7 @@ import {
   canRevoke,
   canView,
   consumeOutcome,
+  identityField,
   matchKey,
   parseApproveOverrides,
   parseGrantRequest,
@@ -176,7 +177,8 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
 
   router.add("GET", G, true, (call, p) => {
     const q = listParams(call, ["requester", "type"]);
-    const requester = q.get("requester")?.toLowerCase();
+    const asked = q.get("requester");
+    const requester = asked === undefined ? undefined : identityField("requester", asked);
     const type = q.get("type");
     if (type !== undefined && type !== "command" && type !== "delegation") {
       throw new ProblemError("invalid_request", "type must be command or delegation");

@@ -10,7 +10,6 @@ import {
   canView,
   consumeOutcome,
   effectiveStatus,
-  isEmail,
   matchKey,
   parseApproveOverrides,
   parseDuration,
@@ -264,10 +263,7 @@ describe("request validation", () => {
     expect(matchKey(r)).not.toBe(matchKey({ ...r, run_as: "root" }));
     expect(matchKey(r)).not.toBe(matchKey({ ...r, cmd_hash: cmdHash(["ls", "-l"]) }));
   });
-  it("emails and agent emails", () => {
-    expect(isEmail("a@example.com")).toBe(true);
-    expect(isEmail("a+agent@example.com")).toBe(true);
-    for (const bad of ["a", "a@", "@b", "a b@c", "a@b..c", 5]) expect(isEmail(bad)).toBe(false);
+  it("agent emails", () => {
     expect(agentEmail("helper", "alice@example.com")).toBe("helper+agent@example.com");
   });
 });

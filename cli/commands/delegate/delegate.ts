@@ -38,14 +38,14 @@ Examples:
 }
 
 export async function delegate(ctx: Context, options: DelegateOptions): Promise<void> {
-  const [{ delegationsApi }, fmt, { usageError }, { printData }, { looksLikeEmail }] = await Promise.all([
+  const [{ delegationsApi }, fmt, { usageError }, { printData }, { identityArg }] = await Promise.all([
     import("../../grants/delegations.ts"),
     import("../../grants/format.ts"),
     import("../../errors.ts"),
     import("../../output.ts"),
-    import("../../auth/keys.ts"),
+    import("../../identity.ts"),
   ]);
-  if (!looksLikeEmail(options.to)) throw usageError(`--to "${options.to}" is not an email address`);
+  const to = identityArg("--to", options.to);
   if (!options.audience.trim()) throw usageError("--audience is empty");
   const scopes = options.scopes
     ?.split(",")
@@ -55,7 +55,7 @@ export async function delegate(ctx: Context, options: DelegateOptions): Promise<
   const { grant_type, duration } = fmt.approvalAndDuration(options.approval, options.duration);
   const api = await delegationsApi(ctx);
   const d = await api.create({
-    delegate: options.to,
+    delegate: to,
     audience: options.audience,
     grant_type: grant_type ?? "always",
     ...(scopes ? { scopes } : {}),

@@ -54,7 +54,7 @@ export function formatSeconds(s: number): string {
 }
 
 /** Longest single field shown (an IdP may send anything; the rest is counted, not printed). */
-const FIELD_MAX = 256;
+const FIELD_MAX = 1024;
 
 /** A field from the IdP, safe for a terminal; `fallback` when it is missing or not a string. */
 export function shown(value: unknown, fallback = "?"): string {

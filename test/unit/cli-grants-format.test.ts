@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import {
   approvalAndDuration,
+  delegationTable,
   formatSeconds,
   grantDetails,
   grantTable,
@@ -105,6 +106,31 @@ describe("grant rendering", () => {
     expect(table).not.toContain("[!] sh -c");
     expect(table.split("\n").at(-1)).toMatch(/^\[!\] the command contains control/);
     expect(grantTable([g])).not.toContain("[!]");
+  });
+
+  it("escapes delegations from the IdP, each scope its own word", () => {
+    const d: Grant = {
+      ...g,
+      type: "delegation",
+      status: "approved",
+      request: {
+        requester: "alice@example.com",
+        target_host: "*",
+        audience: "sp.example\x1b[2J",
+        grant_type: "always",
+        delegator: "alice@example.com",
+        delegate: "bot@example.com\u202e",
+        scopes: ["read", "write all", "x\u200b"],
+      },
+    };
+    const table = delegationTable([d], "alice@example.com");
+    expect(table).not.toMatch(raw);
+    expect(table).toContain(
+      "alice@example.com (me)  bot@example.com\\u202e  sp.example\\x1b[2J  read 'write all' $'x\\u200b'",
+    );
+    expect(grantTable([d])).toContain(
+      "delegate bot@example.com\\u202e at sp.example\\x1b[2J [read 'write all' $'x\\u200b']",
+    );
   });
 
   it("survives an IdP that sends the wrong types", () => {

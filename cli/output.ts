@@ -36,6 +36,9 @@ export function color(ctx: Context, code: "bold" | "dim" | "red" | "green" | "ye
 
 /** Seconds since the epoch as an ISO-like local-free timestamp. */
 export function formatTime(seconds: number | undefined): string {
+  // Times come from the IdP: anything that is not a representable instant shows as "?".
   if (seconds === undefined) return "-";
-  return new Date(seconds * 1000).toISOString().replace(".000Z", "Z");
+  const date = new Date(typeof seconds === "number" ? seconds * 1000 : Number.NaN);
+  if (Number.isNaN(date.getTime())) return "?";
+  return date.toISOString().replace(".000Z", "Z");
 }

@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
 import { cmdHash, isCanonicalCmdHash } from "../protocol/cmd-hash.ts";
+import { hasUnsafeChars } from "../protocol/display.ts";
 import { durationSeconds } from "../protocol/duration.ts";
+import { canonicalIdentity, normalizeIdentity } from "../protocol/names.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import type { Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
 import { ELEVATION_AUDIENCE, GRANT_TYPES } from "../protocol/types.ts";
@@ -217,12 +219,30 @@ function str(
       `${field} must be a non-empty string of at most ${max} characters`,
     );
   }
-  if (/[\u0000-\u001f\u007f]/.test(v))
-    throw new ProblemError("invalid_request", `${field} contains control characters`);
+  refuseUnsafe(field, v);
   return v;
 }
 
-function strArray(body: Record<string, unknown>, field: string, maxItems: number): string[] | undefined {
+/**
+ * Text a person reads when deciding (reason, audience, host, scopes ...) must show as itself: no
+ * control, bidi or invisible character. Only `command` may hold them (a command may need a newline);
+ * every display then escapes and marks it (commandWarning).
+ */
+export function refuseUnsafe(field: string, value: string): void {
+  if (hasUnsafeChars(value)) {
+    throw new ProblemError(
+      "invalid_request",
+      `${field} contains control, bidi or invisible characters (only command may hold them)`,
+    );
+  }
+}
+
+function strArray(
+  body: Record<string, unknown>,
+  field: string,
+  maxItems: number,
+  { unsafeAllowed = false } = {},
+): string[] | undefined {
   const v = body[field];
   if (v === undefined) return undefined;
   if (
@@ -232,6 +252,7 @@ function strArray(body: Record<string, unknown>, field: string, maxItems: number
   ) {
     throw new ProblemError("invalid_request", `${field} must be an array of at most ${maxItems} strings`);
   }
+  if (!unsafeAllowed) for (const [i, x] of (v as string[]).entries()) refuseUnsafe(`${field}[${i}]`, x);
   return v as string[];
 }
 
@@ -258,7 +279,7 @@ export function parseGrantRequest(body: Record<string, unknown>, requester: stri
       throw new ProblemError("invalid_request", `unknown field "${k}"`);
     }
   }
-  if (body.requester !== undefined && body.requester !== requester) {
+  if (body.requester !== undefined && canonicalIdentity(body.requester) !== requester) {
     throw new ProblemError("forbidden", "requester must be the authenticated identity");
   }
   const grantType = parseGrantType(body.grant_type);
@@ -275,7 +296,7 @@ export function parseGrantRequest(body: Record<string, unknown>, requester: stri
   } else if (body.duration !== undefined) {
     throw new ProblemError("invalid_request", "duration is only valid for timed grants");
   }
-  const command = strArray(body, "command", 1024);
+  const command = strArray(body, "command", 1024, { unsafeAllowed: true });
   if (command !== undefined) {
     if (command.length === 0) throw new ProblemError("invalid_request", "command must not be empty");
     if (!command.every((a) => a.isWellFormed())) {
@@ -329,12 +350,11 @@ export function parseApproveOverrides(
   return { grantType, duration };
 }
 
-const EMAIL =
-  /^[^\s@<>()[\]\\,;:"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-
-/** Identities are email-shaped (lowercased by callers before comparison). */
-export function isEmail(value: unknown): value is string {
-  return typeof value === "string" && value.length <= 254 && EMAIL.test(value);
+/** An identity from a request body in its stored form (protocol/names.ts), or a 400 naming the field. */
+export function identityField(field: string, value: unknown): string {
+  const r = normalizeIdentity(value);
+  if (!r.ok) throw new ProblemError("invalid_request", `${field} ${r.reason}`);
+  return r.identity;
 }
 
 /** The email of an agent enrolled by `owner`: `<name>+agent@<owner's domain>`. */

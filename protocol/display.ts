@@ -84,3 +84,20 @@ export function shellWord(arg: string, options: { nonAscii?: boolean } = {}): st
 export function visibleArgv(argv: readonly string[]): string {
   return argv.map((arg, i) => (arg === "" ? "''" : shellWord(arg, { nonAscii: i === 0 }))).join(" ");
 }
+
+/**
+ * The warning every display of a command shows when its argv is not what it looks like: it holds a
+ * control, invisible or bidi character, or its program name is not plain ASCII (a homoglyph such as
+ * "сurl" with a Cyrillic "с"). Undefined for an ordinary command. Derived from the command itself,
+ * so any grant from any IdP is marked the same way.
+ */
+export function commandWarning(argv: readonly string[]): string | undefined {
+  const unsafe = argv.some(hasUnsafeChars);
+  const foreignProgram = argv.length > 0 && /[^\x20-\x7e]/.test(argv[0]!);
+  if (!unsafe && !foreignProgram) return undefined;
+  const what = [
+    ...(unsafe ? ["control or invisible characters"] : []),
+    ...(foreignProgram ? ["a non-ASCII program name"] : []),
+  ].join(" and ");
+  return `warning: this command contains ${what} (shown escaped)`;
+}

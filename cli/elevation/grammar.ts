@@ -1,3 +1,4 @@
+import { shellWord, visibleArgv } from "../../protocol/display.ts";
 import { parseDuration } from "../config.ts";
 
 /**
@@ -179,16 +180,11 @@ export function validateElevation(
   };
 }
 
-/** `apes --grant <id> -- cmd...` with shell quoting, for "continue later" hints. */
+/** `apes --grant <id> -- cmd...` as exact shell words (escapes shown), for "continue later" hints. */
 export function continueCommand(
   grantId: string,
   request: Pick<ElevationRequest, "command" | "runAs">,
 ): string {
-  const as = request.runAs !== "root" ? ` --as ${shellQuote(request.runAs)}` : "";
-  return `apes --grant ${grantId}${as} -- ${request.command.map(shellQuote).join(" ")}`;
-}
-
-export function shellQuote(s: string): string {
-  if (/^[A-Za-z0-9_./:=@%+,-]+$/.test(s)) return s;
-  return `'${s.replaceAll("'", `'\\''`)}'`;
+  const as = request.runAs !== "root" ? ` --as ${shellWord(request.runAs)}` : "";
+  return `apes --grant ${shellWord(grantId)}${as} -- ${visibleArgv(request.command)}`;
 }

@@ -1,11 +1,13 @@
 import { closeSync, fstatSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { shellWord, visibleArgv } from "../../protocol/display.ts";
 import { ELEVATION_AUDIENCE, type Grant } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
 import type { GrantsClient, NewGrantRequest } from "../grants/client.ts";
+import { grantWarning, shown, shownCommand } from "../grants/format.ts";
 import { formatElapsed, startProgress } from "../grants/progress.ts";
 import { continueCommand, type ElevationRequest } from "./grammar.ts";
 
@@ -74,16 +76,18 @@ export function grantRequestFor(req: ElevationRequest, host: string): NewGrantRe
 /** Why an existing grant (--grant ID) cannot serve this command, or undefined when it can. */
 export function grantMismatch(grant: Grant, req: ElevationRequest, host: string): string | undefined {
   const r = grant.request;
-  if (grant.type !== "command") return `grant ${grant.id} is a ${grant.type} grant, not a command grant`;
+  if (grant.type !== "command")
+    return `grant ${shown(grant.id)} is a ${shown(grant.type)} grant, not a command grant`;
   const cmd = r.command ?? [];
   if (cmd.length !== req.command.length || cmd.some((a, i) => a !== req.command[i])) {
-    return `grant ${grant.id} is for ${JSON.stringify(cmd)}, not ${JSON.stringify(req.command)}`;
+    return `grant ${shown(grant.id)} is for ${shownCommand(grant) ?? "no command"}, not ${visibleArgv(req.command)}`;
   }
   if ((r.run_as ?? "root") !== req.runAs)
-    return `grant ${grant.id} runs as ${r.run_as ?? "root"}, not ${req.runAs}`;
-  if (r.target_host !== host) return `grant ${grant.id} is for host ${r.target_host}, this is ${host}`;
+    return `grant ${shown(grant.id)} runs as ${shown(r.run_as ?? "root")}, not ${shellWord(req.runAs)}`;
+  if (r.target_host !== host)
+    return `grant ${shown(grant.id)} is for host ${shown(r.target_host)}, this is ${shown(host)}`;
   if (r.audience !== ELEVATION_AUDIENCE)
-    return `grant ${grant.id} has audience ${r.audience}, not ${ELEVATION_AUDIENCE}`;
+    return `grant ${shown(grant.id)} has audience ${shown(r.audience)}, not ${ELEVATION_AUDIENCE}`;
   return undefined;
 }
 
@@ -149,7 +153,7 @@ async function requestInner(
     if (grant.request.requester !== who) {
       throw withReason(
         "grant_not_yours",
-        `grant ${grant.id} was requested by ${grant.request.requester}, not by you (${who})`,
+        `grant ${shown(grant.id)} was requested by ${shown(grant.request.requester)}, not by you (${who})`,
         {
           exitCode: ExitCode.NOPERM,
         },
@@ -162,7 +166,7 @@ async function requestInner(
     if (created.reused && grant.status === "approved") {
       const until = grant.expires_at ? ` until ${new Date(grant.expires_at * 1000).toISOString()}` : "";
       ctx.io.stderr.write(
-        `apes: using ${grant.request.grant_type} grant ${grant.id}, approved by ${grant.decided_by ?? "?"}${until}\n`,
+        `apes: using ${shown(grant.request.grant_type)} grant ${shown(grant.id)}, approved by ${shown(grant.decided_by)}${until}\n`,
       );
     }
   }
@@ -177,7 +181,7 @@ async function requestInner(
   if (grant.status !== "approved") throw notUsable(grant, req);
   if (options.resultFd === undefined) {
     throw new CliError(
-      `grant ${grant.id} is approved, but this apes cannot elevate: it is not the setuid shim`,
+      `grant ${shown(grant.id)} is approved, but this apes cannot elevate: it is not the setuid shim`,
       {
         exitCode: ExitCode.CONFIG,
         hint: `install the shim (\`sudo make install\`), then run \`${continueCommand(grant.id, req)}\``,
@@ -202,11 +206,11 @@ function pendingExit(ctx: Context, grant: Grant, req: ElevationRequest, client: 
       `${JSON.stringify({ grant_id: grant.id, status: grant.status, idp: client.session.idp, continue: next })}\n`,
     );
   } else {
-    ctx.io.stdout.write(`${grant.id}\n`);
+    ctx.io.stdout.write(`${shown(grant.id)}\n`);
   }
-  throw new CliError(`grant ${grant.id} awaits approval (${describe(grant)})`, {
+  throw new CliError(`grant ${shown(grant.id)} awaits approval (${describe(grant)})`, {
     exitCode: ExitCode.TEMPFAIL,
-    hint: `approve: apes grants approve ${grant.id}   (an approver of ${client.session.email}, IdP ${client.session.idp})\nthen:    ${next}`,
+    hint: `approve: apes grants approve ${shown(grant.id)}   (an approver of ${client.session.email}, IdP ${client.session.idp})\nthen:    ${next}`,
   });
 }
 
@@ -221,21 +225,22 @@ async function waitWithCancel(
 ): Promise<Grant> {
   const who = await approversOf(ctx, client);
   ctx.io.stderr.write(
-    `apes: grant ${grant.id} needs approval (${describe(grant)})\n` +
+    `apes: grant ${shown(grant.id)} needs approval (${describe(grant)})\n` +
       `  who:     ${who}\n` +
-      `  approve: apes grants approve ${grant.id}   (IdP ${client.session.idp})\n`,
+      `  approve: apes grants approve ${shown(grant.id)}   (IdP ${client.session.idp})\n`,
   );
-  const progress = startProgress(ctx, `waiting for approval of ${grant.id}`);
+  const progress = startProgress(ctx, `waiting for approval of ${shown(grant.id)}`);
   try {
     const decided = await deps.wait(ctx, client, grant.id, {
       timeoutMs: req.timeoutMs,
       signal,
-      onProgress: (ms) => progress.update(`waiting for approval of ${grant.id} (${formatElapsed(ms)})`),
+      onProgress: (ms) =>
+        progress.update(`waiting for approval of ${shown(grant.id)} (${formatElapsed(ms)})`),
     });
     progress.stop(
       decided.status === "approved"
-        ? `apes: approved by ${decided.decided_by ?? "?"}`
-        : `apes: grant ${decided.status}`,
+        ? `apes: approved by ${shown(decided.decided_by)}`
+        : `apes: grant ${shown(decided.status)}`,
     );
     return decided;
   } catch (e) {
@@ -245,14 +250,14 @@ async function waitWithCancel(
         // Cancel what we asked for, so nobody approves a request no one waits for.
         try {
           await client.revoke(grant.id);
-          ctx.io.stderr.write(`apes: interrupted; grant ${grant.id} cancelled\n`);
+          ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} cancelled\n`);
         } catch (revokeError) {
           ctx.io.stderr.write(
-            `apes: interrupted; could not cancel grant ${grant.id}: ${(revokeError as Error).message}\n`,
+            `apes: interrupted; could not cancel grant ${shown(grant.id)}: ${(revokeError as Error).message}\n`,
           );
         }
       } else {
-        ctx.io.stderr.write(`apes: interrupted; grant ${grant.id} is still pending\n`);
+        ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} is still pending\n`);
       }
       throw new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
     }
@@ -293,9 +298,9 @@ export function describeApprovers(me: string, body: unknown): string | undefined
   if (!body || typeof body !== "object") return undefined;
   const b = body as { owner?: unknown; approvers?: unknown; kind?: unknown };
   const names: string[] = [];
-  if (typeof b.owner === "string") names.push(`${b.owner} (owner)`);
+  if (typeof b.owner === "string") names.push(`${shown(b.owner)} (owner)`);
   if (Array.isArray(b.approvers)) {
-    for (const a of b.approvers) if (typeof a === "string" && a !== b.owner) names.push(a);
+    for (const a of b.approvers) if (typeof a === "string" && a !== b.owner) names.push(shown(a));
   }
   // A human may approve its own grants at the IdP (the policy may still refuse self-approval).
   if (b.kind === "human") names.push(`${me} (yourself)`);
@@ -342,23 +347,29 @@ export function requesterReason(e: unknown): string | undefined {
 }
 
 function notUsable(grant: Grant, req: ElevationRequest): CliError {
-  const by = grant.decided_by ? ` by ${grant.decided_by}` : "";
+  const by = grant.decided_by ? ` by ${shown(grant.decided_by)}` : "";
   const what: Record<string, string> = {
-    denied: `grant ${grant.id} was denied${by}`,
-    revoked: `grant ${grant.id} was revoked${by}`,
-    expired: `grant ${grant.id} has expired`,
-    used: `grant ${grant.id} was already used (once grants run one time)`,
+    denied: `grant ${shown(grant.id)} was denied${by}`,
+    revoked: `grant ${shown(grant.id)} was revoked${by}`,
+    expired: `grant ${shown(grant.id)} has expired`,
+    used: `grant ${shown(grant.id)} was already used (once grants run one time)`,
   };
-  return withReason(`grant_${grant.status}`, what[grant.status] ?? `grant ${grant.id} is ${grant.status}`, {
-    exitCode: ExitCode.NOPERM,
-    hint: `request a new grant: apes --reason "..." -- ${req.command.join(" ")}`,
-  });
+  return withReason(
+    `grant_${grant.status}`,
+    what[grant.status] ?? `grant ${shown(grant.id)} is ${shown(grant.status)}`,
+    {
+      exitCode: ExitCode.NOPERM,
+      hint: `request a new grant: apes --reason "..." -- ${visibleArgv(req.command)}`,
+    },
+  );
 }
 
 function describe(grant: Grant): string {
   const r = grant.request;
   const dur = r.grant_type === "timed" && r.duration ? ` ${formatElapsed(r.duration * 1000)}` : "";
-  return `${r.grant_type}${dur}: ${(r.command ?? []).join(" ")} as ${r.run_as ?? "root"} on ${r.target_host}`;
+  const warning = grantWarning(grant);
+  const what = `${shown(r.grant_type)}${dur}: ${shownCommand(grant) ?? "-"} as ${shown(r.run_as ?? "root")} on ${shown(r.target_host)}`;
+  return warning ? `${what}; ${warning}` : what;
 }
 
 /** The result fd must be an inherited pipe (or socket), never a file or terminal the token could land in. */

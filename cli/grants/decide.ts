@@ -9,15 +9,16 @@ export async function decide(
   verb: "approved" | "denied" | "revoked",
   call: (client: GrantsClient) => Promise<Grant>,
 ): Promise<Grant> {
-  const [{ grantsClient, checkGrantId }, { printData }, { shellJoin }] = await Promise.all([
-    import("./client.ts"),
-    import("../output.ts"),
-    import("./format.ts"),
-  ]);
+  const [{ grantsClient, checkGrantId }, { printData }, { grantWarning, shown, shownCommand }] =
+    await Promise.all([import("./client.ts"), import("../output.ts"), import("./format.ts")]);
   checkGrantId(id);
   const client = await grantsClient(ctx);
   const grant = await call(client);
-  const cmd = grant.request.command ? ` (${shellJoin(grant.request.command)})` : "";
-  printData(ctx, grant, () => `${verb} grant ${grant.id} of ${grant.request.requester}${cmd}`);
+  printData(ctx, grant, () => {
+    const command = shownCommand(grant);
+    const warning = grantWarning(grant);
+    const line = `${verb} grant ${shown(grant.id)} of ${shown(grant.request.requester)}${command ? ` (${command})` : ""}`;
+    return warning ? `${line}\n${warning}` : line;
+  });
   return grant;
 }

@@ -1,3 +1,4 @@
+import { commandWarning, shellWord, visible, visibleArgv } from "../../protocol/display.ts";
 import type { Grant, GrantType } from "../../protocol/types.ts";
 import { GRANT_TYPES } from "../../protocol/types.ts";
 import { parseDuration } from "../config.ts";
@@ -52,82 +53,127 @@ export function formatSeconds(s: number): string {
   return `${s}s`;
 }
 
-/** A shell-like rendering of argv for display (quotes what needs quoting). */
-export function shellJoin(argv: readonly string[]): string {
-  return argv
-    .map((a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`))
-    .join(" ");
+/** Longest single field shown (an IdP may send anything; the rest is counted, not printed). */
+const FIELD_MAX = 1024;
+
+/** A field from the IdP, safe for a terminal; `fallback` when it is missing or not a string. */
+export function shown(value: unknown, fallback = "?"): string {
+  return typeof value === "string" && value !== "" ? visible(value, { max: FIELD_MAX }) : fallback;
+}
+
+/** A list from the IdP (scopes, permissions, approvers): each element its own unambiguous word. */
+export function shownList(value: unknown, fallback = "-"): string {
+  if (!Array.isArray(value) || value.length === 0) return fallback;
+  return value.map((v) => (typeof v === "string" ? shellWord(v) : "?")).join(" ");
+}
+
+/** The argv of a grant as received, or undefined when there is none (or it is not a string array). */
+function commandOf(g: Grant): string[] | undefined {
+  const c: unknown = g.request?.command;
+  return Array.isArray(c) && c.length > 0 && c.every((a) => typeof a === "string") ? c : undefined;
+}
+
+/** Marks a command in a table whose argv holds characters shown escaped (see commandWarning). */
+export const WARNING_MARK = "[!]";
+
+/** The command as exact shell words, or undefined for a grant without one. */
+export function shownCommand(g: Grant): string | undefined {
+  const argv = commandOf(g);
+  if (argv) return visibleArgv(argv);
+  return g.request?.command !== undefined ? "? (not a list of strings)" : undefined;
+}
+
+/** The warning line for a grant whose command is not what it looks like (undefined otherwise). */
+export function grantWarning(g: Grant): string | undefined {
+  const argv = commandOf(g);
+  return argv ? commandWarning(argv) : undefined;
 }
 
 function what(g: Grant): string {
   const r = g.request;
   if (g.type === "delegation") {
-    return `delegate ${r.delegate ?? "?"} at ${r.audience}${r.scopes?.length ? ` [${r.scopes.join(",")}]` : ""}`;
+    const scopes = Array.isArray(r.scopes) && r.scopes.length > 0 ? ` [${shownList(r.scopes)}]` : "";
+    return `delegate ${shown(r.delegate)} at ${shown(r.audience)}${scopes}`;
   }
-  return r.command ? shellJoin(r.command) : (r.permissions?.join(",") ?? "-");
+  const command = shownCommand(g);
+  if (command === undefined) return shownList(r.permissions);
+  return grantWarning(g) ? `${WARNING_MARK} ${command}` : command;
 }
 
 function approvalText(g: Grant): string {
   const r = g.request;
-  return r.grant_type === "timed" && r.duration ? `timed ${formatSeconds(r.duration)}` : r.grant_type;
+  return r.grant_type === "timed" && typeof r.duration === "number"
+    ? `timed ${formatSeconds(r.duration)}`
+    : shown(r.grant_type);
 }
 
 export function grantTable(grants: readonly Grant[]): string {
   if (grants.length === 0) return "no grants";
-  return formatTable([
+  const table = formatTable([
     ["ID", "STATUS", "REQUESTER", "HOST", "APPROVAL", "COMMAND"],
     ...grants.map((g) => [
-      g.id,
-      g.status,
-      g.request.requester,
-      g.request.target_host,
+      shown(g.id),
+      shown(g.status),
+      shown(g.request.requester),
+      shown(g.request.target_host),
       approvalText(g),
       what(g),
     ]),
   ]);
+  const marked = grants.some((g) => grantWarning(g) !== undefined);
+  return marked
+    ? `${table}\n${WARNING_MARK} the command contains control, invisible or non-ASCII characters (shown escaped): check it with \`apes grants show <id>\``
+    : table;
 }
 
 export function delegationTable(grants: readonly Grant[], me?: string): string {
   if (grants.length === 0) return "no delegations";
+  const party = (email: string | undefined) =>
+    `${shown(email)}${email !== undefined && email === me ? " (me)" : ""}`;
   return formatTable([
     ["ID", "STATUS", "DELEGATOR", "DELEGATE", "AUDIENCE", "SCOPES", "APPROVAL", "EXPIRES"],
     ...grants.map((g) => [
-      g.id,
-      g.status,
-      g.request.delegator === me ? `${g.request.delegator ?? "?"} (me)` : (g.request.delegator ?? "?"),
-      g.request.delegate === me ? `${g.request.delegate ?? "?"} (me)` : (g.request.delegate ?? "?"),
-      g.request.audience,
-      g.request.scopes?.join(",") || "-",
+      shown(g.id),
+      shown(g.status),
+      party(g.request.delegator),
+      party(g.request.delegate),
+      shown(g.request.audience),
+      shownList(g.request.scopes),
       approvalText(g),
       formatTime(g.expires_at),
     ]),
   ]);
 }
 
+/** `grants show`: one field a line, every value from the IdP escaped; a warning first when the command needs one. */
 export function grantDetails(g: Grant): string {
   const r = g.request;
+  const opt = (v: unknown) => (v === undefined ? undefined : shown(v));
   const rows: [string, string | undefined][] = [
-    ["id", g.id],
-    ["type", g.type],
-    ["status", g.status],
-    ["requester", r.requester],
-    ["command", r.command ? shellJoin(r.command) : undefined],
-    ["cmd_hash", r.cmd_hash],
-    ["host", r.target_host],
-    ["audience", r.audience],
-    ["run as", r.run_as],
+    ["id", shown(g.id)],
+    ["type", shown(g.type)],
+    ["status", shown(g.status)],
+    ["requester", shown(r.requester)],
+    ["command", shownCommand(g)],
+    ["cmd_hash", opt(r.cmd_hash)],
+    ["permissions", r.permissions !== undefined ? shownList(r.permissions) : undefined],
+    ["host", opt(r.target_host)],
+    ["audience", opt(r.audience)],
+    ["run as", opt(r.run_as)],
     ["approval", approvalText(g)],
-    ["reason", r.reason],
-    ["delegator", r.delegator],
-    ["delegate", r.delegate],
-    ["scopes", r.scopes?.join(", ")],
+    ["reason", opt(r.reason)],
+    ["delegator", opt(r.delegator)],
+    ["delegate", opt(r.delegate)],
+    ["scopes", r.scopes !== undefined ? shownList(r.scopes) : undefined],
     ["created", formatTime(g.created_at)],
-    ["decided by", g.decided_by],
+    ["decided by", opt(g.decided_by)],
     ["decided", g.decided_at !== undefined ? formatTime(g.decided_at) : undefined],
     ["expires", g.expires_at !== undefined ? formatTime(g.expires_at) : undefined],
     ["used", g.used_at !== undefined ? formatTime(g.used_at) : undefined],
   ];
-  const shown = rows.filter((row): row is [string, string] => row[1] !== undefined && row[1] !== "");
-  const width = Math.max(...shown.map(([k]) => k.length));
-  return shown.map(([k, v]) => `${`${k}:`.padEnd(width + 2)}${v}`).join("\n");
+  const fields = rows.filter((row): row is [string, string] => row[1] !== undefined && row[1] !== "");
+  const width = Math.max(...fields.map(([k]) => k.length));
+  const lines = fields.map(([k, v]) => `${`${k}:`.padEnd(width + 2)}${v}`);
+  const warning = grantWarning(g);
+  return (warning ? [warning, ...lines] : lines).join("\n");
 }

@@ -1,7 +1,7 @@
 import { fingerprint, KeyFormatError, parseSshPublicKey } from "../../protocol/keys.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Idp, Principal } from "../context.ts";
-import { AGENT_NAME, agentEmail } from "../grants.ts";
+import { AGENT_NAME, agentEmail, identityField } from "../grants.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
 import type { UserRecord } from "../store/types.ts";
 import { PATHS } from "./discovery.ts";
@@ -44,7 +44,7 @@ export function registerAgentRoutes(router: Router<Principal>, idp: Idp): void {
       if (e instanceof KeyFormatError) throw new ProblemError("invalid_request", `public_key: ${e.message}`);
       throw e;
     }
-    const email = agentEmail(body.name, p.sub);
+    const email = identityField("the agent's email", agentEmail(body.name, p.sub));
     if (idp.store.getUser(email)) throw new ProblemError("conflict", `${email} already exists`);
     idp.store.addUser({
       email,

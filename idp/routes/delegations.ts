@@ -1,8 +1,9 @@
 import { randomUUID } from "node:crypto";
+import { canonicalIdentity } from "../../protocol/names.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantRequest } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
-import { effectiveStatus, isEmail, parseDuration, parseGrantType } from "../grants.ts";
+import { effectiveStatus, identityField, parseDuration, parseGrantType, refuseUnsafe } from "../grants.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
 import type { StoredGrant } from "../store/types.ts";
 import { etagOf, listParams, loadGrant, page } from "./common.ts";
@@ -34,6 +35,7 @@ function scopesOf(value: unknown): string[] | undefined {
   ) {
     throw new ProblemError("invalid_request", "scopes must be an array of at most 100 non-empty strings");
   }
+  for (const [i, s] of (value as string[]).entries()) refuseUnsafe(`scopes[${i}]`, s);
   return value as string[];
 }
 
@@ -46,11 +48,10 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     if (p.actor.kind !== "human") throw new ProblemError("forbidden", "only humans create delegations");
     const body = await jsonBody(call);
     onlyFields(body, ["delegator", "delegate", "audience", "scopes", "grant_type", "duration"]);
-    if (body.delegator !== undefined && String(body.delegator).toLowerCase() !== p.sub) {
+    if (body.delegator !== undefined && canonicalIdentity(body.delegator) !== p.sub) {
       throw new ProblemError("forbidden", "delegator must be the authenticated identity");
     }
-    if (!isEmail(body.delegate)) throw new ProblemError("invalid_request", "delegate must be an email");
-    const delegate = body.delegate.toLowerCase();
+    const delegate = identityField("delegate", body.delegate);
     if (delegate === p.sub) throw new ProblemError("invalid_request", "cannot delegate to yourself");
     const delegateUser = idp.store.getUser(delegate);
     if (!delegateUser || delegateUser.disabled) {
@@ -59,6 +60,7 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     if (typeof body.audience !== "string" || body.audience.length === 0 || body.audience.length > 256) {
       throw new ProblemError("invalid_request", 'audience is required (an SP identifier, or "*" for any)');
     }
+    refuseUnsafe("audience", body.audience);
     const grantType = parseGrantType(body.grant_type ?? "always");
     const request: GrantRequest = {
       requester: p.sub,
@@ -149,7 +151,7 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     const status = effectiveStatus(g, idp.now());
     let reason: string | undefined;
     if (status !== "approved") reason = `the delegation is ${status}`;
-    else if (g.request.delegate !== body.delegate.toLowerCase()) reason = "delegate does not match";
+    else if (g.request.delegate !== canonicalIdentity(body.delegate)) reason = "delegate does not match";
     else if (g.request.audience !== "*" && g.request.audience !== body.audience)
       reason = "audience does not match";
     return {

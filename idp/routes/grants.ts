@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { commandWarning } from "../../protocol/display.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantCategory } from "../../protocol/types.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
@@ -12,6 +13,7 @@ import {
   canRevoke,
   canView,
   consumeOutcome,
+  identityField,
   matchKey,
   parseApproveOverrides,
   parseGrantRequest,
@@ -180,6 +182,10 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       requester: p.sub,
       ...actingFields(p),
     });
+    // Every display marks such a command; the log says so too, for whoever reads it later.
+    const warning = request.command && commandWarning(request.command);
+    if (warning)
+      idp.log.log("warn", "grant command shown escaped", { rid: call.rid, grant: grant.id, warning });
     return {
       status: 201,
       body: stored.grant,
@@ -189,7 +195,8 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
 
   router.add("GET", G, true, (call, p) => {
     const q = listParams(call, ["requester", "type"]);
-    const requester = q.get("requester")?.toLowerCase();
+    const asked = q.get("requester");
+    const requester = asked === undefined ? undefined : identityField("requester", asked);
     const type = q.get("type");
     if (type !== undefined && type !== "command" && type !== "delegation") {
       throw new ProblemError("invalid_request", "type must be command or delegation");

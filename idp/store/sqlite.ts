@@ -2,6 +2,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { Worker } from "node:worker_threads";
+import { canonicalIdentity } from "../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../protocol/types.ts";
 import type {
   GrantPage,
@@ -188,10 +189,32 @@ function migrate(db: DatabaseSync): void {
       db.exec(MIGRATIONS[v]!);
       db.exec(`PRAGMA user_version = ${v + 1}`);
     }
+    normalizeStoredUsers(db);
     db.exec("COMMIT");
   } catch (e) {
     db.exec("ROLLBACK");
     throw e;
+  }
+}
+
+/**
+ * Re-keys users stored before identities were normalised (protocol/names.ts), e.g. a decomposed
+ * "café", so lookups (which normalise) find them. Idempotent, so it runs at every open, not as a
+ * numbered migration; only names not already in stored form (non-ASCII or upper case) are read.
+ * A name the rules refuse, or whose normal form is taken, is left as it is: no lookup finds it.
+ */
+function normalizeStoredUsers(db: DatabaseSync): void {
+  const rows = db
+    .prepare("SELECT email FROM users WHERE email GLOB '*[^ -~]*' OR email GLOB '*[A-Z]*'")
+    .all() as { email: string }[];
+  for (const { email } of rows) {
+    const identity = canonicalIdentity(email);
+    if (identity === undefined || identity === email) continue;
+    if (db.prepare("SELECT 1 FROM users WHERE email = ?").get(identity)) continue;
+    db.prepare("UPDATE users SET email = ? WHERE email = ?").run(identity, email);
+    db.prepare("UPDATE users SET owner = ? WHERE owner = ?").run(identity, email);
+    db.prepare("UPDATE approvers SET subject = ? WHERE subject = ?").run(identity, email);
+    db.prepare("UPDATE approvers SET approver = ? WHERE approver = ?").run(identity, email);
   }
 }
 
@@ -309,6 +332,11 @@ export class SqliteStore implements Store {
   // --- users ---
 
   addUser(u: NewUser): void {
+    // Users are stored under their normalised identity only (the callers normalise and explain).
+    for (const name of [u.email, ...(u.owner ? [u.owner] : []), ...(u.approvers ?? [])]) {
+      if (canonicalIdentity(name) !== name)
+        throw new Error(`not a normalised identity: ${JSON.stringify(name)}`);
+    }
     this.transaction(() => {
       this.wq(
         "INSERT INTO users (email, kind, owner, admin, disabled, public_key, fingerprint, name, created_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
@@ -328,7 +356,10 @@ export class SqliteStore implements Store {
     });
   }
 
-  getUser(email: string): UserRecord | undefined {
+  /** Every lookup by identity goes through its normal form: look-alike spellings find the same user, refused ones none. */
+  getUser(name: string): UserRecord | undefined {
+    const email = canonicalIdentity(name);
+    if (email === undefined) return undefined;
     const r = this.q("SELECT * FROM users WHERE email = ?").get(email) as UserRow | undefined;
     if (!r) return undefined;
     const approvers = (
@@ -367,13 +398,17 @@ export class SqliteStore implements Store {
     return rows.map((r) => this.userFromRow(r, approvers.get(r.email) ?? []));
   }
 
-  setDisabled(email: string, disabled: boolean): boolean {
+  setDisabled(name: string, disabled: boolean): boolean {
+    const email = canonicalIdentity(name);
+    if (email === undefined) return false;
     return (
       this.wq("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1
     );
   }
 
-  subordinatesOf(email: string): string[] {
+  subordinatesOf(name: string): string[] {
+    const email = canonicalIdentity(name);
+    if (email === undefined) return [];
     const owned = this.q("SELECT email FROM users WHERE owner = ?").all(email) as { email: string }[];
     const approved = this.q("SELECT subject FROM approvers WHERE approver = ?").all(email) as {
       subject: string;

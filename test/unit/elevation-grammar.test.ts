@@ -3,7 +3,6 @@ import {
   continueCommand,
   parseElevation,
   routeArgv,
-  shellQuote,
   validateElevation,
 } from "../../cli/elevation/grammar.ts";
 
@@ -150,6 +149,8 @@ describe("continueCommand", () => {
     expect(continueCommand("g-1", { command: ["id"], runAs: "nobody" })).toBe(
       "apes --grant g-1 --as nobody -- id",
     );
-    expect(shellQuote("")).toBe("''");
+    expect(continueCommand("g-1", { command: ["printf", "%s", "a\x1b[2Kb", ""], runAs: "root" })).toBe(
+      "apes --grant g-1 -- printf %s $'a\\x1b[2Kb' ''",
+    );
   });
 });

@@ -10,7 +10,6 @@ import {
   canView,
   consumeOutcome,
   effectiveStatus,
-  isEmail,
   matchKey,
   parseApproveOverrides,
   parseDuration,
@@ -210,6 +209,35 @@ describe("request validation", () => {
     expect(problem(() => parseGrantRequest({ ...base, target_host: "a\nb" }, "b"))).toBe(400);
     expect(problem(() => parseGrantRequest({ target_host: "h", grant_type: "once" }, "b"))).toBe(400);
   });
+  it("refuses control, bidi and invisible characters in every field but command, naming the field", () => {
+    const base = { target_host: "h", grant_type: "once", command: ["ls"] };
+    const detail = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        return `${(e as ProblemError).status} ${(e as ProblemError).message}`;
+      }
+      return "accepted";
+    };
+    const bad = ["a\x1b[2Kb", "a\rb", "a\bb", "\u202eab", "a\u200db", "a\u00a0b", "a\x85b"];
+    for (const text of bad) {
+      for (const field of ["reason", "audience", "target_host", "run_as"]) {
+        expect(detail(() => parseGrantRequest({ ...base, [field]: text }, "b"))).toMatch(
+          new RegExp(`^400 ${field} contains control, bidi or invisible characters`),
+        );
+      }
+      expect(detail(() => parseGrantRequest({ ...base, permissions: ["ok", text] }, "b"))).toMatch(
+        /^400 permissions\[1\] contains control/,
+      );
+      // A command may need them (a newline in a script): accepted, and every display marks it.
+      expect(parseGrantRequest({ ...base, command: ["sh", "-c", text] }, "b").command).toEqual([
+        "sh",
+        "-c",
+        text,
+      ]);
+    }
+    expect(parseGrantRequest({ ...base, reason: "déploiement, 日本" }, "b").reason).toBe("déploiement, 日本");
+  });
   it("parses durations", () => {
     expect(parseDuration(90)).toBe(90);
     expect(parseDuration("30m")).toBe(1800);
@@ -235,10 +263,7 @@ describe("request validation", () => {
     expect(matchKey(r)).not.toBe(matchKey({ ...r, run_as: "root" }));
     expect(matchKey(r)).not.toBe(matchKey({ ...r, cmd_hash: cmdHash(["ls", "-l"]) }));
   });
-  it("emails and agent emails", () => {
-    expect(isEmail("a@example.com")).toBe(true);
-    expect(isEmail("a+agent@example.com")).toBe(true);
-    for (const bad of ["a", "a@", "@b", "a b@c", "a@b..c", 5]) expect(isEmail(bad)).toBe(false);
+  it("agent emails", () => {
     expect(agentEmail("helper", "alice@example.com")).toBe("helper+agent@example.com");
   });
 });

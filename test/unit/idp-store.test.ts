@@ -1,6 +1,7 @@
 import { mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { afterEach, describe, expect, it } from "vitest";
 import { Keyring, rotateKeys } from "../../idp/keys.ts";
 import { withReadCache } from "../../idp/store/cache.ts";
@@ -277,5 +278,37 @@ describe("acting party of delegated writes", () => {
       actingParty: null,
     });
     expect(s.getGrant(own.grant.id)).not.toHaveProperty("decidedAct");
+  });
+});
+
+describe("identities in the store (protocol/names.ts)", () => {
+  it("looks users up by their normalised identity and refuses to store any other form", () => {
+    const { s } = open();
+    s.addUser({ email: "caf\u00e9@x", kind: "human", createdAt: 1 });
+    expect(s.getUser("cafe\u0301@x")?.email).toBe("caf\u00e9@x");
+    expect(s.getUser("CAF\u00c9@X")?.email).toBe("caf\u00e9@x");
+    expect(s.getUser("caf\u00e9@x\u202e")).toBeUndefined();
+    expect(s.setDisabled("CAFE\u0301@x", true)).toBe(true);
+    expect(() => s.addUser({ email: "Bob@x", kind: "human", createdAt: 1 })).toThrow(/normalised/);
+    expect(() => s.addUser({ email: "b\u0131b@x", kind: "human", createdAt: 1 })).toThrow(/normalised/);
+  });
+
+  it("re-keys users stored before normalisation when it opens the data dir", () => {
+    const { s, dir } = open();
+    s.close();
+    // As an older IdP stored them: a decomposed café owning an agent, and names refused today.
+    const db = new DatabaseSync(join(dir, "idp.sqlite"));
+    const add = db.prepare("INSERT INTO users (email, kind, owner, created_at) VALUES (?, ?, ?, 1)");
+    add.run("cafe\u0301@x", "human", null);
+    add.run("bot@x", "agent", "cafe\u0301@x");
+    add.run("eve@x\u202e", "human", null);
+    db.prepare("INSERT INTO approvers (subject, approver) VALUES (?, ?)").run("bot@x", "cafe\u0301@x");
+    db.close();
+    const again = open(dir).s;
+    expect(again.getUser("caf\u00e9@x")?.email).toBe("caf\u00e9@x");
+    expect(again.getUser("bot@x")).toMatchObject({ owner: "caf\u00e9@x", approvers: ["caf\u00e9@x"] });
+    expect(again.subordinatesOf("cafe\u0301@x")).toEqual(["bot@x"]);
+    expect(again.getUser("eve@x\u202e")).toBeUndefined();
+    expect(again.listUsers().map((u) => u.email)).toEqual(["bot@x", "caf\u00e9@x", "eve@x\u202e"]);
   });
 });

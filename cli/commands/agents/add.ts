@@ -73,8 +73,9 @@ export async function agentsAdd(ctx: Context, options: AgentsAddOptions): Promis
     json: { name: options.name, public_key: line },
   });
   const agent = res.body ?? {};
+  const { shown } = await import("../../grants/format.ts");
   printData(ctx, agent, () => {
-    const email = String(agent.email ?? options.name);
-    return `enrolled ${email} (owner ${String(agent.owner ?? auth.session().email)}, key ${fp})\nthe agent logs in with: apes login ${email} --key <its private key>`;
+    const email = shown(agent.email ?? options.name);
+    return `enrolled ${email} (owner ${shown(agent.owner ?? auth.session().email)}, key ${fp})\nthe agent logs in with: apes login ${email} --key <its private key>`;
   });
 }

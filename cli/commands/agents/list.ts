@@ -29,10 +29,11 @@ interface AgentView {
 }
 
 export async function agentsList(ctx: Context): Promise<void> {
-  const [{ authed }, { idpEndpoints }, { formatTable }] = await Promise.all([
+  const [{ authed }, { idpEndpoints }, { formatTable }, { shown, shownList }] = await Promise.all([
     import("../../grants/client.ts"),
     import("../../idp-client.ts"),
     import("../../output.ts"),
+    import("../../grants/format.ts"),
   ]);
   const auth = await authed(ctx);
   const endpoints = await idpEndpoints(ctx, auth.session().idp);
@@ -44,11 +45,11 @@ export async function agentsList(ctx: Context): Promise<void> {
       : formatTable([
           ["EMAIL", "NAME", "OWNER", "APPROVERS", "KEY"],
           ...agents.map((a) => [
-            `${a.email ?? "?"}${a.disabled ? " (disabled)" : ""}`,
-            a.name ?? "-",
-            a.owner ?? "-",
-            a.approvers?.join(",") || "-",
-            a.fingerprint ?? "-",
+            `${shown(a.email)}${a.disabled === true ? " (disabled)" : ""}`,
+            shown(a.name, "-"),
+            shown(a.owner, "-"),
+            shownList(a.approvers),
+            shown(a.fingerprint, "-"),
           ]),
         ]),
   );

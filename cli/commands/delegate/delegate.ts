@@ -38,14 +38,14 @@ Examples:
 }
 
 export async function delegate(ctx: Context, options: DelegateOptions): Promise<void> {
-  const [{ delegationsApi }, fmt, { usageError }, { printData }, { looksLikeEmail }] = await Promise.all([
+  const [{ delegationsApi }, fmt, { usageError }, { printData }, { identityArg }] = await Promise.all([
     import("../../grants/delegations.ts"),
     import("../../grants/format.ts"),
     import("../../errors.ts"),
     import("../../output.ts"),
-    import("../../auth/keys.ts"),
+    import("../../identity.ts"),
   ]);
-  if (!looksLikeEmail(options.to)) throw usageError(`--to "${options.to}" is not an email address`);
+  const to = identityArg("--to", options.to);
   if (!options.audience.trim()) throw usageError("--audience is empty");
   const scopes = options.scopes
     ?.split(",")
@@ -55,7 +55,7 @@ export async function delegate(ctx: Context, options: DelegateOptions): Promise<
   const { grant_type, duration } = fmt.approvalAndDuration(options.approval, options.duration);
   const api = await delegationsApi(ctx);
   const d = await api.create({
-    delegate: options.to,
+    delegate: to,
     audience: options.audience,
     grant_type: grant_type ?? "always",
     ...(scopes ? { scopes } : {}),
@@ -63,8 +63,8 @@ export async function delegate(ctx: Context, options: DelegateOptions): Promise<
   });
   printData(ctx, d, () =>
     [
-      `delegation ${d.id}: ${d.request.delegate} may act for ${d.request.delegator ?? api.auth.session().email} at ${d.request.audience} (${d.status})`,
-      `the delegate gets a token with: apes token exchange --delegation ${d.id} --audience ${d.request.audience === "*" ? "<sp>" : d.request.audience}`,
+      `delegation ${fmt.shown(d.id)}: ${fmt.shown(d.request.delegate)} may act for ${fmt.shown(d.request.delegator ?? api.auth.session().email)} at ${fmt.shown(d.request.audience)} (${fmt.shown(d.status)})`,
+      `the delegate gets a token with: apes token exchange --delegation ${fmt.shown(d.id)} --audience ${d.request.audience === "*" ? "<sp>" : fmt.shown(d.request.audience)}`,
     ].join("\n"),
   );
 }

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { visible } from "../../../protocol/display.ts";
 import type { Context } from "../../context.ts";
 import { CliError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
@@ -105,40 +106,43 @@ export async function dnsCheck(ctx: Context, email: string): Promise<DnsCheckRes
 
   printData(ctx, result, () => renderHuman(result));
   if (!winner) {
-    throw new CliError(`no valid DDISA record at ${r.name}`, {
+    throw new CliError(`no valid DDISA record at ${visible(r.name)}`, {
       exitCode: ExitCode.ERROR,
-      hint: `publish e.g. ${r.name} TXT "v=ddisa1 idp=https://id.${r.domain}; mode=open; priority=10"`,
+      hint: `publish e.g. ${visible(r.name)} TXT "v=ddisa1 idp=https://id.${visible(r.domain)}; mode=open; priority=10"`,
     });
   }
   return result;
 }
 
 function renderHuman(r: DnsCheckResult): string {
-  const lines = [`name:     ${r.name} TXT`];
+  // Everything below came from DNS (or a DoH server): shown through visible(), never raw.
+  const v = (text: string | number | undefined) => visible(String(text ?? "?"), { max: 512 });
+  const lines = [`name:     ${v(r.name)} TXT`];
   const source =
-    r.via === "cache" ? "cache" : r.via === "doh" ? `DNS-over-HTTPS ${r.server}` : `DNS ${r.server}`;
-  lines.push(`source:   ${source} (${r.rcode}, ttl ${r.ttl} s)`);
-  for (const f of r.failures) lines.push(`failed:   ${f.server}: ${f.error}`);
+    r.via === "cache" ? "cache" : r.via === "doh" ? `DNS-over-HTTPS ${v(r.server)}` : `DNS ${v(r.server)}`;
+  lines.push(`source:   ${source} (${v(r.rcode)}, ttl ${v(r.ttl)} s)`);
+  for (const f of r.failures) lines.push(`failed:   ${v(f.server)}: ${v(f.error)}`);
   lines.push(`records:  ${r.records.length}`);
   for (const rec of r.records) {
     const mark = rec.selected ? "* " : "  ";
-    lines.push(`${mark}${rec.verdict.padEnd(9)} ${JSON.stringify(rec.txt)}`);
+    lines.push(`${mark}${rec.verdict.padEnd(9)} "${v(rec.txt)}"`);
     if (rec.verdict === "valid" || rec.verdict === "duplicate") {
-      const mode = rec.modeDefault ? `${rec.mode} (default)` : rec.mode;
-      lines.push(`             idp ${rec.idp}, mode ${mode}, priority ${rec.priority}`);
+      const mode = rec.modeDefault ? `${v(rec.mode)} (default)` : v(rec.mode);
+      lines.push(`             idp ${v(rec.idp)}, mode ${mode}, priority ${v(rec.priority)}`);
     }
-    if (rec.reason) lines.push(`             ${rec.reason}`);
+    if (rec.reason) lines.push(`             ${v(rec.reason)}`);
   }
   if (r.selected) {
-    lines.push(`idp:      ${r.selected.idp}`);
-    lines.push(`mode:     ${r.selected.mode}${r.selected.mode === "deny" ? " (logins refused)" : ""}`);
-    lines.push(`priority: ${r.selected.priority}`);
-    if (r.selected.policy_endpoint) lines.push(`policy:   ${r.selected.policy_endpoint}`);
+    lines.push(`idp:      ${v(r.selected.idp)}`);
+    lines.push(`mode:     ${v(r.selected.mode)}${r.selected.mode === "deny" ? " (logins refused)" : ""}`);
+    lines.push(`priority: ${v(r.selected.priority)}`);
+    if (r.selected.policy_endpoint) lines.push(`policy:   ${v(r.selected.policy_endpoint)}`);
   } else {
     lines.push("idp:      none (no valid record)");
   }
   lines.push("why:");
-  for (const e of r.explanation) lines.push(`  ${e}`);
-  if (r.configuredIdp) lines.push(`note:     idp ${r.configuredIdp} is configured; login uses it, not DNS`);
+  for (const e of r.explanation) lines.push(`  ${v(e)}`);
+  if (r.configuredIdp)
+    lines.push(`note:     idp ${v(r.configuredIdp)} is configured; login uses it, not DNS`);
   return lines.join("\n");
 }

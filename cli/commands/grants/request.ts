@@ -87,11 +87,11 @@ export async function grantsRequest(
     if (!ctx.globals.json) {
       ctx.io.stderr.write(
         reused
-          ? `reused approved grant ${grant.id} (${grant.request.grant_type})\n`
-          : `requested grant ${grant.id}: ${grant.status}; an approver sees it in \`apes grants list --inbox\`\n`,
+          ? `reused approved grant ${fmt.shown(grant.id)} (${fmt.shown(grant.request.grant_type)})\n`
+          : `requested grant ${fmt.shown(grant.id)}: ${fmt.shown(grant.status)}; an approver sees it in \`apes grants list --inbox\`\n`,
       );
     }
-    printData(ctx, { ...grant, reused }, () => grant.id);
+    printData(ctx, { ...grant, reused }, () => fmt.shown(grant.id));
     if (options.wait) (await import("./wait.ts")).decisionExit(grant);
     return;
   }

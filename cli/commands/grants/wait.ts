@@ -4,6 +4,7 @@ import type { Context } from "../../context.ts";
 import { CliError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import type { GrantsClient } from "../../grants/client.ts";
+import { shown, shownCommand } from "../../grants/format.ts";
 import type { GetContext } from "../../program.ts";
 
 export function register(parent: Command, getContext: GetContext): void {
@@ -45,13 +46,13 @@ export async function waitAndReport(
   /** Ctrl-C cancels the (own, pending) grant: set by `grants request --wait`, which created it. */
   cancelOnInterrupt = false,
 ): Promise<Grant> {
-  const [{ waitForDecision }, { startProgress }, { printData }, { shellJoin }] = await Promise.all([
+  const [{ waitForDecision }, { startProgress }, { printData }] = await Promise.all([
     import("../../grants/wait.ts"),
     import("../../grants/progress.ts"),
     import("../../output.ts"),
-    import("../../grants/format.ts"),
   ]);
-  const what = known?.request.command ? `: ${shellJoin(known.request.command)}` : "";
+  const command = known ? shownCommand(known) : undefined;
+  const what = command ? `: ${command}` : "";
   // The handler goes in before the waiting line is printed: whoever reacts to that line with Ctrl-C
   // (a person, or a wrapper script) must reach the cancel path, not the default SIGINT death.
   const interrupted = new AbortController();
@@ -78,8 +79,10 @@ export async function waitAndReport(
   } finally {
     process.removeListener("SIGINT", onSigint);
   }
-  progress.stop(`grant ${id} ${grant.status}${grant.decided_by ? ` by ${grant.decided_by}` : ""}`);
-  printData(ctx, grant, () => grant.status);
+  progress.stop(
+    `grant ${id} ${shown(grant.status)}${grant.decided_by ? ` by ${shown(grant.decided_by)}` : ""}`,
+  );
+  printData(ctx, grant, () => shown(grant.status));
   decisionExit(grant);
   return grant;
 }
@@ -91,13 +94,16 @@ export function decisionExit(grant: Grant): void {
 }
 
 function grantNotUsable(grant: Grant): CliError {
-  const by = grant.decided_by ? ` by ${grant.decided_by}` : "";
+  const by = grant.decided_by ? ` by ${shown(grant.decided_by)}` : "";
   const next =
     grant.status === "pending"
-      ? `wait for it: \`apes grants wait ${grant.id}\``
+      ? `wait for it: \`apes grants wait ${shown(grant.id)}\``
       : "request a new grant with `apes grants request -- <cmd>`";
-  return new CliError(`grant ${grant.id} is ${grant.status}${grant.status === "pending" ? "" : by}`, {
-    exitCode: grant.status === "pending" ? ExitCode.TEMPFAIL : ExitCode.NOPERM,
-    hint: next,
-  });
+  return new CliError(
+    `grant ${shown(grant.id)} is ${shown(grant.status)}${grant.status === "pending" ? "" : by}`,
+    {
+      exitCode: grant.status === "pending" ? ExitCode.TEMPFAIL : ExitCode.NOPERM,
+      hint: next,
+    },
+  );
 }

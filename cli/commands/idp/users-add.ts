@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import type { Command } from "commander";
+import { hasUnsafeChars } from "../../../protocol/display.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
@@ -51,12 +52,13 @@ Examples:
     )
     .action(async (emailArg: string, opts: AddOpts) => {
       const ctx = getContext();
-      const [{ isEmail }, keys] = await Promise.all([
-        import("../../../idp/grants.ts"),
+      const [{ identityArg }, keys] = await Promise.all([
+        import("../../identity.ts"),
         import("../../../protocol/keys.ts"),
       ]);
-      const email = emailArg.toLowerCase();
-      if (!isEmail(email)) throw usageError(`"${emailArg}" is not an email address`);
+      const email = identityArg("the email", emailArg);
+      if (opts.name !== undefined && hasUnsafeChars(opts.name))
+        throw usageError("--name contains control, bidi or invisible characters");
       if (Boolean(opts.human) === Boolean(opts.agent))
         throw usageError("give exactly one of --human or --agent");
       const kind = opts.agent ? "agent" : "human";
@@ -80,8 +82,8 @@ Examples:
       try {
         if (store.getUser(email))
           throw new CliError(`${email} already exists`, { hint: "`apes idp users list` shows the users" });
-        const owner = opts.owner?.toLowerCase();
-        const approvers = opts.approver.map((a) => a.toLowerCase());
+        const owner = opts.owner === undefined ? undefined : identityArg("--owner", opts.owner);
+        const approvers = opts.approver.map((a) => identityArg("--approver", a));
         for (const h of owner ? [owner, ...approvers] : approvers) {
           const u = store.getUser(h);
           if (u?.kind !== "human") {

@@ -16,16 +16,14 @@ export function register(parent: Command, getContext: GetContext): void {
     )
     .action(async (email: string, opts: { data?: string }) => {
       const ctx = getContext();
+      const { identityArg } = await import("../../identity.ts");
+      const identity = identityArg("the email", email);
       const store = await openStore(ctx, opts.data);
       try {
-        if (!store.setDisabled(email.toLowerCase(), true)) {
-          throw new CliError(`no user ${email}`, { hint: "`apes idp users list` shows the users" });
+        if (!store.setDisabled(identity, true)) {
+          throw new CliError(`no user ${identity}`, { hint: "`apes idp users list` shows the users" });
         }
-        printData(
-          ctx,
-          { email: email.toLowerCase(), disabled: true },
-          () => `disabled ${email.toLowerCase()}`,
-        );
+        printData(ctx, { email: identity, disabled: true }, () => `disabled ${identity}`);
       } finally {
         store.close();
       }

@@ -1,4 +1,6 @@
 import type { Command } from "commander";
+import { visible } from "../../../protocol/display.ts";
+import { canonicalIdentity } from "../../../protocol/names.ts";
 import { formatTable, formatTime, printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
 import { dataOption, openStore } from "./common.ts";
@@ -30,9 +32,10 @@ export function register(parent: Command, getContext: GetContext): void {
             : formatTable([
                 ["EMAIL", "KIND", "OWNER", "ADMIN", "STATUS", "KEY", "CREATED"],
                 ...users.map((u) => [
-                  u.email,
+                  // A name stored before identities were normalised and refused now: no login finds it.
+                  `${visible(u.email)}${canonicalIdentity(u.email) === u.email ? "" : " (refused name: cannot log in)"}`,
                   u.kind,
-                  u.owner ?? "-",
+                  u.owner === undefined ? "-" : visible(u.owner),
                   u.admin ? "yes" : "no",
                   u.disabled ? "disabled" : "active",
                   u.fingerprint ?? "-",

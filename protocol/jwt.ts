@@ -58,8 +58,14 @@ function b64json(value: unknown): string {
   return Buffer.from(JSON.stringify(value), "utf8").toString("base64url");
 }
 
-export function signJwt(payload: Record<string, unknown>, key: SigningKey, typ = "JWT"): string {
-  const input = `${b64json({ alg: "EdDSA", typ, kid: key.kid })}.${b64json(payload)}`;
+/** Signs with EdDSA; the header names the key's kid (a client assertion, identified by iss, has none). */
+export function signJwt(
+  payload: Record<string, unknown>,
+  key: { kid?: string; privateKey: KeyObject },
+  typ = "JWT",
+): string {
+  const header = key.kid === undefined ? { alg: "EdDSA", typ } : { alg: "EdDSA", typ, kid: key.kid };
+  const input = `${b64json(header)}.${b64json(payload)}`;
   const signature = sign(null, Buffer.from(input, "latin1"), key.privateKey);
   return `${input}.${signature.toString("base64url")}`;
 }

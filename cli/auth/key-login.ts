@@ -1,5 +1,7 @@
 import { type KeyObject, sign } from "node:crypto";
 import { visible } from "../../protocol/display.ts";
+import { decodeJwt } from "../../protocol/jwt.ts";
+import { canonicalIdentity } from "../../protocol/names.ts";
 import {
   advertisedFormats,
   isPlainChallenge,
@@ -191,11 +193,6 @@ function interpret(
   };
 }
 
-/** How identities compare (the IdP matches ids case-insensitively). */
-function normalIdentity(id: string): string {
-  return id.normalize("NFC").toLowerCase();
-}
-
 /**
  * The identity is the one the user asked for: every identity the IdP's answer names (id, email, the
  * token's sub) must be exactly that one, and at least one must be there.
@@ -206,8 +203,9 @@ function confirmIdentity(
   email: string,
 ): void {
   const named = [a.id, a.email, claims?.sub].filter((v) => v !== undefined);
-  const wanted = normalIdentity(email);
-  const other = named.find((v) => typeof v !== "string" || normalIdentity(v) !== wanted);
+  // Compared in their one normal form (protocol/names.ts); a refused name confirms nothing.
+  const wanted = canonicalIdentity(email);
+  const other = named.find((v) => wanted === undefined || canonicalIdentity(v) !== wanted);
   if (named.length > 0 && other === undefined) return;
   const shown = other === undefined ? "no identity" : visible(String(other), { max: 200 });
   throw new CliError(`login as ${visible(email)} failed: the IdP answered for ${shown}`, {
@@ -218,11 +216,8 @@ function confirmIdentity(
 
 /** Unverified payload of a JWT (the client only reads its own token's exp/sub/act; the IdP verifies). */
 export function decodeJwtPayload(token: string): Record<string, unknown> | undefined {
-  const part = token.split(".")[1];
-  if (!part) return undefined;
   try {
-    const v = JSON.parse(Buffer.from(part, "base64url").toString("utf8"));
-    return v && typeof v === "object" ? (v as Record<string, unknown>) : undefined;
+    return decodeJwt(token).payload;
   } catch {
     return undefined;
   }

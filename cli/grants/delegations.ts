@@ -1,4 +1,5 @@
-import { randomUUID, sign } from "node:crypto";
+import { randomUUID } from "node:crypto";
+import { signJwt } from "../../protocol/jwt.ts";
 import type { Grant, GrantType } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
@@ -146,9 +147,7 @@ function checkTokenAnswer(body: unknown): Omit<ExchangeResult, "method"> {
   return b as unknown as Omit<ExchangeResult, "method">;
 }
 
-/** A compact EdDSA JWS (node:crypto; no jose needed for one signature). */
+/** A client assertion: an EdDSA JWT signed with the identity's own key (no kid: iss names the key). */
 export function signEdDsaJwt(payload: Record<string, unknown>, key: import("node:crypto").KeyObject): string {
-  const enc = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
-  const input = `${enc({ alg: "EdDSA", typ: "JWT" })}.${enc(payload)}`;
-  return `${input}.${sign(null, Buffer.from(input), key).toString("base64url")}`;
+  return signJwt(payload, { privateKey: key });
 }

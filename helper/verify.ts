@@ -437,8 +437,8 @@ function readCaFile(path: string, ownerUid: number): string {
  * exports load Node's whole bundled undici (~40 ms). With a `ca` the policy PINS the issuers' CA: only
  * those certificates are trusted, not the system roots (stricter, and it skips parsing ~140 roots).
  */
-export function httpWithCa(ca: string | undefined, deadlineMs = HTTP_DEADLINE_MS): HttpFn {
-  return (url, init) => httpsRequest(url, { ...init, ...(ca ? { ca: [ca] } : {}) }, deadlineMs);
+export function httpWithCa(ca: string | undefined): HttpFn {
+  return (url, init) => httpsRequest(url, { ...init, ...(ca ? { ca: [ca] } : {}) });
 }
 
 /** The HTTP function for a policy (`apes trust` validates an IdP with it before writing). */
@@ -449,11 +449,19 @@ export function httpForPolicy(policy: Policy): HttpFn {
 function httpsRequest(
   url: string,
   init: { method: string; headers?: Record<string, string>; body?: string; ca?: string[] },
-  deadlineMs: number,
 ): Promise<{ status: number; body: unknown }> {
   const u = new URL(url);
   if (u.protocol !== "https:") return Promise.reject(new Unreachable(`${url} is not https`));
   return new Promise((resolve, reject) => {
+    const fail = (e: Error) => {
+      clearTimeout(deadline);
+      reject(e);
+    };
+    // One clock for the whole exchange: connect, TLS, headers and body.
+    const deadline = setTimeout(() => {
+      fail(new Unreachable(`no complete answer within ${HTTP_DEADLINE_MS / 1000} s`));
+      req.destroy();
+    }, HTTP_DEADLINE_MS);
     const req = process.getBuiltinModule("node:https").request(
       u,
       {
@@ -488,14 +496,6 @@ function httpsRequest(
         res.on("error", (e) => fail(new Unreachable(e.message)));
       },
     );
-    const fail = (e: Error) => {
-      clearTimeout(deadline);
-      reject(e);
-    };
-    const deadline = setTimeout(() => {
-      fail(new Unreachable(`no complete answer within ${deadlineMs / 1000} s`));
-      req.destroy();
-    }, deadlineMs);
     req.on("error", (e) => fail(new Unreachable(networkReason(e))));
     if (init.body) req.write(init.body);
     req.end();

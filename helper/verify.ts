@@ -3,12 +3,12 @@ import {
   closeSync,
   constants,
   fstatSync,
+  lstatSync,
   openSync,
   readFileSync,
   realpathSync,
   renameSync,
   rmSync,
-  statSync,
   writeFileSync,
 } from "node:fs";
 import { hostname } from "node:os";
@@ -53,7 +53,7 @@ export interface VerifierOptions {
   /** Where the JWKS cache lives (the verifier's HOME). Undefined: no cache. */
   cacheDir?: string;
   nowS?: () => number;
-  /** Injected for unit tests; the default talks HTTP(S) with the policy's CA. */
+  /** Injected for unit tests; the default talks HTTPS with the policy's trust anchor. */
   http?: HttpFn;
   /** Owner the policy file and a ca_file must have: root, except in unit tests run by another user. */
   policyOwnerUid?: number;
@@ -406,7 +406,14 @@ function readCaFile(path: string, ownerUid: number): string {
   }
   if (real !== path) throw refuse(`is not a path without symlinks (it resolves to ${real})`);
   for (let dir = dirname(path); ; dir = dirname(dir)) {
-    const st = statSync(dir);
+    let st: ReturnType<typeof lstatSync>;
+    try {
+      st = lstatSync(dir);
+    } catch (e) {
+      throw refuse(
+        `cannot be checked (${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      );
+    }
     const problem = trustedDirectoryProblem(
       { uid: st.uid, mode: st.mode, isDirectory: st.isDirectory() },
       ownerUid,

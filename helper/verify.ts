@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, verify as cryptoVerify } from "node:crypto";
+import { createHash, type KeyObject } from "node:crypto";
 import {
   closeSync,
   constants,
@@ -13,6 +13,8 @@ import {
 } from "node:fs";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
+import { type IssuerKeys, JwksCache, type KeyStore } from "../protocol/jwks.ts";
+import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
 import {
   type Allowed,
   checkIssuer,
@@ -71,9 +73,6 @@ const MAX_REQUEST_BYTES = 64 * 1024;
 const MAX_POLICY_BYTES = 256 * 1024;
 const MAX_CA_FILE_BYTES = 1024 * 1024;
 const MAX_ANSWER_BYTES = 1024 * 1024;
-/** Discovery and JWKS are reused this long; an unknown kid refetches, at most every REFETCH_MIN_S. */
-export const JWKS_TTL_S = 300;
-export const REFETCH_MIN_S = 10;
 /**
  * Each request (connect, TLS, headers and the whole body) must be complete within this, so a slow or
  * dripping IdP fails closed in seconds with the step's reason code; the size cap alone would not.
@@ -130,8 +129,12 @@ async function verify(
 
   const shape = checkTokenShape(request.jwt);
   if (shape) return shape;
-  const unverified = decodeParts(request.jwt);
-  if (!unverified) return deny("token_malformed", "the grant token's header or payload is not JSON");
+  let unverified: DecodedJwt;
+  try {
+    unverified = decodeJwt(request.jwt);
+  } catch {
+    return deny("token_malformed", "the grant token's header or payload is not JSON");
+  }
   const issuerCheck = checkIssuer(unverified.payload.iss, policy);
   if (!issuerCheck.ok) return issuerCheck;
   const issuer = issuerCheck.issuer;
@@ -152,29 +155,31 @@ async function verify(
     return deny("config_invalid", (e as Error).message);
   }
   const http = options.http ?? httpWithCa(anchor.ca);
-  let meta: IssuerMeta;
+  let found: { meta: IssuerKeys; key?: KeyObject };
   try {
-    meta = await issuerMeta(http, issuer, anchor.id, options.cacheDir, nowS(), kid);
+    const store = options.cacheDir ? fileKeyStore(options.cacheDir) : undefined;
+    const cache = new JwksCache({
+      getJson: (url) => http(url, { method: "GET", headers: { accept: "application/json" } }),
+      anchor: anchor.id,
+      endpoints: [GRANTS_ENDPOINT],
+      ...(store ? { store } : {}),
+    });
+    found = await cache.lookup(issuer, kid, nowS());
   } catch (e) {
     return deny("jwks_unavailable", `cannot get the signing keys of ${issuer}: ${(e as Error).message}`);
   }
   mark("jwks");
-  const jwk = meta.keys.find((k) => k.kid === kid);
-  if (!jwk) return deny("signature_invalid", `the token's key ${kid} is not published by ${issuer}`);
-
-  if (
-    jwk.kty !== "OKP" ||
-    jwk.crv !== "Ed25519" ||
-    typeof jwk.x !== "string" ||
-    (jwk.alg !== undefined && jwk.alg !== "EdDSA")
-  ) {
-    return deny("signature_invalid", `key ${kid} is not an Ed25519 key`);
-  }
-  if (unverified.header.crit !== undefined || unverified.header.b64 !== undefined) {
-    return deny("signature_invalid", "the token header uses crit/b64, which this verifier does not accept");
-  }
-  if (!verifyEd25519(request.jwt, jwk.x)) {
-    return deny("signature_invalid", `the token's signature does not verify with ${issuer}'s key ${kid}`);
+  if (!found.meta.keys.some((k) => k.kid === kid))
+    return deny("signature_invalid", `the token's key ${kid} is not published by ${issuer}`);
+  if (!found.key) return deny("signature_invalid", `key ${kid} is not an Ed25519 key`);
+  try {
+    verifySignature(unverified, () => found.key);
+  } catch (e) {
+    const why = e instanceof JwtError && e.reason !== "signature" ? `: ${e.message}` : "";
+    return deny(
+      "signature_invalid",
+      `the token's signature does not verify with ${issuer}'s key ${kid}${why}`,
+    );
   }
   // Only now is the payload trusted (decodeParts parsed the same bytes).
   const claims = unverified.payload;
@@ -182,7 +187,7 @@ async function verify(
 
   const decision = decide(claims, request, policy, nowS());
   if (!decision.ok) return decision;
-  const consumed = await consume(http, meta.grantsEndpoint, decision, request.jwt);
+  const consumed = await consume(http, found.meta.endpoints[GRANTS_ENDPOINT]!, decision, request.jwt);
   mark("consume");
   return consumed;
 }
@@ -223,153 +228,40 @@ async function consume(
   return consumeOutcome(res.status, res.body, allowed);
 }
 
-/** Header and payload of a compact JWT, before the signature is checked (only iss, alg, kid are used). */
-function decodeParts(
-  jwt: string,
-): { header: Record<string, unknown>; payload: Record<string, unknown> } | undefined {
-  const [h, p] = jwt.split(".");
-  try {
-    const header = JSON.parse(Buffer.from(h!, "base64url").toString("utf8")) as unknown;
-    const payload = JSON.parse(Buffer.from(p!, "base64url").toString("utf8")) as unknown;
-    const isObj = (v: unknown): v is Record<string, unknown> =>
-      !!v && typeof v === "object" && !Array.isArray(v);
-    if (!isObj(header) || !isObj(payload)) return undefined;
-    return { header, payload };
-  } catch {
-    return undefined;
-  }
-}
-
-export interface Jwk {
-  kty?: string;
-  crv?: string;
-  x?: string;
-  kid?: string;
-  alg?: string;
-}
-
-export interface IssuerMeta {
-  issuer: string;
-  grantsEndpoint: string;
-  jwksUri: string;
-  keys: Jwk[];
-  fetchedAt: number;
-  /** This fetch was caused by an unknown kid (rate-limits the next one). */
-  kidMiss?: boolean;
-}
-
-/** A cache entry: the keys, and the trust anchor (TrustAnchor.id) they were fetched under. */
-interface CachedMeta extends IssuerMeta {
-  anchor: string;
-}
+/** The discovery name of the endpoint the verifier consumes at (it must be on the issuer's origin). */
+const GRANTS_ENDPOINT = "openape_grants_endpoint";
 
 /**
- * Discovery and JWKS of an allow-listed issuer, from the cache when fresh. The jwks_uri and the
- * grants endpoint must be on the issuer's own origin: a discovery document cannot send the verifier
- * (or the AuthZ-JWT) anywhere else. Cache entries belong to one issuer under one trust anchor: keys
- * fetched under an older, weaker CA are never used once the policy pins another.
+ * The JWKS cache in the verifier's HOME, one file per trust anchor and issuer (protocol/jwks.ts
+ * decides what an entry may be used for). Best effort: a read-only or full cache only costs a fetch.
+ * Writes are atomic so a concurrent verifier never reads half, and a failed write removes its
+ * temporary file, so failures cannot fill the cache directory.
  */
-async function issuerMeta(
-  http: HttpFn,
-  issuer: string,
-  anchor: string,
-  cacheDir: string | undefined,
-  nowS: number,
-  kid: string,
-): Promise<IssuerMeta> {
-  const key = createHash("sha256").update(`${issuer}\n${anchor}`).digest("hex").slice(0, 24);
-  const file = cacheDir ? `${cacheDir}/jwks-${key}.json` : undefined;
-  const cached = file ? readCache(file, issuer, anchor) : undefined;
-  let kidMiss = false;
-  if (cached && cached.fetchedAt <= nowS && nowS - cached.fetchedAt < JWKS_TTL_S) {
-    if (cached.keys.some((k) => k.kid === kid)) return cached;
-    // Unknown kid: the IdP may have rotated, so refetch at once; but if the cached keys come from
-    // such a refetch less than REFETCH_MIN_S ago, a token with made-up kids gets no more fetches.
-    if (cached.kidMiss && nowS - cached.fetchedAt < REFETCH_MIN_S) return cached;
-    kidMiss = true;
-  }
-  const meta = { ...(await fetchIssuerMeta(http, issuer, nowS)), ...(kidMiss ? { kidMiss } : {}) };
-  if (file) writeCache(file, { ...meta, anchor });
-  return meta;
-}
-
-export async function fetchIssuerMeta(http: HttpFn, issuer: string, nowS: number): Promise<IssuerMeta> {
-  const origin = new URL(issuer).origin;
-  const sameOrigin = (name: string, v: unknown): string => {
-    if (typeof v !== "string") throw new Error(`the discovery document has no ${name}`);
-    let u: URL;
-    try {
-      u = new URL(v);
-    } catch {
-      throw new Error(`${name} is not a URL`);
-    }
-    if (u.origin !== origin) throw new Error(`${name} ${v} is not on the issuer's origin ${origin}`);
-    return v.replace(/\/+$/, "");
+function fileKeyStore(dir: string): KeyStore {
+  const file = (key: string) =>
+    `${dir}/jwks-${createHash("sha256").update(key).digest("hex").slice(0, 24)}.json`;
+  return {
+    get(key) {
+      try {
+        return JSON.parse(readFileSync(file(key), "utf8")) as IssuerKeys;
+      } catch {
+        return undefined;
+      }
+    },
+    set(key, value) {
+      const tmp = `${file(key)}.${process.pid}.tmp`;
+      try {
+        writeFileSync(tmp, JSON.stringify(value), { mode: 0o600 });
+        renameSync(tmp, file(key));
+      } catch {
+        try {
+          rmSync(tmp, { force: true });
+        } catch {
+          // nothing more to do: the next fetch tries again
+        }
+      }
+    },
   };
-  const disc = await getJson(http, `${issuer}/.well-known/openid-configuration`);
-  const doc = disc as Record<string, unknown>;
-  if (typeof doc.issuer !== "string" || doc.issuer.replace(/\/+$/, "") !== issuer) {
-    throw new Error(`the discovery document names issuer ${String(doc.issuer)}, expected ${issuer}`);
-  }
-  const jwksUri = sameOrigin("jwks_uri", doc.jwks_uri);
-  const grantsEndpoint = sameOrigin("openape_grants_endpoint", doc.openape_grants_endpoint);
-  const jwks = (await getJson(http, jwksUri)) as { keys?: unknown };
-  if (!Array.isArray(jwks.keys)) throw new Error(`${jwksUri} has no keys array`);
-  const keys = (jwks.keys as unknown[]).filter((k): k is Jwk => !!k && typeof k === "object") as Jwk[];
-  return { issuer, grantsEndpoint, jwksUri, keys, fetchedAt: nowS };
-}
-
-async function getJson(http: HttpFn, url: string): Promise<unknown> {
-  const res = await http(url, { method: "GET", headers: { accept: "application/json" } });
-  if (res.status !== 200 || !res.body || typeof res.body !== "object")
-    throw new Error(`GET ${url} answered ${res.status}`);
-  return res.body;
-}
-
-function readCache(file: string, issuer: string, anchor: string): IssuerMeta | undefined {
-  try {
-    const m = JSON.parse(readFileSync(file, "utf8")) as CachedMeta;
-    if (m.issuer !== issuer || m.anchor !== anchor) return undefined;
-    if (typeof m.fetchedAt !== "number" || !Array.isArray(m.keys)) return undefined;
-    if (typeof m.grantsEndpoint !== "string" || typeof m.jwksUri !== "string") return undefined;
-    // The same origin rule as on fetch: a cache entry can never send the token elsewhere.
-    const origin = new URL(issuer).origin;
-    if (new URL(m.grantsEndpoint).origin !== origin || new URL(m.jwksUri).origin !== origin) return undefined;
-    return m;
-  } catch {
-    return undefined;
-  }
-}
-
-function writeCache(file: string, entry: CachedMeta): void {
-  // Best effort: a read-only cache only costs a fetch. Atomic so a concurrent verifier never reads half;
-  // a failed write removes its temporary file, so failures cannot fill the cache directory.
-  const tmp = `${file}.${process.pid}.tmp`;
-  try {
-    writeFileSync(tmp, JSON.stringify(entry), { mode: 0o600 });
-    renameSync(tmp, file);
-  } catch {
-    try {
-      rmSync(tmp, { force: true });
-    } catch {
-      // nothing more to do: the next fetch tries again
-    }
-  }
-}
-
-/**
- * EdDSA over the JWS signing input with node:crypto: the header's alg was pinned to EdDSA and the
- * key is an Ed25519 JWK. (jose does the same, but loading it and WebCrypto's key import cost
- * ~15 ms of each verification; node:crypto's one-shot verify needs well under one.)
- */
-export function verifyEd25519(jwt: string, x: string): boolean {
-  const [h, p, sig] = jwt.split(".");
-  try {
-    const key = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x }, format: "jwk" });
-    return cryptoVerify(null, Buffer.from(`${h}.${p}`, "ascii"), key, Buffer.from(sig!, "base64url"));
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -310,7 +310,13 @@ describe("runVerifier", () => {
     const entry = JSON.parse(readFileSync(file, "utf8"));
     writeFileSync(
       file,
-      JSON.stringify({ ...entry, grantsEndpoint: "https://collector.example.com/api/grants" }),
+      JSON.stringify({
+        ...entry,
+        endpoints: {
+          ...entry.endpoints,
+          openape_grants_endpoint: "https://collector.example.com/api/grants",
+        },
+      }),
     );
     const r = await verify(await token(), idp, { cacheDir });
     expect(r.exit).toBe(0);

@@ -168,12 +168,20 @@ export async function trust(ctx: Context, opts: TrustOptions, deps: TrustDeps): 
   }
   const { policy, text } = await policyFromOptions(opts, deps.hostname());
   if (!opts.skipValidation) {
-    const { fetchIssuerMeta, httpForPolicy } = await import("../../../helper/verify.ts");
+    const [{ httpForPolicy }, { fetchIssuerKeys }, { publicKeyFromJwk }] = await Promise.all([
+      import("../../../helper/verify.ts"),
+      import("../../../protocol/jwks.ts"),
+      import("../../../protocol/jwt.ts"),
+    ]);
     const http = httpForPolicy(policy);
+    const getJson = (url: string) => http(url, { method: "GET", headers: { accept: "application/json" } });
     for (const issuer of policy.issuers) {
       try {
-        const meta = await fetchIssuerMeta(http, issuer, deps.nowS());
-        const ed = meta.keys.filter((k) => k.kty === "OKP" && k.crv === "Ed25519");
+        // The same discovery rules the verifier applies (protocol/jwks.ts), with its grants endpoint.
+        const meta = await fetchIssuerKeys(getJson, issuer, "apes-trust", deps.nowS(), [
+          "openape_grants_endpoint",
+        ]);
+        const ed = meta.keys.filter((k) => publicKeyFromJwk(k) !== undefined);
         if (ed.length === 0) throw new Error(`${meta.jwksUri} publishes no Ed25519 key`);
         ctx.io.stderr.write(
           `apes: ${issuer}: discovery and JWKS ok (${ed.length} Ed25519 key${ed.length > 1 ? "s" : ""})\n`,

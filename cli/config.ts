@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { isLoopbackHost } from "../protocol/ddisa.ts";
 import { configError } from "./errors.ts";
 
 /**
@@ -13,6 +14,7 @@ import { configError } from "./errors.ts";
  *   allow_loopback_http = false           # accept http://127.0.0.1 IdPs (single-machine setups)
  *   timeout = "5s"
  *   ca_file = "/etc/apes/idp-ca.pem"     # extra CA for a private-PKI IdP (env APES_CA_FILE wins)
+ *   idp_endpoint_origins = ["https://api.example.com"]  # other origins discovery may point at
  */
 export interface UserConfig {
   idp?: string;
@@ -24,6 +26,11 @@ export interface UserConfig {
   };
   /** PEM file with extra CA certificates trusted for HTTPS to the IdP (added to the system roots). */
   caFile?: string;
+  /**
+   * Origins (`https://host[:port]`) besides the IdP's own that its discovery document may name as
+   * endpoints; anything else is refused, so a discovery document cannot send the token elsewhere.
+   */
+  idpEndpointOrigins: string[];
   /** Where the file was read from, if it existed. */
   source?: string;
 }
@@ -31,7 +38,7 @@ export interface UserConfig {
 export const DEFAULT_DNS_TIMEOUT_MS = 5000;
 
 export function defaultConfig(): UserConfig {
-  return { dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS } };
+  return { dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS }, idpEndpointOrigins: [] };
 }
 
 export async function loadUserConfig(
@@ -99,11 +106,33 @@ export async function parseUserConfig(text: string, file: string): Promise<UserC
         if (typeof value !== "string" || value.length === 0) throw bad("ca_file", "a path to a PEM file");
         config.caFile = value;
         break;
+      case "idp_endpoint_origins": {
+        const origins = Array.isArray(value) ? value.map(endpointOrigin) : [undefined];
+        if (origins.some((o) => o === undefined)) {
+          throw bad(key, 'an array of origins such as "https://api.example.com" (http only for loopback)');
+        }
+        config.idpEndpointOrigins = origins as string[];
+        break;
+      }
       default:
         throw configError(`${file}: unknown key "${key}"`, "see `apes --help` and README.md for the keys");
     }
   }
   return config;
+}
+
+/** The origin `value` names (scheme, host, port and nothing else; https, or http on loopback). */
+function endpointOrigin(value: unknown): string | undefined {
+  if (typeof value !== "string") return undefined;
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    return undefined;
+  }
+  const onlyOrigin = !u.username && !u.password && u.pathname === "/" && !u.search && !u.hash;
+  const secure = u.protocol === "https:" || (u.protocol === "http:" && isLoopbackHost(u.hostname));
+  return onlyOrigin && secure && !value.endsWith("#") && !value.endsWith("?") ? u.origin : undefined;
 }
 
 function applyEnv(config: UserConfig, env: Readonly<Record<string, string | undefined>>): UserConfig {

@@ -1,4 +1,12 @@
 import type { SecureContext } from "node:tls";
+import {
+  BodyTooLargeError,
+  checkDeclaredLength,
+  describeBytes,
+  readBounded,
+} from "../protocol/bounded-body.ts";
+import { isLoopbackHost } from "../protocol/ddisa.ts";
+import { visible } from "../protocol/display.ts";
 import { describeErrorBody } from "../protocol/problem.ts";
 import type { Context, Fetch } from "./context.ts";
 import { CliError, configError } from "./errors.ts";
@@ -12,6 +20,13 @@ import { ExitCode, type ExitCodeValue } from "./exit-codes.ts";
  */
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
+/**
+ * The largest answer read from an IdP (a full page of 100 grants is well under this); more is refused
+ * while reading, and a larger Content-Length before.
+ */
+export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+/** At most this many characters of an IdP's error text (problem detail/title, error_description). */
+export const IDP_TEXT_MAX = 500;
 
 export interface HttpRequest {
   url: string;
@@ -69,7 +84,7 @@ export function serviceName(url: string): string {
   try {
     return `IdP at ${new URL(url).origin}`;
   } catch {
-    return `IdP at ${url}`;
+    return `IdP at ${visible(url, { max: 200 })}`;
   }
 }
 
@@ -90,6 +105,14 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
   if (req.token) headers.authorization = `Bearer ${req.token}`;
   if (req.etag) headers["if-none-match"] = req.etag;
 
+  // The last point before sending, whatever built the URL (config, discovery, a cached document).
+  const refusal = insecureUrlRefusal(req.url);
+  if (refusal) {
+    throw new CliError(`refusing to send ${req.token ? "the session token" : "a request"} to ${refusal}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "the IdP must be reached over https:// (plain http only on a loopback address); fix `--idp` or the `idp` config key",
+    });
+  }
   const timeoutMs = req.timeoutMs ?? httpTimeoutMs(ctx);
   const timeout = AbortSignal.timeout(timeoutMs);
   const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
@@ -101,6 +124,14 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
     res = await fetcher(req.url, { method, headers, body, signal, redirect: "error" });
   } catch (e) {
     if (req.signal?.aborted) throw req.signal.reason ?? e;
+    if (e instanceof BodyTooLargeError) {
+      ctx.debug(`${method} ${redactUrl(req.url)} -> refused: ${e.message}`);
+      throw new CliError(`${where} sent an answer larger than ${describeBytes(e.limit)}: refused`, {
+        exitCode: ExitCode.UNAVAILABLE,
+        hint: "the IdP (or something between it and you) is misbehaving; ask its operator",
+        cause: e,
+      });
+    }
     const why = timeout.aborted ? `no answer within ${Math.round(timeoutMs / 1000)} s` : networkReason(e);
     ctx.debug(`${method} ${redactUrl(req.url)} -> failed: ${why}`);
     throw new CliError(`${where} is unreachable (${why})`, {
@@ -131,20 +162,42 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
   }
   if ((res.status >= 200 && res.status < 300) || req.accept?.includes(res.status)) {
     if (res.status !== 204 && text && parsed === undefined) {
-      throw new CliError(`${where} answered ${req.url} with something that is not JSON`, {
-        exitCode: ExitCode.UNAVAILABLE,
-        hint: "is the URL an apes/OpenApe IdP? check `--idp` or the `idp` config key",
-      });
+      throw new CliError(
+        `${where} answered ${visible(req.url, { max: 200 })} with something that is not JSON`,
+        {
+          exitCode: ExitCode.UNAVAILABLE,
+          hint: "is the URL an apes/OpenApe IdP? check `--idp` or the `idp` config key",
+        },
+      );
     }
     return { status: res.status, headers: res.headers, body: parsed as T, etag, notModified: false };
   }
   throw errorFor(res.status, parsed, req.url, res.headers);
 }
 
+/**
+ * Why a request to `url` must not be sent, or undefined: only https, or plain http to a loopback
+ * address, so that a token, a challenge or a grant never crosses a network in the clear.
+ */
+export function insecureUrlRefusal(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `${visible(url, { max: 200 })}: not a URL`;
+  }
+  if (u.protocol === "https:") return undefined;
+  if (u.protocol === "http:" && isLoopbackHost(u.hostname)) return undefined;
+  if (u.protocol === "http:") return `${u.host} over plain http (allowed only on a loopback address)`;
+  return `${visible(url, { max: 200 })}: not an http(s) URL`;
+}
+
 /** Maps an error answer to a CliError: 5xx -> 69, 401/403 -> 77, 429 -> 75, other 4xx -> 1. */
 export function errorFor(status: number, body: unknown, url: string, headers?: Headers): HttpError {
   const where = serviceName(url);
-  const detail = describeErrorBody(body);
+  // The IdP's words, shown but never obeyed: bounded, every control character escaped.
+  const said = describeErrorBody(body);
+  const detail = said === undefined ? undefined : visible(said, { max: IDP_TEXT_MAX });
   const code = errorCode(body);
   const base = { status, code, body, url };
   if (status >= 500) {
@@ -168,7 +221,8 @@ export function errorFor(status: number, body: unknown, url: string, headers?: H
     });
   }
   if (status === 429) {
-    const after = headers?.get("retry-after");
+    const retryAfter = headers?.get("retry-after");
+    const after = retryAfter ? visible(retryAfter, { max: 40 }) : undefined;
     return new HttpError(`${where} is rate limiting: ${detail ?? "too many requests"}`, {
       ...base,
       exitCode: ExitCode.TEMPFAIL,
@@ -176,7 +230,10 @@ export function errorFor(status: number, body: unknown, url: string, headers?: H
     });
   }
   if (status === 404) {
-    return new HttpError(`not found: ${detail ?? url}`, { ...base, exitCode: ExitCode.ERROR });
+    return new HttpError(`not found: ${detail ?? visible(url, { max: IDP_TEXT_MAX })}`, {
+      ...base,
+      exitCode: ExitCode.ERROR,
+    });
   }
   return new HttpError(`${where} rejected the request (${status}): ${detail ?? "no details given"}`, {
     ...base,
@@ -313,12 +370,19 @@ export async function nodeFetch(
         ...(secure && options.secureContext ? { secureContext: options.secureContext } : {}),
       },
       (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", reject);
-        res.on("end", () => {
+        const fail = (e: unknown) => {
           signal?.removeEventListener("abort", onAbort);
-          const text = Buffer.concat(chunks).toString("utf8");
+          req.destroy();
+          reject(e);
+        };
+        try {
+          checkDeclaredLength(res.headers["content-length"], MAX_RESPONSE_BYTES);
+        } catch (e) {
+          return fail(e);
+        }
+        readBounded(res, MAX_RESPONSE_BYTES).then((bytes) => {
+          signal?.removeEventListener("abort", onAbort);
+          const text = bytes.toString("utf8");
           const status = res.statusCode ?? 0;
           const answer: MinimalResponse = {
             status,
@@ -332,7 +396,7 @@ export async function nodeFetch(
             text: async () => text,
           };
           resolve(answer as unknown as Response);
-        });
+        }, fail);
       },
     );
     const onAbort = () => req.destroy(signal?.reason instanceof Error ? signal.reason : new Error("aborted"));

@@ -23,6 +23,7 @@ describe("parseUserConfig", () => {
   it("reads every key", async () => {
     const c = await parseUserConfig(
       `idp = "https://id.example.com"
+idp_endpoint_origins = ["https://api.example.com"]
 [dns]
 servers = ["127.0.0.1:5353", "[::1]:53"]
 doh_url = "https://dns.example/resolve"
@@ -39,6 +40,7 @@ timeout = "1500ms"
         allowLoopbackHttp: true,
         timeoutMs: 1500,
       },
+      idpEndpointOrigins: ["https://api.example.com"],
       source: F,
     });
   });

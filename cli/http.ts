@@ -1,10 +1,5 @@
 import type { SecureContext } from "node:tls";
-import {
-  BodyTooLargeError,
-  checkDeclaredLength,
-  describeBytes,
-  readBounded,
-} from "../protocol/bounded-body.ts";
+import { BodyTooLargeError, describeBytes, readBoundedResponse } from "../protocol/bounded-body.ts";
 import { isLoopbackHost } from "../protocol/ddisa.ts";
 import { visible } from "../protocol/display.ts";
 import { describeErrorBody } from "../protocol/problem.ts";
@@ -14,7 +9,9 @@ import { ExitCode, type ExitCodeValue } from "./exit-codes.ts";
 
 /**
  * The one HTTP helper every IdP call goes through: JSON in and out via ctx.http, a timeout on every
- * request, problem+json and OAuth error bodies turned into a CliError with the right exit status,
+ * request (the whole answer included), answers capped at MAX_RESPONSE_BYTES while reading, plain
+ * http refused except to loopback, problem+json and OAuth error bodies turned into a CliError with
+ * the right exit status and the IdP's text escaped and cut (IDP_TEXT_MAX),
  * ETag / If-None-Match, an optional extra CA (config `ca_file` / APES_CA_FILE), and `--debug` lines
  * that never contain a token or a body.
  */
@@ -120,8 +117,10 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
   const started = Date.now();
   const fetcher = await transport(ctx);
   let res: Response;
+  let text: string;
   try {
     res = await fetcher(req.url, { method, headers, body, signal, redirect: "error" });
+    text = await res.text();
   } catch (e) {
     if (req.signal?.aborted) throw req.signal.reason ?? e;
     if (e instanceof BodyTooLargeError) {
@@ -140,7 +139,6 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
       cause: e,
     });
   }
-  const text = await res.text().catch(() => "");
   ctx.debug(`${method} ${redactUrl(req.url)} -> ${res.status} (${Date.now() - started} ms)`);
   const etag = res.headers.get("etag") ?? undefined;
   if (res.status === 304) {
@@ -328,11 +326,13 @@ async function buildTransport(ctx: Context): Promise<Fetch> {
     nodeFetch(input, init, { secureContext })) as Fetch;
 }
 
-/** The part of a fetch Response the helper reads. */
+/** The part of a fetch Response apes reads. */
 interface MinimalResponse {
   status: number;
   ok: boolean;
   headers: { get(name: string): string | null };
+  /** Unread; `text()` reads it, at most MAX_RESPONSE_BYTES. */
+  body: AsyncIterable<Uint8Array>;
   text(): Promise<string>;
 }
 
@@ -340,7 +340,7 @@ interface MinimalResponse {
  * A fetch-shaped client over node:http/node:https for the JSON requests apes makes (string bodies,
  * header records, AbortSignal, no redirects). It avoids loading the runtime's fetch stack, which
  * costs ~30 ms of start-up in the single executable, and takes an extra CA directly. Answers carry
- * status, headers.get() and text() only.
+ * status, headers.get(), the unread body and text() (bounded, see readBoundedResponse) only.
  */
 export async function nodeFetch(
   input: string | URL | Request,
@@ -370,33 +370,24 @@ export async function nodeFetch(
         ...(secure && options.secureContext ? { secureContext: options.secureContext } : {}),
       },
       (res) => {
-        const fail = (e: unknown) => {
-          signal?.removeEventListener("abort", onAbort);
-          req.destroy();
-          reject(e);
-        };
-        try {
-          checkDeclaredLength(res.headers["content-length"], MAX_RESPONSE_BYTES);
-        } catch (e) {
-          return fail(e);
-        }
-        readBounded(res, MAX_RESPONSE_BYTES).then((bytes) => {
-          signal?.removeEventListener("abort", onAbort);
-          const text = bytes.toString("utf8");
-          const status = res.statusCode ?? 0;
-          const answer: MinimalResponse = {
-            status,
-            ok: status >= 200 && status < 300,
-            headers: {
-              get(name: string) {
-                const v = res.headers[name.toLowerCase()];
-                return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
-              },
+        res.on("close", () => signal?.removeEventListener("abort", onAbort));
+        // A failure while the body is read reaches the reader through text()/the iterator; this
+        // listener only keeps one before any read from being an uncaught 'error' event.
+        res.on("error", () => undefined);
+        const status = res.statusCode ?? 0;
+        const answer: MinimalResponse = {
+          status,
+          ok: status >= 200 && status < 300,
+          headers: {
+            get(name: string) {
+              const v = res.headers[name.toLowerCase()];
+              return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
             },
-            text: async () => text,
-          };
-          resolve(answer as unknown as Response);
-        }, fail);
+          },
+          body: res,
+          text: async () => (await readBoundedResponse(answer, MAX_RESPONSE_BYTES)).toString("utf8"),
+        };
+        resolve(answer as unknown as Response);
       },
     );
     const onAbort = () => req.destroy(signal?.reason instanceof Error ? signal.reason : new Error("aborted"));

@@ -43,12 +43,27 @@ export async function readBounded(body: AsyncIterable<Uint8Array> | null, max: n
   return Buffer.concat(chunks, total);
 }
 
-/** A fetch Response's body, at most `max` bytes; refused bodies are cancelled, closing the connection. */
-export async function readBoundedResponse(res: Response, max: number): Promise<Buffer> {
+/** What readBoundedResponse needs of an answer: a fetch Response, or the CLI's node:http one. */
+export interface BodyCarrier {
+  headers: { get(name: string): string | null };
+  body: AsyncIterable<Uint8Array> | null;
+}
+
+/** Stops reading a body nobody wants: destroys a Node stream (and its socket), cancels a web stream. */
+export async function discardBody(body: AsyncIterable<Uint8Array> | null): Promise<void> {
+  if (!body) return;
+  // A Node stream's iterator only cleans up once iteration has started: destroy it directly.
+  const node = body as { destroy?: () => void };
+  if (typeof node.destroy === "function") return node.destroy();
+  await body[Symbol.asyncIterator]().return?.();
+}
+
+/** The answer's body, at most `max` bytes; a refused body is discarded, closing the connection. */
+export async function readBoundedResponse(res: BodyCarrier, max: number): Promise<Buffer> {
   try {
     checkDeclaredLength(res.headers.get("content-length"), max);
   } catch (e) {
-    await res.body?.cancel().catch(() => undefined);
+    await discardBody(res.body).catch(() => undefined);
     throw e;
   }
   return readBounded(res.body, max);

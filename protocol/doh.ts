@@ -5,7 +5,7 @@
  * Status 0 = NOERROR (NODATA when no TXT answer), 3 = NXDOMAIN: authoritative. Anything else, an HTTP
  * error or a malformed body is a failure.
  */
-import { BodyTooLargeError, readBoundedResponse } from "./bounded-body.ts";
+import { BodyTooLargeError, discardBody, readBoundedResponse } from "./bounded-body.ts";
 import { isLoopbackHost } from "./ddisa.ts";
 import {
   clampTtl,
@@ -152,15 +152,16 @@ export async function queryDoh(
   url.searchParams.set("name", normName(name));
   url.searchParams.set("type", "TXT");
   let text: string;
+  const deadline = AbortSignal.timeout(options.timeoutMs);
   try {
     // One deadline for the whole exchange, body included: a server trickling bytes cannot hold us.
     const res = await options.fetch(url, {
       headers: { accept: "application/dns-json" },
-      signal: AbortSignal.timeout(options.timeoutMs),
+      signal: deadline,
       redirect: "error",
     });
     if (!res.ok) {
-      await res.body?.cancel().catch(() => undefined);
+      await discardBody(res.body).catch(() => undefined);
       throw new DnsQueryError("servfail", server, `DoH server answered HTTP ${res.status}`);
     }
     text = (await readBoundedResponse(res, DOH_MAX_BODY)).toString("utf8");
@@ -169,7 +170,8 @@ export async function queryDoh(
     if (e instanceof BodyTooLargeError) {
       throw new DnsQueryError("malformed", server, `DoH answer refused: ${e.message}`, { cause: e });
     }
-    const timeout = (e as Error).name === "TimeoutError";
+    // Asked of the signal, not the error: each transport words an abort differently.
+    const timeout = deadline.aborted;
     throw new DnsQueryError(
       timeout ? "timeout" : "network",
       server,

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { nodeFetch } from "../../cli/http.ts";
 import { checkDohUrl, DOH_MAX_BODY, parseDohJson, parseTxtData, queryDoh } from "../../protocol/doh.ts";
 import { DnsQueryError } from "../../protocol/resolver.ts";
 import { type HostileMode, startHostileServer } from "../helpers/hostile-http.ts";
@@ -141,11 +142,31 @@ describe("queryDoh", () => {
     ).rejects.toThrow(/DoH request failed: fetch failed/);
   });
 
-  describe("against a real server that sends too much", () => {
+  // Both transports apes hands to queryDoh: the runtime's fetch and the CLI's node:http client.
+  const transports: [string, typeof fetch][] = [
+    ["fetch", fetch],
+    ["the CLI's nodeFetch", ((input, init) => nodeFetch(input as string, init)) as typeof fetch],
+  ];
+
+  describe.each(transports)("against a real server, through %s", (_name, transport) => {
+    it("reads a good answer", async () => {
+      const server = await startHostileServer((_req, res) => {
+        res.writeHead(200, { "content-type": "application/dns-json" });
+        res.end(JSON.stringify({ Status: 0, Answer: [{ name: NAME, type: 16, TTL: 9, data: '"x"' }] }));
+      });
+      try {
+        expect((await queryDoh(server.url, NAME, { fetch: transport, timeoutMs: 5000 })).txt).toEqual(["x"]);
+      } finally {
+        await server.close();
+      }
+    });
+
     const query = async (mode: HostileMode, timeoutMs: number) => {
       const server = await startHostileServer(mode);
       try {
-        const error = await queryDoh(server.url, NAME, { fetch, timeoutMs }).catch((e: unknown) => e);
+        const error = await queryDoh(server.url, NAME, { fetch: transport, timeoutMs }).catch(
+          (e: unknown) => e,
+        );
         await server.settled();
         return { error: error as DnsQueryError, sent: server.bytesSent() };
       } finally {

@@ -350,6 +350,11 @@ export async function nodeFetch(
   const url = new URL(String(input));
   const secure = url.protocol === "https:";
   if (!secure && url.protocol !== "http:") throw new TypeError(`unsupported protocol ${url.protocol}`);
+  const credentials = Object.keys(init.headers ?? {}).some((k) => k.toLowerCase() === "authorization");
+  // The same rule as request()'s, at the socket: whoever calls this, no token crosses a network in the clear.
+  if (!secure && credentials && !isLoopbackHost(url.hostname)) {
+    throw new TypeError(`refusing to send credentials over plain http to ${url.host}`);
+  }
   const request = secure ? (await import("node:https")).request : (await import("node:http")).request;
   return new Promise<Response>((resolve, reject) => {
     const signal = init.signal ?? undefined;

@@ -160,6 +160,16 @@ describe("no request in the clear to a non-loopback host", () => {
     expect(calls).toBe(0);
   });
 
+  it("the node:http transport itself refuses credentials over plain http to a non-loopback host", async () => {
+    await expect(
+      nodeFetch("http://192.0.2.10/api/grants", { headers: { Authorization: "Bearer secret" } }),
+    ).rejects.toThrow("refusing to send credentials over plain http to 192.0.2.10");
+    // Loopback is fine: the request reaches the server, token and all.
+    const s = await server((_req, res) => json(res, 200, {}));
+    expect((await nodeFetch(`${s.url}/x`, { headers: { authorization: "Bearer t" } })).status).toBe(200);
+    expect(s.requests[0]?.authorization).toBe("Bearer t");
+  });
+
   it("insecureUrlRefusal: https anywhere, http only on loopback", () => {
     expect(insecureUrlRefusal("https://id.example.com/x")).toBeUndefined();
     expect(insecureUrlRefusal("http://127.0.0.1:1/x")).toBeUndefined();

@@ -708,7 +708,10 @@ int main(int argc, char **argv) {
   A.caller.uid = getuid();
   A.target.name = (char *)el.run_as;
   audit_open(); /* from here on every exit leaves an audit line */
-  if (!(pw = getpwuid(A.caller.uid)) || copy_user(pw, &A.caller) != 0)
+  errno = 0;
+  if (!(pw = getpwuid(A.caller.uid)) && errno != 0)
+    die(1, "cannot read the passwd entry of uid %lu: %s", (unsigned long)A.caller.uid, strerror(errno));
+  if (!pw || copy_user(pw, &A.caller) != 0)
     deny("caller_unknown", 1, "uid %lu has no passwd entry", (unsigned long)A.caller.uid);
   switch (elev_check_argv(argc, argv, &el, &bad)) { /* audited without the argv it refuses */
   case ARGV_OK: break;

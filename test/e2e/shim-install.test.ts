@@ -365,6 +365,24 @@ describe("fail closed when the approval request fails", () => {
   });
 });
 
+describe("the requester's own reason", () => {
+  it("is audited once prefixed: a broken auth.json is requester_config", async () => {
+    writeConfig(inst, 'issuer = "https://idp.invalid"\n');
+    const cfg = join(home, ".config", "apes");
+    mkdirSync(cfg, { recursive: true });
+    writeFileSync(join(cfg, "auth.json"), "not json\n", { mode: 0o600 });
+    execFileSync("chown", ["-R", `${user.uid}:${user.gid}`, join(home, ".config")]);
+    try {
+      const r = await shim(["--reason", "x", "--", ...touchCmd()]);
+      expect(r.code, r.stderr).toBe(78);
+      expect(existsSync(marker())).toBe(false);
+      expect(newAudit()).toEqual([expect.objectContaining({ decision: "deny", reason: "requester_config" })]);
+    } finally {
+      rmSync(join(home, ".config"), { recursive: true, force: true });
+    }
+  });
+});
+
 describe("make uninstall", () => {
   it("removes the programs and keeps policy, audit log and cache", async () => {
     const t = await installIntoTempPrefix();

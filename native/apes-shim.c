@@ -708,8 +708,8 @@ int main(int argc, char **argv) {
   A.caller.uid = getuid();
   A.target.name = (char *)el.run_as;
   audit_open(); /* from here on every exit leaves an audit line */
-  errno = 0;
-  if (!(pw = getpwuid(A.caller.uid)) && errno != 0)
+  errno = 0; /* "not found" may come with one of these (getpwuid(3)); anything else is a failure to look */
+  if (!(pw = getpwuid(A.caller.uid)) && errno && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
     die(1, "cannot read the passwd entry of uid %lu: %s", (unsigned long)A.caller.uid, strerror(errno));
   if (!pw || copy_user(pw, &A.caller) != 0)
     deny("caller_unknown", 1, "uid %lu has no passwd entry", (unsigned long)A.caller.uid);

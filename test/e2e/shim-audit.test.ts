@@ -209,6 +209,38 @@ describe("no local user can freeze elevation for everyone", () => {
     expect(ran()).toBe(true);
   });
 
+  it("the caller cannot SIGSTOP its shim while it waits for or holds the audit lock", async () => {
+    const { cmd } = marking("stop");
+    allow(cmd);
+    const ready = join(out, "stop.ready");
+    const holder: ChildProcess = spawn(
+      "flock",
+      ["-x", "-o", inst.auditLog, "/bin/sh", "-c", `touch ${ready}; read x`],
+      { stdio: ["pipe", "ignore", "ignore"] },
+    );
+    try {
+      for (let i = 0; i < 200 && !existsSync(ready); i++) await sleep(25);
+      const child = spawnAsUser(user, [inst.shim, "--", ...cmd], { env: callerEnv(), cwd: home });
+      const done = collect(child, { timeoutMs: 20_000 });
+      // In the lock section the shim's real uid is root (status "Uid: real effective saved fs"); the
+      // pid is setpriv's (root too) until it execs the shim, whose name is apes.
+      const status = () => readFileSync(`/proc/${child.pid}/status`, "utf8");
+      const inLock = () => /^Name:\s+apes$/m.test(status()) && /^Uid:\s+0\s/m.test(status());
+      for (let i = 0; i < 1000 && !inLock(); i++) await sleep(5);
+      expect(/^Uid:\s+(.*)$/m.exec(status())?.[1]?.split(/\s+/)).toEqual(["0", "0", "0", "0"]);
+      const stop = await runAsUser(user, ["/bin/kill", "-STOP", String(child.pid)], { env: callerEnv() });
+      expect(stop.code).not.toBe(0);
+      expect(stop.stderr).toMatch(/Operation not permitted/);
+      holder.stdin?.end();
+      const r = await done;
+      expect(r.signal).toBeNull();
+      expect([0, 77]).toContain(r.code); // 77 only if the lock outlived the 3 s deadline on a slow machine
+    } finally {
+      holder.stdin?.end();
+      await new Promise((res) => (holder.exitCode !== null ? res(null) : holder.once("exit", res)));
+    }
+  });
+
   it("a FIFO in place of the policy is refused at once (78), nobody is asked", async () => {
     const { cmd, ran } = marking("fifo");
     allow(cmd);

@@ -664,6 +664,31 @@ static void run_command(void) {
   die(err == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC, "%s: %s", A.cmd[0], strerror(err));
 }
 
+/* The caller's passwd entry, for the audit line and the requester. */
+static void lookup_caller(void) {
+  struct passwd *pw;
+  errno = 0; /* "not found" may come with one of these (getpwuid(3)); anything else is a failure to look */
+  if (!(pw = getpwuid(A.caller.uid)) && errno && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
+    die(1, "cannot read the passwd entry of uid %lu: %s", (unsigned long)A.caller.uid, strerror(errno));
+  if (!pw || copy_user(pw, &A.caller) != 0)
+    deny("caller_unknown", 1, "uid %lu has no passwd entry", (unsigned long)A.caller.uid);
+}
+
+/* UTF-8 and size limits; a refusal is audited without the argv it refuses. */
+static void check_argv(int argc, char **argv, const struct elevation *el) {
+  int bad;
+  switch (elev_check_argv(argc, argv, el, &bad)) {
+  case ARGV_OK: return;
+  case ARGV_BAD_UTF8: deny("argv_invalid_utf8", EXIT_USAGE, "argument %d is not valid UTF-8: refusing to run it", bad);
+  case ARGV_TOO_MANY: deny("argv_too_many", EXIT_USAGE, "the command has more than %d arguments", APES_MAX_CMD_ARGS);
+  case ARGV_ARG_TOO_LONG:
+    deny("argv_arg_too_long", EXIT_USAGE, "argument %d is longer than %d bytes", bad, APES_MAX_ARG_BYTES);
+  case ARGV_CMD_TOO_LONG:
+    deny("argv_too_long", EXIT_USAGE, "the command is longer than %d bytes", APES_MAX_CMD_BYTES);
+  }
+  die(1, "unexpected argv check result");
+}
+
 /* The policy, checked before anyone is asked to approve: a command that cannot be verified is refused
  * up front. Only root may be able to put a file there (every directory from / checked), and it is
  * opened without blocking (a FIFO or device in its place cannot hang us) and checked on the fd, which
@@ -691,7 +716,7 @@ int main(int argc, char **argv) {
   struct elevation el;
   struct user verifier;
   struct passwd *pw;
-  int bad, cfd;
+  int cfd;
 
   sane_stdio();
   if (argc < 1 || !argv[0]) die(EXIT_USAGE, "called without argv[0]");
@@ -704,24 +729,11 @@ int main(int argc, char **argv) {
   reset_signals();
   umask(022);
   shim_limits();
-  /* Who asks, for the audit line: the real uid, never a name from the environment. */
-  A.caller.uid = getuid();
+  A.caller.uid = getuid(); /* who asks: the real uid, never a name from the environment */
   A.target.name = (char *)el.run_as;
   audit_open(); /* from here on every exit leaves an audit line */
-  errno = 0; /* "not found" may come with one of these (getpwuid(3)); anything else is a failure to look */
-  if (!(pw = getpwuid(A.caller.uid)) && errno && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
-    die(1, "cannot read the passwd entry of uid %lu: %s", (unsigned long)A.caller.uid, strerror(errno));
-  if (!pw || copy_user(pw, &A.caller) != 0)
-    deny("caller_unknown", 1, "uid %lu has no passwd entry", (unsigned long)A.caller.uid);
-  switch (elev_check_argv(argc, argv, &el, &bad)) { /* audited without the argv it refuses */
-  case ARGV_OK: break;
-  case ARGV_BAD_UTF8: deny("argv_invalid_utf8", EXIT_USAGE, "argument %d is not valid UTF-8: refusing to run it", bad);
-  case ARGV_TOO_MANY: deny("argv_too_many", EXIT_USAGE, "the command has more than %d arguments", APES_MAX_CMD_ARGS);
-  case ARGV_ARG_TOO_LONG:
-    deny("argv_arg_too_long", EXIT_USAGE, "argument %d is longer than %d bytes", bad, APES_MAX_ARG_BYTES);
-  case ARGV_CMD_TOO_LONG:
-    deny("argv_too_long", EXIT_USAGE, "the command is longer than %d bytes", APES_MAX_CMD_BYTES);
-  }
+  lookup_caller();
+  check_argv(argc, argv, &el);
   A.cmd = argv + el.cmd_start;
   A.ncmd = (size_t)(argc - el.cmd_start);
   if (cmd_hash(A.cmd, A.ncmd, A.hash) != 0) die(1, "out of memory");

@@ -266,32 +266,54 @@ static void kv_str(struct buf *b, const char *key, const char *value) {
 
 static int audit_fd = -1;
 
-/* Step 1 opens the audit log once for the whole attempt (close-on-exec) and checks it like the policy:
- * every directory from / root's alone (so nobody can plant a FIFO, a symlink or a hard link to
- * another file in its place), the file regular, root-owned, not group/world-writable, one link. It is
- * created root:root 0600 (the shim is setuid, not setgid: its group is still the caller's). A log we
- * cannot trust or open refuses the elevation before anything else; the refusal reaches syslog only. */
+/* The audit log opened for appending (close-on-exec), created root:root 0600 (the shim is setuid,
+ * not setgid: its group is still the caller's). -1 (errno) when it cannot be opened, -2 when it is not
+ * a file only root can change: regular, root-owned, not group/world-writable, one link. */
+static int open_log(void) {
+  struct stat st;
+  int fd = open(APES_AUDIT_LOG, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  if (fstat(fd, &st) != 0 || !file_trusted(&st) || st.st_nlink != 1 || (st.st_gid != 0 && fchown(fd, 0, 0) != 0)) {
+    close(fd);
+    return -2;
+  }
+  return fd;
+}
+
+/* Step 1 opens the audit log for the whole attempt and checks it like the policy: every directory
+ * from / root's alone (so nobody can plant a FIFO, a symlink or a hard link to another file in its
+ * place), then the file itself. A log we cannot trust or open refuses the elevation before anything
+ * else; the refusal reaches syslog only. */
 static void audit_open(void) {
   char bad[PATH_MAX];
-  struct stat st;
   int fd, err;
   if (parents_trusted(APES_AUDIT_LOG, bad, sizeof bad) != 0) {
     audit("deny", "audit_insecure"); /* syslog only */
     die(EXIT_CONFIG, "not run: %s must be a directory owned by root and writable only by root (or sticky)", bad);
   }
-  fd = open(APES_AUDIT_LOG, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    err = errno;
-    audit("deny", "audit_insecure");
-    die(EXIT_CONFIG, "not run: cannot open the audit log %s: %s", APES_AUDIT_LOG, strerror(err));
-  }
-  if (fstat(fd, &st) != 0 || !file_trusted(&st) || st.st_nlink != 1 || (st.st_gid != 0 && fchown(fd, 0, 0) != 0)) {
-    audit("deny", "audit_insecure");
+  fd = open_log();
+  err = errno;
+  if (fd < 0) audit("deny", "audit_insecure");
+  if (fd == -1) die(EXIT_CONFIG, "not run: cannot open the audit log %s: %s", APES_AUDIT_LOG, strerror(err));
+  if (fd < 0)
     die(EXIT_CONFIG, "not run: the audit log %s must be a regular file owned by root, not group- or world-writable",
         APES_AUDIT_LOG);
-  }
   audit_fd = fd;
   A.audited = 1;
+}
+
+/* The log was rotated (renamed, maybe recreated) while we waited for approval: the next line goes to
+ * the file the name now gives. Its directories were checked in step 1 and only root can change them;
+ * if the new file cannot be opened the line still goes to the rotated one. */
+static void follow_rotation(void) {
+  struct stat by_name, ours;
+  if (stat(APES_AUDIT_LOG, &by_name) == 0 && fstat(audit_fd, &ours) == 0 && by_name.st_dev == ours.st_dev &&
+      by_name.st_ino == ours.st_ino)
+    return;
+  int fd = open_log();
+  if (fd < 0) return;
+  close(audit_fd);
+  audit_fd = fd;
 }
 
 /* While the shim holds the audit lock the caller cannot stop it: every blockable signal is blocked
@@ -316,6 +338,7 @@ static int audit_write(const struct buf *line) {
   struct stat st;
   sigset_t saved;
   size_t off = 0;
+  follow_rotation();
   int switched = hold_still(&saved), locked = lock_within(audit_fd, AUDIT_LOCK_MS) == 0;
   if (!locked)
     audit_problem = errno == EWOULDBLOCK ? "was locked by another process for 3 s: try again" : "cannot be locked";

@@ -16,6 +16,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
   unlinkSync,
@@ -344,6 +345,40 @@ describe("a consumed grant always has a line", () => {
         pid: child.pid,
       }),
     ]);
+  });
+});
+
+describe("a rotated audit log", () => {
+  it("renamed while the verifier works: the outcome goes to the new file, the attempt stays in the old", async () => {
+    const { cmd, ran } = marking("rotated");
+    const verdict = join(stub, "verdict");
+    execFileSync("mkfifo", ["-m", "666", verdict]);
+    const child = spawnAsUser(user, [inst.shim, "--", ...cmd], { env: callerEnv(), cwd: home });
+    const done = collect(child, { timeoutMs: 30_000 });
+    const stdin = join(stub, "verify.stdin");
+    for (let i = 0; i < 400 && !(existsSync(stdin) && readFileSync(stdin, "utf8").endsWith("}\n")); i++)
+      await sleep(25);
+    const rotated = `${inst.auditLog}.1`;
+    renameSync(inst.auditLog, rotated); // logrotate without copytruncate
+    try {
+      const ok = { ok: true, grant_id: "grant-r", cmd_hash: cmdHash(cmd), run_as: "root" };
+      writeFileSync(verdict, `${JSON.stringify(ok)}\n`);
+      const r = await done;
+      expect(r.code, r.stderr).toBe(0);
+      expect(ran()).toBe(true);
+      const old = readFileSync(rotated, "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as AuditLine);
+      expect(old.at(-1)).toMatchObject({ decision: "attempt", argv: cmd, pid: child.pid });
+      expect(readAudit(inst)).toEqual([
+        expect.objectContaining({ decision: "allow", grant_id: "grant-r", argv: cmd, pid: child.pid }),
+      ]);
+      const st = statSync(inst.auditLog);
+      expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([0, 0, 0o600]);
+    } finally {
+      rmSync(rotated, { force: true });
+    }
   });
 });
 

@@ -93,7 +93,10 @@ export function grantMismatch(grant: Grant, req: ElevationRequest, host: string)
  * grant, the approver and the hash name the file that will run, not whatever the cwd holds later.
  * The shim does the same before it starts the requester; this makes `--no-wait` grants match.
  */
-export function canonicalCommand(command: readonly string[], realpath = realpathSync): string[] {
+export function canonicalCommand(
+  command: readonly string[],
+  realpath: (path: string) => string = realpathSync,
+): string[] {
   const [program, ...args] = command;
   if (program === undefined || !program.includes("/")) return [...command];
   try {

@@ -150,16 +150,14 @@ static int caller_may_change(const char *path, const struct stat *st, uid_t call
   return st->st_uid == caller || access(path, W_OK) == 0; /* access(): real uid and groups */
 }
 
-/* Every directory from / down to path's parent, and the file itself (lstat: path is canonical). */
-static enum program_check check_path(const char *path, uid_t caller) {
+/* Whether the caller can replace the entry `path` (canonical directories, any final component):
+ * by writing any directory from / down to it. In a sticky directory the caller can replace only
+ * the entries it owns. */
+static enum program_check check_dirs(const char *path, uid_t caller) {
   char prefix[PATH_MAX];
   struct stat dir, entry;
   size_t len = strlen(path);
   if (len >= sizeof prefix) return PROGRAM_NOT_FOUND;
-  if (lstat(path, &entry) != 0) return PROGRAM_NOT_FOUND;
-  if (!S_ISREG(entry.st_mode)) return PROGRAM_NOT_FILE;
-  if (caller == 0) return PROGRAM_OK;
-  if (caller_may_change(path, &entry, caller)) return PROGRAM_WRITABLE;
   for (size_t i = 0; i < len; i++) {
     if (path[i] != '/') continue;
     size_t end = i == 0 ? 1 : i; /* the directory path[0..end) holds the next component */
@@ -168,7 +166,6 @@ static enum program_check check_path(const char *path, uid_t caller) {
     prefix[end] = '\0';
     if (stat(prefix, &dir) != 0) return PROGRAM_NOT_FOUND;
     if (!caller_may_change(prefix, &dir, caller)) continue;
-    /* In a sticky directory the caller can replace only the entries it owns. */
     memcpy(prefix, path, next);
     prefix[next] = '\0';
     if ((dir.st_mode & S_ISVTX) && dir.st_uid != caller && lstat(prefix, &entry) == 0 && entry.st_uid != caller)
@@ -178,13 +175,70 @@ static enum program_check check_path(const char *path, uid_t caller) {
   return PROGRAM_OK;
 }
 
+/* realpath() of name's directory, then "/" and name's last component (kept as given, so a multi-call
+ * program such as busybox or systemctl-as-reboot still sees its name). malloc'd; NULL when the
+ * directory does not resolve or the last component is empty, "." or "..". */
+static char *canonical_dir_path(const char *name) {
+  const char *slash = strrchr(name, '/');
+  const char *base = slash ? slash + 1 : name;
+  char *dir, *path = NULL;
+  if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) return NULL;
+  char *head = slash ? strndup(name, slash == name ? 1 : (size_t)(slash - name)) : strdup(".");
+  if (!head) return NULL;
+  dir = realpath(head, NULL);
+  free(head);
+  if (dir && asprintf(&path, "%s%s%s", dir, strcmp(dir, "/") == 0 ? "" : "/", base) < 0) path = NULL;
+  free(dir);
+  return path;
+}
+
+/* Follows path's final symlinks (each hop's directories canonical and checked) to a regular file
+ * the caller cannot change. */
+static enum program_check check_program(const char *path, uid_t caller) {
+  char *cur = strdup(path);
+  enum program_check r = cur ? PROGRAM_OK : PROGRAM_ERROR;
+  for (int hops = 0; r == PROGRAM_OK; hops++) {
+    struct stat st;
+    if (caller != 0 && (r = check_dirs(cur, caller)) != PROGRAM_OK) break;
+    if (lstat(cur, &st) != 0) r = PROGRAM_NOT_FOUND;
+    else if (S_ISREG(st.st_mode)) r = caller != 0 && caller_may_change(cur, &st, caller) ? PROGRAM_WRITABLE : PROGRAM_OK;
+    else if (!S_ISLNK(st.st_mode) || hops >= 40) r = S_ISLNK(st.st_mode) ? PROGRAM_NOT_FOUND : PROGRAM_NOT_FILE;
+    else {
+      char target[PATH_MAX], *joined = NULL, *next;
+      ssize_t n = readlink(cur, target, sizeof target - 1);
+      if (n <= 0) {
+        r = PROGRAM_NOT_FOUND;
+        break;
+      }
+      target[n] = '\0';
+      if (target[0] != '/') {
+        char *slash = strrchr(cur, '/');
+        *slash = '\0'; /* cur is absolute: its directory, "" for "/" */
+        if (asprintf(&joined, "%s/%s", cur, target) < 0) joined = NULL;
+      }
+      next = canonical_dir_path(joined ? joined : target);
+      free(joined);
+      if (!next) {
+        r = PROGRAM_NOT_FOUND;
+        break;
+      }
+      free(cur);
+      cur = next;
+      continue;
+    }
+    break;
+  }
+  free(cur);
+  return r;
+}
+
 enum program_check canonical_program(const char *name, char **out) {
   uid_t caller = getuid(), euid = geteuid();
   *out = NULL;
   /* Resolved as the caller, so a path only root could see into is not found rather than probed. */
   if (setresuid((uid_t)-1, caller, (uid_t)-1) != 0) return PROGRAM_ERROR;
-  char *path = realpath(name, NULL);
-  enum program_check r = path ? check_path(path, caller) : PROGRAM_NOT_FOUND;
+  char *path = canonical_dir_path(name);
+  enum program_check r = path ? check_program(path, caller) : PROGRAM_NOT_FOUND;
   if (setresuid((uid_t)-1, euid, (uid_t)-1) != 0 || geteuid() != euid) {
     free(path);
     return PROGRAM_ERROR;

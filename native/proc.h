@@ -47,10 +47,11 @@ enum program_check {
   PROGRAM_WRITABLE,  /* the caller can change the file, or a directory on its path */
   PROGRAM_ERROR,     /* out of memory, or the ids could not be switched back */
 };
-/* name contains '/': *out becomes its canonical absolute path (malloc'd), resolved with the caller's
- * permissions, and the check says whether the caller (real uid and groups) could change what that
- * path runs: write the file or any directory from / down to it (a sticky directory counts only for
- * entries the caller owns). A root caller passes the write check. */
+/* name contains '/': *out becomes its canonical directory (realpath, resolved with the caller's
+ * permissions) joined with its last component as given (so a multi-call program keeps its name), and
+ * the check says whether the caller (real uid and groups) could change what that path runs: write
+ * or own the file, or write any directory from / down to it or to any symlink on the way to it (a
+ * sticky directory counts only for entries the caller owns). A root caller passes the write check. */
 enum program_check canonical_program(const char *name, char **out);
 
 #endif

@@ -89,9 +89,10 @@ export function grantMismatch(grant: Grant, req: ElevationRequest, host: string)
 }
 
 /**
- * A program given as a path (`./x.sh`, `../bin/tool`) becomes its canonical absolute path, so the
- * grant, the approver and the hash name the file that will run, not whatever the cwd holds later.
- * The shim does the same before it starts the requester; this makes `--no-wait` grants match.
+ * A program given as a path (`./x.sh`, `../bin/tool`) becomes its canonical directory plus its last
+ * component as given, so the grant, the approver and the hash name where it is, not whatever the cwd
+ * holds later; the name stays (a multi-call program such as busybox dispatches on it). The shim does
+ * the same before it starts the requester (and is the authority); this makes `--no-wait` grants match.
  */
 export function canonicalCommand(
   command: readonly string[],
@@ -99,16 +100,18 @@ export function canonicalCommand(
 ): string[] {
   const [program, ...args] = command;
   if (program === undefined || !program.includes("/")) return [...command];
+  const slash = program.lastIndexOf("/");
+  const name = program.slice(slash + 1);
+  if (name === "" || name === "." || name === "..")
+    throw new CliError(`${program}: not a program file`, { exitCode: ExitCode.CANNOT_EXECUTE });
+  let dir: string;
   try {
-    return [realpath(program), ...args];
+    dir = realpath(slash === 0 ? "/" : program.slice(0, slash));
   } catch (e) {
-    throw new CliError(
-      `${program}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`,
-      {
-        exitCode: ExitCode.NOT_FOUND,
-      },
-    );
+    const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : (e as Error).message;
+    throw new CliError(`${program}: ${why}`, { exitCode: ExitCode.NOT_FOUND });
   }
+  return [`${dir === "/" ? "" : dir}/${name}`, ...args];
 }
 
 /** Resolves 0 once the token is delivered; every other outcome is a CliError with its exit status. */

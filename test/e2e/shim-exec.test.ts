@@ -402,56 +402,70 @@ describe("job control at the approval prompt", () => {
 
 describe("a command given as a path", () => {
   let scripts: string;
+  let decoys: string;
 
   beforeAll(() => {
+    // Root's: the approved script, and a decoy directory whose x.sh is /usr/bin/id.
     scripts = mkdtempSync(join(work, "root-scripts-"));
+    decoys = mkdtempSync(join(work, "root-decoys-"));
     chmodSync(scripts, 0o755);
-    writeFileSync(join(scripts, "approved.sh"), "#!/bin/sh\necho approved-script\n", { mode: 0o755 });
+    chmodSync(decoys, 0o755);
+    writeFileSync(join(scripts, "x.sh"), "#!/bin/sh\necho approved-script\n", { mode: 0o755 });
+    symlinkSync("/usr/bin/id", join(decoys, "x.sh"));
   });
 
-  it("is approved and run as its canonical path: re-pointing the symlink after the request runs nothing new", async () => {
+  it("is approved and run by its canonical path: re-pointing a symlinked directory after the request runs nothing new", async () => {
     const cwd = makeUserDir(user, work);
     chmodSync(cwd, 0o755);
-    symlinkSync(join(scripts, "approved.sh"), join(cwd, "x.sh"));
-    const canonical = [join(scripts, "approved.sh")];
+    symlinkSync(scripts, join(cwd, "bin"));
+    const canonical = [join(scripts, "x.sh")];
     const timed = ["--approval", "timed", "--duration", "10m", "--reason", "e2e"];
-    const child = spawnAsUser(user, [inst.shim, ...timed, "--", "./x.sh"], { env: userEnv(), cwd });
+    const child = spawnAsUser(user, [inst.shim, ...timed, "--", "./bin/x.sh"], { env: userEnv(), cwd });
     const done = collect(child);
-    const id = await pendingGrant(canonical); // the grant names the file, not ./x.sh
-    rmSync(join(cwd, "x.sh"));
-    symlinkSync("/usr/bin/id", join(cwd, "x.sh"));
+    const id = await pendingGrant(canonical); // the grant names the file, not ./bin/x.sh
+    rmSync(join(cwd, "bin"));
+    symlinkSync(decoys, join(cwd, "bin"));
     await approve(id);
     const r = await done;
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe("approved-script\n");
     expect(readAudit(inst).at(-1)).toMatchObject({ decision: "allow", argv: canonical });
 
-    // The timed grant is for the script only: ./x.sh is now /usr/bin/id, which needs its own grant.
+    // The timed grant is for the script only: ./bin/x.sh is now the decoy, which needs its own grant.
     const again = await collect(
-      spawnAsUser(user, [inst.shim, ...timed, "--no-wait", "--", "./x.sh"], { env: userEnv(), cwd }),
+      spawnAsUser(user, [inst.shim, ...timed, "--no-wait", "--", "./bin/x.sh"], { env: userEnv(), cwd }),
     );
     expect(again.code).toBe(75);
     expect(again.stdout).not.toContain("uid=");
+    expect(again.stderr).toContain(join(decoys, "x.sh"));
   });
 
-  it("is refused when the caller can change it (the file, or a directory on its path)", async () => {
+  it("is refused when the caller can change it (the file, its directory, or a symlink on the way)", async () => {
     const mine = makeUserDir(user, work);
     writeFileSync(join(mine, "own.sh"), "#!/bin/sh\necho owned\n", { mode: 0o755 });
     chownSync(join(mine, "own.sh"), user.uid, user.gid);
-    writeFileSync(join(mine, "roots.sh"), "#!/bin/sh\necho roots\n", { mode: 0o755 }); // root's, in the user's dir
-    for (const name of ["own.sh", "roots.sh"]) {
-      const before = (await grantsFor([join(mine, name)])).length;
-      const r = await elevate([inst.shim, "--reason", "e2e", "--", `./${name}`], { cwd: mine });
-      expect(r.code).toBe(77);
+    writeFileSync(join(mine, "roots.sh"), "#!/bin/sh\necho roots\n", { mode: 0o755 }); // root's file, the user's dir
+    symlinkSync(join(scripts, "x.sh"), join(mine, "link.sh")); // a link the user could re-point
+    const hop = mkdtempSync(join(work, "root-links-"));
+    chmodSync(hop, 0o755);
+    symlinkSync(join(mine, "roots.sh"), join(hop, "via.sh")); // root's link into the user's dir
+    for (const program of ["./own.sh", "./roots.sh", "./link.sh", join(hop, "via.sh")]) {
+      const r = await elevate([inst.shim, "--reason", "e2e", "--", program], { cwd: mine });
+      expect(r.code, program).toBe(77);
       expect(r.stdout).toBe("");
       expect(r.stderr).toContain("you can change it");
-      expect(r.audit).toMatchObject({ decision: "deny", reason: "command_writable" });
-      expect((await grantsFor([join(mine, name)])).length).toBe(before); // nobody was asked
+      expect(r.audit).toMatchObject({ decision: "deny", reason: "command_writable", argv: [program] });
     }
+    const asked = (await aliceApi.get(`${grantsEndpoint}?limit=100`)).body.data as {
+      request: { command: string[] };
+    }[];
+    expect(
+      asked.filter((g) => g.request.command[0]?.startsWith(mine) || g.request.command[0]?.startsWith(hop)),
+    ).toEqual([]); // nobody was asked
   });
 
   it("a path that does not exist is refused before anyone is asked", async () => {
-    const r = await elevate([inst.shim, "--reason", "e2e", "--", "./no-such-program"], { cwd: work });
+    const r = await elevate([inst.shim, "--reason", "e2e", "--", "./no-such-dir/program"], { cwd: work });
     expect(r.code).toBe(127);
     expect(r.audit).toMatchObject({ decision: "deny", reason: "command_not_found" });
   });

@@ -399,21 +399,35 @@ describe("runRequester", () => {
 
 describe("canonicalCommand", () => {
   const realpath = (p: string) => {
-    if (p === "./x.sh") return "/opt/tools/x.sh";
+    const known: Record<string, string> = {
+      ".": "/home/me",
+      "./bin": "/opt/tools",
+      "/": "/",
+      "/bin": "/usr/bin",
+    };
+    if (known[p]) return known[p];
     throw Object.assign(new Error(`ENOENT: ${p}`), { code: "ENOENT" });
   };
 
-  it("makes a program given as a path canonical and leaves bare names and the arguments alone", () => {
-    expect(canonicalCommand(["./x.sh", "./arg"], realpath)).toEqual(["/opt/tools/x.sh", "./arg"]);
+  it("makes a program's directory canonical, keeps its name, and leaves bare names and the arguments alone", () => {
+    expect(canonicalCommand(["./x.sh", "./arg"], realpath)).toEqual(["/home/me/x.sh", "./arg"]);
+    expect(canonicalCommand(["./bin/tool"], realpath)).toEqual(["/opt/tools/tool"]);
+    expect(canonicalCommand(["/bin/sh"], realpath)).toEqual(["/usr/bin/sh"]);
+    expect(canonicalCommand(["/init"], realpath)).toEqual(["/init"]);
     expect(canonicalCommand(["id", "-u"], realpath)).toEqual(["id", "-u"]);
   });
 
-  it("a path that does not resolve is an error (127), not a grant", () => {
-    expect(() => canonicalCommand(["./gone"], realpath)).toThrow(/no such file/);
-    try {
-      canonicalCommand(["./gone"], realpath);
-    } catch (e) {
-      expect((e as CliError).exitCode).toBe(127);
-    }
+  it("a directory that does not resolve is an error (127), a path without a file name one too (126)", () => {
+    const code = (argv: string[]) => {
+      try {
+        canonicalCommand(argv, realpath);
+      } catch (e) {
+        return (e as CliError).exitCode;
+      }
+      return undefined;
+    };
+    expect(code(["./gone/x"])).toBe(127);
+    expect(code(["./bin/"])).toBe(126);
+    expect(code(["./bin/.."])).toBe(126);
   });
 });

@@ -88,19 +88,23 @@ int converse(pid_t pid, struct conversation *c, int deadline_s) {
       else if (w < 0 && errno != EINTR) return end_conversation(pid, c, -1);
     }
     if (exited && !pipes_open) break;
+    /* Past the deadline, what is already there is still read (a shim stopped with Ctrl-Z meanwhile
+     * must not throw away a verdict that came in time), but for a second at most. */
     long long left = deadline - now_ms();
-    if (left <= 0) return end_conversation(pid, c, -2);
+    if (left <= -1000) return end_conversation(pid, c, -2);
     struct pollfd pf[3];
     int n = 0, io = -1, oo = -1, eo = -1;
     if (c->out_fd >= 0) oo = n, pf[n++] = (struct pollfd){c->out_fd, POLLIN, 0};
     if (c->err_fd >= 0) eo = n, pf[n++] = (struct pollfd){c->err_fd, POLLIN, 0};
     if (c->in_fd >= 0) io = n, pf[n++] = (struct pollfd){c->in_fd, POLLOUT, 0};
     /* With both pipes at EOF only the exit is left to see: look again every 50 ms. */
-    int wait_ms = (int)(pipes_open ? left : left < 50 ? left : 50);
-    if (poll(pf, (nfds_t)n, wait_ms) < 0) {
+    int wait_ms = (int)(left <= 0 ? 0 : pipes_open ? left : left < 50 ? left : 50);
+    int ready = poll(pf, (nfds_t)n, wait_ms);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       return end_conversation(pid, c, -1);
     }
+    if (ready == 0 && left <= 0) return end_conversation(pid, c, -2);
     if (io >= 0 && pf[io].revents) {
       ssize_t w = 0;
       int gone = !(pf[io].revents & POLLOUT); /* POLLERR/POLLHUP: the child closed its stdin */

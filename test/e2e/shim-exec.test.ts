@@ -270,6 +270,28 @@ describe("the verifier cannot outlive its deadline or the shim", () => {
     }
   }, 90_000);
 
+  it("the verifier's diagnostics still reach the caller, through the shim's pipe", async () => {
+    const r = await elevate([inst.shim, "--", "/usr/bin/true"], {
+      env: { NODE_OPTIONS: `--require ${evilPreload}`, EVIL_TOKEN: "not.a.token" },
+    });
+    expect(r.code).toBe(77);
+    expect(r.stderr).toMatch(/^apes: not allowed \(token_malformed\): /m);
+    expect(r.audit).toMatchObject({ decision: "deny", reason: "token_malformed" });
+  });
+
+  it("a diagnostic with terminal controls (an unverified iss claim) reaches the caller escaped", async () => {
+    const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const iss = `https://evil.example/\u001b]0;owned\u0007\u001b[2J${"x".repeat(2000)}`;
+    const token = `${part({ alg: "EdDSA", typ: "JWT" })}.${part({ iss })}.${Buffer.from("sig").toString("base64url")}`;
+    const r = await elevate([inst.shim, "--", "/usr/bin/true"], {
+      env: { NODE_OPTIONS: `--require ${evilPreload}`, EVIL_TOKEN: token },
+    });
+    expect(r.audit).toMatchObject({ decision: "deny", reason: "issuer_not_allowed" });
+    expect(r.stderr).toContain("issuer https://evil.example/\\x1b]0;owned");
+    expect(r.stderr).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f]/);
+    expect(r.stderr.length).toBeLessThan(1500); // the detail is cut, not 2000 characters of it
+  });
+
   it("the caller's stderr is a full pipe nobody reads: no verifier is left blocked on it", async () => {
     // A FIFO held open by a reader that never reads, filled up; then the shim runs with it as
     // stderr. The user's own requester hands over a malformed token, so the verifier denies with

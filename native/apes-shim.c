@@ -38,6 +38,7 @@
 
 #include "elev.h"
 #include "json.h"
+#include "proc.h"
 #include "secure.h"
 
 #if !defined(APES_EXEC) || !defined(APES_CONFIG) || !defined(APES_AUDIT_LOG) || !defined(APES_CACHE_DIR)
@@ -141,10 +142,10 @@ static void child_fail(const char *what) {
   _exit(1);
 }
 
-/* fds 0-2 must be open, or a file we open later could become someone's stdout. */
+/* fds 0-2 must be open, or a file we open later could become someone's stdout; and usable (0 for
+ * reading, 1 and 2 for writing), or the requester dies on EBADF and the command gets a read-only stdout. */
 static void sane_stdio(void) {
-  for (int fd = 0; fd <= 2; fd++)
-    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF && open("/dev/null", O_RDWR) != fd) _exit(1);
+  if (stdio_normalise() != 0) _exit(1);
 }
 
 static void reset_signals(void) {
@@ -457,16 +458,15 @@ static char *request_token(int argc, char **argv, const struct elevation *el) {
     child_fail("cannot execute " APES_EXEC);
   }
   close(p[1]);
-  /* The terminal's Ctrl-C is for the requester (it cancels the pending grant, exits 130). */
+  /* The terminal's Ctrl-C is for the requester (it cancels the pending grant, exits 130). Ctrl-Z
+   * stops both of us (the shim holds nothing while it waits), and `fg` continues both. */
   set_ignore(SIGINT, 1);
   set_ignore(SIGQUIT, 1);
-  set_ignore(SIGTSTP, 1);
   ssize_t n = read_upto(p[0], token, MAX_TOKEN + 1);
   close(p[0]); /* a requester still writing gets EPIPE instead of blocking us */
   st = wait_child(pid);
   set_ignore(SIGINT, 0);
   set_ignore(SIGQUIT, 0);
-  set_ignore(SIGTSTP, 0);
   free(rargv);
 
   if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == EXIT_PENDING) {
@@ -496,41 +496,6 @@ static char *request_token(int argc, char **argv, const struct elevation *el) {
   return token;
 }
 
-/* Writes req to wfd and reads the answer from rfd at the same time, so neither side can block the
- * other; stops reading at max bytes. Returns the byte count read. */
-static size_t exchange(int wfd, const char *req, size_t reqlen, int rfd, char *out, size_t max) {
-  size_t off = 0, got = 0;
-  int wopen = 1;
-  for (;;) {
-    struct pollfd pf[2] = {{rfd, POLLIN, 0}, {wfd, POLLOUT, 0}};
-    if (poll(pf, wopen ? 2 : 1, -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (wopen && pf[1].revents) {
-      /* at most PIPE_BUF: POLLOUT promises that much room, so this write never blocks */
-      size_t len = reqlen - off < PIPE_BUF ? reqlen - off : PIPE_BUF;
-      ssize_t n = 0;
-      int gone = !(pf[1].revents & POLLOUT); /* POLLERR/POLLHUP: the verifier closed its stdin */
-      if (!gone && (n = write(wfd, req + off, len)) > 0) off += (size_t)n;
-      if (gone || (n < 0 && errno != EINTR && errno != EAGAIN) || off == reqlen) {
-        close(wfd); /* done, or the verifier stopped reading (EPIPE: SIGPIPE is ignored) */
-        wopen = 0;
-      }
-    }
-    if (pf[0].revents) {
-      ssize_t n = read(rfd, out + got, max - got);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) break;
-      got += (size_t)n;
-      if (got == max) break;
-    }
-  }
-  if (wopen) close(wfd);
-  close(rfd);
-  return got;
-}
-
 static int reason_ok(const char *r) {
   return r && *r && strlen(r) <= 64 && strspn(r, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(r);
 }
@@ -543,7 +508,9 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
                                NULL};
   struct buf req = {0};
   struct json_kv *kv = NULL;
-  int in[2], outp[2], st, count = -1;
+  static struct conversation talk;
+  int in[2], outp[2], errp[2], st, count = -1;
+  pid_t shim = getpid();
 
   buf_puts(&req, "{\"jwt\":");
   json_str(&req, token, strlen(token));
@@ -556,31 +523,43 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
   buf_puts(&req, "}\n");
   if (req.err) die(1, "out of memory");
 
-  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0) die(1, "pipe: %s", strerror(errno));
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0)
+    die(1, "pipe: %s", strerror(errno));
   pid_t pid = fork();
   if (pid < 0) die(1, "fork: %s", strerror(errno));
   if (pid == 0) {
-    /* Own session: the caller's terminal cannot signal or stop the verifier. */
+    /* Own session: the caller's terminal cannot signal or stop the verifier. Its stderr is a pipe
+     * the shim reads, never the caller's stderr, which the caller can leave full to block it. */
     if (setsid() < 0) child_fail("setsid");
     int c = fcntl(cfd, F_DUPFD_CLOEXEC, 10), i = fcntl(in[0], F_DUPFD_CLOEXEC, 10),
-        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10);
-    if (c < 0 || i < 0 || o < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
+        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10), e = fcntl(errp[1], F_DUPFD_CLOEXEC, 10);
+    if (c < 0 || i < 0 || o < 0 || e < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
       child_fail("verifier pipes");
-    /* No groups, _apes ids, no way back. */
+    if (move_fd(e, 2) != 0) _exit(1); /* nowhere left to say so */
+    /* No groups, _apes ids, no way back; and no life after the shim's (set after the last id
+     * change, which clears it). */
     if (setgroups(0, NULL) != 0 || setresgid(verifier->gid, verifier->gid, verifier->gid) != 0 ||
         setresuid(verifier->uid, verifier->uid, verifier->uid) != 0 || !ids_are(verifier->uid, verifier->gid))
       child_fail("cannot become " VERIFY_USER);
+    if (die_with_parent(shim) != 0) _exit(1);
     if (chdir(APES_CACHE_DIR) != 0) child_fail(APES_CACHE_DIR);
     execve(APES_EXEC, vargv, venv);
     child_fail("cannot execute " APES_EXEC);
   }
   close(in[0]);
   close(outp[1]);
+  close(errp[1]);
   close(cfd);
   set_ignore(SIGPIPE, 1);
-  size_t n = exchange(in[1], req.p, req.len, outp[0], out, sizeof out);
-  st = wait_child(pid);
+  talk = (struct conversation){.in_fd = in[1], .out_fd = outp[0], .err_fd = errp[0], .req = req.p,
+                               .reqlen = req.len, .out = out, .outmax = sizeof out};
+  st = converse(pid, &talk, VERIFY_DEADLINE_S);
+  size_t n = talk.outlen;
   buf_free(&req);
+  forward_diag(talk.diag, talk.diaglen, talk.dropped);
+  if (st == -2)
+    deny("verifier_timeout", EXIT_UNAVAILABLE, "not run: the verifier did not finish within %d s (the IdP is too slow)",
+         VERIFY_DEADLINE_S);
 
   if (n < sizeof out) {
     if (n > 0 && out[n - 1] == '\n') n--;
@@ -608,9 +587,44 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
   deny(reason, EXIT_DENIED, "denied: %s", reason);
 }
 
+/* ---- the program of a command given as a path ---- */
+
+/* A command with a '/' runs the path the approver saw: made canonical and absolute here, before the
+ * hash and the request (the shim, not the caller's requester, decides what will be exec'd), and
+ * refused when the caller could change what it names. argv[cmd_start] is replaced. */
+static void canonical_command(int argc, char **argv, const struct elevation *el) {
+  char *path;
+  int bad;
+  if (!strchr(A.cmd[0], '/')) return;
+  switch (canonical_program(A.cmd[0], &path)) {
+  case PROGRAM_OK: break;
+  case PROGRAM_NOT_FOUND: deny("command_not_found", EXIT_NOT_FOUND, "%s: no such file, or not reachable for you", A.cmd[0]);
+  case PROGRAM_NOT_FILE: deny("command_not_file", EXIT_CANNOT_EXEC, "%s: not a regular file", A.cmd[0]);
+  case PROGRAM_WRITABLE:
+    deny("command_writable", EXIT_DENIED,
+         "refusing %s: you can change it (the file or a directory on its path), so what would run is not what was "
+         "approved; install it where only root can write, e.g. /usr/local/bin",
+         A.cmd[0]);
+  case PROGRAM_ERROR: die(1, "cannot resolve %s: %s", A.cmd[0], strerror(errno));
+  }
+  argv[el->cmd_start] = path;
+  if (elev_check_argv(argc, argv, el, &bad) != ARGV_OK) die(EXIT_USAGE, "the path of %s is not usable as argv", path);
+  if (cmd_hash(A.cmd, A.ncmd, A.hash) != 0) die(1, "out of memory");
+}
+
+/* Right before exec: the approved path still names the same canonical, caller-proof file. */
+static void recheck_command(void) {
+  char *path;
+  if (!strchr(A.cmd[0], '/')) return;
+  int same = canonical_program(A.cmd[0], &path) == PROGRAM_OK && strcmp(path, A.cmd[0]) == 0;
+  free(path);
+  if (!same) deny("command_changed", EXIT_CANNOT_EXEC, "not run: %s changed since it was approved", A.cmd[0]);
+}
+
 /* ---- step 4: exec ---- */
 
-/* CMD[0] without '/' is looked up in the fixed secure PATH only; with '/' it is used as given. */
+/* CMD[0] without '/' is looked up in the fixed secure PATH only; with '/' it is the canonical path
+ * canonical_command() made of it. */
 static const char *resolve(const char *name, char *path, size_t size) {
   if (strchr(name, '/')) return name;
   const char *dir = SECURE_PATH;
@@ -764,6 +778,7 @@ int main(int argc, char **argv) {
     deny("run_as_unknown", EXIT_USAGE, "no such user: %s", el.run_as);
   if (!(pw = getpwnam(VERIFY_USER)) || pw->pw_uid == 0 || copy_user(pw, &verifier) != 0)
     deny("verifier_missing", EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
+  canonical_command(argc, argv, &el);
   cfd = open_policy();
 
   /* ---- 2. requester, as the caller ---- */
@@ -776,6 +791,7 @@ int main(int argc, char **argv) {
   verify(cfd, &verifier, token);
 
   /* ---- 4. audit, then exec; no audit line, no command ---- */
+  recheck_command();
   if (audit("allow", "") != 0) audit_failed();
   run_command();
 }

@@ -26,6 +26,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import {
   type AuditLine,
@@ -113,11 +114,12 @@ function allow(cmd: string[], runAs = "root"): void {
 /** A command that records who ran it and with what environment, under `out/tag.*`. */
 function recorder(tag: string): string[] {
   const p = join(out, tag);
-  return [
+  // In the canonical form the shim approves and runs (/bin/sh is /usr/bin/sh where /bin links to usr/bin).
+  return canonicalCommand([
     "/bin/sh",
     "-c",
     `id -u > ${p}.uid; id -G > ${p}.groups; cat /proc/$$/environ > ${p}.environ; ls -l /proc/self/fd > ${p}.fds`,
-  ];
+  ]);
 }
 
 function stubFile(name: string): string {
@@ -348,7 +350,7 @@ describe("resource limits planted by the caller", () => {
 
 describe("the requester", () => {
   it("runs as the caller with the caller's environment, the token pipe on fd 3 and the options as given", async () => {
-    const cmd = ["/bin/true", "a b", "", "ü"];
+    const cmd = canonicalCommand(["/bin/true", "a b", "", "ü"]);
     allow(cmd);
     const env = callerEnv({
       NODE_OPTIONS: "--max-old-space-size=64",
@@ -458,7 +460,7 @@ describe("the requester", () => {
 
 describe("the verifier", () => {
   it("runs as _apes without groups, in CACHE_DIR, with a fixed environment, the policy on fd 3 and the request on stdin", async () => {
-    const cmd = ["/bin/echo", 'quote " backslash \\ newline \n tab \t', "\u{1f412}"];
+    const cmd = canonicalCommand(["/bin/echo", 'quote " backslash \\ newline \n tab \t', "\u{1f412}"]);
     allow(cmd);
     const r = await shim(
       ["--reason", "x", "--", ...cmd],

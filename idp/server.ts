@@ -89,6 +89,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       resolve();
     });
   });
+  // Once listening, a failed accept (e.g. no file descriptor left) costs that connection, not the server.
+  server.on("error", (e) => opts.log.log("warn", "accept failed", { error: e.message }));
   const port = (server.address() as AddressInfo).port;
   const hostPart = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
   const url = `${opts.tls ? "https" : "http"}://${hostPart}:${port}`;
@@ -220,7 +222,9 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     }
   }, 5000);
   sweep.unref();
-  const stopCheckpointer = sqlite.startCheckpointer(1000);
+  const stopCheckpointer = sqlite.startCheckpointer(1000, (e) =>
+    opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", { error: e.message }),
+  );
 
   opts.log.always("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
 

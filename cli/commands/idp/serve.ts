@@ -43,6 +43,21 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
       hint: "ports below 1024 need privileges; use a higher port behind a proxy",
     });
   }
+  if (err?.code === "EMFILE" || err?.code === "ENFILE" || /too many open files/i.test(message)) {
+    return new CliError(`cannot start the IdP: out of file descriptors (${message})`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "raise the open-files limit (ulimit -n, or LimitNOFILE= in the systemd unit) to at least 1024",
+      cause: e,
+    });
+  }
+  if ((err as { errcode?: number })?.errcode === 14) {
+    // SQLITE_CANTOPEN: no permission on the data dir, or no file descriptor left.
+    return new CliError(`cannot start the IdP: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "the --data dir must be writable by this user, and the open-files limit (ulimit -n) at least 1024",
+      cause: e,
+    });
+  }
   if (err?.code === "EPERM") {
     // E.g. a database file created by root before the service user ever ran (chmod is refused).
     return new CliError(`cannot start the IdP: ${message}`, {

@@ -3,8 +3,8 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { collect } from "../helpers/process.ts";
 import { apesBin } from "../helpers/idp.ts";
+import { collect } from "../helpers/process.ts";
 
 /**
  * Started with too few file descriptors, the IdP either refuses to start with a clear message

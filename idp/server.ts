@@ -18,8 +18,19 @@ import {
   RateLimiter,
   SessionVerifier,
 } from "./context.ts";
-import { type Call, Router, requestId, send, sendError } from "./http.ts";
+import { type Call, isChunked, Router, refuseChunked, requestId, send, sendError } from "./http.ts";
 import { Keyring } from "./keys.ts";
+import {
+  ConnectionCounter,
+  capConnections,
+  clientKey,
+  DEADLINE_CHECK_MS,
+  HEADERS_TIMEOUT_MS,
+  KEEP_ALIVE_TIMEOUT_MS,
+  type LimitClass,
+  limitClassOf,
+  REQUEST_TIMEOUT_MS,
+} from "./limits.ts";
 import type { Logger } from "./log.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { registerAuthRoutes } from "./routes/auth.ts";
@@ -39,8 +50,11 @@ export interface ServeOptions {
   tls?: { cert: string; key: string };
   /** Session token lifetime in seconds. */
   tokenTtl: number;
-  /** "N/PERIOD" or "off". */
-  rateLimit: string;
+  /** Per endpoint class: "N/PERIOD" or "off" (DEFAULT_RATE_LIMITS). */
+  rateLimits: Record<LimitClass, string>;
+  /** Open connections allowed per client (IPv4 address or IPv6 /64) and in total. */
+  maxConnectionsPerClient: number;
+  maxConnections: number;
   log: Logger;
 }
 
@@ -51,11 +65,12 @@ export interface RunningIdp {
   close(): Promise<void>;
 }
 
-export const DEFAULT_RATE_LIMIT = "600000/1m";
-
 export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
-  const limits = parseRateLimit(opts.rateLimit);
-  const limiter = limits ? new RateLimiter(limits.limit, limits.windowSec) : undefined;
+  const limiters = new Map<LimitClass, RateLimiter>();
+  for (const [limitClass, spec] of Object.entries(opts.rateLimits) as [LimitClass, string][]) {
+    const limit = parseRateLimit(spec);
+    if (limit) limiters.set(limitClass, new RateLimiter(limit.limit, limit.windowSec));
+  }
   const sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
   const store = withUserCache(sqlite);
   const nowSec = () => Math.floor(Date.now() / 1000);
@@ -63,12 +78,20 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   sqlite.enableGroupCommit();
   const shutdown = new AbortController();
 
+  const deadlines = {
+    headersTimeout: HEADERS_TIMEOUT_MS,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    connectionsCheckingInterval: DEADLINE_CHECK_MS,
+  };
   const server: Server = opts.tls
-    ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) })
-    : createHttpServer();
-  server.keepAliveTimeout = 30_000;
-  server.requestTimeout = 120_000; // long polls wait at most 60 s
-  server.headersTimeout = 30_000;
+    ? createHttpsServer({ ...deadlines, cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) })
+    : createHttpServer(deadlines);
+  capConnections(
+    server,
+    new ConnectionCounter(opts.maxConnectionsPerClient, opts.maxConnections),
+    opts.tls !== undefined,
+  );
 
   // Requests can arrive as soon as the port is bound (a restart on a known port): they wait here
   // until the routes exist, which needs the bound port (the default issuer names it).
@@ -78,6 +101,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     markReady = resolve;
   });
   server.on("request", (req, res) => {
+    if (isChunked(req)) return refuseChunked(req, res);
     if (handler) void handler(req, res);
     else void ready.then(() => handler!(req, res));
   });
@@ -109,18 +133,23 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     shutdown: shutdown.signal,
     sessionClaims: (token) => verifier.claims(token),
     authenticate(call: Call): Principal {
+      const token = bearer(call);
+      // A signature check costs CPU: a token not verified before counts against the client's address
+      // first, so a flood of invalid tokens is limited like any unauthenticated request.
+      if (!verifier.verified(token)) idp.rateLimit("api", `ip:${clientKey(call.ip)}`);
       let claims: Record<string, unknown>;
       try {
-        claims = verifier.claims(bearer(call));
+        claims = verifier.claims(token);
       } catch (e) {
         if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
         throw e;
       }
       const principal = principalFrom(claims, store.getUser(claims.sub as string));
-      idp.rateLimit(`sub:${principal.sub}`);
+      idp.rateLimit("api", `sub:${principal.sub}`);
       return principal;
     },
-    rateLimit(key: string) {
+    rateLimit(limitClass: LimitClass, key: string) {
+      const limiter = limiters.get(limitClass);
       if (!limiter) return;
       const wait = limiter.take(key, Date.now());
       if (wait > 0)
@@ -176,7 +205,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         principal = idp.authenticate(call);
         sub = principal.sub;
       } else {
-        idp.rateLimit(`ip:${call.ip}`);
+        idp.rateLimit(limitClassOf(path), `ip:${clientKey(call.ip)}`);
       }
       const reply = await m.route.handler(call, principal as Principal);
       // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).

@@ -1,4 +1,9 @@
 import type { Command } from "commander";
+import {
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+  DEFAULT_RATE_LIMITS,
+} from "../../../idp/limits.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";
@@ -11,7 +16,11 @@ interface ServeOpts {
   tlsCert?: string;
   tlsKey?: string;
   tokenTtl: string;
-  rateLimit?: string;
+  rateLimit: string;
+  loginRateLimit: string;
+  tokenRateLimit: string;
+  maxConnections: string;
+  maxConnectionsPerClient: string;
   logLevel: string;
 }
 
@@ -76,6 +85,12 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
   return new CliError(`cannot start the IdP: ${message}`, { exitCode: ExitCode.ERROR, cause: e });
 }
 
+function positiveInt(value: string, option: string): number {
+  if (!/^[1-9]\d{0,8}$/.test(value))
+    throw usageError(`invalid ${option} "${value}"`, "give a whole number >= 1");
+  return Number(value);
+}
+
 /** `apes idp serve`: runs the IdP until SIGTERM/SIGINT. */
 export function register(parent: Command, getContext: GetContext): void {
   parent
@@ -87,7 +102,27 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--tls-cert <file>", "PEM certificate chain (serve HTTPS)")
     .option("--tls-key <file>", "PEM private key for --tls-cert")
     .option("--token-ttl <duration>", "session token lifetime (e.g. 15m, 1h)", "1h")
-    .option("--rate-limit <n/period>", "requests per identity, e.g. 600/1m; off to disable", "600000/1m")
+    .option(
+      "--rate-limit <n/period>",
+      "API requests per identity (per client address when unauthenticated); off to disable",
+      DEFAULT_RATE_LIMITS.api,
+    )
+    .option(
+      "--login-rate-limit <n/period>",
+      "login challenge/authenticate requests per client address",
+      DEFAULT_RATE_LIMITS.login,
+    )
+    .option(
+      "--token-rate-limit <n/period>",
+      "token endpoint requests per client address",
+      DEFAULT_RATE_LIMITS.token,
+    )
+    .option("--max-connections <n>", "open connections in total", String(DEFAULT_MAX_CONNECTIONS))
+    .option(
+      "--max-connections-per-client <n>",
+      "open connections per client address (IPv6: per /64)",
+      String(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+    )
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -127,12 +162,18 @@ Examples:
         ]);
       if (!isLogLevel(opts.logLevel)) throw usageError(`invalid --log-level "${opts.logLevel}"`);
       let tokenTtl: number;
+      const rateLimits = { api: opts.rateLimit, login: opts.loginRateLimit, token: opts.tokenRateLimit };
       try {
         tokenTtl = parseDuration(opts.tokenTtl, "--token-ttl");
-        parseRateLimit(opts.rateLimit ?? "600000/1m");
+        for (const spec of Object.values(rateLimits)) parseRateLimit(spec);
       } catch (e) {
         throw usageError((e as Error).message);
       }
+      const maxConnections = positiveInt(opts.maxConnections, "--max-connections");
+      const maxConnectionsPerClient = positiveInt(
+        opts.maxConnectionsPerClient,
+        "--max-connections-per-client",
+      );
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       // Caught from before the "listening" line: a supervisor that stops the IdP as soon as it has
       // seen that line still gets the graceful shutdown, not the default death by signal.
@@ -148,7 +189,9 @@ Examples:
           ...(opts.issuer ? { issuer: opts.issuer } : {}),
           ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
           tokenTtl,
-          rateLimit: opts.rateLimit ?? "600000/1m",
+          rateLimits,
+          maxConnections,
+          maxConnectionsPerClient,
           log,
         });
       } catch (e) {

@@ -31,6 +31,7 @@ import {
   limitClassOf,
   REQUEST_TIMEOUT_MS,
 } from "./limits.ts";
+import { lockDataDir } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { registerAuthRoutes } from "./routes/auth.ts";
@@ -71,7 +72,14 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     const limit = parseRateLimit(spec);
     if (limit) limiters.set(limitClass, new RateLimiter(limit.limit, limit.windowSec));
   }
-  const sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+  const lock = lockDataDir(opts.dataDir);
+  let sqlite: ReturnType<typeof openSqliteStore>;
+  try {
+    sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
   const store = withUserCache(sqlite);
   const nowSec = () => Math.floor(Date.now() / 1000);
   const keys = new Keyring(store, nowSec());
@@ -275,6 +283,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
           clearInterval(idle);
           void stopCheckpointer().then(() => {
             store.close();
+            lock.release();
             resolve();
           });
         });

@@ -46,6 +46,12 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
       hint: "stop the other server or choose another --listen port (0 picks a free one)",
     });
   }
+  if (err?.name === "DataDirLockedError") {
+    return new CliError(message, {
+      exitCode: ExitCode.CONFIG,
+      hint: "one server per --data dir: stop the other one, or give this one its own --data dir (the admin commands need no server stopped)",
+    });
+  }
   if (err?.code === "EACCES" && err.syscall === "listen") {
     return new CliError(`not allowed to listen on ${opts.listen}`, {
       exitCode: ExitCode.NOPERM,

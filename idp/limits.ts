@@ -1,5 +1,6 @@
 import { isIPv6, type Server, type Socket } from "node:net";
 import { PROBLEM_CONTENT_TYPE, ProblemError } from "../protocol/problem.ts";
+import type { RateLimiter } from "./context.ts";
 import { PATHS } from "./routes/discovery.ts";
 
 /**
@@ -20,6 +21,9 @@ export const DEADLINE_CHECK_MS = 1_000;
 
 export const DEFAULT_MAX_CONNECTIONS = 4096;
 export const DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256;
+/** New connections per client: each costs the HTTP parser its first read (up to 64 KiB) before a
+ *  request can be refused, so the rate of new ones is bounded too, not only how many are open. */
+export const DEFAULT_CONNECTION_RATE = "300/10s";
 
 /**
  * Endpoint classes with their own token bucket. `login` (challenge and authenticate) and `token`
@@ -104,16 +108,23 @@ const REFUSED_RESPONSE =
   REFUSED_BODY;
 
 /**
- * Caps connections at accept, before any parsing: beyond a cap a plain-HTTP client gets a 503
+ * Caps connections at accept, before any parsing: beyond a cap (or the rate of new connections)
+ * a plain-HTTP client gets a 503
  * with Retry-After and the connection is closed; a TLS connection is closed at once (nothing can
  * be said before the handshake). Wraps the server's own connection listeners so a refused socket
  * never reaches the HTTP parser.
  */
-export function capConnections(server: Server, counter: ConnectionCounter, tls: boolean): void {
+export function capConnections(
+  server: Server,
+  counter: ConnectionCounter,
+  tls: boolean,
+  newConnections?: RateLimiter,
+): void {
   const inner = server.listeners("connection") as ((socket: Socket) => void)[];
   server.removeAllListeners("connection");
   server.on("connection", (socket: Socket) => {
     const client = clientKey(socket.remoteAddress ?? "");
+    if ((newConnections?.take(client, Date.now()) ?? 0) > 0) return refuse(socket, tls);
     if (!counter.tryOpen(client)) return refuse(socket, tls);
     socket.once("close", () => counter.close(client));
     for (const listener of inner) listener.call(server, socket);

@@ -56,6 +56,8 @@ export interface ServeOptions {
   /** Open connections allowed per client (IPv4 address or IPv6 /64) and in total. */
   maxConnectionsPerClient: number;
   maxConnections: number;
+  /** New connections per client: "N/PERIOD" or "off". */
+  connectionRate: string;
   log: Logger;
 }
 
@@ -66,11 +68,16 @@ export interface RunningIdp {
   close(): Promise<void>;
 }
 
+function rateLimiterOf(spec: string): RateLimiter | undefined {
+  const limit = parseRateLimit(spec);
+  return limit ? new RateLimiter(limit.limit, limit.windowSec) : undefined;
+}
+
 export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   const limiters = new Map<LimitClass, RateLimiter>();
   for (const [limitClass, spec] of Object.entries(opts.rateLimits) as [LimitClass, string][]) {
-    const limit = parseRateLimit(spec);
-    if (limit) limiters.set(limitClass, new RateLimiter(limit.limit, limit.windowSec));
+    const limiter = rateLimiterOf(spec);
+    if (limiter) limiters.set(limitClass, limiter);
   }
   const lock = lockDataDir(opts.dataDir);
   let sqlite: ReturnType<typeof openSqliteStore>;
@@ -99,6 +106,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     server,
     new ConnectionCounter(opts.maxConnectionsPerClient, opts.maxConnections),
     opts.tls !== undefined,
+    rateLimiterOf(opts.connectionRate),
   );
 
   // Requests can arrive as soon as the port is bound (a restart on a known port): they wait here

@@ -87,6 +87,23 @@ describe("idp serve limits", () => {
     for (const c of [...mine, ...other]) c.socket.destroy();
   });
 
+  it("answers 503 beyond the rate of new connections per client", async () => {
+    idp = await startIdp({ dataDir: dataDir("rate"), extraArgs: ["--connection-rate", "4/1m"] });
+    const statuses: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const c = await rawClient(idp.url);
+      statuses.push(await c.request());
+      c.socket.destroy();
+    }
+    expect(statuses).toEqual([
+      ...Array(4).fill("HTTP/1.1 200 OK"),
+      "HTTP/1.1 503 Service Unavailable",
+      "HTTP/1.1 503 Service Unavailable",
+    ]);
+    // Another address has its own budget.
+    expect(await (await rawClient(idp.url, "127.0.0.2")).request()).toBe("HTTP/1.1 200 OK");
+  });
+
   it("cuts a request whose body arrives too slowly (deadline far below the old 120 s)", async () => {
     idp = await startIdp({ dataDir: dataDir("slow") });
     const c = await rawClient(idp.url);

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import {
+  DEFAULT_CONNECTION_RATE,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
   DEFAULT_RATE_LIMITS,
@@ -21,6 +22,7 @@ interface ServeOpts {
   tokenRateLimit: string;
   maxConnections: string;
   maxConnectionsPerClient: string;
+  connectionRate: string;
   logLevel: string;
 }
 
@@ -129,6 +131,7 @@ export function register(parent: Command, getContext: GetContext): void {
       "open connections per client address (IPv6: per /64)",
       String(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
     )
+    .option("--connection-rate <n/period>", "new connections per client address", DEFAULT_CONNECTION_RATE)
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -171,7 +174,7 @@ Examples:
       const rateLimits = { api: opts.rateLimit, login: opts.loginRateLimit, token: opts.tokenRateLimit };
       try {
         tokenTtl = parseDuration(opts.tokenTtl, "--token-ttl");
-        for (const spec of Object.values(rateLimits)) parseRateLimit(spec);
+        for (const spec of [...Object.values(rateLimits), opts.connectionRate]) parseRateLimit(spec);
       } catch (e) {
         throw usageError((e as Error).message);
       }
@@ -198,6 +201,7 @@ Examples:
           rateLimits,
           maxConnections,
           maxConnectionsPerClient,
+          connectionRate: opts.connectionRate,
           log,
         });
       } catch (e) {

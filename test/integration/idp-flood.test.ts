@@ -1,9 +1,18 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunkFlood, watchRss } from "../helpers/flood.ts";
-import { addUser, api, type IdpHandle, loginWithKey, newKey, startIdp } from "../helpers/idp.ts";
+import {
+  addUser,
+  api,
+  type FetchLike,
+  type IdpHandle,
+  loginWithKey,
+  newKey,
+  startIdp,
+} from "../helpers/idp.ts";
 
 /**
  * 150 connections sending bodies as 1-byte chunks to the unauthenticated challenge endpoint (the
@@ -26,7 +35,11 @@ describe("idp under a flood of 1-byte body chunks", () => {
   });
 
   it(`stays under ${RSS_BOUND_MIB} MiB RSS and keeps serving another client`, async () => {
-    const token = await loginWithKey(idp.url, "alice@example.com", alice.privateKey);
+    // The other client has its own address (the attackers' one is over its connection limits).
+    const dispatcher = new Agent({ localAddress: "127.0.0.2" });
+    const other = ((url: string, init?: RequestInit) =>
+      undiciFetch(url, { ...init, dispatcher } as Parameters<typeof undiciFetch>[1])) as unknown as FetchLike;
+    const token = await loginWithKey(idp.url, "alice@example.com", alice.privateKey, other);
     const rss = watchRss(idp.pid);
     const flood = chunkFlood({ url: idp.url, path: "/api/auth/challenge", connections: 150, seconds: 6 });
     let attacking = true;
@@ -35,7 +48,7 @@ describe("idp under a flood of 1-byte body chunks", () => {
     });
     const statuses: number[] = [];
     while (attacking && statuses.length < 2000) {
-      statuses.push((await api(idp.url, token).get("/api/me")).status);
+      statuses.push((await api(idp.url, token, other).get("/api/me")).status);
     }
     const result = await flood;
     const maxRss = rss.stop();
@@ -45,7 +58,8 @@ describe("idp under a flood of 1-byte body chunks", () => {
     expect(maxRss).toBeLessThan(RSS_BOUND_MIB);
     // The other client was served throughout, every time.
     expect(statuses.length).toBeGreaterThan(0);
-    expect(statuses.every((s) => s === 200)).toBe(true);
-    expect((await api(idp.url, token).get("/api/me")).status).toBe(200);
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect((await api(idp.url, token, other).get("/api/me")).status).toBe(200);
+    await dispatcher.close();
   }, 60_000);
 });

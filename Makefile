@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood
 
 all: build
 
@@ -41,6 +41,9 @@ bench-cli: build
 
 bench-idp: build
 	node bench/idp/run.ts
+
+bench-idp-flood: build
+	node bench/idp-flood/run.mjs
 
 clean:
 	rm -rf dist build

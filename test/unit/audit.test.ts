@@ -13,7 +13,7 @@ import {
 import { audit } from "../../cli/commands/audit/audit.ts";
 import { pathsFrom } from "../../cli/elevation/paths.ts";
 import { CliError } from "../../cli/errors.ts";
-import { Capture, fakeContext } from "../helpers/fake-context.ts";
+import { fakeContext } from "../helpers/fake-context.ts";
 
 const NOW_MS = Date.UTC(2026, 11, 1, 12, 0, 0);
 const T = NOW_MS / 1000;
@@ -112,7 +112,11 @@ const realSleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const t = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => (clearTimeout(t), reject(signal.reason)), { once: true });
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
 
 async function until(check: () => boolean, what: string) {
@@ -160,6 +164,6 @@ describe("apes audit (a file on disk)", () => {
     stop.abort();
     await done;
     expect(ctx.stdout.text).toBe(`${LINES.join("\n")}\n`);
-    expect((ctx.stderr as Capture).text).toBe("");
+    expect(ctx.stderr.text).toBe("");
   });
 });

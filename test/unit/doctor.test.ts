@@ -42,7 +42,7 @@ const SESSION: StoredSession = {
   act: "human",
   token: "t",
   expires_at: NOW_MS / 1000 + 600,
-  key_path: "/home/alice/.config/apes/id_ed25519",
+  key_path: "/h/alice/.config/apes/id_ed25519",
   key_fingerprint: "SHA256:good",
 };
 const POLICY = `issuers = ["${ISSUER}"]\napprovers = ["alice@example.com"]\n[users]\ndeploy = ["bot@example.com"]\n`;
@@ -192,7 +192,7 @@ function fakeEnv(over: Partial<DoctorEnv> = {}, files: Record<string, FileInfo |
     "/p/usr/libexec/apes": dir(0o755),
     "/p/var/cache/apes": dir(0o700, 990),
     "/p/etc/apes/config.toml": file(0o600),
-    "/home/alice/.config/apes/auth.json": file(0o600, 0),
+    "/h/alice/.config/apes/auth.json": file(0o600, 0),
     [SESSION.key_path!]: file(0o600, 0),
     ...files,
   };
@@ -215,7 +215,7 @@ function fakeEnv(over: Partial<DoctorEnv> = {}, files: Record<string, FileInfo |
       date: new Date(NOW_MS).toUTCString(),
       receivedAtMs: NOW_MS,
     }),
-    authFile: "/home/alice/.config/apes/auth.json",
+    authFile: "/h/alice/.config/apes/auth.json",
     session: async () => SESSION,
     keyFingerprint: async () => "SHA256:good",
     configuredIdp: async () => undefined,
@@ -253,7 +253,7 @@ describe("doctor: the whole run with fakes", () => {
       throw Object.assign(new Error(`EACCES: permission denied, open '${p}'`), { code: "EACCES" });
     };
     const results = await runDoctor(
-      fakeEnv({ uid: 1000, readFile: eacces }, { "/home/alice/.config/apes/auth.json": file(0o600, 1000) }),
+      fakeEnv({ uid: 1000, readFile: eacces }, { "/h/alice/.config/apes/auth.json": file(0o600, 1000) }),
     );
     expect(statusOf(results, "policy")).toEqual([
       expect.objectContaining({ status: "warn", fix: "sudo apes doctor" }),
@@ -316,7 +316,7 @@ describe("doctor: the whole run with fakes", () => {
   });
 
   it("not logged in: one warning, no key/token/dns checks", async () => {
-    const results = await runDoctor(fakeEnv({}, { "/home/alice/.config/apes/auth.json": undefined }));
+    const results = await runDoctor(fakeEnv({}, { "/h/alice/.config/apes/auth.json": undefined }));
     expect(statusOf(results, "session")[0]).toMatchObject({ status: "warn", fix: "apes login EMAIL" });
     expect(statusOf(results, "token")).toEqual([]);
   });

@@ -276,25 +276,25 @@ export async function checkIdp(env: DoctorEnv, issuer: string, trust: Trust): Pr
     results.push(
       fail(
         "idp",
-        `${issuer} is unreachable${via}: ${v(reachError ?? keysError)}`,
+        `${v(issuer)} is unreachable${via}: ${v(reachError ?? keysError)}`,
         `start the IdP or fix the URL; for TLS errors check ${tlsHint}`,
       ),
     );
     return results;
   }
-  results.push(ok("idp", `${issuer} answers${via}`));
+  results.push(ok("idp", `${v(issuer)} answers${via}`));
   results.push(
     keysError
       ? fail(
           "jwks",
-          `${issuer}: ${v(keysError)}`,
+          `${v(issuer)}: ${v(keysError)}`,
           pinned
             ? "check the issuer URL in the policy (`sudo apes trust --show`) and the IdP's --issuer"
             : "check the IdP's --issuer and its /.well-known/openid-configuration",
         )
-      : ok("jwks", `${issuer}: discovery names this issuer; ${edKeys} Ed25519 key${edKeys > 1 ? "s" : ""}`),
+      : ok("jwks", `${v(issuer)}: discovery names this issuer; ${edKeys} Ed25519 key${edKeys > 1 ? "s" : ""}`),
   );
-  results.push(decideClock(new URL(issuer).origin, first));
+  results.push(decideClock(v(new URL(issuer).origin), first));
   return results;
 }
 

@@ -166,4 +166,16 @@ describe("apes audit (a file on disk)", () => {
     expect(ctx.stdout.text).toBe(`${LINES.join("\n")}\n`);
     expect(ctx.stderr.text).toBe("");
   });
+
+  it("--follow as a table: the header first, then each row as it comes", async () => {
+    writeFileSync(log, `${LINES[1]}\n`);
+    const stop = new AbortController();
+    const { ctx, done } = run({ follow: true }, false, stop.signal);
+    await until(() => ctx.stdout.text.includes("grant_denied"), "the row");
+    stop.abort();
+    await done;
+    const rows = ctx.stdout.text.trimEnd().split("\n");
+    expect(rows[0]).toMatch(/^TIME  DECISION/);
+    expect(rows.slice(1)).toEqual([expect.stringMatching(/^2026-12-01T11:50:00Z {2}deny {2}grant_denied/)]);
+  });
 });

@@ -315,6 +315,20 @@ describe("doctor: the whole run with fakes", () => {
     ).toBe(true);
   });
 
+  it("an IdP named in auth.json is shown escaped", async () => {
+    const results = await runDoctor(
+      fakeEnv({
+        session: async () => ({ ...SESSION, idp: "https://id.example.com/\u001b[2J" }),
+        get: async () => {
+          throw new Error("refused");
+        },
+      }),
+    );
+    const shown = results.map((r) => r.detail).join("\n");
+    expect(shown).toContain("\\x1b[2J");
+    expect(shown).not.toContain("\u001b");
+  });
+
   it("not logged in: one warning, no key/token/dns checks", async () => {
     const results = await runDoctor(fakeEnv({}, { "/h/alice/.config/apes/auth.json": undefined }));
     expect(statusOf(results, "session")[0]).toMatchObject({ status: "warn", fix: "apes login EMAIL" });

@@ -111,6 +111,8 @@ export async function audit(ctx: Context, opts: AuditOptions, deps: AuditDeps): 
       else take(text, parsed.entry);
     }
   };
+  // Follow mode prints rows as they come, so the header goes first.
+  if (opts.follow && !ctx.globals.json) ctx.io.stdout.write(`${log.AUDIT_HEADER.join("  ")}\n`);
   try {
     if (!(await reader.open())) {
       if (!opts.follow) {
@@ -123,7 +125,6 @@ export async function audit(ctx: Context, opts: AuditOptions, deps: AuditDeps): 
       if (!ctx.globals.json) ctx.io.stdout.write(rows.length > 1 ? `${formatTable(rows)}\n` : "");
       return;
     }
-    if (!ctx.globals.json) ctx.io.stdout.write(`${log.AUDIT_HEADER.join("  ")}\n`);
     for (;;) {
       try {
         await ctx.clock.sleep(deps.pollMs, deps.signal);

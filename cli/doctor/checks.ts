@@ -292,7 +292,10 @@ export async function checkIdp(env: DoctorEnv, issuer: string, trust: Trust): Pr
             ? "check the issuer URL in the policy (`sudo apes trust --show`) and the IdP's --issuer"
             : "check the IdP's --issuer and its /.well-known/openid-configuration",
         )
-      : ok("jwks", `${v(issuer)}: discovery names this issuer; ${edKeys} Ed25519 key${edKeys > 1 ? "s" : ""}`),
+      : ok(
+          "jwks",
+          `${v(issuer)}: discovery names this issuer; ${edKeys} Ed25519 key${edKeys > 1 ? "s" : ""}`,
+        ),
   );
   results.push(decideClock(v(new URL(issuer).origin), first));
   return results;

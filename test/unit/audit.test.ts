@@ -175,7 +175,7 @@ describe("apes audit (a file on disk)", () => {
     stop.abort();
     await done;
     const rows = ctx.stdout.text.trimEnd().split("\n");
-    expect(rows[0]).toMatch(/^TIME  DECISION/);
+    expect(rows[0]).toMatch(/^TIME {2}DECISION/);
     expect(rows.slice(1)).toEqual([expect.stringMatching(/^2026-12-01T11:50:00Z {2}deny {2}grant_denied/)]);
   });
 });

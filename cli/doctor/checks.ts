@@ -191,6 +191,41 @@ export function decideVerifierUser(
   return [ok("verifier-user", `${VERIFIER_USER} exists (uid ${user.uid})`), cacheResult];
 }
 
+/**
+ * The audit log: the shim refuses to run anything it cannot log, and it only appends to a
+ * root-owned regular file. Its directory is root-only (0700), so a user sees the directory alone.
+ */
+export function decideAuditLog(
+  dir: string,
+  dirInfo: FileInfo | undefined,
+  file: string,
+  fileInfo: FileInfo | undefined,
+  asRoot: boolean,
+): CheckResult {
+  const fixDir = `sudo install -d -m 0700 -o root -g root ${dir}`;
+  if (!dirInfo?.isDirectory)
+    return fail("audit-log", `${dir} is missing: the shim denies every elevation it cannot log`, fixDir);
+  if (dirInfo.uid !== 0 || (dirInfo.mode & 0o022) !== 0)
+    return fail(
+      "audit-log",
+      `${dir} must be root's and not writable by others (uid ${dirInfo.uid}, mode ${octal(dirInfo.mode)})`,
+      fixDir,
+    );
+  if (!asRoot)
+    return ok("audit-log", `${dir}: root, mode ${octal(dirInfo.mode)} (the log itself: sudo apes doctor)`);
+  if (!fileInfo) return ok("audit-log", `${file}: nothing logged yet`);
+  const fixFile = `sudo chown root:root ${file} && sudo chmod 600 ${file}`;
+  if (fileInfo.isSymbolicLink || !fileInfo.isFile || fileInfo.uid !== 0)
+    return fail(
+      "audit-log",
+      `${file} is not a root-owned regular file: the shim denies every elevation`,
+      fixFile,
+    );
+  if ((fileInfo.mode & 0o077) !== 0)
+    return warn("audit-log", `${file} is readable by others (mode ${octal(fileInfo.mode)})`, fixFile);
+  return ok("audit-log", `${file}: root, mode ${octal(fileInfo.mode)}`);
+}
+
 // --- the policy ---------------------------------------------------------------------------------
 
 /** root:root 0600, as `apes trust` writes it; group/world-writable or not root's is refused by the shim. */
@@ -403,6 +438,17 @@ export async function runDoctor(env: DoctorEnv): Promise<CheckResult[]> {
         await env.lookupUser(VERIFIER_USER),
         paths.cacheDir,
         await env.lstat(paths.cacheDir),
+      ),
+    );
+    const logDir = paths.auditLog.slice(0, paths.auditLog.lastIndexOf("/"));
+    const asRoot = env.uid === 0;
+    results.push(
+      decideAuditLog(
+        logDir,
+        await env.lstat(logDir),
+        paths.auditLog,
+        asRoot ? await env.lstat(paths.auditLog) : undefined,
+        asRoot,
       ),
     );
     const policyInfo = await env.lstat(paths.configFile);

@@ -163,6 +163,7 @@ describe("apes doctor on a real installation", () => {
       "executable",
       "verifier-user",
       "cache-dir",
+      "audit-log",
       "policy-file",
       "policy",
       "idp",
@@ -181,7 +182,7 @@ describe("apes doctor on a real installation", () => {
     const r = await runAsRoot(["doctor"]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^ok {4}shim +.*setuid root, mode 4755$/m);
-    expect(r.stdout.trimEnd().split("\n")).toHaveLength(14);
+    expect(r.stdout.trimEnd().split("\n")).toHaveLength(15);
   });
 
   it("a shim without its setuid bit fails, with the chmod that fixes it", async () => {
@@ -192,7 +193,7 @@ describe("apes doctor on a real installation", () => {
       expect(failures(r.results)).toEqual([
         expect.objectContaining({ check: "shim", status: "fail", fix: `sudo chmod 4755 ${inst.shim}` }),
       ]);
-      expect(r.stderr).toContain("1 of 14 checks failed");
+      expect(r.stderr).toContain("1 of 15 checks failed");
     } finally {
       chmodSync(inst.shim, 0o4755);
     }

@@ -4,6 +4,7 @@ import { doctor } from "../../cli/commands/doctor/doctor.ts";
 import {
   type CheckResult,
   type DoctorEnv,
+  decideAuditLog,
   decideClock,
   decideDns,
   decideExec,
@@ -94,6 +95,22 @@ describe("doctor: the installation", () => {
     expect(decideVerifierUser({ uid: 990, gid: 990 }, "/c", dir(0o755, 990))[1]!.status).toBe("warn");
     expect(decideVerifierUser({ uid: 990, gid: 990 }, "/c", dir(0o700, 0))[1]!.status).toBe("warn");
     expect(decideVerifierUser({ uid: 990, gid: 990 }, "/c", undefined)[1]!.status).toBe("warn");
+  });
+
+  it("audit log: a root-only directory, a root-owned file", () => {
+    const d = "/v/log/apes";
+    const f = `${d}/audit.log`;
+    expect(decideAuditLog(d, dir(0o700), f, file(0o600), true).status).toBe("ok");
+    expect(decideAuditLog(d, dir(0o700), f, undefined, true).status).toBe("ok");
+    expect(decideAuditLog(d, dir(0o700), f, undefined, false).detail).toContain("sudo apes doctor");
+    expect(decideAuditLog(d, undefined, f, undefined, true)).toMatchObject({
+      status: "fail",
+      fix: `sudo install -d -m 0700 -o root -g root ${d}`,
+    });
+    expect(decideAuditLog(d, dir(0o777), f, undefined, true).status).toBe("fail");
+    expect(decideAuditLog(d, dir(0o700), f, file(0o600, 1000), true).status).toBe("fail");
+    expect(decideAuditLog(d, dir(0o700), f, link, true).status).toBe("fail");
+    expect(decideAuditLog(d, dir(0o700), f, file(0o644), true).status).toBe("warn");
   });
 
   it("policy file: root 0600 only", () => {
@@ -192,6 +209,7 @@ function fakeEnv(over: Partial<DoctorEnv> = {}, files: Record<string, FileInfo |
     "/p/usr/libexec/apes": dir(0o755),
     "/p/var/cache/apes": dir(0o700, 990),
     "/p/etc/apes/config.toml": file(0o600),
+    "/p/var/log/apes": dir(0o700),
     "/h/alice/.config/apes/auth.json": file(0o600, 0),
     [SESSION.key_path!]: file(0o600, 0),
     ...files,
@@ -232,6 +250,7 @@ describe("doctor: the whole run with fakes", () => {
       ["executable", "ok"],
       ["verifier-user", "ok"],
       ["cache-dir", "ok"],
+      ["audit-log", "ok"],
       ["policy-file", "ok"],
       ["policy", "ok"],
       ["idp", "ok"],

@@ -322,12 +322,13 @@ function withReason(reason: string, message: string, options: ConstructorParamet
 
 /**
  * The reason code for the shim's audit line when the requester fails (lowercase, [a-z_]): the grant's
- * fate when it has one, else the kind of failure. Undefined for "pending" (75), which the shim audits
- * as such.
+ * fate when it has one, else the kind of failure. The shim adds the `requester_` prefix (the audit
+ * line says `requester_config`), so no code here carries it. Undefined for "pending" (75), which the
+ * shim audits as such.
  */
 export function requesterReason(e: unknown): string | undefined {
   if (e instanceof RequesterError) return e.reason;
-  if (!(e instanceof CliError)) return "requester_error";
+  if (!(e instanceof CliError)) return "error";
   switch (e.exitCode) {
     case ExitCode.TEMPFAIL:
       return undefined;
@@ -338,11 +339,11 @@ export function requesterReason(e: unknown): string | undefined {
     case ExitCode.NOPERM:
       return "not_permitted";
     case ExitCode.CONFIG:
-      return "requester_config";
+      return "config";
     case ExitCode.USAGE:
       return "usage";
     default:
-      return "requester_error";
+      return "error";
   }
 }
 

@@ -104,8 +104,11 @@ describe("requesterReason (the audit reason the requester reports to the shim)",
     expect(requesterReason(new CliError("x", { exitCode: 69 }))).toBe("idp_unreachable");
     expect(requesterReason(new CliError("x", { exitCode: 77 }))).toBe("not_permitted");
     expect(requesterReason(new CliError("x", { exitCode: 130 }))).toBe("interrupted");
-    expect(requesterReason(new Error("boom"))).toBe("requester_error");
-    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "requester_config", "usage"]) {
+    expect(requesterReason(new Error("boom"))).toBe("error");
+    expect(requesterReason(new CliError("x", { exitCode: 78 }))).toBe("config");
+    // The shim adds the requester_ prefix itself: no code carries it twice.
+    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "config", "usage"]) {
+      expect(r).not.toMatch(/^requester_/);
       expect(r).toMatch(/^[a-z_]{1,64}$/);
     }
   });

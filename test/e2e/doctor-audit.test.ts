@@ -9,7 +9,8 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { createServer, request, type Server } from "node:http";
+import { request, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -231,24 +232,29 @@ describe("apes doctor on a real installation", () => {
   });
 
   it("an IdP whose clock is 10 minutes off fails the clock check", async () => {
-    // A second real IdP behind a loopback proxy that rewrites only the Date header.
+    // A second real IdP behind a loopback TLS proxy (the same pinned certificate) that rewrites only
+    // the Date header.
     let target = "";
-    const proxy: Server = createServer((req, res) => {
-      const up = request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (answer) => {
-        const headers = { ...answer.headers, date: new Date(Date.now() - 600_000).toUTCString() };
-        res.writeHead(answer.statusCode ?? 502, headers);
-        answer.pipe(res);
-      });
-      up.on("error", () => res.writeHead(502).end());
-      req.pipe(up);
-    });
+    const proxy: Server = createHttpsServer(
+      { cert: readFileSync(ca), key: readFileSync(join(work, "key.pem")) },
+      (req, res) => {
+        const up = request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (answer) => {
+          const headers = { ...answer.headers, date: new Date(Date.now() - 600_000).toUTCString() };
+          res.writeHead(answer.statusCode ?? 502, headers);
+          answer.pipe(res);
+        });
+        up.on("error", () => res.writeHead(502).end());
+        req.pipe(up);
+      },
+    );
     await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
-    const proxyUrl = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
+    const proxyUrl = `https://127.0.0.1:${(proxy.address() as { port: number }).port}`;
     const skewed = await startIdp({ issuer: proxyUrl });
     target = skewed.url;
+    const pem = readFileSync(ca, "utf8");
     writeConfig(
       inst,
-      `issuers = ["${proxyUrl}"]\nallow_loopback_http = true\napprovers = ["${ALICE}"]\n[users]\n"${user.name}" = ["${ALICE}"]\n`,
+      `issuers = ["${proxyUrl}"]\nca_pem = '''${pem}'''\napprovers = ["${ALICE}"]\n[users]\n"${user.name}" = ["${ALICE}"]\n`,
     );
     try {
       const r = await doctorAsRoot();
@@ -256,7 +262,7 @@ describe("apes doctor on a real installation", () => {
       const bad = failures(r.results);
       expect(bad).toEqual([expect.objectContaining({ check: "clock", status: "fail" })]);
       expect(bad[0]!.detail).toMatch(
-        /this machine's clock is (599|600|601) s ahead of http:\/\/127\.0\.0\.1/,
+        /this machine's clock is (599|600|601) s ahead of https:\/\/127\.0\.0\.1/,
       );
       expect(bad[0]!.fix).toContain("timedatectl set-ntp true");
       // The JWKS of that issuer is fine: only the clock is wrong.
@@ -264,6 +270,7 @@ describe("apes doctor on a real installation", () => {
     } finally {
       writeConfig(inst, policyText);
       await skewed.stop();
+      proxy.closeAllConnections();
       await new Promise((r) => proxy.close(r));
     }
   }, 60_000);

@@ -59,6 +59,8 @@ export interface DoctorEnv {
   lstat(path: string): Promise<FileInfo | undefined>;
   /** Throws the errno error (ENOENT, EACCES, ...). */
   readFile(path: string): Promise<string>;
+  /** The policy's pinned CA (PEM) by the verifier's own rules, undefined when none; throws when refused. */
+  pinnedCa(policy: import("../../helper/policy.ts").Policy): Promise<string | undefined>;
   lookupUser(name: string): Promise<{ uid: number; gid: number } | undefined>;
   /** GET url (JSON), bounded in time and size; throws when there is no HTTP answer. */
   get(url: string, trust: Trust): Promise<HttpAnswer>;
@@ -503,20 +505,14 @@ async function checkPolicy(
     );
     return undefined;
   }
-  let ca = policy.caPem;
-  if (policy.caFile) {
-    try {
-      ca = `${ca ?? ""}\n${await env.readFile(policy.caFile)}`;
-    } catch (e) {
-      results.push(
-        fail(
-          "policy",
-          `ca_file ${v(policy.caFile)} is unreadable: ${v((e as Error).message)}`,
-          `make it readable by ${VERIFIER_USER}, or pin the CA inline: sudo apes trust ... --ca-file CA.pem`,
-        ),
-      );
-      return undefined;
-    }
+  let ca: string | undefined;
+  try {
+    ca = await env.pinnedCa(policy);
+  } catch (e) {
+    results.push(
+      fail("policy", v((e as Error).message), "sudo apes trust ... --ca-file CA.pem (pins the CA inline)"),
+    );
+    return undefined;
   }
   const users = Object.keys(policy.users).length;
   results.push(

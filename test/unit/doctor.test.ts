@@ -226,6 +226,7 @@ function fakeEnv(over: Partial<DoctorEnv> = {}, files: Record<string, FileInfo |
       if (p === "/p/etc/apes/config.toml") return POLICY;
       throw Object.assign(new Error(`ENOENT: ${p}`), { code: "ENOENT" });
     },
+    pinnedCa: async (p) => p.caPem,
     lookupUser: async (n) => (n === "_apes" ? { uid: 990, gid: 990 } : undefined),
     get: async (url) => ({
       status: 200,
@@ -346,6 +347,20 @@ describe("doctor: the whole run with fakes", () => {
     const shown = results.map((r) => r.detail).join("\n");
     expect(shown).toContain("\\x1b[2J");
     expect(shown).not.toContain("\u001b");
+  });
+
+  it("a ca_file the verifier would refuse fails the policy check with the verifier's reason", async () => {
+    const results = await runDoctor(
+      fakeEnv({
+        pinnedCa: async () => {
+          throw new Error("ca_file /tmp/ca.pem is in /tmp/x, which is group- or world-writable (mode 777)");
+        },
+      }),
+    );
+    expect(statusOf(results, "policy")[0]).toMatchObject({ status: "fail" });
+    expect(statusOf(results, "policy")[0]!.detail).toContain("world-writable");
+    // Only the session's IdP is checked then, with the user's TLS settings.
+    expect(statusOf(results, "idp").map((r) => r.detail)).toEqual([`${ISSUER} answers`]);
   });
 
   it("not logged in: one warning, no key/token/dns checks", async () => {

@@ -228,6 +228,46 @@ export function decideAuditLog(
   return ok("audit-log", `${file}: root, mode ${octal(fileInfo.mode)}`);
 }
 
+/**
+ * The shim trusts the policy and the audit log only below directories that are root's and writable
+ * by no one else (sticky ones such as /tmp excepted): native/secure.c parents_trusted, whose rule is
+ * helper/policy.ts trustedDirectoryProblem. The first directory that breaks it, or undefined.
+ */
+export interface UntrustedDirectory {
+  dir: string;
+  problem: string;
+}
+
+export async function untrustedParent(env: DoctorEnv, path: string): Promise<UntrustedDirectory | undefined> {
+  const { trustedDirectoryProblem } = await import("../../helper/policy.ts");
+  const parts = path.split("/").slice(1, -1);
+  for (let i = 0; i <= parts.length; i++) {
+    const dir = `/${parts.slice(0, i).join("/")}`;
+    const st = await env.lstat(dir);
+    if (!st) return { dir, problem: "is missing" };
+    if (st.isSymbolicLink) return { dir, problem: "is a symbolic link" };
+    const problem = trustedDirectoryProblem({ uid: st.uid, mode: st.mode, isDirectory: st.isDirectory }, 0);
+    if (problem) return { dir, problem };
+  }
+  return undefined;
+}
+
+export function decideDirectories(
+  found: readonly [file: string, untrusted: UntrustedDirectory | undefined][],
+): CheckResult {
+  const bad = found.find(([, u]) => u !== undefined);
+  if (!bad)
+    return ok("directories", `every directory above ${found.map(([f]) => f).join(" and ")} is root's alone`);
+  const [file, { dir, problem }] = bad as [string, UntrustedDirectory];
+  return fail(
+    "directories",
+    `the shim refuses ${file}: ${dir} ${problem}`,
+    problem === "is missing"
+      ? "sudo make install (or reinstall the apes package)"
+      : `sudo chown root:root ${dir} && sudo chmod go-w ${dir}`,
+  );
+}
+
 // --- the policy ---------------------------------------------------------------------------------
 
 /** root:root 0600, as `apes trust` writes it; group/world-writable or not root's is refused by the shim. */
@@ -441,6 +481,12 @@ export async function runDoctor(env: DoctorEnv): Promise<CheckResult[]> {
         paths.cacheDir,
         await env.lstat(paths.cacheDir),
       ),
+    );
+    results.push(
+      decideDirectories([
+        [paths.configFile, await untrustedParent(env, paths.configFile)],
+        [paths.auditLog, await untrustedParent(env, paths.auditLog)],
+      ]),
     );
     const logDir = paths.auditLog.slice(0, paths.auditLog.lastIndexOf("/"));
     const asRoot = env.uid === 0;

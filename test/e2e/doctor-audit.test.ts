@@ -164,6 +164,7 @@ describe("apes doctor on a real installation", () => {
       "executable",
       "verifier-user",
       "cache-dir",
+      "directories",
       "audit-log",
       "policy-file",
       "policy",
@@ -183,7 +184,7 @@ describe("apes doctor on a real installation", () => {
     const r = await runAsRoot(["doctor"]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^ok {4}shim +.*setuid root, mode 4755$/m);
-    expect(r.stdout.trimEnd().split("\n")).toHaveLength(15);
+    expect(r.stdout.trimEnd().split("\n")).toHaveLength(16);
   });
 
   it("a shim without its setuid bit fails, with the chmod that fixes it", async () => {
@@ -194,7 +195,7 @@ describe("apes doctor on a real installation", () => {
       expect(failures(r.results)).toEqual([
         expect.objectContaining({ check: "shim", status: "fail", fix: `sudo chmod 4755 ${inst.shim}` }),
       ]);
-      expect(r.stderr).toContain("1 of 15 checks failed");
+      expect(r.stderr).toContain("1 of 16 checks failed");
     } finally {
       chmodSync(inst.shim, 0o4755);
     }
@@ -214,6 +215,24 @@ describe("apes doctor on a real installation", () => {
       ]);
     } finally {
       chmodSync(inst.config, 0o600);
+    }
+  });
+
+  it("a world-writable directory above the policy fails, naming the directory", async () => {
+    chmodSync(inst.etc, 0o777);
+    try {
+      const r = await doctorAsRoot();
+      expect(r.code).toBe(1);
+      expect(failures(r.results)).toEqual([
+        expect.objectContaining({
+          check: "directories",
+          status: "fail",
+          detail: `the shim refuses ${inst.config}: ${inst.etc} is group- or world-writable (mode 777)`,
+          fix: `sudo chown root:root ${inst.etc} && sudo chmod go-w ${inst.etc}`,
+        }),
+      ]);
+    } finally {
+      chmodSync(inst.etc, 0o755);
     }
   });
 

@@ -6,6 +6,7 @@ import {
   type DoctorEnv,
   decideAuditLog,
   decideClock,
+  decideDirectories,
   decideDns,
   decideExec,
   decideKey,
@@ -17,6 +18,7 @@ import {
   type FileInfo,
   type HttpAnswer,
   runDoctor,
+  untrustedParent,
 } from "../../cli/doctor/checks.ts";
 import { pathsFrom } from "../../cli/elevation/paths.ts";
 import { CliError } from "../../cli/errors.ts";
@@ -111,6 +113,31 @@ describe("doctor: the installation", () => {
     expect(decideAuditLog(d, dir(0o700), f, file(0o600, 1000), true).status).toBe("fail");
     expect(decideAuditLog(d, dir(0o700), f, link, true).status).toBe("fail");
     expect(decideAuditLog(d, dir(0o700), f, file(0o644), true).status).toBe("warn");
+  });
+
+  it("directories above the policy and the log: root's alone, sticky allowed", async () => {
+    const env = fakeEnv({}, { "/p": dir(0o1777) });
+    expect(
+      decideDirectories([["/p/etc/apes/config.toml", await untrustedParent(env, "/p/etc/apes/config.toml")]])
+        .status,
+    ).toBe("ok");
+    const writable = fakeEnv({}, { "/p/etc": dir(0o777) });
+    const problem = await untrustedParent(writable, "/p/etc/apes/config.toml");
+    expect(problem).toEqual({ dir: "/p/etc", problem: "is group- or world-writable (mode 777)" });
+    expect(decideDirectories([["/p/etc/apes/config.toml", problem]])).toMatchObject({
+      status: "fail",
+      fix: "sudo chown root:root /p/etc && sudo chmod go-w /p/etc",
+    });
+    const log = "/p/var/log/apes/audit.log";
+    const owned = await untrustedParent(fakeEnv({}, { "/p/var": dir(0o755, 1000) }), log);
+    expect(owned).toEqual({ dir: "/p/var", problem: "is owned by uid 1000, not root" });
+    expect(await untrustedParent(fakeEnv({}, { "/p/var": link }), log)).toEqual({
+      dir: "/p/var",
+      problem: "is a symbolic link",
+    });
+    const missing = await untrustedParent(fakeEnv({}, { "/p/var/log": undefined }), log);
+    expect(missing).toEqual({ dir: "/p/var/log", problem: "is missing" });
+    expect(decideDirectories([[log, missing]]).fix).toContain("make install");
   });
 
   it("policy file: root 0600 only", () => {
@@ -210,6 +237,9 @@ function fakeEnv(over: Partial<DoctorEnv> = {}, files: Record<string, FileInfo |
     "/p/var/cache/apes": dir(0o700, 990),
     "/p/etc/apes/config.toml": file(0o600),
     "/p/var/log/apes": dir(0o700),
+    ...Object.fromEntries(
+      ["/", "/p", "/p/etc", "/p/etc/apes", "/p/var", "/p/var/log"].map((d) => [d, dir(0o755)]),
+    ),
     "/h/alice/.config/apes/auth.json": file(0o600, 0),
     [SESSION.key_path!]: file(0o600, 0),
     ...files,
@@ -251,6 +281,7 @@ describe("doctor: the whole run with fakes", () => {
       ["executable", "ok"],
       ["verifier-user", "ok"],
       ["cache-dir", "ok"],
+      ["directories", "ok"],
       ["audit-log", "ok"],
       ["policy-file", "ok"],
       ["policy", "ok"],

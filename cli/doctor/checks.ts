@@ -25,7 +25,8 @@ export interface FileInfo {
   uid: number;
   gid: number;
   mode: number;
-  ino?: number;
+  /** Hard links (the shim refuses an audit log with more than one). */
+  nlink?: number;
   isFile: boolean;
   isDirectory: boolean;
   isSymbolicLink: boolean;
@@ -222,6 +223,12 @@ export function decideAuditLog(
       "audit-log",
       `${file} is not a root-owned regular file: the shim denies every elevation`,
       fixFile,
+    );
+  if ((fileInfo.nlink ?? 1) > 1)
+    return fail(
+      "audit-log",
+      `${file} has ${fileInfo.nlink} hard links: the shim denies every elevation`,
+      `sudo mv ${file} ${file}.linked (the shim creates a new one)`,
     );
   if ((fileInfo.mode & 0o077) !== 0)
     return warn("audit-log", `${file} is readable by others (mode ${octal(fileInfo.mode)})`, fixFile);

@@ -26,7 +26,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
           uid: st.uid,
           gid: st.gid,
           mode: st.mode,
-          ino: st.ino,
+          nlink: st.nlink,
           isFile: st.isFile(),
           isDirectory: st.isDirectory(),
           isSymbolicLink: st.isSymbolicLink(),

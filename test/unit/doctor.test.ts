@@ -113,6 +113,7 @@ describe("doctor: the installation", () => {
     expect(decideAuditLog(d, dir(0o700), f, file(0o600, 1000), true).status).toBe("fail");
     expect(decideAuditLog(d, dir(0o700), f, link, true).status).toBe("fail");
     expect(decideAuditLog(d, dir(0o700), f, file(0o644), true).status).toBe("warn");
+    expect(decideAuditLog(d, dir(0o700), f, { ...file(0o600), nlink: 2 }, true).status).toBe("fail");
   });
 
   it("directories above the policy and the log: root's alone, sticky allowed", async () => {

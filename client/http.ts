@@ -1,5 +1,6 @@
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
+import { rootCertificates } from "node:tls";
 
 /**
  * The one small HTTP client of client/: JSON over node:http(s), bounded in time (one deadline for
@@ -57,7 +58,7 @@ export const requestJson: JsonHttp = (url, init = {}) => {
         method: init.method ?? "GET",
         headers,
         signal: AbortSignal.timeout(timeoutMs),
-        ...(init.ca ? { ca: init.ca } : {}),
+        ...(init.ca ? { ca: [...rootCertificates, init.ca] } : {}),
       },
       (res) => {
         const chunks: Buffer[] = [];

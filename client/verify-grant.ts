@@ -10,7 +10,7 @@ import {
   checkIssuerAllowed,
   checkPermissions,
 } from "../protocol/authz.ts";
-import { JwksCache } from "../protocol/jwks.ts";
+import { JwksCache, type KeyStore } from "../protocol/jwks.ts";
 import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
 import { HttpUnreachable, type JsonHttp, requestJson } from "./http.ts";
 
@@ -42,7 +42,7 @@ export interface VerifyGrantOptions {
   consume?: boolean;
   /** GET/POST JSON; default: requestJson (bounded in time and size). */
   http?: JsonHttp;
-  /** Keys cache; default: one per `http` function, kept for the process. */
+  /** Keys cache (grantKeysCache); default: one per `http` function, kept for the process. */
   cache?: JwksCache;
   /** Unix seconds. */
   now?: () => number;
@@ -83,12 +83,21 @@ export function verifyOptionsProblem(o: VerifyGrantOptions): string | undefined 
   return undefined;
 }
 
+/** The keys cache the verifier needs (it takes the grants endpoint along, for consume). */
+export function grantKeysCache(http: JsonHttp, store?: KeyStore): JwksCache {
+  return new JwksCache({
+    getJson: (url) => http(url),
+    endpoints: [GRANTS_ENDPOINT],
+    ...(store ? { store } : {}),
+  });
+}
+
 const caches = new WeakMap<JsonHttp, JwksCache>();
 
 function cacheFor(http: JsonHttp): JwksCache {
   let cache = caches.get(http);
   if (!cache) {
-    cache = new JwksCache({ getJson: (url) => http(url), endpoints: [GRANTS_ENDPOINT] });
+    cache = grantKeysCache(http);
     caches.set(http, cache);
   }
   return cache;

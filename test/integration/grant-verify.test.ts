@@ -86,10 +86,16 @@ const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url")
 function verifyCli(
   args: string[],
   stdin: string,
+  userHome = home,
 ): Promise<{ code: number; stdout: string; stderr: string; json?: Record<string, unknown> }> {
   return new Promise((resolve) => {
     const p = spawn(apesBin(), ["grants", "verify", ...args], {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: home, XDG_CONFIG_HOME: join(home, "cfg") },
+      env: {
+        PATH: process.env.PATH ?? "/usr/bin:/bin",
+        HOME: userHome,
+        XDG_CONFIG_HOME: join(userHome, "cfg"),
+        XDG_CACHE_HOME: join(userHome, "cache"),
+      },
     });
     let stdout = "";
     let stderr = "";
@@ -331,6 +337,20 @@ describe("apes grants verify and verifyAuthzJwt: the negative matrix", () => {
       commandGrant.jwt,
     );
     expect(ok.code, ok.stderr).toBe(0);
+  });
+
+  it("caches the issuer's keys across runs (one discovery fetch per cache period)", async () => {
+    const fresh = mkdtempSync(join(tmpdir(), "apes-verify-cache-"));
+    const discoveries = () =>
+      idp
+        .logs()
+        .split("\n")
+        .filter(
+          (l) => l.includes('"msg":"request"') && l.includes('"path":"/.well-known/openid-configuration"'),
+        ).length;
+    const before = discoveries();
+    for (let i = 0; i < 3; i++) expect((await verifyCli(cliBase(), valid.jwt, fresh)).code).toBe(0);
+    expect(discoveries() - before).toBe(1);
   });
 
   it("never takes the token from argv", async () => {

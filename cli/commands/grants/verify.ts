@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import type { JsonHttp } from "../../../client/http.ts";
 import type { Context } from "../../context.ts";
 import type { GetContext } from "../../program.ts";
 
@@ -68,8 +69,10 @@ export async function grantsVerify(
   options: GrantsVerifyOptions,
 ): Promise<void> {
   const [
-    { verifyAuthzJwt, verifyOptionsProblem },
+    { verifyAuthzJwt, verifyOptionsProblem, grantKeysCache },
     { requestJson },
+    { fileKeyStore },
+    { join },
     { CliError, usageError, configError },
     { ExitCode },
     fmt,
@@ -77,6 +80,8 @@ export async function grantsVerify(
   ] = await Promise.all([
     import("../../../client/verify-grant.ts"),
     import("../../../client/http.ts"),
+    import("../../grants/key-store.ts"),
+    import("node:path"),
     import("../../errors.ts"),
     import("../../exit-codes.ts"),
     import("../../grants/format.ts"),
@@ -116,10 +121,10 @@ export async function grantsVerify(
       throw configError(`cannot read ca_file ${config.caFile}: ${e.message}`);
     });
   }
-  const result = await verifyAuthzJwt(jwt, {
-    ...checks,
-    http: ca ? (url, init) => requestJson(url, { ...init, ca }) : requestJson,
-  });
+  const http: JsonHttp = ca ? (url, init) => requestJson(url, { ...init, ca }) : requestJson;
+  // Keys cached on disk: each verify is its own process, and the issuer is asked at most every 5 min.
+  const store = fileKeyStore(join(ctx.paths.cacheDir, "jwks"), ca ? "ca-file" : "system");
+  const result = await verifyAuthzJwt(jwt, { ...checks, http, cache: grantKeysCache(http, store) });
   printData(ctx, { ...result, claims: result.claims ?? null }, () =>
     result.valid
       ? `valid: grant ${fmt.shown(result.claims.grant_id)} of ${fmt.shown(result.claims.sub)}, approved by ${fmt.shown(result.claims.decided_by)}${result.consumed ? ` (${result.consumed})` : ""}`

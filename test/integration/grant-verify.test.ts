@@ -363,6 +363,13 @@ describe("apes grants verify and verifyAuthzJwt: the negative matrix", () => {
       expect(r.code, args.join(" ")).toBe(2);
       expect(r.stderr).toContain("refusing a token on the command line");
     }
+    // Any three-part token with a JSON header, not only one that starts with "eyJ".
+    const spaced = `${Buffer.from('{ "alg": "EdDSA" }').toString("base64url")}.${valid.jwt.split(".").slice(1).join(".")}`;
+    expect((await verifyCli([...cliBase(), spaced], "")).code).toBe(2);
+    // A command argument that merely has dots is a command, checked against the grant.
+    const tar = await verifyCli(["--json", ...cliBase(), "--", "tar", "xf", "a.tar.gz"], valid.jwt);
+    expect(tar.code).toBe(77);
+    expect(tar.json).toMatchObject({ reason: "command_mismatch" });
     expect((await verifyCli(cliBase(), "")).code).toBe(2); // nothing on stdin
     expect((await verifyCli(["--issuer", idp.issuer], valid.jwt)).code).toBe(2); // no --audience
     expect((await verifyCli(["--audience", "prod-server"], valid.jwt)).code).toBe(2); // no issuer at all

@@ -57,8 +57,17 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-/** Three base64url parts, the first a JSON object: what a JWT on argv looks like. */
-const JWT_LIKE = /^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+/** Three base64url parts, the first a JSON object: what a JWT on argv looks like (not `a.tar.gz`). */
+function looksLikeJwt(arg: string): boolean {
+  const parts = arg.split(".");
+  if (parts.length !== 3 || !parts.every((p) => /^[A-Za-z0-9_-]*$/.test(p))) return false;
+  try {
+    const header: unknown = JSON.parse(Buffer.from(parts[0]!, "base64url").toString("utf8"));
+    return !!header && typeof header === "object";
+  } catch {
+    return false;
+  }
+}
 
 /** Longer than any token we accept (protocol/jwt.ts MAX_JWT_LENGTH), so an oversized one is named as such. */
 const MAX_INPUT_BYTES = 64 * 1024;
@@ -87,7 +96,7 @@ export async function grantsVerify(
     import("../../grants/format.ts"),
     import("../../output.ts"),
   ]);
-  const fromArgv = [options.tokenFile, ...args].find((a) => a !== undefined && JWT_LIKE.test(a));
+  const fromArgv = [options.tokenFile, ...args].find((a) => a !== undefined && looksLikeJwt(a));
   if (fromArgv !== undefined)
     throw usageError(
       "refusing a token on the command line: every user of this machine can read it in ps",

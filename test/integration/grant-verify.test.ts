@@ -116,6 +116,7 @@ function verifyCli(
       }
       resolve({ code: code ?? 1, stdout, stderr, ...(json ? { json } : {}) });
     });
+    p.stdin.on("error", () => {}); // EPIPE when apes stops reading an oversized token: expected
     p.stdin.end(stdin);
   });
 }
@@ -371,6 +372,9 @@ describe("apes grants verify and verifyAuthzJwt: the negative matrix", () => {
     expect(tar.code).toBe(77);
     expect(tar.json).toMatchObject({ reason: "command_mismatch" });
     expect((await verifyCli(cliBase(), "")).code).toBe(2); // nothing on stdin
+    const huge = await verifyCli(cliBase(), "a".repeat(70_000));
+    expect(huge.code).toBe(2);
+    expect(huge.stderr).toContain("larger than 65536 bytes");
     expect((await verifyCli(["--issuer", idp.issuer], valid.jwt)).code).toBe(2); // no --audience
     expect((await verifyCli(["--audience", "prod-server"], valid.jwt)).code).toBe(2); // no issuer at all
     expect(

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { JsonHttp } from "../../../client/http.ts";
 import type { Context } from "../../context.ts";
+import { configError, usageError } from "../../errors.ts";
 import type { GetContext } from "../../program.ts";
 
 export interface GrantsVerifyOptions {
@@ -71,6 +72,7 @@ function looksLikeJwt(arg: string): boolean {
 
 /** Longer than any token we accept (protocol/jwt.ts MAX_JWT_LENGTH), so an oversized one is named as such. */
 const MAX_INPUT_BYTES = 64 * 1024;
+const STDIN_TIMEOUT_MS = 30_000;
 
 export async function grantsVerify(
   ctx: Context,
@@ -82,7 +84,7 @@ export async function grantsVerify(
     { requestJson },
     { fileKeyStore },
     { join },
-    { CliError, usageError, configError },
+    { CliError },
     { ExitCode },
     fmt,
     { printData },
@@ -122,7 +124,7 @@ export async function grantsVerify(
   const problem = verifyOptionsProblem(checks);
   if (problem) throw usageError(problem);
 
-  const jwt = await readToken(ctx, options.tokenFile, MAX_INPUT_BYTES, { usageError, configError });
+  const jwt = await readToken(ctx, options.tokenFile);
   let ca: string | undefined;
   if (config.caFile) {
     const { readFile } = await import("node:fs/promises");
@@ -146,51 +148,62 @@ export async function grantsVerify(
   });
 }
 
-/** The token from the file or stdin, one line, bounded. */
-async function readToken(
-  ctx: Context,
-  file: string | undefined,
-  max: number,
-  errors: {
-    usageError: (m: string, h?: string) => Error;
-    configError: (m: string, h?: string) => Error;
-  },
-): Promise<string> {
-  let text: string;
-  if (file !== undefined && file !== "-") {
-    const { open } = await import("node:fs/promises");
-    const handle = await open(file, "r").catch((e: Error) => {
-      throw errors.usageError(`cannot read --token-file ${file}: ${e.message}`);
-    });
-    try {
-      const buf = Buffer.alloc(max + 1);
-      const { bytesRead } = await handle.read(buf, 0, max + 1, 0);
-      if (bytesRead > max) throw errors.usageError(`--token-file ${file} is larger than ${max} bytes`);
-      text = buf.subarray(0, bytesRead).toString("utf8");
-    } finally {
-      await handle.close();
-    }
-  } else {
-    if ((ctx.io.stdin as { isTTY?: boolean }).isTTY)
-      throw errors.usageError(
-        "the token is read from stdin, which is a terminal",
-        "pipe it in: `apes grants token <id> | apes grants verify --audience ...`, or use --token-file",
-      );
-    let size = 0;
-    const chunks: Buffer[] = [];
-    for await (const chunk of ctx.io.stdin) {
-      const b = typeof chunk === "string" ? Buffer.from(chunk) : (chunk as Buffer);
-      size += b.length;
-      if (size > max) throw errors.usageError(`the token on stdin is larger than ${max} bytes`);
-      chunks.push(b);
-    }
-    text = Buffer.concat(chunks).toString("utf8");
-  }
+/** The token from the file or stdin, bounded in size (and stdin in time: a writer that never closes). */
+async function readToken(ctx: Context, file: string | undefined): Promise<string> {
+  const text = file !== undefined && file !== "-" ? await readTokenFile(file) : await readStdin(ctx);
   const token = text.trim();
   if (token === "")
-    throw errors.usageError(
+    throw usageError(
       "no token: pipe the AuthZ-JWT in on stdin or name a --token-file",
       "`apes grants token <id> | apes grants verify --audience ...`",
     );
   return token;
+}
+
+async function readTokenFile(file: string): Promise<string> {
+  const { open } = await import("node:fs/promises");
+  const handle = await open(file, "r").catch((e: Error) => {
+    throw usageError(`cannot read --token-file ${file}: ${e.message}`);
+  });
+  try {
+    const buf = Buffer.alloc(MAX_INPUT_BYTES + 1);
+    const { bytesRead } = await handle.read(buf, 0, MAX_INPUT_BYTES + 1, 0);
+    if (bytesRead > MAX_INPUT_BYTES)
+      throw usageError(`--token-file ${file} is larger than ${MAX_INPUT_BYTES} bytes`);
+    return buf.subarray(0, bytesRead).toString("utf8");
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readStdin(ctx: Context): Promise<string> {
+  const stdin = ctx.io.stdin as NodeJS.ReadableStream & { isTTY?: boolean; destroy?: (e?: Error) => void };
+  if (stdin.isTTY)
+    throw usageError(
+      "the token is read from stdin, which is a terminal",
+      "pipe it in: `apes grants token <id> | apes grants verify --audience ...`, or use --token-file",
+    );
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    stdin.destroy?.(new Error("timeout"));
+  }, STDIN_TIMEOUT_MS);
+  let size = 0;
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of stdin) {
+      const b = typeof chunk === "string" ? Buffer.from(chunk) : (chunk as Buffer);
+      size += b.length;
+      if (size > MAX_INPUT_BYTES)
+        throw usageError(`the token on stdin is larger than ${MAX_INPUT_BYTES} bytes`);
+      chunks.push(b);
+    }
+  } catch (e) {
+    if (timedOut)
+      throw usageError(`no token on stdin within ${STDIN_TIMEOUT_MS / 1000} s (is stdin closed?)`);
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+  return Buffer.concat(chunks).toString("utf8");
 }

@@ -12,7 +12,7 @@ import {
 } from "../protocol/authz.ts";
 import { JwksCache, type KeyStore } from "../protocol/jwks.ts";
 import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
-import { HttpUnreachable, type JsonHttp, requestJson } from "./http.ts";
+import { type JsonHttp, requestJson } from "./http.ts";
 
 /**
  * The target side of the grant flow (docs/protocol.md, section 3): a service checks the AuthZ-JWT
@@ -166,8 +166,8 @@ export async function verifyAuthzJwt(jwt: string, options: VerifyGrantOptions): 
   try {
     answer = await http(url, { method: "POST", headers: { authorization: `Bearer ${jwt}` }, json: {} });
   } catch (e) {
-    if (!(e instanceof HttpUnreachable)) throw e;
-    return invalid("idp_unreachable", `cannot spend the grant: ${e.message}`, claims);
+    // Any failure to get an answer (an injected http may throw anything) fails closed.
+    return invalid("idp_unreachable", `cannot spend the grant: ${(e as Error).message}`, claims);
   }
   if (answer.status >= 500)
     return invalid("idp_unreachable", `the IdP failed to spend the grant (${answer.status})`, claims);

@@ -66,6 +66,50 @@ describe("verifyAuthzJwt", () => {
     expect(urls).toEqual([`${ISSUER}/.well-known/openid-configuration`]);
   });
 
+  it("spends the grant at the issuer's own grants endpoint, failing closed without an answer", async () => {
+    const x = (key.export({ format: "jwk" }) as { x: string }).x;
+    const consumes: string[] = [];
+    const issuerHttp =
+      (consume: () => Promise<{ status: number; body: unknown }>): JsonHttp =>
+      async (url, init) => {
+        if (url === `${ISSUER}/.well-known/openid-configuration`)
+          return {
+            status: 200,
+            body: {
+              issuer: ISSUER,
+              jwks_uri: `${ISSUER}/jwks`,
+              openape_grants_endpoint: `${ISSUER}/api/grants`,
+            },
+          };
+        if (url === `${ISSUER}/jwks`)
+          return { status: 200, body: { keys: [{ kty: "OKP", crv: "Ed25519", x, kid: "k", alg: "EdDSA" }] } };
+        consumes.push(`${init?.method} ${url} ${init?.headers?.authorization?.slice(0, 7)}`);
+        return consume();
+      };
+    const jwt = signJwt(claims, { kid: "k", privateKey: key });
+    const opts = { issuers: [ISSUER], audience: "prod-server", consume: true };
+    const ok = await verifyAuthzJwt(jwt, {
+      ...opts,
+      http: issuerHttp(async () => ({ status: 200, body: { status: "consumed" } })),
+    });
+    expect(ok).toMatchObject({ valid: true, consumed: "consumed" });
+    expect(consumes).toEqual([`POST ${ISSUER}/api/grants/${claims.grant_id}/consume Bearer `]);
+    const cases: [() => Promise<{ status: number; body: unknown }>, string][] = [
+      [async () => ({ status: 503, body: undefined }), "idp_unreachable"],
+      [() => Promise.reject(new TypeError("fetch failed")), "idp_unreachable"],
+      [
+        async () => ({ status: 409, body: { error: "already_consumed", status: "used" } }),
+        "grant_not_usable",
+      ],
+      [async () => ({ status: 200, body: { status: "valid" } }), "grant_not_usable"],
+    ];
+    for (const [consume, reason] of cases)
+      expect(await verifyAuthzJwt(jwt, { ...opts, http: issuerHttp(consume) })).toMatchObject({
+        valid: false,
+        reason,
+      });
+  });
+
   it("refuses options a caller got wrong", async () => {
     const ok = { issuers: [ISSUER], audience: "prod-server" };
     expect(verifyOptionsProblem(ok)).toBeUndefined();

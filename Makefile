@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood
 
 all: build
 
@@ -42,6 +42,9 @@ bench-cli: build
 bench-idp: build
 	node bench/idp/run.ts
 
+bench-idp-flood: build
+	node bench/idp-flood/run.mjs
+
 clean:
 	rm -rf dist build
 
@@ -63,8 +66,8 @@ NATIVE_CFLAGS := $(NATIVE_WARN) -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3 -fstac
   -fstack-clash-protection -fcf-protection -fPIE
 NATIVE_LDFLAGS := -pie -Wl,-z,relro,-z,now -Wl,-z,noexecstack
 NATIVE_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c
-NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h
+NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c native/secure.c native/proc.c
+NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h native/secure.h native/proc.h
 
 .PHONY: native native-test native-fuzz install uninstall FORCE
 

@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { isLoopbackHost } from "../protocol/ddisa.ts";
 import { parseDurationMs } from "../protocol/duration.ts";
 import { configError } from "./errors.ts";
 
@@ -15,6 +16,7 @@ import { configError } from "./errors.ts";
  *   timeout = "5s"
  *   ca_file = "/etc/apes/idp-ca.pem"     # extra CA for a private-PKI IdP (env APES_CA_FILE wins)
  *   allow_raw_login_signature = false     # sign an older IdP's bare challenge (docs/signatures.md)
+ *   idp_endpoint_origins = ["https://api.example.com"]  # other origins discovery may point at
  */
 export interface UserConfig {
   idp?: string;
@@ -31,6 +33,11 @@ export interface UserConfig {
    * signature is not bound to the IdP, so that IdP could use it at another where the key is registered.
    */
   allowRawLoginSignature: boolean;
+  /**
+   * Origins (`https://host[:port]`) besides the IdP's own that its discovery document may name as
+   * endpoints; anything else is refused, so a discovery document cannot send the token elsewhere.
+   */
+  idpEndpointOrigins: string[];
   /** Where the file was read from, if it existed. */
   source?: string;
 }
@@ -41,6 +48,7 @@ export function defaultConfig(): UserConfig {
   return {
     dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS },
     allowRawLoginSignature: false,
+    idpEndpointOrigins: [],
   };
 }
 
@@ -113,11 +121,33 @@ export async function parseUserConfig(text: string, file: string): Promise<UserC
         if (typeof value !== "boolean") throw bad("allow_raw_login_signature", "true or false");
         config.allowRawLoginSignature = value;
         break;
+      case "idp_endpoint_origins": {
+        const origins = Array.isArray(value) ? value.map(endpointOrigin) : [undefined];
+        if (origins.some((o) => o === undefined)) {
+          throw bad(key, 'an array of origins such as "https://api.example.com" (http only for loopback)');
+        }
+        config.idpEndpointOrigins = origins as string[];
+        break;
+      }
       default:
         throw configError(`${file}: unknown key "${key}"`, "see `apes --help` and README.md for the keys");
     }
   }
   return config;
+}
+
+/** The origin `value` names (scheme, host, port and nothing else; https, or http on loopback). */
+function endpointOrigin(value: unknown): string | undefined {
+  if (typeof value !== "string") return undefined;
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    return undefined;
+  }
+  const onlyOrigin = !u.username && !u.password && u.pathname === "/" && !u.search && !u.hash;
+  const secure = u.protocol === "https:" || (u.protocol === "http:" && isLoopbackHost(u.hostname));
+  return onlyOrigin && secure && !value.endsWith("#") && !value.endsWith("?") ? u.origin : undefined;
 }
 
 function applyEnv(config: UserConfig, env: Readonly<Record<string, string | undefined>>): UserConfig {

@@ -1,4 +1,7 @@
 import type { SecureContext } from "node:tls";
+import { BodyTooLargeError, describeBytes, readBoundedResponse } from "../protocol/bounded-body.ts";
+import { isLoopbackHost } from "../protocol/ddisa.ts";
+import { visible } from "../protocol/display.ts";
 import { describeErrorBody } from "../protocol/problem.ts";
 import type { Context, Fetch } from "./context.ts";
 import { CliError, configError } from "./errors.ts";
@@ -6,12 +9,21 @@ import { ExitCode, type ExitCodeValue } from "./exit-codes.ts";
 
 /**
  * The one HTTP helper every IdP call goes through: JSON in and out via ctx.http, a timeout on every
- * request, problem+json and OAuth error bodies turned into a CliError with the right exit status,
+ * request (the whole answer included), answers capped at MAX_RESPONSE_BYTES while reading, plain
+ * http refused except to loopback, problem+json and OAuth error bodies turned into a CliError with
+ * the right exit status and the IdP's text escaped and cut (IDP_TEXT_MAX),
  * ETag / If-None-Match, an optional extra CA (config `ca_file` / APES_CA_FILE), and `--debug` lines
  * that never contain a token or a body.
  */
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
+/**
+ * The largest answer read from an IdP (a full page of 100 grants is well under this); more is refused
+ * while reading, and a larger Content-Length before.
+ */
+export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+/** At most this many characters of an IdP's error text (problem detail/title, error_description). */
+export const IDP_TEXT_MAX = 500;
 
 export interface HttpRequest {
   url: string;
@@ -69,7 +81,7 @@ export function serviceName(url: string): string {
   try {
     return `IdP at ${new URL(url).origin}`;
   } catch {
-    return `IdP at ${url}`;
+    return `IdP at ${visible(url, { max: 200 })}`;
   }
 }
 
@@ -90,6 +102,14 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
   if (req.token) headers.authorization = `Bearer ${req.token}`;
   if (req.etag) headers["if-none-match"] = req.etag;
 
+  // The last point before sending, whatever built the URL (config, discovery, a cached document).
+  const refusal = insecureUrlRefusal(req.url);
+  if (refusal) {
+    throw new CliError(`refusing to send ${req.token ? "the session token" : "a request"} to ${refusal}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "the IdP must be reached over https:// (plain http only on a loopback address); fix `--idp` or the `idp` config key",
+    });
+  }
   const timeoutMs = req.timeoutMs ?? httpTimeoutMs(ctx);
   const timeout = AbortSignal.timeout(timeoutMs);
   const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
@@ -97,10 +117,20 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
   const started = Date.now();
   const fetcher = await transport(ctx);
   let res: Response;
+  let text: string;
   try {
     res = await fetcher(req.url, { method, headers, body, signal, redirect: "error" });
+    text = await res.text();
   } catch (e) {
     if (req.signal?.aborted) throw req.signal.reason ?? e;
+    if (e instanceof BodyTooLargeError) {
+      ctx.debug(`${method} ${redactUrl(req.url)} -> refused: ${e.message}`);
+      throw new CliError(`${where} sent an answer larger than ${describeBytes(e.limit)}: refused`, {
+        exitCode: ExitCode.UNAVAILABLE,
+        hint: "the IdP (or something between it and you) is misbehaving; ask its operator",
+        cause: e,
+      });
+    }
     const why = timeout.aborted ? `no answer within ${Math.round(timeoutMs / 1000)} s` : networkReason(e);
     ctx.debug(`${method} ${redactUrl(req.url)} -> failed: ${why}`);
     throw new CliError(`${where} is unreachable (${why})`, {
@@ -109,7 +139,6 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
       cause: e,
     });
   }
-  const text = await res.text().catch(() => "");
   ctx.debug(`${method} ${redactUrl(req.url)} -> ${res.status} (${Date.now() - started} ms)`);
   const etag = res.headers.get("etag") ?? undefined;
   if (res.status === 304) {
@@ -131,20 +160,42 @@ export async function request<T = unknown>(ctx: Context, req: HttpRequest): Prom
   }
   if ((res.status >= 200 && res.status < 300) || req.accept?.includes(res.status)) {
     if (res.status !== 204 && text && parsed === undefined) {
-      throw new CliError(`${where} answered ${req.url} with something that is not JSON`, {
-        exitCode: ExitCode.UNAVAILABLE,
-        hint: "is the URL an apes/OpenApe IdP? check `--idp` or the `idp` config key",
-      });
+      throw new CliError(
+        `${where} answered ${visible(req.url, { max: 200 })} with something that is not JSON`,
+        {
+          exitCode: ExitCode.UNAVAILABLE,
+          hint: "is the URL an apes/OpenApe IdP? check `--idp` or the `idp` config key",
+        },
+      );
     }
     return { status: res.status, headers: res.headers, body: parsed as T, etag, notModified: false };
   }
   throw errorFor(res.status, parsed, req.url, res.headers);
 }
 
+/**
+ * Why a request to `url` must not be sent, or undefined: only https, or plain http to a loopback
+ * address, so that a token, a challenge or a grant never crosses a network in the clear.
+ */
+export function insecureUrlRefusal(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `${visible(url, { max: 200 })}: not a URL`;
+  }
+  if (u.protocol === "https:") return undefined;
+  if (u.protocol === "http:" && isLoopbackHost(u.hostname)) return undefined;
+  if (u.protocol === "http:") return `${u.host} over plain http (allowed only on a loopback address)`;
+  return `${visible(url, { max: 200 })}: not an http(s) URL`;
+}
+
 /** Maps an error answer to a CliError: 5xx -> 69, 401/403 -> 77, 429 -> 75, other 4xx -> 1. */
 export function errorFor(status: number, body: unknown, url: string, headers?: Headers): HttpError {
   const where = serviceName(url);
-  const detail = describeErrorBody(body);
+  // The IdP's words, shown but never obeyed: bounded, every control character escaped.
+  const said = describeErrorBody(body);
+  const detail = said === undefined ? undefined : visible(said, { max: IDP_TEXT_MAX });
   const code = errorCode(body);
   const base = { status, code, body, url };
   if (status >= 500) {
@@ -168,7 +219,8 @@ export function errorFor(status: number, body: unknown, url: string, headers?: H
     });
   }
   if (status === 429) {
-    const after = headers?.get("retry-after");
+    const retryAfter = headers?.get("retry-after");
+    const after = retryAfter ? visible(retryAfter, { max: 40 }) : undefined;
     return new HttpError(`${where} is rate limiting: ${detail ?? "too many requests"}`, {
       ...base,
       exitCode: ExitCode.TEMPFAIL,
@@ -176,7 +228,10 @@ export function errorFor(status: number, body: unknown, url: string, headers?: H
     });
   }
   if (status === 404) {
-    return new HttpError(`not found: ${detail ?? url}`, { ...base, exitCode: ExitCode.ERROR });
+    return new HttpError(`not found: ${detail ?? visible(url, { max: IDP_TEXT_MAX })}`, {
+      ...base,
+      exitCode: ExitCode.ERROR,
+    });
   }
   return new HttpError(`${where} rejected the request (${status}): ${detail ?? "no details given"}`, {
     ...base,
@@ -271,11 +326,13 @@ async function buildTransport(ctx: Context): Promise<Fetch> {
     nodeFetch(input, init, { secureContext })) as Fetch;
 }
 
-/** The part of a fetch Response the helper reads. */
+/** The part of a fetch Response apes reads. */
 interface MinimalResponse {
   status: number;
   ok: boolean;
   headers: { get(name: string): string | null };
+  /** Unread; `text()` reads it, at most MAX_RESPONSE_BYTES. */
+  body: AsyncIterable<Uint8Array>;
   text(): Promise<string>;
 }
 
@@ -283,7 +340,7 @@ interface MinimalResponse {
  * A fetch-shaped client over node:http/node:https for the JSON requests apes makes (string bodies,
  * header records, AbortSignal, no redirects). It avoids loading the runtime's fetch stack, which
  * costs ~30 ms of start-up in the single executable, and takes an extra CA directly. Answers carry
- * status, headers.get() and text() only.
+ * status, headers.get(), the unread body and text() (bounded, see readBoundedResponse) only.
  */
 export async function nodeFetch(
   input: string | URL | Request,
@@ -293,6 +350,11 @@ export async function nodeFetch(
   const url = new URL(String(input));
   const secure = url.protocol === "https:";
   if (!secure && url.protocol !== "http:") throw new TypeError(`unsupported protocol ${url.protocol}`);
+  const credentials = Object.keys(init.headers ?? {}).some((k) => k.toLowerCase() === "authorization");
+  // The same rule as request()'s, at the socket: whoever calls this, no token crosses a network in the clear.
+  if (!secure && credentials && !isLoopbackHost(url.hostname)) {
+    throw new TypeError(`refusing to send credentials over plain http to ${url.host}`);
+  }
   const request = secure ? (await import("node:https")).request : (await import("node:http")).request;
   return new Promise<Response>((resolve, reject) => {
     const signal = init.signal ?? undefined;
@@ -313,26 +375,24 @@ export async function nodeFetch(
         ...(secure && options.secureContext ? { secureContext: options.secureContext } : {}),
       },
       (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", reject);
-        res.on("end", () => {
-          signal?.removeEventListener("abort", onAbort);
-          const text = Buffer.concat(chunks).toString("utf8");
-          const status = res.statusCode ?? 0;
-          const answer: MinimalResponse = {
-            status,
-            ok: status >= 200 && status < 300,
-            headers: {
-              get(name: string) {
-                const v = res.headers[name.toLowerCase()];
-                return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
-              },
+        res.on("close", () => signal?.removeEventListener("abort", onAbort));
+        // A failure while the body is read reaches the reader through text()/the iterator; this
+        // listener only keeps one before any read from being an uncaught 'error' event.
+        res.on("error", () => undefined);
+        const status = res.statusCode ?? 0;
+        const answer: MinimalResponse = {
+          status,
+          ok: status >= 200 && status < 300,
+          headers: {
+            get(name: string) {
+              const v = res.headers[name.toLowerCase()];
+              return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
             },
-            text: async () => text,
-          };
-          resolve(answer as unknown as Response);
-        });
+          },
+          body: res,
+          text: async () => (await readBoundedResponse(answer, MAX_RESPONSE_BYTES)).toString("utf8"),
+        };
+        resolve(answer as unknown as Response);
       },
     );
     const onAbort = () => req.destroy(signal?.reason instanceof Error ? signal.reason : new Error("aborted"));

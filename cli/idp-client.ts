@@ -1,3 +1,5 @@
+import { isLoopbackHost } from "../protocol/ddisa.ts";
+import { visible } from "../protocol/display.ts";
 import type { Discovery } from "../protocol/types.ts";
 import type { Context } from "./context.ts";
 import { CliError, usageError } from "./errors.ts";
@@ -9,6 +11,9 @@ import { request, serviceName } from "./http.ts";
  * uses, read from it and never hard-coded: both endpoint name families (ddisa_auth_* and the older
  * ddisa_agent_*) are understood. Cached in memory per process and on disk (cacheDir/discovery/) for
  * DISCOVERY_TTL_S, so a command pays the round trip at most every few minutes.
+ *
+ * Every endpoint must be on the IdP's own origin (or one listed in `idp_endpoint_origins`): a
+ * discovery document cannot send the session token, challenges or grants to another host.
  */
 
 export const DISCOVERY_TTL_S = 300;
@@ -25,7 +30,7 @@ export interface IdpEndpoints {
   challengeFamily: "auth" | "agent";
   grantsEndpoint?: string;
   delegationsEndpoint?: string;
-  /** Advertised agents endpoint, else `{issuer}/api/agents`. */
+  /** Advertised agents endpoint, else `{idp}/api/agents`. */
   agentsEndpoint: string;
   authMethods: string[];
   grantTypes: string[];
@@ -41,9 +46,7 @@ export function normalizeIdpUrl(raw: string): string {
     throw usageError(`"${raw}" is not a URL`, "give the IdP as https://id.example.com");
   }
   // Plain http would send keys' challenges and tokens in the clear: loopback only (tests, one-machine setups).
-  const h = u.hostname.replace(/^\[|\]$/g, "").toLowerCase();
-  const loopback = h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
-  if (u.protocol !== "https:" && !(u.protocol === "http:" && loopback)) {
+  if (u.protocol !== "https:" && !(u.protocol === "http:" && isLoopbackHost(u.hostname))) {
     throw usageError(`the IdP URL must be https:// (plain http only on a loopback address), got ${raw}`);
   }
   if (u.username || u.password) throw usageError("the IdP URL must not contain credentials");
@@ -78,11 +81,12 @@ export function clearDiscoveryMemory(): void {
 async function loadEndpoints(ctx: Context, base: string, refresh: boolean): Promise<IdpEndpoints> {
   const file = await cacheFile(ctx, base);
   const nowS = Math.floor(ctx.clock.now() / 1000);
+  const trusted = (await ctx.config()).idpEndpointOrigins;
   if (!refresh) {
     const cached = await readCache(file, nowS);
     if (cached) {
       ctx.debug(`discovery: ${base} (cached)`);
-      return endpointsFrom(base, cached);
+      return endpointsFrom(base, cached, trusted);
     }
   }
   const url = `${base}/.well-known/openid-configuration`;
@@ -94,30 +98,71 @@ async function loadEndpoints(ctx: Context, base: string, refresh: boolean): Prom
       hint: "is this an OpenID / DDISA IdP? check `--idp` or the `idp` config key",
     });
   }
-  const endpoints = endpointsFrom(base, doc as Discovery);
+  const endpoints = endpointsFrom(base, doc as Discovery, trusted);
   await writeCache(file, { fetched_at: nowS, document: doc }).catch(() => undefined);
   ctx.debug(`discovery: ${base} issuer=${endpoints.issuer} challenge=${endpoints.challengeEndpoint ?? "-"}`);
   return endpoints;
 }
 
-export function endpointsFrom(base: string, doc: Discovery): IdpEndpoints {
+/**
+ * Why `endpoint` (advertised as `field`) must not be used, or undefined when it may: it must be an
+ * http(s) URL without credentials on `base`'s origin or one of `trusted`, and https unless loopback.
+ */
+export function endpointRefusal(
+  base: string,
+  endpoint: string,
+  trusted: readonly string[] = [],
+): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(endpoint);
+  } catch {
+    return "is not a URL";
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") return "is not an http(s) URL";
+  if (u.username || u.password) return "contains credentials";
+  if (u.origin !== new URL(base).origin && !trusted.includes(u.origin)) {
+    return `is not on the IdP's origin ${new URL(base).origin}`;
+  }
+  if (u.protocol === "http:" && !isLoopbackHost(u.hostname)) return "uses plain http to a non-loopback host";
+  return undefined;
+}
+
+export function endpointsFrom(base: string, doc: Discovery, trusted: readonly string[] = []): IdpEndpoints {
   const str = (v: unknown) => (typeof v === "string" && v.length > 0 ? v : undefined);
-  const authChallenge = str(doc.ddisa_auth_challenge_endpoint);
-  const agentChallenge = str(doc.ddisa_agent_challenge_endpoint);
-  const issuer = doc.issuer.replace(/\/+$/, "");
+  const checked = (field: string, v: string): string => {
+    const why = endpointRefusal(base, v, trusted);
+    if (why === undefined) return v;
+    throw new CliError(
+      `the IdP at ${base} advertises ${field} = ${visible(v, { max: 200 })}, which ${why}: refused`,
+      {
+        exitCode: ExitCode.UNAVAILABLE,
+        hint:
+          "apes only talks to the IdP's own origin; if this IdP really serves that endpoint from another " +
+          "host, add its origin to `idp_endpoint_origins` in config.toml",
+      },
+    );
+  };
+  const fields = doc as unknown as Record<string, unknown>;
+  const endpoint = (field: string): string | undefined => {
+    const v = str(fields[field]);
+    return v === undefined ? undefined : checked(field, v);
+  };
+  const authChallenge = endpoint("ddisa_auth_challenge_endpoint");
+  const agentChallenge = endpoint("ddisa_agent_challenge_endpoint");
   return {
     idp: base,
     issuer: doc.issuer,
-    jwksUri: str(doc.jwks_uri),
-    tokenEndpoint: str(doc.token_endpoint),
+    jwksUri: endpoint("jwks_uri"),
+    tokenEndpoint: endpoint("token_endpoint"),
     challengeEndpoint: authChallenge ?? agentChallenge,
     authenticateEndpoint:
-      str(doc.ddisa_auth_authenticate_endpoint) ?? str(doc.ddisa_agent_authenticate_endpoint),
+      endpoint("ddisa_auth_authenticate_endpoint") ?? endpoint("ddisa_agent_authenticate_endpoint"),
     challengeFamily: authChallenge ? "auth" : "agent",
-    grantsEndpoint: str(doc.openape_grants_endpoint),
-    delegationsEndpoint: str(doc.openape_delegations_endpoint),
+    grantsEndpoint: endpoint("openape_grants_endpoint"),
+    delegationsEndpoint: endpoint("openape_delegations_endpoint"),
     agentsEndpoint:
-      str(doc.openape_agents_endpoint) ?? str(doc.apes_agents_endpoint) ?? `${issuer}/api/agents`,
+      endpoint("openape_agents_endpoint") ?? endpoint("apes_agents_endpoint") ?? `${base}/api/agents`,
     authMethods: Array.isArray(doc.ddisa_auth_methods_supported) ? doc.ddisa_auth_methods_supported : [],
     grantTypes: Array.isArray(doc.openape_grant_types_supported) ? doc.openape_grant_types_supported : [],
     document: doc,

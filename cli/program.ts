@@ -1,4 +1,5 @@
 import { Command, CommanderError, Option } from "commander";
+import { hasUnsafeChars, visible } from "../protocol/display.ts";
 import { registerCommands } from "./commands/index.ts";
 import { isInternal, runInternal } from "./commands/internal/fast.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
@@ -105,15 +106,28 @@ function reportError(e: unknown, stderr: { write(s: string): unknown }, debug: (
     return ExitCode.USAGE;
   }
   if (e instanceof CliError) {
-    stderr.write(`apes: ${e.message}\n`);
-    if (e.hint) stderr.write(`  ${e.hint.replaceAll("\n", "\n  ")}\n`);
-    if (safe(debug) && e.cause) stderr.write(`  cause: ${describeCause(e.cause)}\n`);
+    stderr.write(`apes: ${guarded(e.message)}\n`);
+    if (e.hint) stderr.write(`  ${e.hint.split("\n").map(guarded).join("\n  ")}\n`);
+    if (safe(debug) && e.cause) stderr.write(`  cause: ${guarded(describeCause(e.cause))}\n`);
     return e.exitCode;
   }
-  stderr.write(`apes: unexpected error: ${e instanceof Error ? e.message : String(e)}\n`);
+  stderr.write(
+    `apes: unexpected error: ${visible(e instanceof Error ? e.message : String(e), { max: MESSAGE_MAX })}\n`,
+  );
   if (safe(debug) && e instanceof Error && e.stack) stderr.write(`${e.stack}\n`);
   else stderr.write("  run again with --debug for details\n");
   return ExitCode.ERROR;
+}
+
+const MESSAGE_MAX = 2000;
+
+/**
+ * A message apes built, shown as it is, unless something in it (text from an IdP or a file that its
+ * source forgot to pass through `visible`) holds a control character or is unboundedly long: then
+ * the whole line is escaped and cut, so no error can drive the terminal.
+ */
+function guarded(text: string): string {
+  return hasUnsafeChars(text) || text.length > MESSAGE_MAX ? visible(text, { max: MESSAGE_MAX }) : text;
 }
 
 function describeCause(cause: unknown): string {

@@ -13,10 +13,14 @@ import { parse } from "smol-toml";
  *   host = "web1"                                 # this machine's name in grants (default: hostname)
  *   run_as = ["root"]                             # Unix users a command may run as (default ["root"])
  *   allow_self_approval = false                   # may a requester approve its own grant? (default false)
- *   allow_loopback_http = false                   # accept http:// issuers on 127.0.0.1/::1/localhost
  *   ca_pem = '''-----BEGIN CERTIFICATE-----...''' # the issuers' TLS CA(s), PEM inline; when set, ONLY
  *                                                 #   these are trusted (pinned), not the system roots
- *   ca_file = "/etc/apes/idp-ca.pem"              # or: a PEM file the verifier (user _apes) can read
+ *   ca_file = "/etc/apes/idp-ca.pem"              # or: a PEM file, trusted only when root guards it like
+ *                                                 #   the policy (see trustedDirectoryProblem)
+ *
+ * Issuers are https only. Plain http, even on loopback, is refused: while the IdP is down any local
+ * user can bind its port, serve keys of their own and sign grants for any command. (A policy written by
+ * an older `apes trust` says `allow_loopback_http = false`; that is accepted, `true` is an error.)
  *   [users]                                       # REQUIRED: Unix user -> identities it may act as
  *   deploy = ["agent-deploy@example.com"]
  */
@@ -29,7 +33,6 @@ export interface Policy {
   host: string;
   runAs: string[];
   allowSelfApproval: boolean;
-  allowLoopbackHttp: boolean;
   caPem?: string;
   caFile?: string;
   /** Unix user name -> identities (JWT `sub`) that user may present. */
@@ -82,9 +85,14 @@ export function parsePolicy(text: string, source: string, defaults: { hostname: 
   }
   if (doc.version !== undefined && doc.version !== 1) throw fail("version", "1");
 
-  const allowLoopbackHttp = optionalBool(doc, "allow_loopback_http", fail) ?? false;
+  if (optionalBool(doc, "allow_loopback_http", fail)) {
+    throw fail(
+      "allow_loopback_http",
+      "false: plain http issuers are no longer trusted for elevation (any local user can serve their port); use https with a pinned CA (`apes trust --ca-file`)",
+    );
+  }
   const issuers = stringList(doc, "issuers", fail, { required: true }).map((raw) => {
-    const normalized = normalizeIssuer(raw, allowLoopbackHttp);
+    const normalized = normalizeIssuer(raw);
     if (typeof normalized !== "string")
       throw fail("issuers", `a list of https URLs (${raw}: ${normalized.error})`);
     return normalized;
@@ -145,7 +153,6 @@ export function parsePolicy(text: string, source: string, defaults: { hostname: 
     host,
     runAs: runAs.length > 0 ? runAs : [...DEFAULT_RUN_AS],
     allowSelfApproval,
-    allowLoopbackHttp,
     ...(caPem ? { caPem } : {}),
     ...(caFile ? { caFile } : {}),
     users,
@@ -193,14 +200,8 @@ function optionalBool(
   return v;
 }
 
-/** True for 127.0.0.0/8, ::1 and localhost: the only hosts plain http is ever allowed for. */
-export function isLoopbackHost(hostname: string): boolean {
-  const h = hostname.replace(/^\[|\]$/g, "").toLowerCase();
-  return h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
-}
-
 /** An issuer URL as compared with the JWT's `iss`: origin + path without trailing slash. */
-export function normalizeIssuer(raw: string, allowLoopbackHttp: boolean): string | { error: string } {
+export function normalizeIssuer(raw: string): string | { error: string } {
   let u: URL;
   try {
     u = new URL(raw);
@@ -210,15 +211,16 @@ export function normalizeIssuer(raw: string, allowLoopbackHttp: boolean): string
   if (u.username || u.password) return { error: "credentials in the URL" };
   if (u.search || u.hash) return { error: "a query or fragment" };
   if (u.protocol === "http:") {
-    if (!isLoopbackHost(u.hostname)) return { error: "plain http is only allowed for a loopback issuer" };
-    if (!allowLoopbackHttp) return { error: "plain http needs allow_loopback_http = true" };
-  } else if (u.protocol !== "https:") {
-    return { error: `scheme ${u.protocol} (must be https)` };
+    return { error: "plain http (any local user could serve it while the IdP is down; use https)" };
   }
+  if (u.protocol !== "https:") return { error: `scheme ${u.protocol} (must be https)` };
   return `${u.origin}${u.pathname.replace(/\/+$/, "")}`;
 }
 
-/** Ownership and mode rule for the policy file (checked by the shim on its fd, and again here). */
+/**
+ * Ownership and mode rule for the policy file (checked by the shim on its fd, and again here) and for a
+ * ca_file (checked by the verifier on its fd).
+ */
 export function policyFileProblem(
   st: { uid: number; mode: number; isFile: boolean },
   ownerUid = 0,
@@ -227,6 +229,23 @@ export function policyFileProblem(
   if (st.uid !== ownerUid)
     return `is owned by uid ${st.uid}, not ${ownerUid === 0 ? "root" : `uid ${ownerUid}`}`;
   if ((st.mode & 0o022) !== 0) return `is group- or world-writable (mode ${(st.mode & 0o7777).toString(8)})`;
+  return undefined;
+}
+
+/**
+ * The rule for every directory above a ca_file: owned by root and writable by nobody else, so no
+ * other user can swap the file or a directory on its path. A root-owned sticky directory (/tmp) is
+ * safe too: others may add entries there but cannot rename or remove root's.
+ */
+export function trustedDirectoryProblem(
+  st: { uid: number; mode: number; isDirectory: boolean },
+  ownerUid = 0,
+): string | undefined {
+  if (!st.isDirectory) return "is not a directory";
+  if (st.uid !== ownerUid)
+    return `is owned by uid ${st.uid}, not ${ownerUid === 0 ? "root" : `uid ${ownerUid}`}`;
+  if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0)
+    return `is group- or world-writable (mode ${(st.mode & 0o7777).toString(8)})`;
   return undefined;
 }
 
@@ -246,7 +265,6 @@ export function serializePolicy(p: Policy, header = ""): string {
     `host = ${q(p.host)}`,
     `run_as = ${list(p.runAs)}`,
     `allow_self_approval = ${p.allowSelfApproval}`,
-    `allow_loopback_http = ${p.allowLoopbackHttp}`,
   );
   if (p.caFile) lines.push(`ca_file = ${q(p.caFile)}`);
   if (p.caPem) {

@@ -1,6 +1,20 @@
-import { createHash, createPublicKey, verify as cryptoVerify } from "node:crypto";
-import { fstatSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { createHash, type KeyObject } from "node:crypto";
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname } from "node:os";
+import { dirname } from "node:path";
+import { type IssuerKeys, JwksCache, type KeyStore } from "../protocol/jwks.ts";
+import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
 import {
   type Allowed,
   checkIssuer,
@@ -13,13 +27,20 @@ import {
   parseRequest,
   type VerifyRequest,
 } from "./decide.ts";
-import { type Policy, PolicyError, parsePolicy, policyFileProblem } from "./policy.ts";
+import {
+  type Policy,
+  PolicyError,
+  parsePolicy,
+  policyFileProblem,
+  trustedDirectoryProblem,
+} from "./policy.ts";
 
 /**
  * `apes __verify --config-fd 3`: the effects around the pure decision. Runs as the unprivileged
  * `_apes` user with a fixed environment (HOME = the JWKS cache dir). Order (contract):
  *   request line -> policy from the fd -> token shape -> issuer allow-list (no network before this)
- *   -> discovery + JWKS from that issuer only (cached) -> signature, alg pinned to EdDSA
+ *   -> trust anchor (the pinned CA, or the system roots)
+ *   -> discovery + JWKS from that issuer only (cached per issuer AND anchor) -> signature, alg EdDSA
  *   -> claim checks (decide) -> consume at the IdP (fail closed) -> one verdict line on stdout.
  */
 
@@ -34,15 +55,15 @@ export interface VerifierOptions {
   /** Where the JWKS cache lives (the verifier's HOME). Undefined: no cache. */
   cacheDir?: string;
   nowS?: () => number;
-  /** Injected for unit tests; the default talks HTTP(S) with the policy's CA. */
+  /** Injected for unit tests; the default talks HTTPS with the policy's trust anchor. */
   http?: HttpFn;
-  /** Owner the policy file must have: root, except in unit tests run by another user. */
+  /** Owner the policy file and a ca_file must have: root, except in unit tests run by another user. */
   policyOwnerUid?: number;
 }
 
 export type HttpFn = (
   url: string,
-  init: { method: "GET" | "POST"; headers?: Record<string, string>; body?: string; ca?: string },
+  init: { method: "GET" | "POST"; headers?: Record<string, string>; body?: string },
 ) => Promise<{ status: number; body: unknown }>;
 
 /** A network-level failure (no HTTP answer, or a 5xx): fail closed. */
@@ -50,10 +71,13 @@ export class Unreachable extends Error {}
 
 const MAX_REQUEST_BYTES = 64 * 1024;
 const MAX_POLICY_BYTES = 256 * 1024;
-/** Discovery and JWKS are reused this long; an unknown kid refetches, at most every REFETCH_MIN_S. */
-export const JWKS_TTL_S = 300;
-export const REFETCH_MIN_S = 10;
-const HTTP_TIMEOUT_MS = 5000;
+const MAX_CA_FILE_BYTES = 1024 * 1024;
+const MAX_ANSWER_BYTES = 1024 * 1024;
+/**
+ * Each request (connect, TLS, headers and the whole body) must be complete within this, so a slow or
+ * dripping IdP fails closed in seconds with the step's reason code; the size cap alone would not.
+ */
+export const HTTP_DEADLINE_MS = 5000;
 
 /** Prints the verdict line (and timing lines); returns the decision and the contract's exit status. */
 export async function runVerifier(
@@ -98,14 +122,19 @@ async function verify(
   if ("ok" in request) return request;
   onRequest(request);
 
-  const policy = readPolicy(options.configFd, options.policyOwnerUid ?? 0);
+  const ownerUid = options.policyOwnerUid ?? 0;
+  const policy = readPolicy(options.configFd, ownerUid);
   if ("ok" in policy) return policy;
   mark("read");
 
   const shape = checkTokenShape(request.jwt);
   if (shape) return shape;
-  const unverified = decodeParts(request.jwt);
-  if (!unverified) return deny("token_malformed", "the grant token's header or payload is not JSON");
+  let unverified: DecodedJwt;
+  try {
+    unverified = decodeJwt(request.jwt);
+  } catch {
+    return deny("token_malformed", "the grant token's header or payload is not JSON");
+  }
   const issuerCheck = checkIssuer(unverified.payload.iss, policy);
   if (!issuerCheck.ok) return issuerCheck;
   const issuer = issuerCheck.issuer;
@@ -119,30 +148,38 @@ async function verify(
   if (typeof kid !== "string" || kid.length === 0)
     return deny("signature_invalid", "the token header has no kid");
 
-  const http = options.http ?? (await httpForPolicy(policy));
-  let meta: IssuerMeta;
+  let anchor: TrustAnchor;
   try {
-    meta = await issuerMeta(http, issuer, options.cacheDir, nowS(), kid);
+    anchor = trustAnchor(policy, ownerUid);
+  } catch (e) {
+    return deny("config_invalid", (e as Error).message);
+  }
+  const http = options.http ?? httpWithCa(anchor.ca);
+  let found: { meta: IssuerKeys; key?: KeyObject };
+  try {
+    const store = options.cacheDir ? fileKeyStore(options.cacheDir) : undefined;
+    const cache = new JwksCache({
+      getJson: (url) => http(url, { method: "GET", headers: { accept: "application/json" } }),
+      anchor: anchor.id,
+      endpoints: [GRANTS_ENDPOINT],
+      ...(store ? { store } : {}),
+    });
+    found = await cache.lookup(issuer, kid, nowS());
   } catch (e) {
     return deny("jwks_unavailable", `cannot get the signing keys of ${issuer}: ${(e as Error).message}`);
   }
   mark("jwks");
-  const jwk = meta.keys.find((k) => k.kid === kid);
-  if (!jwk) return deny("signature_invalid", `the token's key ${kid} is not published by ${issuer}`);
-
-  if (
-    jwk.kty !== "OKP" ||
-    jwk.crv !== "Ed25519" ||
-    typeof jwk.x !== "string" ||
-    (jwk.alg !== undefined && jwk.alg !== "EdDSA")
-  ) {
-    return deny("signature_invalid", `key ${kid} is not an Ed25519 key`);
-  }
-  if (unverified.header.crit !== undefined || unverified.header.b64 !== undefined) {
-    return deny("signature_invalid", "the token header uses crit/b64, which this verifier does not accept");
-  }
-  if (!verifyEd25519(request.jwt, jwk.x)) {
-    return deny("signature_invalid", `the token's signature does not verify with ${issuer}'s key ${kid}`);
+  if (!found.meta.keys.some((k) => k.kid === kid))
+    return deny("signature_invalid", `the token's key ${kid} is not published by ${issuer}`);
+  if (!found.key) return deny("signature_invalid", `key ${kid} is not an Ed25519 key`);
+  try {
+    verifySignature(unverified, () => found.key);
+  } catch (e) {
+    const why = e instanceof JwtError && e.reason !== "signature" ? `: ${e.message}` : "";
+    return deny(
+      "signature_invalid",
+      `the token's signature does not verify with ${issuer}'s key ${kid}${why}`,
+    );
   }
   // Only now is the payload trusted (decodeParts parsed the same bytes).
   const claims = unverified.payload;
@@ -150,7 +187,7 @@ async function verify(
 
   const decision = decide(claims, request, policy, nowS());
   if (!decision.ok) return decision;
-  const consumed = await consume(http, meta.grantsEndpoint, decision, request.jwt);
+  const consumed = await consume(http, found.meta.endpoints[GRANTS_ENDPOINT]!, decision, request.jwt);
   mark("consume");
   return consumed;
 }
@@ -191,179 +228,140 @@ async function consume(
   return consumeOutcome(res.status, res.body, allowed);
 }
 
-/** Header and payload of a compact JWT, before the signature is checked (only iss, alg, kid are used). */
-function decodeParts(
-  jwt: string,
-): { header: Record<string, unknown>; payload: Record<string, unknown> } | undefined {
-  const [h, p] = jwt.split(".");
-  try {
-    const header = JSON.parse(Buffer.from(h!, "base64url").toString("utf8")) as unknown;
-    const payload = JSON.parse(Buffer.from(p!, "base64url").toString("utf8")) as unknown;
-    const isObj = (v: unknown): v is Record<string, unknown> =>
-      !!v && typeof v === "object" && !Array.isArray(v);
-    if (!isObj(header) || !isObj(payload)) return undefined;
-    return { header, payload };
-  } catch {
-    return undefined;
-  }
-}
-
-export interface Jwk {
-  kty?: string;
-  crv?: string;
-  x?: string;
-  kid?: string;
-  alg?: string;
-}
-
-export interface IssuerMeta {
-  issuer: string;
-  grantsEndpoint: string;
-  jwksUri: string;
-  keys: Jwk[];
-  fetchedAt: number;
-  /** This fetch was caused by an unknown kid (rate-limits the next one). */
-  kidMiss?: boolean;
-}
+/** The discovery name of the endpoint the verifier consumes at (it must be on the issuer's origin). */
+const GRANTS_ENDPOINT = "openape_grants_endpoint";
 
 /**
- * Discovery and JWKS of an allow-listed issuer, from the cache when fresh. The jwks_uri and the
- * grants endpoint must be on the issuer's own origin: a discovery document cannot send the verifier
- * (or the AuthZ-JWT) anywhere else.
+ * The JWKS cache in the verifier's HOME, one file per trust anchor and issuer (protocol/jwks.ts
+ * decides what an entry may be used for). Best effort: a read-only or full cache only costs a fetch.
+ * Writes are atomic so a concurrent verifier never reads half, and a failed write removes its
+ * temporary file, so failures cannot fill the cache directory.
  */
-async function issuerMeta(
-  http: HttpFn,
-  issuer: string,
-  cacheDir: string | undefined,
-  nowS: number,
-  kid: string,
-): Promise<IssuerMeta> {
-  const file = cacheDir
-    ? `${cacheDir}/jwks-${createHash("sha256").update(issuer).digest("hex").slice(0, 24)}.json`
-    : undefined;
-  const cached = file ? readCache(file, issuer) : undefined;
-  let kidMiss = false;
-  if (cached && cached.fetchedAt <= nowS && nowS - cached.fetchedAt < JWKS_TTL_S) {
-    if (cached.keys.some((k) => k.kid === kid)) return cached;
-    // Unknown kid: the IdP may have rotated, so refetch at once; but if the cached keys come from
-    // such a refetch less than REFETCH_MIN_S ago, a token with made-up kids gets no more fetches.
-    if (cached.kidMiss && nowS - cached.fetchedAt < REFETCH_MIN_S) return cached;
-    kidMiss = true;
-  }
-  const meta = { ...(await fetchIssuerMeta(http, issuer, nowS)), ...(kidMiss ? { kidMiss } : {}) };
-  if (file) writeCache(file, meta);
-  return meta;
-}
-
-export async function fetchIssuerMeta(http: HttpFn, issuer: string, nowS: number): Promise<IssuerMeta> {
-  const origin = new URL(issuer).origin;
-  const sameOrigin = (name: string, v: unknown): string => {
-    if (typeof v !== "string") throw new Error(`the discovery document has no ${name}`);
-    let u: URL;
-    try {
-      u = new URL(v);
-    } catch {
-      throw new Error(`${name} is not a URL`);
-    }
-    if (u.origin !== origin) throw new Error(`${name} ${v} is not on the issuer's origin ${origin}`);
-    return v.replace(/\/+$/, "");
+function fileKeyStore(dir: string): KeyStore {
+  const file = (key: string) =>
+    `${dir}/jwks-${createHash("sha256").update(key).digest("hex").slice(0, 24)}.json`;
+  return {
+    get(key) {
+      try {
+        return JSON.parse(readFileSync(file(key), "utf8")) as IssuerKeys;
+      } catch {
+        return undefined;
+      }
+    },
+    set(key, value) {
+      const tmp = `${file(key)}.${process.pid}.tmp`;
+      try {
+        writeFileSync(tmp, JSON.stringify(value), { mode: 0o600 });
+        renameSync(tmp, file(key));
+      } catch {
+        try {
+          rmSync(tmp, { force: true });
+        } catch {
+          // nothing more to do: the next fetch tries again
+        }
+      }
+    },
   };
-  const disc = await getJson(http, `${issuer}/.well-known/openid-configuration`);
-  const doc = disc as Record<string, unknown>;
-  if (typeof doc.issuer !== "string" || doc.issuer.replace(/\/+$/, "") !== issuer) {
-    throw new Error(`the discovery document names issuer ${String(doc.issuer)}, expected ${issuer}`);
-  }
-  const jwksUri = sameOrigin("jwks_uri", doc.jwks_uri);
-  const grantsEndpoint = sameOrigin("openape_grants_endpoint", doc.openape_grants_endpoint);
-  const jwks = (await getJson(http, jwksUri)) as { keys?: unknown };
-  if (!Array.isArray(jwks.keys)) throw new Error(`${jwksUri} has no keys array`);
-  const keys = (jwks.keys as unknown[]).filter((k): k is Jwk => !!k && typeof k === "object") as Jwk[];
-  return { issuer, grantsEndpoint, jwksUri, keys, fetchedAt: nowS };
-}
-
-async function getJson(http: HttpFn, url: string): Promise<unknown> {
-  const res = await http(url, { method: "GET", headers: { accept: "application/json" } });
-  if (res.status !== 200 || !res.body || typeof res.body !== "object")
-    throw new Error(`GET ${url} answered ${res.status}`);
-  return res.body;
-}
-
-function readCache(file: string, issuer: string): IssuerMeta | undefined {
-  try {
-    const m = JSON.parse(readFileSync(file, "utf8")) as IssuerMeta;
-    if (m.issuer !== issuer || typeof m.fetchedAt !== "number" || !Array.isArray(m.keys)) return undefined;
-    if (typeof m.grantsEndpoint !== "string" || typeof m.jwksUri !== "string") return undefined;
-    // The same origin rule as on fetch: a cache entry can never send the token elsewhere.
-    const origin = new URL(issuer).origin;
-    if (new URL(m.grantsEndpoint).origin !== origin || new URL(m.jwksUri).origin !== origin) return undefined;
-    return m;
-  } catch {
-    return undefined;
-  }
-}
-
-function writeCache(file: string, meta: IssuerMeta): void {
-  // Best effort: a read-only cache only costs a fetch. Atomic so a concurrent verifier never reads half.
-  try {
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(meta), { mode: 0o600 });
-    renameSync(tmp, file);
-  } catch {
-    // ignore
-  }
 }
 
 /**
- * EdDSA over the JWS signing input with node:crypto: the header's alg was pinned to EdDSA and the
- * key is an Ed25519 JWK. (jose does the same, but loading it and WebCrypto's key import cost
- * ~15 ms of each verification; node:crypto's one-shot verify needs well under one.)
+ * The TLS trust for the issuers: `ca` (PEM) when the policy pins a CA, else the system roots. `id`
+ * names it in the JWKS cache: "sha256:<hex of the PEM>" or "system-roots".
  */
-export function verifyEd25519(jwt: string, x: string): boolean {
-  const [h, p, sig] = jwt.split(".");
-  try {
-    const key = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x }, format: "jwk" });
-    return cryptoVerify(null, Buffer.from(`${h}.${p}`, "ascii"), key, Buffer.from(sig!, "base64url"));
-  } catch {
-    return false;
-  }
+export interface TrustAnchor {
+  ca?: string;
+  id: string;
+}
+
+/** The policy's trust anchor; reads a ca_file only when root guards it like the policy. Throws PolicyError. */
+export function trustAnchor(policy: Policy, ownerUid = 0): TrustAnchor {
+  const parts = [policy.caPem, policy.caFile ? readCaFile(policy.caFile, ownerUid) : undefined];
+  const ca = parts.filter((p) => p !== undefined).join("\n");
+  if (!ca) return { id: "system-roots" };
+  return { ca, id: `sha256:${createHash("sha256").update(ca).digest("hex")}` };
 }
 
 /**
- * Built-ins loaded on first use with process.getBuiltinModule: synchronous and without the ESM facade
- * of `await import("node:http")`, whose lazy exports load Node's whole bundled undici (~40 ms), and
- * without loading https/tls for a plain-http loopback issuer.
+ * A ca_file decides whom the verifier believes, so it gets the policy's own rules: a canonical path (no
+ * symlink anywhere, so the directories checked are the ones the open goes through), every directory
+ * above it root-owned and writable by root only, and the file itself opened without following a link
+ * or blocking on a FIFO, a regular root-owned file that no one else can write (checked on the fd).
  */
-const builtin = {
-  http: () => process.getBuiltinModule("node:http"),
-  https: () => process.getBuiltinModule("node:https"),
-};
-
-/**
- * HTTP(S) through node:http(s): cheap to load (each verifier is a fresh process). With ca_pem/ca_file
- * the policy PINS the issuers' CA: only those certificates are trusted, not the system roots (which
- * is stricter, and skips parsing ~140 root certificates on every verification).
- */
-export async function httpForPolicy(policy: Policy): Promise<HttpFn> {
-  let ca: string | undefined = policy.caPem;
-  if (policy.caFile) {
+function readCaFile(path: string, ownerUid: number): string {
+  const refuse = (why: string) =>
+    new PolicyError(`ca_file ${path} ${why}; or pin the CA inline: sudo apes trust ... --ca-file F`);
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch (e) {
+    throw refuse(`cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (real !== path) throw refuse(`is not a path without symlinks (it resolves to ${real})`);
+  for (let dir = dirname(path); ; dir = dirname(dir)) {
+    let st: ReturnType<typeof lstatSync>;
     try {
-      ca = `${ca ?? ""}\n${readFileSync(policy.caFile, "utf8")}`;
+      st = lstatSync(dir);
     } catch (e) {
-      throw new PolicyError(`cannot read ca_file ${policy.caFile}: ${(e as Error).message}`);
+      throw refuse(
+        `cannot be checked (${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      );
     }
+    const problem = trustedDirectoryProblem(
+      { uid: st.uid, mode: st.mode, isDirectory: st.isDirectory() },
+      ownerUid,
+    );
+    if (problem) throw refuse(`is in ${dir}, which ${problem}`);
+    if (dir === "/") break;
   }
-  const cas = ca ? [ca] : undefined;
-  return (url, init) => httpRequest(url, { ...init, ca: cas });
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    throw refuse(`cannot be opened (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  try {
+    const st = fstatSync(fd);
+    const problem = policyFileProblem({ uid: st.uid, mode: st.mode, isFile: st.isFile() }, ownerUid);
+    if (problem) throw refuse(problem);
+    if (st.size > MAX_CA_FILE_BYTES) throw refuse("is larger than 1 MiB");
+    return readFileSync(fd, "utf8");
+  } finally {
+    closeSync(fd);
+  }
 }
 
-async function httpRequest(
+/**
+ * HTTPS through node:https (cheap to load; each verifier is a fresh process), loaded on first use with
+ * process.getBuiltinModule: synchronous and without the ESM facade of `await import(...)`, whose lazy
+ * exports load Node's whole bundled undici (~40 ms). With a `ca` the policy PINS the issuers' CA: only
+ * those certificates are trusted, not the system roots (stricter, and it skips parsing ~140 roots).
+ */
+export function httpWithCa(ca: string | undefined): HttpFn {
+  return (url, init) => httpsRequest(url, { ...init, ...(ca ? { ca: [ca] } : {}) });
+}
+
+/** The HTTP function for a policy (`apes trust` validates an IdP with it before writing). */
+export function httpForPolicy(policy: Policy): HttpFn {
+  return httpWithCa(trustAnchor(policy).ca);
+}
+
+function httpsRequest(
   url: string,
   init: { method: string; headers?: Record<string, string>; body?: string; ca?: string[] },
 ): Promise<{ status: number; body: unknown }> {
   const u = new URL(url);
-  const send = u.protocol === "https:" ? builtin.https().request : builtin.http().request;
+  if (u.protocol !== "https:") return Promise.reject(new Unreachable(`${url} is not https`));
   return new Promise((resolve, reject) => {
-    const req = send(
+    const fail = (e: Error) => {
+      clearTimeout(deadline);
+      reject(e);
+    };
+    // One clock for the whole exchange: connect, TLS, headers and body.
+    const deadline = setTimeout(() => {
+      fail(new Unreachable(`no complete answer within ${HTTP_DEADLINE_MS / 1000} s`));
+      req.destroy();
+    }, HTTP_DEADLINE_MS);
+    const req = process.getBuiltinModule("node:https").request(
       u,
       {
         method: init.method,
@@ -371,7 +369,6 @@ async function httpRequest(
           ...init.headers,
           ...(init.body ? { "content-length": String(Buffer.byteLength(init.body)) } : {}),
         },
-        timeout: HTTP_TIMEOUT_MS,
         // One short-lived process: no pooled sockets that could keep it alive.
         agent: false,
         ...(init.ca ? { ca: init.ca } : {}),
@@ -381,10 +378,11 @@ async function httpRequest(
         let size = 0;
         res.on("data", (c: Buffer) => {
           size += c.length;
-          if (size > 1024 * 1024) req.destroy(new Error("answer larger than 1 MiB"));
+          if (size > MAX_ANSWER_BYTES) req.destroy(new Error("answer larger than 1 MiB"));
           else chunks.push(c);
         });
         res.on("end", () => {
+          clearTimeout(deadline);
           const text = Buffer.concat(chunks).toString("utf8");
           let body: unknown;
           try {
@@ -394,11 +392,10 @@ async function httpRequest(
           }
           resolve({ status: res.statusCode ?? 0, body });
         });
-        res.on("error", (e) => reject(new Unreachable(e.message)));
+        res.on("error", (e) => fail(new Unreachable(e.message)));
       },
     );
-    req.on("timeout", () => req.destroy(new Error(`no answer within ${HTTP_TIMEOUT_MS / 1000} s`)));
-    req.on("error", (e) => reject(new Unreachable(networkReason(e))));
+    req.on("error", (e) => fail(new Unreachable(networkReason(e))));
     if (init.body) req.write(init.body);
     req.end();
   });

@@ -4,6 +4,7 @@ import { CLI_TOKEN_AUDIENCE, type Grant } from "../protocol/types.ts";
 import { type Actor, effectiveStatus } from "./grants.ts";
 import type { Call } from "./http.ts";
 import type { Keyring } from "./keys.ts";
+import type { LimitClass } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { Store, UserRecord } from "./store/types.ts";
 import { TokenError, verifyJwt } from "./tokens.ts";
@@ -25,7 +26,8 @@ export interface Idp {
   /** Verifies a session token this IdP issued (`aud: apes-cli`); throws TokenError. */
   sessionClaims(token: string): Record<string, unknown>;
   authenticate(call: Call): Principal;
-  rateLimit(key: string): void;
+  /** Takes one request from `key`'s bucket of the class; throws 429 (with retry_after) when empty. */
+  rateLimit(limitClass: LimitClass, key: string): void;
 }
 
 export interface Principal {
@@ -75,6 +77,11 @@ export class SessionVerifier {
   private readonly idp: () => Idp;
   constructor(idp: () => Idp) {
     this.idp = idp;
+  }
+
+  /** True when `token` was verified before and has not expired (no signature check needed). */
+  verified(token: string): boolean {
+    return ((this.cache.get(token)?.exp as number | undefined) ?? 0) > this.idp().now();
   }
 
   claims(token: string): Record<string, unknown> {
@@ -176,23 +183,31 @@ export function delegatedTokenProblem(
   return undefined;
 }
 
-/** Token bucket per identity: `limit` requests per `windowSec`, refilled continuously. */
+/**
+ * Token bucket per key: `limit` requests per `windowSec`, refilled continuously. At most `capacity`
+ * keys are tracked; beyond, the least recently used bucket is forgotten (it has had the longest to
+ * refill), never the whole table: a flood of new keys cannot reset an active client's count.
+ */
 export class RateLimiter {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private readonly limit: number;
   private readonly perMs: number;
-  constructor(limit: number, windowSec: number) {
+  private readonly capacity: number;
+  constructor(limit: number, windowSec: number, capacity = 100_000) {
     this.limit = limit;
     this.perMs = limit / (windowSec * 1000);
+    this.capacity = capacity;
   }
   /** Seconds to wait, or 0 when the request may proceed. */
   take(key: string, nowMs: number): number {
     let b = this.buckets.get(key);
-    if (!b) {
-      if (this.buckets.size > 100_000) this.buckets.clear();
+    if (b) {
+      this.buckets.delete(key); // re-inserted below: the Map's order is the order of last use
+    } else {
       b = { tokens: this.limit, at: nowMs };
-      this.buckets.set(key, b);
+      if (this.buckets.size >= this.capacity) this.buckets.delete(this.buckets.keys().next().value!);
     }
+    this.buckets.set(key, b);
     b.tokens = Math.min(this.limit, b.tokens + (nowMs - b.at) * this.perMs);
     b.at = nowMs;
     if (b.tokens >= 1) {

@@ -19,8 +19,20 @@ import {
   RateLimiter,
   SessionVerifier,
 } from "./context.ts";
-import { type Call, Router, requestId, send, sendError } from "./http.ts";
+import { type Call, isChunked, Router, refuseChunked, requestId, send, sendError } from "./http.ts";
 import { Keyring } from "./keys.ts";
+import {
+  ConnectionCounter,
+  capConnections,
+  clientKey,
+  DEADLINE_CHECK_MS,
+  HEADERS_TIMEOUT_MS,
+  KEEP_ALIVE_TIMEOUT_MS,
+  type LimitClass,
+  limitClassOf,
+  REQUEST_TIMEOUT_MS,
+} from "./limits.ts";
+import { lockDataDir } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
@@ -40,8 +52,13 @@ export interface ServeOptions {
   tls?: { cert: string; key: string };
   /** Session token lifetime in seconds. */
   tokenTtl: number;
-  /** "N/PERIOD" or "off". */
-  rateLimit: string;
+  /** Per endpoint class: "N/PERIOD" or "off" (DEFAULT_RATE_LIMITS). */
+  rateLimits: Record<LimitClass, string>;
+  /** Open connections allowed per client (IPv4 address or IPv6 /64) and in total. */
+  maxConnectionsPerClient: number;
+  maxConnections: number;
+  /** New connections per client: "N/PERIOD" or "off". */
+  connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
   log: Logger;
@@ -54,12 +71,25 @@ export interface RunningIdp {
   close(): Promise<void>;
 }
 
-export const DEFAULT_RATE_LIMIT = "600000/1m";
+function rateLimiterOf(spec: string): RateLimiter | undefined {
+  const limit = parseRateLimit(spec);
+  return limit ? new RateLimiter(limit.limit, limit.windowSec) : undefined;
+}
 
 export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
-  const limits = parseRateLimit(opts.rateLimit);
-  const limiter = limits ? new RateLimiter(limits.limit, limits.windowSec) : undefined;
-  const sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+  const limiters = new Map<LimitClass, RateLimiter>();
+  for (const [limitClass, spec] of Object.entries(opts.rateLimits) as [LimitClass, string][]) {
+    const limiter = rateLimiterOf(spec);
+    if (limiter) limiters.set(limitClass, limiter);
+  }
+  const lock = lockDataDir(opts.dataDir);
+  let sqlite: ReturnType<typeof openSqliteStore>;
+  try {
+    sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
   const store = withReadCache(sqlite);
   const nowSec = () => Math.floor(Date.now() / 1000);
   const keys = new Keyring(store, nowSec());
@@ -70,12 +100,21 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   sqlite.enableGroupCommit();
   const shutdown = new AbortController();
 
+  const deadlines = {
+    headersTimeout: HEADERS_TIMEOUT_MS,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    connectionsCheckingInterval: DEADLINE_CHECK_MS,
+  };
   const server: Server = opts.tls
-    ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) })
-    : createHttpServer();
-  server.keepAliveTimeout = 30_000;
-  server.requestTimeout = 120_000; // long polls wait at most 60 s
-  server.headersTimeout = 30_000;
+    ? createHttpsServer({ ...deadlines, cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) })
+    : createHttpServer(deadlines);
+  capConnections(
+    server,
+    new ConnectionCounter(opts.maxConnectionsPerClient, opts.maxConnections),
+    opts.tls !== undefined,
+    rateLimiterOf(opts.connectionRate),
+  );
 
   // Requests can arrive as soon as the port is bound (a restart on a known port): they wait here
   // until the routes exist, which needs the bound port (the default issuer names it).
@@ -85,6 +124,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     markReady = resolve;
   });
   server.on("request", (req, res) => {
+    if (isChunked(req)) return refuseChunked(req, res);
     if (handler) void handler(req, res);
     else void ready.then(() => handler!(req, res));
   });
@@ -96,6 +136,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       resolve();
     });
   });
+  // Once listening, a failed accept (e.g. no file descriptor left) costs that connection, not the server.
+  server.on("error", (e) => opts.log.log("warn", "accept failed", { error: e.message }));
   const port = (server.address() as AddressInfo).port;
   const hostPart = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
   const url = `${opts.tls ? "https" : "http"}://${hostPart}:${port}`;
@@ -114,18 +156,23 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     shutdown: shutdown.signal,
     sessionClaims: (token) => verifier.claims(token),
     authenticate(call: Call): Principal {
+      const token = bearer(call);
+      // A signature check costs CPU: a token not verified before counts against the client's address
+      // first, so a flood of invalid tokens is limited like any unauthenticated request.
+      if (!verifier.verified(token)) idp.rateLimit("api", `ip:${clientKey(call.ip)}`);
       let claims: Record<string, unknown>;
       try {
-        claims = verifier.claims(bearer(call));
+        claims = verifier.claims(token);
       } catch (e) {
         if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
         throw e;
       }
       const principal = principalFrom(claims, store, nowSec());
-      idp.rateLimit(`sub:${principal.sub}`);
+      idp.rateLimit("api", `sub:${principal.sub}`);
       return principal;
     },
-    rateLimit(key: string) {
+    rateLimit(limitClass: LimitClass, key: string) {
+      const limiter = limiters.get(limitClass);
       if (!limiter) return;
       const wait = limiter.take(key, Date.now());
       if (wait > 0)
@@ -191,7 +238,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
           ? { sub: principal.sub, act_sub: principal.actingParty }
           : { sub: principal.sub };
       } else {
-        idp.rateLimit(`ip:${call.ip}`);
+        idp.rateLimit(limitClassOf(path), `ip:${clientKey(call.ip)}`);
       }
       const reply = await m.route.handler(call, principal as Principal);
       // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
@@ -241,7 +288,9 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     }
   }, 5000);
   sweep.unref();
-  const stopCheckpointer = sqlite.startCheckpointer(1000);
+  const stopCheckpointer = sqlite.startCheckpointer(1000, (e) =>
+    opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", { error: e.message }),
+  );
 
   opts.log.always("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
 
@@ -263,6 +312,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
           clearInterval(idle);
           void stopCheckpointer().then(() => {
             store.close();
+            lock.release();
             resolve();
           });
         });

@@ -10,6 +10,8 @@
  *   3. the verifier (`apes __verify`) as the unprivileged _apes user with a fixed environment,
  *      which checks the JWT against the root-only policy and consumes the grant;
  *   4. the audit line, then execve of CMD as run_as with an allow-listed environment.
+ * From the moment the audit log is open (step 1) every exit leaves a line in it, and an `attempt`
+ * line is on disk before the verifier can consume a grant.
  * Every path, including the EXEC it trusts, is fixed at compile time (Makefile), never taken from
  * argv or the environment. The contract with the TypeScript halves: docs/elevation.md.
  */
@@ -36,6 +38,8 @@
 
 #include "elev.h"
 #include "json.h"
+#include "proc.h"
+#include "secure.h"
 
 #if !defined(APES_EXEC) || !defined(APES_CONFIG) || !defined(APES_AUDIT_LOG) || !defined(APES_CACHE_DIR)
 #error "build with `make native`: the Makefile sets APES_EXEC, APES_CONFIG, APES_AUDIT_LOG, APES_CACHE_DIR"
@@ -48,6 +52,8 @@
 #define SECURE_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_TOKEN (16 * 1024)
 #define MAX_VERDICT (64 * 1024)
+#define AUDIT_LOCK_MS 3000 /* longer than any write; a holder past this is stuck or hostile */
+#define MIN_FDS 64         /* what the shim itself needs open at most, with room to spare */
 
 enum {
   EXIT_USAGE = 2,
@@ -74,7 +80,10 @@ static struct {
   size_t ncmd;
   char hash[CMD_HASH_LEN];
   const char *grant_id, *sub, *decided_by, *issuer;
+  int audited; /* the audit log is open: every exit from here on writes a line */
 } A;
+
+static int audit(const char *decision, const char *reason);
 
 /* One "apes: ..." line on stderr. */
 static void vsay(const char *fmt, va_list ap) {
@@ -83,13 +92,47 @@ static void vsay(const char *fmt, va_list ap) {
   fputc('\n', stderr);
 }
 
-static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void die(int code, const char *fmt, ...) {
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsay(fmt, ap);
   va_end(ap);
+}
+
+static const char *audit_problem = "cannot be written"; /* why the last audit() failed */
+
+/* No line could be written: nothing may run, and there is nowhere left to record it but syslog. */
+static void audit_failed(void) __attribute__((noreturn));
+static void audit_failed(void) {
+  say("not run: the audit log %s %s", APES_AUDIT_LOG, audit_problem);
+  exit(EXIT_DENIED);
+}
+
+/* The line first (a caller's stderr cannot stop it), then the message, then the exit. */
+static void leave(int code, const char *reason, const char *fmt, va_list ap) __attribute__((noreturn));
+static void leave(int code, const char *reason, const char *fmt, va_list ap) {
+  int ok = !reason || audit("deny", reason) == 0;
+  if (fmt) vsay(fmt, ap);
+  if (!ok) audit_failed();
   exit(code);
+}
+
+/* Fails; once the audit log is open, as an audited shim_error. */
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  leave(code, A.audited ? "shim_error" : NULL, fmt, ap);
+}
+
+/* Record the denial, then leave without running anything. */
+static void deny(const char *reason, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
+static void deny(const char *reason, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  leave(code, reason, fmt, ap);
 }
 
 /* In a forked child: say what failed and leave without running atexit handlers or flushing. */
@@ -99,10 +142,10 @@ static void child_fail(const char *what) {
   _exit(1);
 }
 
-/* fds 0-2 must be open, or a file we open later could become someone's stdout. */
+/* fds 0-2 must be open, or a file we open later could become someone's stdout; and usable (0 for
+ * reading, 1 and 2 for writing), or the requester dies on EBADF and the command gets a read-only stdout. */
 static void sane_stdio(void) {
-  for (int fd = 0; fd <= 2; fd++)
-    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF && open("/dev/null", O_RDWR) != fd) _exit(1);
+  if (stdio_normalise() != 0) _exit(1);
 }
 
 static void reset_signals(void) {
@@ -163,6 +206,50 @@ static void run_unprivileged(char **argv) {
   die(EXIT_CANNOT_EXEC, "cannot execute %s: %s", APES_EXEC, strerror(errno));
 }
 
+/* ---- limits ---- */
+
+static struct rlimit caller_fsize, caller_nofile, caller_core;
+
+static void on_sigxfsz(int sig) { (void)sig; } /* a write past RLIMIT_FSIZE then fails with EFBIG */
+
+/* The caller's resource limits must not kill the shim or starve it: SIGXFSZ becomes an error (a
+ * handler, not SIG_IGN, so exec gives every child the default back); RLIMIT_FSIZE is lifted and
+ * RLIMIT_NOFILE raised to MIN_FDS where the kernel lets us (CAP_SYS_RESOURCE; without it the soft
+ * limits go up to the hard ones). The caller's values are kept for the requester and the command. */
+static void shim_limits(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigxfsz;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGXFSZ, &sa, NULL) != 0 || getrlimit(RLIMIT_FSIZE, &caller_fsize) != 0 ||
+      getrlimit(RLIMIT_NOFILE, &caller_nofile) != 0 || getrlimit(RLIMIT_CORE, &caller_core) != 0)
+    die(1, "cannot read the resource limits: %s", strerror(errno));
+  struct rlimit fsize = {RLIM_INFINITY, RLIM_INFINITY}, fds = caller_nofile;
+  if (setrlimit(RLIMIT_FSIZE, &fsize) != 0) {
+    fsize.rlim_cur = fsize.rlim_max = caller_fsize.rlim_max;
+    setrlimit(RLIMIT_FSIZE, &fsize);
+  }
+  if (fds.rlim_cur < MIN_FDS) {
+    fds.rlim_cur = MIN_FDS;
+    if (fds.rlim_max < MIN_FDS) fds.rlim_max = MIN_FDS;
+    if (setrlimit(RLIMIT_NOFILE, &fds) != 0) {
+      fds.rlim_cur = fds.rlim_max = caller_nofile.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &fds);
+    }
+  }
+}
+
+/* Before exec of the requester or the command: the caller's own limits again. The command (root's)
+ * never dumps core: a core of it would land in the caller's cwd; it may raise the soft limit itself. */
+static int caller_limits(int no_core) {
+  struct rlimit core = caller_core;
+  if (no_core) core.rlim_cur = 0;
+  return setrlimit(RLIMIT_FSIZE, &caller_fsize) == 0 && setrlimit(RLIMIT_NOFILE, &caller_nofile) == 0 &&
+                 setrlimit(RLIMIT_CORE, &core) == 0
+             ? 0
+             : -1;
+}
+
 /* ---- audit ---- */
 
 static void set_ignore(int sig, int ignore) {
@@ -178,12 +265,109 @@ static void kv_str(struct buf *b, const char *key, const char *value) {
   json_str(b, value ? value : "", value ? strlen(value) : 0);
 }
 
-/* Appends one JSON line to AUDIT_LOG (and a summary to syslog); 0 only when it is on disk. */
+static int audit_fd = -1;
+
+/* The audit log opened for appending (close-on-exec), created root:root 0600 (the shim is setuid,
+ * not setgid: its group is still the caller's). -1 (errno) when it cannot be opened, -2 when it is not
+ * a file only root can change: regular, root-owned, not group/world-writable, one link. */
+static int open_log(void) {
+  struct stat st;
+  int fd = open(APES_AUDIT_LOG, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  if (fstat(fd, &st) != 0 || !file_trusted(&st) || st.st_nlink != 1 || (st.st_gid != 0 && fchown(fd, 0, 0) != 0)) {
+    close(fd);
+    return -2;
+  }
+  return fd;
+}
+
+/* Step 1 opens the audit log for the whole attempt and checks it like the policy: every directory
+ * from / root's alone (so nobody can plant a FIFO, a symlink or a hard link to another file in its
+ * place), then the file itself. A log we cannot trust or open refuses the elevation before anything
+ * else; the refusal reaches syslog only. */
+static void audit_open(void) {
+  char bad[PATH_MAX];
+  int fd, err;
+  if (parents_trusted(APES_AUDIT_LOG, bad, sizeof bad) != 0) {
+    audit("deny", "audit_insecure"); /* syslog only */
+    die(EXIT_CONFIG, "not run: %s must be a directory owned by root and writable only by root (or sticky)", bad);
+  }
+  fd = open_log();
+  err = errno;
+  if (fd < 0) audit("deny", "audit_insecure");
+  if (fd == -1) die(EXIT_CONFIG, "not run: cannot open the audit log %s: %s", APES_AUDIT_LOG, strerror(err));
+  if (fd < 0)
+    die(EXIT_CONFIG, "not run: the audit log %s must be a regular file owned by root, not group- or world-writable",
+        APES_AUDIT_LOG);
+  audit_fd = fd;
+  A.audited = 1;
+}
+
+/* The log was rotated (renamed, maybe recreated) while we waited for approval: the next line goes to
+ * the file the name now gives. Its directories were checked in step 1 and only root can change them;
+ * if the new file cannot be opened the line still goes to the rotated one. */
+static void follow_rotation(void) {
+  struct stat by_name, ours;
+  if (stat(APES_AUDIT_LOG, &by_name) == 0 && fstat(audit_fd, &ours) == 0 && by_name.st_dev == ours.st_dev &&
+      by_name.st_ino == ours.st_ino)
+    return;
+  int fd = open_log();
+  if (fd < 0) return;
+  close(audit_fd);
+  audit_fd = fd;
+}
+
+/* While the shim holds the audit lock the caller cannot stop it: every blockable signal is blocked
+ * (a terminal's Ctrl-Z too) and, while still root, the real uid is root for that moment, so the
+ * caller's kill(SIGSTOP) fails with EPERM. Returns 1 when it switched the real uid. */
+static int hold_still(sigset_t *saved) {
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, saved);
+  return geteuid() == 0 && setresuid(0, (uid_t)-1, (uid_t)-1) == 0;
+}
+
+/* Back to the caller's real uid (what the requester drops to), or nothing else may happen. */
+static void move_again(const sigset_t *saved, int switched) {
+  if (switched && (setresuid(A.caller.uid, (uid_t)-1, (uid_t)-1) != 0 || getuid() != A.caller.uid)) _exit(EXIT_DENIED);
+  sigprocmask(SIG_SETMASK, saved, NULL);
+}
+
+/* Appends line under the lock, held for the write only; 0 once it is complete and on disk. A short
+ * write (disk full, RLIMIT_FSIZE) is cut off again so the log never holds a torn line. */
+static int audit_write(const struct buf *line) {
+  struct stat st;
+  sigset_t saved;
+  size_t off = 0;
+  follow_rotation();
+  int switched = hold_still(&saved), locked = lock_within(audit_fd, AUDIT_LOCK_MS) == 0;
+  if (!locked)
+    audit_problem = errno == EWOULDBLOCK ? "was locked by another process for 3 s: try again" : "cannot be locked";
+  if (locked && fstat(audit_fd, &st) == 0) {
+    while (off < line->len) {
+      ssize_t n = write(audit_fd, line->p + off, line->len - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+    if (off != line->len) audit_problem = "is full or over the file size limit";
+    if (off != line->len && off > 0 && ftruncate(audit_fd, st.st_size) != 0) off = 0;
+  }
+  if (locked) flock(audit_fd, LOCK_UN);
+  move_again(&saved, switched);
+  if (off != line->len) return -1;
+  if (fsync(audit_fd) != 0) {
+    audit_problem = "cannot be synced to disk";
+    return -1;
+  }
+  return 0;
+}
+
+/* One JSON line to AUDIT_LOG (and a summary to syslog); 0 only when it is on disk. decision is
+ * attempt (before the verifier), allow, deny or pending. */
 static int audit(const char *decision, const char *reason) {
   struct buf b = {0}, cmd = {0}, grant = {0};
-  struct stat st;
-  struct rlimit saved, unlimited = {RLIM_INFINITY, RLIM_INFINITY};
-  int fd, ok = 0, raised;
+  int ok;
   json_argv(&cmd, A.cmd, A.ncmd);
   json_str(&grant, A.grant_id ? A.grant_id : "", A.grant_id ? strlen(A.grant_id) : 0);
   buf_printf(&b, "{\"ts\":%lld,\"decision\":\"%s\"", (long long)time(NULL), decision);
@@ -201,50 +385,19 @@ static int audit(const char *decision, const char *reason) {
   buf_printf(&b, ",\"pid\":%ld}\n", (long)getpid());
 
   openlog("apes", LOG_PID, LOG_AUTHPRIV);
-  syslog(LOG_AUTHPRIV | (strcmp(decision, "allow") == 0 ? LOG_NOTICE : LOG_WARNING),
+  syslog(LOG_AUTHPRIV | (strcmp(decision, "allow") == 0 || strcmp(decision, "attempt") == 0 ? LOG_NOTICE : LOG_WARNING),
          "%s%s%s: user=%s uid=%lu run_as=%s grant=%.80s cmd_hash=%s argv=%.400s", decision,
-         reason && *reason ? " " : "", reason ? reason : "", A.caller.name, (unsigned long)A.caller.uid,
-         A.target.name, grant.p ? grant.p : "", A.hash, cmd.p ? cmd.p : "");
+         reason && *reason ? " " : "", reason ? reason : "", A.caller.name ? A.caller.name : "",
+         (unsigned long)A.caller.uid, A.target.name ? A.target.name : "", grant.p ? grant.p : "", A.hash,
+         cmd.p ? cmd.p : "");
   closelog();
 
-  /* The caller's RLIMIT_FSIZE must not tear the line: lift it where the kernel lets us, take
-   * SIGXFSZ as an error, and under an exclusive lock cut a short write back off again. */
-  set_ignore(SIGXFSZ, 1);
-  raised = getrlimit(RLIMIT_FSIZE, &saved) == 0 && setrlimit(RLIMIT_FSIZE, &unlimited) == 0;
-  fd = open(APES_AUDIT_LOG, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd >= 0 && !b.err && !cmd.err && flock(fd, LOCK_EX) == 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-      st.st_uid == 0) {
-    size_t off = 0;
-    while (off < b.len) {
-      ssize_t n = write(fd, b.p + off, b.len - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      off += (size_t)n;
-    }
-    if (off != b.len && off > 0 && ftruncate(fd, st.st_size) != 0) off = 0;
-    ok = off == b.len && fsync(fd) == 0;
-  }
-  if (fd >= 0 && close(fd) != 0) ok = 0;
-  if (raised && setrlimit(RLIMIT_FSIZE, &saved) != 0) ok = 0;
-  set_ignore(SIGXFSZ, 0);
+  if (b.err || cmd.err) audit_problem = "cannot be written (out of memory)";
+  ok = audit_fd >= 0 && !b.err && !cmd.err && audit_write(&b) == 0;
   buf_free(&b);
   buf_free(&cmd);
   buf_free(&grant);
   return ok ? 0 : -1;
-}
-
-/* Record the denial, then leave without running anything. */
-static void deny(const char *reason, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4), noreturn));
-static void deny(const char *reason, int code, const char *fmt, ...) {
-  if (fmt) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsay(fmt, ap);
-    va_end(ap);
-  }
-  if (audit("deny", reason) != 0) die(EXIT_DENIED, "audit log not writable (%s)", APES_AUDIT_LOG);
-  exit(code);
 }
 
 /* ---- children and pipes ---- */
@@ -299,25 +452,25 @@ static char *request_token(int argc, char **argv, const struct elevation *el) {
   if (pid < 0) die(1, "fork: %s", strerror(errno));
   if (pid == 0) {
     if (drop_to_caller() != 0) child_fail("cannot drop privileges");
+    if (caller_limits(0) != 0) child_fail("cannot restore the resource limits");
     if (move_fd(p[1], 3) != 0) child_fail("result pipe");
     execv(APES_EXEC, rargv);
     child_fail("cannot execute " APES_EXEC);
   }
   close(p[1]);
-  /* The terminal's Ctrl-C is for the requester (it cancels the pending grant, exits 130). */
+  /* The terminal's Ctrl-C is for the requester (it cancels the pending grant, exits 130). Ctrl-Z
+   * stops both of us (the shim holds nothing while it waits), and `fg` continues both. */
   set_ignore(SIGINT, 1);
   set_ignore(SIGQUIT, 1);
-  set_ignore(SIGTSTP, 1);
   ssize_t n = read_upto(p[0], token, MAX_TOKEN + 1);
   close(p[0]); /* a requester still writing gets EPIPE instead of blocking us */
   st = wait_child(pid);
   set_ignore(SIGINT, 0);
   set_ignore(SIGQUIT, 0);
-  set_ignore(SIGTSTP, 0);
   free(rargv);
 
   if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == EXIT_PENDING) {
-    if (audit("pending", "") != 0) die(EXIT_DENIED, "audit log not writable (%s)", APES_AUDIT_LOG);
+    if (audit("pending", "") != 0) audit_failed();
     exit(EXIT_PENDING);
   }
   if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -343,41 +496,6 @@ static char *request_token(int argc, char **argv, const struct elevation *el) {
   return token;
 }
 
-/* Writes req to wfd and reads the answer from rfd at the same time, so neither side can block the
- * other; stops reading at max bytes. Returns the byte count read. */
-static size_t exchange(int wfd, const char *req, size_t reqlen, int rfd, char *out, size_t max) {
-  size_t off = 0, got = 0;
-  int wopen = 1;
-  for (;;) {
-    struct pollfd pf[2] = {{rfd, POLLIN, 0}, {wfd, POLLOUT, 0}};
-    if (poll(pf, wopen ? 2 : 1, -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (wopen && pf[1].revents) {
-      /* at most PIPE_BUF: POLLOUT promises that much room, so this write never blocks */
-      size_t len = reqlen - off < PIPE_BUF ? reqlen - off : PIPE_BUF;
-      ssize_t n = 0;
-      int gone = !(pf[1].revents & POLLOUT); /* POLLERR/POLLHUP: the verifier closed its stdin */
-      if (!gone && (n = write(wfd, req + off, len)) > 0) off += (size_t)n;
-      if (gone || (n < 0 && errno != EINTR && errno != EAGAIN) || off == reqlen) {
-        close(wfd); /* done, or the verifier stopped reading (EPIPE: SIGPIPE is ignored) */
-        wopen = 0;
-      }
-    }
-    if (pf[0].revents) {
-      ssize_t n = read(rfd, out + got, max - got);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) break;
-      got += (size_t)n;
-      if (got == max) break;
-    }
-  }
-  if (wopen) close(wfd);
-  close(rfd);
-  return got;
-}
-
 static int reason_ok(const char *r) {
   return r && *r && strlen(r) <= 64 && strspn(r, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(r);
 }
@@ -390,7 +508,9 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
                                NULL};
   struct buf req = {0};
   struct json_kv *kv = NULL;
-  int in[2], outp[2], st, count = -1;
+  static struct conversation talk;
+  int in[2], outp[2], errp[2], st, count = -1;
+  pid_t shim = getpid();
 
   buf_puts(&req, "{\"jwt\":");
   json_str(&req, token, strlen(token));
@@ -403,31 +523,43 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
   buf_puts(&req, "}\n");
   if (req.err) die(1, "out of memory");
 
-  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0) die(1, "pipe: %s", strerror(errno));
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0)
+    die(1, "pipe: %s", strerror(errno));
   pid_t pid = fork();
   if (pid < 0) die(1, "fork: %s", strerror(errno));
   if (pid == 0) {
-    /* Own session: the caller's terminal cannot signal or stop the verifier. */
+    /* Own session: the caller's terminal cannot signal or stop the verifier. Its stderr is a pipe
+     * the shim reads, never the caller's stderr, which the caller can leave full to block it. */
     if (setsid() < 0) child_fail("setsid");
     int c = fcntl(cfd, F_DUPFD_CLOEXEC, 10), i = fcntl(in[0], F_DUPFD_CLOEXEC, 10),
-        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10);
-    if (c < 0 || i < 0 || o < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
+        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10), e = fcntl(errp[1], F_DUPFD_CLOEXEC, 10);
+    if (c < 0 || i < 0 || o < 0 || e < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
       child_fail("verifier pipes");
-    /* No groups, _apes ids, no way back. */
+    if (move_fd(e, 2) != 0) _exit(1); /* nowhere left to say so */
+    /* No groups, _apes ids, no way back; and no life after the shim's (set after the last id
+     * change, which clears it). */
     if (setgroups(0, NULL) != 0 || setresgid(verifier->gid, verifier->gid, verifier->gid) != 0 ||
         setresuid(verifier->uid, verifier->uid, verifier->uid) != 0 || !ids_are(verifier->uid, verifier->gid))
       child_fail("cannot become " VERIFY_USER);
+    if (die_with_parent(shim) != 0) _exit(1);
     if (chdir(APES_CACHE_DIR) != 0) child_fail(APES_CACHE_DIR);
     execve(APES_EXEC, vargv, venv);
     child_fail("cannot execute " APES_EXEC);
   }
   close(in[0]);
   close(outp[1]);
+  close(errp[1]);
   close(cfd);
   set_ignore(SIGPIPE, 1);
-  size_t n = exchange(in[1], req.p, req.len, outp[0], out, sizeof out);
-  st = wait_child(pid);
+  talk = (struct conversation){.in_fd = in[1], .out_fd = outp[0], .err_fd = errp[0], .req = req.p,
+                               .reqlen = req.len, .out = out, .outmax = sizeof out};
+  st = converse(pid, &talk, VERIFY_DEADLINE_S);
+  size_t n = talk.outlen;
   buf_free(&req);
+  forward_diag(talk.diag, talk.diaglen, talk.dropped);
+  if (st == -2)
+    deny("verifier_timeout", EXIT_UNAVAILABLE, "not run: the verifier did not finish within %d s (the IdP is too slow)",
+         VERIFY_DEADLINE_S);
 
   if (n < sizeof out) {
     if (n > 0 && out[n - 1] == '\n') n--;
@@ -455,9 +587,44 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
   deny(reason, EXIT_DENIED, "denied: %s", reason);
 }
 
+/* ---- the program of a command given as a path ---- */
+
+/* A command with a '/' runs the path the approver saw: made canonical and absolute here, before the
+ * hash and the request (the shim, not the caller's requester, decides what will be exec'd), and
+ * refused when the caller could change what it names. argv[cmd_start] is replaced. */
+static void canonical_command(int argc, char **argv, const struct elevation *el) {
+  char *path;
+  int bad;
+  if (!strchr(A.cmd[0], '/')) return;
+  switch (canonical_program(A.cmd[0], &path)) {
+  case PROGRAM_OK: break;
+  case PROGRAM_NOT_FOUND: deny("command_not_found", EXIT_NOT_FOUND, "%s: no such file, or not reachable for you", A.cmd[0]);
+  case PROGRAM_NOT_FILE: deny("command_not_file", EXIT_CANNOT_EXEC, "%s: not a regular file", A.cmd[0]);
+  case PROGRAM_WRITABLE:
+    deny("command_writable", EXIT_DENIED,
+         "refusing %s: you can change it (the file or a directory on its path), so what would run is not what was "
+         "approved; install it where only root can write, e.g. /usr/local/bin",
+         A.cmd[0]);
+  case PROGRAM_ERROR: die(1, "cannot resolve %s: %s", A.cmd[0], strerror(errno));
+  }
+  argv[el->cmd_start] = path;
+  if (elev_check_argv(argc, argv, el, &bad) != ARGV_OK) die(EXIT_USAGE, "the path of %s is not usable as argv", path);
+  if (cmd_hash(A.cmd, A.ncmd, A.hash) != 0) die(1, "out of memory");
+}
+
+/* Right before exec: the approved path still names the same canonical, caller-proof file. */
+static void recheck_command(void) {
+  char *path;
+  if (!strchr(A.cmd[0], '/')) return;
+  int same = canonical_program(A.cmd[0], &path) == PROGRAM_OK && strcmp(path, A.cmd[0]) == 0;
+  free(path);
+  if (!same) deny("command_changed", EXIT_CANNOT_EXEC, "not run: %s changed since it was approved", A.cmd[0]);
+}
+
 /* ---- step 4: exec ---- */
 
-/* CMD[0] without '/' is looked up in the fixed secure PATH only; with '/' it is used as given. */
+/* CMD[0] without '/' is looked up in the fixed secure PATH only; with '/' it is the canonical path
+ * canonical_command() made of it. */
 static const char *resolve(const char *name, char *path, size_t size) {
   if (strchr(name, '/')) return name;
   const char *dir = SECURE_PATH;
@@ -527,18 +694,66 @@ static void run_command(void) {
       setresuid(A.target.uid, A.target.uid, A.target.uid) != 0 || !ids_are(A.target.uid, A.target.gid))
     die(EXIT_CANNOT_EXEC, "cannot become %s: %s", A.target.name, strerror(errno));
   char **env = build_env(&A.target, A.grant_id);
+  if (caller_limits(1) != 0) die(EXIT_CANNOT_EXEC, "cannot restore the resource limits: %s", strerror(errno));
   reset_signals(); /* SIGPIPE was ignored while talking to the verifier */
   execve(path, A.cmd, env);
   int err = errno;
   die(err == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC, "%s: %s", A.cmd[0], strerror(err));
 }
 
+/* The caller's passwd entry, for the audit line and the requester. */
+static void lookup_caller(void) {
+  struct passwd *pw;
+  errno = 0; /* "not found" may come with one of these (getpwuid(3)); anything else is a failure to look */
+  if (!(pw = getpwuid(A.caller.uid)) && errno && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
+    die(1, "cannot read the passwd entry of uid %lu: %s", (unsigned long)A.caller.uid, strerror(errno));
+  if (!pw || copy_user(pw, &A.caller) != 0)
+    deny("caller_unknown", 1, "uid %lu has no passwd entry", (unsigned long)A.caller.uid);
+}
+
+/* UTF-8 and size limits; a refusal is audited without the argv it refuses. */
+static void check_argv(int argc, char **argv, const struct elevation *el) {
+  int bad;
+  switch (elev_check_argv(argc, argv, el, &bad)) {
+  case ARGV_OK: return;
+  case ARGV_BAD_UTF8: deny("argv_invalid_utf8", EXIT_USAGE, "argument %d is not valid UTF-8: refusing to run it", bad);
+  case ARGV_TOO_MANY: deny("argv_too_many", EXIT_USAGE, "the command has more than %d arguments", APES_MAX_CMD_ARGS);
+  case ARGV_ARG_TOO_LONG:
+    deny("argv_arg_too_long", EXIT_USAGE, "argument %d is longer than %d bytes", bad, APES_MAX_ARG_BYTES);
+  case ARGV_CMD_TOO_LONG:
+    deny("argv_too_long", EXIT_USAGE, "the command is longer than %d bytes", APES_MAX_CMD_BYTES);
+  }
+  die(1, "unexpected argv check result");
+}
+
+/* The policy, checked before anyone is asked to approve: a command that cannot be verified is refused
+ * up front. Only root may be able to put a file there (every directory from / checked), and it is
+ * opened without blocking (a FIFO or device in its place cannot hang us) and checked on the fd, which
+ * is what the verifier reads, so the check cannot go stale. */
+static int open_policy(void) {
+  char bad[PATH_MAX];
+  struct stat st;
+  if (parents_trusted(APES_CONFIG, bad, sizeof bad) != 0) {
+    if (errno == ENOENT)
+      deny("config_missing", EXIT_CONFIG, "no policy at %s: set one up with `sudo apes trust ...`", APES_CONFIG);
+    deny("config_insecure", EXIT_CONFIG, "%s must be a directory owned by root and writable only by root (or sticky)",
+         bad);
+  }
+  int fd = open(APES_CONFIG, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT)
+    deny("config_missing", EXIT_CONFIG, "no policy at %s: set one up with `sudo apes trust ...`", APES_CONFIG);
+  if (fd < 0 && errno != ELOOP) die(EXIT_CONFIG, "cannot open %s: %s", APES_CONFIG, strerror(errno));
+  if (fd < 0 || fstat(fd, &st) != 0 || !file_trusted(&st))
+    deny("config_insecure", EXIT_CONFIG, "%s must be a regular file owned by root, not group- or world-writable",
+         APES_CONFIG);
+  return fd;
+}
+
 int main(int argc, char **argv) {
   struct elevation el;
   struct user verifier;
   struct passwd *pw;
-  struct stat st;
-  int bad, cfd;
+  int cfd;
 
   sane_stdio();
   if (argc < 1 || !argv[0]) die(EXIT_USAGE, "called without argv[0]");
@@ -550,39 +765,33 @@ int main(int argc, char **argv) {
   closefrom(3);
   reset_signals();
   umask(022);
-  switch (elev_check_argv(argc, argv, &el, &bad)) {
-  case ARGV_OK: break;
-  case ARGV_BAD_UTF8: die(EXIT_USAGE, "argument %d is not valid UTF-8: refusing to run it", bad);
-  case ARGV_TOO_MANY: die(EXIT_USAGE, "the command has more than %d arguments", APES_MAX_CMD_ARGS);
-  case ARGV_ARG_TOO_LONG: die(EXIT_USAGE, "argument %d is longer than %d bytes", bad, APES_MAX_ARG_BYTES);
-  case ARGV_CMD_TOO_LONG: die(EXIT_USAGE, "the command is longer than %d bytes", APES_MAX_CMD_BYTES);
-  }
+  shim_limits();
+  A.caller.uid = getuid(); /* who asks: the real uid, never a name from the environment */
+  A.target.name = (char *)el.run_as;
+  audit_open(); /* from here on every exit leaves an audit line */
+  lookup_caller();
+  check_argv(argc, argv, &el);
   A.cmd = argv + el.cmd_start;
   A.ncmd = (size_t)(argc - el.cmd_start);
   if (cmd_hash(A.cmd, A.ncmd, A.hash) != 0) die(1, "out of memory");
-  /* The caller is who the real uid says, never a name from the environment. */
-  if (!(pw = getpwuid(getuid())) || copy_user(pw, &A.caller) != 0)
-    die(1, "uid %lu has no passwd entry", (unsigned long)getuid());
-  if (!(pw = getpwnam(el.run_as)) || copy_user(pw, &A.target) != 0) die(EXIT_USAGE, "no such user: %s", el.run_as);
+  if (!(pw = getpwnam(el.run_as)) || copy_user(pw, &A.target) != 0)
+    deny("run_as_unknown", EXIT_USAGE, "no such user: %s", el.run_as);
   if (!(pw = getpwnam(VERIFY_USER)) || pw->pw_uid == 0 || copy_user(pw, &verifier) != 0)
-    die(EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
-
-  /* The policy is checked before anyone is asked to approve: a command that cannot be verified
-   * is refused up front. The open fd is what the verifier reads, so the check cannot go stale. */
-  cfd = open(APES_CONFIG, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (cfd < 0 && errno == ENOENT)
-    deny("config_missing", EXIT_CONFIG, "no policy at %s: set one up with `sudo apes trust ...`", APES_CONFIG);
-  if (cfd < 0 || fstat(cfd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
-    deny("config_insecure", EXIT_CONFIG, "%s must be a regular file owned by root, not group- or world-writable",
-         APES_CONFIG);
+    deny("verifier_missing", EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
+  canonical_command(argc, argv, &el);
+  cfd = open_policy();
 
   /* ---- 2. requester, as the caller ---- */
   const char *token = request_token(argc, argv, &el);
 
-  /* ---- 3. verifier, as _apes; returns only when allowed ---- */
+  /* ---- 3. verifier, as _apes; returns only when allowed. The attempt is on disk before it can
+   * consume the grant, so a consumed grant always has a line, and a log that cannot take one more
+   * line stops us here, before anything is spent. ---- */
+  if (audit("attempt", "") != 0) audit_failed();
   verify(cfd, &verifier, token);
 
   /* ---- 4. audit, then exec; no audit line, no command ---- */
-  if (audit("allow", "") != 0) die(EXIT_DENIED, "denied: audit log not writable (%s)", APES_AUDIT_LOG);
+  recheck_command();
+  if (audit("allow", "") != 0) audit_failed();
   run_command();
 }

@@ -1,12 +1,19 @@
 /* C unit tests of the shim's pure parts, run under ASan/UBSan by `make native-test`:
- * UTF-8 validation, JSON escaping, cmd_hash, the elevation grammar, argv limits, the verdict parser. */
+ * UTF-8 validation, JSON escaping, cmd_hash, the elevation grammar, argv limits, the verdict parser,
+ * which files and directories the shim trusts, and the audit lock's deadline. */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "elev.h"
 #include "json.h"
+#include "secure.h"
 #include "sha256.h"
 #include "utf8.h"
 
@@ -241,6 +248,87 @@ static void test_verdict(void) {
   buf_free(&many);
 }
 
+static int trusted(int (*check)(const struct stat *), mode_t mode, uid_t uid) {
+  struct stat st;
+  memset(&st, 0, sizeof st);
+  st.st_mode = mode;
+  st.st_uid = uid;
+  return check(&st);
+}
+
+static void test_trust(void) {
+  CHECK(trusted(dir_trusted, S_IFDIR | 0755, 0));
+  CHECK(trusted(dir_trusted, S_IFDIR | 0700, 0));
+  CHECK(trusted(dir_trusted, S_IFDIR | 01777, 0)); /* /tmp: sticky */
+  CHECK(trusted(dir_trusted, S_IFDIR | 01770, 0));
+  CHECK(!trusted(dir_trusted, S_IFDIR | 0775, 0));
+  CHECK(!trusted(dir_trusted, S_IFDIR | 0757, 0));
+  CHECK(!trusted(dir_trusted, S_IFDIR | 0755, 1000)); /* its owner can swap entries */
+  CHECK(!trusted(dir_trusted, S_IFDIR | 01777, 1000));
+  CHECK(!trusted(dir_trusted, S_IFREG | 0755, 0));
+  CHECK(!trusted(dir_trusted, S_IFLNK | 0777, 0));
+  CHECK(trusted(file_trusted, S_IFREG | 0600, 0));
+  CHECK(trusted(file_trusted, S_IFREG | 0644, 0));
+  CHECK(!trusted(file_trusted, S_IFREG | 0620, 0));
+  CHECK(!trusted(file_trusted, S_IFREG | 0602, 0));
+  CHECK(!trusted(file_trusted, S_IFREG | 0600, 1000));
+  CHECK(!trusted(file_trusted, S_IFIFO | 0600, 0));
+  CHECK(!trusted(file_trusted, S_IFDIR | 0700, 0));
+
+  char bad[4096], dir[] = "/tmp/apes-unit-XXXXXX", path[4200];
+  CHECK(parents_trusted("relative/file", bad, sizeof bad) == -1 && errno == EINVAL);
+  CHECK(parents_trusted("/etc/passwd", bad, sizeof bad) == 0 || geteuid() != 0);
+  if (!mkdtemp(dir)) {
+    CHECK(0 && "mkdtemp");
+    return;
+  }
+  snprintf(path, sizeof path, "%s/sub/file", dir);
+  CHECK(parents_trusted(path, bad, sizeof bad) == -1); /* sub is missing */
+  snprintf(path, sizeof path, "%s/sub", dir);
+  CHECK(mkdir(path, 0755) == 0);
+  snprintf(path, sizeof path, "%s/sub/file", dir);
+  if (geteuid() == 0) { /* root owns what it makes: the modes decide */
+    CHECK(chmod(dir, 0755) == 0);
+    CHECK(parents_trusted(path, bad, sizeof bad) == 0);
+    CHECK(chmod(dir, 0777) == 0);
+    CHECK(parents_trusted(path, bad, sizeof bad) == -1 && errno == EPERM && strcmp(bad, dir) == 0);
+    CHECK(chmod(dir, 01777) == 0);
+    CHECK(parents_trusted(path, bad, sizeof bad) == 0);
+    char link[4200], target[4200];
+    snprintf(link, sizeof link, "%s/link", dir);
+    snprintf(target, sizeof target, "%s/sub", dir);
+    CHECK(symlink(target, link) == 0);
+    snprintf(path, sizeof path, "%s/link/file", dir);
+    CHECK(parents_trusted(path, bad, sizeof bad) == -1 && errno == ELOOP && strcmp(bad, link) == 0);
+    unlink(link);
+  } else { /* not root: its own directories are never trusted */
+    CHECK(parents_trusted(path, bad, sizeof bad) == -1 && errno == EPERM && strcmp(bad, dir) == 0);
+  }
+  snprintf(path, sizeof path, "%s/sub", dir);
+  rmdir(path);
+  rmdir(dir);
+}
+
+static void test_lock(void) {
+  char file[] = "/tmp/apes-unit-lock-XXXXXX";
+  int a = mkstemp(file), b = a >= 0 ? open(file, O_RDWR) : -1;
+  if (a < 0 || b < 0) {
+    CHECK(0 && "lock file");
+    return;
+  }
+  unlink(file);
+  struct timespec t0, t1;
+  CHECK(lock_within(a, 100) == 0);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  CHECK(lock_within(b, 100) == -1 && errno == EWOULDBLOCK); /* another open file description holds it */
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  CHECK(t1.tv_sec - t0.tv_sec < 30); /* it gave up instead of blocking */
+  CHECK(flock(a, LOCK_UN) == 0);
+  CHECK(lock_within(b, 100) == 0);
+  close(a);
+  close(b);
+}
+
 int main(void) {
   test_utf8();
   test_escape();
@@ -248,6 +336,8 @@ int main(void) {
   test_grammar();
   test_limits();
   test_verdict();
+  test_trust();
+  test_lock();
   printf("native unit tests: %d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

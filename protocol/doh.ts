@@ -5,6 +5,7 @@
  * Status 0 = NOERROR (NODATA when no TXT answer), 3 = NXDOMAIN: authoritative. Anything else, an HTTP
  * error or a malformed body is a failure.
  */
+import { BodyTooLargeError, discardBody, readBoundedResponse } from "./bounded-body.ts";
 import { isLoopbackHost } from "./ddisa.ts";
 import {
   clampTtl,
@@ -17,7 +18,8 @@ import {
   type TxtAnswer,
 } from "./resolver.ts";
 
-const MAX_BODY = 256 * 1024;
+/** A TXT answer is a few hundred bytes; more is refused while reading. */
+export const DOH_MAX_BODY = 256 * 1024;
 
 /**
  * The text of one TXT `data` field: `"part one" "part two"` -> `part onepart two` (a record's
@@ -149,17 +151,27 @@ export async function queryDoh(
   }
   url.searchParams.set("name", normName(name));
   url.searchParams.set("type", "TXT");
-  let res: Response;
   let text: string;
+  const deadline = AbortSignal.timeout(options.timeoutMs);
   try {
-    res = await options.fetch(url, {
+    // One deadline for the whole exchange, body included: a server trickling bytes cannot hold us.
+    const res = await options.fetch(url, {
       headers: { accept: "application/dns-json" },
-      signal: AbortSignal.timeout(options.timeoutMs),
+      signal: deadline,
       redirect: "error",
     });
-    text = await res.text();
+    if (!res.ok) {
+      await discardBody(res.body).catch(() => undefined);
+      throw new DnsQueryError("servfail", server, `DoH server answered HTTP ${res.status}`);
+    }
+    text = (await readBoundedResponse(res, DOH_MAX_BODY)).toString("utf8");
   } catch (e) {
-    const timeout = (e as Error).name === "TimeoutError";
+    if (e instanceof DnsQueryError) throw e;
+    if (e instanceof BodyTooLargeError) {
+      throw new DnsQueryError("malformed", server, `DoH answer refused: ${e.message}`, { cause: e });
+    }
+    // Asked of the signal, not the error: each transport words an abort differently.
+    const timeout = deadline.aborted;
     throw new DnsQueryError(
       timeout ? "timeout" : "network",
       server,
@@ -169,8 +181,6 @@ export async function queryDoh(
       { cause: e },
     );
   }
-  if (!res.ok) throw new DnsQueryError("servfail", server, `DoH server answered HTTP ${res.status}`);
-  if (text.length > MAX_BODY) throw new DnsQueryError("malformed", server, "DoH answer too large");
   let body: unknown;
   try {
     body = JSON.parse(text);

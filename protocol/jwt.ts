@@ -122,6 +122,9 @@ export function publicKeyFromJwk(jwk: unknown): KeyObject | undefined {
 /** Checks alg and kid of the header and the signature with the key `keyFor` finds for the kid. */
 export function verifySignature(d: DecodedJwt, keyFor: (kid: string) => KeyObject | undefined): void {
   if (d.header.alg !== "EdDSA") throw new JwtError("alg", `unsupported alg ${String(d.header.alg)}`);
+  // Extensions that change what is signed or must be understood are never accepted (RFC 7515, 7797).
+  if (d.header.crit !== undefined || d.header.b64 !== undefined)
+    throw new JwtError("malformed", "the token header uses crit/b64, which is not accepted");
   if (typeof d.header.kid !== "string" || d.header.kid === "")
     throw new JwtError("unknown_kid", "the token header has no kid");
   const key = keyFor(d.header.kid);

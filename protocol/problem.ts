@@ -23,6 +23,7 @@ export const PROBLEM_TYPES = {
   method_not_allowed: { status: 405, title: "Method not allowed" },
   conflict: { status: 409, title: "Conflict" },
   invalid_state: { status: 409, title: "Invalid grant state" },
+  length_required: { status: 411, title: "Length required" },
   payload_too_large: { status: 413, title: "Payload too large" },
   rate_limited: { status: 429, title: "Too many requests" },
   internal: { status: 500, title: "Internal server error" },

@@ -26,8 +26,7 @@ const args = new Map(
   }),
 );
 const ROUNDS = Number(args.get("rounds") ?? 40);
-/** --tls=0: plain http on loopback (allow_loopback_http), to see what TLS costs. */
-const TLS = args.get("tls") !== "0";
+// The IdP speaks TLS: the verifier refuses plain http issuers (any local user could serve them).
 const WARMUP = 5;
 const BENCH_USER = "apes-bench";
 const SUDOERS = "/etc/sudoers.d/apes-bench";
@@ -111,17 +110,17 @@ async function main() {
   });
   const idp = await startIdp({
     dataDir: data,
-    ...(TLS ? { tls: { cert: join(work, "server.pem"), key: join(work, "server.key") } } : {}),
+    tls: { cert: join(work, "server.pem"), key: join(work, "server.key") },
     extraArgs: ["--log-level", "warn"],
   });
   cleanups.push(() => idp.stop());
   const caFetch = (await import("undici")).Agent;
   const { readFileSync } = await import("node:fs");
   const dispatcher = new caFetch({ connect: { ca: readFileSync(caPem, "utf8") } });
-  const tlsFetch = (TLS
-    ? (input: string, init?: RequestInit) =>
-        import("undici").then((u) => u.fetch(input, { ...(init as object), dispatcher } as never))
-    : fetch) as unknown as typeof fetch;
+  const tlsFetch = ((input: string, init?: RequestInit) =>
+    import("undici").then((u) =>
+      u.fetch(input, { ...(init as object), dispatcher } as never),
+    )) as unknown as typeof fetch;
   const alice = api(
     idp.url,
     await loginWithKey(idp.url, "alice@example.com", human.privateKey, tlsFetch),
@@ -135,7 +134,7 @@ async function main() {
     mode: 0o600,
   });
   execFileSync("mkdir", ["-p", join(home, ".config", "apes")]);
-  writeFileSync(join(home, ".config", "apes", "config.toml"), TLS ? `ca_file = "${caPem}"\n` : "");
+  writeFileSync(join(home, ".config", "apes", "config.toml"), `ca_file = "${caPem}"\n`);
   execFileSync("chown", ["-R", `${user.uid}:${user.gid}`, home]);
   const env = { HOME: home, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" };
   const login = await collect(
@@ -148,7 +147,7 @@ async function main() {
   if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
   writeConfig(
     inst,
-    `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\n${TLS ? `ca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''` : "allow_loopback_http = true"}\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`,
+    `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`,
   );
 
   // The reusable timed grant: the first elevation asks, alice approves over HTTP.
@@ -254,7 +253,7 @@ async function main() {
     [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))]!;
   const f = (x: number) => x.toFixed(1);
   console.log(
-    `\n${ROUNDS} rounds after ${WARMUP} warm-up, interleaved; ${TLS ? "TLS" : "plain http"} IdP on 127.0.0.1; wall time of spawnSync\n`,
+    `\n${ROUNDS} rounds after ${WARMUP} warm-up, interleaved; TLS IdP on 127.0.0.1; wall time of spawnSync\n`,
   );
   console.log("| case | median | p10 | p90 |\n| --- | ---: | ---: | ---: |");
   for (const [name, xs] of Object.entries(times)) {

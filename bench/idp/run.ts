@@ -92,7 +92,17 @@ console.log(
 // --- server ---
 // --profile=DIR runs the server from source under --cpu-prof (for optimizing), else the built binary.
 const PROFILE = args.get("profile");
-const serveArgs = ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dataDir, "--log-level", LOG_LEVEL];
+// The bench measures throughput, not the limits: every client is one loopback address.
+const serveArgs = [
+  "idp",
+  "serve",
+  "--listen",
+  "127.0.0.1:0",
+  "--data",
+  dataDir,
+  "--log-level",
+  LOG_LEVEL,
+].concat(["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"]);
 const proc = PROFILE
   ? spawn(
       process.execPath,

@@ -1,5 +1,16 @@
-import { constants } from "node:fs";
-import { chmod, mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
+import { constants, type Stats } from "node:fs";
+import {
+  chmod,
+  type FileHandle,
+  lstat,
+  mkdir,
+  open,
+  readFile,
+  rename,
+  stat,
+  unlink,
+  writeFile,
+} from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Context } from "../context.ts";
@@ -34,29 +45,109 @@ export function authFile(ctx: Context): string {
   return join(ctx.paths.configDir, "auth.json");
 }
 
-/** Reads auth.json: undefined when absent; a CliError (78) when unreadable or malformed. */
+/** auth.json holds a token and a few fields; anything larger is not one apes wrote. */
+export const MAX_SESSION_BYTES = 64 * 1024;
+
+/** What lstat/fstat tell about a session file (a subset of fs.Stats, for the pure check). */
+export interface FileFacts {
+  isFile(): boolean;
+  isSymbolicLink(): boolean;
+  isDirectory(): boolean;
+  mode: number;
+  uid: number;
+}
+
+/**
+ * Why the file at auth.json must not be used, with the fix, or undefined when it may: a regular
+ * file (not a symlink, FIFO, device or directory), owned by `uid`, with no access for group or
+ * others (a token others could read may be stolen; one they could write may be planted).
+ */
+export function sessionFileRefusal(
+  file: string,
+  st: FileFacts,
+  uid: number | undefined,
+): { problem: string; fix: string } | undefined {
+  const again = "then log in again with `apes login <email>`";
+  if (st.isSymbolicLink()) {
+    return { problem: `${file} is a symbolic link`, fix: `remove it (\`apes logout\`), ${again}` };
+  }
+  if (!st.isFile()) {
+    const what = st.isDirectory() ? "a directory" : "not a regular file";
+    return { problem: `${file} is ${what}`, fix: `move it out of the way, ${again}` };
+  }
+  if (uid !== undefined && st.uid !== uid) {
+    return {
+      problem: `${file} belongs to uid ${st.uid}, not to you (uid ${uid})`,
+      fix: `remove it (\`apes logout\`), ${again}`,
+    };
+  }
+  if ((st.mode & 0o077) !== 0) {
+    const mode = (st.mode & 0o777).toString(8).padStart(4, "0");
+    return {
+      problem: `${file} is accessible by others (mode ${mode}): its token may have been read or replaced`,
+      fix: `\`chmod 600 ${file}\`; if others could have used it, \`apes logout\`, ${again}`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * Reads auth.json: undefined when absent; a CliError (78) when unreadable, malformed, or not a
+ * private regular file of ours (sessionFileRefusal). lstat first, so a FIFO or device is never
+ * opened; then O_NOFOLLOW | O_NONBLOCK and an fstat of the open file, so one swapped in between
+ * cannot redirect or hang the read.
+ */
 export async function readSession(ctx: Context): Promise<StoredSession | undefined> {
   const file = authFile(ctx);
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") return undefined;
-    throw configError(
+  const unreadable = (e: unknown) =>
+    configError(
       `cannot read ${file}: ${(e as Error).message}`,
       "fix its permissions, or `apes logout` and log in again",
     );
+  const uid = process.getuid?.();
+  const refuse = (st: FileFacts) => {
+    const why = sessionFileRefusal(file, st, uid);
+    if (why) throw configError(why.problem, why.fix);
+  };
+  let before: Stats;
+  try {
+    before = await lstat(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw unreadable(e);
+  }
+  refuse(before);
+  let fh: FileHandle;
+  try {
+    fh = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    throw unreadable(e);
+  }
+  let text: string;
+  try {
+    const st = await fh.stat();
+    if (st.dev !== before.dev || st.ino !== before.ino)
+      throw unreadable(new Error("it changed while being read"));
+    refuse(st);
+    if (st.size > MAX_SESSION_BYTES) throw brokenSession(file, `larger than ${MAX_SESSION_BYTES / 1024} KiB`);
+    text = await fh.readFile("utf8");
+  } catch (e) {
+    throw e instanceof CliError ? e : unreadable(e);
+  } finally {
+    await fh.close();
   }
   return parseSession(text, file);
 }
 
+function brokenSession(file: string, what: string): CliError {
+  return configError(
+    `${file} is broken: ${what}`,
+    "remove it with `apes logout`, then log in again with `apes login <email>`",
+  );
+}
+
 export function parseSession(text: string, file: string): StoredSession {
-  const broken = (what: string) =>
-    configError(
-      `${file} is broken: ${what}`,
-      "remove it with `apes logout`, then log in again with `apes login <email>`",
-    );
+  const broken = (what: string) => brokenSession(file, what);
   let v: unknown;
   try {
     v = JSON.parse(text);

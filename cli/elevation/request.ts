@@ -1,7 +1,7 @@
-import { closeSync, fstatSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, realpathSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
-import { shellWord, visibleArgv } from "../../protocol/display.ts";
+import { shellWord, visible, visibleArgv } from "../../protocol/display.ts";
 import { ELEVATION_AUDIENCE, type Grant } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
@@ -40,7 +40,8 @@ export interface RequesterDeps {
 export interface RequesterOptions {
   /** The shim's pipe; undefined when apes runs without the shim (then only --no-wait is possible). */
   resultFd?: number;
-  /** Aborted by SIGINT/SIGTERM: a grant created by this run is revoked. */
+  /** Aborted by SIGINT/SIGTERM or a broken stdout/stderr (a CliError reason says which): a grant
+   * created by this run is revoked, as on any other failure after its creation. */
   signal?: AbortSignal;
   deps?: Partial<RequesterDeps>;
 }
@@ -91,13 +92,40 @@ export function grantMismatch(grant: Grant, req: ElevationRequest, host: string)
   return undefined;
 }
 
+/**
+ * A program given as a path (`./x.sh`, `../bin/tool`) becomes its canonical directory plus its last
+ * component as given, so the grant, the approver and the hash name where it is, not whatever the cwd
+ * holds later; the name stays (a multi-call program such as busybox dispatches on it). The shim does
+ * the same before it starts the requester (and is the authority); this makes `--no-wait` grants match.
+ */
+export function canonicalCommand(
+  command: readonly string[],
+  realpath: (path: string) => string = realpathSync,
+): string[] {
+  const [program, ...args] = command;
+  if (program === undefined || !program.includes("/")) return [...command];
+  const slash = program.lastIndexOf("/");
+  const name = program.slice(slash + 1);
+  if (name === "" || name === "." || name === "..")
+    throw new CliError(`${program}: not a program file`, { exitCode: ExitCode.CANNOT_EXECUTE });
+  let dir: string;
+  try {
+    dir = realpath(slash === 0 ? "/" : program.slice(0, slash));
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : (e as Error).message;
+    throw new CliError(`${program}: ${why}`, { exitCode: ExitCode.NOT_FOUND });
+  }
+  return [`${dir === "/" ? "" : dir}/${name}`, ...args];
+}
+
 /** Resolves 0 once the token is delivered; every other outcome is a CliError with its exit status. */
 export async function runRequester(
   ctx: Context,
-  req: ElevationRequest,
+  given: ElevationRequest,
   options: RequesterOptions = {},
 ): Promise<number> {
   const deps = { ...defaultDeps, ...options.deps };
+  const req = { ...given, command: canonicalCommand(given.command) };
   const timing = ctx.env.APES_TIMING === "1";
   const t0 = performance.now();
   let prev = t0;
@@ -133,7 +161,6 @@ async function requestInner(
   mark: (phase: string) => void,
   t0: number,
 ): Promise<number> {
-  const timing = ctx.env.APES_TIMING === "1";
   const host = deps.hostname();
   const client = await deps.client(ctx);
   mark("session");
@@ -163,19 +190,59 @@ async function requestInner(
     const created = await client.create(grantRequestFor(req, host));
     grant = created.grant;
     createdHere = !created.reused;
-    if (created.reused && grant.status === "approved") {
-      const until = grant.expires_at ? ` until ${new Date(grant.expires_at * 1000).toISOString()}` : "";
-      ctx.io.stderr.write(
-        `apes: using ${shown(grant.request.grant_type)} grant ${shown(grant.id)}, approved by ${shown(grant.decided_by)}${until}\n`,
-      );
-    }
+  }
+  try {
+    return await useGrant(ctx, req, options, deps, mark, t0, client, grant, createdHere);
+  } catch (e) {
+    if (createdHere && !keepsGrant(e)) await cancelGrant(ctx, client, grant.id, e);
+    throw e;
+  }
+}
+
+/** A pending exit (75) keeps the grant for `--grant ID`; a denied, revoked or used one needs nothing. */
+function keepsGrant(e: unknown): boolean {
+  if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) return true;
+  return e instanceof RequesterError && e.reason.startsWith("grant_");
+}
+
+/** Revokes the grant this run created, so nobody approves a request no one waits for (best effort). */
+async function cancelGrant(ctx: Context, client: GrantsClient, id: string, why: unknown): Promise<void> {
+  const what = why instanceof CliError && why.exitCode === ExitCode.INTERRUPTED ? "interrupted" : "failed";
+  try {
+    await client.revoke(id);
+    ctx.io.stderr.write(`apes: ${what}; grant ${shown(id)} cancelled\n`);
+  } catch (revokeError) {
+    ctx.io.stderr.write(
+      `apes: ${what}; could not cancel grant ${shown(id)}: ${visible((revokeError as Error).message, { max: 500 })}\n`,
+    );
+  }
+}
+
+async function useGrant(
+  ctx: Context,
+  req: ElevationRequest,
+  options: RequesterOptions,
+  deps: RequesterDeps,
+  mark: (phase: string) => void,
+  t0: number,
+  client: GrantsClient,
+  found: Grant,
+  createdHere: boolean,
+): Promise<number> {
+  const timing = ctx.env.APES_TIMING === "1";
+  let grant = found;
+  if (!createdHere && !req.grantId && grant.status === "approved") {
+    const until = grant.expires_at ? ` until ${new Date(grant.expires_at * 1000).toISOString()}` : "";
+    ctx.io.stderr.write(
+      `apes: using ${shown(grant.request.grant_type)} grant ${shown(grant.id)}, approved by ${shown(grant.decided_by)}${until}\n`,
+    );
   }
   mark("grant");
 
   if (grant.status === "pending") {
     const direct = options.resultFd === undefined;
     if (req.noWait || direct) pendingExit(ctx, grant, req, client);
-    grant = await waitWithCancel(ctx, client, grant, req, options.signal, createdHere, deps);
+    grant = await waitWithCancel(ctx, client, grant, req, options.signal, deps);
     mark("wait");
   }
   if (grant.status !== "approved") throw notUsable(grant, req);
@@ -191,7 +258,7 @@ async function requestInner(
   const { authz_jwt } = await client.token(grant.id);
   mark("token");
   // Interrupted before the wait (or right after it ended): deliver nothing.
-  if (options.signal?.aborted) throw new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
+  if (options.signal?.aborted) throw abortError(options.signal);
   deps.deliver(options.resultFd!, authz_jwt);
   mark("deliver");
   if (timing) ctx.io.stderr.write(`apes-timing: requester total ${(performance.now() - t0).toFixed(1)}\n`);
@@ -220,7 +287,6 @@ async function waitWithCancel(
   grant: Grant,
   req: ElevationRequest,
   signal: AbortSignal | undefined,
-  createdHere: boolean,
   deps: RequesterDeps,
 ): Promise<Grant> {
   const who = await approversOf(ctx, client);
@@ -246,20 +312,9 @@ async function waitWithCancel(
   } catch (e) {
     progress.stop();
     if (signal?.aborted) {
-      if (createdHere) {
-        // Cancel what we asked for, so nobody approves a request no one waits for.
-        try {
-          await client.revoke(grant.id);
-          ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} cancelled\n`);
-        } catch (revokeError) {
-          ctx.io.stderr.write(
-            `apes: interrupted; could not cancel grant ${shown(grant.id)}: ${(revokeError as Error).message}\n`,
-          );
-        }
-      } else {
-        ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} is still pending\n`);
-      }
-      throw new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
+      // runRequester cancels a grant this run created; one given with --grant stays.
+      if (req.grantId) ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} is still pending\n`);
+      throw abortError(signal);
     }
     if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) {
       throw new CliError(e.message, {
@@ -322,12 +377,13 @@ function withReason(reason: string, message: string, options: ConstructorParamet
 
 /**
  * The reason code for the shim's audit line when the requester fails (lowercase, [a-z_]): the grant's
- * fate when it has one, else the kind of failure. Undefined for "pending" (75), which the shim audits
- * as such.
+ * fate when it has one, else the kind of failure. The shim adds the `requester_` prefix (the audit
+ * line says `requester_config`), so no code here carries it. Undefined for "pending" (75), which the
+ * shim audits as such.
  */
 export function requesterReason(e: unknown): string | undefined {
   if (e instanceof RequesterError) return e.reason;
-  if (!(e instanceof CliError)) return "requester_error";
+  if (!(e instanceof CliError)) return "error";
   switch (e.exitCode) {
     case ExitCode.TEMPFAIL:
       return undefined;
@@ -338,12 +394,18 @@ export function requesterReason(e: unknown): string | undefined {
     case ExitCode.NOPERM:
       return "not_permitted";
     case ExitCode.CONFIG:
-      return "requester_config";
+      return "config";
     case ExitCode.USAGE:
       return "usage";
     default:
-      return "requester_error";
+      return "error";
   }
+}
+
+/** The error an aborted run ends with: the abort's own CliError (a broken stderr), else "interrupted". */
+function abortError(signal: AbortSignal): CliError {
+  if (signal.reason instanceof CliError) return signal.reason;
+  return new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
 }
 
 function notUsable(grant: Grant, req: ElevationRequest): CliError {

@@ -635,20 +635,33 @@ export class SqliteStore implements Store {
   /**
    * Checkpoints the WAL every `intervalMs` from a worker thread with its own connection: copying
    * pages and syncing the files then never stalls the server's event loop (a PASSIVE checkpoint
-   * does not block writers). Returns a function that stops it.
+   * does not block writers). When the worker fails (e.g. no file descriptor left for its
+   * connection), `onError` hears why and the checkpoints continue on this thread: the WAL must
+   * not grow without bound. Returns a function that stops it.
    */
-  startCheckpointer(intervalMs = 1000): () => Promise<void> {
+  startCheckpointer(intervalMs = 1000, onError: (e: Error) => void = () => {}): () => Promise<void> {
     const worker = new Worker(CHECKPOINTER, { eval: true, workerData: { file: this.file, intervalMs } });
     worker.unref();
+    let fallback: NodeJS.Timeout | undefined;
+    const exited = new Promise<void>((resolve) => worker.once("exit", () => resolve()));
+    worker.on("error", (e) => {
+      onError(e);
+      if (fallback) return;
+      fallback = setInterval(() => {
+        try {
+          this.checkpoint();
+        } catch {
+          // busy or closing: the next tick tries again
+        }
+      }, intervalMs);
+      fallback.unref();
+    });
     return async () => {
+      clearInterval(fallback);
       worker.postMessage("stop");
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => void worker.terminate().then(() => resolve()), 2000);
-        worker.once("exit", () => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
+      const t = setTimeout(() => void worker.terminate(), 2000);
+      await exited;
+      clearTimeout(t);
     };
   }
 

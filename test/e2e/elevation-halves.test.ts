@@ -1,24 +1,28 @@
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
-import { addUser, apesBin, type IdpHandle, newKey, runApes, startIdp } from "../helpers/idp.ts";
+import { addUser, apesBin, type IdpHandle, loopbackCert, newKey, runApes, startIdp } from "../helpers/idp.ts";
 
 /**
  * The two TypeScript halves of elevation with the real binary and the real IdP, without the shim:
  * `apes __request` delivers the AuthZ-JWT on an inherited fd, `apes __verify` checks it against a
  * policy on fd 3 and consumes it. Covers what the shim cannot stage deterministically: a JWT signed
- * by a foreign key under the IdP's kid, and the IdP going away between token and consume.
+ * by a foreign key under the IdP's kid, and the IdP going away between token and consume. The IdP
+ * speaks TLS with a self-signed certificate, pinned in the policy (issuers are https only).
  */
 
 const HUMAN = "alice@example.com";
 const AGENT = "bot@example.com";
 let root: string;
 let idp: IdpHandle;
+/** The IdP's certificate: pinned inline in the policies, trusted by the clients through APES_CA_FILE. */
+let caFile: string;
+const caEnv = () => ({ APES_CA_FILE: caFile });
 const home = (who: string) => join(root, who);
 
 function policyFile(name: string, body: string): string {
@@ -28,14 +32,15 @@ function policyFile(name: string, body: string): string {
 }
 
 function policyText(issuer: string): string {
-  return `issuers = ["${issuer}"]\napprovers = ["${HUMAN}"]\nallow_loopback_http = true\nhost = "${hostname()}"\n[users]\nroot = ["${AGENT}"]\n`;
+  const ca = readFileSync(caFile, "utf8").trim();
+  return `issuers = ["${issuer}"]\napprovers = ["${HUMAN}"]\nhost = "${hostname()}"\nca_pem = '''\n${ca}\n'''\n[users]\nroot = ["${AGENT}"]\n`;
 }
 
 /** `apes __request --result-fd 3 ...` as the agent; resolves with the exit code and what arrived on fd 3. */
 function request(args: string[]): Promise<{ code: number; token: string; stderr: string }> {
   return new Promise((resolve) => {
     const p = spawn(apesBin(), ["__request", "--result-fd", "3", ...args], {
-      env: { ...process.env, HOME: home("agent") },
+      env: { ...process.env, ...caEnv(), HOME: home("agent") },
       stdio: ["ignore", "ignore", "pipe", "pipe"],
     });
     let token = "";
@@ -79,10 +84,13 @@ const line = (jwt: string, argv: string[]) => ({
 
 /** Create (--no-wait), approve as the human, then fetch the token through __request --grant. */
 async function approvedToken(argv: string[]): Promise<string> {
-  const created = await runApes(["--no-wait", "--reason", "e2e", "--", ...argv], { HOME: home("agent") });
+  const created = await runApes(["--no-wait", "--reason", "e2e", "--", ...argv], {
+    ...caEnv(),
+    HOME: home("agent"),
+  });
   expect(created.code).toBe(75);
   const id = created.stdout.trim();
-  const approved = await runApes(["grants", "approve", id], { HOME: home("human") });
+  const approved = await runApes(["grants", "approve", id], { ...caEnv(), HOME: home("human") });
   expect(approved.code, approved.stderr).toBe(0);
   const r = await request(["--grant", id, "--", ...argv]);
   expect(r.code, r.stderr).toBe(0);
@@ -109,12 +117,15 @@ beforeAll(async () => {
       agent ? { agent: true, owner: HUMAN, publicKey: k.publicLine } : { publicKey: k.publicLine },
     );
   }
-  idp = await startIdp({ dataDir: data });
+  const tls = loopbackCert(root);
+  caFile = tls.cert;
+  idp = await startIdp({ dataDir: data, tls });
   for (const [who, email] of [
     ["human", HUMAN],
     ["agent", AGENT],
   ] as const) {
     const r = await runApes(["login", email, "--key", join(home(who), "key.pem"), "--idp", idp.url], {
+      ...caEnv(),
       HOME: home(who),
     });
     expect(r.code, r.stderr).toBe(0);

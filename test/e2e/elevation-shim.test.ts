@@ -14,14 +14,17 @@ import {
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeJwt, SignJWT } from "jose";
+import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import {
   addUser,
   apesBin,
   api,
+  type FetchLike,
   type IdpHandle,
   loginWithKey,
+  loopbackCert,
   newKey,
   runApes,
   startIdp,
@@ -50,6 +53,8 @@ import {
  * for another command, a replay, a revoked or expired grant) use what a local attacker really has:
  * the requester runs as the user with the user's environment, so NODE_OPTIONS=--require makes it
  * hand the shim any token. The verifier (fixed environment, other user) is the boundary under test.
+ * The IdP speaks TLS with a self-signed certificate: pinned in the policy, and named as `ca_file` in
+ * every client's config.toml (issuers are https only).
  */
 
 const ALICE = "alice@example.com"; // owns the agent; an approver in the policy
@@ -66,6 +71,8 @@ let agentHome: string; // the test user's HOME with the agent's session
 let carolHome: string; // the test user's HOME with carol's session
 const rootHomes: Record<string, string> = {}; // root-owned sessions: humans approving, bot fetching tokens
 let evilPreload: string;
+let idpCa: string; // the IdP's certificate (PEM file)
+let tlsFetch: FetchLike;
 let aliceApi: ReturnType<typeof api>;
 let carolApi: ReturnType<typeof api>;
 
@@ -75,7 +82,7 @@ function policy(over: Record<string, string> = {}): string {
   const keys: Record<string, string> = {
     issuers: JSON.stringify([idp.issuer]),
     approvers: JSON.stringify([ALICE, CAROL]),
-    allow_loopback_http: "true",
+    ca_pem: `'''\n${readFileSync(idpCa, "utf8").trim()}\n'''`,
     run_as: JSON.stringify(["root", "nobody"]),
     ...over,
   };
@@ -208,20 +215,31 @@ if (process.argv.includes("__request")) {
   );
 
   const data = join(work, "idp");
+  const tlsDir = join(work, "tls");
+  mkdirSync(tlsDir, { mode: 0o755 });
+  const tls = loopbackCert(tlsDir);
+  idpCa = tls.cert;
+  chmodSync(idpCa, 0o644);
+  const dispatcher = new Agent({ connect: { ca: readFileSync(idpCa) } });
+  tlsFetch = ((url: string, init?: RequestInit) =>
+    undiciFetch(url, { ...(init as object), dispatcher })) as unknown as FetchLike;
   const keys = Object.fromEntries([ALICE, BOB, CAROL, BOT].map((e) => [e, newKey(e)]));
   await addUser(data, ALICE, { publicKey: keys[ALICE]!.publicLine });
   await addUser(data, BOB, { publicKey: keys[BOB]!.publicLine });
   await addUser(data, CAROL, { publicKey: keys[CAROL]!.publicLine });
   await addUser(data, BOT, { agent: true, owner: ALICE, approvers: [BOB], publicKey: keys[BOT]!.publicLine });
-  idp = await startIdp({ dataDir: data });
-  const disc = (await api(idp.url).get("/.well-known/openid-configuration")).body;
+  idp = await startIdp({ dataDir: data, tls });
+  const disc = (await api(idp.url, undefined, tlsFetch).get("/.well-known/openid-configuration")).body;
   grantsEndpoint = disc.openape_grants_endpoint;
-  aliceApi = api(idp.url, await loginWithKey(idp.url, ALICE, keys[ALICE]!.privateKey));
-  carolApi = api(idp.url, await loginWithKey(idp.url, CAROL, keys[CAROL]!.privateKey));
+  const login = async (e: string) =>
+    api(idp.url, await loginWithKey(idp.url, e, keys[e]!.privateKey, tlsFetch), tlsFetch);
+  aliceApi = await login(ALICE);
+  carolApi = await login(CAROL);
 
   const pem = (e: string) => keys[e]!.privateKey.export({ type: "pkcs8", format: "pem" }) as string;
   for (const e of [ALICE, BOB, CAROL, BOT]) {
     const home = mkdtempSync(join(work, "root-home-"));
+    trustIdpCa(home);
     writeFileSync(join(home, "key.pem"), pem(e), { mode: 0o600 });
     const r = await runApes(["login", e, "--key", join(home, "key.pem"), "--idp", idp.url], { HOME: home });
     expect(r.code, r.stderr).toBe(0);
@@ -230,6 +248,7 @@ if (process.argv.includes("__request")) {
   // The test user's own sessions, logged in through the shim (a non-elevation passes straight through).
   const userHome = async (e: string) => {
     const home = makeUserDir(user, work);
+    trustIdpCa(home, user);
     writeFileSync(join(home, "key.pem"), pem(e), { mode: 0o600 });
     chownSync(join(home, "key.pem"), user.uid, user.gid);
     const r = await collect(
@@ -244,6 +263,16 @@ if (process.argv.includes("__request")) {
   carolHome = await userHome(CAROL);
   writeConfig(inst, policy());
 }, 120_000);
+
+/** `ca_file` in HOME's config.toml: how a client trusts the IdP's certificate (owner: the home's). */
+function trustIdpCa(home: string, owner?: UnixUser): void {
+  const dir = join(home, ".config", "apes");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.toml"), `ca_file = ${JSON.stringify(idpCa)}\n`);
+  if (owner)
+    for (const p of [join(home, ".config"), dir, join(dir, "config.toml")])
+      chownSync(p, owner.uid, owner.gid);
+}
 
 afterAll(async () => {
   await idp?.stop();
@@ -308,7 +337,7 @@ describe("apes trust through the installed shim", () => {
     expect(statSync(pathsJson).uid).toBe(0);
     try {
       rmSync(inst.config);
-      const args = ["trust", "--idp", idp.url, "--allow-loopback-http", "--approvers", `${ALICE},${CAROL}`];
+      const args = ["trust", "--idp", idp.url, "--ca-file", idpCa, "--approvers", `${ALICE},${CAROL}`];
       args.push("--map", `${user.name}=${BOT},${CAROL}`, "--run-as", "root,nobody");
       const r = await collect(spawn(inst.shim, args, { env: { PATH: "/usr/bin:/bin", HOME: work } }));
       expect(r.code, r.stderr).toBe(0);

@@ -207,32 +207,59 @@ describe("refusals", () => {
     }
     expect(existsSync(marker())).toBe(false);
     expect(nodeRuns()).toEqual([]);
-    expect(newAudit()).toEqual([]);
+    // Refusals are audited too, without the argv they refuse.
+    const refused = {
+      decision: "deny",
+      reason: "argv_invalid_utf8",
+      user: user.name,
+      argv: [],
+      cmd_hash: "",
+    };
+    expect(newAudit()).toEqual([expect.objectContaining(refused), expect.objectContaining(refused)]);
   });
 
   it.each([
-    ["an argument over 32 KiB", ["/usr/bin/touch", "x".repeat(32 * 1024 + 1)], /longer than 32768 bytes/],
-    ["more than 4096 arguments", ["/usr/bin/touch", ...Array(4096).fill("x")], /more than 4096 arguments/],
+    [
+      "an argument over 32 KiB",
+      ["/usr/bin/touch", "x".repeat(32 * 1024 + 1)],
+      /longer than 32768 bytes/,
+      "argv_arg_too_long",
+    ],
+    [
+      "more than 4096 arguments",
+      ["/usr/bin/touch", ...Array(4096).fill("x")],
+      /more than 4096 arguments/,
+      "argv_too_many",
+    ],
     [
       "a command over 256 KiB",
       ["/usr/bin/touch", ...Array(9).fill("y".repeat(30 * 1024))],
       /longer than 262144/,
+      "argv_too_long",
     ],
-  ])("%s is refused with exit 2", async (_name, cmd, message) => {
+  ])("%s is refused with exit 2 and audited", async (_name, cmd, message, reason) => {
     writeConfig(inst, "x = 1\n");
     const r = await shim(["--", ...(cmd as string[])]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(message);
     expect(nodeRuns()).toEqual([]);
-    expect(newAudit()).toEqual([]);
+    expect(newAudit()).toEqual([expect.objectContaining({ decision: "deny", reason, argv: [] })]);
   });
 
-  it("an unknown --as user is refused with exit 2", async () => {
+  it("an unknown --as user is refused with exit 2 and audited", async () => {
     writeConfig(inst, "x = 1\n");
     const r = await shim(["--as", "no-such-user-here", "--", ...touchCmd()]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/no such user: no-such-user-here/);
     expect(nodeRuns()).toEqual([]);
+    expect(newAudit()).toEqual([
+      expect.objectContaining({
+        decision: "deny",
+        reason: "run_as_unknown",
+        run_as: "no-such-user-here",
+        argv: touchCmd(),
+      }),
+    ]);
   });
 
   it("a missing policy is denied with 78 and audited, before anyone is asked", async () => {
@@ -335,6 +362,24 @@ describe("fail closed when the approval request fails", () => {
         argv: touchCmd(),
       }),
     ]);
+  });
+});
+
+describe("the requester's own reason", () => {
+  it("is audited once prefixed: a broken auth.json is requester_config", async () => {
+    writeConfig(inst, 'issuer = "https://idp.invalid"\n');
+    const cfg = join(home, ".config", "apes");
+    mkdirSync(cfg, { recursive: true });
+    writeFileSync(join(cfg, "auth.json"), "not json\n", { mode: 0o600 });
+    execFileSync("chown", ["-R", `${user.uid}:${user.gid}`, join(home, ".config")]);
+    try {
+      const r = await shim(["--reason", "x", "--", ...touchCmd()]);
+      expect(r.code, r.stderr).toBe(78);
+      expect(existsSync(marker())).toBe(false);
+      expect(newAudit()).toEqual([expect.objectContaining({ decision: "deny", reason: "requester_config" })]);
+    } finally {
+      rmSync(join(home, ".config"), { recursive: true, force: true });
+    }
   });
 });
 

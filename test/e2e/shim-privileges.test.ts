@@ -26,6 +26,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import {
   type AuditLine,
@@ -113,11 +114,12 @@ function allow(cmd: string[], runAs = "root"): void {
 /** A command that records who ran it and with what environment, under `out/tag.*`. */
 function recorder(tag: string): string[] {
   const p = join(out, tag);
-  return [
+  // In the canonical form the shim approves and runs (/bin/sh is /usr/bin/sh where /bin links to usr/bin).
+  return canonicalCommand([
     "/bin/sh",
     "-c",
     `id -u > ${p}.uid; id -G > ${p}.groups; cat /proc/$$/environ > ${p}.environ; ls -l /proc/self/fd > ${p}.fds`,
-  ];
+  ]);
 }
 
 function stubFile(name: string): string {
@@ -193,8 +195,20 @@ describe("an approved command", () => {
       TERM: "xterm-256color",
     });
     const audit = newAudit();
-    expect(audit).toHaveLength(1);
+    expect(audit).toHaveLength(2);
+    // The attempt is on disk before the verifier could consume the grant; the verdict's ids follow.
     expect(audit[0]).toMatchObject({
+      decision: "attempt",
+      reason: "",
+      user: user.name,
+      uid: user.uid,
+      run_as: "root",
+      argv: cmd,
+      cmd_hash: cmdHash(cmd),
+      grant_id: "",
+    });
+    expect(audit[0]!.pid).toBe(audit[1]!.pid);
+    expect(audit[1]).toMatchObject({
       decision: "allow",
       reason: "",
       user: user.name,
@@ -207,7 +221,7 @@ describe("an approved command", () => {
       decided_by: "alice@example.com",
       issuer: "https://idp.test",
     });
-    expect(audit[0]!.pid).toBeGreaterThan(1);
+    expect(audit[1]!.pid).toBeGreaterThan(1);
     expect(statSync(inst.auditLog).mode & 0o777).toBe(0o600);
   });
 
@@ -257,8 +271,9 @@ describe("an approved command", () => {
     symlinkSync("/dev/null", inst.auditLog); // O_NOFOLLOW refuses it
     try {
       const r = await shim(["--", ...cmd]);
-      expect(r.code).toBe(77);
-      expect(r.stderr).toMatch(/audit log not writable/);
+      expect(r.code).toBe(78);
+      expect(r.stderr).toMatch(/cannot open the audit log/);
+      expect(existsSync(join(stub, "request.uid"))).toBe(false); // refused before anyone is asked
       expect(existsSync(join(out, "unaudited.uid"))).toBe(false);
     } finally {
       unlinkSync(inst.auditLog);
@@ -317,11 +332,15 @@ describe("resource limits planted by the caller", () => {
     );
     if (canRaise) {
       expect(r.code, r.stderr).toBe(0);
-      expect(newAudit()).toEqual([expect.objectContaining({ decision: "allow", argv: cmd })]);
+      expect(newAudit()).toEqual([
+        expect.objectContaining({ decision: "attempt", argv: cmd }),
+        expect.objectContaining({ decision: "allow", argv: cmd }),
+      ]);
       expect(existsSync(join(out, "ran.uid"))).toBe(true);
     } else {
       expect(r.code).toBe(77);
-      expect(r.stderr).toMatch(/audit log not writable/);
+      expect(r.stderr).toMatch(/audit log .* is full or over the file size limit/);
+      expect(existsSync(join(stub, "verify.uid"))).toBe(false); // no attempt line, no verifier, nothing spent
       expect(newAudit()).toEqual([]); // readAudit parses every line: none is torn
       expect(readFileSync(inst.auditLog, "utf8").endsWith("}\n")).toBe(true);
       expect(existsSync(join(out, "ran.uid"))).toBe(false);
@@ -331,7 +350,7 @@ describe("resource limits planted by the caller", () => {
 
 describe("the requester", () => {
   it("runs as the caller with the caller's environment, the token pipe on fd 3 and the options as given", async () => {
-    const cmd = ["/bin/true", "a b", "", "ü"];
+    const cmd = canonicalCommand(["/bin/true", "a b", "", "ü"]);
     allow(cmd);
     const env = callerEnv({
       NODE_OPTIONS: "--max-old-space-size=64",
@@ -441,7 +460,7 @@ describe("the requester", () => {
 
 describe("the verifier", () => {
   it("runs as _apes without groups, in CACHE_DIR, with a fixed environment, the policy on fd 3 and the request on stdin", async () => {
-    const cmd = ["/bin/echo", 'quote " backslash \\ newline \n tab \t', "\u{1f412}"];
+    const cmd = canonicalCommand(["/bin/echo", 'quote " backslash \\ newline \n tab \t', "\u{1f412}"]);
     allow(cmd);
     const r = await shim(
       ["--reason", "x", "--", ...cmd],
@@ -508,7 +527,10 @@ describe("the verifier", () => {
     const r = await shim(["--", ...cmd]);
     expect(r.code, r.stderr).toBe(code);
     expect(existsSync(join(out, "never.uid"))).toBe(false);
-    expect(newAudit()).toEqual([expect.objectContaining({ decision: "deny", reason, argv: cmd })]);
+    expect(newAudit()).toEqual([
+      expect.objectContaining({ decision: "attempt", argv: cmd }),
+      expect.objectContaining({ decision: "deny", reason, argv: cmd }),
+    ]);
   });
 });
 

@@ -156,7 +156,8 @@ export function writeConfig(
 
 export interface AuditLine {
   ts: number;
-  decision: "allow" | "deny" | "pending";
+  /** attempt: written before the verifier may consume the grant; allow/deny/pending: the outcome. */
+  decision: "attempt" | "allow" | "deny" | "pending";
   reason: string;
   user: string;
   uid: number;

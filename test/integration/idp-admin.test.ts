@@ -277,5 +277,16 @@ describe("idp serve options", () => {
     );
     expect((await runApes(["idp", "serve", "--listen", "127.0.0.1:0", "--tls-cert", "x"])).code).toBe(2);
     expect((await runApes(["idp", "serve", "--listen", "127.0.0.1:0", "--rate-limit", "lots"])).code).toBe(2);
+    for (const bad of [
+      ["--login-rate-limit", "lots"],
+      ["--token-rate-limit", "1/"],
+      ["--connection-rate", "x/1s"],
+      ["--max-connections", "0"],
+      ["--max-connections-per-client", "-1"],
+    ]) {
+      expect((await runApes(["idp", "serve", "--listen", "127.0.0.1:0", ...bad])).code, bad.join(" ")).toBe(
+        2,
+      );
+    }
   });
 });

@@ -24,6 +24,7 @@ describe("parseUserConfig", () => {
     const c = await parseUserConfig(
       `idp = "https://id.example.com"
 allow_raw_login_signature = true
+idp_endpoint_origins = ["https://api.example.com"]
 [dns]
 servers = ["127.0.0.1:5353", "[::1]:53"]
 doh_url = "https://dns.example/resolve"
@@ -41,6 +42,7 @@ timeout = "1500ms"
         timeoutMs: 1500,
       },
       allowRawLoginSignature: true,
+      idpEndpointOrigins: ["https://api.example.com"],
       source: F,
     });
   });

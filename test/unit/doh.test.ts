@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { checkDohUrl, parseDohJson, parseTxtData, queryDoh } from "../../protocol/doh.ts";
+import { nodeFetch } from "../../cli/http.ts";
+import { checkDohUrl, DOH_MAX_BODY, parseDohJson, parseTxtData, queryDoh } from "../../protocol/doh.ts";
 import { DnsQueryError } from "../../protocol/resolver.ts";
+import { type HostileMode, startHostileServer } from "../helpers/hostile-http.ts";
 
 const NAME = "_ddisa.example.com";
 
@@ -138,6 +140,59 @@ describe("queryDoh", () => {
         }),
       ),
     ).rejects.toThrow(/DoH request failed: fetch failed/);
+  });
+
+  // Both transports apes hands to queryDoh: the runtime's fetch and the CLI's node:http client.
+  const transports: [string, typeof fetch][] = [
+    ["fetch", fetch],
+    ["the CLI's nodeFetch", ((input, init) => nodeFetch(input as string, init)) as typeof fetch],
+  ];
+
+  describe.each(transports)("against a real server, through %s", (_name, transport) => {
+    it("reads a good answer", async () => {
+      const server = await startHostileServer((_req, res) => {
+        res.writeHead(200, { "content-type": "application/dns-json" });
+        res.end(JSON.stringify({ Status: 0, Answer: [{ name: NAME, type: 16, TTL: 9, data: '"x"' }] }));
+      });
+      try {
+        expect((await queryDoh(server.url, NAME, { fetch: transport, timeoutMs: 5000 })).txt).toEqual(["x"]);
+      } finally {
+        await server.close();
+      }
+    });
+
+    const query = async (mode: HostileMode, timeoutMs: number) => {
+      const server = await startHostileServer(mode);
+      try {
+        const error = await queryDoh(server.url, NAME, { fetch: transport, timeoutMs }).catch(
+          (e: unknown) => e,
+        );
+        await server.settled();
+        return { error: error as DnsQueryError, sent: server.bytesSent() };
+      } finally {
+        await server.close();
+      }
+    };
+
+    it("an endless body is refused as soon as it passes the cap, not buffered until the deadline", async () => {
+      const { error, sent } = await query("endless", 20_000);
+      expect(error).toBeInstanceOf(DnsQueryError);
+      expect(error.kind).toBe("malformed");
+      expect(error.message).toMatch(/DoH answer refused: the answer is larger than 256 KiB/);
+      // The cap plus what the loopback socket buffers held: nowhere near 20 s of streaming.
+      expect(sent).toBeLessThan(DOH_MAX_BODY + 64 * 1024 * 1024);
+    });
+
+    it("a Content-Length above the cap is refused before reading", async () => {
+      const { error } = await query("huge-length", 20_000);
+      expect(error.message).toMatch(/larger than 256 KiB/);
+    });
+
+    it("a body trickling in under the cap ends at the total deadline", async () => {
+      const { error } = await query("trickle", 500);
+      expect(error.kind).toBe("timeout");
+      expect(error.message).toMatch(/no DoH answer within 500 ms/);
+    });
   });
 
   it("accepts https, and plain http only on loopback", () => {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseElevation, validateElevation } from "../../cli/elevation/grammar.ts";
 import {
+  canonicalCommand,
   describeApprovers,
   grantMismatch,
   grantRequestFor,
@@ -104,8 +105,11 @@ describe("requesterReason (the audit reason the requester reports to the shim)",
     expect(requesterReason(new CliError("x", { exitCode: 69 }))).toBe("idp_unreachable");
     expect(requesterReason(new CliError("x", { exitCode: 77 }))).toBe("not_permitted");
     expect(requesterReason(new CliError("x", { exitCode: 130 }))).toBe("interrupted");
-    expect(requesterReason(new Error("boom"))).toBe("requester_error");
-    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "requester_config", "usage"]) {
+    expect(requesterReason(new Error("boom"))).toBe("error");
+    expect(requesterReason(new CliError("x", { exitCode: 78 }))).toBe("config");
+    // The shim adds the requester_ prefix itself: no code carries it twice.
+    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "config", "usage"]) {
+      expect(r).not.toMatch(/^requester_/);
       expect(r).toMatch(/^[a-z_]{1,64}$/);
     }
   });
@@ -265,6 +269,65 @@ describe("runRequester", () => {
     expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
   });
 
+  it("a failure after creating the grant (the IdP fails the wait) revokes it", async () => {
+    const ctx = fakeContext();
+    const { client, rec } = fakeClient();
+    const e = await failure(
+      runRequester(ctx, request(["--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(client, rec, async () => {
+          throw new CliError("the IdP is unreachable", { exitCode: 69 });
+        }),
+      }),
+    );
+    expect(e.exitCode).toBe(69);
+    expect(rec.revoked).toEqual(["g-1"]);
+    expect(ctx.stderr.text).toContain("failed; grant g-1 cancelled");
+    expect(rec.delivered).toEqual([{ fd: 3, token: "idp_unreachable" }]);
+  });
+
+  it("a failure while fetching an approved grant's token revokes it too, and a reused grant is left alone", async () => {
+    const created = fakeClient();
+    created.client.token = async () => {
+      throw new Error("socket hang up");
+    };
+    await expect(
+      runRequester(fakeContext(), request(["--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(created.client, created.rec, async () => grant({ status: "approved" })),
+      }),
+    ).rejects.toThrow("socket hang up");
+    expect(created.rec.revoked).toEqual(["g-1"]);
+    const reused = fakeClient({ create: () => ({ grant: grant({ status: "approved" }), reused: true }) });
+    reused.client.token = created.client.token;
+    await expect(
+      runRequester(fakeContext(), request(["--", "id", "-u"]), {
+        resultFd: 3,
+        deps: deps(reused.client, reused.rec, async () => grant()),
+      }),
+    ).rejects.toThrow("socket hang up");
+    expect(reused.rec.revoked).toEqual([]);
+  });
+
+  it("a stderr that broke (the abort carries a CliError) ends with that error and revokes the grant", async () => {
+    const { client, rec } = fakeClient();
+    const controller = new AbortController();
+    const broken = new CliError("cannot write progress: EPIPE", { exitCode: 1 });
+    const e = await failure(
+      runRequester(fakeContext(), request(["--", "id", "-u"]), {
+        resultFd: 3,
+        signal: controller.signal,
+        deps: deps(client, rec, async (_c, _cl, _id, o) => {
+          controller.abort(broken);
+          o.signal?.throwIfAborted();
+          return grant();
+        }),
+      }),
+    );
+    expect(e).toBe(broken);
+    expect(rec.revoked).toEqual(["g-1"]);
+  });
+
   it("a timeout ends with 75 and says how to continue", async () => {
     const { client, rec } = fakeClient();
     const e = await failure(
@@ -334,5 +397,40 @@ describe("runRequester", () => {
     });
     expect(ctx.stderr.text).toMatch(/^apes-timing: requester token [\d.]+$/m);
     expect(ctx.stderr.text).toMatch(/^apes-timing: requester total [\d.]+$/m);
+  });
+});
+
+describe("canonicalCommand", () => {
+  const realpath = (p: string) => {
+    const known: Record<string, string> = {
+      ".": "/home/me",
+      "./bin": "/opt/tools",
+      "/": "/",
+      "/bin": "/usr/bin",
+    };
+    if (known[p]) return known[p];
+    throw Object.assign(new Error(`ENOENT: ${p}`), { code: "ENOENT" });
+  };
+
+  it("makes a program's directory canonical, keeps its name, and leaves bare names and the arguments alone", () => {
+    expect(canonicalCommand(["./x.sh", "./arg"], realpath)).toEqual(["/home/me/x.sh", "./arg"]);
+    expect(canonicalCommand(["./bin/tool"], realpath)).toEqual(["/opt/tools/tool"]);
+    expect(canonicalCommand(["/bin/sh"], realpath)).toEqual(["/usr/bin/sh"]);
+    expect(canonicalCommand(["/init"], realpath)).toEqual(["/init"]);
+    expect(canonicalCommand(["id", "-u"], realpath)).toEqual(["id", "-u"]);
+  });
+
+  it("a directory that does not resolve is an error (127), a path without a file name one too (126)", () => {
+    const code = (argv: string[]) => {
+      try {
+        canonicalCommand(argv, realpath);
+      } catch (e) {
+        return (e as CliError).exitCode;
+      }
+      return undefined;
+    };
+    expect(code(["./gone/x"])).toBe(127);
+    expect(code(["./bin/"])).toBe(126);
+    expect(code(["./bin/.."])).toBe(126);
   });
 });

@@ -28,7 +28,6 @@ function policy(over: Partial<Policy> = {}): Policy {
     host: "web1",
     runAs: ["root", "nobody"],
     allowSelfApproval: false,
-    allowLoopbackHttp: false,
     users: { deploy: [AGENT], ops: ["ops-agent@example.com"] },
     ...over,
   };

@@ -1,12 +1,12 @@
 import { describe, expect, it } from "vitest";
 import {
-  isLoopbackHost,
   normalizeIssuer,
   type Policy,
   PolicyError,
   parsePolicy,
   policyFileProblem,
   serializePolicy,
+  trustedDirectoryProblem,
 } from "../../helper/policy.ts";
 
 const HOST = { hostname: "web1" };
@@ -41,7 +41,6 @@ describe("parsePolicy", () => {
       host: "web1",
       runAs: ["root"],
       allowSelfApproval: false,
-      allowLoopbackHttp: false,
       users: { deploy: ["agent@example.com"] },
     });
   });
@@ -55,7 +54,7 @@ audiences = ["escapes", "ops"]
 host = "db1.internal"
 run_as = ["root", "nobody"]
 allow_self_approval = true
-allow_loopback_http = true
+allow_loopback_http = false
 ca_file = "/etc/apes/ca.pem"
 ca_pem = '''
 -----BEGIN CERTIFICATE-----
@@ -71,7 +70,6 @@ ops = ["ops@example.com"]
       host: "db1.internal",
       runAs: ["root", "nobody"],
       allowSelfApproval: true,
-      allowLoopbackHttp: true,
       caFile: "/etc/apes/ca.pem",
       users: { deploy: ["agent@example.com", "agent2@example.com"], ops: ["ops@example.com"] },
     });
@@ -125,18 +123,25 @@ ops = ["ops@example.com"]
     expect(error("issuers = [")).toContain("/etc/apes/config.toml: not valid TOML");
   });
 
-  it("requires https issuers; http only for loopback with the explicit opt-in", () => {
-    expect(error(MINIMAL.replace("https://id.example.com/", "http://id.example.com"))).toContain("loopback");
-    expect(error(MINIMAL.replace("https://id.example.com/", "http://127.0.0.1:8080"))).toContain(
-      "allow_loopback_http",
+  it("requires https issuers: plain http is refused, on loopback too, with or without the old opt-in", () => {
+    expect(error(MINIMAL.replace("https://id.example.com/", "http://id.example.com"))).toContain(
+      "plain http",
     );
-    const p = parse(
-      `allow_loopback_http = true\n${MINIMAL.replace("https://id.example.com/", "http://127.0.0.1:8080")}`,
-    );
-    expect(p.issuers).toEqual(["http://127.0.0.1:8080"]);
+    for (const issuer of [
+      "http://127.0.0.1:8080",
+      "http://127.0.0.1:80",
+      "http://[::1]:8080",
+      "http://localhost",
+    ])
+      expect(error(MINIMAL.replace("https://id.example.com/", issuer))).toContain("plain http");
+    // Policies written by an older `apes trust` say `allow_loopback_http = false`: still accepted.
+    expect(parse(`allow_loopback_http = false\n${MINIMAL}`).issuers).toEqual(["https://id.example.com"]);
+    expect(error(`allow_loopback_http = true\n${MINIMAL}`)).toContain('"allow_loopback_http" must be false');
     expect(
-      error(`allow_loopback_http = true\n${MINIMAL.replace("https://id.example.com/", "http://10.0.0.1")}`),
-    ).toContain("loopback");
+      error(
+        `allow_loopback_http = true\n${MINIMAL.replace("https://id.example.com/", "http://127.0.0.1:8080")}`,
+      ),
+    ).toContain("allow_loopback_http");
     expect(error(MINIMAL.replace("https://id.example.com/", "ftp://id.example.com"))).toContain("https");
     expect(error(MINIMAL.replace("https://id.example.com/", "https://u:p@id.example.com"))).toContain(
       "credentials",
@@ -160,18 +165,10 @@ deploy = ["agent@example.com"]
 });
 
 describe("policy helpers", () => {
-  it("recognises loopback hosts only", () => {
-    expect(isLoopbackHost("127.0.0.1")).toBe(true);
-    expect(isLoopbackHost("127.1.2.3")).toBe(true);
-    expect(isLoopbackHost("[::1]")).toBe(true);
-    expect(isLoopbackHost("localhost")).toBe(true);
-    expect(isLoopbackHost("127.0.0.1.evil.com")).toBe(false);
-    expect(isLoopbackHost("10.0.0.1")).toBe(false);
-  });
   it("normalises issuers without their trailing slash", () => {
-    expect(normalizeIssuer("https://id.example.com/", false)).toBe("https://id.example.com");
-    expect(normalizeIssuer("https://id.example.com/tenant/", false)).toBe("https://id.example.com/tenant");
-    expect(normalizeIssuer("https://id.example.com/?x=1", false)).toEqual({ error: "a query or fragment" });
+    expect(normalizeIssuer("https://id.example.com/")).toBe("https://id.example.com");
+    expect(normalizeIssuer("https://id.example.com/tenant/")).toBe("https://id.example.com/tenant");
+    expect(normalizeIssuer("https://id.example.com/?x=1")).toEqual({ error: "a query or fragment" });
   });
   it("rejects a policy file that is not root-owned or is group/world-writable", () => {
     expect(policyFileProblem({ uid: 0, mode: 0o100600, isFile: true })).toBeUndefined();
@@ -180,5 +177,19 @@ describe("policy helpers", () => {
     expect(policyFileProblem({ uid: 0, mode: 0o100620, isFile: true })).toContain("writable");
     expect(policyFileProblem({ uid: 0, mode: 0o100602, isFile: true })).toContain("writable");
     expect(policyFileProblem({ uid: 0, mode: 0o100600, isFile: false })).toContain("regular file");
+  });
+  it("trusts a directory above a ca_file only when no one but root can change it", () => {
+    const dir = (uid: number, mode: number, isDirectory = true) => ({
+      uid,
+      mode: 0o40000 | mode,
+      isDirectory,
+    });
+    expect(trustedDirectoryProblem(dir(0, 0o755))).toBeUndefined();
+    expect(trustedDirectoryProblem(dir(0, 0o1777))).toBeUndefined(); // /tmp: sticky, root's entries stay
+    expect(trustedDirectoryProblem(dir(1000, 0o755))).toContain("not root");
+    expect(trustedDirectoryProblem(dir(1000, 0o1777))).toContain("not root");
+    expect(trustedDirectoryProblem(dir(0, 0o775))).toContain("writable");
+    expect(trustedDirectoryProblem(dir(0, 0o757))).toContain("writable");
+    expect(trustedDirectoryProblem(dir(0, 0o755, false))).toContain("not a directory");
   });
 });

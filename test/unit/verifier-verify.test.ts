@@ -1,12 +1,16 @@
+import { execFileSync } from "node:child_process";
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import {
   chmodSync,
+  chownSync,
   closeSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -100,6 +104,9 @@ function fakeIdp(): FakeIdp {
   };
   return f;
 }
+
+/** A PEM-shaped CA (the fake network ignores TLS; the verifier only fingerprints it). */
+const pem = (body: string) => `-----BEGIN CERTIFICATE-----\n${body}\n-----END CERTIFICATE-----`;
 
 let n = 0;
 async function verify(
@@ -303,11 +310,52 @@ describe("runVerifier", () => {
     const entry = JSON.parse(readFileSync(file, "utf8"));
     writeFileSync(
       file,
-      JSON.stringify({ ...entry, grantsEndpoint: "https://collector.example.com/api/grants" }),
+      JSON.stringify({
+        ...entry,
+        endpoints: {
+          ...entry.endpoints,
+          openape_grants_endpoint: "https://collector.example.com/api/grants",
+        },
+      }),
     );
     const r = await verify(await token(), idp, { cacheDir });
     expect(r.exit).toBe(0);
     expect(idp.calls.at(-1)).toBe(`POST ${ISS}/api/grants/6f1c2b3a-0000-4000-8000-000000000001/consume`);
+  });
+
+  it("never uses keys cached under another trust anchor (the CA changed, or was pinned)", async () => {
+    const cacheDir = mkdtempSync(join(dir, "cache-"));
+    const idp = fakeIdp();
+    const fetches = () => idp.calls.filter((c) => c.startsWith("GET")).length;
+    const pinned = (body: string) => POLICY.replace("[users]", `ca_pem = '''\n${pem(body)}\n'''\n[users]`);
+    expect((await verify(await token(), idp, { cacheDir })).exit).toBe(0); // system roots
+    expect(fetches()).toBe(2);
+    expect((await verify(await token(), idp, { cacheDir, policy: pinned("AAAA") })).exit).toBe(0);
+    expect(fetches()).toBe(4);
+    expect((await verify(await token(), idp, { cacheDir, policy: pinned("BBBB") })).exit).toBe(0);
+    expect(fetches()).toBe(6);
+    // Each anchor has its own entry, which it reuses.
+    expect((await verify(await token(), idp, { cacheDir, policy: pinned("AAAA") })).exit).toBe(0);
+    expect(fetches()).toBe(6);
+    // An entry that names another anchor (or none, as older verifiers wrote) is ignored.
+    for (const f of readdirSync(cacheDir)) {
+      const entry = JSON.parse(readFileSync(join(cacheDir, f), "utf8"));
+      writeFileSync(join(cacheDir, f), JSON.stringify({ ...entry, anchor: undefined }));
+    }
+    expect((await verify(await token(), idp, { cacheDir })).exit).toBe(0);
+    expect(fetches()).toBe(8);
+  });
+
+  it("leaves no temporary file behind when the cache cannot be written", async () => {
+    const cacheDir = mkdtempSync(join(dir, "cache-"));
+    const idp = fakeIdp();
+    await verify(await token(), idp, { cacheDir });
+    const [entry] = readdirSync(cacheDir);
+    // A directory where the entry should be: the temp file is written, the rename over it fails.
+    rmSync(join(cacheDir, entry!));
+    mkdirSync(join(cacheDir, entry!, "x"), { recursive: true });
+    expect((await verify(await token(), idp, { cacheDir })).exit).toBe(0);
+    expect(readdirSync(cacheDir)).toEqual([entry]);
   });
 
   it("prints timing lines on stderr only when asked", async () => {
@@ -315,6 +363,66 @@ describe("runVerifier", () => {
     expect(quiet.stderr).toBe("");
     const timed = await verify(await token(), fakeIdp(), { req: { timing: true } });
     expect(timed.stderr).toMatch(/^apes-timing: verifier consume [\d.]+$/m);
+  });
+});
+
+describe("ca_file: trusted only when root guards it like the policy", () => {
+  const CA = pem("CCCC");
+  const withCaFile = (file: string) => `ca_file = ${JSON.stringify(file)}\n${POLICY}`;
+  let caDir: string;
+  beforeAll(() => {
+    caDir = mkdtempSync(join(dir, "ca-"));
+    chmodSync(caDir, 0o755);
+  });
+  const caFile = (name: string, mode = 0o644) => {
+    const file = join(caDir, name);
+    writeFileSync(file, CA);
+    chmodSync(file, mode);
+    return file;
+  };
+  const refused = async (file: string, why: RegExp) => {
+    const idp = fakeIdp();
+    const r = await verify(await token(), idp, { policy: withCaFile(file) });
+    expect(r.verdict).toMatchObject({ ok: false, reason: "config_invalid" });
+    expect(r.verdict.detail).toMatch(why);
+    expect(r.exit).toBe(78);
+    expect(idp.calls).toEqual([]); // refused before any fetch
+  };
+
+  it("accepts a root-owned file no one else can write, in root-owned directories", async () => {
+    expect((await verify(await token(), fakeIdp(), { policy: withCaFile(caFile("ok.pem")) })).exit).toBe(0);
+  });
+  it("refuses a group- or world-writable file", async () => {
+    await refused(caFile("g.pem", 0o664), /writable/);
+    await refused(caFile("w.pem", 0o646), /writable/);
+  });
+  it("refuses a file owned by another user", async () => {
+    const file = caFile("other.pem");
+    chownSync(file, 1234, 1234);
+    await refused(file, /owned by uid 1234/);
+  });
+  it("refuses a file in a directory another user can write to", async () => {
+    const open = mkdtempSync(join(dir, "open-"));
+    chmodSync(open, 0o777);
+    writeFileSync(join(open, "ca.pem"), CA);
+    await refused(join(open, "ca.pem"), /writable/);
+    const theirs = mkdtempSync(join(dir, "theirs-"));
+    chownSync(theirs, 1234, 1234);
+    writeFileSync(join(theirs, "ca.pem"), CA);
+    await refused(join(theirs, "ca.pem"), /owned by uid 1234/);
+  });
+  it("refuses a symlink, also one in a directory of the path", async () => {
+    const target = caFile("target.pem");
+    symlinkSync(target, join(caDir, "link.pem"));
+    await refused(join(caDir, "link.pem"), /symlinks/);
+    symlinkSync(caDir, join(dir, "linked-dir"));
+    await refused(join(dir, "linked-dir", "target.pem"), /symlinks/);
+  });
+  it("refuses a FIFO without blocking on it, and a missing file", async () => {
+    const fifo = join(caDir, "fifo.pem");
+    execFileSync("mkfifo", [fifo]);
+    await refused(fifo, /regular file/);
+    await refused(join(caDir, "missing.pem"), /ENOENT/);
   });
 });
 

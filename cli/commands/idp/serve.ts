@@ -1,4 +1,10 @@
 import type { Command } from "commander";
+import {
+  DEFAULT_CONNECTION_RATE,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+  DEFAULT_RATE_LIMITS,
+} from "../../../idp/limits.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";
@@ -11,7 +17,12 @@ interface ServeOpts {
   tlsCert?: string;
   tlsKey?: string;
   tokenTtl: string;
-  rateLimit?: string;
+  rateLimit: string;
+  loginRateLimit: string;
+  tokenRateLimit: string;
+  maxConnections: string;
+  maxConnectionsPerClient: string;
+  connectionRate: string;
   allowRawLoginSignatures?: boolean;
   logLevel: string;
 }
@@ -38,10 +49,31 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
       hint: "stop the other server or choose another --listen port (0 picks a free one)",
     });
   }
+  if (err?.name === "DataDirLockedError") {
+    return new CliError(message, {
+      exitCode: ExitCode.CONFIG,
+      hint: "one server per --data dir: stop the other one, or give this one its own --data dir (the admin commands need no server stopped)",
+    });
+  }
   if (err?.code === "EACCES" && err.syscall === "listen") {
     return new CliError(`not allowed to listen on ${opts.listen}`, {
       exitCode: ExitCode.NOPERM,
       hint: "ports below 1024 need privileges; use a higher port behind a proxy",
+    });
+  }
+  if (err?.code === "EMFILE" || err?.code === "ENFILE" || /too many open files/i.test(message)) {
+    return new CliError(`cannot start the IdP: out of file descriptors (${message})`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "raise the open-files limit (ulimit -n, or LimitNOFILE= in the systemd unit) to at least 1024",
+      cause: e,
+    });
+  }
+  if ((err as { errcode?: number })?.errcode === 14) {
+    // SQLITE_CANTOPEN: no permission on the data dir, or no file descriptor left.
+    return new CliError(`cannot start the IdP: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "the --data dir must be writable by this user, and the open-files limit (ulimit -n) at least 1024",
+      cause: e,
     });
   }
   if (err?.code === "EPERM") {
@@ -62,6 +94,12 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
   return new CliError(`cannot start the IdP: ${message}`, { exitCode: ExitCode.ERROR, cause: e });
 }
 
+function positiveInt(value: string, option: string): number {
+  if (!/^[1-9]\d{0,8}$/.test(value))
+    throw usageError(`invalid ${option} "${value}"`, "give a whole number >= 1");
+  return Number(value);
+}
+
 /** `apes idp serve`: runs the IdP until SIGTERM/SIGINT. */
 export function register(parent: Command, getContext: GetContext): void {
   parent
@@ -73,7 +111,28 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--tls-cert <file>", "PEM certificate chain (serve HTTPS)")
     .option("--tls-key <file>", "PEM private key for --tls-cert")
     .option("--token-ttl <duration>", "session token lifetime (e.g. 15m, 1h)", "1h")
-    .option("--rate-limit <n/period>", "requests per identity, e.g. 600/1m; off to disable", "600000/1m")
+    .option(
+      "--rate-limit <n/period>",
+      "API requests per identity (per client address when unauthenticated); off to disable",
+      DEFAULT_RATE_LIMITS.api,
+    )
+    .option(
+      "--login-rate-limit <n/period>",
+      "login challenge/authenticate requests per client address",
+      DEFAULT_RATE_LIMITS.login,
+    )
+    .option(
+      "--token-rate-limit <n/period>",
+      "token endpoint requests per client address",
+      DEFAULT_RATE_LIMITS.token,
+    )
+    .option("--max-connections <n>", "open connections in total", String(DEFAULT_MAX_CONNECTIONS))
+    .option(
+      "--max-connections-per-client <n>",
+      "open connections per client address (IPv6: per /64)",
+      String(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+    )
+    .option("--connection-rate <n/period>", "new connections per client address", DEFAULT_CONNECTION_RATE)
     .option(
       "--allow-raw-login-signatures",
       "also accept key logins signed over the bare challenge (older clients; unsafe, logged)",
@@ -119,12 +178,18 @@ Examples:
         ]);
       if (!isLogLevel(opts.logLevel)) throw usageError(`invalid --log-level "${opts.logLevel}"`);
       let tokenTtl: number;
+      const rateLimits = { api: opts.rateLimit, login: opts.loginRateLimit, token: opts.tokenRateLimit };
       try {
         tokenTtl = parseDuration(opts.tokenTtl, "--token-ttl");
-        parseRateLimit(opts.rateLimit ?? "600000/1m");
+        for (const spec of [...Object.values(rateLimits), opts.connectionRate]) parseRateLimit(spec);
       } catch (e) {
         throw usageError((e as Error).message);
       }
+      const maxConnections = positiveInt(opts.maxConnections, "--max-connections");
+      const maxConnectionsPerClient = positiveInt(
+        opts.maxConnectionsPerClient,
+        "--max-connections-per-client",
+      );
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       // Caught from before the "listening" line: a supervisor that stops the IdP as soon as it has
       // seen that line still gets the graceful shutdown, not the default death by signal.
@@ -140,7 +205,10 @@ Examples:
           ...(opts.issuer ? { issuer: opts.issuer } : {}),
           ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
           tokenTtl,
-          rateLimit: opts.rateLimit ?? "600000/1m",
+          rateLimits,
+          maxConnections,
+          maxConnectionsPerClient,
+          connectionRate: opts.connectionRate,
           allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
           log,
         });

@@ -1,7 +1,8 @@
 import type { Command } from "commander";
 import type { Context, Fetch } from "../../context.ts";
 import { addElevationOptions, elevationFromRaw, rootRawArgs } from "../../elevation/options.ts";
-import { usageError } from "../../errors.ts";
+import { CliError, usageError } from "../../errors.ts";
+import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";
 
 /**
@@ -41,10 +42,23 @@ export async function requestAction(base: Context, raw: readonly string[]): Prom
   const onSignal = () => controller.abort(new Error("interrupted"));
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
   for (const s of signals) process.on(s, onSignal);
+  // A stdout or stderr that breaks (EPIPE, EBADF) ends the run like a signal does, so the grant it
+  // created is revoked, instead of main.ts's exit (or crash) leaving it pending.
+  const restore = [process.stdout, process.stderr].map((stream) => {
+    const previous = stream.listeners("error") as ((e: Error) => void)[];
+    const onError = (e: Error) =>
+      controller.abort(new CliError(`cannot write progress: ${e.message}`, { exitCode: ExitCode.ERROR }));
+    stream.removeAllListeners("error").on("error", onError);
+    return () => {
+      stream.off("error", onError);
+      for (const l of previous) stream.on("error", l);
+    };
+  });
   try {
     const { runRequester } = await import("../../elevation/request.ts");
     await runRequester(ctx, req, { resultFd: Number(fdText), signal: controller.signal });
   } finally {
     for (const s of signals) process.off(s, onSignal);
+    for (const r of restore) r();
   }
 }

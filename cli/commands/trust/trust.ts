@@ -20,7 +20,6 @@ export interface TrustOptions {
   runAs?: string[];
   host?: string;
   caFile?: string;
-  allowLoopbackHttp?: boolean;
   allowSelfApproval?: boolean;
   skipValidation?: boolean;
   show?: boolean;
@@ -60,10 +59,6 @@ export function register(program: Command, getContext: GetContext): void {
       "--ca-file <pem>",
       "the IdP's TLS CA certificate(s): copied into the policy and pinned (system roots then not trusted)",
     )
-    .option(
-      "--allow-loopback-http",
-      "accept a plain http:// IdP on 127.0.0.1/::1/localhost (single-machine setups)",
-    )
     .option("--allow-self-approval", "accept grants approved by their own requester (off by default)")
     .option("--skip-validation", "do not fetch the IdP's discovery document and JWKS before writing")
     .option("--show", "print the current policy instead of writing one (root only: the file is 0600)")
@@ -74,6 +69,11 @@ The policy replaces the previous one as a whole. It is written atomically to
 $(SYSCONFDIR)/apes/config.toml (default /etc/apes/config.toml), owned by root, mode 0600;
 the path comes from the installation (paths.json next to the installed executable),
 never from the command line. Every key is described in README.md ("## Elevation").
+
+The IdP must be https: a plain http IdP, even on 127.0.0.1, is refused, because
+while it is down any local user can bind its port, serve keys of their own and
+have any command run as root. For a private CA, --ca-file copies the CA into the
+policy and pins it (the system roots are then not trusted).
 
 Examples:
   $ sudo apes trust --idp https://id.example.com --approvers alice@example.com \\
@@ -143,7 +143,6 @@ export async function policyFromOptions(opts: TrustOptions, hostname: string) {
     host: opts.host ?? hostname,
     runAs: opts.runAs?.length ? opts.runAs : ["root"],
     allowSelfApproval: Boolean(opts.allowSelfApproval),
-    allowLoopbackHttp: Boolean(opts.allowLoopbackHttp),
     ...(caPem ? { caPem } : {}),
     users,
   };
@@ -169,12 +168,20 @@ export async function trust(ctx: Context, opts: TrustOptions, deps: TrustDeps): 
   }
   const { policy, text } = await policyFromOptions(opts, deps.hostname());
   if (!opts.skipValidation) {
-    const { fetchIssuerMeta, httpForPolicy } = await import("../../../helper/verify.ts");
-    const http = await httpForPolicy(policy);
+    const [{ httpForPolicy }, { fetchIssuerKeys }, { publicKeyFromJwk }] = await Promise.all([
+      import("../../../helper/verify.ts"),
+      import("../../../protocol/jwks.ts"),
+      import("../../../protocol/jwt.ts"),
+    ]);
+    const http = httpForPolicy(policy);
+    const getJson = (url: string) => http(url, { method: "GET", headers: { accept: "application/json" } });
     for (const issuer of policy.issuers) {
       try {
-        const meta = await fetchIssuerMeta(http, issuer, deps.nowS());
-        const ed = meta.keys.filter((k) => k.kty === "OKP" && k.crv === "Ed25519");
+        // The same discovery rules the verifier applies (protocol/jwks.ts), with its grants endpoint.
+        const meta = await fetchIssuerKeys(getJson, issuer, "apes-trust", deps.nowS(), [
+          "openape_grants_endpoint",
+        ]);
+        const ed = meta.keys.filter((k) => publicKeyFromJwk(k) !== undefined);
         if (ed.length === 0) throw new Error(`${meta.jwksUri} publishes no Ed25519 key`);
         ctx.io.stderr.write(
           `apes: ${issuer}: discovery and JWKS ok (${ed.length} Ed25519 key${ed.length > 1 ? "s" : ""})\n`,
@@ -228,7 +235,6 @@ export function toJson(p: import("../../../helper/policy.ts").Policy): Record<st
     host: p.host,
     run_as: p.runAs,
     allow_self_approval: p.allowSelfApproval,
-    allow_loopback_http: p.allowLoopbackHttp,
     ca: p.caPem ? "inline" : (p.caFile ?? null),
     users: p.users,
   };

@@ -1,6 +1,7 @@
-import { request as httpRequest } from "node:http";
+import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { rootCertificates } from "node:tls";
+import { BodyTooLargeError, readBoundedResponse } from "../protocol/bounded-body.ts";
 
 /**
  * The one small HTTP client of client/: JSON over node:http(s), bounded in time (one deadline for
@@ -51,44 +52,37 @@ export const requestJson: JsonHttp = (url, init = {}) => {
     headers["content-length"] = String(Buffer.byteLength(payload));
   }
   const send = u.protocol === "https:" ? httpsRequest : httpRequest;
-  return new Promise((resolve, reject) => {
-    const req = send(
-      u,
-      {
-        method: init.method ?? "GET",
-        headers,
-        signal: AbortSignal.timeout(timeoutMs),
-        ...(init.ca ? { ca: [...rootCertificates, init.ca] } : {}),
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (c: Buffer) => {
-          size += c.length;
-          if (size > maxBytes)
-            req.destroy(new HttpUnreachable(`${url}: answer larger than ${maxBytes} bytes`));
-          else chunks.push(c);
-        });
-        res.on("end", () => {
-          let body: unknown;
-          try {
-            const text = Buffer.concat(chunks).toString("utf8");
-            body = text ? JSON.parse(text) : undefined;
-          } catch {
-            body = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, body });
-        });
-        res.on("error", (e) => reject(unreachable(url, e, timeoutMs)));
-      },
-    );
-    req.on("error", (e) => reject(unreachable(url, e, timeoutMs)));
+  return new Promise<IncomingMessage>((resolve, reject) => {
+    const req = send(u, {
+      method: init.method ?? "GET",
+      headers,
+      // One deadline for connect, headers and body: the signal stays armed while the body is read.
+      signal: AbortSignal.timeout(timeoutMs),
+      ...(init.ca ? { ca: [...rootCertificates, init.ca] } : {}),
+    });
+    req.on("response", resolve);
+    req.on("error", reject);
     req.end(payload);
-  });
+  })
+    .then(async (res) => {
+      const headers = { get: (name: string) => res.headers[name.toLowerCase()]?.toString() ?? null };
+      const bytes = await readBoundedResponse({ headers, body: res }, maxBytes);
+      let body: unknown;
+      try {
+        body = bytes.length ? JSON.parse(bytes.toString("utf8")) : undefined;
+      } catch {
+        body = undefined;
+      }
+      return { status: res.statusCode ?? 0, body };
+    })
+    .catch((e: Error) => {
+      throw unreachable(url, e, timeoutMs);
+    });
 };
 
 function unreachable(url: string, e: Error & { code?: string }, timeoutMs: number): HttpUnreachable {
   if (e instanceof HttpUnreachable) return e;
+  if (e instanceof BodyTooLargeError) return new HttpUnreachable(`${url}: ${e.message}`);
   if (e.name === "AbortError" || e.name === "TimeoutError" || e.code === "ABORT_ERR")
     return new HttpUnreachable(`${url}: no answer within ${timeoutMs / 1000} s`);
   if (e.code === "ECONNREFUSED") return new HttpUnreachable(`${url}: connection refused`);

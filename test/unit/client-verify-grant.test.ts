@@ -157,7 +157,7 @@ describe("requestJson: bounded in size and time", () => {
   });
   it("cuts off an answer larger than maxBytes", async () => {
     await expect(requestJson(`${base}/big`, { maxBytes: 256 * 1024 })).rejects.toThrow(
-      /larger than 262144 bytes/,
+      /larger than 256 KiB/,
     );
   });
   it("gives up on a silent server", async () => {

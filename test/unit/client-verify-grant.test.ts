@@ -156,9 +156,7 @@ describe("requestJson: bounded in size and time", () => {
     expect(await requestJson(`${base}/ok`)).toEqual({ status: 200, body: { ok: true } });
   });
   it("cuts off an answer larger than maxBytes", async () => {
-    await expect(requestJson(`${base}/big`, { maxBytes: 256 * 1024 })).rejects.toThrow(
-      /larger than 256 KiB/,
-    );
+    await expect(requestJson(`${base}/big`, { maxBytes: 256 * 1024 })).rejects.toThrow(/larger than 256 KiB/);
   });
   it("gives up on a silent server", async () => {
     await expect(requestJson(`${base}/silent`, { timeoutMs: 300 })).rejects.toThrow(/no answer within 0.3 s/);

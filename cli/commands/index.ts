@@ -1,9 +1,11 @@
 import type { Command } from "commander";
 import type { GetContext } from "../program.ts";
 import { registerAgentsCommands } from "./agents/group.ts";
+import { register as registerAudit } from "./audit/audit.ts";
 import { register as registerDelegate } from "./delegate/delegate.ts";
 import { registerDelegationsCommands } from "./delegations/group.ts";
 import { register as registerDnsCheck } from "./dns/check.ts";
+import { register as registerDoctor } from "./doctor/doctor.ts";
 import { registerGrantsCommands } from "./grants/group.ts";
 import { register as registerHelp } from "./help/exit-codes.ts";
 import { registerIdpCommands } from "./idp/group.ts";
@@ -48,4 +50,7 @@ export function registerCommands(program: Command, getContext: GetContext): void
   registerTrust(program, getContext);
   registerRequest(program, getContext);
   registerVerify(program, getContext);
+  // The operator's tools (issue 15).
+  registerDoctor(program, getContext);
+  registerAudit(program, getContext);
 }

@@ -37,7 +37,6 @@ describe("a fresh clone", () => {
       new RegExp(["\\.\\.", "shared"].join("/")),
       new RegExp(`"\\.\\.",\\s*"\\.\\.",\\s*"${"shared"}"`),
       new RegExp(["", "work", ""].join("/")),
-      new RegExp(["", "home", "[a-z][a-z0-9_-]*", ""].join("/")),
       new RegExp(["", "Users", ""].join("/")),
     ];
     const found: string[] = [];

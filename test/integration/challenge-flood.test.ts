@@ -20,7 +20,10 @@ let doc: Record<string, string>;
 const key = newKey(VICTIM);
 
 beforeAll(async () => {
-  idp = await startIdp({ extraArgs: ["--rate-limit", "off"] });
+  // Eviction is what this tests, not the rate limits (idp-limits.test.ts tests those): all of them off.
+  idp = await startIdp({
+    extraArgs: ["--rate-limit", "off", "--login-rate-limit", "off", "--connection-rate", "off"],
+  });
   await addUser(idp.dataDir, VICTIM, { publicKey: key.publicLine });
   doc = await discovery(idp.url);
 });

@@ -160,7 +160,7 @@ function leafSection(cmd: CommandDoc, level: ".SH" | ".SS"): string[] {
 }
 
 /** apes-<name>(1): a top-level command, or a group with all its subcommands. */
-function commandPage(cmd: CommandDoc, date: string): string {
+function commandPage(cmd: CommandDoc, globals: OptionDoc[], date: string): string {
   const name = pageName(cmd.path);
   const lines = [
     ...header(name, 1, date),
@@ -169,10 +169,11 @@ function commandPage(cmd: CommandDoc, date: string): string {
     ".SH SYNOPSIS",
   ];
   const leaves = allCommands(cmd).filter((c) => c.subcommands.length === 0);
-  for (const leaf of leaves) lines.push(`.B ${roff(leaf.usage)}`, ".br");
+  for (const leaf of leaves) lines.push(`.B ${quoted(roff(leaf.usage))}`, ".br");
   lines.pop();
   lines.push(".SH DESCRIPTION", roff(cmd.description), ".PP", "Global options (see", ".BR apes (1))");
-  lines.push("may be given too:", ".BR \\-\\-json ,", ".BR \\-\\-debug ,", ".BR \\-\\-no\\-color .");
+  const words = globals.map((o) => roff(o.long!));
+  lines.push("may be given too:", ...words.map((w, i) => `.BR ${w} ${i === words.length - 1 ? "." : ","}`));
   if (cmd.subcommands.length === 0) {
     lines.push(...leafSection(cmd, ".SH"));
   } else {
@@ -534,8 +535,9 @@ export function generate(
   mkdirSync(man, { recursive: true });
   mkdirSync(completions, { recursive: true });
   writeFileSync(join(man, "apes.1"), mainPage(tree, date));
-  for (const cmd of tree.subcommands)
-    writeFileSync(join(man, `${pageName(cmd.path)}.1`), commandPage(cmd, date));
+  for (const cmd of tree.subcommands) {
+    writeFileSync(join(man, `${pageName(cmd.path)}.1`), commandPage(cmd, inherited(tree), date));
+  }
   // apes-config(5) is prose (the keys of two files), kept next to the code that parses them.
   const config = readFileSync(join(ROOT, "packaging/man/apes-config.5"), "utf8");
   writeFileSync(

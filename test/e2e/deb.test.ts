@@ -45,6 +45,8 @@ const EXEC = "/usr/libexec/apes/apes";
 const POLICY = "/etc/apes/config.toml";
 const AUDIT = "/var/log/apes/audit.log";
 const IDP_DATA = "/var/lib/apes-idp";
+/** The directories the package and `apes trust` write outside their own files. */
+const LEFTOVERS = ["/etc/apes", "/var/log/apes", "/var/cache/apes", IDP_DATA];
 const LOCK = "/run/lock/apes-deb-e2e.lock";
 const HUMAN = "alice@deb.example";
 const AGENT = "agent@deb.example";
@@ -290,7 +292,8 @@ describe.skipIf(!HAVE_DPKG)("the Debian package", () => {
     debs = { base: await buildDeb(BASE_VERSION, true), upgrade: await buildDeb(UPGRADE_VERSION, false) };
     lock = await takeLock();
     const left = installedVersion();
-    if (left !== undefined || existsSync(SHIM) || existsSync("/etc/apes")) {
+    // A `sudo make install` (LOCALSTATEDIR=/var) or an admin's package: not ours to replace or purge.
+    if (left !== undefined || [SHIM, ...LEFTOVERS].some((p) => existsSync(p))) {
       throw new Error(
         `apes is already installed here (${left ?? SHIM}): this test installs and purges the package; remove it first with dpkg --purge apes`,
       );
@@ -306,7 +309,8 @@ describe.skipIf(!HAVE_DPKG)("the Debian package", () => {
     try {
       if (installed && installedVersion() !== undefined) await dpkg(["--purge", "apes"]);
     } finally {
-      if (installed) rmSync(IDP_DATA, { recursive: true, force: true });
+      // What a failed purge check may have left (none of it existed before this run).
+      if (installed) for (const p of LEFTOVERS) rmSync(p, { recursive: true, force: true });
       lock?.stdin?.end(); // releases the lock
       if (work) rmSync(work, { recursive: true, force: true });
     }

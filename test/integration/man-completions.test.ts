@@ -131,6 +131,7 @@ function bashComplete(queries: string[][]): string[][] {
     }),
   ].join("\n");
   const out = execFileSync("bash", ["--norc", "--noprofile", "-c", script], {
+    cwd: dir,
     encoding: "utf8",
     env: { PATH: "/usr/bin:/bin" },
   }).split("\n");
@@ -177,11 +178,13 @@ describe("bash completion", () => {
   });
 
   it("skips option values, completes choices, and completes the command to run after --", () => {
-    const [afterValue, choices, command] = bashComplete([
-      ["apes", "grants", "list", "--requester", "grants", "--st"],
+    const [value, afterValue, choices, command] = bashComplete([
+      ["apes", "login", "--key", "comp"],
+      ["apes", "grants", "list", "--requester", "x", "--st"],
       ["apes", "grants", "list", "--status", "ap"],
       ["apes", "--reason", "deploy", "--", "systemct"],
     ]);
+    expect(value).toEqual(["completions"]); // a file name (the shell runs in the output directory)
     expect(afterValue).toEqual(["--status"]);
     expect(choices).toEqual(["approved"]);
     expect(command).toContain("systemctl");
@@ -224,5 +227,32 @@ describe("zsh completion", () => {
       );
       expect(out[2 * i + 1]!.split(" "), cmd.path.join(" ")).toEqual(expect.arrayContaining(cmd.options));
     });
+  });
+
+  it("walks the words as compsys hands them over: options, option values, choices, the command after --", () => {
+    // The completion system's functions stand in as printers; _apes decides what to offer.
+    const script = [
+      `source ${JSON.stringify(join(dir, "completions", "_apes"))} 2>/dev/null`,
+      "_describe() { print -r -- ${(P)4%%:*} }",
+      "compadd() { print -r -- choices: ${(P)2} }",
+      "_files() { print -r -- files }",
+      '_normal() { print -r -- "normal $CURRENT $words" }',
+      'ask() { words=("$@"); CURRENT=$#words; PREFIX=$words[-1]; _apes }',
+      "ask apes gr",
+      "ask apes --json grants ''",
+      "ask apes grants list --requester x --st",
+      "ask apes grants list --status ap",
+      "ask apes login --key ''",
+      "ask apes --reason x -- systemctl rest",
+    ].join("\n");
+    const out = execFileSync("zsh", ["-f", "-c", script], { encoding: "utf8" }).trimEnd().split("\n");
+    expect(out[0]!.split(" ")).toContain("grants");
+    expect(out[1]).toBe("approve deny list request revoke show token wait");
+    expect(out[2]!.split(" ")).toContain("--status"); // past --requester's value: options again
+    expect(out.slice(3)).toEqual([
+      "choices: pending approved denied revoked expired used",
+      "files",
+      "normal 2 systemctl rest",
+    ]);
   });
 });

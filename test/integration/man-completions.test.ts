@@ -233,8 +233,8 @@ describe("zsh completion", () => {
     // The completion system's functions stand in as printers; _apes decides what to offer.
     const script = [
       `source ${JSON.stringify(join(dir, "completions", "_apes"))} 2>/dev/null`,
-      "_describe() { print -r -- ${(P)4%%:*} }",
-      "compadd() { print -r -- choices: ${(P)2} }",
+      `_describe() { print -r -- \${(P)4%%:*} }`,
+      `compadd() { print -r -- choices: \${(P)2} }`,
       "_files() { print -r -- files }",
       '_normal() { print -r -- "normal $CURRENT $words" }',
       'ask() { words=("$@"); CURRENT=$#words; PREFIX=$words[-1]; _apes }',

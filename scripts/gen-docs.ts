@@ -259,7 +259,7 @@ function mainPage(tree: CommandDoc, date: string): string {
     ".TP",
     ".I ~/.config/apes/auth.json",
     "the session of",
-    ".BR \"apes login\"",
+    '.BR "apes login"',
     "(0600): IdP, identity, token, key path.",
     ".TP",
     ".I /etc/apes/config.toml",

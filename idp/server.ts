@@ -19,6 +19,7 @@ import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
+import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite.ts";
 import { TokenError } from "./tokens.ts";
@@ -196,6 +197,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerGrantRoutes(router, idp);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerWebRoutes(router);
   return router;
 }
 

@@ -6,7 +6,12 @@ import { afterAll, describe, expect, it } from "vitest";
 import { ProblemError } from "../../protocol/problem.ts";
 import { Bytes, type Call } from "../../server/http.ts";
 import { Assets, assetReply } from "../../server/web/assets.ts";
-import { cookieProblem, MAX_COOKIE_HEADER_BYTES, parseCookies, serializeCookie } from "../../server/web/cookies.ts";
+import {
+  cookieProblem,
+  MAX_COOKIE_HEADER_BYTES,
+  parseCookies,
+  serializeCookie,
+} from "../../server/web/cookies.ts";
 import { type CsrfInput, checkCsrf, csrfProblem, csrfToken } from "../../server/web/csrf.ts";
 import { CONTENT_SECURITY_POLICY, HTML_HEADERS } from "../../server/web/headers.ts";
 import { escapeHtml, html, htmlReply, untrusted } from "../../server/web/html.ts";
@@ -24,7 +29,9 @@ describe("html template", () => {
 
   it("nests templates unescaped, joins arrays escaped, drops nullish values", () => {
     const items = ["a<b", "c"].map((x) => html`<li>${x}</li>`);
-    expect(html`<ul>${items}${undefined}${null}${false}</ul>`.text).toBe("<ul><li>a&lt;b</li><li>c</li></ul>");
+    expect(html`<ul>${items}${undefined}${null}${false}</ul>`.text).toBe(
+      "<ul><li>a&lt;b</li><li>c</li></ul>",
+    );
     expect(html`${["<i>", 3]}`.text).toBe("&lt;i&gt;3");
   });
 

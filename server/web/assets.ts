@@ -34,7 +34,7 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.([a-z0-9]+)$/;
 const HASHED = /\.[0-9a-f]{8,}\.[a-z0-9]+$/;
 
 export class Assets {
-  private readonly cache = new Map<string, Asset | undefined>();
+  private readonly cache = new Map<string, Asset>();
   private readonly read: (name: string) => Buffer | undefined;
   constructor(read: (name: string) => Buffer | undefined) {
     this.read = read;
@@ -47,10 +47,12 @@ export class Assets {
   }
 
   get(name: string): Asset | undefined {
-    if (this.cache.has(name)) return this.cache.get(name);
+    const cached = this.cache.get(name);
+    if (cached) return cached;
     const type = NAME.exec(name)?.[1];
     const data = type && TYPES[type] ? this.read(name) : undefined;
-    const asset = data && {
+    if (!data) return undefined; // misses are not remembered: any client can ask for any name
+    const asset = {
       data,
       contentType: TYPES[type!]!,
       etag: `"${createHash("sha256").update(data).digest("base64url").slice(0, 27)}"`,

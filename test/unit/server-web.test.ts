@@ -184,6 +184,19 @@ describe("assets", () => {
     expect(assetReply(call({ "if-none-match": '"old"' }), robots).status).toBe(200);
   });
 
+  it("reads a found file once and remembers no miss (the names asked for are the client's)", () => {
+    const reads: string[] = [];
+    const counted = new Assets((name) => {
+      reads.push(name);
+      return name === "a.txt" ? Buffer.from("a") : undefined;
+    });
+    for (let i = 0; i < 3; i++) {
+      expect(counted.get("a.txt")).toBeDefined();
+      expect(counted.get("b.txt")).toBeUndefined();
+    }
+    expect(reads).toEqual(["a.txt", "b.txt", "b.txt", "b.txt"]);
+  });
+
   it("serves no path outside the folder, no dot file, no unknown type", () => {
     for (const name of ["../robots.txt", "..", ".hidden.txt", "sub/robots.txt", "notes.md", "missing.txt"]) {
       expect(assets.get(name), name).toBeUndefined();

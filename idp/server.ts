@@ -6,7 +6,7 @@ import { type Listening, listen } from "../server/lifecycle.ts";
 import { clientKey } from "../server/limits.ts";
 import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
-import { pipeline } from "../server/pipeline.ts";
+import { type App, pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
@@ -65,21 +65,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   }
   const issuer = opts.issuer ?? http.url;
   const idp = idpOf(opts, data, issuer, http.shutdown);
-  http.serve(
-    pipeline({
-      router: routes(opts, idp, data.login),
-      log: opts.log,
-      base: idp.base,
-      shutdown: http.shutdown,
-      authenticate: (call) => idp.authenticate(call),
-      admitPublic: (call) => idp.rateLimit(limitClassOf(call.path), `ip:${clientKey(call.ip)}`),
-      who: (p: Principal): Record<string, string> =>
-        p.actingParty ? { sub: p.sub, act_sub: p.actingParty } : { sub: p.sub },
-      // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
-      settle: () => data.store.flushed?.(),
-      errorReply: oauthErrorReply,
-    }),
-  );
+  http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
   opts.log.always("info", "listening", {
     url: http.url,
@@ -101,6 +87,23 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
 }
 
 type Data = ReturnType<typeof openData>;
+
+/** What the request pipeline runs for the IdP: its routes, hooks and error format. */
+function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
+  return {
+    router: routes(opts, idp, data.login),
+    log: opts.log,
+    base: idp.base,
+    shutdown,
+    authenticate: (call) => idp.authenticate(call),
+    admitPublic: (call) => idp.rateLimit(limitClassOf(call.path), `ip:${clientKey(call.ip)}`),
+    who: (p): Record<string, string> =>
+      p.actingParty ? { sub: p.sub, act_sub: p.actingParty } : { sub: p.sub },
+    // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
+    settle: () => data.store.flushed?.(),
+    errorReply: oauthErrorReply,
+  };
+}
 
 /** The data directory: its lock, the store (checkpointed off the main thread), the login secret. */
 function openData(opts: ServeOptions) {

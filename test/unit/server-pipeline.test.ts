@@ -5,7 +5,7 @@ import { bearerToken } from "../../server/bearer.ts";
 import { Bytes, type Call, Router } from "../../server/http.ts";
 import { type Listening, listen } from "../../server/lifecycle.ts";
 import { jsonLogger } from "../../server/log.ts";
-import { pipeline } from "../../server/pipeline.ts";
+import { type App, pipeline } from "../../server/pipeline.ts";
 
 /** The shared request pipeline on a real loopback server: routes, principal hook, errors, close. */
 
@@ -20,7 +20,11 @@ afterEach(async () => {
   running = undefined;
 });
 
-async function start(router: Router<Who>, authenticate: (call: Call) => Who | Promise<Who>) {
+async function start(
+  router: Router<Who>,
+  authenticate: (call: Call) => Who | Promise<Who>,
+  hooks: Partial<App<Who>> = {},
+) {
   running = await listen({
     host: "127.0.0.1",
     port: 0,
@@ -29,7 +33,9 @@ async function start(router: Router<Who>, authenticate: (call: Call) => Who | Pr
     connectionRate: "off",
     log,
   });
-  running.serve(pipeline({ router, log, base: "http://test", shutdown: running.shutdown, authenticate }));
+  running.serve(
+    pipeline({ router, log, base: "http://test", shutdown: running.shutdown, authenticate, ...hooks }),
+  );
   return running.url;
 }
 
@@ -120,6 +126,39 @@ describe("answers", () => {
     const boom = await get(`${url}/boom`);
     expect(boom.status).toBe(500);
     expect(boom.body).not.toContain("secret detail");
+  });
+});
+
+describe("hooks", () => {
+  class TeapotError extends Error {}
+
+  it("answers nothing before settle resolves, and a failed settle turns any answer into a 500", async () => {
+    const router = new Router<Who>();
+    router.add("GET", "/ok", false, () => ({ status: 200, body: {} }));
+    router.add("GET", "/teapot", false, () => {
+      throw new TeapotError("short and stout");
+    });
+    let failing = false;
+    const url = await start(router, () => ({ name: "x" }), {
+      settle: () => {
+        if (failing) throw new Error("disk full");
+      },
+      errorReply: (e) => (e instanceof TeapotError ? { status: 418, body: { error: e.message } } : undefined),
+      admitPublic: (call) => {
+        if (call.query.has("deny")) throw new ProblemError("rate_limited", "slow down", { retry_after: 3 });
+      },
+    });
+    expect((await get(`${url}/ok`)).status).toBe(200);
+    const teapot = await get(`${url}/teapot`);
+    expect([teapot.status, JSON.parse(teapot.body)]).toEqual([418, { error: "short and stout" }]);
+    const denied = await get(`${url}/ok?deny`);
+    expect([denied.status, denied.headers["retry-after"]]).toEqual([429, "3"]);
+    failing = true;
+    for (const path of ["/ok", "/teapot"]) {
+      const r = await get(`${url}${path}`);
+      expect(r.status, path).toBe(500);
+      expect(JSON.parse(r.body).detail, path).toBe("storage failure");
+    }
   });
 });
 

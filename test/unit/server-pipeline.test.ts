@@ -132,7 +132,7 @@ describe("answers", () => {
 describe("hooks", () => {
   class TeapotError extends Error {}
 
-  it("answers nothing before settle resolves, and a failed settle turns any answer into a 500", async () => {
+  it("answers app errors with errorReply, refuses through admitPublic, and a failed settle turns any answer into a 500", async () => {
     const router = new Router<Who>();
     router.add("GET", "/ok", false, () => ({ status: 200, body: {} }));
     router.add("GET", "/teapot", false, () => {

@@ -14,13 +14,12 @@ const REPO = join(import.meta.dirname, "..", "..");
 const ALLOWED: Record<string, readonly string[]> = {
   protocol: ["protocol"],
   client: ["client", "protocol"],
-  helper: ["helper", "protocol"], // the verifier (verifier/ to come)
   verifier: ["verifier", "protocol"],
   server: ["server", "protocol"],
   idp: ["idp", "server", "protocol"],
   control: ["control", "server", "protocol"],
   nest: ["nest", "client", "protocol"],
-  cli: ["cli", "client", "protocol", "helper", "verifier", "server", "idp", "control", "nest"],
+  cli: ["cli", "client", "protocol", "verifier", "server", "idp", "control", "nest"],
 };
 
 function tsFiles(dir: string): string[] {

@@ -6,7 +6,7 @@ import { show } from "../../cli/commands/trust/show.ts";
 import { policyFromOptions, type TrustDeps, trust, writePolicyFile } from "../../cli/commands/trust/trust.ts";
 import { installedPaths, pathsFrom } from "../../cli/elevation/paths.ts";
 import { CliError } from "../../cli/errors.ts";
-import { parsePolicy } from "../../helper/policy.ts";
+import { parsePolicy } from "../../verifier/policy.ts";
 import { fakeContext, runInProcess } from "../helpers/fake-context.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "apes-trust-"));

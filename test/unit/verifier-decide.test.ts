@@ -9,8 +9,8 @@ import {
   LEEWAY_S,
   parseRequest,
   type VerifyRequest,
-} from "../../helper/decide.ts";
-import type { Policy } from "../../helper/policy.ts";
+} from "../../verifier/decide.ts";
+import type { Policy } from "../../verifier/policy.ts";
 import { cmdHash, legacyCmdHash } from "../../protocol/cmd-hash.ts";
 
 // sudo-rs style: fake users, fake claims, one test per check and per denial reason.

@@ -32,7 +32,7 @@ const MAX_DETAIL = 500;
 
 export async function verifyAction(ctx: Context, configFd: string): Promise<void> {
   if (!/^\d{1,4}$/.test(configFd)) throw usageError("--config-fd must be a file descriptor number");
-  const { runVerifier } = await import("../../../helper/verify.ts");
+  const { runVerifier } = await import("../../../verifier/verify.ts");
   const home = ctx.env.HOME;
   const { exit, decision } = await runVerifier(ctx.io, {
     configFd: Number(configFd),

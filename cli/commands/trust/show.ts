@@ -7,7 +7,7 @@ import { summary, type TrustDeps, toJson } from "./trust.ts";
 /** `apes trust --show [--json]`: the current policy, its path and whether its owner and mode are safe. */
 export async function show(ctx: Context, deps: TrustDeps): Promise<void> {
   const { readFile, lstat } = await import("node:fs/promises");
-  const { parsePolicy, PolicyError, policyFileProblem } = await import("../../../helper/policy.ts");
+  const { parsePolicy, PolicyError, policyFileProblem } = await import("../../../verifier/policy.ts");
   const file = deps.paths().configFile;
   let text: string;
   let problem: string | undefined;
@@ -31,7 +31,7 @@ export async function show(ctx: Context, deps: TrustDeps): Promise<void> {
     }
     throw new CliError(`cannot read ${file}: ${(e as Error).message}`, { exitCode: ExitCode.CONFIG });
   }
-  let policy: import("../../../helper/policy.ts").Policy;
+  let policy: import("../../../verifier/policy.ts").Policy;
   try {
     policy = parsePolicy(text, file, { hostname: deps.hostname() });
   } catch (e) {

@@ -107,7 +107,7 @@ export async function defaultTrustDeps(): Promise<TrustDeps> {
 
 /** The policy the options describe (pure apart from reading --ca-file). Throws a usage error. */
 export async function policyFromOptions(opts: TrustOptions, hostname: string) {
-  const { parsePolicy, PolicyError, serializePolicy } = await import("../../../helper/policy.ts");
+  const { parsePolicy, PolicyError, serializePolicy } = await import("../../../verifier/policy.ts");
   if (!opts.idp?.length) throw usageError("--idp is required", "e.g. --idp https://id.example.com");
   if (!opts.approvers?.length)
     throw usageError("--approvers is required", "e.g. --approvers alice@example.com,bob@example.com");
@@ -169,7 +169,7 @@ export async function trust(ctx: Context, opts: TrustOptions, deps: TrustDeps): 
   const { policy, text } = await policyFromOptions(opts, deps.hostname());
   if (!opts.skipValidation) {
     const [{ httpForPolicy }, { fetchIssuerKeys }, { publicKeyFromJwk }] = await Promise.all([
-      import("../../../helper/verify.ts"),
+      import("../../../verifier/verify.ts"),
       import("../../../protocol/jwks.ts"),
       import("../../../protocol/jwt.ts"),
     ]);
@@ -227,7 +227,7 @@ export async function writePolicyFile(file: string, text: string): Promise<void>
   }
 }
 
-export function toJson(p: import("../../../helper/policy.ts").Policy): Record<string, unknown> {
+export function toJson(p: import("../../../verifier/policy.ts").Policy): Record<string, unknown> {
   return {
     issuers: p.issuers,
     approvers: p.approvers,
@@ -240,7 +240,7 @@ export function toJson(p: import("../../../helper/policy.ts").Policy): Record<st
   };
 }
 
-export function summary(p: import("../../../helper/policy.ts").Policy): string {
+export function summary(p: import("../../../verifier/policy.ts").Policy): string {
   const lines = [
     `issuers:    ${p.issuers.join(", ")}`,
     `approvers:  ${p.approvers.join(", ")}${p.allowSelfApproval ? " (self-approval allowed)" : ""}`,

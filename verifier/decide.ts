@@ -12,7 +12,7 @@ import type { Policy } from "./policy.ts";
 
 /**
  * The verifier's decision, as pure functions: (claims, request, policy, now) -> Allowed | Denied.
- * No I/O here; helper/verify.ts does the effects (stdin, JWKS, signature, consume) around it.
+ * No I/O here; verifier/verify.ts does the effects (stdin, JWKS, signature, consume) around it.
  * The checks run in the order of the contract (docs/elevation.md), and each denial
  * names exactly one reason code, which ends up in the shim's audit line.
  */

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { cmdHash, legacyCmdHash } from "../../protocol/cmd-hash.ts";
 import {
   checkIssuer,
   checkTokenShape,
@@ -11,7 +12,6 @@ import {
   type VerifyRequest,
 } from "../../verifier/decide.ts";
 import type { Policy } from "../../verifier/policy.ts";
-import { cmdHash, legacyCmdHash } from "../../protocol/cmd-hash.ts";
 
 // sudo-rs style: fake users, fake claims, one test per check and per denial reason.
 const NOW = 1_800_000_000;

@@ -7,6 +7,7 @@ import {
   checkHost,
 } from "../protocol/authz.ts";
 import { cmdHash } from "../protocol/cmd-hash.ts";
+import { VERIFIER_REASONS, type VerifierReason } from "../protocol/elevation.ts";
 import { CLOCK_SKEW_S } from "../protocol/jwt.ts";
 import type { Policy } from "./policy.ts";
 
@@ -17,29 +18,13 @@ import type { Policy } from "./policy.ts";
  * names exactly one reason code, which ends up in the shim's audit line.
  */
 
-export type ReasonCode =
-  | "config_invalid"
-  | "request_invalid"
-  | "token_malformed"
-  | "issuer_not_allowed"
-  | "jwks_unavailable"
-  | "signature_invalid"
-  | "audience_not_allowed"
-  | "token_expired"
-  | "token_not_yet_valid"
-  | "host_mismatch"
-  | "command_mismatch"
-  | "cmd_hash_mismatch"
-  | "approver_not_allowed"
-  | "self_approval"
-  | "identity_not_mapped"
-  | "run_as_not_allowed"
-  | "grant_not_usable"
-  | "idp_unreachable";
+/** The reasons of the shared claim checks that this verifier can meet (it checks no permissions). */
+type ElevationAuthzReason = Exclude<AuthzFailure["reason"], "permission_missing">;
 
+/** A denial names one of the verifier's codes (listed, with their exit statuses, in protocol/elevation.ts). */
 export interface Denied {
   ok: false;
-  reason: ReasonCode;
+  reason: VerifierReason;
   detail: string;
 }
 
@@ -73,15 +58,14 @@ export interface VerifyRequest {
 /** Clock skew tolerated on exp, iat and nbf: the one leeway of protocol/jwt.ts. */
 export const LEEWAY_S = CLOCK_SKEW_S;
 
-export const deny = (reason: ReasonCode, detail: string): Denied => ({ ok: false, reason, detail });
-const denied = (f: AuthzFailure): Denied => deny(f.reason as ReasonCode, f.detail);
+export const deny = (reason: VerifierReason, detail: string): Denied => ({ ok: false, reason, detail });
+const denied = (f: AuthzFailure): Denied => deny(f.reason as ElevationAuthzReason, f.detail);
 
-/** Exit status of the verifier for a decision (contract: 0 allowed, 77 denied, 69 unreachable, 78 config). */
-export function exitStatusFor(d: Decision): 0 | 69 | 77 | 78 {
-  if (d.ok) return 0;
-  if (d.reason === "idp_unreachable" || d.reason === "jwks_unavailable") return 69;
-  if (d.reason === "config_invalid") return 78;
-  return 77;
+export type VerifierExit = 0 | (typeof VERIFIER_REASONS)[VerifierReason]["exit"];
+
+/** Exit status of the verifier for a decision: 0 allowed, else the reason's (protocol/elevation.ts). */
+export function exitStatusFor(d: Decision): VerifierExit {
+  return d.ok ? 0 : VERIFIER_REASONS[d.reason].exit;
 }
 
 const REQUEST_KEYS = new Set(["jwt", "argv", "cmd_hash", "user", "uid", "run_as", "timing"]);

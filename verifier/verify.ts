@@ -25,6 +25,7 @@ import {
   deny,
   exitStatusFor,
   parseRequest,
+  type VerifierExit,
   type VerifyRequest,
 } from "./decide.ts";
 import {
@@ -83,7 +84,7 @@ export const HTTP_DEADLINE_MS = 5000;
 export async function runVerifier(
   io: VerifierIo,
   options: VerifierOptions,
-): Promise<{ exit: 0 | 69 | 77 | 78; decision: Decision }> {
+): Promise<{ exit: VerifierExit; decision: Decision }> {
   const t0 = performance.now();
   const marks: [string, number][] = [];
   const mark = (name: string) => marks.push([name, performance.now()]);

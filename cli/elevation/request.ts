@@ -2,7 +2,8 @@ import { closeSync, fstatSync, realpathSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { shellWord, visible, visibleArgv } from "../../protocol/display.ts";
-import { ELEVATION_AUDIENCE, type Grant } from "../../protocol/types.ts";
+import { REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
+import { ELEVATION_AUDIENCE, type Grant, type GrantStatus } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
@@ -202,8 +203,18 @@ async function requestInner(
 /** A pending exit (75) keeps the grant for `--grant ID`; a denied, revoked or used one needs nothing. */
 function keepsGrant(e: unknown): boolean {
   if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) return true;
-  return e instanceof RequesterError && e.reason.startsWith("grant_");
+  return e instanceof RequesterError && KEEPS_GRANT.has(e.reason);
 }
+
+/** The requester's codes that end a run on a grant that needs no cancelling (or is not this run's). */
+const KEEPS_GRANT: ReadonlySet<RequesterReason> = new Set([
+  "grant_denied",
+  "grant_revoked",
+  "grant_expired",
+  "grant_used",
+  "grant_mismatch",
+  "grant_not_yours",
+]);
 
 /** Revokes the grant this run created, so nobody approves a request no one waits for (best effort). */
 async function cancelGrant(ctx: Context, client: GrantsClient, id: string, why: unknown): Promise<void> {
@@ -364,49 +375,55 @@ export function describeApprovers(me: string, body: unknown): string | undefined
 
 /** A CliError that also names the audit reason the requester reports to the shim. */
 export class RequesterError extends CliError {
-  readonly reason: string;
-  constructor(reason: string, message: string, options: ConstructorParameters<typeof CliError>[1]) {
+  readonly reason: RequesterReason;
+  constructor(reason: RequesterReason, message: string, options: ConstructorParameters<typeof CliError>[1]) {
     super(message, options);
     this.reason = reason;
   }
 }
 
-function withReason(reason: string, message: string, options: ConstructorParameters<typeof CliError>[1]) {
+function withReason(
+  reason: RequesterReason,
+  message: string,
+  options: ConstructorParameters<typeof CliError>[1],
+) {
   return new RequesterError(reason, message, options);
 }
 
 /**
- * The reason code for the shim's audit line when the requester fails (lowercase, [a-z_]): the grant's
- * fate when it has one, else the kind of failure. The shim adds the `requester_` prefix (the audit
- * line says `requester_config`), so no code here carries it. Undefined for "pending" (75), which the
- * shim audits as such.
+ * The reason code for the shim's audit line when the requester fails (protocol/elevation.ts lists
+ * them): the grant's fate when it has one, else the kind of failure, found by its exit status. The
+ * shim adds the `requester_` prefix (the audit line says `requester_config`), so no code here
+ * carries it. Undefined for "pending" (75), which the shim audits as such.
  */
-export function requesterReason(e: unknown): string | undefined {
+export function requesterReason(e: unknown): RequesterReason | undefined {
   if (e instanceof RequesterError) return e.reason;
   if (!(e instanceof CliError)) return "error";
-  switch (e.exitCode) {
-    case ExitCode.TEMPFAIL:
-      return undefined;
-    case ExitCode.INTERRUPTED:
-      return "interrupted";
-    case ExitCode.UNAVAILABLE:
-      return "idp_unreachable";
-    case ExitCode.NOPERM:
-      return "not_permitted";
-    case ExitCode.CONFIG:
-      return "config";
-    case ExitCode.USAGE:
-      return "usage";
-    default:
-      return "error";
-  }
+  if (e.exitCode === ExitCode.TEMPFAIL) return undefined;
+  return BY_EXIT.get(e.exitCode) ?? "error";
 }
+
+/** The codes that stand for a kind of failure: one per exit status. */
+const BY_EXIT: ReadonlyMap<number, RequesterReason> = new Map(
+  (["interrupted", "idp_unreachable", "not_permitted", "config", "usage"] as const).map((r) => [
+    REQUESTER_REASONS[r].exit,
+    r,
+  ]),
+);
 
 /** The error an aborted run ends with: the abort's own CliError (a broken stderr), else "interrupted". */
 function abortError(signal: AbortSignal): CliError {
   if (signal.reason instanceof CliError) return signal.reason;
   return new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
 }
+
+/** The requester's code for a decided grant that cannot be used, by its status. */
+const NOT_USABLE: Partial<Record<GrantStatus, RequesterReason>> = {
+  denied: "grant_denied",
+  revoked: "grant_revoked",
+  expired: "grant_expired",
+  used: "grant_used",
+};
 
 function notUsable(grant: Grant, req: ElevationRequest): CliError {
   const by = grant.decided_by ? ` by ${shown(grant.decided_by)}` : "";
@@ -416,14 +433,13 @@ function notUsable(grant: Grant, req: ElevationRequest): CliError {
     expired: `grant ${shown(grant.id)} has expired`,
     used: `grant ${shown(grant.id)} was already used (once grants run one time)`,
   };
-  return withReason(
-    `grant_${grant.status}`,
-    what[grant.status] ?? `grant ${shown(grant.id)} is ${shown(grant.status)}`,
-    {
-      exitCode: ExitCode.NOPERM,
-      hint: `request a new grant: apes --reason "..." -- ${visibleArgv(req.command)}`,
-    },
-  );
+  const message = what[grant.status] ?? `grant ${shown(grant.id)} is ${shown(grant.status)}`;
+  const options = {
+    exitCode: ExitCode.NOPERM,
+    hint: `request a new grant: apes --reason "..." -- ${visibleArgv(req.command)}`,
+  };
+  const reason = NOT_USABLE[grant.status];
+  return reason ? withReason(reason, message, options) : new CliError(message, options);
 }
 
 function describe(grant: Grant): string {

@@ -8,7 +8,9 @@ import {
 } from "../protocol/authz.ts";
 import { cmdHash } from "../protocol/cmd-hash.ts";
 import { VERIFIER_REASONS, type VerifierReason } from "../protocol/elevation.ts";
-import { CLOCK_SKEW_S } from "../protocol/jwt.ts";
+import { CLOCK_SKEW_S, MAX_JWT_LENGTH } from "../protocol/jwt.ts";
+import { DEFAULT_RUN_AS } from "../protocol/names.ts";
+import type { AuthzClaims, GrantType } from "../protocol/types.ts";
 import type { Policy } from "./policy.ts";
 
 /**
@@ -37,7 +39,7 @@ export interface Allowed {
   sub: string;
   decided_by: string;
   issuer: string;
-  grant_type: "once" | "timed" | "always";
+  grant_type: GrantType;
   jti: string;
 }
 
@@ -113,7 +115,7 @@ export function parseRequest(line: string): VerifyRequest | Denied {
 
 /** Structural check of the (still unverified) token: three base64url parts. */
 export function checkTokenShape(jwt: string): Denied | undefined {
-  if (jwt.length > 16 * 1024 || !JWT_SHAPE.test(jwt))
+  if (jwt.length > MAX_JWT_LENGTH || !JWT_SHAPE.test(jwt))
     return deny("token_malformed", "the grant token is not a compact JWT");
   return undefined;
 }
@@ -139,31 +141,32 @@ export function checkIssuer(iss: unknown, policy: Policy): { ok: true; issuer: s
  * Every check on the signature-verified claims, in the contract's order. `nowS` is Unix seconds.
  */
 export function decide(
-  claims: Record<string, unknown>,
+  raw: Record<string, unknown>,
   request: VerifyRequest,
   policy: Policy,
   nowS: number,
 ): Decision {
   // Shape first: a token missing what we check is malformed, not "mismatched".
-  const shape = checkAuthzShape(claims);
+  const shape = checkAuthzShape(raw);
   if (shape) return denied(shape);
-  const sub = claims.sub as string;
-  const grantType = claims.grant_type as Allowed["grant_type"];
 
-  const issuer = checkIssuer(claims.iss, policy);
+  const issuer = checkIssuer(raw.iss, policy);
   if (!issuer.ok) return issuer;
 
   // Then the checks every verifier shares (protocol/authz.ts), in the contract's order. The command
   // claim is the authority; the hash is checked in addition, never instead.
   const shared =
-    checkAudience(claims, policy.audiences) ??
-    checkAuthzTimes(claims, nowS) ??
-    checkHost(claims, policy.host) ??
-    checkCommand(claims, request.argv);
+    checkAudience(raw, policy.audiences) ??
+    checkAuthzTimes(raw, nowS) ??
+    checkHost(raw, policy.host) ??
+    checkCommand(raw, request.argv);
   if (shared) return denied(shared);
 
+  const claims = verifiedClaims(raw, issuer.issuer, policy.audiences);
+  if ("ok" in claims) return claims;
+  const sub = claims.sub;
   const decidedBy = claims.decided_by;
-  if (typeof decidedBy !== "string" || decidedBy.length === 0) {
+  if (decidedBy === undefined || decidedBy.length === 0) {
     return deny("approver_not_allowed", "the grant token names no approver (decided_by)");
   }
   if (!policy.approvers.includes(decidedBy)) {
@@ -181,11 +184,11 @@ export function decide(
     return deny("identity_not_mapped", `${sub} is not mapped to the Unix user ${request.user} in the policy`);
   }
 
-  const runAs = claims.run_as === undefined ? "root" : claims.run_as;
-  if (typeof runAs !== "string" || runAs !== request.run_as) {
+  const runAs = claims.run_as ?? DEFAULT_RUN_AS;
+  if (runAs !== request.run_as) {
     return deny(
       "run_as_not_allowed",
-      `the grant is for running as ${String(runAs)}, the request is for ${request.run_as}`,
+      `the grant is for running as ${runAs}, the request is for ${request.run_as}`,
     );
   }
   if (!policy.runAs.includes(runAs)) {
@@ -197,19 +200,53 @@ export function decide(
 
   return {
     ok: true,
-    grant_id: claims.grant_id as string,
+    grant_id: claims.grant_id,
     cmd_hash: request.cmd_hash,
     run_as: runAs,
     sub,
     decided_by: decidedBy,
-    issuer: issuer.issuer,
-    grant_type: grantType as Allowed["grant_type"],
-    jti: claims.jti as string,
+    issuer: claims.iss,
+    grant_type: claims.grant_type,
+    jti: claims.jti,
+  };
+}
+
+/**
+ * The claims as the wire type, parsed once the shared checks have passed (they established sub, jti,
+ * grant_id, grant_type, exp, iat, target_host, aud and command); the two claims left to type keep the
+ * reason of their check. `iss` is the normalised issuer, `aud` the accepted audience.
+ */
+function verifiedClaims(
+  c: Record<string, unknown>,
+  issuer: string,
+  audiences: readonly string[],
+): AuthzClaims | Denied {
+  if (c.decided_by !== undefined && typeof c.decided_by !== "string")
+    return deny("approver_not_allowed", "the grant token names no approver (decided_by)");
+  if (c.run_as !== undefined && typeof c.run_as !== "string") {
+    return deny("run_as_not_allowed", `the grant's run_as ${JSON.stringify(c.run_as)} is not a user name`);
+  }
+  const aud =
+    typeof c.aud === "string" ? c.aud : (c.aud as unknown[]).find((a) => audiences.includes(a as string));
+  return {
+    iss: issuer,
+    sub: c.sub as string,
+    aud: aud as string,
+    target_host: c.target_host as string,
+    iat: c.iat as number,
+    exp: c.exp as number,
+    jti: c.jti as string,
+    grant_id: c.grant_id as string,
+    grant_type: c.grant_type as GrantType,
+    command: c.command as string[],
+    ...(typeof c.cmd_hash === "string" ? { cmd_hash: c.cmd_hash } : {}),
+    ...(c.run_as !== undefined ? { run_as: c.run_as } : {}),
+    ...(c.decided_by !== undefined ? { decided_by: c.decided_by } : {}),
   };
 }
 
 /** Maps the IdP's consume answer to a decision: only consumed (once) or valid (timed/always) allow. */
-export function consumeOutcome(status: number, body: unknown, allowed: Allowed): Decision {
+export function verdictFromConsume(status: number, body: unknown, allowed: Allowed): Decision {
   const b = body && typeof body === "object" ? (body as Record<string, unknown>) : {};
   if (status >= 200 && status < 300 && !b.error) {
     const s = b.status;

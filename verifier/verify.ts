@@ -19,7 +19,6 @@ import {
   type Allowed,
   checkIssuer,
   checkTokenShape,
-  consumeOutcome,
   type Decision,
   decide,
   deny,
@@ -27,6 +26,7 @@ import {
   parseRequest,
   type VerifierExit,
   type VerifyRequest,
+  verdictFromConsume,
 } from "./decide.ts";
 import {
   type Policy,
@@ -226,7 +226,7 @@ async function consume(
   }
   if (res.status >= 500)
     return deny("idp_unreachable", `the IdP failed to consume the grant (${res.status})`);
-  return consumeOutcome(res.status, res.body, allowed);
+  return verdictFromConsume(res.status, res.body, allowed);
 }
 
 /** The discovery name of the endpoint the verifier consumes at (it must be on the issuer's origin). */

@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { shellWord, visible, visibleArgv } from "../../protocol/display.ts";
 import { REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
+import { DEFAULT_RUN_AS } from "../../protocol/names.ts";
 import { ELEVATION_AUDIENCE, type Grant, type GrantStatus } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
@@ -84,8 +85,8 @@ export function grantMismatch(grant: Grant, req: ElevationRequest, host: string)
   if (cmd.length !== req.command.length || cmd.some((a, i) => a !== req.command[i])) {
     return `grant ${shown(grant.id)} is for ${shownCommand(grant) ?? "no command"}, not ${visibleArgv(req.command)}`;
   }
-  if ((r.run_as ?? "root") !== req.runAs)
-    return `grant ${shown(grant.id)} runs as ${shown(r.run_as ?? "root")}, not ${shellWord(req.runAs)}`;
+  if ((r.run_as ?? DEFAULT_RUN_AS) !== req.runAs)
+    return `grant ${shown(grant.id)} runs as ${shown(r.run_as ?? DEFAULT_RUN_AS)}, not ${shellWord(req.runAs)}`;
   if (r.target_host !== host)
     return `grant ${shown(grant.id)} is for host ${shown(r.target_host)}, this is ${shown(host)}`;
   if (r.audience !== ELEVATION_AUDIENCE)
@@ -446,7 +447,7 @@ function describe(grant: Grant): string {
   const r = grant.request;
   const dur = r.grant_type === "timed" && r.duration ? ` ${formatElapsed(r.duration * 1000)}` : "";
   const warning = grantWarning(grant);
-  const what = `${shown(r.grant_type)}${dur}: ${shownCommand(grant) ?? "-"} as ${shown(r.run_as ?? "root")} on ${shown(r.target_host)}`;
+  const what = `${shown(r.grant_type)}${dur}: ${shownCommand(grant) ?? "-"} as ${shown(r.run_as ?? DEFAULT_RUN_AS)} on ${shown(r.target_host)}`;
   return warning ? `${what}; ${warning}` : what;
 }
 

@@ -11,6 +11,8 @@ import {
   SHIM_REASONS,
   VERIFIER_REASONS,
 } from "../../protocol/elevation.ts";
+import { MAX_JWT_LENGTH } from "../../protocol/jwt.ts";
+import { DEFAULT_RUN_AS } from "../../protocol/names.ts";
 import { current, GENERATED, REPO, render } from "../../scripts/elevation-docs.ts";
 
 /**
@@ -150,6 +152,14 @@ describe("the shim's reason codes (native/*.c)", () => {
     expect(e.literals[0]!.exit).toBe("EXIT_DENIED");
     expect(e.unreadable).toHaveLength(2);
     expect(shimCodes).not.toContain("made_up_code");
+  });
+});
+
+describe("the shim's other shared facts", () => {
+  it("takes a token of at most MAX_JWT_LENGTH and runs as DEFAULT_RUN_AS without --as", () => {
+    const max = /^#define MAX_TOKEN \((\d+) \* (\d+)\) /m.exec(read("native/apes-shim.c"));
+    expect(Number(max?.[1]) * Number(max?.[2])).toBe(MAX_JWT_LENGTH);
+    expect(read("native/elev.c")).toContain(`e->run_as = "${DEFAULT_RUN_AS}";`);
   });
 });
 

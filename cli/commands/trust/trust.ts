@@ -1,4 +1,6 @@
 import type { Command } from "commander";
+import { DEFAULT_RUN_AS } from "../../../protocol/names.ts";
+import { ELEVATION_AUDIENCE } from "../../../protocol/types.ts";
 import type { Context } from "../../context.ts";
 import type { InstalledPaths } from "../../elevation/paths.ts";
 import { CliError, usageError } from "../../errors.ts";
@@ -139,9 +141,9 @@ export async function policyFromOptions(opts: TrustOptions, hostname: string) {
     version: 1 as const,
     issuers: opts.idp,
     approvers: opts.approvers,
-    audiences: opts.audience?.length ? opts.audience : ["escapes"],
+    audiences: opts.audience?.length ? opts.audience : [ELEVATION_AUDIENCE],
     host: opts.host ?? hostname,
-    runAs: opts.runAs?.length ? opts.runAs : ["root"],
+    runAs: opts.runAs?.length ? opts.runAs : [DEFAULT_RUN_AS],
     allowSelfApproval: Boolean(opts.allowSelfApproval),
     ...(caPem ? { caPem } : {}),
     users,

@@ -1,16 +1,17 @@
 import { closeSync, fstatSync, realpathSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
-import { shellWord, visible, visibleArgv } from "../../protocol/display.ts";
+import { shellWord, visibleArgv } from "../../protocol/display.ts";
 import { REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
 import { DEFAULT_RUN_AS } from "../../protocol/names.ts";
 import { ELEVATION_AUDIENCE, type Grant, type GrantStatus } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
+import { awaitDecision, cancelGrant, grantSettledBy } from "../grants/await-decision.ts";
 import type { GrantsClient, NewGrantRequest } from "../grants/client.ts";
 import { grantWarning, shown, shownCommand } from "../grants/format.ts";
-import { formatElapsed, startProgress } from "../grants/progress.ts";
+import { formatElapsed } from "../grants/progress.ts";
 import { continueCommand, type ElevationRequest } from "./grammar.ts";
 
 /**
@@ -196,13 +197,14 @@ async function requestInner(
   try {
     return await useGrant(ctx, req, options, deps, mark, t0, client, grant, createdHere);
   } catch (e) {
-    if (createdHere && !keepsGrant(e)) await cancelGrant(ctx, client, grant.id, e);
+    if (createdHere && !keepsGrant(e)) await cancelCreated(ctx, client, grant.id, e);
     throw e;
   }
 }
 
 /** A pending exit (75) keeps the grant for `--grant ID`; a denied, revoked or used one needs nothing. */
 function keepsGrant(e: unknown): boolean {
+  if (grantSettledBy(e)) return true; // the wait cancelled it (or kept a --grant one) already
   if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) return true;
   return e instanceof RequesterError && KEEPS_GRANT.has(e.reason);
 }
@@ -218,16 +220,9 @@ const KEEPS_GRANT: ReadonlySet<RequesterReason> = new Set([
 ]);
 
 /** Revokes the grant this run created, so nobody approves a request no one waits for (best effort). */
-async function cancelGrant(ctx: Context, client: GrantsClient, id: string, why: unknown): Promise<void> {
+async function cancelCreated(ctx: Context, client: GrantsClient, id: string, why: unknown): Promise<void> {
   const what = why instanceof CliError && why.exitCode === ExitCode.INTERRUPTED ? "interrupted" : "failed";
-  try {
-    await client.revoke(id);
-    ctx.io.stderr.write(`apes: ${what}; grant ${shown(id)} cancelled\n`);
-  } catch (revokeError) {
-    ctx.io.stderr.write(
-      `apes: ${what}; could not cancel grant ${shown(id)}: ${visible((revokeError as Error).message, { max: 500 })}\n`,
-    );
-  }
+  ctx.io.stderr.write(`apes: ${what}; ${await cancelGrant(client, id)}\n`);
 }
 
 async function useGrant(
@@ -254,7 +249,7 @@ async function useGrant(
   if (grant.status === "pending") {
     const direct = options.resultFd === undefined;
     if (req.noWait || direct) pendingExit(ctx, grant, req, client);
-    grant = await waitWithCancel(ctx, client, grant, req, options.signal, deps);
+    grant = await waitWithCancel(ctx, client, grant, req, options.signal, deps, createdHere);
     mark("wait");
   }
   if (grant.status !== "approved") throw notUsable(grant, req);
@@ -300,6 +295,7 @@ async function waitWithCancel(
   req: ElevationRequest,
   signal: AbortSignal | undefined,
   deps: RequesterDeps,
+  createdHere: boolean,
 ): Promise<Grant> {
   const who = await approversOf(ctx, client);
   ctx.io.stderr.write(
@@ -307,35 +303,19 @@ async function waitWithCancel(
       `  who:     ${who}\n` +
       `  approve: apes grants approve ${shown(grant.id)}   (IdP ${client.session.idp})\n`,
   );
-  const progress = startProgress(ctx, `waiting for approval of ${shown(grant.id)}`);
-  try {
-    const decided = await deps.wait(ctx, client, grant.id, {
-      timeoutMs: req.timeoutMs,
-      signal,
-      onProgress: (ms) =>
-        progress.update(`waiting for approval of ${shown(grant.id)} (${formatElapsed(ms)})`),
-    });
-    progress.stop(
-      decided.status === "approved"
-        ? `apes: approved by ${shown(decided.decided_by)}`
-        : `apes: grant ${shown(decided.status)}`,
-    );
-    return decided;
-  } catch (e) {
-    progress.stop();
-    if (signal?.aborted) {
-      // runRequester cancels a grant this run created; one given with --grant stays.
-      if (req.grantId) ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} is still pending\n`);
-      throw abortError(signal);
-    }
-    if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) {
-      throw new CliError(e.message, {
-        exitCode: ExitCode.TEMPFAIL,
-        hint: `continue later with \`${continueCommand(grant.id, req)}\``,
-      });
-    }
-    throw e;
-  }
+  const label = `waiting for approval of ${shown(grant.id)}`;
+  return awaitDecision(ctx, client, grant.id, {
+    timeoutMs: req.timeoutMs,
+    // The requester's own signal (SIGINT, SIGTERM, a broken stdout/stderr), never a handler of the wait's.
+    signal: signal ?? new AbortController().signal,
+    label: (ms) => (ms === undefined ? label : `${label} (${formatElapsed(ms)})`),
+    decided: (g) =>
+      g.status === "approved" ? `apes: approved by ${shown(g.decided_by)}` : `apes: grant ${shown(g.status)}`,
+    // A grant this run created is cancelled; one given with --grant stays for the next try.
+    cancelOnInterrupt: createdHere,
+    continueHint: `continue later with \`${continueCommand(grant.id, req)}\``,
+    wait: deps.wait,
+  });
 }
 
 /**

@@ -248,7 +248,29 @@ describe("runRequester", () => {
     );
     expect(e.exitCode).toBe(130);
     expect(rec.revoked).toEqual(["g-1"]);
-    expect(ctx.stderr.text).toContain("cancelled");
+    // Cancelled once, by the wait, which says so in the error main prints.
+    expect(e.message).toBe("interrupted; grant g-1 cancelled");
+    expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
+  });
+
+  it("Ctrl-C while waiting on a --grant grant keeps it and says how to continue", async () => {
+    const { client, rec } = fakeClient({ get: grant() });
+    const controller = new AbortController();
+    const e = await failure(
+      runRequester(fakeContext(), request(["--grant", "g-1", "--", "id", "-u"]), {
+        resultFd: 3,
+        signal: controller.signal,
+        deps: deps(client, rec, async (_c, _cl, _id, o) => {
+          controller.abort(new Error("interrupted"));
+          o.signal?.throwIfAborted();
+          return grant();
+        }),
+      }),
+    );
+    expect(e.exitCode).toBe(130);
+    expect(rec.revoked).toEqual([]);
+    expect(e.message).toBe("interrupted; grant g-1 is still pending");
+    expect(e.hint).toContain("apes --grant g-1 -- id -u");
     expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
   });
 

@@ -133,7 +133,9 @@ describe("state transitions", () => {
     expect(consumeResultFor(grant({ status: "revoked" }), 0)).toMatchObject({ error: "revoked" });
     expect(consumeResultFor(grant({ status: "denied" }), 0)).toMatchObject({ error: "denied" });
     expect(consumeResultFor(grant({ status: "pending" }), 0)).toMatchObject({ error: "not_approved" });
-    expect(consumeResultFor(grant({ expires_at: 5 }, { grant_type: "timed", duration: 5 }), 10)).toMatchObject({
+    expect(
+      consumeResultFor(grant({ expires_at: 5 }, { grant_type: "timed", duration: 5 }), 10),
+    ).toMatchObject({
       error: "expired",
       status: "expired",
     });

@@ -92,10 +92,10 @@ export async function grantsRequest(
       );
     }
     printData(ctx, { ...grant, reused }, () => fmt.shown(grant.id));
-    if (options.wait) (await import("./wait.ts")).decisionExit(grant);
+    if (options.wait) (await import("../../grants/await-decision.ts")).decisionExit(grant);
     return;
   }
-  const { waitAndReport } = await import("./wait.ts");
+  const { waitAndReport } = await import("../../grants/await-decision.ts");
   await waitAndReport(
     ctx,
     client,

@@ -69,8 +69,8 @@ export async function grantsRequest(
   const host = options.host ?? hostname();
   if (!host) throw usageError("--host is empty");
   if (!options.audience) throw usageError("--audience is empty");
-  const timeoutMs = fmt.parseDurationSeconds(options.timeout, "--timeout");
-  if (timeoutMs !== undefined && !options.wait) throw usageError("--timeout needs --wait");
+  const timeoutS = fmt.parseDurationSeconds(options.timeout, "--timeout");
+  if (timeoutS !== undefined && !options.wait) throw usageError("--timeout needs --wait");
 
   const client = await grantsClient(ctx);
   const { grant, reused } = await client.create({
@@ -100,7 +100,7 @@ export async function grantsRequest(
     ctx,
     client,
     grant.id,
-    timeoutMs !== undefined ? timeoutMs * 1000 : undefined,
+    timeoutS !== undefined ? timeoutS * 1000 : undefined,
     grant,
     true,
   );

@@ -12,6 +12,7 @@ import {
 import { CliError } from "../../cli/errors.ts";
 import type { GrantsClient } from "../../cli/grants/client.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { REQUESTER_REASONS } from "../../protocol/elevation.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 import { sampleGrant } from "../helpers/grants.ts";
@@ -107,8 +108,11 @@ describe("requesterReason (the audit reason the requester reports to the shim)",
     expect(requesterReason(new CliError("x", { exitCode: 130 }))).toBe("interrupted");
     expect(requesterReason(new Error("boom"))).toBe("error");
     expect(requesterReason(new CliError("x", { exitCode: 78 }))).toBe("config");
+    expect(requesterReason(new CliError("x", { exitCode: 2 }))).toBe("usage");
+    expect(requesterReason(new CliError("x", { exitCode: 1 }))).toBe("error");
+    expect(requesterReason(new CliError("x", { exitCode: 127 }))).toBe("error");
     // The shim adds the requester_ prefix itself: no code carries it twice.
-    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "config", "usage"]) {
+    for (const r of Object.keys(REQUESTER_REASONS)) {
       expect(r).not.toMatch(/^requester_/);
       expect(r).toMatch(/^[a-z_]{1,64}$/);
     }

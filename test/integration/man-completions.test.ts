@@ -13,8 +13,8 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildProgram } from "../../cli/program.ts";
-import { parsePolicy } from "../../helper/policy.ts";
 import { generate } from "../../scripts/gen-docs.ts";
+import { parsePolicy } from "../../verifier/policy.ts";
 
 const REPO = join(import.meta.dirname, "..", "..");
 

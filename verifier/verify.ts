@@ -19,13 +19,14 @@ import {
   type Allowed,
   checkIssuer,
   checkTokenShape,
-  consumeOutcome,
   type Decision,
   decide,
   deny,
   exitStatusFor,
   parseRequest,
+  type VerifierExit,
   type VerifyRequest,
+  verdictFromConsume,
 } from "./decide.ts";
 import {
   type Policy,
@@ -83,7 +84,7 @@ export const HTTP_DEADLINE_MS = 5000;
 export async function runVerifier(
   io: VerifierIo,
   options: VerifierOptions,
-): Promise<{ exit: 0 | 69 | 77 | 78; decision: Decision }> {
+): Promise<{ exit: VerifierExit; decision: Decision }> {
   const t0 = performance.now();
   const marks: [string, number][] = [];
   const mark = (name: string) => marks.push([name, performance.now()]);
@@ -225,7 +226,7 @@ async function consume(
   }
   if (res.status >= 500)
     return deny("idp_unreachable", `the IdP failed to consume the grant (${res.status})`);
-  return consumeOutcome(res.status, res.body, allowed);
+  return verdictFromConsume(res.status, res.body, allowed);
 }
 
 /** The discovery name of the endpoint the verifier consumes at (it must be on the issuer's origin). */

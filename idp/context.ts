@@ -7,7 +7,7 @@ import type { Keyring } from "./keys.ts";
 import type { LimitClass } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { Store, UserRecord } from "./store/types.ts";
-import { TokenError, verifyJwt } from "./tokens.ts";
+import { TokenError } from "./tokens.ts";
 
 /** Everything a route needs, built once by the server. */
 export interface Idp {
@@ -24,8 +24,8 @@ export interface Idp {
   /** Resolves when the server shuts down (long polls answer at once). */
   shutdown: AbortSignal;
   /** Verifies a session token this IdP issued (`aud: apes-cli`); throws TokenError. */
-  sessionClaims(token: string): Record<string, unknown>;
-  authenticate(call: Call): Principal;
+  sessionClaims(token: string): Promise<Record<string, unknown>>;
+  authenticate(call: Call): Promise<Principal>;
   /** Takes one request from `key`'s bucket of the class; throws 429 (with retry_after) when empty. */
   rateLimit(limitClass: LimitClass, key: string): void;
 }
@@ -84,7 +84,7 @@ export class SessionVerifier {
     return ((this.cache.get(token)?.exp as number | undefined) ?? 0) > this.idp().now();
   }
 
-  claims(token: string): Record<string, unknown> {
+  async claims(token: string): Promise<Record<string, unknown>> {
     const idp = this.idp();
     const now = idp.now();
     const cached = this.cache.get(token);
@@ -92,7 +92,7 @@ export class SessionVerifier {
       if ((cached.exp as number) > now) return cached;
       this.cache.delete(token);
     }
-    const claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
+    const claims = await idp.keys.verify(token, {
       now,
       issuer: idp.issuer,
       audience: CLI_TOKEN_AUDIENCE,
@@ -124,12 +124,12 @@ export type PrincipalLookups = Pick<Store, "getUser" | "getGrant">;
  * not revoked or expired, naming exactly these two parties and the IdP's own audience) and the acting party
  * (exists, enabled). A revocation or a disabled account therefore stops a live token at once.
  */
-export function principalFrom(
+export async function principalFrom(
   claims: Record<string, unknown>,
   lookups: PrincipalLookups,
   now: number,
-): Principal {
-  const user = lookups.getUser(claims.sub as string);
+): Promise<Principal> {
+  const user = await lookups.getUser(claims.sub as string);
   if (!user) throw new ProblemError("invalid_token", "the token's subject is not a user of this IdP");
   if (user.disabled) throw new ProblemError("invalid_token", "the account is disabled");
   const act = claims.act;
@@ -142,12 +142,12 @@ export function principalFrom(
   }
   if (actingParty !== undefined) {
     const id = claims.delegation_grant;
-    const delegation = typeof id === "string" ? lookups.getGrant(id)?.grant : undefined;
+    const delegation = typeof id === "string" ? (await lookups.getGrant(id))?.grant : undefined;
     const problem = delegatedTokenProblem(
       user.email,
       actingParty,
       delegation,
-      lookups.getUser(actingParty),
+      await lookups.getUser(actingParty),
       now,
     );
     if (problem) throw new ProblemError("invalid_token", problem);

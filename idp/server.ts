@@ -41,7 +41,8 @@ import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { withReadCache } from "./store/cache.ts";
-import { openSqliteStore } from "./store/sqlite.ts";
+import { openSqliteStore } from "./store/sqlite/store.ts";
+import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
 
 export interface ServeOptions {
@@ -83,21 +84,30 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     if (limiter) limiters.set(limitClass, limiter);
   }
   const lock = lockDataDir(opts.dataDir);
-  let sqlite: ReturnType<typeof openSqliteStore>;
+  let opened: Store;
   try {
-    sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+    opened = openSqliteStore(opts.dataDir, {
+      groupCommit: true,
+      checkpointer: {
+        intervalMs: 1000,
+        onError: (e) =>
+          opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", {
+            error: e.message,
+          }),
+      },
+    });
   } catch (e) {
     lock.release();
     throw e;
   }
-  const store = withReadCache(sqlite);
+  const store = withReadCache(opened);
   const nowSec = () => Math.floor(Date.now() / 1000);
-  const keys = new Keyring(store, nowSec());
+  const keys = await Keyring.open(store, nowSec());
+  await store.lifecycle?.flush?.(); // the first start's key is committed before anything is signed
   const login = {
     challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
-  sqlite.enableGroupCommit();
   const shutdown = new AbortController();
 
   const deadlines = {
@@ -155,19 +165,19 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     now: nowSec,
     shutdown: shutdown.signal,
     sessionClaims: (token) => verifier.claims(token),
-    authenticate(call: Call): Principal {
+    async authenticate(call: Call): Promise<Principal> {
       const token = bearer(call);
       // A signature check costs CPU: a token not verified before counts against the client's address
       // first, so a flood of invalid tokens is limited like any unauthenticated request.
       if (!verifier.verified(token)) idp.rateLimit("api", `ip:${clientKey(call.ip)}`);
       let claims: Record<string, unknown>;
       try {
-        claims = verifier.claims(token);
+        claims = await verifier.claims(token);
       } catch (e) {
         if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
         throw e;
       }
-      const principal = principalFrom(claims, store, nowSec());
+      const principal = await principalFrom(claims, store, nowSec());
       idp.rateLimit("api", `sub:${principal.sub}`);
       return principal;
     },
@@ -233,7 +243,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       call.params = m.params;
       let principal: Principal | undefined;
       if (m.route.auth) {
-        principal = idp.authenticate(call);
+        principal = await idp.authenticate(call);
         who = principal.actingParty
           ? { sub: principal.sub, act_sub: principal.actingParty }
           : { sub: principal.sub };
@@ -241,8 +251,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         idp.rateLimit(limitClassOf(path), `ip:${clientKey(call.ip)}`);
       }
       const reply = await m.route.handler(call, principal as Principal);
-      // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
-      await store.flushed?.();
+      // Acknowledge nothing before it is durable (group commit; see store/sqlite/store.ts).
+      await store.lifecycle?.flush?.();
       status = reply.status;
       // While shutting down, do not keep the connection for another request.
       if (shutdown.signal.aborted) res.setHeader("connection", "close");
@@ -257,7 +267,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         });
       }
       try {
-        await store.flushed?.();
+        await store.lifecycle?.flush?.();
       } catch {
         error = new ProblemError("internal", "storage failure");
       }
@@ -278,19 +288,16 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   markReady();
 
   // Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis.
-  const sweep = setInterval(() => {
+  const sweep = setInterval(async () => {
     try {
       const now = nowSec();
-      for (const id of store.expireDue(now)) idp.events.changed(id);
-      store.purgeExpired(now);
+      for (const id of await store.expireDue(now)) idp.events.changed(id);
+      await store.purgeExpired(now);
     } catch (e) {
       opts.log.log("warn", "sweep failed", { error: (e as Error).message });
     }
   }, 5000);
   sweep.unref();
-  const stopCheckpointer = sqlite.startCheckpointer(1000, (e) =>
-    opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", { error: e.message }),
-  );
 
   opts.log.always("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
 
@@ -310,8 +317,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         server.close(() => {
           clearTimeout(force);
           clearInterval(idle);
-          void stopCheckpointer().then(() => {
-            store.close();
+          void store.close().finally(() => {
             lock.release();
             resolve();
           });

@@ -10,7 +10,7 @@ import { join, resolve } from "node:path";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
-import { openSqliteStore } from "../../idp/store/sqlite.ts";
+import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
@@ -40,51 +40,51 @@ const ms = (x: number) => x.toFixed(2);
 // --- seed ---
 const base = mkdtempSync(join(tmpdir(), "apes-bench-idp-"));
 const dataDir = join(base, "data");
-const store = openSqliteStore(dataDir);
+// Group commit: the whole seed (one event-loop turn) is one transaction, committed by flush().
+const store = openSqliteStore(dataDir, { groupCommit: true });
 const human = generateKeyPairSync("ed25519");
 const agents: { email: string; key: KeyObject }[] = [];
 const t = performance.now();
-store.transaction(() => {
-  store.addUser({
-    email: "alice@bench.test",
-    kind: "human",
-    publicKey: formatSshPublicKey(human.publicKey),
+await store.addUser({
+  email: "alice@bench.test",
+  kind: "human",
+  publicKey: formatSshPublicKey(human.publicKey),
+  createdAt: 1,
+});
+for (let i = 0; i < MAX_CLIENTS; i++) {
+  const k = generateKeyPairSync("ed25519");
+  const email = `agent${i}@bench.test`;
+  await store.addUser({
+    email,
+    kind: "agent",
+    owner: "alice@bench.test",
+    publicKey: formatSshPublicKey(k.publicKey),
     createdAt: 1,
   });
-  for (let i = 0; i < MAX_CLIENTS; i++) {
-    const k = generateKeyPairSync("ed25519");
-    const email = `agent${i}@bench.test`;
-    store.addUser({
-      email,
-      kind: "agent",
-      owner: "alice@bench.test",
-      publicKey: formatSshPublicKey(k.publicKey),
-      createdAt: 1,
-    });
-    agents.push({ email, key: k.privateKey });
-  }
-  store.addSigningKey(newSigningKeyRecord(1));
-  const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
-  const now = Math.floor(Date.now() / 1000);
-  for (let i = 0; i < SEED; i++) {
-    const requester = agents[i % agents.length]!.email;
-    const grant: Grant = {
-      id: randomUUID(),
-      type: "command",
-      request: {
-        requester,
-        target_host: "web1",
-        audience: "escapes",
-        grant_type: "once",
-        command: ["seed", String(i)],
-      },
-      status: statuses[i % statuses.length]!,
-      created_at: now - SEED + i,
-    };
-    store.insertGrant({ grant, matchKey: matchKey(grant.request) });
-  }
-});
-store.close();
+  agents.push({ email, key: k.privateKey });
+}
+await store.addSigningKey(newSigningKeyRecord(1));
+const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
+const now = Math.floor(Date.now() / 1000);
+for (let i = 0; i < SEED; i++) {
+  const requester = agents[i % agents.length]!.email;
+  const grant: Grant = {
+    id: randomUUID(),
+    type: "command",
+    request: {
+      requester,
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "once",
+      command: ["seed", String(i)],
+    },
+    status: statuses[i % statuses.length]!,
+    created_at: now - SEED + i,
+  };
+  await store.insertGrant({ grant, matchKey: matchKey(grant.request) });
+}
+await store.lifecycle.flush?.();
+await store.close();
 console.log(
   `seeded ${SEED} grants, ${MAX_CLIENTS} agents in ${((performance.now() - t) / 1000).toFixed(1)} s`,
 );

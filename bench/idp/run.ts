@@ -2,9 +2,9 @@
 // and 50 concurrent clients with p50/p99 per request type, on a store already holding 100,000
 // grants; then approval-to-waiter notification latency (Prefer: wait). Drives the real
 // `dist/apes idp serve` process over HTTP. Run with the pinned node: `node bench/idp/run.ts`.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Pool } from "undici";
@@ -168,6 +168,26 @@ async function login(email: string, key: KeyObject) {
 const humanToken = await login("alice@bench.test", human.privateKey);
 const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
 
+/**
+ * The server's CPU time so far in ms (Linux /proc; NaN elsewhere). Per lifecycle it varies far less
+ * than the wall-clock rate on a machine shared with other work.
+ */
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" })) || 100;
+  } catch {
+    return 100;
+  }
+})();
+const serverCpuMs = () => {
+  try {
+    const f = readFileSync(`/proc/${proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+  } catch {
+    return Number.NaN;
+  }
+};
+
 // --- lifecycles ---
 type Kind = "create" | "approve" | "token" | "consume";
 const results: string[] = [];
@@ -184,6 +204,7 @@ for (const clients of LEVELS) {
   };
   const deadline = performance.now() + SECONDS * 1000;
   const started = performance.now();
+  const cpuBefore = serverCpuMs();
   await Promise.all(
     Array.from({ length: clients }, async (_, i) => {
       const token = agentTokens[i]!;
@@ -210,7 +231,8 @@ for (const clients of LEVELS) {
     }),
   );
   const secs = (performance.now() - started) / 1000;
-  const line = `| ${clients} | ${(done / secs).toFixed(0)} | ${(
+  const cpuPerLifecycle = (serverCpuMs() - cpuBefore) / done;
+  const line = `| ${clients} | ${(done / secs).toFixed(0)} | ${ms(cpuPerLifecycle)} | ${(
     ["create", "approve", "token", "consume"] as Kind[]
   )
     .map((k) => `${ms(pct(lat[k], 50))} / ${ms(pct(lat[k], 99))}`)
@@ -256,9 +278,9 @@ rmSync(base, { recursive: true, force: true });
 
 console.log(`\nstore: ${SEED} seeded grants; server log level ${LOG_LEVEL}; ${SECONDS} s per level\n`);
 console.log(
-  "| clients | lifecycles/s | create p50 / p99 ms | approve p50 / p99 ms | token p50 / p99 ms | consume p50 / p99 ms | errors |",
+  "| clients | lifecycles/s | server CPU ms / lifecycle | create p50 / p99 ms | approve p50 / p99 ms | token p50 / p99 ms | consume p50 / p99 ms | errors |",
 );
-console.log("|---|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|---|");
 for (const l of results) console.log(l);
 console.log(
   `\nnotification (approve sent -> waiter answered), ${NOTIFY_SAMPLES} samples: p50 ${ms(pct(notify, 50))} ms, p99 ${ms(pct(notify, 99))} ms, max ${ms(Math.max(...notify))} ms`,

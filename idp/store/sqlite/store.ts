@@ -112,35 +112,33 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   if (options.checkpointer) db.exec("PRAGMA wal_autocheckpoint = 0");
   try {
     migrate(db);
+    for (const suffix of ["-wal", "-shm"]) {
+      if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
+    }
+    return new SqliteStore(db, file, options);
   } catch (e) {
     db.close();
     throw e;
   }
-  for (const suffix of ["-wal", "-shm"]) {
-    if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
-  }
-  const store = new SqliteStore(db, options.groupCommit === true);
-  if (options.checkpointer) {
-    const { intervalMs, onError } = options.checkpointer;
-    store.stopCheckpointer = startCheckpointer(file, intervalMs, () => store.checkpoint(), onError);
-  }
-  return store;
 }
 
 export class SqliteStore implements Store {
   private readonly db: DatabaseSync;
   private readonly stmts = new Map<string, StatementSync>();
-  /** Set by openSqliteStore when a checkpoint worker runs; close() stops it. */
-  stopCheckpointer: (() => Promise<void>) | undefined;
+  private stopCheckpointer: (() => Promise<void>) | undefined;
 
   readonly lifecycle: StoreLifecycle = {
     flush: () => this.batch?.promise ?? Promise.resolve(),
     changeMarker: () => (this.q("PRAGMA data_version").get() as { data_version: number }).data_version,
   };
 
-  constructor(db: DatabaseSync, groupCommit: boolean) {
+  constructor(db: DatabaseSync, file: string, options: SqliteOptions) {
     this.db = db;
-    this.groupCommit = groupCommit;
+    this.groupCommit = options.groupCommit === true;
+    if (options.checkpointer) {
+      const { intervalMs, onError } = options.checkpointer;
+      this.stopCheckpointer = startCheckpointer(file, intervalMs, () => this.checkpoint(), onError);
+    }
   }
 
   /** Cached prepared statement. */

@@ -1,12 +1,15 @@
+import { createPrivateKey } from "node:crypto";
 import { mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterEach, describe, expect, it } from "vitest";
+import { Keyring, rotateKeys } from "../../idp/keys.ts";
 import { withReadCache } from "../../idp/store/cache.ts";
 import { MIGRATIONS, migrate } from "../../idp/store/sqlite/migrations.ts";
 import { openSqliteStore, type SqliteOptions } from "../../idp/store/sqlite/store.ts";
 import type { Store } from "../../idp/store/types.ts";
+import { signJwt } from "../../idp/tokens.ts";
 import type { Grant } from "../../protocol/types.ts";
 
 /**
@@ -33,6 +36,30 @@ const g = (requester: string, created_at: number, extra: Partial<Grant> = {}): G
   created_at,
   ...extra,
 });
+
+/** `s` with some members replaced (the rest bound to `s`). */
+const replacing = (s: Store, members: Partial<Record<keyof Store, unknown>>): Store =>
+  new Proxy(s, {
+    get(target, key) {
+      if (key in members) return members[key as keyof Store];
+      const value = Reflect.get(target, key);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+
+/** The SQLite store with reads that answer a turn later, as a database across a network does. */
+const slowReads = (s: Store): Store => {
+  const later =
+    <A extends unknown[], T>(read: (...args: A) => Promise<T>) =>
+    (...args: A) =>
+      read.apply(s, args).then((v) => new Promise<T>((resolve) => setImmediate(() => resolve(v))));
+  return replacing(s, {
+    getUser: later(s.getUser),
+    getGrant: later(s.getGrant),
+    subordinatesOf: later(s.subordinatesOf),
+    listSigningKeys: later(s.listSigningKeys),
+  });
+};
 
 describe("sqlite store", () => {
   it("creates the data dir 0700 and the db 0600, and migrates idempotently", async () => {
@@ -152,33 +179,10 @@ describe("read cache (the server's view of users and delegations)", () => {
     expect((await cached.getGrant(grant.id))?.grant.status).toBe("revoked");
   });
 
-  /** `s` with some members replaced (the rest bound to `s`). */
-  const replacing = (s: Store, members: Partial<Record<keyof Store, unknown>>): Store =>
-    new Proxy(s, {
-      get(target, key) {
-        if (key in members) return members[key as keyof Store];
-        const value = Reflect.get(target, key);
-        return typeof value === "function" ? value.bind(target) : value;
-      },
-    });
-
   it("is not used for a store that cannot say when another process changed the data", () => {
     const bare = replacing(open().s, { lifecycle: undefined });
     expect(withReadCache(bare)).toBe(bare);
   });
-
-  /** The SQLite store with reads that answer a turn later, as a database across a network does. */
-  const slowReads = (s: Store): Store => {
-    const later =
-      <A extends unknown[], T>(read: (...args: A) => Promise<T>) =>
-      (...args: A) =>
-        read.apply(s, args).then((v) => new Promise<T>((resolve) => setImmediate(() => resolve(v))));
-    return replacing(s, {
-      getUser: later(s.getUser),
-      getGrant: later(s.getGrant),
-      subordinatesOf: later(s.subordinatesOf),
-    });
-  };
 
   it("keeps no value read while a write to it completed (a slow read racing a revocation)", async () => {
     const { s } = open();
@@ -200,5 +204,21 @@ describe("read cache (the server's view of users and delegations)", () => {
       cached.addUser({ email: "bot3@x", kind: "agent", owner: "alice@x", createdAt: 1 }),
     ]);
     expect((await cached.subordinatesOf("alice@x")).sort()).toEqual(["bot2@x", "bot3@x"]);
+  });
+});
+
+describe("keyring over a store whose reads take their time", () => {
+  it("a token naming a key another process just rotated in waits for a re-read already under way", async () => {
+    const { s, dir } = open();
+    const ring = await Keyring.open(slowReads(s), 1000);
+    const rec = await rotateKeys(open(dir).s, 1001);
+    const token = signJwt(
+      { sub: "a", exp: 2000 },
+      { kid: rec.kid, privateKey: createPrivateKey(rec.privateKey) },
+    );
+    // The JWKS request starts the re-read; the token's verification arrives while it runs.
+    const [jwks, claims] = await Promise.all([ring.jwks(1002), ring.verify(token, { now: 1002, leeway: 0 })]);
+    expect(jwks.keys.map((k) => k.kid)).toEqual([rec.kid]);
+    expect(claims).toMatchObject({ sub: "a" });
   });
 });

@@ -317,10 +317,13 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
         server.close(() => {
           clearTimeout(force);
           clearInterval(idle);
-          void store.close().finally(() => {
-            lock.release();
-            resolve();
-          });
+          void store
+            .close()
+            .catch((e) => opts.log.log("error", "closing the store failed", { error: (e as Error).message }))
+            .finally(() => {
+              lock.release();
+              resolve();
+            });
         });
         server.closeIdleConnections();
       });

@@ -5,6 +5,7 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from "node:crypto";
+import type { Jwk } from "../protocol/jwt.ts";
 import { rawPublicKey } from "../protocol/keys.ts";
 import type { SigningKeyRecord, Store } from "./store/types.ts";
 import { checkClaims, decodeJwt, type SigningKey, type VerifyOptions, verifySignature } from "./tokens.ts";
@@ -16,15 +17,6 @@ import { checkClaims, decodeJwt, type SigningKey, type VerifyOptions, verifySign
  * the server notices through the store's change marker before it signs or meets an unknown kid (a
  * store without one is read every time).
  */
-
-export interface Jwk {
-  kty: "OKP";
-  crv: "Ed25519";
-  x: string;
-  kid: string;
-  alg: "EdDSA";
-  use: "sig";
-}
 
 /** RFC 7638 JWK thumbprint: a stable kid derived from the public key. */
 export function jwkThumbprint(x: string): string {

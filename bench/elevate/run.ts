@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
+import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { addUser, api, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
 import {
@@ -18,6 +19,7 @@ import {
   VERIFY_USER,
   writeConfig,
 } from "../../test/helpers/shim.ts";
+import { buildBareSea } from "../common.mjs";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
@@ -177,7 +179,9 @@ async function main() {
     env,
     stdio: ["ignore", "ignore", "pipe", "pipe"],
   }).r.output[3]!.toString();
-  const requestLine = `${JSON.stringify({ jwt: tok, argv: CMD, cmd_hash: cmdHash(CMD), user: BENCH_USER, uid: user.uid, run_as: "root" })}\n`;
+  // The grant holds the command as the requester canonicalised it (/bin/true -> /usr/bin/true on merged /usr).
+  const granted = canonicalCommand(CMD);
+  const requestLine = `${JSON.stringify({ jwt: tok, argv: granted, cmd_hash: cmdHash(granted), user: BENCH_USER, uid: user.uid, run_as: "root" })}\n`;
   const verifierEnv = { PATH: "/usr/bin:/bin", HOME: inst.cacheDir, LANG: "C.UTF-8", APES_VERIFIER: "1" };
   const asVerifier = [
     "setpriv",
@@ -189,8 +193,11 @@ async function main() {
     "--",
   ];
 
+  // The runtime's floor: a one-line single executable built like dist/apes (bench/common.mjs).
+  const bare = buildBareSea(work);
   const cases: Record<string, () => number> = {
     "setpriv /bin/true (harness floor)": () => run([...asUser, "/bin/true"], { env }).ms,
+    "bare single executable (runtime floor)": () => run([...asUser, bare], { env }).ms,
     "sudo -n true": () => run([...asUser, "/usr/bin/sudo", "-n", "true"], { env }).ms,
     "apes -- /bin/true (shim, timed grant reused)": () =>
       run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
@@ -265,6 +272,21 @@ async function main() {
   const reqMs = median(times["requester alone (__request)"]!);
   const verMs = median(times["verifier alone (__verify)"]!);
   const floor = median(times["setpriv /bin/true (harness floor)"]!);
+  const runtime = median(times["bare single executable (runtime floor)"]!) - floor;
+  const m = (k: string) => median(phases[k] ?? [Number.NaN]);
+  console.log(
+    "\n| process | runtime floor | start-up over the floor | own work | exit and rest |\n| --- | ---: | ---: | ---: | ---: |",
+  );
+  for (const [who, wall] of [
+    ["requester", reqMs - floor],
+    ["verifier", verMs - floor],
+  ] as const) {
+    const start = m(`${who} start`);
+    const own = m(`${who} total`);
+    console.log(
+      `| ${who} | ${f(runtime)} ms | ${f(start - runtime)} ms | ${f(own)} ms | ${f(wall - start - own)} ms |`,
+    );
+  }
   console.log(
     `\nsplit of the median elevation (${f(total)} ms): requester process ${f(reqMs - floor)} ms, verifier process ${f(verMs - floor)} ms, ` +
       `shim + exec of the command + harness ${f(total - (reqMs - floor) - (verMs - floor))} ms (harness floor ${f(floor)} ms)`,

@@ -4,7 +4,9 @@ import {
   checkAuthzShape,
   checkAuthzTimes,
   checkCommand,
+  checkConsumeAnswer,
   checkHost,
+  checkIssuerAllowed,
 } from "../protocol/authz.ts";
 import { cmdHash } from "../protocol/cmd-hash.ts";
 import { CLOCK_SKEW_S } from "../protocol/jwt.ts";
@@ -139,16 +141,8 @@ export function checkTokenShape(jwt: string): Denied | undefined {
  * another issuer never makes the verifier fetch anything from it.
  */
 export function checkIssuer(iss: unknown, policy: Policy): { ok: true; issuer: string } | Denied {
-  if (typeof iss !== "string" || iss.length === 0)
-    return deny("token_malformed", "the token has no iss claim");
-  const normalized = iss.replace(/\/+$/, "");
-  if (!policy.issuers.includes(normalized)) {
-    return deny(
-      "issuer_not_allowed",
-      `issuer ${iss} is not in the policy (allowed: ${policy.issuers.join(", ")})`,
-    );
-  }
-  return { ok: true, issuer: normalized };
+  const r = checkIssuerAllowed(iss, policy.issuers);
+  return "reason" in r ? denied(r) : { ok: true, issuer: r.issuer };
 }
 
 /**
@@ -226,20 +220,6 @@ export function decide(
 
 /** Maps the IdP's consume answer to a decision: only consumed (once) or valid (timed/always) allow. */
 export function consumeOutcome(status: number, body: unknown, allowed: Allowed): Decision {
-  const b = body && typeof body === "object" ? (body as Record<string, unknown>) : {};
-  if (status >= 200 && status < 300 && !b.error) {
-    const s = b.status;
-    const expected = allowed.grant_type === "once" ? "consumed" : "valid";
-    if (s === expected) return allowed;
-    return deny(
-      "grant_not_usable",
-      `the IdP answered consume with status ${JSON.stringify(s ?? null)} (expected ${expected})`,
-    );
-  }
-  const error = typeof b.error === "string" ? b.error : typeof b.title === "string" ? b.title : undefined;
-  const detail = typeof b.detail === "string" ? `: ${b.detail}` : "";
-  return deny(
-    "grant_not_usable",
-    `the IdP refused to consume the grant (${status} ${error ?? "error"}${detail})`,
-  );
+  const refused = checkConsumeAnswer(status, body, allowed.grant_type);
+  return refused ? denied(refused) : allowed;
 }

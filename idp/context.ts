@@ -98,7 +98,8 @@ export class SessionVerifier {
       audience: CLI_TOKEN_AUDIENCE,
       leeway: 0,
     });
-    if (typeof claims.sub !== "string" || claims.act === undefined) {
+    // AuthZ-JWTs carry act too, but name a grant (and never the session audience: it is reserved).
+    if (typeof claims.sub !== "string" || claims.act === undefined || claims.grant_id !== undefined) {
       throw new TokenError("claims", "not an IdP session token");
     }
     if (this.cache.size >= 50_000) this.cache.clear();

@@ -4,8 +4,8 @@ import { hasUnsafeChars } from "../protocol/display.ts";
 import { durationSeconds } from "../protocol/duration.ts";
 import { canonicalIdentity, normalizeIdentity } from "../protocol/names.ts";
 import { ProblemError } from "../protocol/problem.ts";
-import type { Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
-import { ELEVATION_AUDIENCE, GRANT_TYPES } from "../protocol/types.ts";
+import type { Act, Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
+import { GRANT_TYPES } from "../protocol/types.ts";
 import type { UserRecord } from "./store/types.ts";
 
 /**
@@ -133,16 +133,19 @@ export function authzExp(grant: Grant, iat: number): number {
 export interface AuthzClaimsInput {
   issuer: string;
   grant: Grant;
+  /** The requester's kind: the token says whether an agent or a human acts with it. */
+  act: Act;
   iat: number;
   jti: string;
 }
 
 /** The AuthZ-JWT payload, exactly the fields of authz-jwt-claims.json. */
-export function authzClaims({ issuer, grant, iat, jti }: AuthzClaimsInput): Record<string, unknown> {
+export function authzClaims({ issuer, grant, act, iat, jti }: AuthzClaimsInput): Record<string, unknown> {
   const r = grant.request;
   const claims: Record<string, unknown> = {
     iss: issuer,
     sub: r.requester,
+    act,
     aud: r.audience,
     target_host: r.target_host,
     iat,
@@ -258,6 +261,7 @@ function strArray(
 
 const CREATE_FIELDS = [
   "requester",
+  "target",
   "target_host",
   "audience",
   "grant_type",
@@ -269,7 +273,12 @@ const CREATE_FIELDS = [
   "permissions",
 ] as const;
 
-/** Validates a create body into a GrantRequest for `requester` (the token's subject). */
+/**
+ * Validates a create body into a GrantRequest for `requester` (the token's subject). `target` (the
+ * grant flow's name for the target system) is stored as `target_host`; both may be sent only when
+ * equal. The audience defaults to the target: a permission grant for "prod-server" is verified by
+ * prod-server (elevation requests name their audience, "escapes", explicitly).
+ */
 export function parseGrantRequest(body: Record<string, unknown>, requester: string): GrantRequest {
   for (const k of Object.keys(body)) {
     if (k === "delegator" || k === "delegate" || k === "scopes") {
@@ -283,10 +292,17 @@ export function parseGrantRequest(body: Record<string, unknown>, requester: stri
     throw new ProblemError("forbidden", "requester must be the authenticated identity");
   }
   const grantType = parseGrantType(body.grant_type);
+  const target = str(body, "target", 253, false);
+  const targetHost = str(body, "target_host", 253, false);
+  if (target !== undefined && targetHost !== undefined && target !== targetHost) {
+    throw new ProblemError("invalid_request", "target and target_host name different systems; send one");
+  }
+  const host = targetHost ?? target;
+  if (host === undefined) throw new ProblemError("invalid_request", "target (or target_host) is required");
   const request: GrantRequest = {
     requester,
-    target_host: str(body, "target_host", 253, true)!,
-    audience: str(body, "audience", 256, false) ?? ELEVATION_AUDIENCE,
+    target_host: host,
+    audience: str(body, "audience", 256, false) ?? host,
     grant_type: grantType,
   };
   if (grantType === "timed") {

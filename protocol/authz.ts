@@ -2,20 +2,24 @@ import { CMD_HASH_PREFIX, cmdHash, isCanonicalCmdHash, legacyCmdHash } from "./c
 import { CLOCK_SKEW_S } from "./jwt.ts";
 
 /**
- * The checks on an AuthZ-JWT's (signature-verified) claims that every verifier makes the same way:
- * the setuid path's verifier (helper/decide.ts) and the verifier of a target service. Pure functions: claims in, the first failure (one reason code and a detail
- * a person can read) or undefined out. The order of the calls is the caller's contract.
+ * The checks on an AuthZ-JWT's claims that every verifier makes the same way: the setuid path's
+ * verifier (helper/decide.ts) and the target side (client/verify-grant.ts, under `apes grants
+ * verify`). Pure functions: claims (signature-verified, except for the issuer allow-list) in, the
+ * first failure (one reason code and a detail a person can read) or undefined out. The order of the
+ * calls is the caller's contract.
  */
 
 export type AuthzReason =
   | "token_malformed"
+  | "issuer_not_allowed"
   | "audience_not_allowed"
   | "token_expired"
   | "token_not_yet_valid"
   | "host_mismatch"
   | "command_mismatch"
   | "cmd_hash_mismatch"
-  | "permission_missing";
+  | "permission_missing"
+  | "grant_not_usable";
 
 export interface AuthzFailure {
   reason: AuthzReason;
@@ -42,7 +46,52 @@ export function checkAuthzShape(claims: Record<string, unknown>): AuthzFailure |
   const gt = claims.grant_type;
   if (typeof gt !== "string" || !(AUTHZ_GRANT_TYPES as readonly string[]).includes(gt))
     return fail("token_malformed", "grant_type is not once, timed or always");
+  // `act` names the requester's kind (older IdPs send none); an object is a delegated token's actor.
+  if (claims.act !== undefined && claims.act !== "agent" && claims.act !== "human")
+    return fail("token_malformed", "act is not agent or human: not an AuthZ-JWT");
   return undefined;
+}
+
+/**
+ * The issuer allow-list, checked on the UNVERIFIED `iss` before any network call: a token naming
+ * another issuer never makes a verifier fetch anything from it. Returns the normalised issuer.
+ */
+export function checkIssuerAllowed(
+  iss: unknown,
+  allowed: readonly string[],
+): { issuer: string } | AuthzFailure {
+  if (typeof iss !== "string" || iss.length === 0)
+    return fail("token_malformed", "the token has no iss claim");
+  const issuer = iss.replace(/\/+$/, "");
+  if (!allowed.includes(issuer))
+    return fail("issuer_not_allowed", `issuer ${iss} is not allowed (allowed: ${allowed.join(", ")})`);
+  return { issuer };
+}
+
+/**
+ * The IdP's answer to `POST {grants}/{id}/consume`: only `consumed` (a once-grant, now spent) or
+ * `valid` (timed/always) lets the holder through; anything else, a replay included, does not.
+ */
+export function checkConsumeAnswer(
+  status: number,
+  body: unknown,
+  grantType: AuthzGrantType,
+): AuthzFailure | undefined {
+  const b = body && typeof body === "object" ? (body as Record<string, unknown>) : {};
+  if (status >= 200 && status < 300 && !b.error) {
+    const expected = grantType === "once" ? "consumed" : "valid";
+    if (b.status === expected) return undefined;
+    return fail(
+      "grant_not_usable",
+      `the IdP answered consume with status ${JSON.stringify(b.status ?? null)} (expected ${expected})`,
+    );
+  }
+  const error = typeof b.error === "string" ? b.error : typeof b.title === "string" ? b.title : undefined;
+  const detail = typeof b.detail === "string" ? `: ${b.detail}` : "";
+  return fail(
+    "grant_not_usable",
+    `the IdP refused to consume the grant (${status} ${error ?? "error"}${detail})`,
+  );
 }
 
 /** `aud` (a string or an array) names one of the accepted audiences. */

@@ -78,16 +78,39 @@ function loadDir(dir: string): {
 }
 
 /**
+ * Fields apes emits beyond the external set, which refuses unknown properties. The one deviation:
+ * the AuthZ-JWT's `act` (the requester's kind, "agent" or "human"), which the mission's grant flow
+ * requires in every AuthZ-JWT while the protocol family's published schema has no such claim. Our
+ * own schema requires it; an external set checks the claims without it.
+ */
+export const EXTENSION_FIELDS: Partial<Record<SchemaName, readonly string[]>> = {
+  "authz-jwt-claims": ["act"],
+};
+
+function withoutExtensions(name: SchemaName, value: unknown): unknown {
+  const fields = EXTENSION_FIELDS[name];
+  if (!fields || !value || typeof value !== "object" || Array.isArray(value)) return value;
+  const rest = { ...(value as Record<string, unknown>) };
+  for (const f of fields) delete rest[f];
+  return rest;
+}
+
+/**
  * A validator over one or more folders: a value is valid when every folder that has a schema of
- * that name accepts it (the first folder must have it). Default: the project's own schemas, plus
- * the external set when `APES_SCHEMAS_DIR` is set.
+ * that name accepts it (the first folder must have it; every folder but the project's own sees the
+ * value without EXTENSION_FIELDS). Default: the project's own schemas, plus the external set when
+ * `APES_SCHEMAS_DIR` is set.
  */
 export function loadSchemas(dirs: readonly string[] = defaultDirs()): SchemaValidator {
   const sets = dirs.map((dir) => ({ dir, set: loadDir(dir) }));
   const validate = (name: SchemaName, value: unknown) => {
     if (!sets[0]?.set.has(name)) throw new Error(`no schema named ${name} in ${dirs[0]}`);
     const errors = sets.flatMap(({ dir, set }) =>
-      set.has(name) ? set.validate(name, value).map((e) => `${e} (${dir})`) : [],
+      set.has(name)
+        ? set
+            .validate(name, dir === OWN_SCHEMAS_DIR ? value : withoutExtensions(name, value))
+            .map((e) => `${e} (${dir})`)
+        : [],
     );
     return { valid: errors.length === 0, errors };
   };

@@ -59,6 +59,8 @@ export interface GrantList {
 export interface AuthzClaims {
   iss: string;
   sub: string;
+  /** The requester's kind (an apes extension; AuthZ-JWTs of older IdPs have none). */
+  act: Act;
   aud: string;
   target_host: string;
   iat: number;

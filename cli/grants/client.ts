@@ -13,8 +13,14 @@ import { type IdpEndpoints, idpEndpoints, requireEndpoint } from "../idp-client.
  * re-login.
  */
 
-/** What a grant creation sends: `requester` is set by the IdP from the token. */
-export type NewGrantRequest = Omit<GrantRequest, "requester"> & { requester?: string };
+/**
+ * What a grant creation sends: `requester` is set by the IdP from the token, and the audience
+ * defaults to the target there.
+ */
+export type NewGrantRequest = Omit<GrantRequest, "requester" | "audience"> & {
+  requester?: string;
+  audience?: string;
+};
 
 export interface GrantQuery {
   status?: GrantStatus;

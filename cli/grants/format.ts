@@ -96,8 +96,11 @@ function what(g: Grant): string {
     return `delegate ${shown(r.delegate)} at ${shown(r.audience)}${scopes}`;
   }
   const command = shownCommand(g);
-  if (command === undefined) return shownList(r.permissions);
-  return grantWarning(g) ? `${WARNING_MARK} ${command}` : command;
+  // Labelled: a permission "deploy" must not read as a command `deploy`.
+  const permissions = r.permissions !== undefined ? `permissions: ${shownList(r.permissions)}` : undefined;
+  if (command === undefined) return permissions ?? "-";
+  const shownCmd = grantWarning(g) ? `${WARNING_MARK} ${command}` : command;
+  return permissions ? `${shownCmd} (${permissions})` : shownCmd;
 }
 
 function approvalText(g: Grant): string {
@@ -110,7 +113,7 @@ function approvalText(g: Grant): string {
 export function grantTable(grants: readonly Grant[]): string {
   if (grants.length === 0) return "no grants";
   const table = formatTable([
-    ["ID", "STATUS", "REQUESTER", "HOST", "APPROVAL", "COMMAND"],
+    ["ID", "STATUS", "REQUESTER", "TARGET", "APPROVAL", "COMMAND / PERMISSIONS"],
     ...grants.map((g) => [
       shown(g.id),
       shown(g.status),
@@ -157,7 +160,7 @@ export function grantDetails(g: Grant): string {
     ["command", shownCommand(g)],
     ["cmd_hash", opt(r.cmd_hash)],
     ["permissions", r.permissions !== undefined ? shownList(r.permissions) : undefined],
-    ["host", opt(r.target_host)],
+    ["target", opt(r.target_host)],
     ["audience", opt(r.audience)],
     ["run as", opt(r.run_as)],
     ["approval", approvalText(g)],

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { checkAuthzShape } from "../../protocol/authz.ts";
 import { commandWarning } from "../../protocol/display.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantCategory } from "../../protocol/types.ts";
@@ -315,7 +316,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     }
     if (grant.status !== "approved") throw invalidState(grant, "approved");
     const iat = idp.now();
-    const claims = authzClaims({ issuer: idp.issuer, grant, iat, jti: randomUUID() });
+    const claims = authzClaims({ issuer: idp.issuer, grant, act: p.actor.kind, iat, jti: randomUUID() });
     const authzJwt = signJwt(claims, idp.keys.signingKey(iat, authzExp(grant, iat)));
     issued.add(authzJwt, claims);
     return { status: 200, body: { authz_jwt: authzJwt, grant } };
@@ -338,7 +339,8 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
       throw e;
     }
-    if (claims.grant_id !== call.params.id || claims.act !== undefined) {
+    // Session and delegated tokens have no grant_id (or an actor object): they spend nothing.
+    if (claims.grant_id !== call.params.id || checkAuthzShape(claims)) {
       throw new ProblemError("invalid_token", "the token is not an AuthZ-JWT for this grant");
     }
     const body = await jsonBody(call);

@@ -21,6 +21,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   control: ["control", "server", "protocol"],
   nest: ["nest", "client", "protocol"],
   cli: ["cli", "client", "protocol", "helper", "verifier", "server", "idp", "control", "nest"],
+  examples: ["examples", "client", "protocol"], // what a service outside apes would import
 };
 
 function tsFiles(dir: string): string[] {

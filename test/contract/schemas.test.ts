@@ -22,6 +22,21 @@ const request = {
   run_as: "root",
 };
 const grant = { id, type: "command", request, status: "pending", created_at: 1_700_000_000 };
+const claims = {
+  iss: "https://id.example.com",
+  sub: "agent@example.com",
+  act: "agent",
+  aud: "prod-server",
+  target_host: "prod-server",
+  iat: 1_700_000_000,
+  exp: 1_700_000_300,
+  jti: id,
+  grant_id: id,
+  grant_type: "once",
+  approval: "once",
+  permissions: ["deploy"],
+  decided_by: "alice@example.com",
+};
 
 describe("the project's own schemas", () => {
   it("every file compiles and is a draft 2020-12 schema with its own $id", () => {
@@ -37,6 +52,7 @@ describe("the project's own schemas", () => {
 
   it("accepts what the IdP emits and refuses what it must never emit", () => {
     expect(own.validate("grant", grant).valid).toBe(true);
+    expect(own.validate("authz-jwt-claims", claims).valid).toBe(true);
     const bad: [SchemaName, unknown][] = [
       ["grant", { ...grant, extra: 1 }],
       ["grant", { ...grant, id: "not-a-uuid" }],
@@ -54,6 +70,8 @@ describe("the project's own schemas", () => {
         "session-token-claims",
         { iss: "https://id.example", sub: "a@b.c", aud: "apes-cli", act: "root", iat: 1, exp: 2, jti: "j" },
       ],
+      ["authz-jwt-claims", { ...claims, act: undefined }], // every AuthZ-JWT names the requester's kind
+      ["authz-jwt-claims", { ...claims, act: "root" }],
       ["jwks", { keys: [{ kty: "RSA", kid: "k", alg: "RS256", use: "sig" }] }],
       ["error", { type: "about:blank", title: "x", status: 400 }],
     ];
@@ -78,5 +96,13 @@ describe("the external conformance set (APES_SCHEMAS_DIR)", () => {
       expect(ext.has(name), name).toBe(true);
     }
     both.assert("grant", grant);
+  });
+
+  it.skipIf(!external)("checks the AuthZ-JWT claims without apes' documented extension (act) only", () => {
+    const both = loadSchemas([OWN_SCHEMAS_DIR, external!]);
+    both.assert("authz-jwt-claims", claims);
+    // The external set refuses unknown claims: only the fields named in EXTENSION_FIELDS are exempt.
+    expect(both.validate("authz-jwt-claims", { ...claims, extra: 1 }).valid).toBe(false);
+    expect(loadSchemas([external!]).validate("authz-jwt-claims", claims).valid).toBe(true);
   });
 });

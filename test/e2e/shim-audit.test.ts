@@ -26,6 +26,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import {
   type AuditLine,
@@ -403,7 +404,7 @@ describe("the audit log and the command's limits", () => {
 
   it("the command never dumps core (RLIMIT_CORE 0) and gets the caller's other limits back", async () => {
     const cmd = ["/bin/bash", "-c", "echo $(ulimit -c) $(ulimit -n) $(ulimit -f)"]; // bash's units, as set
-    allow(cmd);
+    allow(canonicalCommand(cmd)); // what the shim hashes: /usr/bin/bash where /bin links to usr/bin
     const r = await shimAfter("ulimit -c unlimited; ulimit -S -n 40; ulimit -S -f 100000", ["--", ...cmd]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe("0 40 100000\n");

@@ -11,12 +11,24 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
-import { createServer, request as httpRequest, type Server } from "node:http";
+import { request as httpRequest } from "node:http";
+import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addUser, api, type IdpHandle, loginWithKey, newKey, runApes, startIdp } from "../helpers/idp.ts";
+import {
+  addUser,
+  api,
+  type FetchLike,
+  type IdpHandle,
+  loginWithKey,
+  loopbackCert,
+  newKey,
+  runApes,
+  startIdp,
+} from "../helpers/idp.ts";
 import {
   type AuditLine,
   collect,
@@ -37,6 +49,8 @@ import {
  * stderr pipe, a killed shim), closed stdio, Ctrl-Z at the approval prompt in a real terminal, and
  * command paths that are resolved before approval. The IdP sits behind a small proxy the test runs
  * (its issuer is the proxy's URL), so the proxy can turn into an IdP that drips one byte a second.
+ * Issuers are https only: the proxy speaks TLS with a self-signed certificate, pinned in the policy
+ * and named as `ca_file` in every client's config.toml; the IdP behind it is plain http on loopback.
  */
 
 const ALICE = "alice@example.com";
@@ -47,6 +61,8 @@ let user: UnixUser;
 let idp: IdpHandle;
 let proxy: Server;
 let issuer = "";
+let idpCa: string; // the proxy's certificate (PEM file)
+let tlsFetch: FetchLike;
 let drip = false;
 let work: string;
 let markers: string;
@@ -57,9 +73,9 @@ let grantsEndpoint = "";
 let evilPreload: string;
 
 /** Forwards everything to the IdP; with `drip` on, answers a consume with one byte a second, forever. */
-function startProxy(): Promise<Server> {
-  const sockets = new Set<import("node:net").Socket>();
-  const server = createServer((req, res) => {
+function startProxy(tls: { cert: string; key: string }): Promise<Server> {
+  const sockets = new Set<import("node:stream").Duplex>();
+  const server = createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, (req, res) => {
     if (drip && req.method === "POST" && req.url?.endsWith("/consume")) {
       res.writeHead(200, { "content-type": "application/json" });
       const timer = setInterval(() => res.write(" "), 1000);
@@ -91,7 +107,7 @@ function policy(): string {
   return [
     `issuers = ${JSON.stringify([issuer])}`,
     `approvers = ${JSON.stringify([ALICE])}`,
-    "allow_loopback_http = true",
+    `ca_pem = '''\n${readFileSync(idpCa, "utf8").trim()}\n'''`,
     `run_as = ["root"]`,
     "[users]",
     `"${user.name}" = ${JSON.stringify([BOT])}`,
@@ -191,26 +207,37 @@ beforeAll(async () => {
     { mode: 0o644 },
   );
 
-  proxy = await startProxy();
-  issuer = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+  const tlsDir = join(work, "tls");
+  mkdirSync(tlsDir, { mode: 0o755 });
+  const tls = loopbackCert(tlsDir);
+  idpCa = tls.cert;
+  chmodSync(idpCa, 0o644);
+  const dispatcher = new Agent({ connect: { ca: readFileSync(idpCa) } });
+  tlsFetch = ((url: string, init?: RequestInit) =>
+    undiciFetch(url, { ...(init as object), dispatcher })) as unknown as FetchLike;
+  proxy = await startProxy(tls);
+  issuer = `https://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
   const data = join(work, "idp");
   const alice = newKey(ALICE);
   const bot = newKey(BOT);
   await addUser(data, ALICE, { publicKey: alice.publicLine });
   await addUser(data, BOT, { agent: true, owner: ALICE, publicKey: bot.publicLine });
   idp = await startIdp({ dataDir: data, issuer });
-  grantsEndpoint = (await api(issuer).get("/.well-known/openid-configuration")).body.openape_grants_endpoint;
-  aliceApi = api(issuer, await loginWithKey(issuer, ALICE, alice.privateKey));
+  grantsEndpoint = (await api(issuer, undefined, tlsFetch).get("/.well-known/openid-configuration")).body
+    .openape_grants_endpoint;
+  aliceApi = api(issuer, await loginWithKey(issuer, ALICE, alice.privateKey, tlsFetch), tlsFetch);
 
   const pem = (k: ReturnType<typeof newKey>) =>
     k.privateKey.export({ type: "pkcs8", format: "pem" }) as string;
   aliceHome = mkdtempSync(join(work, "alice-"));
+  trustIdpCa(aliceHome);
   writeFileSync(join(aliceHome, "key.pem"), pem(alice), { mode: 0o600 });
   const a = await runApes(["login", ALICE, "--key", join(aliceHome, "key.pem"), "--idp", issuer], {
     HOME: aliceHome,
   });
   expect(a.code, a.stderr).toBe(0);
   agentHome = makeUserDir(user, work);
+  trustIdpCa(agentHome, user);
   writeFileSync(join(agentHome, "key.pem"), pem(bot), { mode: 0o600 });
   chownSync(join(agentHome, "key.pem"), user.uid, user.gid);
   const b = await collect(
@@ -221,6 +248,16 @@ beforeAll(async () => {
   expect(b.code, b.stderr).toBe(0);
   writeConfig(inst, policy());
 }, 120_000);
+
+/** `ca_file` in HOME's config.toml: how a client trusts the proxy's certificate (owner: the home's). */
+function trustIdpCa(home: string, owner?: UnixUser): void {
+  const dir = join(home, ".config", "apes");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.toml"), `ca_file = ${JSON.stringify(idpCa)}\n`);
+  if (owner)
+    for (const p of [join(home, ".config"), dir, join(dir, "config.toml")])
+      chownSync(p, owner.uid, owner.gid);
+}
 
 afterAll(async () => {
   drip = false;

@@ -193,6 +193,45 @@ describe("apes grants", () => {
     expect(w.idp.requests.length).toBe(before);
   });
 
+  it("request --target --permission asks for permissions without a command or an audience", async () => {
+    const w = world();
+    const bot = w.actor("bot@example.test", "agent");
+    await loggedIn(bot);
+    const r = await bot.run([
+      "grants",
+      "request",
+      "--target",
+      "prod-server",
+      "--permission",
+      "deploy",
+      "--permission",
+      "restart",
+      "--reason",
+      "Deploy hotfix #123",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const body = w.idp.requests.find((q) => q.method === "POST" && q.path === "/api/grants")?.body;
+    // The audience is left to the IdP's rule (the target); no command, no cmd_hash.
+    expect(body).toEqual({
+      target_host: "prod-server",
+      grant_type: "once",
+      permissions: ["deploy", "restart"],
+      reason: "Deploy hotfix #123",
+    });
+    const before = w.idp.requests.length;
+    for (const args of [
+      [],
+      ["--permission", "deploy"],
+      ["--target", "prod-server"],
+      ["--target", "prod-server", "--host", "staging", "--permission", "deploy"],
+      ["--target", "prod-server", "--permission", ""],
+    ]) {
+      const bad = await bot.run(["grants", "request", ...args]);
+      expect(bad.code, args.join(" ")).toBe(ExitCode.USAGE);
+    }
+    expect(w.idp.requests.length).toBe(before);
+  });
+
   it("full lifecycle: request, inbox, approve, wait, token (stdout is only the JWT)", async () => {
     const w = world();
     const bot = w.actor("bot@example.test", "agent");

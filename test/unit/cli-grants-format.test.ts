@@ -76,6 +76,29 @@ describe("grant rendering", () => {
     expect(text).not.toContain("warning");
   });
 
+  it("labels permissions: a permission grant never reads like a command", () => {
+    const p: Grant = {
+      ...g,
+      request: {
+        requester: "agent@example.com",
+        target_host: "prod-server",
+        audience: "prod-server",
+        grant_type: "once",
+        permissions: ["deploy", "roll back"],
+        reason: "Deploy hotfix #123",
+      },
+    };
+    const row = grantTable([p]).split("\n")[1]!;
+    expect(row).toMatch(/prod-server +once +permissions: deploy 'roll back'$/);
+    const text = grantDetails(p);
+    expect(text).toMatch(/^permissions: +deploy 'roll back'$/m);
+    expect(text).toMatch(/^target: +prod-server$/m);
+    expect(text).not.toMatch(/^command:/m);
+    // Both at once: the command, then its permissions.
+    const both = { ...p, request: { ...p.request, command: ["deploy.sh"] } };
+    expect(grantTable([both])).toContain("deploy.sh (permissions: deploy 'roll back')");
+  });
+
   const spoof: Grant = {
     ...g,
     decided_by: "alice@example.com\x1b[2K",

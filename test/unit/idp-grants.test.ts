@@ -151,6 +151,7 @@ describe("AuthZ-JWT claims", () => {
     const c = authzClaims({
       issuer: "https://id",
       grant: g,
+      act: "agent",
       iat: 100,
       jti: "0b3c6c39-9a0e-4c0d-8f55-8a8f5b2f5e0f",
     });
@@ -158,6 +159,7 @@ describe("AuthZ-JWT claims", () => {
     expect(c).toEqual({
       iss: "https://id",
       sub: "bot@x",
+      act: "agent",
       aud: "escapes",
       target_host: "h",
       iat: 100,
@@ -186,7 +188,7 @@ describe("request validation", () => {
   };
   it("builds a schema-valid request with the canonical cmd_hash", () => {
     const r = parseGrantRequest(
-      { target_host: "h", grant_type: "timed", duration: "1h", command: ["a b"] },
+      { target_host: "h", audience: "escapes", grant_type: "timed", duration: "1h", command: ["a b"] },
       "bot@x",
     );
     schemas.assert("grant-request", r);
@@ -196,6 +198,43 @@ describe("request validation", () => {
       duration: 3600,
       cmd_hash: cmdHash(["a b"]),
     });
+  });
+  it("takes the grant flow's example body: target is the target system and the default audience", () => {
+    const body = {
+      requester: "agent@example.com",
+      target: "prod-server",
+      grant_type: "once",
+      permissions: ["deploy"],
+      reason: "Deploy hotfix #123",
+    };
+    const r = parseGrantRequest(body, "agent@example.com");
+    schemas.assert("grant-request", r);
+    expect(r).toEqual({
+      requester: "agent@example.com",
+      target_host: "prod-server",
+      audience: "prod-server",
+      grant_type: "once",
+      permissions: ["deploy"],
+      reason: "Deploy hotfix #123",
+    });
+    // An explicit audience wins; target and target_host may both be sent only when they agree.
+    expect(parseGrantRequest({ ...body, audience: "deployer" }, "agent@example.com").audience).toBe(
+      "deployer",
+    );
+    expect(parseGrantRequest({ ...body, target_host: "prod-server" }, "agent@example.com").target_host).toBe(
+      "prod-server",
+    );
+    expect(problem(() => parseGrantRequest({ ...body, target_host: "staging" }, "agent@example.com"))).toBe(
+      400,
+    );
+    expect(problem(() => parseGrantRequest({ ...body, target: "" }, "agent@example.com"))).toBe(400);
+    expect(problem(() => parseGrantRequest({ ...body, target: "a\u202eb" }, "agent@example.com"))).toBe(400);
+    const { target: _, ...noTarget } = body;
+    expect(problem(() => parseGrantRequest(noTarget, "agent@example.com"))).toBe(400);
+    // A command grant without an audience is for its target too (elevation sends "escapes" itself).
+    expect(parseGrantRequest({ target_host: "h", grant_type: "once", command: ["ls"] }, "b").audience).toBe(
+      "h",
+    );
   });
   it("refuses what it does not understand", () => {
     const base = { target_host: "h", grant_type: "once", command: ["ls"] };
@@ -221,7 +260,7 @@ describe("request validation", () => {
     };
     const bad = ["a\x1b[2Kb", "a\rb", "a\bb", "\u202eab", "a\u200db", "a\u00a0b", "a\x85b"];
     for (const text of bad) {
-      for (const field of ["reason", "audience", "target_host", "run_as"]) {
+      for (const field of ["reason", "audience", "target", "target_host", "run_as"]) {
         expect(detail(() => parseGrantRequest({ ...base, [field]: text }, "b"))).toMatch(
           new RegExp(`^400 ${field} contains control, bidi or invisible characters`),
         );

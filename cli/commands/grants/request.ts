@@ -1,10 +1,13 @@
 import type { Command } from "commander";
+import { ELEVATION_AUDIENCE } from "../../../protocol/types.ts";
 import type { Context } from "../../context.ts";
 import type { GetContext } from "../../program.ts";
 
 export interface GrantsRequestOptions {
-  audience: string;
+  audience?: string;
   host?: string;
+  target?: string;
+  permission?: string[];
   approval: string;
   duration?: string;
   reason?: string;
@@ -16,10 +19,15 @@ export interface GrantsRequestOptions {
 export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("request")
-    .description("ask for a grant to run a command (a human approves it)")
-    .argument("<cmd...>", "the command and its arguments, after --")
-    .option("--audience <aud>", "who will verify the grant", "escapes")
-    .option("--host <host>", "target host (default: this host's name)")
+    .description("ask for a grant to run a command, or for permissions at a target (a human approves it)")
+    .argument("[cmd...]", "the command and its arguments, after --")
+    .option(
+      "--audience <aud>",
+      'who will verify the grant (default: "escapes" for a command, the target for permissions)',
+    )
+    .option("--host <host>", "target host of a command (default: this host's name)")
+    .option("--target <system>", "the target system a permission grant is for (e.g. prod-server)")
+    .option("--permission <name>", "a permission to ask for at the target (repeatable)", collect, [])
     .option("--approval <type>", "once | timed | always (the approver may change it)", "once")
     .option("--duration <d>", "for timed grants: how long, e.g. 30m, 8h")
     .option("--reason <text>", "why, shown to the approver")
@@ -34,10 +42,13 @@ export function register(parent: Command, getContext: GetContext): void {
       `
 The grant carries the command as argv and its cmd_hash ("SHA-256:" + hex of the JSON
 array), so the approver sees exactly what runs and the verifier checks it element by
-element. The grant id is printed on stdout. An IdP may answer with an existing approved
-timed/always grant that matches exactly (shown as "reused").
+element. A permission grant (--target and --permission, no command) is verified by the
+target system itself (\`apes grants verify\` there). The grant id is printed on stdout. An
+IdP may answer with an existing approved timed/always grant that matches exactly (shown
+as "reused").
 
 Examples:
+  $ apes grants request --target prod-server --permission deploy --reason "Deploy hotfix #123"
   $ apes grants request --reason "rotate logs" -- logrotate -f /etc/logrotate.conf
   $ apes grants request --approval timed --duration 30m -- systemctl restart nginx
   $ id=$(apes grants request -- apt-get upgrade -y) && apes grants wait "$id"
@@ -46,6 +57,10 @@ Examples:
     .action(async (cmd: string[], options: GrantsRequestOptions) => {
       await grantsRequest(getContext(), cmd, options);
     });
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
 }
 
 export async function grantsRequest(
@@ -62,23 +77,35 @@ export async function grantsRequest(
       import("../../errors.ts"),
       import("../../output.ts"),
     ]);
-  if (cmd.length === 0)
-    throw usageError("no command given", "put it after --: `apes grants request -- systemctl restart nginx`");
+  const permissions = options.permission ?? [];
+  if (cmd.length === 0 && permissions.length === 0)
+    throw usageError(
+      "no command or permission given",
+      "put a command after --: `apes grants request -- systemctl restart nginx`, or ask for permissions: `apes grants request --target prod-server --permission deploy`",
+    );
   if (!isWellFormedArgv(cmd)) throw usageError("the command contains invalid Unicode");
+  if (permissions.some((p) => p === "")) throw usageError("--permission is empty");
+  if (options.target !== undefined && options.host !== undefined && options.target !== options.host)
+    throw usageError("--target and --host name different systems; give one");
   const { grant_type, duration } = fmt.approvalAndDuration(options.approval, options.duration);
-  const host = options.host ?? hostname();
+  // A command runs on a host (this one by default); permissions are for a named target system.
+  const host = options.target ?? options.host ?? (cmd.length > 0 ? hostname() : undefined);
+  if (host === undefined)
+    throw usageError("a permission grant needs --target", "e.g. `--target prod-server --permission deploy`");
   if (!host) throw usageError("--host is empty");
-  if (!options.audience) throw usageError("--audience is empty");
+  // Elevation grants name "escapes"; without --audience a permission grant is for its target (the IdP's rule).
+  const audience = options.audience ?? (cmd.length > 0 ? ELEVATION_AUDIENCE : undefined);
+  if (audience === "") throw usageError("--audience is empty");
   const timeoutMs = fmt.parseDurationSeconds(options.timeout, "--timeout");
   if (timeoutMs !== undefined && !options.wait) throw usageError("--timeout needs --wait");
 
   const client = await grantsClient(ctx);
   const { grant, reused } = await client.create({
     target_host: host,
-    audience: options.audience,
+    ...(audience !== undefined ? { audience } : {}),
     grant_type: grant_type ?? "once",
-    command: cmd,
-    cmd_hash: cmdHash(cmd),
+    ...(cmd.length > 0 ? { command: cmd, cmd_hash: cmdHash(cmd) } : {}),
+    ...(permissions.length > 0 ? { permissions } : {}),
     ...(duration !== undefined ? { duration } : {}),
     ...(options.reason ? { reason: options.reason } : {}),
     ...(options.runAs ? { run_as: options.runAs } : {}),

@@ -184,3 +184,18 @@ uninstall-idp-service:
 	rm -f $(IDP_UNIT)
 	@echo "kept: $(IDP_DATA_DIR) (IdP data), $(SYSCONFDIR)/apes/idp.env, user _apes-idp"
 	@echo "stop it first if it runs: systemctl disable --now apes-idp && systemctl daemon-reload"
+
+# ---- man pages, shell completions and the Debian package (packaging/) ----------------------------
+# `make docs`: man pages and bash/zsh/fish completions generated from the command definitions
+# (scripts/gen-docs.ts) into build/docs. `make deb` (as root, or under fakeroot): apes_$(VERSION)_amd64.deb
+# in build/deb, offline with dpkg-deb, from `make install` staged with DESTDIR (scripts/deb.sh).
+VERSION ?= $(shell node -p 'require("./package.json").version')
+DOCS_OUT ?= build/docs
+DEB_OUT ?= build/deb
+
+.PHONY: docs deb
+docs: $(NODE_STAMP)
+	node scripts/gen-docs.ts $(DOCS_OUT)
+
+deb: build
+	VERSION='$(VERSION)' DEB_OUT='$(DEB_OUT)' bash scripts/deb.sh

@@ -1,8 +1,8 @@
 import { Command, CommanderError, Option } from "commander";
 import { hasUnsafeChars, visible } from "../protocol/display.ts";
 import { registerCommands } from "./commands/index.ts";
-import { isInternal, runInternal } from "./commands/internal/fast.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
+import { isInternal, runInternal } from "./elevation/fast.ts";
 import { routeArgv } from "./elevation/grammar.ts";
 import { CliError } from "./errors.ts";
 import { ExitCode } from "./exit-codes.ts";
@@ -75,7 +75,7 @@ Run \`apes <command> --help\` for a command's options.`,
 /** Runs the program and returns the exit status; never throws. */
 export async function runCli(argv: readonly string[], overrides: Partial<Context> = {}): Promise<number> {
   if (isInternal(argv)) {
-    // The shim's helpers (every elevation): no command tree, see commands/internal/fast.ts.
+    // The shim's helpers (every elevation): no command tree, see elevation/fast.ts.
     const stderr = overrides.io?.stderr ?? { write: (s: string) => process.stderr.write(s) };
     try {
       return await runInternal(argv, overrides);

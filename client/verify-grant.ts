@@ -84,11 +84,13 @@ export function verifyOptionsProblem(o: VerifyGrantOptions): string | undefined 
 }
 
 /** The keys cache the verifier needs (it takes the grants endpoint along, for consume). */
-export function grantKeysCache(http: JsonHttp, store?: KeyStore): JwksCache {
+/** `anchor`: what `http`'s connections trust (protocol/jwks-store.ts `trustAnchorId`), part of the cache key. */
+export function grantKeysCache(http: JsonHttp, store?: KeyStore, anchor?: string): JwksCache {
   return new JwksCache({
     getJson: (url) => http(url),
     endpoints: [GRANTS_ENDPOINT],
     ...(store ? { store } : {}),
+    ...(anchor ? { anchor } : {}),
   });
 }
 

@@ -1,13 +1,12 @@
 import { EventEmitter } from "node:events";
 import { ProblemError } from "../protocol/problem.ts";
 import { CLI_TOKEN_AUDIENCE, type Grant } from "../protocol/types.ts";
+import type { Call } from "../server/http.ts";
+import type { Logger } from "../server/log.ts";
 import { type Actor, effectiveStatus } from "./grants.ts";
-import type { Call } from "./http.ts";
 import type { Keyring } from "./keys.ts";
 import type { LimitClass } from "./limits.ts";
-import type { Logger } from "./log.ts";
 import type { Store, UserRecord } from "./store/types.ts";
-import { TokenError, verifyJwt } from "./tokens.ts";
 
 /** Everything a route needs, built once by the server. */
 export interface Idp {
@@ -66,55 +65,8 @@ export class GrantEvents {
   }
 }
 
-/**
- * Verifies IdP session tokens (`aud: apes-cli`) for every endpoint, the API and /token alike; each
- * caller maps TokenError to its own error format. Verified token strings are cached until their
- * exp, so a client's repeated requests cost a map lookup instead of an Ed25519 verify; what may
- * change (the user disabled, a delegation revoked) is re-checked on every request by principalFrom.
- */
-export class SessionVerifier {
-  private readonly cache = new Map<string, Record<string, unknown>>();
-  private readonly idp: () => Idp;
-  constructor(idp: () => Idp) {
-    this.idp = idp;
-  }
-
-  /** True when `token` was verified before and has not expired (no signature check needed). */
-  verified(token: string): boolean {
-    return ((this.cache.get(token)?.exp as number | undefined) ?? 0) > this.idp().now();
-  }
-
-  claims(token: string): Record<string, unknown> {
-    const idp = this.idp();
-    const now = idp.now();
-    const cached = this.cache.get(token);
-    if (cached) {
-      if ((cached.exp as number) > now) return cached;
-      this.cache.delete(token);
-    }
-    const claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
-      now,
-      issuer: idp.issuer,
-      audience: CLI_TOKEN_AUDIENCE,
-      leeway: 0,
-    });
-    // AuthZ-JWTs carry act too, but name a grant (and never the session audience: it is reserved).
-    if (typeof claims.sub !== "string" || claims.act === undefined || claims.grant_id !== undefined) {
-      throw new TokenError("claims", "not an IdP session token");
-    }
-    if (this.cache.size >= 50_000) this.cache.clear();
-    this.cache.set(token, claims);
-    return claims;
-  }
-}
-
-export function bearer(call: Call): string {
-  const h = call.req.headers.authorization;
-  if (!h) throw new ProblemError("unauthorized", "send Authorization: Bearer <token>");
-  const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/i.exec(h);
-  if (!m) throw new ProblemError("invalid_token", "malformed Authorization header (expected Bearer)");
-  return m[1]!;
-}
+/** The bearer token of a request (server/bearer.ts), under the name the routes use. */
+export { bearerToken as bearer } from "../server/bearer.ts";
 
 /** What principal resolution reads on every request (the server's cached, change-aware store). */
 export type PrincipalLookups = Pick<Store, "getUser" | "getGrant">;
@@ -181,50 +133,4 @@ export function delegatedTokenProblem(
   if (status !== "approved" && status !== "used") return `the token's delegation is ${status}`;
   if (!delegateUser || delegateUser.disabled) return "the acting party's account is disabled";
   return undefined;
-}
-
-/**
- * Token bucket per key: `limit` requests per `windowSec`, refilled continuously. At most `capacity`
- * keys are tracked; beyond, the least recently used bucket is forgotten (it has had the longest to
- * refill), never the whole table: a flood of new keys cannot reset an active client's count.
- */
-export class RateLimiter {
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
-  private readonly limit: number;
-  private readonly perMs: number;
-  private readonly capacity: number;
-  constructor(limit: number, windowSec: number, capacity = 100_000) {
-    this.limit = limit;
-    this.perMs = limit / (windowSec * 1000);
-    this.capacity = capacity;
-  }
-  /** Seconds to wait, or 0 when the request may proceed. */
-  take(key: string, nowMs: number): number {
-    let b = this.buckets.get(key);
-    if (b) {
-      this.buckets.delete(key); // re-inserted below: the Map's order is the order of last use
-    } else {
-      b = { tokens: this.limit, at: nowMs };
-      if (this.buckets.size >= this.capacity) this.buckets.delete(this.buckets.keys().next().value!);
-    }
-    this.buckets.set(key, b);
-    b.tokens = Math.min(this.limit, b.tokens + (nowMs - b.at) * this.perMs);
-    b.at = nowMs;
-    if (b.tokens >= 1) {
-      b.tokens -= 1;
-      return 0;
-    }
-    return Math.max(1, Math.ceil((1 - b.tokens) / this.perMs / 1000));
-  }
-}
-
-/** `N/PERIOD` like "600/1m", "20/10s", "100000/1h"; "off" disables. */
-export function parseRateLimit(spec: string): { limit: number; windowSec: number } | null {
-  if (spec === "off" || spec === "0") return null;
-  const m = /^(\d+)\/(\d*)(s|m|h)$/.exec(spec.trim());
-  if (!m) throw new Error(`invalid rate limit "${spec}" (expected N/PERIOD such as 600/1m)`);
-  const limit = Number(m[1]);
-  const windowSec = Number(m[2] || "1") * { s: 1, m: 60, h: 3600 }[m[3] as "s" | "m" | "h"];
-  if (limit < 1 || windowSec < 1) throw new Error(`invalid rate limit "${spec}"`);
-  return { limit, windowSec };
 }

@@ -4,7 +4,7 @@ import { hasUnsafeChars } from "../protocol/display.ts";
 import { durationSeconds } from "../protocol/duration.ts";
 import { canonicalIdentity, normalizeIdentity } from "../protocol/names.ts";
 import { ProblemError } from "../protocol/problem.ts";
-import type { Act, Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
+import type { Act, AuthzClaims, Grant, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
 import { GRANT_TYPES } from "../protocol/types.ts";
 import type { UserRecord } from "./store/types.ts";
 
@@ -94,8 +94,8 @@ export type ConsumeOutcome =
       status: GrantStatus;
     };
 
-/** What consuming the grant means now (the `once` case is then applied atomically by the store). */
-export function consumeOutcome(grant: Grant, now: number): ConsumeOutcome {
+/** The IdP's answer to a consume of this grant now (the `once` case is then applied atomically by the store). */
+export function consumeResultFor(grant: Grant, now: number): ConsumeOutcome {
   const status = effectiveStatus(grant, now);
   switch (status) {
     case "approved":
@@ -140,9 +140,9 @@ export interface AuthzClaimsInput {
 }
 
 /** The AuthZ-JWT payload, exactly the fields of authz-jwt-claims.json. */
-export function authzClaims({ issuer, grant, act, iat, jti }: AuthzClaimsInput): Record<string, unknown> {
+export function authzClaims({ issuer, grant, act, iat, jti }: AuthzClaimsInput): AuthzClaims {
   const r = grant.request;
-  const claims: Record<string, unknown> = {
+  const claims: AuthzClaims = {
     iss: issuer,
     sub: r.requester,
     act,

@@ -1,45 +1,25 @@
-import { readFileSync } from "node:fs";
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from "node:http";
-import { createServer as createHttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
 import { ProblemError } from "../protocol/problem.ts";
+import { CLI_TOKEN_AUDIENCE } from "../protocol/types.ts";
+import { BearerVerifier, bearerToken } from "../server/bearer.ts";
+import type { Call } from "../server/http.ts";
+import { type Listening, listen } from "../server/lifecycle.ts";
+import { clientKey } from "../server/limits.ts";
+import { lockDataDir } from "../server/lock.ts";
+import type { Logger } from "../server/log.ts";
+import { type App, pipeline } from "../server/pipeline.ts";
+import { RateLimits } from "../server/rate-limit.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
-import {
-  bearer,
-  GrantEvents,
-  type Idp,
-  type Principal,
-  parseRateLimit,
-  principalFrom,
-  RateLimiter,
-  SessionVerifier,
-} from "./context.ts";
-import { type Call, isChunked, Router, refuseChunked, requestId, send, sendError } from "./http.ts";
+import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
+import { oauthErrorReply, Router } from "./http.ts";
 import { Keyring } from "./keys.ts";
-import {
-  ConnectionCounter,
-  capConnections,
-  clientKey,
-  DEADLINE_CHECK_MS,
-  HEADERS_TIMEOUT_MS,
-  KEEP_ALIVE_TIMEOUT_MS,
-  type LimitClass,
-  limitClassOf,
-  REQUEST_TIMEOUT_MS,
-} from "./limits.ts";
-import { lockDataDir } from "./lock.ts";
-import type { Logger } from "./log.ts";
+import { type LimitClass, limitClassOf } from "./limits.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
-import { loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
+import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
+import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite.ts";
 import { TokenError } from "./tokens.ts";
@@ -71,18 +51,63 @@ export interface RunningIdp {
   close(): Promise<void>;
 }
 
-function rateLimiterOf(spec: string): RateLimiter | undefined {
-  const limit = parseRateLimit(spec);
-  return limit ? new RateLimiter(limit.limit, limit.windowSec) : undefined;
+const nowSec = () => Math.floor(Date.now() / 1000);
+
+/** The IdP as an app on server/: its data, then the port, then routes, then housekeeping. */
+export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
+  const data = openData(opts);
+  let http: Listening;
+  try {
+    http = await listen(opts);
+  } catch (e) {
+    await data.close();
+    throw e;
+  }
+  const issuer = opts.issuer ?? http.url;
+  const idp = idpOf(opts, data, issuer, http.shutdown);
+  http.serve(pipeline(app(opts, idp, data, http.shutdown)));
+  const stopSweep = sweep(opts.log, idp);
+  opts.log.always("info", "listening", {
+    url: http.url,
+    issuer,
+    data: opts.dataDir,
+    kid: idp.keys.activeKid(),
+  });
+  let closing: Promise<void> | undefined;
+  return {
+    url: http.url,
+    issuer,
+    close: () =>
+      (closing ??= (async () => {
+        stopSweep();
+        await http.close();
+        await data.close();
+      })()),
+  };
 }
 
-export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
-  const limiters = new Map<LimitClass, RateLimiter>();
-  for (const [limitClass, spec] of Object.entries(opts.rateLimits) as [LimitClass, string][]) {
-    const limiter = rateLimiterOf(spec);
-    if (limiter) limiters.set(limitClass, limiter);
-  }
-  const lock = lockDataDir(opts.dataDir);
+type Data = ReturnType<typeof openData>;
+
+/** What the request pipeline runs for the IdP: its routes, hooks and error format. */
+function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
+  return {
+    router: routes(opts, idp, data.login),
+    log: opts.log,
+    base: idp.base,
+    shutdown,
+    authenticate: (call) => idp.authenticate(call),
+    admitPublic: (call) => idp.rateLimit(limitClassOf(call.path), `ip:${clientKey(call.ip)}`),
+    who: (p): Record<string, string> =>
+      p.actingParty ? { sub: p.sub, act_sub: p.actingParty } : { sub: p.sub },
+    // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
+    settle: () => data.store.flushed?.(),
+    errorReply: oauthErrorReply,
+  };
+}
+
+/** The data directory: its lock, the store (checkpointed off the main thread), the login secret. */
+function openData(opts: ServeOptions) {
+  const lock = lockDataDir(opts.dataDir, "IdP server");
   let sqlite: ReturnType<typeof openSqliteStore>;
   try {
     sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
@@ -91,96 +116,77 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const store = withReadCache(sqlite);
-  const nowSec = () => Math.floor(Date.now() / 1000);
-  const keys = new Keyring(store, nowSec());
-  const login = {
+  const login: LoginSettings = {
     challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   sqlite.enableGroupCommit();
-  const shutdown = new AbortController();
-
-  const deadlines = {
-    headersTimeout: HEADERS_TIMEOUT_MS,
-    requestTimeout: REQUEST_TIMEOUT_MS,
-    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-    connectionsCheckingInterval: DEADLINE_CHECK_MS,
-  };
-  const server: Server = opts.tls
-    ? createHttpsServer({ ...deadlines, cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) })
-    : createHttpServer(deadlines);
-  capConnections(
-    server,
-    new ConnectionCounter(opts.maxConnectionsPerClient, opts.maxConnections),
-    opts.tls !== undefined,
-    rateLimiterOf(opts.connectionRate),
+  const stopCheckpointer = sqlite.startCheckpointer(1000, (e) =>
+    opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", { error: e.message }),
   );
-
-  // Requests can arrive as soon as the port is bound (a restart on a known port): they wait here
-  // until the routes exist, which needs the bound port (the default issuer names it).
-  let handler: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined;
-  let markReady!: () => void;
-  const ready = new Promise<void>((resolve) => {
-    markReady = resolve;
-  });
-  server.on("request", (req, res) => {
-    if (isChunked(req)) return refuseChunked(req, res);
-    if (handler) void handler(req, res);
-    else void ready.then(() => handler!(req, res));
-  });
-
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port, opts.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  // Once listening, a failed accept (e.g. no file descriptor left) costs that connection, not the server.
-  server.on("error", (e) => opts.log.log("warn", "accept failed", { error: e.message }));
-  const port = (server.address() as AddressInfo).port;
-  const hostPart = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
-  const url = `${opts.tls ? "https" : "http"}://${hostPart}:${port}`;
-  const issuer = opts.issuer ?? url;
-
-  let verifier: SessionVerifier;
-  const idp: Idp = {
+  return {
     store,
-    keys,
+    keys: new Keyring(store, nowSec()),
+    login,
+    async close() {
+      await stopCheckpointer();
+      store.close();
+      lock.release();
+    },
+  };
+}
+
+/** What every route gets, with the principal hook and the rate limits. */
+function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal): Idp {
+  const limits = new RateLimits(opts.rateLimits);
+  const sessions = new BearerVerifier({
+    keyFor: (kid, now) => data.keys.publicKey(kid, now),
+    now: nowSec,
+    // The IdP checks only tokens it signed itself, on its own clock.
+    claims: { issuer, audience: CLI_TOKEN_AUDIENCE, leeway: 0 },
+    // AuthZ-JWTs carry act too, but name a grant (and never the session audience: it is reserved).
+    accept(claims) {
+      if (typeof claims.sub !== "string" || claims.act === undefined || claims.grant_id !== undefined) {
+        throw new TokenError("claims", "not an IdP session token");
+      }
+    },
+  });
+  const idp: Idp = {
+    store: data.store,
+    keys: data.keys,
     issuer,
     base: issuer.replace(/\/+$/, ""),
     tokenTtl: opts.tokenTtl,
     log: opts.log,
     events: new GrantEvents(),
     now: nowSec,
-    shutdown: shutdown.signal,
-    sessionClaims: (token) => verifier.claims(token),
-    authenticate(call: Call): Principal {
-      const token = bearer(call);
-      // A signature check costs CPU: a token not verified before counts against the client's address
-      // first, so a flood of invalid tokens is limited like any unauthenticated request.
-      if (!verifier.verified(token)) idp.rateLimit("api", `ip:${clientKey(call.ip)}`);
-      let claims: Record<string, unknown>;
-      try {
-        claims = verifier.claims(token);
-      } catch (e) {
-        if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
-        throw e;
-      }
-      const principal = principalFrom(claims, store, nowSec());
-      idp.rateLimit("api", `sub:${principal.sub}`);
-      return principal;
-    },
-    rateLimit(limitClass: LimitClass, key: string) {
-      const limiter = limiters.get(limitClass);
-      if (!limiter) return;
-      const wait = limiter.take(key, Date.now());
-      if (wait > 0)
-        throw new ProblemError("rate_limited", `slow down; retry in ${wait} s`, { retry_after: wait });
-    },
+    shutdown,
+    sessionClaims: (token) => sessions.claims(token),
+    authenticate: (call) => principalOf(call, idp, sessions),
+    rateLimit: (limitClass, key) => limits.take(limitClass, key),
   };
-  verifier = new SessionVerifier(() => idp);
+  return idp;
+}
 
+/** The principal of a request's session token, re-checked against current state (principalFrom). */
+function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Principal {
+  const token = bearerToken(call);
+  // A signature check costs CPU: a token not verified before counts against the client's address
+  // first, so a flood of invalid tokens is limited like any unauthenticated request.
+  if (!sessions.verified(token)) idp.rateLimit("api", `ip:${clientKey(call.ip)}`);
+  let claims: Record<string, unknown>;
+  try {
+    claims = sessions.claims(token);
+  } catch (e) {
+    if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
+    throw e;
+  }
+  const principal = principalFrom(claims, idp.store, idp.now());
+  idp.rateLimit("api", `sub:${principal.sub}`);
+  return principal;
+}
+
+function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Principal> {
   const router = new Router<Principal>();
   if (login.allowRawSignatures) {
     opts.log.always(
@@ -195,130 +201,21 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   registerGrantRoutes(router, idp);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerWebRoutes(router);
+  return router;
+}
 
-  const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const started = performance.now();
-    const rid = requestId(req);
-    res.setHeader("x-request-id", rid);
-    const rawUrl = req.url ?? "/";
-    const q = rawUrl.indexOf("?");
-    const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
-    const method = req.method ?? "GET";
-    const ac = new AbortController();
-    // The client going away (not a finished response) stops a long poll.
-    res.on("close", () => {
-      if (!res.writableFinished) ac.abort();
-    });
-    const call: Call = {
-      req,
-      res,
-      method,
-      path,
-      params: {},
-      query: new URLSearchParams(q === -1 ? "" : rawUrl.slice(q + 1)),
-      rid,
-      ip: req.socket.remoteAddress ?? "",
-      closed: ac.signal,
-    };
-    let status = 500;
-    // Who made the request, on each of its log lines: with a delegated token both parties.
-    let who: { sub?: string; act_sub?: string } = {};
-    try {
-      const m = router.match(method, path);
-      if (!m) throw new ProblemError("not_found", `no endpoint ${path}`);
-      if ("allowed" in m) {
-        res.setHeader("allow", m.allowed.join(", "));
-        throw new ProblemError("method_not_allowed", `${method} is not allowed on ${path}`);
-      }
-      call.params = m.params;
-      let principal: Principal | undefined;
-      if (m.route.auth) {
-        principal = idp.authenticate(call);
-        who = principal.actingParty
-          ? { sub: principal.sub, act_sub: principal.actingParty }
-          : { sub: principal.sub };
-      } else {
-        idp.rateLimit(limitClassOf(path), `ip:${clientKey(call.ip)}`);
-      }
-      const reply = await m.route.handler(call, principal as Principal);
-      // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
-      await store.flushed?.();
-      status = reply.status;
-      // While shutting down, do not keep the connection for another request.
-      if (shutdown.signal.aborted) res.setHeader("connection", "close");
-      send(res, reply.status, reply.body, reply.headers);
-    } catch (e) {
-      let error = e;
-      if (!(e instanceof ProblemError) && !(e instanceof Error && e.name === "OAuthError")) {
-        opts.log.log("error", "unhandled error", {
-          rid,
-          error: e instanceof Error ? e.message : String(e),
-          ...who,
-        });
-      }
-      try {
-        await store.flushed?.();
-      } catch {
-        error = new ProblemError("internal", "storage failure");
-      }
-      status = sendError(res, error, idp.base + path);
-    }
-    if (opts.log.enabled("info")) {
-      opts.log.log("info", "request", {
-        rid,
-        method,
-        path,
-        status,
-        ms: Math.round((performance.now() - started) * 10) / 10,
-        ...who,
-      });
-    }
-  };
-  handler = handle;
-  markReady();
-
-  // Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis.
-  const sweep = setInterval(() => {
+/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
+function sweep(log: Logger, idp: Idp): () => void {
+  const timer = setInterval(() => {
     try {
       const now = nowSec();
-      for (const id of store.expireDue(now)) idp.events.changed(id);
-      store.purgeExpired(now);
+      for (const id of idp.store.expireDue(now)) idp.events.changed(id);
+      idp.store.purgeExpired(now);
     } catch (e) {
-      opts.log.log("warn", "sweep failed", { error: (e as Error).message });
+      log.log("warn", "sweep failed", { error: (e as Error).message });
     }
   }, 5000);
-  sweep.unref();
-  const stopCheckpointer = sqlite.startCheckpointer(1000, (e) =>
-    opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", { error: e.message }),
-  );
-
-  opts.log.always("info", "listening", { url, issuer, data: opts.dataDir, kid: keys.activeKid() });
-
-  let closing: Promise<void> | undefined;
-  return {
-    url,
-    issuer,
-    close() {
-      closing ??= new Promise<void>((resolve) => {
-        clearInterval(sweep);
-
-        shutdown.abort();
-        const force = setTimeout(() => server.closeAllConnections(), 10_000);
-        force.unref();
-        // Keep-alive connections that finish their request during shutdown become idle: close them.
-        const idle = setInterval(() => server.closeIdleConnections(), 50);
-        server.close(() => {
-          clearTimeout(force);
-          clearInterval(idle);
-          void stopCheckpointer().then(() => {
-            store.close();
-            lock.release();
-            resolve();
-          });
-        });
-        server.closeIdleConnections();
-      });
-      return closing;
-    },
-  };
+  timer.unref();
+  return () => clearInterval(timer);
 }

@@ -50,7 +50,7 @@
 
 #define VERIFY_USER "_apes"
 #define SECURE_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#define MAX_TOKEN (16 * 1024)
+#define MAX_TOKEN (16 * 1024) /* the AuthZ-JWT: MAX_JWT_LENGTH of protocol/jwt.ts, which every TS reader uses */
 #define MAX_VERDICT (64 * 1024)
 #define AUDIT_LOCK_MS 3000 /* longer than any write; a holder past this is stuck or hostile */
 #define MIN_FDS 64         /* what the shim itself needs open at most, with room to spare */

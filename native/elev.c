@@ -17,7 +17,7 @@ int elev_parse(int argc, char *const *argv, struct elevation *e) {
   if (argc < 1 || !argv) return 0;
   if (i < argc && strcmp(argv[i], "run") == 0) i++;
   e->opt_start = i;
-  e->run_as = "root";
+  e->run_as = "root"; /* DEFAULT_RUN_AS of protocol/names.ts */
   for (; i < argc; i++) {
     const char *tok = argv[i];
     if (strcmp(tok, "--") == 0) {

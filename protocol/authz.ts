@@ -3,7 +3,7 @@ import { CLOCK_SKEW_S } from "./jwt.ts";
 
 /**
  * The checks on an AuthZ-JWT's claims that every verifier makes the same way: the setuid path's
- * verifier (helper/decide.ts) and the target side (client/verify-grant.ts, under `apes grants
+ * verifier (verifier/decide.ts) and the target side (client/verify-grant.ts, under `apes grants
  * verify`). Pure functions: claims (signature-verified, except for the issuer allow-list) in, the
  * first failure (one reason code and a detail a person can read) or undefined out. The order of the
  * calls is the caller's contract.

@@ -112,3 +112,26 @@ export function canonicalIdentity(value: unknown): string | undefined {
   const r = normalizeIdentity(value);
   return r.ok ? r.identity : undefined;
 }
+
+/**
+ * Grant ids as any IdP may mint them: URL-unreserved characters (RFC 3986), so one is safe in a
+ * path segment, an argument and a terminal as it is. This IdP's own are UUIDs.
+ */
+export const GRANT_ID = /^[A-Za-z0-9._~-]{1,128}$/;
+
+export function isGrantId(value: unknown): value is string {
+  return typeof value === "string" && GRANT_ID.test(value);
+}
+
+/**
+ * Unix user names, for `--as`, the policy's `run_as` and `[users]`: POSIX-portable (useradd's
+ * default rule), plus the `$` of machine accounts.
+ */
+export const UNIX_USER = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
+
+export function isUnixUser(value: unknown): value is string {
+  return typeof value === "string" && UNIX_USER.test(value);
+}
+
+/** The user a command runs as when neither `--as` nor the grant's `run_as` names one (the shim's too). */
+export const DEFAULT_RUN_AS = "root";

@@ -55,8 +55,8 @@ export interface GrantList {
   pagination: { cursor: string | null; has_more: boolean };
 }
 
-/** AuthZ-JWT claims (authz-jwt-claims.json). */
-export interface AuthzClaims {
+/** AuthZ-JWT claims (authz-jwt-claims.json). A type, not an interface: it is a JWT payload (a record). */
+export type AuthzClaims = {
   iss: string;
   sub: string;
   /** The requester's kind (an apes extension; AuthZ-JWTs of older IdPs have none). */
@@ -74,7 +74,7 @@ export interface AuthzClaims {
   run_as?: string;
   decided_by?: string;
   permissions?: string[];
-}
+};
 
 /** The IdP's session token for its own APIs (`aud: "apes-cli"`). */
 export interface SessionClaims {

@@ -2,7 +2,7 @@
 // application support turns it into a blob (with a V8 code cache), and postject injects the blob
 // into a copy of the pinned node binary (scripts/sea.mjs). Runs offline; uses only what `npm ci` installed.
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -115,6 +115,26 @@ execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache, v
   env: cacheEnv,
   stdio: ["ignore", "ignore", "inherit"],
 });
+// Web assets: every file of a top-level folder's web/assets/ (flat) is an SEA asset named
+// "<folder>/<file>", read by server/web/assets.ts; run from source, that reads the folder instead.
+function webAssets() {
+  const assets = {};
+  for (const app of readdirSync(root, { withFileTypes: true })) {
+    if (!app.isDirectory() || app.name.startsWith(".") || app.name === "node_modules") continue;
+    const dir = join(root, app.name, "web", "assets");
+    let files;
+    try {
+      files = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      continue;
+    }
+    for (const f of files) {
+      if (f.isFile() && !f.name.startsWith(".")) assets[`${app.name}/${f.name}`] = join(dir, f.name);
+    }
+  }
+  return assets;
+}
+
 const out = join(dist, "apes");
 try {
   buildSea({
@@ -122,7 +142,7 @@ try {
     out,
     workDir: work,
     nodeBinary,
-    assets: { "apes.js": wrapped, "apes.cache": cache, "apes.version": versionLine },
+    assets: { "apes.js": wrapped, "apes.cache": cache, "apes.version": versionLine, ...webAssets() },
   });
 } finally {
   for (const f of [bundle, wrapped, cache, versionLine]) rmSync(f, { force: true });

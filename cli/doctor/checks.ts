@@ -61,7 +61,7 @@ export interface DoctorEnv {
   /** Throws the errno error (ENOENT, EACCES, ...). */
   readFile(path: string): Promise<string>;
   /** The policy's pinned CA (PEM) by the verifier's own rules, undefined when none; throws when refused. */
-  pinnedCa(policy: import("../../helper/policy.ts").Policy): Promise<string | undefined>;
+  pinnedCa(policy: import("../../verifier/policy.ts").Policy): Promise<string | undefined>;
   lookupUser(name: string): Promise<{ uid: number; gid: number } | undefined>;
   /** GET url (JSON), bounded in time and size; throws when there is no HTTP answer. */
   get(url: string, trust: Trust): Promise<HttpAnswer>;
@@ -238,7 +238,7 @@ export function decideAuditLog(
 /**
  * The shim trusts the policy and the audit log only below directories that are root's and writable
  * by no one else (sticky ones such as /tmp excepted): native/secure.c parents_trusted, whose rule is
- * helper/policy.ts trustedDirectoryProblem. The first directory that breaks it, or undefined.
+ * verifier/policy.ts trustedDirectoryProblem. The first directory that breaks it, or undefined.
  */
 export interface UntrustedDirectory {
   dir: string;
@@ -246,7 +246,7 @@ export interface UntrustedDirectory {
 }
 
 export async function untrustedParent(env: DoctorEnv, path: string): Promise<UntrustedDirectory | undefined> {
-  const { trustedDirectoryProblem } = await import("../../helper/policy.ts");
+  const { trustedDirectoryProblem } = await import("../../verifier/policy.ts");
   const parts = path.split("/").slice(1, -1);
   for (let i = 0; i <= parts.length; i++) {
     const dir = `/${parts.slice(0, i).join("/")}`;
@@ -544,8 +544,8 @@ async function checkPolicy(
     return undefined;
   }
   // Loaded here: only doctor runs that can read the policy pay for the TOML parser.
-  const { parsePolicy } = await import("../../helper/policy.ts");
-  let policy: import("../../helper/policy.ts").Policy;
+  const { parsePolicy } = await import("../../verifier/policy.ts");
+  let policy: import("../../verifier/policy.ts").Policy;
   try {
     policy = parsePolicy(text, file, { hostname: env.hostname() });
   } catch (e) {

@@ -39,7 +39,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
     },
     readFile: (path) => readFile(path, "utf8"),
     // The verifier's rule for ca_file (root-guarded path, no symlinks), not a second copy of it.
-    pinnedCa: async (policy) => (await import("../../helper/verify.ts")).trustAnchor(policy).ca,
+    pinnedCa: async (policy) => (await import("../../verifier/verify.ts")).trustAnchor(policy).ca,
     lookupUser: (name) =>
       new Promise((resolve) => {
         execFile("/usr/bin/getent", ["passwd", name], { timeout: 5000 }, (err, out) => {

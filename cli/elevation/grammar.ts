@@ -1,4 +1,5 @@
 import { shellWord, visibleArgv } from "../../protocol/display.ts";
+import { DEFAULT_RUN_AS, isGrantId, isUnixUser } from "../../protocol/names.ts";
 import { parseDuration } from "../config.ts";
 
 /**
@@ -127,8 +128,6 @@ export interface ElevationRequest {
   noWait: boolean;
 }
 
-const UNIX_USER = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
-const GRANT_ID = /^[A-Za-z0-9._~-]{1,128}$/;
 const MAX_REASON = 1000;
 
 export function validateElevation(
@@ -154,9 +153,9 @@ export function validateElevation(
     if (timeoutMs === undefined || timeoutMs <= 0)
       return { ok: false, error: `--timeout "${args.timeout}" is not a duration (e.g. 90s, 5m)` };
   }
-  const runAs = args.as ?? "root";
-  if (!UNIX_USER.test(runAs)) return { ok: false, error: `--as "${runAs}" is not a Unix user name` };
-  if (args.grant !== undefined && !GRANT_ID.test(args.grant))
+  const runAs = args.as ?? DEFAULT_RUN_AS;
+  if (!isUnixUser(runAs)) return { ok: false, error: `--as "${runAs}" is not a Unix user name` };
+  if (args.grant !== undefined && !isGrantId(args.grant))
     return { ok: false, error: `--grant "${args.grant}" is not a grant id` };
   if (args.reason !== undefined) {
     if (args.reason.trim().length === 0) return { ok: false, error: "--reason must not be empty" };
@@ -185,6 +184,6 @@ export function continueCommand(
   grantId: string,
   request: Pick<ElevationRequest, "command" | "runAs">,
 ): string {
-  const as = request.runAs !== "root" ? ` --as ${shellWord(request.runAs)}` : "";
+  const as = request.runAs !== DEFAULT_RUN_AS ? ` --as ${shellWord(request.runAs)}` : "";
   return `apes --grant ${shellWord(grantId)}${as} -- ${visibleArgv(request.command)}`;
 }

@@ -1,14 +1,17 @@
 import { closeSync, fstatSync, realpathSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
-import { shellWord, visible, visibleArgv } from "../../protocol/display.ts";
-import { ELEVATION_AUDIENCE, type Grant } from "../../protocol/types.ts";
+import { shellWord, visibleArgv } from "../../protocol/display.ts";
+import { REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
+import { DEFAULT_RUN_AS } from "../../protocol/names.ts";
+import { ELEVATION_AUDIENCE, type Grant, type GrantStatus } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
+import { awaitDecision, cancelGrant, grantSettledBy } from "../grants/await-decision.ts";
 import type { GrantsClient, NewGrantRequest } from "../grants/client.ts";
 import { grantWarning, shown, shownCommand } from "../grants/format.ts";
-import { formatElapsed, startProgress } from "../grants/progress.ts";
+import { formatElapsed } from "../grants/progress.ts";
 import { continueCommand, type ElevationRequest } from "./grammar.ts";
 
 /**
@@ -83,8 +86,8 @@ export function grantMismatch(grant: Grant, req: ElevationRequest, host: string)
   if (cmd.length !== req.command.length || cmd.some((a, i) => a !== req.command[i])) {
     return `grant ${shown(grant.id)} is for ${shownCommand(grant) ?? "no command"}, not ${visibleArgv(req.command)}`;
   }
-  if ((r.run_as ?? "root") !== req.runAs)
-    return `grant ${shown(grant.id)} runs as ${shown(r.run_as ?? "root")}, not ${shellWord(req.runAs)}`;
+  if ((r.run_as ?? DEFAULT_RUN_AS) !== req.runAs)
+    return `grant ${shown(grant.id)} runs as ${shown(r.run_as ?? DEFAULT_RUN_AS)}, not ${shellWord(req.runAs)}`;
   if (r.target_host !== host)
     return `grant ${shown(grant.id)} is for host ${shown(r.target_host)}, this is ${shown(host)}`;
   if (r.audience !== ELEVATION_AUDIENCE)
@@ -196,28 +199,32 @@ async function requestInner(
   try {
     return await useGrant(ctx, req, options, deps, mark, t0, client, grant, createdHere);
   } catch (e) {
-    if (createdHere && !keepsGrant(e)) await cancelGrant(ctx, client, grant.id, e);
+    if (createdHere && !keepsGrant(e)) await cancelCreated(ctx, client, grant.id, e);
     throw e;
   }
 }
 
 /** A pending exit (75) keeps the grant for `--grant ID`; a denied, revoked or used one needs nothing. */
 function keepsGrant(e: unknown): boolean {
+  if (grantSettledBy(e)) return true; // the wait cancelled it (or kept a --grant one) already
   if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) return true;
-  return e instanceof RequesterError && e.reason.startsWith("grant_");
+  return e instanceof RequesterError && KEEPS_GRANT.has(e.reason);
 }
 
+/** The requester's codes that end a run on a grant that needs no cancelling (or is not this run's). */
+const KEEPS_GRANT: ReadonlySet<RequesterReason> = new Set([
+  "grant_denied",
+  "grant_revoked",
+  "grant_expired",
+  "grant_used",
+  "grant_mismatch",
+  "grant_not_yours",
+]);
+
 /** Revokes the grant this run created, so nobody approves a request no one waits for (best effort). */
-async function cancelGrant(ctx: Context, client: GrantsClient, id: string, why: unknown): Promise<void> {
+async function cancelCreated(ctx: Context, client: GrantsClient, id: string, why: unknown): Promise<void> {
   const what = why instanceof CliError && why.exitCode === ExitCode.INTERRUPTED ? "interrupted" : "failed";
-  try {
-    await client.revoke(id);
-    ctx.io.stderr.write(`apes: ${what}; grant ${shown(id)} cancelled\n`);
-  } catch (revokeError) {
-    ctx.io.stderr.write(
-      `apes: ${what}; could not cancel grant ${shown(id)}: ${visible((revokeError as Error).message, { max: 500 })}\n`,
-    );
-  }
+  ctx.io.stderr.write(`apes: ${what}; ${await cancelGrant(client, id)}\n`);
 }
 
 async function useGrant(
@@ -244,7 +251,7 @@ async function useGrant(
   if (grant.status === "pending") {
     const direct = options.resultFd === undefined;
     if (req.noWait || direct) pendingExit(ctx, grant, req, client);
-    grant = await waitWithCancel(ctx, client, grant, req, options.signal, deps);
+    grant = await waitWithCancel(ctx, client, grant, req, options.signal, deps, createdHere);
     mark("wait");
   }
   if (grant.status !== "approved") throw notUsable(grant, req);
@@ -290,6 +297,7 @@ async function waitWithCancel(
   req: ElevationRequest,
   signal: AbortSignal | undefined,
   deps: RequesterDeps,
+  createdHere: boolean,
 ): Promise<Grant> {
   const who = await approversOf(ctx, client);
   ctx.io.stderr.write(
@@ -297,35 +305,19 @@ async function waitWithCancel(
       `  who:     ${who}\n` +
       `  approve: apes grants approve ${shown(grant.id)}   (IdP ${client.session.idp})\n`,
   );
-  const progress = startProgress(ctx, `waiting for approval of ${shown(grant.id)}`);
-  try {
-    const decided = await deps.wait(ctx, client, grant.id, {
-      timeoutMs: req.timeoutMs,
-      signal,
-      onProgress: (ms) =>
-        progress.update(`waiting for approval of ${shown(grant.id)} (${formatElapsed(ms)})`),
-    });
-    progress.stop(
-      decided.status === "approved"
-        ? `apes: approved by ${shown(decided.decided_by)}`
-        : `apes: grant ${shown(decided.status)}`,
-    );
-    return decided;
-  } catch (e) {
-    progress.stop();
-    if (signal?.aborted) {
-      // runRequester cancels a grant this run created; one given with --grant stays.
-      if (req.grantId) ctx.io.stderr.write(`apes: interrupted; grant ${shown(grant.id)} is still pending\n`);
-      throw abortError(signal);
-    }
-    if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) {
-      throw new CliError(e.message, {
-        exitCode: ExitCode.TEMPFAIL,
-        hint: `continue later with \`${continueCommand(grant.id, req)}\``,
-      });
-    }
-    throw e;
-  }
+  const label = `waiting for approval of ${shown(grant.id)}`;
+  return awaitDecision(ctx, client, grant.id, {
+    timeoutMs: req.timeoutMs,
+    // The requester's own signal (SIGINT, SIGTERM, a broken stdout/stderr), never a handler of the wait's.
+    signal: signal ?? new AbortController().signal,
+    label: (ms) => (ms === undefined ? label : `${label} (${formatElapsed(ms)})`),
+    decided: (g) =>
+      g.status === "approved" ? `apes: approved by ${shown(g.decided_by)}` : `apes: grant ${shown(g.status)}`,
+    // A grant this run created is cancelled; one given with --grant stays for the next try.
+    cancelOnInterrupt: createdHere,
+    continueHint: `continue later with \`${continueCommand(grant.id, req)}\``,
+    wait: deps.wait,
+  });
 }
 
 /**
@@ -366,49 +358,55 @@ export function describeApprovers(me: string, body: unknown): string | undefined
 
 /** A CliError that also names the audit reason the requester reports to the shim. */
 export class RequesterError extends CliError {
-  readonly reason: string;
-  constructor(reason: string, message: string, options: ConstructorParameters<typeof CliError>[1]) {
+  readonly reason: RequesterReason;
+  constructor(reason: RequesterReason, message: string, options: ConstructorParameters<typeof CliError>[1]) {
     super(message, options);
     this.reason = reason;
   }
 }
 
-function withReason(reason: string, message: string, options: ConstructorParameters<typeof CliError>[1]) {
+function withReason(
+  reason: RequesterReason,
+  message: string,
+  options: ConstructorParameters<typeof CliError>[1],
+) {
   return new RequesterError(reason, message, options);
 }
 
 /**
- * The reason code for the shim's audit line when the requester fails (lowercase, [a-z_]): the grant's
- * fate when it has one, else the kind of failure. The shim adds the `requester_` prefix (the audit
- * line says `requester_config`), so no code here carries it. Undefined for "pending" (75), which the
- * shim audits as such.
+ * The reason code for the shim's audit line when the requester fails (protocol/elevation.ts lists
+ * them): the grant's fate when it has one, else the kind of failure, found by its exit status. The
+ * shim adds the `requester_` prefix (the audit line says `requester_config`), so no code here
+ * carries it. Undefined for "pending" (75), which the shim audits as such.
  */
-export function requesterReason(e: unknown): string | undefined {
+export function requesterReason(e: unknown): RequesterReason | undefined {
   if (e instanceof RequesterError) return e.reason;
   if (!(e instanceof CliError)) return "error";
-  switch (e.exitCode) {
-    case ExitCode.TEMPFAIL:
-      return undefined;
-    case ExitCode.INTERRUPTED:
-      return "interrupted";
-    case ExitCode.UNAVAILABLE:
-      return "idp_unreachable";
-    case ExitCode.NOPERM:
-      return "not_permitted";
-    case ExitCode.CONFIG:
-      return "config";
-    case ExitCode.USAGE:
-      return "usage";
-    default:
-      return "error";
-  }
+  if (e.exitCode === ExitCode.TEMPFAIL) return undefined;
+  return BY_EXIT.get(e.exitCode) ?? "error";
 }
+
+/** The codes that stand for a kind of failure: one per exit status. */
+const BY_EXIT: ReadonlyMap<number, RequesterReason> = new Map(
+  (["interrupted", "idp_unreachable", "not_permitted", "config", "usage"] as const).map((r) => [
+    REQUESTER_REASONS[r].exit,
+    r,
+  ]),
+);
 
 /** The error an aborted run ends with: the abort's own CliError (a broken stderr), else "interrupted". */
 function abortError(signal: AbortSignal): CliError {
   if (signal.reason instanceof CliError) return signal.reason;
   return new CliError("interrupted", { exitCode: ExitCode.INTERRUPTED });
 }
+
+/** The requester's code for a decided grant that cannot be used, by its status. */
+const NOT_USABLE: Partial<Record<GrantStatus, RequesterReason>> = {
+  denied: "grant_denied",
+  revoked: "grant_revoked",
+  expired: "grant_expired",
+  used: "grant_used",
+};
 
 function notUsable(grant: Grant, req: ElevationRequest): CliError {
   const by = grant.decided_by ? ` by ${shown(grant.decided_by)}` : "";
@@ -418,21 +416,20 @@ function notUsable(grant: Grant, req: ElevationRequest): CliError {
     expired: `grant ${shown(grant.id)} has expired`,
     used: `grant ${shown(grant.id)} was already used (once grants run one time)`,
   };
-  return withReason(
-    `grant_${grant.status}`,
-    what[grant.status] ?? `grant ${shown(grant.id)} is ${shown(grant.status)}`,
-    {
-      exitCode: ExitCode.NOPERM,
-      hint: `request a new grant: apes --reason "..." -- ${visibleArgv(req.command)}`,
-    },
-  );
+  const message = what[grant.status] ?? `grant ${shown(grant.id)} is ${shown(grant.status)}`;
+  const options = {
+    exitCode: ExitCode.NOPERM,
+    hint: `request a new grant: apes --reason "..." -- ${visibleArgv(req.command)}`,
+  };
+  const reason = NOT_USABLE[grant.status];
+  return reason ? withReason(reason, message, options) : new CliError(message, options);
 }
 
 function describe(grant: Grant): string {
   const r = grant.request;
   const dur = r.grant_type === "timed" && r.duration ? ` ${formatElapsed(r.duration * 1000)}` : "";
   const warning = grantWarning(grant);
-  const what = `${shown(r.grant_type)}${dur}: ${shownCommand(grant) ?? "-"} as ${shown(r.run_as ?? "root")} on ${shown(r.target_host)}`;
+  const what = `${shown(r.grant_type)}${dur}: ${shownCommand(grant) ?? "-"} as ${shown(r.run_as ?? DEFAULT_RUN_AS)} on ${shown(r.target_host)}`;
   return warning ? `${what}; ${warning}` : what;
 }
 

@@ -1,3 +1,4 @@
+import { isGrantId } from "../../protocol/names.ts";
 import type { Grant, GrantList, GrantRequest, GrantStatus, GrantType } from "../../protocol/types.ts";
 import { freshSession, type Session } from "../auth/session.ts";
 import type { Context } from "../context.ts";
@@ -68,7 +69,7 @@ export interface GrantsClient {
 }
 
 export function grantIdOk(id: string): boolean {
-  return /^[A-Za-z0-9._~-]{1,128}$/.test(id);
+  return isGrantId(id);
 }
 
 export function checkGrantId(id: string): string {

@@ -13,7 +13,7 @@ import {
   canDecide,
   canRevoke,
   canView,
-  consumeOutcome,
+  consumeResultFor,
   identityField,
   matchKey,
   parseApproveOverrides,
@@ -243,7 +243,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       };
     }
     const stored = idp.store.getGrant(claims.grant_id);
-    const outcome = stored ? consumeOutcome(stored.grant, now) : undefined;
+    const outcome = stored ? consumeResultFor(stored.grant, now) : undefined;
     if (!outcome?.ok) {
       return { status: 200, body: { valid: false, error: outcome?.error ?? "not_found", claims } };
     }
@@ -349,7 +349,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     if (claims.sub !== stored.grant.request.requester || claims.aud !== stored.grant.request.audience) {
       throw new ProblemError("invalid_token", "the token does not match the grant");
     }
-    let outcome = consumeOutcome(stored.grant, now);
+    let outcome = consumeResultFor(stored.grant, now);
     if (outcome.ok && outcome.markUsed) {
       const used = idp.store.transition(stored.grant.id, { from: ["approved"], to: "used", usedAt: now });
       if (used) {
@@ -360,7 +360,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       }
       // Someone else consumed (or revoked) it between our read and write.
       stored = loadGrant(idp, call.params.id!);
-      outcome = consumeOutcome(stored.grant, now);
+      outcome = consumeResultFor(stored.grant, now);
     }
     if (outcome.ok) return { status: 200, body: { status: outcome.status, grant_id: stored.grant.id } };
     return { status: 409, body: { error: outcome.error, status: outcome.status, grant_id: stored.grant.id } };

@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
-import { dirname, join, relative, resolve } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 
 /**
@@ -14,13 +14,12 @@ const REPO = join(import.meta.dirname, "..", "..");
 const ALLOWED: Record<string, readonly string[]> = {
   protocol: ["protocol"],
   client: ["client", "protocol"],
-  helper: ["helper", "protocol"], // the verifier (verifier/ to come)
   verifier: ["verifier", "protocol"],
   server: ["server", "protocol"],
   idp: ["idp", "server", "protocol"],
   control: ["control", "server", "protocol"],
   nest: ["nest", "client", "protocol"],
-  cli: ["cli", "client", "protocol", "helper", "verifier", "server", "idp", "control", "nest"],
+  cli: ["cli", "client", "protocol", "verifier", "server", "idp", "control", "nest"],
   examples: ["examples", "client", "protocol"], // what a service outside apes would import
 };
 
@@ -38,6 +37,28 @@ const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"(\.{1,2}\/[^"]+)
 
 function topFolder(path: string): string {
   return relative(REPO, path).split("/")[0]!;
+}
+
+/**
+ * Command files hold one command each; what two commands share lives outside cli/commands/ (cli/grants/,
+ * cli/trust/, cli/elevation/ ...). A registry (cli/commands/index.ts, a folder's group.ts) imports the
+ * commands it registers; a command imports at most its own folder's group.ts or common.ts.
+ */
+function commandImportViolations(files: { file: string; text: string }[]): string[] {
+  const commands = join(REPO, "cli", "commands");
+  const violations: string[] = [];
+  for (const { file, text } of files) {
+    const name = basename(file);
+    if (file === join(commands, "index.ts") || name === "group.ts") continue;
+    for (const m of text.matchAll(SPECIFIER)) {
+      const target = resolve(dirname(file), m[1]!);
+      if (!target.startsWith(`${commands}/`)) continue;
+      const shared =
+        dirname(target) === dirname(file) && ["group.ts", "common.ts"].includes(basename(target));
+      if (!shared) violations.push(`${relative(REPO, file)} -> ${m[1]}`);
+    }
+  }
+  return violations;
 }
 
 describe("import boundaries", () => {
@@ -61,6 +82,23 @@ describe("import boundaries", () => {
     }
     expect(checked).toBeGreaterThan(200);
     expect(violations).toEqual([]);
+  });
+
+  it("a command file imports no other command file (only its folder's group.ts or common.ts)", () => {
+    const commands = join(REPO, "cli", "commands");
+    const violations = commandImportViolations(
+      tsFiles(commands).map((file) => ({ file, text: readFileSync(file, "utf8") })),
+    );
+    expect(violations).toEqual([]);
+  });
+
+  it("catches a command importing a sibling command (the rule is not vacuous)", () => {
+    const file = join(REPO, "cli", "commands", "grants", "request.ts");
+    const text =
+      'import { x } from "./wait.ts";\nconst c = await import("./common.ts");\nimport "../../grants/wait.ts";';
+    expect(commandImportViolations([{ file, text }])).toEqual([
+      "cli/commands/grants/request.ts -> ./wait.ts",
+    ]);
   });
 
   it("catches a forbidden import (the check is not vacuous)", () => {

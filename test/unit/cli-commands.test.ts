@@ -33,11 +33,16 @@ function world(options: { noTokenExchange?: boolean } = {}) {
     now: () => Math.floor(clock.now() / 1000),
     noTokenExchange: options.noTokenExchange,
   });
-  const actor = (email: string, act: "human" | "agent", format: "openssh" | "pkcs8" = "openssh"): Actor => {
+  const actor = (
+    email: string,
+    act: "human" | "agent",
+    format: "openssh" | "pkcs8" = "openssh",
+    owner?: string,
+  ): Actor => {
     const home = join(root, email);
     mkdirSync(join(home, ".ssh"), { recursive: true });
     const { privateKey } = generateKeyPairSync("ed25519");
-    idp.users.set(email, { key: privateKey, act });
+    idp.users.set(email, { key: privateKey, act, owner });
     const keyPath = join(home, ".ssh", "id_ed25519");
     const text =
       format === "openssh"
@@ -234,16 +239,20 @@ describe("apes grants", () => {
 
   it("full lifecycle: request, inbox, approve, wait, token (stdout is only the JWT)", async () => {
     const w = world();
-    const bot = w.actor("bot@example.test", "agent");
+    const bot = w.actor("bot@example.test", "agent", "openssh", "alice@example.test");
     const alice = w.actor("alice@example.test", "human");
+    const carol = w.actor("carol@example.test", "human");
     await loggedIn(bot);
     await loggedIn(alice);
+    await loggedIn(carol);
     const id = (await bot.run(["grants", "request", "--", "systemctl", "restart", "nginx"])).stdout.trim();
     const inbox = await alice.run(["--json", "grants", "list", "--inbox"]);
     expect(JSON.parse(inbox.stdout).map((g: Grant) => g.id)).toEqual([id]);
     const human = await alice.run(["grants", "list", "--inbox"]);
     expect(human.stdout).toContain("systemctl restart nginx");
     expect((await bot.run(["grants", "approve", id])).code).toBe(ExitCode.NOPERM);
+    // Neither the bot's owner nor one of its approvers: the IdP's rule refuses (the fake applies it).
+    expect((await carol.run(["grants", "approve", id])).code).toBe(ExitCode.NOPERM);
     const ok = await alice.run(["grants", "approve", id]);
     expect(ok.stdout).toContain(`approved grant ${id} of bot@example.test`);
     const waited = await bot.run(["grants", "wait", id], { clock: new StepClock() });
@@ -256,7 +265,7 @@ describe("apes grants", () => {
 
   it("wait exits 77 on a denial and 75 on timeout", async () => {
     const w = world();
-    const bot = w.actor("bot@example.test", "agent");
+    const bot = w.actor("bot@example.test", "agent", "openssh", "alice@example.test");
     const alice = w.actor("alice@example.test", "human");
     await loggedIn(bot);
     await loggedIn(alice);

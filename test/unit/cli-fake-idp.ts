@@ -1,11 +1,14 @@
 import { type KeyObject, randomUUID, verify } from "node:crypto";
+import { type Actor, canDecide, canRevoke } from "../../idp/grants.ts";
+import type { UserRecord } from "../../idp/store/types.ts";
 import { SIGNATURE_FORMAT_V1, SIGNATURE_FORMATS_FIELD, signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
 
 /**
  * An in-memory stand-in for an IdP's HTTP API, injected as ctx.http in unit tests only (integration
  * tests use the real `apes idp serve`). It checks the Ed25519 challenge signature for real and
- * issues unsigned JWT-shaped tokens whose payload the CLI reads.
+ * issues unsigned JWT-shaped tokens whose payload the CLI reads. Who may decide or revoke a grant
+ * is the real IdP's rule (canDecide, canRevoke of idp/grants.ts), on the users' owner and approvers.
  */
 
 export interface FakeIdpOptions {
@@ -22,10 +25,19 @@ export interface FakeIdpOptions {
   rawSignatures?: boolean;
 }
 
+export interface FakeUser {
+  key: KeyObject;
+  act: "human" | "agent";
+  owner?: string;
+  approvers?: string[];
+  admin?: boolean;
+}
+
 export interface FakeIdp {
   base: string;
   http: typeof fetch;
-  users: Map<string, { key: KeyObject; act: "human" | "agent" }>;
+  /** An agent's `owner` and anyone's `approvers` decide its grants, by the IdP's own rule (idp/grants.ts). */
+  users: Map<string, FakeUser>;
   grants: Map<string, Grant>;
   requests: { method: string; path: string; headers: Record<string, string>; body: unknown }[];
   authentications: number;
@@ -69,13 +81,26 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
     });
   const problem = (status: number, detail: string) =>
     json(status, { type: `https://openape.org/errors/x${status}`, title: "error", status, detail });
+  const userRecord = (email: string): UserRecord | undefined => {
+    const u = idp.users.get(email);
+    if (!u) return undefined;
+    const { act, owner, approvers = [], admin = false } = u;
+    return { email, kind: act, owner, approvers, admin, disabled: false, createdAt: 0 };
+  };
+  // A delegated (token-exchange) token names the acting party in an `act` object.
+  const actorOf = (me: { sub: string; act: unknown }): Actor => ({
+    sub: me.sub,
+    kind: idp.users.get(me.sub)?.act ?? "agent",
+    admin: idp.users.get(me.sub)?.admin ?? false,
+    delegated: typeof me.act === "object" && me.act !== null,
+  });
   const bump = (g: Grant) => etags.set(g.id, `"${++etagCounter}"`);
   const auth = (headers: Record<string, string>) => {
     const h = headers.authorization ?? "";
     if (!h.startsWith("Bearer ")) return undefined;
     const p = payloadOf(h.slice(7));
     if (typeof p.exp !== "number" || p.exp <= now()) return undefined;
-    return p as { sub: string; act: string };
+    return p as { sub: string; act: unknown };
   };
 
   idp.http = (async (input: string | URL | Request, init: RequestInit = {}) => {
@@ -234,7 +259,8 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
         return json(200, g, { etag: etags.get(g.id)! });
       }
       if (verb === "approve" || verb === "deny") {
-        if (g.request.requester === me!.sub) return problem(403, "requester cannot decide");
+        const may = canDecide(actorOf(me!), userRecord(g.request.requester));
+        if (!may.ok) return problem(403, may.reason);
         if (g.status !== "pending") return problem(409, `grant is ${g.status}`);
         g.status = verb === "approve" ? "approved" : "denied";
         g.decided_by = me!.sub;
@@ -243,6 +269,8 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
         return json(200, g);
       }
       if (verb === "revoke") {
+        const may = canRevoke(actorOf(me!), g, userRecord(g.request.requester));
+        if (!may.ok) return problem(403, may.reason);
         g.status = "revoked";
         bump(g);
         return json(200, g);

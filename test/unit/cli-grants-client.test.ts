@@ -37,7 +37,7 @@ afterEach(() => rmSync(home, { recursive: true, force: true }));
 
 async function loggedIn(idp: FakeIdp, clock: StepClock, env: Record<string, string> = {}) {
   const { privateKey } = generateKeyPairSync("ed25519");
-  idp.users.set("bot@example.test", { key: privateKey, act: "agent" });
+  idp.users.set("bot@example.test", { key: privateKey, act: "agent", owner: "alice@example.test" });
   const keyPath = join(home, "id_ed25519");
   writeFileSync(keyPath, formatOpenSshPrivateKey(privateKey), { mode: 0o600 });
   const ctx = fakeContext({ home, http: idp.http, clock, env });
@@ -61,7 +61,7 @@ function setup(options: { push?: boolean } = {}) {
   return { clock, idp };
 }
 
-/** Decides a grant through the fake's API as a second (human) user, so the ETag changes as on a real IdP. */
+/** Decides a grant through the fake's API as the bot's owner, so the ETag changes as on a real IdP. */
 async function decide(idp: FakeIdp, clock: Clock, id: string, verb: "approve" | "deny") {
   const owner = generateKeyPairSync("ed25519").privateKey;
   idp.users.set("alice@example.test", { key: owner, act: "human" });

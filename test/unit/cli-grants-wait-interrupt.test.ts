@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { waitAndReport } from "../../cli/commands/grants/wait.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
+import { waitAndReport } from "../../cli/grants/await-decision.ts";
 import type { GrantFetch, GrantsClient } from "../../cli/grants/client.ts";
 import { Capture, fakeContext } from "../helpers/fake-context.ts";
 import { sampleGrant } from "../helpers/grants.ts";

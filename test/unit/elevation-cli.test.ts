@@ -2,11 +2,11 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writ
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { show } from "../../cli/commands/trust/show.ts";
-import { policyFromOptions, type TrustDeps, trust, writePolicyFile } from "../../cli/commands/trust/trust.ts";
+import { policyFromOptions, trust, writePolicyFile } from "../../cli/commands/trust/trust.ts";
 import { installedPaths, pathsFrom } from "../../cli/elevation/paths.ts";
 import { CliError } from "../../cli/errors.ts";
-import { parsePolicy } from "../../helper/policy.ts";
+import { show, type TrustDeps } from "../../cli/trust/policy-view.ts";
+import { parsePolicy } from "../../verifier/policy.ts";
 import { fakeContext, runInProcess } from "../helpers/fake-context.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "apes-trust-"));

@@ -12,6 +12,7 @@ import {
 import { CliError } from "../../cli/errors.ts";
 import type { GrantsClient } from "../../cli/grants/client.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { REQUESTER_REASONS } from "../../protocol/elevation.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 import { sampleGrant } from "../helpers/grants.ts";
@@ -107,8 +108,11 @@ describe("requesterReason (the audit reason the requester reports to the shim)",
     expect(requesterReason(new CliError("x", { exitCode: 130 }))).toBe("interrupted");
     expect(requesterReason(new Error("boom"))).toBe("error");
     expect(requesterReason(new CliError("x", { exitCode: 78 }))).toBe("config");
+    expect(requesterReason(new CliError("x", { exitCode: 2 }))).toBe("usage");
+    expect(requesterReason(new CliError("x", { exitCode: 1 }))).toBe("error");
+    expect(requesterReason(new CliError("x", { exitCode: 127 }))).toBe("error");
     // The shim adds the requester_ prefix itself: no code carries it twice.
-    for (const r of ["grant_denied", "grant_revoked", "idp_unreachable", "config", "usage"]) {
+    for (const r of Object.keys(REQUESTER_REASONS)) {
       expect(r).not.toMatch(/^requester_/);
       expect(r).toMatch(/^[a-z_]{1,64}$/);
     }
@@ -248,7 +252,29 @@ describe("runRequester", () => {
     );
     expect(e.exitCode).toBe(130);
     expect(rec.revoked).toEqual(["g-1"]);
-    expect(ctx.stderr.text).toContain("cancelled");
+    // Cancelled once, by the wait, which says so in the error main prints.
+    expect(e.message).toBe("interrupted; grant g-1 cancelled");
+    expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
+  });
+
+  it("Ctrl-C while waiting on a --grant grant keeps it and says how to continue", async () => {
+    const { client, rec } = fakeClient({ get: grant() });
+    const controller = new AbortController();
+    const e = await failure(
+      runRequester(fakeContext(), request(["--grant", "g-1", "--", "id", "-u"]), {
+        resultFd: 3,
+        signal: controller.signal,
+        deps: deps(client, rec, async (_c, _cl, _id, o) => {
+          controller.abort(new Error("interrupted"));
+          o.signal?.throwIfAborted();
+          return grant();
+        }),
+      }),
+    );
+    expect(e.exitCode).toBe(130);
+    expect(rec.revoked).toEqual([]);
+    expect(e.message).toBe("interrupted; grant g-1 is still pending");
+    expect(e.hint).toContain("apes --grant g-1 -- id -u");
     expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
   });
 

@@ -8,7 +8,7 @@ import {
   canDecide,
   canRevoke,
   canView,
-  consumeOutcome,
+  consumeResultFor,
   effectiveStatus,
   matchKey,
   parseApproveOverrides,
@@ -123,17 +123,19 @@ describe("state transitions", () => {
     expect(effectiveStatus(grant({ status: "used", expires_at: 2000 }), 3000)).toBe("used");
   });
   it("maps every status to the consume outcome", () => {
-    expect(consumeOutcome(grant(), 0)).toEqual({ ok: true, status: "consumed", markUsed: true });
-    expect(consumeOutcome(grant({}, { grant_type: "always" }), 0)).toEqual({
+    expect(consumeResultFor(grant(), 0)).toEqual({ ok: true, status: "consumed", markUsed: true });
+    expect(consumeResultFor(grant({}, { grant_type: "always" }), 0)).toEqual({
       ok: true,
       status: "valid",
       markUsed: false,
     });
-    expect(consumeOutcome(grant({ status: "used" }), 0)).toMatchObject({ error: "already_consumed" });
-    expect(consumeOutcome(grant({ status: "revoked" }), 0)).toMatchObject({ error: "revoked" });
-    expect(consumeOutcome(grant({ status: "denied" }), 0)).toMatchObject({ error: "denied" });
-    expect(consumeOutcome(grant({ status: "pending" }), 0)).toMatchObject({ error: "not_approved" });
-    expect(consumeOutcome(grant({ expires_at: 5 }, { grant_type: "timed", duration: 5 }), 10)).toMatchObject({
+    expect(consumeResultFor(grant({ status: "used" }), 0)).toMatchObject({ error: "already_consumed" });
+    expect(consumeResultFor(grant({ status: "revoked" }), 0)).toMatchObject({ error: "revoked" });
+    expect(consumeResultFor(grant({ status: "denied" }), 0)).toMatchObject({ error: "denied" });
+    expect(consumeResultFor(grant({ status: "pending" }), 0)).toMatchObject({ error: "not_approved" });
+    expect(
+      consumeResultFor(grant({ expires_at: 5 }, { grant_type: "timed", duration: 5 }), 10),
+    ).toMatchObject({
       error: "expired",
       status: "expired",
     });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { RateLimiter } from "../../idp/context.ts";
-import { ConnectionCounter, clientKey, limitClassOf } from "../../idp/limits.ts";
+import { limitClassOf } from "../../idp/limits.ts";
+import { ConnectionCounter, clientKey } from "../../server/limits.ts";
+import { RateLimiter } from "../../server/rate-limit.ts";
 
 describe("clientKey", () => {
   it("keeps IPv4 addresses, also IPv4-mapped ones", () => {

@@ -1,8 +1,9 @@
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { GrantEvents, parseRateLimit, RateLimiter } from "../../idp/context.ts";
-import { Router } from "../../idp/http.ts";
+import { GrantEvents } from "../../idp/context.ts";
 import { decodeJwt, signJwt, TokenError, verifyJwt } from "../../idp/tokens.ts";
+import { Router } from "../../server/http.ts";
+import { parseRateLimit, RateLimiter } from "../../server/rate-limit.ts";
 
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 const other = generateKeyPairSync("ed25519");

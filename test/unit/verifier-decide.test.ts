@@ -1,17 +1,17 @@
 import { describe, expect, it } from "vitest";
+import { cmdHash, legacyCmdHash } from "../../protocol/cmd-hash.ts";
 import {
   checkIssuer,
   checkTokenShape,
-  consumeOutcome,
   type Decision,
   decide,
   exitStatusFor,
   LEEWAY_S,
   parseRequest,
   type VerifyRequest,
-} from "../../helper/decide.ts";
-import type { Policy } from "../../helper/policy.ts";
-import { cmdHash, legacyCmdHash } from "../../protocol/cmd-hash.ts";
+  verdictFromConsume,
+} from "../../verifier/decide.ts";
+import type { Policy } from "../../verifier/policy.ts";
 
 // sudo-rs style: fake users, fake claims, one test per check and per denial reason.
 const NOW = 1_800_000_000;
@@ -90,8 +90,13 @@ describe("decide: the allowed case", () => {
     expect(exitStatusFor(d)).toBe(0);
   });
 
-  it("accepts an issuer written with a trailing slash in the token", () => {
-    expect(reason(decide(claims({ iss: `${ISS}/` }), request(), policy(), NOW))).toBe("allowed");
+  it("accepts an issuer written with a trailing slash in the token, and names it normalised", () => {
+    const d = decide(claims({ iss: `${ISS}/` }), request(), policy(), NOW);
+    expect(d).toMatchObject({ ok: true, issuer: ISS });
+  });
+
+  it("accepts an audience array that holds an accepted audience", () => {
+    expect(reason(decide(claims({ aud: ["other", "escapes"] }), request(), policy(), NOW))).toBe("allowed");
   });
 
   it("treats a missing run_as claim as root", () => {
@@ -280,6 +285,10 @@ describe("decide: approver", () => {
     const p = policy({ approvers: [HUMAN, AGENT], allowSelfApproval: true });
     expect(reason(decide(claims({ decided_by: AGENT }), request(), p, NOW))).toBe("allowed");
   });
+  it("denies approver_not_allowed for a decided_by that is not a string", () => {
+    for (const decided_by of [["alice@example.com"], 7, null])
+      expect(reason(decide(claims({ decided_by }), request(), policy(), NOW))).toBe("approver_not_allowed");
+  });
   it("checks the approver list before self approval (an outsider approving itself)", () => {
     expect(reason(decide(claims({ decided_by: AGENT }), request(), policy(), NOW))).toBe(
       "approver_not_allowed",
@@ -313,6 +322,10 @@ describe("decide: run_as", () => {
   it("denies run_as_not_allowed when the grant names another user than requested", () => {
     expect(reason(decide(claims({ run_as: "nobody" }), request(), policy(), NOW))).toBe("run_as_not_allowed");
     expect(reason(decide(claims(), request({ run_as: "nobody" }), policy(), NOW))).toBe("run_as_not_allowed");
+  });
+  it("denies run_as_not_allowed for a run_as that is not a string (never the default root)", () => {
+    for (const run_as of [["root"], 0, null])
+      expect(reason(decide(claims({ run_as }), request(), policy(), NOW))).toBe("run_as_not_allowed");
   });
   it("denies run_as_not_allowed for a target user the policy does not allow", () => {
     expect(reason(decide(claims({ run_as: "daemon" }), request({ run_as: "daemon" }), policy(), NOW))).toBe(
@@ -370,27 +383,27 @@ describe("parseRequest", () => {
   });
 });
 
-describe("consumeOutcome and exit status", () => {
+describe("verdictFromConsume and exit status", () => {
   const allowed = decide(claims(), request(), policy(), NOW);
   if (!allowed.ok) throw new Error("fixture must be allowed");
   const timed = { ...allowed, grant_type: "timed" as const };
   it("allows consumed for once and valid for timed/always", () => {
-    expect(consumeOutcome(200, { status: "consumed" }, allowed)).toBe(allowed);
-    expect(consumeOutcome(200, { status: "valid" }, timed)).toBe(timed);
+    expect(verdictFromConsume(200, { status: "consumed" }, allowed)).toBe(allowed);
+    expect(verdictFromConsume(200, { status: "valid" }, timed)).toBe(timed);
   });
   it("denies a once grant the IdP calls merely valid (no replay protection)", () => {
-    expect(reason(consumeOutcome(200, { status: "valid" }, allowed))).toBe("grant_not_usable");
+    expect(reason(verdictFromConsume(200, { status: "valid" }, allowed))).toBe("grant_not_usable");
   });
   for (const error of ["already_consumed", "revoked", "denied", "expired", "not_approved"]) {
     it(`denies grant_not_usable for ${error} and names it`, () => {
-      const d = consumeOutcome(409, { error, status: "used" }, allowed);
+      const d = verdictFromConsume(409, { error, status: "used" }, allowed);
       expect(reason(d)).toBe("grant_not_usable");
       expect(d.ok ? "" : d.detail).toContain(error);
       expect(exitStatusFor(d)).toBe(77);
     });
   }
   it("denies an error carried in a 200 body", () => {
-    expect(reason(consumeOutcome(200, { error: "revoked", status: "revoked" }, allowed))).toBe(
+    expect(reason(verdictFromConsume(200, { error: "revoked", status: "revoked" }, allowed))).toBe(
       "grant_not_usable",
     );
   });

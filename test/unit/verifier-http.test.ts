@@ -7,8 +7,8 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { exportJWK, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HTTP_DEADLINE_MS, runVerifier } from "../../helper/verify.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { HTTP_DEADLINE_MS, runVerifier } from "../../verifier/verify.ts";
 import { loopbackCert } from "../helpers/idp.ts";
 
 /**

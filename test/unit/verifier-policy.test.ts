@@ -7,7 +7,7 @@ import {
   policyFileProblem,
   serializePolicy,
   trustedDirectoryProblem,
-} from "../../helper/policy.ts";
+} from "../../verifier/policy.ts";
 
 const HOST = { hostname: "web1" };
 const MINIMAL = `

@@ -18,9 +18,9 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { exportJWK, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { HttpFn } from "../../helper/verify.ts";
-import { readLine, runVerifier } from "../../helper/verify.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
+import type { HttpFn } from "../../verifier/verify.ts";
+import { readLine, runVerifier } from "../../verifier/verify.ts";
 
 // The verifier's effects with a fake network: real Ed25519 keys, real JWTs (jose), a real policy fd.
 const ISS = "https://id.example.com";

@@ -96,8 +96,8 @@ export async function grantsRequest(
   // Elevation grants name "escapes"; without --audience a permission grant is for its target (the IdP's rule).
   const audience = options.audience ?? (cmd.length > 0 ? ELEVATION_AUDIENCE : undefined);
   if (audience === "") throw usageError("--audience is empty");
-  const timeoutMs = fmt.parseDurationSeconds(options.timeout, "--timeout");
-  if (timeoutMs !== undefined && !options.wait) throw usageError("--timeout needs --wait");
+  const timeoutS = fmt.parseDurationSeconds(options.timeout, "--timeout");
+  if (timeoutS !== undefined && !options.wait) throw usageError("--timeout needs --wait");
 
   const client = await grantsClient(ctx);
   const { grant, reused } = await client.create({
@@ -119,15 +119,15 @@ export async function grantsRequest(
       );
     }
     printData(ctx, { ...grant, reused }, () => fmt.shown(grant.id));
-    if (options.wait) (await import("./wait.ts")).decisionExit(grant);
+    if (options.wait) (await import("../../grants/await-decision.ts")).decisionExit(grant);
     return;
   }
-  const { waitAndReport } = await import("./wait.ts");
+  const { waitAndReport } = await import("../../grants/await-decision.ts");
   await waitAndReport(
     ctx,
     client,
     grant.id,
-    timeoutMs !== undefined ? timeoutMs * 1000 : undefined,
+    timeoutS !== undefined ? timeoutS * 1000 : undefined,
     grant,
     true,
   );

@@ -82,7 +82,7 @@ export async function grantsVerify(
   const [
     { verifyAuthzJwt, verifyOptionsProblem, grantKeysCache },
     { requestJson },
-    { fileKeyStore },
+    { fileKeyStore, trustAnchorId },
     { join },
     { CliError },
     { ExitCode },
@@ -91,7 +91,7 @@ export async function grantsVerify(
   ] = await Promise.all([
     import("../../../client/verify-grant.ts"),
     import("../../../client/http.ts"),
-    import("../../grants/key-store.ts"),
+    import("../../../protocol/jwks-store.ts"),
     import("node:path"),
     import("../../errors.ts"),
     import("../../exit-codes.ts"),
@@ -134,8 +134,10 @@ export async function grantsVerify(
   }
   const http: JsonHttp = ca ? (url, init) => requestJson(url, { ...init, ca }) : requestJson;
   // Keys cached on disk: each verify is its own process, and the issuer is asked at most every 5 min.
-  const store = fileKeyStore(join(ctx.paths.cacheDir, "jwks"), ca ? "ca-file" : "system");
-  const result = await verifyAuthzJwt(jwt, { ...checks, http, cache: grantKeysCache(http, store) });
+  // Keys fetched under one CA never serve another: the anchor is part of every cache key.
+  const store = fileKeyStore(join(ctx.paths.cacheDir, "jwks"), { create: true });
+  const cache = grantKeysCache(http, store, trustAnchorId(ca));
+  const result = await verifyAuthzJwt(jwt, { ...checks, http, cache });
   printData(ctx, { ...result, claims: result.claims ?? null }, () =>
     result.valid
       ? `valid: grant ${fmt.shown(result.claims.grant_id)} of ${fmt.shown(result.claims.sub)}, approved by ${fmt.shown(result.claims.decided_by)}${result.consumed ? ` (${result.consumed})` : ""}`

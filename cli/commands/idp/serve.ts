@@ -1,10 +1,10 @@
 import type { Command } from "commander";
+import { DEFAULT_RATE_LIMITS } from "../../../idp/limits.ts";
 import {
   DEFAULT_CONNECTION_RATE,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-  DEFAULT_RATE_LIMITS,
-} from "../../../idp/limits.ts";
+} from "../../../server/limits.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";
@@ -169,13 +169,19 @@ Examples:
         }
         if (u.protocol !== "https:" && u.protocol !== "http:") throw usageError("--issuer must be http(s)");
       }
-      const [{ startIdp }, { jsonLogger, isLogLevel }, { parseDuration }, { parseRateLimit }] =
-        await Promise.all([
-          import("../../../idp/server.ts"),
-          import("../../../idp/log.ts"),
-          import("../../../idp/grants.ts"),
-          import("../../../idp/context.ts"),
-        ]);
+      const [
+        { startIdp },
+        { jsonLogger, isLogLevel },
+        { parseDuration },
+        { parseRateLimit },
+        { stopSignals },
+      ] = await Promise.all([
+        import("../../../idp/server.ts"),
+        import("../../../server/log.ts"),
+        import("../../../idp/grants.ts"),
+        import("../../../server/rate-limit.ts"),
+        import("../../../server/lifecycle.ts"),
+      ]);
       if (!isLogLevel(opts.logLevel)) throw usageError(`invalid --log-level "${opts.logLevel}"`);
       let tokenTtl: number;
       const rateLimits = { api: opts.rateLimit, login: opts.loginRateLimit, token: opts.tokenRateLimit };
@@ -191,11 +197,8 @@ Examples:
         "--max-connections-per-client",
       );
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
-      // Caught from before the "listening" line: a supervisor that stops the IdP as soon as it has
-      // seen that line still gets the graceful shutdown, not the default death by signal.
-      const signals = ["SIGTERM", "SIGINT"] as const;
-      const { promise: stopRequested, resolve: onSignal } = Promise.withResolvers<string>();
-      for (const s of signals) process.on(s, onSignal);
+      // Caught from before the "listening" line (see stopSignals).
+      const signals = stopSignals();
       let idp: Awaited<ReturnType<typeof startIdp>>;
       try {
         idp = await startIdp({
@@ -213,11 +216,11 @@ Examples:
           log,
         });
       } catch (e) {
-        for (const s of signals) process.off(s, onSignal);
+        signals.dispose();
         throw startError(e, opts);
       }
-      const signal = await stopRequested;
-      for (const s of signals) process.off(s, onSignal);
+      const signal = await signals.stopped;
+      signals.dispose();
       log.always("info", "shutting down", { signal });
       await idp.close();
       log.always("info", "stopped", {});

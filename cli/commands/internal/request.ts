@@ -1,14 +1,12 @@
 import type { Command } from "commander";
-import type { Context, Fetch } from "../../context.ts";
-import { addElevationOptions, elevationFromRaw, rootRawArgs } from "../../elevation/options.ts";
-import { CliError, usageError } from "../../errors.ts";
-import { ExitCode } from "../../exit-codes.ts";
+import { addElevationOptions, rootRawArgs } from "../../elevation/options.ts";
+import { requestAction } from "../../elevation/request-action.ts";
 import type { GetContext } from "../../program.ts";
 
 /**
  * `apes __request --result-fd N [elevation options] -- CMD...`: run by the setuid shim as the
  * invoking user; writes the AuthZ-JWT to fd N and nowhere else. Hidden from help. The shim's calls
- * take a fast route in program.ts (no command tree); this registration serves `--help` and tests.
+ * take a fast route (cli/elevation/fast.ts, no command tree); this registration serves `--help` and tests.
  */
 export function register(program: Command, getContext: GetContext): void {
   const cmd = program
@@ -18,47 +16,4 @@ export function register(program: Command, getContext: GetContext): void {
   addElevationOptions(cmd).action(async (_args: string[], _opts: unknown, self: Command) => {
     await requestAction(getContext(), rootRawArgs(self));
   });
-}
-
-/** `raw` is the whole argv, starting with `__request`. */
-export async function requestAction(base: Context, raw: readonly string[]): Promise<void> {
-  if (raw[0] !== "__request") throw usageError("__request must come first");
-  let rest = raw.slice(1);
-  let fdText: string | undefined;
-  if (rest[0] === "--result-fd") {
-    fdText = rest[1];
-    rest = rest.slice(2);
-  } else if (rest[0]?.startsWith("--result-fd=")) {
-    fdText = rest[0].slice("--result-fd=".length);
-    rest = rest.slice(1);
-  }
-  if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
-  const req = elevationFromRaw(rest);
-  // The runtime's fetch loads Node's bundled undici on first use (~30 ms); the requester runs once
-  // per elevation, so it talks HTTP through cli/http.ts's node:http(s) client instead.
-  const { nodeFetch } = await import("../../http.ts");
-  const ctx: Context = { ...base, http: ((input, init) => nodeFetch(input, init)) as Fetch };
-  const controller = new AbortController();
-  const onSignal = () => controller.abort(new Error("interrupted"));
-  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-  for (const s of signals) process.on(s, onSignal);
-  // A stdout or stderr that breaks (EPIPE, EBADF) ends the run like a signal does, so the grant it
-  // created is revoked, instead of main.ts's exit (or crash) leaving it pending.
-  const restore = [process.stdout, process.stderr].map((stream) => {
-    const previous = stream.listeners("error") as ((e: Error) => void)[];
-    const onError = (e: Error) =>
-      controller.abort(new CliError(`cannot write progress: ${e.message}`, { exitCode: ExitCode.ERROR }));
-    stream.removeAllListeners("error").on("error", onError);
-    return () => {
-      stream.off("error", onError);
-      for (const l of previous) stream.on("error", l);
-    };
-  });
-  try {
-    const { runRequester } = await import("../../elevation/request.ts");
-    await runRequester(ctx, req, { resultFd: Number(fdText), signal: controller.signal });
-  } finally {
-    for (const s of signals) process.off(s, onSignal);
-    for (const r of restore) r();
-  }
 }

@@ -1,10 +1,12 @@
 import type { Command } from "commander";
+import { DEFAULT_RUN_AS } from "../../../protocol/names.ts";
+import { ELEVATION_AUDIENCE } from "../../../protocol/types.ts";
 import type { Context } from "../../context.ts";
-import type { InstalledPaths } from "../../elevation/paths.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
+import { defaultTrustDeps, show, summary, type TrustDeps, toJson } from "../../trust/policy-view.ts";
 
 /**
  * `sudo apes trust ...` writes the elevation policy ($(SYSCONFDIR)/apes/config.toml, root:root 0600,
@@ -23,13 +25,6 @@ export interface TrustOptions {
   allowSelfApproval?: boolean;
   skipValidation?: boolean;
   show?: boolean;
-}
-
-export interface TrustDeps {
-  getuid(): number;
-  paths(): InstalledPaths;
-  hostname(): string;
-  nowS(): number;
 }
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -85,29 +80,14 @@ Examples:
     .action(async (opts: TrustOptions) => {
       const ctx = getContext();
       const deps = await defaultTrustDeps();
-      if (opts.show) {
-        const { show } = await import("./show.ts");
-        await show(ctx, deps);
-      } else await trust(ctx, opts, deps);
+      if (opts.show) await show(ctx, deps);
+      else await trust(ctx, opts, deps);
     });
-}
-
-export async function defaultTrustDeps(): Promise<TrustDeps> {
-  const [{ installedPaths }, { hostname }] = await Promise.all([
-    import("../../elevation/paths.ts"),
-    import("node:os"),
-  ]);
-  return {
-    getuid: () => process.getuid?.() ?? -1,
-    paths: () => installedPaths(),
-    hostname: () => hostname(),
-    nowS: () => Math.floor(Date.now() / 1000),
-  };
 }
 
 /** The policy the options describe (pure apart from reading --ca-file). Throws a usage error. */
 export async function policyFromOptions(opts: TrustOptions, hostname: string) {
-  const { parsePolicy, PolicyError, serializePolicy } = await import("../../../helper/policy.ts");
+  const { parsePolicy, PolicyError, serializePolicy } = await import("../../../verifier/policy.ts");
   if (!opts.idp?.length) throw usageError("--idp is required", "e.g. --idp https://id.example.com");
   if (!opts.approvers?.length)
     throw usageError("--approvers is required", "e.g. --approvers alice@example.com,bob@example.com");
@@ -139,9 +119,9 @@ export async function policyFromOptions(opts: TrustOptions, hostname: string) {
     version: 1 as const,
     issuers: opts.idp,
     approvers: opts.approvers,
-    audiences: opts.audience?.length ? opts.audience : ["escapes"],
+    audiences: opts.audience?.length ? opts.audience : [ELEVATION_AUDIENCE],
     host: opts.host ?? hostname,
-    runAs: opts.runAs?.length ? opts.runAs : ["root"],
+    runAs: opts.runAs?.length ? opts.runAs : [DEFAULT_RUN_AS],
     allowSelfApproval: Boolean(opts.allowSelfApproval),
     ...(caPem ? { caPem } : {}),
     users,
@@ -169,7 +149,7 @@ export async function trust(ctx: Context, opts: TrustOptions, deps: TrustDeps): 
   const { policy, text } = await policyFromOptions(opts, deps.hostname());
   if (!opts.skipValidation) {
     const [{ httpForPolicy }, { fetchIssuerKeys }, { publicKeyFromJwk }] = await Promise.all([
-      import("../../../helper/verify.ts"),
+      import("../../../verifier/verify.ts"),
       import("../../../protocol/jwks.ts"),
       import("../../../protocol/jwt.ts"),
     ]);
@@ -225,30 +205,4 @@ export async function writePolicyFile(file: string, text: string): Promise<void>
     await rm(tmp, { force: true });
     throw e;
   }
-}
-
-export function toJson(p: import("../../../helper/policy.ts").Policy): Record<string, unknown> {
-  return {
-    issuers: p.issuers,
-    approvers: p.approvers,
-    audiences: p.audiences,
-    host: p.host,
-    run_as: p.runAs,
-    allow_self_approval: p.allowSelfApproval,
-    ca: p.caPem ? "inline" : (p.caFile ?? null),
-    users: p.users,
-  };
-}
-
-export function summary(p: import("../../../helper/policy.ts").Policy): string {
-  const lines = [
-    `issuers:    ${p.issuers.join(", ")}`,
-    `approvers:  ${p.approvers.join(", ")}${p.allowSelfApproval ? " (self-approval allowed)" : ""}`,
-    `audiences:  ${p.audiences.join(", ")}`,
-    `host:       ${p.host}`,
-    `run as:     ${p.runAs.join(", ")}`,
-  ];
-  if (p.caPem || p.caFile) lines.push(`ca:         ${p.caPem ? "inline PEM" : p.caFile}`);
-  for (const [user, ids] of Object.entries(p.users)) lines.push(`user ${user}: ${ids.join(", ")}`);
-  return lines.join("\n");
 }

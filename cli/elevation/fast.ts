@@ -1,10 +1,11 @@
-import { type Context, createContext } from "../../context.ts";
-import { parseElevation } from "../../elevation/grammar.ts";
+import { type Context, createContext } from "../context.ts";
+import { parseElevation } from "./grammar.ts";
 
 /**
  * The setuid shim runs `apes __request ...` and `apes __verify ...` on every elevation; they skip
  * building the commander tree (~7 ms each, see bench/BENCHMARKS.md) and parse their fixed argv
- * themselves. Returns 0 or throws (CliError) like any command.
+ * themselves (cli/commands/internal/ registers the same actions for `--help` and tests). Returns 0
+ * or throws (CliError) like any command.
  */
 export function isInternal(argv: readonly string[]): boolean {
   return argv[0] === "__request" || argv[0] === "__verify";
@@ -13,7 +14,7 @@ export function isInternal(argv: readonly string[]): boolean {
 export async function runInternal(argv: readonly string[], overrides: Partial<Context>): Promise<number> {
   const env = overrides.env ?? process.env;
   if (argv[0] === "__verify") {
-    const { configFdArg, verifyAction } = await import("./verify.ts");
+    const { configFdArg, verifyAction } = await import("./verify-action.ts");
     const fd = configFdArg(argv);
     const ctx = createContext({ json: false, debug: false, color: false }, overrides);
     await verifyAction(ctx, fd);
@@ -31,7 +32,7 @@ export async function runInternal(argv: readonly string[], overrides: Partial<Co
     },
     overrides,
   );
-  const { requestAction } = await import("./request.ts");
+  const { requestAction } = await import("./request-action.ts");
   await requestAction(ctx, argv);
   return 0;
 }

@@ -4,7 +4,7 @@ import { DatabaseSync } from "node:sqlite";
 
 /**
  * One server per data directory: two would each keep their own caches and wake only their own
- * waiters. The lock is an exclusive SQLite transaction on `server.lock` (fcntl locks underneath),
+ * waiters (`service` names the kind of server in the refusal, e.g. "IdP server"). The lock is an exclusive SQLite transaction on `server.lock` (fcntl locks underneath),
  * held for the process lifetime and released by the kernel however the process ends; the admin
  * commands never take it, so they keep working while the server runs.
  */
@@ -15,8 +15,8 @@ export const PID_FILE = "server.pid";
 export class DataDirLockedError extends Error {
   readonly dataDir: string;
   readonly pid: number | undefined;
-  constructor(dataDir: string, pid: number | undefined) {
-    super(`another IdP server${pid ? ` (pid ${pid})` : ""} is already serving ${dataDir}`);
+  constructor(dataDir: string, pid: number | undefined, service: string) {
+    super(`another ${service}${pid ? ` (pid ${pid})` : ""} is already serving ${dataDir}`);
     this.name = "DataDirLockedError";
     this.dataDir = dataDir;
     this.pid = pid;
@@ -24,7 +24,7 @@ export class DataDirLockedError extends Error {
 }
 
 /** Takes the data directory's lock or throws DataDirLockedError; release() gives it back. */
-export function lockDataDir(dataDir: string): { release(): void } {
+export function lockDataDir(dataDir: string, service = "server"): { release(): void } {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const file = join(dataDir, LOCK_FILE);
   if (!existsSync(file)) closeSync(openSync(file, "a", 0o600));
@@ -36,7 +36,7 @@ export function lockDataDir(dataDir: string): { release(): void } {
   } catch (e) {
     db.close();
     if (!/locked|busy/i.test((e as Error).message)) throw e;
-    throw new DataDirLockedError(dataDir, holderPid(dataDir));
+    throw new DataDirLockedError(dataDir, holderPid(dataDir), service);
   }
   writeFileSync(join(dataDir, PID_FILE), `${process.pid}\n`, { mode: 0o600 });
   return {

@@ -1,4 +1,4 @@
-import { createHash, type KeyObject } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import {
   closeSync,
   constants,
@@ -13,19 +13,21 @@ import {
 } from "node:fs";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
-import { type IssuerKeys, JwksCache, type KeyStore } from "../protocol/jwks.ts";
+import { type IssuerKeys, JwksCache } from "../protocol/jwks.ts";
+import { fileKeyStore, trustAnchorId } from "../protocol/jwks-store.ts";
 import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
 import {
   type Allowed,
   checkIssuer,
   checkTokenShape,
-  consumeOutcome,
   type Decision,
   decide,
   deny,
   exitStatusFor,
   parseRequest,
+  type VerifierExit,
   type VerifyRequest,
+  verdictFromConsume,
 } from "./decide.ts";
 import {
   type Policy,
@@ -83,7 +85,7 @@ export const HTTP_DEADLINE_MS = 5000;
 export async function runVerifier(
   io: VerifierIo,
   options: VerifierOptions,
-): Promise<{ exit: 0 | 69 | 77 | 78; decision: Decision }> {
+): Promise<{ exit: VerifierExit; decision: Decision }> {
   const t0 = performance.now();
   const marks: [string, number][] = [];
   const mark = (name: string) => marks.push([name, performance.now()]);
@@ -230,44 +232,11 @@ async function consume(
   }
   if (res.status >= 500)
     return deny("idp_unreachable", `the IdP failed to consume the grant (${res.status})`);
-  return consumeOutcome(res.status, res.body, allowed);
+  return verdictFromConsume(res.status, res.body, allowed);
 }
 
 /** The discovery name of the endpoint the verifier consumes at (it must be on the issuer's origin). */
 const GRANTS_ENDPOINT = "openape_grants_endpoint";
-
-/**
- * The JWKS cache in the verifier's HOME, one file per trust anchor and issuer (protocol/jwks.ts
- * decides what an entry may be used for). Best effort: a read-only or full cache only costs a fetch.
- * Writes are atomic so a concurrent verifier never reads half, and a failed write removes its
- * temporary file, so failures cannot fill the cache directory.
- */
-function fileKeyStore(dir: string): KeyStore {
-  const file = (key: string) =>
-    `${dir}/jwks-${createHash("sha256").update(key).digest("hex").slice(0, 24)}.json`;
-  return {
-    get(key) {
-      try {
-        return JSON.parse(readFileSync(file(key), "utf8")) as IssuerKeys;
-      } catch {
-        return undefined;
-      }
-    },
-    set(key, value) {
-      const tmp = `${file(key)}.${process.pid}.tmp`;
-      try {
-        writeFileSync(tmp, JSON.stringify(value), { mode: 0o600 });
-        renameSync(tmp, file(key));
-      } catch {
-        try {
-          rmSync(tmp, { force: true });
-        } catch {
-          // nothing more to do: the next fetch tries again
-        }
-      }
-    },
-  };
-}
 
 /**
  * The TLS trust for the issuers: `ca` (PEM) when the policy pins a CA, else the system roots. `id`
@@ -282,8 +251,7 @@ export interface TrustAnchor {
 export function trustAnchor(policy: Policy, ownerUid = 0): TrustAnchor {
   const parts = [policy.caPem, policy.caFile ? readCaFile(policy.caFile, ownerUid) : undefined];
   const ca = parts.filter((p) => p !== undefined).join("\n");
-  if (!ca) return { id: "system-roots" };
-  return { ca, id: `sha256:${createHash("sha256").update(ca).digest("hex")}` };
+  return ca ? { ca, id: trustAnchorId(ca) } : { id: trustAnchorId(undefined) };
 }
 
 /**

@@ -1,4 +1,6 @@
 import { parse } from "smol-toml";
+import { DEFAULT_RUN_AS, UNIX_USER } from "../protocol/names.ts";
+import { ELEVATION_AUDIENCE } from "../protocol/types.ts";
 
 /**
  * The elevation policy: $(SYSCONFDIR)/apes/config.toml, root:root 0600, written by `sudo apes trust`.
@@ -39,9 +41,6 @@ export interface Policy {
   users: Record<string, string[]>;
 }
 
-export const DEFAULT_AUDIENCES: readonly string[] = ["escapes"];
-export const DEFAULT_RUN_AS: readonly string[] = ["root"];
-
 export class PolicyError extends Error {
   constructor(message: string) {
     super(message);
@@ -63,8 +62,6 @@ const KNOWN_KEYS = [
   "users",
 ] as const;
 
-/** POSIX-portable user names (useradd's default rule, plus the `$` of machine accounts). */
-const UNIX_USER = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
 /** Identities are emails or other opaque ids: printable, no whitespace, bounded. */
 const IDENTITY = /^[^\s\u0000-\u001f\u007f]{1,320}$/;
 const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/;
@@ -149,9 +146,9 @@ export function parsePolicy(text: string, source: string, defaults: { hostname: 
     version: 1,
     issuers,
     approvers,
-    audiences: audiences.length > 0 ? audiences : [...DEFAULT_AUDIENCES],
+    audiences: audiences.length > 0 ? audiences : [ELEVATION_AUDIENCE],
     host,
-    runAs: runAs.length > 0 ? runAs : [...DEFAULT_RUN_AS],
+    runAs: runAs.length > 0 ? runAs : [DEFAULT_RUN_AS],
     allowSelfApproval,
     ...(caPem ? { caPem } : {}),
     ...(caFile ? { caFile } : {}),

@@ -9,39 +9,26 @@ import {
   checkIssuerAllowed,
 } from "../protocol/authz.ts";
 import { cmdHash } from "../protocol/cmd-hash.ts";
-import { CLOCK_SKEW_S } from "../protocol/jwt.ts";
+import { VERIFIER_REASONS, type VerifierReason } from "../protocol/elevation.ts";
+import { CLOCK_SKEW_S, MAX_JWT_LENGTH } from "../protocol/jwt.ts";
+import { DEFAULT_RUN_AS } from "../protocol/names.ts";
+import type { AuthzClaims, GrantType } from "../protocol/types.ts";
 import type { Policy } from "./policy.ts";
 
 /**
  * The verifier's decision, as pure functions: (claims, request, policy, now) -> Allowed | Denied.
- * No I/O here; helper/verify.ts does the effects (stdin, JWKS, signature, consume) around it.
+ * No I/O here; verifier/verify.ts does the effects (stdin, JWKS, signature, consume) around it.
  * The checks run in the order of the contract (docs/elevation.md), and each denial
  * names exactly one reason code, which ends up in the shim's audit line.
  */
 
-export type ReasonCode =
-  | "config_invalid"
-  | "request_invalid"
-  | "token_malformed"
-  | "issuer_not_allowed"
-  | "jwks_unavailable"
-  | "signature_invalid"
-  | "audience_not_allowed"
-  | "token_expired"
-  | "token_not_yet_valid"
-  | "host_mismatch"
-  | "command_mismatch"
-  | "cmd_hash_mismatch"
-  | "approver_not_allowed"
-  | "self_approval"
-  | "identity_not_mapped"
-  | "run_as_not_allowed"
-  | "grant_not_usable"
-  | "idp_unreachable";
+/** The reasons of the shared claim checks that this verifier can meet (it checks no permissions). */
+type ElevationAuthzReason = Exclude<AuthzFailure["reason"], "permission_missing">;
 
+/** A denial names one of the verifier's codes (listed, with their exit statuses, in protocol/elevation.ts). */
 export interface Denied {
   ok: false;
-  reason: ReasonCode;
+  reason: VerifierReason;
   detail: string;
 }
 
@@ -54,7 +41,7 @@ export interface Allowed {
   sub: string;
   decided_by: string;
   issuer: string;
-  grant_type: "once" | "timed" | "always";
+  grant_type: GrantType;
   jti: string;
 }
 
@@ -75,15 +62,14 @@ export interface VerifyRequest {
 /** Clock skew tolerated on exp, iat and nbf: the one leeway of protocol/jwt.ts. */
 export const LEEWAY_S = CLOCK_SKEW_S;
 
-export const deny = (reason: ReasonCode, detail: string): Denied => ({ ok: false, reason, detail });
-const denied = (f: AuthzFailure): Denied => deny(f.reason as ReasonCode, f.detail);
+export const deny = (reason: VerifierReason, detail: string): Denied => ({ ok: false, reason, detail });
+const denied = (f: AuthzFailure): Denied => deny(f.reason as ElevationAuthzReason, f.detail);
 
-/** Exit status of the verifier for a decision (contract: 0 allowed, 77 denied, 69 unreachable, 78 config). */
-export function exitStatusFor(d: Decision): 0 | 69 | 77 | 78 {
-  if (d.ok) return 0;
-  if (d.reason === "idp_unreachable" || d.reason === "jwks_unavailable") return 69;
-  if (d.reason === "config_invalid") return 78;
-  return 77;
+export type VerifierExit = 0 | (typeof VERIFIER_REASONS)[VerifierReason]["exit"];
+
+/** Exit status of the verifier for a decision: 0 allowed, else the reason's (protocol/elevation.ts). */
+export function exitStatusFor(d: Decision): VerifierExit {
+  return d.ok ? 0 : VERIFIER_REASONS[d.reason].exit;
 }
 
 const REQUEST_KEYS = new Set(["jwt", "argv", "cmd_hash", "user", "uid", "run_as", "timing"]);
@@ -131,7 +117,7 @@ export function parseRequest(line: string): VerifyRequest | Denied {
 
 /** Structural check of the (still unverified) token: three base64url parts. */
 export function checkTokenShape(jwt: string): Denied | undefined {
-  if (jwt.length > 16 * 1024 || !JWT_SHAPE.test(jwt))
+  if (jwt.length > MAX_JWT_LENGTH || !JWT_SHAPE.test(jwt))
     return deny("token_malformed", "the grant token is not a compact JWT");
   return undefined;
 }
@@ -149,31 +135,32 @@ export function checkIssuer(iss: unknown, policy: Policy): { ok: true; issuer: s
  * Every check on the signature-verified claims, in the contract's order. `nowS` is Unix seconds.
  */
 export function decide(
-  claims: Record<string, unknown>,
+  raw: Record<string, unknown>,
   request: VerifyRequest,
   policy: Policy,
   nowS: number,
 ): Decision {
   // Shape first: a token missing what we check is malformed, not "mismatched".
-  const shape = checkAuthzShape(claims);
+  const shape = checkAuthzShape(raw);
   if (shape) return denied(shape);
-  const sub = claims.sub as string;
-  const grantType = claims.grant_type as Allowed["grant_type"];
 
-  const issuer = checkIssuer(claims.iss, policy);
+  const issuer = checkIssuer(raw.iss, policy);
   if (!issuer.ok) return issuer;
 
   // Then the checks every verifier shares (protocol/authz.ts), in the contract's order. The command
   // claim is the authority; the hash is checked in addition, never instead.
   const shared =
-    checkAudience(claims, policy.audiences) ??
-    checkAuthzTimes(claims, nowS) ??
-    checkHost(claims, policy.host) ??
-    checkCommand(claims, request.argv);
+    checkAudience(raw, policy.audiences) ??
+    checkAuthzTimes(raw, nowS) ??
+    checkHost(raw, policy.host) ??
+    checkCommand(raw, request.argv);
   if (shared) return denied(shared);
 
+  const claims = verifiedClaims(raw, issuer.issuer, policy.audiences);
+  if ("ok" in claims) return claims;
+  const sub = claims.sub;
   const decidedBy = claims.decided_by;
-  if (typeof decidedBy !== "string" || decidedBy.length === 0) {
+  if (decidedBy === undefined || decidedBy.length === 0) {
     return deny("approver_not_allowed", "the grant token names no approver (decided_by)");
   }
   if (!policy.approvers.includes(decidedBy)) {
@@ -191,11 +178,11 @@ export function decide(
     return deny("identity_not_mapped", `${sub} is not mapped to the Unix user ${request.user} in the policy`);
   }
 
-  const runAs = claims.run_as === undefined ? "root" : claims.run_as;
-  if (typeof runAs !== "string" || runAs !== request.run_as) {
+  const runAs = claims.run_as ?? DEFAULT_RUN_AS;
+  if (runAs !== request.run_as) {
     return deny(
       "run_as_not_allowed",
-      `the grant is for running as ${String(runAs)}, the request is for ${request.run_as}`,
+      `the grant is for running as ${runAs}, the request is for ${request.run_as}`,
     );
   }
   if (!policy.runAs.includes(runAs)) {
@@ -207,19 +194,54 @@ export function decide(
 
   return {
     ok: true,
-    grant_id: claims.grant_id as string,
+    grant_id: claims.grant_id,
     cmd_hash: request.cmd_hash,
     run_as: runAs,
     sub,
     decided_by: decidedBy,
-    issuer: issuer.issuer,
-    grant_type: grantType as Allowed["grant_type"],
-    jti: claims.jti as string,
+    issuer: claims.iss,
+    grant_type: claims.grant_type,
+    jti: claims.jti,
+  };
+}
+
+/**
+ * The claims as the wire type, parsed once the shared checks have passed (they established sub, jti,
+ * grant_id, grant_type, exp, iat, target_host, aud and command); the two claims left to type keep the
+ * reason of their check. `iss` is the normalised issuer, `aud` the accepted audience.
+ */
+function verifiedClaims(
+  c: Record<string, unknown>,
+  issuer: string,
+  audiences: readonly string[],
+): AuthzClaims | Denied {
+  if (c.decided_by !== undefined && typeof c.decided_by !== "string")
+    return deny("approver_not_allowed", "the grant token names no approver (decided_by)");
+  if (c.run_as !== undefined && typeof c.run_as !== "string") {
+    return deny("run_as_not_allowed", `the grant's run_as ${JSON.stringify(c.run_as)} is not a user name`);
+  }
+  const aud =
+    typeof c.aud === "string" ? c.aud : (c.aud as unknown[]).find((a) => audiences.includes(a as string));
+  return {
+    iss: issuer,
+    sub: c.sub as string,
+    aud: aud as string,
+    target_host: c.target_host as string,
+    iat: c.iat as number,
+    exp: c.exp as number,
+    jti: c.jti as string,
+    grant_id: c.grant_id as string,
+    grant_type: c.grant_type as GrantType,
+    act: c.act as AuthzClaims["act"],
+    command: c.command as string[],
+    ...(typeof c.cmd_hash === "string" ? { cmd_hash: c.cmd_hash } : {}),
+    ...(c.run_as !== undefined ? { run_as: c.run_as } : {}),
+    ...(c.decided_by !== undefined ? { decided_by: c.decided_by } : {}),
   };
 }
 
 /** Maps the IdP's consume answer to a decision: only consumed (once) or valid (timed/always) allow. */
-export function consumeOutcome(status: number, body: unknown, allowed: Allowed): Decision {
+export function verdictFromConsume(status: number, body: unknown, allowed: Allowed): Decision {
   const refused = checkConsumeAnswer(status, body, allowed.grant_type);
   return refused ? denied(refused) : allowed;
 }

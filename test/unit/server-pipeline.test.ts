@@ -1,0 +1,194 @@
+import { request } from "node:http";
+import { afterEach, describe, expect, it } from "vitest";
+import { ProblemError } from "../../protocol/problem.ts";
+import { bearerToken } from "../../server/bearer.ts";
+import { Bytes, type Call, Router } from "../../server/http.ts";
+import { type Listening, listen } from "../../server/lifecycle.ts";
+import { jsonLogger } from "../../server/log.ts";
+import { type App, pipeline } from "../../server/pipeline.ts";
+
+/** The shared request pipeline on a real loopback server: routes, principal hook, errors, close. */
+
+interface Who {
+  name: string;
+}
+
+const log = jsonLogger("error", () => {});
+let running: Listening | undefined;
+afterEach(async () => {
+  await running?.close();
+  running = undefined;
+});
+
+async function start(
+  router: Router<Who>,
+  authenticate: (call: Call) => Who | Promise<Who>,
+  hooks: Partial<App<Who>> = {},
+) {
+  running = await listen({
+    host: "127.0.0.1",
+    port: 0,
+    maxConnections: 100,
+    maxConnectionsPerClient: 100,
+    connectionRate: "off",
+    log,
+  });
+  running.serve(
+    pipeline({ router, log, base: "http://test", shutdown: running.shutdown, authenticate, ...hooks }),
+  );
+  return running.url;
+}
+
+function get(url: string, headers: Record<string, string> = {}) {
+  return new Promise<{ status: number; headers: Record<string, unknown>; body: string }>(
+    (resolve, reject) => {
+      const req = request(url, { headers }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => {
+          body += c;
+        });
+        res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+      });
+      req.on("error", reject);
+      req.end();
+    },
+  );
+}
+
+describe("typed routes", () => {
+  it("a public handler gets the call alone and the principal hook never runs for it", async () => {
+    const router = new Router<Who>();
+    let argCount = -1;
+    let hookRuns = 0;
+    router.add("GET", "/open", false, (...args: unknown[]) => {
+      argCount = args.length;
+      return { status: 200, body: { ok: true } };
+    });
+    const url = await start(router, () => {
+      hookRuns++;
+      return { name: "x" };
+    });
+    const r = await get(`${url}/open`);
+    expect(r.status).toBe(200);
+    expect(argCount).toBe(1);
+    expect(hookRuns).toBe(0);
+  });
+
+  it("an authenticated handler runs only with the principal the hook resolved (awaited)", async () => {
+    const router = new Router<Who>();
+    router.add("GET", "/me", true, (_call, who) => ({ status: 200, body: { name: who.name } }));
+    const url = await start(router, async (call) => {
+      const token = bearerToken(call);
+      if (token !== "good") throw new ProblemError("invalid_token", "bad token");
+      return { name: "alice" };
+    });
+    expect(JSON.parse((await get(`${url}/me`, { authorization: "Bearer good" })).body)).toEqual({
+      name: "alice",
+    });
+    const refused = await get(`${url}/me`, { authorization: "Bearer bad" });
+    expect(refused.status).toBe(401);
+    expect(refused.headers["content-type"]).toBe("application/problem+json");
+    expect((await get(`${url}/me`)).status).toBe(401);
+  });
+
+  it("a handler cannot be registered with the wrong shape", () => {
+    const router = new Router<Who>();
+    // @ts-expect-error a public route's handler gets no principal
+    router.add("GET", "/x", false, (_call: Call, who: Who) => ({ status: 200, body: who.name }));
+    router.add("GET", "/y", true, (_call, who) => ({ status: 200, body: who.name }));
+    expect(router.match("GET", "/y")).toMatchObject({ route: { auth: true } });
+    expect(router.match("GET", "/x")).toMatchObject({ route: { auth: false } });
+  });
+});
+
+describe("answers", () => {
+  it("JSON answers say nosniff and no-store; Bytes keep their type; unknown paths are problems", async () => {
+    const router = new Router<Who>();
+    router.add("GET", "/j", false, () => ({ status: 200, body: { a: 1 } }));
+    router.add("GET", "/t", false, () => ({
+      status: 200,
+      body: new Bytes("text/plain; charset=utf-8", "hi"),
+    }));
+    router.add("GET", "/boom", false, () => {
+      throw new Error("secret detail");
+    });
+    const url = await start(router, () => ({ name: "x" }));
+    const j = await get(`${url}/j`);
+    expect(j.headers["x-content-type-options"]).toBe("nosniff");
+    expect(j.headers["cache-control"]).toBe("no-store");
+    expect(j.headers["x-request-id"]).toBeTypeOf("string");
+    const t = await get(`${url}/t`);
+    expect([t.headers["content-type"], t.body]).toEqual(["text/plain; charset=utf-8", "hi"]);
+    const missing = await get(`${url}/nope`);
+    expect(missing.status).toBe(404);
+    expect(JSON.parse(missing.body).instance).toBe("http://test/nope");
+    const boom = await get(`${url}/boom`);
+    expect(boom.status).toBe(500);
+    expect(boom.body).not.toContain("secret detail");
+  });
+});
+
+describe("hooks", () => {
+  class TeapotError extends Error {}
+
+  it("answers app errors with errorReply, refuses through admitPublic, and a failed settle turns any answer into a 500", async () => {
+    const router = new Router<Who>();
+    router.add("GET", "/ok", false, () => ({ status: 200, body: {} }));
+    router.add("GET", "/teapot", false, () => {
+      throw new TeapotError("short and stout");
+    });
+    let failing = false;
+    const url = await start(router, () => ({ name: "x" }), {
+      settle: () => {
+        if (failing) throw new Error("disk full");
+      },
+      errorReply: (e) => (e instanceof TeapotError ? { status: 418, body: { error: e.message } } : undefined),
+      admitPublic: (call) => {
+        if (call.query.has("deny")) throw new ProblemError("rate_limited", "slow down", { retry_after: 3 });
+      },
+    });
+    expect((await get(`${url}/ok`)).status).toBe(200);
+    const teapot = await get(`${url}/teapot`);
+    expect([teapot.status, JSON.parse(teapot.body)]).toEqual([418, { error: "short and stout" }]);
+    const denied = await get(`${url}/ok?deny`);
+    expect([denied.status, denied.headers["retry-after"]]).toEqual([429, "3"]);
+    failing = true;
+    for (const path of ["/ok", "/teapot"]) {
+      const r = await get(`${url}${path}`);
+      expect(r.status, path).toBe(500);
+      expect(JSON.parse(r.body).detail, path).toBe("storage failure");
+    }
+  });
+});
+
+describe("lifecycle", () => {
+  it("close runs the close hooks, lets an in-flight request finish, and is idempotent", async () => {
+    const router = new Router<Who>();
+    const entered = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    router.add("GET", "/slow", false, async () => {
+      entered.resolve();
+      await release.promise;
+      return { status: 200, body: { done: true } };
+    });
+    const url = await start(router, () => ({ name: "x" }));
+    const server = running!;
+    let hookSawShutdown: boolean | undefined;
+    server.onClose(() => {
+      hookSawShutdown = server.shutdown.aborted;
+    });
+    const inFlight = get(`${url}/slow`);
+    await entered.promise;
+    const closed = server.close();
+    expect(server.close()).toBe(closed);
+    release.resolve();
+    const r = await inFlight;
+    expect(r.status).toBe(200);
+    expect(r.headers.connection).toBe("close");
+    await closed;
+    expect(hookSawShutdown).toBe(true);
+    await expect(get(`${url}/slow`)).rejects.toThrow();
+    running = undefined;
+  });
+});

@@ -18,16 +18,15 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
   } catch (e) {
     if (e.code !== "EPIPE") throw e; // a closed pipe is the reader's choice (as in cli/main.ts)
   }
-  return;
+} else {
+  const { Script } = require("node:vm");
+  const source = Buffer.from(getRawAsset("apes.js")).latin1Slice(); // the bundle is ASCII (esbuild)
+  const script = new Script(source, {
+    filename: "apes.js",
+    cachedData: new Uint8Array(getRawAsset("apes.cache")),
+  });
+  if (script.cachedDataRejected && process.env.APES_DEBUG === "1") {
+    process.stderr.write("debug: start-up code cache rejected (slower start)\n");
+  }
+  script.runInThisContext()(exports, require, module, __filename, __dirname);
 }
-
-const { Script } = require("node:vm");
-const source = Buffer.from(getRawAsset("apes.js")).latin1Slice(); // the bundle is ASCII (esbuild)
-const script = new Script(source, {
-  filename: "apes.js",
-  cachedData: new Uint8Array(getRawAsset("apes.cache")),
-});
-if (script.cachedDataRejected && process.env.APES_DEBUG === "1") {
-  process.stderr.write("debug: start-up code cache rejected (slower start)\n");
-}
-script.runInThisContext()(exports, require, module, __filename, __dirname);

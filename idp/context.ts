@@ -23,8 +23,8 @@ export interface Idp {
   /** Resolves when the server shuts down (long polls answer at once). */
   shutdown: AbortSignal;
   /** Verifies a session token this IdP issued (`aud: apes-cli`); throws TokenError. */
-  sessionClaims(token: string): Record<string, unknown>;
-  authenticate(call: Call): Principal;
+  sessionClaims(token: string): Promise<Record<string, unknown>>;
+  authenticate(call: Call): Promise<Principal>;
   /** Takes one request from `key`'s bucket of the class; throws 429 (with retry_after) when empty. */
   rateLimit(limitClass: LimitClass, key: string): void;
 }
@@ -77,12 +77,12 @@ export type PrincipalLookups = Pick<Store, "getUser" | "getGrant">;
  * not revoked or expired, naming exactly these two parties and the IdP's own audience) and the acting party
  * (exists, enabled). A revocation or a disabled account therefore stops a live token at once.
  */
-export function principalFrom(
+export async function principalFrom(
   claims: Record<string, unknown>,
   lookups: PrincipalLookups,
   now: number,
-): Principal {
-  const user = lookups.getUser(claims.sub as string);
+): Promise<Principal> {
+  const user = await lookups.getUser(claims.sub as string);
   if (!user) throw new ProblemError("invalid_token", "the token's subject is not a user of this IdP");
   if (user.disabled) throw new ProblemError("invalid_token", "the account is disabled");
   const act = claims.act;
@@ -95,12 +95,12 @@ export function principalFrom(
   }
   if (actingParty !== undefined) {
     const id = claims.delegation_grant;
-    const delegation = typeof id === "string" ? lookups.getGrant(id)?.grant : undefined;
+    const delegation = typeof id === "string" ? (await lookups.getGrant(id))?.grant : undefined;
     const problem = delegatedTokenProblem(
       user.email,
       actingParty,
       delegation,
-      lookups.getUser(actingParty),
+      await lookups.getUser(actingParty),
       now,
     );
     if (problem) throw new ProblemError("invalid_token", problem);

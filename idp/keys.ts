@@ -7,13 +7,14 @@ import {
 } from "node:crypto";
 import { rawPublicKey } from "../protocol/keys.ts";
 import type { SigningKeyRecord, Store } from "./store/types.ts";
-import type { SigningKey } from "./tokens.ts";
+import { checkClaims, decodeJwt, type SigningKey, type VerifyOptions, verifySignature } from "./tokens.ts";
 
 /**
  * The IdP's Ed25519 signing keys. The newest unretired key signs; retired keys stay published in the
  * JWKS (and accepted) until every token they signed has expired (`max_exp`). Keys live in the
  * database (0600); imported KeyObjects are cached. `apes idp keys rotate` runs in another process:
- * the server notices through the store's change marker before it signs or meets an unknown kid.
+ * the server notices through the store's change marker before it signs or meets an unknown kid (a
+ * store without one is read every time).
  */
 
 export interface Jwk {
@@ -42,10 +43,10 @@ export function newSigningKeyRecord(now: number): SigningKeyRecord {
 }
 
 /** Adds a new key and retires the others (they stay published until their tokens expire). */
-export function rotateKeys(store: Store, now: number): SigningKeyRecord {
+export async function rotateKeys(store: Store, now: number): Promise<SigningKeyRecord> {
   const rec = newSigningKeyRecord(now);
-  store.addSigningKey(rec);
-  store.retireSigningKeys(rec.kid, now);
+  await store.addSigningKey(rec);
+  await store.retireSigningKeys(rec.kid, now);
   return rec;
 }
 
@@ -60,25 +61,41 @@ export class Keyring {
   private readonly store: Store;
   private keys = new Map<string, LoadedKey>();
   private active: LoadedKey | undefined;
-  private marker = -1;
+  private marker: number | undefined;
+  /** One re-read at a time: concurrent callers wait for the same one. */
+  private reloading: Promise<void> | undefined;
 
-  constructor(store: Store, now: number) {
+  private constructor(store: Store) {
     this.store = store;
-    this.reload(now);
   }
 
-  /** Re-reads the keys when another process changed the database (cheap: one pragma). */
-  refresh(now: number): void {
-    const m = this.store.externalChangeMarker();
-    if (m !== this.marker) this.reload(now);
+  /** The keyring of `store`, creating the first key when there is none. */
+  static async open(store: Store, now: number): Promise<Keyring> {
+    const ring = new Keyring(store);
+    await ring.reload(now);
+    return ring;
   }
 
-  private reload(now: number): void {
-    this.marker = this.store.externalChangeMarker();
-    let recs = this.store.listSigningKeys();
+  /** Re-reads the keys when another process changed the database (cheap: one counter). */
+  async refresh(now: number): Promise<void> {
+    if (this.reloading) return this.reloading;
+    const m = this.store.lifecycle?.changeMarker?.();
+    if (m === undefined || m !== this.marker) await this.reload(now);
+  }
+
+  private reload(now: number): Promise<void> {
+    this.reloading ??= this.read(now).finally(() => {
+      this.reloading = undefined;
+    });
+    return this.reloading;
+  }
+
+  private async read(now: number): Promise<void> {
+    this.marker = this.store.lifecycle?.changeMarker?.();
+    let recs = await this.store.listSigningKeys();
     if (!recs.some((r) => r.retiredAt === undefined)) {
-      rotateKeys(this.store, now); // first start (or every key retired): create one
-      recs = this.store.listSigningKeys();
+      await rotateKeys(this.store, now); // first start (or every key retired): create one
+      recs = await this.store.listSigningKeys();
     }
     const next = new Map<string, LoadedKey>();
     for (const rec of recs) {
@@ -109,25 +126,35 @@ export class Keyring {
    * one write per later `exp` (at most about one a second: exp has whole seconds), in the same
    * commit as the request's other writes, durable before the token is handed out.
    */
-  signingKey(now: number, exp: number): SigningKey {
-    this.refresh(now);
+  async signingKey(now: number, exp: number): Promise<SigningKey> {
+    await this.refresh(now);
     const k = this.active!;
     if (exp > k.rec.maxExp) {
-      this.store.raiseKeyMaxExp(k.rec.kid, exp);
-      k.rec.maxExp = exp;
+      await this.store.raiseKeyMaxExp(k.rec.kid, exp);
+      k.rec.maxExp = Math.max(k.rec.maxExp, exp);
     }
     return { kid: k.rec.kid, privateKey: k.privateKey };
   }
 
   /** The verification key for kid, if it is still published. */
-  publicKey(kid: string, now: number): KeyObject | undefined {
+  async publicKey(kid: string, now: number): Promise<KeyObject | undefined> {
     let k = this.keys.get(kid);
     if (!k) {
-      this.refresh(now);
+      await this.refresh(now);
       k = this.keys.get(kid);
     }
     if (!k || !this.published(k, now)) return undefined;
     return k.publicKey;
+  }
+
+  /** Verifies a token this IdP signed (signature with a published key, then the claim checks). */
+  async verify(token: string, checks: VerifyOptions): Promise<Record<string, unknown>> {
+    const d = decodeJwt(token);
+    const kid = d.header.kid;
+    const key = typeof kid === "string" && kid !== "" ? await this.publicKey(kid, checks.now) : undefined;
+    verifySignature(d, () => key);
+    checkClaims(d.payload, checks);
+    return d.payload;
   }
 
   /** A retired key is published (and accepted) while a token it signed may still be unexpired. */
@@ -135,8 +162,8 @@ export class Keyring {
     return k.rec.retiredAt === undefined || k.rec.maxExp > now;
   }
 
-  jwks(now: number): { keys: Jwk[] } {
-    this.refresh(now);
+  async jwks(now: number): Promise<{ keys: Jwk[] }> {
+    await this.refresh(now);
     return { keys: [...this.keys.values()].filter((k) => this.published(k, now)).map((k) => k.jwk) };
   }
 

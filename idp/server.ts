@@ -21,7 +21,8 @@ import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
-import { openSqliteStore } from "./store/sqlite.ts";
+import { openSqliteStore } from "./store/sqlite/store.ts";
+import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
 
 export interface ServeOptions {
@@ -55,7 +56,7 @@ const nowSec = () => Math.floor(Date.now() / 1000);
 
 /** The IdP as an app on server/: its data, then the port, then routes, then housekeeping. */
 export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
-  const data = openData(opts);
+  const data = await openData(opts);
   let http: Listening;
   try {
     http = await listen(opts);
@@ -86,7 +87,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   };
 }
 
-type Data = ReturnType<typeof openData>;
+type Data = Awaited<ReturnType<typeof openData>>;
 
 /** What the request pipeline runs for the IdP: its routes, hooks and error format. */
 function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
@@ -99,39 +100,58 @@ function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): A
     admitPublic: (call) => idp.rateLimit(limitClassOf(call.path), `ip:${clientKey(call.ip)}`),
     who: (p): Record<string, string> =>
       p.actingParty ? { sub: p.sub, act_sub: p.actingParty } : { sub: p.sub },
-    // Acknowledge nothing before it is durable (group commit; see store/sqlite.ts).
-    settle: () => data.store.flushed?.(),
+    // Acknowledge nothing before it is durable (group commit; see store/sqlite/store.ts).
+    settle: () => data.store.lifecycle?.flush?.(),
     errorReply: oauthErrorReply,
   };
 }
 
-/** The data directory: its lock, the store (checkpointed off the main thread), the login secret. */
-function openData(opts: ServeOptions) {
+/** The data directory: its lock, the store (checkpointed off the main thread), the keys, the login secret. */
+async function openData(opts: ServeOptions) {
   const lock = lockDataDir(opts.dataDir, "IdP server");
-  let sqlite: ReturnType<typeof openSqliteStore>;
+  let store: Store;
+  let keys: Keyring;
   try {
-    sqlite = openSqliteStore(opts.dataDir, { autoCheckpoint: false });
+    store = withReadCache(
+      openSqliteStore(opts.dataDir, {
+        groupCommit: true,
+        checkpointer: {
+          intervalMs: 1000,
+          onError: (e) =>
+            opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", {
+              error: e.message,
+            }),
+        },
+      }),
+    );
   } catch (e) {
     lock.release();
     throw e;
   }
-  const store = withReadCache(sqlite);
+  try {
+    keys = await Keyring.open(store, nowSec());
+    await store.lifecycle?.flush?.(); // the first start's key is committed before anything is signed
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    lock.release();
+    throw e;
+  }
   const login: LoginSettings = {
     challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
-  sqlite.enableGroupCommit();
-  const stopCheckpointer = sqlite.startCheckpointer(1000, (e) =>
-    opts.log.log("warn", "checkpoint worker failed; checkpointing on the main thread", { error: e.message }),
-  );
   return {
     store,
-    keys: new Keyring(store, nowSec()),
+    keys,
     login,
     async close() {
-      await stopCheckpointer();
-      store.close();
-      lock.release();
+      try {
+        await store.close();
+      } catch (e) {
+        opts.log.log("error", "closing the store failed", { error: (e as Error).message });
+      } finally {
+        lock.release();
+      }
     },
   };
 }
@@ -169,19 +189,19 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
 }
 
 /** The principal of a request's session token, re-checked against current state (principalFrom). */
-function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Principal {
+async function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Promise<Principal> {
   const token = bearerToken(call);
   // A signature check costs CPU: a token not verified before counts against the client's address
   // first, so a flood of invalid tokens is limited like any unauthenticated request.
   if (!sessions.verified(token)) idp.rateLimit("api", `ip:${clientKey(call.ip)}`);
   let claims: Record<string, unknown>;
   try {
-    claims = sessions.claims(token);
+    claims = await sessions.claims(token);
   } catch (e) {
     if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
     throw e;
   }
-  const principal = principalFrom(claims, idp.store, idp.now());
+  const principal = await principalFrom(claims, idp.store, idp.now());
   idp.rateLimit("api", `sub:${principal.sub}`);
   return principal;
 }
@@ -207,11 +227,11 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
 
 /** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
 function sweep(log: Logger, idp: Idp): () => void {
-  const timer = setInterval(() => {
+  const timer = setInterval(async () => {
     try {
       const now = nowSec();
-      for (const id of idp.store.expireDue(now)) idp.events.changed(id);
-      idp.store.purgeExpired(now);
+      for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
+      await idp.store.purgeExpired(now);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

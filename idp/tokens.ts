@@ -11,4 +11,5 @@ export {
   type SigningKey,
   signJwt,
   verifyJwt,
+  verifySignature,
 } from "../protocol/jwt.ts";

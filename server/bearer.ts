@@ -1,5 +1,5 @@
 import type { KeyObject } from "node:crypto";
-import { type ClaimChecks, verifyJwt } from "../protocol/jwt.ts";
+import { type ClaimChecks, checkClaims, decodeJwt, verifySignature } from "../protocol/jwt.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import type { Call } from "./http.ts";
 
@@ -13,8 +13,8 @@ export function bearerToken(call: Call): string {
 }
 
 export interface BearerChecks {
-  /** The verification key for a kid at `now`; undefined: not a key of ours. */
-  keyFor(kid: string, now: number): KeyObject | undefined;
+  /** The verification key for a kid at `now`; undefined: not a key of ours (a store may answer later). */
+  keyFor(kid: string, now: number): KeyObject | undefined | Promise<KeyObject | undefined>;
   /** Unix seconds. */
   now(): number;
   /** The claim checks besides the time (`now` is filled in per call). */
@@ -42,15 +42,20 @@ export class BearerVerifier {
     return ((this.cache.get(token)?.exp as number | undefined) ?? 0) > this.checks.now();
   }
 
-  /** The token's claims; throws JwtError. */
-  claims(token: string): Record<string, unknown> {
+  /** The token's claims; rejects with a JwtError. */
+  async claims(token: string): Promise<Record<string, unknown>> {
     const now = this.checks.now();
     const cached = this.cache.get(token);
     if (cached) {
       if ((cached.exp as number) > now) return cached;
       this.cache.delete(token);
     }
-    const claims = verifyJwt(token, (kid) => this.checks.keyFor(kid, now), { ...this.checks.claims, now });
+    const d = decodeJwt(token);
+    const kid = typeof d.header.kid === "string" && d.header.kid !== "" ? d.header.kid : undefined;
+    const key = kid === undefined ? undefined : await this.checks.keyFor(kid, now);
+    verifySignature(d, () => key);
+    const claims = d.payload;
+    checkClaims(claims, { ...this.checks.claims, now });
     this.checks.accept?.(claims);
     if (this.cache.size >= this.maxCached) this.cache.clear();
     this.cache.set(token, claims);

@@ -45,8 +45,8 @@ export function registerAgentRoutes(router: Router<Principal>, idp: Idp): void {
       throw e;
     }
     const email = identityField("the agent's email", agentEmail(body.name, p.sub));
-    if (idp.store.getUser(email)) throw new ProblemError("conflict", `${email} already exists`);
-    idp.store.addUser({
+    if (await idp.store.getUser(email)) throw new ProblemError("conflict", `${email} already exists`);
+    await idp.store.addUser({
       email,
       kind: "agent",
       owner: p.sub,
@@ -56,14 +56,14 @@ export function registerAgentRoutes(router: Router<Principal>, idp: Idp): void {
       createdAt: idp.now(),
     });
     idp.log.log("info", "agent enrolled", { rid: call.rid, sub: p.sub, agent: email });
-    return { status: 201, body: userView(idp.store.getUser(email)!) };
+    return { status: 201, body: userView((await idp.store.getUser(email))!) };
   });
 
-  router.add("GET", PATHS.agents, true, (_call, p) => {
-    const mine = idp.store
-      .subordinatesOf(p.sub)
-      .map((e) => idp.store.getUser(e))
-      .filter((u): u is UserRecord => u !== undefined && u.kind === "agent" && u.owner === p.sub);
+  router.add("GET", PATHS.agents, true, async (_call, p) => {
+    const users = await Promise.all((await idp.store.subordinatesOf(p.sub)).map((e) => idp.store.getUser(e)));
+    const mine = users.filter(
+      (u): u is UserRecord => u !== undefined && u.kind === "agent" && u.owner === p.sub,
+    );
     return { status: 200, body: { data: mine.map(userView) } };
   });
 }

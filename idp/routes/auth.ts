@@ -64,7 +64,10 @@ function subjectOf(body: Record<string, unknown>): string {
 }
 
 /** Issues a session token `{iss, sub, aud: apes-cli, act, iat, exp, jti}` for a user. */
-export function issueSessionToken(idp: Idp, user: UserRecord): { token: string; expiresIn: number } {
+export async function issueSessionToken(
+  idp: Idp,
+  user: UserRecord,
+): Promise<{ token: string; expiresIn: number }> {
   const iat = idp.now();
   const exp = iat + idp.tokenTtl;
   const token = signJwt(
@@ -77,7 +80,7 @@ export function issueSessionToken(idp: Idp, user: UserRecord): { token: string; 
       exp,
       jti: randomUUID(),
     },
-    idp.keys.signingKey(iat, exp),
+    await idp.keys.signingKey(iat, exp),
   );
   return { token, expiresIn: idp.tokenTtl };
 }
@@ -106,7 +109,7 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp, settings
     }
     const opened = settings.challenges.open(body.challenge, id, idp.now());
     if (!opened) throw new ProblemError("invalid_token", "unknown, used or expired challenge for this id");
-    const user = idp.store.getUser(id);
+    const user = await idp.store.getUser(id);
     if (!user?.publicKey || user.disabled) {
       throw new ProblemError("invalid_token", "authentication failed");
     }
@@ -115,7 +118,7 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp, settings
     const format = verifiedFormat(idp, settings, sentId, body.challenge, key, signature);
     if (!format) throw new ProblemError("invalid_token", "authentication failed");
     // Spent only once verified: a stranger who saw the challenge cannot burn it with a bad signature.
-    if (!idp.store.spendChallenge(opened.nonce, id, opened.expiresAt)) {
+    if (!(await idp.store.spendChallenge(opened.nonce, id, opened.expiresAt))) {
       throw new ProblemError("invalid_token", "unknown, used or expired challenge for this id");
     }
     if (format === SIGNATURE_FORMAT_RAW) {
@@ -124,7 +127,7 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp, settings
         sub: user.email,
       });
     }
-    const { token, expiresIn } = issueSessionToken(idp, user);
+    const { token, expiresIn } = await issueSessionToken(idp, user);
     idp.log.log("info", "login", { rid: call.rid, sub: user.email, method: "ed25519", format });
     return {
       status: 200,

@@ -11,23 +11,23 @@ import type { PageCursor, StoredGrant } from "../store/types.ts";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Loads a grant by id (404 for malformed or unknown ids) and applies timed expiry first. */
-export function loadGrant(idp: Idp, id: string): StoredGrant {
+export async function loadGrant(idp: Idp, id: string): Promise<StoredGrant> {
   if (!UUID.test(id)) throw new ProblemError("not_found", "no such grant");
-  const stored = idp.store.getGrant(id);
+  const stored = await idp.store.getGrant(id);
   if (!stored) throw new ProblemError("not_found", "no such grant");
   return expireIfDue(idp, stored);
 }
 
 /** A timed grant past expires_at becomes `expired` before anyone sees or uses it. */
-export function expireIfDue(idp: Idp, stored: StoredGrant): StoredGrant {
+export async function expireIfDue(idp: Idp, stored: StoredGrant): Promise<StoredGrant> {
   const now = idp.now();
   if (stored.grant.status === "approved" && effectiveStatus(stored.grant, now) === "expired") {
-    const updated = idp.store.transition(stored.grant.id, { from: ["approved"], to: "expired" });
+    const updated = await idp.store.transition(stored.grant.id, { from: ["approved"], to: "expired" });
     if (updated) {
       idp.events.changed(stored.grant.id);
       return updated;
     }
-    return idp.store.getGrant(stored.grant.id) ?? stored;
+    return (await idp.store.getGrant(stored.grant.id)) ?? stored;
   }
   return stored;
 }
@@ -105,10 +105,12 @@ export function listParams(call: Call, extra: readonly string[]): ListParams {
   return p;
 }
 
-export function page(idp: Idp, items: StoredGrant[], hasMore: boolean) {
+export async function page(idp: Idp, items: StoredGrant[], hasMore: boolean) {
   const last = items[items.length - 1];
+  const data: StoredGrant["grant"][] = [];
+  for (const s of items) data.push((await expireIfDue(idp, s)).grant);
   return {
-    data: items.map((s) => expireIfDue(idp, s).grant),
+    data,
     pagination: {
       cursor: hasMore && last ? encodeCursor({ createdAt: last.grant.created_at, seq: last.seq }) : null,
       has_more: hasMore,

@@ -18,8 +18,8 @@ function isParty(p: Principal, g: Grant): boolean {
   return p.actor.admin || g.request.delegator === p.sub || g.request.delegate === p.sub;
 }
 
-function visibleDelegation(idp: Idp, p: Principal, id: string): StoredGrant {
-  const stored = loadGrant(idp, id);
+async function visibleDelegation(idp: Idp, p: Principal, id: string): Promise<StoredGrant> {
+  const stored = await loadGrant(idp, id);
   if (stored.grant.type !== "delegation" || !isParty(p, stored.grant)) {
     throw new ProblemError("not_found", "no such delegation");
   }
@@ -53,7 +53,7 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     }
     const delegate = identityField("delegate", body.delegate);
     if (delegate === p.sub) throw new ProblemError("invalid_request", "cannot delegate to yourself");
-    const delegateUser = idp.store.getUser(delegate);
+    const delegateUser = await idp.store.getUser(delegate);
     if (!delegateUser || delegateUser.disabled) {
       throw new ProblemError("invalid_request", `${delegate} is not an active user of this IdP`);
     }
@@ -90,18 +90,18 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     } else if (body.duration !== undefined) {
       throw new ProblemError("invalid_request", "duration is only valid for timed delegations");
     }
-    const stored = idp.store.insertGrant({ grant });
+    const stored = await idp.store.insertGrant({ grant });
     idp.log.log("info", "delegation created", { rid: call.rid, grant: grant.id, delegator: p.sub, delegate });
     return { status: 201, body: stored.grant, headers: { location: `${idp.base}${D}/${grant.id}` } };
   });
 
-  router.add("GET", D, true, (call, p) => {
+  router.add("GET", D, true, async (call, p) => {
     const q = listParams(call, ["role"]);
     const role = q.get("role");
     if (role !== undefined && role !== "delegator" && role !== "delegate") {
       throw new ProblemError("invalid_request", "role must be delegator or delegate");
     }
-    const result = idp.store.queryGrants({
+    const result = await idp.store.queryGrants({
       ...(role === "delegator"
         ? { delegator: p.sub }
         : role === "delegate"
@@ -111,22 +111,25 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
       limit: q.limit,
       ...(q.before ? { before: q.before } : {}),
     });
-    return { status: 200, body: page(idp, result.items, result.hasMore) };
+    return { status: 200, body: await page(idp, result.items, result.hasMore) };
   });
 
-  router.add("GET", `${D}/:id`, true, (call, p) => {
-    const stored = visibleDelegation(idp, p, call.params.id!);
+  router.add("GET", `${D}/:id`, true, async (call, p) => {
+    const stored = await visibleDelegation(idp, p, call.params.id!);
     return { status: 200, body: stored.grant, headers: { etag: etagOf(stored) } };
   });
 
-  router.add("DELETE", `${D}/:id`, true, (call, p) => {
-    const stored = visibleDelegation(idp, p, call.params.id!);
+  router.add("DELETE", `${D}/:id`, true, async (call, p) => {
+    const stored = await visibleDelegation(idp, p, call.params.id!);
     if (stored.grant.request.delegator !== p.sub && !p.actor.admin) {
       throw new ProblemError("forbidden", "only the delegator revokes a delegation");
     }
     if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot revoke delegations");
     // A used `once` delegation is revoked too: that stops the token its one exchange issued.
-    const updated = idp.store.transition(stored.grant.id, { from: ["approved", "used"], to: "revoked" });
+    const updated = await idp.store.transition(stored.grant.id, {
+      from: ["approved", "used"],
+      to: "revoked",
+    });
     if (!updated) {
       throw new ProblemError(
         "invalid_state",
@@ -146,7 +149,7 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     if (typeof body.delegate !== "string" || typeof body.audience !== "string") {
       throw new ProblemError("invalid_request", "delegate and audience are required");
     }
-    const stored = visibleDelegation(idp, p, call.params.id!);
+    const stored = await visibleDelegation(idp, p, call.params.id!);
     const g = stored.grant;
     const status = effectiveStatus(g, idp.now());
     let reason: string | undefined;

@@ -59,9 +59,9 @@ export function registerDiscoveryRoutes(
     body: doc,
     headers: { "cache-control": "public, max-age=300" },
   }));
-  router.add("GET", PATHS.jwks, false, () => ({
+  router.add("GET", PATHS.jwks, false, async () => ({
     status: 200,
-    body: idp.keys.jwks(idp.now()),
+    body: await idp.keys.jwks(idp.now()),
     // Short: clients must see a rotation soon.
     headers: { "cache-control": "public, max-age=60" },
   }));

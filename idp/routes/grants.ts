@@ -22,7 +22,7 @@ import {
 } from "../grants.ts";
 import { type Call, jsonBody, onlyFields, type Reply, type Router } from "../http.ts";
 import type { StoredGrant, Transition } from "../store/types.ts";
-import { checkClaims, signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { checkClaims, signJwt, TokenError } from "../tokens.ts";
 import { etagMatches, etagOf, listParams, loadGrant, MAX_WAIT, page, preferWait } from "./common.ts";
 import { PATHS } from "./discovery.ts";
 
@@ -34,9 +34,9 @@ import { PATHS } from "./discovery.ts";
 const MAX_BATCH = 100;
 
 /** Loads a grant the principal may see; others' grants are indistinguishable from missing ones. */
-function visibleGrant(idp: Idp, p: Principal, id: string): StoredGrant {
-  const stored = loadGrant(idp, id);
-  if (!canView(p.actor, stored.grant, idp.store.getUser(stored.grant.request.requester))) {
+async function visibleGrant(idp: Idp, p: Principal, id: string): Promise<StoredGrant> {
+  const stored = await loadGrant(idp, id);
+  if (!canView(p.actor, stored.grant, await idp.store.getUser(stored.grant.request.requester))) {
     throw new ProblemError("not_found", "no such grant");
   }
   return stored;
@@ -54,16 +54,16 @@ function invalidState(grant: Grant, wanted: string): ProblemError {
 }
 
 /** approve / deny / revoke, shared by the single calls and batch (so both authorize identically). */
-export function applyAction(
+export async function applyAction(
   idp: Idp,
   p: Principal,
   id: string,
   action: Action,
   body: Record<string, unknown>,
-): Grant {
-  const stored = visibleGrant(idp, p, id);
+): Promise<Grant> {
+  const stored = await visibleGrant(idp, p, id);
   const grant = stored.grant;
-  const requester = idp.store.getUser(grant.request.requester);
+  const requester = await idp.store.getUser(grant.request.requester);
   const now = idp.now();
   let t: Transition;
   if (action === "revoke") {
@@ -85,10 +85,10 @@ export function applyAction(
   }
   t.actingParty = p.actingParty ?? null;
   if (!t.from.includes(grant.status)) throw invalidState(grant, t.from.join(" or "));
-  const updated = idp.store.transition(id, t);
+  const updated = await idp.store.transition(id, t);
   if (!updated) {
     // Lost a race with another decision: report the state that won.
-    throw invalidState(idp.store.getGrant(id)?.grant ?? grant, t.from.join(" or "));
+    throw invalidState((await idp.store.getGrant(id))?.grant ?? grant, t.from.join(" or "));
   }
   idp.events.changed(id);
   idp.log.log("info", `grant ${updated.grant.status}`, {
@@ -103,7 +103,7 @@ export function applyAction(
 /** GET with ETag, If-None-Match and `Prefer: wait=N` (answered as soon as the grant changes). */
 async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
   const id = call.params.id!;
-  let stored = visibleGrant(idp, p, id);
+  let stored = await visibleGrant(idp, p, id);
   const ifNoneMatch = call.req.headers["if-none-match"];
   const wait = preferWait(call);
   const headers: Record<string, string> = {};
@@ -118,14 +118,19 @@ async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
         idp.shutdown,
         AbortSignal.timeout(Math.max(0, deadline - Date.now())),
       ]);
-      while (!stop.aborted) {
-        // Subscribing and reading happen in the same tick: no change can slip in between.
-        await idp.events.wait(id, stop);
-        stored = loadGrant(idp, id);
-        if (!etagMatches(seen, etagOf(stored))) break;
+      for (;;) {
+        // Subscribed before reading: a change between the read and the wait still wakes us.
+        const round = new AbortController();
+        const changed = idp.events.wait(id, AbortSignal.any([stop, round.signal]));
+        stored = await loadGrant(idp, id);
+        if (stop.aborted || !etagMatches(seen, etagOf(stored))) {
+          round.abort();
+          break;
+        }
+        await changed;
       }
       // The wait may have outlasted a revoked delegation or a disabled account: check again.
-      idp.authenticate(call);
+      await idp.authenticate(call);
     }
   }
   const etag = etagOf(stored);
@@ -169,10 +174,10 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const now = idp.now();
     const key = matchKey(request);
     // An approved timed/always grant for exactly this command is reused (200) instead of asking again.
-    const reusable = idp.store.findReusable(request.requester, key, now);
+    const reusable = await idp.store.findReusable(request.requester, key, now);
     if (reusable) return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
     const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
-    const stored = idp.store.insertGrant({
+    const stored = await idp.store.insertGrant({
       grant,
       matchKey: key,
       ...(p.actingParty ? { actingParty: p.actingParty } : {}),
@@ -194,7 +199,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     };
   });
 
-  router.add("GET", G, true, (call, p) => {
+  router.add("GET", G, true, async (call, p) => {
     const q = listParams(call, ["requester", "type"]);
     const asked = q.get("requester");
     const requester = asked === undefined ? undefined : identityField("requester", asked);
@@ -205,17 +210,17 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     let requesters: string[] | undefined;
     if (p.actor.admin) requesters = requester ? [requester] : undefined;
     else {
-      const visible = [p.sub, ...idp.store.subordinatesOf(p.sub)];
+      const visible = [p.sub, ...(await idp.store.subordinatesOf(p.sub))];
       requesters = requester ? visible.filter((r) => r === requester) : visible;
     }
-    const result = idp.store.queryGrants({
+    const result = await idp.store.queryGrants({
       ...(requesters ? { requesters } : {}),
       ...(q.status ? { status: q.status } : {}),
       ...(type ? { type: type as GrantCategory } : {}),
       limit: q.limit,
       ...(q.before ? { before: q.before } : {}),
     });
-    return { status: 200, body: page(idp, result.items, result.hasMore) };
+    return { status: 200, body: await page(idp, result.items, result.hasMore) };
   });
 
   // Verify an AuthZ-JWT without consuming it. The token in the body is the credential.
@@ -226,11 +231,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const now = idp.now();
     let claims: Record<string, unknown>;
     try {
-      claims = verifyJwt(body.token, (kid) => idp.keys.publicKey(kid, now), {
-        now,
-        issuer: idp.issuer,
-        leeway: 0,
-      });
+      claims = await idp.keys.verify(body.token, { now, issuer: idp.issuer, leeway: 0 });
     } catch (e) {
       if (e instanceof TokenError)
         return { status: 200, body: { valid: false, error: e.reason, detail: e.message } };
@@ -242,7 +243,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
         body: { valid: false, error: "not_authz_jwt", detail: "the token names no grant" },
       };
     }
-    const stored = idp.store.getGrant(claims.grant_id);
+    const stored = await idp.store.getGrant(claims.grant_id);
     const outcome = stored ? consumeResultFor(stored.grant, now) : undefined;
     if (!outcome?.ok) {
       return { status: 200, body: { valid: false, error: outcome?.error ?? "not_found", claims } };
@@ -278,16 +279,18 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       const { id, action, ...rest } = o;
       return { id, action: o.action as Action, rest };
     });
-    const results = parsed.map(({ id, action, rest }) => {
+    // One after the other, in the order given (each may see the previous one's effect).
+    const results = [];
+    for (const { id, action, rest } of parsed) {
       try {
-        const g = applyAction(idp, p, id, action, rest);
-        return { id, success: true, status: g.status };
+        const g = await applyAction(idp, p, id, action, rest);
+        results.push({ id, success: true, status: g.status });
       } catch (e) {
         if (!(e instanceof ProblemError)) throw e;
         const status = e.extensions.grant_status;
-        return { id, success: false, error: e.code, detail: e.message, ...(status ? { status } : {}) };
+        results.push({ id, success: false, error: e.code, detail: e.message, ...(status ? { status } : {}) });
       }
-    });
+    }
     return { status: 200, body: { results } };
   });
 
@@ -296,14 +299,14 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
   for (const action of ["approve", "deny", "revoke"] as const) {
     router.add("POST", `${G}/:id/${action}`, true, async (call, p) => {
       const body = await jsonBody(call);
-      return { status: 200, body: applyAction(idp, p, call.params.id!, action, body) };
+      return { status: 200, body: await applyAction(idp, p, call.params.id!, action, body) };
     });
   }
 
   router.add("POST", `${G}/:id/token`, true, async (call, p) => {
     const body = await jsonBody(call);
     onlyFields(body, []);
-    const stored = visibleGrant(idp, p, call.params.id!);
+    const stored = await visibleGrant(idp, p, call.params.id!);
     const grant = stored.grant;
     if (grant.request.requester !== p.sub) {
       throw new ProblemError("forbidden", "only the requester may fetch the grant's token");
@@ -317,7 +320,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     if (grant.status !== "approved") throw invalidState(grant, "approved");
     const iat = idp.now();
     const claims = authzClaims({ issuer: idp.issuer, grant, act: p.actor.kind, iat, jti: randomUUID() });
-    const authzJwt = signJwt(claims, idp.keys.signingKey(iat, authzExp(grant, iat)));
+    const authzJwt = signJwt(claims, await idp.keys.signingKey(iat, authzExp(grant, iat)));
     issued.add(authzJwt, claims);
     return { status: 200, body: { authz_jwt: authzJwt, grant } };
   });
@@ -329,12 +332,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     let claims = issued.get(token);
     try {
       if (claims) checkClaims(claims, { now, leeway: 0 });
-      else
-        claims = verifyJwt(token, (kid) => idp.keys.publicKey(kid, now), {
-          now,
-          issuer: idp.issuer,
-          leeway: 0,
-        });
+      else claims = await idp.keys.verify(token, { now, issuer: idp.issuer, leeway: 0 });
     } catch (e) {
       if (e instanceof TokenError) throw new ProblemError("invalid_token", e.message, { reason: e.reason });
       throw e;
@@ -345,13 +343,17 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     }
     const body = await jsonBody(call);
     onlyFields(body, []);
-    let stored = loadGrant(idp, call.params.id!);
+    let stored = await loadGrant(idp, call.params.id!);
     if (claims.sub !== stored.grant.request.requester || claims.aud !== stored.grant.request.audience) {
       throw new ProblemError("invalid_token", "the token does not match the grant");
     }
     let outcome = consumeResultFor(stored.grant, now);
     if (outcome.ok && outcome.markUsed) {
-      const used = idp.store.transition(stored.grant.id, { from: ["approved"], to: "used", usedAt: now });
+      const used = await idp.store.transition(stored.grant.id, {
+        from: ["approved"],
+        to: "used",
+        usedAt: now,
+      });
       if (used) {
         issued.delete(token);
         idp.events.changed(stored.grant.id);
@@ -359,7 +361,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
         return { status: 200, body: { status: "consumed", grant_id: stored.grant.id } };
       }
       // Someone else consumed (or revoked) it between our read and write.
-      stored = loadGrant(idp, call.params.id!);
+      stored = await loadGrant(idp, call.params.id!);
       outcome = consumeResultFor(stored.grant, now);
     }
     if (outcome.ok) return { status: 200, body: { status: outcome.status, grant_id: stored.grant.id } };

@@ -1,11 +1,11 @@
-import { randomUUID } from "node:crypto";
+import { type KeyObject, randomUUID } from "node:crypto";
 import { KeyFormatError, parseSshPublicKey } from "../../protocol/keys.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
 import { effectiveStatus } from "../grants.ts";
 import { formOrJsonBody, OAuthError, type Router } from "../http.ts";
 import type { UserRecord } from "../store/types.ts";
-import { signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { decodeJwt, signJwt, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
 import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
@@ -45,10 +45,10 @@ function param(body: Record<string, unknown>, name: string): string | undefined 
 }
 
 /** Verifies an IdP session token for the token endpoint (OAuth errors instead of problems). */
-function sessionUser(idp: Idp, token: string, what: string): UserRecord {
+async function sessionUser(idp: Idp, token: string, what: string): Promise<UserRecord> {
   let claims: Record<string, unknown>;
   try {
-    claims = idp.sessionClaims(token);
+    claims = await idp.sessionClaims(token);
   } catch (e) {
     if (e instanceof TokenError) throw new OAuthError("invalid_grant", `${what}: ${e.message}`);
     throw e;
@@ -56,13 +56,13 @@ function sessionUser(idp: Idp, token: string, what: string): UserRecord {
   if (claims.act !== "human" && claims.act !== "agent") {
     throw new OAuthError("invalid_grant", `${what} must be the identity's own session token`);
   }
-  const user = idp.store.getUser(String(claims.sub));
+  const user = await idp.store.getUser(String(claims.sub));
   if (!user || user.disabled) throw new OAuthError("invalid_grant", `${what}: unknown or disabled identity`);
   return user;
 }
 
 /** Issues the delegated token `{sub: delegator, act: {sub: delegate}, ...}` after every check. */
-function exchange(
+async function exchange(
   idp: Idp,
   actor: UserRecord,
   grantId: string,
@@ -70,7 +70,7 @@ function exchange(
   subject?: string,
 ) {
   if (!/^[0-9a-f-]{36}$/.test(grantId)) throw new OAuthError("invalid_grant", "unknown delegation");
-  const stored = idp.store.getGrant(grantId);
+  const stored = await idp.store.getGrant(grantId);
   const g = stored?.grant;
   if (g?.type !== "delegation") throw new OAuthError("invalid_grant", "unknown delegation");
   if (g.request.delegate !== actor.email) {
@@ -94,11 +94,11 @@ function exchange(
       `a token for ${CLI_TOKEN_AUDIENCE} needs a delegation with that audience`,
     );
   }
-  const delegator = idp.store.getUser(g.request.delegator!);
+  const delegator = await idp.store.getUser(g.request.delegator!);
   if (!delegator || delegator.disabled) throw new OAuthError("invalid_grant", "the delegator is disabled");
   if (g.request.grant_type === "once") {
     // Single use, atomically: the conditional update decides which of concurrent exchanges wins.
-    const used = idp.store.transition(g.id, { from: ["approved"], to: "used", usedAt: now });
+    const used = await idp.store.transition(g.id, { from: ["approved"], to: "used", usedAt: now });
     if (!used) throw new OAuthError("invalid_grant", "the delegation was already used");
     idp.events.changed(g.id);
   }
@@ -116,7 +116,7 @@ function exchange(
       exp,
       jti: randomUUID(),
     },
-    idp.keys.signingKey(now, exp),
+    await idp.keys.signingKey(now, exp),
   );
   idp.log.log("info", "token exchanged", {
     delegation: g.id,
@@ -134,32 +134,23 @@ function exchange(
 }
 
 /** The older form: an Ed25519 client assertion signed with the identity's own key (jti single use). */
-function assertionUser(idp: Idp, assertion: string, clientId: string | undefined): UserRecord {
+async function assertionUser(idp: Idp, assertion: string, clientId: string | undefined): Promise<UserRecord> {
   const now = idp.now();
   let claims: Record<string, unknown>;
   let user: UserRecord | undefined;
   try {
-    claims = verifyJwt(
-      assertion,
-      () => {
-        // The key is the issuer's registered key: read iss before verifying, then check it below.
-        const payload = JSON.parse(Buffer.from(assertion.split(".")[1] ?? "", "base64url").toString("utf8"));
-        user = typeof payload?.iss === "string" ? idp.store.getUser(payload.iss.toLowerCase()) : undefined;
-        if (!user?.publicKey || user.disabled) return undefined;
-        try {
-          return parseSshPublicKey(user.publicKey).key;
-        } catch (e) {
-          if (e instanceof KeyFormatError) return undefined;
-          throw e;
-        }
-      },
-      { now, audience: [idp.base + PATHS.token, idp.issuer], leeway: 0 },
-    );
+    // The key is the issuer's registered key: read iss before verifying, then check it below.
+    const iss = decodeJwt(assertion).payload.iss;
+    user = typeof iss === "string" ? await idp.store.getUser(iss.toLowerCase()) : undefined;
+    const key = user?.publicKey && !user.disabled ? registeredKey(user.publicKey) : undefined;
+    claims = verifyJwt(assertion, () => key, {
+      now,
+      audience: [idp.base + PATHS.token, idp.issuer],
+      leeway: 0,
+    });
   } catch (e) {
     if (e instanceof TokenError)
       throw new OAuthError("invalid_client", `client_assertion: ${e.message}`, 401);
-    if (e instanceof SyntaxError)
-      throw new OAuthError("invalid_client", "client_assertion is malformed", 401);
     throw e;
   }
   if (!user) throw new OAuthError("invalid_client", "client_assertion: unknown client", 401);
@@ -183,10 +174,20 @@ function assertionUser(idp: Idp, assertion: string, clientId: string | undefined
     );
   }
   // Replay protection: the jti is recorded until the assertion expires.
-  if (!idp.store.useJti(`${user.email}:${claims.jti}`, exp + 60)) {
+  if (!(await idp.store.useJti(`${user.email}:${claims.jti}`, exp + 60))) {
     throw new OAuthError("invalid_client", "client_assertion was already used (jti replay)", 401);
   }
   return user;
+}
+
+/** A user's registered ssh-ed25519 key, or undefined when it does not parse. */
+function registeredKey(publicKey: string): KeyObject | undefined {
+  try {
+    return parseSshPublicKey(publicKey).key;
+  } catch (e) {
+    if (e instanceof KeyFormatError) return undefined;
+    throw e;
+  }
 }
 
 export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
@@ -207,10 +208,12 @@ export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
       }
       const grantId = param(body, "delegation_grant_id") ?? param(body, "delegation_grant");
       if (!grantId) throw new OAuthError("invalid_request", "delegation_grant_id is required");
-      const actor = sessionUser(idp, actorToken, "actor_token");
+      const actor = await sessionUser(idp, actorToken, "actor_token");
       const subjectToken = param(body, "subject_token");
-      const subject = subjectToken ? sessionUser(idp, subjectToken, "subject_token").email : undefined;
-      return { status: 200, body: exchange(idp, actor, grantId, audience, subject) };
+      const subject = subjectToken
+        ? (await sessionUser(idp, subjectToken, "subject_token")).email
+        : undefined;
+      return { status: 200, body: await exchange(idp, actor, grantId, audience, subject) };
     }
     if (grantType === "client_credentials") {
       if (param(body, "client_assertion_type") !== JWT_BEARER) {
@@ -218,11 +221,11 @@ export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
       }
       const assertion = param(body, "client_assertion");
       if (!assertion) throw new OAuthError("invalid_client", "client_assertion is required", 401);
-      const user = assertionUser(idp, assertion, param(body, "client_id"));
+      const user = await assertionUser(idp, assertion, param(body, "client_id"));
       const grantId = param(body, "delegation_grant") ?? param(body, "delegation_grant_id");
-      if (grantId) return { status: 200, body: exchange(idp, user, grantId, audience) };
+      if (grantId) return { status: 200, body: await exchange(idp, user, grantId, audience) };
       // Without a delegation: the identity's own session token (older agent login).
-      const { token, expiresIn } = issueSessionToken(idp, user);
+      const { token, expiresIn } = await issueSessionToken(idp, user);
       return {
         status: 200,
         body: {

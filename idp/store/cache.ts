@@ -1,54 +1,80 @@
-import type { NewUser, Store, StoredGrant, UserRecord } from "./types.ts";
+import type { Store, StoredGrant, UserRecord } from "./types.ts";
 
 /**
  * A Store whose lookups on every authenticated request (users, and the delegation behind a delegated
  * token) are served from memory. They change rarely, and only through this process (every write
  * goes through this wrapper and drops what it touches) or through the offline admin commands in
- * another process (detected by the store's change marker, one pragma, checked on every cached
- * lookup: a user disabled there is refused on its next request).
+ * another process (detected by the store's change marker, checked on every cached lookup: a user
+ * disabled there is refused on its next request). A store without a change marker is returned
+ * as it is: nothing could tell this process that another one changed the data.
+ *
+ * Lookups and writes interleave (each awaits the store): a value read while a write to it was under
+ * way may be the old one, so it is kept only when no such write completed meanwhile (a generation
+ * counter per kind of value, bumped when a write completes).
  */
 export function withReadCache(store: Store): Store {
+  const lifecycle = store.lifecycle;
+  if (!lifecycle?.changeMarker) return store;
+  const changeMarker = () => lifecycle.changeMarker!();
   const users = new Map<string, UserRecord | undefined>();
   const subordinates = new Map<string, string[]>();
   // Delegations only: command grants are read once or twice each and change on every step.
   const delegations = new Map<string, StoredGrant>();
-  let marker = store.externalChangeMarker();
-  const clear = () => {
+  let usersGeneration = 0;
+  let delegationsGeneration = 0;
+  let marker = changeMarker();
+  const dropUsers = () => {
+    usersGeneration++;
     users.clear();
     subordinates.clear();
-    delegations.clear();
+  };
+  const dropDelegation = (id: string) => {
+    delegationsGeneration++;
+    delegations.delete(id);
   };
   const fresh = () => {
-    const m = store.externalChangeMarker();
+    const m = changeMarker();
     if (m !== marker) {
       marker = m;
-      clear();
+      dropUsers();
+      delegationsGeneration++;
+      delegations.clear();
     }
   };
   return {
-    addUser(u: NewUser) {
-      store.addUser(u);
-      clear();
+    async addUser(u) {
+      try {
+        await store.addUser(u);
+      } finally {
+        dropUsers();
+      }
     },
-    getUser(email) {
+    async getUser(email) {
       fresh();
       if (users.has(email)) return users.get(email);
-      const u = store.getUser(email);
-      if (users.size > 10_000) users.clear();
-      users.set(email, u);
+      const generation = usersGeneration;
+      const u = await store.getUser(email);
+      if (generation === usersGeneration) {
+        if (users.size > 10_000) users.clear();
+        users.set(email, u);
+      }
       return u;
     },
     listUsers: () => store.listUsers(),
-    setDisabled(email, disabled) {
-      const r = store.setDisabled(email, disabled);
-      clear();
-      return r;
+    async setDisabled(email, disabled) {
+      try {
+        return await store.setDisabled(email, disabled);
+      } finally {
+        dropUsers();
+      }
     },
-    subordinatesOf(email) {
+    async subordinatesOf(email) {
       fresh();
-      let s = subordinates.get(email);
-      if (!s) {
-        s = store.subordinatesOf(email);
+      const cached = subordinates.get(email);
+      if (cached) return cached;
+      const generation = usersGeneration;
+      const s = await store.subordinatesOf(email);
+      if (generation === usersGeneration) {
         if (subordinates.size > 10_000) subordinates.clear();
         subordinates.set(email, s);
       }
@@ -58,18 +84,18 @@ export function withReadCache(store: Store): Store {
     addSigningKey: (k) => store.addSigningKey(k),
     retireSigningKeys: (kid, now) => store.retireSigningKeys(kid, now),
     raiseKeyMaxExp: (kid, exp) => store.raiseKeyMaxExp(kid, exp),
-    externalChangeMarker: () => store.externalChangeMarker(),
     spendChallenge: (c, s, e) => store.spendChallenge(c, s, e),
     useJti: (j, e) => store.useJti(j, e),
     purgeExpired: (n) => store.purgeExpired(n),
     insertGrant: (g) => store.insertGrant(g),
-    getGrant(id) {
+    async getGrant(id) {
       // The change marker only where memory answers: command grants are read from the store anyway.
       if (delegations.has(id)) fresh();
       const cached = delegations.get(id);
       if (cached) return cached;
-      const g = store.getGrant(id);
-      if (g?.grant.type === "delegation") {
+      const generation = delegationsGeneration;
+      const g = await store.getGrant(id);
+      if (g?.grant.type === "delegation" && generation === delegationsGeneration) {
         if (delegations.size > 10_000) delegations.clear();
         delegations.set(id, deepFreeze(g));
       }
@@ -77,17 +103,23 @@ export function withReadCache(store: Store): Store {
     },
     findReusable: (r, k, n) => store.findReusable(r, k, n),
     queryGrants: (q) => store.queryGrants(q),
-    transition(id, t) {
+    async transition(id, t) {
       delegations.delete(id);
-      return store.transition(id, t);
+      let updated: StoredGrant | undefined;
+      try {
+        updated = await store.transition(id, t);
+        return updated;
+      } finally {
+        // A command grant's step leaves the delegations' generation alone (it changes nothing cached).
+        if (updated?.grant.type !== "command") dropDelegation(id);
+      }
     },
-    expireDue(n) {
-      const ids = store.expireDue(n);
-      for (const id of ids) delegations.delete(id);
+    async expireDue(n) {
+      const ids = await store.expireDue(n);
+      for (const id of ids) dropDelegation(id);
       return ids;
     },
-    flushed: () => store.flushed?.(),
-    checkpoint: () => store.checkpoint(),
+    lifecycle,
     close: () => store.close(),
   };
 }

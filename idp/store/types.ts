@@ -1,10 +1,13 @@
 import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts";
 
 /**
- * The IdP's persistence, behind an interface so a PostgreSQL store can follow the SQLite one.
- * Times are Unix seconds and always passed in by the caller (no hidden clock). Every method is an
- * indexed lookup or a bounded scan: per-request cost must not grow with the number of stored grants.
- * State changes are conditional updates (compare-and-set on the current status), never read-then-write.
+ * The IdP's persistence, database-neutral: every method returns a Promise, and nothing here names a
+ * database. Implementations: idp/store/sqlite/ (a PostgreSQL one is to follow); every implementation
+ * passes the contract suite in test/contract/store/. Times are Unix seconds and always passed in by
+ * the caller (no hidden clock). Every method is an indexed lookup or a bounded scan: per-request cost
+ * must not grow with the number of stored grants. State changes are conditional updates (one
+ * compare-and-set on the current status, or one insert that fails on a duplicate), never
+ * read-then-write, so concurrent callers (in this process or another) cannot both win.
  */
 
 export type UserKind = "human" | "agent";
@@ -107,48 +110,71 @@ export interface GrantPage {
 }
 
 export interface Store {
-  // users
-  addUser(user: NewUser): void;
-  getUser(email: string): UserRecord | undefined;
-  listUsers(): UserRecord[];
-  setDisabled(email: string, disabled: boolean): boolean;
+  // users (looked up by their normalised identity, protocol/names.ts; stored only in that form)
+  /** Adds a user with its approvers atomically; rejects a duplicate or a name not in normal form. */
+  addUser(user: NewUser): Promise<void>;
+  getUser(email: string): Promise<UserRecord | undefined>;
+  /** Every user, ordered by email. */
+  listUsers(): Promise<UserRecord[]>;
+  /** false when there is no such user. */
+  setDisabled(email: string, disabled: boolean): Promise<boolean>;
   /** Users this human may decide for: agents it owns and users naming it as an approver. */
-  subordinatesOf(email: string): string[];
+  subordinatesOf(email: string): Promise<string[]>;
 
   // signing keys
-  listSigningKeys(): SigningKeyRecord[];
-  addSigningKey(key: SigningKeyRecord): void;
+  /** Every key, oldest first (created_at, then kid). */
+  listSigningKeys(): Promise<SigningKeyRecord[]>;
+  addSigningKey(key: SigningKeyRecord): Promise<void>;
   /** Retires every active key except `keepKid` (rotation). */
-  retireSigningKeys(exceptKid: string, now: number): void;
-  raiseKeyMaxExp(kid: string, maxExp: number): void;
-  /** Cheap change counter: differs when another process committed (key rotation, admin commands). */
-  externalChangeMarker(): number;
+  retireSigningKeys(exceptKid: string, now: number): Promise<void>;
+  /** Raises the key's max_exp to `maxExp`; never lowers it. */
+  raiseKeyMaxExp(kid: string, maxExp: number): Promise<void>;
 
   // single-use values (challenges, client-assertion jti)
   /**
    * Records the nonce of a used login challenge (idp/challenges.ts) until it expires; false when it
    * was already spent. Challenges themselves are stateless: only spent ones are stored.
    */
-  spendChallenge(nonce: string, subject: string, expiresAt: number): boolean;
+  spendChallenge(nonce: string, subject: string, expiresAt: number): Promise<boolean>;
   /** Records a jti; false when it was already used (replay). */
-  useJti(jti: string, expiresAt: number): boolean;
-  purgeExpired(now: number): void;
+  useJti(jti: string, expiresAt: number): Promise<boolean>;
+  /** Forgets spent nonces and jtis whose expiry is at or before `now`. */
+  purgeExpired(now: number): Promise<void>;
 
   // grants
-  insertGrant(g: NewGrant): StoredGrant;
-  getGrant(id: string): StoredGrant | undefined;
-  findReusable(requester: string, matchKey: string, now: number): StoredGrant | undefined;
-  queryGrants(q: GrantQuery): GrantPage;
+  insertGrant(g: NewGrant): Promise<StoredGrant>;
+  getGrant(id: string): Promise<StoredGrant | undefined>;
+  /** The newest approved timed/always grant of `requester` with this match key, unexpired at `now`. */
+  findReusable(requester: string, matchKey: string, now: number): Promise<StoredGrant | undefined>;
+  /** Newest first; `before` continues a listing without skipping or repeating (equal timestamps too). */
+  queryGrants(q: GrantQuery): Promise<GrantPage>;
   /** Applies the transition if the current status allows it; the updated grant, or undefined. */
-  transition(id: string, t: Transition): StoredGrant | undefined;
+  transition(id: string, t: Transition): Promise<StoredGrant | undefined>;
   /** Marks approved grants past expires_at as expired; returns their ids. */
-  expireDue(now: number): string[];
+  expireDue(now: number): Promise<string[]>;
 
-  /** Pending durability: resolves once every write made so far is committed (undefined: none). */
-  flushed?(): Promise<void> | undefined;
+  /** What this store offers beyond the data (absent: nothing to do). */
+  readonly lifecycle?: StoreLifecycle;
 
-  /** Housekeeping the server runs on a timer (SQLite: a passive WAL checkpoint). */
-  checkpoint(): void;
+  /** Makes every write made so far durable, stops background work and releases the database. */
+  close(): Promise<void>;
+}
 
-  close(): void;
+/**
+ * Optional parts of a store's lifecycle; callers use each only when the store offers it. Background
+ * housekeeping (SQLite: WAL checkpoints in a worker thread) is the implementation's own business,
+ * started when it opens and stopped by close().
+ */
+export interface StoreLifecycle {
+  /**
+   * Resolves once every write made so far is committed (SQLite: group commit batches the writes of
+   * one event-loop turn). The server answers no request before this resolves.
+   */
+  flush?(): Promise<void>;
+  /**
+   * A cheap synchronous counter that differs once another process has committed (key rotation, the
+   * offline admin commands; SQLite: PRAGMA data_version). Without it nothing is kept in memory
+   * across requests: idp/store/cache.ts and the keyring read the store every time.
+   */
+  changeMarker?(): number;
 }

@@ -30,8 +30,8 @@ const delegation = (extra: Partial<Grant> = {}, request: Partial<Grant["request"
   ...extra,
 });
 const lookups = (users: UserRecord[], grants: Grant[]): PrincipalLookups => ({
-  getUser: (e) => users.find((u) => u.email === e),
-  getGrant: (id) => {
+  getUser: async (e) => users.find((u) => u.email === e),
+  getGrant: async (id) => {
     const grant = grants.find((g) => g.id === id);
     return grant ? ({ grant, version: 1, seq: 1 } satisfies StoredGrant) : undefined;
   },
@@ -65,21 +65,29 @@ describe("delegatedTokenProblem (pure)", () => {
 
 describe("principalFrom", () => {
   const users = [user("alice@x"), user("bot@x", { kind: "agent" })];
-  it("resolves a delegated token to the delegator with the acting party", () => {
-    const p = principalFrom(delegatedClaims, lookups(users, [delegation()]), 100);
+  it("resolves a delegated token to the delegator with the acting party", async () => {
+    const p = await principalFrom(delegatedClaims, lookups(users, [delegation()]), 100);
     expect(p).toMatchObject({ sub: "alice@x", actingParty: "bot@x", actor: { delegated: true } });
   });
-  it("refuses a delegated token whose delegation is revoked, or which names none", () => {
+  it("refuses a delegated token whose delegation is revoked, or which names none", async () => {
     const revoked = lookups(users, [delegation({ status: "revoked" })]);
-    expect(() => principalFrom(delegatedClaims, revoked, 100)).toThrow(/revoked/);
+    await expect(principalFrom(delegatedClaims, revoked, 100)).rejects.toThrow(/revoked/);
     const { delegation_grant: _, ...noDelegation } = delegatedClaims;
-    expect(() => principalFrom(noDelegation, lookups(users, [delegation()]), 100)).toThrow(/does not exist/);
+    await expect(principalFrom(noDelegation, lookups(users, [delegation()]), 100)).rejects.toThrow(
+      /does not exist/,
+    );
   });
-  it("refuses a disabled subject and an invalid act", () => {
+  it("refuses a disabled subject and an invalid act", async () => {
     const off = lookups([user("alice@x", { disabled: true })], []);
-    expect(() => principalFrom({ sub: "alice@x", act: "human", exp: 200 }, off, 100)).toThrow(/disabled/);
+    await expect(principalFrom({ sub: "alice@x", act: "human", exp: 200 }, off, 100)).rejects.toThrow(
+      /disabled/,
+    );
     const on = lookups(users, []);
-    expect(() => principalFrom({ sub: "alice@x", act: "robot", exp: 200 }, on, 100)).toThrow(/act claim/);
-    expect(principalFrom({ sub: "alice@x", act: "human", exp: 200 }, on, 100).actingParty).toBeUndefined();
+    await expect(principalFrom({ sub: "alice@x", act: "robot", exp: 200 }, on, 100)).rejects.toThrow(
+      /act claim/,
+    );
+    expect(
+      (await principalFrom({ sub: "alice@x", act: "human", exp: 200 }, on, 100)).actingParty,
+    ).toBeUndefined();
   });
 });

@@ -1,3 +1,4 @@
+import { createPrivateKey } from "node:crypto";
 import { mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -5,17 +6,25 @@ import { DatabaseSync } from "node:sqlite";
 import { afterEach, describe, expect, it } from "vitest";
 import { Keyring, rotateKeys } from "../../idp/keys.ts";
 import { withReadCache } from "../../idp/store/cache.ts";
-import { openSqliteStore, type SqliteStore } from "../../idp/store/sqlite.ts";
+import { MIGRATIONS, migrate } from "../../idp/store/sqlite/migrations.ts";
+import { openSqliteStore, type SqliteOptions } from "../../idp/store/sqlite/store.ts";
+import type { Store } from "../../idp/store/types.ts";
+import { signJwt } from "../../idp/tokens.ts";
 import type { Grant } from "../../protocol/types.ts";
 
-const stores: SqliteStore[] = [];
-const open = (dir = join(mkdtempSync(join(tmpdir(), "apes-store-")), "d")) => {
-  const s = openSqliteStore(dir);
+/**
+ * What is particular to the SQLite store and to the read cache. What every store must do is in the
+ * contract suite (test/contract/store/), which runs against SQLite too.
+ */
+
+const stores: Store[] = [];
+const open = (dir = join(mkdtempSync(join(tmpdir(), "apes-store-")), "d"), options: SqliteOptions = {}) => {
+  const s = openSqliteStore(dir, options);
   stores.push(s);
   return { s, dir };
 };
-afterEach(() => {
-  for (const s of stores.splice(0)) s.close();
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
 });
 
 let n = 0;
@@ -28,185 +37,118 @@ const g = (requester: string, created_at: number, extra: Partial<Grant> = {}): G
   ...extra,
 });
 
+/** `s` with some members replaced (the rest bound to `s`). */
+const replacing = (s: Store, members: Partial<Record<keyof Store, unknown>>): Store =>
+  new Proxy(s, {
+    get(target, key) {
+      if (key in members) return members[key as keyof Store];
+      const value = Reflect.get(target, key);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+
+/** The SQLite store with reads that answer a turn later, as a database across a network does. */
+const slowReads = (s: Store): Store => {
+  const later =
+    <A extends unknown[], T>(read: (...args: A) => Promise<T>) =>
+    (...args: A) =>
+      read.apply(s, args).then((v) => new Promise<T>((resolve) => setImmediate(() => resolve(v))));
+  return replacing(s, {
+    getUser: later(s.getUser),
+    getGrant: later(s.getGrant),
+    subordinatesOf: later(s.subordinatesOf),
+    listSigningKeys: later(s.listSigningKeys),
+  });
+};
+
 describe("sqlite store", () => {
-  it("creates the data dir 0700 and the db 0600, and migrates idempotently", () => {
+  it("creates the data dir 0700 and the db 0600, and migrates idempotently", async () => {
     const { s, dir } = open();
-    s.close();
+    await s.close();
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     expect(statSync(join(dir, "idp.sqlite")).mode & 0o777).toBe(0o600);
     const again = open(dir).s;
-    expect(again.listUsers()).toEqual([]);
+    expect(await again.listUsers()).toEqual([]);
   });
 
-  it("paginates newest first across equal timestamps without skipping or repeating", () => {
-    const { s } = open();
-    const ids: string[] = [];
-    s.transaction(() => {
-      for (let i = 0; i < 37; i++)
-        ids.push(s.insertGrant({ grant: g(i % 2 ? "a" : "b", 1000 + Math.floor(i / 10)) }).grant.id);
-    });
-    for (const requesters of [undefined, ["a", "b"]]) {
-      const seen: string[] = [];
-      let before: { createdAt: number; seq: number } | undefined;
-      for (let page = 0; page < 20; page++) {
-        const r = s.queryGrants({
-          ...(requesters ? { requesters } : {}),
-          limit: 4,
-          ...(before ? { before } : {}),
-        });
-        seen.push(...r.items.map((i) => i.grant.id));
-        if (!r.hasMore) break;
-        const last = r.items.at(-1)!;
-        before = { createdAt: last.grant.created_at, seq: last.seq };
-      }
-      expect(seen).toEqual([...ids].reverse());
-    }
-    expect(s.queryGrants({ requesters: ["a"], status: "pending", limit: 100 }).items.length).toBe(18);
-    expect(s.queryGrants({ requesters: [], limit: 100 }).items).toEqual([]);
+  it("numbers its migrations 1, 2, 3 ... and upgrades an older database keeping its data", async () => {
+    expect(MIGRATIONS.map((m) => m.version)).toEqual(MIGRATIONS.map((_, i) => i + 1));
+    const dir = mkdtempSync(join(tmpdir(), "apes-store-"));
+    const db = new DatabaseSync(join(dir, "idp.sqlite"));
+    migrate(db, MIGRATIONS.slice(0, 2)); // a data dir from before the acting-party columns
+    db.prepare(
+      "INSERT INTO grants (id, type, requester, status, grant_type, request, created_at) VALUES (?, 'command', 'a', 'pending', 'once', ?, 1)",
+    ).run(g("a", 1).id, JSON.stringify(g("a", 1).request));
+    expect((db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(2);
+    db.close();
+    const { s } = open(dir);
+    const page = await s.queryGrants({ limit: 10 });
+    expect(page.items).toHaveLength(1);
+    expect(page.items[0]).not.toHaveProperty("createdAct");
+    const check = new DatabaseSync(join(dir, "idp.sqlite"), { readOnly: true });
+    expect((check.prepare("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(
+      MIGRATIONS.length,
+    );
+    check.close();
   });
 
-  it("transitions are compare-and-set on the status", () => {
-    const { s } = open();
-    const { grant } = s.insertGrant({ grant: g("a", 1) });
-    const approved = s.transition(grant.id, {
-      from: ["pending"],
-      to: "approved",
-      decidedBy: "x",
-      decidedAt: 2,
-    });
-    expect(approved?.grant).toMatchObject({ status: "approved", decided_by: "x", decided_at: 2 });
-    expect(approved?.version).toBe(2);
-    expect(s.transition(grant.id, { from: ["pending"], to: "denied" })).toBeUndefined();
-    expect(s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 3 })?.grant.used_at).toBe(3);
-    expect(s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 4 })).toBeUndefined();
-  });
-
-  it("rewrites grant_type and duration together on an override", () => {
-    const { s } = open();
-    const { grant } = s.insertGrant({ grant: g("a", 1) });
-    const t = s.transition(grant.id, {
-      from: ["pending"],
-      to: "approved",
-      grantType: "timed",
-      duration: 60,
-      expiresAt: 61,
-    });
-    expect(t?.grant.request).toMatchObject({ grant_type: "timed", duration: 60 });
-    expect(t?.grant.expires_at).toBe(61);
-  });
-
-  it("finds reusable approved timed/always grants by match key only while unexpired", () => {
-    const { s } = open();
-    const always = g("a", 1, { status: "approved" });
-    always.request.grant_type = "always";
-    s.insertGrant({ grant: always, matchKey: "k" });
-    const once = g("a", 2, { status: "approved" });
-    s.insertGrant({ grant: once, matchKey: "k2" });
-    const timed = g("a", 3, { status: "approved", expires_at: 100 });
-    timed.request.grant_type = "timed";
-    s.insertGrant({ grant: timed, matchKey: "k3" });
-    expect(s.findReusable("a", "k", 50)?.grant.id).toBe(always.id);
-    expect(s.findReusable("b", "k", 50)).toBeUndefined();
-    expect(s.findReusable("a", "k2", 50)).toBeUndefined();
-    expect(s.findReusable("a", "k3", 50)?.grant.id).toBe(timed.id);
-    expect(s.findReusable("a", "k3", 100)).toBeUndefined();
-    expect(s.expireDue(100)).toEqual([timed.id]);
-    expect(s.getGrant(timed.id)?.grant.status).toBe("expired");
-  });
-
-  it("spent challenge nonces and jtis are single use until they expire", () => {
-    const { s } = open();
-    expect(s.spendChallenge("n1", "a@x", 100)).toBe(true);
-    expect(s.spendChallenge("n1", "a@x", 100)).toBe(false);
-    expect(s.spendChallenge("n2", "a@x", 100)).toBe(true);
-    expect(s.useJti("j", 100)).toBe(true);
-    expect(s.useJti("j", 100)).toBe(false);
-    s.purgeExpired(99);
-    expect(s.spendChallenge("n1", "a@x", 100)).toBe(false);
-    s.purgeExpired(101);
-    expect(s.useJti("j", 200)).toBe(true);
-    // Only after its challenge expired can a nonce record go (and the challenge no longer opens then).
-    expect(s.spendChallenge("n1", "a@x", 200)).toBe(true);
-  });
-
-  it("users, approvers and subordinates", () => {
-    const { s } = open();
-    s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
-    s.addUser({ email: "bob@x", kind: "human", createdAt: 1, admin: true });
-    s.addUser({ email: "bot@x", kind: "agent", owner: "alice@x", approvers: ["bob@x"], createdAt: 1 });
-    s.addUser({ email: "dave@x", kind: "human", approvers: ["alice@x"], createdAt: 1 });
-    expect(s.getUser("bot@x")).toMatchObject({ kind: "agent", owner: "alice@x", approvers: ["bob@x"] });
-    expect(s.subordinatesOf("alice@x").sort()).toEqual(["bot@x", "dave@x"]);
-    expect(s.subordinatesOf("bob@x")).toEqual(["bot@x"]);
-    expect(() => s.addUser({ email: "alice@x", kind: "human", createdAt: 2 })).toThrow();
-    expect(s.setDisabled("bot@x", true)).toBe(true);
-    expect(s.getUser("bot@x")?.disabled).toBe(true);
-    expect(s.setDisabled("nobody@x", true)).toBe(false);
-  });
-});
-
-describe("keyring", () => {
-  it("creates a key on first use, rotates, keeps the old key until its tokens expire", () => {
+  it("re-keys users stored before normalisation when it opens the data dir", async () => {
     const { s, dir } = open();
-    const ring = new Keyring(s, 1000);
-    const first = ring.activeKid();
-    ring.signingKey(1000, 1300); // a token valid until 1300
-    // Another process rotates.
-    const other = openSqliteStore(dir);
-    const rec = rotateKeys(other, 1100);
-    other.close();
-    expect(ring.signingKey(1100, 1400).kid).toBe(rec.kid);
-    expect(
-      ring
-        .jwks(1200)
-        .keys.map((k) => k.kid)
-        .sort(),
-    ).toEqual([first, rec.kid].sort());
-    expect(ring.publicKey(first, 1299)).toBeDefined();
-    // The exact last expiry is recorded: the old key is gone the moment its last token expired.
-    expect(ring.publicKey(first, 1300)).toBeUndefined();
-    expect(ring.jwks(1300).keys.map((k) => k.kid)).toEqual([rec.kid]);
-    // Also for a fresh process reading the record.
-    const reader = openSqliteStore(dir);
-    stores.push(reader);
-    expect(reader.listSigningKeys().find((k) => k.kid === first)?.maxExp).toBe(1300);
-    expect(ring.publicKey("unknown", 1200)).toBeUndefined();
+    await s.close();
+    // As an older IdP stored them: a decomposed café owning an agent, and names refused today.
+    const db = new DatabaseSync(join(dir, "idp.sqlite"));
+    const add = db.prepare("INSERT INTO users (email, kind, owner, created_at) VALUES (?, ?, ?, 1)");
+    add.run("cafe\u0301@x", "human", null);
+    add.run("bot@x", "agent", "cafe\u0301@x");
+    add.run("eve@x\u202e", "human", null);
+    db.prepare("INSERT INTO approvers (subject, approver) VALUES (?, ?)").run("bot@x", "cafe\u0301@x");
+    db.close();
+    const again = open(dir).s;
+    expect((await again.getUser("caf\u00e9@x"))?.email).toBe("caf\u00e9@x");
+    expect(await again.getUser("bot@x")).toMatchObject({ owner: "caf\u00e9@x", approvers: ["caf\u00e9@x"] });
+    expect(await again.subordinatesOf("cafe\u0301@x")).toEqual(["bot@x"]);
+    expect(await again.getUser("eve@x\u202e")).toBeUndefined();
+    expect((await again.listUsers()).map((u) => u.email)).toEqual(["bot@x", "caf\u00e9@x", "eve@x\u202e"]);
   });
 });
 
 describe("group commit", () => {
-  it("batches writes until setImmediate; other connections see them only after flushed()", async () => {
-    const { s, dir } = open();
-    s.enableGroupCommit();
-    const reader = openSqliteStore(dir);
-    stores.push(reader);
-    const { grant } = s.insertGrant({ grant: g("a", 1) });
-    s.transition(grant.id, { from: ["pending"], to: "approved", decidedBy: "x", decidedAt: 2 });
-    const flushed = s.flushed();
-    expect(flushed).toBeInstanceOf(Promise);
+  it("batches writes until setImmediate; other connections see them only after flush()", async () => {
+    const { s, dir } = open(undefined, { groupCommit: true });
+    const reader = open(dir).s;
+    const { grant } = await s.insertGrant({ grant: g("a", 1) });
+    await s.transition(grant.id, { from: ["pending"], to: "approved", decidedBy: "x", decidedAt: 2 });
+    const flushed = s.lifecycle.flush?.();
     // The writer's own reads see the batch; another connection does not, yet.
-    expect(s.getGrant(grant.id)?.grant.status).toBe("approved");
-    expect(reader.getGrant(grant.id)).toBeUndefined();
+    expect((await s.getGrant(grant.id))?.grant.status).toBe("approved");
+    expect(await reader.getGrant(grant.id)).toBeUndefined();
     await flushed;
-    expect(s.flushed()).toBeUndefined();
-    expect(reader.getGrant(grant.id)?.grant.status).toBe("approved");
+    expect((await reader.getGrant(grant.id))?.grant.status).toBe("approved");
   });
 
-  it("a failing transaction inside a batch rolls back only itself", async () => {
-    const { s, dir } = open();
-    s.enableGroupCommit();
-    s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
-    // The duplicate approver row fails after the user row was written: the savepoint undoes both.
-    expect(() =>
-      s.transaction(() => {
-        s.addUser({ email: "bob@x", kind: "human", createdAt: 1 });
-        s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
-      }),
-    ).toThrow();
-    await s.flushed();
-    const reader = openSqliteStore(dir);
-    stores.push(reader);
-    expect(reader.listUsers().map((u) => u.email)).toEqual(["alice@x"]);
+  it("a user whose rows fail half way is undone alone, the rest of its batch commits", async () => {
+    const { s, dir } = open(undefined, { groupCommit: true });
+    // Another connection makes the approver row of bob fail after bob's user row was written.
+    const db = new DatabaseSync(join(dir, "idp.sqlite"));
+    db.exec(
+      "CREATE TRIGGER refuse BEFORE INSERT ON approvers WHEN NEW.approver = 'boom@x' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    );
+    db.close();
+    await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+    await expect(
+      s.addUser({ email: "bob@x", kind: "human", approvers: ["alice@x", "boom@x"], createdAt: 1 }),
+    ).rejects.toThrow(/refused/);
+    expect(await s.getUser("bob@x")).toBeUndefined();
+    await s.lifecycle.flush?.();
+    const reader = open(dir).s;
+    expect((await reader.listUsers()).map((u) => u.email)).toEqual(["alice@x"]);
+  });
+
+  it("close() commits what is pending", async () => {
+    const { s, dir } = open(undefined, { groupCommit: true });
+    await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+    await s.close();
+    expect((await open(dir).s.getUser("alice@x"))?.email).toBe("alice@x");
   });
 });
 
@@ -225,90 +167,58 @@ describe("read cache (the server's view of users and delegations)", () => {
       },
     });
 
-  it("serves a delegation from memory until this process changes it", () => {
+  it("serves a delegation from memory, one shared frozen object, until this process changes it", async () => {
     const { s } = open();
     const cached = withReadCache(s);
-    const { grant } = cached.insertGrant({ grant: delegation() });
-    expect(cached.getGrant(grant.id)?.grant.status).toBe("approved");
-    expect(cached.getGrant(grant.id)).toBe(cached.getGrant(grant.id)); // one shared, frozen object
-    expect(Object.isFrozen(cached.getGrant(grant.id)?.grant.request)).toBe(true);
-    cached.transition(grant.id, { from: ["approved"], to: "revoked" });
-    expect(cached.getGrant(grant.id)?.grant.status).toBe("revoked");
+    const { grant } = await cached.insertGrant({ grant: delegation() });
+    const first = await cached.getGrant(grant.id);
+    expect(first?.grant.status).toBe("approved");
+    expect(await cached.getGrant(grant.id)).toBe(first);
+    expect(Object.isFrozen(first?.grant.request)).toBe(true);
+    await cached.transition(grant.id, { from: ["approved"], to: "revoked" });
+    expect((await cached.getGrant(grant.id))?.grant.status).toBe("revoked");
   });
 
-  it("drops everything when another process committed (the offline admin commands)", () => {
-    const { s, dir } = open();
-    const cached = withReadCache(s);
-    s.addUser({ email: "bot@x", kind: "human", createdAt: 1 });
-    const { grant } = cached.insertGrant({ grant: delegation() });
-    expect(cached.getGrant(grant.id)?.grant.status).toBe("approved");
-    expect(cached.getUser("bot@x")?.disabled).toBe(false);
-    const other = openSqliteStore(dir);
-    other.transition(grant.id, { from: ["approved"], to: "revoked" });
-    other.setDisabled("bot@x", true);
-    other.close();
-    expect(cached.getGrant(grant.id)?.grant.status).toBe("revoked");
-    expect(cached.getUser("bot@x")?.disabled).toBe(true);
+  it("is not used for a store that cannot say when another process changed the data", () => {
+    const bare = replacing(open().s, { lifecycle: undefined });
+    expect(withReadCache(bare)).toBe(bare);
   });
 
-  it("drops delegations the expiry sweep expired", () => {
+  it("keeps no value read while a write to it completed (a slow read racing a revocation)", async () => {
     const { s } = open();
-    const cached = withReadCache(s);
-    const { grant } = cached.insertGrant({ grant: { ...delegation(), expires_at: 10 } });
-    expect(cached.getGrant(grant.id)?.grant.status).toBe("approved");
-    expect(cached.expireDue(10)).toEqual([grant.id]);
-    expect(cached.getGrant(grant.id)?.grant.status).toBe("expired");
+    const cached = withReadCache(slowReads(s));
+    await s.addUser({ email: "bot@x", kind: "human", createdAt: 1 });
+    const { grant } = await cached.insertGrant({ grant: delegation() });
+    // Each read starts before the write and answers after it, with what it read before.
+    const [, revoked] = await Promise.all([
+      cached.getGrant(grant.id),
+      cached.transition(grant.id, { from: ["approved"], to: "revoked" }),
+    ]);
+    expect(revoked?.grant.status).toBe("revoked");
+    expect((await cached.getGrant(grant.id))?.grant.status).toBe("revoked");
+    await Promise.all([cached.getUser("bot@x"), cached.setDisabled("bot@x", true)]);
+    expect((await cached.getUser("bot@x"))?.disabled).toBe(true);
+    await s.addUser({ email: "bot2@x", kind: "agent", owner: "alice@x", createdAt: 1 });
+    await Promise.all([
+      cached.subordinatesOf("alice@x"),
+      cached.addUser({ email: "bot3@x", kind: "agent", owner: "alice@x", createdAt: 1 }),
+    ]);
+    expect((await cached.subordinatesOf("alice@x")).sort()).toEqual(["bot2@x", "bot3@x"]);
   });
 });
 
-describe("acting party of delegated writes", () => {
-  it("records who acted on creation and on a decision, and clears it for the principal's own", () => {
-    const { s } = open();
-    const stored = s.insertGrant({ grant: g("alice@x", 1), actingParty: "bot@x" });
-    expect(stored.createdAct).toBe("bot@x");
-    expect(s.getGrant(stored.grant.id)).toMatchObject({ createdAct: "bot@x" });
-    const revoked = s.transition(stored.grant.id, { from: ["pending"], to: "revoked", actingParty: "bot@x" });
-    expect(revoked).toMatchObject({ createdAct: "bot@x", decidedAct: "bot@x" });
-    const own = s.insertGrant({ grant: g("alice@x", 2) });
-    expect(s.getGrant(own.grant.id)).not.toHaveProperty("createdAct");
-    s.transition(own.grant.id, {
-      from: ["pending"],
-      to: "approved",
-      decidedBy: "alice@x",
-      actingParty: null,
-    });
-    expect(s.getGrant(own.grant.id)).not.toHaveProperty("decidedAct");
-  });
-});
-
-describe("identities in the store (protocol/names.ts)", () => {
-  it("looks users up by their normalised identity and refuses to store any other form", () => {
-    const { s } = open();
-    s.addUser({ email: "caf\u00e9@x", kind: "human", createdAt: 1 });
-    expect(s.getUser("cafe\u0301@x")?.email).toBe("caf\u00e9@x");
-    expect(s.getUser("CAF\u00c9@X")?.email).toBe("caf\u00e9@x");
-    expect(s.getUser("caf\u00e9@x\u202e")).toBeUndefined();
-    expect(s.setDisabled("CAFE\u0301@x", true)).toBe(true);
-    expect(() => s.addUser({ email: "Bob@x", kind: "human", createdAt: 1 })).toThrow(/normalised/);
-    expect(() => s.addUser({ email: "b\u0131b@x", kind: "human", createdAt: 1 })).toThrow(/normalised/);
-  });
-
-  it("re-keys users stored before normalisation when it opens the data dir", () => {
+describe("keyring over a store whose reads take their time", () => {
+  it("a token naming a key another process just rotated in waits for a re-read already under way", async () => {
     const { s, dir } = open();
-    s.close();
-    // As an older IdP stored them: a decomposed café owning an agent, and names refused today.
-    const db = new DatabaseSync(join(dir, "idp.sqlite"));
-    const add = db.prepare("INSERT INTO users (email, kind, owner, created_at) VALUES (?, ?, ?, 1)");
-    add.run("cafe\u0301@x", "human", null);
-    add.run("bot@x", "agent", "cafe\u0301@x");
-    add.run("eve@x\u202e", "human", null);
-    db.prepare("INSERT INTO approvers (subject, approver) VALUES (?, ?)").run("bot@x", "cafe\u0301@x");
-    db.close();
-    const again = open(dir).s;
-    expect(again.getUser("caf\u00e9@x")?.email).toBe("caf\u00e9@x");
-    expect(again.getUser("bot@x")).toMatchObject({ owner: "caf\u00e9@x", approvers: ["caf\u00e9@x"] });
-    expect(again.subordinatesOf("cafe\u0301@x")).toEqual(["bot@x"]);
-    expect(again.getUser("eve@x\u202e")).toBeUndefined();
-    expect(again.listUsers().map((u) => u.email)).toEqual(["bot@x", "caf\u00e9@x", "eve@x\u202e"]);
+    const ring = await Keyring.open(slowReads(s), 1000);
+    const rec = await rotateKeys(open(dir).s, 1001);
+    const token = signJwt(
+      { sub: "a", exp: 2000 },
+      { kid: rec.kid, privateKey: createPrivateKey(rec.privateKey) },
+    );
+    // The JWKS request starts the re-read; the token's verification arrives while it runs.
+    const [jwks, claims] = await Promise.all([ring.jwks(1002), ring.verify(token, { now: 1002, leeway: 0 })]);
+    expect(jwks.keys.map((k) => k.kid)).toEqual([rec.kid]);
+    expect(claims).toMatchObject({ sub: "a" });
   });
 });

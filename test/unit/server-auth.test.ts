@@ -23,9 +23,9 @@ function verifier(now: { t: number }, lookups: string[]) {
   });
 }
 
-const reason = (f: () => unknown) => {
+const reason = async (f: () => unknown) => {
   try {
-    f();
+    await f();
   } catch (e) {
     expect(e).toBeInstanceOf(JwtError);
     return (e as JwtError).reason;
@@ -36,35 +36,35 @@ const reason = (f: () => unknown) => {
 describe("BearerVerifier", () => {
   const claims = { iss: "https://idp.test", aud: "apes-cli", sub: "a@x", exp: 1100 };
 
-  it("verifies through the injected key lookup once, then answers from its cache until exp", () => {
+  it("verifies through the injected key lookup once, then answers from its cache until exp", async () => {
     const now = { t: 1000 };
     const lookups: string[] = [];
     const v = verifier(now, lookups);
     const token = signJwt(claims, { kid: "k1", privateKey });
     expect(v.verified(token)).toBe(false);
-    expect(v.claims(token).sub).toBe("a@x");
+    expect((await v.claims(token)).sub).toBe("a@x");
     expect(v.verified(token)).toBe(true);
-    v.claims(token);
+    await v.claims(token);
     expect(lookups).toEqual(["k1"]);
     now.t = 1100;
     expect(v.verified(token)).toBe(false);
-    expect(reason(() => v.claims(token))).toBe("expired");
+    expect(await reason(() => v.claims(token))).toBe("expired");
   });
 
-  it("refuses unknown keys, wrong signatures, issuers and audiences, and what accept refuses", () => {
+  it("refuses unknown keys, wrong signatures, issuers and audiences, and what accept refuses", async () => {
     const v = verifier({ t: 1000 }, []);
-    expect(reason(() => v.claims(signJwt(claims, { kid: "k2", privateKey })))).toBe("unknown_kid");
-    expect(reason(() => v.claims(signJwt(claims, { kid: "k1", privateKey: other.privateKey })))).toBe(
+    expect(await reason(() => v.claims(signJwt(claims, { kid: "k2", privateKey })))).toBe("unknown_kid");
+    expect(await reason(() => v.claims(signJwt(claims, { kid: "k1", privateKey: other.privateKey })))).toBe(
       "signature",
     );
     expect(
-      reason(() => v.claims(signJwt({ ...claims, iss: "https://evil" }, { kid: "k1", privateKey }))),
+      await reason(() => v.claims(signJwt({ ...claims, iss: "https://evil" }, { kid: "k1", privateKey }))),
     ).toBe("issuer");
-    expect(reason(() => v.claims(signJwt({ ...claims, aud: "other" }, { kid: "k1", privateKey })))).toBe(
-      "audience",
-    );
+    expect(
+      await reason(() => v.claims(signJwt({ ...claims, aud: "other" }, { kid: "k1", privateKey }))),
+    ).toBe("audience");
     const noSub = signJwt({ ...claims, sub: undefined }, { kid: "k1", privateKey });
-    expect(reason(() => v.claims(noSub))).toBe("claims");
+    expect(await reason(() => v.claims(noSub))).toBe("claims");
     expect(v.verified(noSub)).toBe(false);
   });
 

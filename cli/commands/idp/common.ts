@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { Option } from "commander";
+import type { Store } from "../../../idp/store/types.ts";
 import type { Context } from "../../context.ts";
 import { CliError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
@@ -12,10 +13,10 @@ export function dataDirOf(ctx: Context, data: string | undefined): string {
   return data ?? join(ctx.paths.dataDir, "idp");
 }
 
-/** Opens the store lazily (node:sqlite is loaded only by idp commands). */
-export async function openStore(ctx: Context, data: string | undefined) {
+/** Opens the store lazily (node:sqlite is loaded only by idp commands); every call commits at once. */
+export async function openStore(ctx: Context, data: string | undefined): Promise<Store> {
   const dir = dataDirOf(ctx, data);
-  const { openSqliteStore } = await import("../../../idp/store/sqlite.ts");
+  const { openSqliteStore } = await import("../../../idp/store/sqlite/store.ts");
   try {
     return openSqliteStore(dir);
   } catch (e) {

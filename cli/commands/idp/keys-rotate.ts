@@ -18,10 +18,10 @@ export function register(parent: Command, getContext: GetContext): void {
       const store = await openStore(ctx, opts.data);
       try {
         const { rotateKeys } = await import("../../../idp/keys.ts");
-        const rec = rotateKeys(store, Math.floor(ctx.clock.now() / 1000));
+        const rec = await rotateKeys(store, Math.floor(ctx.clock.now() / 1000));
         printData(ctx, { kid: rec.kid, created_at: rec.createdAt }, () => `new signing key ${rec.kid}`);
       } finally {
-        store.close();
+        await store.close();
       }
     });
 }

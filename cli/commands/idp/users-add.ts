@@ -80,12 +80,12 @@ Examples:
       }
       const store = await openStore(ctx, opts.data);
       try {
-        if (store.getUser(email))
+        if (await store.getUser(email))
           throw new CliError(`${email} already exists`, { hint: "`apes idp users list` shows the users" });
         const owner = opts.owner === undefined ? undefined : identityArg("--owner", opts.owner);
         const approvers = opts.approver.map((a) => identityArg("--approver", a));
         for (const h of owner ? [owner, ...approvers] : approvers) {
-          const u = store.getUser(h);
+          const u = await store.getUser(h);
           if (u?.kind !== "human") {
             throw new CliError(`${h} is not a human user of this IdP`, {
               hint: `add it first: apes idp users add ${h} --human`,
@@ -93,7 +93,7 @@ Examples:
           }
         }
         if (approvers.includes(email)) throw usageError("a user cannot be its own approver");
-        store.addUser({
+        await store.addUser({
           email,
           kind,
           ...(owner ? { owner } : {}),
@@ -116,7 +116,7 @@ Examples:
           () => `added ${kind} ${email}${fingerprint ? ` (${fingerprint})` : ""}`,
         );
       } finally {
-        store.close();
+        await store.close();
       }
     });
 }

@@ -20,12 +20,12 @@ export function register(parent: Command, getContext: GetContext): void {
       const identity = identityArg("the email", email);
       const store = await openStore(ctx, opts.data);
       try {
-        if (!store.setDisabled(identity, true)) {
+        if (!(await store.setDisabled(identity, true))) {
           throw new CliError(`no user ${identity}`, { hint: "`apes idp users list` shows the users" });
         }
         printData(ctx, { email: identity, disabled: true }, () => `disabled ${identity}`);
       } finally {
-        store.close();
+        await store.close();
       }
     });
 }

@@ -15,7 +15,7 @@ export function register(parent: Command, getContext: GetContext): void {
       const ctx = getContext();
       const store = await openStore(ctx, opts.data);
       try {
-        const users = store.listUsers();
+        const users = await store.listUsers();
         const data = users.map((u) => ({
           email: u.email,
           kind: u.kind,
@@ -44,7 +44,7 @@ export function register(parent: Command, getContext: GetContext): void {
               ]),
         );
       } finally {
-        store.close();
+        await store.close();
       }
     });
 }

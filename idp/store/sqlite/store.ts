@@ -1,9 +1,8 @@
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
-import { Worker } from "node:worker_threads";
-import { canonicalIdentity } from "../../protocol/names.ts";
-import type { Grant, GrantRequest } from "../../protocol/types.ts";
+import { canonicalIdentity } from "../../../protocol/names.ts";
+import type { Grant, GrantRequest } from "../../../protocol/types.ts";
 import type {
   GrantPage,
   GrantQuery,
@@ -12,91 +11,24 @@ import type {
   SigningKeyRecord,
   Store,
   StoredGrant,
+  StoreLifecycle,
   Transition,
   UserRecord,
-} from "./types.ts";
+} from "../types.ts";
+import { startCheckpointer } from "./checkpointer.ts";
+import { migrate } from "./migrations.ts";
 
 /**
  * node:sqlite implementation of the Store. WAL journal with synchronous=NORMAL: a commit survives a
  * killed process (only an OS crash can lose the last transactions); a busy timeout lets the offline
  * admin commands write while the server runs. Statements are prepared once and cached.
+ *
+ * node:sqlite is synchronous: every method does its work when called and returns a settled
+ * promise, so a caller's writes land in the database in the order it made them, and a conditional
+ * update is decided before any other code runs.
  */
 
 export const DB_FILE = "idp.sqlite";
-
-/** Versioned migrations: index i brings the schema to user_version i+1. Append only. */
-const MIGRATIONS: readonly string[] = [
-  `
-  CREATE TABLE users (
-    email TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('human', 'agent')),
-    owner TEXT,
-    admin INTEGER NOT NULL DEFAULT 0,
-    disabled INTEGER NOT NULL DEFAULT 0,
-    public_key TEXT,
-    fingerprint TEXT,
-    name TEXT,
-    created_at INTEGER NOT NULL
-  );
-  CREATE INDEX users_owner ON users(owner) WHERE owner IS NOT NULL;
-  CREATE TABLE approvers (
-    subject TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    PRIMARY KEY (subject, approver)
-  ) WITHOUT ROWID;
-  CREATE INDEX approvers_by_approver ON approvers(approver, subject);
-  CREATE TABLE signing_keys (
-    kid TEXT PRIMARY KEY,
-    private_key TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    retired_at INTEGER,
-    max_exp INTEGER NOT NULL DEFAULT 0
-  );
-  CREATE TABLE challenges (
-    challenge TEXT PRIMARY KEY,
-    subject TEXT NOT NULL,
-    expires_at INTEGER NOT NULL
-  ) WITHOUT ROWID;
-  CREATE TABLE used_jtis (
-    jti TEXT PRIMARY KEY,
-    expires_at INTEGER NOT NULL
-  ) WITHOUT ROWID;
-  CREATE TABLE grants (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    requester TEXT NOT NULL,
-    status TEXT NOT NULL,
-    grant_type TEXT NOT NULL,
-    request TEXT NOT NULL,
-    match_key TEXT,
-    delegator TEXT,
-    delegate TEXT,
-    decided_by TEXT,
-    created_at INTEGER NOT NULL,
-    decided_at INTEGER,
-    expires_at INTEGER,
-    used_at INTEGER,
-    version INTEGER NOT NULL DEFAULT 1
-  );
-  CREATE INDEX grants_by_status ON grants(status, seq);
-  CREATE INDEX grants_by_requester ON grants(requester, seq);
-  CREATE INDEX grants_by_requester_status ON grants(requester, status, seq);
-  CREATE INDEX grants_by_delegator ON grants(delegator, seq) WHERE delegator IS NOT NULL;
-  CREATE INDEX grants_by_delegate ON grants(delegate, seq) WHERE delegate IS NOT NULL;
-  CREATE INDEX grants_reuse ON grants(requester, match_key) WHERE status = 'approved' AND grant_type <> 'once';
-  CREATE INDEX grants_expiring ON grants(expires_at) WHERE status = 'approved' AND expires_at IS NOT NULL;
-  `,
-  `
-  CREATE INDEX challenges_by_subject ON challenges(subject, expires_at);
-  `,
-  // Who acted, when a grant was created or decided with a delegated token (act.sub; NULL: the
-  // principal itself). Not on the wire: the grant schema has no field for it.
-  `
-  ALTER TABLE grants ADD COLUMN created_act TEXT;
-  ALTER TABLE grants ADD COLUMN decided_act TEXT;
-  `,
-];
 
 interface UserRow {
   email: string;
@@ -147,16 +79,21 @@ function grantFromRow(r: GrantRow): StoredGrant {
   return stored;
 }
 
-/** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
 export interface SqliteOptions {
   busyTimeoutMs?: number;
   /**
-   * false: no checkpoint inside commits; the owner runs startCheckpointer() (or checkpoint() on a
-   * timer) instead: a checkpoint syncs the files, and once a second is enough.
+   * Group commit (see SqliteStore): for the server, which answers no request before
+   * lifecycle.flush() resolves. Without it every call commits before it returns.
    */
-  autoCheckpoint?: boolean;
+  groupCommit?: boolean;
+  /**
+   * Checkpoint the WAL every `intervalMs` from a worker thread (checkpointer.ts) instead of inside
+   * commits: a checkpoint syncs the files, and once a second is enough. Stopped by close().
+   */
+  checkpointer?: { intervalMs: number; onError(e: Error): void };
 }
 
+/** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
 export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): SqliteStore {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   chmodSync(dataDir, 0o700);
@@ -172,69 +109,36 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   // table otherwise become a read syscall each.
   db.exec("PRAGMA cache_size = -65536");
   db.exec("PRAGMA mmap_size = 268435456");
-  if (options.autoCheckpoint === false) db.exec("PRAGMA wal_autocheckpoint = 0");
-  migrate(db);
-  for (const suffix of ["-wal", "-shm"]) {
-    if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
-  }
-  return new SqliteStore(db, file);
-}
-
-function migrate(db: DatabaseSync): void {
-  // BEGIN IMMEDIATE serializes concurrent first starts (server + admin command).
-  db.exec("BEGIN IMMEDIATE");
+  if (options.checkpointer) db.exec("PRAGMA wal_autocheckpoint = 0");
   try {
-    const row = db.prepare("PRAGMA user_version").get() as { user_version: number };
-    for (let v = row.user_version; v < MIGRATIONS.length; v++) {
-      db.exec(MIGRATIONS[v]!);
-      db.exec(`PRAGMA user_version = ${v + 1}`);
+    migrate(db);
+    for (const suffix of ["-wal", "-shm"]) {
+      if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
     }
-    normalizeStoredUsers(db);
-    db.exec("COMMIT");
+    return new SqliteStore(db, file, options);
   } catch (e) {
-    db.exec("ROLLBACK");
+    db.close();
     throw e;
   }
 }
 
-/**
- * Re-keys users stored before identities were normalised (protocol/names.ts), e.g. a decomposed
- * "café", so lookups (which normalise) find them. Idempotent, so it runs at every open, not as a
- * numbered migration; only names not already in stored form (non-ASCII or upper case) are read.
- * A name the rules refuse, or whose normal form is taken, is left as it is: no lookup finds it.
- */
-function normalizeStoredUsers(db: DatabaseSync): void {
-  const rows = db
-    .prepare("SELECT email FROM users WHERE email GLOB '*[^ -~]*' OR email GLOB '*[A-Z]*'")
-    .all() as { email: string }[];
-  for (const { email } of rows) {
-    const identity = canonicalIdentity(email);
-    if (identity === undefined || identity === email) continue;
-    if (db.prepare("SELECT 1 FROM users WHERE email = ?").get(identity)) continue;
-    db.prepare("UPDATE users SET email = ? WHERE email = ?").run(identity, email);
-    db.prepare("UPDATE users SET owner = ? WHERE owner = ?").run(identity, email);
-    db.prepare("UPDATE approvers SET subject = ? WHERE subject = ?").run(identity, email);
-    db.prepare("UPDATE approvers SET approver = ? WHERE approver = ?").run(identity, email);
-  }
-}
-
-const CHECKPOINTER = `
-const { parentPort, workerData } = require("node:worker_threads");
-const { DatabaseSync } = require("node:sqlite");
-const db = new DatabaseSync(workerData.file, { timeout: 5000 });
-const run = () => { try { db.exec("PRAGMA wal_checkpoint(PASSIVE)"); } catch {} };
-const timer = setInterval(run, workerData.intervalMs);
-parentPort.on("message", () => { clearInterval(timer); run(); db.close(); parentPort.close(); });
-`;
-
 export class SqliteStore implements Store {
   private readonly db: DatabaseSync;
-  private readonly file: string;
   private readonly stmts = new Map<string, StatementSync>();
+  private stopCheckpointer: (() => Promise<void>) | undefined;
 
-  constructor(db: DatabaseSync, file: string) {
+  readonly lifecycle: StoreLifecycle = {
+    flush: () => this.batch?.promise ?? Promise.resolve(),
+    changeMarker: () => (this.q("PRAGMA data_version").get() as { data_version: number }).data_version,
+  };
+
+  constructor(db: DatabaseSync, file: string, options: SqliteOptions) {
     this.db = db;
-    this.file = file;
+    this.groupCommit = options.groupCommit === true;
+    if (options.checkpointer) {
+      const { intervalMs, onError } = options.checkpointer;
+      this.stopCheckpointer = startCheckpointer(file, intervalMs, () => this.checkpoint(), onError);
+    }
   }
 
   /** Cached prepared statement. */
@@ -247,9 +151,11 @@ export class SqliteStore implements Store {
     return s;
   }
 
-  /** Runs fn in one transaction (bulk seeding, multi-row changes). */
-  /** Runs fn atomically (a savepoint inside an open transaction or group-commit batch). */
-  transaction<T>(fn: () => T): T {
+  /**
+   * Runs fn atomically: a savepoint inside an open transaction or group-commit batch. fn is
+   * synchronous, so no other caller's write can land inside it (and be rolled back with it).
+   */
+  private atomically<T>(fn: () => T): T {
     if (this.groupCommit) this.openBatch();
     if (this.db.isTransaction) {
       this.db.exec("SAVEPOINT tx");
@@ -277,15 +183,12 @@ export class SqliteStore implements Store {
   // --- group commit ---
   // The server handles requests on one thread; with group commit, every write made while handling
   // the requests of one event-loop turn goes into one transaction, committed in setImmediate. The
-  // server sends no response before flushed() resolves, so nothing uncommitted is ever acknowledged
-  // (a SIGKILL loses only unacknowledged work). Conditional updates stay atomic: one thread, one
-  // connection, and reads see the batch's own writes.
-  private groupCommit = false;
+  // server sends no response before lifecycle.flush() resolves, so nothing uncommitted is ever
+  // acknowledged (a SIGKILL loses only unacknowledged work). Conditional updates stay atomic: one
+  // thread, one connection, each statement runs to its end when called, and reads see the batch's
+  // own writes.
+  private readonly groupCommit: boolean;
   private batch: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | undefined;
-
-  enableGroupCommit(): void {
-    this.groupCommit = true;
-  }
 
   private openBatch(): void {
     if (this.batch) return;
@@ -296,7 +199,7 @@ export class SqliteStore implements Store {
       resolve = res;
       reject = rej;
     });
-    promise.catch(() => {}); // observed by flushed() callers
+    promise.catch(() => {}); // observed by flush() callers
     this.batch = { promise, resolve, reject };
     setImmediate(() => this.commitBatch());
   }
@@ -318,11 +221,6 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Resolves when every write made so far is committed (undefined: nothing pending). */
-  flushed(): Promise<void> | undefined {
-    return this.batch?.promise;
-  }
-
   /** A cached statement that writes: joins (or opens) the group-commit batch. */
   private wq(sql: string): StatementSync {
     if (this.groupCommit && !this.batch) this.openBatch();
@@ -331,13 +229,13 @@ export class SqliteStore implements Store {
 
   // --- users ---
 
-  addUser(u: NewUser): void {
+  async addUser(u: NewUser): Promise<void> {
     // Users are stored under their normalised identity only (the callers normalise and explain).
     for (const name of [u.email, ...(u.owner ? [u.owner] : []), ...(u.approvers ?? [])]) {
       if (canonicalIdentity(name) !== name)
         throw new Error(`not a normalised identity: ${JSON.stringify(name)}`);
     }
-    this.transaction(() => {
+    this.atomically(() => {
       this.wq(
         "INSERT INTO users (email, kind, owner, admin, disabled, public_key, fingerprint, name, created_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
       ).run(
@@ -357,7 +255,7 @@ export class SqliteStore implements Store {
   }
 
   /** Every lookup by identity goes through its normal form: look-alike spellings find the same user, refused ones none. */
-  getUser(name: string): UserRecord | undefined {
+  async getUser(name: string): Promise<UserRecord | undefined> {
     const email = canonicalIdentity(name);
     if (email === undefined) return undefined;
     const r = this.q("SELECT * FROM users WHERE email = ?").get(email) as UserRow | undefined;
@@ -384,7 +282,7 @@ export class SqliteStore implements Store {
     return u;
   }
 
-  listUsers(): UserRecord[] {
+  async listUsers(): Promise<UserRecord[]> {
     const rows = this.q("SELECT * FROM users ORDER BY email").all() as unknown as UserRow[];
     const approvers = new Map<string, string[]>();
     for (const a of this.q("SELECT subject, approver FROM approvers ORDER BY approver").all() as {
@@ -398,7 +296,7 @@ export class SqliteStore implements Store {
     return rows.map((r) => this.userFromRow(r, approvers.get(r.email) ?? []));
   }
 
-  setDisabled(name: string, disabled: boolean): boolean {
+  async setDisabled(name: string, disabled: boolean): Promise<boolean> {
     const email = canonicalIdentity(name);
     if (email === undefined) return false;
     return (
@@ -406,7 +304,7 @@ export class SqliteStore implements Store {
     );
   }
 
-  subordinatesOf(name: string): string[] {
+  async subordinatesOf(name: string): Promise<string[]> {
     const email = canonicalIdentity(name);
     if (email === undefined) return [];
     const owned = this.q("SELECT email FROM users WHERE owner = ?").all(email) as { email: string }[];
@@ -418,7 +316,7 @@ export class SqliteStore implements Store {
 
   // --- signing keys ---
 
-  listSigningKeys(): SigningKeyRecord[] {
+  async listSigningKeys(): Promise<SigningKeyRecord[]> {
     const rows = this.q("SELECT * FROM signing_keys ORDER BY created_at, kid").all() as {
       kid: string;
       private_key: string;
@@ -438,30 +336,26 @@ export class SqliteStore implements Store {
     });
   }
 
-  addSigningKey(k: SigningKeyRecord): void {
+  async addSigningKey(k: SigningKeyRecord): Promise<void> {
     this.wq(
       "INSERT INTO signing_keys (kid, private_key, created_at, retired_at, max_exp) VALUES (?, ?, ?, ?, ?)",
     ).run(k.kid, k.privateKey, k.createdAt, k.retiredAt ?? null, k.maxExp);
   }
 
-  retireSigningKeys(exceptKid: string, now: number): void {
+  async retireSigningKeys(exceptKid: string, now: number): Promise<void> {
     this.wq("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL AND kid <> ?").run(
       now,
       exceptKid,
     );
   }
 
-  raiseKeyMaxExp(kid: string, maxExp: number): void {
+  async raiseKeyMaxExp(kid: string, maxExp: number): Promise<void> {
     this.wq("UPDATE signing_keys SET max_exp = ? WHERE kid = ? AND max_exp < ?").run(maxExp, kid, maxExp);
-  }
-
-  externalChangeMarker(): number {
-    return (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
   }
 
   // --- single-use values ---
 
-  spendChallenge(nonce: string, subject: string, expiresAt: number): boolean {
+  async spendChallenge(nonce: string, subject: string, expiresAt: number): Promise<boolean> {
     // The challenges table holds spent nonces only (challenges are sealed, idp/challenges.ts); one
     // conditional insert decides which of concurrent uses of a challenge wins.
     return (
@@ -473,21 +367,21 @@ export class SqliteStore implements Store {
     );
   }
 
-  useJti(jti: string, expiresAt: number): boolean {
+  async useJti(jti: string, expiresAt: number): Promise<boolean> {
     return (
       this.wq("INSERT OR IGNORE INTO used_jtis (jti, expires_at) VALUES (?, ?)").run(jti, expiresAt)
         .changes === 1
     );
   }
 
-  purgeExpired(now: number): void {
+  async purgeExpired(now: number): Promise<void> {
     this.wq("DELETE FROM challenges WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
   }
 
   // --- grants ---
 
-  insertGrant(n: NewGrant): StoredGrant {
+  async insertGrant(n: NewGrant): Promise<StoredGrant> {
     const g = n.grant;
     const r = this.wq(
       `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
@@ -514,12 +408,12 @@ export class SqliteStore implements Store {
     return stored;
   }
 
-  getGrant(id: string): StoredGrant | undefined {
+  async getGrant(id: string): Promise<StoredGrant | undefined> {
     const r = this.q(`SELECT ${GRANT_COLS} FROM grants WHERE id = ?`).get(id) as GrantRow | undefined;
     return r ? grantFromRow(r) : undefined;
   }
 
-  findReusable(requester: string, matchKey: string, now: number): StoredGrant | undefined {
+  async findReusable(requester: string, matchKey: string, now: number): Promise<StoredGrant | undefined> {
     const r = this.q(
       `SELECT ${GRANT_COLS} FROM grants
        WHERE requester = ? AND match_key = ? AND status = 'approved' AND grant_type <> 'once'
@@ -529,7 +423,7 @@ export class SqliteStore implements Store {
     return r ? grantFromRow(r) : undefined;
   }
 
-  queryGrants(q: GrantQuery): GrantPage {
+  async queryGrants(q: GrantQuery): Promise<GrantPage> {
     // One index range scan per requester (each bounded by limit+1), merged here: the cost depends
     // on the page size and the number of requesters, not on how many grants are stored.
     const scopes: { column: string; value: string }[] = [];
@@ -572,7 +466,7 @@ export class SqliteStore implements Store {
     return { items: page.map(grantFromRow), hasMore: unique.length > q.limit };
   }
 
-  transition(id: string, t: Transition): StoredGrant | undefined {
+  async transition(id: string, t: Transition): Promise<StoredGrant | undefined> {
     const sets = ["status = ?", "version = version + 1"];
     const args: (string | number | null)[] = [t.to];
     if (t.decidedBy !== undefined) {
@@ -621,51 +515,22 @@ export class SqliteStore implements Store {
     return r ? grantFromRow(r) : undefined;
   }
 
-  expireDue(now: number): string[] {
+  async expireDue(now: number): Promise<string[]> {
     const rows = this.wq(
       "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
     ).all(now) as { id: string }[];
     return rows.map((r) => r.id);
   }
 
+  /** A passive WAL checkpoint on this connection (the worker's fallback). */
   checkpoint(): void {
     if (!this.db.isTransaction) this.db.exec("PRAGMA wal_checkpoint(PASSIVE)");
   }
 
-  /**
-   * Checkpoints the WAL every `intervalMs` from a worker thread with its own connection: copying
-   * pages and syncing the files then never stalls the server's event loop (a PASSIVE checkpoint
-   * does not block writers). When the worker fails (e.g. no file descriptor left for its
-   * connection), `onError` hears why and the checkpoints continue on this thread: the WAL must
-   * not grow without bound. Returns a function that stops it.
-   */
-  startCheckpointer(intervalMs = 1000, onError: (e: Error) => void = () => {}): () => Promise<void> {
-    const worker = new Worker(CHECKPOINTER, { eval: true, workerData: { file: this.file, intervalMs } });
-    worker.unref();
-    let fallback: NodeJS.Timeout | undefined;
-    const exited = new Promise<void>((resolve) => worker.once("exit", () => resolve()));
-    worker.on("error", (e) => {
-      onError(e);
-      if (fallback) return;
-      fallback = setInterval(() => {
-        try {
-          this.checkpoint();
-        } catch {
-          // busy or closing: the next tick tries again
-        }
-      }, intervalMs);
-      fallback.unref();
-    });
-    return async () => {
-      clearInterval(fallback);
-      worker.postMessage("stop");
-      const t = setTimeout(() => void worker.terminate(), 2000);
-      await exited;
-      clearTimeout(t);
-    };
-  }
-
-  close(): void {
+  async close(): Promise<void> {
+    const stop = this.stopCheckpointer;
+    this.stopCheckpointer = undefined;
+    await stop?.();
     this.commitBatch();
     this.stmts.clear();
     if (this.db.isOpen) this.db.close();

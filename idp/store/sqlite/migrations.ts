@@ -1,0 +1,135 @@
+import type { DatabaseSync } from "node:sqlite";
+import { canonicalIdentity } from "../../../protocol/names.ts";
+
+/**
+ * The SQLite schema as numbered migrations: migration N brings the database to user_version N.
+ * Append only; a released migration is never edited (a data dir may have run it).
+ */
+export interface Migration {
+  version: number;
+  what: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    what: "users, approvers, signing keys, spent challenges, used jtis, grants",
+    sql: `
+  CREATE TABLE users (
+    email TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('human', 'agent')),
+    owner TEXT,
+    admin INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    public_key TEXT,
+    fingerprint TEXT,
+    name TEXT,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX users_owner ON users(owner) WHERE owner IS NOT NULL;
+  CREATE TABLE approvers (
+    subject TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    PRIMARY KEY (subject, approver)
+  ) WITHOUT ROWID;
+  CREATE INDEX approvers_by_approver ON approvers(approver, subject);
+  CREATE TABLE signing_keys (
+    kid TEXT PRIMARY KEY,
+    private_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER,
+    max_exp INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE TABLE challenges (
+    challenge TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE used_jtis (
+    jti TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE grants (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    status TEXT NOT NULL,
+    grant_type TEXT NOT NULL,
+    request TEXT NOT NULL,
+    match_key TEXT,
+    delegator TEXT,
+    delegate TEXT,
+    decided_by TEXT,
+    created_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    expires_at INTEGER,
+    used_at INTEGER,
+    version INTEGER NOT NULL DEFAULT 1
+  );
+  CREATE INDEX grants_by_status ON grants(status, seq);
+  CREATE INDEX grants_by_requester ON grants(requester, seq);
+  CREATE INDEX grants_by_requester_status ON grants(requester, status, seq);
+  CREATE INDEX grants_by_delegator ON grants(delegator, seq) WHERE delegator IS NOT NULL;
+  CREATE INDEX grants_by_delegate ON grants(delegate, seq) WHERE delegate IS NOT NULL;
+  CREATE INDEX grants_reuse ON grants(requester, match_key) WHERE status = 'approved' AND grant_type <> 'once';
+  CREATE INDEX grants_expiring ON grants(expires_at) WHERE status = 'approved' AND expires_at IS NOT NULL;
+  `,
+  },
+  {
+    version: 2,
+    what: "spent challenges by subject",
+    sql: `
+  CREATE INDEX challenges_by_subject ON challenges(subject, expires_at);
+  `,
+  },
+  {
+    // NULL: the principal itself. Not on the wire: the grant schema has no field for it.
+    version: 3,
+    what: "who acted, when a grant was created or decided with a delegated token (act.sub)",
+    sql: `
+  ALTER TABLE grants ADD COLUMN created_act TEXT;
+  ALTER TABLE grants ADD COLUMN decided_act TEXT;
+  `,
+  },
+];
+
+/** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */
+export function migrate(db: DatabaseSync, migrations: readonly Migration[] = MIGRATIONS): void {
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const { user_version: current } = db.prepare("PRAGMA user_version").get() as { user_version: number };
+    for (const m of migrations) {
+      if (m.version <= current) continue;
+      db.exec(m.sql);
+      db.exec(`PRAGMA user_version = ${m.version}`);
+    }
+    normalizeStoredUsers(db);
+    db.exec("COMMIT");
+  } catch (e) {
+    db.exec("ROLLBACK");
+    throw e;
+  }
+}
+
+/**
+ * Re-keys users stored before identities were normalised (protocol/names.ts), e.g. a decomposed
+ * "café", so lookups (which normalise) find them. Idempotent, so it runs at every open, not as a
+ * numbered migration; only names not already in stored form (non-ASCII or upper case) are read.
+ * A name the rules refuse, or whose normal form is taken, is left as it is: no lookup finds it.
+ */
+function normalizeStoredUsers(db: DatabaseSync): void {
+  const rows = db
+    .prepare("SELECT email FROM users WHERE email GLOB '*[^ -~]*' OR email GLOB '*[A-Z]*'")
+    .all() as { email: string }[];
+  for (const { email } of rows) {
+    const identity = canonicalIdentity(email);
+    if (identity === undefined || identity === email) continue;
+    if (db.prepare("SELECT 1 FROM users WHERE email = ?").get(identity)) continue;
+    db.prepare("UPDATE users SET email = ? WHERE email = ?").run(identity, email);
+    db.prepare("UPDATE users SET owner = ? WHERE owner = ?").run(identity, email);
+    db.prepare("UPDATE approvers SET subject = ? WHERE subject = ?").run(identity, email);
+    db.prepare("UPDATE approvers SET approver = ? WHERE approver = ?").run(identity, email);
+  }
+}

@@ -1,0 +1,682 @@
+import { createPrivateKey } from "node:crypto";
+import { afterEach, describe, expect, it } from "vitest";
+import { Keyring, rotateKeys } from "../../../idp/keys.ts";
+import type { Store } from "../../../idp/store/types.ts";
+import { signJwt } from "../../../idp/tokens.ts";
+import type { Grant } from "../../../protocol/types.ts";
+
+/**
+ * The contract every Store (idp/store/types.ts) must meet, whatever the database: run it with
+ * `storeContract(name, open)` from a `*.test.ts` next to this file, one per implementation and
+ * configuration. `open` makes a store on new, empty data; its `connect` opens another, independent
+ * handle on the same data, as another process (the offline admin commands) would.
+ */
+export interface OpenedStore {
+  store: Store;
+  connect(): Promise<Store>;
+}
+
+let n = 0;
+const id = () => `00000000-0000-4000-8000-${String(++n).padStart(12, "0")}`;
+const command = (requester: string, created_at: number, extra: Partial<Grant> = {}): Grant => ({
+  id: id(),
+  type: "command",
+  request: { requester, target_host: "h", audience: "escapes", grant_type: "once", command: ["ls"] },
+  status: "pending",
+  created_at,
+  ...extra,
+});
+const delegation = (
+  delegator: string,
+  delegate: string,
+  created_at = 1,
+  extra: Partial<Grant> = {},
+): Grant => ({
+  id: id(),
+  type: "delegation",
+  status: "approved",
+  request: {
+    requester: delegator,
+    target_host: "*",
+    audience: "apes-cli",
+    grant_type: "always",
+    delegator,
+    delegate,
+  },
+  created_at,
+  decided_by: delegator,
+  decided_at: created_at,
+  ...extra,
+});
+
+/** Every write made so far is committed (a store batching writes commits them now). */
+const committed = async (s: Store) => {
+  await s.lifecycle?.flush?.();
+};
+
+export function storeContract(name: string, open: () => Promise<OpenedStore>): void {
+  describe(`store contract: ${name}`, () => {
+    const handles: Store[] = [];
+    const fresh = async () => {
+      const opened = await open();
+      handles.push(opened.store);
+      return {
+        s: opened.store,
+        connect: async () => {
+          const other = await opened.connect();
+          handles.push(other);
+          return other;
+        },
+      };
+    };
+    afterEach(async () => {
+      for (const h of handles.splice(0).reverse()) await h.close();
+    });
+
+    describe("users", () => {
+      it("adds, looks up, lists (by email) and disables users with their approvers", async () => {
+        const { s } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1, name: "Alice" });
+        await s.addUser({ email: "bob@x", kind: "human", createdAt: 2, admin: true });
+        await s.addUser({
+          email: "bot@x",
+          kind: "agent",
+          owner: "alice@x",
+          approvers: ["bob@x"],
+          publicKey: "ssh-ed25519 AAAA bot",
+          fingerprint: "SHA256:f",
+          createdAt: 3,
+        });
+        expect(await s.getUser("bot@x")).toEqual({
+          email: "bot@x",
+          kind: "agent",
+          owner: "alice@x",
+          approvers: ["bob@x"],
+          admin: false,
+          disabled: false,
+          publicKey: "ssh-ed25519 AAAA bot",
+          fingerprint: "SHA256:f",
+          createdAt: 3,
+        });
+        expect(await s.getUser("alice@x")).toEqual({
+          email: "alice@x",
+          kind: "human",
+          approvers: [],
+          admin: false,
+          disabled: false,
+          name: "Alice",
+          createdAt: 1,
+        });
+        expect(await s.getUser("nobody@x")).toBeUndefined();
+        expect((await s.listUsers()).map((u) => [u.email, u.admin, u.approvers])).toEqual([
+          ["alice@x", false, []],
+          ["bob@x", true, []],
+          ["bot@x", false, ["bob@x"]],
+        ]);
+        expect(await s.setDisabled("bot@x", true)).toBe(true);
+        expect((await s.getUser("bot@x"))?.disabled).toBe(true);
+        expect((await s.listUsers()).find((u) => u.email === "bot@x")?.disabled).toBe(true);
+        expect(await s.setDisabled("bot@x", false)).toBe(true);
+        expect((await s.getUser("bot@x"))?.disabled).toBe(false);
+        expect(await s.setDisabled("nobody@x", true)).toBe(false);
+      });
+
+      it("refuses a second user of the same name, also when added concurrently", async () => {
+        const { s } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+        await expect(s.addUser({ email: "alice@x", kind: "agent", createdAt: 2 })).rejects.toThrow();
+        expect((await s.getUser("alice@x"))?.kind).toBe("human");
+        const results = await Promise.allSettled(
+          Array.from({ length: 10 }, (_, i) => s.addUser({ email: "carol@x", kind: "human", createdAt: i })),
+        );
+        expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+        expect((await s.listUsers()).filter((u) => u.email === "carol@x")).toHaveLength(1);
+      });
+
+      it("subordinates: agents a human owns and users naming it as approver, each once", async () => {
+        const { s } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+        await s.addUser({ email: "bob@x", kind: "human", createdAt: 1, admin: true });
+        await s.addUser({
+          email: "bot@x",
+          kind: "agent",
+          owner: "alice@x",
+          approvers: ["bob@x"],
+          createdAt: 1,
+        });
+        await s.addUser({ email: "dave@x", kind: "human", approvers: ["alice@x"], createdAt: 1 });
+        await s.addUser({
+          email: "own@x",
+          kind: "agent",
+          owner: "alice@x",
+          approvers: ["alice@x"],
+          createdAt: 1,
+        });
+        expect((await s.subordinatesOf("alice@x")).sort()).toEqual(["bot@x", "dave@x", "own@x"]);
+        expect(await s.subordinatesOf("bob@x")).toEqual(["bot@x"]);
+        expect(await s.subordinatesOf("dave@x")).toEqual([]);
+        expect(await s.subordinatesOf("nobody@x")).toEqual([]);
+        await s.addUser({ email: "new@x", kind: "agent", owner: "bob@x", createdAt: 2 });
+        expect((await s.subordinatesOf("bob@x")).sort()).toEqual(["bot@x", "new@x"]);
+      });
+
+      it("looks users up by their normalised identity and stores no other form", async () => {
+        const { s } = await fresh();
+        await s.addUser({ email: "caf\u00e9@x", kind: "human", createdAt: 1 });
+        await s.addUser({ email: "bot@x", kind: "agent", owner: "caf\u00e9@x", createdAt: 1 });
+        expect((await s.getUser("cafe\u0301@x"))?.email).toBe("caf\u00e9@x");
+        expect((await s.getUser("CAF\u00c9@X"))?.email).toBe("caf\u00e9@x");
+        expect(await s.getUser("caf\u00e9@x\u202e")).toBeUndefined();
+        expect(await s.subordinatesOf("CAFE\u0301@x")).toEqual(["bot@x"]);
+        expect(await s.setDisabled("CAFE\u0301@x", true)).toBe(true);
+        expect((await s.getUser("caf\u00e9@x"))?.disabled).toBe(true);
+        await expect(s.addUser({ email: "Bob@x", kind: "human", createdAt: 1 })).rejects.toThrow(
+          /normalised/,
+        );
+        await expect(s.addUser({ email: "b\u0131b@x", kind: "human", createdAt: 1 })).rejects.toThrow(
+          /normalised/,
+        );
+        await expect(
+          s.addUser({ email: "eve@x", kind: "agent", owner: "Caf\u00e9@x", createdAt: 1 }),
+        ).rejects.toThrow(/normalised/);
+        expect((await s.listUsers()).map((u) => u.email)).toEqual(["bot@x", "caf\u00e9@x"]);
+      });
+
+      it("a change made through another handle is seen at the next lookup", async () => {
+        const { s, connect } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+        await s.addUser({ email: "bot@x", kind: "agent", owner: "alice@x", createdAt: 1 });
+        expect((await s.getUser("bot@x"))?.disabled).toBe(false);
+        expect(await s.subordinatesOf("alice@x")).toEqual(["bot@x"]);
+        await committed(s);
+        const other = await connect();
+        expect(await other.setDisabled("bot@x", true)).toBe(true);
+        await other.addUser({ email: "bot2@x", kind: "agent", owner: "alice@x", createdAt: 2 });
+        await committed(other);
+        expect((await s.getUser("bot@x"))?.disabled).toBe(true);
+        expect((await s.subordinatesOf("alice@x")).sort()).toEqual(["bot2@x", "bot@x"]);
+      });
+
+      it("a lookup under way while the user is disabled does not outlive the change", async () => {
+        const { s } = await fresh();
+        await s.addUser({ email: "bot@x", kind: "human", createdAt: 1 });
+        const during = s.getUser("bot@x");
+        const disabled = s.setDisabled("bot@x", true);
+        await Promise.all([during, disabled]);
+        expect((await s.getUser("bot@x"))?.disabled).toBe(true);
+      });
+    });
+
+    describe("signing keys and the keyring", () => {
+      const key = (kid: string, createdAt: number) => ({
+        kid,
+        privateKey: `pem ${kid}`,
+        createdAt,
+        maxExp: 0,
+      });
+
+      it("lists keys oldest first; retires all but one; raises max_exp, never lowers it", async () => {
+        const { s } = await fresh();
+        await s.addSigningKey(key("b", 2));
+        await s.addSigningKey(key("a", 2));
+        await s.addSigningKey(key("c", 1));
+        expect((await s.listSigningKeys()).map((k) => k.kid)).toEqual(["c", "a", "b"]);
+        await s.retireSigningKeys("b", 10);
+        expect((await s.listSigningKeys()).map((k) => [k.kid, k.retiredAt])).toEqual([
+          ["c", 10],
+          ["a", 10],
+          ["b", undefined],
+        ]);
+        await s.retireSigningKeys("a", 20); // a stays retired at 10
+        expect((await s.listSigningKeys()).map((k) => k.retiredAt)).toEqual([10, 10, 20]);
+        await s.raiseKeyMaxExp("b", 500);
+        await s.raiseKeyMaxExp("b", 400);
+        expect((await s.listSigningKeys()).find((k) => k.kid === "b")?.maxExp).toBe(500);
+        expect((await s.listSigningKeys()).find((k) => k.kid === "b")).toEqual({
+          kid: "b",
+          privateKey: "pem b",
+          createdAt: 2,
+          retiredAt: 20,
+          maxExp: 500,
+        });
+        await expect(s.addSigningKey(key("b", 3))).rejects.toThrow();
+      });
+
+      it("creates a key on first use, sees a rotation by another process, keeps the old key until its tokens expire", async () => {
+        const { s, connect } = await fresh();
+        const ring = await Keyring.open(s, 1000);
+        const first = ring.activeKid();
+        await ring.signingKey(1000, 1300); // a token valid until 1300
+        await committed(s);
+        // Another process rotates.
+        const other = await connect();
+        const rec = await rotateKeys(other, 1100);
+        await committed(other);
+        expect((await ring.signingKey(1100, 1400)).kid).toBe(rec.kid);
+        expect((await ring.jwks(1200)).keys.map((k) => k.kid).sort()).toEqual([first, rec.kid].sort());
+        expect(await ring.publicKey(first, 1299)).toBeDefined();
+        // The exact last expiry is recorded: the old key is gone the moment its last token expired.
+        expect(await ring.publicKey(first, 1300)).toBeUndefined();
+        expect((await ring.jwks(1300)).keys.map((k) => k.kid)).toEqual([rec.kid]);
+        expect(await ring.publicKey("unknown", 1200)).toBeUndefined();
+        // Also for a fresh process reading the record, and a keyring opened there.
+        await committed(s);
+        const reader = await connect();
+        expect((await reader.listSigningKeys()).find((k) => k.kid === first)?.maxExp).toBe(1300);
+        expect((await Keyring.open(reader, 1200)).activeKid()).toBe(rec.kid);
+      });
+
+      it("accepts a new key rotated in by another process as soon as a token names it", async () => {
+        const { s, connect } = await fresh();
+        const ring = await Keyring.open(s, 1000);
+        const before = ring.activeKid();
+        await committed(s);
+        const other = await connect();
+        const rec = await rotateKeys(other, 1001);
+        await committed(other);
+        expect(rec.kid).not.toBe(before);
+        const token = signJwt(
+          { sub: "a", exp: 2000 },
+          { kid: rec.kid, privateKey: createPrivateKey(rec.privateKey) },
+        );
+        expect(await ring.verify(token, { now: 1002, leeway: 0 })).toMatchObject({ sub: "a" });
+        expect(ring.activeKid()).toBe(rec.kid);
+      });
+
+      it("verifies only tokens signed with a published key of its own", async () => {
+        const { s } = await fresh();
+        const ring = await Keyring.open(s, 1000);
+        const token = signJwt({ iss: "me", sub: "a", exp: 1100 }, await ring.signingKey(1000, 1100));
+        expect(await ring.verify(token, { now: 1000, issuer: "me", leeway: 0 })).toMatchObject({ sub: "a" });
+        await expect(ring.verify(token, { now: 1100, leeway: 0 })).rejects.toMatchObject({
+          reason: "expired",
+        });
+        await expect(ring.verify(token, { now: 1000, issuer: "other", leeway: 0 })).rejects.toMatchObject({
+          reason: "issuer",
+        });
+        const [h, p] = token.split(".");
+        const forged = `${h}.${p}.${"A".repeat(86)}`;
+        await expect(ring.verify(forged, { now: 1000, leeway: 0 })).rejects.toMatchObject({
+          reason: "signature",
+        });
+        const stranger = await Keyring.open((await fresh()).s, 1000);
+        const theirs = signJwt({ sub: "a", exp: 1100 }, await stranger.signingKey(1000, 1100));
+        await expect(ring.verify(theirs, { now: 1000, leeway: 0 })).rejects.toMatchObject({
+          reason: "unknown_kid",
+        });
+      });
+    });
+
+    describe("single-use values", () => {
+      it("spent challenge nonces and jtis are single use until they expire", async () => {
+        const { s } = await fresh();
+        expect(await s.spendChallenge("n1", "a@x", 100)).toBe(true);
+        expect(await s.spendChallenge("n1", "a@x", 100)).toBe(false);
+        expect(await s.spendChallenge("n1", "b@x", 100)).toBe(false);
+        expect(await s.spendChallenge("n2", "a@x", 100)).toBe(true);
+        expect(await s.useJti("j", 100)).toBe(true);
+        expect(await s.useJti("j", 100)).toBe(false);
+        expect(await s.useJti("n1", 100)).toBe(true); // a separate namespace
+        await s.purgeExpired(99);
+        expect(await s.spendChallenge("n1", "a@x", 100)).toBe(false);
+        expect(await s.useJti("j", 200)).toBe(false);
+        await s.purgeExpired(100); // expiry at `now` counts as expired
+        expect(await s.useJti("j", 200)).toBe(true);
+        // Only after its challenge expired can a nonce record go (and the challenge no longer opens then).
+        expect(await s.spendChallenge("n1", "a@x", 200)).toBe(true);
+      });
+
+      it("of concurrent uses of one nonce or jti exactly one wins", async () => {
+        const { s } = await fresh();
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendChallenge("n", "a@x", 100)));
+        expect(spends.filter(Boolean)).toHaveLength(1);
+        const jtis = await Promise.all(Array.from({ length: 20 }, () => s.useJti("j", 100)));
+        expect(jtis.filter(Boolean)).toHaveLength(1);
+      });
+
+      it("a nonce spent through another process cannot be spent again here", async () => {
+        const { s, connect } = await fresh();
+        const other = await connect();
+        expect(await other.spendChallenge("n", "a@x", 100)).toBe(true);
+        expect(await other.useJti("j", 100)).toBe(true);
+        await committed(other);
+        expect(await s.spendChallenge("n", "a@x", 100)).toBe(false);
+        expect(await s.useJti("j", 100)).toBe(false);
+      });
+    });
+
+    describe("grants", () => {
+      it("stores a grant as given and reads it back; versions start at 1, positions grow", async () => {
+        const { s } = await fresh();
+        const full = command("a@x", 5, {
+          status: "approved",
+          decided_by: "b@x",
+          decided_at: 6,
+          expires_at: 70,
+          used_at: 8,
+        });
+        full.request = {
+          ...full.request,
+          grant_type: "timed",
+          duration: 64,
+          command: ["sh", "-c", "echo 'x'\n\u00e9"],
+          reason: "why",
+        };
+        const a = await s.insertGrant({ grant: full, matchKey: "k" });
+        const b = await s.insertGrant({ grant: command("a@x", 5) });
+        expect(a).toMatchObject({ grant: full, version: 1 });
+        expect(b.seq).toBeGreaterThan(a.seq);
+        const read = await s.getGrant(full.id);
+        expect(read).toEqual({ grant: full, version: 1, seq: a.seq });
+        expect(await s.getGrant(id())).toBeUndefined();
+        await expect(s.insertGrant({ grant: { ...command("a@x", 6), id: full.id } })).rejects.toThrow();
+      });
+
+      it("transitions are compare-and-set on the status and bump the version", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        const approved = await s.transition(grant.id, {
+          from: ["pending"],
+          to: "approved",
+          decidedBy: "x",
+          decidedAt: 2,
+        });
+        expect(approved?.grant).toMatchObject({ status: "approved", decided_by: "x", decided_at: 2 });
+        expect(approved?.version).toBe(2);
+        expect(await s.transition(grant.id, { from: ["pending"], to: "denied" })).toBeUndefined();
+        expect((await s.getGrant(grant.id))?.version).toBe(2);
+        const used = await s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 3 });
+        expect(used?.grant.used_at).toBe(3);
+        expect(used?.version).toBe(3);
+        expect(await s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 4 })).toBeUndefined();
+        expect(await s.transition(id(), { from: ["pending"], to: "denied" })).toBeUndefined();
+        const revoked = await s.transition(grant.id, { from: ["approved", "used"], to: "revoked" });
+        expect(revoked?.grant).toMatchObject({ status: "revoked", used_at: 3, decided_by: "x" });
+        expect(await s.getGrant(grant.id)).toEqual(revoked);
+      });
+
+      it("of N concurrent consumes of a once grant exactly one succeeds", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1, { status: "approved" }) });
+        const results = await Promise.all(
+          Array.from({ length: 25 }, (_, i) =>
+            s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 10 + i }),
+          ),
+        );
+        const winners = results.filter((r) => r !== undefined);
+        expect(winners).toHaveLength(1);
+        expect(await s.getGrant(grant.id)).toEqual(winners[0]);
+        expect(winners[0]?.version).toBe(2);
+      });
+
+      it("of concurrent decisions on one pending grant exactly one wins", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        const results = await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            s.transition(grant.id, {
+              from: ["pending"],
+              to: i % 2 ? "approved" : "denied",
+              decidedBy: `d${i}`,
+            }),
+          ),
+        );
+        const winners = results.filter((r) => r !== undefined);
+        expect(winners).toHaveLength(1);
+        expect((await s.getGrant(grant.id))?.grant.decided_by).toBe(winners[0]?.grant.decided_by);
+      });
+
+      it("rewrites grant_type and duration together on an override, and can drop the duration", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        const t = await s.transition(grant.id, {
+          from: ["pending"],
+          to: "approved",
+          grantType: "timed",
+          duration: 60,
+          expiresAt: 61,
+        });
+        expect(t?.grant.request).toMatchObject({ grant_type: "timed", duration: 60, command: ["ls"] });
+        expect(t?.grant.expires_at).toBe(61);
+        const timed = command("a", 1);
+        timed.request = { ...timed.request, grant_type: "timed", duration: 30 };
+        await s.insertGrant({ grant: timed });
+        const always = await s.transition(timed.id, {
+          from: ["pending"],
+          to: "approved",
+          grantType: "always",
+          duration: null,
+          expiresAt: null,
+        });
+        expect(always?.grant.request.grant_type).toBe("always");
+        expect(always?.grant.request).not.toHaveProperty("duration");
+        expect(always?.grant).not.toHaveProperty("expires_at");
+        expect(await s.getGrant(timed.id)).toEqual(always);
+      });
+
+      it("paginates newest first across equal timestamps without skipping or repeating", async () => {
+        const { s } = await fresh();
+        const ids: string[] = [];
+        for (let i = 0; i < 37; i++)
+          ids.push(
+            (await s.insertGrant({ grant: command(i % 2 ? "a" : "b", 1000 + Math.floor(i / 10)) })).grant.id,
+          );
+        for (const requesters of [undefined, ["a", "b"]]) {
+          const expected = [...ids].reverse();
+          const seen: string[] = [];
+          let before: { createdAt: number; seq: number } | undefined;
+          for (let page = 0; page < 20; page++) {
+            const r = await s.queryGrants({
+              ...(requesters ? { requesters } : {}),
+              limit: 4,
+              ...(before ? { before } : {}),
+            });
+            seen.push(...r.items.map((i) => i.grant.id));
+            if (!r.hasMore) break;
+            const last = r.items.at(-1)!;
+            before = { createdAt: last.grant.created_at, seq: last.seq };
+            // Grants created while a client pages do not shift the pages it has still to read.
+            if (page === 2) ids.push((await s.insertGrant({ grant: command("a", 1000) })).grant.id);
+          }
+          expect(seen).toEqual(expected);
+        }
+        expect((await s.queryGrants({ requesters: ["a"], status: "pending", limit: 100 })).items.length).toBe(
+          20,
+        );
+        expect(await s.queryGrants({ requesters: [], limit: 100 })).toEqual({ items: [], hasMore: false });
+        const exact = await s.queryGrants({ requesters: ["b"], limit: 19 });
+        expect([exact.items.length, exact.hasMore]).toEqual([19, false]);
+        const more = await s.queryGrants({ requesters: ["b"], limit: 18 });
+        expect([more.items.length, more.hasMore]).toEqual([18, true]);
+      });
+
+      it("filters listings by status, type and party", async () => {
+        const { s } = await fresh();
+        const cmd = await s.insertGrant({ grant: command("alice@x", 1, { status: "approved" }) });
+        const d1 = await s.insertGrant({ grant: delegation("alice@x", "bot@x", 2) });
+        const d2 = await s.insertGrant({ grant: delegation("bob@x", "alice@x", 3) });
+        const d3 = await s.insertGrant({ grant: delegation("bob@x", "bot@x", 4, { status: "revoked" }) });
+        const ids = async (q: Parameters<Store["queryGrants"]>[0]) =>
+          (await s.queryGrants(q)).items.map((i) => i.grant.id);
+        expect(await ids({ limit: 10 })).toEqual([d3, d2, d1, cmd].map((x) => x.grant.id));
+        expect(await ids({ type: "command", limit: 10 })).toEqual([cmd.grant.id]);
+        expect(await ids({ type: "delegation", status: "approved", limit: 10 })).toEqual(
+          [d2, d1].map((x) => x.grant.id),
+        );
+        expect(await ids({ status: "revoked", limit: 10 })).toEqual([d3.grant.id]);
+        expect(await ids({ requesters: ["alice@x"], limit: 10 })).toEqual([d1, cmd].map((x) => x.grant.id));
+        expect(await ids({ delegator: "bob@x", limit: 10 })).toEqual([d3, d2].map((x) => x.grant.id));
+        expect(await ids({ delegate: "bot@x", limit: 10 })).toEqual([d3, d1].map((x) => x.grant.id));
+        expect(await ids({ party: "alice@x", limit: 10 })).toEqual([d2, d1].map((x) => x.grant.id));
+        expect(await ids({ party: "bot@x", status: "approved", limit: 10 })).toEqual([d1.grant.id]);
+        const first = await s.queryGrants({ party: "alice@x", limit: 1 });
+        expect(first.hasMore).toBe(true);
+        const last = first.items[0]!;
+        expect(
+          await ids({
+            party: "alice@x",
+            limit: 1,
+            before: { createdAt: last.grant.created_at, seq: last.seq },
+          }),
+        ).toEqual([d1.grant.id]);
+      });
+
+      it("finds reusable approved timed/always grants by requester and match key while unexpired", async () => {
+        const { s } = await fresh();
+        const always = command("a", 1, { status: "approved" });
+        always.request.grant_type = "always";
+        await s.insertGrant({ grant: always, matchKey: "k" });
+        const once = command("a", 2, { status: "approved" });
+        await s.insertGrant({ grant: once, matchKey: "k2" });
+        const timed = command("a", 3, { status: "approved", expires_at: 100 });
+        timed.request.grant_type = "timed";
+        await s.insertGrant({ grant: timed, matchKey: "k3" });
+        const pending = command("a", 4);
+        pending.request.grant_type = "always";
+        await s.insertGrant({ grant: pending, matchKey: "k4" });
+        expect((await s.findReusable("a", "k", 50))?.grant.id).toBe(always.id);
+        expect(await s.findReusable("b", "k", 50)).toBeUndefined();
+        expect(await s.findReusable("a", "k2", 50)).toBeUndefined();
+        expect(await s.findReusable("a", "k4", 50)).toBeUndefined();
+        expect(await s.findReusable("a", "nothing", 50)).toBeUndefined();
+        expect((await s.findReusable("a", "k3", 99))?.grant.id).toBe(timed.id);
+        expect(await s.findReusable("a", "k3", 100)).toBeUndefined();
+        // The newest match wins; a revoked one is never reused.
+        const newer = command("a", 5, { status: "approved" });
+        newer.request.grant_type = "always";
+        await s.insertGrant({ grant: newer, matchKey: "k" });
+        expect((await s.findReusable("a", "k", 50))?.grant.id).toBe(newer.id);
+        await s.transition(newer.id, { from: ["approved"], to: "revoked" });
+        expect((await s.findReusable("a", "k", 50))?.grant.id).toBe(always.id);
+        await s.transition(always.id, { from: ["approved"], to: "revoked" });
+        expect(await s.findReusable("a", "k", 50)).toBeUndefined();
+        // An approval makes a pending grant reusable.
+        await s.transition(pending.id, { from: ["pending"], to: "approved" });
+        expect((await s.findReusable("a", "k4", 50))?.grant.id).toBe(pending.id);
+      });
+
+      it("the expiry sweep expires approved grants past expires_at, once, and nothing else", async () => {
+        const { s } = await fresh();
+        const due = await s.insertGrant({ grant: command("a", 1, { status: "approved", expires_at: 100 }) });
+        const later = await s.insertGrant({
+          grant: command("a", 1, { status: "approved", expires_at: 101 }),
+        });
+        const used = await s.insertGrant({ grant: command("a", 1, { status: "used", expires_at: 50 }) });
+        const forever = await s.insertGrant({ grant: command("a", 1, { status: "approved" }) });
+        const d = await s.insertGrant({ grant: delegation("a", "b", 1, { expires_at: 90 }) });
+        expect((await s.expireDue(100)).sort()).toEqual([due.grant.id, d.grant.id].sort());
+        expect(await s.expireDue(100)).toEqual([]);
+        expect(await s.getGrant(due.grant.id)).toMatchObject({ grant: { status: "expired" }, version: 2 });
+        expect((await s.getGrant(d.grant.id))?.grant.status).toBe("expired");
+        expect((await s.getGrant(later.grant.id))?.grant.status).toBe("approved");
+        expect((await s.getGrant(used.grant.id))?.grant.status).toBe("used");
+        expect((await s.getGrant(forever.grant.id))?.grant.status).toBe("approved");
+        expect(await s.expireDue(101)).toEqual([later.grant.id]);
+      });
+
+      it("records who acted on creation and on a decision, and clears it for the principal's own", async () => {
+        const { s } = await fresh();
+        const stored = await s.insertGrant({ grant: command("alice@x", 1), actingParty: "bot@x" });
+        expect(stored.createdAct).toBe("bot@x");
+        expect(await s.getGrant(stored.grant.id)).toMatchObject({ createdAct: "bot@x" });
+        const revoked = await s.transition(stored.grant.id, {
+          from: ["pending"],
+          to: "revoked",
+          actingParty: "bot@x",
+        });
+        expect(revoked).toMatchObject({ createdAct: "bot@x", decidedAct: "bot@x" });
+        expect((await s.queryGrants({ limit: 1 })).items[0]).toMatchObject({
+          createdAct: "bot@x",
+          decidedAct: "bot@x",
+        });
+        const own = await s.insertGrant({ grant: command("alice@x", 2) });
+        expect(own).not.toHaveProperty("createdAct");
+        expect(await s.getGrant(own.grant.id)).not.toHaveProperty("createdAct");
+        await s.transition(own.grant.id, {
+          from: ["pending"],
+          to: "approved",
+          decidedBy: "alice@x",
+          actingParty: "bot@x",
+        });
+        const cleared = await s.transition(own.grant.id, {
+          from: ["approved"],
+          to: "revoked",
+          actingParty: null,
+        });
+        expect(cleared).not.toHaveProperty("decidedAct");
+        expect(await s.getGrant(own.grant.id)).not.toHaveProperty("decidedAct");
+      });
+    });
+
+    describe("delegation lookups", () => {
+      it("a revocation or expiry is seen at the next lookup, by this handle and another", async () => {
+        const { s, connect } = await fresh();
+        const d = await s.insertGrant({ grant: delegation("alice@x", "bot@x") });
+        const timed = await s.insertGrant({ grant: delegation("alice@x", "bot@x", 1, { expires_at: 10 }) });
+        const other = await s.insertGrant({ grant: delegation("alice@x", "bot@x") });
+        for (const x of [d, timed, other])
+          expect((await s.getGrant(x.grant.id))?.grant.status).toBe("approved");
+        await s.transition(d.grant.id, { from: ["approved"], to: "revoked" });
+        expect((await s.getGrant(d.grant.id))?.grant.status).toBe("revoked");
+        expect(await s.expireDue(10)).toEqual([timed.grant.id]);
+        expect((await s.getGrant(timed.grant.id))?.grant.status).toBe("expired");
+        // Revoked in another process (the admin's CLI against the same data).
+        await committed(s);
+        const elsewhere = await connect();
+        expect(
+          await elsewhere.transition(other.grant.id, { from: ["approved"], to: "revoked" }),
+        ).toBeDefined();
+        await committed(elsewhere);
+        expect((await s.getGrant(other.grant.id))?.grant.status).toBe("revoked");
+      });
+
+      it("a lookup under way while the delegation is revoked does not outlive the revocation", async () => {
+        const { s } = await fresh();
+        const d = await s.insertGrant({ grant: delegation("alice@x", "bot@x") });
+        const during = s.getGrant(d.grant.id);
+        const revoked = s.transition(d.grant.id, { from: ["approved"], to: "revoked" });
+        await Promise.all([during, revoked]);
+        expect((await s.getGrant(d.grant.id))?.grant.status).toBe("revoked");
+      });
+
+      it("what a lookup returns cannot change what the next one sees", async () => {
+        const { s } = await fresh();
+        const d = await s.insertGrant({ grant: delegation("alice@x", "bot@x") });
+        const first = await s.getGrant(d.grant.id);
+        try {
+          (first!.grant as { status: string }).status = "approved-by-mistake";
+          first!.grant.request.delegate = "eve@x";
+        } catch {
+          // a frozen value refuses the change: that is fine too
+        }
+        expect((await s.getGrant(d.grant.id))?.grant).toMatchObject({
+          status: "approved",
+          request: { delegate: "bot@x" },
+        });
+      });
+    });
+
+    describe("durability", () => {
+      it("every write is there for the next process once the store is closed", async () => {
+        const { s, connect } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+        const { grant } = await s.insertGrant({ grant: command("alice@x", 1) });
+        await s.transition(grant.id, { from: ["pending"], to: "approved" });
+        await s.spendChallenge("n", "alice@x", 100);
+        await s.close();
+        const next = await connect();
+        expect((await next.getUser("alice@x"))?.email).toBe("alice@x");
+        expect((await next.getGrant(grant.id))?.grant.status).toBe("approved");
+        expect(await next.spendChallenge("n", "alice@x", 100)).toBe(false);
+      });
+
+      it("a write is visible to another process once flushed", async () => {
+        const { s, connect } = await fresh();
+        const other = await connect();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        await committed(s);
+        expect((await other.getGrant(grant.id))?.grant.status).toBe("pending");
+      });
+    });
+  });
+}

@@ -500,28 +500,20 @@ static int reason_ok(const char *r) {
   return r && *r && strlen(r) <= 64 && strspn(r, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(r);
 }
 
-/* Step 3: the verifier, as _apes with a fixed environment; returns only when the command is allowed. */
-static void verify(int cfd, const struct user *verifier, const char *token) {
-  static char out[MAX_VERDICT + 1];
+/* Step 3: the verifier, as _apes with a fixed environment. It is started before the requester and
+ * waits for its request line on stdin, so its start-up (a Node runtime, tens of ms) overlaps the
+ * requester's instead of following it; it learns nothing before the shim writes the line. */
+struct verifier_proc {
+  pid_t pid;
+  int in_fd, out_fd, err_fd;
+};
+
+static struct verifier_proc start_verifier(int cfd, const struct user *verifier) {
   static char *const vargv[] = {"apes", "__verify", "--config-fd", "3", NULL};
   static char *const venv[] = {"PATH=" SECURE_PATH, "HOME=" APES_CACHE_DIR, "LANG=C.UTF-8", "APES_VERIFIER=1",
                                NULL};
-  struct buf req = {0};
-  struct json_kv *kv = NULL;
-  static struct conversation talk;
-  int in[2], outp[2], errp[2], st, count = -1;
+  int in[2], outp[2], errp[2];
   pid_t shim = getpid();
-
-  buf_puts(&req, "{\"jwt\":");
-  json_str(&req, token, strlen(token));
-  buf_puts(&req, ",\"argv\":");
-  json_argv(&req, A.cmd, A.ncmd);
-  kv_str(&req, "cmd_hash", A.hash);
-  kv_str(&req, "user", A.caller.name);
-  buf_printf(&req, ",\"uid\":%lu", (unsigned long)A.caller.uid);
-  kv_str(&req, "run_as", A.target.name);
-  buf_puts(&req, "}\n");
-  if (req.err) die(1, "out of memory");
 
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0)
     die(1, "pipe: %s", strerror(errno));
@@ -537,7 +529,8 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
       child_fail("verifier pipes");
     if (move_fd(e, 2) != 0) _exit(1); /* nowhere left to say so */
     /* No groups, _apes ids, no way back; and no life after the shim's (set after the last id
-     * change, which clears it). */
+     * change, which clears it): every exit of the shim before the verdict (pending, a failed
+     * requester, a signal) takes the waiting verifier with it. */
     if (setgroups(0, NULL) != 0 || setresgid(verifier->gid, verifier->gid, verifier->gid) != 0 ||
         setresuid(verifier->uid, verifier->uid, verifier->uid) != 0 || !ids_are(verifier->uid, verifier->gid))
       child_fail("cannot become " VERIFY_USER);
@@ -550,8 +543,31 @@ static void verify(int cfd, const struct user *verifier, const char *token) {
   close(outp[1]);
   close(errp[1]);
   close(cfd);
+  return (struct verifier_proc){.pid = pid, .in_fd = in[1], .out_fd = outp[0], .err_fd = errp[0]};
+}
+
+/* Sends the request line to the started verifier; returns only when the command is allowed. */
+static void verify(const struct verifier_proc *v, const char *token) {
+  static char out[MAX_VERDICT + 1];
+  struct buf req = {0};
+  struct json_kv *kv = NULL;
+  static struct conversation talk;
+  int st, count = -1;
+  pid_t pid = v->pid;
+
+  buf_puts(&req, "{\"jwt\":");
+  json_str(&req, token, strlen(token));
+  buf_puts(&req, ",\"argv\":");
+  json_argv(&req, A.cmd, A.ncmd);
+  kv_str(&req, "cmd_hash", A.hash);
+  kv_str(&req, "user", A.caller.name);
+  buf_printf(&req, ",\"uid\":%lu", (unsigned long)A.caller.uid);
+  kv_str(&req, "run_as", A.target.name);
+  buf_puts(&req, "}\n");
+  if (req.err) die(1, "out of memory");
+
   set_ignore(SIGPIPE, 1);
-  talk = (struct conversation){.in_fd = in[1], .out_fd = outp[0], .err_fd = errp[0], .req = req.p,
+  talk = (struct conversation){.in_fd = v->in_fd, .out_fd = v->out_fd, .err_fd = v->err_fd, .req = req.p,
                                .reqlen = req.len, .out = out, .outmax = sizeof out};
   st = converse(pid, &talk, VERIFY_DEADLINE_S);
   size_t n = talk.outlen;
@@ -780,6 +796,7 @@ int main(int argc, char **argv) {
     deny("verifier_missing", EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
   canonical_command(argc, argv, &el);
   cfd = open_policy();
+  struct verifier_proc v = start_verifier(cfd, &verifier); /* waits for step 3's request line */
 
   /* ---- 2. requester, as the caller ---- */
   const char *token = request_token(argc, argv, &el);
@@ -788,7 +805,7 @@ int main(int argc, char **argv) {
    * consume the grant, so a consumed grant always has a line, and a log that cannot take one more
    * line stops us here, before anything is spent. ---- */
   if (audit("attempt", "") != 0) audit_failed();
-  verify(cfd, &verifier, token);
+  verify(&v, token);
 
   /* ---- 4. audit, then exec; no audit line, no command ---- */
   recheck_command();

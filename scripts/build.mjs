@@ -108,9 +108,10 @@ if (dynamicImport)
   );
 const wrapped = join(work, `apes.${process.pid}.js`);
 const cache = join(work, `apes.${process.pid}.cache`);
+const versionLine = join(work, `apes.${process.pid}.version`);
 writeFileSync(wrapped, `(function (exports, require, module, __filename, __dirname) {${code}\n})`, "latin1");
 const { NODE_OPTIONS: _ignored, ...cacheEnv } = process.env; // flags must match the runtime's
-execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache], {
+execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache, versionLine], {
   env: cacheEnv,
   stdio: ["ignore", "ignore", "inherit"],
 });
@@ -141,10 +142,10 @@ try {
     out,
     workDir: work,
     nodeBinary,
-    assets: { "apes.js": wrapped, "apes.cache": cache, ...webAssets() },
+    assets: { "apes.js": wrapped, "apes.cache": cache, "apes.version": versionLine, ...webAssets() },
   });
 } finally {
-  for (const f of [bundle, wrapped, cache]) rmSync(f, { force: true });
+  for (const f of [bundle, wrapped, cache, versionLine]) rmSync(f, { force: true });
 }
 // A rejected cache still works, only slower: catch it here rather than in a benchmark.
 const check = spawnSync(out, ["--help"], { env: { APES_DEBUG: "1" }, encoding: "utf8" });
@@ -154,6 +155,13 @@ if (
   check.stderr.includes("cache rejected")
 ) {
   throw new Error(`build: dist/apes --help failed or rejected its code cache: ${check.stderr}`);
+}
+// The loader answers --version itself (scripts/sea-loader.cjs): it must be the package's version.
+const version = spawnSync(out, ["--version"], { env: {}, encoding: "utf8" });
+if (version.status !== 0 || version.stdout !== `apes ${pkg.version}\n`) {
+  throw new Error(
+    `build: dist/apes --version printed ${JSON.stringify(version.stdout)}, not apes ${pkg.version}`,
+  );
 }
 const mb = (statSync(out).size / 1e6).toFixed(0);
 console.log(`built dist/apes (${mb} MB, node ${process.version}) in ${Date.now() - started} ms`);

@@ -1,19 +1,32 @@
-// Build step (scripts/build.mjs): `node sea-cache.cjs <wrapped.js> <out.cache>` runs the program's
+// Build step (scripts/build.mjs): `node sea-cache.cjs <wrapped.js> <out.cache> <out.version>` runs the program's
 // start-up paths once (help output only: no files, no network) and writes the V8 code cache of
-// everything that ran, for scripts/sea-loader.cjs. Run with the pinned node that becomes dist/apes:
+// everything that ran, and the `--version` line, for scripts/sea-loader.cjs. Run with the pinned node that becomes dist/apes:
 // V8 accepts a cache only from the same version and flags.
 const { readFileSync, writeFileSync } = require("node:fs");
 const { Script } = require("node:vm");
 
-const [wrapped, out] = process.argv.slice(2);
+const [wrapped, out, versionOut] = process.argv.slice(2);
 // The same source and options as the loader's, so V8 accepts the cache there.
 const script = new Script(readFileSync(wrapped, "latin1"), { filename: "apes.js" });
 const main = script.runInThisContext();
 const WARM = [["--help"], ["help", "exit-codes"], ["dns", "check", "--help"], ["grants", "--help"]];
 
-process.stdout.write = () => true;
 process.stderr.write = () => true;
 (async () => {
+  // The `--version` line the loader prints without loading the program: what the program prints.
+  let version = "";
+  process.stdout.write = (s) => {
+    version += s;
+    return true;
+  };
+  process.argv = [process.argv[0], "apes", "--version"];
+  const first = { exports: {} };
+  main(first.exports, require, first, "/apes", "/");
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  if (!/^apes \S+\n$/.test(version))
+    throw new Error(`sea-cache: unexpected --version output ${JSON.stringify(version)}`);
+  writeFileSync(versionOut, version);
+  process.stdout.write = () => true;
   for (const args of WARM) {
     process.argv = [process.argv[0], "apes", ...args];
     const mod = { exports: {} };

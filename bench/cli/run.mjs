@@ -1,4 +1,5 @@
-// CLI benchmark: wall time of `apes whoami` and `apes grants list` against the bare single-executable
+// CLI benchmark: wall time of `apes whoami` and of commands that make one IdP request (`grants list`,
+// `agents list`, `delegations list`) against the bare single-executable
 // floor, and approval-to-exit latency of `apes grants wait` with push (long-poll) vs 3 s polling.
 //
 //   make bench-cli                        (builds dist/apes first)
@@ -114,6 +115,9 @@ try {
     { name: "bare SEA (console.log)", file: bare, args: [], env: {} },
     { name: "apes whoami", file: apes, args: ["whoami"], env: bot.env },
     { name: "apes grants list", file: apes, args: ["grants", "list"], env: bot.env },
+    // More commands that make one IdP request (issue 16: each within one round trip of whoami).
+    { name: "apes agents list", file: apes, args: ["agents", "list"], env: alice.env },
+    { name: "apes delegations list", file: apes, args: ["delegations", "list"], env: alice.env },
   ];
   for (const c of cases) c.times = [];
   for (let round = 0; round < warmup + runs; round++) {
@@ -128,11 +132,12 @@ try {
   }
   const base = q(cases[0].times, 0.5);
   console.log(`node ${process.version}; ${runs} interleaved runs after ${warmup} warm-up rounds`);
-  console.log("command                     median     p10     p90   vs bare");
+  const whoami = q(cases[1].times, 0.5);
+  console.log("command                     median     p10     p90   vs bare   vs whoami");
   for (const c of cases) {
     const med = q(c.times, 0.5);
     console.log(
-      `${c.name.padEnd(24)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms`,
+      `${c.name.padEnd(24)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms   +${(med - whoami).toFixed(1)} ms`,
     );
   }
 

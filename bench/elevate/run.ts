@@ -3,10 +3,24 @@
 // shim, requester, verifier and IdP round trips. As root (installs the shim into a temp prefix, adds
 // a user and a sudoers drop-in, both removed at the end; installs sudo with apt when missing).
 // Run with the pinned node: `node bench/elevate/run.ts [--rounds=40]` (or `make bench-elevate`).
+// Before/after in one run: build the old version, `node bench/elevate/run.ts --install-only=F` (installs
+// that build into a temp prefix and describes it in F), build the new one, then `--compare=F`: the old
+// shim and binary are measured interleaved with the new ones (and removed at the end, unless
+// --keep-compare).
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
+import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { addUser, api, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
 import {
@@ -18,6 +32,7 @@ import {
   VERIFY_USER,
   writeConfig,
 } from "../../test/helpers/shim.ts";
+import { buildBareSea } from "../common.mjs";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
@@ -26,6 +41,8 @@ const args = new Map(
   }),
 );
 const ROUNDS = Number(args.get("rounds") ?? 40);
+const INSTALL_ONLY = args.get("install-only");
+const COMPARE = args.get("compare");
 // The IdP speaks TLS: the verifier refuses plain http issuers (any local user could serve them).
 const WARMUP = 5;
 const BENCH_USER = "apes-bench";
@@ -55,6 +72,20 @@ try {
 }
 
 async function main() {
+  if (INSTALL_ONLY) {
+    const { cleanup: _kept, ...described } = await installIntoTempPrefix();
+    writeFileSync(INSTALL_ONLY, JSON.stringify(described));
+    console.log(
+      `installed into ${described.root} (described in ${INSTALL_ONLY}); pass --compare=${INSTALL_ONLY}`,
+    );
+    return;
+  }
+  const before = COMPARE
+    ? (JSON.parse(readFileSync(COMPARE, "utf8")) as { root: string; shim: string; config: string })
+    : undefined;
+  // --keep-compare: leave the old install for another run (it holds a setuid shim: remove it after).
+  if (before && !args.has("keep-compare"))
+    cleanups.push(() => rmSync(before.root, { recursive: true, force: true }));
   const inst = await installIntoTempPrefix();
   cleanups.push(() => inst.cleanup());
   const user = ensureUser(BENCH_USER);
@@ -115,7 +146,6 @@ async function main() {
   });
   cleanups.push(() => idp.stop());
   const caFetch = (await import("undici")).Agent;
-  const { readFileSync } = await import("node:fs");
   const dispatcher = new caFetch({ connect: { ca: readFileSync(caPem, "utf8") } });
   const tlsFetch = ((input: string, init?: RequestInit) =>
     import("undici").then((u) =>
@@ -145,10 +175,9 @@ async function main() {
     ),
   );
   if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
-  writeConfig(
-    inst,
-    `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`,
-  );
+  const policy = `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`;
+  writeConfig(inst, policy);
+  if (before) writeConfig({ config: before.config } as Parameters<typeof writeConfig>[0], policy);
 
   // The reusable timed grant: the first elevation asks, alice approves over HTTP.
   const first = spawnAsUser(user, [inst.shim, ...OPTS, "--", ...CMD], { env });
@@ -177,7 +206,9 @@ async function main() {
     env,
     stdio: ["ignore", "ignore", "pipe", "pipe"],
   }).r.output[3]!.toString();
-  const requestLine = `${JSON.stringify({ jwt: tok, argv: CMD, cmd_hash: cmdHash(CMD), user: BENCH_USER, uid: user.uid, run_as: "root" })}\n`;
+  // The grant holds the command as the requester canonicalised it (/bin/true -> /usr/bin/true on merged /usr).
+  const granted = canonicalCommand(CMD);
+  const requestLine = `${JSON.stringify({ jwt: tok, argv: granted, cmd_hash: cmdHash(granted), user: BENCH_USER, uid: user.uid, run_as: "root" })}\n`;
   const verifierEnv = { PATH: "/usr/bin:/bin", HOME: inst.cacheDir, LANG: "C.UTF-8", APES_VERIFIER: "1" };
   const asVerifier = [
     "setpriv",
@@ -189,11 +220,20 @@ async function main() {
     "--",
   ];
 
+  // The runtime's floor: a one-line single executable built like dist/apes (bench/common.mjs).
+  const bare = buildBareSea(work);
   const cases: Record<string, () => number> = {
     "setpriv /bin/true (harness floor)": () => run([...asUser, "/bin/true"], { env }).ms,
+    "bare single executable (runtime floor)": () => run([...asUser, bare], { env }).ms,
     "sudo -n true": () => run([...asUser, "/usr/bin/sudo", "-n", "true"], { env }).ms,
     "apes -- /bin/true (shim, timed grant reused)": () =>
       run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
+    ...(before
+      ? {
+          "before: apes -- /bin/true (the --compare build)": () =>
+            run([...asUser, before.shim, ...OPTS, "--", ...CMD], { env }).ms,
+        }
+      : {}),
     "requester alone (__request)": () =>
       run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
         env,
@@ -265,8 +305,35 @@ async function main() {
   const reqMs = median(times["requester alone (__request)"]!);
   const verMs = median(times["verifier alone (__verify)"]!);
   const floor = median(times["setpriv /bin/true (harness floor)"]!);
+  const runtime = median(times["bare single executable (runtime floor)"]!) - floor;
+  const m = (k: string) => median(phases[k] ?? [Number.NaN]);
+  console.log(
+    "\n| process | runtime floor | start-up over the floor | own work | exit and rest |\n| --- | ---: | ---: | ---: | ---: |",
+  );
+  for (const [who, wall] of [
+    ["requester", reqMs - floor],
+    ["verifier", verMs - floor],
+  ] as const) {
+    const start = m(`${who} start`);
+    const own = m(`${who} total`);
+    console.log(
+      `| ${who} | ${f(runtime)} ms | ${f(start - runtime)} ms | ${f(own)} ms | ${f(wall - start - own)} ms |`,
+    );
+  }
+  // The shim starts the verifier before the requester, so the two processes overlap: the rest can be negative.
   console.log(
     `\nsplit of the median elevation (${f(total)} ms): requester process ${f(reqMs - floor)} ms, verifier process ${f(verMs - floor)} ms, ` +
-      `shim + exec of the command + harness ${f(total - (reqMs - floor) - (verMs - floor))} ms (harness floor ${f(floor)} ms)`,
+      `shim + exec of the command + harness - overlap of the two ${f(total - (reqMs - floor) - (verMs - floor))} ms (harness floor ${f(floor)} ms)`,
+  );
+  const sudo = median(times["sudo -n true"]!);
+  console.log(`apes -- /bin/true = ${f(total / sudo)}x sudo -n true (${f(total)} / ${f(sudo)} ms)`);
+  if (before) {
+    const old = median(times["before: apes -- /bin/true (the --compare build)"]!);
+    console.log(
+      `before (--compare build): ${f(old)} ms = ${f(old / sudo)}x sudo -n true; after/before ${(total / old).toFixed(2)}`,
+    );
+  }
+  console.log(
+    `load average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`,
   );
 }

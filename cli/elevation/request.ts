@@ -131,6 +131,8 @@ export async function runRequester(
   const req = { ...given, command: canonicalCommand(given.command) };
   const timing = ctx.env.APES_TIMING === "1";
   const t0 = performance.now();
+  // "start": from the process's start (performance's time origin) to here: runtime and bundle start-up.
+  if (timing) ctx.io.stderr.write(`apes-timing: requester start ${t0.toFixed(1)}\n`);
   let prev = t0;
   const mark = (phase: string) => {
     if (!timing) return;

@@ -566,7 +566,10 @@ describe("elevation through the setuid shim: nothing runs when", () => {
   });
 });
 
-/** The requester: the shim's child process (bounded wait for it to appear). */
+/**
+ * The requester: the shim's child running `__request` (the other child is the verifier, which the
+ * shim starts first and which waits for its request line). Bounded wait for it to appear.
+ */
 async function childOf(pid: number): Promise<number> {
   const { readFileSync } = await import("node:fs");
   for (let i = 0; i < 100; i++) {
@@ -575,11 +578,14 @@ async function childOf(pid: number): Promise<number> {
         .trim()
         .split(/\s+/)
         .filter(Boolean);
-      if (kids[0]) return Number(kids[0]);
+      const requester = kids.find(
+        (k) => readFileSync(`/proc/${k}/cmdline`, "utf8").split("\0")[1] === "__request",
+      );
+      if (requester) return Number(requester);
     } catch {
-      // not yet
+      // not yet (or a child ended between listing and reading)
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`no child of ${pid}`);
+  throw new Error(`no requester child of ${pid}`);
 }

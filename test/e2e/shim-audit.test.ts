@@ -39,6 +39,7 @@ import {
   runAsUser,
   type ShimInstall,
   spawnAsUser,
+  stubVerifierGotRequest,
   type UnixUser,
   writeConfig,
 } from "../helpers/shim.ts";
@@ -109,7 +110,7 @@ function marking(tag: string): { cmd: string[]; ran: () => boolean } {
 
 const newAudit = (): AuditLine[] => readAudit(inst).slice(auditMark);
 const asked = () => existsSync(join(stub, "request.uid"));
-const verified = () => existsSync(join(stub, "verify.uid"));
+const verified = () => stubVerifierGotRequest(stub);
 
 /** Runs fn with path's mode changed, and puts it back. */
 async function withMode<T>(path: string, mode: number, fn: () => Promise<T>): Promise<T> {

@@ -40,6 +40,7 @@ import {
   runAsUser,
   type ShimInstall,
   spawnAsUser,
+  stubVerifierGotRequest,
   type UnixUser,
   VERIFY_USER,
   writeConfig,
@@ -340,7 +341,7 @@ describe("resource limits planted by the caller", () => {
     } else {
       expect(r.code).toBe(77);
       expect(r.stderr).toMatch(/audit log .* is full or over the file size limit/);
-      expect(existsSync(join(stub, "verify.uid"))).toBe(false); // no attempt line, no verifier, nothing spent
+      expect(stubVerifierGotRequest(stub)).toBe(false); // no attempt line, no token for the verifier, nothing spent
       expect(newAudit()).toEqual([]); // readAudit parses every line: none is torn
       expect(readFileSync(inst.auditLog, "utf8").endsWith("}\n")).toBe(true);
       expect(existsSync(join(out, "ran.uid"))).toBe(false);
@@ -402,7 +403,7 @@ describe("the requester", () => {
     writeFileSync(join(stub, "request.mode"), mode);
     const r = await shim(["--", ...cmd]);
     expect(r.code).toBe(code);
-    expect(existsSync(join(stub, "verify.uid"))).toBe(false);
+    expect(stubVerifierGotRequest(stub)).toBe(false);
     expect(existsSync(join(out, "never.uid"))).toBe(false);
     expect(newAudit()).toEqual([
       expect.objectContaining({ decision, reason, argv: cmd, cmd_hash: cmdHash(cmd) }),
@@ -440,8 +441,31 @@ describe("the requester", () => {
     const r = await done;
     expect(r.code).toBe(77);
     expect(existsSync(join(out, "never.uid"))).toBe(false);
-    expect(existsSync(join(stub, "verify.uid"))).toBe(false);
+    expect(stubVerifierGotRequest(stub)).toBe(false);
     expect(newAudit()).toEqual([expect.objectContaining({ decision: "deny", reason: "requester_failed" })]);
+  });
+
+  it("the verifier starts (as _apes) while the requester waits, is sent nothing, and dies with the shim", async () => {
+    const cmd = recorder("never");
+    const { child, done, requester } = await startWaiting(cmd);
+    for (let i = 0; i < 200 && !existsSync(join(stub, "verify.config")); i++) await sleep(50);
+    expect(stubFile("verify.uid")).toBe(`${verifier.uid}\n`); // started early, to overlap start-ups
+    const waiting = Number(stubFile("verify.pid").trim());
+    expect(stubVerifierGotRequest(stub)).toBe(false); // no token yet, so nothing to verify or spend
+    process.kill(child.pid!, "SIGKILL");
+    process.kill(requester, "SIGKILL"); // the stand-in requester holds the caller's stdio
+    await done;
+    const alive = () => {
+      try {
+        return !/^State:\s+Z/m.test(readFileSync(`/proc/${waiting}/status`, "utf8")); // a zombie is gone
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 100 && alive(); i++) await sleep(50);
+    expect(alive()).toBe(false);
+    expect(stubVerifierGotRequest(stub)).toBe(false);
+    expect(existsSync(join(out, "never.uid"))).toBe(false);
   });
 
   it("Ctrl-C reaches the requester, not the shim: exit 130, nothing runs", async () => {

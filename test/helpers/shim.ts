@@ -246,9 +246,21 @@ export function runAsUser(
  *   request.mode   token (default: write the file `token` to fd 3, exit 0) | sleep | exit:N | garbage
  *                  | reason:N:TEXT (write TEXT to fd 3, exit N: a failing requester's reason code)
  *   verdict        what __verify prints on stdout;  verify.exit  its exit status (default 0)
- * and records request.{pid,uid,groups,argv,environ,fd3,fds}, verify.{uid,groups,cwd,environ,fds,config,
+ * and records request.{pid,uid,groups,argv,environ,fd3,fds}, verify.{pid,uid,groups,cwd,environ,fds,config,
  * stdin}, plain.{uid,argv}. Its path names are baked in because the verifier's environment is fixed.
  */
+/**
+ * Whether the stand-in verifier of installStubExec was given a request line (a token). The shim starts
+ * the verifier before the requester, so that it ran says nothing: what it was sent is what matters.
+ */
+export function stubVerifierGotRequest(stubDir: string): boolean {
+  try {
+    return readFileSync(join(stubDir, "verify.stdin"), "utf8") !== "";
+  } catch {
+    return false;
+  }
+}
+
 export function installStubExec(inst: ShimInstall): string {
   const dir = join(inst.root, "stub");
   execFileSync("mkdir", ["-p", dir]);
@@ -274,6 +286,7 @@ __request)
   esac
   exit 1 ;;
 __verify)
+  echo $$ > "$S/verify.pid"
   /usr/bin/id -u > "$S/verify.uid"; /usr/bin/id -G > "$S/verify.groups"; pwd > "$S/verify.cwd"
   /bin/cat /proc/$$/environ > "$S/verify.environ"
   /bin/ls -l /proc/self/fd > "$S/verify.fds"

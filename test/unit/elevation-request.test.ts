@@ -421,6 +421,7 @@ describe("runRequester", () => {
       resultFd: 3,
       deps: deps(client, rec, async () => grant()),
     });
+    expect(ctx.stderr.text).toMatch(/^apes-timing: requester start [\d.]+$/m);
     expect(ctx.stderr.text).toMatch(/^apes-timing: requester token [\d.]+$/m);
     expect(ctx.stderr.text).toMatch(/^apes-timing: requester total [\d.]+$/m);
   });

@@ -363,6 +363,8 @@ describe("runVerifier", () => {
     expect(quiet.stderr).toBe("");
     const timed = await verify(await token(), fakeIdp(), { req: { timing: true } });
     expect(timed.stderr).toMatch(/^apes-timing: verifier consume [\d.]+$/m);
+    // ms from the process's start to the verifier's first line (the runtime's and the bundle's start-up)
+    expect(timed.stderr).toMatch(/^apes-timing: verifier start [\d.]+$/m);
   });
 });
 

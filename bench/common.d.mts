@@ -1,0 +1,5 @@
+// Types for bench/common.mjs, for the TypeScript benchmark drivers.
+export declare const root: string;
+export declare function requireBuiltApes(): string;
+export declare function buildBareSea(work: string): string;
+export declare function quantile(xs: readonly number[], p: number): number;

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import type { SecureContext } from "node:tls";
-import { BodyTooLargeError, checkDeclaredLength, discardBody } from "./bounded-body.ts";
+import { boundedChunks, checkDeclaredLength, discardBody, readBounded } from "./bounded-body.ts";
 import { isLoopbackHost } from "./ddisa.ts";
 
 /**
@@ -143,7 +143,7 @@ export function openHttp(input: string | URL, options: HttpOptions): Promise<Htt
         status: answer.statusCode ?? 0,
         headers: { get: (name) => headerValue(answer, name) },
         body: bounded,
-        bytes: () => collect(bounded),
+        bytes: () => readBounded(bounded, options.maxBytes),
       });
     });
     req.end(body);
@@ -202,19 +202,8 @@ function cappedBody(res: IncomingMessage, max: number): HttpAnswer["body"] {
         res.destroy();
         throw e;
       }
-      let total = 0;
-      // Leaving this loop early (a throw, a break) destroys the stream and so the socket.
-      for await (const chunk of res as AsyncIterable<Buffer>) {
-        total += chunk.byteLength;
-        if (total > max) throw new BodyTooLargeError(max);
-        yield chunk;
-      }
+      // Leaving the loop early (a throw, a break) destroys the stream and so the socket.
+      yield* boundedChunks(res, max);
     },
   };
-}
-
-async function collect(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const chunk of body) chunks.push(chunk);
-  return Buffer.concat(chunks);
 }

@@ -1,7 +1,8 @@
 import type { SecureContext } from "node:tls";
-import { BodyTooLargeError, describeBytes, readBoundedResponse } from "../protocol/bounded-body.ts";
+import { BodyTooLargeError, describeBytes } from "../protocol/bounded-body.ts";
 import { isLoopbackHost } from "../protocol/ddisa.ts";
 import { visible } from "../protocol/display.ts";
+import { type HttpAnswer, HttpFailure, openHttp } from "../protocol/http.ts";
 import { describeErrorBody } from "../protocol/problem.ts";
 import type { Context, Fetch } from "./context.ts";
 import { CliError, configError } from "./errors.ts";
@@ -334,76 +335,58 @@ interface MinimalResponse {
   status: number;
   ok: boolean;
   headers: { get(name: string): string | null };
-  /** Unread; `text()` reads it, at most MAX_RESPONSE_BYTES. */
+  /** Unread, at most MAX_RESPONSE_BYTES; `text()` reads it. */
   body: AsyncIterable<Uint8Array>;
   text(): Promise<string>;
 }
 
 /**
- * A fetch-shaped client over node:http/node:https for the JSON requests apes makes (string bodies,
- * header records, AbortSignal, no redirects). It avoids loading the runtime's fetch stack, which
- * costs ~30 ms of start-up in the single executable, and takes an extra CA directly. Answers carry
- * status, headers.get(), the unread body and text() (bounded, see readBoundedResponse) only.
+ * A fetch-shaped face of the protocol client (protocol/http.ts) for the JSON requests apes makes
+ * (string bodies, header records, AbortSignal, no redirects). It avoids loading the runtime's fetch
+ * stack, which costs ~30 ms of start-up in the single executable, and takes an extra CA directly.
+ * Answers carry status, headers.get(), the unread body and text() (at most MAX_RESPONSE_BYTES) only;
+ * a failure to get one is fetch's TypeError("fetch failed") or the signal's reason.
  */
 export async function nodeFetch(
   input: string | URL | Request,
   init: RequestInit = {},
   options: { secureContext?: SecureContext } = {},
 ): Promise<Response> {
-  const url = new URL(String(input));
-  const secure = url.protocol === "https:";
-  if (!secure && url.protocol !== "http:") throw new TypeError(`unsupported protocol ${url.protocol}`);
-  const credentials = Object.keys(init.headers ?? {}).some((k) => k.toLowerCase() === "authorization");
-  // The same rule as request()'s, at the socket: whoever calls this, no token crosses a network in the clear.
-  if (!secure && credentials && !isLoopbackHost(url.hostname)) {
-    throw new TypeError(`refusing to send credentials over plain http to ${url.host}`);
-  }
-  const request = secure ? (await import("node:https")).request : (await import("node:http")).request;
-  return new Promise<Response>((resolve, reject) => {
-    const signal = init.signal ?? undefined;
-    if (signal?.aborted) return reject(signal.reason);
-    const headers: Record<string, string> = {};
-    for (const [k, v] of Object.entries((init.headers ?? {}) as Record<string, string>))
-      headers[k.toLowerCase()] = v;
-    const body = typeof init.body === "string" ? Buffer.from(init.body, "utf8") : undefined;
-    if (body) headers["content-length"] = String(body.length);
-    const req = request(
-      url,
-      // One connection per request (agent: false): a CLI makes few requests, and a reused keep-alive
-      // socket the server just closed would surface as a spurious "connection reset".
-      {
-        method: init.method ?? "GET",
-        headers,
-        agent: false,
-        ...(secure && options.secureContext ? { secureContext: options.secureContext } : {}),
-      },
-      (res) => {
-        res.on("close", () => signal?.removeEventListener("abort", onAbort));
-        // A failure while the body is read reaches the reader through text()/the iterator; this
-        // listener only keeps one before any read from being an uncaught 'error' event.
-        res.on("error", () => undefined);
-        const status = res.statusCode ?? 0;
-        const answer: MinimalResponse = {
-          status,
-          ok: status >= 200 && status < 300,
-          headers: {
-            get(name: string) {
-              const v = res.headers[name.toLowerCase()];
-              return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
-            },
-          },
-          body: res,
-          text: async () => (await readBoundedResponse(answer, MAX_RESPONSE_BYTES)).toString("utf8"),
-        };
-        resolve(answer as unknown as Response);
-      },
-    );
-    const onAbort = () => req.destroy(signal?.reason instanceof Error ? signal.reason : new Error("aborted"));
-    signal?.addEventListener("abort", onAbort, { once: true });
-    req.on("error", (e) => {
-      signal?.removeEventListener("abort", onAbort);
-      reject(new TypeError("fetch failed", { cause: e }));
+  const headers = (init.headers ?? {}) as Record<string, string>;
+  const credentials = Object.keys(headers).some((k) => k.toLowerCase() === "authorization");
+  const signal = init.signal ?? undefined;
+  let answer: HttpAnswer;
+  try {
+    answer = await openHttp(String(input), {
+      method: init.method ?? "GET",
+      headers,
+      ...(typeof init.body === "string" ? { body: init.body } : {}),
+      ...(signal ? { signal } : {}),
+      ...(options.secureContext ? { secureContext: options.secureContext } : {}),
+      // The same rule as request()'s, at the socket: whoever calls this, no token crosses a network in the clear.
+      plainHttp: credentials ? "loopback" : "any",
+      // request() bounds every call through the signal (a long poll may take minutes); without one,
+      // the CLI's default deadline.
+      ...(signal ? {} : { timeoutMs: DEFAULT_TIMEOUT_MS }),
+      maxBytes: MAX_RESPONSE_BYTES,
     });
-    req.end(body);
-  });
+  } catch (e) {
+    if (!(e instanceof HttpFailure)) throw e;
+    if (e.kind === "aborted") throw signal?.reason ?? e;
+    if (e.kind === "scheme") {
+      const url = new URL(String(input));
+      throw new TypeError(
+        url.protocol === "http:" ? `refusing to send credentials over plain http to ${url.host}` : e.message,
+      );
+    }
+    throw new TypeError("fetch failed", { cause: e.cause ?? e });
+  }
+  const response: MinimalResponse = {
+    status: answer.status,
+    ok: answer.status >= 200 && answer.status < 300,
+    headers: answer.headers,
+    body: answer.body,
+    text: async () => (await answer.bytes()).toString("utf8"),
+  };
+  return response as unknown as Response;
 }

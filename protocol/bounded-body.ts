@@ -34,13 +34,21 @@ export function checkDeclaredLength(contentLength: string | null | undefined, ma
 export async function readBounded(body: AsyncIterable<Uint8Array> | null, max: number): Promise<Buffer> {
   if (!body) return Buffer.alloc(0);
   const chunks: Uint8Array[] = [];
+  for await (const chunk of boundedChunks(body, max)) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+/** The body's chunks as they come; passing `max` bytes throws BodyTooLargeError (ending the loop). */
+export async function* boundedChunks(
+  body: AsyncIterable<Uint8Array>,
+  max: number,
+): AsyncGenerator<Uint8Array> {
   let total = 0;
   for await (const chunk of body) {
     total += chunk.byteLength;
     if (total > max) throw new BodyTooLargeError(max);
-    chunks.push(chunk);
+    yield chunk;
   }
-  return Buffer.concat(chunks, total);
 }
 
 /** What readBoundedResponse needs of an answer: a fetch Response, or the CLI's node:http one. */

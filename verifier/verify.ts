@@ -2,6 +2,7 @@ import type { KeyObject } from "node:crypto";
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
+import { fetchJson, HttpFailure } from "../protocol/http.ts";
 import { type IssuerKeys, JwksCache } from "../protocol/jwks.ts";
 import { fileKeyStore, trustAnchorId } from "../protocol/jwks-store.ts";
 import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
@@ -293,13 +294,12 @@ function readCaFile(path: string, ownerUid: number): string {
 }
 
 /**
- * HTTPS through node:https (cheap to load; each verifier is a fresh process), loaded on first use with
- * process.getBuiltinModule: synchronous and without the ESM facade of `await import(...)`, whose lazy
- * exports load Node's whole bundled undici (~40 ms). With a `ca` the policy PINS the issuers' CA: only
- * those certificates are trusted, not the system roots (stricter, and it skips parsing ~140 roots).
+ * HTTPS through the protocol client (cheap to load; each verifier is a fresh process). With a `ca` the
+ * policy PINS the issuers' CA: only those certificates are trusted, not the system roots (stricter,
+ * and it skips parsing ~140 roots).
  */
 export function httpWithCa(ca: string | undefined): HttpFn {
-  return (url, init) => httpsRequest(url, { ...init, ...(ca ? { ca: [ca] } : {}) });
+  return (url, init) => httpsRequest(url, init, ca ? [ca] : undefined);
 }
 
 /** The HTTP function for a policy (`apes trust` validates an IdP with it before writing). */
@@ -307,63 +307,26 @@ export function httpForPolicy(policy: Policy): HttpFn {
   return httpWithCa(trustAnchor(policy).ca);
 }
 
-function httpsRequest(
+async function httpsRequest(
   url: string,
-  init: { method: string; headers?: Record<string, string>; body?: string; ca?: string[] },
+  init: { method: string; headers?: Record<string, string>; body?: string },
+  ca: string[] | undefined,
 ): Promise<{ status: number; body: unknown }> {
-  const u = new URL(url);
-  if (u.protocol !== "https:") return Promise.reject(new Unreachable(`${url} is not https`));
-  return new Promise((resolve, reject) => {
-    const fail = (e: Error) => {
-      clearTimeout(deadline);
-      reject(e);
-    };
-    // One clock for the whole exchange: connect, TLS, headers and body.
-    const deadline = setTimeout(() => {
-      fail(new Unreachable(`no complete answer within ${HTTP_DEADLINE_MS / 1000} s`));
-      req.destroy();
-    }, HTTP_DEADLINE_MS);
-    const req = process.getBuiltinModule("node:https").request(
-      u,
-      {
-        method: init.method,
-        headers: {
-          ...init.headers,
-          ...(init.body ? { "content-length": String(Buffer.byteLength(init.body)) } : {}),
-        },
-        // One short-lived process: no pooled sockets that could keep it alive.
-        agent: false,
-        ...(init.ca ? { ca: init.ca } : {}),
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_ANSWER_BYTES) req.destroy(new Error("answer larger than 1 MiB"));
-          else chunks.push(c);
-        });
-        res.on("end", () => {
-          clearTimeout(deadline);
-          const text = Buffer.concat(chunks).toString("utf8");
-          let body: unknown;
-          try {
-            body = text ? JSON.parse(text) : undefined;
-          } catch {
-            body = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, body });
-        });
-        res.on("error", (e) => fail(new Unreachable(e.message)));
-      },
-    );
-    req.on("error", (e) => fail(new Unreachable(networkReason(e))));
-    if (init.body) req.write(init.body);
-    req.end();
-  });
+  try {
+    return await fetchJson(url, {
+      ...init,
+      ...(ca ? { ca } : {}),
+      plainHttp: "never",
+      timeoutMs: HTTP_DEADLINE_MS,
+      maxBytes: MAX_ANSWER_BYTES,
+    });
+  } catch (e) {
+    if (e instanceof HttpFailure && e.kind === "network") throw new Unreachable(networkReason(e));
+    throw new Unreachable((e as Error).message);
+  }
 }
 
-function networkReason(e: Error & { code?: string }): string {
+function networkReason(e: HttpFailure): string {
   if (e.code === "ECONNREFUSED") return "connection refused";
   if (e.code === "ENOTFOUND" || e.code === "EAI_AGAIN") return "host name not found";
   if (e.code?.startsWith("ERR_TLS") || e.code?.includes("CERT") || /certificate/i.test(e.message)) {

@@ -161,6 +161,10 @@ describe("requestJson: bounded in size and time", () => {
   it("gives up on a silent server", async () => {
     await expect(requestJson(`${base}/silent`, { timeoutMs: 300 })).rejects.toThrow(/no answer within 0.3 s/);
   });
+  it("refuses plain http to a host that is not loopback, before any connection", async () => {
+    // 192.0.2.0/24 is TEST-NET-1: a connection attempt would hang until the deadline.
+    await expect(requestJson("http://192.0.2.10/x", { timeoutMs: 60_000 })).rejects.toThrow(/not loopback/);
+  });
   it("reports a refused connection as unreachable", async () => {
     await expect(requestJson("http://127.0.0.1:9/")).rejects.toBeInstanceOf(HttpUnreachable);
   });

@@ -481,15 +481,16 @@ static void start_verifier(struct verifier_proc *v) {
 static const char READY[] = "ready\n";
 #define READY_LEN (sizeof READY - 1)
 
-/* Waits until fd is readable or hung up: 1, 0 once deadline_ms (0: none) has passed, -1 on an error. */
+/* Waits until fd is readable or hung up: 1, 0 once deadline_ms (0: none) has passed, -1 on an error.
+ * Past the deadline what is already there still counts (the shim may have been stopped, Ctrl-Z). */
 static int wait_readable(int fd, long long deadline_ms) {
   for (;;) {
     long long left = deadline_ms ? deadline_ms - now_ms() : -1;
-    if (deadline_ms && left <= 0) return 0;
     struct pollfd pf = {fd, POLLIN, 0};
-    int r = poll(&pf, 1, deadline_ms ? (int)left : -1);
+    int r = poll(&pf, 1, !deadline_ms ? -1 : left > 0 ? (int)left : 0);
     if (r > 0) return 1;
     if (r < 0 && errno != EINTR) return -1;
+    if (r == 0 && deadline_ms && left <= 0) return 0;
   }
 }
 

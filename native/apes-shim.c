@@ -532,7 +532,6 @@ static int wait_requester(pid_t pid, const struct verifier_proc *v) {
   return wait_child(pid);
 }
 
-
 /* Step 2: the requester, as the calling user with the caller's environment. Returns the token; starts
  * the verifier when the requester says it has an approved grant. */
 static char *request_token(int argc, char **argv, const struct elevation *el, struct verifier_proc *v) {

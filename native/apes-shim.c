@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/pidfd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -415,11 +416,104 @@ static int wait_child(pid_t pid) {
   return st;
 }
 
-/* Reads until EOF or max bytes; returns the count, -1 on error. */
-static ssize_t read_upto(int fd, char *buf, size_t max) {
+static int reason_ok(const char *r);
+
+/* Step 3's verifier, as _apes with a fixed environment. It is started when the requester says it has
+ * an approved grant (READY), so its start-up (a Node runtime, tens of ms) overlaps the token fetch,
+ * and no verifier waits beside a request pending for a human; it learns nothing before the shim
+ * writes its request line. */
+struct verifier_proc {
+  int cfd;                  /* the policy, handed to the verifier */
+  const struct user *user;  /* _apes */
+  pid_t pid;                /* 0 until started */
+  int in_fd, out_fd, err_fd;
+  long long deadline_ms;    /* now_ms() at its start + VERIFY_DEADLINE_S: its whole run ends by then */
+};
+
+/* Starts the verifier once; a second call does nothing. */
+static void start_verifier(struct verifier_proc *v) {
+  static char *const vargv[] = {"apes", "__verify", "--config-fd", "3", NULL};
+  static char *const venv[] = {"PATH=" SECURE_PATH, "HOME=" APES_CACHE_DIR, "LANG=C.UTF-8", "APES_VERIFIER=1",
+                               NULL};
+  int in[2], outp[2], errp[2], cfd = v->cfd;
+  const struct user *verifier = v->user;
+  pid_t shim = getpid();
+
+  if (v->pid > 0) return;
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0)
+    die(1, "pipe: %s", strerror(errno));
+  v->deadline_ms = now_ms() + (long long)VERIFY_DEADLINE_S * 1000;
+  pid_t pid = fork();
+  if (pid < 0) die(1, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    reset_signals(); /* the shim ignores SIGINT and SIGQUIT while the requester runs */
+    /* Own session: the caller's terminal cannot signal or stop the verifier. Its stderr is a pipe
+     * the shim reads, never the caller's stderr, which the caller can leave full to block it. */
+    if (setsid() < 0) child_fail("setsid");
+    int c = fcntl(cfd, F_DUPFD_CLOEXEC, 10), i = fcntl(in[0], F_DUPFD_CLOEXEC, 10),
+        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10), e = fcntl(errp[1], F_DUPFD_CLOEXEC, 10);
+    if (c < 0 || i < 0 || o < 0 || e < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
+      child_fail("verifier pipes");
+    if (move_fd(e, 2) != 0) _exit(1); /* nowhere left to say so */
+    /* No groups, _apes ids, no way back; and no life after the shim's (set after the last id
+     * change, which clears it): every exit of the shim before the verdict (pending, a failed
+     * requester, a signal) takes the waiting verifier with it. */
+    if (setgroups(0, NULL) != 0 || setresgid(verifier->gid, verifier->gid, verifier->gid) != 0 ||
+        setresuid(verifier->uid, verifier->uid, verifier->uid) != 0 || !ids_are(verifier->uid, verifier->gid))
+      child_fail("cannot become " VERIFY_USER);
+    if (die_with_parent(shim) != 0) _exit(1);
+    if (chdir(APES_CACHE_DIR) != 0) child_fail(APES_CACHE_DIR);
+    execve(APES_EXEC, vargv, venv);
+    child_fail("cannot execute " APES_EXEC);
+  }
+  close(in[0]);
+  close(outp[1]);
+  close(errp[1]);
+  close(cfd);
+  v->pid = pid;
+  v->in_fd = in[1];
+  v->out_fd = outp[0];
+  v->err_fd = errp[0];
+}
+
+/* The requester's result pipe: READY as its first line when it has an approved grant and is about
+ * to fetch the token (READY_LINE of protocol/elevation.ts), then the token or one reason code, EOF. */
+static const char READY[] = "ready\n";
+#define READY_LEN (sizeof READY - 1)
+
+/* Waits until fd is readable or hung up: 1, 0 once deadline_ms (0: none) has passed, -1 on an error.
+ * Past the deadline what is already there still counts (the shim may have been stopped, Ctrl-Z). */
+static int wait_readable(int fd, long long deadline_ms) {
+  for (;;) {
+    long long left = deadline_ms ? deadline_ms - now_ms() : -1;
+    struct pollfd pf = {fd, POLLIN, 0};
+    int r = poll(&pf, 1, !deadline_ms ? -1 : left > 0 ? (int)left : 0);
+    if (r > 0) return 1;
+    if (r < 0 && errno != EINTR) return -1;
+    if (r == 0 && deadline_ms && left <= 0) return 0;
+  }
+}
+
+/* Reads the result pipe to EOF, or until more than max bytes follow the marker. READY, only as the
+ * first line, starts the verifier (once: a second one is just bytes of a malformed token), and from
+ * then on the verifier's deadline bounds the wait. Returns the count after the marker, -1 on an
+ * error, -2 past the deadline. */
+static ssize_t read_result(int fd, char *buf, size_t max, struct verifier_proc *v) {
   size_t got = 0;
-  while (got < max) {
-    ssize_t n = read(fd, buf + got, max - got);
+  int looked = 0;
+  for (;;) {
+    if (!looked && got >= READY_LEN) {
+      looked = 1;
+      if (memcmp(buf, READY, READY_LEN) == 0) {
+        start_verifier(v);
+        memmove(buf, buf + READY_LEN, got - READY_LEN);
+        got -= READY_LEN;
+      }
+    }
+    if (got >= (looked ? max : max + READY_LEN)) break;
+    int w = wait_readable(fd, v->pid > 0 ? v->deadline_ms : 0);
+    if (w <= 0) return w == 0 ? -2 : -1;
+    ssize_t n = read(fd, buf + got, (looked ? max : max + READY_LEN) - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return -1;
     if (n == 0) break;
@@ -428,12 +522,20 @@ static ssize_t read_upto(int fd, char *buf, size_t max) {
   return (ssize_t)got;
 }
 
+/* The requester's wait status; once the verifier runs, -2 when its deadline passes first. */
+static int wait_requester(pid_t pid, const struct verifier_proc *v) {
+  if (v->pid > 0) {
+    int pfd = pidfd_open(pid, 0), w = pfd < 0 ? -1 : wait_readable(pfd, v->deadline_ms);
+    if (pfd >= 0) close(pfd);
+    if (w <= 0) return w == 0 ? -2 : -1;
+  }
+  return wait_child(pid);
+}
 
-static int reason_ok(const char *r);
-
-/* Step 2: the requester, as the calling user with the caller's environment. Returns the token. */
-static char *request_token(int argc, char **argv, const struct elevation *el) {
-  static char token[MAX_TOKEN + 2];
+/* Step 2: the requester, as the calling user with the caller's environment. Returns the token; starts
+ * the verifier when the requester says it has an approved grant. */
+static char *request_token(int argc, char **argv, const struct elevation *el, struct verifier_proc *v) {
+  static char token[MAX_TOKEN + 2 + READY_LEN];
   int p[2], st;
   size_t nopt = (size_t)(el->opt_end - el->opt_start), k = 0;
   char **rargv = calloc(5 + nopt + 1 + A.ncmd + 1, sizeof *rargv);
@@ -462,13 +564,16 @@ static char *request_token(int argc, char **argv, const struct elevation *el) {
    * stops both of us (the shim holds nothing while it waits), and `fg` continues both. */
   set_ignore(SIGINT, 1);
   set_ignore(SIGQUIT, 1);
-  ssize_t n = read_upto(p[0], token, MAX_TOKEN + 1);
+  ssize_t n = read_result(p[0], token, MAX_TOKEN + 1, v);
   close(p[0]); /* a requester still writing gets EPIPE instead of blocking us */
-  st = wait_child(pid);
+  st = n == -2 ? -2 : wait_requester(pid, v);
   set_ignore(SIGINT, 0);
   set_ignore(SIGQUIT, 0);
   free(rargv);
 
+  if (st == -2)
+    deny("verifier_timeout", EXIT_UNAVAILABLE, "not run: no token from the requester within %d s of its approval",
+         VERIFY_DEADLINE_S);
   if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == EXIT_PENDING) {
     if (audit("pending", "") != 0) audit_failed();
     exit(EXIT_PENDING);
@@ -500,52 +605,6 @@ static int reason_ok(const char *r) {
   return r && *r && strlen(r) <= 64 && strspn(r, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(r);
 }
 
-/* Step 3: the verifier, as _apes with a fixed environment. It is started before the requester and
- * waits for its request line on stdin, so its start-up (a Node runtime, tens of ms) overlaps the
- * requester's instead of following it; it learns nothing before the shim writes the line. */
-struct verifier_proc {
-  pid_t pid;
-  int in_fd, out_fd, err_fd;
-};
-
-static struct verifier_proc start_verifier(int cfd, const struct user *verifier) {
-  static char *const vargv[] = {"apes", "__verify", "--config-fd", "3", NULL};
-  static char *const venv[] = {"PATH=" SECURE_PATH, "HOME=" APES_CACHE_DIR, "LANG=C.UTF-8", "APES_VERIFIER=1",
-                               NULL};
-  int in[2], outp[2], errp[2];
-  pid_t shim = getpid();
-
-  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0)
-    die(1, "pipe: %s", strerror(errno));
-  pid_t pid = fork();
-  if (pid < 0) die(1, "fork: %s", strerror(errno));
-  if (pid == 0) {
-    /* Own session: the caller's terminal cannot signal or stop the verifier. Its stderr is a pipe
-     * the shim reads, never the caller's stderr, which the caller can leave full to block it. */
-    if (setsid() < 0) child_fail("setsid");
-    int c = fcntl(cfd, F_DUPFD_CLOEXEC, 10), i = fcntl(in[0], F_DUPFD_CLOEXEC, 10),
-        o = fcntl(outp[1], F_DUPFD_CLOEXEC, 10), e = fcntl(errp[1], F_DUPFD_CLOEXEC, 10);
-    if (c < 0 || i < 0 || o < 0 || e < 0 || move_fd(i, 0) != 0 || move_fd(o, 1) != 0 || move_fd(c, 3) != 0)
-      child_fail("verifier pipes");
-    if (move_fd(e, 2) != 0) _exit(1); /* nowhere left to say so */
-    /* No groups, _apes ids, no way back; and no life after the shim's (set after the last id
-     * change, which clears it): every exit of the shim before the verdict (pending, a failed
-     * requester, a signal) takes the waiting verifier with it. */
-    if (setgroups(0, NULL) != 0 || setresgid(verifier->gid, verifier->gid, verifier->gid) != 0 ||
-        setresuid(verifier->uid, verifier->uid, verifier->uid) != 0 || !ids_are(verifier->uid, verifier->gid))
-      child_fail("cannot become " VERIFY_USER);
-    if (die_with_parent(shim) != 0) _exit(1);
-    if (chdir(APES_CACHE_DIR) != 0) child_fail(APES_CACHE_DIR);
-    execve(APES_EXEC, vargv, venv);
-    child_fail("cannot execute " APES_EXEC);
-  }
-  close(in[0]);
-  close(outp[1]);
-  close(errp[1]);
-  close(cfd);
-  return (struct verifier_proc){.pid = pid, .in_fd = in[1], .out_fd = outp[0], .err_fd = errp[0]};
-}
-
 /* Sends the request line to the started verifier; returns only when the command is allowed. */
 static void verify(const struct verifier_proc *v, const char *token) {
   static char out[MAX_VERDICT + 1];
@@ -569,7 +628,7 @@ static void verify(const struct verifier_proc *v, const char *token) {
   set_ignore(SIGPIPE, 1);
   talk = (struct conversation){.in_fd = v->in_fd, .out_fd = v->out_fd, .err_fd = v->err_fd, .req = req.p,
                                .reqlen = req.len, .out = out, .outmax = sizeof out};
-  st = converse(pid, &talk, VERIFY_DEADLINE_S);
+  st = converse(pid, &talk, v->deadline_ms);
   size_t n = talk.outlen;
   buf_free(&req);
   forward_diag(talk.diag, talk.diaglen, talk.dropped);
@@ -769,7 +828,6 @@ int main(int argc, char **argv) {
   struct elevation el;
   struct user verifier;
   struct passwd *pw;
-  int cfd;
 
   sane_stdio();
   if (argc < 1 || !argv[0]) die(EXIT_USAGE, "called without argv[0]");
@@ -795,11 +853,11 @@ int main(int argc, char **argv) {
   if (!(pw = getpwnam(VERIFY_USER)) || pw->pw_uid == 0 || copy_user(pw, &verifier) != 0)
     deny("verifier_missing", EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
   canonical_command(argc, argv, &el);
-  cfd = open_policy();
-  struct verifier_proc v = start_verifier(cfd, &verifier); /* waits for step 3's request line */
+  struct verifier_proc v = {.cfd = open_policy(), .user = &verifier};
 
   /* ---- 2. requester, as the caller ---- */
-  const char *token = request_token(argc, argv, &el);
+  const char *token = request_token(argc, argv, &el, &v);
+  start_verifier(&v); /* a token without READY before it: now */
 
   /* ---- 3. verifier, as _apes; returns only when allowed. The attempt is on disk before it can
    * consume the grant, so a consumed grant always has a line, and a log that cannot take one more

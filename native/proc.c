@@ -33,7 +33,7 @@ int die_with_parent(pid_t parent) {
   return getppid() == parent ? 0 : -1; /* it died before the setting took effect */
 }
 
-static long long now_ms(void) {
+long long now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -73,8 +73,7 @@ static int end_conversation(pid_t pid, struct conversation *c, int result) {
   return result;
 }
 
-int converse(pid_t pid, struct conversation *c, int deadline_s) {
-  long long deadline = now_ms() + (long long)deadline_s * 1000;
+int converse(pid_t pid, struct conversation *c, long long deadline) {
   size_t off = 0;
   int st = 0, exited = 0;
   if (fcntl(c->in_fd, F_SETFL, O_NONBLOCK) != 0 || fcntl(c->out_fd, F_SETFL, O_NONBLOCK) != 0 ||

@@ -5,8 +5,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* The verifier's whole run (request, policy, discovery, JWKS, consume, verdict) ends within this, or
- * the shim kills its process group and denies (verifier_timeout). */
+/* The verifier's whole run (from its start, when the requester has an approved grant: the token
+ * fetch, then request, policy, discovery, JWKS, consume, verdict) ends within this, or the shim kills
+ * its process group and denies (verifier_timeout). */
 #define VERIFY_DEADLINE_S 20
 /* At most this much of the verifier's stderr is kept and forwarded to the caller, escaped. */
 #define MAX_DIAG 4096
@@ -32,9 +33,12 @@ struct conversation {
   char diag[MAX_DIAG];
   size_t diaglen, dropped;
 };
-/* The child's wait status, or -2 when deadline_s passed (its process group and itself are
+/* The monotonic clock in milliseconds. */
+long long now_ms(void);
+
+/* The child's wait status, or -2 when now_ms() passed deadline_ms (its process group and itself are
  * SIGKILLed and reaped first), or -1 on an error (the child is killed too). */
-int converse(pid_t pid, struct conversation *c, int deadline_s);
+int converse(pid_t pid, struct conversation *c, long long deadline_ms);
 
 /* Writes diag to fd 2, bytes other than printable ASCII and newline as \xNN, without blocking for
  * longer than a second on a full pipe (then the rest is dropped). */

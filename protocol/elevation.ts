@@ -174,6 +174,10 @@ export const SHIM_FALLBACK_REASONS: readonly VerifierReason[] = ["idp_unreachabl
 /** The reason charset and length the shim accepts from the requester and the verifier (`reason_ok`). */
 export const REASON_PATTERN = /^[a-z0-9_]{1,64}$/;
 
+/** The requester's first line on the shim's result pipe once it has an approved grant, before it
+ * fetches the token: the shim starts the verifier then (READY in native/apes-shim.c). */
+export const READY_LINE = "ready\n";
+
 export interface AuditReason extends ReasonInfo {
   /** As the audit line says it (a requester's code with its prefix). */
   readonly code: string;

@@ -29,6 +29,7 @@ import {
   installIntoTempPrefix,
   makeUserDir,
   spawnAsUser,
+  tokenAfterReady,
   VERIFY_USER,
   writeConfig,
 } from "../../test/helpers/shim.ts";
@@ -202,10 +203,11 @@ async function main() {
     return { ms, r };
   };
   // One AuthZ-JWT of the timed grant for the verifier-alone runs (timed grants consume as "valid").
-  const tok = run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
+  const result = run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
     env,
     stdio: ["ignore", "ignore", "pipe", "pipe"],
   }).r.output[3]!.toString();
+  const tok = tokenAfterReady(result);
   // The grant holds the command as the requester canonicalised it (/bin/true -> /usr/bin/true on merged /usr).
   const granted = canonicalCommand(CMD);
   const requestLine = `${JSON.stringify({ jwt: tok, argv: granted, cmd_hash: cmdHash(granted), user: BENCH_USER, uid: user.uid, run_as: "root" })}\n`;

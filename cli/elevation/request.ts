@@ -2,7 +2,7 @@ import { closeSync, fstatSync, realpathSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { shellWord, visibleArgv } from "../../protocol/display.ts";
-import { REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
+import { READY_LINE, REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
 import { DEFAULT_RUN_AS } from "../../protocol/names.ts";
 import { ELEVATION_AUDIENCE, type Grant, type GrantStatus } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
@@ -35,6 +35,8 @@ export interface RequesterDeps {
   ): Promise<Grant>;
   /** Writes the token to the result fd and closes it. */
   deliver(fd: number, token: string): void;
+  /** Tells the shim the grant is approved (READY_LINE), so it starts the verifier during the token fetch. */
+  ready(fd: number): void;
   /** Refuses a result fd that is not an inherited pipe. */
   checkFd(fd: number): void;
   hostname(): string;
@@ -59,6 +61,7 @@ export const defaultDeps: RequesterDeps = {
     return waitForDecision(ctx, client, id, options);
   },
   deliver: writeToken,
+  ready: (fd) => writeSync(fd, READY_LINE),
   checkFd: checkResultFd,
   hostname: () => hostname(),
 };
@@ -264,6 +267,8 @@ async function useGrant(
       },
     );
   }
+  // Not before the grant is approved: no verifier waits beside a request pending for a human.
+  deps.ready(options.resultFd);
   const { authz_jwt } = await client.token(grant.id);
   mark("token");
   // Interrupted before the wait (or right after it ended): deliver nothing.

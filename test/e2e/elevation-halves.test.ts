@@ -7,6 +7,7 @@ import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { addUser, apesBin, type IdpHandle, loopbackCert, newKey, runApes, startIdp } from "../helpers/idp.ts";
+import { tokenAfterReady } from "../helpers/shim.ts";
 
 /**
  * The two TypeScript halves of elevation with the real binary and the real IdP, without the shim:
@@ -94,7 +95,7 @@ async function approvedToken(argv: string[]): Promise<string> {
   expect(approved.code, approved.stderr).toBe(0);
   const r = await request(["--grant", id, "--", ...argv]);
   expect(r.code, r.stderr).toBe(0);
-  return r.token;
+  return tokenAfterReady(r.token);
 }
 
 beforeAll(async () => {

@@ -38,6 +38,7 @@ import {
   readAudit,
   type ShimInstall,
   spawnAsUser,
+  tokenAfterReady,
   type UnixUser,
   writeConfig,
 } from "../helpers/shim.ts";
@@ -173,7 +174,7 @@ async function approvedToken(
     (p.stdio[3] as NodeJS.ReadableStream).on("data", (c: Buffer) => (out += c.toString()));
     p.stderr!.on("data", (c: Buffer) => (err += c.toString()));
     p.on("close", (code) =>
-      code === 0 ? resolve(out) : reject(new Error(`__request failed (${code}): ${err}`)),
+      code === 0 ? resolve(tokenAfterReady(out)) : reject(new Error(`__request failed (${code}): ${err}`)),
     );
   });
   return { id, token };

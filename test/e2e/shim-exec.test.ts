@@ -269,6 +269,46 @@ afterAll(async () => {
 });
 
 describe("the verifier cannot outlive its deadline or the shim", () => {
+  it("a request pending for approval has no verifier beside it; once approved the command runs", async () => {
+    const argv = ["id", "-u"];
+    const before = readAudit(inst).length;
+    const child = spawnAsUser(user, [inst.shim, "--reason", "e2e", "--", ...argv], { env: userEnv() });
+    const done = collect(child, { timeoutMs: 60_000 });
+    try {
+      const id = await pendingGrant(argv);
+      // No _apes process while a human decides (a pending request holds only the caller's own).
+      for (let i = 0; i < 10; i++) {
+        expect(liveVerifiers()).toEqual([]);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await approve(id);
+      const r = await done;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toBe("0\n");
+      expect(
+        readAudit(inst)
+          .slice(before)
+          .map((l) => l.decision),
+      ).toEqual(["attempt", "allow"]);
+      expect(liveVerifiers()).toEqual([]);
+    } finally {
+      child.kill("SIGKILL");
+      killVerifiers();
+    }
+  }, 90_000);
+
+  it.each([
+    ["many ready lines, then a token", `${"ready\n".repeat(1000)}not.a.token`],
+    ["ready, then nothing", "ready\n"],
+  ])("a requester that writes %s is denied requester_failed, no verifier left", async (_, result) => {
+    const r = await elevate([inst.shim, "--", "/usr/bin/true"], {
+      env: { NODE_OPTIONS: `--require ${evilPreload}`, EVIL_TOKEN: result },
+    });
+    expect(r.code).toBe(77);
+    expect(r.audit).toMatchObject({ decision: "deny", reason: "requester_failed" });
+    await until("no verifier left", () => (liveVerifiers().length === 0 ? true : undefined), 5000);
+  });
+
   it("an IdP that drips its consume answer is cut off by the shim's deadline (denied, no verifier left)", async () => {
     drip = true;
     try {

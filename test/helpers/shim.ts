@@ -19,6 +19,7 @@ import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { READY_LINE } from "../../protocol/elevation.ts";
 import { collect, type RunResult } from "./process.ts";
 
 export { collect, type RunResult };
@@ -251,13 +252,30 @@ export function runAsUser(
  */
 /**
  * Whether the stand-in verifier of installStubExec was given a request line (a token). The shim starts
- * the verifier before the requester, so that it ran says nothing: what it was sent is what matters.
+ * the verifier when the requester says "ready", before the token, so that it ran says nothing: what
+ * it was sent is what matters.
  */
 export function stubVerifierGotRequest(stubDir: string): boolean {
   try {
     return readFileSync(join(stubDir, "verify.stdin"), "utf8") !== "";
   } catch {
     return false;
+  }
+}
+
+/** The token in what `apes __request` wrote to its result fd: the "ready" line must come first. */
+export function tokenAfterReady(result: string): string {
+  if (!result.startsWith(READY_LINE))
+    throw new Error(`no ready line before the token: ${JSON.stringify(result.slice(0, 20))}`);
+  return result.slice(READY_LINE.length);
+}
+
+/** How many stand-in verifiers of installStubExec got as far as recording their start. */
+export function stubVerifierStarts(stubDir: string): number {
+  try {
+    return readFileSync(join(stubDir, "verify.starts"), "utf8").split("\n").filter(Boolean).length;
+  } catch {
+    return 0;
   }
 }
 
@@ -277,16 +295,20 @@ __request)
   if { true >&3; } 2>/dev/null; then echo open > "$S/request.fd3"; fi
   /bin/ls -l /proc/self/fd > "$S/request.fds"
   mode=$(/bin/cat "$S/request.mode" 2>/dev/null || echo token)
+  # ready+MODE: the approved-grant marker first (each ready+ one more), then MODE.
+  while case "$mode" in ready+*) true ;; *) false ;; esac; do printf 'ready\n' >&3; mode=\${mode#ready+}; done
   case "$mode" in
   token) /bin/cat "$S/token" >&3; exit 0 ;;
   sleep) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 3>&- ;;
+  hold) exec /bin/sleep 120 </dev/null >/dev/null 2>&1 ;;
+  linger) exec /bin/sleep 120 3>&- </dev/null >/dev/null 2>&1 ;;
   garbage) printf 'not a token!' >&3; exit 0 ;;
   exit:*) exit "\${mode#exit:}" ;;
   reason:*) r=\${mode#reason:}; printf '%s' "\${r#*:}" >&3; exit "\${r%%:*}" ;;
   esac
   exit 1 ;;
 __verify)
-  echo $$ > "$S/verify.pid"
+  echo $$ > "$S/verify.pid"; echo $$ >> "$S/verify.starts"
   /usr/bin/id -u > "$S/verify.uid"; /usr/bin/id -G > "$S/verify.groups"; pwd > "$S/verify.cwd"
   /bin/cat /proc/$$/environ > "$S/verify.environ"
   /bin/ls -l /proc/self/fd > "$S/verify.fds"

@@ -34,10 +34,14 @@ interface Recorder {
   created: unknown[];
   revoked: string[];
   delivered: { fd: number; token: string }[];
+  /** The fds the shim was told "approved, start the verifier" on. */
+  ready: number[];
+  /** For each token fetch: how many ready announcements came before it. */
+  fetchedAfterReady: number[];
 }
 
 function fakeClient(options: { create?: () => { grant: Grant; reused: boolean }; get?: Grant } = {}) {
-  const rec: Recorder = { created: [], revoked: [], delivered: [] };
+  const rec: Recorder = { created: [], revoked: [], delivered: [], ready: [], fetchedAfterReady: [] };
   const client = {
     session: { idp: "https://id.example.com", email: ME, act: "agent", token: "session", expiresAt: 0 },
     endpoints: {},
@@ -54,6 +58,7 @@ function fakeClient(options: { create?: () => { grant: Grant; reused: boolean };
       return grant({ status: "revoked" });
     },
     async token(id: string) {
+      rec.fetchedAfterReady.push(rec.ready.length);
       return { authz_jwt: `jwt-for-${id}`, grant: grant({ id, status: "approved" }) };
     },
   } as unknown as GrantsClient;
@@ -65,6 +70,7 @@ function deps(client: GrantsClient, rec: Recorder, wait: RequesterDeps["wait"]):
     client: async () => client,
     wait,
     deliver: (fd, token) => rec.delivered.push({ fd, token }),
+    ready: (fd) => rec.ready.push(fd),
     checkFd: () => {},
     hostname: () => "web1",
   };
@@ -157,6 +163,9 @@ describe("runRequester", () => {
     });
     expect(code).toBe(0);
     expect(rec.delivered).toEqual([{ fd: 3, token: "jwt-for-g-1" }]);
+    // The shim heard "approved" once, before the token fetch (so the verifier starts during it).
+    expect(rec.ready).toEqual([3]);
+    expect(rec.fetchedAfterReady).toEqual([1]);
     expect(ctx.stdout.text).toBe("");
     expect(ctx.stderr.text).not.toContain("jwt-for");
     expect(ctx.stderr.text).toContain("g-1");
@@ -203,6 +212,7 @@ describe("runRequester", () => {
     expect(ctx.stdout.text).toBe("g-1\n");
     expect(e.hint).toContain("apes --grant g-1 -- id -u");
     expect(rec.delivered).toEqual([]);
+    expect(rec.ready).toEqual([]); // a pending exit starts no verifier
   });
 
   it("without the shim (no result fd) creates the grant and ends with 75", async () => {
@@ -231,8 +241,9 @@ describe("runRequester", () => {
     );
     expect(e.exitCode).toBe(77);
     expect(e.message).toContain("denied by alice@example.com");
-    // No token, only the reason for the shim's audit line.
+    // No token, only the reason for the shim's audit line; and no verifier started.
     expect(rec.delivered).toEqual([{ fd: 3, token: "grant_denied" }]);
+    expect(rec.ready).toEqual([]);
   });
 
   it("Ctrl-C while waiting revokes the grant it created and ends with 130", async () => {

@@ -14,7 +14,6 @@ import {
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeJwt, SignJWT } from "jose";
-import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import {
@@ -22,12 +21,14 @@ import {
   apesBin,
   api,
   type FetchLike,
+  fetchTrusting,
   type IdpHandle,
   loginWithKey,
   loopbackCert,
   newKey,
   runApes,
   startIdp,
+  trustCaIn,
 } from "../helpers/idp.ts";
 import {
   type AuditLine,
@@ -221,9 +222,7 @@ if (process.argv.includes("__request")) {
   const tls = loopbackCert(tlsDir);
   idpCa = tls.cert;
   chmodSync(idpCa, 0o644);
-  const dispatcher = new Agent({ connect: { ca: readFileSync(idpCa) } });
-  tlsFetch = ((url: string, init?: RequestInit) =>
-    undiciFetch(url, { ...(init as object), dispatcher })) as unknown as FetchLike;
+  tlsFetch = fetchTrusting(idpCa);
   const keys = Object.fromEntries([ALICE, BOB, CAROL, BOT].map((e) => [e, newKey(e)]));
   await addUser(data, ALICE, { publicKey: keys[ALICE]!.publicLine });
   await addUser(data, BOB, { publicKey: keys[BOB]!.publicLine });
@@ -265,15 +264,7 @@ if (process.argv.includes("__request")) {
   writeConfig(inst, policy());
 }, 120_000);
 
-/** `ca_file` in HOME's config.toml: how a client trusts the IdP's certificate (owner: the home's). */
-function trustIdpCa(home: string, owner?: UnixUser): void {
-  const dir = join(home, ".config", "apes");
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "config.toml"), `ca_file = ${JSON.stringify(idpCa)}\n`);
-  if (owner)
-    for (const p of [join(home, ".config"), dir, join(dir, "config.toml")])
-      chownSync(p, owner.uid, owner.gid);
-}
+const trustIdpCa = (home: string, owner?: UnixUser) => trustCaIn(home, idpCa, owner);
 
 afterAll(async () => {
   await idp?.stop();

@@ -16,18 +16,19 @@ import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   addUser,
   api,
   type FetchLike,
+  fetchTrusting,
   type IdpHandle,
   loginWithKey,
   loopbackCert,
   newKey,
   runApes,
   startIdp,
+  trustCaIn,
 } from "../helpers/idp.ts";
 import {
   type AuditLine,
@@ -212,9 +213,7 @@ beforeAll(async () => {
   const tls = loopbackCert(tlsDir);
   idpCa = tls.cert;
   chmodSync(idpCa, 0o644);
-  const dispatcher = new Agent({ connect: { ca: readFileSync(idpCa) } });
-  tlsFetch = ((url: string, init?: RequestInit) =>
-    undiciFetch(url, { ...(init as object), dispatcher })) as unknown as FetchLike;
+  tlsFetch = fetchTrusting(idpCa);
   proxy = await startProxy(tls);
   issuer = `https://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
   const data = join(work, "idp");
@@ -249,15 +248,7 @@ beforeAll(async () => {
   writeConfig(inst, policy());
 }, 120_000);
 
-/** `ca_file` in HOME's config.toml: how a client trusts the proxy's certificate (owner: the home's). */
-function trustIdpCa(home: string, owner?: UnixUser): void {
-  const dir = join(home, ".config", "apes");
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "config.toml"), `ca_file = ${JSON.stringify(idpCa)}\n`);
-  if (owner)
-    for (const p of [join(home, ".config"), dir, join(dir, "config.toml")])
-      chownSync(p, owner.uid, owner.gid);
-}
+const trustIdpCa = (home: string, owner?: UnixUser) => trustCaIn(home, idpCa, owner);
 
 afterAll(async () => {
   drip = false;

@@ -1,8 +1,9 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { Agent, fetch as undiciFetch } from "undici";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { advertisedFormats, SIGNATURE_FORMAT_V1, signingInput } from "../../protocol/signatures.ts";
 
@@ -166,6 +167,26 @@ export function loopbackCert(dir: string): { cert: string; key: string } {
     { stdio: "ignore" },
   );
   return { cert, key };
+}
+
+/** A fetch that trusts the CA in `caFile` (a loopback TLS IdP's self-signed certificate). */
+export function fetchTrusting(caFile: string): FetchLike {
+  const dispatcher = new Agent({ connect: { ca: readFileSync(caFile) } });
+  return ((url: string, init?: RequestInit) =>
+    undiciFetch(url, { ...(init as object), dispatcher })) as unknown as FetchLike;
+}
+
+/**
+ * `ca_file` in HOME's config.toml: how a client trusts a loopback TLS IdP's certificate. With `owner`
+ * the files belong to that user (the CLI refuses a config another user could have written).
+ */
+export function trustCaIn(home: string, caFile: string, owner?: { uid: number; gid: number }): void {
+  const dir = join(home, ".config", "apes");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.toml"), `ca_file = ${JSON.stringify(caFile)}\n`);
+  if (owner)
+    for (const p of [join(home, ".config"), dir, join(dir, "config.toml")])
+      chownSync(p, owner.uid, owner.gid);
 }
 
 export interface RunResult {

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "secure.h"
 
+#include "proc.h" /* now_ms */
+
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -44,12 +46,6 @@ int parents_trusted(const char *path, char *bad, size_t n) {
     end++;
     while (end < len && dir[end] != '/') end++;
   }
-}
-
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int lock_within(int fd, int ms) {

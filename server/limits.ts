@@ -19,11 +19,11 @@ export const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 /** How often the deadlines above are checked (Node's default is 30 s). */
 export const DEADLINE_CHECK_MS = 1_000;
 
-export const DEFAULT_MAX_CONNECTIONS = 4096;
-export const DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256;
-/** New connections per client: each costs the HTTP parser its first read (up to 64 KiB) before a
- *  request can be refused, so the rate of new ones is bounded too, not only how many are open. */
-export const DEFAULT_CONNECTION_RATE = "300/10s";
+export {
+  DEFAULT_CONNECTION_RATE,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+} from "./limit-defaults.ts";
 
 /**
  * The client a connection or request is counted against: the IPv4 address (also when IPv4-mapped),

@@ -1,10 +1,10 @@
 import type { Command } from "commander";
-import { DEFAULT_RATE_LIMITS } from "../../../idp/limits.ts";
+import { DEFAULT_RATE_LIMITS } from "../../../idp/limit-defaults.ts";
 import {
   DEFAULT_CONNECTION_RATE,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-} from "../../../server/limits.ts";
+} from "../../../server/limit-defaults.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";

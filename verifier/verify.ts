@@ -110,8 +110,8 @@ async function verify(
   onRequest: (r: VerifyRequest) => void,
 ): Promise<Decision> {
   const nowS = options.nowS ?? (() => Math.floor(Date.now() / 1000));
-  // The shim starts the verifier before the requester and writes the line once it has a token: load
-  // the TLS stack while waiting (it is needed for the consume; loading contacts no one).
+  // The shim starts the verifier while the requester fetches the token and writes the line once it
+  // has it: load the TLS stack while waiting (it is needed for the consume; loading contacts no one).
   if (!options.http) process.getBuiltinModule("node:https");
   const line = await readLine(io.stdin, MAX_REQUEST_BYTES);
   if (line === undefined) return deny("request_invalid", "no request line on stdin (or longer than 64 KiB)");
@@ -178,7 +178,7 @@ async function verify(
       `the token's signature does not verify with ${issuer}'s key ${kid}${why}`,
     );
   }
-  // Only now is the payload trusted (decodeParts parsed the same bytes).
+  // Only now is the payload trusted (decodeJwt parsed the same bytes the signature covers).
   const claims = unverified.payload;
   mark("signature");
 

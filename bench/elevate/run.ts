@@ -322,7 +322,7 @@ async function main() {
       `| ${who} | ${f(runtime)} ms | ${f(start - runtime)} ms | ${f(own)} ms | ${f(wall - start - own)} ms |`,
     );
   }
-  // The shim starts the verifier before the requester, so the two processes overlap: the rest can be negative.
+  // The shim starts the verifier at the requester's ready marker, so the two processes overlap: the rest can be negative.
   console.log(
     `\nsplit of the median elevation (${f(total)} ms): requester process ${f(reqMs - floor)} ms, verifier process ${f(verMs - floor)} ms, ` +
       `shim + exec of the command + harness - overlap of the two ${f(total - (reqMs - floor) - (verMs - floor))} ms (harness floor ${f(floor)} ms)`,

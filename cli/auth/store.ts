@@ -98,6 +98,21 @@ export function sessionFileRefusal(
  * cannot redirect or hang the read.
  */
 export async function readSession(ctx: Context): Promise<StoredSession | undefined> {
+  // Another apes command may replace the file (atomic rename) between our lstat and open: that is a
+  // newer session, not an attack (the open file is checked on its own), so look again, a few times.
+  for (let attempt = 1; ; attempt++) {
+    const session = await readSessionOnce(ctx, attempt < READ_ATTEMPTS);
+    if (session !== REPLACED) return session;
+  }
+}
+
+const READ_ATTEMPTS = 5;
+const REPLACED = Symbol("replaced while being read");
+
+async function readSessionOnce(
+  ctx: Context,
+  mayRetry: boolean,
+): Promise<StoredSession | undefined | typeof REPLACED> {
   const file = authFile(ctx);
   const unreadable = (e: unknown) =>
     configError(
@@ -126,8 +141,10 @@ export async function readSession(ctx: Context): Promise<StoredSession | undefin
   let text: string;
   try {
     const st = await fh.stat();
-    if (st.dev !== before.dev || st.ino !== before.ino)
+    if (st.dev !== before.dev || st.ino !== before.ino) {
+      if (mayRetry) return REPLACED;
       throw unreadable(new Error("it changed while being read"));
+    }
     refuse(st);
     if (st.size > MAX_SESSION_BYTES) throw brokenSession(file, `larger than ${MAX_SESSION_BYTES / 1024} KiB`);
     text = await fh.readFile("utf8");

@@ -18,6 +18,7 @@ import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from ".
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
@@ -136,14 +137,18 @@ async function openData(opts: ServeOptions) {
     lock.release();
     throw e;
   }
+  const secret = loadChallengeSecret(opts.dataDir);
   const login: LoginSettings = {
-    challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
+    challenges: new ChallengeSealer(secret),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   return {
     store,
     keys,
     login,
+    // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
     async close() {
       try {
         await store.close();
@@ -184,6 +189,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     sessionClaims: (token) => sessions.claims(token),
     authenticate: (call) => principalOf(call, idp, sessions),
     rateLimit: (limitClass, key) => limits.take(limitClass, key),
+    revocationHandle: data.revocationHandle,
   };
   return idp;
 }
@@ -221,6 +227,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerGrantRoutes(router, idp);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   return router;
 }

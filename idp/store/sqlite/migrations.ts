@@ -93,6 +93,20 @@ export const MIGRATIONS: readonly Migration[] = [
   ALTER TABLE grants ADD COLUMN decided_act TEXT;
   `,
   },
+  {
+    // Read by SPs (the troop) to close live connections of a disabled identity or revoked delegation.
+    version: 4,
+    what: "revocation feed: identities disabled and delegations revoked, in order",
+    sql: `
+  CREATE TABLE revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'delegation')),
+    subject TEXT NOT NULL,
+    at INTEGER NOT NULL
+  );
+  CREATE INDEX revocations_at ON revocations(at);
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

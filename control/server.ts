@@ -48,6 +48,7 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
     issuer: o.idp,
     audience: o.clientId,
     ...(o.idpCa ? { ca: o.idpCa } : {}),
+    ...(o.clockSkewS !== undefined ? { leeway: o.clockSkewS } : {}),
     log: o.log,
     now: nowSec,
   });

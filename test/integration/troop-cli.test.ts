@@ -1,0 +1,84 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ExitCode } from "../../cli/exit-codes.ts";
+import { CLOSE } from "../../protocol/troop.ts";
+import { addUser, api, type IdpHandle, runApes, startIdp } from "../helpers/idp.ts";
+import { connectNest, startTroop, TROOP_AUDIENCE, type TroopHandle } from "../helpers/troop.ts";
+import { type CliUser, cliUser, jwtClaims } from "./cli-helpers.ts";
+
+/**
+ * The troop from the command line: a nest identity and its owner log in with `apes login`, get
+ * their tokens for the troop with `apes token exchange --audience` (no delegation: their own
+ * identity), and use them on the socket and the REST API; `apes troop serve` refuses bad options
+ * and stops gracefully on SIGTERM.
+ */
+let idp: IdpHandle;
+let troop: TroopHandle;
+let alice: CliUser;
+let nest: CliUser;
+
+beforeAll(async () => {
+  idp = await startIdp();
+  alice = cliUser("alice@example.com", idp.url);
+  nest = cliUser("nest-web1@example.com", idp.url);
+  await addUser(idp.dataDir, alice.email, { publicKey: alice.publicLine });
+  await addUser(idp.dataDir, nest.email, { agent: true, owner: alice.email, publicKey: nest.publicLine });
+  for (const u of [alice, nest]) {
+    const r = await u.run(["login", u.email]);
+    if (r.code !== 0) throw new Error(`login ${u.email}: ${r.stderr}`);
+  }
+  troop = await startTroop(idp.issuer);
+});
+afterAll(async () => {
+  await troop?.stop();
+  await idp?.stop();
+});
+
+describe("apes token exchange --audience and apes troop serve", () => {
+  it("an own token for the troop from the CLI opens the nest socket; the owner submits with hers", async () => {
+    const t = await nest.run(["token", "exchange", "--audience", TROOP_AUDIENCE]);
+    expect(t.code, t.stderr).toBe(0);
+    const token = t.stdout.trim();
+    expect(jwtClaims(token)).toMatchObject({
+      sub: nest.email,
+      aud: TROOP_AUDIENCE,
+      act: "agent",
+      owner: alice.email,
+    });
+    const r = await connectNest(troop.wsUrl, token);
+    if (!r.ok) throw new Error(`refused ${r.status} ${r.body}`);
+    expect((await r.nest.next("hello")).nest).toBe(nest.email);
+    const mine = (await alice.run(["token", "exchange", "--audience", TROOP_AUDIENCE])).stdout.trim();
+    const submitted = await api(troop.url, mine).post("/v1/intents", {
+      id: "cli-1",
+      nest: nest.email,
+      kind: "pause",
+      agent: "worker",
+    });
+    expect(submitted.status).toBe(201);
+    expect((await r.nest.next("intent")).intent).toMatchObject({ id: "cli-1", submitted_by: alice.email });
+    // SIGTERM: the socket is closed with 1001 and the troop exits 0 after "stopped".
+    const stopped = troop.stop();
+    expect((await r.nest.closed).code).toBe(CLOSE.goingAway);
+    expect(await stopped).toEqual({ code: 0, signal: null });
+    expect(troop.logs()).toMatch(/"msg":"stopped"/);
+    const audit = readFileSync(join(troop.dataDir, "audit.log"), "utf8");
+    expect(audit).toContain('"event":"intent.submitted"');
+    await troop.restart();
+  });
+
+  it("refuses bad options with the usage exit code", async () => {
+    for (const args of [
+      ["--client-id", "apes-cli", "--idp", idp.issuer],
+      ["--client-id", "*", "--idp", idp.issuer],
+      ["--client-id", "t", "--idp", "ftp://x"],
+      ["--client-id", "t", "--idp", idp.issuer, "--ping-interval", "0s"],
+      ["--client-id", "t", "--idp", idp.issuer, "--listen", "nowhere"],
+      ["--idp", idp.issuer],
+    ]) {
+      const r = await runApes(["troop", "serve", ...args]);
+      expect(r.code, args.join(" ")).toBe(ExitCode.USAGE);
+    }
+  });
+});

@@ -16,7 +16,7 @@ import { PATHS } from "./discovery.ts";
 
 const HANDLE_CONTEXT = "apes-revocation-handle-v1\n";
 const MAX_EVENTS = 1000;
-/** How often a waiting long poll looks for events written by another process (the admin commands). */
+/** How often the watcher looks for new events while long polls wait (also those of other processes). */
 const POLL_MS = 200;
 
 /** The opaque handle of an identity (`user`) or a delegation, as events and `rev` claims carry it. */
@@ -37,7 +37,52 @@ function count(value: string | null, name: string, max: number, fallback: number
   return Number(value);
 }
 
+/**
+ * One watcher for every waiting long poll: while any waits, it reads the newest seq every POLL_MS
+ * (one indexed MAX per tick, however many wait: the feed is public, waiters must not multiply
+ * database reads) and wakes each waiter whose `after` it has passed.
+ */
+function feedWatcher(idp: Idp) {
+  const waiters = new Map<() => void, number>();
+  let timer: NodeJS.Timeout | undefined;
+  const tick = async () => {
+    try {
+      const seq = await idp.store.lastRevocation();
+      for (const [wake, after] of [...waiters]) if (seq > after) wake();
+    } catch (e) {
+      idp.log.log("warn", "revocation feed check failed", { error: (e as Error).message });
+    }
+  };
+  return {
+    /** Resolves once an event after `after` exists, at `deadline` (ms), or when `signal` aborts. */
+    wait(after: number, deadline: number, signal: AbortSignal): Promise<void> {
+      return new Promise((resolve) => {
+        const done = () => {
+          waiters.delete(done);
+          clearTimeout(timeout);
+          signal.removeEventListener("abort", done);
+          idp.shutdown.removeEventListener("abort", done);
+          if (waiters.size === 0 && timer) {
+            clearInterval(timer);
+            timer = undefined;
+          }
+          resolve();
+        };
+        const timeout = setTimeout(done, Math.max(0, deadline - Date.now()));
+        signal.addEventListener("abort", done, { once: true });
+        idp.shutdown.addEventListener("abort", done, { once: true });
+        waiters.set(done, after);
+        if (!timer) {
+          timer = setInterval(() => void tick(), POLL_MS);
+          timer.unref();
+        }
+      });
+    },
+  };
+}
+
 export function registerRevocationRoutes(router: Router<Principal>, idp: Idp): void {
+  const watcher = feedWatcher(idp);
   router.add("GET", PATHS.revocations, false, async (call) => {
     for (const k of call.query.keys()) {
       if (k !== "after" && k !== "limit")
@@ -48,9 +93,9 @@ export function registerRevocationRoutes(router: Router<Principal>, idp: Idp): v
     const wait = preferWait(call) ?? 0;
     const deadline = Date.now() + Math.min(wait, MAX_WAIT) * 1000;
     let events = await idp.store.revocationsAfter(after, limit);
-    // Long poll: a short indexed read every POLL_MS sees writes of this process and of others alike.
+    // Long poll: the shared watcher sees writes of this process and of others (admin commands) alike.
     while (events.length === 0 && Date.now() < deadline && !call.closed.aborted && !idp.shutdown.aborted) {
-      await new Promise((r) => setTimeout(r, POLL_MS));
+      await watcher.wait(after, deadline, call.closed);
       events = await idp.store.revocationsAfter(after, limit);
     }
     const next = events.length ? events[events.length - 1]!.seq : Math.max(after, 0);

@@ -131,6 +131,15 @@ describe("apes troop serve", () => {
     await fresh.closed;
   });
 
+  it("a nest that does not answer pings is closed with CLOSE.pingTimeout", async () => {
+    const deaf = await nestOf(troop.wsUrl, t.carol!, { autoPong: false });
+    let pings = 0;
+    deaf.ws.on("ping", () => pings++);
+    expect((await deaf.next("hello")).ping_interval_s).toBe(1);
+    expect((await deaf.closed).code).toBe(CLOSE.pingTimeout);
+    expect(pings).toBeGreaterThanOrEqual(1);
+  });
+
   it("routes intents only for the nest's owner and approvers; replays dedupe; another body is 409", async () => {
     const created = await as("alice").post("/v1/intents", spawnBody("i-1", USERS.bot));
     expect(created.status).toBe(201);

@@ -17,6 +17,11 @@ export interface Troop {
   /** In-process wake-ups: `intent:<nest>` when an intent for that nest is queued. */
   events: EventEmitter;
   shutdown: AbortSignal;
+  /**
+   * Counts a token not verified before against its client's address (a signature check costs CPU:
+   * a flood of made-up tokens is limited like any unauthenticated request); throws 429.
+   */
+  admitToken(token: string, address: string): void;
   /** Whether the nest holds a live socket now. */
   connected(nest: string): boolean;
   /** Sends queued intents of the nest over its socket, if it has one. */

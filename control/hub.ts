@@ -50,8 +50,13 @@ function refuseUpgrade(
   const problem = new ProblemError(code, detail).toProblem(NEST_SOCKET_PATH);
   const body = JSON.stringify({ ...problem, status });
   const reason =
-    { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable" }[status] ??
-    "Error";
+    {
+      400: "Bad Request",
+      401: "Unauthorized",
+      403: "Forbidden",
+      429: "Too Many Requests",
+      503: "Service Unavailable",
+    }[status] ?? "Error";
   socket.on("error", () => {});
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
@@ -128,8 +133,10 @@ export class Hub {
       );
     let actor: Actor;
     try {
+      this.troop.admitToken(m[1]!, req.socket.remoteAddress ?? "");
       actor = await this.troop.link.authenticate(m[1]!);
     } catch (e) {
+      if (e instanceof ProblemError && e.status === 429) return refuse(429, "rate_limited", e.message);
       if (e instanceof AuthError)
         return refuse(
           e.status,

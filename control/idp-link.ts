@@ -90,6 +90,11 @@ export class IdpLink {
     return rev.some((h) => (this.revoked.get(h) ?? -1) >= iat);
   }
 
+  /** True when the token was verified before (no signature check needed). */
+  verified(token: string): boolean {
+    return this.bearer.verified(token);
+  }
+
   /** Verifies a bearer token and names its actor; throws AuthError. */
   async authenticate(token: string): Promise<Actor> {
     let claims: Record<string, unknown>;

@@ -1,9 +1,11 @@
 import { ProblemError } from "../protocol/problem.ts";
 import { bearerToken } from "../server/bearer.ts";
 import { type Listening, listen } from "../server/lifecycle.ts";
+import { clientKey } from "../server/limits.ts";
 import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { pipeline } from "../server/pipeline.ts";
+import { RateLimits } from "../server/rate-limit.ts";
 import type { Actor } from "./actors.ts";
 import { openAudit } from "./audit.ts";
 import { type Troop, troopEvents } from "./context.ts";
@@ -25,6 +27,8 @@ export interface TroopOptions {
   idpCa?: string;
   tls?: { cert: string; key: string };
   pingIntervalS: number;
+  /** Tokens not verified before, per client address: "N/PERIOD" or "off". */
+  authRateLimit: string;
   /** Leeway on exp/iat for the IdP's clock (protocol/jwt.ts CLOCK_SKEW_S by default). */
   clockSkewS?: number;
   maxConnections: number;
@@ -67,6 +71,7 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
     throw e;
   }
   let hub: Hub | undefined;
+  const limits = new RateLimits({ auth: o.authRateLimit });
   const troop: Troop = {
     store,
     link,
@@ -76,6 +81,9 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
     pingIntervalS: o.pingIntervalS,
     events: troopEvents(),
     shutdown: http.shutdown,
+    admitToken(token, address) {
+      if (!link.verified(token)) limits.take("auth", clientKey(address));
+    },
     connected: (nest) => hub?.connected(nest) ?? false,
     push: (nest) => hub?.push(nest),
   };
@@ -91,6 +99,7 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
       shutdown: http.shutdown,
       async authenticate(call) {
         const token = bearerToken(call);
+        troop.admitToken(token, call.ip);
         try {
           return await link.authenticate(token);
         } catch (e) {

@@ -4,7 +4,8 @@ import type { Actor } from "./actors.ts";
 import type { NestRecord, StoredIntent } from "./store/types.ts";
 
 /**
- * The status page (GET /status): server-rendered, no script, no build step. Bearer-only for now
+ * The status page (GET /status): server-rendered, no script, no style (HTML_HEADERS' CSP allows
+ * neither inline), no build step. Bearer-only for now
  * (no browser login on the troop yet): `curl -H "Authorization: Bearer ..." .../status`. It lists
  * the nests the caller may command, their agents and their recent intents; every value a nest or
  * submitter chose goes through `untrusted` (protocol/display.ts visible(), then HTML escaping).
@@ -17,14 +18,13 @@ export function statusPage(
   const when = (t: number) => new Date(t * 1000).toISOString().replace(".000Z", "Z");
   const page = html`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>apes troop</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}.on{color:#070}.off{color:#900}</style>
 </head><body>
 <h1>apes troop</h1>
 <p>Signed in as ${untrusted(actor.holder)}${actor.actingFor ? html` acting for ${untrusted(actor.actingFor)}` : ""} at ${when(now)}.</p>
 ${rows.length === 0 ? html`<p>No nest you may command has connected.</p>` : ""}
 ${rows.map(
   ({ nest, connected, intents }) => html`<section>
-<h2>${untrusted(nest.id)} <span class="${connected ? "on" : "off"}">${connected ? "connected" : "offline"}</span></h2>
+<h2>${untrusted(nest.id)} (${connected ? "connected" : "offline"})</h2>
 <p>Last seen ${when(nest.lastSeen)}${nest.version ? html`, version ${untrusted(nest.version, 64)}` : ""}. Commanders: ${untrusted(nest.commanders.join(", "))}.</p>
 <h3>Agents</h3>
 ${

@@ -175,6 +175,8 @@ const troop = await serve([
   "warn",
   "--connection-rate",
   "off",
+  "--auth-rate-limit",
+  "off",
   ...caps,
 ]);
 const wsUrl = `${troop.url.replace(/^http/, "ws")}/v1/nest/socket`;

@@ -68,12 +68,31 @@ describe("apes token exchange --audience and apes troop serve", () => {
     await troop.restart();
   });
 
+  it("tokens not seen before count against the client's address: a flood of made-up ones gets 429", async () => {
+    const limited = await startTroop(idp.issuer, { extraArgs: ["--auth-rate-limit", "3/1m"] });
+    try {
+      const good = (await nest.run(["token", "exchange", "--audience", TROOP_AUDIENCE])).stdout.trim();
+      expect((await api(limited.url, good).get("/v1/nests")).status).toBe(200); // 1 of 3
+      // Verified before: no longer counted.
+      for (let i = 0; i < 5; i++) expect((await api(limited.url, good).get("/v1/nests")).status).toBe(200);
+      const [h, p] = good.split(".");
+      expect((await api(limited.url, `${h}.${p}.AAAA`).get("/v1/nests")).status).toBe(401);
+      expect((await api(limited.url, `${h}.${p}.AAAB`).get("/v1/nests")).status).toBe(401);
+      expect((await api(limited.url, `${h}.${p}.AAAC`).get("/v1/nests")).status).toBe(429);
+      expect(await connectNest(limited.wsUrl, `${h}.${p}.AAAD`)).toMatchObject({ ok: false, status: 429 });
+    } finally {
+      await limited.stop();
+    }
+  });
+
   it("refuses bad options with the usage exit code", async () => {
     for (const args of [
       ["--client-id", "apes-cli", "--idp", idp.issuer],
       ["--client-id", "*", "--idp", idp.issuer],
       ["--client-id", "t", "--idp", "ftp://x"],
       ["--client-id", "t", "--idp", idp.issuer, "--ping-interval", "0s"],
+      ["--client-id", "t", "--idp", idp.issuer, "--auth-rate-limit", "lots"],
+      ["--client-id", "t", "--idp", idp.issuer, "--clock-skew", "1h"],
       ["--client-id", "t", "--idp", idp.issuer, "--listen", "nowhere"],
       ["--idp", idp.issuer],
     ]) {

@@ -20,6 +20,7 @@ interface ServeOpts {
   tlsKey?: string;
   pingInterval: string;
   clockSkew: string;
+  authRateLimit: string;
   maxConnections: string;
   maxConnectionsPerClient: string;
   connectionRate: string;
@@ -71,6 +72,11 @@ export function register(parent: Command, getContext: GetContext): void {
       "--ping-interval <duration>",
       "ping every nest socket this often; no pong by the next ping closes it",
       "20s",
+    )
+    .option(
+      "--auth-rate-limit <n/period>",
+      "tokens not seen before, per client address (each costs a signature check); off to disable",
+      "600/1m",
     )
     .option(
       "--clock-skew <duration>",
@@ -152,6 +158,7 @@ Examples:
         throw usageError(`invalid --clock-skew "${opts.clockSkew}"`, "whole seconds up to 10m, e.g. 60s");
       try {
         parseRateLimit(opts.connectionRate);
+        parseRateLimit(opts.authRateLimit);
       } catch (e) {
         throw usageError((e as Error).message);
       }
@@ -177,6 +184,7 @@ Examples:
           ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
           pingIntervalS: pingMs / 1000,
           clockSkewS: skewMs / 1000,
+          authRateLimit: opts.authRateLimit,
           maxConnections: positiveInt(opts.maxConnections, "--max-connections"),
           maxConnectionsPerClient: positiveInt(opts.maxConnectionsPerClient, "--max-connections-per-client"),
           connectionRate: opts.connectionRate,

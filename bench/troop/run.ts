@@ -160,7 +160,7 @@ const idp = await serve([
   ...off,
   ...caps,
 ]);
-const troop = await serve([
+const troopArgs = (listen: string) => [
   "troop",
   "serve",
   "--idp",
@@ -168,7 +168,7 @@ const troop = await serve([
   "--client-id",
   AUD,
   "--listen",
-  "127.0.0.1:0",
+  listen,
   "--data",
   join(work, "troop"),
   "--log-level",
@@ -178,7 +178,8 @@ const troop = await serve([
   "--auth-rate-limit",
   "off",
   ...caps,
-]);
+];
+let troop = await serve(troopArgs("127.0.0.1:0"));
 const wsUrl = `${troop.url.replace(/^http/, "ws")}/v1/nest/socket`;
 try {
   const alice = await troopTokenOf(idp.url, "alice@bench.test", privateKey);
@@ -262,6 +263,42 @@ try {
   const per = (after - before) / NESTS;
   console.log(
     `idle: ${NESTS} sockets opened in ${(openMs / 1000).toFixed(1)} s (tokens ${(tokensMs / 1000).toFixed(1)} s); troop RSS ${(before / 1024).toFixed(1)} -> ${(after / 1024).toFixed(1)} MiB = ${per.toFixed(1)} KiB per connection; 10,000 extrapolated: +${((per * 10_000) / 1024).toFixed(0)} MiB`,
+  );
+  // 4. Reconnect storm: STORM nests hold sockets; the troop restarts (SIGTERM, closes them with
+  // 1001, starts again on the same port); each nest reconnects after 0-500 ms of jitter, then every
+  // 250 ms until it is back. Measured from the SIGTERM to the last nest's hello.
+  const STORM = Math.min(NESTS, Number(args.get("storm") ?? 1000));
+  for (const s of sockets.slice(STORM)) s.terminate();
+  let failures = 0;
+  const back: Promise<void>[] = [];
+  for (let i = 0; i < STORM; i++) {
+    back.push(
+      new Promise<void>((resolveBack) => {
+        sockets[i]!.once("close", () => {
+          const attempt = () =>
+            open(wsUrl, tokens[i]!).then(
+              (ws) => {
+                sockets[i] = ws;
+                resolveBack();
+              },
+              () => {
+                failures++;
+                setTimeout(attempt, 250);
+              },
+            );
+          setTimeout(attempt, Math.random() * 500);
+        });
+      }),
+    );
+  }
+  const s0 = performance.now();
+  await troop.kill();
+  troop = await serve(troopArgs(new URL(troop.url).host));
+  const restartMs = performance.now() - s0;
+  await Promise.all(back);
+  const stormMs = performance.now() - s0;
+  console.log(
+    `storm: ${STORM} nests back ${(stormMs / 1000).toFixed(2)} s after SIGTERM (troop down and up in ${(restartMs / 1000).toFixed(2)} s), ${failures} refused attempts`,
   );
   for (const s of sockets) s.terminate();
 } finally {

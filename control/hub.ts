@@ -39,6 +39,15 @@ interface Conn {
   again: boolean;
   /** Intents sent on this connection (a new connection sends the unacknowledged ones again). */
   sent: Set<string>;
+  /** Frames are handled one after another, in the order they came (a result never overtakes its ack). */
+  chain: Promise<void>;
+}
+
+/** A close reason fits RFC 6455's 123 bytes (ws throws beyond): cut on a character boundary. */
+export function closeReason(text: string): string {
+  let out = text;
+  while (Buffer.byteLength(out) > 123) out = out.slice(0, -1);
+  return out;
 }
 
 function refuseUpgrade(
@@ -186,6 +195,7 @@ export class Hub {
       delivering: false,
       again: false,
       sent: new Set(),
+      chain: Promise.resolve(),
     };
     // Another upgrade for this nest may have completed meanwhile: the first one stays.
     if (this.conns.has(nest)) {
@@ -200,10 +210,13 @@ export class Hub {
     });
     ws.on("message", (data, isBinary) => {
       if (isBinary) return this.end(c, CLOSE.badFrame, "binary frames are not accepted");
-      void this.frame(c, data.toString()).catch((e) => {
-        this.troop.log.log("error", "frame handling failed", { nest, error: (e as Error).message });
-        this.end(c, CLOSE.badFrame, "internal error");
-      });
+      const text = data.toString();
+      c.chain = c.chain
+        .then(() => this.frame(c, text))
+        .catch((e) => {
+          this.troop.log.log("error", "frame handling failed", { nest, error: (e as Error).message });
+          this.end(c, CLOSE.badFrame, "internal error");
+        });
     });
     ws.on("error", () => {});
     ws.on("close", (code) => {
@@ -257,7 +270,7 @@ export class Hub {
   private end(c: Conn, code: number, reason: string): void {
     this.forget(c);
     if (c.ws.readyState === c.ws.OPEN || c.ws.readyState === c.ws.CONNECTING) {
-      c.ws.close(code, reason);
+      c.ws.close(code, closeReason(reason));
       // A peer that does not finish the closing handshake is cut off.
       setTimeout(() => c.ws.terminate(), 2000).unref();
     }
@@ -272,11 +285,10 @@ export class Hub {
     const parsed = parseNestFrame(text);
     if (!parsed.ok) {
       this.troop.audit.write("frame.refused", { ...chainOf(c.actor), nest: c.nest, reason: parsed.reason });
-      return this.end(c, CLOSE.badFrame, parsed.reason.slice(0, 100));
+      return this.end(c, CLOSE.badFrame, parsed.reason);
     }
     const f = parsed.value;
     if (f.type === "reauth") return this.reauth(c, f.token);
-    // Frames are answered in order: a result never overtakes its ack.
     const r = await applyNestFrame(this.troop, c.nest, c.actor, f, "socket");
     if (!r.ok) this.send(c, { type: "error", code: r.code, detail: r.detail });
     else if (f.type === "ack") {
@@ -292,7 +304,7 @@ export class Hub {
     } catch (e) {
       const reason = e instanceof Error ? e.message : "refused";
       this.troop.audit.write("frame.refused", { ...chainOf(c.actor), nest: c.nest, type: "reauth", reason });
-      return this.end(c, CLOSE.reauthRefused, reason.slice(0, 100));
+      return this.end(c, CLOSE.reauthRefused, reason);
     }
     if (actor.holder !== c.nest || actor.kind !== c.actor.kind || actor.actingFor !== c.actor.actingFor) {
       this.troop.audit.write("frame.refused", {
@@ -364,6 +376,8 @@ export class Hub {
         this.end(c, CLOSE.pingTimeout, "no pong");
         continue;
       }
+      // A socket closing meanwhile is left to its close event (ping would throw on it).
+      if (c.ws.readyState !== c.ws.OPEN) continue;
       c.alive = false;
       c.ws.ping();
     }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { actorOf, chainOf, mayCommand } from "../../control/actors.ts";
+import { closeReason } from "../../control/hub.ts";
 import { canonicalSubmission } from "../../control/routes.ts";
 import {
   MAX_FRAME_BYTES,
@@ -176,5 +177,15 @@ describe("control/actors.ts: who a token names", () => {
     if (!a.ok || !b.ok || !c.ok) throw new Error("parse");
     expect(canonicalSubmission(a.value)).toBe(canonicalSubmission(b.value));
     expect(canonicalSubmission(a.value)).not.toBe(canonicalSubmission(c.value));
+  });
+});
+
+describe("control/hub.ts closeReason", () => {
+  it("fits RFC 6455's 123 bytes, cut on a character boundary", () => {
+    expect(closeReason("short")).toBe("short");
+    const long = closeReason("é".repeat(100));
+    expect(Buffer.byteLength(long)).toBeLessThanOrEqual(123);
+    expect(long).toBe("é".repeat(61));
+    expect(Buffer.byteLength(closeReason("x".repeat(500)))).toBe(123);
   });
 });

@@ -107,6 +107,20 @@ export function troopRoutes(troop: Troop): Router<Actor> {
       if (!nest) throw new ProblemError("not_found", `no nest ${s.nest} has connected to this troop`);
       throw new ProblemError("forbidden", `only the owner and approvers of ${s.nest} may command it`);
     }
+    // A new agent belongs to whoever asked for it (its owner approves its grants): nobody spawns
+    // an agent in someone else's name.
+    if (s.spec && s.spec.owner !== actor.principal) {
+      troop.audit.write("intent.refused", {
+        ...chain,
+        nest: s.nest,
+        intent: s.id,
+        reason: "spec.owner is not the submitter",
+      });
+      throw new ProblemError(
+        "forbidden",
+        "spec.owner must be the submitter (the delegator, for a delegated token)",
+      );
+    }
     const r = await troop.store.submitIntent(
       s,
       canonicalSubmission(s),

@@ -160,6 +160,8 @@ describe("apes troop serve", () => {
     expect(conflict.status).toBe(409);
     // bob approves bot: he may command it; dave and carol may not; bot2 is not bot's commander either.
     expect((await as("bob").post("/v1/intents", stopBody("i-bob", USERS.bot))).status).toBe(201);
+    // bob may command bot, but not spawn an agent in alice's name.
+    expect((await as("bob").post("/v1/intents", spawnBody("i-bob-spawn", USERS.bot))).status).toBe(403);
     expect((await as("dave").post("/v1/intents", stopBody("i-dave", USERS.bot))).status).toBe(403);
     expect((await as("carol").post("/v1/intents", stopBody("i-carol", USERS.bot))).status).toBe(403);
     expect((await as("bot2").post("/v1/intents", stopBody("i-bot2", USERS.bot))).status).toBe(403);

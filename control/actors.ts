@@ -95,3 +95,12 @@ export function mayCommand(actor: Actor, nest: { id: string; commanders: readonl
 export function chainOf(actor: Actor): { by: string; via?: string } {
   return actor.actingFor !== undefined ? { by: actor.actingFor, via: actor.holder } : { by: actor.holder };
 }
+
+/**
+ * Whether a token listing the revocation handles `rev`, issued at `iat`, is revoked by the events
+ * seen (handle -> time of its newest event): an event at or after the token's issue ends it; a
+ * token issued after the event (a re-enabled identity's) is not touched.
+ */
+export function revokedBy(events: ReadonlyMap<string, number>, rev: readonly string[], iat: number): boolean {
+  return rev.some((h) => (events.get(h) ?? -1) >= iat);
+}

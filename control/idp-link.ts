@@ -3,7 +3,7 @@ import { type GetJson, JwksCache } from "../protocol/jwks.ts";
 import { JwtError } from "../protocol/jwt.ts";
 import { BearerVerifier } from "../server/bearer.ts";
 import type { Logger } from "../server/log.ts";
-import { type Actor, actorOf } from "./actors.ts";
+import { type Actor, actorOf, revokedBy } from "./actors.ts";
 
 /**
  * What the troop knows from its IdP: the keys its tokens are checked with (protocol/jwks.ts, by kid,
@@ -87,7 +87,7 @@ export class IdpLink {
 
   /** Whether a token with these handles, issued at `iat`, has been revoked since. */
   isRevoked(rev: readonly string[], iat: number): boolean {
-    return rev.some((h) => (this.revoked.get(h) ?? -1) >= iat);
+    return revokedBy(this.revoked, rev, iat);
   }
 
   /** True when the token was verified before (no signature check needed). */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { actorOf, chainOf, mayCommand } from "../../control/actors.ts";
+import { actorOf, chainOf, mayCommand, revokedBy } from "../../control/actors.ts";
 import { closeReason } from "../../control/hub.ts";
 import { canonicalSubmission } from "../../control/routes.ts";
 import {
@@ -187,5 +187,16 @@ describe("control/hub.ts closeReason", () => {
     expect(Buffer.byteLength(long)).toBeLessThanOrEqual(123);
     expect(long).toBe("é".repeat(61));
     expect(Buffer.byteLength(closeReason("x".repeat(500)))).toBe(123);
+  });
+});
+
+describe("control/actors.ts revokedBy", () => {
+  it("an event at or after a token's issue ends it; a later token is untouched; other handles are not", () => {
+    const events = new Map([["h1", 100]]);
+    expect(revokedBy(events, ["h1"], 99)).toBe(true);
+    expect(revokedBy(events, ["h1"], 100)).toBe(true);
+    expect(revokedBy(events, ["h1"], 101)).toBe(false);
+    expect(revokedBy(events, ["h0", "h1"], 50)).toBe(true);
+    expect(revokedBy(events, ["h2"], 50)).toBe(false);
   });
 });

@@ -172,7 +172,7 @@ export type ConnectResult = { ok: true; nest: NestClient } | { ok: false; status
 export function connectNest(
   url: string,
   token: string | undefined,
-  options: { autoPong?: boolean; protocols?: string[]; headers?: Record<string, string> } = {},
+  options: { autoPong?: boolean; protocols?: string[]; headers?: Record<string, string>; ca?: Buffer } = {},
 ): Promise<ConnectResult> {
   return new Promise((resolve) => {
     const headers: Record<string, string> = { ...options.headers };
@@ -180,6 +180,7 @@ export function connectNest(
     const ws = new WebSocket(url, options.protocols ?? [TROOP_SUBPROTOCOL], {
       headers,
       autoPong: options.autoPong ?? true,
+      ...(options.ca ? { ca: options.ca } : {}),
     });
     const frames: ServerFrame[] = [];
     const waiters: { type: string; resolve: (f: ServerFrame) => void }[] = [];

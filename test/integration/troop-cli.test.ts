@@ -1,9 +1,18 @@
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import { CLOSE } from "../../protocol/troop.ts";
-import { addUser, api, type IdpHandle, runApes, startIdp } from "../helpers/idp.ts";
+import {
+  addUser,
+  api,
+  fetchTrusting,
+  type IdpHandle,
+  loopbackCert,
+  runApes,
+  startIdp,
+} from "../helpers/idp.ts";
 import { connectNest, startTroop, TROOP_AUDIENCE, type TroopHandle } from "../helpers/troop.ts";
 import { type CliUser, cliUser, jwtClaims } from "./cli-helpers.ts";
 
@@ -82,6 +91,25 @@ describe("apes token exchange --audience and apes troop serve", () => {
       expect(await connectNest(limited.wsUrl, `${h}.${p}.AAAD`)).toMatchObject({ ok: false, status: 429 });
     } finally {
       await limited.stop();
+    }
+  });
+
+  it("serves wss and https with --tls-cert/--tls-key", async () => {
+    const tls = loopbackCert(mkdtempSync(join(tmpdir(), "apes-troop-tls-")));
+    const secure = await startTroop(idp.issuer, {
+      extraArgs: ["--tls-cert", tls.cert, "--tls-key", tls.key],
+    });
+    try {
+      expect(secure.url).toMatch(/^https:/);
+      const token = (await nest.run(["token", "exchange", "--audience", TROOP_AUDIENCE])).stdout.trim();
+      const r = await connectNest(secure.wsUrl, token, { ca: readFileSync(tls.cert) });
+      if (!r.ok) throw new Error(`refused ${r.status}`);
+      expect((await r.nest.next("hello")).nest).toBe(nest.email);
+      const nests = await api(secure.url, token, fetchTrusting(tls.cert)).get("/v1/nests");
+      expect(nests.body.data[0]).toMatchObject({ id: nest.email, connected: true });
+      r.nest.close();
+    } finally {
+      await secure.stop();
     }
   });
 

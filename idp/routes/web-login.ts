@@ -76,6 +76,12 @@ function available(web: WebContext): void {
 export function registerWebLoginRoutes<P>(router: Router<P>, web: WebContext): void {
   const idp = web.idp;
 
+  /** A new sign-in replaces the browser's session: the old record ends (no session outlives its cookie). */
+  const endPrevious = async (call: Call) => {
+    const previous = await currentHuman(web, call);
+    if (previous) await idp.store.endWebSession(previous.sessionId);
+  };
+
   router.add("GET", WEB_PATHS.login, false, async (call) => {
     const returnTo = safeReturnTo(call.query.get("return_to") ?? undefined);
     if (!web.unavailable && (await currentHuman(web, call))) return redirect(returnTo);
@@ -103,6 +109,7 @@ export function registerWebLoginRoutes<P>(router: Router<P>, web: WebContext): v
     const body = await jsonBody(call);
     onlyFields(body, ["response", "return_to"]);
     const { email, credentialId } = await verifyAssertion(web, body.response, { binding: LOGIN_BINDING });
+    await endPrevious(call);
     const cookies = await startSession(web, email);
     call.res.setHeader("set-cookie", cookies);
     idp.log.log("info", "login", {
@@ -165,6 +172,7 @@ export function registerWebLoginRoutes<P>(router: Router<P>, web: WebContext): v
       device_type: reg.passkey.deviceType,
       backed_up: reg.passkey.backedUp,
     });
+    await endPrevious(call);
     call.res.setHeader("set-cookie", await startSession(web, invite.email));
     return { status: 200, body: { redirect: WEB_PATHS.account } };
   });

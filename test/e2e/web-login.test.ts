@@ -14,6 +14,7 @@ import { newInvite } from "../../idp/web/invites.ts";
 import { CONTENT_SECURITY_POLICY } from "../../server/web/headers.ts";
 import {
   addVirtualAuthenticator,
+  humanWithPasskey,
   launchBrowser,
   newPage,
   screenshot,
@@ -275,6 +276,26 @@ describe("passkeys in the browser", () => {
     }
     await b.page.goto(`${idp.issuer}/account`);
     expect(await passkeyCount(b.page)).toBe(2);
+  });
+
+  it("another person (humanWithPasskey) sees only their own passkeys and cannot remove anyone else's", async () => {
+    const bob = await humanWithPasskey(browser, idp, "bob@example.com");
+    expect(await bob.page.textContent(".lead")).toContain("bob@example.com");
+    expect(await passkeyCount(bob.page)).toBe(1);
+    const alices = await b.page
+      .locator("input[name=credential_id]")
+      .evaluateAll((els) => els.map((e) => (e as unknown as { value: string }).value));
+    const csrf = (await bob.page.getAttribute("input[name=csrf_token]", "value"))!;
+    const res = await bob.page.request.post(`${idp.issuer}/account/passkeys/remove`, {
+      form: { credential_id: alices[0]!, csrf_token: csrf },
+      headers: { origin: idp.issuer, "sec-fetch-site": "same-origin" },
+      maxRedirects: 0,
+    });
+    expect(res.status()).toBe(404);
+    expect(await res.text()).toContain("no such passkey");
+    await b.page.reload();
+    expect(await passkeyCount(b.page)).toBe(2);
+    await bob.context.close();
   });
 
   it("removing a passkey: the removed one no longer signs in, with the generic error", async () => {

@@ -2,7 +2,7 @@ import { mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { type Browser, type BrowserContext, type CDPSession, chromium, type Page } from "playwright-core";
-import { type IdpHandle, type StartIdpOptions, startIdp } from "./idp.ts";
+import { type IdpHandle, runApes, type StartIdpOptions, startIdp } from "./idp.ts";
 
 /**
  * A real browser for tests of the IdP's pages: Debian's chromium driven by playwright-core (no
@@ -151,4 +151,38 @@ export async function startWebIdp(
       if (attempt >= 4 || !/already in use/.test((e as Error).message)) throw e;
     }
   }
+}
+
+export interface Human {
+  email: string;
+  context: BrowserContext;
+  page: Page;
+  authenticator: VirtualAuthenticator;
+}
+
+/**
+ * A person signed in at `idp` (started with startWebIdp) with a passkey: `apes idp users add EMAIL
+ * --human --invite` (or `users invite` when `existing`), the invite page in a fresh context with a
+ * virtual authenticator, registration; the page is left on /account. Pages see no autofill support
+ * unless `conditionalUi` (see newPage).
+ */
+export async function humanWithPasskey(
+  browser: Browser,
+  idp: IdpHandle,
+  email: string,
+  options: { existing?: boolean; admin?: boolean; conditionalUi?: boolean } = {},
+): Promise<Human> {
+  const args = options.existing
+    ? ["idp", "users", "invite", email]
+    : ["idp", "users", "add", email, "--human", "--invite", ...(options.admin ? ["--admin"] : [])];
+  const r = await runApes([...args, "--data", idp.dataDir]);
+  if (r.code !== 0) throw new Error(`apes ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
+  const link = r.stdout.trim().split("\n").pop()!;
+  const { context, page } = await newPage(browser, { conditionalUi: options.conditionalUi ?? false });
+  const authenticator = await addVirtualAuthenticator(page);
+  await page.goto(link);
+  await page.waitForSelector("body[data-ready=yes]");
+  await page.click("#register");
+  await page.waitForURL(`${idp.issuer}/account`);
+  return { email, context, page, authenticator };
 }

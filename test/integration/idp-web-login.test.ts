@@ -82,11 +82,28 @@ describe("passkey login over HTTP", () => {
     expect(cookies[1]).toMatch(
       /^__Host-apes-same-site=[A-Za-z0-9_-]{43}; Path=\/; Max-Age=43200; Secure; HttpOnly; SameSite=Strict$/,
     );
-    const jar = cookies.map((c) => c.split(";")[0]).join("; ");
-    const sessionOnly = cookies[0]!.split(";")[0]!;
+    let jar = cookies.map((c) => c.split(";")[0]).join("; ");
+    let sessionOnly = cookies[0]!.split(";")[0]!;
     const account = await fetch(`${idp.issuer}/account`, { headers: { cookie: jar } });
     expect(account.status).toBe(200);
-    const page = await account.text();
+    let page = await account.text();
+    expect(page).toContain(ALICE);
+    // Signing in again in the same browser replaces the session: the old one ends.
+    const again = await post(
+      "/login/verify",
+      { response: key.assert((await json(await post("/login/options", {}))).options) },
+      { cookie: jar },
+    );
+    expect(again.status).toBe(200);
+    expect(
+      (await fetch(`${idp.issuer}/account`, { headers: { cookie: jar }, redirect: "manual" })).status,
+    ).toBe(303);
+    jar = again.headers
+      .getSetCookie()
+      .map((c) => c.split(";")[0])
+      .join("; ");
+    sessionOnly = again.headers.getSetCookie()[0]!.split(";")[0]!;
+    page = await (await fetch(`${idp.issuer}/account`, { headers: { cookie: jar } })).text();
     expect(page).toContain(ALICE);
     const csrf = /name="csrf_token" value="([^"]+)"/.exec(page)![1]!;
     const logout = (cookie: string, form: Record<string, string>, headers: Record<string, string> = {}) =>

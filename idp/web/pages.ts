@@ -58,7 +58,8 @@ export function invitePage(unavailable?: string): Html {
 <button id="register" type="button" class="primary" disabled>Create a passkey</button>
 <p id="status" class="status" role="status" aria-live="polite"></p>
 </div>
-<p class="hint">A passkey replaces a password: your device keeps it, unlocked by your fingerprint, face or PIN. The link works once.</p>`,
+<p class="hint">A passkey replaces a password: your device keeps it, unlocked by your fingerprint, face or PIN. The link works once.</p>
+<p class="hint">Already have a passkey? <a href="${WEB_PATHS.login}">Sign in</a></p>`,
     [WEBAUTHN_SCRIPT, "/assets/page.js", "/assets/invite.js"],
   );
 }

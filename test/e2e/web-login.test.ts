@@ -69,7 +69,9 @@ async function passkeyCount(page: Page): Promise<number> {
 async function signInFails(p: Person): Promise<void> {
   await p.page.goto(`${idp.issuer}/login`);
   await p.page.click("#login-form button");
-  await expect.poll(() => p.page.textContent("#status")).toBe("Sign-in failed.");
+  await expect
+    .poll(() => p.page.textContent("#status"))
+    .toBe("Sign-in failed. Try again, or use another passkey.");
   expect(p.page.url()).toMatch(/\/login$/);
 }
 
@@ -153,7 +155,7 @@ describe("passkeys in the browser", () => {
     await expect
       .poll(() => c.page.textContent("#invite-for"))
       .toMatch(/not valid: it may have expired or been used/);
-    expect(await c.page.isDisabled("#register")).toBe(true);
+    expect(await c.page.isHidden("#register")).toBe(true);
     await screenshot(c.page, "invite-invalid");
     // An expired one, written as the admin command would with a TTL long past.
     const store = openSqliteStore(idp.dataDir);

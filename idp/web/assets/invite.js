@@ -32,8 +32,10 @@
       document.body.dataset.ready = "yes";
     })
     .catch((err) => {
-      lead.textContent = explain(err);
+      lead.textContent =
+        err.status === 400 ? `${explain(err)} Ask your administrator for a new one.` : explain(err);
       lead.classList.add("error");
+      button.hidden = true;
     });
 
   button.addEventListener("click", async () => {

@@ -31,7 +31,11 @@
     try {
       await signIn(false);
     } catch (err) {
-      say(status, explain(err), "error");
+      say(
+        status,
+        err.status === 401 ? "Sign-in failed. Try again, or use another passkey." : explain(err),
+        "error",
+      );
     } finally {
       button.disabled = false;
     }

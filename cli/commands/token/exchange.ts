@@ -37,7 +37,7 @@ export async function tokenExchange(
   audience: string,
 ): Promise<void> {
   const [{ exchangeToken, exchangeOwnToken }, { usageError }] = await Promise.all([
-    import("../../grants/delegations.ts"),
+    import("../../../client/delegations.ts"),
     import("../../errors.ts"),
   ]);
   if (!audience.trim()) throw usageError("--audience is empty");

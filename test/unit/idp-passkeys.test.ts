@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -97,6 +97,22 @@ describe("startAssertion / verifyAssertion", () => {
       verifyAssertion(web, bobKey.assert(options), { binding: LOGIN, email: ALICE }),
       /another user/,
     );
+  });
+
+  it("a user handle must name the credential's own account", async () => {
+    const handle = (email: string) =>
+      createHash("sha256").update(`apes-webauthn-user\0${email}`).digest("base64url");
+    const options = await startAssertion(web, { binding: LOGIN });
+    await refused(
+      verifyAssertion(web, alice.assert(options, { userHandle: handle(BOB) }), { binding: LOGIN }),
+      /user handle of another account/,
+    );
+    const again = await startAssertion(web, { binding: LOGIN });
+    expect(
+      await verifyAssertion(web, alice.assert(again, { userHandle: handle(ALICE) }), { binding: LOGIN }),
+    ).toMatchObject({
+      email: ALICE,
+    });
   });
 
   it("a challenge is single use", async () => {

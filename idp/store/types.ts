@@ -1,3 +1,4 @@
+import type { ApprovalProofRecord } from "../../protocol/approval.ts";
 import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts";
 
 /**
@@ -83,6 +84,8 @@ export interface Transition {
   /** Replaces request.grant_type / request.duration (an approver's override). */
   grantType?: Grant["request"]["grant_type"];
   duration?: number | null;
+  /** An approval: the proof it came with (protocol/approval.ts), shown as the grant's approval_proof. */
+  approvalProof?: ApprovalProofRecord;
 }
 
 export interface PageCursor {

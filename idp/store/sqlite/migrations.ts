@@ -93,6 +93,14 @@ export const MIGRATIONS: readonly Migration[] = [
   ALTER TABLE grants ADD COLUMN decided_act TEXT;
   `,
   },
+  {
+    // NULL: not approved (or approved before proofs existed). See protocol/approval.ts.
+    version: 4,
+    what: "the proof an approval came with (ed25519, webauthn, or bearer in the opt-in old-client mode)",
+    sql: `
+  ALTER TABLE grants ADD COLUMN approval_proof TEXT;
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

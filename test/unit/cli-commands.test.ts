@@ -255,6 +255,8 @@ describe("apes grants", () => {
     expect((await carol.run(["grants", "approve", id])).code).toBe(ExitCode.NOPERM);
     const ok = await alice.run(["grants", "approve", id]);
     expect(ok.stdout).toContain(`approved grant ${id} of bot@example.test`);
+    // This fake is an older IdP (no apes_approval_proofs_supported): no proof, and the user is told.
+    expect(ok.stderr).toContain("verifies no approval proofs; approving with the session token alone");
     const waited = await bot.run(["grants", "wait", id], { clock: new StepClock() });
     expect(waited.code).toBe(0);
     expect(waited.stdout.trim()).toBe("approved");

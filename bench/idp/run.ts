@@ -27,6 +27,8 @@ const SECONDS = Number(args.get("seconds") ?? 8);
 const LEVELS = (args.get("clients") ?? "1,10,50").split(",").map(Number);
 const LOG_LEVEL = args.get("log-level") ?? "warn";
 const NOTIFY_SAMPLES = Number(args.get("notify") ?? 300);
+// --bearer-approve: the IdP with --allow-bearer-approve and approvals without a proof (what a proof costs).
+const BEARER_APPROVE = args.has("bearer-approve");
 const root = resolve(import.meta.dirname, "..", "..");
 const bin = join(root, "dist", "apes");
 const MAX_CLIENTS = Math.max(...LEVELS);
@@ -103,7 +105,10 @@ const serveArgs = [
   dataDir,
   "--log-level",
   LOG_LEVEL,
-].concat(["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"]);
+].concat(
+  ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
+  BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
+);
 const proc = PROFILE
   ? spawn(
       process.execPath,
@@ -169,7 +174,8 @@ async function login(email: string, key: KeyObject) {
 const humanToken = await login("alice@bench.test", human.privateKey);
 
 /** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
-function approval(grant: Grant): { proof: Record<string, string> } {
+function approval(grant: Grant): { proof?: Record<string, string> } {
+  if (BEARER_APPROVE) return {};
   const issuer = String(disco.issuer).replace(/\/+$/, "");
   const digest = approvalDigestHex({
     issuer,

@@ -28,6 +28,28 @@ export interface ApprovalSettings {
   verifyPasskey?: (p: Principal, response: Record<string, unknown>, binding: Buffer) => Promise<boolean>;
 }
 
+export interface ApprovalChoice {
+  grantType: GrantType;
+  duration: number | undefined;
+}
+
+/**
+ * The approval digest of `grant` as stored here, approved as `choice`: what an Ed25519 proof signs
+ * and what a passkey assertion's challenge must commit to (the binding the approval page hands to
+ * idp/web/passkeys.ts startAssertion, and the same value checkApprovalProof verifies against).
+ */
+export function approvalBinding(base: string, grant: Grant, choice: ApprovalChoice): Buffer {
+  return approvalDigest({
+    issuer: base,
+    grantId: grant.id,
+    type: grant.type,
+    request: grant.request as unknown as Record<string, unknown>,
+    decision: "approve",
+    grantType: choice.grantType,
+    duration: choice.duration,
+  });
+}
+
 /** The proof types this IdP verifies, as advertised in discovery. */
 export function approvalProofTypes(settings: ApprovalSettings): string[] {
   return settings.verifyPasskey ? ["ed25519", "webauthn"] : ["ed25519"];
@@ -57,7 +79,7 @@ export async function checkApprovalProof(
   settings: ApprovalSettings,
   p: Principal,
   grant: Grant,
-  choice: { grantType: GrantType; duration: number | undefined },
+  choice: ApprovalChoice,
   proof: unknown,
 ): Promise<ApprovalProofRecord> {
   // canDecide refuses these first; kept here too so no path past it can approve with one.
@@ -80,15 +102,7 @@ export async function checkApprovalProof(
     throw new ProblemError("invalid_request", "proof must be an object {type, ...}");
   }
   const pr = proof as Record<string, unknown>;
-  const digest = approvalDigest({
-    issuer: idp.base,
-    grantId: grant.id,
-    type: grant.type,
-    request: grant.request as unknown as Record<string, unknown>,
-    decision: "approve",
-    grantType: choice.grantType,
-    duration: choice.duration,
-  });
+  const digest = approvalBinding(idp.base, grant, choice);
   switch (pr.type) {
     case "ed25519":
       return ed25519Proof(idp, p, pr, digest);

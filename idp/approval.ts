@@ -35,8 +35,8 @@ export interface ApprovalChoice {
 
 /**
  * The approval digest of `grant` as stored here, approved as `choice`: what an Ed25519 proof signs
- * and what a passkey assertion's challenge must commit to (the binding the approval page hands to
- * idp/web/passkeys.ts startAssertion, and the same value checkApprovalProof verifies against).
+ * and what a passkey assertion's challenge must commit to (the binding the approval page asks the
+ * passkey challenge for, and the same value checkApprovalProof verifies the assertion against).
  */
 export function approvalBinding(base: string, grant: Grant, choice: ApprovalChoice): Buffer {
   return approvalDigest({

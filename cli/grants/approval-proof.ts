@@ -1,4 +1,7 @@
 import { sign } from "node:crypto";
+import { type IdpEndpoints, normalizeIdpUrl } from "../../client/discovery.ts";
+import { loadPrivateKey } from "../../client/keys.ts";
+import type { Session } from "../../client/session.ts";
 import {
   APPROVAL_PROOFS_FIELD,
   approvalDigestHex,
@@ -10,12 +13,9 @@ import { visible } from "../../protocol/display.ts";
 import { canonicalIdentity } from "../../protocol/names.ts";
 import { SignatureInputError } from "../../protocol/signatures.ts";
 import type { Grant, GrantType } from "../../protocol/types.ts";
-import { loadPrivateKey } from "../auth/keys.ts";
-import type { Session } from "../auth/session.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
-import { type IdpEndpoints, normalizeIdpUrl } from "../idp-client.ts";
 
 /**
  * The proof `apes grants approve` sends (protocol/approval.ts, docs/signatures.md "Approvals"): the
@@ -92,9 +92,7 @@ export async function ed25519ApprovalProof(
       exitCode: ExitCode.CONFIG,
     });
   }
-  const loaded = await loadPrivateKey(ctx, session.keyPath, {
-    fixCommand: `apes login ${session.email} --key <path>`,
-  });
+  const loaded = await loadPrivateKey(ctx, session.keyPath, { email: session.email });
   if (session.keyFingerprint && loaded.fingerprint !== session.keyFingerprint) {
     throw new CliError(
       `the key at ${session.keyPath} is not the one this session was created with (${loaded.fingerprint}, expected ${session.keyFingerprint})`,

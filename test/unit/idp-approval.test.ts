@@ -10,7 +10,7 @@ import type { Grant } from "../../protocol/types.ts";
 import { jsonLogger } from "../../server/log.ts";
 
 // The proof dispatch of idp/approval.ts with an injected passkey verifier (the browser's assertion
-// check, idp/web/passkeys.ts, plugs in there): which binding it is given, and what each outcome does.
+// check of the IdP's passkey code plugs in there): which binding it is given, and what each outcome does.
 // The Ed25519 path against the real server: test/integration/approval-proof.test.ts.
 
 const ISSUER = "https://id.example.com";

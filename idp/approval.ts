@@ -10,6 +10,8 @@ import { ProblemError } from "../protocol/problem.ts";
 import { SignatureInputError } from "../protocol/signatures.ts";
 import type { Grant, GrantType } from "../protocol/types.ts";
 import type { Idp, Principal } from "./context.ts";
+import type { WebContext } from "./web/context.ts";
+import { verifyAssertion } from "./web/passkeys.ts";
 
 /**
  * The proof an approval must carry (protocol/approval.ts, docs/signatures.md "Approvals"): a fresh
@@ -48,6 +50,24 @@ export function approvalBinding(base: string, grant: Grant, choice: ApprovalChoi
     grantType: choice.grantType,
     duration: choice.duration,
   });
+}
+
+/**
+ * The check of `webauthn` proofs: an assertion by one of the approver's own passkeys whose
+ * challenge was made for `binding` (idp/web/passkeys.ts: user verification, origin, RP ID, counter,
+ * single use). Undefined when the IdP's passkey pages are off (an IP-address or plain-http issuer).
+ */
+export function passkeyVerifier(web: WebContext): ApprovalSettings["verifyPasskey"] {
+  if (web.unavailable) return undefined;
+  return async (p, response, binding) => {
+    try {
+      return (await verifyAssertion(web, response, { binding, email: p.sub })).email === p.sub;
+    } catch (e) {
+      // Logged there with the reason; here it is simply not a proof.
+      if (e instanceof ProblemError) return false;
+      throw e;
+    }
+  };
 }
 
 /** The proof types this IdP verifies, as advertised in discovery. */
@@ -173,7 +193,7 @@ async function webauthnProof(
   }
   if (!settings.verifyPasskey) {
     throw invalidProof(
-      "webauthn proofs need a passkey, and this IdP verifies none yet: approve with an Ed25519 proof (`apes grants approve`)",
+      "webauthn proofs need a passkey, and this IdP's passkeys are off (they need an issuer with a host name, over https): approve with an Ed25519 proof (`apes grants approve`)",
     );
   }
   if (!(await settings.verifyPasskey(p, response as Record<string, unknown>, digest))) {

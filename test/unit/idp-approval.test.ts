@@ -1,13 +1,26 @@
-import { generateKeyPairSync, sign } from "node:crypto";
-import { describe, expect, it } from "vitest";
-import { type ApprovalSettings, approvalProofTypes, checkApprovalProof } from "../../idp/approval.ts";
-import type { Principal } from "../../idp/context.ts";
-import type { UserRecord } from "../../idp/store/types.ts";
+import { generateKeyPairSync, randomBytes, sign } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  type ApprovalSettings,
+  approvalBinding,
+  approvalProofTypes,
+  checkApprovalProof,
+  passkeyVerifier,
+} from "../../idp/approval.ts";
+import type { Idp, Principal } from "../../idp/context.ts";
+import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
+import type { Store, UserRecord } from "../../idp/store/types.ts";
+import { type WebContext, webContext } from "../../idp/web/context.ts";
+import { startAssertion } from "../../idp/web/passkeys.ts";
 import { approvalDigest, approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { jsonLogger } from "../../server/log.ts";
+import { type SoftPasskey, softPasskey } from "../helpers/soft-passkey.ts";
 
 // The proof dispatch of idp/approval.ts with an injected passkey verifier (the browser's assertion
 // check of the IdP's passkey code plugs in there): which binding it is given, and what each outcome does.
@@ -170,5 +183,68 @@ describe("checkApprovalProof", () => {
       checkApprovalProof(idp(), settings, p, grant, timed, { type: "webauthn", response: { ok: false } }),
     );
     expect(e.code).toBe("invalid_proof");
+  });
+});
+
+describe("webauthn proofs through the IdP's passkey check (idp/web/passkeys.ts, soft authenticator)", () => {
+  let store: Store;
+  let web: WebContext;
+  let settings: ApprovalSettings;
+  let alice: SoftPasskey;
+  const quiet = { base: ISSUER, log: jsonLogger("error", () => undefined) };
+  beforeEach(async () => {
+    store = openSqliteStore(join(mkdtempSync(join(tmpdir(), "apes-approval-passkey-")), "d"));
+    const idp = { store, issuer: ISSUER, now: () => 1_000_000, log: quiet.log } as unknown as Idp;
+    web = webContext(idp, randomBytes(32));
+    const verifyPasskey = passkeyVerifier(web);
+    expect(verifyPasskey).toBeDefined();
+    settings = { allowBearer: false, ...(verifyPasskey ? { verifyPasskey } : {}) };
+    for (const email of ["alice@example.com", "bob@example.com"]) {
+      await store.addUser({ email, kind: "human", createdAt: 1 });
+    }
+    alice = softPasskey({ origin: ISSUER, rpId: "id.example.com" });
+    await store.addPasskey(alice.record("alice@example.com"));
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  /** An assertion by alice's passkey on options whose challenge commits to `binding`. */
+  const assertion = async (binding: Uint8Array, email = "alice@example.com") =>
+    alice.assert(await startAssertion(web, { binding, email }));
+  const proofCheck = (response: Record<string, unknown>, p = principal(), choice = once) =>
+    checkApprovalProof(quiet, settings, p, grant, choice, { type: "webauthn", response });
+
+  it("discovery advertises webauthn when the passkey pages are on", () => {
+    expect(approvalProofTypes(settings)).toEqual(["ed25519", "webauthn"]);
+  });
+
+  it("an assertion bound to this grant's approval digest approves, once", async () => {
+    const response = await assertion(approvalBinding(ISSUER, grant, once));
+    expect(await proofCheck(response)).toBe("webauthn");
+    // Single use: the same assertion again is no proof.
+    expect((await problemOf(proofCheck(response))).code).toBe("invalid_proof");
+  });
+
+  it("an assertion made for anything else is no proof", async () => {
+    const other = { ...grant, id: "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4e" };
+    const tampered = { ...grant, request: { ...grant.request, command: ["id", "-u"] } };
+    const timed = { grantType: "timed" as const, duration: 600 };
+    const cases: [string, Uint8Array, Principal?][] = [
+      ["a login (no binding)", new Uint8Array(0)],
+      ["another grant", approvalBinding(ISSUER, other, once)],
+      ["another request", approvalBinding(ISSUER, tampered, once)],
+      ["another approval (timed)", approvalBinding(ISSUER, grant, timed)],
+      ["another IdP", approvalBinding("https://id.example.org", grant, once)],
+      [
+        "another approver's session",
+        approvalBinding(ISSUER, grant, once),
+        principal({ sub: "bob@example.com" }, { email: "bob@example.com" }),
+      ],
+    ];
+    for (const [name, binding, p] of cases) {
+      const e = await problemOf(proofCheck(await assertion(binding), p));
+      expect(e.code, name).toBe("invalid_proof");
+    }
   });
 });

@@ -25,7 +25,7 @@ export interface ApprovalSettings {
   allowBearer: boolean;
   /**
    * Verifies a passkey assertion (the browser's AuthenticationResponseJSON) of `p` whose challenge
-   * commits to `binding` (the 32-byte approval digest). Absent: this IdP has no passkeys yet.
+   * commits to `binding` (the 32-byte approval digest). Absent: passkeys are off at this IdP.
    */
   verifyPasskey?: (p: Principal, response: Record<string, unknown>, binding: Buffer) => Promise<boolean>;
 }

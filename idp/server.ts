@@ -8,6 +8,7 @@ import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { type App, pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
+import { type ApprovalSettings, approvalProofTypes, passkeyVerifier } from "./approval.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
 import { oauthErrorReply, Router } from "./http.ts";
@@ -46,6 +47,8 @@ export interface ServeOptions {
   connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
+  /** Accept approvals without a proof (older clients; protocol/approval.ts); off by default, logged. */
+  allowBearerApprove?: boolean;
   log: Logger;
 }
 
@@ -72,6 +75,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   try {
     recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   } catch (e) {
+    // E.g. out of file descriptors: exit with the error instead of hanging on the open port and store.
     await http.close();
     await data.close();
     throw e;
@@ -234,10 +238,22 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
       {},
     );
   }
-  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login));
+  const verifyPasskey = passkeyVerifier(web);
+  const approvals: ApprovalSettings = {
+    allowBearer: opts.allowBearerApprove === true,
+    ...(verifyPasskey ? { verifyPasskey } : {}),
+  };
+  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login), approvalProofTypes(approvals));
   registerAuthRoutes(router, idp, login);
   registerAgentRoutes(router, idp);
-  registerGrantRoutes(router, idp);
+  if (opts.allowBearerApprove) {
+    opts.log.always(
+      "warn",
+      "approvals without a proof accepted (--allow-bearer-approve): a stolen session token alone can approve grants",
+      {},
+    );
+  }
+  registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
   registerRevocationRoutes(router, idp);

@@ -1,3 +1,4 @@
+import type { ApprovalProofRecord } from "../../protocol/approval.ts";
 import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts";
 
 /**
@@ -85,6 +86,8 @@ export interface Transition {
   duration?: number | null;
   /** When the change happened (Unix seconds): the time of the revocation event a revoked delegation appends. */
   at?: number;
+  /** An approval: the proof it came with (protocol/approval.ts), shown as the grant's approval_proof. */
+  approvalProof?: ApprovalProofRecord;
 }
 
 /** An identity disabled (`user`, subject = its email) or a delegation revoked (subject = its id). */

@@ -25,6 +25,7 @@ interface ServeOpts {
   maxConnectionsPerClient: string;
   connectionRate: string;
   allowRawLoginSignatures?: boolean;
+  allowBearerApprove?: boolean;
   logLevel: string;
 }
 
@@ -130,6 +131,10 @@ export function register(parent: Command, getContext: GetContext): void {
       "--allow-raw-login-signatures",
       "also accept key logins signed over the bare challenge (older clients; unsafe, logged)",
     )
+    .option(
+      "--allow-bearer-approve",
+      "also accept approvals without a proof, on the session token alone (older clients; unsafe, logged)",
+    )
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -138,6 +143,9 @@ The first line logged is {"level":"info","msg":"listening","url":...,"issuer":..
 A signing key is created on first start; rotate it with \`apes idp keys rotate\`.
 Key logins must sign the domain-separated message of docs/signatures.md; with
 --allow-raw-login-signatures the bare challenge is accepted too (older clients; logged as a warning).
+An approval must carry a proof (an Ed25519 signature or a passkey assertion over the grant's
+approval digest, docs/signatures.md); --allow-bearer-approve also accepts one without (older
+clients; logged as a warning at start and on every such approval).
 
 Examples:
   $ apes idp serve --listen 127.0.0.1:8080
@@ -206,6 +214,7 @@ Examples:
           maxConnectionsPerClient,
           connectionRate: opts.connectionRate,
           allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
+          allowBearerApprove: opts.allowBearerApprove === true,
           log,
         });
       } catch (e) {

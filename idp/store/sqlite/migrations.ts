@@ -141,6 +141,14 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX revocations_at ON revocations(at);
   `,
   },
+  {
+    // NULL: not approved (or approved before proofs existed). See protocol/approval.ts.
+    version: 6,
+    what: "the proof an approval came with (ed25519, webauthn, or bearer in the opt-in old-client mode)",
+    sql: `
+  ALTER TABLE grants ADD COLUMN approval_proof TEXT;
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

@@ -61,10 +61,11 @@ interface GrantRow {
   version: number;
   created_act: string | null;
   decided_act: string | null;
+  approval_proof: string | null;
 }
 
 const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act";
+  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act, approval_proof";
 
 function grantFromRow(r: GrantRow): StoredGrant {
   const grant: Grant = {
@@ -78,6 +79,8 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.decided_at !== null) grant.decided_at = r.decided_at;
   if (r.expires_at !== null) grant.expires_at = r.expires_at;
   if (r.used_at !== null) grant.used_at = r.used_at;
+  if (r.approval_proof !== null)
+    grant.approval_proof = r.approval_proof as NonNullable<Grant["approval_proof"]>;
   const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
   if (r.created_act !== null) stored.createdAct = r.created_act;
   if (r.decided_act !== null) stored.decidedAct = r.decided_act;
@@ -555,6 +558,10 @@ export class SqliteStore implements Store {
     if (t.actingParty !== undefined) {
       sets.push("decided_act = ?");
       args.push(t.actingParty);
+    }
+    if (t.approvalProof !== undefined) {
+      sets.push("approval_proof = ?");
+      args.push(t.approvalProof);
     }
     // Both request edits go into one expression: a column assigned twice keeps only the last.
     let request = "request";

@@ -434,6 +434,30 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await s.getGrant(grant.id)).toEqual(revoked);
       });
 
+      it("an approval records its proof type; later transitions keep it, a denial has none", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        expect(grant.approval_proof).toBeUndefined();
+        const approved = await s.transition(grant.id, {
+          from: ["pending"],
+          to: "approved",
+          decidedBy: "x",
+          decidedAt: 2,
+          approvalProof: "ed25519",
+        });
+        expect(approved?.grant.approval_proof).toBe("ed25519");
+        const used = await s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 3 });
+        expect(used?.grant.approval_proof).toBe("ed25519");
+        expect((await s.getGrant(grant.id))?.grant.approval_proof).toBe("ed25519");
+        const other = await s.insertGrant({ grant: command("a", 4) });
+        const denied = await s.transition(other.grant.id, {
+          from: ["pending"],
+          to: "denied",
+          decidedBy: "x",
+        });
+        expect(denied?.grant.approval_proof).toBeUndefined();
+      });
+
       it("of N concurrent consumes of a once grant exactly one succeeds", async () => {
         const { s } = await fresh();
         const { grant } = await s.insertGrant({ grant: command("a", 1, { status: "approved" }) });

@@ -19,6 +19,7 @@ import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from ".
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
@@ -74,7 +75,6 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   try {
     recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   } catch (e) {
-    // E.g. out of file descriptors: exit with the error instead of hanging on the open port and store.
     await http.close();
     await data.close();
     throw e;
@@ -161,6 +161,9 @@ async function openData(opts: ServeOptions) {
     store,
     keys,
     login,
+    // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
     secret,
     async close() {
       try {
@@ -202,6 +205,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     sessionClaims: (token) => sessions.claims(token),
     authenticate: (call) => principalOf(call, idp, sessions),
     rateLimit: (limitClass, key) => limits.take(limitClass, key),
+    revocationHandle: data.revocationHandle,
   };
   return idp;
 }
@@ -251,6 +255,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
   return router;

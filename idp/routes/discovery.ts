@@ -16,6 +16,7 @@ export const PATHS = {
   delegations: "/api/delegations",
   agents: "/api/agents",
   me: "/api/me",
+  revocations: "/api/revocations",
 } as const;
 
 export const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -49,6 +50,7 @@ export function discoveryDocument(
     openape_grants_endpoint: u(PATHS.grants),
     openape_delegations_endpoint: u(PATHS.delegations),
     openape_agents_endpoint: u(PATHS.agents),
+    openape_revocations_endpoint: u(PATHS.revocations),
     openape_grant_types_supported: ["once", "timed", "always"],
     openape_grant_categories_supported: ["command", "delegation"],
   };

@@ -75,7 +75,7 @@ export async function applyAction(
     onlyFields(body, ["reason"]);
     const decision = canRevoke(p.actor, grant, requester);
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
-    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked" };
+    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked", at: idp.now() };
   } else {
     const decision = canDecide(p.actor, requester);
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);

@@ -7,6 +7,7 @@ import {
 } from "../../../server/limit-defaults.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
+import { parseListen } from "../../listen.ts";
 import type { GetContext } from "../../program.ts";
 import { dataDirOf, dataOption } from "./common.ts";
 
@@ -28,16 +29,8 @@ interface ServeOpts {
   logLevel: string;
 }
 
-export function parseListen(value: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || port > 65535)
-    throw usageError(
-      `invalid --listen "${value}"`,
-      "use HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)",
-    );
-  return { host: (m[1] ?? m[2])!, port };
-}
+/** `--listen HOST:PORT` (shared with `apes troop serve`). */
+export { parseListen };
 
 /** Why the server could not start, with what to do about it. */
 /** Why the IdP could not start, as the exit code a supervisor can act on (78: fix the config). */

@@ -18,6 +18,7 @@ import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from ".
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerOAuthRoutes } from "./routes/oauth.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
@@ -221,6 +222,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerGrantRoutes(router, idp);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerOAuthRoutes(router, idp);
   registerWebRoutes(router);
   return router;
 }

@@ -4,13 +4,20 @@ import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
 import { effectiveStatus } from "../grants.ts";
 import { formOrJsonBody, OAuthError, type Router } from "../http.ts";
+import {
+  authorizationCodeGrant,
+  DEVICE_CODE_GRANT,
+  deviceCodeGrant,
+  refreshTokenGrant,
+} from "../oauth/flows.ts";
 import type { UserRecord } from "../store/types.ts";
 import { decodeJwt, signJwt, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
 import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
 /**
- * The OAuth token endpoint: RFC 8693 token exchange on a delegation (subject_token optional when
+ * The OAuth token endpoint: authorization code + PKCE, refresh tokens and the device code grant
+ * (idp/oauth/flows.ts); RFC 8693 token exchange on a delegation (subject_token optional when
  * delegation_grant_id names the delegation), and the older client_credentials form with an Ed25519
  * client assertion. Errors are OAuth `{error, error_description}` bodies.
  */
@@ -35,6 +42,12 @@ const KNOWN = new Set([
   "client_id",
   "client_assertion",
   "client_assertion_type",
+  // authorization_code, refresh_token and device_code (idp/oauth/flows.ts)
+  "code",
+  "code_verifier",
+  "redirect_uri",
+  "refresh_token",
+  "device_code",
 ]);
 
 function param(body: Record<string, unknown>, name: string): string | undefined {
@@ -198,6 +211,10 @@ export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
     }
     const grantType = param(body, "grant_type");
     const audience = param(body, "audience");
+    if (grantType === "authorization_code")
+      return { status: 200, body: await authorizationCodeGrant(idp, body) };
+    if (grantType === "refresh_token") return { status: 200, body: await refreshTokenGrant(idp, body) };
+    if (grantType === DEVICE_CODE_GRANT) return { status: 200, body: await deviceCodeGrant(idp, body) };
     if (grantType === TOKEN_EXCHANGE) {
       const actorToken = param(body, "actor_token");
       if (!actorToken)

@@ -7,8 +7,9 @@ import { readSession, type StoredSession, withSessionLock, writeSession } from "
 
 /**
  * A usable session: any command that needs a token calls freshSession(ctx). When less than
- * REFRESH_MARGIN_S remain it re-authenticates with the recorded key (under the auth.json lock, so
- * ten concurrent commands log in once). Failure is an explicit CliError with the next step:
+ * REFRESH_MARGIN_S remain it re-authenticates with the recorded key, or renews a browser or device
+ * session with its refresh token (under the auth.json lock, so ten concurrent commands log in once
+ * and a rotated refresh token is never spent twice). Failure is an explicit CliError with the next step:
  *   not logged in -> 77, IdP unreachable -> 69, broken auth.json or a moved/replaced key -> 78.
  */
 
@@ -79,6 +80,14 @@ export async function freshSession(ctx: Context, options: { force?: boolean } = 
 }
 
 async function reauthenticate(ctx: Context, s: StoredSession): Promise<StoredSession> {
+  if (s.refresh_token !== undefined) {
+    // A browser or device session: its refresh token (rotated, so written back before anyone else
+    // reads it: we hold the lock).
+    const { refreshSession } = await import("./oauth.ts");
+    const next = await refreshSession(ctx, s);
+    await writeSession(ctx, next);
+    return next;
+  }
   const fix = `apes login ${s.email} --key <path>`;
   if (!s.key_path) {
     throw new CliError(`the session of ${s.email} has expired and has no key to renew it with`, {

@@ -1,3 +1,5 @@
+import { CLI_CLIENT_ID } from "../../protocol/types.ts";
+
 /**
  * OAuth clients and their redirect URIs, as pure rules (no store, no clock). Two kinds of client:
  *
@@ -13,7 +15,7 @@
  * as a page instead).
  */
 
-export const CLI_CLIENT_ID = "apes-cli";
+export { CLI_CLIENT_ID };
 
 /** A client id: short, lower-case, no characters that need escaping anywhere. */
 const CLIENT_ID = /^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$/;

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
+import { CLI_TOKEN_AUDIENCE, type Grant } from "../../protocol/types.ts";
 import { delegatedTokenProblem, type Idp } from "../context.ts";
 import { OAuthError } from "../http.ts";
 import type { RefreshTokenRecord, UserRecord } from "../store/types.ts";
@@ -364,21 +364,52 @@ async function humanTokens(
 
 type Actor = Pick<RefreshTokenRecord, "sub" | "act" | "actingParty" | "delegationGrant">;
 
-/** A session token for the IdP's APIs with the same actor as the session (a delegated one stays delegated). */
-async function accessToken(idp: Idp, s: Actor, now: number): Promise<{ token: string; exp: number }> {
+/**
+ * The delegated token (PROTOCOL section 4): `sub` the delegator, `act.sub` the delegate, the
+ * delegation and its scopes, never beyond the delegation's expiry. Token exchange and the refresh
+ * of a delegated session both issue it through here.
+ */
+export async function signDelegatedToken(
+  idp: Idp,
+  delegation: Grant,
+  delegate: string,
+  audience: string,
+  now: number,
+): Promise<{ token: string; exp: number }> {
   let exp = now + idp.tokenTtl;
-  const claims: Record<string, unknown> = { iss: idp.issuer, sub: s.sub, aud: CLI_TOKEN_AUDIENCE, iat: now };
+  if (delegation.expires_at !== undefined) exp = Math.min(exp, delegation.expires_at);
+  const claims = {
+    iss: idp.issuer,
+    sub: delegation.request.delegator,
+    aud: audience,
+    act: { sub: delegate },
+    delegation_grant: delegation.id,
+    scope: delegation.request.scopes ?? [],
+    iat: now,
+    exp,
+    jti: randomUUID(),
+  };
+  return { token: signJwt(claims, await idp.keys.signingKey(now, exp)), exp };
+}
+
+/** A token for the IdP's APIs with the same actor as the session (a delegated one stays delegated). */
+async function accessToken(idp: Idp, s: Actor, now: number): Promise<{ token: string; exp: number }> {
   if (s.actingParty !== undefined) {
+    // refreshTokenGrant checked the delegation (delegatedTokenProblem) just before.
     const d = s.delegationGrant ? (await idp.store.getGrant(s.delegationGrant))?.grant : undefined;
-    if (d?.expires_at !== undefined) exp = Math.min(exp, d.expires_at);
-    claims.act = { sub: s.actingParty };
-    claims.delegation_grant = s.delegationGrant;
-    claims.scope = d?.request.scopes ?? [];
-  } else {
-    claims.act = s.act;
+    if (!d) throw new OAuthError("invalid_grant", "the token's delegation does not exist");
+    return signDelegatedToken(idp, d, s.actingParty, CLI_TOKEN_AUDIENCE, now);
   }
-  claims.exp = exp;
-  claims.jti = randomUUID();
+  const exp = now + idp.tokenTtl;
+  const claims = {
+    iss: idp.issuer,
+    sub: s.sub,
+    aud: CLI_TOKEN_AUDIENCE,
+    act: s.act,
+    iat: now,
+    exp,
+    jti: randomUUID(),
+  };
   return { token: signJwt(claims, await idp.keys.signingKey(now, exp)), exp };
 }
 

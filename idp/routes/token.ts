@@ -1,4 +1,4 @@
-import { type KeyObject, randomUUID } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import { KeyFormatError, parseSshPublicKey } from "../../protocol/keys.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
@@ -9,9 +9,10 @@ import {
   DEVICE_CODE_GRANT,
   deviceCodeGrant,
   refreshTokenGrant,
+  signDelegatedToken,
 } from "../oauth/flows.ts";
 import type { UserRecord } from "../store/types.ts";
-import { decodeJwt, signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { decodeJwt, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
 import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
@@ -115,22 +116,7 @@ async function exchange(
     if (!used) throw new OAuthError("invalid_grant", "the delegation was already used");
     idp.events.changed(g.id);
   }
-  let exp = now + idp.tokenTtl;
-  if (g.expires_at !== undefined) exp = Math.min(exp, g.expires_at);
-  const token = signJwt(
-    {
-      iss: idp.issuer,
-      sub: g.request.delegator,
-      aud: audience,
-      act: { sub: actor.email },
-      delegation_grant: g.id,
-      scope: g.request.scopes ?? [],
-      iat: now,
-      exp,
-      jti: randomUUID(),
-    },
-    await idp.keys.signingKey(now, exp),
-  );
+  const { token, exp } = await signDelegatedToken(idp, g, actor.email, audience, now);
   idp.log.log("info", "token exchanged", {
     delegation: g.id,
     delegate: actor.email,

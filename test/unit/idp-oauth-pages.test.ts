@@ -1,20 +1,6 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { GrantEvents, type Idp, type Principal } from "../../idp/context.ts";
-import { oauthErrorReply, Router } from "../../idp/http.ts";
-import { Keyring } from "../../idp/keys.ts";
 import { s256 } from "../../idp/oauth/pkce.ts";
-import { registerOAuthRoutes } from "../../idp/routes/oauth.ts";
-import { type Human, type HumanSessions, registerOAuthWebRoutes } from "../../idp/routes/oauth-web.ts";
-import { registerTokenRoutes } from "../../idp/routes/token.ts";
-import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
-import type { Store } from "../../idp/store/types.ts";
-import { ProblemError } from "../../protocol/problem.ts";
-import { jsonLogger } from "../../server/log.ts";
-import { pipeline } from "../../server/pipeline.ts";
+import { formOf, type OAuthApp, startOAuthApp } from "../helpers/oauth-app.ts";
 
 /**
  * The /authorize and /device routes over an injected HumanSessions (a cookie naming the person, a
@@ -25,68 +11,16 @@ import { pipeline } from "../../server/pipeline.ts";
 
 const ALICE = "alice@example.com";
 const VERIFIER = "v".repeat(43);
-const sessions: HumanSessions = {
-  async currentHuman(call) {
-    const m = /(?:^|; )who=([^;]+)/.exec(call.req.headers.cookie ?? "");
-    return m ? { sessionId: `s-${decodeURIComponent(m[1]!)}`, email: decodeURIComponent(m[1]!) } : undefined;
-  },
-  formToken: (h: Human) => `csrf-${h.sessionId}`,
-  checkStateChange(_call, h, token) {
-    if (token !== `csrf-${h.sessionId}`) throw new ProblemError("forbidden", "bad csrf");
-  },
-  loginPath: "/login",
-};
 
-let dir: string;
-let store: Store;
-let server: Server;
+let app: OAuthApp;
 let base: string;
-
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "apes-oauth-pages-"));
-  store = openSqliteStore(join(dir, "data"));
-  await store.addUser({ email: ALICE, kind: "human", createdAt: 1 });
-  await store.addClient({ id: "sp", redirectUris: ["https://sp.example.com/cb"], createdAt: 1 });
-  const log = jsonLogger("error", () => undefined);
-  const router = new Router<Principal>();
-  server = createServer();
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-  const idp: Idp = {
-    store,
-    keys: await Keyring.open(store, Math.floor(Date.now() / 1000)),
-    issuer: base,
-    base,
-    tokenTtl: 3600,
-    log,
-    events: new GrantEvents(),
-    now: () => Math.floor(Date.now() / 1000),
-    shutdown: new AbortController().signal,
-    sessionClaims: async () => ({}),
-    authenticate: async () => {
-      throw new ProblemError("invalid_token", "none here");
-    },
-    rateLimit: () => undefined,
-  };
-  registerOAuthWebRoutes(router, idp, sessions);
-  registerTokenRoutes(router, idp);
-  registerOAuthRoutes(router, idp);
-  server.on(
-    "request",
-    pipeline({
-      router,
-      log,
-      base,
-      shutdown: idp.shutdown,
-      authenticate: idp.authenticate,
-      errorReply: oauthErrorReply,
-    }),
-  );
+  app = await startOAuthApp([ALICE]);
+  base = app.base;
+  await app.store.addClient({ id: "sp", redirectUris: ["https://sp.example.com/cb"], createdAt: 1 });
 });
 afterAll(async () => {
-  await new Promise((r) => server.close(r));
-  await store.close();
-  rmSync(dir, { recursive: true, force: true });
+  await app.close();
 });
 
 const REDIRECT = "http://127.0.0.1:5555/callback";
@@ -116,15 +50,6 @@ const post = (path: string, form: URLSearchParams, who?: string) =>
       ...(who ? { cookie: `who=${encodeURIComponent(who)}` } : {}),
     },
   });
-/** The hidden fields of the page's form. */
-const formOf = (page: string) => {
-  const f = new URLSearchParams();
-  for (const m of page.matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)">/g)) {
-    f.append(m[1]!, m[2]!.replaceAll("&amp;", "&").replaceAll("&quot;", '"').replaceAll("&#39;", "'"));
-  }
-  return f;
-};
-
 describe("GET/POST /authorize", () => {
   it("without a session: to the login page, return_to a relative path back to this request", async () => {
     const r = await get(`/authorize?${params({ login_hint: ALICE })}`);

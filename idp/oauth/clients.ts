@@ -11,7 +11,7 @@ import { CLI_CLIENT_ID } from "../../protocol/types.ts";
  *   looser matching). No normalisation: `HTTPS://`, `%2e`, a trailing dot or an extra slash is
  *   another string, so it is refused.
  *
- * Nothing is redirected to a URI these rules have not accepted (idp/web/authorize.ts shows errors
+ * Nothing is redirected to a URI these rules have not accepted (idp/routes/oauth-web.ts shows errors
  * as a page instead).
  */
 

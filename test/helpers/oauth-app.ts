@@ -19,8 +19,7 @@ import { pipeline } from "../../server/pipeline.ts";
 /**
  * The IdP's OAuth routes (discovery, /authorize, /device, /token, /device_authorization, /revoke)
  * in this process, over an injected HumanSessions: the cookie `who=<email>` is the signed-in human,
- * `csrf-s-<email>` its CSRF token. For unit tests of the pages and of the CLI's browser login; the
- * real passkey sessions are tested in test/e2e/oauth-browser.test.ts.
+ * `csrf-s-<email>` its CSRF token. For unit tests of the pages and of the CLI's browser login.
  */
 
 export const fakeSessions: HumanSessions = {

@@ -9,7 +9,7 @@ import { type CliUser, cliUser, jwtClaims } from "./cli-helpers.ts";
 /**
  * `apes login --device` against the real IdP, the refresh of the session it makes (rotation under
  * the auth.json lock, also for concurrent commands) and `apes logout` revoking it. The device code is
- * approved in the IdP's database here; test/e2e/oauth-browser.test.ts approves through /device.
+ * approved in the IdP's database here (as the /device page does).
  */
 
 const ALICE = "alice@example.com";

@@ -14,7 +14,7 @@ import { addUser, api, discovery, type IdpHandle, type Json, runApes, startIdp }
  * The OAuth grants of the real `dist/apes idp serve`: authorization code + PKCE, refresh rotation and
  * reuse, device codes, revocation, registered clients. Codes are written into the data dir the way
  * /authorize stores them (another connection, as the admin commands use), so these paths are tested
- * on their own; test/integration/idp-oauth-authorize.test.ts gets codes through /authorize.
+ * on their own.
  */
 
 const schemas = loadSchemas();

@@ -5,8 +5,7 @@ import { formOf, type OAuthApp, startOAuthApp } from "../helpers/oauth-app.ts";
 /**
  * The /authorize and /device routes over an injected HumanSessions (a cookie naming the person, a
  * fixed CSRF token per session): what the pages do with a session, none, a wrong token, and the
- * code they issue, exchanged at the real token route. test/e2e/oauth-browser.test.ts runs them with
- * the IdP's real passkey sessions in Chromium.
+ * code they issue, exchanged at the real token route.
  */
 
 const ALICE = "alice@example.com";

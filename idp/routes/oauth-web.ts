@@ -1,5 +1,6 @@
 import { ProblemError } from "../../protocol/problem.ts";
 import { type Call, mediaType, type Reply, type Router, readBody } from "../../server/http.ts";
+import { CONTENT_SECURITY_POLICY } from "../../server/web/headers.ts";
 import { htmlReply } from "../../server/web/html.ts";
 import type { Idp, Principal } from "../context.ts";
 import { authorizeParams, checkAuthorizeRequest } from "../oauth/authorize-request.ts";
@@ -67,6 +68,18 @@ function loginRedirect(sessions: HumanSessions, returnTo: string, hint?: string)
   return redirect(`${sessions.loginPath}?${q}`);
 }
 
+/**
+ * The consent page's CSP: the usual one, but its form may also end at the client's (checked)
+ * redirect URI, because browsers apply `form-action` to where the form's answer redirects. A host
+ * source cannot name an IPv6 literal, so for http://[::1] the scheme is allowed: the form itself is
+ * our markup and posts only to /authorize.
+ */
+export function consentPolicy(redirectUri: string): string {
+  const u = new URL(redirectUri);
+  const target = u.hostname.startsWith("[") ? `${u.protocol}` : u.origin;
+  return CONTENT_SECURITY_POLICY.replace("form-action 'self'", `form-action 'self' ${target}`);
+}
+
 export function registerOAuthWebRoutes(router: Router<Principal>, idp: Idp, sessions: HumanSessions): void {
   const check = async (params: Iterable<[string, string]>) => {
     const list = [...params];
@@ -97,7 +110,7 @@ export function registerOAuthWebRoutes(router: Router<Principal>, idp: Idp, sess
       action: PATHS.authorize,
       ...(r.loginHint !== undefined ? { loginHint: r.loginHint } : {}),
     });
-    return htmlReply(200, page);
+    return htmlReply(200, page, { "content-security-policy": consentPolicy(r.redirectUri) });
   });
 
   router.add("POST", PATHS.authorize, false, async (call) => {

@@ -84,6 +84,10 @@ describe("GET/POST /authorize", () => {
   it("consent, then the code and state on the redirect; the code gives alice's tokens once", async () => {
     const page = await get(`/authorize?${params()}`, ALICE);
     expect(page.status).toBe(200);
+    // The form's answer redirects to the client: form-action must allow exactly that origin too.
+    expect(page.headers.get("content-security-policy")).toContain(
+      "form-action 'self' http://127.0.0.1:5555;",
+    );
     const text = await page.text();
     expect(text).toContain(`Continue as ${ALICE}?`);
     const form = formOf(text);

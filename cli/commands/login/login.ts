@@ -62,11 +62,11 @@ export async function login(
   emailArg: string | undefined,
   options: LoginOptions,
 ): Promise<void> {
-  const [{ chooseKeyPath, emailFromPublicKey, loadPrivateKey, looksLikeEmail }, store, { keyLogin }] =
+  const [{ chooseKeyPath, emailFromPublicKey, looksLikeEmail }, { loadPrivateKey }, { logInWithKey }] =
     await Promise.all([
       import("../../auth/keys.ts"),
-      import("../../auth/store.ts"),
-      import("../../auth/key-login.ts"),
+      import("../../../client/keys.ts"),
+      import("../../../client/session.ts"),
     ]);
   const { usageError } = await import("../../errors.ts");
   if ([options.key !== undefined, options.browser, options.device].filter(Boolean).length > 1) {
@@ -95,21 +95,7 @@ export async function login(
   if (!looksLikeEmail(email)) throw usageError(`"${email}" is not an email address`);
 
   const idp = await chooseIdp(ctx, email, options.idp);
-  const result = await keyLogin(ctx, idp, email, loaded.key);
-  const nowS = Math.floor(ctx.clock.now() / 1000);
-  const session = {
-    version: 1 as const,
-    idp,
-    email: result.email,
-    act: result.act,
-    token: result.token,
-    expires_at: result.expiresAt,
-    issued_at: result.issuedAt,
-    key_path: loaded.path,
-    key_fingerprint: loaded.fingerprint,
-    authenticated_at: nowS,
-  };
-  await store.withSessionLock(ctx, () => store.writeSession(ctx, session));
+  const { session, login: result } = await logInWithKey(ctx, idp, email, loaded);
   const { formatTime } = await import("../../output.ts");
   printData(
     ctx,
@@ -130,7 +116,7 @@ export async function login(
 
 async function hasDefaultKey(ctx: Context): Promise<boolean> {
   const [{ defaultKeyCandidates }, { stat }] = await Promise.all([
-    import("../../auth/keys.ts"),
+    import("../../../client/keys.ts"),
     import("node:fs/promises"),
   ]);
   for (const c of defaultKeyCandidates(ctx)) {
@@ -145,39 +131,48 @@ async function hasDefaultKey(ctx: Context): Promise<boolean> {
   return false;
 }
 
-/** The browser or device flow: a human's session with a refresh token (cli/auth/oauth.ts). */
+/** The browser or device flow: a human's session with a refresh token (client/oauth.ts). */
 async function humanLogin(ctx: Context, email: string, options: LoginOptions): Promise<void> {
   const idp = await chooseIdp(ctx, email, options.idp);
-  const store = await import("../../auth/store.ts");
-  const session = options.device
-    ? await (await import("../../auth/device-login.ts")).deviceLogin(ctx, idp, email)
-    : await (await import("../../auth/browser-login.ts")).browserLogin(ctx, idp, email);
-  await store.withSessionLock(ctx, () => store.writeSession(ctx, session));
+  const store = await import("../../../client/session-store.ts");
+  let session: Awaited<ReturnType<typeof store.readSession>>;
+  if (options.device) {
+    const { deviceLogin } = await import("../../../client/device-login.ts");
+    session = await deviceLogin(ctx, idp, email, {
+      show: (i) =>
+        ctx.io.stderr.write(
+          `apes: to log in as ${email}, open ${i.verificationUri} on any device\n` +
+            `  and enter the code  ${i.userCode}  (valid ${Math.round(i.expiresIn / 60)} min)\n`,
+        ),
+    });
+  } else {
+    const [{ browserLogin }, { openBrowser }] = await Promise.all([
+      import("../../../client/browser-login.ts"),
+      import("../../auth/browser.ts"),
+    ]);
+    session = await browserLogin(ctx, idp, email, { open: (url) => openBrowser(ctx, url) });
+  }
+  const stored = session!;
+  await store.withSessionLock(ctx, () => store.writeSession(ctx, stored));
   const { formatTime } = await import("../../output.ts");
   printData(
     ctx,
-    {
-      email: session.email,
-      act: session.act,
-      idp,
-      method: session.method,
-      expires_at: session.expires_at,
-    },
+    { email: stored.email, act: stored.act, idp, method: stored.method, expires_at: stored.expires_at },
     () =>
-      `logged in as ${session.email} (${session.act}) at ${idp} (${session.method})\n` +
-      `token valid until ${formatTime(session.expires_at)}; renewed with a refresh token until \`apes logout\``,
+      `logged in as ${stored.email} (${stored.act}) at ${idp} (${stored.method})\n` +
+      `token valid until ${formatTime(stored.expires_at)}; renewed with a refresh token until \`apes logout\``,
   );
 }
 
 async function chooseIdp(ctx: Context, email: string, explicit: string | undefined): Promise<string> {
-  const { normalizeIdpUrl } = await import("../../idp-client.ts");
+  const { normalizeIdpUrl } = await import("../../../client/discovery.ts");
   if (explicit) {
     ctx.debug(`login: idp ${explicit} from --idp`);
     return normalizeIdpUrl(explicit);
   }
   const config = await ctx.config();
   if (!config.idp) {
-    const { readSession } = await import("../../auth/store.ts");
+    const { readSession } = await import("../../../client/session-store.ts");
     const current = await readSession(ctx).catch(() => undefined);
     if (current && current.email.toLowerCase() === email.toLowerCase()) {
       ctx.debug(`login: idp ${current.idp} from the current session of ${current.email}`);

@@ -27,12 +27,12 @@ Examples:
 }
 
 export async function logout(ctx: Context): Promise<void> {
-  const store = await import("../../auth/store.ts");
+  const store = await import("../../../client/session-store.ts");
   const { session, removed, revokeError } = await store.withSessionLock(ctx, async () => {
     const s = await store.readSession(ctx).catch(() => undefined);
     let failure: unknown;
     if (s?.refresh_token !== undefined) {
-      const { revokeSession } = await import("../../auth/oauth.ts");
+      const { revokeSession } = await import("../../../client/oauth.ts");
       await revokeSession(ctx, s).catch((e: unknown) => {
         failure = e;
       });

@@ -1,9 +1,8 @@
-import { visible } from "../../protocol/display.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { request } from "../http.ts";
-import { endpointRefusal, requireEndpoint } from "../idp-client.ts";
+import { visible } from "../protocol/display.ts";
+import type { ClientContext } from "./context.ts";
+import { endpointRefusal, requireEndpoint } from "./discovery.ts";
+import { ClientError } from "./errors.ts";
+import { request } from "./http.ts";
 import {
   CLI_CLIENT_ID,
   oauthEndpoints,
@@ -12,7 +11,7 @@ import {
   tokenRequest,
   verifyIdToken,
 } from "./oauth.ts";
-import type { StoredSession } from "./store.ts";
+import type { StoredSession } from "./session-store.ts";
 
 const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -24,12 +23,24 @@ interface DeviceAnswer {
   interval?: unknown;
 }
 
+/** What the person must do on another device (already visible() and bounded). */
+export interface DeviceInstructions {
+  verificationUri: string;
+  userCode: string;
+  expiresIn: number;
+}
+
 /**
- * `apes login --device <email>` (RFC 8628) for a machine without a browser: the IdP gives a code to
- * type at its /device page on any other device; apes polls at the IdP's interval, five seconds more
- * after every slow_down, until approved, denied or expired.
+ * A human's login with a device code (RFC 8628), for a machine without a browser: the IdP gives a
+ * code to type at its /device page on any other device (`show` tells the person); this polls at
+ * the IdP's interval, five seconds more after every slow_down, until approved, denied or expired.
  */
-export async function deviceLogin(ctx: Context, idp: string, email: string): Promise<StoredSession> {
+export async function deviceLogin(
+  ctx: ClientContext,
+  idp: string,
+  email: string,
+  options: { show: (i: DeviceInstructions) => void },
+): Promise<StoredSession> {
   const e = await oauthEndpoints(ctx, idp);
   const url = requireEndpoint(e, e.deviceAuthorizationEndpoint, "device_authorization_endpoint");
   const d = (await request<DeviceAnswer>(ctx, { url, form: { client_id: CLI_CLIENT_ID } })).body ?? {};
@@ -38,17 +49,14 @@ export async function deviceLogin(ctx: Context, idp: string, email: string): Pro
     typeof d.user_code !== "string" ||
     typeof d.verification_uri !== "string"
   ) {
-    throw new CliError("the IdP's device authorization answer is incomplete", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw new ClientError("unexpected_answer", "the IdP's device authorization answer is incomplete", {});
   }
   const where = endpointRefusal(e.idp, d.verification_uri);
   if (where) {
-    throw new CliError(
+    throw new ClientError(
+      "endpoint_refused",
       `the IdP's verification_uri ${visible(d.verification_uri, { max: 200 })} ${where}: refused`,
-      {
-        exitCode: ExitCode.UNAVAILABLE,
-      },
+      { idp: e.idp, field: "verification_uri", why: where },
     );
   }
   const bounded = (v: unknown, dflt: number, max: number) =>
@@ -56,10 +64,11 @@ export async function deviceLogin(ctx: Context, idp: string, email: string): Pro
   let interval = bounded(d.interval, 5, 60);
   const expiresIn = bounded(d.expires_in, 600, 3600);
   const deadline = ctx.clock.now() + expiresIn * 1000;
-  ctx.io.stderr.write(
-    `apes: to log in as ${visible(email)}, open ${visible(d.verification_uri, { max: 200 })} on any device\n` +
-      `  and enter the code  ${visible(d.user_code, { max: 32 })}  (valid ${Math.round(expiresIn / 60)} min)\n`,
-  );
+  options.show({
+    verificationUri: visible(d.verification_uri, { max: 200 }),
+    userCode: visible(d.user_code, { max: 32 }),
+    expiresIn,
+  });
   for (;;) {
     await ctx.clock.sleep(interval * 1000);
     if (ctx.clock.now() > deadline) break;
@@ -74,14 +83,18 @@ export async function deviceLogin(ctx: Context, idp: string, email: string): Pro
       ctx.debug(`login: slow_down, polling every ${interval} s`);
       continue;
     }
-    if (a.error === "access_denied") throw oauthFailure("the login was denied", a);
+    if (a.error === "access_denied") {
+      throw new ClientError("login_denied", `the login of ${visible(email)} was denied (access_denied)`, {
+        email,
+      });
+    }
     if (a.error === "expired_token") break;
-    if (a.error !== undefined) throw oauthFailure("the IdP refused the device login", a);
+    if (a.error !== undefined) throw oauthFailure("the IdP refused the device login", "device", a);
     await verifyIdToken(ctx, e, a.id_token, { email });
     return sessionFrom(ctx, e, email, a, "device");
   }
-  throw new CliError("the device code expired before the login was approved", {
-    exitCode: ExitCode.TEMPFAIL,
-    hint: `run \`apes login --device ${email}\` again`,
+  throw new ClientError("login_timed_out", "the device code expired before the login was approved", {
+    email,
+    flow: "device",
   });
 }

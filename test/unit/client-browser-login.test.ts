@@ -3,17 +3,17 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { browserLogin } from "../../cli/auth/browser-login.ts";
-import { verifyIdToken } from "../../cli/auth/oauth.ts";
 import { systemClock } from "../../cli/context.ts";
-import { CliError } from "../../cli/errors.ts";
-import { idpEndpoints } from "../../cli/idp-client.ts";
+import { browserLogin } from "../../client/browser-login.ts";
+import { idpEndpoints } from "../../client/discovery.ts";
+import { ClientError } from "../../client/errors.ts";
+import { verifyIdToken } from "../../client/oauth.ts";
 import { signJwt } from "../../idp/tokens.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 import { formOf, type OAuthApp, startOAuthApp } from "../helpers/oauth-app.ts";
 
 /**
- * The CLI's browser login end to end in this process: the IdP's real OAuth routes (over the test
+ * The browser login (client/browser-login.ts) end to end in this process: the IdP's real OAuth routes (over the test
  * session seam of test/helpers/oauth-app.ts) and a "browser" that follows the URL the CLI opens,
  * as the person signed in as `who`. Also the id_token checks against tokens the IdP's key signs.
  */
@@ -83,28 +83,31 @@ describe("apes login in the browser (in process)", () => {
     expect(u.searchParams.has("code_verifier")).toBe(false);
   });
 
-  it("refuses a login as someone else than the email asked for (77, nothing returned)", async () => {
-    const e = await browserLogin(ctx(), app.base, ALICE, { open: browserAs(BOB), timeoutMs: 10_000 }).catch(
-      (x) => x,
+  const failure = async (p: Promise<unknown>) => {
+    const e = await p.catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(ClientError);
+    return e as ClientError;
+  };
+
+  it("refuses a login as someone else than the email asked for (nothing returned)", async () => {
+    const e = await failure(
+      browserLogin(ctx(), app.base, ALICE, { open: browserAs(BOB), timeoutMs: 10_000 }),
     );
-    expect(e).toBeInstanceOf(CliError);
-    expect((e as CliError).exitCode).toBe(77);
-    expect((e as CliError).message).toContain(BOB);
+    expect(e.failure).toBe("identity_mismatch");
+    expect(e.message).toContain(BOB);
   });
 
   it("a cancelled consent ends with the IdP's access_denied", async () => {
-    const e = await browserLogin(ctx(), app.base, ALICE, {
-      open: browserAs(ALICE, "deny"),
-      timeoutMs: 10_000,
-    }).catch((x) => x);
-    expect((e as CliError).message).toContain("access_denied");
+    const e = await failure(
+      browserLogin(ctx(), app.base, ALICE, { open: browserAs(ALICE, "deny"), timeoutMs: 10_000 }),
+    );
+    expect(e.failure).toBe("oauth_refused");
+    expect(e.message).toContain("access_denied");
   });
 
-  it("gives up when the browser never comes back (75)", async () => {
-    const e = await browserLogin(ctx(), app.base, ALICE, { open: () => undefined, timeoutMs: 200 }).catch(
-      (x) => x,
-    );
-    expect((e as CliError).exitCode).toBe(75);
+  it("gives up when the browser never comes back", async () => {
+    const e = await failure(browserLogin(ctx(), app.base, ALICE, { open: () => undefined, timeoutMs: 200 }));
+    expect(e.failure).toBe("login_timed_out");
   });
 });
 
@@ -145,7 +148,7 @@ describe("the id_token checks", () => {
     ["expired", { iat: Math.floor(Date.now() / 1000) - 1000, exp: Math.floor(Date.now() / 1000) - 700 }],
     ["another subject", { sub: BOB }],
   ])("refuses %s", async (_what, over) => {
-    await expect(check(await sign(over))).rejects.toBeInstanceOf(CliError);
+    await expect(check(await sign(over))).rejects.toBeInstanceOf(ClientError);
   });
   it("refuses a token signed by another key, and no token", async () => {
     const { generateKeyPairSync } = await import("node:crypto");

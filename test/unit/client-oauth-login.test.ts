@@ -1,12 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { startLoopbackReceiver } from "../../cli/auth/loopback.ts";
-import { pkcePair, randomToken } from "../../cli/auth/oauth.ts";
-import { parseSession } from "../../cli/auth/store.ts";
-import { CliError } from "../../cli/errors.ts";
+import { ClientError } from "../../client/errors.ts";
+import { startLoopbackReceiver } from "../../client/loopback.ts";
+import { pkcePair, randomToken } from "../../client/oauth.ts";
+import { parseSession } from "../../client/session-store.ts";
 import { isLoopbackRedirect } from "../../idp/oauth/clients.ts";
 import { s256 } from "../../idp/oauth/pkce.ts";
 
-describe("apes login's loopback receiver (RFC 8252)", () => {
+describe("the browser login's loopback receiver (RFC 8252)", () => {
   it("listens on 127.0.0.1 at a port of the system's choice, a redirect the IdP accepts for apes-cli", async () => {
     const a = await startLoopbackReceiver(randomToken());
     const b = await startLoopbackReceiver(randomToken());
@@ -50,9 +50,9 @@ describe("apes login's loopback receiver (RFC 8252)", () => {
       );
       expect(res.status).toBe(400);
       const e = await r.code.catch((x: unknown) => x);
-      expect(e).toBeInstanceOf(CliError);
-      expect((e as CliError).message).toContain("access_denied");
-      expect((e as CliError).message).not.toContain("\u001b");
+      expect(e).toBeInstanceOf(ClientError);
+      expect((e as ClientError).message).toContain("access_denied");
+      expect((e as ClientError).message).not.toContain("\u001b");
     } finally {
       await r.close();
     }
@@ -104,7 +104,7 @@ describe("auth.json of a browser session", () => {
       { refresh_token: 5, client_id: "apes-cli" },
       { refresh_token: "r", client_id: 7 },
     ]) {
-      expect(() => parseSession(JSON.stringify({ ...base, ...bad }), "f")).toThrow(CliError);
+      expect(() => parseSession(JSON.stringify({ ...base, ...bad }), "f")).toThrow(ClientError);
     }
   });
 });

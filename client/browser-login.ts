@@ -1,8 +1,6 @@
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { requireEndpoint } from "../idp-client.ts";
-import { openBrowser } from "./browser.ts";
+import type { ClientContext } from "./context.ts";
+import { requireEndpoint } from "./discovery.ts";
+import { ClientError } from "./errors.ts";
 import { startLoopbackReceiver } from "./loopback.ts";
 import {
   CLI_CLIENT_ID,
@@ -14,22 +12,23 @@ import {
   tokenRequest,
   verifyIdToken,
 } from "./oauth.ts";
-import type { StoredSession } from "./store.ts";
+import type { StoredSession } from "./session-store.ts";
 
-/** How long `apes login` waits for the browser to come back. */
+/** How long a browser login waits for the browser to come back. */
 export const BROWSER_LOGIN_TIMEOUT_MS = 5 * 60_000;
 
 /**
- * `apes login <email>` in the browser: authorization code + PKCE on a loopback redirect (RFC 8252).
- * The order: discovery (issuer = the IdP reached), a fresh state, nonce and PKCE pair, the listener,
- * the browser, the answer with this state, the code exchange (the verifier goes only to the token
- * endpoint), the id_token's checks (verifyIdToken), then the session.
+ * A human's login in the browser: authorization code + PKCE on a loopback redirect (RFC 8252). The
+ * order: discovery (issuer = the IdP reached), a fresh state, nonce and PKCE pair, the listener, the
+ * browser (`open`: the caller's way to show the URL), the answer with this state, the code exchange
+ * (the verifier goes only to the token endpoint), the id_token's checks (verifyIdToken), then the
+ * session, which the caller stores.
  */
 export async function browserLogin(
-  ctx: Context,
+  ctx: ClientContext,
   idp: string,
   email: string,
-  options: { open?: (url: string) => void; timeoutMs?: number } = {},
+  options: { open: (url: string) => void; timeoutMs?: number },
 ): Promise<StoredSession> {
   const e = await oauthEndpoints(ctx, idp);
   const authorize = requireEndpoint(e, e.authorizationEndpoint, "authorization_endpoint");
@@ -49,17 +48,18 @@ export async function browserLogin(
       code_challenge_method: "S256",
       login_hint: email,
     }).toString();
-    (options.open ?? ((u: string) => openBrowser(ctx, u)))(url.toString());
+    options.open(url.toString());
     const timeoutMs = options.timeoutMs ?? BROWSER_LOGIN_TIMEOUT_MS;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () =>
           reject(
-            new CliError(`no answer from the browser within ${Math.round(timeoutMs / 1000)} s`, {
-              exitCode: ExitCode.TEMPFAIL,
-              hint: "run `apes login` again; on a machine without a browser use `apes login --device <email>`",
-            }),
+            new ClientError(
+              "login_timed_out",
+              `no answer from the browser within ${Math.round(timeoutMs / 1000)} s`,
+              { email, flow: "browser" },
+            ),
           ),
         timeoutMs,
       );
@@ -77,7 +77,7 @@ export async function browserLogin(
       redirect_uri: receiver.redirectUri,
       client_id: CLI_CLIENT_ID,
     });
-    if (a.error !== undefined) throw oauthFailure("the IdP refused the login code", a);
+    if (a.error !== undefined) throw oauthFailure("the IdP refused the login code", "code", a);
     await verifyIdToken(ctx, e, a.id_token, { email, nonce });
     return sessionFrom(ctx, e, email, a, "browser");
   } finally {

@@ -1,19 +1,18 @@
 import { createHash, randomBytes } from "node:crypto";
-import { visible } from "../../protocol/display.ts";
-import { CLOCK_SKEW_S, JwtError, publicKeyFromJwk, verifyJwt } from "../../protocol/jwt.ts";
-import { canonicalIdentity } from "../../protocol/names.ts";
-import { CLI_CLIENT_ID, CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { HttpError, request } from "../http.ts";
-import { type IdpEndpoints, idpEndpoints, normalizeIdpUrl, requireEndpoint } from "../idp-client.ts";
-import type { StoredSession } from "./store.ts";
+import { visible } from "../protocol/display.ts";
+import { CLOCK_SKEW_S, JwtError, publicKeyFromJwk, verifyJwt } from "../protocol/jwt.ts";
+import { canonicalIdentity } from "../protocol/names.ts";
+import { CLI_CLIENT_ID, CLI_TOKEN_AUDIENCE } from "../protocol/types.ts";
+import type { ClientContext } from "./context.ts";
+import { type IdpEndpoints, idpEndpoints, normalizeIdpUrl, requireEndpoint } from "./discovery.ts";
+import { ClientError, HttpProblem } from "./errors.ts";
+import { request } from "./http.ts";
+import type { StoredSession } from "./session-store.ts";
 
 /**
- * OAuth for a human's `apes login` without a key (PROTOCOL section 2): the CLI is the native public
- * client `apes-cli`. This file holds what the browser and device flows share: PKCE values, the
- * token requests, the id_token checks, the session they make, its refresh and its revocation.
+ * OAuth for a human's login without a key (PROTOCOL section 2): apes is the native public client
+ * `apes-cli`. This file holds what the browser and device flows share: PKCE values, the token
+ * requests, the id_token checks, the session they make, its refresh and its revocation.
  */
 
 export { CLI_CLIENT_ID };
@@ -33,7 +32,7 @@ export function pkcePair(): { verifier: string; challenge: string } {
 }
 
 /** The IdP's discovery, which must name the URL apes connected to as its issuer (like key login). */
-export async function oauthEndpoints(ctx: Context, idp: string): Promise<IdpEndpoints> {
+export async function oauthEndpoints(ctx: ClientContext, idp: string): Promise<IdpEndpoints> {
   const e = await idpEndpoints(ctx, idp);
   let issuer: string | undefined;
   try {
@@ -42,9 +41,11 @@ export async function oauthEndpoints(ctx: Context, idp: string): Promise<IdpEndp
     issuer = undefined;
   }
   if (issuer !== e.idp) {
-    throw new CliError(
-      `the IdP at ${e.idp} names another issuer in its discovery document (${visible(e.issuer, { max: 200 })}); refusing to log in there`,
-      { exitCode: ExitCode.UNAVAILABLE, hint: "log in with `--idp <issuer>` if you meant that issuer" },
+    const shown = visible(e.issuer, { max: 200 });
+    throw new ClientError(
+      "issuer_mismatch",
+      `the IdP at ${e.idp} names another issuer in its discovery document (${shown}); refusing to log in there`,
+      { idp: e.idp, issuer: shown },
     );
   }
   return e;
@@ -64,7 +65,7 @@ export interface TokenAnswer {
 
 /** POST to the token endpoint (form); OAuth error answers resolve with `error` set. */
 export async function tokenRequest(
-  ctx: Context,
+  ctx: ClientContext,
   e: IdpEndpoints,
   form: Record<string, string>,
 ): Promise<TokenAnswer> {
@@ -73,17 +74,23 @@ export async function tokenRequest(
     const res = await request<TokenAnswer>(ctx, { url, form, accept: [400, 401] });
     return res.body ?? {};
   } catch (err) {
-    if (err instanceof HttpError && err.code) return { error: err.code, error_description: err.message };
+    if (err instanceof HttpProblem && err.code) return { error: err.code, error_description: err.detail };
     throw err;
   }
 }
 
-/** An OAuth error from the IdP as a CliError (the IdP's text escaped and cut). */
-export function oauthFailure(what: string, a: TokenAnswer, exitCode: number = ExitCode.NOPERM): CliError {
+export type OAuthStep = ClientError<"oauth_refused">["details"]["step"];
+
+/** An OAuth error from the IdP as a ClientError (the IdP's text escaped and cut). */
+export function oauthFailure(
+  what: string,
+  step: OAuthStep,
+  a: Pick<TokenAnswer, "error" | "error_description">,
+): ClientError<"oauth_refused"> {
   const code = typeof a.error === "string" ? visible(a.error, { max: 60 }) : "unknown error";
   const desc =
     typeof a.error_description === "string" ? `: ${visible(a.error_description, { max: 300 })}` : "";
-  return new CliError(`${what} (${code}${desc})`, { exitCode: exitCode as 77 });
+  return new ClientError("oauth_refused", `${what} (${code}${desc})`, { step, error: code });
 }
 
 /**
@@ -92,16 +99,13 @@ export function oauthFailure(what: string, a: TokenAnswer, exitCode: number = Ex
  * one), and `sub` exactly the email asked for. Returns its claims.
  */
 export async function verifyIdToken(
-  ctx: Context,
+  ctx: ClientContext,
   e: IdpEndpoints,
   idToken: unknown,
   expect: { email: string; nonce?: string },
 ): Promise<Record<string, unknown>> {
   const refuse = (why: string) =>
-    new CliError(`the IdP's id_token is refused: ${why}`, {
-      exitCode: ExitCode.NOPERM,
-      hint: "nothing was stored; check `--idp` and the email's DDISA record",
-    });
+    new ClientError("id_token_refused", `the IdP's id_token is refused: ${why}`, { why });
   if (typeof idToken !== "string") throw refuse("there is none");
   const jwksUrl = requireEndpoint(e, e.jwksUri, "jwks_uri");
   const jwks = (await request<{ keys?: unknown }>(ctx, { url: jwksUrl })).body;
@@ -118,16 +122,19 @@ export async function verifyIdToken(
     if (err instanceof JwtError) throw refuse(err.message);
     throw err;
   }
-  if (expect.nonce !== undefined && claims.nonce !== expect.nonce)
+  if (expect.nonce !== undefined && claims.nonce !== expect.nonce) {
     throw refuse("the nonce is not the one sent");
+  }
   if (claims.act !== "human") throw refuse('act is not "human"');
-  if (typeof claims.iat !== "number" || (claims.exp as number) - claims.iat > MAX_ASSERTION_LIFETIME)
+  if (typeof claims.iat !== "number" || (claims.exp as number) - claims.iat > MAX_ASSERTION_LIFETIME) {
     throw refuse(`it lives longer than ${MAX_ASSERTION_LIFETIME} s`);
+  }
   const wanted = canonicalIdentity(expect.email);
   if (wanted === undefined || typeof claims.sub !== "string" || canonicalIdentity(claims.sub) !== wanted) {
-    throw new CliError(
+    throw new ClientError(
+      "identity_mismatch",
       `login as ${visible(expect.email)} failed: the IdP logged in ${visible(String(claims.sub), { max: 200 })}`,
-      { exitCode: ExitCode.NOPERM, hint: "log in to the IdP in the browser as the identity you asked for" },
+      { email: expect.email },
     );
   }
   return claims;
@@ -135,16 +142,18 @@ export async function verifyIdToken(
 
 /** The session a browser or device login makes from the token answer (after verifyIdToken). */
 export function sessionFrom(
-  ctx: Context,
+  ctx: ClientContext,
   e: IdpEndpoints,
   email: string,
   a: TokenAnswer,
   method: "browser" | "device",
 ): StoredSession {
   if (typeof a.access_token !== "string" || typeof a.refresh_token !== "string") {
-    throw new CliError("the IdP's token answer has no access_token or refresh_token", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw new ClientError(
+      "unexpected_answer",
+      "the IdP's token answer has no access_token or refresh_token",
+      {},
+    );
   }
   const nowS = Math.floor(ctx.clock.now() / 1000);
   return {
@@ -161,6 +170,7 @@ export function sessionFrom(
   };
 }
 
+/** exp and iat of the access token (the client reads its own token's times; the IdP verifies it). */
 function accessTimes(a: TokenAnswer, nowS: number): { expires_at: number; issued_at: number } {
   let exp: unknown;
   let iat: unknown;
@@ -183,28 +193,31 @@ function accessTimes(a: TokenAnswer, nowS: number): { expires_at: number; issued
 /**
  * Renews a browser or device session with its refresh token and client_id (the IdP rotates the
  * token: the new one replaces it in auth.json). Called under the auth.json lock (session.ts), so
- * two commands never spend the same refresh token: a second use would revoke the whole session.
+ * two processes never spend the same refresh token: a second use would revoke the whole session.
  */
-export async function refreshSession(ctx: Context, s: StoredSession): Promise<StoredSession> {
+export async function refreshSession(ctx: ClientContext, s: StoredSession): Promise<StoredSession> {
   const e = await oauthEndpoints(ctx, s.idp);
   const a = await tokenRequest(ctx, e, {
     grant_type: "refresh_token",
     refresh_token: s.refresh_token!,
     client_id: s.client_id ?? CLI_CLIENT_ID,
   });
-  if (a.error !== undefined) {
-    const ended = a.error === "invalid_grant";
-    throw new CliError(
-      ended
-        ? `the session of ${s.email} has ended at the IdP (logged out, revoked or expired)`
-        : `the session of ${s.email} could not be renewed (${visible(String(a.error), { max: 60 })})`,
-      { exitCode: ExitCode.NOPERM, hint: `log in again: \`apes login ${s.email}\`` },
+  if (a.error === "invalid_grant") {
+    throw new ClientError(
+      "session_ended",
+      `the session of ${s.email} has ended at the IdP (logged out, revoked or expired)`,
+      { email: s.email },
     );
   }
+  if (a.error !== undefined) {
+    throw oauthFailure(`the session of ${s.email} could not be renewed`, "refresh", a);
+  }
   if (typeof a.access_token !== "string" || typeof a.refresh_token !== "string") {
-    throw new CliError("the IdP's refresh answer has no access_token or refresh_token", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw new ClientError(
+      "unexpected_answer",
+      "the IdP's refresh answer has no access_token or refresh_token",
+      {},
+    );
   }
   const nowS = Math.floor(ctx.clock.now() / 1000);
   ctx.debug(`session: renewed the token of ${s.email} with its refresh token`);
@@ -212,7 +225,7 @@ export async function refreshSession(ctx: Context, s: StoredSession): Promise<St
 }
 
 /** RFC 7009 revocation of the session's refresh token (its whole family at our IdP). */
-export async function revokeSession(ctx: Context, s: StoredSession): Promise<void> {
+export async function revokeSession(ctx: ClientContext, s: StoredSession): Promise<void> {
   const e = await idpEndpoints(ctx, s.idp);
   const url = requireEndpoint(e, e.revocationEndpoint, "revocation_endpoint");
   await request(ctx, {

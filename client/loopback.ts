@@ -1,11 +1,9 @@
 import { timingSafeEqual } from "node:crypto";
 import { createServer, type ServerResponse } from "node:http";
-import { visible } from "../../protocol/display.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
+import { oauthFailure } from "./oauth.ts";
 
 /**
- * The loopback redirect of `apes login` (RFC 8252 section 7.3): an HTTP listener on 127.0.0.1 at a
+ * The loopback redirect of a browser login (RFC 8252 section 7.3): an HTTP listener on 127.0.0.1 at a
  * port the system picks, for one answer. Only `GET /callback` with this login's `state` counts: a
  * request without it (another local process guessing, a stale tab) is refused and the wait goes
  * on. The answer's page says what happened and loads nothing.
@@ -15,7 +13,7 @@ export const CALLBACK_PATH = "/callback";
 
 export interface LoopbackReceiver {
   redirectUri: string;
-  /** The authorization code, or a CliError when the IdP answered with an error. */
+  /** The authorization code, or a ClientError (oauth_refused) when the IdP answered with an error. */
   code: Promise<string>;
   close(): Promise<void>;
 }
@@ -62,11 +60,11 @@ export async function startLoopbackReceiver(state: string): Promise<LoopbackRece
     const value = url.searchParams.get("code");
     if (error !== null || value === null || !/^[A-Za-z0-9_-]{1,512}$/.test(value)) {
       page(res, 400, "The login did not succeed. See the terminal for details.");
-      const why = error === null ? "no valid code" : visible(error, { max: 60 });
-      const desc = url.searchParams.get("error_description");
+      const description = url.searchParams.get("error_description") ?? undefined;
       reject(
-        new CliError(`the IdP did not log you in (${why}${desc ? `: ${visible(desc, { max: 300 })}` : ""})`, {
-          exitCode: ExitCode.NOPERM,
+        oauthFailure("the IdP did not log you in", "authorize", {
+          error: error ?? "no valid code",
+          error_description: description,
         }),
       );
       return;

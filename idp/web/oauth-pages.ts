@@ -1,3 +1,4 @@
+import { CSRF_FIELD } from "../../server/web/csrf.ts";
 import { type Html, html } from "../../server/web/html.ts";
 import { CLI_CLIENT_ID } from "../oauth/clients.ts";
 
@@ -6,7 +7,7 @@ import { CLI_CLIENT_ID } from "../oauth/clients.ts";
  * through the `html` tag (every value escaped), no script, looks from /assets/web.css.
  */
 
-export const CSRF_FIELD = "csrf_token";
+export { CSRF_FIELD };
 
 function layout(title: string, body: Html): Html {
   return html`<!doctype html>
@@ -14,7 +15,6 @@ function layout(title: string, body: Html): Html {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
 <title>${title} &middot; apes</title>
 <link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/assets/web.css">
@@ -34,7 +34,7 @@ const hidden = (fields: [string, string][]) =>
 
 /** Who is asking: the CLI by name, any other client by its id and where it sends you back. */
 function clientLine(clientId: string, redirectUri: string): Html {
-  if (clientId === CLI_CLIENT_ID) return html`the <strong>apes command line</strong> on this computer`;
+  if (clientId === CLI_CLIENT_ID) return html`The <strong>apes command line</strong> on this computer`;
   return html`<strong>${clientId}</strong> (back to <code>${new URL(redirectUri).origin}</code>)`;
 }
 

@@ -19,12 +19,18 @@ import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerOAuthRoutes } from "./routes/oauth.ts";
+import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
 import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
+import { type WebContext, webContext, webUnavailable } from "./web/context.ts";
+import { recordIssuer } from "./web/invites.ts";
+import { WEB_PATHS } from "./web/paths.ts";
+import { checkStateChange, currentHuman, formToken } from "./web/session.ts";
 
 export interface ServeOptions {
   host: string;
@@ -66,6 +72,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
+  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   const idp = idpOf(opts, data, issuer, http.shutdown);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
@@ -75,6 +82,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     data: opts.dataDir,
     kid: idp.keys.activeKid(),
   });
+  const webOff = webUnavailable(issuer);
+  if (webOff) opts.log.log("info", "passkey pages off", { reason: webOff });
   let closing: Promise<void> | undefined;
   return {
     url: http.url,
@@ -93,7 +102,7 @@ type Data = Awaited<ReturnType<typeof openData>>;
 /** What the request pipeline runs for the IdP: its routes, hooks and error format. */
 function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
   return {
-    router: routes(opts, idp, data.login),
+    router: routes(opts, idp, data.login, webContext(idp, data.secret)),
     log: opts.log,
     base: idp.base,
     shutdown,
@@ -137,14 +146,16 @@ async function openData(opts: ServeOptions) {
     lock.release();
     throw e;
   }
+  const secret = loadChallengeSecret(opts.dataDir);
   const login: LoginSettings = {
-    challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
+    challenges: new ChallengeSealer(secret),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   return {
     store,
     keys,
     login,
+    secret,
     async close() {
       try {
         await store.close();
@@ -207,7 +218,7 @@ async function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Prom
   return principal;
 }
 
-function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Principal> {
+function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebContext): Router<Principal> {
   const router = new Router<Principal>();
   if (login.allowRawSignatures) {
     opts.log.always(
@@ -224,7 +235,19 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerTokenRoutes(router, idp);
   registerOAuthRoutes(router, idp);
   registerWebRoutes(router);
+  registerWebLoginRoutes(router, web);
+  registerOAuthWebRoutes(router, idp, humanSessions(web));
   return router;
+}
+
+/** The browser sessions of the passkey pages, as the OAuth pages (/authorize, /device) use them. */
+function humanSessions(web: WebContext): HumanSessions {
+  return {
+    currentHuman: (call) => currentHuman(web, call),
+    formToken: (human) => formToken(web, human),
+    checkStateChange: (call, human, token) => checkStateChange(web, call, human, token),
+    loginPath: WEB_PATHS.login,
+  };
 }
 
 /** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
@@ -234,6 +257,7 @@ function sweep(log: Logger, idp: Idp): () => void {
       const now = nowSec();
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
+      await idp.store.purgeExpiredWeb(now);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

@@ -1,33 +1,14 @@
 import { CSRF_FIELD } from "../../server/web/csrf.ts";
 import { type Html, html } from "../../server/web/html.ts";
 import { CLI_CLIENT_ID } from "../oauth/clients.ts";
+import { layout } from "./pages.ts";
 
 /**
  * The pages of the OAuth flows: the consent step of /authorize and the device code page. Markup only
- * through the `html` tag (every value escaped), no script, looks from /assets/web.css.
+ * through the `html` tag (every value escaped), no script, in the frame of the other pages.
  */
 
 export { CSRF_FIELD };
-
-function layout(title: string, body: Html): Html {
-  return html`<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title} &middot; apes</title>
-<link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/assets/web.css">
-</head>
-<body>
-<main class="card">
-<p class="brand">apes <span>identity</span></p>
-${body}
-</main>
-</body>
-</html>
-`;
-}
 
 const hidden = (fields: [string, string][]) =>
   fields.map(([k, v]) => html`<input type="hidden" name="${k}" value="${v}">\n`);

@@ -72,7 +72,14 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
-  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+  try {
+    recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+  } catch (e) {
+    // Out of descriptors here must end the process like any start-up failure, not leave it hanging.
+    await http.close();
+    await data.close();
+    throw e;
+  }
   const idp = idpOf(opts, data, issuer, http.shutdown);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);

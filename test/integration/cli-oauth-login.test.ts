@@ -13,6 +13,7 @@ import { type CliUser, cliUser, jwtClaims } from "./cli-helpers.ts";
  */
 
 const ALICE = "alice@example.com";
+const TTL_S = 6;
 
 describe("apes login --device, refresh and logout", () => {
   let idp: IdpHandle;
@@ -20,7 +21,10 @@ describe("apes login --device, refresh and logout", () => {
   let alice: CliUser;
 
   beforeAll(async () => {
-    idp = await startIdp({ tokenTtl: "2s" });
+    // Short-lived access tokens so that a refresh is due within the test; long enough (a renewal
+    // leaves at least half of it) that a renewed token is still valid when a command on a busy
+    // machine gets to use it.
+    idp = await startIdp({ tokenTtl: `${TTL_S}s` });
     await addUser(idp.dataDir, ALICE);
     store = openSqliteStore(idp.dataDir);
     alice = cliUser(ALICE, idp.url);
@@ -78,7 +82,7 @@ describe("apes login --device, refresh and logout", () => {
 
   it("an expiring session renews with its refresh token; ten commands at once renew it once", async () => {
     const first = alice.authJson();
-    await sleep(2500); // the 2 s access token has expired
+    await sleep(TTL_S * 1000 + 500); // the access token has expired
     const runs = await Promise.all(Array.from({ length: 10 }, () => alice.run(["--json", "grants", "list"])));
     for (const r of runs) expect(r.code, r.stderr).toBe(0);
     const next = alice.authJson();
@@ -95,7 +99,7 @@ describe("apes login --device, refresh and logout", () => {
     });
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     // That spent auth.json's token behind apes' back: the next renewal sees the reuse and ends the session.
-    await sleep(2500);
+    await sleep(TTL_S * 1000 + 500);
     const ended = await alice.run(["grants", "list"]);
     expect(ended.code).toBe(77);
     expect(ended.stderr).toContain("has ended at the IdP");

@@ -331,7 +331,6 @@ async function humanTokens(
     aud: clientId,
     iat: now,
     exp,
-    auth_time: now,
     jti: randomUUID(),
     act: "human",
   };

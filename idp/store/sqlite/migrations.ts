@@ -155,9 +155,11 @@ export const MIGRATIONS: readonly Migration[] = [
     client_id TEXT NOT NULL,
     sub TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
     revoked_at INTEGER
   );
   CREATE INDEX refresh_families_by_sub ON refresh_families(sub);
+  CREATE INDEX refresh_families_expiring ON refresh_families(expires_at);
   CREATE TABLE refresh_tokens (
     token_hash TEXT PRIMARY KEY,
     family_id TEXT NOT NULL REFERENCES refresh_families(family_id),

@@ -127,7 +127,7 @@ function inviteFromRow(r: InviteRow): InviteRecord {
   return i;
 }
 
-/** Seconds a refresh family is kept after its last token went (see purgeExpired). */
+/** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
 const FAMILY_GRACE_S = 600;
 
 interface ClientRow {
@@ -528,12 +528,8 @@ export class SqliteStore implements Store {
     this.wq("DELETE FROM oauth_codes WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM device_codes WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM refresh_tokens WHERE expires_at <= ?").run(now);
-    // A family outlives its tokens by FAMILY_GRACE_S, so a code replayed within its lifetime still
-    // finds (and revokes) the family it started.
-    this.wq(
-      `DELETE FROM refresh_families WHERE created_at <= ?
-       AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.family_id = refresh_families.family_id)`,
-    ).run(now - FAMILY_GRACE_S);
+    // A family expires with its last token (its expires_at is the latest of theirs), never before.
+    this.wq("DELETE FROM refresh_families WHERE expires_at <= ?").run(now);
   }
 
   // --- OAuth ---
@@ -594,9 +590,9 @@ export class SqliteStore implements Store {
   async insertRefreshToken(t: RefreshTokenRecord): Promise<void> {
     this.atomically(() => {
       this.wq(
-        `INSERT INTO refresh_families (family_id, client_id, sub, created_at) VALUES (?, ?, ?, ?)
-         ON CONFLICT (family_id) DO NOTHING`,
-      ).run(t.familyId, t.clientId, t.sub, t.createdAt);
+        `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (family_id) DO UPDATE SET expires_at = MAX(refresh_families.expires_at, excluded.expires_at)`,
+      ).run(t.familyId, t.clientId, t.sub, t.createdAt, t.expiresAt);
       this.wq(
         `INSERT INTO refresh_tokens (token_hash, family_id, client_id, sub, act, acting_party, delegation_grant, created_at, expires_at, used_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -638,11 +634,12 @@ export class SqliteStore implements Store {
 
   async revokeRefreshFamily(familyId: string, now: number): Promise<boolean> {
     // A family not stored yet (a code replayed while its first exchange is under way) is stored
-    // revoked, so the token that exchange is about to store is dead on arrival.
+    // revoked, for FAMILY_GRACE_S (longer than a code lives), so the token that exchange is about to
+    // store is dead on arrival.
     const r = this.wq(
-      `INSERT INTO refresh_families (family_id, client_id, sub, created_at, revoked_at) VALUES (?, '', '', ?, ?)
+      `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at, revoked_at) VALUES (?, '', '', ?, ?, ?)
        ON CONFLICT (family_id) DO UPDATE SET revoked_at = excluded.revoked_at WHERE refresh_families.revoked_at IS NULL`,
-    ).run(familyId, now, now);
+    ).run(familyId, now, now + FAMILY_GRACE_S, now);
     return r.changes === 1;
   }
 

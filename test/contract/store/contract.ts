@@ -764,6 +764,24 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await s.revokeRefreshFamily("early", 100)).toBe(true);
         await s.insertRefreshToken(refresh("e1", "early"));
         expect(await s.spendRefreshToken("e1", 101)).toBeUndefined();
+        // Purged only with its last token: until then it stays revoked.
+        await s.purgeExpired(999);
+        expect(await s.getRefreshToken("e1")).toMatchObject({ familyRevoked: true });
+        await s.purgeExpired(1000);
+        expect(await s.getRefreshToken("e1")).toBeUndefined();
+      });
+
+      it("a family lives as long as its longest-lived token", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(refresh("a", "f", { expiresAt: 500 }));
+        await s.insertRefreshToken(refresh("b", "f", { expiresAt: 2000 }));
+        await s.revokeRefreshFamily("f", 100);
+        await s.purgeExpired(500);
+        expect(await s.getRefreshToken("a")).toBeUndefined();
+        expect(await s.getRefreshToken("b")).toMatchObject({ familyRevoked: true });
+        expect(await s.spendRefreshToken("b", 600)).toBeUndefined();
+        await s.purgeExpired(2000);
+        expect(await s.getRefreshToken("b")).toBeUndefined();
       });
 
       it("a spend or revocation in another process counts here", async () => {

@@ -8,6 +8,7 @@ import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { type App, pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
+import { type ApprovalSettings, approvalProofTypes, passkeyVerifier } from "./approval.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
 import { oauthErrorReply, Router } from "./http.ts";
@@ -20,6 +21,7 @@ import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerOAuthRoutes } from "./routes/oauth.ts";
 import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.ts";
+import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
@@ -49,6 +51,8 @@ export interface ServeOptions {
   connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
+  /** Accept approvals without a proof (older clients; protocol/approval.ts); off by default, logged. */
+  allowBearerApprove?: boolean;
   log: Logger;
 }
 
@@ -75,7 +79,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   try {
     recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   } catch (e) {
-    // Out of descriptors here must end the process like any start-up failure, not leave it hanging.
+    // E.g. out of file descriptors: exit with the error instead of hanging on the open port and store.
     await http.close();
     await data.close();
     throw e;
@@ -162,6 +166,9 @@ async function openData(opts: ServeOptions) {
     store,
     keys,
     login,
+    // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
     secret,
     async close() {
       try {
@@ -203,6 +210,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     sessionClaims: (token) => sessions.claims(token),
     authenticate: (call) => principalOf(call, idp, sessions),
     rateLimit: (limitClass, key) => limits.take(limitClass, key),
+    revocationHandle: data.revocationHandle,
   };
   return idp;
 }
@@ -234,13 +242,26 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
       {},
     );
   }
-  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login));
+  const verifyPasskey = passkeyVerifier(web);
+  const approvals: ApprovalSettings = {
+    allowBearer: opts.allowBearerApprove === true,
+    ...(verifyPasskey ? { verifyPasskey } : {}),
+  };
+  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login), approvalProofTypes(approvals));
   registerAuthRoutes(router, idp, login);
   registerAgentRoutes(router, idp);
-  registerGrantRoutes(router, idp);
+  if (opts.allowBearerApprove) {
+    opts.log.always(
+      "warn",
+      "approvals without a proof accepted (--allow-bearer-approve): a stolen session token alone can approve grants",
+      {},
+    );
+  }
+  registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
   registerOAuthRoutes(router, idp);
+  registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
   registerOAuthWebRoutes(router, idp, humanSessions(web));

@@ -16,6 +16,7 @@ import { register as registerLogin } from "./login/login.ts";
 import { register as registerLogout } from "./logout/logout.ts";
 import { register as registerRun } from "./run/run.ts";
 import { registerTokenCommands } from "./token/group.ts";
+import { registerTroopCommands } from "./troop/group.ts";
 import { register as registerTrust } from "./trust/trust.ts";
 import { register as registerWhoami } from "./whoami/whoami.ts";
 
@@ -26,6 +27,7 @@ import { register as registerWhoami } from "./whoami/whoami.ts";
 export function registerCommands(program: Command, getContext: GetContext): void {
   registerHelp(program, getContext);
   registerIdpCommands(program, getContext);
+  registerTroopCommands(program, getContext);
   const dns = program
     .command("dns")
     .description("DNS discovery (DDISA) diagnostics for admins")

@@ -374,6 +374,8 @@ export async function signDelegatedToken(
   delegate: string,
   audience: string,
   now: number,
+  /** Claims a token for an SP adds (token exchange's revocation handles). */
+  extra: Record<string, unknown> = {},
 ): Promise<{ token: string; exp: number }> {
   let exp = now + idp.tokenTtl;
   if (delegation.expires_at !== undefined) exp = Math.min(exp, delegation.expires_at);
@@ -384,6 +386,7 @@ export async function signDelegatedToken(
     act: { sub: delegate },
     delegation_grant: delegation.id,
     scope: delegation.request.scopes ?? [],
+    ...extra,
     iat: now,
     exp,
     jti: randomUUID(),

@@ -67,6 +67,7 @@ export async function startOAuthApp(humans: string[]): Promise<OAuthApp> {
       throw new ProblemError("invalid_token", "none here");
     },
     rateLimit: () => undefined,
+    revocationHandle: (kind, subject) => `${kind}:${subject}`,
   };
   registerDiscoveryRoutes(router, idp, [SIGNATURE_FORMAT_V1]);
   registerOAuthWebRoutes(router, idp, fakeSessions);

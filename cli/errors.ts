@@ -175,6 +175,29 @@ const MAPPING: Mapping = {
     exitCode: ExitCode.CONFIG,
     hint: `log in with a key: \`apes login ${e.details.email} --key <path>\``,
   }),
+  oauth_refused: () => ({
+    exitCode: ExitCode.NOPERM,
+    hint: "run `apes login <email>` again; `--debug` shows the requests",
+  }),
+  login_denied: (e) => ({
+    exitCode: ExitCode.NOPERM,
+    hint: `to try again: \`apes login ${e.details.email}\``,
+  }),
+  id_token_refused: () => ({
+    exitCode: ExitCode.NOPERM,
+    hint: "nothing was stored; check `--idp` and the email's DDISA record",
+  }),
+  session_ended: (e) => ({
+    exitCode: ExitCode.NOPERM,
+    hint: `log in again: \`apes login ${e.details.email}\``,
+  }),
+  login_timed_out: (e) => ({
+    exitCode: ExitCode.TEMPFAIL,
+    hint:
+      e.details.flow === "browser"
+        ? `run \`apes login ${e.details.email}\` again; on a machine without a browser: \`apes login --device ${e.details.email}\``
+        : `run \`apes login --device ${e.details.email}\` again`,
+  }),
   wait_timed_out: (e) => ({
     exitCode: ExitCode.TEMPFAIL,
     hint: `wait again with \`apes grants wait ${e.details.id}\`, or ask an approver to look at \`apes grants list --inbox\``,

@@ -67,6 +67,17 @@ export interface ClientFailures {
   /** The IdP only offers the client_credentials form, and the session has no key for it. */
   exchange_needs_key: { email: string };
   wait_timed_out: { id: string; elapsedMs: number };
+  // Browser and device login, refresh (client/oauth.ts, browser-login.ts, device-login.ts)
+  /** The IdP answered an OAuth step with an error (its `error` code, visible() and cut). */
+  oauth_refused: { step: "authorize" | "code" | "device" | "refresh"; error: string };
+  /** The person denied the login (access_denied). */
+  login_denied: { email: string };
+  /** The id_token failed a check (signature, iss, aud, nonce, act, lifetime). */
+  id_token_refused: { why: string };
+  /** The IdP no longer takes the session's refresh token (logged out, revoked, reused, expired). */
+  session_ended: { email: string };
+  /** No answer from the browser, or the device code expired first. */
+  login_timed_out: { email: string; flow: "browser" | "device" };
 }
 
 export type ClientFailure = keyof ClientFailures;
@@ -128,5 +139,7 @@ export function isRefusal(e: unknown): boolean {
     "renewal_failed",
     "session_no_key",
     "no_session",
+    "session_ended",
+    "login_denied",
   );
 }

@@ -19,6 +19,8 @@ import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from ".
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerOAuthRoutes } from "./routes/oauth.ts";
+import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.ts";
 import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
@@ -29,6 +31,8 @@ import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
 import { type WebContext, webContext, webUnavailable } from "./web/context.ts";
 import { recordIssuer } from "./web/invites.ts";
+import { WEB_PATHS } from "./web/paths.ts";
+import { checkStateChange, currentHuman, formToken } from "./web/session.ts";
 
 export interface ServeOptions {
   host: string;
@@ -256,10 +260,22 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerOAuthRoutes(router, idp);
   registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
+  registerOAuthWebRoutes(router, idp, humanSessions(web));
   return router;
+}
+
+/** The browser sessions of the passkey pages, as the OAuth pages (/authorize, /device) use them. */
+function humanSessions(web: WebContext): HumanSessions {
+  return {
+    currentHuman: (call) => currentHuman(web, call),
+    formToken: (human) => formToken(web, human),
+    checkStateChange: (call, human, token) => checkStateChange(web, call, human, token),
+    loginPath: WEB_PATHS.login,
+  };
 }
 
 /** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */

@@ -104,6 +104,23 @@ export function withReadCache(store: Store): Store {
       return g;
     },
     findReusable: (r, k, n) => store.findReusable(r, k, n),
+    addClient: (c) => store.addClient(c),
+    getClient: (id) => store.getClient(id),
+    listClients: () => store.listClients(),
+    removeClient: (id) => store.removeClient(id),
+    insertAuthCode: (c) => store.insertAuthCode(c),
+    spendAuthCode: (h, n) => store.spendAuthCode(h, n),
+    getAuthCode: (h) => store.getAuthCode(h),
+    insertRefreshToken: (t) => store.insertRefreshToken(t),
+    spendRefreshToken: (h, n) => store.spendRefreshToken(h, n),
+    getRefreshToken: (h) => store.getRefreshToken(h),
+    revokeRefreshFamily: (f, n) => store.revokeRefreshFamily(f, n),
+    insertDeviceCode: (d) => store.insertDeviceCode(d),
+    getDeviceCode: (h) => store.getDeviceCode(h),
+    getDeviceCodeByUserCode: (c, n) => store.getDeviceCodeByUserCode(c, n),
+    decideDeviceCode: (c, to, sub, n) => store.decideDeviceCode(c, to, sub, n),
+    recordDevicePoll: (h, n, i) => store.recordDevicePoll(h, n, i),
+    spendDeviceCode: (h, n) => store.spendDeviceCode(h, n),
     queryGrants: (q) => store.queryGrants(q),
     async transition(id, t) {
       delegations.delete(id);

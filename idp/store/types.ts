@@ -125,6 +125,64 @@ export interface GrantPage {
   hasMore: boolean;
 }
 
+/** A registered OAuth client (`apes idp clients add`); the built-in CLI client is never stored. */
+export interface ClientRecord {
+  id: string;
+  /** Matched exactly (idp/oauth/clients.ts). */
+  redirectUris: string[];
+  createdAt: number;
+}
+
+/** An authorization code, stored under the SHA-256 of its value and bound to everything it was issued for. */
+export interface AuthCodeRecord {
+  codeHash: string;
+  clientId: string;
+  redirectUri: string;
+  /** The PKCE S256 challenge. */
+  codeChallenge: string;
+  nonce: string;
+  /** The human who logged in. */
+  sub: string;
+  /** The refresh token family the code's exchange starts (revoked if the code is replayed). */
+  familyId: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+/** A refresh token, stored under the SHA-256 of its value; it keeps the actor of the session it renews. */
+export interface RefreshTokenRecord {
+  tokenHash: string;
+  familyId: string;
+  clientId: string;
+  sub: string;
+  act: "human" | "agent";
+  /** A delegated session: who acts for `sub` (act.sub), under which delegation. */
+  actingParty?: string;
+  delegationGrant?: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+export type DeviceCodeStatus = "pending" | "approved" | "denied" | "used";
+
+/** A device authorization (RFC 8628), stored under the SHA-256 of the device code. */
+export interface DeviceCodeRecord {
+  deviceHash: string;
+  /** Normalised (idp/oauth/device-code.ts); unique among stored codes. */
+  userCode: string;
+  clientId: string;
+  status: DeviceCodeStatus;
+  /** Who approved or denied. */
+  sub?: string;
+  interval: number;
+  lastPollAt?: number;
+  createdAt: number;
+  expiresAt: number;
+  decidedAt?: number;
+}
+
 export interface Store extends WebStore {
   // users (looked up by their normalised identity, protocol/names.ts; stored only in that form)
   /** Adds a user with its approvers atomically; rejects a duplicate or a name not in normal form. */
@@ -157,7 +215,7 @@ export interface Store extends WebStore {
   spendChallenge(nonce: string, subject: string, expiresAt: number): Promise<boolean>;
   /** Records a jti; false when it was already used (replay). */
   useJti(jti: string, expiresAt: number): Promise<boolean>;
-  /** Forgets spent nonces and jtis whose expiry is at or before `now`. */
+  /** Forgets spent nonces and jtis, and codes and refresh tokens, whose expiry is at or before `now`. */
   purgeExpired(now: number): Promise<void>;
 
   // grants
@@ -177,6 +235,43 @@ export interface Store extends WebStore {
   revocationsAfter(after: number, limit: number): Promise<RevocationEvent[]>;
   /** The seq of the newest event (0 when there is none). */
   lastRevocation(): Promise<number>;
+
+  // OAuth (idp/oauth/): registered clients, authorization codes, refresh tokens, device codes.
+  // Secrets are stored only as SHA-256 hashes; every single-use value is spent by one conditional update.
+  /** Rejects a duplicate id. */
+  addClient(c: ClientRecord): Promise<void>;
+  getClient(id: string): Promise<ClientRecord | undefined>;
+  /** Ordered by id. */
+  listClients(): Promise<ClientRecord[]>;
+  /** false when there is no such client. */
+  removeClient(id: string): Promise<boolean>;
+  insertAuthCode(c: AuthCodeRecord): Promise<void>;
+  /** Spends the code (unspent and unexpired at `now`): the record when this call spent it, else undefined. */
+  spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined>;
+  /** The code whatever its state (to see a replay). */
+  getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined>;
+  /** Stores a refresh token, creating its family when it is the first one. */
+  insertRefreshToken(r: RefreshTokenRecord): Promise<void>;
+  /**
+   * Spends the token: the record when this call spent it (unspent, unexpired at `now`, its family not
+   * revoked), else undefined.
+   */
+  spendRefreshToken(tokenHash: string, now: number): Promise<RefreshTokenRecord | undefined>;
+  /** The token whatever its state, with whether its family is revoked. */
+  getRefreshToken(tokenHash: string): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined>;
+  /** Revokes every token of the family, also those issued later; false when it was revoked already. */
+  revokeRefreshFamily(familyId: string, now: number): Promise<boolean>;
+  /** Rejects a duplicate device hash or user code. */
+  insertDeviceCode(d: DeviceCodeRecord): Promise<void>;
+  getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined>;
+  /** The code a person typed, when it is still unexpired at `now`. */
+  getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined>;
+  /** pending -> approved|denied by `sub`, while unexpired at `now`; false when it was not pending. */
+  decideDeviceCode(userCode: string, to: "approved" | "denied", sub: string, now: number): Promise<boolean>;
+  /** Records a poll at `now` and the interval the client must keep from now on. */
+  recordDevicePoll(deviceHash: string, now: number, interval: number): Promise<void>;
+  /** approved -> used, while unexpired at `now`: the record when this call spent it, else undefined. */
+  spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined>;
 
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;

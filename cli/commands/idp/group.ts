@@ -1,5 +1,8 @@
 import type { Command } from "commander";
 import type { GetContext } from "../../program.ts";
+import { register as registerClientsAdd } from "./clients-add.ts";
+import { register as registerClientsList } from "./clients-list.ts";
+import { register as registerClientsRemove } from "./clients-remove.ts";
 import { register as registerKeysRotate } from "./keys-rotate.ts";
 import { register as registerServe } from "./serve.ts";
 import { register as registerUsersAdd } from "./users-add.ts";
@@ -46,4 +49,19 @@ Examples:
     .helpCommand(false)
     .addHelpText("after", "\nExamples:\n  $ apes idp keys rotate --data /var/lib/apes-idp");
   registerKeysRotate(keys, getContext);
+  const clients = idp
+    .command("clients")
+    .description("register, list and remove OAuth clients (offline, on the data dir)")
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ apes idp clients add troop --redirect-uri https://troop.example.com/auth/callback
+  $ apes idp clients list --json
+  $ apes idp clients remove troop`,
+    );
+  registerClientsAdd(clients, getContext);
+  registerClientsList(clients, getContext);
+  registerClientsRemove(clients, getContext);
 }

@@ -149,6 +149,68 @@ export const MIGRATIONS: readonly Migration[] = [
   ALTER TABLE grants ADD COLUMN approval_proof TEXT;
   `,
   },
+  {
+    // Secrets (codes, refresh tokens, device codes) only as SHA-256 hashes.
+    version: 7,
+    what: "OAuth: registered clients, authorization codes, refresh tokens and their families, device codes",
+    sql: `
+  CREATE TABLE oauth_clients (
+    id TEXT PRIMARY KEY,
+    redirect_uris TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE TABLE oauth_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    family_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX oauth_codes_expiring ON oauth_codes(expires_at);
+  CREATE TABLE refresh_families (
+    family_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+  CREATE INDEX refresh_families_by_sub ON refresh_families(sub);
+  CREATE INDEX refresh_families_expiring ON refresh_families(expires_at);
+  CREATE TABLE refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id TEXT NOT NULL REFERENCES refresh_families(family_id),
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    act TEXT NOT NULL CHECK (act IN ('human', 'agent')),
+    acting_party TEXT,
+    delegation_grant TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX refresh_tokens_by_family ON refresh_tokens(family_id);
+  CREATE INDEX refresh_tokens_expiring ON refresh_tokens(expires_at);
+  CREATE TABLE device_codes (
+    device_hash TEXT PRIMARY KEY,
+    user_code TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'used')),
+    sub TEXT,
+    poll_interval INTEGER NOT NULL,
+    last_poll_at INTEGER,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    decided_at INTEGER
+  );
+  CREATE INDEX device_codes_expiring ON device_codes(expires_at);
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

@@ -1,7 +1,12 @@
 import { createPrivateKey } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
 import { Keyring, rotateKeys } from "../../../idp/keys.ts";
-import type { Store } from "../../../idp/store/types.ts";
+import type {
+  AuthCodeRecord,
+  DeviceCodeRecord,
+  RefreshTokenRecord,
+  Store,
+} from "../../../idp/store/types.ts";
 import { signJwt } from "../../../idp/tokens.ts";
 import type { Grant } from "../../../protocol/types.ts";
 import { webStoreContract } from "./web-contract.ts";
@@ -716,6 +721,175 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           status: "approved",
           request: { delegate: "bot@x" },
         });
+      });
+    });
+
+    describe("OAuth: clients, codes, refresh tokens, device codes", () => {
+      const code = (hash: string, extra: Partial<AuthCodeRecord> = {}): AuthCodeRecord => ({
+        codeHash: hash,
+        clientId: "apes-cli",
+        redirectUri: "http://127.0.0.1:5000/cb",
+        codeChallenge: "c".repeat(43),
+        nonce: "n",
+        sub: "alice@x",
+        familyId: `fam-${hash}`,
+        createdAt: 100,
+        expiresAt: 160,
+        ...extra,
+      });
+      const refresh = (hash: string, familyId: string, extra: Partial<RefreshTokenRecord> = {}) => ({
+        tokenHash: hash,
+        familyId,
+        clientId: "apes-cli",
+        sub: "alice@x",
+        act: "human" as const,
+        createdAt: 100,
+        expiresAt: 1000,
+        ...extra,
+      });
+      const device = (
+        hash: string,
+        userCode: string,
+        extra: Partial<DeviceCodeRecord> = {},
+      ): DeviceCodeRecord => ({
+        deviceHash: hash,
+        userCode,
+        clientId: "apes-cli",
+        status: "pending",
+        interval: 5,
+        createdAt: 100,
+        expiresAt: 700,
+        ...extra,
+      });
+
+      it("registers, lists (by id) and removes clients; a duplicate id is refused", async () => {
+        const { s } = await fresh();
+        await s.addClient({ id: "sp-b", redirectUris: ["https://b/cb"], createdAt: 1 });
+        await s.addClient({ id: "sp-a", redirectUris: ["https://a/cb", "https://a/cb2"], createdAt: 2 });
+        await expect(s.addClient({ id: "sp-a", redirectUris: [], createdAt: 3 })).rejects.toThrow();
+        expect(await s.getClient("sp-a")).toEqual({
+          id: "sp-a",
+          redirectUris: ["https://a/cb", "https://a/cb2"],
+          createdAt: 2,
+        });
+        expect((await s.listClients()).map((c) => c.id)).toEqual(["sp-a", "sp-b"]);
+        expect(await s.removeClient("sp-a")).toBe(true);
+        expect(await s.removeClient("sp-a")).toBe(false);
+        expect(await s.getClient("sp-a")).toBeUndefined();
+      });
+
+      it("an authorization code is spent once (of concurrent spends exactly one wins), never after expiry", async () => {
+        const { s } = await fresh();
+        await s.insertAuthCode(code("h1"));
+        await s.insertAuthCode(code("h2"));
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendAuthCode("h1", 120)));
+        const won = spends.filter((x) => x !== undefined);
+        expect(won).toHaveLength(1);
+        expect(won[0]).toMatchObject({ codeHash: "h1", sub: "alice@x", familyId: "fam-h1", usedAt: 120 });
+        expect(await s.getAuthCode("h1")).toMatchObject({ usedAt: 120 });
+        expect(await s.spendAuthCode("h2", 160)).toBeUndefined(); // expiry at `now` counts as expired
+        expect(await s.getAuthCode("h2")).not.toHaveProperty("usedAt");
+        expect(await s.spendAuthCode("nope", 120)).toBeUndefined();
+        await s.purgeExpired(160);
+        expect(await s.getAuthCode("h1")).toBeUndefined();
+      });
+
+      it("a refresh token is spent once; a revoked family kills its unspent tokens and those stored later", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(
+          refresh("r1", "f1", { actingParty: "bot@x", delegationGrant: "g", act: "agent" }),
+        );
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendRefreshToken("r1", 200)));
+        expect(spends.filter((x) => x !== undefined)).toHaveLength(1);
+        expect(spends.find((x) => x)).toMatchObject({
+          act: "agent",
+          actingParty: "bot@x",
+          delegationGrant: "g",
+        });
+        await s.insertRefreshToken(refresh("r2", "f1"));
+        expect(await s.getRefreshToken("r1")).toMatchObject({ usedAt: 200, familyRevoked: false });
+        expect(await s.revokeRefreshFamily("f1", 300)).toBe(true);
+        expect(await s.revokeRefreshFamily("f1", 301)).toBe(false);
+        expect(await s.spendRefreshToken("r2", 302)).toBeUndefined();
+        expect(await s.getRefreshToken("r2")).toMatchObject({ familyRevoked: true });
+        await s.insertRefreshToken(refresh("r3", "f1"));
+        expect(await s.spendRefreshToken("r3", 303)).toBeUndefined();
+        // Another family is untouched; an expired token is not spent.
+        await s.insertRefreshToken(refresh("o1", "f2", { expiresAt: 400 }));
+        expect(await s.spendRefreshToken("o1", 400)).toBeUndefined();
+        await s.insertRefreshToken(refresh("o2", "f2"));
+        expect(await s.spendRefreshToken("o2", 400)).toMatchObject({ tokenHash: "o2" });
+      });
+
+      it("a family revoked before its first token exists stays revoked when the token arrives", async () => {
+        const { s } = await fresh();
+        expect(await s.revokeRefreshFamily("early", 100)).toBe(true);
+        await s.insertRefreshToken(refresh("e1", "early"));
+        expect(await s.spendRefreshToken("e1", 101)).toBeUndefined();
+        // Purged only with its last token: until then it stays revoked.
+        await s.purgeExpired(999);
+        expect(await s.getRefreshToken("e1")).toMatchObject({ familyRevoked: true });
+        await s.purgeExpired(1000);
+        expect(await s.getRefreshToken("e1")).toBeUndefined();
+      });
+
+      it("a family lives as long as its longest-lived token", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(refresh("a", "f", { expiresAt: 500 }));
+        await s.insertRefreshToken(refresh("b", "f", { expiresAt: 2000 }));
+        await s.revokeRefreshFamily("f", 100);
+        await s.purgeExpired(500);
+        expect(await s.getRefreshToken("a")).toBeUndefined();
+        expect(await s.getRefreshToken("b")).toMatchObject({ familyRevoked: true });
+        expect(await s.spendRefreshToken("b", 600)).toBeUndefined();
+        await s.purgeExpired(2000);
+        expect(await s.getRefreshToken("b")).toBeUndefined();
+      });
+
+      it("a spend or revocation in another process counts here", async () => {
+        const { s, connect } = await fresh();
+        await s.insertAuthCode(code("h"));
+        await s.insertRefreshToken(refresh("r", "f"));
+        await s.insertRefreshToken(refresh("q", "g"));
+        await committed(s);
+        const other = await connect();
+        expect(await other.spendAuthCode("h", 120)).toBeDefined();
+        expect(await other.spendRefreshToken("r", 120)).toBeDefined();
+        expect(await other.revokeRefreshFamily("g", 120)).toBe(true);
+        await committed(other);
+        expect(await s.spendAuthCode("h", 121)).toBeUndefined();
+        expect(await s.spendRefreshToken("r", 121)).toBeUndefined();
+        expect(await s.spendRefreshToken("q", 121)).toBeUndefined();
+      });
+
+      it("device codes: unique user codes, one decision while pending, spent once when approved", async () => {
+        const { s } = await fresh();
+        await s.insertDeviceCode(device("d1", "BCDFGHJK"));
+        await expect(s.insertDeviceCode(device("d2", "BCDFGHJK"))).rejects.toThrow();
+        await expect(s.insertDeviceCode(device("d1", "ZZZZZZZZ"))).rejects.toThrow();
+        expect(await s.getDeviceCodeByUserCode("BCDFGHJK", 699)).toMatchObject({ deviceHash: "d1" });
+        expect(await s.getDeviceCodeByUserCode("BCDFGHJK", 700)).toBeUndefined();
+        expect(await s.spendDeviceCode("d1", 200)).toBeUndefined(); // pending
+        await s.recordDevicePoll("d1", 150, 10);
+        expect(await s.getDeviceCode("d1")).toMatchObject({ lastPollAt: 150, interval: 10 });
+        const decisions = await Promise.all([
+          s.decideDeviceCode("BCDFGHJK", "approved", "alice@x", 200),
+          s.decideDeviceCode("BCDFGHJK", "denied", "bob@x", 200),
+        ]);
+        expect(decisions.filter(Boolean)).toHaveLength(1);
+        expect(await s.getDeviceCode("d1")).toMatchObject({
+          status: "approved",
+          sub: "alice@x",
+          decidedAt: 200,
+        });
+        const spends = await Promise.all(Array.from({ length: 10 }, () => s.spendDeviceCode("d1", 210)));
+        expect(spends.filter((x) => x !== undefined)).toHaveLength(1);
+        expect(await s.getDeviceCode("d1")).toMatchObject({ status: "used" });
+        // Expired: no decision, no spend.
+        await s.insertDeviceCode(device("d3", "CCCCCCCC", { expiresAt: 300 }));
+        expect(await s.decideDeviceCode("CCCCCCCC", "approved", "alice@x", 300)).toBe(false);
+        await s.purgeExpired(700);
+        expect(await s.getDeviceCode("d1")).toBeUndefined();
       });
     });
 

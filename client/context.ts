@@ -23,6 +23,20 @@ export interface ClientConfig {
   idpEndpointOrigins: readonly string[];
 }
 
+/** What DDISA discovery (client/ddisa.ts) also reads: the configured IdP and the DNS settings. */
+export interface DnsConfig extends ClientConfig {
+  /** The IdP to use whatever DNS says (config.toml `idp`, APES_IDP). */
+  idp?: string;
+  dns: {
+    servers?: string[];
+    dohUrl?: string;
+    allowLoopbackHttp: boolean;
+    timeoutMs: number;
+  };
+  /** Where the settings were read from, for messages. */
+  source?: string;
+}
+
 /** Something the caller may want to show; never a failure. */
 export type ClientWarning =
   | { kind: "key_mode"; path: string; mode: number }

@@ -8,6 +8,7 @@ import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { type App, pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
+import { type ApprovalSettings, approvalProofTypes, passkeyVerifier } from "./approval.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
 import { oauthErrorReply, Router } from "./http.ts";
@@ -18,6 +19,7 @@ import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from ".
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
@@ -45,6 +47,8 @@ export interface ServeOptions {
   connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
+  /** Accept approvals without a proof (older clients; protocol/approval.ts); off by default, logged. */
+  allowBearerApprove?: boolean;
   log: Logger;
 }
 
@@ -68,7 +72,14 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
-  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+  try {
+    recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+  } catch (e) {
+    // E.g. out of file descriptors: exit with the error instead of hanging on the open port and store.
+    await http.close();
+    await data.close();
+    throw e;
+  }
   const idp = idpOf(opts, data, issuer, http.shutdown);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
@@ -151,6 +162,9 @@ async function openData(opts: ServeOptions) {
     store,
     keys,
     login,
+    // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
     secret,
     async close() {
       try {
@@ -192,6 +206,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     sessionClaims: (token) => sessions.claims(token),
     authenticate: (call) => principalOf(call, idp, sessions),
     rateLimit: (limitClass, key) => limits.take(limitClass, key),
+    revocationHandle: data.revocationHandle,
   };
   return idp;
 }
@@ -223,12 +238,25 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
       {},
     );
   }
-  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login));
+  const verifyPasskey = passkeyVerifier(web);
+  const approvals: ApprovalSettings = {
+    allowBearer: opts.allowBearerApprove === true,
+    ...(verifyPasskey ? { verifyPasskey } : {}),
+  };
+  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login), approvalProofTypes(approvals));
   registerAuthRoutes(router, idp, login);
   registerAgentRoutes(router, idp);
-  registerGrantRoutes(router, idp);
+  if (opts.allowBearerApprove) {
+    opts.log.always(
+      "warn",
+      "approvals without a proof accepted (--allow-bearer-approve): a stolen session token alone can approve grants",
+      {},
+    );
+  }
+  registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
   return router;

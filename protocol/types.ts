@@ -48,6 +48,8 @@ export interface Grant {
   decided_at?: number;
   expires_at?: number;
   used_at?: number;
+  /** How the approval was proven (an apes extension): "ed25519", "webauthn", or "bearer" (no proof). */
+  approval_proof?: "ed25519" | "webauthn" | "bearer";
 }
 
 export interface GrantList {

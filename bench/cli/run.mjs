@@ -21,11 +21,14 @@
 //   process. Push = default client (Prefer: wait long-poll); poll = APES_NO_PUSH=1 (3 s interval, the
 //   behaviour of clients without push).
 import { spawn, spawnSync } from "node:child_process";
+import { sign } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
+import { approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
+import { parsePrivateKey } from "../../protocol/keys.ts";
 import { buildBareSea, childTicks, quantile as q, requireBuiltApes } from "../common.mjs";
 
 const { values } = parseArgs({
@@ -162,6 +165,26 @@ try {
 
   // --- approval-to-exit latency ---
   const aliceToken = JSON.parse(readFileSync(join(alice.home, ".config/apes/auth.json"), "utf8")).token;
+  const aliceKey = parsePrivateKey(readFileSync(join(alice.home, ".config/apes/id_ed25519"), "utf8"));
+  // Alice's approve body with her Ed25519 proof over the grant as fetched (docs/signatures.md).
+  const approval = async (id) => {
+    const res = await fetch(`${grantsUrl}/${id}`, { headers: { authorization: `Bearer ${aliceToken}` } });
+    const g = await res.json();
+    const issuer = url.replace(/\/+$/, "");
+    const digest = approvalDigestHex({
+      issuer,
+      grantId: g.id,
+      type: g.type,
+      request: g.request,
+      decision: "approve",
+      grantType: g.request.grant_type,
+      duration: g.request.duration,
+    });
+    const signed = approvalSigningInput(issuer, alice.email, digest);
+    return JSON.stringify({
+      proof: { type: "ed25519", signature: sign(null, signed, aliceKey).toString("base64") },
+    });
+  };
   const grantsUrl = (await (await fetch(`${url}/.well-known/openid-configuration`)).json())
     .openape_grants_endpoint;
   const latency = async (mode, file = apes) => {
@@ -184,12 +207,13 @@ try {
       child.once("exit", (code) => resolve([code, process.hrtime.bigint()])),
     );
     for (let i = 0; i < 200 && !err.includes("waiting for a decision"); i++) await sleep(10);
+    const body = await approval(id);
     await sleep(500 + Math.random() * 3000);
     const t0 = process.hrtime.bigint();
     const res = await fetch(`${grantsUrl}/${id}/approve`, {
       method: "POST",
       headers: { authorization: `Bearer ${aliceToken}`, "content-type": "application/json" },
-      body: "{}",
+      body,
     });
     if (res.status !== 200) throw new Error(`approve: ${res.status} ${await res.text()}`);
     const [code, t1] = await exited;

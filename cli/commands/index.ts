@@ -35,6 +35,12 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
     load: async () => (await import("./idp/group.ts")).registerIdpCommands,
   },
   {
+    name: "troop",
+    term: "troop",
+    description: "run the control plane (nests connect to it; owners submit intents)",
+    load: async () => (await import("./troop/group.ts")).registerTroopCommands,
+  },
+  {
     name: "dns",
     term: "dns",
     description: "DNS discovery (DDISA) diagnostics for admins",

@@ -1,3 +1,4 @@
+import { APPROVAL_PROOFS_FIELD } from "../../protocol/approval.ts";
 import { SIGNATURE_FORMATS_FIELD } from "../../protocol/signatures.ts";
 import type { Idp, Principal } from "../context.ts";
 import type { Router } from "../http.ts";
@@ -15,11 +16,16 @@ export const PATHS = {
   delegations: "/api/delegations",
   agents: "/api/agents",
   me: "/api/me",
+  revocations: "/api/revocations",
 } as const;
 
 export const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
 
-export function discoveryDocument(idp: Idp, signatureFormats: string[]): Record<string, unknown> {
+export function discoveryDocument(
+  idp: Idp,
+  signatureFormats: string[],
+  approvalProofs: readonly string[] = ["ed25519"],
+): Record<string, unknown> {
   const u = (p: string) => idp.base + p;
   return {
     issuer: idp.issuer,
@@ -39,9 +45,12 @@ export function discoveryDocument(idp: Idp, signatureFormats: string[]): Record<
     ddisa_agent_authenticate_endpoint: u(PATHS.agentAuthenticate),
     // What a key signs to log in here (docs/signatures.md).
     [SIGNATURE_FORMATS_FIELD]: signatureFormats,
+    // The proofs an approval may carry here (protocol/approval.ts).
+    [APPROVAL_PROOFS_FIELD]: approvalProofs,
     openape_grants_endpoint: u(PATHS.grants),
     openape_delegations_endpoint: u(PATHS.delegations),
     openape_agents_endpoint: u(PATHS.agents),
+    openape_revocations_endpoint: u(PATHS.revocations),
     openape_grant_types_supported: ["once", "timed", "always"],
     openape_grant_categories_supported: ["command", "delegation"],
   };
@@ -51,9 +60,10 @@ export function registerDiscoveryRoutes(
   router: Router<Principal>,
   idp: Idp,
   signatureFormats: string[],
+  approvalProofs?: readonly string[],
 ): void {
   // The document only changes with the issuer: build it once.
-  const doc = discoveryDocument(idp, signatureFormats);
+  const doc = discoveryDocument(idp, signatureFormats, approvalProofs);
   router.add("GET", PATHS.discovery, false, () => ({
     status: 200,
     body: doc,

@@ -61,9 +61,9 @@ export function withReadCache(store: Store): Store {
       return u;
     },
     listUsers: () => store.listUsers(),
-    async setDisabled(email, disabled) {
+    async setDisabled(email, disabled, at) {
       try {
-        return await store.setDisabled(email, disabled);
+        return await store.setDisabled(email, disabled, at);
       } finally {
         dropUsers();
       }
@@ -87,6 +87,8 @@ export function withReadCache(store: Store): Store {
     spendChallenge: (c, s, e) => store.spendChallenge(c, s, e),
     useJti: (j, e) => store.useJti(j, e),
     purgeExpired: (n) => store.purgeExpired(n),
+    revocationsAfter: (after, limit) => store.revocationsAfter(after, limit),
+    lastRevocation: () => store.lastRevocation(),
     insertGrant: (g) => store.insertGrant(g),
     async getGrant(id) {
       // The change marker only where memory answers: command grants are read from the store anyway.

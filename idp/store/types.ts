@@ -1,3 +1,4 @@
+import type { ApprovalProofRecord } from "../../protocol/approval.ts";
 import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts";
 
 /**
@@ -83,7 +84,22 @@ export interface Transition {
   /** Replaces request.grant_type / request.duration (an approver's override). */
   grantType?: Grant["request"]["grant_type"];
   duration?: number | null;
+  /** When the change happened (Unix seconds): the time of the revocation event a revoked delegation appends. */
+  at?: number;
+  /** An approval: the proof it came with (protocol/approval.ts), shown as the grant's approval_proof. */
+  approvalProof?: ApprovalProofRecord;
 }
+
+/** An identity disabled (`user`, subject = its email) or a delegation revoked (subject = its id). */
+export interface RevocationEvent {
+  seq: number;
+  kind: "user" | "delegation";
+  subject: string;
+  at: number;
+}
+
+/** How long revocation events are kept: longer than any token the IdP issues lives. */
+export const REVOCATION_RETENTION_S = 86_400;
 
 export interface PageCursor {
   createdAt: number;
@@ -116,8 +132,11 @@ export interface Store extends WebStore {
   getUser(email: string): Promise<UserRecord | undefined>;
   /** Every user, ordered by email. */
   listUsers(): Promise<UserRecord[]>;
-  /** false when there is no such user. */
-  setDisabled(email: string, disabled: boolean): Promise<boolean>;
+  /**
+   * false when there is no such user. Disabling also appends a revocation event at `at` (Unix
+   * seconds), atomically with the change.
+   */
+  setDisabled(email: string, disabled: boolean, at: number): Promise<boolean>;
   /** Users this human may decide for: agents it owns and users naming it as an approver. */
   subordinatesOf(email: string): Promise<string[]>;
 
@@ -152,6 +171,12 @@ export interface Store extends WebStore {
   transition(id: string, t: Transition): Promise<StoredGrant | undefined>;
   /** Marks approved grants past expires_at as expired; returns their ids. */
   expireDue(now: number): Promise<string[]>;
+
+  // revocation feed (a transition of a delegation to `revoked` appends one too, atomically)
+  /** Events with seq > `after`, oldest first, at most `limit`; purgeExpired drops those older than a day. */
+  revocationsAfter(after: number, limit: number): Promise<RevocationEvent[]>;
+  /** The seq of the newest event (0 when there is none). */
+  lastRevocation(): Promise<number>;
 
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;

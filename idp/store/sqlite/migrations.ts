@@ -127,6 +127,28 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX web_sessions_expiring ON web_sessions(expires_at);
   `,
   },
+  {
+    // Read by SPs (the troop) to close live connections of a disabled identity or revoked delegation.
+    version: 5,
+    what: "revocation feed: identities disabled and delegations revoked, in order",
+    sql: `
+  CREATE TABLE revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'delegation')),
+    subject TEXT NOT NULL,
+    at INTEGER NOT NULL
+  );
+  CREATE INDEX revocations_at ON revocations(at);
+  `,
+  },
+  {
+    // NULL: not approved (or approved before proofs existed). See protocol/approval.ts.
+    version: 6,
+    what: "the proof an approval came with (ed25519, webauthn, or bearer in the opt-in old-client mode)",
+    sql: `
+  ALTER TABLE grants ADD COLUMN approval_proof TEXT;
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

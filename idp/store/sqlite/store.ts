@@ -3,20 +3,22 @@ import { join } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
-import type {
-  GrantPage,
-  GrantQuery,
-  InviteRecord,
-  NewGrant,
-  NewUser,
-  PasskeyRecord,
-  SigningKeyRecord,
-  Store,
-  StoredGrant,
-  StoreLifecycle,
-  Transition,
-  UserRecord,
-  WebSessionRecord,
+import {
+  type GrantPage,
+  type GrantQuery,
+  type InviteRecord,
+  type NewGrant,
+  type NewUser,
+  type PasskeyRecord,
+  REVOCATION_RETENTION_S,
+  type RevocationEvent,
+  type SigningKeyRecord,
+  type Store,
+  type StoredGrant,
+  type StoreLifecycle,
+  type Transition,
+  type UserRecord,
+  type WebSessionRecord,
 } from "../types.ts";
 import { startCheckpointer } from "./checkpointer.ts";
 import { migrate } from "./migrations.ts";
@@ -59,10 +61,11 @@ interface GrantRow {
   version: number;
   created_act: string | null;
   decided_act: string | null;
+  approval_proof: string | null;
 }
 
 const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act";
+  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act, approval_proof";
 
 function grantFromRow(r: GrantRow): StoredGrant {
   const grant: Grant = {
@@ -76,6 +79,8 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.decided_at !== null) grant.decided_at = r.decided_at;
   if (r.expires_at !== null) grant.expires_at = r.expires_at;
   if (r.used_at !== null) grant.used_at = r.used_at;
+  if (r.approval_proof !== null)
+    grant.approval_proof = r.approval_proof as NonNullable<Grant["approval_proof"]>;
   const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
   if (r.created_act !== null) stored.createdAct = r.created_act;
   if (r.decided_act !== null) stored.decidedAct = r.decided_act;
@@ -340,12 +345,32 @@ export class SqliteStore implements Store {
     return rows.map((r) => this.userFromRow(r, approvers.get(r.email) ?? []));
   }
 
-  async setDisabled(name: string, disabled: boolean): Promise<boolean> {
+  async setDisabled(name: string, disabled: boolean, at: number): Promise<boolean> {
     const email = canonicalIdentity(name);
     if (email === undefined) return false;
+    return this.atomically(() => {
+      const changed =
+        this.wq("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1;
+      if (changed && disabled) this.appendRevocation("user", email, at);
+      return changed;
+    });
+  }
+
+  private appendRevocation(kind: RevocationEvent["kind"], subject: string, at: number): void {
+    this.wq("INSERT INTO revocations (kind, subject, at) VALUES (?, ?, ?)").run(kind, subject, at);
+  }
+
+  async revocationsAfter(after: number, limit: number): Promise<RevocationEvent[]> {
     return (
-      this.wq("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1
-    );
+      this.q("SELECT seq, kind, subject, at FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?").all(
+        after,
+        limit,
+      ) as unknown as RevocationEvent[]
+    ).map((r) => ({ seq: r.seq, kind: r.kind, subject: r.subject, at: r.at }));
+  }
+
+  async lastRevocation(): Promise<number> {
+    return (this.q("SELECT COALESCE(MAX(seq), 0) AS seq FROM revocations").get() as { seq: number }).seq;
   }
 
   async subordinatesOf(name: string): Promise<string[]> {
@@ -421,6 +446,7 @@ export class SqliteStore implements Store {
   async purgeExpired(now: number): Promise<void> {
     this.wq("DELETE FROM challenges WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM revocations WHERE at <= ?").run(now - REVOCATION_RETENTION_S);
   }
 
   // --- grants ---
@@ -533,6 +559,10 @@ export class SqliteStore implements Store {
       sets.push("decided_act = ?");
       args.push(t.actingParty);
     }
+    if (t.approvalProof !== undefined) {
+      sets.push("approval_proof = ?");
+      args.push(t.approvalProof);
+    }
     // Both request edits go into one expression: a column assigned twice keeps only the last.
     let request = "request";
     const requestArgs: (string | number)[] = [];
@@ -552,11 +582,18 @@ export class SqliteStore implements Store {
       args.push(...requestArgs);
     }
     const placeholders = t.from.map(() => "?").join(", ");
-    // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
-    const r = this.wq(
-      `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
-    ).get(...args, id, ...t.from) as GrantRow | undefined;
-    return r ? grantFromRow(r) : undefined;
+    return this.atomically(() => {
+      // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
+      const r = this.wq(
+        `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
+      ).get(...args, id, ...t.from) as GrantRow | undefined;
+      if (!r) return undefined;
+      const g = grantFromRow(r);
+      if (t.to === "revoked" && g.grant.type === "delegation") {
+        this.appendRevocation("delegation", g.grant.id, t.at ?? t.decidedAt ?? 0);
+      }
+      return g;
+    });
   }
 
   async expireDue(now: number): Promise<string[]> {

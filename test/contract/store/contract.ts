@@ -114,12 +114,12 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           ["bob@x", true, []],
           ["bot@x", false, ["bob@x"]],
         ]);
-        expect(await s.setDisabled("bot@x", true)).toBe(true);
+        expect(await s.setDisabled("bot@x", true, 1)).toBe(true);
         expect((await s.getUser("bot@x"))?.disabled).toBe(true);
         expect((await s.listUsers()).find((u) => u.email === "bot@x")?.disabled).toBe(true);
-        expect(await s.setDisabled("bot@x", false)).toBe(true);
+        expect(await s.setDisabled("bot@x", false, 1)).toBe(true);
         expect((await s.getUser("bot@x"))?.disabled).toBe(false);
-        expect(await s.setDisabled("nobody@x", true)).toBe(false);
+        expect(await s.setDisabled("nobody@x", true, 1)).toBe(false);
       });
 
       it("refuses a second user of the same name, also when added concurrently", async () => {
@@ -169,7 +169,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await s.getUser("CAF\u00c9@X"))?.email).toBe("caf\u00e9@x");
         expect(await s.getUser("caf\u00e9@x\u202e")).toBeUndefined();
         expect(await s.subordinatesOf("CAFE\u0301@x")).toEqual(["bot@x"]);
-        expect(await s.setDisabled("CAFE\u0301@x", true)).toBe(true);
+        expect(await s.setDisabled("CAFE\u0301@x", true, 1)).toBe(true);
         expect((await s.getUser("caf\u00e9@x"))?.disabled).toBe(true);
         await expect(s.addUser({ email: "Bob@x", kind: "human", createdAt: 1 })).rejects.toThrow(
           /normalised/,
@@ -191,7 +191,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await s.subordinatesOf("alice@x")).toEqual(["bot@x"]);
         await committed(s);
         const other = await connect();
-        expect(await other.setDisabled("bot@x", true)).toBe(true);
+        expect(await other.setDisabled("bot@x", true, 1)).toBe(true);
         await other.addUser({ email: "bot2@x", kind: "agent", owner: "alice@x", createdAt: 2 });
         await committed(other);
         expect((await s.getUser("bot@x"))?.disabled).toBe(true);
@@ -202,7 +202,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const { s } = await fresh();
         await s.addUser({ email: "bot@x", kind: "human", createdAt: 1 });
         const during = s.getUser("bot@x");
-        const disabled = s.setDisabled("bot@x", true);
+        const disabled = s.setDisabled("bot@x", true, 1);
         await Promise.all([during, disabled]);
         expect((await s.getUser("bot@x"))?.disabled).toBe(true);
       });
@@ -308,6 +308,44 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
       });
     });
 
+    describe("revocation feed", () => {
+      it("disabling a user and revoking a delegation append events in order; others do not; old ones are purged", async () => {
+        const { s, connect } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+        await s.addUser({ email: "bot@x", kind: "agent", owner: "alice@x", createdAt: 1 });
+        expect(await s.lastRevocation()).toBe(0);
+        expect(await s.setDisabled("bot@x", false, 10)).toBe(true); // enabling revokes nothing
+        expect(await s.setDisabled("nobody@x", true, 10)).toBe(false);
+        expect(await s.revocationsAfter(0, 10)).toEqual([]);
+        const d = delegation("alice@x", "bot@x");
+        const c = command("bot@x", 1);
+        await s.insertGrant({ grant: d });
+        await s.insertGrant({ grant: c });
+        expect(await s.setDisabled("bot@x", true, 20)).toBe(true);
+        await s.transition(c.id, { from: ["pending"], to: "approved" });
+        await s.transition(c.id, { from: ["approved"], to: "revoked", at: 25 }); // a command grant: no event
+        expect(await s.transition(d.id, { from: ["approved"], to: "revoked", at: 30 })).toBeDefined();
+        expect(await s.transition(d.id, { from: ["approved"], to: "revoked", at: 31 })).toBeUndefined();
+        const events = await s.revocationsAfter(0, 10);
+        expect(events.map((e) => [e.kind, e.subject, e.at])).toEqual([
+          ["user", "bot@x", 20],
+          ["delegation", d.id, 30],
+        ]);
+        expect(events[1]!.seq).toBeGreaterThan(events[0]!.seq);
+        expect(await s.revocationsAfter(events[0]!.seq, 10)).toEqual([events[1]]);
+        expect(await s.revocationsAfter(0, 1)).toEqual([events[0]]);
+        expect(await s.lastRevocation()).toBe(events[1]!.seq);
+        // Written by another process (the offline admin command): seen here.
+        await committed(s);
+        const other = await connect();
+        await other.setDisabled("alice@x", true, 40);
+        await committed(other);
+        expect((await s.revocationsAfter(events[1]!.seq, 10)).map((e) => e.subject)).toEqual(["alice@x"]);
+        await s.purgeExpired(30 + 86_400);
+        expect((await s.revocationsAfter(0, 10)).map((e) => e.subject)).toEqual(["alice@x"]);
+      });
+    });
+
     describe("single-use values", () => {
       it("spent challenge nonces and jtis are single use until they expire", async () => {
         const { s } = await fresh();
@@ -394,6 +432,30 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const revoked = await s.transition(grant.id, { from: ["approved", "used"], to: "revoked" });
         expect(revoked?.grant).toMatchObject({ status: "revoked", used_at: 3, decided_by: "x" });
         expect(await s.getGrant(grant.id)).toEqual(revoked);
+      });
+
+      it("an approval records its proof type; later transitions keep it, a denial has none", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        expect(grant.approval_proof).toBeUndefined();
+        const approved = await s.transition(grant.id, {
+          from: ["pending"],
+          to: "approved",
+          decidedBy: "x",
+          decidedAt: 2,
+          approvalProof: "ed25519",
+        });
+        expect(approved?.grant.approval_proof).toBe("ed25519");
+        const used = await s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 3 });
+        expect(used?.grant.approval_proof).toBe("ed25519");
+        expect((await s.getGrant(grant.id))?.grant.approval_proof).toBe("ed25519");
+        const other = await s.insertGrant({ grant: command("a", 4) });
+        const denied = await s.transition(other.grant.id, {
+          from: ["pending"],
+          to: "denied",
+          decidedBy: "x",
+        });
+        expect(denied?.grant.approval_proof).toBeUndefined();
       });
 
       it("of N concurrent consumes of a once grant exactly one succeeds", async () => {

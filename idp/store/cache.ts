@@ -119,6 +119,17 @@ export function withReadCache(store: Store): Store {
       for (const id of ids) dropDelegation(id);
       return ids;
     },
+    // Notifications: read by the delivery worker and the subscription routes, never cached.
+    addSubscription: (x) => store.addSubscription(x),
+    getSubscription: (id) => store.getSubscription(id),
+    subscriptionsOf: (o) => store.subscriptionsOf(o),
+    removeSubscription: (id, o) => store.removeSubscription(id, o),
+    enqueueNotifications: (r) => store.enqueueNotifications(r),
+    dueNotifications: (n, l) => store.dueNotifications(n, l),
+    nextNotificationDue: () => store.nextNotificationDue(),
+    recordAttempt: (id, o) => store.recordAttempt(id, o),
+    listNotifications: (q) => store.listNotifications(q),
+    retryNotification: (id, n) => store.retryNotification(id, n),
     lifecycle,
     close: () => store.close(),
   };

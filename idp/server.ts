@@ -13,11 +13,14 @@ import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.
 import { oauthErrorReply, Router } from "./http.ts";
 import { Keyring } from "./keys.ts";
 import { type LimitClass, limitClassOf } from "./limits.ts";
+import { DEFAULT_NOTIFY, type NotifyConfig } from "./notify/config.ts";
+import { type Notifier, startNotifier } from "./notify/notifier.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerNotifyRoutes } from "./routes/notify.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
@@ -42,6 +45,8 @@ export interface ServeOptions {
   connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
+  /** The `[notify]` table of --config (idp/notify/config.ts); absent: defaults (webhooks only). */
+  notify?: NotifyConfig;
   log: Logger;
 }
 
@@ -65,7 +70,19 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
-  const idp = idpOf(opts, data, issuer, http.shutdown);
+  let notifier: Notifier;
+  try {
+    notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
+      dataDir: opts.dataDir,
+      base: issuer.replace(/\/+$/, ""),
+      log: opts.log,
+    });
+  } catch (e) {
+    await http.close();
+    await data.close();
+    throw e;
+  }
+  const idp = idpOf(opts, data, issuer, http.shutdown, notifier);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
   opts.log.always("info", "listening", {
@@ -82,6 +99,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       (closing ??= (async () => {
         stopSweep();
         await http.close();
+        await notifier.close();
         await data.close();
       })()),
   };
@@ -157,7 +175,7 @@ async function openData(opts: ServeOptions) {
 }
 
 /** What every route gets, with the principal hook and the rate limits. */
-function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal): Idp {
+function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal, notify: Notifier): Idp {
   const limits = new RateLimits(opts.rateLimits);
   const sessions = new BearerVerifier({
     keyFor: (kid, now) => data.keys.publicKey(kid, now),
@@ -179,6 +197,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     tokenTtl: opts.tokenTtl,
     log: opts.log,
     events: new GrantEvents(),
+    notify,
     now: nowSec,
     shutdown,
     sessionClaims: (token) => sessions.claims(token),
@@ -220,6 +239,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerAgentRoutes(router, idp);
   registerGrantRoutes(router, idp);
   registerDelegationRoutes(router, idp);
+  registerNotifyRoutes(router, idp);
   registerTokenRoutes(router, idp);
   registerWebRoutes(router);
   return router;

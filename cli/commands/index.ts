@@ -14,6 +14,7 @@ import { register as registerVerify } from "./internal/verify.ts";
 import { register as registerKeygen } from "./keygen/keygen.ts";
 import { register as registerLogin } from "./login/login.ts";
 import { register as registerLogout } from "./logout/logout.ts";
+import { registerNotifyCommands } from "./notify/group.ts";
 import { register as registerRun } from "./run/run.ts";
 import { registerTokenCommands } from "./token/group.ts";
 import { register as registerTrust } from "./trust/trust.ts";
@@ -53,4 +54,6 @@ export function registerCommands(program: Command, getContext: GetContext): void
   // The operator's tools (issue 15).
   registerDoctor(program, getContext);
   registerAudit(program, getContext);
+  // Approvers hear about pending grants (issue 15).
+  registerNotifyCommands(program, getContext);
 }

@@ -15,6 +15,7 @@ export const PATHS = {
   delegations: "/api/delegations",
   agents: "/api/agents",
   me: "/api/me",
+  notify: "/api/notify",
 } as const;
 
 export const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -42,6 +43,7 @@ export function discoveryDocument(idp: Idp, signatureFormats: string[]): Record<
     openape_grants_endpoint: u(PATHS.grants),
     openape_delegations_endpoint: u(PATHS.delegations),
     openape_agents_endpoint: u(PATHS.agents),
+    apes_notify_endpoint: u(PATHS.notify),
     openape_grant_types_supported: ["once", "timed", "always"],
     openape_grant_categories_supported: ["command", "delegation"],
   };

@@ -163,7 +163,7 @@ export interface Store {
   getSubscription(id: string): Promise<SubscriptionRecord | undefined>;
   /** The subscriptions of these owners (bounded: each owner has at most MAX_SUBSCRIPTIONS), oldest first. */
   subscriptionsOf(owners: readonly string[]): Promise<SubscriptionRecord[]>;
-  /** Removes the subscription (only the owner's, when `owner` is given) and its undelivered rows; false when none. */
+  /** Removes the subscription (only the owner's, when `owner` is given) and its pending rows; false when none. */
   removeSubscription(id: string, owner?: string): Promise<boolean>;
   /** Writes outbox rows on their own (a test notification); a duplicate key is ignored. Returns the rows written. */
   enqueueNotifications(rows: readonly NewNotification[]): Promise<number>;

@@ -651,7 +651,7 @@ export class SqliteStore implements Store {
           ? this.wq("DELETE FROM notify_subscriptions WHERE id = ?").run(id)
           : this.wq("DELETE FROM notify_subscriptions WHERE id = ? AND owner = ?").run(id, owner);
       if (gone.changes !== 1) return false;
-      this.wq("DELETE FROM notify_outbox WHERE subscription_id = ? AND status <> 'delivered'").run(id);
+      this.wq("DELETE FROM notify_outbox WHERE subscription_id = ? AND status = 'pending'").run(id);
       return true;
     });
   }

@@ -1,0 +1,105 @@
+import { visible } from "../../protocol/display.ts";
+import type { Context } from "../context.ts";
+import { CliError } from "../errors.ts";
+import { ExitCode } from "../exit-codes.ts";
+import { authed } from "../grants/client.ts";
+import { endpointRefusal, idpEndpoints } from "../idp-client.ts";
+
+/**
+ * The IdP's notification API (docs/notifications.md) for the session's user: its subscriptions, a
+ * test, its failed deliveries. The endpoint comes from discovery (`apes_notify_endpoint`) and must be
+ * on the IdP's origin like every other endpoint.
+ */
+
+export interface Subscription {
+  id: string;
+  channel: string;
+  target: string;
+  events: string[];
+  created_at: number;
+  /** Only in the answer that created a webhook subscription. */
+  secret?: string;
+}
+
+export interface Delivery {
+  id: number;
+  key: string;
+  subscription: string;
+  grant_id: string | null;
+  event: string;
+  status: string;
+  attempts: number;
+  last_error: string | null;
+  created_at: number;
+  delivered_at: number | null;
+}
+
+export interface NewSubscription {
+  channel: "webhook" | "ntfy" | "email" | "webpush";
+  target?: string;
+  events?: string[];
+  keys?: { p256dh: string; auth: string };
+}
+
+const SUB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export function checkSubscriptionId(id: string): string {
+  if (!SUB_ID.test(id))
+    throw new CliError(`"${visible(id, { max: 80 })}" is not a subscription id`, {
+      exitCode: ExitCode.USAGE,
+      hint: "`apes notify list` shows them",
+    });
+  return id;
+}
+
+export async function notifyClient(ctx: Context) {
+  const auth = await authed(ctx);
+  const endpoints = await idpEndpoints(ctx, auth.session().idp);
+  const advertised = (endpoints.document as unknown as Record<string, unknown>).apes_notify_endpoint;
+  if (typeof advertised !== "string")
+    throw new CliError(`the IdP at ${endpoints.idp} offers no notifications (no apes_notify_endpoint)`, {
+      exitCode: ExitCode.UNAVAILABLE,
+    });
+  const why = endpointRefusal(endpoints.idp, advertised, (await ctx.config()).idpEndpointOrigins);
+  if (why)
+    throw new CliError(`the IdP's apes_notify_endpoint ${why}: refused`, { exitCode: ExitCode.UNAVAILABLE });
+  const base = advertised.replace(/\/+$/, "");
+  const shape = (ok: boolean) => {
+    if (!ok)
+      throw new CliError("the IdP answered with an unexpected shape", { exitCode: ExitCode.UNAVAILABLE });
+  };
+  return {
+    session: auth.session(),
+    async list(): Promise<{ channels: string[]; data: Subscription[] }> {
+      const res = await auth.call<{ channels: string[]; data: Subscription[] }>({
+        url: `${base}/subscriptions`,
+      });
+      shape(Array.isArray(res.body?.data) && Array.isArray(res.body?.channels));
+      return res.body;
+    },
+    async add(s: NewSubscription): Promise<Subscription> {
+      const res = await auth.call<Subscription>({ url: `${base}/subscriptions`, method: "POST", json: s });
+      shape(typeof res.body?.id === "string");
+      return res.body;
+    },
+    async remove(id: string): Promise<void> {
+      await auth.call({ url: `${base}/subscriptions/${checkSubscriptionId(id)}`, method: "DELETE" });
+    },
+    async test(id: string): Promise<{ key: string }> {
+      const res = await auth.call<{ key: string }>({
+        url: `${base}/subscriptions/${checkSubscriptionId(id)}/test`,
+        method: "POST",
+        json: {},
+      });
+      shape(typeof res.body?.key === "string");
+      return res.body;
+    },
+    async deliveries(status?: string): Promise<Delivery[]> {
+      const res = await auth.call<{ data: Delivery[] }>({
+        url: `${base}/deliveries${status ? `?status=${status}` : ""}`,
+      });
+      shape(Array.isArray(res.body?.data));
+      return res.body.data;
+    },
+  };
+}

@@ -24,9 +24,9 @@ export interface HttpReceiver {
   url: string;
   port: number;
   received: Received[];
-  /** What the next requests to a path get (a status or "hang"), in order; after the list: `then`. */
+  /** What the next requests to a path get (a status or "hang"), in order; after the list: `otherwise`. */
   script: Map<string, Answer[]>;
-  then: Answer;
+  otherwise: Answer;
   /** Requests that are hanging (no answer yet). */
   hanging(): number;
   waitFor(count: number, timeoutMs?: number): Promise<Received[]>;
@@ -60,7 +60,7 @@ export async function httpReceiver(): Promise<HttpReceiver> {
         body: Buffer.concat(chunks),
       });
       const scripted = r.script.get(req.url ?? "");
-      const answer = scripted?.length ? scripted.shift()! : r.then;
+      const answer = scripted?.length ? scripted.shift()! : r.otherwise;
       if (answer === "hang") {
         open.add(res);
         res.on("close", () => open.delete(res));
@@ -87,7 +87,7 @@ export async function httpReceiver(): Promise<HttpReceiver> {
     port,
     received: [],
     script: new Map(),
-    then: 200,
+    otherwise: 200,
     hanging: () => open.size,
     waitFor: (count, timeoutMs = 20_000) =>
       until(

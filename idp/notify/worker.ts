@@ -20,7 +20,8 @@ export interface WorkerOptions extends RetryPolicy {
 }
 
 export class NotifyWorker {
-  private readonly inFlight = new Set<number>();
+  /** Row id -> its subscription, for the deliveries under way. */
+  private readonly inFlight = new Map<number, string>();
   private readonly stop = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private filling = false;
@@ -77,14 +78,17 @@ export class NotifyWorker {
     this.filling = true;
     let next = POLL_MS;
     try {
+      let started = 0;
       const free = this.options.concurrency - this.inFlight.size;
       if (free > 0) {
-        // In-flight rows are still pending (and due): ask for enough to fill the free slots anyway.
-        const rows = await this.store.dueNotifications(Date.now(), free + this.inFlight.size);
+        // One delivery per subscription at a time: rows of a busy subscription (its in-flight row
+        // among them) are not even read, so a receiver that hangs holds one slot and never the rest.
+        const rows = await this.store.dueNotifications(Date.now(), free, [...this.inFlight.values()]);
         for (const row of rows) {
           if (this.inFlight.size >= this.options.concurrency) break;
-          if (this.inFlight.has(row.id)) continue;
-          this.inFlight.add(row.id);
+          if ([...this.inFlight.values()].includes(row.subscriptionId)) continue;
+          this.inFlight.set(row.id, row.subscriptionId);
+          started++;
           const p = this.run(row).finally(() => {
             this.inFlight.delete(row.id);
             this.running.delete(p);
@@ -95,8 +99,9 @@ export class NotifyWorker {
       }
       const due = await this.store.nextNotificationDue();
       if (due !== undefined) next = Math.max(0, Math.min(POLL_MS, due - Date.now()));
-      // Only in-flight rows are due: their completion schedules the next look.
-      if (next === 0 && this.inFlight.size >= this.options.concurrency) next = POLL_MS;
+      // What is due may be only rows waiting for a busy subscription: a completion schedules the next
+      // look, so do not spin on them.
+      if (next === 0 && started === 0) next = POLL_MS;
     } catch (e) {
       this.log.log("warn", "notification outbox read failed", { error: (e as Error).message });
     } finally {

@@ -125,7 +125,7 @@ export function withReadCache(store: Store): Store {
     subscriptionsOf: (o) => store.subscriptionsOf(o),
     removeSubscription: (id, o) => store.removeSubscription(id, o),
     enqueueNotifications: (r) => store.enqueueNotifications(r),
-    dueNotifications: (n, l) => store.dueNotifications(n, l),
+    dueNotifications: (n, l, skip) => store.dueNotifications(n, l, skip),
     nextNotificationDue: () => store.nextNotificationDue(),
     recordAttempt: (id, o) => store.recordAttempt(id, o),
     listNotifications: (q) => store.listNotifications(q),

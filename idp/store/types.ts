@@ -167,8 +167,11 @@ export interface Store {
   removeSubscription(id: string, owner?: string): Promise<boolean>;
   /** Writes outbox rows on their own (a test notification); a duplicate key is ignored. Returns the rows written. */
   enqueueNotifications(rows: readonly NewNotification[]): Promise<number>;
-  /** Pending rows due at `nowMs` (dueAtMs <= nowMs), earliest first, at most `limit`. */
-  dueNotifications(nowMs: number, limit: number): Promise<NotificationRecord[]>;
+  /**
+   * Pending rows due at `nowMs` (dueAtMs <= nowMs), earliest first, at most `limit`, none of the
+   * subscriptions in `skip` (the worker's busy ones: a receiver that hangs holds one slot, not all).
+   */
+  dueNotifications(nowMs: number, limit: number, skip?: readonly string[]): Promise<NotificationRecord[]>;
   /** The earliest dueAtMs of a pending row (the worker's next wake-up), undefined when none. */
   nextNotificationDue(): Promise<number | undefined>;
   /** Records one delivery attempt of a pending row; false when the row is no longer pending. */

@@ -29,6 +29,8 @@ export interface HttpReceiver {
   otherwise: Answer;
   /** Requests that are hanging (no answer yet). */
   hanging(): number;
+  /** Hanging requests that the client gave up on (closed) so far. */
+  abandoned(): number;
   waitFor(count: number, timeoutMs?: number): Promise<Received[]>;
   /** Stop listening (connections refused) and start again on the same port. */
   down(): Promise<void>;
@@ -49,6 +51,7 @@ async function until<T>(what: string, check: () => T | undefined, timeoutMs: num
 export async function httpReceiver(): Promise<HttpReceiver> {
   let server: Server;
   const open = new Set<ServerResponse>();
+  let abandoned = 0;
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
@@ -63,7 +66,9 @@ export async function httpReceiver(): Promise<HttpReceiver> {
       const answer = scripted?.length ? scripted.shift()! : r.otherwise;
       if (answer === "hang") {
         open.add(res);
-        res.on("close", () => open.delete(res));
+        res.on("close", () => {
+          if (open.delete(res)) abandoned++;
+        });
         return;
       }
       res.writeHead(answer, { "content-type": "text/plain" }).end("ok");
@@ -78,7 +83,10 @@ export async function httpReceiver(): Promise<HttpReceiver> {
   const port = await listen(0);
   const stop = () =>
     new Promise<void>((resolve) => {
-      for (const res of open) res.destroy();
+      for (const res of open) {
+        open.delete(res);
+        res.destroy();
+      }
       server.closeAllConnections();
       server.close(() => resolve());
     });
@@ -89,6 +97,7 @@ export async function httpReceiver(): Promise<HttpReceiver> {
     script: new Map(),
     otherwise: 200,
     hanging: () => open.size,
+    abandoned: () => abandoned,
     waitFor: (count, timeoutMs = 20_000) =>
       until(
         `${count} request(s) at the receiver`,

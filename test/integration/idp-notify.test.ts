@@ -301,6 +301,27 @@ describe("webhooks", () => {
   });
 });
 
+describe("a receiver that hangs holds one delivery slot, not all of them", () => {
+  it("another subscription is delivered while every row of the hanging one waits", async () => {
+    const slow = await subscribe("alice", ["pending"]);
+    hook.script.set(slow.path, Array(10).fill("hang"));
+    // More rows for the hanging receiver than there are slots (4), all due before the next one.
+    for (let i = 0; i < 5; i++) await request(["echo", String(i)]);
+    await waitAt(hook, slow.path, 1);
+    const fast = await subscribe("bob", ["pending"]);
+    const before = hook.abandoned();
+    await request(["echo", "fast"]);
+    await waitAt(hook, fast.path, 1);
+    // Delivered before the IdP gave up on any hanging request (1 s deadline): no slot was needed back.
+    expect(hook.abandoned()).toBe(before);
+    expect(at(hook, slow.path)).toHaveLength(1);
+    for (const s of [slow, fast])
+      expect((await world.as(s === slow ? "alice" : "bob").delete(`${N}/subscriptions/${s.id}`)).status).toBe(
+        204,
+      );
+  });
+});
+
 describe("a restart loses nothing", () => {
   it("rows written before a SIGKILL are delivered by the next start", async () => {
     const s = await subscribe("alice", ["pending"]);

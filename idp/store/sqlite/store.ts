@@ -660,10 +660,15 @@ export class SqliteStore implements Store {
     return this.atomically(() => this.insertOutboxRows(rows));
   }
 
-  async dueNotifications(nowMs: number, limit: number): Promise<NotificationRecord[]> {
+  async dueNotifications(
+    nowMs: number,
+    limit: number,
+    skip: readonly string[] = [],
+  ): Promise<NotificationRecord[]> {
+    const notIn = skip.length ? `AND subscription_id NOT IN (${skip.map(() => "?").join(", ")})` : "";
     const rows = this.q(
-      "SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= ? ORDER BY due_at_ms, id LIMIT ?",
-    ).all(nowMs, limit) as unknown as OutboxRow[];
+      `SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= ? ${notIn} ORDER BY due_at_ms, id LIMIT ?`,
+    ).all(nowMs, ...skip, limit) as unknown as OutboxRow[];
     return rows.map(notificationFromRow);
   }
 

@@ -732,6 +732,8 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           },
         ]);
         expect(await s.dueNotifications(9_999, 10)).toEqual([]);
+        expect(await s.dueNotifications(10_000, 10, ["s1"])).toEqual([]);
+        expect(await s.dueNotifications(10_000, 10, ["s2", "s3"])).toHaveLength(1);
         expect(await s.nextNotificationDue()).toBe(10_000);
       });
 

@@ -96,8 +96,32 @@ async function phase(name, n) {
   );
 }
 
+/** `n` grants created back to back, then the time until the last webhook arrived (one subscription, delivered one at a time). */
+async function burst(n) {
+  const ids = [];
+  const t = performance.now();
+  for (let i = 0; i < n; i++) {
+    const r = await bot.post(grants, {
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "once",
+      command: ["echo", "burst", String(i)],
+    });
+    ids.push(r.body.id);
+  }
+  const createdMs = performance.now() - t;
+  const end = Date.now() + PHASE_MS;
+  while (ids.some((id) => !arrivals.has(id)) && Date.now() < end)
+    await new Promise((res) => setTimeout(res, 5));
+  const last = Math.max(...ids.map((id) => arrivals.get(id) ?? Number.NaN));
+  console.log(
+    `burst              grants ${String(n).padStart(4)}  all created in ${createdMs.toFixed(0)} ms, all received ${(last - t).toFixed(0)} ms after the first POST (${((n / (last - t)) * 1000).toFixed(0)}/s)`,
+  );
+}
+
 await subscribe(alice, "/fast");
 await phase("one receiver", GRANTS);
+await burst(Math.min(GRANTS, 200));
 // Bob's receiver hangs: each of its deliveries holds a worker slot until the 2 s deadline.
 await subscribe(bob, "/hang");
 await phase("+ one that hangs", Math.min(GRANTS, 100));

@@ -134,3 +134,40 @@ export async function watchInbox(
     if (!waitApplied) await sleep(POLL_MS);
   }
 }
+
+/** The words of a desktop notification for a pending grant (already made safe by eventLine's parts). */
+export function desktopText(g: Grant): { title: string; body: string } {
+  const r = g.request ?? ({} as Grant["request"]);
+  const command = shownCommand(g);
+  return {
+    title: `apes: ${shown(r.requester)} asks for approval on ${shown(r.target_host)}`,
+    body: [
+      command ? `${grantWarning(g) ? `${WARNING_MARK} ` : ""}${command}` : "",
+      r.reason ? `reason: ${shown(r.reason)}` : "",
+    ]
+      .filter(Boolean)
+      .join("\n")
+      .slice(0, 500),
+  };
+}
+
+/**
+ * `notify-send` when it is on PATH (a desktop session); argv only, no shell, 5 s at most, failures
+ * ignored: the terminal line was printed already.
+ */
+export function sendDesktopNotification(g: Grant): void {
+  const { title, body } = desktopText(g);
+  const { execFile } = process.getBuiltinModule("node:child_process");
+  execFile("notify-send", ["--app-name=apes", "--", title, body], { timeout: 5000 }, () => undefined).on(
+    "error",
+    () => undefined,
+  );
+}
+
+/** The answer to "approve, deny or skip?": undefined for skip (the default) and for anything else. */
+export function parseDecision(answer: string): "approve" | "deny" | undefined {
+  const a = answer.trim().toLowerCase();
+  if (a === "a" || a === "approve") return "approve";
+  if (a === "d" || a === "deny") return "deny";
+  return undefined;
+}

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -214,5 +214,69 @@ describe("apes grants watch", () => {
         // ended already
       }
     }
+  });
+
+  it("--interactive asks per grant (a approves, d denies, Enter skips); --desktop calls notify-send", async () => {
+    // notify-send as a desktop has it: here a script on PATH that records its argv.
+    const bin = join(dir, "bin");
+    const record = join(dir, "notify-send.args");
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(
+      join(bin, "notify-send"),
+      `#!/bin/sh\nfor a in "$@"; do printf '%s\\n' "$a"; done >> ${record}\n`,
+      { mode: 0o755 },
+    );
+    const script = join(dir, "interactive.sh");
+    const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+    const env = Object.entries({ ...alice.env, PATH: `${bin}:${alice.env.PATH}` }).map(([k, v]) =>
+      q(`${k}=${v}`),
+    );
+    writeFileSync(
+      script,
+      `trap : INT\nenv -i TERM=screen ${env.join(" ")} ${q(apesBin())} grants watch --interactive --desktop\necho "__END__ $?"\nexec sleep 600\n`,
+    );
+    tmux("new-session", "-d", "-x", "200", "-y", "50", "-s", "i", "sh", script);
+    const screen = () => tmux("capture-pane", "-p", "-J", "-t", "i");
+    try {
+      await until("the watch to start", () => screen().includes("watching for grants"));
+      const first = await request(["systemctl", "reload", "nginx"]);
+      await until("the question", () => screen().includes(`${first}: approve, deny or skip? [a/d/S]`));
+      tmux("send-keys", "-t", "i", "a", "Enter");
+      await until("the approval", () => screen().includes(`approved ${first}`));
+      const second = await request(["rm", "-rf", "/var/cache/x"]);
+      await until("the second question", () => screen().includes(`${second}: approve, deny or skip?`));
+      tmux("send-keys", "-t", "i", "Enter"); // skip: stays pending
+      const third = await request(["reboot"]);
+      await until("the third question", () => screen().includes(`${third}: approve, deny or skip?`));
+      tmux("send-keys", "-t", "i", "d", "Enter");
+      await until("the denial", () => screen().includes(`denied ${third}`));
+      const status = async (id: string) =>
+        JSON.parse((await alice.run(["--json", "grants", "show", id])).stdout).status;
+      expect([await status(first), await status(second), await status(third)]).toEqual([
+        "approved",
+        "pending",
+        "denied",
+      ]);
+      const args = readFileSync(record, "utf8");
+      expect(args).toContain(
+        "apes: bot@example.com asks for approval on web1\nsystemctl reload nginx\nreason: cleanup\n",
+      );
+      tmux("send-keys", "-t", "i", "C-c");
+      const end = await until("the exit", () => /__END__ (\d+)/.exec(screen()) ?? undefined);
+      expect(end[1]).toBe("0");
+      expect((await alice.run(["grants", "deny", second])).code).toBe(0);
+    } finally {
+      try {
+        tmux("kill-session", "-t", "i");
+      } catch {
+        // ended already
+      }
+    }
+  });
+
+  it("--interactive refuses without a terminal", async () => {
+    const r = await alice.run(["grants", "watch", "--interactive"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--interactive needs a terminal");
   });
 });

@@ -50,7 +50,10 @@ await addUser(dataDir, "bot@example.com", {
   approvers: ["bob@example.com"],
   publicKey: keys.bot.publicLine,
 });
-writeFileSync(join(dir, "idp.toml"), '[notify]\ntimeout = "2s"\nmax_attempts = 2\nretry_base = "1s"\n');
+writeFileSync(
+  join(dir, "idp.toml"),
+  '[notify]\nallow_local_targets = true\ntimeout = "2s"\nmax_attempts = 2\nretry_base = "1s"\n',
+);
 const idp = await startIdp({
   dataDir,
   extraArgs: ["--config", join(dir, "idp.toml"), "--rate-limit", "off", "--log-level", "warn"],

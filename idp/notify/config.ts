@@ -33,6 +33,11 @@ export interface NotifyConfig {
   smtp?: SmtpConfig;
   /** VAPID subject (mailto: or https: URL, RFC 8292). Absent: the Web Push channel is off. */
   webpushSubject?: string;
+  /**
+   * Users may subscribe targets on loopback or a private, link-local or unspecified address literal
+   * (off by default: a user must not make the IdP post to its own machine's or network's services).
+   */
+  allowLocalTargets: boolean;
 }
 
 export const DEFAULT_NOTIFY: NotifyConfig = {
@@ -41,6 +46,7 @@ export const DEFAULT_NOTIFY: NotifyConfig = {
   maxAttempts: 8,
   retryBaseMs: 5_000,
   retryMaxMs: 15 * 60_000,
+  allowLocalTargets: false,
 };
 
 type Table = Record<string, unknown>;
@@ -109,6 +115,10 @@ export function parseNotifyConfig(doc: unknown, isLoopback: (host: string) => bo
       case "retry_max":
         config.retryMaxMs = ms(v, key, 10, 86_400_000);
         break;
+      case "allow_local_targets":
+        if (typeof v !== "boolean") throw new Error(`"${key}" must be true or false`);
+        config.allowLocalTargets = v;
+        break;
       case "ntfy": {
         if (!isTable(v)) throw new Error(`"${key}" must be a table`);
         for (const [nk, nv] of Object.entries(v)) {
@@ -159,4 +169,29 @@ export function mailAddress(v: unknown, key: string): string {
   if (typeof v !== "string" || v.length > 254 || !/^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$/.test(v))
     throw new Error(`"${key}" must be a mail address`);
   return v;
+}
+
+/**
+ * A host that names this machine or a local network by its address: loopback, an RFC 1918 or
+ * link-local IPv4 literal, 0.0.0.0, or IPv6 loopback, unspecified, unique-local, link-local or
+ * IPv4-mapped. Names are not resolved here (a name pointing at such an address is not caught).
+ */
+export function isLocalAddress(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  if (h === "localhost" || h.endsWith(".localhost")) return true;
+  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(h);
+  if (v4) {
+    const [a, b] = [Number(v4[1]), Number(v4[2])];
+    return (
+      a === 127 ||
+      a === 10 ||
+      a === 0 ||
+      (a === 172 && b >= 16 && b <= 31) ||
+      (a === 192 && b === 168) ||
+      (a === 169 && b === 254) ||
+      (a === 100 && b >= 64 && b <= 127)
+    );
+  }
+  if (!h.includes(":")) return false;
+  return h === "::1" || h === "::" || /^f[cd]/.test(h) || /^fe[89ab]/.test(h) || h.startsWith("::ffff:");
 }

@@ -11,6 +11,8 @@ import { NotifyWorker } from "./worker.ts";
 /** What the routes see of notifications: the rows to write with a grant, a kick, the channels on offer. */
 export interface Notifier {
   enabled: ReadonlySet<NotifyChannel>;
+  /** Subscription targets may be on loopback or a local network address (config allow_local_targets). */
+  allowLocalTargets: boolean;
   /** The VAPID public key (base64url) browsers subscribe with, when Web Push is on. */
   vapidPublicKey?: string;
   /** Outbox rows for this grant's event: one per subscription of each recipient that wants it. */
@@ -64,6 +66,7 @@ export async function startNotifier(
   const linkBase = config.linkBase ?? options.base;
   return {
     enabled: channels.enabled,
+    allowLocalTargets: config.allowLocalTargets,
     ...(vapid ? { vapidPublicKey: vapid.publicKey } : {}),
     async rowsFor(event, grant, requester, now) {
       const who = recipientsOf(event, requester);

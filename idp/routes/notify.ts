@@ -4,7 +4,7 @@ import { ProblemError } from "../../protocol/problem.ts";
 import { newWebhookSecret } from "../../protocol/webhook.ts";
 import type { Idp, Principal } from "../context.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
-import { checkServiceUrl, mailAddress } from "../notify/config.ts";
+import { checkServiceUrl, isLocalAddress, mailAddress } from "../notify/config.ts";
 import {
   MAX_SUBSCRIPTIONS,
   type NotificationRecord,
@@ -30,14 +30,18 @@ function bad(detail: string): ProblemError {
   return new ProblemError("invalid_request", detail);
 }
 
-function url(v: unknown, field: string): string {
+/** A subscription's target URL: https (plain http only to loopback), and local addresses only where the config allows them. */
+function url(v: unknown, field: string, allowLocal: boolean): string {
   try {
-    // https only, except to loopback (a receiver on the IdP's own machine).
     checkServiceUrl(v, field, isLoopbackHost);
-    return v as string;
   } catch (e) {
     throw bad((e as Error).message);
   }
+  if (!allowLocal && isLocalAddress(new URL(v as string).hostname))
+    throw bad(
+      `${field} is on this machine or a local network address (the IdP's allow_local_targets is off)`,
+    );
+  return v as string;
 }
 
 /** A base64url value of exactly `bytes` bytes (a push subscription key). */
@@ -116,7 +120,7 @@ export function registerNotifyRoutes(router: Router<Principal>, idp: Idp): void 
     let secret: string | undefined;
     switch (channel) {
       case "webhook":
-        target = url(body.target, "target");
+        target = url(body.target, "target", notify.allowLocalTargets);
         secret = newWebhookSecret();
         break;
       case "ntfy":
@@ -137,7 +141,7 @@ export function registerNotifyRoutes(router: Router<Principal>, idp: Idp): void 
         break;
       }
       case "webpush": {
-        target = url(body.target, "target");
+        target = url(body.target, "target", notify.allowLocalTargets);
         const k = body.keys as Record<string, unknown> | undefined;
         if (!k || typeof k !== "object" || Array.isArray(k))
           throw bad("keys {p256dh, auth} are required for webpush");

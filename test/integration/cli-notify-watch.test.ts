@@ -37,7 +37,8 @@ beforeAll(async () => {
   socket = join(dir, "tmux.sock");
   tmux("new-session", "-d", "-s", "keep", "sleep", "600");
   hook = await httpReceiver();
-  idp = await startIdp();
+  writeFileSync(join(dir, "idp.toml"), "[notify]\nallow_local_targets = true\n");
+  idp = await startIdp({ extraArgs: ["--config", join(dir, "idp.toml")] });
   alice = cliUser("alice@example.com", idp.url);
   bot = cliUser("bot@example.com", idp.url);
   await addUser(idp.dataDir, alice.email, { publicKey: alice.publicLine });

@@ -4,7 +4,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyWebhook } from "../../protocol/webhook.ts";
-import { loopbackCert, ls, runApes, startWorld, USERS, type World } from "../helpers/idp.ts";
+import {
+  addUser,
+  api,
+  loginWithKey,
+  loopbackCert,
+  ls,
+  newKey,
+  runApes,
+  startIdp,
+  startWorld,
+  USERS,
+  type World,
+} from "../helpers/idp.ts";
 import {
   decryptWebPush,
   type HttpReceiver,
@@ -40,6 +52,7 @@ beforeAll(async () => {
     config,
     `[notify]
 link_base = "https://id.example.com"
+allow_local_targets = true
 timeout = "1s"
 max_attempts = 4
 retry_base = "50ms"
@@ -485,6 +498,35 @@ describe("subscriptions are checked", () => {
     const anon = await fetch(`${world.idp.url}${N}/subscriptions`);
     expect(anon.status).toBe(401);
     expect((await world.as("alice").delete(`${N}/subscriptions/${s.id}`)).status).toBe(204);
+  });
+
+  it("by default, no target on this machine or a local network (the IdP is nobody's proxy)", async () => {
+    const key = newKey("eve");
+    const other = await startIdp({ dataDir: join(dir, "default") });
+    try {
+      await addUser(other.dataDir, "eve@example.com", { publicKey: key.publicLine });
+      const eve = api(other.url, await loginWithKey(other.url, "eve@example.com", key.privateKey));
+      for (const target of [
+        `${hook.url}/x`,
+        "https://127.0.0.1/x",
+        "https://localhost:8443/x",
+        "https://10.1.2.3/x",
+        "https://192.168.0.1/x",
+        "https://169.254.169.254/latest",
+        "https://[::1]/x",
+        "https://[fd00::1]/x",
+        "https://[::ffff:127.0.0.1]/x",
+      ]) {
+        const r = await eve.post(`${N}/subscriptions`, { channel: "webhook", target });
+        expect(r.status, target).toBe(400);
+      }
+      expect(
+        (await eve.post(`${N}/subscriptions`, { channel: "webhook", target: "https://hooks.example.com/x" }))
+          .status,
+      ).toBe(201);
+    } finally {
+      await other.stop();
+    }
   });
 
   it("a config with an unknown key refuses to start (exit 78)", async () => {

@@ -2,7 +2,7 @@ import { createHmac } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { eventLine, inboxChanges, inboxOnly } from "../../cli/grants/watch.ts";
 import { backoffMs, httpResult, outcomeOf } from "../../idp/notify/backoff.ts";
-import { DEFAULT_NOTIFY, parseNotifyConfig } from "../../idp/notify/config.ts";
+import { DEFAULT_NOTIFY, isLocalAddress, parseNotifyConfig } from "../../idp/notify/config.ts";
 import { grantContent, outboxRows, recipientsOf, textOf, titleOf } from "../../idp/notify/content.ts";
 import type { SubscriptionRecord, UserRecord } from "../../idp/store/types.ts";
 import { isLoopbackHost } from "../../protocol/ddisa.ts";
@@ -64,6 +64,7 @@ describe("the [notify] config", () => {
       parse({
         notify: {
           link_base: "https://id.example.com/",
+          allow_local_targets: true,
           concurrency: 2,
           timeout: "3s",
           max_attempts: 5,
@@ -84,6 +85,7 @@ describe("the [notify] config", () => {
       ntfyServer: "https://ntfy.example.com",
       smtp: { host: "smtp.example.com", port: 25, from: "apes@example.com", authFile: "/etc/apes/a" },
       webpushSubject: "mailto:ops@example.com",
+      allowLocalTargets: true,
     });
   });
 
@@ -109,6 +111,30 @@ describe("the [notify] config", () => {
       "http://127.0.0.1:8080",
     );
   });
+});
+
+describe("local addresses", () => {
+  it.each([
+    "localhost",
+    "a.localhost",
+    "127.0.0.1",
+    "10.0.0.1",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.1.1",
+    "169.254.169.254",
+    "0.0.0.0",
+    "100.64.0.1",
+    "[::1]",
+    "::",
+    "fd00::1",
+    "fe80::1",
+    "::ffff:127.0.0.1",
+  ])("%s is local", (h) => expect(isLocalAddress(h)).toBe(true));
+  it.each(["hooks.example.com", "8.8.8.8", "172.32.0.1", "192.169.0.1", "2001:db8::1", "1.127.0.0"])(
+    "%s is not",
+    (h) => expect(isLocalAddress(h)).toBe(false),
+  );
 });
 
 const grant = (command: string[], extra: Partial<Grant["request"]> = {}): Grant => ({

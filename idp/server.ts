@@ -245,13 +245,17 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   return router;
 }
 
-/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
+/** Delivered and dead notifications are kept this long (the dead-letter queue's memory). */
+const NOTIFICATION_RETENTION_S = 14 * 86_400;
+
+/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis and old notifications. */
 function sweep(log: Logger, idp: Idp): () => void {
   const timer = setInterval(async () => {
     try {
       const now = nowSec();
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
+      await idp.store.purgeNotifications(now - NOTIFICATION_RETENTION_S);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

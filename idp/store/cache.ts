@@ -130,6 +130,7 @@ export function withReadCache(store: Store): Store {
     recordAttempt: (id, o) => store.recordAttempt(id, o),
     listNotifications: (q) => store.listNotifications(q),
     retryNotification: (id, n) => store.retryNotification(id, n),
+    purgeNotifications: (b) => store.purgeNotifications(b),
     lifecycle,
     close: () => store.close(),
   };

@@ -180,6 +180,8 @@ export interface Store {
   listNotifications(q: NotificationQuery): Promise<NotificationRecord[]>;
   /** A dead row back to pending, attempts reset, due at `nowMs`; false when it is not dead. */
   retryNotification(id: number, nowMs: number): Promise<boolean>;
+  /** Forgets delivered and dead rows created before `before` (Unix seconds), at most 1000 a call; how many. */
+  purgeNotifications(before: number): Promise<number>;
 
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;

@@ -721,6 +721,17 @@ export class SqliteStore implements Store {
     );
   }
 
+  async purgeNotifications(before: number): Promise<number> {
+    let n = 0;
+    for (const status of ["delivered", "dead"]) {
+      n += this.wq(
+        `DELETE FROM notify_outbox WHERE id IN (
+           SELECT id FROM notify_outbox WHERE status = ? AND created_at < ? ORDER BY id LIMIT 1000)`,
+      ).run(status, before).changes as number;
+    }
+    return n;
+  }
+
   /** A passive WAL checkpoint on this connection (the worker's fallback). */
   checkpoint(): void {
     if (!this.db.isTransaction) this.db.exec("PRAGMA wal_checkpoint(PASSIVE)");

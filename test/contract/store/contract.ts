@@ -799,6 +799,26 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await s.listNotifications({ limit: 10 })).map((r) => r.key)).toEqual(["b", "a"]);
       });
 
+      it("purges delivered and dead rows older than the cutoff, never pending ones", async () => {
+        const { s } = await fresh();
+        await s.enqueueNotifications([
+          row("old-ok", "s1", { createdAt: 5 }),
+          row("old-dead", "s1", { createdAt: 6 }),
+          row("old-pending", "s1", { createdAt: 7 }),
+          row("new-ok", "s1", { createdAt: 50 }),
+        ]);
+        const rows = await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10);
+        const id = (k: string) => rows.find((r) => r.key === k)!.id;
+        await s.recordAttempt(id("old-ok"), { delivered: true, at: 8 });
+        await s.recordAttempt(id("old-dead"), { delivered: false, error: "x", dead: true });
+        await s.recordAttempt(id("new-ok"), { delivered: true, at: 51 });
+        expect(await s.purgeNotifications(10)).toBe(2);
+        expect((await s.listNotifications({ limit: 10 })).map((r) => r.key).sort()).toEqual([
+          "new-ok",
+          "old-pending",
+        ]);
+      });
+
       it("another process sees the outbox once flushed (an admin retry reaches the server)", async () => {
         const { s, connect } = await fresh();
         const other = await connect();

@@ -23,10 +23,13 @@ import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerNotifyRoutes } from "./routes/notify.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
 import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
+import { type WebContext, webContext, webUnavailable } from "./web/context.ts";
+import { recordIssuer } from "./web/invites.ts";
 
 export interface ServeOptions {
   host: string;
@@ -70,6 +73,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
+  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   let notifier: Notifier;
   try {
     notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
@@ -91,6 +95,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     data: opts.dataDir,
     kid: idp.keys.activeKid(),
   });
+  const webOff = webUnavailable(issuer);
+  if (webOff) opts.log.log("info", "passkey pages off", { reason: webOff });
   let closing: Promise<void> | undefined;
   return {
     url: http.url,
@@ -110,7 +116,7 @@ type Data = Awaited<ReturnType<typeof openData>>;
 /** What the request pipeline runs for the IdP: its routes, hooks and error format. */
 function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
   return {
-    router: routes(opts, idp, data.login),
+    router: routes(opts, idp, data.login, webContext(idp, data.secret)),
     log: opts.log,
     base: idp.base,
     shutdown,
@@ -154,14 +160,16 @@ async function openData(opts: ServeOptions) {
     lock.release();
     throw e;
   }
+  const secret = loadChallengeSecret(opts.dataDir);
   const login: LoginSettings = {
-    challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
+    challenges: new ChallengeSealer(secret),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   return {
     store,
     keys,
     login,
+    secret,
     async close() {
       try {
         await store.close();
@@ -225,7 +233,7 @@ async function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Prom
   return principal;
 }
 
-function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Principal> {
+function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebContext): Router<Principal> {
   const router = new Router<Principal>();
   if (login.allowRawSignatures) {
     opts.log.always(
@@ -242,6 +250,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerNotifyRoutes(router, idp);
   registerTokenRoutes(router, idp);
   registerWebRoutes(router);
+  registerWebLoginRoutes(router, web);
   return router;
 }
 
@@ -255,6 +264,7 @@ function sweep(log: Logger, idp: Idp): () => void {
       const now = nowSec();
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
+      await idp.store.purgeExpiredWeb(now);
       await idp.store.purgeNotifications(now - NOTIFICATION_RETENTION_S);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });

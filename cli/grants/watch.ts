@@ -1,8 +1,8 @@
+import { requireEndpoint } from "../../client/discovery.ts";
+import { HttpProblem, isClientError } from "../../client/errors.ts";
+import { authed, grantsClient } from "../../client/grants.ts";
 import type { Grant } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
-import { HttpError } from "../http.ts";
-import { requireEndpoint } from "../idp-client.ts";
-import { authed, grantsClient } from "./client.ts";
 import { grantWarning, shown, shownCommand, WARNING_MARK } from "./format.ts";
 
 /**
@@ -115,14 +115,17 @@ export async function watchInbox(
             const g = await client.get(id);
             if (g.status !== "pending") emit({ event: "decided", grant: g });
           } catch (e) {
-            if (!(e instanceof HttpError && e.status === 404)) throw e;
+            if (!(e instanceof HttpProblem && e.status === 404)) throw e;
           }
         }
       }
     } catch (e) {
       if (signal.aborted) return;
       // Auth and permission problems end the watch; the network and the IdP coming back do not.
-      if (e instanceof HttpError && e.status < 500 && e.status !== 429) throw e;
+      const passing =
+        isClientError(e, "idp_unreachable") ||
+        (e instanceof HttpProblem && (e.status >= 500 || e.status === 429));
+      if (!passing) throw e;
       failures++;
       const delay = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures - 1, 5));
       onStatus(

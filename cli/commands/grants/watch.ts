@@ -49,7 +49,7 @@ Examples:
       async function ask(): Promise<void> {
         const [{ createInterface }, { grantsClient }] = await Promise.all([
           import("node:readline/promises"),
-          import("../../grants/client.ts"),
+          import("../../../client/grants.ts"),
         ]);
         const client = await grantsClient(ctx);
         const rl = createInterface({ input: stdin, output: ctx.io.stderr as NodeJS.WritableStream });

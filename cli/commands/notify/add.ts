@@ -35,7 +35,7 @@ Examples:
       ) => {
         const ctx = getContext();
         const [{ notifyClient }, { usageError }, { printData, notice }, { visible }] = await Promise.all([
-          import("../../notify/client.ts"),
+          import("../../../client/notify.ts"),
           import("../../errors.ts"),
           import("../../output.ts"),
           import("../../../protocol/display.ts"),

@@ -13,7 +13,7 @@ export function register(parent: Command, getContext: GetContext): void {
     .action(async (opts: { dead?: boolean }) => {
       const ctx = getContext();
       const [{ notifyClient }, { printData, formatTable, formatTime }, { visible }] = await Promise.all([
-        import("../../notify/client.ts"),
+        import("../../../client/notify.ts"),
         import("../../output.ts"),
         import("../../../protocol/display.ts"),
       ]);

@@ -9,8 +9,9 @@ export function register(parent: Command, getContext: GetContext): void {
     .addHelpText("after", "\nExamples:\n  $ apes notify remove 0b9c…-uuid")
     .action(async (id: string) => {
       const ctx = getContext();
-      const [{ notifyClient, checkSubscriptionId }, { printData }] = await Promise.all([
-        import("../../notify/client.ts"),
+      const [{ notifyClient }, { checkSubscriptionId }, { printData }] = await Promise.all([
+        import("../../../client/notify.ts"),
+        import("../../notify/ids.ts"),
         import("../../output.ts"),
       ]);
       checkSubscriptionId(id);

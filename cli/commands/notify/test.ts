@@ -12,8 +12,9 @@ export function register(parent: Command, getContext: GetContext): void {
     )
     .action(async (id: string) => {
       const ctx = getContext();
-      const [{ notifyClient, checkSubscriptionId }, { printData }] = await Promise.all([
-        import("../../notify/client.ts"),
+      const [{ notifyClient }, { checkSubscriptionId }, { printData }] = await Promise.all([
+        import("../../../client/notify.ts"),
+        import("../../notify/ids.ts"),
         import("../../output.ts"),
       ]);
       checkSubscriptionId(id);

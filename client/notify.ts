@@ -1,9 +1,7 @@
-import { visible } from "../../protocol/display.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { authed } from "../grants/client.ts";
-import { endpointRefusal, idpEndpoints } from "../idp-client.ts";
+import type { ClientContext } from "./context.ts";
+import { endpointRefusal, idpEndpoints, requireEndpoint } from "./discovery.ts";
+import { ClientError } from "./errors.ts";
+import { authed, unexpectedAnswer } from "./grants.ts";
 
 /**
  * The IdP's notification API (docs/notifications.md) for the session's user: its subscriptions, a
@@ -41,32 +39,22 @@ export interface NewSubscription {
   keys?: { p256dh: string; auth: string };
 }
 
-const SUB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-export function checkSubscriptionId(id: string): string {
-  if (!SUB_ID.test(id))
-    throw new CliError(`"${visible(id, { max: 80 })}" is not a subscription id`, {
-      exitCode: ExitCode.USAGE,
-      hint: "`apes notify list` shows them",
-    });
-  return id;
-}
-
-export async function notifyClient(ctx: Context) {
+export async function notifyClient(ctx: ClientContext) {
   const auth = await authed(ctx);
   const endpoints = await idpEndpoints(ctx, auth.session().idp);
-  const advertised = (endpoints.document as unknown as Record<string, unknown>).apes_notify_endpoint;
-  if (typeof advertised !== "string")
-    throw new CliError(`the IdP at ${endpoints.idp} offers no notifications (no apes_notify_endpoint)`, {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+  const field = "apes_notify_endpoint";
+  const raw = (endpoints.document as unknown as Record<string, unknown>)[field];
+  const advertised = requireEndpoint(endpoints, typeof raw === "string" ? raw : undefined, field);
   const why = endpointRefusal(endpoints.idp, advertised, (await ctx.config()).idpEndpointOrigins);
   if (why)
-    throw new CliError(`the IdP's apes_notify_endpoint ${why}: refused`, { exitCode: ExitCode.UNAVAILABLE });
+    throw new ClientError("endpoint_refused", `the IdP's ${field} ${why}: refused`, {
+      idp: endpoints.idp,
+      field,
+      why,
+    });
   const base = advertised.replace(/\/+$/, "");
   const shape = (ok: boolean) => {
-    if (!ok)
-      throw new CliError("the IdP answered with an unexpected shape", { exitCode: ExitCode.UNAVAILABLE });
+    if (!ok) throw unexpectedAnswer("the IdP answered with an unexpected shape");
   };
   return {
     session: auth.session(),
@@ -83,11 +71,11 @@ export async function notifyClient(ctx: Context) {
       return res.body;
     },
     async remove(id: string): Promise<void> {
-      await auth.call({ url: `${base}/subscriptions/${checkSubscriptionId(id)}`, method: "DELETE" });
+      await auth.call({ url: `${base}/subscriptions/${encodeURIComponent(id)}`, method: "DELETE" });
     },
     async test(id: string): Promise<{ key: string }> {
       const res = await auth.call<{ key: string }>({
-        url: `${base}/subscriptions/${checkSubscriptionId(id)}/test`,
+        url: `${base}/subscriptions/${encodeURIComponent(id)}/test`,
         method: "POST",
         json: {},
       });

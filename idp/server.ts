@@ -73,15 +73,16 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
-  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   let notifier: Notifier;
   try {
+    recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
     notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
       dataDir: opts.dataDir,
       base: issuer.replace(/\/+$/, ""),
       log: opts.log,
     });
   } catch (e) {
+    // Nothing may keep the process alive after a failed start (the port, the checkpoint worker).
     await http.close();
     await data.close();
     throw e;

@@ -102,7 +102,7 @@ export async function applyAction(
     throw invalidState((await idp.store.getGrant(id))?.grant ?? grant, t.from.join(" or "));
   }
   idp.events.changed(id);
-  if (action !== "revoke") idp.events.inboxChanged(requester, grant.request.requester);
+  idp.events.inboxChanged(requester, grant.request.requester);
   if (t.outbox) idp.notify?.kick();
   idp.log.log("info", `grant ${updated.grant.status}`, {
     grant: id,

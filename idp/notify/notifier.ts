@@ -69,7 +69,12 @@ export async function startNotifier(
     allowLocalTargets: config.allowLocalTargets,
     ...(vapid ? { vapidPublicKey: vapid.publicKey } : {}),
     async rowsFor(event, grant, requester, now) {
-      const who = recipientsOf(event, requester);
+      // A disabled account hears nothing (someone who left must not keep reading what is asked).
+      const who: string[] = [];
+      for (const email of recipientsOf(event, requester)) {
+        const u = await store.getUser(email);
+        if (u && !u.disabled) who.push(email);
+      }
       if (who.length === 0) return [];
       const subs = await store.subscriptionsOf(who);
       if (subs.length === 0) return [];

@@ -552,3 +552,19 @@ describe("subscriptions are checked", () => {
     expect(JSON.parse(readFileSync(file, "utf8"))).toHaveProperty("publicKey");
   });
 });
+
+describe("a disabled account", () => {
+  it("hears nothing more (last: bob stays disabled)", async () => {
+    const a = await subscribe("alice", ["pending"]);
+    const b = await subscribe("bob", ["pending"]);
+    const off = await runApes(["idp", "users", "disable", USERS.bob, "--data", world.idp.dataDir]);
+    expect(off.code, off.stderr).toBe(0);
+    const first = await request(["echo", "after-disable"]);
+    const [got] = await waitAt(hook, a.path, 1);
+    expect(JSON.parse(got!.body.toString("utf8")).data.grant_id).toBe(first);
+    // A later grant reaches alice too; bob's subscription got neither.
+    await request(["echo", "again"]);
+    await waitAt(hook, a.path, 2);
+    expect(at(hook, b.path)).toHaveLength(0);
+  });
+});

@@ -101,6 +101,12 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
     description: "tokens for services (token exchange on a delegation)",
     load: async () => (await import("./token/group.ts")).registerTokenCommands,
   },
+  {
+    name: "notify",
+    term: "notify",
+    description: "notifications: be told when a grant waits for your decision, or yours was decided",
+    load: async () => (await import("./notify/group.ts")).registerNotifyCommands,
+  },
   // Elevation: `apes [run] -- cmd`, the policy, and the shim's hidden helpers (issue 5).
   {
     name: "run",

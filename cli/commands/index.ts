@@ -50,13 +50,15 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
   {
     name: "login",
     term: "login [options] [email]",
-    description: "log in with an Ed25519 key (challenge-response); the session renews itself with the key",
+    description:
+      "log in with an Ed25519 key, or as a human in the browser (passkey at the IdP) or with a device code",
     load: async () => (await import("./login/login.ts")).register,
   },
   {
     name: "logout",
     term: "logout",
-    description: "forget the session (deletes auth.json; the key stays where it is)",
+    description:
+      "end the session: revokes a browser/device session's refresh token at the IdP, deletes auth.json",
     load: async () => (await import("./logout/logout.ts")).register,
   },
   {

@@ -206,7 +206,7 @@ describe("webhooks", () => {
     const alicePendingOnly = await subscribe("alice", ["pending"]);
     const id = await request();
     await waitAt(hook, alicePendingOnly.path, 1);
-    expect((await world.as("alice").post(`${world.grants}/${id}/approve`, {})).status).toBe(200);
+    expect((await world.approve("alice", id)).status).toBe(200);
     const [r] = await waitAt(hook, mine.path, 1);
     expect(JSON.parse(r!.body.toString("utf8")).data).toMatchObject({
       event: "grant.decided",

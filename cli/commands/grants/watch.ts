@@ -47,9 +47,10 @@ Examples:
       let wake: (() => void) | undefined;
       const asking = opts.interactive ? ask() : undefined;
       async function ask(): Promise<void> {
-        const [{ createInterface }, { grantsClient }] = await Promise.all([
+        const [{ createInterface }, { grantsClient }, { approveSigned }] = await Promise.all([
           import("node:readline/promises"),
           import("../../../client/grants.ts"),
+          import("../../grants/approval-proof.ts"),
         ]);
         const client = await grantsClient(ctx);
         const rl = createInterface({ input: stdin, output: ctx.io.stderr as NodeJS.WritableStream });
@@ -72,7 +73,8 @@ Examples:
             const decision = watch.parseDecision(answer);
             if (!decision) continue;
             try {
-              const done = decision === "approve" ? await client.approve(g.id) : await client.deny(g.id);
+              const done =
+                decision === "approve" ? await approveSigned(ctx, client, g.id) : await client.deny(g.id);
               notice(ctx, `${done.status} ${shown(g.id)}`);
             } catch (e) {
               notice(ctx, `could not ${decision} ${shown(g.id)}: ${(e as Error).message}`);

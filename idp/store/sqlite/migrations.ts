@@ -1,15 +1,8 @@
 import type { DatabaseSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
+import { type Migration, migrate as runMigrations } from "../../../server/sqlite.ts";
 
-/**
- * The SQLite schema as numbered migrations: migration N brings the database to user_version N.
- * Append only; a released migration is never edited (a data dir may have run it).
- */
-export interface Migration {
-  version: number;
-  what: string;
-  sql: string;
-}
+/** The SQLite schema as numbered migrations (server/sqlite.ts): append only. */
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -246,22 +239,9 @@ export const MIGRATIONS: readonly Migration[] = [
   },
 ];
 
-/** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */
+/** Brings the database to the newest version (and re-keys users stored before normalisation). */
 export function migrate(db: DatabaseSync, migrations: readonly Migration[] = MIGRATIONS): void {
-  db.exec("BEGIN IMMEDIATE");
-  try {
-    const { user_version: current } = db.prepare("PRAGMA user_version").get() as { user_version: number };
-    for (const m of migrations) {
-      if (m.version <= current) continue;
-      db.exec(m.sql);
-      db.exec(`PRAGMA user_version = ${m.version}`);
-    }
-    normalizeStoredUsers(db);
-    db.exec("COMMIT");
-  } catch (e) {
-    db.exec("ROLLBACK");
-    throw e;
-  }
+  runMigrations(db, migrations, () => normalizeStoredUsers(db));
 }
 
 /**

@@ -1,8 +1,7 @@
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
-import { join } from "node:path";
-import { DatabaseSync, type StatementSync } from "node:sqlite";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
+import { openPrivateSqlite, privateWalFiles } from "../../../server/sqlite.ts";
 import {
   type AttemptOutcome,
   type AuthCodeRecord,
@@ -311,15 +310,7 @@ export interface SqliteOptions {
 
 /** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
 export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): SqliteStore {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  chmodSync(dataDir, 0o700);
-  const file = join(dataDir, DB_FILE);
-  // Create the file 0600 ourselves: sqlite would use the umask (the db holds the signing keys).
-  if (!existsSync(file)) closeSync(openSync(file, "a", 0o600));
-  chmodSync(file, 0o600);
-  const db = new DatabaseSync(file, { timeout: options.busyTimeoutMs ?? 5000 });
-  db.exec("PRAGMA journal_mode = WAL");
-  db.exec("PRAGMA synchronous = NORMAL");
+  const { db, path: file } = openPrivateSqlite(dataDir, DB_FILE, options.busyTimeoutMs);
   db.exec("PRAGMA foreign_keys = ON");
   // A page cache and memory map large enough for the hot indexes: random uuid lookups on a big
   // table otherwise become a read syscall each.
@@ -328,9 +319,7 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   if (options.checkpointer) db.exec("PRAGMA wal_autocheckpoint = 0");
   try {
     migrate(db);
-    for (const suffix of ["-wal", "-shm"]) {
-      if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
-    }
+    privateWalFiles(file);
     return new SqliteStore(db, file, options);
   } catch (e) {
     db.close();

@@ -45,6 +45,7 @@ export interface LinkOptions {
 }
 
 const OUTBOX_MAX = 1024;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export type LinkState = "connecting" | "open" | "down" | "stopped";
 
@@ -260,7 +261,8 @@ export class NestLink {
     const left = reauthByS * 1000 - this.now;
     // A fifth of what is left, at least one second and at most thirty before the deadline.
     const margin = Math.min(30_000, Math.max(1000, Math.floor(left / 5)));
-    this.reauthTimer = this.later(Math.max(0, left - margin), () => {
+    // setTimeout fires at once for delays beyond 2^31-1 ms (~24.8 days): clamp, re-auth early instead.
+    this.reauthTimer = this.later(Math.min(MAX_TIMER_MS, Math.max(0, left - margin)), () => {
       void (async () => {
         try {
           const token = await this.o.token(true);

@@ -216,7 +216,7 @@ export class Supervisor {
 /**
  * A launcher for agents the nest may signal itself (its own uid: tests, and a nest run by root for
  * development): each agent in a new process group. The production launcher goes through the
- * elevation path instead (cli/commands/daemon/run.ts).
+ * elevation path instead (cli/daemon/launcher.ts).
  */
 export function localLauncher(opts: { env?: Record<string, string> } = {}): Launcher {
   return {

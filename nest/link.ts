@@ -13,7 +13,7 @@ import { type BackoffPolicy, fullJitter, RECONNECT_BACKOFF } from "./backoff.ts"
 import type { NestLog } from "./log.ts";
 
 /**
- * The nest's link to the troop (docs/control-plane.md): a WebSocket authenticated at the upgrade by
+ * The nest's link to the troop (the frames: protocol/troop.ts): a WebSocket authenticated at the upgrade by
  * `Authorization: Bearer` (the runtime's global WebSocket cannot send headers, hence the `ws`
  * client), subprotocol TROOP_SUBPROTOCOL. The troop pings; every frame or ping from it moves the
  * nest's own deadline, so a dead troop is noticed in seconds and the socket is dropped. Reconnects

@@ -22,6 +22,8 @@ export interface NestOptions {
   policy?: SupervisorPolicy;
   link: Omit<LinkOptions, "onIntent" | "log" | "onConnected">;
   random?: () => number;
+  /** Called with every status frame (the daemon keeps the last one for `apes daemon status`). */
+  onStatus?(frame: NestFrame): void;
 }
 
 export class Nest {
@@ -69,7 +71,9 @@ export class Nest {
   }
 
   private sendStatus(): void {
-    this.link.send(this.statusFrame());
+    const frame = this.statusFrame();
+    this.o.onStatus?.(frame);
+    this.link.send(frame);
   }
 
   async handleIntent(intent: Intent): Promise<void> {

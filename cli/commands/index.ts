@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import type { GetContext } from "../program.ts";
 import { registerAgentsCommands } from "./agents/group.ts";
 import { register as registerAudit } from "./audit/audit.ts";
+import { registerDaemonCommands } from "./daemon/group.ts";
 import { register as registerDelegate } from "./delegate/delegate.ts";
 import { registerDelegationsCommands } from "./delegations/group.ts";
 import { register as registerDnsCheck } from "./dns/check.ts";
@@ -53,4 +54,6 @@ export function registerCommands(program: Command, getContext: GetContext): void
   // The operator's tools (issue 15).
   registerDoctor(program, getContext);
   registerAudit(program, getContext);
+  // The Nest (issue 13).
+  registerDaemonCommands(program, getContext);
 }

@@ -21,7 +21,9 @@ describe("delegated agent enrollment (the Nest for its owner)", () => {
   });
 
   async function delegatedToken(delegator: "alice" | "carol", audience = "apes-cli"): Promise<string> {
-    const d = await w.as(delegator).post(w.delegations, { delegate: USERS.bot, audience, grant_type: "always" });
+    const d = await w
+      .as(delegator)
+      .post(w.delegations, { delegate: USERS.bot, audience, grant_type: "always" });
     expect(d.status, JSON.stringify(d.body)).toBe(201);
     const body = new URLSearchParams({
       grant_type: EXCHANGE,

@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import {
   fingerprint,
   formatOpenSshPrivateKey,
@@ -76,7 +76,7 @@ export interface SystemUser {
 
 export function lookupUser(name: string): SystemUser | undefined {
   try {
-    const f = execFileSync("getent", ["passwd", name], { encoding: "utf8" }).trim().split(":");
+    const f = execFileSync("/usr/bin/getent", ["passwd", name], { encoding: "utf8" }).trim().split(":");
     return { name, uid: Number(f[2]), gid: Number(f[3]), home: f[5]!, shell: f[6]! };
   } catch {
     return undefined;
@@ -103,7 +103,7 @@ export function ensureSystemUser(name: string, home: string): { user: SystemUser
     }
     try {
       execFileSync(
-        "useradd",
+        "/usr/sbin/useradd",
         [
           "--system",
           "--user-group",
@@ -125,7 +125,9 @@ export function ensureSystemUser(name: string, home: string): { user: SystemUser
 
 /** A directory owned by the user, 0700; an existing one is tightened (never a symlink). */
 export function ownedDir(path: string, user: SystemUser, mode = 0o700): void {
-  mkdirSync(path, { recursive: true, mode });
+  // Parents the recursive mkdir creates get 0755 (a 0700 root-owned /var/lib would lock the user out).
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  mkdirSync(path, { mode, recursive: true });
   const st = lstatSync(path);
   if (!st.isDirectory()) throw new CliError(`${path} is not a directory`, { exitCode: ExitCode.CONFIG });
   chownSync(path, user.uid, user.gid);

@@ -56,7 +56,16 @@ export async function agentsDeprovision(ctx: Context, name: string): Promise<voi
         }
       }
     }
-    execFileSync("userdel", [name], { stdio: ["ignore", "ignore", "pipe"] });
+    // userdel refuses while a killed process is not yet reaped by its parent: retry for a while.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        execFileSync("/usr/sbin/userdel", [name], { stdio: ["ignore", "ignore", "pipe"] });
+        break;
+      } catch (e) {
+        if (attempt >= 50) throw new CliError(`cannot remove the user ${name}: ${(e as Error).message}`);
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+      }
+    }
   }
   fs.rmSync(home, { recursive: true, force: true });
   fs.rmSync(spec.specPath(layout, name), { force: true });

@@ -4,7 +4,7 @@ import { registerCommands } from "./commands/index.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
 import { isInternal, runInternal } from "./elevation/fast.ts";
 import { routeArgv } from "./elevation/grammar.ts";
-import { CliError } from "./errors.ts";
+import { asCliError, CliError } from "./errors.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { VERSION } from "./version.ts";
 
@@ -96,7 +96,9 @@ export async function runCli(argv: readonly string[], overrides: Partial<Context
   }
 }
 
-function reportError(e: unknown, stderr: { write(s: string): unknown }, debug: () => boolean): number {
+function reportError(thrown: unknown, stderr: { write(s: string): unknown }, debug: () => boolean): number {
+  // client/'s failures carry no exit status or hint: the CLI's one mapping adds them (cli/errors.ts).
+  const e = asCliError(thrown);
   if (e instanceof CommanderError) {
     // help and --version end through exitOverride with code 0.
     if (e.exitCode === 0) return ExitCode.OK;

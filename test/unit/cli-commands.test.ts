@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { inboxOf } from "../../cli/commands/grants/list.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
-import { clearDiscoveryMemory } from "../../cli/idp-client.ts";
+import { clearDiscoveryMemory } from "../../client/discovery.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { formatOpenSshPrivateKey, formatSshPublicKey } from "../../protocol/keys.ts";
 import type { Grant } from "../../protocol/types.ts";

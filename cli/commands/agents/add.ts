@@ -37,8 +37,8 @@ export async function agentsAdd(ctx: Context, options: AgentsAddOptions): Promis
       import("node:fs/promises"),
       import("../../../protocol/keys.ts"),
       import("../../errors.ts"),
-      import("../../grants/client.ts"),
-      import("../../idp-client.ts"),
+      import("../../../client/grants.ts"),
+      import("../../../client/discovery.ts"),
     ]);
   if (!/^[a-z0-9][a-z0-9-]{0,39}$/.test(options.name)) {
     throw usageError(`--name "${options.name}" must be 1-40 lowercase letters, digits or dashes`);

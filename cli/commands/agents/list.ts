@@ -30,8 +30,8 @@ interface AgentView {
 
 export async function agentsList(ctx: Context): Promise<void> {
   const [{ authed }, { idpEndpoints }, { formatTable }, { shown, shownList }] = await Promise.all([
-    import("../../grants/client.ts"),
-    import("../../idp-client.ts"),
+    import("../../../client/grants.ts"),
+    import("../../../client/discovery.ts"),
     import("../../output.ts"),
     import("../../grants/format.ts"),
   ]);

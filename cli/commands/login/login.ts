@@ -48,11 +48,11 @@ export async function login(
   emailArg: string | undefined,
   options: LoginOptions,
 ): Promise<void> {
-  const [{ chooseKeyPath, emailFromPublicKey, loadPrivateKey, looksLikeEmail }, store, { keyLogin }] =
+  const [{ chooseKeyPath, emailFromPublicKey, looksLikeEmail }, { loadPrivateKey }, { logInWithKey }] =
     await Promise.all([
       import("../../auth/keys.ts"),
-      import("../../auth/store.ts"),
-      import("../../auth/key-login.ts"),
+      import("../../../client/keys.ts"),
+      import("../../../client/session.ts"),
     ]);
   const { usageError } = await import("../../errors.ts");
   const keyPath = await chooseKeyPath(ctx, options.key);
@@ -72,21 +72,7 @@ export async function login(
   if (!looksLikeEmail(email)) throw usageError(`"${email}" is not an email address`);
 
   const idp = await chooseIdp(ctx, email, options.idp);
-  const result = await keyLogin(ctx, idp, email, loaded.key);
-  const nowS = Math.floor(ctx.clock.now() / 1000);
-  const session = {
-    version: 1 as const,
-    idp,
-    email: result.email,
-    act: result.act,
-    token: result.token,
-    expires_at: result.expiresAt,
-    issued_at: result.issuedAt,
-    key_path: loaded.path,
-    key_fingerprint: loaded.fingerprint,
-    authenticated_at: nowS,
-  };
-  await store.withSessionLock(ctx, () => store.writeSession(ctx, session));
+  const { session, login: result } = await logInWithKey(ctx, idp, email, loaded);
   const { formatTime } = await import("../../output.ts");
   printData(
     ctx,
@@ -106,14 +92,14 @@ export async function login(
 }
 
 async function chooseIdp(ctx: Context, email: string, explicit: string | undefined): Promise<string> {
-  const { normalizeIdpUrl } = await import("../../idp-client.ts");
+  const { normalizeIdpUrl } = await import("../../../client/discovery.ts");
   if (explicit) {
     ctx.debug(`login: idp ${explicit} from --idp`);
     return normalizeIdpUrl(explicit);
   }
   const config = await ctx.config();
   if (!config.idp) {
-    const { readSession } = await import("../../auth/store.ts");
+    const { readSession } = await import("../../../client/session-store.ts");
     const current = await readSession(ctx).catch(() => undefined);
     if (current && current.email.toLowerCase() === email.toLowerCase()) {
       ctx.debug(`login: idp ${current.idp} from the current session of ${current.email}`);

@@ -23,7 +23,7 @@ Examples:
 }
 
 export async function logout(ctx: Context): Promise<void> {
-  const store = await import("../../auth/store.ts");
+  const store = await import("../../../client/session-store.ts");
   const { session, removed } = await store.withSessionLock(ctx, async () => {
     const s = await store.readSession(ctx).catch(() => undefined);
     return { session: s, removed: await store.removeSession(ctx) };

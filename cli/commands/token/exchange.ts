@@ -28,7 +28,7 @@ Examples:
 
 export async function tokenExchange(ctx: Context, delegation: string, audience: string): Promise<void> {
   const [{ exchangeToken }, { usageError }] = await Promise.all([
-    import("../../grants/delegations.ts"),
+    import("../../../client/delegations.ts"),
     import("../../errors.ts"),
   ]);
   if (!audience.trim()) throw usageError("--audience is empty");

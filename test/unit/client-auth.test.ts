@@ -3,8 +3,11 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { keyLogin } from "../../cli/auth/key-login.ts";
-import { freshSession, needsRefresh } from "../../cli/auth/session.ts";
+import { ExitCode } from "../../cli/exit-codes.ts";
+import { clearDiscoveryMemory, endpointsFrom } from "../../client/discovery.ts";
+import type { ClientError } from "../../client/errors.ts";
+import { keyLogin } from "../../client/key-login.ts";
+import { freshSession, needsRefresh } from "../../client/session.ts";
 import {
   authFile,
   parseSession,
@@ -12,11 +15,9 @@ import {
   type StoredSession,
   withSessionLock,
   writeSession,
-} from "../../cli/auth/store.ts";
-import { CliError } from "../../cli/errors.ts";
-import { ExitCode } from "../../cli/exit-codes.ts";
-import { clearDiscoveryMemory, endpointsFrom } from "../../cli/idp-client.ts";
+} from "../../client/session-store.ts";
 import { fingerprint, formatOpenSshPrivateKey } from "../../protocol/keys.ts";
+import { asCli } from "../helpers/cli-error.ts";
 import { fakeContext, StepClock } from "../helpers/fake-context.ts";
 import { fakeIdp } from "./cli-fake-idp.ts";
 
@@ -89,9 +90,9 @@ describe("key login", () => {
     const e = await keyLogin(refused.ctx, refused.idp.base, "bot@example.test", refused.privateKey).catch(
       (x) => x,
     );
-    expect(e).toBeInstanceOf(CliError);
-    expect(e.exitCode).toBe(ExitCode.CONFIG);
-    expect(e.hint).toContain("allow_raw_login_signature = true");
+    expect(e.failure).toBe("raw_signature_refused");
+    expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
+    expect(asCli(e).hint).toContain("allow_raw_login_signature = true");
     expect(refused.idp.requests.some((q) => q.path.endsWith("/challenge"))).toBe(false);
     const s = setup({ raw: true, allowRaw: true });
     const r = await keyLogin(s.ctx, s.idp.base, "bot@example.test", s.privateKey);
@@ -103,8 +104,8 @@ describe("key login", () => {
     const s = setup();
     const other = generateKeyPairSync("ed25519").privateKey;
     const e = await keyLogin(s.ctx, s.idp.base, "bot@example.test", other).catch((x) => x);
-    expect(e).toBeInstanceOf(CliError);
-    expect(e.exitCode).toBe(ExitCode.NOPERM);
+    expect(e.failure).toBe("login_refused");
+    expect(asCli(e).exitCode).toBe(ExitCode.NOPERM);
     expect(e.message).toContain("login as bot@example.test failed");
   });
 
@@ -141,11 +142,12 @@ describe("session store", () => {
         try {
           parseSession(text, "/x/auth.json");
         } catch (x) {
-          return x as CliError;
+          return x;
         }
       })();
-      expect(e?.exitCode).toBe(ExitCode.CONFIG);
-      expect(e?.hint).toContain("apes logout");
+      expect((e as ClientError).failure).toBe("session_broken");
+      expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
+      expect(asCli(e).hint).toContain("apes logout");
     }
   });
 
@@ -201,8 +203,9 @@ describe("freshSession", () => {
   it("says how to log in when there is no session (77)", async () => {
     const s = setup();
     const e = await freshSession(s.ctx).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.NOPERM);
-    expect(e.hint).toContain("apes login");
+    expect(e.failure).toBe("no_session");
+    expect(asCli(e).exitCode).toBe(ExitCode.NOPERM);
+    expect(asCli(e).hint).toContain("apes login");
   });
 
   it("returns a session with more than 60 s left without contacting the IdP", async () => {
@@ -232,9 +235,10 @@ describe("freshSession", () => {
     await storeFor(s, 10);
     rmSync(s.keyPath);
     const e = await freshSession(s.ctx).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.CONFIG);
+    expect(e.failure).toBe("key_unreadable");
+    expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
     expect(e.message).toContain(`${s.keyPath} does not exist`);
-    expect(e.hint).toContain("apes login bot@example.test --key");
+    expect(asCli(e).hint).toContain("apes login bot@example.test --key");
   });
 
   it("points at the same key when it moved to a default location", async () => {
@@ -244,8 +248,9 @@ describe("freshSession", () => {
     mkdirSync(join(home, ".ssh"));
     renameSync(s.keyPath, join(home, ".ssh", "id_ed25519"));
     const e = await freshSession(s.ctx).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.CONFIG);
-    expect(e.hint).toContain(`apes login bot@example.test --key ${join(home, ".ssh", "id_ed25519")}`);
+    expect(e.failure).toBe("key_moved");
+    expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
+    expect(asCli(e).hint).toContain(`apes login bot@example.test --key ${join(home, ".ssh", "id_ed25519")}`);
   });
 
   it("detects a different key at the recorded path (78)", async () => {
@@ -255,9 +260,10 @@ describe("freshSession", () => {
       mode: 0o600,
     });
     const e = await freshSession(s.ctx).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.CONFIG);
+    expect(e.failure).toBe("key_mismatch");
+    expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
     expect(e.message).toContain("is not the one this session was created with");
-    expect(e.hint).toContain(`apes login bot@example.test --key ${s.keyPath}`);
+    expect(asCli(e).hint).toContain(`apes login bot@example.test --key ${s.keyPath}`);
   });
 
   it("reports an unreachable IdP during renewal with 69", async () => {
@@ -267,7 +273,8 @@ describe("freshSession", () => {
     clearDiscoveryMemory();
     rmSync(s.ctx.paths.cacheDir, { recursive: true, force: true });
     const e = await freshSession(s.ctx).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(e.failure).toBe("idp_unreachable");
+    expect(asCli(e).exitCode).toBe(ExitCode.UNAVAILABLE);
     expect(e.message).toContain("IdP at https://id.example.test is unreachable (connection refused)");
   });
 

@@ -1,11 +1,10 @@
-import { isGrantId } from "../../protocol/names.ts";
-import type { Grant, GrantList, GrantRequest, GrantStatus, GrantType } from "../../protocol/types.ts";
-import { freshSession, type Session } from "../auth/session.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { HttpError, type HttpRequest, type HttpResponse, request } from "../http.ts";
-import { type IdpEndpoints, idpEndpoints, requireEndpoint } from "../idp-client.ts";
+import { isGrantId } from "../protocol/names.ts";
+import type { Grant, GrantList, GrantRequest, GrantStatus, GrantType } from "../protocol/types.ts";
+import type { ClientContext } from "./context.ts";
+import { type IdpEndpoints, idpEndpoints, requireEndpoint } from "./discovery.ts";
+import { ClientError, HttpProblem } from "./errors.ts";
+import { type HttpRequest, type HttpResponse, request } from "./http.ts";
+import { freshSession, type Session } from "./session.ts";
 
 /**
  * The grants API of the session's IdP (docs/protocol.md, section 3), endpoint from discovery. Every call
@@ -73,13 +72,13 @@ export function grantIdOk(id: string): boolean {
 }
 
 export function checkGrantId(id: string): string {
-  if (!grantIdOk(id)) {
-    throw new CliError(`"${id}" is not a grant id`, {
-      exitCode: ExitCode.USAGE,
-      hint: "grant ids look like 3f2b…-uuid; `apes grants list` shows them",
-    });
-  }
+  if (!grantIdOk(id)) throw new ClientError("not_a_grant_id", `"${id}" is not a grant id`, { id });
   return id;
+}
+
+/** A 2xx answer without the shape the call expects. */
+export function unexpectedAnswer(message: string): ClientError<"unexpected_answer"> {
+  return new ClientError("unexpected_answer", message, {});
 }
 
 /** A session-authenticated caller: fresh token per call, one forced re-login on an unexpected 401. */
@@ -88,7 +87,7 @@ export interface Authed {
   call<T>(req: Omit<HttpRequest, "token">): Promise<HttpResponse<T>>;
 }
 
-export async function authed(ctx: Context): Promise<Authed> {
+export async function authed(ctx: ClientContext): Promise<Authed> {
   let session = await freshSession(ctx);
   return {
     session: () => session,
@@ -97,7 +96,7 @@ export async function authed(ctx: Context): Promise<Authed> {
       try {
         return await request<T>(ctx, { ...req, token: session.token });
       } catch (e) {
-        if (!(e instanceof HttpError) || e.status !== 401 || !session.keyPath) throw e;
+        if (!(e instanceof HttpProblem) || e.status !== 401 || !session.keyPath) throw e;
         ctx.debug("session: token refused; logging in again once");
         session = await freshSession(ctx, { force: true });
         return request<T>(ctx, { ...req, token: session.token });
@@ -106,7 +105,7 @@ export async function authed(ctx: Context): Promise<Authed> {
   };
 }
 
-export async function grantsClient(ctx: Context): Promise<GrantsClient> {
+export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
   const auth = await authed(ctx);
   const endpoints = await idpEndpoints(ctx, auth.session().idp);
   const base = requireEndpoint(endpoints, endpoints.grantsEndpoint, "openape_grants_endpoint").replace(
@@ -120,9 +119,7 @@ export async function grantsClient(ctx: Context): Promise<GrantsClient> {
       if (typeof b.id === "string" && typeof b.status === "string") return b as unknown as Grant;
       if (b.grant && typeof b.grant === "object") return b.grant as Grant;
     }
-    throw new CliError("the IdP answered with something that is not a grant", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw unexpectedAnswer("the IdP answered with something that is not a grant");
   };
   const action = async (id: string, verb: string, json: unknown = {}) =>
     grantOf((await auth.call({ url: url(checkGrantId(id), verb), method: "POST", json })).body);
@@ -170,9 +167,7 @@ export async function grantsClient(ctx: Context): Promise<GrantsClient> {
         // Older IdPs answer a bare array.
         if (Array.isArray(body))
           return { data: body as Grant[], pagination: { cursor: null, has_more: false } };
-        throw new CliError("the IdP answered the grant list with an unexpected shape", {
-          exitCode: ExitCode.UNAVAILABLE,
-        });
+        throw unexpectedAnswer("the IdP answered the grant list with an unexpected shape");
       }
       return { data: body.data, pagination: body.pagination ?? { cursor: null, has_more: false } };
     },
@@ -187,9 +182,7 @@ export async function grantsClient(ctx: Context): Promise<GrantsClient> {
       });
       const jwt = res.body?.authz_jwt;
       if (typeof jwt !== "string" || jwt.split(".").length !== 3) {
-        throw new CliError("the IdP answered the token request without an authz_jwt", {
-          exitCode: ExitCode.UNAVAILABLE,
-        });
+        throw unexpectedAnswer("the IdP answered the token request without an authz_jwt");
       }
       return { authz_jwt: jwt, grant: res.body.grant as Grant };
     },

@@ -1,9 +1,8 @@
 import { isLoopbackHost } from "../protocol/ddisa.ts";
 import { visible } from "../protocol/display.ts";
 import type { Discovery } from "../protocol/types.ts";
-import type { Context } from "./context.ts";
-import { CliError, usageError } from "./errors.ts";
-import { ExitCode } from "./exit-codes.ts";
+import type { ClientContext } from "./context.ts";
+import { ClientError } from "./errors.ts";
 import { request, serviceName } from "./http.ts";
 
 /**
@@ -43,21 +42,35 @@ export function normalizeIdpUrl(raw: string): string {
   try {
     u = new URL(raw.trim());
   } catch {
-    throw usageError(`"${raw}" is not a URL`, "give the IdP as https://id.example.com");
+    throw new ClientError("idp_url_invalid", `"${raw}" is not a URL`, { raw, problem: "not_url" });
   }
   // Plain http would send keys' challenges and tokens in the clear: loopback only (tests, one-machine setups).
   if (u.protocol !== "https:" && !(u.protocol === "http:" && isLoopbackHost(u.hostname))) {
-    throw usageError(`the IdP URL must be https:// (plain http only on a loopback address), got ${raw}`);
+    throw new ClientError(
+      "idp_url_invalid",
+      `the IdP URL must be https:// (plain http only on a loopback address), got ${raw}`,
+      { raw, problem: "scheme" },
+    );
   }
-  if (u.username || u.password) throw usageError("the IdP URL must not contain credentials");
-  if (u.search || u.hash) throw usageError("the IdP URL must not have a query or fragment");
+  if (u.username || u.password) {
+    throw new ClientError("idp_url_invalid", "the IdP URL must not contain credentials", {
+      raw,
+      problem: "credentials",
+    });
+  }
+  if (u.search || u.hash) {
+    throw new ClientError("idp_url_invalid", "the IdP URL must not have a query or fragment", {
+      raw,
+      problem: "query",
+    });
+  }
   return `${u.origin}${u.pathname.replace(/\/+$/, "")}`;
 }
 
 const memory = new Map<string, Promise<IdpEndpoints>>();
 
 export async function idpEndpoints(
-  ctx: Context,
+  ctx: ClientContext,
   idp: string,
   options: { refresh?: boolean } = {},
 ): Promise<IdpEndpoints> {
@@ -78,7 +91,7 @@ export function clearDiscoveryMemory(): void {
   memory.clear();
 }
 
-async function loadEndpoints(ctx: Context, base: string, refresh: boolean): Promise<IdpEndpoints> {
+async function loadEndpoints(ctx: ClientContext, base: string, refresh: boolean): Promise<IdpEndpoints> {
   const file = await cacheFile(ctx, base);
   const nowS = Math.floor(ctx.clock.now() / 1000);
   const trusted = (await ctx.config()).idpEndpointOrigins;
@@ -93,10 +106,11 @@ async function loadEndpoints(ctx: Context, base: string, refresh: boolean): Prom
   const res = await request<unknown>(ctx, { url });
   const doc = res.body;
   if (!doc || typeof doc !== "object" || typeof (doc as Discovery).issuer !== "string") {
-    throw new CliError(`${serviceName(url)} has no valid discovery document at ${url}`, {
-      exitCode: ExitCode.UNAVAILABLE,
-      hint: "is this an OpenID / DDISA IdP? check `--idp` or the `idp` config key",
-    });
+    throw new ClientError(
+      "discovery_invalid",
+      `${serviceName(url)} has no valid discovery document at ${url}`,
+      { url },
+    );
   }
   const endpoints = endpointsFrom(base, doc as Discovery, trusted);
   await writeCache(file, { fetched_at: nowS, document: doc }).catch(() => undefined);
@@ -133,14 +147,10 @@ export function endpointsFrom(base: string, doc: Discovery, trusted: readonly st
   const checked = (field: string, v: string): string => {
     const why = endpointRefusal(base, v, trusted);
     if (why === undefined) return v;
-    throw new CliError(
+    throw new ClientError(
+      "endpoint_refused",
       `the IdP at ${base} advertises ${field} = ${visible(v, { max: 200 })}, which ${why}: refused`,
-      {
-        exitCode: ExitCode.UNAVAILABLE,
-        hint:
-          "apes only talks to the IdP's own origin; if this IdP really serves that endpoint from another " +
-          "host, add its origin to `idp_endpoint_origins` in config.toml",
-      },
+      { idp: base, field, why },
     );
   };
   const fields = doc as unknown as Record<string, unknown>;
@@ -172,13 +182,14 @@ export function endpointsFrom(base: string, doc: Discovery, trusted: readonly st
 /** The endpoint or a clear error naming the discovery field the IdP does not advertise. */
 export function requireEndpoint(e: IdpEndpoints, value: string | undefined, field: string): string {
   if (value) return value;
-  throw new CliError(`the IdP at ${e.idp} does not advertise ${field} in its discovery document`, {
-    exitCode: ExitCode.UNAVAILABLE,
-    hint: "this IdP does not support the feature; ask its operator or use another IdP",
-  });
+  throw new ClientError(
+    "endpoint_missing",
+    `the IdP at ${e.idp} does not advertise ${field} in its discovery document`,
+    { idp: e.idp, field },
+  );
 }
 
-async function cacheFile(ctx: Context, base: string): Promise<string> {
+async function cacheFile(ctx: ClientContext, base: string): Promise<string> {
   const { createHash } = await import("node:crypto");
   const { join } = await import("node:path");
   const name = createHash("sha256").update(base).digest("hex").slice(0, 32);

@@ -1,9 +1,8 @@
-import type { Grant } from "../../protocol/types.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import type { GrantsClient } from "./client.ts";
-import { formatElapsed } from "./progress.ts";
+import { formatElapsed } from "../protocol/duration.ts";
+import type { Grant } from "../protocol/types.ts";
+import type { ClientContext } from "./context.ts";
+import { ClientError } from "./errors.ts";
+import type { GrantsClient } from "./grants.ts";
 
 /**
  * Waits until a grant is no longer pending. Push first: `GET /{id}` with `Prefer: wait=N` and
@@ -19,13 +18,13 @@ export const POLL_INTERVAL_MS = 3000;
 export const MAX_WAIT_S = 25;
 
 export interface WaitOptions {
-  /** Give up after this long (CliError 75); default: wait forever. */
+  /** Give up after this long (wait_timed_out); default: wait forever. */
   timeoutMs?: number;
   signal?: AbortSignal;
   onProgress?(elapsedMs: number, grant: Grant | undefined): void;
 }
 
-export function waitMode(ctx: Context): { push: boolean; pollIntervalMs: number } {
+export function waitMode(ctx: ClientContext): { push: boolean; pollIntervalMs: number } {
   const v = Number(ctx.env.APES_POLL_INTERVAL_MS);
   return {
     push: ctx.env.APES_NO_PUSH !== "1",
@@ -34,7 +33,7 @@ export function waitMode(ctx: Context): { push: boolean; pollIntervalMs: number 
 }
 
 export async function waitForDecision(
-  ctx: Context,
+  ctx: ClientContext,
   client: GrantsClient,
   id: string,
   options: WaitOptions = {},
@@ -81,9 +80,9 @@ export async function waitForDecision(
   }
 }
 
-function timedOut(id: string, elapsedMs: number): CliError {
-  return new CliError(`grant ${id} is still pending after ${formatElapsed(elapsedMs)}`, {
-    exitCode: ExitCode.TEMPFAIL,
-    hint: `wait again with \`apes grants wait ${id}\`, or ask an approver to look at \`apes grants list --inbox\``,
+function timedOut(id: string, elapsedMs: number): ClientError<"wait_timed_out"> {
+  return new ClientError("wait_timed_out", `grant ${id} is still pending after ${formatElapsed(elapsedMs)}`, {
+    id,
+    elapsedMs,
   });
 }

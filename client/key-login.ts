@@ -1,7 +1,7 @@
 import { type KeyObject, sign } from "node:crypto";
-import { visible } from "../../protocol/display.ts";
-import { decodeJwt } from "../../protocol/jwt.ts";
-import { canonicalIdentity } from "../../protocol/names.ts";
+import { visible } from "../protocol/display.ts";
+import { decodeJwt } from "../protocol/jwt.ts";
+import { canonicalIdentity } from "../protocol/names.ts";
 import {
   advertisedFormats,
   isPlainChallenge,
@@ -9,12 +9,11 @@ import {
   SIGNATURE_FORMATS_FIELD,
   SignatureInputError,
   signingInput,
-} from "../../protocol/signatures.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { HttpError, request } from "../http.ts";
-import { type IdpEndpoints, idpEndpoints, normalizeIdpUrl, requireEndpoint } from "../idp-client.ts";
+} from "../protocol/signatures.ts";
+import type { ClientContext } from "./context.ts";
+import { type IdpEndpoints, idpEndpoints, normalizeIdpUrl, requireEndpoint } from "./discovery.ts";
+import { ClientError, HttpProblem } from "./errors.ts";
+import { request } from "./http.ts";
 
 /**
  * Ed25519 challenge-response login (docs/protocol.md, section 2): POST {id} to the challenge endpoint,
@@ -44,7 +43,7 @@ interface AuthenticateAnswer {
 }
 
 export async function keyLogin(
-  ctx: Context,
+  ctx: ClientContext,
   idp: string,
   email: string,
   key: KeyObject,
@@ -70,7 +69,7 @@ export async function keyLogin(
     challenge = await askChallenge(ctx, challengeUrl, field, email);
   } catch (e) {
     // 400/422: maybe the IdP only knows the other body shape.
-    if (!(e instanceof HttpError) || (e.status !== 400 && e.status !== 422)) throw loginError(e, email);
+    if (!(e instanceof HttpProblem) || (e.status !== 400 && e.status !== 422)) throw loginError(e, email);
     ctx.debug(`login: challenge with {${field}} refused (${e.status}); trying {${otherField}}`);
     field = otherField;
     try {
@@ -99,7 +98,7 @@ export async function keyLogin(
  * domain-separated form unless the user opted in to the raw one.
  */
 async function loginSigner(
-  ctx: Context,
+  ctx: ClientContext,
   endpoints: IdpEndpoints,
   email: string,
   key: KeyObject,
@@ -111,12 +110,10 @@ async function loginSigner(
     issuer = undefined;
   }
   if (issuer !== endpoints.idp) {
-    throw new CliError(
+    throw new ClientError(
+      "issuer_mismatch",
       `the IdP at ${endpoints.idp} names another issuer in its discovery document (${visible(endpoints.issuer, { max: 200 })}); refusing to sign a login for it`,
-      {
-        exitCode: ExitCode.UNAVAILABLE,
-        hint: "an IdP's issuer is the URL it is reached at; if you meant that issuer, log in with `--idp <issuer>`",
-      },
+      { idp: endpoints.idp, issuer: endpoints.issuer },
     );
   }
   if (advertisedFormats(endpoints.document).includes(SIGNATURE_FORMAT_V1)) {
@@ -124,42 +121,40 @@ async function loginSigner(
       try {
         return sign(null, signingInput("login", endpoints.idp, email, challenge), key).toString("base64");
       } catch (e) {
-        if (e instanceof SignatureInputError) throw new CliError(`cannot sign a login: ${e.message}`);
+        if (e instanceof SignatureInputError)
+          throw new ClientError("signing_failed", `cannot sign a login: ${e.message}`, {});
         throw e;
       }
     };
   }
   const config = await ctx.config();
   if (!config.allowRawLoginSignature) {
-    throw new CliError(
+    throw new ClientError(
+      "raw_signature_refused",
       `the IdP at ${endpoints.idp} does not advertise ${SIGNATURE_FORMAT_V1} login signatures (${SIGNATURE_FORMATS_FIELD}); signing its bare challenge would let it use your key at other IdPs`,
-      {
-        exitCode: ExitCode.CONFIG,
-        hint: "upgrade the IdP; or, only if this key is registered at no other IdP, set `allow_raw_login_signature = true` in config.toml (docs/signatures.md)",
-      },
+      { idp: endpoints.idp },
     );
   }
-  ctx.io.stderr.write(
-    `apes: warning: signing the bare challenge of ${endpoints.idp} (allow_raw_login_signature): this signature is not bound to the IdP\n`,
-  );
+  ctx.warn({ kind: "raw_login_signature", idp: endpoints.idp });
   return (challenge) => sign(null, Buffer.from(challenge, "utf8"), key).toString("base64");
 }
 
-async function askChallenge(ctx: Context, url: string, field: string, email: string): Promise<string> {
+async function askChallenge(ctx: ClientContext, url: string, field: string, email: string): Promise<string> {
   const res = await request<{ challenge?: unknown }>(ctx, { url, json: { [field]: email } });
   const c = res.body?.challenge;
   // A plain challenge holds no separator and no "." (never a JWT signing input): see docs/signatures.md.
   if (!isPlainChallenge(c)) {
-    throw new CliError(
+    throw new ClientError(
+      "bad_challenge",
       "the IdP answered the login challenge request without a plain challenge (16-256 characters of A-Z a-z 0-9 _ ~ + / = -); refusing to sign it",
-      { exitCode: ExitCode.UNAVAILABLE },
+      {},
     );
   }
   return c;
 }
 
 function interpret(
-  ctx: Context,
+  ctx: ClientContext,
   a: AuthenticateAnswer,
   email: string,
   endpoints: IdpEndpoints,
@@ -167,9 +162,7 @@ function interpret(
   const token =
     typeof a.token === "string" ? a.token : typeof a.access_token === "string" ? a.access_token : undefined;
   if (!token) {
-    throw new CliError("the IdP accepted the signature but returned no token", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw new ClientError("no_token", "the IdP accepted the signature but returned no token", {});
   }
   const claims = decodeJwtPayload(token);
   const nowS = Math.floor(ctx.clock.now() / 1000);
@@ -208,10 +201,13 @@ function confirmIdentity(
   const other = named.find((v) => wanted === undefined || canonicalIdentity(v) !== wanted);
   if (named.length > 0 && other === undefined) return;
   const shown = other === undefined ? "no identity" : visible(String(other), { max: 200 });
-  throw new CliError(`login as ${visible(email)} failed: the IdP answered for ${shown}`, {
-    exitCode: ExitCode.NOPERM,
-    hint: "the IdP must confirm the identity you log in as; check `--idp` and the email's DDISA record",
-  });
+  throw new ClientError(
+    "identity_mismatch",
+    `login as ${visible(email)} failed: the IdP answered for ${shown}`,
+    {
+      email,
+    },
+  );
 }
 
 /** Unverified payload of a JWT (the client only reads its own token's exp/sub/act; the IdP verifies). */
@@ -224,12 +220,13 @@ export function decodeJwtPayload(token: string): Record<string, unknown> | undef
 }
 
 function loginError(e: unknown, email: string): unknown {
-  if (e instanceof HttpError && e.status >= 400 && e.status < 500 && e.status !== 429) {
-    return new CliError(`login as ${email} failed: ${firstLine(e.message)}`, {
-      exitCode: ExitCode.NOPERM,
-      hint: "check the email, and that this key's public half is registered for it at the IdP (`apes keygen` prints it)",
-      cause: e,
-    });
+  if (e instanceof HttpProblem && e.status >= 400 && e.status < 500 && e.status !== 429) {
+    return new ClientError(
+      "login_refused",
+      `login as ${email} failed: ${firstLine(e.message)}`,
+      { email },
+      { cause: e },
+    );
   }
   return e;
 }

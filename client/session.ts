@@ -1,15 +1,15 @@
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { keyLogin } from "./key-login.ts";
+import type { ClientContext } from "./context.ts";
+import { ClientError, isRefusal } from "./errors.ts";
+import { type KeyLoginResult, keyLogin } from "./key-login.ts";
 import { defaultKeyCandidates, type LoadedKey, loadPrivateKey } from "./keys.ts";
-import { readSession, type StoredSession, withSessionLock, writeSession } from "./store.ts";
+import { readSession, type StoredSession, withSessionLock, writeSession } from "./session-store.ts";
 
 /**
- * A usable session: any command that needs a token calls freshSession(ctx). When less than
+ * A usable session: any call that needs a token calls freshSession(ctx). When less than
  * REFRESH_MARGIN_S remain it re-authenticates with the recorded key (under the auth.json lock, so
- * ten concurrent commands log in once). Failure is an explicit CliError with the next step:
- *   not logged in -> 77, IdP unreachable -> 69, broken auth.json or a moved/replaced key -> 78.
+ * ten concurrent processes log in once). Failure is a ClientError: no_session, session_no_key,
+ * renewal_failed (refused), key_moved, key_mismatch, a key or session file error, or the HTTP
+ * failure that stopped the renewal (idp_unreachable ...).
  */
 
 export interface Session {
@@ -37,11 +37,8 @@ export function toSession(s: StoredSession): Session {
   };
 }
 
-export function notLoggedIn(): CliError {
-  return new CliError("not logged in", {
-    exitCode: ExitCode.NOPERM,
-    hint: "run `apes login <email>` (with `--key PATH` for a key outside the default locations)",
-  });
+export function notLoggedIn(): ClientError<"no_session"> {
+  return new ClientError("no_session", "not logged in", {});
 }
 
 /**
@@ -55,7 +52,7 @@ export function needsRefresh(s: { expires_at: number; issued_at?: number }, nowS
   return s.expires_at - nowS < margin;
 }
 
-export async function freshSession(ctx: Context, options: { force?: boolean } = {}): Promise<Session> {
+export async function freshSession(ctx: ClientContext, options: { force?: boolean } = {}): Promise<Session> {
   const nowS = () => Math.floor(ctx.clock.now() / 1000);
   const first = await readSession(ctx);
   if (!first) throw notLoggedIn();
@@ -78,36 +75,61 @@ export async function freshSession(ctx: Context, options: { force?: boolean } = 
   );
 }
 
-async function reauthenticate(ctx: Context, s: StoredSession): Promise<StoredSession> {
-  const fix = `apes login ${s.email} --key <path>`;
+/**
+ * Logs in with a loaded key and records the session (auth.json, under its lock): what `apes login`
+ * does, and what the Nest does on its first start with its own key and HOME. Later calls renew it
+ * through freshSession.
+ */
+export async function logInWithKey(
+  ctx: ClientContext,
+  idp: string,
+  email: string,
+  loaded: LoadedKey,
+): Promise<{ session: StoredSession; login: KeyLoginResult }> {
+  const login = await keyLogin(ctx, idp, email, loaded.key);
+  const session: StoredSession = {
+    version: 1,
+    idp,
+    email: login.email,
+    act: login.act,
+    token: login.token,
+    expires_at: login.expiresAt,
+    issued_at: login.issuedAt,
+    key_path: loaded.path,
+    key_fingerprint: loaded.fingerprint,
+    authenticated_at: Math.floor(ctx.clock.now() / 1000),
+  };
+  await withSessionLock(ctx, () => writeSession(ctx, session));
+  return { session, login };
+}
+
+async function reauthenticate(ctx: ClientContext, s: StoredSession): Promise<StoredSession> {
   if (!s.key_path) {
-    throw new CliError(`the session of ${s.email} has expired and has no key to renew it with`, {
-      exitCode: ExitCode.NOPERM,
-      hint: `log in again: \`apes login ${s.email}\``,
-    });
+    throw new ClientError(
+      "session_no_key",
+      `the session of ${s.email} has expired and has no key to renew it with`,
+      { email: s.email },
+    );
   }
-  const fixWithPath = `apes login ${s.email} --key ${s.key_path}`;
   let loaded: LoadedKey;
   try {
-    loaded = await loadPrivateKey(ctx, s.key_path, { fixCommand: fix });
+    loaded = await loadPrivateKey(ctx, s.key_path, { email: s.email });
   } catch (e) {
     // A moved HOME or migrated service user: point at the same key if it sits in a default place.
     const found = await findKeyByFingerprint(ctx, s.key_fingerprint, s.key_path);
-    if (found && e instanceof CliError) {
-      throw new CliError(`${e.message}; the same key (${s.key_fingerprint}) is at ${found}`, {
-        exitCode: ExitCode.CONFIG,
-        hint: `log in with it to record the new path: \`apes login ${s.email} --key ${found}\``,
+    if (found && e instanceof ClientError) {
+      throw new ClientError("key_moved", `${e.message}; the same key (${s.key_fingerprint}) is at ${found}`, {
+        email: s.email,
+        found,
       });
     }
     throw e;
   }
   if (s.key_fingerprint && loaded.fingerprint !== s.key_fingerprint) {
-    throw new CliError(
+    throw new ClientError(
+      "key_mismatch",
       `the key at ${s.key_path} is not the one this session was created with (${loaded.fingerprint}, expected ${s.key_fingerprint})`,
-      {
-        exitCode: ExitCode.CONFIG,
-        hint: `if the new key is registered for ${s.email}, log in with it: \`${fixWithPath}\``,
-      },
+      { email: s.email, keyPath: s.key_path },
     );
   }
   ctx.debug(`session: renewing the token of ${s.email} with ${s.key_path}`);
@@ -115,11 +137,13 @@ async function reauthenticate(ctx: Context, s: StoredSession): Promise<StoredSes
   try {
     result = await keyLogin(ctx, s.idp, s.email, loaded.key);
   } catch (e) {
-    if (e instanceof CliError && e.exitCode === ExitCode.NOPERM) {
-      throw new CliError(`the session of ${s.email} could not be renewed: ${e.message}`, {
-        exitCode: ExitCode.NOPERM,
-        hint: e.hint ?? `log in again: \`${fixWithPath}\``,
-      });
+    if (isRefusal(e)) {
+      throw new ClientError(
+        "renewal_failed",
+        `the session of ${s.email} could not be renewed: ${(e as Error).message}`,
+        { email: s.email, keyPath: s.key_path },
+        { cause: e },
+      );
     }
     throw e;
   }
@@ -137,13 +161,13 @@ async function reauthenticate(ctx: Context, s: StoredSession): Promise<StoredSes
 }
 
 async function findKeyByFingerprint(
-  ctx: Context,
+  ctx: ClientContext,
   fp: string | undefined,
   except: string,
 ): Promise<string | undefined> {
   if (!fp) return undefined;
   const { readFile } = await import("node:fs/promises");
-  const { fingerprint, parsePrivateKey } = await import("../../protocol/keys.ts");
+  const { fingerprint, parsePrivateKey } = await import("../protocol/keys.ts");
   for (const candidate of defaultKeyCandidates(ctx)) {
     if (candidate === except) continue;
     try {

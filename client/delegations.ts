@@ -1,12 +1,11 @@
 import { randomUUID } from "node:crypto";
-import { signJwt } from "../../protocol/jwt.ts";
-import type { Grant, GrantType } from "../../protocol/types.ts";
-import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
-import { HttpError, request } from "../http.ts";
-import { idpEndpoints, requireEndpoint } from "../idp-client.ts";
-import { authed, checkGrantId } from "./client.ts";
+import { signJwt } from "../protocol/jwt.ts";
+import type { Grant, GrantType } from "../protocol/types.ts";
+import type { ClientContext } from "./context.ts";
+import { idpEndpoints, requireEndpoint } from "./discovery.ts";
+import { ClientError, HttpProblem } from "./errors.ts";
+import { authed, checkGrantId, unexpectedAnswer } from "./grants.ts";
+import { request } from "./http.ts";
 
 /**
  * Delegations (docs/protocol.md, section 4) and RFC 8693 token exchange on them. Endpoints come from
@@ -34,7 +33,7 @@ export interface ExchangeResult {
   method: "token-exchange" | "client-credentials";
 }
 
-export async function delegationsApi(ctx: Context) {
+export async function delegationsApi(ctx: ClientContext) {
   const auth = await authed(ctx);
   const endpoints = await idpEndpoints(ctx, auth.session().idp);
   const base = requireEndpoint(
@@ -47,9 +46,7 @@ export async function delegationsApi(ctx: Context) {
     if (b && typeof b.id === "string") return b as unknown as Grant;
     if (b?.grant && typeof b.grant === "object") return b.grant as Grant;
     if (b?.delegation && typeof b.delegation === "object") return b.delegation as Grant;
-    throw new CliError("the IdP answered with something that is not a delegation", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw unexpectedAnswer("the IdP answered with something that is not a delegation");
   };
   return {
     auth,
@@ -81,7 +78,7 @@ export async function delegationsApi(ctx: Context) {
  * client_credentials form with an Ed25519 client_assertion signed by my key.
  */
 export async function exchangeToken(
-  ctx: Context,
+  ctx: ClientContext,
   delegationId: string,
   audience: string,
 ): Promise<ExchangeResult> {
@@ -104,21 +101,20 @@ export async function exchangeToken(
     });
     return { ...checkTokenAnswer(res.body), method: "token-exchange" };
   } catch (e) {
-    if (!(e instanceof HttpError) || e.code !== "unsupported_grant_type") throw e;
+    if (!(e instanceof HttpProblem) || e.code !== "unsupported_grant_type") throw e;
     ctx.debug(
       "token exchange: IdP does not support RFC 8693; trying client_credentials with a client assertion",
     );
   }
   if (!session.keyPath) {
-    throw new CliError("this IdP only offers the client_credentials form, which needs your private key", {
-      exitCode: ExitCode.CONFIG,
-      hint: `log in with a key: \`apes login ${session.email} --key <path>\``,
-    });
+    throw new ClientError(
+      "exchange_needs_key",
+      "this IdP only offers the client_credentials form, which needs your private key",
+      { email: session.email },
+    );
   }
-  const { loadPrivateKey } = await import("../auth/keys.ts");
-  const key = await loadPrivateKey(ctx, session.keyPath, {
-    fixCommand: `apes login ${session.email} --key <path>`,
-  });
+  const { loadPrivateKey } = await import("./keys.ts");
+  const key = await loadPrivateKey(ctx, session.keyPath, { email: session.email });
   const iat = Math.floor(ctx.clock.now() / 1000);
   const assertion = signEdDsaJwt(
     { iss: session.email, sub: session.email, aud: tokenUrl, jti: randomUUID(), iat, exp: iat + 60 },
@@ -140,9 +136,7 @@ export async function exchangeToken(
 function checkTokenAnswer(body: unknown): Omit<ExchangeResult, "method"> {
   const b = body as Record<string, unknown> | undefined;
   if (!b || typeof b.access_token !== "string") {
-    throw new CliError("the IdP's token endpoint answered without an access_token", {
-      exitCode: ExitCode.UNAVAILABLE,
-    });
+    throw unexpectedAnswer("the IdP's token endpoint answered without an access_token");
   }
   return b as unknown as Omit<ExchangeResult, "method">;
 }

@@ -13,15 +13,17 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Context } from "../context.ts";
-import { CliError, configError } from "../errors.ts";
-import { ExitCode } from "../exit-codes.ts";
+import type { ClientContext } from "./context.ts";
+import { ClientError, type SessionFileRefusal } from "./errors.ts";
 
 /**
- * The session file `$XDG_CONFIG_HOME/apes/auth.json` (0600 in a 0700 directory). Written atomically
- * (temp file + rename) under an O_EXCL lock file, so concurrent apes processes never see a torn file
- * and re-authenticate once: whoever takes the lock re-reads the file and only logs in if still needed.
+ * The session file `<configDir>/auth.json` (0600 in a 0700 directory; the CLI's configDir is
+ * `$XDG_CONFIG_HOME/apes`, the Nest's is in its own HOME, same format). Written atomically (temp
+ * file + rename) under an O_EXCL lock file, so concurrent apes processes never see a torn file and
+ * re-authenticate once: whoever takes the lock re-reads the file and only logs in if still needed.
  */
+
+type StoreContext = Pick<ClientContext, "paths" | "debug">;
 
 export interface StoredSession {
   version: 1;
@@ -41,7 +43,7 @@ export interface StoredSession {
   issued_at?: number;
 }
 
-export function authFile(ctx: Context): string {
+export function authFile(ctx: Pick<ClientContext, "paths">): string {
   return join(ctx.paths.configDir, "auth.json");
 }
 
@@ -58,46 +60,41 @@ export interface FileFacts {
 }
 
 /**
- * Why the file at auth.json must not be used, with the fix, or undefined when it may: a regular
- * file (not a symlink, FIFO, device or directory), owned by `uid`, with no access for group or
- * others (a token others could read may be stolen; one they could write may be planted).
+ * Why the file at auth.json must not be used (what is wrong, and which kind of wrong), or undefined
+ * when it may: a regular file (not a symlink, FIFO, device or directory), owned by `uid`, with no
+ * access for group or others (a token others could read may be stolen; one they could write may be
+ * planted).
  */
 export function sessionFileRefusal(
   file: string,
   st: FileFacts,
   uid: number | undefined,
-): { problem: string; fix: string } | undefined {
-  const again = "then log in again with `apes login <email>`";
-  if (st.isSymbolicLink()) {
-    return { problem: `${file} is a symbolic link`, fix: `remove it (\`apes logout\`), ${again}` };
-  }
+): { problem: string; kind: SessionFileRefusal } | undefined {
+  if (st.isSymbolicLink()) return { problem: `${file} is a symbolic link`, kind: "symlink" };
   if (!st.isFile()) {
     const what = st.isDirectory() ? "a directory" : "not a regular file";
-    return { problem: `${file} is ${what}`, fix: `move it out of the way, ${again}` };
+    return { problem: `${file} is ${what}`, kind: "not_file" };
   }
   if (uid !== undefined && st.uid !== uid) {
-    return {
-      problem: `${file} belongs to uid ${st.uid}, not to you (uid ${uid})`,
-      fix: `remove it (\`apes logout\`), ${again}`,
-    };
+    return { problem: `${file} belongs to uid ${st.uid}, not to you (uid ${uid})`, kind: "foreign_owner" };
   }
   if ((st.mode & 0o077) !== 0) {
     const mode = (st.mode & 0o777).toString(8).padStart(4, "0");
     return {
       problem: `${file} is accessible by others (mode ${mode}): its token may have been read or replaced`,
-      fix: `\`chmod 600 ${file}\`; if others could have used it, \`apes logout\`, ${again}`,
+      kind: "open_mode",
     };
   }
   return undefined;
 }
 
 /**
- * Reads auth.json: undefined when absent; a CliError (78) when unreadable, malformed, or not a
- * private regular file of ours (sessionFileRefusal). lstat first, so a FIFO or device is never
+ * Reads auth.json: undefined when absent; a ClientError (session_unreadable, session_broken,
+ * session_file_refused) when unreadable, malformed, or not a private regular file of ours. lstat first, so a FIFO or device is never
  * opened; then O_NOFOLLOW | O_NONBLOCK and an fstat of the open file, so one swapped in between
  * cannot redirect or hang the read.
  */
-export async function readSession(ctx: Context): Promise<StoredSession | undefined> {
+export async function readSession(ctx: Pick<ClientContext, "paths">): Promise<StoredSession | undefined> {
   // Another apes command may replace the file (atomic rename) between our lstat and open: that is a
   // newer session, not an attack (the open file is checked on its own), so look again, a few times.
   for (let attempt = 1; ; attempt++) {
@@ -110,19 +107,16 @@ const READ_ATTEMPTS = 5;
 const REPLACED = Symbol("replaced while being read");
 
 async function readSessionOnce(
-  ctx: Context,
+  ctx: Pick<ClientContext, "paths">,
   mayRetry: boolean,
 ): Promise<StoredSession | undefined | typeof REPLACED> {
   const file = authFile(ctx);
   const unreadable = (e: unknown) =>
-    configError(
-      `cannot read ${file}: ${(e as Error).message}`,
-      "fix its permissions, or `apes logout` and log in again",
-    );
+    new ClientError("session_unreadable", `cannot read ${file}: ${(e as Error).message}`, { file });
   const uid = process.getuid?.();
   const refuse = (st: FileFacts) => {
     const why = sessionFileRefusal(file, st, uid);
-    if (why) throw configError(why.problem, why.fix);
+    if (why) throw new ClientError("session_file_refused", why.problem, { file, refusal: why.kind });
   };
   let before: Stats;
   try {
@@ -149,18 +143,15 @@ async function readSessionOnce(
     if (st.size > MAX_SESSION_BYTES) throw brokenSession(file, `larger than ${MAX_SESSION_BYTES / 1024} KiB`);
     text = await fh.readFile("utf8");
   } catch (e) {
-    throw e instanceof CliError ? e : unreadable(e);
+    throw e instanceof ClientError ? e : unreadable(e);
   } finally {
     await fh.close();
   }
   return parseSession(text, file);
 }
 
-function brokenSession(file: string, what: string): CliError {
-  return configError(
-    `${file} is broken: ${what}`,
-    "remove it with `apes logout`, then log in again with `apes login <email>`",
-  );
+function brokenSession(file: string, what: string): ClientError {
+  return new ClientError("session_broken", `${file} is broken: ${what}`, { file });
 }
 
 export function parseSession(text: string, file: string): StoredSession {
@@ -188,7 +179,7 @@ export function parseSession(text: string, file: string): StoredSession {
   return s as unknown as StoredSession;
 }
 
-export async function writeSession(ctx: Context, session: StoredSession): Promise<void> {
+export async function writeSession(ctx: Pick<ClientContext, "paths">, session: StoredSession): Promise<void> {
   const dir = ctx.paths.configDir;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   // mkdir's mode only applies to new directories: tighten an existing one we own.
@@ -200,14 +191,14 @@ export async function writeSession(ctx: Context, session: StoredSession): Promis
     await rename(tmp, file);
   } catch (e) {
     await unlink(tmp).catch(() => undefined);
-    throw new CliError(`cannot write ${file}: ${(e as Error).message}`, {
-      exitCode: ExitCode.CONFIG,
-      hint: `check that ${dir} is writable by you`,
+    throw new ClientError("session_write_failed", `cannot write ${file}: ${(e as Error).message}`, {
+      file,
+      dir,
     });
   }
 }
 
-export async function removeSession(ctx: Context): Promise<boolean> {
+export async function removeSession(ctx: Pick<ClientContext, "paths">): Promise<boolean> {
   try {
     await unlink(authFile(ctx));
     return true;
@@ -221,7 +212,7 @@ export async function removeSession(ctx: Context): Promise<boolean> {
 export const LOCK_STALE_MS = 30_000;
 /** A live holder this old is hung (a login takes at most a few request timeouts). */
 export const LOCK_HUNG_MS = 120_000;
-/** How long a command waits for the lock before giving up (75). */
+/** How long a caller waits for the lock before giving up (lock_busy). */
 export const LOCK_WAIT_MS = 60_000;
 
 /**
@@ -229,7 +220,7 @@ export const LOCK_WAIT_MS = 60_000;
  * gone is taken over at once; one without a pid after LOCK_STALE_MS; a live holder after LOCK_HUNG_MS.
  */
 export async function withSessionLock<T>(
-  ctx: Context,
+  ctx: StoreContext,
   fn: () => Promise<T>,
   /** Checked while waiting: a value ends the wait without taking the lock (someone else did the work). */
   shortcut?: () => Promise<T | undefined>,
@@ -250,9 +241,9 @@ export async function withSessionLock<T>(
       break;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") {
-        throw new CliError(`cannot create ${lock}: ${(e as Error).message}`, {
-          exitCode: ExitCode.CONFIG,
-          hint: `check that ${dir} is writable by you`,
+        throw new ClientError("lock_create_failed", `cannot create ${lock}: ${(e as Error).message}`, {
+          lock,
+          dir,
         });
       }
     }
@@ -262,10 +253,7 @@ export async function withSessionLock<T>(
       continue;
     }
     if (Date.now() > deadline) {
-      throw new CliError(`another apes process holds ${lock}`, {
-        exitCode: ExitCode.TEMPFAIL,
-        hint: "try again; if no apes process is running, remove the lock file",
-      });
+      throw new ClientError("lock_busy", `another apes process holds ${lock}`, { lock });
     }
     await sleep(delay + Math.floor(Math.random() * delay));
     delay = Math.min(delay * 2, 100);

@@ -3,14 +3,15 @@ import type { ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { writeSession } from "../../cli/auth/store.ts";
 import { parseUserConfig } from "../../cli/config.ts";
-import type { Fetch } from "../../cli/context.ts";
-import { CliError } from "../../cli/errors.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
-import { grantsClient } from "../../cli/grants/client.ts";
-import { errorFor, IDP_TEXT_MAX, insecureUrlRefusal, nodeFetch, request } from "../../cli/http.ts";
-import { clearDiscoveryMemory, endpointRefusal, endpointsFrom } from "../../cli/idp-client.ts";
+import type { Fetch } from "../../client/context.ts";
+import { clearDiscoveryMemory, endpointRefusal, endpointsFrom } from "../../client/discovery.ts";
+import type { ClientError } from "../../client/errors.ts";
+import { grantsClient } from "../../client/grants.ts";
+import { errorFor, IDP_TEXT_MAX, insecureUrlRefusal, nodeFetch, request } from "../../client/http.ts";
+import { writeSession } from "../../client/session-store.ts";
+import { asCli } from "../helpers/cli-error.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 import { type HostileServer, startHostileServer } from "../helpers/hostile-http.ts";
 import { fakeJwt } from "./cli-fake-idp.ts";
@@ -76,12 +77,12 @@ describe("endpoints from discovery stay on the IdP's origin", () => {
       (c) => c.list(),
       (x: unknown) => x,
     );
-    expect(e).toBeInstanceOf(CliError);
-    expect((e as CliError).exitCode).toBe(ExitCode.UNAVAILABLE);
-    expect((e as CliError).message).toContain(
+    expect((e as ClientError).failure).toBe("endpoint_refused");
+    expect(asCli(e).exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect((e as ClientError).message).toContain(
       `advertises openape_grants_endpoint = ${elsewhere.url}/api/grants, which is not on the IdP's origin ${idp.url}`,
     );
-    expect((e as CliError).hint).toContain("idp_endpoint_origins");
+    expect(asCli(e).hint).toContain("idp_endpoint_origins");
     expect(idp.requests.map((r) => r.url)).toEqual(["/.well-known/openid-configuration"]);
     expect(elsewhere.requests).toEqual([]);
   });
@@ -152,8 +153,8 @@ describe("no request in the clear to a non-loopback host", () => {
       }) as Fetch,
     });
     const e = await request(ctx, { url: "http://192.0.2.10/api/grants", token: "secret" }).catch((x) => x);
-    expect(e).toBeInstanceOf(CliError);
-    expect(e.exitCode).toBe(ExitCode.CONFIG);
+    expect(e.failure).toBe("insecure_url");
+    expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
     expect(e.message).toBe(
       "refusing to send the session token to 192.0.2.10 over plain http (allowed only on a loopback address)",
     );
@@ -187,13 +188,13 @@ describe("answers are bounded while reading", () => {
     const ctx = fakeContext({ home, http: realHttp, env });
     const e = await request(ctx, { url: `${s.url}/x` }).catch((x: unknown) => x);
     await s.settled();
-    return { e: e as CliError, sent: s.bytesSent() };
+    return { e: e as ClientError, sent: s.bytesSent() };
   };
 
   it("an endless body fails as soon as it passes 16 MiB, long before the deadline", async () => {
     const { e, sent } = await get("endless", { APES_HTTP_TIMEOUT_MS: "25000" });
-    expect(e).toBeInstanceOf(CliError);
-    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(e.failure).toBe("answer_too_large");
+    expect(asCli(e).exitCode).toBe(ExitCode.UNAVAILABLE);
     expect(e.message).toMatch(
       /^IdP at http:\/\/127\.0\.0\.1:\d+ sent an answer larger than 16 MiB: refused$/,
     );
@@ -208,7 +209,8 @@ describe("answers are bounded while reading", () => {
 
   it("a body trickling in ends at the request's total deadline", async () => {
     const { e } = await get("trickle", { APES_HTTP_TIMEOUT_MS: "500" });
-    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(e.failure).toBe("idp_unreachable");
+    expect(asCli(e).exitCode).toBe(ExitCode.UNAVAILABLE);
     expect(e.message).toMatch(/unreachable \(no answer within 1 s\)/);
   });
 });
@@ -232,7 +234,8 @@ describe("IdP text in errors is escaped and bounded", () => {
 
   it("Retry-After is escaped too", () => {
     const e = errorFor(429, {}, "https://id.example.com/x", new Headers({ "retry-after": "5\x1b[2J" }));
-    expect(e.hint).toBe("try again in 5\\x1b[2J s");
+    expect(e.retryAfter).toBe("5\\x1b[2J");
+    expect(asCli(e).hint).toBe("try again in 5\\x1b[2J s");
   });
 
   it("the CLI prints such an error escaped and cut", async () => {

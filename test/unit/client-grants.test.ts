@@ -1,18 +1,22 @@
 import { generateKeyPairSync } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { keyLogin } from "../../cli/auth/key-login.ts";
-import { writeSession } from "../../cli/auth/store.ts";
-import type { Clock } from "../../cli/context.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
-import { grantsClient } from "../../cli/grants/client.ts";
 import { formatElapsed, startProgress } from "../../cli/grants/progress.ts";
-import { waitForDecision } from "../../cli/grants/wait.ts";
-import { errorFor, nodeFetch, request } from "../../cli/http.ts";
-import { clearDiscoveryMemory } from "../../cli/idp-client.ts";
+import type { ClientContext, ClientWarning, Clock } from "../../client/context.ts";
+import { clearDiscoveryMemory } from "../../client/discovery.ts";
+import { ClientError } from "../../client/errors.ts";
+import { grantsClient } from "../../client/grants.ts";
+import { errorFor, nodeFetch, request } from "../../client/http.ts";
+import { keyLogin } from "../../client/key-login.ts";
+import { loadPrivateKey } from "../../client/keys.ts";
+import { freshSession, logInWithKey } from "../../client/session.ts";
+import { writeSession } from "../../client/session-store.ts";
+import { waitForDecision } from "../../client/wait.ts";
 import { fingerprint, formatOpenSshPrivateKey } from "../../protocol/keys.ts";
+import { asCli } from "../helpers/cli-error.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 import { type FakeIdp, fakeIdp } from "./cli-fake-idp.ts";
 
@@ -95,7 +99,8 @@ describe("grants client", () => {
     const { clock, idp } = setup();
     const c = await grantsClient(await loggedIn(idp, clock));
     const e = await c.get("../admin").catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.USAGE);
+    expect(e.failure).toBe("not_a_grant_id");
+    expect(asCli(e).exitCode).toBe(ExitCode.USAGE);
   });
 
   it("re-authenticates transparently when the token is about to expire", async () => {
@@ -106,6 +111,60 @@ describe("grants client", () => {
     clock.t += 3590 * 1000;
     await c.list();
     expect(idp.authentications).toBe(before + 1);
+  });
+});
+
+describe("a neutral ClientContext (what the Nest passes: no terminal, no CLI)", () => {
+  it("logs in with a key, renews, creates a grant and waits for it; failures are typed", async () => {
+    const { clock, idp } = setup();
+    const { privateKey } = generateKeyPairSync("ed25519");
+    idp.users.set("nest@example.test", { key: privateKey, act: "agent", owner: "alice@example.test" });
+    const keyPath = join(home, "nest-key");
+    writeFileSync(keyPath, formatOpenSshPrivateKey(privateKey), { mode: 0o600 });
+    const debug: string[] = [];
+    const warnings: ClientWarning[] = [];
+    const ctx: ClientContext = {
+      http: idp.http,
+      clock,
+      paths: { configDir: join(home, "nest", "config"), cacheDir: join(home, "nest", "cache") },
+      env: {},
+      config: async () => ({ allowRawLoginSignature: false, idpEndpointOrigins: [] }),
+      debug: (m) => debug.push(m),
+      warn: (w) => warnings.push(w),
+    };
+    const none = await freshSession(ctx).catch((x: unknown) => x);
+    expect(none).toBeInstanceOf(ClientError);
+    expect((none as ClientError).failure).toBe("no_session");
+    const { session } = await logInWithKey(
+      ctx,
+      idp.base,
+      "nest@example.test",
+      await loadPrivateKey(ctx, keyPath),
+    );
+    expect(session.key_path).toBe(keyPath);
+    expect(statSync(join(home, "nest", "config", "auth.json")).mode & 0o777).toBe(0o600);
+    const before = idp.authentications;
+    clock.t += 3590 * 1000;
+    const renewed = await freshSession(ctx);
+    expect(idp.authentications).toBe(before + 1);
+    expect(renewed.token).not.toBe(session.token);
+    const c = await grantsClient(ctx);
+    const { grant } = await c.create(request0);
+    expect(grant.request.requester).toBe("nest@example.test");
+    let polls = 0;
+    const decided = await waitForDecision(ctx, c, grant.id, {
+      timeoutMs: 60_000,
+      onProgress: () => {
+        if (++polls === 2) void decide(idp, clock, grant.id, "approve");
+      },
+    });
+    expect(decided.status).toBe("approved");
+    expect(debug.some((m) => m.startsWith("session: renewing the token of nest@example.test"))).toBe(true);
+    expect(warnings).toEqual([]);
+    // A key others can read is a warning for the caller to show, not a line on a terminal.
+    chmodSync(keyPath, 0o644);
+    await loadPrivateKey(ctx, keyPath);
+    expect(warnings).toEqual([{ kind: "key_mode", path: keyPath, mode: 0o644 }]);
   });
 });
 
@@ -150,7 +209,7 @@ describe("waitForDecision", () => {
     const c = await grantsClient(ctx);
     const { grant } = await c.create(request0);
     const e = await waitForDecision(ctx, c, grant.id, { timeoutMs: 10_000 }).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.TEMPFAIL);
+    expect(asCli(e).exitCode).toBe(ExitCode.TEMPFAIL);
     expect(e.message).toContain("still pending after 10s");
     expect(idp.requests.some((r) => r.headers.prefer)).toBe(false);
   });
@@ -161,21 +220,25 @@ describe("waitForDecision", () => {
     const c = await grantsClient(ctx);
     const { grant } = await c.create(request0);
     const e = await waitForDecision(ctx, c, grant.id, { timeoutMs: 7000 }).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.TEMPFAIL);
-    expect(e.hint).toContain(`apes grants wait ${grant.id}`);
+    expect(e.failure).toBe("wait_timed_out");
+    expect(e.details).toMatchObject({ id: grant.id });
+    expect(asCli(e).exitCode).toBe(ExitCode.TEMPFAIL);
+    expect(asCli(e).hint).toContain(`apes grants wait ${grant.id}`);
   });
 });
 
 describe("http helper", () => {
   it("maps statuses to exit codes", () => {
     const u = "https://id.test/x";
-    expect(errorFor(503, {}, u).exitCode).toBe(ExitCode.UNAVAILABLE);
-    expect(errorFor(401, { detail: "expired" }, u).exitCode).toBe(ExitCode.NOPERM);
-    expect(errorFor(403, {}, u).exitCode).toBe(ExitCode.NOPERM);
+    expect(asCli(errorFor(503, {}, u)).exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(asCli(errorFor(401, { detail: "expired" }, u)).exitCode).toBe(ExitCode.NOPERM);
+    expect(asCli(errorFor(403, {}, u)).exitCode).toBe(ExitCode.NOPERM);
     const e = errorFor(400, { error: "invalid_grant", error_description: "no such delegation" }, u);
-    expect(e.exitCode).toBe(ExitCode.ERROR);
+    expect(asCli(e).exitCode).toBe(ExitCode.ERROR);
     expect(e.message).toContain("no such delegation");
     expect(e.code).toBe("invalid_grant");
+    expect(e.status).toBe(400);
+    expect(e.detail).toBe("no such delegation");
     expect(
       errorFor(409, { type: "https://openape.org/errors/invalid_state", title: "t", status: 409 }, u).code,
     ).toBe("invalid_state");
@@ -198,18 +261,18 @@ describe("http helper", () => {
     const idp = fakeIdp();
     const ctx = fakeContext({ home, http: idp.http });
     const e = await request(ctx, { url: `${idp.base}/boom` }).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(asCli(e).exitCode).toBe(ExitCode.UNAVAILABLE);
     expect(e.message).toContain("maintenance");
     idp.down = true;
     const e2 = await request(ctx, { url: `${idp.base}/x` }).catch((x) => x);
-    expect(e2.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(asCli(e2).exitCode).toBe(ExitCode.UNAVAILABLE);
     expect(e2.message).toBe("IdP at https://id.example.test is unreachable (connection refused)");
   });
 
   it("refuses a configured CA file that is missing (78)", async () => {
     const ctx = fakeContext({ home, http: fakeIdp().http, config: { caFile: join(home, "nope.pem") } });
     const e = await request(ctx, { url: "https://id.example.test/x" }).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.CONFIG);
+    expect(asCli(e).exitCode).toBe(ExitCode.CONFIG);
   });
 });
 
@@ -253,7 +316,7 @@ describe("nodeFetch (node:http transport)", () => {
       http: ((u: string, i?: RequestInit) => nodeFetch(u, i)) as typeof fetch,
     });
     const e = await request(ctx, { url: `http://127.0.0.1:${port}/gone` }).catch((x) => x);
-    expect(e.exitCode).toBe(ExitCode.UNAVAILABLE);
+    expect(asCli(e).exitCode).toBe(ExitCode.UNAVAILABLE);
     expect(e.message).toContain("connection refused");
   });
 });

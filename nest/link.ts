@@ -312,21 +312,22 @@ export class NestLink {
     const headers = { authorization: `Bearer ${token}` };
     const base = this.o.troop.replace(/\/+$/, "");
     this.stats.polls++;
-    if (this.outbox.length > 0) {
-      const frames = this.outbox.splice(0, 100);
+    // One frame per POST (docs/control-plane.md, REST). A frame the troop refuses (403: not addressed
+    // to us, 409: a transition that does not apply) is dropped; any other failure keeps the rest queued.
+    while (this.outbox.length > 0) {
+      const frame = this.outbox[0]!;
       const res = await http(`${base}/v1/nest/frames`, {
         method: "POST",
         headers,
-        json: { frames },
+        json: frame,
         ...(this.o.ca ? { ca: this.o.ca } : {}),
-      }).catch((e) => {
-        this.outbox.unshift(...frames);
-        throw e;
       });
-      if (res.status >= 300) {
-        this.outbox.unshift(...frames);
+      if (res.status === 403 || res.status === 409) {
+        this.o.log.log("warn", "troop refused a frame", { status: res.status, type: frame.type });
+      } else if (res.status >= 300) {
         throw new Error(`POST /v1/nest/frames: ${res.status}`);
       }
+      this.outbox.shift();
     }
     const res = await http(`${base}/v1/nest/intents`, {
       headers,

@@ -64,12 +64,15 @@ async function startPeer(): Promise<Peer> {
       if (req.method === "GET" && req.url === "/v1/nest/intents") {
         peer.polled.push(auth);
         res.writeHead(200, { "content-type": "application/json" });
-        res.end(JSON.stringify({ intents: peer.queued.splice(0) }));
+        res.end(JSON.stringify({ data: peer.queued.splice(0) }));
         return;
       }
       if (req.method === "POST" && req.url === "/v1/nest/frames") {
-        peer.posted.push((JSON.parse(body) as { frames: NestFrame[] }).frames);
-        res.writeHead(204).end();
+        const frame = JSON.parse(body) as NestFrame;
+        peer.posted.push([frame]);
+        // Like the troop: a result for an intent not addressed to this nest is refused (and dropped).
+        if (frame.type === "result" && frame.intent_id === "not-mine") res.writeHead(403).end();
+        else res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
         return;
       }
       res.writeHead(404).end();
@@ -241,11 +244,16 @@ describe("nest link (WebSocket client to the troop)", () => {
     peer.refuseUpgrades = true;
     peer.queued.push(intent("p1", 1), intent("p2", 2));
     const { l, got, lines } = link(peer);
+    l.send({ type: "result", intent_id: "not-mine", state: "done" });
     l.send({ type: "result", intent_id: "earlier", state: "done" });
     await until("polled intents", () => got.length === 2);
     expect(got.map((i) => i.id)).toEqual(["p1", "p2"]);
-    await until("posted frames", () => peer.posted.length >= 1);
-    expect(peer.posted[0]).toEqual([{ type: "result", intent_id: "earlier", state: "done" }]);
+    await until("posted frames", () => peer.posted.length >= 2);
+    // One frame per POST, in order; the refused one is not sent again.
+    expect(peer.posted.slice(0, 2)).toEqual([
+      [{ type: "result", intent_id: "not-mine", state: "done" }],
+      [{ type: "result", intent_id: "earlier", state: "done" }],
+    ]);
     expect(peer.polled[0]).toBe(`Bearer ${TOKEN}`);
     // Back to the socket once upgrades work again; polling stops.
     peer.refuseUpgrades = false;
@@ -253,6 +261,9 @@ describe("nest link (WebSocket client to the troop)", () => {
     const polls = l.stats.polls;
     await new Promise((r) => setTimeout(r, 200));
     expect(l.stats.polls).toBe(polls);
+    expect(peer.posted.filter((p) => p[0]?.type === "result" && p[0].intent_id === "not-mine")).toHaveLength(
+      1,
+    );
     expect(lines.join("")).not.toContain(TOKEN);
   });
 

@@ -50,7 +50,7 @@ export async function agentsRun(ctx: Context, name: string): Promise<number> {
     import("node:fs"),
     import("../../errors.ts"),
     import("../../../nest/agents.ts"),
-    import("../../daemon/session.ts"),
+    import("../../../nest/identity.ts"),
   ]);
   spec.checkAgentName(name);
   const layout = host.nestLayout();

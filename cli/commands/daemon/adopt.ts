@@ -44,7 +44,7 @@ export async function daemonAdopt(ctx: Context, dir: string): Promise<void> {
     import("node:path"),
     import("node:child_process"),
     import("../../../protocol/keys.ts"),
-    import("../../auth/store.ts"),
+    import("../../../client/session-store.ts"),
     import("../../output.ts"),
     import("../../errors.ts"),
     import("../../../protocol/display.ts"),
@@ -57,7 +57,6 @@ export async function daemonAdopt(ctx: Context, dir: string): Promise<void> {
   try {
     session = parseSession(fs.readFileSync(authPath, "utf8"), authPath);
   } catch (e) {
-    if (e instanceof CliError) throw e;
     throw configError(`cannot read ${authPath}: ${(e as Error).message}`);
   }
   const candidates = [session.key_path, join(from, "id_ed25519")].filter(

@@ -49,8 +49,8 @@ export async function daemonRun(ctx: Context): Promise<number> {
     import("../../../nest/journal.ts"),
     import("../../../nest/nest.ts"),
     import("../../daemon/launcher.ts"),
-    import("../../daemon/tokens.ts"),
-    import("../../daemon/session.ts"),
+    import("../../../nest/identity.ts"),
+    import("../../../nest/identity.ts"),
     import("../../errors.ts"),
     import("../../version.ts"),
   ]);

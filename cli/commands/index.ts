@@ -15,6 +15,7 @@ import { register as registerVerify } from "./internal/verify.ts";
 import { register as registerKeygen } from "./keygen/keygen.ts";
 import { register as registerLogin } from "./login/login.ts";
 import { register as registerLogout } from "./logout/logout.ts";
+import { registerNestCommands } from "./nest/group.ts";
 import { register as registerRun } from "./run/run.ts";
 import { registerTokenCommands } from "./token/group.ts";
 import { register as registerTrust } from "./trust/trust.ts";
@@ -56,4 +57,5 @@ export function registerCommands(program: Command, getContext: GetContext): void
   registerAudit(program, getContext);
   // The Nest (issue 13).
   registerDaemonCommands(program, getContext);
+  registerNestCommands(program, getContext);
 }

@@ -87,10 +87,14 @@ export async function nestSpawn(
     for (const g of pending) {
       const c = g.request.command ?? [];
       const i = c.indexOf("agents");
+      // Only what this spawn asked for: provision of this agent for me with exactly this argv, and
+      // `agents run <agent>` with nothing after it.
+      const tail = JSON.stringify(c.slice(-argv.length - 1)) === JSON.stringify(["--", ...argv]);
+      const forMe = c[c.indexOf("--owner") + 1] === me;
       const ours =
         g.request.requester === nest &&
         i > 0 &&
-        ((c[i + 1] === "provision" && c[i + 2] === agent) ||
+        ((c[i + 1] === "provision" && c[i + 2] === agent && tail && forMe) ||
           (c[i + 1] === "run" && c[i + 2] === agent && c.length === i + 3));
       if (!ours || approved.has(g.id)) continue;
       await grants.approve(g.id);

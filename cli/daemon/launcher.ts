@@ -86,6 +86,7 @@ export function elevationLauncher(o: ElevationLauncherOptions): Launcher {
         "--owner",
         agent.owner,
         ...(o.config.idp ? ["--idp", o.config.idp] : []),
+        ...(o.config.caFile ? ["--ca-file", o.config.caFile] : []),
         ...s.env.flatMap((e) => ["--env", e]),
         ...s.secrets.flatMap((x) => ["--secret", x]),
         "--",

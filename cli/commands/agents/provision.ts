@@ -7,6 +7,7 @@ export interface ProvisionOptions {
   idp?: string;
   env?: string[];
   secret?: string[];
+  caFile?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -20,6 +21,7 @@ export function register(parent: Command, getContext: GetContext): void {
     .requiredOption("--owner <email>", "the human the agent belongs to (approves its grants)")
     .option("--idp <url>", "the IdP the agent logs in at (recorded for `apes agents run`)")
     .option("--env <name>", "an environment variable name the agent may receive (repeatable)", collect)
+    .option("--ca-file <pem>", "an extra CA the agent trusts for its IdP (written to its config.toml)")
     .option(
       "--secret <name>",
       "a secret from $(SYSCONFDIR)/apes/secrets/ to hand the agent (repeatable)",
@@ -128,6 +130,13 @@ export async function agentsProvision(
       fs.chmodSync(tmp, 0o400);
       fs.renameSync(tmp, target);
     }
+  }
+  if (options.caFile !== undefined) {
+    if (!options.caFile.startsWith("/") || /[\0-\x1f"\\]/.test(options.caFile))
+      throw usageError("--ca-file must be an absolute path");
+    const cfg = join(home, ".config", "apes", "config.toml");
+    fs.writeFileSync(cfg, `ca_file = ${JSON.stringify(options.caFile)}\n`, { mode: 0o600 });
+    fs.chownSync(cfg, user.uid, user.gid);
   }
   const record = {
     name,

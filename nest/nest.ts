@@ -51,15 +51,26 @@ export class Nest {
     });
   }
 
+  /** Resolves once the intents a previous run left unfinished are done; new ones wait behind them. */
+  private resumed: Promise<void> = Promise.resolve();
+
+  /**
+   * Connects at once (so the troop sees the nest and its status while an old intent waits for an
+   * approval), then finishes what the previous run left, in order, before any new intent.
+   */
   async start(): Promise<void> {
-    for (const r of this.o.journal.unfinished()) {
-      this.o.log.log("info", "finishing an intent of the previous run", {
-        intent: r.intent.id,
-        state: r.state,
-      });
-      await this.execute(r.intent);
-    }
+    const unfinished = this.o.journal.unfinished();
     this.link.start();
+    this.resumed = (async () => {
+      for (const r of unfinished) {
+        this.o.log.log("info", "finishing an intent of the previous run", {
+          intent: r.intent.id,
+          state: r.state,
+        });
+        await this.execute(r.intent);
+      }
+    })();
+    await this.resumed;
   }
 
   statusFrame(): NestFrame {
@@ -77,6 +88,7 @@ export class Nest {
   }
 
   async handleIntent(intent: Intent): Promise<void> {
+    await this.resumed;
     if (this.draining) {
       // Not acked: the troop delivers it again after the restart.
       this.o.log.log("info", "draining: intent left for the next run", { intent: intent.id });

@@ -129,7 +129,12 @@ export async function daemonRun(ctx: Context): Promise<number> {
       fs.renameSync(tmp, statusFile);
     },
   });
-  await nest.start();
+  // Not awaited: an intent the previous run left may wait for an approval; signals work meanwhile.
+  void nest
+    .start()
+    .catch((e) =>
+      log.log("error", "finishing the previous run's intents failed", { error: (e as Error).message }),
+    );
   log.log("info", "nest running", { pid: process.pid, troop: config.troop, version: VERSION });
   return await new Promise<number>((resolve) => {
     let draining = false;

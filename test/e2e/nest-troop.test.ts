@@ -260,6 +260,38 @@ describe.skipIf(!haveTroop)("IdP + troop + Nest (skipped until the troop is in t
     ]);
   }, 150_000);
 
+  it("pause and resume through the troop are real (the kernel shows the agent stopped); remove ends it", async () => {
+    const pidOf = async () => {
+      const r = await alice(["--json", "nest", "status", NEST]);
+      return (JSON.parse(r.stdout) as { name: string; pid?: number; state: string }[]).find(
+        (a) => a.name === a1,
+      );
+    };
+    const { processStopped } = await import("../../nest/agents.ts");
+    const pid = (await pidOf())!.pid!;
+    const paused = await alice(["--json", "nest", "pause", NEST, a1]);
+    expect(paused.code, paused.stderr).toBe(0);
+    expect(await processStopped(pid)).toBe(true);
+    await until("reported paused", async () => ((await pidOf())?.state === "paused" ? true : undefined));
+    const resumed = await alice(["--json", "nest", "resume", NEST, a1]);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(await processStopped(pid)).toBe(false);
+    // remove: the Nest asks for `apes agents deprovision` through the shim; alice approves it.
+    const removing = alice(["--json", "nest", "remove", NEST, a1, "--timeout", "60"]);
+    const grant = await until("the deprovision grant", async () => {
+      const r = await alice(["--json", "grants", "list", "--status", "pending"]);
+      const list =
+        r.code === 0 ? (JSON.parse(r.stdout) as { id: string; request: { command?: string[] } }[]) : [];
+      return list.find((g) => g.request.command?.includes("deprovision"));
+    });
+    expect(grant.request.command).toEqual([inst.exec, "agents", "deprovision", a1]);
+    expect((await alice(["grants", "approve", grant.id])).code).toBe(0);
+    const removed = await removing;
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+    expect(passwd(a1)).toBeUndefined();
+  }, 120_000);
+
   it("a troop restart drops the socket; the Nest reconnects with backoff", async () => {
     const before = connects();
     await troop.restart();

@@ -8,7 +8,9 @@ import type { NestLayout } from "./host.ts";
  * ape uses), so NoNewPrivileges= and RestrictSUIDSGID= must stay off, and the capabilities the
  * approved root commands use (creating users, chowning their HOME, running an agent as its user)
  * stay in the bounding set; the commands write /etc (passwd, the agents' specs) and
- * $(LOCALSTATEDIR)/lib/apes-agents, so ProtectSystem= is "full" minus those paths, not "strict".
+ * $(LOCALSTATEDIR)/lib/apes-agents, and the shim it runs appends to its audit log and JWKS cache under
+ * /var, so ProtectSystem= is "full", not "strict". ProtectProc= stays off: the Nest confirms a pause
+ * by reading the agent's /proc entry, and agents are other users. Exposure 3.1 (the IdP's: 1.7).
  * Nothing runs as root without a grant the owner approved; the service itself is _apes-nest.
  */
 export function nestUnit(layout: NestLayout): string {

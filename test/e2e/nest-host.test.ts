@@ -165,11 +165,12 @@ describe("apes daemon install", () => {
       code: 0,
       output: "",
     });
-    // 4.5 here is 45: the price of NoNewPrivileges=no and a writable /etc (see cli/daemon/unit.ts).
+    // Shown as 3.1 (the IdP's unit: 1.7), 31 here; above 3.5 someone weakened it further. The gap is the
+    // price of the setuid path (NoNewPrivileges=no, capabilities, a writable /etc): cli/daemon/unit.ts.
     const security = await execFileP("systemd-analyze", [
       "security",
       "--offline=true",
-      "--threshold=45",
+      "--threshold=35",
       unitPath,
     ]).catch((e: { code: number; stdout: string; stderr: string }) => e);
     const summary = /Overall exposure level.*$/m.exec(security.stdout)?.[0] ?? security.stderr;

@@ -1,4 +1,5 @@
 import { PATHS } from "./routes/discovery.ts";
+import { WEB_CREDENTIAL_PATHS } from "./web/paths.ts";
 
 /**
  * The IdP's rate-limit classes (README "Limits and errors" lists them); the connection caps and
@@ -14,6 +15,7 @@ const LOGIN_PATHS: ReadonlySet<string> = new Set([
   PATHS.authenticate,
   PATHS.agentChallenge,
   PATHS.agentAuthenticate,
+  ...WEB_CREDENTIAL_PATHS,
 ]);
 
 export function limitClassOf(path: string): LimitClass {

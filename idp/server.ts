@@ -20,10 +20,13 @@ import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
 import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
+import { type WebContext, webContext, webUnavailable } from "./web/context.ts";
+import { recordIssuer } from "./web/invites.ts";
 
 export interface ServeOptions {
   host: string;
@@ -65,6 +68,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
+  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
   const idp = idpOf(opts, data, issuer, http.shutdown);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
@@ -74,6 +78,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     data: opts.dataDir,
     kid: idp.keys.activeKid(),
   });
+  const webOff = webUnavailable(issuer);
+  if (webOff) opts.log.log("info", "passkey pages off", { reason: webOff });
   let closing: Promise<void> | undefined;
   return {
     url: http.url,
@@ -92,7 +98,7 @@ type Data = Awaited<ReturnType<typeof openData>>;
 /** What the request pipeline runs for the IdP: its routes, hooks and error format. */
 function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
   return {
-    router: routes(opts, idp, data.login),
+    router: routes(opts, idp, data.login, webContext(idp, data.secret)),
     log: opts.log,
     base: idp.base,
     shutdown,
@@ -136,14 +142,16 @@ async function openData(opts: ServeOptions) {
     lock.release();
     throw e;
   }
+  const secret = loadChallengeSecret(opts.dataDir);
   const login: LoginSettings = {
-    challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
+    challenges: new ChallengeSealer(secret),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   return {
     store,
     keys,
     login,
+    secret,
     async close() {
       try {
         await store.close();
@@ -206,7 +214,7 @@ async function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Prom
   return principal;
 }
 
-function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Principal> {
+function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebContext): Router<Principal> {
   const router = new Router<Principal>();
   if (login.allowRawSignatures) {
     opts.log.always(
@@ -222,6 +230,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
   registerWebRoutes(router);
+  registerWebLoginRoutes(router, web);
   return router;
 }
 
@@ -232,6 +241,7 @@ function sweep(log: Logger, idp: Idp): () => void {
       const now = nowSec();
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
+      await idp.store.purgeExpiredWeb(now);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

@@ -119,6 +119,20 @@ export function withReadCache(store: Store): Store {
       for (const id of ids) dropDelegation(id);
       return ids;
     },
+    // Browser records are read from the store every time (a logout or disable elsewhere bites at once).
+    addPasskey: (p) => store.addPasskey(p),
+    getPasskey: (id) => store.getPasskey(id),
+    listPasskeys: (e) => store.listPasskeys(e),
+    recordPasskeyUse: (id, u) => store.recordPasskeyUse(id, u),
+    removePasskey: (e, id) => store.removePasskey(e, id),
+    addInvite: (i) => store.addInvite(i),
+    getInvite: (id, n) => store.getInvite(id, n),
+    redeemInvite: (id, n) => store.redeemInvite(id, n),
+    addWebSession: (w) => store.addWebSession(w),
+    getWebSession: (id, n) => store.getWebSession(id, n),
+    endWebSession: (id) => store.endWebSession(id),
+    endWebSessionsOf: (e) => store.endWebSessionsOf(e),
+    purgeExpiredWeb: (n) => store.purgeExpiredWeb(n),
     lifecycle,
     close: () => store.close(),
   };

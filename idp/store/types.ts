@@ -109,7 +109,7 @@ export interface GrantPage {
   hasMore: boolean;
 }
 
-export interface Store {
+export interface Store extends WebStore {
   // users (looked up by their normalised identity, protocol/names.ts; stored only in that form)
   /** Adds a user with its approvers atomically; rejects a duplicate or a name not in normal form. */
   addUser(user: NewUser): Promise<void>;
@@ -177,4 +177,80 @@ export interface StoreLifecycle {
    * across requests: idp/store/cache.ts and the keyring read the store every time.
    */
   changeMarker?(): number;
+}
+
+// --- the browser side: passkeys, invites, web sessions (idp/web/) ---
+
+/** A WebAuthn credential of a human (idp/web/passkeys.ts). Binary values are base64url. */
+export interface PasskeyRecord {
+  /** The credential id (base64url), unique over all users. */
+  credentialId: string;
+  email: string;
+  /** COSE public key (base64url). */
+  publicKey: string;
+  /** The authenticator's signature counter as last seen (0: it keeps none). */
+  counter: number;
+  transports: string[];
+  /** WebAuthn backup eligibility ("multiDevice") and backup state, as last reported. */
+  deviceType: "singleDevice" | "multiDevice";
+  backedUp: boolean;
+  createdAt: number;
+  lastUsedAt?: number;
+}
+
+/** A one-time registration link; only the SHA-256 of its secret is stored. */
+export interface InviteRecord {
+  /** base64url SHA-256 of the secret in the link's fragment. */
+  id: string;
+  email: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+/** A browser session; only the SHA-256 of the cookie value is stored. */
+export interface WebSessionRecord {
+  /** base64url SHA-256 of the session cookie's value. */
+  id: string;
+  email: string;
+  createdAt: number;
+  expiresAt: number;
+}
+
+/**
+ * The records of the browser side, kept apart from the rest of the Store so another implementation
+ * can add them on their own. Same rules: times passed in, single use by one conditional statement.
+ */
+export interface WebStore {
+  /** false when the credential id is already registered (to anyone). */
+  addPasskey(p: PasskeyRecord): Promise<boolean>;
+  getPasskey(credentialId: string): Promise<PasskeyRecord | undefined>;
+  /** The user's passkeys, oldest first. */
+  listPasskeys(email: string): Promise<PasskeyRecord[]>;
+  /**
+   * Records a verified use: sets counter, backed_up and last_used_at only when the stored counter
+   * is still `fromCounter` (compare-and-set: of two concurrent uses with one counter, one wins).
+   */
+  recordPasskeyUse(
+    credentialId: string,
+    u: { fromCounter: number; counter: number; backedUp: boolean; usedAt: number },
+  ): Promise<boolean>;
+  /** false when `email` has no such passkey. */
+  removePasskey(email: string, credentialId: string): Promise<boolean>;
+
+  addInvite(i: InviteRecord): Promise<void>;
+  /** An unspent, unexpired invite (read only: the page shows whom it is for). */
+  getInvite(id: string, now: number): Promise<InviteRecord | undefined>;
+  /** Spends the invite if unspent and unexpired at `now` (one conditional update); else undefined. */
+  redeemInvite(id: string, now: number): Promise<InviteRecord | undefined>;
+
+  addWebSession(s: WebSessionRecord): Promise<void>;
+  /** The session if it exists and has not expired at `now`. */
+  getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined>;
+  /** false when there was no such session. */
+  endWebSession(id: string): Promise<boolean>;
+  /** Ends every session of the user (disable, recovery); how many there were. */
+  endWebSessionsOf(email: string): Promise<number>;
+  /** Forgets sessions and invites that expired at or before `now`. */
+  purgeExpiredWeb(now: number): Promise<void>;
 }

@@ -35,6 +35,8 @@ export interface StartIdpOptions {
   tokenTtl?: string;
   tls?: { cert: string; key: string };
   issuer?: string;
+  /** The port on 127.0.0.1 (default 0: any free one). */
+  port?: number;
   extraArgs?: string[];
   env?: Record<string, string>;
 }
@@ -57,7 +59,7 @@ export async function startIdp(options: StartIdpOptions = {}): Promise<IdpHandle
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "apes-idp-")), "data");
   let stderr = "";
   let proc: ChildProcess;
-  let port = 0;
+  let port = options.port ?? 0;
   let url = "";
   let issuer = "";
 

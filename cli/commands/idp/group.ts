@@ -4,6 +4,7 @@ import { register as registerKeysRotate } from "./keys-rotate.ts";
 import { register as registerServe } from "./serve.ts";
 import { register as registerUsersAdd } from "./users-add.ts";
 import { register as registerUsersDisable } from "./users-disable.ts";
+import { register as registerUsersInvite } from "./users-invite.ts";
 import { register as registerUsersList } from "./users-list.ts";
 
 /** `apes idp ...`: the reference identity provider and its offline admin commands. */
@@ -24,7 +25,7 @@ Examples:
   registerServe(idp, getContext);
   const users = idp
     .command("users")
-    .description("add, list and disable users (offline, on the data dir)")
+    .description("add, list, disable and invite users (offline, on the data dir)")
     .helpCommand(false)
     .addHelpText(
       "after",
@@ -32,11 +33,13 @@ Examples:
 Examples:
   $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
   $ apes idp users list --json
-  $ apes idp users disable bot@example.com`,
+  $ apes idp users disable bot@example.com
+  $ apes idp users invite alice@example.com`,
     );
   registerUsersAdd(users, getContext);
   registerUsersList(users, getContext);
   registerUsersDisable(users, getContext);
+  registerUsersInvite(users, getContext);
   const keys = idp
     .command("keys")
     .description("manage the IdP's signing keys")

@@ -4,7 +4,15 @@ import { hasUnsafeChars } from "../../../protocol/display.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  dataOption,
+  inviteIssuerOption,
+  inviteSettings,
+  inviteText,
+  inviteTtlOption,
+  makeInvite,
+  openStore,
+} from "./common.ts";
 
 interface AddOpts {
   human?: boolean;
@@ -15,6 +23,9 @@ interface AddOpts {
   admin?: boolean;
   name?: string;
   data?: string;
+  invite?: boolean;
+  ttl?: string;
+  issuer?: string;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -39,6 +50,9 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--key <key>", "ssh-ed25519 public key line, or a file containing it")
     .option("--admin", "may see every grant and decide humans' grants")
     .option("--name <name>", "display name")
+    .option("--invite", "print a one-time link to register a passkey (humans)")
+    .addOption(inviteTtlOption())
+    .addOption(inviteIssuerOption())
     .addOption(dataOption())
     .addHelpText(
       "after",
@@ -48,7 +62,8 @@ Safe while the server runs.
 Examples:
   $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
   $ apes idp users add bot@example.com --agent --owner alice@example.com --key "ssh-ed25519 AAAA... bot"
-  $ apes idp users add carol@example.com --human --approver alice@example.com`,
+  $ apes idp users add carol@example.com --human --approver alice@example.com
+  $ apes idp users add dora@example.com --human --invite --ttl 2h`,
     )
     .action(async (emailArg: string, opts: AddOpts) => {
       const ctx = getContext();
@@ -65,6 +80,11 @@ Examples:
       if (kind === "agent" && !opts.owner) throw usageError("an agent needs --owner <human email>");
       if (kind === "human" && opts.owner) throw usageError("--owner is only for agents");
       if (kind === "agent" && opts.admin) throw usageError("agents cannot be admins");
+      if (kind === "agent" && opts.invite)
+        throw usageError("--invite is for humans (agents log in with --key)");
+      if (!opts.invite && (opts.ttl !== undefined || opts.issuer !== undefined))
+        throw usageError("--ttl and --issuer go with --invite");
+      const settings = opts.invite ? await inviteSettings(ctx, opts.data, opts) : undefined;
       let publicKey: string | undefined;
       let fingerprint: string | undefined;
       if (opts.key !== undefined) {
@@ -103,6 +123,7 @@ Examples:
           ...(opts.name ? { name: opts.name } : {}),
           createdAt: Math.floor(ctx.clock.now() / 1000),
         });
+        const invite = settings ? await makeInvite(ctx, store, email, settings) : undefined;
         printData(
           ctx,
           {
@@ -112,8 +133,11 @@ Examples:
             approvers,
             admin: Boolean(opts.admin),
             fingerprint: fingerprint ?? null,
+            ...(invite ? { invite_url: invite.url, invite_expires_at: invite.expiresAt } : {}),
           },
-          () => `added ${kind} ${email}${fingerprint ? ` (${fingerprint})` : ""}`,
+          () =>
+            `added ${kind} ${email}${fingerprint ? ` (${fingerprint})` : ""}` +
+            (invite ? `\n${inviteText(invite)}` : ""),
         );
       } finally {
         await store.close();

@@ -7,7 +7,7 @@ import { dataOption, openStore } from "./common.ts";
 export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("disable")
-    .description("disable a user: it can no longer log in and its tokens stop working")
+    .description("disable a user: it can no longer log in, its tokens stop working, its browser sessions end")
     .argument("<email>", "the user")
     .addOption(dataOption())
     .addHelpText(
@@ -23,6 +23,8 @@ export function register(parent: Command, getContext: GetContext): void {
         if (!(await store.setDisabled(identity, true))) {
           throw new CliError(`no user ${identity}`, { hint: "`apes idp users list` shows the users" });
         }
+        // Its browser sessions end too (a disabled user's session is refused anyway).
+        await store.endWebSessionsOf(identity);
         printData(ctx, { email: identity, disabled: true }, () => `disabled ${identity}`);
       } finally {
         await store.close();

@@ -93,6 +93,40 @@ export const MIGRATIONS: readonly Migration[] = [
   ALTER TABLE grants ADD COLUMN decided_act TEXT;
   `,
   },
+  {
+    version: 4,
+    what: "passkeys, invites and browser sessions (idp/web/)",
+    sql: `
+  CREATE TABLE passkeys (
+    credential_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    transports TEXT NOT NULL,
+    device_type TEXT NOT NULL,
+    backed_up INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+  );
+  CREATE INDEX passkeys_by_email ON passkeys(email, created_at);
+  CREATE TABLE invites (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX invites_expiring ON invites(expires_at);
+  CREATE TABLE web_sessions (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+  );
+  CREATE INDEX web_sessions_by_email ON web_sessions(email);
+  CREATE INDEX web_sessions_expiring ON web_sessions(expires_at);
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

@@ -6,14 +6,17 @@ import type { Grant, GrantRequest } from "../../../protocol/types.ts";
 import type {
   GrantPage,
   GrantQuery,
+  InviteRecord,
   NewGrant,
   NewUser,
+  PasskeyRecord,
   SigningKeyRecord,
   Store,
   StoredGrant,
   StoreLifecycle,
   Transition,
   UserRecord,
+  WebSessionRecord,
 } from "../types.ts";
 import { startCheckpointer } from "./checkpointer.ts";
 import { migrate } from "./migrations.ts";
@@ -77,6 +80,47 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.created_act !== null) stored.createdAct = r.created_act;
   if (r.decided_act !== null) stored.decidedAct = r.decided_act;
   return stored;
+}
+
+interface PasskeyRow {
+  credential_id: string;
+  email: string;
+  public_key: string;
+  counter: number;
+  transports: string;
+  device_type: "singleDevice" | "multiDevice";
+  backed_up: number;
+  created_at: number;
+  last_used_at: number | null;
+}
+
+function passkeyFromRow(r: PasskeyRow): PasskeyRecord {
+  const p: PasskeyRecord = {
+    credentialId: r.credential_id,
+    email: r.email,
+    publicKey: r.public_key,
+    counter: r.counter,
+    transports: JSON.parse(r.transports) as string[],
+    deviceType: r.device_type,
+    backedUp: r.backed_up === 1,
+    createdAt: r.created_at,
+  };
+  if (r.last_used_at !== null) p.lastUsedAt = r.last_used_at;
+  return p;
+}
+
+interface InviteRow {
+  id: string;
+  email: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function inviteFromRow(r: InviteRow): InviteRecord {
+  const i: InviteRecord = { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
+  if (r.used_at !== null) i.usedAt = r.used_at;
+  return i;
 }
 
 export interface SqliteOptions {
@@ -520,6 +564,114 @@ export class SqliteStore implements Store {
       "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
     ).all(now) as { id: string }[];
     return rows.map((r) => r.id);
+  }
+
+  // --- passkeys, invites, web sessions ---
+
+  async addPasskey(p: PasskeyRecord): Promise<boolean> {
+    return (
+      this.wq(
+        `INSERT OR IGNORE INTO passkeys (credential_id, email, public_key, counter, transports, device_type, backed_up, created_at, last_used_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        p.credentialId,
+        p.email,
+        p.publicKey,
+        p.counter,
+        JSON.stringify(p.transports),
+        p.deviceType,
+        p.backedUp ? 1 : 0,
+        p.createdAt,
+        p.lastUsedAt ?? null,
+      ).changes === 1
+    );
+  }
+
+  async getPasskey(credentialId: string): Promise<PasskeyRecord | undefined> {
+    const r = this.q("SELECT * FROM passkeys WHERE credential_id = ?").get(credentialId) as
+      | PasskeyRow
+      | undefined;
+    return r ? passkeyFromRow(r) : undefined;
+  }
+
+  async listPasskeys(email: string): Promise<PasskeyRecord[]> {
+    const rows = this.q("SELECT * FROM passkeys WHERE email = ? ORDER BY created_at, credential_id").all(
+      email,
+    ) as unknown as PasskeyRow[];
+    return rows.map(passkeyFromRow);
+  }
+
+  async recordPasskeyUse(
+    credentialId: string,
+    u: { fromCounter: number; counter: number; backedUp: boolean; usedAt: number },
+  ): Promise<boolean> {
+    return (
+      this.wq(
+        "UPDATE passkeys SET counter = ?, backed_up = ?, last_used_at = ? WHERE credential_id = ? AND counter = ?",
+      ).run(u.counter, u.backedUp ? 1 : 0, u.usedAt, credentialId, u.fromCounter).changes === 1
+    );
+  }
+
+  async removePasskey(email: string, credentialId: string): Promise<boolean> {
+    return (
+      this.wq("DELETE FROM passkeys WHERE credential_id = ? AND email = ?").run(credentialId, email)
+        .changes === 1
+    );
+  }
+
+  async addInvite(i: InviteRecord): Promise<void> {
+    this.wq("INSERT INTO invites (id, email, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?)").run(
+      i.id,
+      i.email,
+      i.createdAt,
+      i.expiresAt,
+      i.usedAt ?? null,
+    );
+  }
+
+  async getInvite(id: string, now: number): Promise<InviteRecord | undefined> {
+    const r = this.q("SELECT * FROM invites WHERE id = ? AND used_at IS NULL AND expires_at > ?").get(
+      id,
+      now,
+    ) as InviteRow | undefined;
+    return r ? inviteFromRow(r) : undefined;
+  }
+
+  async redeemInvite(id: string, now: number): Promise<InviteRecord | undefined> {
+    // One compare-and-set: of concurrent redemptions exactly one sees its row returned.
+    const r = this.wq(
+      "UPDATE invites SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ? RETURNING *",
+    ).get(now, id, now) as InviteRow | undefined;
+    return r ? inviteFromRow(r) : undefined;
+  }
+
+  async addWebSession(w: WebSessionRecord): Promise<void> {
+    this.wq("INSERT INTO web_sessions (id, email, created_at, expires_at) VALUES (?, ?, ?, ?)").run(
+      w.id,
+      w.email,
+      w.createdAt,
+      w.expiresAt,
+    );
+  }
+
+  async getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined> {
+    const r = this.q(
+      "SELECT id, email, created_at, expires_at FROM web_sessions WHERE id = ? AND expires_at > ?",
+    ).get(id, now) as { id: string; email: string; created_at: number; expires_at: number } | undefined;
+    return r ? { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at } : undefined;
+  }
+
+  async endWebSession(id: string): Promise<boolean> {
+    return this.wq("DELETE FROM web_sessions WHERE id = ?").run(id).changes === 1;
+  }
+
+  async endWebSessionsOf(email: string): Promise<number> {
+    return Number(this.wq("DELETE FROM web_sessions WHERE email = ?").run(email).changes);
+  }
+
+  async purgeExpiredWeb(now: number): Promise<void> {
+    this.wq("DELETE FROM web_sessions WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM invites WHERE expires_at <= ?").run(now);
   }
 
   /** A passive WAL checkpoint on this connection (the worker's fallback). */

@@ -4,6 +4,7 @@ import { Keyring, rotateKeys } from "../../../idp/keys.ts";
 import type { Store } from "../../../idp/store/types.ts";
 import { signJwt } from "../../../idp/tokens.ts";
 import type { Grant } from "../../../protocol/types.ts";
+import { webStoreContract } from "./web-contract.ts";
 
 /**
  * The contract every Store (idp/store/types.ts) must meet, whatever the database: run it with
@@ -678,5 +679,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await other.getGrant(grant.id))?.grant.status).toBe("pending");
       });
     });
+
+    describe("passkeys, invites, web sessions", () => webStoreContract(fresh));
   });
 }

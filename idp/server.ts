@@ -68,7 +68,15 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
-  recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+  try {
+    recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+  } catch (e) {
+    // Out of descriptors here (test/integration/idp-fd-limit.test.ts): a store left open keeps its
+    // checkpoint timer, and the process, alive after the error.
+    await http.close();
+    await data.close();
+    throw e;
+  }
   const idp = idpOf(opts, data, issuer, http.shutdown);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);

@@ -133,6 +133,28 @@ export async function exchangeToken(
   return { ...checkTokenAnswer(res.body), method: "client-credentials" };
 }
 
+/**
+ * Exchanges my own session token for a token at an SP audience (RFC 8693 with subject_token, no
+ * delegation): same sub and act, aud = the SP (docs/control-plane.md, "Tokens").
+ */
+export async function exchangeOwnToken(ctx: ClientContext, audience: string): Promise<ExchangeResult> {
+  const auth = await authed(ctx);
+  const session = auth.session();
+  const endpoints = await idpEndpoints(ctx, session.idp);
+  const tokenUrl = requireEndpoint(endpoints, endpoints.tokenEndpoint, "token_endpoint");
+  const res = await request<Omit<ExchangeResult, "method">>(ctx, {
+    url: tokenUrl,
+    form: {
+      grant_type: TOKEN_EXCHANGE,
+      subject_token: session.token,
+      subject_token_type: JWT_TOKEN_TYPE,
+      audience,
+      requested_token_type: JWT_TOKEN_TYPE,
+    },
+  });
+  return { ...checkTokenAnswer(res.body), method: "token-exchange" };
+}
+
 function checkTokenAnswer(body: unknown): Omit<ExchangeResult, "method"> {
   const b = body as Record<string, unknown> | undefined;
   if (!b || typeof b.access_token !== "string") {

@@ -59,12 +59,18 @@ export interface GrantsClient {
     options?: { etag?: string; waitSeconds?: number; signal?: AbortSignal },
   ): Promise<GrantFetch>;
   list(query?: GrantQuery): Promise<GrantList>;
-  approve(id: string, options?: { grant_type?: GrantType; duration?: number }): Promise<Grant>;
+  /** `proof`: the approval's proof (cli/grants/approval-proof.ts); IdPs that verify proofs require one. */
+  approve(
+    id: string,
+    options?: { grant_type?: GrantType; duration?: number; proof?: Record<string, unknown> },
+  ): Promise<Grant>;
   deny(id: string): Promise<Grant>;
   revoke(id: string): Promise<Grant>;
   token(id: string): Promise<{ authz_jwt: string; grant: Grant }>;
   consume(id: string, authzJwt: string): Promise<{ status: string; error?: string }>;
-  batch(ops: { id: string; action: "approve" | "deny" | "revoke" }[]): Promise<{ results: BatchResult[] }>;
+  batch(
+    ops: { id: string; action: "approve" | "deny" | "revoke"; proof?: Record<string, unknown> }[],
+  ): Promise<{ results: BatchResult[] }>;
 }
 
 export function grantIdOk(id: string): boolean {

@@ -8,16 +8,23 @@ import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { type App, pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
+import { type ApprovalSettings, approvalProofTypes, passkeyVerifier } from "./approval.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
 import { oauthErrorReply, Router } from "./http.ts";
 import { Keyring } from "./keys.ts";
 import { type LimitClass, limitClassOf } from "./limits.ts";
+import { DEFAULT_NOTIFY, type NotifyConfig } from "./notify/config.ts";
+import { type Notifier, startNotifier } from "./notify/notifier.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerNotifyRoutes } from "./routes/notify.ts";
+import { registerOAuthRoutes } from "./routes/oauth.ts";
+import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.ts";
+import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
@@ -27,6 +34,8 @@ import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
 import { type WebContext, webContext, webUnavailable } from "./web/context.ts";
 import { recordIssuer } from "./web/invites.ts";
+import { WEB_PATHS } from "./web/paths.ts";
+import { checkStateChange, currentHuman, formToken } from "./web/session.ts";
 
 export interface ServeOptions {
   host: string;
@@ -45,6 +54,10 @@ export interface ServeOptions {
   connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
+  /** Accept approvals without a proof (older clients; protocol/approval.ts); off by default, logged. */
+  allowBearerApprove?: boolean;
+  /** The `[notify]` table of --config (idp/notify/config.ts); absent: defaults (webhooks only). */
+  notify?: NotifyConfig;
   log: Logger;
 }
 
@@ -68,16 +81,21 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
+  let notifier: Notifier;
   try {
     recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+    notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
+      dataDir: opts.dataDir,
+      base: issuer.replace(/\/+$/, ""),
+      log: opts.log,
+    });
   } catch (e) {
-    // Out of descriptors here (test/integration/idp-fd-limit.test.ts): a store left open keeps its
-    // checkpoint timer, and the process, alive after the error.
+    // Nothing may keep the process alive after a failed start (the port, the checkpoint worker).
     await http.close();
     await data.close();
     throw e;
   }
-  const idp = idpOf(opts, data, issuer, http.shutdown);
+  const idp = idpOf(opts, data, issuer, http.shutdown, notifier);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
   opts.log.always("info", "listening", {
@@ -96,6 +114,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       (closing ??= (async () => {
         stopSweep();
         await http.close();
+        await notifier.close();
         await data.close();
       })()),
   };
@@ -159,6 +178,9 @@ async function openData(opts: ServeOptions) {
     store,
     keys,
     login,
+    // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
     secret,
     async close() {
       try {
@@ -173,7 +195,7 @@ async function openData(opts: ServeOptions) {
 }
 
 /** What every route gets, with the principal hook and the rate limits. */
-function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal): Idp {
+function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal, notify: Notifier): Idp {
   const limits = new RateLimits(opts.rateLimits);
   const sessions = new BearerVerifier({
     keyFor: (kid, now) => data.keys.publicKey(kid, now),
@@ -195,11 +217,13 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     tokenTtl: opts.tokenTtl,
     log: opts.log,
     events: new GrantEvents(),
+    notify,
     now: nowSec,
     shutdown,
     sessionClaims: (token) => sessions.claims(token),
     authenticate: (call) => principalOf(call, idp, sessions),
     rateLimit: (limitClass, key) => limits.take(limitClass, key),
+    revocationHandle: data.revocationHandle,
   };
   return idp;
 }
@@ -231,18 +255,47 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
       {},
     );
   }
-  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login));
+  const verifyPasskey = passkeyVerifier(web);
+  const approvals: ApprovalSettings = {
+    allowBearer: opts.allowBearerApprove === true,
+    ...(verifyPasskey ? { verifyPasskey } : {}),
+  };
+  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login), approvalProofTypes(approvals));
   registerAuthRoutes(router, idp, login);
   registerAgentRoutes(router, idp);
-  registerGrantRoutes(router, idp);
+  if (opts.allowBearerApprove) {
+    opts.log.always(
+      "warn",
+      "approvals without a proof accepted (--allow-bearer-approve): a stolen session token alone can approve grants",
+      {},
+    );
+  }
+  registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
+  registerNotifyRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerOAuthRoutes(router, idp);
+  registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
+  registerOAuthWebRoutes(router, idp, humanSessions(web));
   return router;
 }
 
-/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
+/** The browser sessions of the passkey pages, as the OAuth pages (/authorize, /device) use them. */
+function humanSessions(web: WebContext): HumanSessions {
+  return {
+    currentHuman: (call) => currentHuman(web, call),
+    formToken: (human) => formToken(web, human),
+    checkStateChange: (call, human, token) => checkStateChange(web, call, human, token),
+    loginPath: WEB_PATHS.login,
+  };
+}
+
+/** Delivered and dead notifications are kept this long (the dead-letter queue's memory). */
+const NOTIFICATION_RETENTION_S = 14 * 86_400;
+
+/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis and old notifications. */
 function sweep(log: Logger, idp: Idp): () => void {
   const timer = setInterval(async () => {
     try {
@@ -250,6 +303,7 @@ function sweep(log: Logger, idp: Idp): () => void {
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
       await idp.store.purgeExpiredWeb(now);
+      await idp.store.purgeNotifications(now - NOTIFICATION_RETENTION_S);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

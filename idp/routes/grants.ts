@@ -1,10 +1,11 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { checkAuthzShape } from "../../protocol/authz.ts";
 import { commandWarning } from "../../protocol/display.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantCategory } from "../../protocol/types.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
-import { bearer, type Idp, type Principal } from "../context.ts";
+import { type ApprovalSettings, checkApprovalProof } from "../approval.ts";
+import { bearer, type Idp, inboxKey, type Principal } from "../context.ts";
 import {
   type Action,
   allowedFrom,
@@ -33,6 +34,13 @@ import { PATHS } from "./discovery.ts";
 
 const MAX_BATCH = 100;
 
+/** A list's ETag: changes when a grant joins, leaves or changes status (a digest of ids and states). */
+function listEtag(grants: readonly Grant[]): string {
+  const h = createHash("sha256");
+  for (const g of grants) h.update(`${g.id}:${g.status}:${g.decided_at ?? ""}\n`);
+  return `"l-${h.digest("base64url").slice(0, 22)}"`;
+}
+
 /** Loads a grant the principal may see; others' grants are indistinguishable from missing ones. */
 async function visibleGrant(idp: Idp, p: Principal, id: string): Promise<StoredGrant> {
   const stored = await loadGrant(idp, id);
@@ -53,9 +61,13 @@ function invalidState(grant: Grant, wanted: string): ProblemError {
   });
 }
 
-/** approve / deny / revoke, shared by the single calls and batch (so both authorize identically). */
+/**
+ * approve / deny / revoke, shared by the single calls and batch (so both authorize identically). An
+ * approval also needs its proof (idp/approval.ts), checked last, against the grant as stored.
+ */
 export async function applyAction(
   idp: Idp,
+  approvals: ApprovalSettings,
   p: Principal,
   id: string,
   action: Action,
@@ -70,14 +82,20 @@ export async function applyAction(
     onlyFields(body, ["reason"]);
     const decision = canRevoke(p.actor, grant, requester);
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
-    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked" };
+    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked", at: idp.now() };
   } else {
     const decision = canDecide(p.actor, requester);
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
     if (grant.status !== "pending") throw invalidState(grant, "pending");
     t = { from: ["pending"], to: targetStatus(action), decidedBy: p.sub, decidedAt: now };
+    // The requester hears of the decision: rows written with the transition, only if it applies.
+    const decided: Grant = { ...grant, status: t.to, decided_by: p.sub, decided_at: now };
+    const outbox = (await idp.notify?.rowsFor("decided", decided, requester, now)) ?? [];
+    if (outbox.length) t.outbox = outbox;
     if (action === "approve") {
-      const o = parseApproveOverrides(body, grant.request);
+      const { proof, ...choice } = body;
+      const o = parseApproveOverrides(choice, grant.request);
+      t.approvalProof = await checkApprovalProof(idp, approvals, p, grant, o, proof);
       if (o.grantType !== grant.request.grant_type) t.grantType = o.grantType;
       if (o.duration !== grant.request.duration) t.duration = o.duration ?? null;
       if (o.grantType === "timed") t.expiresAt = now + o.duration!;
@@ -91,11 +109,14 @@ export async function applyAction(
     throw invalidState((await idp.store.getGrant(id))?.grant ?? grant, t.from.join(" or "));
   }
   idp.events.changed(id);
+  idp.events.inboxChanged(requester, grant.request.requester);
+  if (t.outbox) idp.notify?.kick();
   idp.log.log("info", `grant ${updated.grant.status}`, {
     grant: id,
     by: p.sub,
     ...actingFields(p),
     requester: grant.request.requester,
+    ...(t.approvalProof ? { proof: t.approvalProof } : {}),
   });
   return updated.grant;
 }
@@ -158,7 +179,11 @@ class IssuedTokens {
   }
 }
 
-export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
+export function registerGrantRoutes(
+  router: Router<Principal>,
+  idp: Idp,
+  approvals: ApprovalSettings = { allowBearer: false },
+): void {
   const G = PATHS.grants;
   const issued = new IssuedTokens();
 
@@ -177,11 +202,16 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const reusable = await idp.store.findReusable(request.requester, key, now);
     if (reusable) return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
     const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
+    // The requester's owner and approvers hear of it: the rows are written with the grant.
+    const outbox = (await idp.notify?.rowsFor("pending", grant, p.user, now)) ?? [];
     const stored = await idp.store.insertGrant({
       grant,
       matchKey: key,
       ...(p.actingParty ? { actingParty: p.actingParty } : {}),
+      ...(outbox.length ? { outbox } : {}),
     });
+    idp.events.inboxChanged(p.user, p.sub);
+    if (outbox.length) idp.notify?.kick();
     idp.log.log("info", "grant created", {
       rid: call.rid,
       grant: grant.id,
@@ -213,14 +243,48 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       const visible = [p.sub, ...(await idp.store.subordinatesOf(p.sub))];
       requesters = requester ? visible.filter((r) => r === requester) : visible;
     }
-    const result = await idp.store.queryGrants({
-      ...(requesters ? { requesters } : {}),
-      ...(q.status ? { status: q.status } : {}),
-      ...(type ? { type: type as GrantCategory } : {}),
-      limit: q.limit,
-      ...(q.before ? { before: q.before } : {}),
-    });
-    return { status: 200, body: await page(idp, result.items, result.hasMore) };
+    const load = async () => {
+      const result = await idp.store.queryGrants({
+        ...(requesters ? { requesters } : {}),
+        ...(q.status ? { status: q.status } : {}),
+        ...(type ? { type: type as GrantCategory } : {}),
+        limit: q.limit,
+        ...(q.before ? { before: q.before } : {}),
+      });
+      const body = await page(idp, result.items, result.hasMore);
+      return { body, etag: listEtag(body.data) };
+    };
+    let current = await load();
+    const ifNoneMatch = call.req.headers["if-none-match"];
+    const wait = preferWait(call);
+    const headers: Record<string, string> = {};
+    // A long poll on the list (`apes grants watch`): answered when the list differs from the
+    // client's ETag. Woken by inbox events (GrantEvents.inboxChanged), bounded by MAX_WAIT.
+    if (wait !== undefined) {
+      headers["preference-applied"] = `wait=${wait}`;
+      if (etagMatches(ifNoneMatch, current.etag)) {
+        const stop = AbortSignal.any([
+          call.closed,
+          idp.shutdown,
+          AbortSignal.timeout(Math.min(wait, MAX_WAIT) * 1000),
+        ]);
+        const key = inboxKey(p.actor.admin ? "*" : p.sub);
+        for (;;) {
+          const round = new AbortController();
+          const changed = idp.events.wait(key, AbortSignal.any([stop, round.signal]));
+          current = await load();
+          if (stop.aborted || !etagMatches(ifNoneMatch, current.etag)) {
+            round.abort();
+            break;
+          }
+          await changed;
+        }
+        await idp.authenticate(call);
+      }
+    }
+    headers.etag = current.etag;
+    if (etagMatches(ifNoneMatch, current.etag)) return { status: 304, headers };
+    return { status: 200, body: current.body, headers };
   });
 
   // Verify an AuthZ-JWT without consuming it. The token in the body is the credential.
@@ -267,7 +331,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       }
       const o = op as Record<string, unknown>;
       for (const k of Object.keys(o)) {
-        if (!["id", "action", "grant_type", "duration", "reason"].includes(k)) {
+        if (!["id", "action", "grant_type", "duration", "reason", "proof"].includes(k)) {
           throw new ProblemError("invalid_request", `operations[${i}]: unknown field "${k}"`);
         }
       }
@@ -283,7 +347,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const results = [];
     for (const { id, action, rest } of parsed) {
       try {
-        const g = await applyAction(idp, p, id, action, rest);
+        const g = await applyAction(idp, approvals, p, id, action, rest);
         results.push({ id, success: true, status: g.status });
       } catch (e) {
         if (!(e instanceof ProblemError)) throw e;
@@ -299,7 +363,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
   for (const action of ["approve", "deny", "revoke"] as const) {
     router.add("POST", `${G}/:id/${action}`, true, async (call, p) => {
       const body = await jsonBody(call);
-      return { status: 200, body: await applyAction(idp, p, call.params.id!, action, body) };
+      return { status: 200, body: await applyAction(idp, approvals, p, call.params.id!, action, body) };
     });
   }
 

@@ -61,9 +61,9 @@ export function withReadCache(store: Store): Store {
       return u;
     },
     listUsers: () => store.listUsers(),
-    async setDisabled(email, disabled) {
+    async setDisabled(email, disabled, at) {
       try {
-        return await store.setDisabled(email, disabled);
+        return await store.setDisabled(email, disabled, at);
       } finally {
         dropUsers();
       }
@@ -87,6 +87,8 @@ export function withReadCache(store: Store): Store {
     spendChallenge: (c, s, e) => store.spendChallenge(c, s, e),
     useJti: (j, e) => store.useJti(j, e),
     purgeExpired: (n) => store.purgeExpired(n),
+    revocationsAfter: (after, limit) => store.revocationsAfter(after, limit),
+    lastRevocation: () => store.lastRevocation(),
     insertGrant: (g) => store.insertGrant(g),
     async getGrant(id) {
       // The change marker only where memory answers: command grants are read from the store anyway.
@@ -102,6 +104,23 @@ export function withReadCache(store: Store): Store {
       return g;
     },
     findReusable: (r, k, n) => store.findReusable(r, k, n),
+    addClient: (c) => store.addClient(c),
+    getClient: (id) => store.getClient(id),
+    listClients: () => store.listClients(),
+    removeClient: (id) => store.removeClient(id),
+    insertAuthCode: (c) => store.insertAuthCode(c),
+    spendAuthCode: (h, n) => store.spendAuthCode(h, n),
+    getAuthCode: (h) => store.getAuthCode(h),
+    insertRefreshToken: (t) => store.insertRefreshToken(t),
+    spendRefreshToken: (h, n) => store.spendRefreshToken(h, n),
+    getRefreshToken: (h) => store.getRefreshToken(h),
+    revokeRefreshFamily: (f, n) => store.revokeRefreshFamily(f, n),
+    insertDeviceCode: (d) => store.insertDeviceCode(d),
+    getDeviceCode: (h) => store.getDeviceCode(h),
+    getDeviceCodeByUserCode: (c, n) => store.getDeviceCodeByUserCode(c, n),
+    decideDeviceCode: (c, to, sub, n) => store.decideDeviceCode(c, to, sub, n),
+    recordDevicePoll: (h, n, i) => store.recordDevicePoll(h, n, i),
+    spendDeviceCode: (h, n) => store.spendDeviceCode(h, n),
     queryGrants: (q) => store.queryGrants(q),
     async transition(id, t) {
       delegations.delete(id);
@@ -133,6 +152,18 @@ export function withReadCache(store: Store): Store {
     endWebSession: (id) => store.endWebSession(id),
     endWebSessionsOf: (e) => store.endWebSessionsOf(e),
     purgeExpiredWeb: (n) => store.purgeExpiredWeb(n),
+    // Notifications: read by the delivery worker and the subscription routes, never cached.
+    addSubscription: (x) => store.addSubscription(x),
+    getSubscription: (id) => store.getSubscription(id),
+    subscriptionsOf: (o) => store.subscriptionsOf(o),
+    removeSubscription: (id, o) => store.removeSubscription(id, o),
+    enqueueNotifications: (r) => store.enqueueNotifications(r),
+    dueNotifications: (n, l, skip) => store.dueNotifications(n, l, skip),
+    nextNotificationDue: () => store.nextNotificationDue(),
+    recordAttempt: (id, o) => store.recordAttempt(id, o),
+    listNotifications: (q) => store.listNotifications(q),
+    retryNotification: (id, n) => store.retryNotification(id, n),
+    purgeNotifications: (b) => store.purgeNotifications(b),
     lifecycle,
     close: () => store.close(),
   };

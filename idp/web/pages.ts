@@ -11,7 +11,8 @@ import { CSRF_FIELD } from "./session.ts";
 
 const WEBAUTHN_SCRIPT = "/assets/simplewebauthn-browser.js";
 
-function layout(title: string, body: Html, scripts: string[] = []): Html {
+/** The frame of every page (also the OAuth pages, idp/web/oauth-pages.ts). */
+export function layout(title: string, body: Html, scripts: string[] = []): Html {
   return html`<!doctype html>
 <html lang="en">
 <head>

@@ -45,6 +45,7 @@ const MAX_FIELD = 16_384;
 export const SIGN_IN_FAILED = "sign-in failed";
 
 const digest = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("base64url");
+const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64url");
 const assertionPurpose = (binding: Uint8Array) => `webauthn.get\n${digest(binding)}`;
 const registrationPurpose = (email: string, inviteId: string) => `webauthn.create\n${inviteId}\n${email}`;
 
@@ -117,6 +118,10 @@ export async function verifyAssertion(
   const passkey = await idp.store.getPasskey(r.id);
   if (!passkey) return fail("unknown credential");
   if (opts.email !== undefined && passkey.email !== opts.email) return fail("credential of another user");
+  // A discoverable credential names its account too: it must be the one the credential is stored for.
+  if (r.response.userHandle !== undefined && r.response.userHandle !== b64(userHandle(passkey.email))) {
+    return fail("user handle of another account");
+  }
   const user = await idp.store.getUser(passkey.email);
   if (!user || user.disabled || user.kind !== "human") return fail("user disabled or unknown");
   const purpose = assertionPurpose(opts.binding);
@@ -243,16 +248,20 @@ export async function verifyRegistration(
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   typeof v === "object" && v !== null && !Array.isArray(v);
-const b64 = (v: unknown, max: number, optional = false): boolean =>
+const isB64 = (v: unknown, max: number, optional = false): boolean =>
   (optional && v === undefined) || (typeof v === "string" && v.length <= max && B64URL.test(v));
 
 function assertionResponse(v: unknown): AuthenticationResponseJSON | undefined {
   if (!isObject(v) || v.type !== "public-key" || !isObject(v.response)) return undefined;
-  if (!b64(v.id, MAX_ID) || v.id === "" || v.rawId !== v.id) return undefined;
+  if (!isB64(v.id, MAX_ID) || v.id === "" || v.rawId !== v.id) return undefined;
   const a = v.response;
-  if (!b64(a.clientDataJSON, MAX_FIELD) || !b64(a.authenticatorData, MAX_FIELD) || !b64(a.signature, 1024))
+  if (
+    !isB64(a.clientDataJSON, MAX_FIELD) ||
+    !isB64(a.authenticatorData, MAX_FIELD) ||
+    !isB64(a.signature, 1024)
+  )
     return undefined;
-  if (!b64(a.userHandle, 512, true)) return undefined;
+  if (!isB64(a.userHandle, 512, true)) return undefined;
   return {
     id: v.id as string,
     rawId: v.id as string,
@@ -269,9 +278,9 @@ function assertionResponse(v: unknown): AuthenticationResponseJSON | undefined {
 
 function registrationResponse(v: unknown): RegistrationResponseJSON | undefined {
   if (!isObject(v) || v.type !== "public-key" || !isObject(v.response)) return undefined;
-  if (!b64(v.id, MAX_ID) || v.id === "" || v.rawId !== v.id) return undefined;
+  if (!isB64(v.id, MAX_ID) || v.id === "" || v.rawId !== v.id) return undefined;
   const a = v.response;
-  if (!b64(a.clientDataJSON, MAX_FIELD) || !b64(a.attestationObject, MAX_FIELD)) return undefined;
+  if (!isB64(a.clientDataJSON, MAX_FIELD) || !isB64(a.attestationObject, MAX_FIELD)) return undefined;
   const transports = Array.isArray(a.transports)
     ? transportsOf(a.transports.filter((t): t is string => typeof t === "string").slice(0, 10))
     : [];

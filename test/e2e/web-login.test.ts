@@ -235,6 +235,8 @@ describe("passkeys in the browser", () => {
     await register(b, link);
     expect(await passkeyCount(b.page)).toBe(2);
     await screenshot(b.page, "account-two-passkeys");
+    const list = await runApes(["--json", "idp", "users", "list", "--data", idp.dataDir]);
+    expect(JSON.parse(list.stdout)).toEqual([expect.objectContaining({ email: ALICE, passkeys: 2 })]);
   });
 
   it("a state change without the CSRF token, from another origin, or without the Strict cookie is refused", async () => {

@@ -28,6 +28,8 @@ export interface AssertOptions {
   /** Sign this counter instead of the next one. */
   counter?: number;
   type?: string;
+  /** The user handle a discoverable credential returns (base64url). */
+  userHandle?: string;
 }
 
 /** COSE_Key (RFC 9053) of a P-256 public key, CBOR-encoded by hand: {1:2, 3:-7, -1:1, -2:x, -3:y}. */
@@ -90,6 +92,7 @@ export function softPasskey(defaults: { origin: string; rpId: string }, counting
           clientDataJSON: b64u(clientData),
           authenticatorData: b64u(authData),
           signature: b64u(signature),
+          ...(o.userHandle === undefined ? {} : { userHandle: o.userHandle }),
         },
         clientExtensionResults: {},
       };

@@ -134,6 +134,57 @@ describe("passkey login over HTTP", () => {
     ).toBe(303);
   });
 
+  it("login_hint and return_to are shown escaped, never as markup", async () => {
+    const hint = `"><script>alert(1)</script>`;
+    const page = await (
+      await fetch(
+        `${idp.issuer}/login?login_hint=${encodeURIComponent(hint)}&return_to=${encodeURIComponent('/x"><b>')}`,
+      )
+    ).text();
+    expect(page).toContain('value="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"');
+    expect(page).toContain('data-return-to="/x%22%3E%3Cb%3E"');
+    expect(page).not.toContain("<script>alert");
+  });
+
+  it("a session survives a restart of the server; an ended one stays ended", async () => {
+    const key = softPasskey({ origin: idp.issuer, rpId: "localhost" });
+    await withStore((s) => s.addPasskey(key.record("carol-restart@example.com")));
+    expect(
+      (await runApes(["idp", "users", "add", "carol-restart@example.com", "--human", "--data", idp.dataDir]))
+        .code,
+    ).toBe(0);
+    const login = async () => {
+      const { options } = await json(await post("/login/options", {}));
+      const res = await post("/login/verify", { response: key.assert(options) });
+      expect(res.status).toBe(200);
+      return res.headers
+        .getSetCookie()
+        .map((c) => c.split(";")[0])
+        .join("; ");
+    };
+    const kept = await login();
+    const ended = await login(); // a second browser, signed out below
+    const account = (cookie: string) =>
+      fetch(`${idp.issuer}/account`, { headers: { cookie }, redirect: "manual" });
+    const page = await (await account(ended)).text();
+    const csrf = /name="csrf_token" value="([^"]+)"/.exec(page)![1]!;
+    const out = await fetch(`${idp.issuer}/logout`, {
+      method: "POST",
+      headers: {
+        cookie: ended,
+        "content-type": "application/x-www-form-urlencoded",
+        origin: idp.issuer,
+        "sec-fetch-site": "same-origin",
+      },
+      body: new URLSearchParams({ csrf_token: csrf }).toString(),
+      redirect: "manual",
+    });
+    expect(out.status).toBe(303);
+    await idp.restart();
+    expect((await account(kept)).status).toBe(200);
+    expect((await account(ended)).status).toBe(303);
+  });
+
   it("every failed login gets the same answer, whatever the reason", async () => {
     const bodies: unknown[] = [];
     const strip = (b: Record<string, unknown>) => ({ ...b, instance: undefined });

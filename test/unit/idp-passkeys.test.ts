@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -99,6 +99,22 @@ describe("startAssertion / verifyAssertion", () => {
     );
   });
 
+  it("a user handle must name the credential's own account", async () => {
+    const handle = (email: string) =>
+      createHash("sha256").update(`apes-webauthn-user\0${email}`).digest("base64url");
+    const options = await startAssertion(web, { binding: LOGIN });
+    await refused(
+      verifyAssertion(web, alice.assert(options, { userHandle: handle(BOB) }), { binding: LOGIN }),
+      /user handle of another account/,
+    );
+    const again = await startAssertion(web, { binding: LOGIN });
+    expect(
+      await verifyAssertion(web, alice.assert(again, { userHandle: handle(ALICE) }), { binding: LOGIN }),
+    ).toMatchObject({
+      email: ALICE,
+    });
+  });
+
   it("a challenge is single use", async () => {
     const noCounter = softPasskey(RP, false); // counter 0 forever: only the spent challenge stops a replay
     await store.addPasskey(noCounter.record(BOB));
@@ -147,12 +163,12 @@ describe("startAssertion / verifyAssertion", () => {
       }),
       /unknown credential/,
     );
-    await store.setDisabled(ALICE, true);
+    await store.setDisabled(ALICE, true, 1);
     await refused(
       verifyAssertion(web, alice.assert(await startAssertion(web, { binding: LOGIN })), { binding: LOGIN }),
       /user disabled/,
     );
-    await store.setDisabled(ALICE, false);
+    await store.setDisabled(ALICE, false, 1);
     await store.removePasskey(ALICE, alice.credentialId);
     await refused(
       verifyAssertion(web, alice.assert(await startAssertion(web, { binding: LOGIN })), { binding: LOGIN }),

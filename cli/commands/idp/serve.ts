@@ -7,6 +7,7 @@ import {
 } from "../../../server/limit-defaults.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
+import { parseListen } from "../../listen.ts";
 import type { GetContext } from "../../program.ts";
 import { dataDirOf, dataOption } from "./common.ts";
 
@@ -24,19 +25,13 @@ interface ServeOpts {
   maxConnectionsPerClient: string;
   connectionRate: string;
   allowRawLoginSignatures?: boolean;
+  allowBearerApprove?: boolean;
+  config?: string;
   logLevel: string;
 }
 
-export function parseListen(value: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || port > 65535)
-    throw usageError(
-      `invalid --listen "${value}"`,
-      "use HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)",
-    );
-  return { host: (m[1] ?? m[2])!, port };
-}
+/** `--listen HOST:PORT` (shared with `apes troop serve`). */
+export { parseListen };
 
 /** Why the server could not start, with what to do about it. */
 /** Why the IdP could not start, as the exit code a supervisor can act on (78: fix the config). */
@@ -94,6 +89,34 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
   return new CliError(`cannot start the IdP: ${message}`, { exitCode: ExitCode.ERROR, cause: e });
 }
 
+/** The --config file's notify settings; any problem is a config error (78) before the port opens. */
+async function readServeConfig(file: string) {
+  const [{ readFile }, { parse }, { parseNotifyConfig }, { isLoopbackHost }] = await Promise.all([
+    import("node:fs/promises"),
+    import("smol-toml"),
+    import("../../../idp/notify/config.ts"),
+    import("../../../protocol/ddisa.ts"),
+  ]);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    throw new CliError(`cannot read --config ${file}: ${(e as Error).message}`, {
+      exitCode: ExitCode.CONFIG,
+    });
+  }
+  if (text.length > 256 * 1024)
+    throw new CliError(`--config ${file} is larger than 256 KiB`, { exitCode: ExitCode.CONFIG });
+  try {
+    return parseNotifyConfig(parse(text), isLoopbackHost);
+  } catch (e) {
+    throw new CliError(`${file}: ${(e as Error).message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "see docs/notifications.md for the [notify] settings",
+    });
+  }
+}
+
 function positiveInt(value: string, option: string): number {
   if (!/^[1-9]\d{0,8}$/.test(value))
     throw usageError(`invalid ${option} "${value}"`, "give a whole number >= 1");
@@ -137,6 +160,14 @@ export function register(parent: Command, getContext: GetContext): void {
       "--allow-raw-login-signatures",
       "also accept key logins signed over the bare challenge (older clients; unsafe, logged)",
     )
+    .option(
+      "--allow-bearer-approve",
+      "also accept approvals without a proof, on the session token alone (older clients; unsafe, logged)",
+    )
+    .option(
+      "--config <file>",
+      "TOML settings: the [notify] table (channels, retries; see docs/notifications.md)",
+    )
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -145,11 +176,15 @@ The first line logged is {"level":"info","msg":"listening","url":...,"issuer":..
 A signing key is created on first start; rotate it with \`apes idp keys rotate\`.
 Key logins must sign the domain-separated message of docs/signatures.md; with
 --allow-raw-login-signatures the bare challenge is accepted too (older clients; logged as a warning).
+An approval must carry a proof (an Ed25519 signature or a passkey assertion over the grant's
+approval digest, docs/signatures.md); --allow-bearer-approve also accepts one without (older
+clients; logged as a warning at start and on every such approval).
 
 Examples:
   $ apes idp serve --listen 127.0.0.1:8080
   $ apes idp serve --listen 0.0.0.0:443 --issuer https://id.example.com --tls-cert cert.pem --tls-key key.pem
-  $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m`,
+  $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m
+  $ apes idp serve --listen 127.0.0.1:8080 --config /etc/apes/idp.toml`,
     )
     .action(async (opts: ServeOpts) => {
       const ctx = getContext();
@@ -196,6 +231,7 @@ Examples:
         opts.maxConnectionsPerClient,
         "--max-connections-per-client",
       );
+      const notify = opts.config === undefined ? undefined : await readServeConfig(opts.config);
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       // Caught from before the "listening" line (see stopSignals).
       const signals = stopSignals();
@@ -213,6 +249,8 @@ Examples:
           maxConnectionsPerClient,
           connectionRate: opts.connectionRate,
           allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
+          allowBearerApprove: opts.allowBearerApprove === true,
+          ...(notify ? { notify } : {}),
           log,
         });
       } catch (e) {

@@ -20,7 +20,7 @@ export function register(parent: Command, getContext: GetContext): void {
       const identity = identityArg("the email", email);
       const store = await openStore(ctx, opts.data);
       try {
-        if (!(await store.setDisabled(identity, true))) {
+        if (!(await store.setDisabled(identity, true, Math.floor(ctx.clock.now() / 1000)))) {
           throw new CliError(`no user ${identity}`, { hint: "`apes idp users list` shows the users" });
         }
         // Its browser sessions end too (a disabled user's session is refused anyway).

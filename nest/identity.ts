@@ -1,6 +1,6 @@
 import type { ClientContext } from "../client/context.ts";
-import { exchangeToken, JWT_TOKEN_TYPE, TOKEN_EXCHANGE } from "../client/delegations.ts";
-import { idpEndpoints, normalizeIdpUrl, requireEndpoint } from "../client/discovery.ts";
+import { exchangeOwnToken, exchangeToken } from "../client/delegations.ts";
+import { idpEndpoints, normalizeIdpUrl } from "../client/discovery.ts";
 import { HttpProblem } from "../client/errors.ts";
 import { request } from "../client/http.ts";
 import { loadPrivateKey } from "../client/keys.ts";
@@ -63,23 +63,7 @@ export function cachedToken(
 }
 
 export function troopTokens(ctx: ClientContext, audience: string): (renew?: boolean) => Promise<string> {
-  return cachedToken(ctx, async () => {
-    const session = await freshSession(ctx);
-    const endpoints = await idpEndpoints(ctx, session.idp);
-    const res = await request<{ access_token?: unknown }>(ctx, {
-      url: requireEndpoint(endpoints, endpoints.tokenEndpoint, "token_endpoint"),
-      form: {
-        grant_type: TOKEN_EXCHANGE,
-        subject_token: session.token,
-        subject_token_type: JWT_TOKEN_TYPE,
-        audience,
-        requested_token_type: JWT_TOKEN_TYPE,
-      },
-    });
-    const t = res.body?.access_token;
-    if (typeof t !== "string") throw new Error("the IdP's token endpoint answered without an access_token");
-    return t;
-  });
+  return cachedToken(ctx, async () => (await exchangeOwnToken(ctx, audience)).access_token);
 }
 
 export function delegatedTokens(

@@ -4,12 +4,10 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 
 // `make demo-nest` (scripts/demo-nest.sh): the Nest, its owner, the approval, the agent as its own user
-// and identity, and the audit trails. It needs the troop (`apes troop serve`, another part): skipped,
-// and says so, until that is in the tree.
+// and identity, and the audit trails of the shim and the troop.
 const root = join(import.meta.dirname, "..", "..");
-const haveTroop = existsSync(join(root, "cli", "commands", "troop", "serve.ts"));
 
-describe.skipIf(!haveTroop)("make demo-nest (skipped until the troop is in the tree)", () => {
+describe("make demo-nest", () => {
   it("spawns an agent through the troop for alice; it runs as its own identity; the audit names everyone", () => {
     const r = spawnSync("bash", [join(root, "scripts", "demo-nest.sh")], {
       cwd: root,

@@ -15,24 +15,7 @@ import {
   trustCaIn,
 } from "../helpers/idp.ts";
 import { installIntoTempPrefix, readAudit, type ShimInstall, spawnAsUser } from "../helpers/shim.ts";
-
-/**
- * The troop (control/, test/helpers/troop.ts) is another part, merged on its own: until it is in the
- * tree these tests are skipped (they say so); once it is, they run. Loaded by path so that the type
- * check does not depend on it.
- */
-const TROOP_HELPER = join(import.meta.dirname, "..", "helpers", "troop.ts");
-const haveTroop = existsSync(TROOP_HELPER);
-interface TroopHandle {
-  url: string;
-  restart(): Promise<void>;
-  stop(): Promise<unknown>;
-}
-interface TroopHelpers {
-  startTroop(issuer: string, o: { extraArgs?: string[] }): Promise<TroopHandle>;
-  TROOP_AUDIENCE: string;
-}
-let TROOP_AUDIENCE = "";
+import { startTroop, TROOP_AUDIENCE, type TroopHandle } from "../helpers/troop.ts";
 
 /**
  * IdP, troop and Nest as real processes: the Nest (`apes daemon run` as _apes-nest, set up by
@@ -107,11 +90,7 @@ async function nestsAsAlice(): Promise<{ id: string; connected: boolean }[]> {
 }
 
 beforeAll(async () => {
-  if (!haveTroop) return;
   if (process.getuid?.() !== 0) throw new Error("the nest e2e tests run as root (CI does)");
-  const helpers = (await import(TROOP_HELPER)) as TroopHelpers;
-  TROOP_AUDIENCE = helpers.TROOP_AUDIENCE;
-  const startTroop = helpers.startTroop;
   inst = await installIntoTempPrefix();
   const work = mkdtempSync(join(tmpdir(), "apes-nest-troop-"));
   execFileSync("chmod", ["0755", work]);
@@ -181,7 +160,6 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  if (!haveTroop) return;
   nest?.kill("SIGKILL");
   // A kill -9 leaves the shim the nest had started (waiting for approval): end it.
   for (const pid of execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" }).split("\n")) {
@@ -199,7 +177,7 @@ afterAll(async () => {
   await inst?.cleanup();
 });
 
-describe.skipIf(!haveTroop)("IdP + troop + Nest (skipped until the troop is in the tree)", () => {
+describe("IdP + troop + Nest", () => {
   it("the Nest is connected, as its own identity, and only alice's nest is listed for her", async () => {
     const nests = await until("nest listed", async () =>
       (await nestsAsAlice()).find((n) => n.id === NEST && n.connected),

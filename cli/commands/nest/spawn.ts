@@ -61,6 +61,7 @@ export async function nestSpawn(
     { visible, visibleArgv },
     { freshSession },
     { grantsClient },
+    { approveSigned },
   ] = await Promise.all([
     import("../../troop/client.ts"),
     import("../../output.ts"),
@@ -68,6 +69,7 @@ export async function nestSpawn(
     import("../../../protocol/display.ts"),
     import("../../../client/session.ts"),
     import("../../../client/grants.ts"),
+    import("../../grants/approval-proof.ts"),
   ]);
   const me = (await freshSession(ctx)).email;
   const client = troopClient(ctx, o);
@@ -97,7 +99,8 @@ export async function nestSpawn(
         ((c[i + 1] === "provision" && c[i + 2] === agent && tail && forMe) ||
           (c[i + 1] === "run" && c[i + 2] === agent && c.length === i + 3));
       if (!ours || approved.has(g.id)) continue;
-      await grants.approve(g.id);
+      // Signed, as `apes grants approve` does: the proof covers exactly this grant.
+      await approveSigned(ctx, grants, g.id);
       approved.add(g.id);
       notice(ctx, `approved ${g.id} (${g.request.grant_type}): ${visibleArgv(c)}`);
     }

@@ -154,6 +154,12 @@ uninstall:
 demo: build
 	bash scripts/demo.sh
 
+# As root: the Nest (scripts/demo-nest.sh): IdP, troop and `apes daemon run` as _apes-nest; alice
+# spawns an agent through the troop, approves its grants, it runs as its own user and identity.
+.PHONY: demo-nest
+demo-nest: build
+	bash scripts/demo-nest.sh
+
 # As root: `apes -- /bin/true` through the shim (reused timed grant) against `sudo -n true`, with the
 # split between requester, verifier and shim (bench/elevate/run.ts; installs sudo with apt if missing).
 .PHONY: bench-elevate

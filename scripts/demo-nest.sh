@@ -74,7 +74,7 @@ HOME="$HUMAN_HOME" "$EXEC" keygen --out "$HUMAN_HOME/id_ed25519" --comment "$HUM
 "$EXEC" idp serve --listen 127.0.0.1:0 --data "$D/idp" --tls-cert "$D/server.pem" --tls-key "$D/server.key" 2>"$D/idp.log" &
 PIDS+=($!)
 IDP=$(listening "$D/idp.log" "${PIDS[-1]}")
-NODE_EXTRA_CA_CERTS="$D/ca.pem" "$EXEC" troop serve --idp "$IDP" --idp-ca "$D/ca.pem" --client-id "$AUD" \
+"$EXEC" troop serve --idp "$IDP" --idp-ca "$D/ca.pem" --client-id "$AUD" \
   --listen 127.0.0.1:0 --data "$D/troop" 2>"$D/troop.log" &
 PIDS+=($!)
 TROOP=$(listening "$D/troop.log" "${PIDS[-1]}")

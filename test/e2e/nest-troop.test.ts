@@ -101,8 +101,6 @@ beforeAll(async () => {
   const key = newKey(ALICE);
   await addUser(dataDir, ALICE, { publicKey: key.publicLine });
   idp = await startIdp({ dataDir, tls });
-  // NODE_EXTRA_CA_CERTS too: the troop's revocation-feed client does not use --idp-ca (yet).
-  process.env.NODE_EXTRA_CA_CERTS = ca;
   troop = await startTroop(idp.issuer, { extraArgs: ["--idp-ca", ca] });
   aliceHome = mkdtempSync(join(tmpdir(), "apes-nest-troop-alice-"));
   trustCaIn(aliceHome, ca);
@@ -172,7 +170,6 @@ afterAll(async () => {
   }
   for (const a of [a1, a2]) if (passwd(a)) execFileSync("/usr/sbin/userdel", [a]);
   await troop?.stop();
-  delete process.env.NODE_EXTRA_CA_CERTS;
   await idp?.stop();
   await inst?.cleanup();
 });

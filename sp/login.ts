@@ -390,7 +390,8 @@ export class SpLogin {
       return refuse(
         403,
         "Not signed in",
-        `The identity provider did not sign you in (${visible(error, { max: 60 })}${why ? `: ${visible(why, { max: 200 })}` : ""}).`,
+        // The IdP's words as sent, cut: the page shows them through visible() (pages.ts untrusted).
+        `The identity provider did not sign you in (${error.slice(0, 60)}${why ? `: ${why.slice(0, 200)}` : ""}).`,
       );
     }
     const code = q.get("code");
@@ -413,8 +414,7 @@ export class SpLogin {
     if (!answer) return refuse(502, "Sign-in failed", "The identity provider could not be reached.");
     const body = (answer.body ?? {}) as Record<string, unknown>;
     if (answer.status !== 200) {
-      const code =
-        typeof body.error === "string" ? visible(body.error, { max: 60 }) : `HTTP ${answer.status}`;
+      const code = typeof body.error === "string" ? body.error.slice(0, 60) : `HTTP ${answer.status}`;
       return refuse(502, "Sign-in failed", `The identity provider refused the sign-in code (${code}).`);
     }
     const token = body.assertion ?? body.id_token;

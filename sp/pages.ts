@@ -18,7 +18,7 @@ export function spLayout(p: PageContext, title: string, body: Html, head: Html =
   return html`<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title} · ${p.service}</title>
+<title>${title} &middot; ${p.service}</title>
 <link rel="stylesheet" href="${p.css}">${head}
 </head><body><main class="card">
 <p class="brand">${p.service} <span>sign-in with DDISA</span></p>

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { humanWithPasskey, launchBrowser, newPage, screenshot, startWebIdp } from "../helpers/browser.ts";
 import { type Dnsmasq, startDnsmasq } from "../helpers/dnsmasq.ts";
 import { type IdpHandle, runApes } from "../helpers/idp.ts";
+import { startTroop, TROOP_AUDIENCE, type TroopHandle } from "../helpers/troop.ts";
 
 const SERVER = join(import.meta.dirname, "..", "..", "examples", "sp", "server.ts");
 const ALICE = "alice@example.com";
@@ -24,6 +25,7 @@ let page: Page;
 let sp: ChildProcess;
 let spUrl: string;
 let spLog = "";
+let troop: TroopHandle | undefined;
 const seen: string[] = [];
 
 async function startSp(env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
@@ -82,6 +84,7 @@ beforeAll(async () => {
 }, 90_000);
 
 afterAll(async () => {
+  await troop?.stop();
   sp?.kill("SIGTERM");
   await browser?.close();
   await idp?.stop();
@@ -192,4 +195,44 @@ describe("DDISA login at the example service", () => {
     await page.goto(`${spUrl}/`);
     await page.waitForURL(`${spUrl}/auth/login`);
   }, 60_000);
+});
+
+describe("the troop's status page behind DDISA login (apes troop serve --web-login)", () => {
+  it("a browser without a session is sent to sign in, comes back to /status; the cookie opens no API", async () => {
+    troop = await startTroop(idp.issuer, {
+      extraArgs: ["--web-login"],
+      env: { APES_DNS_SERVERS: dns.server, APES_ALLOW_LOOPBACK_HTTP: "1" },
+    });
+    const add = await runApes([
+      "idp",
+      "clients",
+      "add",
+      TROOP_AUDIENCE,
+      "--redirect-uri",
+      `${troop.url}/auth/callback`,
+      "--data",
+      idp.dataDir,
+    ]);
+    expect(add.code, add.stderr).toBe(0);
+    // A browser is sent to sign in; a script with a bearer token gets the API answer (here: 401).
+    expect((await fetch(`${troop.url}/status`, { redirect: "manual" })).status).toBe(303);
+    expect((await fetch(`${troop.url}/status`, { headers: { authorization: "Bearer x.y.z" } })).status).toBe(
+      401,
+    );
+
+    await page.goto(`${troop.url}/status`);
+    await page.waitForURL(`${troop.url}/auth/login`);
+    await page.fill("#email", ALICE);
+    await page.click("button[type=submit]");
+    // Still signed in at the IdP: straight to the consent step.
+    await page.waitForSelector("button[value=allow]");
+    await page.click("button[value=allow]");
+    await page.waitForURL(`${troop.url}/status`);
+    expect(await page.textContent("body")).toContain(`Signed in as ${ALICE}`);
+    await screenshot(page, "sp-troop-status");
+    const api = await page.context().request.get(`${troop.url}/v1/nests`);
+    expect(api.status()).toBe(401);
+    await page.click("text=Sign out");
+    await page.waitForURL(`${troop.url}/auth/login`);
+  }, 90_000);
 });

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, type KeyObject, randomBytes, timingSafeEqual } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import { type DdisaMode, type DdisaRecord, emailDomain, isLoopbackHost } from "../protocol/ddisa.ts";
 import { visible } from "../protocol/display.ts";
@@ -284,8 +284,8 @@ export class SpLogin {
       if (sub === "/login" && (call.method === "GET" || call.method === "HEAD"))
         return this.reply(200, loginPage(this.page, this.loginPath));
       if (sub === "/login" && call.method === "POST") return await this.start(call);
-      if (sub === "/callback" && (call.method === "GET" || call.method === "HEAD"))
-        return await this.callback(call);
+      // GET only: a HEAD (a prefetcher's) must not spend the sign-in.
+      if (sub === "/callback" && call.method === "GET") return await this.callback(call);
       if (sub === "/logout" && call.method === "POST") return await this.logout(call);
       if (sub === "/sp.css" && (call.method === "GET" || call.method === "HEAD")) {
         return this.asset(this.assets.get("sp.css"));
@@ -420,7 +420,13 @@ export class SpLogin {
     const token = body.assertion ?? body.id_token;
     const kid = typeof token === "string" ? assertionKid(token) : undefined;
     const now = this.nowS();
-    const key = kid === undefined ? undefined : (await this.jwks.lookup(tx.issuer, kid, now)).key;
+    let key: KeyObject | undefined;
+    try {
+      key = kid === undefined ? undefined : (await this.jwks.lookup(tx.issuer, kid, now)).key;
+    } catch (e) {
+      this.c.log?.("warn", "IdP keys unavailable", { issuer: tx.issuer, error: (e as Error).message });
+      return refuse(502, "Sign-in failed", "The identity provider's signing keys could not be fetched.");
+    }
     const checked = checkAssertion(token, key, {
       issuer: tx.issuer,
       clientId: this.clientId,

@@ -25,6 +25,8 @@ interface World {
   tokenCalls: URLSearchParams[];
   fetched: string[];
   challenge?: string;
+  /** The JWKS answers 500 from now on. */
+  jwksDown?: boolean;
 }
 
 let w: World;
@@ -72,7 +74,8 @@ function world(config: Partial<SpConfig> = {}): World {
               token_endpoint: `${ISS}/token`,
             },
           };
-        if (url === `${ISS}/jwks`) return { status: 200, body: { keys: [jwk] } };
+        if (url === `${ISS}/jwks`)
+          return me.jwksDown ? { status: 500, body: undefined } : { status: 200, body: { keys: [jwk] } };
         return { status: 404, body: undefined };
       },
       postForm: async (_url, form) => {
@@ -339,6 +342,27 @@ describe("the SP's sign-in in process", () => {
     expect(ok.status).toBe(303);
     expect(ok.headers!.location).toBe("/auth/login");
     expect(w.sp.session({ cookie })).toBeUndefined();
+  });
+
+  it("the IdP's keys unavailable at the callback: a page saying so, no session", async () => {
+    const s = await start();
+    w.jwksDown = true;
+    const st = s.authorize!.searchParams.get("state");
+    const r = await w.sp.handle(call("GET", `/auth/callback?code=c&state=${st}`, { cookie: s.cookie! }));
+    expect(r.status).toBe(502);
+    expect(text(r)).toContain("signing keys could not be fetched");
+    expect(cookieOf(r)).toBe("__Host-sp=");
+  });
+
+  it("HEAD on the callback does not spend the sign-in", async () => {
+    const s = await start();
+    const st = s.authorize!.searchParams.get("state");
+    const head = await w.sp.handle(
+      call("HEAD", `/auth/callback?code=c0de&state=${st}`, { cookie: s.cookie! }),
+    );
+    expect(head.status).toBe(404);
+    const get = await w.sp.handle(call("GET", `/auth/callback?code=c0de&state=${st}`, { cookie: s.cookie! }));
+    expect(get.status).toBe(303);
   });
 
   it("the configuration is checked: origin, client id, lists", () => {

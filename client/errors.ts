@@ -26,6 +26,15 @@ export interface ClientFailures {
   endpoint_refused: { idp: string; field: string; why: string };
   /** The IdP does not advertise an endpoint the call needs. */
   endpoint_missing: { idp: string; field: string };
+  // DDISA: which IdP serves an email's domain (client/ddisa.ts)
+  invalid_email: { email: string };
+  configured_idp_invalid: { idp: string; source?: string };
+  /** DNS (and DoH) could not be reached; `doh` says whether a DoH fallback is configured. */
+  dns_unavailable: { doh: boolean };
+  /** A bad DNS server address or DoH URL in the settings. */
+  dns_config: Record<string, never>;
+  no_ddisa_record: { email: string; name: string };
+  ddisa_denied: { email: string; domain: string };
   // Key login (client/key-login.ts)
   issuer_mismatch: { idp: string; issuer: string };
   signing_failed: Record<string, never>;

@@ -179,7 +179,7 @@ async function chooseIdp(ctx: Context, email: string, explicit: string | undefin
       return normalizeIdpUrl(current.idp);
     }
   }
-  const { discoverIdp } = await import("../../discovery.ts");
+  const { discoverIdp } = await import("../../../client/ddisa.ts");
   const found = await discoverIdp(ctx, email);
   for (const line of found.explanation) ctx.debug(`login: ${line}`);
   if (found.record) {

@@ -8,7 +8,7 @@ import { html, logoutForm, pageReply, spLayout, untrusted } from "../../sp/pages
  * module answers everything under /auth/. Register it at the IdP of your domain first:
  *
  *   apes idp clients add hello --redirect-uri http://127.0.0.1:8090/auth/callback
- *   SP_CLIENT_ID=hello PORT=8090 node examples/sp/server.ts
+ *   SP_CLIENT_ID=hello PORT=8090 npx node examples/sp/server.ts     (the pinned Node 24 of npm ci)
  *
  * Environment: SP_CLIENT_ID (required), PORT (default 8090; 0 = any), SP_ORIGIN (default
  * http://127.0.0.1:PORT), SP_ADMINS / SP_USERS (comma-separated, for the allowlist modes),

@@ -169,6 +169,24 @@ describe("DDISA login at the example service", () => {
     await other.context.close();
   }, 60_000);
 
+  it("the continue page names the IdP the domain's record chose, and links to its /authorize", async () => {
+    const other = await newPage(browser);
+    await other.page.goto(`${spUrl}/auth/login`);
+    const answer = await other.context.request.post(`${spUrl}/auth/login`, {
+      form: { email: ALICE },
+      headers: { origin: spUrl },
+    });
+    const text = await answer.text();
+    expect(text).toContain(`<meta http-equiv="refresh" content="0; url=${idp.issuer}/authorize?`);
+    // Shown without its refresh, on the SP's origin (so its stylesheet loads), for the screenshot.
+    await other.page.setContent(text.replace(/<meta http-equiv="refresh"[^>]*>/, ""));
+    expect(await other.page.textContent(".lead")).toContain(idp.issuer);
+    const link = await other.page.getAttribute("a.button", "href");
+    expect(new URL(link!).origin + new URL(link!).pathname).toBe(`${idp.issuer}/authorize`);
+    await screenshot(other.page, "sp-continue");
+    await other.context.close();
+  }, 60_000);
+
   it("a domain whose record says mode=deny is refused before the IdP is asked", async () => {
     const before = seen.length;
     await page.goto(`${spUrl}/auth/login`);

@@ -281,8 +281,11 @@ export class SpLogin {
   async handle(call: SpCall): Promise<Reply> {
     try {
       const sub = call.path.slice(this.base.length);
-      if (sub === "/login" && (call.method === "GET" || call.method === "HEAD"))
+      if (sub === "/login" && (call.method === "GET" || call.method === "HEAD")) {
+        // Signed in already: on to the service (its own path: never a redirect anywhere else).
+        if (this.session(call.req.headers)) return { status: 303, headers: { location: this.home } };
         return this.reply(200, loginPage(this.page, this.loginPath));
+      }
       if (sub === "/login" && call.method === "POST") return await this.start(call);
       // GET only: a HEAD (a prefetcher's) must not spend the sign-in.
       if (sub === "/callback" && call.method === "GET") return await this.callback(call);

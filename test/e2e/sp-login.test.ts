@@ -188,22 +188,35 @@ describe("DDISA login at the example service", () => {
   }, 60_000);
 
   it("a domain whose record says mode=deny is refused before the IdP is asked", async () => {
-    const before = seen.length;
-    await page.goto(`${spUrl}/auth/login`);
-    await page.fill("#email", "dora@deny.example");
-    await page.click("button[type=submit]");
-    await page.waitForSelector(".error");
-    expect(await page.textContent(".error")).toContain("mode=deny");
-    expect(seen.slice(before).some((u) => u.startsWith(idp.issuer))).toBe(false);
-    await screenshot(page, "sp-refused");
+    const other = await newPage(browser);
+    const urls: string[] = [];
+    other.page.on("request", (r) => {
+      urls.push(r.url());
+    });
+    await other.page.goto(`${spUrl}/auth/login`);
+    await other.page.fill("#email", "dora@deny.example");
+    await other.page.click("button[type=submit]");
+    await other.page.waitForSelector(".error");
+    expect(await other.page.textContent(".error")).toContain("mode=deny");
+    expect(urls.some((u) => u.startsWith(idp.issuer))).toBe(false);
+    await screenshot(other.page, "sp-refused");
+    await other.context.close();
   }, 60_000);
 
   it("mode=allowlist-admin: someone not on the service's admin list is refused", async () => {
+    const other = await newPage(browser);
+    await other.page.goto(`${spUrl}/auth/login`);
+    await other.page.fill("#email", "bob@listed.example");
+    await other.page.click("button[type=submit]");
+    await other.page.waitForSelector(".error");
+    expect(await other.page.textContent(".error")).toContain("not on this service's list");
+    await other.context.close();
+  }, 60_000);
+
+  it("signed in, the sign-in page goes on to the service", async () => {
     await page.goto(`${spUrl}/auth/login`);
-    await page.fill("#email", "bob@listed.example");
-    await page.click("button[type=submit]");
-    await page.waitForSelector(".error");
-    expect(await page.textContent(".error")).toContain("not on this service's list");
+    await page.waitForURL(`${spUrl}/`);
+    expect(await page.textContent("#hello")).toBe(`hello ${ALICE}, act human`);
   }, 60_000);
 
   it("sign out ends the SP's session", async () => {

@@ -187,6 +187,16 @@ describe("the SP's sign-in in process", () => {
     });
   });
 
+  it("the sign-in page sends someone signed in on to the home path", async () => {
+    const s = await signIn();
+    const r = await w.sp.handle(
+      call("GET", "/auth/login?return_to=https://evil.example", { cookie: cookieOf(s.back)! }),
+    );
+    expect(r.status).toBe(303);
+    expect(r.headers!.location).toBe("/");
+    expect((await w.sp.handle(call("GET", "/auth/login"))).status).toBe(200);
+  });
+
   it("the callback replayed is refused (the transaction is spent), and a session cookie is left alone", async () => {
     const s = await signIn();
     const session = cookieOf(s.back)!;

@@ -40,25 +40,37 @@ export interface Principal {
   tokenExp: number;
 }
 
+/** Grant ids are UUIDs: this prefix never names one. */
+const requesterKey = (requester: string) => `requester\0${requester}`;
+
 /** In-process change notification, keyed by grant id: long polls wait on it (no db polling). */
 export class GrantEvents {
   private readonly emitter = new EventEmitter();
   constructor() {
     this.emitter.setMaxListeners(0);
   }
-  changed(id: string): void {
+  /** `requester`: also wakes whoever waits on that requester's grants (the inbox pages). */
+  changed(id: string, requester?: string): void {
     this.emitter.emit(id);
+    if (requester !== undefined) this.emitter.emit(requesterKey(requester));
+  }
+  /** Resolves on the next change of any grant of one of `requesters`, or when `signal` aborts. */
+  waitRequesters(requesters: readonly string[], signal: AbortSignal): Promise<void> {
+    return this.waitAny(requesters.map(requesterKey), signal);
   }
   /** Resolves on the next change of `id`, or when `signal` aborts. */
   wait(id: string, signal: AbortSignal): Promise<void> {
+    return this.waitAny([id], signal);
+  }
+  private waitAny(keys: readonly string[], signal: AbortSignal): Promise<void> {
     return new Promise((resolve) => {
       const done = () => {
-        this.emitter.off(id, done);
+        for (const k of keys) this.emitter.off(k, done);
         signal.removeEventListener("abort", done);
         resolve();
       };
       if (signal.aborted) return resolve();
-      this.emitter.on(id, done);
+      for (const k of keys) this.emitter.on(k, done);
       signal.addEventListener("abort", done, { once: true });
     });
   }

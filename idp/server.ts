@@ -22,6 +22,7 @@ import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebApprovalRoutes } from "./routes/web-approvals.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
@@ -259,6 +260,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
+  registerWebApprovalRoutes(router, web);
   return router;
 }
 

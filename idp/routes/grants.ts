@@ -97,7 +97,7 @@ export async function applyAction(
     // Lost a race with another decision: report the state that won.
     throw invalidState((await idp.store.getGrant(id))?.grant ?? grant, t.from.join(" or "));
   }
-  idp.events.changed(id);
+  idp.events.changed(id, grant.request.requester);
   idp.log.log("info", `grant ${updated.grant.status}`, {
     grant: id,
     by: p.sub,
@@ -194,6 +194,8 @@ export function registerGrantRoutes(
       matchKey: key,
       ...(p.actingParty ? { actingParty: p.actingParty } : {}),
     });
+    // Wakes the inbox pages of whoever decides this requester's grants.
+    idp.events.changed(grant.id, request.requester);
     idp.log.log("info", "grant created", {
       rid: call.rid,
       grant: grant.id,

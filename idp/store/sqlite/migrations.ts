@@ -149,6 +149,14 @@ export const MIGRATIONS: readonly Migration[] = [
   ALTER TABLE grants ADD COLUMN approval_proof TEXT;
   `,
   },
+  {
+    // The approval pages' history: a person's decisions, newest first, one index range per page.
+    version: 7,
+    what: "grants by who decided them",
+    sql: `
+  CREATE INDEX grants_by_decider ON grants(decided_by, seq) WHERE decided_by IS NOT NULL;
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

@@ -113,7 +113,8 @@ function outcome(grant: Grant): Html {
   const by = grant.decided_by === undefined ? "" : visible(grant.decided_by);
   const when = grant.decided_at === undefined ? "" : ` at ${timeText(grant.decided_at)}`;
   const proof = grant.approval_proof ? ` (proof: ${grant.approval_proof})` : "";
-  return html`<p id="outcome" class="outcome ${grant.status}">${STATUS_TEXT[grant.status]}${by ? ` by ${by}` : ""}${when}${grant.status === "approved" || grant.status === "used" ? proof : ""}${grant.expires_at ? `; until ${timeText(grant.expires_at)}` : ""}</p>`;
+  const what = STATUS_TEXT[grant.status];
+  return html`<p id="outcome" class="outcome ${grant.status}">${what.charAt(0).toUpperCase() + what.slice(1)}${by ? ` by ${by}` : ""}${when}${grant.status === "approved" || grant.status === "used" ? proof : ""}${grant.expires_at ? `; until ${timeText(grant.expires_at)}` : ""}</p>`;
 }
 
 export function grantPage(o: {
@@ -131,7 +132,7 @@ export function grantPage(o: {
   return layout(
     "Grant",
     html`<div class="top"><h1>${g.status === "pending" ? "Approve this command?" : "Command request"}</h1>${statusBadge(g.status)}</div>
-<p class="lead"><strong>${summary.requester}</strong> asks to run a command on <strong>${summary.target_host}</strong> as <strong>${summary.run_as}</strong>.</p>
+<p class="lead"><strong>${summary.requester}</strong> ${g.status === "pending" ? "asks" : "asked"} to run a command on <strong>${summary.target_host}</strong> as <strong>${summary.run_as}</strong>.</p>
 <section id="grant" data-grant="${g.id}" data-status="${g.status}" data-etag="${o.etag}" data-src="${WEB_PATHS.grants}/${g.id}/state">
 <h2>Command</h2>
 ${summary.warning ? html`<p class="warn" id="warning">${summary.warning}</p>` : ""}
@@ -144,7 +145,7 @@ ${field("Run as", r.run_as === undefined ? "root (the default)" : summary.run_as
 ${field("Reason", summary.reason || html`<span class="meta-inline">none given</span>`, "reason")}
 ${field("Permissions", r.permissions?.length ? r.permissions.map((x) => visible(x)).join(", ") : html`<span class="meta-inline">none</span>`, "permissions")}
 ${field("Audience", visible(r.audience))}
-${field("Requested", grantTypeText(r), "requested-type")}
+${field(g.status === "pending" ? "Requested" : "Grant type", grantTypeText(r), "requested-type")}
 ${field("cmd_hash", html`<code class="hash">${r.cmd_hash ? visible(r.cmd_hash) : "none"}</code>`, "cmd-hash")}
 ${field("Grant id", html`<code class="hash">${g.id}</code>`)}
 ${field("Asked at", summary.created_at)}

@@ -227,7 +227,7 @@ describe("the grant page", () => {
     await alice.page.click("#approve");
     await alice.page.waitForSelector("#outcome");
     expect(await alice.page.textContent("#outcome")).toMatch(
-      new RegExp(`^approved by ${ALICE} at .* UTC \\(proof: webauthn\\); until .* UTC$`),
+      new RegExp(`^Approved by ${ALICE} at .* UTC \\(proof: webauthn\\); until .* UTC$`),
     );
     // The passkey was used for it (a fresh assertion, counted by the authenticator).
     expect((await alice.authenticator.credentials())[0]!.signCount).toBeGreaterThan(credsBefore);
@@ -309,7 +309,7 @@ describe("the grant page", () => {
     const before = (await alice.authenticator.credentials())[0]!.signCount;
     await alice.page.click("#deny");
     await alice.page.waitForSelector("#outcome");
-    expect(await alice.page.textContent("#outcome")).toMatch(new RegExp(`^denied by ${ALICE} at `));
+    expect(await alice.page.textContent("#outcome")).toMatch(new RegExp(`^Denied by ${ALICE} at `));
     expect((await alice.authenticator.credentials())[0]!.signCount).toBe(before);
     expect((await waiting).code).toBe(77);
     expect(await statusOf(id)).toBe("denied");
@@ -345,7 +345,7 @@ describe("the grant page", () => {
     expect(r.code, r.stderr).toBe(0);
     await alice.page.waitForSelector("#outcome", { timeout: 15_000 });
     expect(await alice.page.textContent("#outcome")).toMatch(
-      new RegExp(`^approved by ${CAROL} at .* \\(proof: ed25519\\)$`),
+      new RegExp(`^Approved by ${CAROL} at .* \\(proof: ed25519\\)$`),
     );
   });
 

@@ -1,4 +1,4 @@
-import type { ClientWarning, Clock, Fetch } from "../client/context.ts";
+import { type ClientWarning, type Clock, type Fetch, systemClock } from "../client/context.ts";
 import { loadUserConfig, type UserConfig } from "./config.ts";
 import { warningLine } from "./errors.ts";
 import { type Paths, xdgPaths } from "./paths.ts";
@@ -18,6 +18,7 @@ export interface Io {
 }
 
 export type { Clock, Fetch };
+export { systemClock };
 
 export interface GlobalOptions {
   json: boolean;
@@ -39,23 +40,6 @@ export interface Context {
   /** A client warning, as an `apes: warning:` line on stderr. */
   warn(warning: ClientWarning): void;
 }
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  sleep: (ms, signal) =>
-    new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal?.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-    }),
-};
 
 export function createContext(globals: GlobalOptions, overrides: Partial<Context> = {}): Context {
   const env = overrides.env ?? process.env;

@@ -93,6 +93,32 @@ const MAPPING: Mapping = {
     exitCode: ExitCode.UNAVAILABLE,
     hint: "this IdP does not support the feature; ask its operator or use another IdP",
   }),
+  invalid_email: () => ({
+    exitCode: ExitCode.USAGE,
+    hint: "give an email address such as alice@example.com",
+  }),
+  configured_idp_invalid: (e) => ({
+    exitCode: ExitCode.CONFIG,
+    hint: `fix \`idp\` in ${e.details.source ?? "config.toml"} or APES_IDP`,
+  }),
+  dns_unavailable: (e) => ({
+    exitCode: ExitCode.UNAVAILABLE,
+    hint: e.details.doh
+      ? "check the network, `dns.servers` and `dns.doh_url` in config.toml (or APES_DNS_SERVERS, APES_DOH_URL)"
+      : "check the network and `dns.servers` in config.toml (or APES_DNS_SERVERS); `dns.doh_url` adds a DNS-over-HTTPS fallback",
+  }),
+  dns_config: () => ({ exitCode: ExitCode.CONFIG, hint: "fix [dns] in config.toml or APES_DNS_SERVERS" }),
+  no_ddisa_record: ({ details: { email, name } }) => ({
+    exitCode: ExitCode.ERROR,
+    hint:
+      `run \`apes dns check ${email}\` to see what DNS returns; the domain's admin publishes\n` +
+      `${name} TXT "v=ddisa1 idp=https://id.example.com; mode=open"\n` +
+      'or set the IdP yourself: `idp = "https://..."` in config.toml, or APES_IDP',
+  }),
+  ddisa_denied: ({ details: { email, domain } }) => ({
+    exitCode: ExitCode.NOPERM,
+    hint: `ask the admins of ${domain}; \`apes dns check ${email}\` shows the record`,
+  }),
   issuer_mismatch: () => ({
     exitCode: ExitCode.UNAVAILABLE,
     hint: "an IdP's issuer is the URL it is reached at; if you meant that issuer, log in with `--idp <issuer>`",
@@ -174,6 +200,29 @@ const MAPPING: Mapping = {
   exchange_needs_key: (e) => ({
     exitCode: ExitCode.CONFIG,
     hint: `log in with a key: \`apes login ${e.details.email} --key <path>\``,
+  }),
+  oauth_refused: () => ({
+    exitCode: ExitCode.NOPERM,
+    hint: "run `apes login <email>` again; `--debug` shows the requests",
+  }),
+  login_denied: (e) => ({
+    exitCode: ExitCode.NOPERM,
+    hint: `to try again: \`apes login ${e.details.email}\``,
+  }),
+  id_token_refused: () => ({
+    exitCode: ExitCode.NOPERM,
+    hint: "nothing was stored; check `--idp` and the email's DDISA record",
+  }),
+  session_ended: (e) => ({
+    exitCode: ExitCode.NOPERM,
+    hint: `log in again: \`apes login ${e.details.email}\``,
+  }),
+  login_timed_out: (e) => ({
+    exitCode: ExitCode.TEMPFAIL,
+    hint:
+      e.details.flow === "browser"
+        ? `run \`apes login ${e.details.email}\` again; on a machine without a browser: \`apes login --device ${e.details.email}\``
+        : `run \`apes login --device ${e.details.email}\` again`,
   }),
   wait_timed_out: (e) => ({
     exitCode: ExitCode.TEMPFAIL,

@@ -23,6 +23,20 @@ export interface ClientConfig {
   idpEndpointOrigins: readonly string[];
 }
 
+/** What DDISA discovery (client/ddisa.ts) also reads: the configured IdP and the DNS settings. */
+export interface DnsConfig extends ClientConfig {
+  /** The IdP to use whatever DNS says (config.toml `idp`, APES_IDP). */
+  idp?: string;
+  dns: {
+    servers?: string[];
+    dohUrl?: string;
+    allowLoopbackHttp: boolean;
+    timeoutMs: number;
+  };
+  /** Where the settings were read from, for messages. */
+  source?: string;
+}
+
 /** Something the caller may want to show; never a failure. */
 export type ClientWarning =
   | { kind: "key_mode"; path: string; mode: number }
@@ -47,4 +61,51 @@ export interface ClientContext {
   /** A diagnostic line (never a token or a body); the caller decides whether it is shown. */
   debug(message: string): void;
   warn(warning: ClientWarning): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms, signal) =>
+    new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const timer = setTimeout(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+    }),
+};
+
+/**
+ * A ClientContext for a process of its own (the Nest, a service): `configDir` holds auth.json and the
+ * key, `cacheDir` the discovery cache; the system clock and client/http.ts's transport unless given;
+ * debug lines and warnings dropped unless given.
+ */
+export function clientContext(options: {
+  configDir: string;
+  cacheDir: string;
+  env?: Readonly<Record<string, string | undefined>>;
+  config?: Partial<ClientConfig>;
+  http?: Fetch;
+  clock?: Clock;
+  debug?: (message: string) => void;
+  warn?: (warning: ClientWarning) => void;
+}): ClientContext {
+  const config: ClientConfig = { allowRawLoginSignature: false, idpEndpointOrigins: [], ...options.config };
+  return {
+    // Loaded on first use, as the CLI does: a context that never makes a request pays nothing.
+    http:
+      options.http ??
+      (async (input, init) => (await import("./http.ts")).nodeFetch(input as string | URL | Request, init)),
+    clock: options.clock ?? systemClock,
+    paths: { configDir: options.configDir, cacheDir: options.cacheDir },
+    env: options.env ?? {},
+    config: async () => config,
+    debug: options.debug ?? (() => undefined),
+    warn: options.warn ?? (() => undefined),
+  };
 }

@@ -23,6 +23,10 @@ export interface IdpEndpoints {
   issuer: string;
   jwksUri?: string;
   tokenEndpoint?: string;
+  /** OAuth for humans in a browser (`apes login` without a key): authorization code, device code, revocation. */
+  authorizationEndpoint?: string;
+  deviceAuthorizationEndpoint?: string;
+  revocationEndpoint?: string;
   challengeEndpoint?: string;
   authenticateEndpoint?: string;
   /** Which name family advertised the challenge endpoint: "auth" takes `{id}`, "agent" `{agent_id}`. */
@@ -165,6 +169,9 @@ export function endpointsFrom(base: string, doc: Discovery, trusted: readonly st
     issuer: doc.issuer,
     jwksUri: endpoint("jwks_uri"),
     tokenEndpoint: endpoint("token_endpoint"),
+    authorizationEndpoint: endpoint("authorization_endpoint"),
+    deviceAuthorizationEndpoint: endpoint("device_authorization_endpoint"),
+    revocationEndpoint: endpoint("revocation_endpoint"),
     challengeEndpoint: authChallenge ?? agentChallenge,
     authenticateEndpoint:
       endpoint("ddisa_auth_authenticate_endpoint") ?? endpoint("ddisa_agent_authenticate_endpoint"),

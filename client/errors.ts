@@ -26,6 +26,15 @@ export interface ClientFailures {
   endpoint_refused: { idp: string; field: string; why: string };
   /** The IdP does not advertise an endpoint the call needs. */
   endpoint_missing: { idp: string; field: string };
+  // DDISA: which IdP serves an email's domain (client/ddisa.ts)
+  invalid_email: { email: string };
+  configured_idp_invalid: { idp: string; source?: string };
+  /** DNS (and DoH) could not be reached; `doh` says whether a DoH fallback is configured. */
+  dns_unavailable: { doh: boolean };
+  /** A bad DNS server address or DoH URL in the settings. */
+  dns_config: Record<string, never>;
+  no_ddisa_record: { email: string; name: string };
+  ddisa_denied: { email: string; domain: string };
   // Key login (client/key-login.ts)
   issuer_mismatch: { idp: string; issuer: string };
   signing_failed: Record<string, never>;
@@ -67,6 +76,17 @@ export interface ClientFailures {
   /** The IdP only offers the client_credentials form, and the session has no key for it. */
   exchange_needs_key: { email: string };
   wait_timed_out: { id: string; elapsedMs: number };
+  // Browser and device login, refresh (client/oauth.ts, browser-login.ts, device-login.ts)
+  /** The IdP answered an OAuth step with an error (its `error` code, visible() and cut). */
+  oauth_refused: { step: "authorize" | "code" | "device" | "refresh"; error: string };
+  /** The person denied the login (access_denied). */
+  login_denied: { email: string };
+  /** The id_token failed a check (signature, iss, aud, nonce, act, lifetime). */
+  id_token_refused: { why: string };
+  /** The IdP no longer takes the session's refresh token (logged out, revoked, reused, expired). */
+  session_ended: { email: string };
+  /** No answer from the browser, or the device code expired first. */
+  login_timed_out: { email: string; flow: "browser" | "device" };
 }
 
 export type ClientFailure = keyof ClientFailures;
@@ -128,5 +148,7 @@ export function isRefusal(e: unknown): boolean {
     "renewal_failed",
     "session_no_key",
     "no_session",
+    "session_ended",
+    "login_denied",
   );
 }

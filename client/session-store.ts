@@ -41,6 +41,12 @@ export interface StoredSession {
   authenticated_at?: number;
   /** The token's `iat` (its lifetime sets the renewal margin for short-lived tokens). */
   issued_at?: number;
+  /** A browser or device login (client/oauth.ts): renewed with this refresh token (rotated at each use) ... */
+  refresh_token?: string;
+  /** ... sent with this client_id (the IdP refuses a refresh without it). */
+  client_id?: string;
+  /** How the session was made: "key" (default), "browser" or "device". */
+  method?: "key" | "browser" | "device";
 }
 
 export function authFile(ctx: Pick<ClientContext, "paths">): string {
@@ -173,9 +179,13 @@ export function parseSession(text: string, file: string): StoredSession {
     throw broken('"expires_at" missing');
   if (s.issued_at !== undefined && typeof s.issued_at !== "number")
     throw broken('"issued_at" must be a number');
-  for (const k of ["key_path", "key_fingerprint"] as const) {
+  for (const k of ["key_path", "key_fingerprint", "refresh_token", "client_id"] as const) {
     if (s[k] !== undefined && typeof s[k] !== "string") throw broken(`"${k}" must be a string`);
   }
+  if (s.method !== undefined && s.method !== "key" && s.method !== "browser" && s.method !== "device")
+    throw broken('"method" must be "key", "browser" or "device"');
+  if (s.refresh_token !== undefined && s.client_id === undefined)
+    throw broken('"refresh_token" needs "client_id"');
   return s as unknown as StoredSession;
 }
 

@@ -6,10 +6,12 @@ import { readSession, type StoredSession, withSessionLock, writeSession } from "
 
 /**
  * A usable session: any call that needs a token calls freshSession(ctx). When less than
- * REFRESH_MARGIN_S remain it re-authenticates with the recorded key (under the auth.json lock, so
- * ten concurrent processes log in once). Failure is a ClientError: no_session, session_no_key,
- * renewal_failed (refused), key_moved, key_mismatch, a key or session file error, or the HTTP
- * failure that stopped the renewal (idp_unreachable ...).
+ * REFRESH_MARGIN_S remain it re-authenticates with the recorded key, or renews a browser or device
+ * session with its refresh token (under the auth.json lock, so ten concurrent processes log in once
+ * and a rotated refresh token is never spent twice). Failure is a ClientError: no_session, session_no_key,
+ * renewal_failed (refused), session_ended (a refresh token the IdP no longer takes), key_moved,
+ * key_mismatch, a key or session file error, or the HTTP failure that stopped the renewal
+ * (idp_unreachable ...).
  */
 
 export interface Session {
@@ -104,6 +106,14 @@ export async function logInWithKey(
 }
 
 async function reauthenticate(ctx: ClientContext, s: StoredSession): Promise<StoredSession> {
+  if (s.refresh_token !== undefined) {
+    // A browser or device session: its refresh token (rotated, so written back before anyone else
+    // reads it: we hold the lock).
+    const { refreshSession } = await import("./oauth.ts");
+    const next = await refreshSession(ctx, s);
+    await writeSession(ctx, next);
+    return next;
+  }
   if (!s.key_path) {
     throw new ClientError(
       "session_no_key",

@@ -6,6 +6,7 @@ import type { Logger } from "../server/log.ts";
 import { type Actor, effectiveStatus } from "./grants.ts";
 import type { Keyring } from "./keys.ts";
 import type { LimitClass } from "./limits.ts";
+import type { Notifier } from "./notify/notifier.ts";
 import type { Store, UserRecord } from "./store/types.ts";
 
 /** Everything a route needs, built once by the server. */
@@ -18,6 +19,8 @@ export interface Idp {
   tokenTtl: number;
   log: Logger;
   events: GrantEvents;
+  /** Notifications of pending and decided grants (absent: none are written). */
+  notify?: Notifier;
   /** Unix seconds. */
   now(): number;
   /** Resolves when the server shuts down (long polls answer at once). */
@@ -40,43 +43,50 @@ export interface Principal {
   tokenExp: number;
 }
 
-/** Grant ids are UUIDs: this prefix never names one. */
-const requesterKey = (requester: string) => `requester\0${requester}`;
-
 /** In-process change notification, keyed by grant id: long polls wait on it (no db polling). */
 export class GrantEvents {
   private readonly emitter = new EventEmitter();
   constructor() {
     this.emitter.setMaxListeners(0);
   }
-  /** `requester`: also wakes whoever waits on that requester's grants (the inbox pages). */
-  changed(id: string, requester?: string): void {
+  changed(id: string): void {
     this.emitter.emit(id);
-    if (requester !== undefined) this.emitter.emit(requesterKey(requester));
-  }
-  /** Resolves on the next change of any grant of one of `requesters`, or when `signal` aborts. */
-  waitRequesters(requesters: readonly string[], signal: AbortSignal): Promise<void> {
-    return this.waitAny(requesters.map(requesterKey), signal);
   }
   /** Resolves on the next change of `id`, or when `signal` aborts. */
   wait(id: string, signal: AbortSignal): Promise<void> {
-    return this.waitAny([id], signal);
-  }
-  private waitAny(keys: readonly string[], signal: AbortSignal): Promise<void> {
     return new Promise((resolve) => {
       const done = () => {
-        for (const k of keys) this.emitter.off(k, done);
+        this.emitter.off(id, done);
         signal.removeEventListener("abort", done);
         resolve();
       };
       if (signal.aborted) return resolve();
-      for (const k of keys) this.emitter.on(k, done);
+      this.emitter.on(id, done);
       signal.addEventListener("abort", done, { once: true });
     });
   }
   listeners(id: string): number {
     return this.emitter.listenerCount(id);
   }
+  /**
+   * The pending list of everyone who sees this requester's grants changed (a grant was created or
+   * decided): wakes `GET /api/grants` long polls (`apes grants watch`) of the requester, its owner,
+   * its approvers and admins.
+   */
+  inboxChanged(requester: UserRecord | undefined, email: string): void {
+    const who = new Set([
+      email,
+      ...(requester?.owner ? [requester.owner] : []),
+      ...(requester?.approvers ?? []),
+    ]);
+    for (const w of who) this.emitter.emit(inboxKey(w));
+    this.emitter.emit(inboxKey("*"));
+  }
+}
+
+/** The event name of one user's inbox ("*": every admin's). */
+export function inboxKey(email: string): string {
+  return `inbox:${email}`;
 }
 
 /** The bearer token of a request (server/bearer.ts), under the name the routes use. */

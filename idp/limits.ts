@@ -16,10 +16,14 @@ const LOGIN_PATHS: ReadonlySet<string> = new Set([
   PATHS.agentChallenge,
   PATHS.agentAuthenticate,
   ...WEB_CREDENTIAL_PATHS,
+  // Typing user codes is guessing for an attacker: limited like a login.
+  PATHS.device,
 ]);
+
+const TOKEN_PATHS: ReadonlySet<string> = new Set([PATHS.token, PATHS.deviceAuthorization, PATHS.revoke]);
 
 export function limitClassOf(path: string): LimitClass {
   if (LOGIN_PATHS.has(path)) return "login";
-  if (path === PATHS.token) return "token";
+  if (TOKEN_PATHS.has(path)) return "token";
   return "api";
 }

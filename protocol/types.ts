@@ -21,6 +21,8 @@ export const GRANT_STATUSES: readonly GrantStatus[] = [
 /** Default audience and token audience (docs/protocol.md). */
 export const ELEVATION_AUDIENCE = "escapes";
 export const CLI_TOKEN_AUDIENCE = "apes-cli";
+/** The CLI's OAuth client_id (a native public client, RFC 8252): the audience of its tokens. */
+export const CLI_CLIENT_ID = CLI_TOKEN_AUDIENCE;
 
 export interface GrantRequest {
   requester: string;

@@ -3,7 +3,10 @@
 // floor, and approval-to-exit latency of `apes grants wait` with push (long-poll) vs 3 s polling.
 //
 //   make bench-cli                        (builds dist/apes first)
-//   node bench/cli/run.mjs [--runs 30] [--warmup 5] [--waits 8]
+//   node bench/cli/run.mjs [--runs 30] [--warmup 5] [--waits 8] [--before PATH]
+//
+// --before PATH adds a second apes binary (an earlier build) to every case, interleaved in the same
+// rounds against the same IdP and HOMEs, for a before/after comparison of a change in one run.
 //
 // Method (written up in bench/BENCHMARKS.md, section "CLI: sessions and grants"):
 // - A real IdP (`dist/apes idp serve` on 127.0.0.1, its own temp data dir) with a human (alice) and
@@ -26,13 +29,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
 import { parsePrivateKey } from "../../protocol/keys.ts";
-import { buildBareSea, quantile as q, requireBuiltApes } from "../common.mjs";
+import { buildBareSea, childTicks, quantile as q, requireBuiltApes } from "../common.mjs";
 
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "30" },
     warmup: { type: "string", default: "5" },
     waits: { type: "string", default: "8" },
+    before: { type: "string" },
   },
 });
 const runs = Number(values.runs);
@@ -40,6 +44,7 @@ const warmup = Number(values.warmup);
 const waits = Number(values.waits);
 
 const apes = requireBuiltApes();
+const before = values.before;
 
 const work = mkdtempSync(join(tmpdir(), "apes-bench-cli-"));
 let idpProc;
@@ -121,26 +126,40 @@ try {
     // More commands that make one IdP request (issue 16: each within one round trip of whoami).
     { name: "apes agents list", file: apes, args: ["agents", "list"], env: alice.env },
     { name: "apes delegations list", file: apes, args: ["delegations", "list"], env: alice.env },
+    // Grant creation: a once grant is never reused, so each run creates one (POST, 201).
+    { name: "apes grants request", file: apes, args: ["grants", "request", "--", "true"], env: bot.env },
   ];
-  for (const c of cases) c.times = [];
+  if (before) {
+    for (const c of cases.slice(1)) cases.push({ ...c, name: `${c.name} [before]`, file: before });
+  }
+  for (const c of cases) {
+    c.times = [];
+    c.ticks = 0;
+  }
   for (let round = 0; round < warmup + runs; round++) {
     for (let k = 0; k < cases.length; k++) {
       const c = cases[(round + k) % cases.length];
+      const k0 = childTicks();
       const t0 = process.hrtime.bigint();
       const r = spawnSync(c.file, c.args, { env: c.env, stdio: "ignore" });
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (r.status !== 0) throw new Error(`${c.name} exited ${r.status}`);
-      if (round >= warmup) c.times.push(ms);
+      if (round >= warmup) {
+        c.times.push(ms);
+        c.ticks += childTicks() - k0;
+      }
     }
   }
   const base = q(cases[0].times, 0.5);
   console.log(`node ${process.version}; ${runs} interleaved runs after ${warmup} warm-up rounds`);
   const whoami = q(cases[1].times, 0.5);
-  console.log("command                     median     p10     p90   vs bare   vs whoami");
+  console.log(
+    "command                              median     p10     p90   vs bare   vs whoami   cpu/run (apes only)",
+  );
   for (const c of cases) {
     const med = q(c.times, 0.5);
     console.log(
-      `${c.name.padEnd(24)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms   +${(med - whoami).toFixed(1)} ms`,
+      `${c.name.padEnd(33)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms   +${(med - whoami).toFixed(1)} ms   ${((c.ticks * 10) / runs).toFixed(1)} ms`,
     );
   }
 
@@ -168,10 +187,10 @@ try {
   };
   const grantsUrl = (await (await fetch(`${url}/.well-known/openid-configuration`)).json())
     .openape_grants_endpoint;
-  const latency = async (mode) => {
+  const latency = async (mode, file = apes) => {
     const env = mode === "poll" ? { ...bot.env, APES_NO_PUSH: "1" } : bot.env;
     const id = run(["grants", "request", "--", "true"], bot.env).trim();
-    const child = spawn(apes, ["grants", "wait", id, "--timeout", "60s"], {
+    const child = spawn(file, ["grants", "wait", id, "--timeout", "60s"], {
       env,
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -201,17 +220,20 @@ try {
     if (code !== 0) throw new Error(`grants wait exited ${code}: ${err}`);
     return { printed: Number(printed - t0) / 1e6, exited: Number(t1 - t0) / 1e6 };
   };
-  const results = { push: [], poll: [] };
+  const results = { push: [], poll: [], ...(before ? { "push [before]": [] } : {}) };
   for (let i = 0; i < waits; i++) {
     results.push.push(await latency("push"));
     results.poll.push(await latency("poll"));
+    if (before) results["push [before]"].push(await latency("push", before));
   }
   console.log(`\napproval -> \`apes grants wait\`, ${waits} runs each (approval after a random 0.5-3.5 s)`);
   console.log(
     "mode                       status on stdout: median    min    max | exit: median    min    max",
   );
   for (const [mode, xs] of Object.entries(results)) {
-    const label = mode === "push" ? "push (Prefer: wait)" : "poll 3 s (APES_NO_PUSH=1)";
+    const label = mode.startsWith("push")
+      ? `push (Prefer: wait)${mode.slice(4)}`
+      : "poll 3 s (APES_NO_PUSH=1)";
     const p = xs.map((x) => x.printed);
     const e = xs.map((x) => x.exited);
     console.log(

@@ -77,7 +77,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
     },
     configuredIdp: async () => (await ctx.config()).idp,
     async ddisa(email) {
-      const { resolveForEmail } = await import("../discovery.ts");
+      const { resolveForEmail } = await import("../../client/ddisa.ts");
       const r = await resolveForEmail(ctx, email);
       const s = r.selection.selected;
       return { name: r.name, ...(s ? { selected: { idp: s.idp, mode: s.mode ?? "open" } } : {}) };

@@ -4,14 +4,22 @@ import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
 import { effectiveStatus } from "../grants.ts";
 import { formOrJsonBody, OAuthError, type Router } from "../http.ts";
+import {
+  authorizationCodeGrant,
+  DEVICE_CODE_GRANT,
+  deviceCodeGrant,
+  refreshTokenGrant,
+  signDelegatedToken,
+} from "../oauth/flows.ts";
 import type { UserRecord } from "../store/types.ts";
 import { decodeJwt, signJwt, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
 import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
 /**
- * The OAuth token endpoint: RFC 8693 token exchange of one's own session token for an SP audience,
- * or on a delegation (subject_token optional when
+ * The OAuth token endpoint: authorization code + PKCE, refresh tokens and the device code grant
+ * (idp/oauth/flows.ts); RFC 8693 token exchange of one's own session token for an SP audience, or
+ * on a delegation (subject_token optional when
  * delegation_grant_id names the delegation), and the older client_credentials form with an Ed25519
  * client assertion. Errors are OAuth `{error, error_description}` bodies.
  */
@@ -36,6 +44,12 @@ const KNOWN = new Set([
   "client_id",
   "client_assertion",
   "client_assertion_type",
+  // authorization_code, refresh_token and device_code (idp/oauth/flows.ts)
+  "code",
+  "code_verifier",
+  "redirect_uri",
+  "refresh_token",
+  "device_code",
 ]);
 
 function param(body: Record<string, unknown>, name: string): string | undefined {
@@ -103,28 +117,19 @@ async function exchange(
     if (!used) throw new OAuthError("invalid_grant", "the delegation was already used");
     idp.events.changed(g.id);
   }
-  let exp = now + idp.tokenTtl;
-  if (g.expires_at !== undefined) exp = Math.min(exp, g.expires_at);
-  const token = signJwt(
-    {
-      iss: idp.issuer,
-      sub: g.request.delegator,
-      aud: audience,
-      act: { sub: actor.email },
-      delegation_grant: g.id,
-      scope: g.request.scopes ?? [],
-      ...(audience === CLI_TOKEN_AUDIENCE
-        ? {}
-        : spClaims(idp, actor, [
-            ["user", g.request.delegator!],
-            ["user", actor.email],
-            ["delegation", g.id],
-          ])),
-      iat: now,
-      exp,
-      jti: randomUUID(),
-    },
-    await idp.keys.signingKey(now, exp),
+  const { token, exp } = await signDelegatedToken(
+    idp,
+    g,
+    actor.email,
+    audience,
+    now,
+    audience === CLI_TOKEN_AUDIENCE
+      ? {}
+      : spClaims(idp, actor, [
+          ["user", g.request.delegator!],
+          ["user", actor.email],
+          ["delegation", g.id],
+        ]),
   );
   idp.log.log("info", "token exchanged", {
     delegation: g.id,
@@ -258,6 +263,10 @@ export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
     }
     const grantType = param(body, "grant_type");
     const audience = param(body, "audience");
+    if (grantType === "authorization_code")
+      return { status: 200, body: await authorizationCodeGrant(idp, body) };
+    if (grantType === "refresh_token") return { status: 200, body: await refreshTokenGrant(idp, body) };
+    if (grantType === DEVICE_CODE_GRANT) return { status: 200, body: await deviceCodeGrant(idp, body) };
     if (grantType === TOKEN_EXCHANGE) {
       const actorToken = param(body, "actor_token");
       const delegationId = param(body, "delegation_grant_id") ?? param(body, "delegation_grant");

@@ -3,7 +3,7 @@ import { ProblemError } from "../../protocol/problem.ts";
 import { type Call, jsonBody, type Reply, type Router } from "../../server/http.ts";
 import { htmlReply } from "../../server/web/html.ts";
 import { type ApprovalSettings, approvalBinding, passkeyVerifier } from "../approval.ts";
-import type { Idp, Principal } from "../context.ts";
+import { type Idp, inboxKey, type Principal } from "../context.ts";
 import { canDecide, canView, parseApproveOverrides } from "../grants.ts";
 import type { StoredGrant } from "../store/types.ts";
 import { delegationsPage, grantPage, historyPage, inboxPage } from "../web/approval-pages.ts";
@@ -58,7 +58,6 @@ function sameSiteRead(call: Call): void {
 interface InboxView {
   items: GrantSummary[];
   etag: string;
-  requesters: string[];
 }
 
 /**
@@ -155,7 +154,7 @@ export function registerWebApprovalRoutes<P>(router: Router<P>, web: WebContext)
       items.push(grantSummary(s.grant, requester));
       versions.push(`${s.grant.id}:${s.version}`);
     }
-    return { items, requesters, etag: `"${sha(versions.join(","))}"` };
+    return { items, etag: `"${sha(versions.join(","))}"` };
   };
 
   router.add("GET", WEB_PATHS.inbox, false, async (call) => {
@@ -166,7 +165,8 @@ export function registerWebApprovalRoutes<P>(router: Router<P>, web: WebContext)
   });
 
   // The inbox script's long poll: answered at once when the list differs from its ETag, else when
-  // a grant of one of the requesters is created or decided, else after the wait (304).
+  // a grant this person sees is created or decided (GrantEvents.inboxChanged, the push of the
+  // grants list's long poll), else after the wait (304).
   router.add("GET", WEB_PATHS.inboxItems, false, async (call) => {
     sameSiteRead(call);
     const { p } = await jsonPrincipal(call);
@@ -174,7 +174,7 @@ export function registerWebApprovalRoutes<P>(router: Router<P>, web: WebContext)
       idp,
       call,
       await inboxView(p),
-      (v, signal) => idp.events.waitRequesters(v.requesters, signal),
+      (_, signal) => idp.events.wait(inboxKey(p.sub), signal),
       () => inboxView(p),
     );
     // The wait may have outlasted the session (logout, a disabled account): check again.

@@ -69,6 +69,8 @@ export interface NewGrant {
   matchKey?: string;
   /** Created with a delegated token: who acted (act.sub) for the requester. */
   actingParty?: string;
+  /** Notifications of this grant, written in the same transaction (see the notifications section). */
+  outbox?: readonly NewNotification[];
 }
 
 /** A conditional state change: applied only when the grant's status is one of `from`. */
@@ -88,6 +90,8 @@ export interface Transition {
   at?: number;
   /** An approval: the proof it came with (protocol/approval.ts), shown as the grant's approval_proof. */
   approvalProof?: ApprovalProofRecord;
+  /** Notifications of the change, written in the same transaction only when the transition applies. */
+  outbox?: readonly NewNotification[];
 }
 
 /** An identity disabled (`user`, subject = its email) or a delegation revoked (subject = its id). */
@@ -127,6 +131,64 @@ export interface GrantPage {
   hasMore: boolean;
 }
 
+/** A registered OAuth client (`apes idp clients add`); the built-in CLI client is never stored. */
+export interface ClientRecord {
+  id: string;
+  /** Matched exactly (idp/oauth/clients.ts). */
+  redirectUris: string[];
+  createdAt: number;
+}
+
+/** An authorization code, stored under the SHA-256 of its value and bound to everything it was issued for. */
+export interface AuthCodeRecord {
+  codeHash: string;
+  clientId: string;
+  redirectUri: string;
+  /** The PKCE S256 challenge. */
+  codeChallenge: string;
+  nonce: string;
+  /** The human who logged in. */
+  sub: string;
+  /** The refresh token family the code's exchange starts (revoked if the code is replayed). */
+  familyId: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+/** A refresh token, stored under the SHA-256 of its value; it keeps the actor of the session it renews. */
+export interface RefreshTokenRecord {
+  tokenHash: string;
+  familyId: string;
+  clientId: string;
+  sub: string;
+  act: "human" | "agent";
+  /** A delegated session: who acts for `sub` (act.sub), under which delegation. */
+  actingParty?: string;
+  delegationGrant?: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+export type DeviceCodeStatus = "pending" | "approved" | "denied" | "used";
+
+/** A device authorization (RFC 8628), stored under the SHA-256 of the device code. */
+export interface DeviceCodeRecord {
+  deviceHash: string;
+  /** Normalised (idp/oauth/device-code.ts); unique among stored codes. */
+  userCode: string;
+  clientId: string;
+  status: DeviceCodeStatus;
+  /** Who approved or denied. */
+  sub?: string;
+  interval: number;
+  lastPollAt?: number;
+  createdAt: number;
+  expiresAt: number;
+  decidedAt?: number;
+}
+
 export interface Store extends WebStore {
   // users (looked up by their normalised identity, protocol/names.ts; stored only in that form)
   /** Adds a user with its approvers atomically; rejects a duplicate or a name not in normal form. */
@@ -159,7 +221,7 @@ export interface Store extends WebStore {
   spendChallenge(nonce: string, subject: string, expiresAt: number): Promise<boolean>;
   /** Records a jti; false when it was already used (replay). */
   useJti(jti: string, expiresAt: number): Promise<boolean>;
-  /** Forgets spent nonces and jtis whose expiry is at or before `now`. */
+  /** Forgets spent nonces and jtis, and codes and refresh tokens, whose expiry is at or before `now`. */
   purgeExpired(now: number): Promise<void>;
 
   // grants
@@ -180,11 +242,136 @@ export interface Store extends WebStore {
   /** The seq of the newest event (0 when there is none). */
   lastRevocation(): Promise<number>;
 
+  // OAuth (idp/oauth/): registered clients, authorization codes, refresh tokens, device codes.
+  // Secrets are stored only as SHA-256 hashes; every single-use value is spent by one conditional update.
+  /** Rejects a duplicate id. */
+  addClient(c: ClientRecord): Promise<void>;
+  getClient(id: string): Promise<ClientRecord | undefined>;
+  /** Ordered by id. */
+  listClients(): Promise<ClientRecord[]>;
+  /** false when there is no such client. */
+  removeClient(id: string): Promise<boolean>;
+  insertAuthCode(c: AuthCodeRecord): Promise<void>;
+  /** Spends the code (unspent and unexpired at `now`): the record when this call spent it, else undefined. */
+  spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined>;
+  /** The code whatever its state (to see a replay). */
+  getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined>;
+  /** Stores a refresh token, creating its family when it is the first one. */
+  insertRefreshToken(r: RefreshTokenRecord): Promise<void>;
+  /**
+   * Spends the token: the record when this call spent it (unspent, unexpired at `now`, its family not
+   * revoked), else undefined.
+   */
+  spendRefreshToken(tokenHash: string, now: number): Promise<RefreshTokenRecord | undefined>;
+  /** The token whatever its state, with whether its family is revoked. */
+  getRefreshToken(tokenHash: string): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined>;
+  /** Revokes every token of the family, also those issued later; false when it was revoked already. */
+  revokeRefreshFamily(familyId: string, now: number): Promise<boolean>;
+  /** Rejects a duplicate device hash or user code. */
+  insertDeviceCode(d: DeviceCodeRecord): Promise<void>;
+  getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined>;
+  /** The code a person typed, when it is still unexpired at `now`. */
+  getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined>;
+  /** pending -> approved|denied by `sub`, while unexpired at `now`; false when it was not pending. */
+  decideDeviceCode(userCode: string, to: "approved" | "denied", sub: string, now: number): Promise<boolean>;
+  /** Records a poll at `now` and the interval the client must keep from now on. */
+  recordDevicePoll(deviceHash: string, now: number, interval: number): Promise<void>;
+  /** approved -> used, while unexpired at `now`: the record when this call spent it, else undefined. */
+  spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined>;
+
+  // notifications: subscriptions and the outbox (types in the section below the Store)
+  /** Adds a subscription; rejects a duplicate id. */
+  addSubscription(s: SubscriptionRecord): Promise<void>;
+  getSubscription(id: string): Promise<SubscriptionRecord | undefined>;
+  /** The subscriptions of these owners (bounded: each owner has at most MAX_SUBSCRIPTIONS), oldest first. */
+  subscriptionsOf(owners: readonly string[]): Promise<SubscriptionRecord[]>;
+  /** Removes the subscription (only the owner's, when `owner` is given) and its pending rows; false when none. */
+  removeSubscription(id: string, owner?: string): Promise<boolean>;
+  /** Writes outbox rows on their own (a test notification); a duplicate key is ignored. Returns the rows written. */
+  enqueueNotifications(rows: readonly NewNotification[]): Promise<number>;
+  /**
+   * Pending rows due at `nowMs` (dueAtMs <= nowMs), earliest first, at most `limit`, none of the
+   * subscriptions in `skip` (the worker's busy ones: a receiver that hangs holds one slot, not all).
+   */
+  dueNotifications(nowMs: number, limit: number, skip?: readonly string[]): Promise<NotificationRecord[]>;
+  /** The earliest dueAtMs of a pending row (the worker's next wake-up), undefined when none. */
+  nextNotificationDue(): Promise<number | undefined>;
+  /** Records one delivery attempt of a pending row; false when the row is no longer pending. */
+  recordAttempt(id: number, outcome: AttemptOutcome): Promise<boolean>;
+  /** Newest first, optionally only one status and/or the rows of one owner's subscriptions. */
+  listNotifications(q: NotificationQuery): Promise<NotificationRecord[]>;
+  /** A dead row back to pending, attempts reset, due at `nowMs`; false when it is not dead. */
+  retryNotification(id: number, nowMs: number): Promise<boolean>;
+  /** Forgets delivered and dead rows created before `before` (Unix seconds), at most 1000 a call; how many. */
+  purgeNotifications(before: number): Promise<number>;
+
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;
 
   /** Makes every write made so far durable, stops background work and releases the database. */
   close(): Promise<void>;
+}
+
+// --- notifications -------------------------------------------------------------------------------
+// The outbox (idp/notify/): one row per (grant, event, subscription), keyed by an idempotency key
+// that is also sent to the receiver, so a row is never written twice and a receiver can drop a
+// repeated delivery. Rows for a grant are written in the grant's own transaction (NewGrant.outbox,
+// Transition.outbox): a committed pending grant always has its notifications, none are written for a
+// change that did not happen. Delivery is at least once: a row stays pending until an attempt is
+// recorded, so a restart delivers what was left.
+
+/** Most subscriptions one user may have (bounds the fan-out of one grant). */
+export const MAX_SUBSCRIPTIONS = 20;
+
+export type NotifyChannel = "webhook" | "ntfy" | "email" | "webpush";
+
+export interface SubscriptionRecord {
+  id: string;
+  owner: string;
+  channel: NotifyChannel;
+  /** Where to: a webhook or ntfy topic URL, a mail address, a push service endpoint. */
+  target: string;
+  /** Channel secrets: the webhook's HMAC key, a push subscription's p256dh and auth keys. Never logged or listed. */
+  secret?: string;
+  /** Which events: "pending" (grants waiting for this user) and/or "decided" (this user's own grants). */
+  events: readonly NotifyEvent[];
+  createdAt: number;
+}
+
+export type NotifyEvent = "pending" | "decided" | "test";
+
+export type NotificationStatus = "pending" | "delivered" | "dead";
+
+export interface NewNotification {
+  /** Idempotency key, unique: `${grant}.${event}.${subscription}` (test: its own id). */
+  key: string;
+  subscriptionId: string;
+  grantId?: string;
+  event: NotifyEvent;
+  /** The notification's content as JSON (no token, no secret: idp/notify/content.ts). */
+  payload: string;
+  createdAt: number;
+}
+
+export interface NotificationRecord extends NewNotification {
+  id: number;
+  status: NotificationStatus;
+  attempts: number;
+  /** When the next attempt is due, in Unix milliseconds (backoff steps are below a second). */
+  dueAtMs: number;
+  lastError?: string;
+  deliveredAt?: number;
+}
+
+export type AttemptOutcome =
+  | { delivered: true; at: number }
+  | { delivered: false; error: string; retryAtMs: number }
+  | { delivered: false; error: string; dead: true };
+
+export interface NotificationQuery {
+  status?: NotificationStatus;
+  owner?: string;
+  limit: number;
 }
 
 /**

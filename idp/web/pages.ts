@@ -27,7 +27,10 @@ ${NAV.map(([key, href, text]) => (key === active ? html`<a href="${href}" aria-c
 `;
 }
 
-/** A page: `nav` shows the signed-in navigation with that item current; `wide` for pages of tables and commands. */
+/**
+ * The frame of every page (also the OAuth pages, idp/web/oauth-pages.ts). `nav` shows the signed-in
+ * navigation with that item current; `wide` for pages of tables and commands.
+ */
 export function layout(
   title: string,
   body: Html,

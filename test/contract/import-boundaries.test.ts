@@ -35,6 +35,9 @@ function tsFiles(dir: string): string[] {
 
 const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"(\.{1,2}\/[^"]+)"/gm;
 
+/** What belongs to the CLI, not to client/: exit statuses, hints, `apes ...` commands to run. */
+const CLI_TERMS = /\bexitCode\b|\bExitCode\b|\bhint\s*:|`apes |\\`apes /;
+
 /** Package specifiers (not relative): `from "x"`, `import("x")`, `import "x"`. */
 const BARE = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"([^".][^"]*)"/gm;
 
@@ -105,6 +108,22 @@ describe("import boundaries", () => {
     expect(bad).toEqual([]);
     expect(ALLOWED.client).toEqual(["client", "protocol"]);
     expect(ALLOWED.nest).toEqual(["nest", "client", "protocol"]);
+  });
+
+  it("client/'s code names no exit status and no shell command (the CLI adds those: cli/errors.ts)", () => {
+    const bad: string[] = [];
+    for (const file of tsFiles(join(REPO, "client"))) {
+      readFileSync(file, "utf8")
+        .split("\n")
+        .forEach((line, i) => {
+          if (/^\s*(\*|\/\/|\/\*)/.test(line)) return; // comments may say which command uses what
+          if (CLI_TERMS.test(line)) bad.push(`${relative(REPO, file)}:${i + 1}: ${line.trim()}`);
+        });
+    }
+    expect(bad).toEqual([]);
+    expect(CLI_TERMS.test("hint: `run \\`apes login\\``")).toBe(true);
+    expect(CLI_TERMS.test("exitCode: 77")).toBe(true);
+    expect(CLI_TERMS.test("`another apes process holds the lock`")).toBe(false);
   });
 
   it("catches client/ importing the CLI or an npm package (the rule is not vacuous)", () => {

@@ -92,7 +92,7 @@ describe("apes troop serve", () => {
       command: ["ls"],
     });
     expect(g.status).toBe(201);
-    expect((await w.as("alice").post(`${w.grants}/${g.body.id}/approve`)).status).toBe(200);
+    expect((await w.approve("alice", g.body.id)).status).toBe(200);
     const authz = (await w.as("bot").post(`${w.grants}/${g.body.id}/token`)).body.authz_jwt as string;
     expect(await connectNest(troop.wsUrl, authz)).toMatchObject({ ok: false, status: 403 });
   });

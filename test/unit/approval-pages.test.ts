@@ -1,5 +1,4 @@
 import { describe, expect, it } from "vitest";
-import { GrantEvents } from "../../idp/context.ts";
 import type { UserRecord } from "../../idp/store/types.ts";
 import { grantPage, inboxPage } from "../../idp/web/approval-pages.ts";
 import { argumentParts, durationText, grantSummary, requesterRole } from "../../idp/web/grant-view.ts";
@@ -86,35 +85,5 @@ describe("what the approval pages show of a grant", () => {
     }).text;
     expect(page).not.toContain('id="decide"');
     expect(page).toContain("You cannot decide this grant: only the agent&#39;s owner");
-  });
-});
-
-describe("GrantEvents by requester (the inbox's push)", () => {
-  it("wakes a waiter on a change of any grant of its requesters, and not of others", async () => {
-    const events = new GrantEvents();
-    const stop = new AbortController();
-    let woke = false;
-    const wait = events.waitRequesters(["a@x", "b@x"], stop.signal).then(() => {
-      woke = true;
-    });
-    events.changed("g1", "c@x");
-    events.changed("g2");
-    await new Promise((r) => setTimeout(r, 10));
-    expect(woke).toBe(false);
-    events.changed("g3", "b@x");
-    await wait;
-    expect(woke).toBe(true);
-    // Every listener is gone once it woke.
-    expect(events.listeners("requester\0a@x")).toBe(0);
-    stop.abort();
-  });
-
-  it("ends when its signal aborts", async () => {
-    const events = new GrantEvents();
-    const stop = new AbortController();
-    const wait = events.waitRequesters(["a@x"], stop.signal);
-    stop.abort();
-    await wait;
-    expect(events.listeners("requester\0a@x")).toBe(0);
   });
 });

@@ -5,7 +5,13 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import { formatElapsed, startProgress } from "../../cli/grants/progress.ts";
-import type { ClientContext, ClientWarning, Clock } from "../../client/context.ts";
+import {
+  type ClientContext,
+  type ClientWarning,
+  type Clock,
+  clientContext,
+  systemClock,
+} from "../../client/context.ts";
 import { clearDiscoveryMemory } from "../../client/discovery.ts";
 import { ClientError } from "../../client/errors.ts";
 import { grantsClient } from "../../client/grants.ts";
@@ -165,6 +171,31 @@ describe("a neutral ClientContext (what the Nest passes: no terminal, no CLI)", 
     chmodSync(keyPath, 0o644);
     await loadPrivateKey(ctx, keyPath);
     expect(warnings).toEqual([{ kind: "key_mode", path: keyPath, mode: 0o644 }]);
+  });
+});
+
+describe("clientContext (a ready ClientContext for a process of its own)", () => {
+  it("defaults to the system clock and client/http.ts's transport, and keeps its files in its own dirs", async () => {
+    const { createServer } = await import("node:http");
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end('{"ok":true}');
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const ctx = clientContext({
+        configDir: join(home, "own", "config"),
+        cacheDir: join(home, "own", "cache"),
+      });
+      expect(ctx.clock).toBe(systemClock);
+      expect((await request(ctx, { url: `http://127.0.0.1:${port}/x` })).body).toEqual({ ok: true });
+      const none = await freshSession(ctx).catch((x: unknown) => x);
+      expect((none as ClientError).failure).toBe("no_session");
+      expect(await ctx.config()).toEqual({ allowRawLoginSignature: false, idpEndpointOrigins: [] });
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 

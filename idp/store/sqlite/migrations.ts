@@ -150,8 +150,103 @@ export const MIGRATIONS: readonly Migration[] = [
   `,
   },
   {
-    // The approval pages' history: a person's decisions, newest first, one index range per page.
+    // Secrets (codes, refresh tokens, device codes) only as SHA-256 hashes.
     version: 7,
+    what: "OAuth: registered clients, authorization codes, refresh tokens and their families, device codes",
+    sql: `
+  CREATE TABLE oauth_clients (
+    id TEXT PRIMARY KEY,
+    redirect_uris TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE TABLE oauth_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    family_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX oauth_codes_expiring ON oauth_codes(expires_at);
+  CREATE TABLE refresh_families (
+    family_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+  CREATE INDEX refresh_families_by_sub ON refresh_families(sub);
+  CREATE INDEX refresh_families_expiring ON refresh_families(expires_at);
+  CREATE TABLE refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id TEXT NOT NULL REFERENCES refresh_families(family_id),
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    act TEXT NOT NULL CHECK (act IN ('human', 'agent')),
+    acting_party TEXT,
+    delegation_grant TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX refresh_tokens_by_family ON refresh_tokens(family_id);
+  CREATE INDEX refresh_tokens_expiring ON refresh_tokens(expires_at);
+  CREATE TABLE device_codes (
+    device_hash TEXT PRIMARY KEY,
+    user_code TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'used')),
+    sub TEXT,
+    poll_interval INTEGER NOT NULL,
+    last_poll_at INTEGER,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    decided_at INTEGER
+  );
+  CREATE INDEX device_codes_expiring ON device_codes(expires_at);
+  `,
+  },
+  {
+    version: 8,
+    what: "notification subscriptions and the outbox",
+    sql: `
+  CREATE TABLE notify_subscriptions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('webhook', 'ntfy', 'email', 'webpush')),
+    target TEXT NOT NULL,
+    secret TEXT,
+    events TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX notify_subscriptions_by_owner ON notify_subscriptions(owner, created_at);
+  CREATE TABLE notify_outbox (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    subscription_id TEXT NOT NULL,
+    grant_id TEXT,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at_ms INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER
+  );
+  CREATE INDEX notify_outbox_due ON notify_outbox(due_at_ms) WHERE status = 'pending';
+  CREATE INDEX notify_outbox_by_status ON notify_outbox(status, id);
+  CREATE INDEX notify_outbox_by_subscription ON notify_outbox(subscription_id, id);
+  `,
+  },
+  {
+    // The approval pages' history: a person's decisions, newest first, one index range per page.
+    version: 9,
     what: "grants by who decided them",
     sql: `
   CREATE INDEX grants_by_decider ON grants(decided_by, seq) WHERE decided_by IS NOT NULL;

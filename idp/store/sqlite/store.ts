@@ -4,18 +4,29 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
 import {
+  type AttemptOutcome,
+  type AuthCodeRecord,
+  type ClientRecord,
+  type DeviceCodeRecord,
   type GrantPage,
   type GrantQuery,
   type InviteRecord,
   type NewGrant,
+  type NewNotification,
   type NewUser,
+  type NotificationQuery,
+  type NotificationRecord,
+  type NotifyChannel,
+  type NotifyEvent,
   type PasskeyRecord,
   REVOCATION_RETENTION_S,
+  type RefreshTokenRecord,
   type RevocationEvent,
   type SigningKeyRecord,
   type Store,
   type StoredGrant,
   type StoreLifecycle,
+  type SubscriptionRecord,
   type Transition,
   type UserRecord,
   type WebSessionRecord,
@@ -87,6 +98,62 @@ function grantFromRow(r: GrantRow): StoredGrant {
   return stored;
 }
 
+interface SubscriptionRow {
+  id: string;
+  owner: string;
+  channel: NotifyChannel;
+  target: string;
+  secret: string | null;
+  events: string;
+  created_at: number;
+}
+
+function subscriptionFromRow(r: SubscriptionRow): SubscriptionRecord {
+  const s: SubscriptionRecord = {
+    id: r.id,
+    owner: r.owner,
+    channel: r.channel,
+    target: r.target,
+    events: r.events.split(",").filter(Boolean) as NotifyEvent[],
+    createdAt: r.created_at,
+  };
+  if (r.secret !== null) s.secret = r.secret;
+  return s;
+}
+
+interface OutboxRow {
+  id: number;
+  key: string;
+  subscription_id: string;
+  grant_id: string | null;
+  event: NotifyEvent;
+  payload: string;
+  status: NotificationRecord["status"];
+  attempts: number;
+  due_at_ms: number;
+  last_error: string | null;
+  created_at: number;
+  delivered_at: number | null;
+}
+
+function notificationFromRow(r: OutboxRow): NotificationRecord {
+  const n: NotificationRecord = {
+    id: r.id,
+    key: r.key,
+    subscriptionId: r.subscription_id,
+    event: r.event,
+    payload: r.payload,
+    status: r.status,
+    attempts: r.attempts,
+    dueAtMs: r.due_at_ms,
+    createdAt: r.created_at,
+  };
+  if (r.grant_id !== null) n.grantId = r.grant_id;
+  if (r.last_error !== null) n.lastError = r.last_error;
+  if (r.delivered_at !== null) n.deliveredAt = r.delivered_at;
+  return n;
+}
+
 interface PasskeyRow {
   credential_id: string;
   email: string;
@@ -126,6 +193,106 @@ function inviteFromRow(r: InviteRow): InviteRecord {
   const i: InviteRecord = { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
   if (r.used_at !== null) i.usedAt = r.used_at;
   return i;
+}
+
+/** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
+const FAMILY_GRACE_S = 600;
+
+interface ClientRow {
+  id: string;
+  redirect_uris: string;
+  created_at: number;
+}
+
+function clientFromRow(r: ClientRow): ClientRecord {
+  return { id: r.id, redirectUris: JSON.parse(r.redirect_uris) as string[], createdAt: r.created_at };
+}
+
+interface CodeRow {
+  code_hash: string;
+  client_id: string;
+  redirect_uri: string;
+  code_challenge: string;
+  nonce: string;
+  sub: string;
+  family_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function codeFromRow(r: CodeRow): AuthCodeRecord {
+  const c: AuthCodeRecord = {
+    codeHash: r.code_hash,
+    clientId: r.client_id,
+    redirectUri: r.redirect_uri,
+    codeChallenge: r.code_challenge,
+    nonce: r.nonce,
+    sub: r.sub,
+    familyId: r.family_id,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.used_at !== null) c.usedAt = r.used_at;
+  return c;
+}
+
+interface RefreshRow {
+  token_hash: string;
+  family_id: string;
+  client_id: string;
+  sub: string;
+  act: "human" | "agent";
+  acting_party: string | null;
+  delegation_grant: string | null;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function refreshFromRow(r: RefreshRow): RefreshTokenRecord {
+  const t: RefreshTokenRecord = {
+    tokenHash: r.token_hash,
+    familyId: r.family_id,
+    clientId: r.client_id,
+    sub: r.sub,
+    act: r.act,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.acting_party !== null) t.actingParty = r.acting_party;
+  if (r.delegation_grant !== null) t.delegationGrant = r.delegation_grant;
+  if (r.used_at !== null) t.usedAt = r.used_at;
+  return t;
+}
+
+interface DeviceRow {
+  device_hash: string;
+  user_code: string;
+  client_id: string;
+  status: DeviceCodeRecord["status"];
+  sub: string | null;
+  poll_interval: number;
+  last_poll_at: number | null;
+  created_at: number;
+  expires_at: number;
+  decided_at: number | null;
+}
+
+function deviceFromRow(r: DeviceRow): DeviceCodeRecord {
+  const d: DeviceCodeRecord = {
+    deviceHash: r.device_hash,
+    userCode: r.user_code,
+    clientId: r.client_id,
+    status: r.status,
+    interval: r.poll_interval,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.sub !== null) d.sub = r.sub;
+  if (r.last_poll_at !== null) d.lastPollAt = r.last_poll_at;
+  if (r.decided_at !== null) d.decidedAt = r.decided_at;
+  return d;
 }
 
 export interface SqliteOptions {
@@ -447,11 +614,200 @@ export class SqliteStore implements Store {
     this.wq("DELETE FROM challenges WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM revocations WHERE at <= ?").run(now - REVOCATION_RETENTION_S);
+    this.wq("DELETE FROM oauth_codes WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM device_codes WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM refresh_tokens WHERE expires_at <= ?").run(now);
+    // A family expires with its last token (its expires_at is the latest of theirs), never before.
+    this.wq("DELETE FROM refresh_families WHERE expires_at <= ?").run(now);
+  }
+
+  // --- OAuth ---
+
+  async addClient(c: ClientRecord): Promise<void> {
+    this.wq("INSERT INTO oauth_clients (id, redirect_uris, created_at) VALUES (?, ?, ?)").run(
+      c.id,
+      JSON.stringify(c.redirectUris),
+      c.createdAt,
+    );
+  }
+
+  async getClient(id: string): Promise<ClientRecord | undefined> {
+    const r = this.q("SELECT * FROM oauth_clients WHERE id = ?").get(id) as ClientRow | undefined;
+    return r ? clientFromRow(r) : undefined;
+  }
+
+  async listClients(): Promise<ClientRecord[]> {
+    return (this.q("SELECT * FROM oauth_clients ORDER BY id").all() as unknown as ClientRow[]).map(
+      clientFromRow,
+    );
+  }
+
+  async removeClient(id: string): Promise<boolean> {
+    return this.wq("DELETE FROM oauth_clients WHERE id = ?").run(id).changes === 1;
+  }
+
+  async insertAuthCode(c: AuthCodeRecord): Promise<void> {
+    this.wq(
+      `INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, code_challenge, nonce, sub, family_id, created_at, expires_at, used_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      c.codeHash,
+      c.clientId,
+      c.redirectUri,
+      c.codeChallenge,
+      c.nonce,
+      c.sub,
+      c.familyId,
+      c.createdAt,
+      c.expiresAt,
+      c.usedAt ?? null,
+    );
+  }
+
+  async spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined> {
+    const r = this.wq(
+      "UPDATE oauth_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING *",
+    ).get(now, codeHash, now) as CodeRow | undefined;
+    return r ? codeFromRow(r) : undefined;
+  }
+
+  async getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined> {
+    const r = this.q("SELECT * FROM oauth_codes WHERE code_hash = ?").get(codeHash) as CodeRow | undefined;
+    return r ? codeFromRow(r) : undefined;
+  }
+
+  async insertRefreshToken(t: RefreshTokenRecord): Promise<void> {
+    this.atomically(() => {
+      this.wq(
+        `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (family_id) DO UPDATE SET expires_at = MAX(refresh_families.expires_at, excluded.expires_at)`,
+      ).run(t.familyId, t.clientId, t.sub, t.createdAt, t.expiresAt);
+      this.wq(
+        `INSERT INTO refresh_tokens (token_hash, family_id, client_id, sub, act, acting_party, delegation_grant, created_at, expires_at, used_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        t.tokenHash,
+        t.familyId,
+        t.clientId,
+        t.sub,
+        t.act,
+        t.actingParty ?? null,
+        t.delegationGrant ?? null,
+        t.createdAt,
+        t.expiresAt,
+        t.usedAt ?? null,
+      );
+    });
+  }
+
+  async spendRefreshToken(tokenHash: string, now: number): Promise<RefreshTokenRecord | undefined> {
+    // One compare-and-set: unspent, unexpired, and its family not revoked.
+    const r = this.wq(
+      `UPDATE refresh_tokens SET used_at = ?
+       WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
+         AND NOT EXISTS (SELECT 1 FROM refresh_families f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NOT NULL)
+       RETURNING *`,
+    ).get(now, tokenHash, now) as RefreshRow | undefined;
+    return r ? refreshFromRow(r) : undefined;
+  }
+
+  async getRefreshToken(
+    tokenHash: string,
+  ): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined> {
+    const r = this.q(
+      `SELECT t.*, f.revoked_at AS family_revoked_at FROM refresh_tokens t
+       LEFT JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = ?`,
+    ).get(tokenHash) as (RefreshRow & { family_revoked_at: number | null }) | undefined;
+    return r ? { ...refreshFromRow(r), familyRevoked: r.family_revoked_at !== null } : undefined;
+  }
+
+  async revokeRefreshFamily(familyId: string, now: number): Promise<boolean> {
+    // A family not stored yet (a code replayed while its first exchange is under way) is stored
+    // revoked, for FAMILY_GRACE_S (longer than a code lives), so the token that exchange is about to
+    // store is dead on arrival.
+    const r = this.wq(
+      `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at, revoked_at) VALUES (?, '', '', ?, ?, ?)
+       ON CONFLICT (family_id) DO UPDATE SET revoked_at = excluded.revoked_at WHERE refresh_families.revoked_at IS NULL`,
+    ).run(familyId, now, now + FAMILY_GRACE_S, now);
+    return r.changes === 1;
+  }
+
+  async insertDeviceCode(d: DeviceCodeRecord): Promise<void> {
+    this.wq(
+      `INSERT INTO device_codes (device_hash, user_code, client_id, status, sub, poll_interval, last_poll_at, created_at, expires_at, decided_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      d.deviceHash,
+      d.userCode,
+      d.clientId,
+      d.status,
+      d.sub ?? null,
+      d.interval,
+      d.lastPollAt ?? null,
+      d.createdAt,
+      d.expiresAt,
+      d.decidedAt ?? null,
+    );
+  }
+
+  async getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined> {
+    const r = this.q("SELECT * FROM device_codes WHERE device_hash = ?").get(deviceHash) as
+      | DeviceRow
+      | undefined;
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  async getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined> {
+    const r = this.q("SELECT * FROM device_codes WHERE user_code = ? AND expires_at > ?").get(
+      userCode,
+      now,
+    ) as DeviceRow | undefined;
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  async decideDeviceCode(
+    userCode: string,
+    to: "approved" | "denied",
+    sub: string,
+    now: number,
+  ): Promise<boolean> {
+    return (
+      this.wq(
+        "UPDATE device_codes SET status = ?, sub = ?, decided_at = ? WHERE user_code = ? AND status = 'pending' AND expires_at > ?",
+      ).run(to, sub, now, userCode, now).changes === 1
+    );
+  }
+
+  async recordDevicePoll(deviceHash: string, now: number, interval: number): Promise<void> {
+    this.wq("UPDATE device_codes SET last_poll_at = ?, poll_interval = ? WHERE device_hash = ?").run(
+      now,
+      interval,
+      deviceHash,
+    );
+  }
+
+  async spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined> {
+    const r = this.wq(
+      "UPDATE device_codes SET status = 'used' WHERE device_hash = ? AND status = 'approved' AND expires_at > ? RETURNING *",
+    ).get(deviceHash, now) as DeviceRow | undefined;
+    return r ? deviceFromRow(r) : undefined;
   }
 
   // --- grants ---
 
   async insertGrant(n: NewGrant): Promise<StoredGrant> {
+    if (n.outbox?.length) {
+      const outbox = n.outbox;
+      return this.atomically(() => {
+        const stored = this.insertGrantRow(n);
+        this.insertOutboxRows(outbox);
+        return stored;
+      });
+    }
+    return this.insertGrantRow(n);
+  }
+
+  private insertGrantRow(n: NewGrant): StoredGrant {
     const g = n.grant;
     const r = this.wq(
       `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
@@ -593,6 +949,8 @@ export class SqliteStore implements Store {
       if (t.to === "revoked" && g.grant.type === "delegation") {
         this.appendRevocation("delegation", g.grant.id, t.at ?? t.decidedAt ?? 0);
       }
+      // Notifications of the change: written in the same transaction, only when the transition applied.
+      if (t.outbox?.length) this.insertOutboxRows(t.outbox);
       return g;
     });
   }
@@ -602,6 +960,132 @@ export class SqliteStore implements Store {
       "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
     ).all(now) as { id: string }[];
     return rows.map((r) => r.id);
+  }
+
+  // --- notifications ---
+
+  private insertOutboxRows(rows: readonly NewNotification[]): number {
+    let n = 0;
+    for (const r of rows) {
+      n += this.wq(
+        `INSERT OR IGNORE INTO notify_outbox (key, subscription_id, grant_id, event, payload, status, attempts, due_at_ms, created_at)
+         VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)`,
+      ).run(r.key, r.subscriptionId, r.grantId ?? null, r.event, r.payload, r.createdAt * 1000, r.createdAt)
+        .changes as number;
+    }
+    return n;
+  }
+
+  async addSubscription(s: SubscriptionRecord): Promise<void> {
+    this.wq(
+      "INSERT INTO notify_subscriptions (id, owner, channel, target, secret, events, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    ).run(s.id, s.owner, s.channel, s.target, s.secret ?? null, s.events.join(","), s.createdAt);
+  }
+
+  async getSubscription(id: string): Promise<SubscriptionRecord | undefined> {
+    const r = this.q("SELECT * FROM notify_subscriptions WHERE id = ?").get(id) as
+      | SubscriptionRow
+      | undefined;
+    return r ? subscriptionFromRow(r) : undefined;
+  }
+
+  async subscriptionsOf(owners: readonly string[]): Promise<SubscriptionRecord[]> {
+    const out: SubscriptionRecord[] = [];
+    for (const owner of new Set(owners)) {
+      const rows = this.q(
+        "SELECT * FROM notify_subscriptions WHERE owner = ? ORDER BY created_at, id LIMIT 100",
+      ).all(owner) as unknown as SubscriptionRow[];
+      out.push(...rows.map(subscriptionFromRow));
+    }
+    return out;
+  }
+
+  async removeSubscription(id: string, owner?: string): Promise<boolean> {
+    return this.atomically(() => {
+      const gone =
+        owner === undefined
+          ? this.wq("DELETE FROM notify_subscriptions WHERE id = ?").run(id)
+          : this.wq("DELETE FROM notify_subscriptions WHERE id = ? AND owner = ?").run(id, owner);
+      if (gone.changes !== 1) return false;
+      this.wq("DELETE FROM notify_outbox WHERE subscription_id = ? AND status = 'pending'").run(id);
+      return true;
+    });
+  }
+
+  async enqueueNotifications(rows: readonly NewNotification[]): Promise<number> {
+    return this.atomically(() => this.insertOutboxRows(rows));
+  }
+
+  async dueNotifications(
+    nowMs: number,
+    limit: number,
+    skip: readonly string[] = [],
+  ): Promise<NotificationRecord[]> {
+    const notIn = skip.length ? `AND subscription_id NOT IN (${skip.map(() => "?").join(", ")})` : "";
+    const rows = this.q(
+      `SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= ? ${notIn} ORDER BY due_at_ms, id LIMIT ?`,
+    ).all(nowMs, ...skip, limit) as unknown as OutboxRow[];
+    return rows.map(notificationFromRow);
+  }
+
+  async nextNotificationDue(): Promise<number | undefined> {
+    const r = this.q("SELECT MIN(due_at_ms) AS due FROM notify_outbox WHERE status = 'pending'").get() as {
+      due: number | null;
+    };
+    return r.due ?? undefined;
+  }
+
+  async recordAttempt(id: number, o: AttemptOutcome): Promise<boolean> {
+    const r = o.delivered
+      ? this.wq(
+          "UPDATE notify_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ? AND status = 'pending'",
+        ).run(o.at, id)
+      : "dead" in o
+        ? this.wq(
+            "UPDATE notify_outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ? AND status = 'pending'",
+          ).run(o.error, id)
+        : this.wq(
+            "UPDATE notify_outbox SET attempts = attempts + 1, last_error = ?, due_at_ms = ? WHERE id = ? AND status = 'pending'",
+          ).run(o.error, o.retryAtMs, id);
+    return r.changes === 1;
+  }
+
+  async listNotifications(q: NotificationQuery): Promise<NotificationRecord[]> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (q.status) {
+      where.push("o.status = ?");
+      args.push(q.status);
+    }
+    if (q.owner !== undefined) {
+      where.push("s.owner = ?");
+      args.push(q.owner);
+    }
+    const join = q.owner !== undefined ? "JOIN notify_subscriptions s ON s.id = o.subscription_id" : "";
+    args.push(q.limit);
+    const rows = this.q(
+      `SELECT o.* FROM notify_outbox o ${join} ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY o.id DESC LIMIT ?`,
+    ).all(...args) as unknown as OutboxRow[];
+    return rows.map(notificationFromRow);
+  }
+
+  async retryNotification(id: number, nowMs: number): Promise<boolean> {
+    return (
+      this.wq(
+        "UPDATE notify_outbox SET status = 'pending', attempts = 0, due_at_ms = ? WHERE id = ? AND status = 'dead'",
+      ).run(nowMs, id).changes === 1
+    );
+  }
+
+  async purgeNotifications(before: number): Promise<number> {
+    let n = 0;
+    for (const status of ["delivered", "dead"]) {
+      n += this.wq(
+        `DELETE FROM notify_outbox WHERE id IN (
+           SELECT id FROM notify_outbox WHERE status = ? AND created_at < ? ORDER BY id LIMIT 1000)`,
+      ).run(status, before).changes as number;
+    }
+    return n;
   }
 
   // --- passkeys, invites, web sessions ---

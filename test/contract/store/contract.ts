@@ -1,7 +1,14 @@
 import { createPrivateKey } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
 import { Keyring, rotateKeys } from "../../../idp/keys.ts";
-import type { Store } from "../../../idp/store/types.ts";
+import type {
+  AuthCodeRecord,
+  DeviceCodeRecord,
+  NewNotification,
+  RefreshTokenRecord,
+  Store,
+  SubscriptionRecord,
+} from "../../../idp/store/types.ts";
 import { signJwt } from "../../../idp/tokens.ts";
 import type { Grant } from "../../../protocol/types.ts";
 import { webStoreContract } from "./web-contract.ts";
@@ -752,6 +759,351 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           status: "approved",
           request: { delegate: "bot@x" },
         });
+      });
+    });
+
+    describe("OAuth: clients, codes, refresh tokens, device codes", () => {
+      const code = (hash: string, extra: Partial<AuthCodeRecord> = {}): AuthCodeRecord => ({
+        codeHash: hash,
+        clientId: "apes-cli",
+        redirectUri: "http://127.0.0.1:5000/cb",
+        codeChallenge: "c".repeat(43),
+        nonce: "n",
+        sub: "alice@x",
+        familyId: `fam-${hash}`,
+        createdAt: 100,
+        expiresAt: 160,
+        ...extra,
+      });
+      const refresh = (hash: string, familyId: string, extra: Partial<RefreshTokenRecord> = {}) => ({
+        tokenHash: hash,
+        familyId,
+        clientId: "apes-cli",
+        sub: "alice@x",
+        act: "human" as const,
+        createdAt: 100,
+        expiresAt: 1000,
+        ...extra,
+      });
+      const device = (
+        hash: string,
+        userCode: string,
+        extra: Partial<DeviceCodeRecord> = {},
+      ): DeviceCodeRecord => ({
+        deviceHash: hash,
+        userCode,
+        clientId: "apes-cli",
+        status: "pending",
+        interval: 5,
+        createdAt: 100,
+        expiresAt: 700,
+        ...extra,
+      });
+
+      it("registers, lists (by id) and removes clients; a duplicate id is refused", async () => {
+        const { s } = await fresh();
+        await s.addClient({ id: "sp-b", redirectUris: ["https://b/cb"], createdAt: 1 });
+        await s.addClient({ id: "sp-a", redirectUris: ["https://a/cb", "https://a/cb2"], createdAt: 2 });
+        await expect(s.addClient({ id: "sp-a", redirectUris: [], createdAt: 3 })).rejects.toThrow();
+        expect(await s.getClient("sp-a")).toEqual({
+          id: "sp-a",
+          redirectUris: ["https://a/cb", "https://a/cb2"],
+          createdAt: 2,
+        });
+        expect((await s.listClients()).map((c) => c.id)).toEqual(["sp-a", "sp-b"]);
+        expect(await s.removeClient("sp-a")).toBe(true);
+        expect(await s.removeClient("sp-a")).toBe(false);
+        expect(await s.getClient("sp-a")).toBeUndefined();
+      });
+
+      it("an authorization code is spent once (of concurrent spends exactly one wins), never after expiry", async () => {
+        const { s } = await fresh();
+        await s.insertAuthCode(code("h1"));
+        await s.insertAuthCode(code("h2"));
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendAuthCode("h1", 120)));
+        const won = spends.filter((x) => x !== undefined);
+        expect(won).toHaveLength(1);
+        expect(won[0]).toMatchObject({ codeHash: "h1", sub: "alice@x", familyId: "fam-h1", usedAt: 120 });
+        expect(await s.getAuthCode("h1")).toMatchObject({ usedAt: 120 });
+        expect(await s.spendAuthCode("h2", 160)).toBeUndefined(); // expiry at `now` counts as expired
+        expect(await s.getAuthCode("h2")).not.toHaveProperty("usedAt");
+        expect(await s.spendAuthCode("nope", 120)).toBeUndefined();
+        await s.purgeExpired(160);
+        expect(await s.getAuthCode("h1")).toBeUndefined();
+      });
+
+      it("a refresh token is spent once; a revoked family kills its unspent tokens and those stored later", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(
+          refresh("r1", "f1", { actingParty: "bot@x", delegationGrant: "g", act: "agent" }),
+        );
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendRefreshToken("r1", 200)));
+        expect(spends.filter((x) => x !== undefined)).toHaveLength(1);
+        expect(spends.find((x) => x)).toMatchObject({
+          act: "agent",
+          actingParty: "bot@x",
+          delegationGrant: "g",
+        });
+        await s.insertRefreshToken(refresh("r2", "f1"));
+        expect(await s.getRefreshToken("r1")).toMatchObject({ usedAt: 200, familyRevoked: false });
+        expect(await s.revokeRefreshFamily("f1", 300)).toBe(true);
+        expect(await s.revokeRefreshFamily("f1", 301)).toBe(false);
+        expect(await s.spendRefreshToken("r2", 302)).toBeUndefined();
+        expect(await s.getRefreshToken("r2")).toMatchObject({ familyRevoked: true });
+        await s.insertRefreshToken(refresh("r3", "f1"));
+        expect(await s.spendRefreshToken("r3", 303)).toBeUndefined();
+        // Another family is untouched; an expired token is not spent.
+        await s.insertRefreshToken(refresh("o1", "f2", { expiresAt: 400 }));
+        expect(await s.spendRefreshToken("o1", 400)).toBeUndefined();
+        await s.insertRefreshToken(refresh("o2", "f2"));
+        expect(await s.spendRefreshToken("o2", 400)).toMatchObject({ tokenHash: "o2" });
+      });
+
+      it("a family revoked before its first token exists stays revoked when the token arrives", async () => {
+        const { s } = await fresh();
+        expect(await s.revokeRefreshFamily("early", 100)).toBe(true);
+        await s.insertRefreshToken(refresh("e1", "early"));
+        expect(await s.spendRefreshToken("e1", 101)).toBeUndefined();
+        // Purged only with its last token: until then it stays revoked.
+        await s.purgeExpired(999);
+        expect(await s.getRefreshToken("e1")).toMatchObject({ familyRevoked: true });
+        await s.purgeExpired(1000);
+        expect(await s.getRefreshToken("e1")).toBeUndefined();
+      });
+
+      it("a family lives as long as its longest-lived token", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(refresh("a", "f", { expiresAt: 500 }));
+        await s.insertRefreshToken(refresh("b", "f", { expiresAt: 2000 }));
+        await s.revokeRefreshFamily("f", 100);
+        await s.purgeExpired(500);
+        expect(await s.getRefreshToken("a")).toBeUndefined();
+        expect(await s.getRefreshToken("b")).toMatchObject({ familyRevoked: true });
+        expect(await s.spendRefreshToken("b", 600)).toBeUndefined();
+        await s.purgeExpired(2000);
+        expect(await s.getRefreshToken("b")).toBeUndefined();
+      });
+
+      it("a spend or revocation in another process counts here", async () => {
+        const { s, connect } = await fresh();
+        await s.insertAuthCode(code("h"));
+        await s.insertRefreshToken(refresh("r", "f"));
+        await s.insertRefreshToken(refresh("q", "g"));
+        await committed(s);
+        const other = await connect();
+        expect(await other.spendAuthCode("h", 120)).toBeDefined();
+        expect(await other.spendRefreshToken("r", 120)).toBeDefined();
+        expect(await other.revokeRefreshFamily("g", 120)).toBe(true);
+        await committed(other);
+        expect(await s.spendAuthCode("h", 121)).toBeUndefined();
+        expect(await s.spendRefreshToken("r", 121)).toBeUndefined();
+        expect(await s.spendRefreshToken("q", 121)).toBeUndefined();
+      });
+
+      it("device codes: unique user codes, one decision while pending, spent once when approved", async () => {
+        const { s } = await fresh();
+        await s.insertDeviceCode(device("d1", "BCDFGHJK"));
+        await expect(s.insertDeviceCode(device("d2", "BCDFGHJK"))).rejects.toThrow();
+        await expect(s.insertDeviceCode(device("d1", "ZZZZZZZZ"))).rejects.toThrow();
+        expect(await s.getDeviceCodeByUserCode("BCDFGHJK", 699)).toMatchObject({ deviceHash: "d1" });
+        expect(await s.getDeviceCodeByUserCode("BCDFGHJK", 700)).toBeUndefined();
+        expect(await s.spendDeviceCode("d1", 200)).toBeUndefined(); // pending
+        await s.recordDevicePoll("d1", 150, 10);
+        expect(await s.getDeviceCode("d1")).toMatchObject({ lastPollAt: 150, interval: 10 });
+        const decisions = await Promise.all([
+          s.decideDeviceCode("BCDFGHJK", "approved", "alice@x", 200),
+          s.decideDeviceCode("BCDFGHJK", "denied", "bob@x", 200),
+        ]);
+        expect(decisions.filter(Boolean)).toHaveLength(1);
+        expect(await s.getDeviceCode("d1")).toMatchObject({
+          status: "approved",
+          sub: "alice@x",
+          decidedAt: 200,
+        });
+        const spends = await Promise.all(Array.from({ length: 10 }, () => s.spendDeviceCode("d1", 210)));
+        expect(spends.filter((x) => x !== undefined)).toHaveLength(1);
+        expect(await s.getDeviceCode("d1")).toMatchObject({ status: "used" });
+        // Expired: no decision, no spend.
+        await s.insertDeviceCode(device("d3", "CCCCCCCC", { expiresAt: 300 }));
+        expect(await s.decideDeviceCode("CCCCCCCC", "approved", "alice@x", 300)).toBe(false);
+        await s.purgeExpired(700);
+        expect(await s.getDeviceCode("d1")).toBeUndefined();
+      });
+    });
+
+    describe("notifications", () => {
+      const sub = (
+        id: string,
+        owner: string,
+        extra: Partial<SubscriptionRecord> = {},
+      ): SubscriptionRecord => ({
+        id,
+        owner,
+        channel: "webhook",
+        target: "https://hooks.example/x",
+        secret: "s3cret",
+        events: ["pending", "decided"],
+        createdAt: 1,
+        ...extra,
+      });
+      const row = (
+        key: string,
+        subscriptionId: string,
+        extra: Partial<NewNotification> = {},
+      ): NewNotification => ({
+        key,
+        subscriptionId,
+        event: "pending",
+        payload: '{"x":1}',
+        createdAt: 10,
+        ...extra,
+      });
+
+      it("keeps subscriptions per owner, removes only the owner's", async () => {
+        const { s } = await fresh();
+        await s.addSubscription(sub("s1", "alice@x"));
+        await s.addSubscription(sub("s2", "alice@x", { channel: "email", target: "alice@x", createdAt: 2 }));
+        await s.addSubscription(sub("s3", "bob@x", { secret: undefined, events: ["decided"] }));
+        await expect(s.addSubscription(sub("s1", "bob@x"))).rejects.toThrow();
+        expect((await s.subscriptionsOf(["alice@x"])).map((x) => x.id)).toEqual(["s1", "s2"]);
+        expect((await s.subscriptionsOf(["alice@x", "bob@x", "alice@x"])).map((x) => x.id)).toEqual([
+          "s1",
+          "s2",
+          "s3",
+        ]);
+        expect(await s.getSubscription("s3")).toEqual({
+          id: "s3",
+          owner: "bob@x",
+          channel: "webhook",
+          target: "https://hooks.example/x",
+          events: ["decided"],
+          createdAt: 1,
+        });
+        expect(await s.removeSubscription("s1", "bob@x")).toBe(false);
+        expect(await s.removeSubscription("s1", "alice@x")).toBe(true);
+        expect(await s.removeSubscription("s1", "alice@x")).toBe(false);
+        expect(await s.removeSubscription("s3")).toBe(true);
+        expect((await s.subscriptionsOf(["alice@x", "bob@x"])).map((x) => x.id)).toEqual(["s2"]);
+      });
+
+      it("writes a grant's outbox rows with the grant, at most once per key", async () => {
+        const { s } = await fresh();
+        const g = command("bot@x", 10);
+        await s.insertGrant({ grant: g, outbox: [row(`${g.id}.pending.s1`, "s1", { grantId: g.id })] });
+        expect(await s.enqueueNotifications([row(`${g.id}.pending.s1`, "s1")])).toBe(0);
+        const due = await s.dueNotifications(10_000, 10);
+        expect(due).toEqual([
+          {
+            id: due[0]!.id,
+            key: `${g.id}.pending.s1`,
+            subscriptionId: "s1",
+            grantId: g.id,
+            event: "pending",
+            payload: '{"x":1}',
+            status: "pending",
+            attempts: 0,
+            dueAtMs: 10_000,
+            createdAt: 10,
+          },
+        ]);
+        expect(await s.dueNotifications(9_999, 10)).toEqual([]);
+        expect(await s.dueNotifications(10_000, 10, ["s1"])).toEqual([]);
+        expect(await s.dueNotifications(10_000, 10, ["s2", "s3"])).toHaveLength(1);
+        expect(await s.nextNotificationDue()).toBe(10_000);
+      });
+
+      it("writes a transition's outbox rows only when the transition applies", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("bot@x", 10) });
+        const outbox = [row(`${grant.id}.decided.s1`, "s1", { event: "decided", grantId: grant.id })];
+        expect(await s.transition(grant.id, { from: ["approved"], to: "used", outbox })).toBeUndefined();
+        expect(await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+        expect(await s.transition(grant.id, { from: ["pending"], to: "denied", outbox })).toBeDefined();
+        expect((await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10)).map((r) => r.event)).toEqual([
+          "decided",
+        ]);
+      });
+
+      it("a failed grant insert writes no outbox row", async () => {
+        const { s } = await fresh();
+        const g = command("bot@x", 10);
+        await s.insertGrant({ grant: g });
+        await expect(s.insertGrant({ grant: g, outbox: [row("k-dup", "s1")] })).rejects.toThrow();
+        expect(await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+      });
+
+      it("records attempts: retry later, delivered, dead; a dead row can be retried", async () => {
+        const { s } = await fresh();
+        await s.enqueueNotifications([row("a", "s1"), row("b", "s1", { createdAt: 11 })]);
+        const [a, b] = await s.dueNotifications(20_000, 10);
+        expect(await s.recordAttempt(a!.id, { delivered: false, error: "HTTP 500", retryAtMs: 50_000 })).toBe(
+          true,
+        );
+        expect((await s.dueNotifications(20_000, 10)).map((r) => r.key)).toEqual(["b"]);
+        expect(await s.nextNotificationDue()).toBe(11_000);
+        expect(await s.recordAttempt(b!.id, { delivered: false, error: "gone", dead: true })).toBe(true);
+        expect(await s.recordAttempt(b!.id, { delivered: true, at: 12 })).toBe(false);
+        const [again] = await s.dueNotifications(50_000, 10);
+        expect(again).toMatchObject({ key: "a", attempts: 1, lastError: "HTTP 500", dueAtMs: 50_000 });
+        expect(await s.recordAttempt(a!.id, { delivered: true, at: 51 })).toBe(true);
+        expect(await s.nextNotificationDue()).toBeUndefined();
+        expect((await s.listNotifications({ status: "dead", limit: 10 })).map((r) => r.key)).toEqual(["b"]);
+        expect(await s.listNotifications({ limit: 10 })).toMatchObject([
+          { key: "b", status: "dead", attempts: 1, lastError: "gone" },
+          { key: "a", status: "delivered", attempts: 2, deliveredAt: 51 },
+        ]);
+        expect(await s.retryNotification(a!.id, 60_000)).toBe(false);
+        expect(await s.retryNotification(b!.id, 60_000)).toBe(true);
+        expect(await s.dueNotifications(60_000, 10)).toMatchObject([
+          { key: "b", status: "pending", attempts: 0 },
+        ]);
+      });
+
+      it("lists one owner's rows; removing a subscription drops its undelivered rows", async () => {
+        const { s } = await fresh();
+        await s.addSubscription(sub("s1", "alice@x"));
+        await s.addSubscription(sub("s2", "bob@x"));
+        await s.enqueueNotifications([row("a", "s1"), row("b", "s2"), row("c", "s1")]);
+        const [first] = await s.dueNotifications(20_000, 1);
+        await s.recordAttempt(first!.id, { delivered: true, at: 20 });
+        expect((await s.listNotifications({ owner: "alice@x", limit: 10 })).map((r) => r.key)).toEqual([
+          "c",
+          "a",
+        ]);
+        expect(await s.removeSubscription("s1", "alice@x")).toBe(true);
+        expect((await s.listNotifications({ limit: 10 })).map((r) => r.key)).toEqual(["b", "a"]);
+      });
+
+      it("purges delivered and dead rows older than the cutoff, never pending ones", async () => {
+        const { s } = await fresh();
+        await s.enqueueNotifications([
+          row("old-ok", "s1", { createdAt: 5 }),
+          row("old-dead", "s1", { createdAt: 6 }),
+          row("old-pending", "s1", { createdAt: 7 }),
+          row("new-ok", "s1", { createdAt: 50 }),
+        ]);
+        const rows = await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10);
+        const id = (k: string) => rows.find((r) => r.key === k)!.id;
+        await s.recordAttempt(id("old-ok"), { delivered: true, at: 8 });
+        await s.recordAttempt(id("old-dead"), { delivered: false, error: "x", dead: true });
+        await s.recordAttempt(id("new-ok"), { delivered: true, at: 51 });
+        expect(await s.purgeNotifications(10)).toBe(2);
+        expect((await s.listNotifications({ limit: 10 })).map((r) => r.key).sort()).toEqual([
+          "new-ok",
+          "old-pending",
+        ]);
+      });
+
+      it("another process sees the outbox once flushed (an admin retry reaches the server)", async () => {
+        const { s, connect } = await fresh();
+        const other = await connect();
+        await s.enqueueNotifications([row("a", "s1")]);
+        await committed(s);
+        const [r] = await other.dueNotifications(20_000, 10);
+        expect(r?.key).toBe("a");
+        await other.recordAttempt(r!.id, { delivered: false, error: "x", dead: true });
+        expect(await other.retryNotification(r!.id, 30_000)).toBe(true);
+        expect((await s.dueNotifications(30_000, 10)).map((x) => x.key)).toEqual(["a"]);
       });
     });
 

@@ -1,8 +1,10 @@
 import type { DdisaRecord } from "../protocol/ddisa.ts";
 import type { DdisaCache, Resolution } from "../protocol/resolver.ts";
-import type { Context } from "./context.ts";
-import { CliError, configError, unavailableError, usageError } from "./errors.ts";
-import { ExitCode } from "./exit-codes.ts";
+import type { ClientContext, DnsConfig } from "./context.ts";
+import { ClientError } from "./errors.ts";
+
+/** What DDISA discovery reads: the context, with the configured IdP and DNS settings in its config. */
+export type DdisaContext = Omit<ClientContext, "config"> & { config(): Promise<DnsConfig> };
 
 export interface Discovery {
   /** IdP base URL, no trailing slash. */
@@ -22,11 +24,11 @@ const caches = new WeakMap<object, DdisaCache>();
  * Find the IdP for `email`: the configured `idp` (config.toml or APES_IDP) when set, else the
  * DDISA record at `_ddisa.<domain>` (configured DNS servers, DoH fallback, loopback-http setting).
  *
- * Throws CliError: 2 when `email` is not an address; 78 when the configured idp is unusable;
- * 69 when DNS (and DoH) cannot be reached; 1 when no valid DDISA record exists; 77 when the
- * domain's record says `mode=deny`.
+ * Throws ClientError: invalid_email when `email` is not an address; configured_idp_invalid; dns_unavailable
+ * when DNS (and DoH) cannot be reached; dns_config for unusable DNS settings; no_ddisa_record when no
+ * valid DDISA record exists; ddisa_denied when the domain's record says `mode=deny`.
  */
-export async function discoverIdp(ctx: Context, email: string): Promise<Discovery> {
+export async function discoverIdp(ctx: DdisaContext, email: string): Promise<Discovery> {
   const config = await ctx.config();
   if (config.idp) {
     const { isLoopbackHost, normalizeIdp } = await import("../protocol/ddisa.ts");
@@ -44,9 +46,10 @@ export async function discoverIdp(ctx: Context, email: string): Promise<Discover
       !url.password &&
       (url.protocol === "https:" || (url.protocol === "http:" && isLoopbackHost(url.hostname)));
     if (!ok) {
-      throw configError(
+      throw new ClientError(
+        "configured_idp_invalid",
         `configured idp "${config.idp}" must be an https URL (plain http only on a loopback address)`,
-        `fix \`idp\` in ${config.source ?? "config.toml"} or APES_IDP`,
+        { idp: config.idp, ...(config.source ? { source: config.source } : {}) },
       );
     }
     const idp = normalizeIdp(config.idp);
@@ -67,21 +70,17 @@ export async function discoverIdp(ctx: Context, email: string): Promise<Discover
   ];
   const record = selection.selected;
   if (!record) {
-    throw new CliError(`no valid DDISA record at ${resolution.name}: ${selection.explanation.join("; ")}`, {
-      exitCode: ExitCode.ERROR,
-      hint:
-        `run \`apes dns check ${email}\` to see what DNS returns; the domain's admin publishes\n` +
-        `${resolution.name} TXT "v=ddisa1 idp=https://id.example.com; mode=open"\n` +
-        'or set the IdP yourself: `idp = "https://..."` in config.toml, or APES_IDP',
-    });
+    throw new ClientError(
+      "no_ddisa_record",
+      `no valid DDISA record at ${resolution.name}: ${selection.explanation.join("; ")}`,
+      { email, name: resolution.name },
+    );
   }
   if (record.mode === "deny") {
-    throw new CliError(
+    throw new ClientError(
+      "ddisa_denied",
       `${resolution.domain} does not allow logins through DDISA (mode=deny at ${resolution.name})`,
-      {
-        exitCode: ExitCode.NOPERM,
-        hint: `ask the admins of ${resolution.domain}; \`apes dns check ${email}\` shows the record`,
-      },
+      { email, domain: resolution.domain },
     );
   }
   ctx.debug(`discovery: idp ${record.idp} via ${resolution.via}`);
@@ -90,16 +89,16 @@ export async function discoverIdp(ctx: Context, email: string): Promise<Discover
 
 /**
  * Resolve `_ddisa.<domain of email>` with the user's DNS settings. `email` may also be a bare domain.
- * Throws CliError 2 (not an address) or 69 (DNS unreachable). Used by `apes dns check` too.
+ * Throws ClientError invalid_email, dns_unavailable or dns_config. Used by `apes dns check` too.
  */
-export async function resolveForEmail(ctx: Context, email: string): Promise<Resolution> {
+export async function resolveForEmail(ctx: DdisaContext, email: string): Promise<Resolution> {
   const { emailDomain } = await import("../protocol/ddisa.ts");
   const { DdisaCache, DnsUnavailableError, resolveDdisa } = await import("../protocol/resolver.ts");
   let domain: string;
   try {
     domain = emailDomain(email.includes("@") ? email : `x@${email}`);
   } catch (e) {
-    throw usageError((e as Error).message, "give an email address such as alice@example.com");
+    throw new ClientError("invalid_email", (e as Error).message, { email });
   }
   const config = await ctx.config();
   let cache = caches.get(ctx.clock);
@@ -118,18 +117,14 @@ export async function resolveForEmail(ctx: Context, email: string): Promise<Reso
     });
   } catch (e) {
     if (e instanceof DnsUnavailableError) {
-      throw unavailableError(
+      throw new ClientError(
+        "dns_unavailable",
         e.message,
-        config.dns.dohUrl
-          ? "check the network, `dns.servers` and `dns.doh_url` in config.toml (or APES_DNS_SERVERS, APES_DOH_URL)"
-          : "check the network and `dns.servers` in config.toml (or APES_DNS_SERVERS); `dns.doh_url` adds a DNS-over-HTTPS fallback",
-        e,
+        { doh: config.dns.dohUrl !== undefined },
+        { cause: e },
       );
     }
     // A bad server address or DoH URL in the configuration.
-    throw configError(
-      `DNS settings: ${(e as Error).message}`,
-      "fix [dns] in config.toml or APES_DNS_SERVERS",
-    );
+    throw new ClientError("dns_config", `DNS settings: ${(e as Error).message}`, {});
   }
 }

@@ -215,6 +215,7 @@ export function registerWebApprovalRoutes<P>(router: Router<P>, web: WebContext)
       return { status: s.grant.status, etag: `"${s.version}"` };
     };
     const view = await longPoll(idp, call, await read(), (_, signal) => idp.events.wait(id, signal), read);
+    if (!(await human(call))) throw new ProblemError("unauthorized", "you are not signed in: sign in again");
     if (etagMatches(call.req.headers["if-none-match"], view.etag))
       return { status: 304, headers: { etag: view.etag } };
     return { status: 200, body: view, headers: { etag: view.etag } };

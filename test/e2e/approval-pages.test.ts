@@ -295,6 +295,9 @@ describe("the grant page", () => {
     });
     const stranger = await pageCall(bob.page, `${approve}/options`, { csrf_token: bobCsrf });
     expect(stranger.status).toBe(404);
+    const strangerPage = await bob.page.request.get(`${idp.issuer}/grants/${target}`);
+    expect(strangerPage.status()).toBe(404);
+    expect((await bob.page.request.get(`${idp.issuer}/grants/${target}/state`)).status()).toBe(404);
     // The honest path still works on the same grant: the refusals spent nothing it needs.
     await alice.page.click("#approve");
     await alice.page.waitForSelector("#outcome");

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-troop bench-notify
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-troop bench-approval bench-notify
 
 all: build
 
@@ -47,6 +47,9 @@ bench-idp-flood: build
 
 bench-troop: build
 	node bench/troop/run.ts
+
+bench-approval: build
+	node bench/approval-pages/run.ts
 
 bench-notify: build
 	node bench/notify/run.mjs

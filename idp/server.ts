@@ -27,6 +27,7 @@ import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.t
 import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebApprovalRoutes } from "./routes/web-approvals.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
@@ -279,6 +280,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
   registerOAuthWebRoutes(router, idp, humanSessions(web));
+  registerWebApprovalRoutes(router, web);
   return router;
 }
 

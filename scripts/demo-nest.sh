@@ -71,6 +71,10 @@ HUMAN_HOME="$D/alice"
 mkdir -p "$HUMAN_HOME/.config/apes" && chmod 0700 "$HUMAN_HOME"
 HOME="$HUMAN_HOME" "$EXEC" keygen --out "$HUMAN_HOME/id_ed25519" --comment "$HUMAN" >/dev/null
 "$EXEC" idp users add "$HUMAN" --human --key "$HUMAN_HOME/id_ed25519.pub" --data "$D/idp"
+# The logs exist before the background jobs start: the loops below read them at once (pipefail).
+: >"$D/idp.log"
+: >"$D/troop.log"
+: >"$D/nest.log"
 "$EXEC" idp serve --listen 127.0.0.1:0 --data "$D/idp" --tls-cert "$D/server.pem" --tls-key "$D/server.key" 2>"$D/idp.log" &
 PIDS+=($!)
 IDP=$(listening "$D/idp.log" "${PIDS[-1]}")

@@ -2,7 +2,7 @@ import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts"
 
 /**
  * The IdP's persistence, database-neutral: every method returns a Promise, and nothing here names a
- * database. Implementations: idp/store/sqlite/ (a PostgreSQL one is to follow); every implementation
+ * database. Implementations: idp/store/sqlite/ and idp/store/postgres/; every implementation
  * passes the contract suite in test/contract/store/. Times are Unix seconds and always passed in by
  * the caller (no hidden clock). Every method is an indexed lookup or a bounded scan: per-request cost
  * must not grow with the number of stored grants. State changes are conditional updates (one
@@ -177,4 +177,15 @@ export interface StoreLifecycle {
    * across requests: idp/store/cache.ts and the keyring read the store every time.
    */
   changeMarker?(): number;
+  /**
+   * Resolves once changeMarker() reflects every change committed anywhere before the call (a store
+   * whose marker follows notifications from other instances: PostgreSQL; one round trip).
+   */
+  sync?(): Promise<void>;
+  /**
+   * Calls onChange(id) when a grant changed in any instance or process, and onChange(undefined) when
+   * changes may have been missed (the notification connection dropped or came back): re-read what
+   * is waited on. Without it only this process's own changes wake long polls. Returns unsubscribe.
+   */
+  watchGrants?(onChange: (id: string | undefined) => void): () => void;
 }

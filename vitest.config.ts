@@ -10,5 +10,20 @@ export default defineConfig({
     pool: "forks",
     maxWorkers: 2,
     globalSetup: ["test/global-setup.ts"],
+    projects: [
+      { extends: true, test: { name: "sqlite" } },
+      // The IdP integration suites once more against the PostgreSQL store (test/helpers/idp.ts
+      // startIdp reads APES_TEST_STORE), on a server each file starts (test/helpers/postgres.ts).
+      // idp-lock is about the SQLite data dir's lock: nothing of it applies.
+      {
+        extends: true,
+        test: {
+          name: "postgres",
+          include: ["test/integration/idp-*.test.ts"],
+          exclude: ["test/integration/idp-lock.test.ts"],
+          env: { APES_TEST_STORE: "postgres" },
+        },
+      },
+    ],
   },
 });

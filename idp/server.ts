@@ -21,6 +21,8 @@ import { registerGrantRoutes } from "./routes/grants.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { withReadCache } from "./store/cache.ts";
+import { openStore } from "./store/open.ts";
+import { challengeSecretOf } from "./store/postgres/key-file.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
 import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
@@ -29,6 +31,8 @@ export interface ServeOptions {
   host: string;
   port: number;
   dataDir: string;
+  /** PostgreSQL instead of the data dir's SQLite: several instances on one database. */
+  database?: { url: string; passwordFile?: string; keyFile?: string; maxConnections?: number };
   issuer?: string;
   tls?: { cert: string; key: string };
   /** Session token lifetime in seconds. */
@@ -71,7 +75,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   opts.log.always("info", "listening", {
     url: http.url,
     issuer,
-    data: opts.dataDir,
+    data: data.where,
     kid: idp.keys.activeKid(),
   });
   let closing: Promise<void> | undefined;
@@ -106,8 +110,58 @@ function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): A
   };
 }
 
+/**
+ * PostgreSQL: the store (pooled, listening for the other instances' changes; no read cache, so a
+ * change made on another instance counts at the next request), the keys sealed with the key file,
+ * and the login challenge secret derived from it, so every instance opens every other's challenges.
+ */
+async function openDatabase(opts: ServeOptions, database: NonNullable<ServeOptions["database"]>) {
+  if (database.keyFile === undefined) {
+    throw new Error("--database needs --database-key-file: the signing keys are stored sealed with it");
+  }
+  const opened = await openStore(
+    { kind: "postgres", ...database },
+    {
+      postgres: {
+        listen: true,
+        ...(database.maxConnections !== undefined ? { maxConnections: database.maxConnections } : {}),
+        onListenerError: (e) =>
+          opts.log.log("warn", "database notifications lost; re-reading until they are back", {
+            error: e.message,
+          }),
+      },
+    },
+  );
+  const store = opened.store;
+  let keys: Keyring;
+  try {
+    keys = await Keyring.open(store, nowSec());
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+  const login: LoginSettings = {
+    challenges: new ChallengeSealer(challengeSecretOf(opened.sealKey!)),
+    allowRawSignatures: opts.allowRawLoginSignatures === true,
+  };
+  return {
+    store,
+    keys,
+    login,
+    where: opened.where,
+    async close() {
+      try {
+        await store.close();
+      } catch (e) {
+        opts.log.log("error", "closing the store failed", { error: (e as Error).message });
+      }
+    },
+  };
+}
+
 /** The data directory: its lock, the store (checkpointed off the main thread), the keys, the login secret. */
 async function openData(opts: ServeOptions) {
+  if (opts.database) return openDatabase(opts, opts.database);
   const lock = lockDataDir(opts.dataDir, "IdP server");
   let store: Store;
   let keys: Keyring;
@@ -144,6 +198,7 @@ async function openData(opts: ServeOptions) {
     store,
     keys,
     login,
+    where: opts.dataDir,
     async close() {
       try {
         await store.close();
@@ -158,7 +213,11 @@ async function openData(opts: ServeOptions) {
 
 /** What every route gets, with the principal hook and the rate limits. */
 function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal): Idp {
+  // Per instance: each instance counts the requests it serves (see README, "Running several instances").
   const limits = new RateLimits(opts.rateLimits);
+  const events = new GrantEvents();
+  // Grants decided on other instances wake this one's long polls (PostgreSQL: LISTEN/NOTIFY).
+  data.store.lifecycle?.watchGrants?.((id) => (id === undefined ? events.changedAll() : events.changed(id)));
   const sessions = new BearerVerifier({
     keyFor: (kid, now) => data.keys.publicKey(kid, now),
     now: nowSec,
@@ -178,7 +237,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     base: issuer.replace(/\/+$/, ""),
     tokenTtl: opts.tokenTtl,
     log: opts.log,
-    events: new GrantEvents(),
+    events,
     now: nowSec,
     shutdown,
     sessionClaims: (token) => sessions.claims(token),

@@ -4,9 +4,16 @@ import { hasUnsafeChars } from "../../../protocol/display.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
-interface AddOpts {
+interface AddOpts extends StoreOpts {
   human?: boolean;
   agent?: boolean;
   owner?: string;
@@ -14,7 +21,6 @@ interface AddOpts {
   key?: string;
   admin?: boolean;
   name?: string;
-  data?: string;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -40,6 +46,9 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--admin", "may see every grant and decide humans' grants")
     .option("--name <name>", "display name")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       `
@@ -78,7 +87,7 @@ Examples:
           );
         }
       }
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         if (await store.getUser(email))
           throw new CliError(`${email} already exists`, { hint: "`apes idp users list` shows the users" });

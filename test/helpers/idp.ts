@@ -69,19 +69,24 @@ export function testStore(): "sqlite" | "postgres" {
 
 /** The database options standing in for `--data DIR` when DIR names a PostgreSQL test database. */
 const databases = new Map<string, string[]>();
+const creating = new Map<string, Promise<string[]>>();
 
-async function databaseFor(dataDir: string): Promise<string[]> {
-  let args = databases.get(dataDir);
-  if (!args) {
-    const pg = await sharedPostgres();
-    const url = await pg.createDatabase("idp");
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    const keyFile = join(dataDir, "db.key");
-    writeFileSync(keyFile, randomBytes(32), { mode: 0o600 });
-    args = ["--database", url, "--database-key-file", keyFile];
-    databases.set(dataDir, args);
+function databaseFor(dataDir: string): Promise<string[]> {
+  let p = creating.get(dataDir);
+  if (!p) {
+    p = (async () => {
+      const pg = await sharedPostgres();
+      const url = await pg.createDatabase("idp");
+      mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      const keyFile = join(dataDir, "db.key");
+      writeFileSync(keyFile, randomBytes(32), { mode: 0o600 });
+      const args = ["--database", url, "--database-key-file", keyFile];
+      databases.set(dataDir, args);
+      return args;
+    })();
+    creating.set(dataDir, p);
   }
-  return args;
+  return p;
 }
 
 /** `--data DIR` as the command line of an admin command on that test's store. */

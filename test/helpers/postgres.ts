@@ -23,8 +23,8 @@ export interface PgServer {
   port: number;
   /** postgres://apes@127.0.0.1:PORT/postgres */
   adminUrl: string;
-  /** A new empty database; its URL (superuser `apes`, trust). */
-  createDatabase(prefix?: string): Promise<string>;
+  /** A new empty database; its URL (superuser `apes`, trust; or owned by `owner`, e.g. PASSWORD_ROLE.user). */
+  createDatabase(prefix?: string, owner?: string): Promise<string>;
   stop(): void;
 }
 
@@ -127,10 +127,12 @@ export async function startPostgres(): Promise<PgServer> {
     host: "127.0.0.1",
     port,
     adminUrl,
-    async createDatabase(prefix = "t") {
+    async createDatabase(prefix = "t", owner?: string) {
       const name = `${prefix}_${process.pid}_${++databases}`;
-      await admin((c) => c.query(`CREATE DATABASE ${name} TEMPLATE template0`));
-      return `postgres://apes@127.0.0.1:${port}/${name}`;
+      await admin((c) =>
+        c.query(`CREATE DATABASE ${name} TEMPLATE template0${owner ? ` OWNER ${owner}` : ""}`),
+      );
+      return `postgres://${owner ?? "apes"}@127.0.0.1:${port}/${name}`;
     },
     stop,
   };

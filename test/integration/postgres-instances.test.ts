@@ -1,4 +1,4 @@
-import { mkdtempSync } from "node:fs";
+import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -16,7 +16,7 @@ import {
   startIdp,
   storeArgs,
 } from "../helpers/idp.ts";
-import { sharedPostgres } from "../helpers/postgres.ts";
+import { PASSWORD_ROLE, sharedPostgres } from "../helpers/postgres.ts";
 
 /**
  * Several `apes idp serve` instances on one PostgreSQL database, as behind a load balancer: one
@@ -256,6 +256,38 @@ describe("two IdP instances on one PostgreSQL database", () => {
 });
 
 describe("postgres database options", () => {
+  it("the admin commands log in with --database-password-file or PGPASSWORD, and fail closed without", async () => {
+    const pgServer = await sharedPostgres();
+    const url = await pgServer.createDatabase("pwcli", PASSWORD_ROLE.user);
+    const f = join(mkdtempSync(join(tmpdir(), "apes-pg-pw-")), "pw");
+    writeFileSync(f, `${PASSWORD_ROLE.password}\n`, { mode: 0o600 });
+    const add = await runApes([
+      "idp",
+      "users",
+      "add",
+      "p@example.com",
+      "--human",
+      "--database",
+      url,
+      "--database-password-file",
+      f,
+    ]);
+    expect(add.code, add.stderr).toBe(0);
+    const list = await runApes(["--json", "idp", "users", "list"], {
+      APES_DATABASE_URL: url,
+      PGPASSWORD: PASSWORD_ROLE.password,
+    });
+    expect(list.code, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout).map((u: { email: string }) => u.email)).toEqual(["p@example.com"]);
+    const none = await runApes(["idp", "users", "list", "--database", url], { PGPASSWORD: "wrong" });
+    expect(none.code).toBe(78);
+    expect(none.stderr).not.toContain(PASSWORD_ROLE.password);
+    chmodSync(f, 0o644);
+    const open = await runApes(["idp", "users", "list", "--database", url, "--database-password-file", f]);
+    expect(open.code).toBe(78);
+    expect(open.stderr).toMatch(/readable by others/);
+  });
+
   it("refuses a password in the database URL before connecting (78), and names no password", async () => {
     const pgServer = await sharedPostgres();
     const url = `postgres://apes:hunter2@127.0.0.1:${pgServer.port}/postgres`;

@@ -131,8 +131,16 @@ function userFromRow(r: UserRow): UserRecord {
 const USER_SELECT = `SELECT u.*, (SELECT array_agg(a.approver ORDER BY a.approver COLLATE "C") FROM approvers a WHERE a.subject = u.email) AS approvers FROM users u`;
 
 function clientConfig(o: PostgresOptions): pg.ClientConfig {
+  // pg lets the URL's fields override the config's: the password from the file goes into the URL
+  // (only in memory here; the URL from the command line has none, config.ts checked).
+  let connectionString = o.target.connectionString;
+  if (o.target.password !== undefined) {
+    const u = new URL(connectionString);
+    u.password = encodeURIComponent(o.target.password);
+    connectionString = u.toString();
+  }
   const c: pg.ClientConfig = {
-    connectionString: o.target.connectionString,
+    connectionString,
     types,
     statement_timeout: o.statementTimeoutMs ?? 5000,
     // A connection left inside a transaction (a bug, a killed request) cannot hold locks for long.
@@ -141,7 +149,6 @@ function clientConfig(o: PostgresOptions): pg.ClientConfig {
     application_name: o.applicationName ?? "apes-idp",
     keepAlive: true,
   };
-  if (o.target.password !== undefined) c.password = o.target.password;
   return c;
 }
 

@@ -67,11 +67,11 @@ export function testStore(): "sqlite" | "postgres" {
   return process.env.APES_TEST_STORE === "postgres" ? "postgres" : "sqlite";
 }
 
-/** The database options standing in for `--data DIR` when DIR names a PostgreSQL test database. */
+/** The database options standing in for `--data DIR` when DIR names a PostgreSQL test database (created on first use). */
 const databases = new Map<string, string[]>();
 const creating = new Map<string, Promise<string[]>>();
 
-function databaseFor(dataDir: string): Promise<string[]> {
+export function databaseFor(dataDir: string): Promise<string[]> {
   let p = creating.get(dataDir);
   if (!p) {
     p = (async () => {

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { GetContext } from "../../program.ts";
 import { register as registerKeysRotate } from "./keys-rotate.ts";
+import { register as registerMigrate } from "./migrate.ts";
 import { register as registerServe } from "./serve.ts";
 import { register as registerUsersAdd } from "./users-add.ts";
 import { register as registerUsersDisable } from "./users-disable.ts";
@@ -19,9 +20,11 @@ Examples:
   $ apes idp serve --listen 127.0.0.1:8080
   $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
   $ apes idp users add bot@example.com --agent --owner alice@example.com --key bot.pub
-  $ apes idp keys rotate`,
+  $ apes idp keys rotate
+  $ apes idp migrate --from sqlite /var/lib/apes-idp --to postgres://apes@db:5432/apes --database-key-file /etc/apes/idp-db.key`,
     );
   registerServe(idp, getContext);
+  registerMigrate(idp, getContext);
   const users = idp
     .command("users")
     .description("add, list and disable users (offline, on the data dir)")

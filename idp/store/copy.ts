@@ -1,0 +1,180 @@
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { lockDataDir } from "../../server/lock.ts";
+import { sealSecret } from "./postgres/key-file.ts";
+import type { PostgresStore } from "./postgres/store.ts";
+import { DB_FILE, openSqliteStore } from "./sqlite/store.ts";
+
+/**
+ * Moves an embedded installation (a SQLite data dir) into an empty PostgreSQL database: users with
+ * their approvers, signing keys (sealed with the database key file on the way), spent challenges
+ * and used jtis (a replay stays refused), and grants with their seq (so listing cursors handed out
+ * before keep their place) and bookkeeping columns. One transaction: all of it or nothing. A target
+ * that holds any data is refused (no merge: two histories cannot be put in one order). The data
+ * dir's lock is held meanwhile, so no server writes to the source while it is read.
+ */
+
+export interface CopyCounts {
+  users: number;
+  approvers: number;
+  signing_keys: number;
+  challenges: number;
+  used_jtis: number;
+  grants: number;
+}
+
+export class TargetNotEmptyError extends Error {
+  constructor(what: string) {
+    super(`the target database already holds IdP data (${what}): migrate only into an empty one`);
+    this.name = "TargetNotEmptyError";
+  }
+}
+
+const CHUNK = 1000;
+
+type Row = Record<string, string | number | null>;
+
+export async function copySqliteToPostgres(
+  dataDir: string,
+  target: PostgresStore,
+  sealKey: Buffer,
+): Promise<CopyCounts> {
+  const lock = lockDataDir(dataDir, "IdP server");
+  try {
+    // Opening migrates the source to this version's schema, so every column read below exists.
+    openSqliteStore(dataDir).close();
+    const db = new DatabaseSync(join(dataDir, DB_FILE), { readOnly: true });
+    try {
+      return await copy(db, target, sealKey);
+    } finally {
+      db.close();
+    }
+  } finally {
+    lock.release();
+  }
+}
+
+async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): Promise<CopyCounts> {
+  const all = (sql: string) => db.prepare(sql).all() as Row[];
+  const c = await target.connect();
+  try {
+    await c.query("BEGIN");
+    // One migration at a time into one database (the same lock key as nothing else uses).
+    await c.query("SELECT pg_advisory_xact_lock($1)", [0x61706573 + 1]);
+    for (const table of ["users", "signing_keys", "grants", "challenges", "used_jtis"]) {
+      const { rows } = await c.query(`SELECT 1 FROM ${table} LIMIT 1`);
+      if (rows.length > 0) throw new TargetNotEmptyError(table);
+    }
+    const insert = async (table: string, columns: string[], casts: string[], rows: Row[], extra = "") => {
+      for (let i = 0; i < rows.length; i += CHUNK) {
+        const chunk = rows.slice(i, i + CHUNK);
+        const arrays = columns.map((col) => chunk.map((r) => r[col] ?? null));
+        const select = columns.map((_, j) => `$${j + 1}::${casts[j]}[]`).join(", ");
+        await c.query(
+          `INSERT INTO ${table} (${columns.join(", ")}) ${extra} SELECT * FROM unnest(${select})`,
+          arrays,
+        );
+      }
+      return rows.length;
+    };
+    const users = all("SELECT * FROM users ORDER BY email").map((r) => ({
+      ...r,
+      admin: r.admin === 1 ? "true" : "false",
+      disabled: r.disabled === 1 ? "true" : "false",
+    }));
+    const counts: CopyCounts = {
+      users: await insert(
+        "users",
+        ["email", "kind", "owner", "admin", "disabled", "public_key", "fingerprint", "name", "created_at"],
+        ["text", "text", "text", "boolean", "boolean", "text", "text", "text", "bigint"],
+        users,
+      ),
+      approvers: await insert(
+        "approvers",
+        ["subject", "approver"],
+        ["text", "text"],
+        all("SELECT subject, approver FROM approvers"),
+      ),
+      signing_keys: await insert(
+        "signing_keys",
+        ["kid", "private_key", "created_at", "retired_at", "max_exp"],
+        ["text", "text", "bigint", "bigint", "bigint"],
+        all("SELECT * FROM signing_keys ORDER BY created_at, kid").map((r) => ({
+          ...r,
+          private_key: sealSecret(sealKey, String(r.kid), String(r.private_key)),
+        })),
+      ),
+      challenges: await insert(
+        "challenges",
+        ["challenge", "subject", "expires_at"],
+        ["text", "text", "bigint"],
+        all("SELECT challenge, subject, expires_at FROM challenges"),
+      ),
+      used_jtis: await insert(
+        "used_jtis",
+        ["jti", "expires_at"],
+        ["text", "bigint"],
+        all("SELECT jti, expires_at FROM used_jtis"),
+      ),
+      grants: await insert(
+        "grants",
+        GRANT_COLUMNS,
+        GRANT_CASTS,
+        all(`SELECT ${GRANT_COLUMNS.join(", ")} FROM grants ORDER BY seq`),
+        "OVERRIDING SYSTEM VALUE",
+      ),
+    };
+    // New grants continue after the copied ones: positions (and cursors) keep growing.
+    await c.query(
+      "SELECT setval(pg_get_serial_sequence('grants', 'seq'), GREATEST((SELECT max(seq) FROM grants), 1), (SELECT max(seq) FROM grants) IS NOT NULL)",
+    );
+    await c.query("COMMIT");
+    return counts;
+  } catch (e) {
+    await c.query("ROLLBACK").catch(() => undefined);
+    throw e;
+  } finally {
+    c.release();
+  }
+}
+
+const GRANT_COLUMNS = [
+  "seq",
+  "id",
+  "type",
+  "requester",
+  "status",
+  "grant_type",
+  "request",
+  "match_key",
+  "delegator",
+  "delegate",
+  "decided_by",
+  "created_at",
+  "decided_at",
+  "expires_at",
+  "used_at",
+  "version",
+  "created_act",
+  "decided_act",
+];
+const GRANT_CASTS = [
+  "bigint",
+  "text",
+  "text",
+  "text",
+  "text",
+  "text",
+  "jsonb",
+  "text",
+  "text",
+  "text",
+  "text",
+  "bigint",
+  "bigint",
+  "bigint",
+  "bigint",
+  "integer",
+  "text",
+  "text",
+];

@@ -1,0 +1,109 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  api,
+  databaseFor,
+  type IdpHandle,
+  loginWithKey,
+  ls,
+  runApes,
+  startIdp,
+  startWorld,
+  USERS,
+  type World,
+} from "../helpers/idp.ts";
+
+/** `apes idp migrate --from sqlite DIR --to postgres://...`: an embedded IdP moved, then served. */
+describe("apes idp migrate", () => {
+  let w: World;
+  let moved: IdpHandle | undefined;
+  afterAll(async () => {
+    await w?.idp.stop();
+    await moved?.stop();
+  });
+
+  it("copies users, keys and grants in order; the PostgreSQL IdP serves them; a second run is refused", async () => {
+    w = await startWorld({ store: "sqlite" });
+    const created: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      created.push((await w.as("bot").post(w.grants, { ...ls([`m-${i}`]), grant_type: "once" })).body.id);
+    }
+    expect((await w.as("alice").post(`${w.grants}/${created[1]}/approve`)).status).toBe(200);
+    expect((await w.as("alice").post(`${w.grants}/${created[2]}/deny`)).status).toBe(200);
+    const oldKid = JSON.parse(Buffer.from(w.tokens.alice.split(".")[0]!, "base64url").toString()).kid;
+    const rotated = await runApes(["idp", "keys", "rotate", "--data", w.idp.dataDir]);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const before = (await w.as("root").get(`${w.grants}?limit=100`)).body.data as {
+      id: string;
+      status: string;
+    }[];
+    const firstPage = (await w.as("root").get(`${w.grants}?limit=3`)).body.pagination.cursor as string;
+
+    const pgDir = join(mkdtempSync(join(tmpdir(), "apes-migrate-")), "pg");
+    const [, url, , keyFile] = await databaseFor(pgDir);
+    const args = [
+      "--json",
+      "idp",
+      "migrate",
+      "--from",
+      "sqlite",
+      w.idp.dataDir,
+      "--to",
+      url!,
+      "--database-key-file",
+      keyFile!,
+    ];
+    // Not while the embedded server runs (its data dir is locked): nothing is copied.
+    const running = await runApes(args);
+    expect(running.code).toBe(78);
+    expect(running.stderr).toMatch(/already serving/);
+    await w.idp.stop();
+
+    const r = await runApes(args);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ users: 7, signing_keys: 2, grants: 7 });
+    const again = await runApes(args);
+    expect(again.code).toBe(78);
+    expect(again.stderr).toMatch(/already holds IdP data/);
+
+    moved = await startIdp({ dataDir: pgDir, store: "postgres" });
+    const token = await loginWithKey(moved.url, USERS.root, w.keys.root.privateKey);
+    const as = api(moved.url, token);
+    const d = (await api(moved.url).get("/.well-known/openid-configuration")).body;
+    const grants = new URL(d.openape_grants_endpoint).pathname;
+    const after = (await as.get(`${grants}?limit=100`)).body.data as { id: string; status: string }[];
+    expect(after.map((g) => [g.id, g.status])).toEqual(before.map((g) => [g.id, g.status]));
+    // A cursor handed out by the embedded IdP continues at the same place.
+    const rest = (await as.get(`${grants}?limit=100&cursor=${firstPage}`)).body.data as { id: string }[];
+    expect(rest.map((g) => g.id)).toEqual(before.slice(3).map((g) => g.id));
+    // The old key (retired, its tokens not yet expired) is still published; new grants come after.
+    const jwks = (await api(moved.url).get(new URL(d.jwks_uri).pathname)).body;
+    expect(jwks.keys.map((k: { kid: string }) => k.kid)).toContain(oldKid);
+    const botToken = await loginWithKey(moved.url, USERS.bot, w.keys.bot.privateKey);
+    const fresh = (await api(moved.url, botToken).post(grants, { ...ls(["after"]), grant_type: "once" }))
+      .body;
+    expect((await as.get(`${grants}?limit=1`)).body.data[0].id).toBe(fresh.id);
+  });
+
+  it("refuses a bad --from and a missing key file", async () => {
+    const bad = await runApes(["idp", "migrate", "--from", "mysql", "x", "--to", "postgres://u@h/db"]);
+    expect(bad.code).toBe(2);
+    const nokey = await runApes(["idp", "migrate", "--from", "sqlite", "x", "--to", "postgres://u@h/db"]);
+    expect(nokey.code).toBe(2);
+    expect(nokey.stderr).toMatch(/database-key-file/);
+    const pw = await runApes([
+      "idp",
+      "migrate",
+      "--from",
+      "sqlite",
+      "x",
+      "--to",
+      "postgres://u:p@h/db",
+      "--database-key-file",
+      "k",
+    ]);
+    expect(pw.code).toBe(78);
+  });
+});

@@ -50,7 +50,12 @@ process.on("exit", () => {
 
 let databases = 0;
 
-export async function startPostgres(): Promise<PgServer> {
+export interface StartOptions {
+  /** fsync on (benchmarks: durable commits as a real server does); default off for tests. */
+  fsync?: boolean;
+}
+
+export async function startPostgres(options: StartOptions = {}): Promise<PgServer> {
   const base = mkdtempSync(join(tmpdir(), "apes-pg-"));
   const data = join(base, "data");
   const root = process.getuid?.() === 0;
@@ -81,7 +86,7 @@ export async function startPostgres(): Promise<PgServer> {
       `-c listen_addresses=127.0.0.1`,
       `-c port=${port}`,
       `-c unix_socket_directories=''`,
-      "-c fsync=off",
+      `-c fsync=${options.fsync ? "on" : "off"}`,
       "-c max_connections=200",
       "-c shared_buffers=32MB",
     ].join(" ");

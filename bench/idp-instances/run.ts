@@ -7,7 +7,7 @@
 // configuration, NOTIFY samples. Run with the pinned node: `node bench/idp-instances/run.ts`.
 import { spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomBytes, randomUUID, sign } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Pool } from "undici";
@@ -32,9 +32,45 @@ const SECONDS = Number(args.get("seconds") ?? 6);
 const CLIENTS = Number(args.get("clients") ?? 50);
 const NOTIFY = Number(args.get("notify") ?? 200);
 const ONLY = args.get("only")?.split(",");
+// --synchronous-commit=off: where the time goes (commit flushes) — not a setting to run with.
+const SYNC_COMMIT = args.get("synchronous-commit");
+// --profile=DIR: the servers run from source under --cpu-prof (where the IdP's time goes).
+const PROFILE = args.get("profile");
+const POOL = args.get("pool") ?? "10";
 const root = resolve(import.meta.dirname, "..", "..");
 const bin = join(root, "dist", "apes");
 const ISSUER = "https://idp.bench.test";
+
+/** CPU ms used so far by `pid` (Linux /proc; 0 when gone). */
+const cpuMs = (pid: number) => {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return 0;
+  }
+};
+/** CPU ms of the PostgreSQL server: the postmaster and its children (backends; exited ones' time is in cutime/cstime). */
+const pgCpuMs = () => {
+  const master = pg.pid();
+  let total = 0;
+  try {
+    const f = readFileSync(`/proc/${master}/stat`, "utf8").split(") ")[1]!.split(" ");
+    total += ((Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const f = readFileSync(`/proc/${d}/stat`, "utf8").split(") ")[1]!.split(" ");
+      if (Number(f[1]) === master) total += ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+};
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -100,8 +136,9 @@ interface Instance {
 
 async function serve(location: string[]): Promise<Instance> {
   const proc = spawn(
-    bin,
+    PROFILE ? process.execPath : bin,
     [
+      ...(PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts")] : []),
       "idp",
       "serve",
       "--listen",
@@ -128,6 +165,25 @@ async function serve(location: string[]): Promise<Instance> {
     proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
   });
   return { proc, pool: new Pool(url, { connections: CLIENTS + 10, pipelining: 1 }) };
+}
+
+/** Transactions committed in the bench's database so far (each store statement is one). */
+async function commits(location: string[]): Promise<number> {
+  if (location[0] !== "--database") return 0;
+  const url = location[1]!;
+  const s = await openPostgresStore({ target: postgresTarget(url) });
+  const c = await s.connect();
+  try {
+    // The statistics are sent to the collector at the end of each transaction, within ~0.5 s.
+    await new Promise((r) => setTimeout(r, 600));
+    const { rows } = await c.query(
+      "SELECT xact_commit::float8 AS n FROM pg_stat_database WHERE datname = current_database()",
+    );
+    return Number(rows[0].n);
+  } finally {
+    c.release();
+    await s.close();
+  }
 }
 
 async function run(name: string, location: string[], instances: number) {
@@ -178,6 +234,9 @@ async function run(name: string, location: string[], instances: number) {
   const lat: number[] = [];
   const deadline = performance.now() + SECONDS * 1000;
   const started = performance.now();
+  const idpCpu = () => servers.reduce((sum, s) => sum + cpuMs(s.proc.pid!), 0);
+  const [idpBefore, pgBefore] = [idpCpu(), pgCpuMs()];
+  const commitsBefore = await commits(location);
   let n = 0;
   await Promise.all(
     tokens.map(async (token) => {
@@ -204,6 +263,9 @@ async function run(name: string, location: string[], instances: number) {
     }),
   );
   const secs = (performance.now() - started) / 1000;
+  const idpPer = (idpCpu() - idpBefore) / done;
+  const pgPer = location[0] === "--database" ? (pgCpuMs() - pgBefore) / done : 0;
+  const txPer = ((await commits(location)) - commitsBefore) / done;
 
   // Waiter on instance 0, approval on the last instance (the same one when there is one).
   const notify: number[] = [];
@@ -241,7 +303,7 @@ async function run(name: string, location: string[], instances: number) {
     await new Promise((r) => s.proc.once("exit", r));
     await s.pool.close();
   }
-  const row = `| ${name} | ${(done / secs).toFixed(0)} | ${ms(pct(lat, 50))} / ${ms(pct(lat, 99))} | ${ms(pct(notify, 50))} / ${ms(pct(notify, 99))} | ${errors} |`;
+  const row = `| ${name} | ${(done / secs).toFixed(0)} | ${ms(idpPer)} | ${ms(pgPer)} | ${location[0] === "--database" ? txPer.toFixed(1) : "-"} | ${ms(pct(lat, 50))} / ${ms(pct(lat, 99))} | ${ms(pct(notify, 50))} / ${ms(pct(notify, 99))} | ${errors} |`;
   console.log(row);
   return row;
 }
@@ -262,10 +324,26 @@ try {
   ] as const) {
     if (!want(key)) continue;
     const url = await pg.createDatabase("bench");
+    if (SYNC_COMMIT) {
+      const c = await openPostgresStore({ target: postgresTarget(url) });
+      const name = new URL(url).pathname.slice(1);
+      const client = await c.connect();
+      await client.query(
+        `ALTER DATABASE ${name} SET synchronous_commit = ${SYNC_COMMIT === "off" ? "off" : "on"}`,
+      );
+      client.release();
+      await c.close();
+    }
     const s = await openPostgresStore({ target: postgresTarget(url), maxConnections: 10 });
     await seed(s);
     await s.close();
-    rows.push(await run(name, ["--database", url, "--database-key-file", keyFile], count));
+    rows.push(
+      await run(
+        name,
+        ["--database", url, "--database-key-file", keyFile, "--database-connections", POOL],
+        count,
+      ),
+    );
   }
 } finally {
   pg.stop();
@@ -274,6 +352,8 @@ try {
 console.log(
   `\n${SEED} grants stored; ${CLIENTS} clients; ${SECONDS} s per configuration; notification: ${NOTIFY} samples, waiter on instance 1, approval on the last\n`,
 );
-console.log("| configuration | lifecycles/s | lifecycle p50 / p99 ms | notification p50 / p99 ms | errors |");
-console.log("|---|---|---|---|---|");
+console.log(
+  "| configuration | lifecycles/s | IdP CPU ms / lifecycle | PostgreSQL CPU ms / lifecycle | transactions / lifecycle | lifecycle p50 / p99 ms | notification p50 / p99 ms | errors |",
+);
+console.log("|---|---|---|---|---|---|---|---|");
 for (const r of rows) console.log(r);

@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +25,8 @@ export interface PgServer {
   adminUrl: string;
   /** A new empty database; its URL (superuser `apes`, trust; or owned by `owner`, e.g. PASSWORD_ROLE.user). */
   createDatabase(prefix?: string, owner?: string): Promise<string>;
+  /** The postmaster's pid (its backends are its children). */
+  pid(): number;
   stop(): void;
 }
 
@@ -139,6 +141,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<PgServe
       );
       return `postgres://${owner ?? "apes"}@127.0.0.1:${port}/${name}`;
     },
+    pid: () => Number(readFileSync(join(data, "postmaster.pid"), "utf8").split("\n")[0]),
     stop,
   };
 }

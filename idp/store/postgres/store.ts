@@ -35,6 +35,7 @@ import { migrate } from "./migrations.ts";
 const CHANNEL_CHANGED = "apes_idp_changed";
 const CHANNEL_GRANT = "apes_grant";
 const CHANNEL_SYNC = "apes_idp_sync";
+const PREPARED_MAX = 200;
 
 export interface PostgresOptions {
   target: PostgresTarget;
@@ -308,8 +309,26 @@ export class PostgresStore implements Store {
     if (c) this.listenerLost(c, new Error("dropped for a test"));
   }
 
+  /**
+   * Runs one statement on a pooled connection, as a named prepared statement (parsed and planned
+   * once per connection) for the first PREPARED_MAX distinct texts: the store's statements are a
+   * fixed set, plus a bounded number of variants of the listing and transition ones.
+   */
+  private run<T extends pg.QueryResultRow>(sql: string, args: unknown[] = []): Promise<pg.QueryResult<T>> {
+    let name = this.statementNames.get(sql);
+    if (name === undefined && this.statementNames.size < PREPARED_MAX) {
+      name = `apes_${this.statementNames.size}`;
+      this.statementNames.set(sql, name);
+    }
+    return this.pool.query<T>(
+      name === undefined ? { text: sql, values: args } : { name, text: sql, values: args },
+    );
+  }
+
+  private readonly statementNames = new Map<string, string>();
+
   private async rows<T extends pg.QueryResultRow>(sql: string, args: unknown[] = []): Promise<T[]> {
-    return (await this.pool.query<T>(sql, args)).rows;
+    return (await this.run<T>(sql, args)).rows;
   }
 
   // --- users ---
@@ -320,7 +339,7 @@ export class PostgresStore implements Store {
         throw new Error(`not a normalised identity: ${JSON.stringify(name)}`);
     }
     // One statement: the user and its approvers are added together or not at all.
-    await this.pool.query(
+    await this.run(
       `WITH u AS (
          INSERT INTO users (email, kind, owner, admin, disabled, public_key, fingerprint, name, created_at)
          VALUES ($1, $2, $3, $4, false, $5, $6, $7, $8) RETURNING email)
@@ -353,7 +372,7 @@ export class PostgresStore implements Store {
   async setDisabled(name: string, disabled: boolean): Promise<boolean> {
     const email = canonicalIdentity(name);
     if (email === undefined) return false;
-    const r = await this.pool.query("UPDATE users SET disabled = $1 WHERE email = $2", [disabled, email]);
+    const r = await this.run("UPDATE users SET disabled = $1 WHERE email = $2", [disabled, email]);
     return r.rowCount === 1;
   }
 
@@ -399,31 +418,28 @@ export class PostgresStore implements Store {
   }
 
   async addSigningKey(k: SigningKeyRecord): Promise<void> {
-    await this.pool.query(
+    await this.run(
       "INSERT INTO signing_keys (kid, private_key, created_at, retired_at, max_exp) VALUES ($1, $2, $3, $4, $5)",
       [k.kid, sealSecret(this.sealKey(), k.kid, k.privateKey), k.createdAt, k.retiredAt ?? null, k.maxExp],
     );
   }
 
   async retireSigningKeys(exceptKid: string, now: number): Promise<void> {
-    await this.pool.query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND kid <> $2", [
+    await this.run("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND kid <> $2", [
       now,
       exceptKid,
     ]);
   }
 
   async raiseKeyMaxExp(kid: string, maxExp: number): Promise<void> {
-    await this.pool.query("UPDATE signing_keys SET max_exp = $1 WHERE kid = $2 AND max_exp < $1", [
-      maxExp,
-      kid,
-    ]);
+    await this.run("UPDATE signing_keys SET max_exp = $1 WHERE kid = $2 AND max_exp < $1", [maxExp, kid]);
   }
 
   // --- single-use values ---
 
   async spendChallenge(nonce: string, subject: string, expiresAt: number): Promise<boolean> {
     // One conditional insert decides which of concurrent uses wins, on every instance.
-    const r = await this.pool.query(
+    const r = await this.run(
       "INSERT INTO challenges (challenge, subject, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
       [nonce, subject, expiresAt],
     );
@@ -431,7 +447,7 @@ export class PostgresStore implements Store {
   }
 
   async useJti(jti: string, expiresAt: number): Promise<boolean> {
-    const r = await this.pool.query(
+    const r = await this.run(
       "INSERT INTO used_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
       [jti, expiresAt],
     );
@@ -439,7 +455,7 @@ export class PostgresStore implements Store {
   }
 
   async purgeExpired(now: number): Promise<void> {
-    await this.pool.query(
+    await this.run(
       "WITH c AS (DELETE FROM challenges WHERE expires_at <= $1) DELETE FROM used_jtis WHERE expires_at <= $1",
       [now],
     );

@@ -147,7 +147,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
     const created = await as("bot", a).post(grants, { ...ls(["wait-across"]), grant_type: "once" });
     const etag = created.headers.get("etag")!;
     const waiting = as("bot", a).get(`${grants}/${created.body.id}`, {
-      prefer: "wait=25",
+      prefer: "wait=60",
       "if-none-match": etag,
     });
     await as("bot", a).get(`${grants}/${created.body.id}`); // the waiter is parked by now
@@ -155,7 +155,8 @@ describe("two IdP instances on one PostgreSQL database", () => {
     const r = await waiting;
     expect(r.status).toBe(200);
     expect(r.body.status).toBe("approved");
-  });
+    // Answered by the push: a wait that ran out (60 s) would overrun this test's deadline (15 s).
+  }, 15_000);
 
   it("while A's notification connection is down, its long polls still see B's decisions, and it reconnects", async () => {
     const admin = new pg.Client({ connectionString: storeArgs(dataDir)[1]! });
@@ -170,7 +171,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
       expect(await listeners()).toBe(2);
       const created = await as("bot", a).post(grants, { ...ls(["wait-dropped"]), grant_type: "once" });
       const waiting = as("bot", a).get(`${grants}/${created.body.id}`, {
-        prefer: "wait=25",
+        prefer: "wait=60",
         "if-none-match": created.headers.get("etag")!,
       });
       await as("bot", a).get(`${grants}/${created.body.id}`);
@@ -188,7 +189,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
     } finally {
       await admin.end();
     }
-  });
+  }, 20_000);
 
   it("a user disabled through an admin command is refused by both instances at the next request", async () => {
     await addUser(dataDir, "carol@example.com", { publicKey: alice.publicLine });

@@ -303,6 +303,29 @@ describe("postgres database options", () => {
     }
     const env = await runApes(["idp", "users", "list"], { APES_DATABASE_URL: url });
     expect(env.code).toBe(78);
+    // The server needs the key file; --data and --database exclude each other.
+    const nokey = await runApes([
+      "idp",
+      "serve",
+      "--listen",
+      "127.0.0.1:0",
+      "--database",
+      `postgres://apes@127.0.0.1:${pgServer.port}/postgres`,
+    ]);
+    expect(nokey.code).toBe(2);
+    expect(nokey.stderr).toMatch(/--database-key-file/);
+    const both = await runApes([
+      "idp",
+      "users",
+      "list",
+      "--data",
+      "/nonexistent",
+      "--database",
+      "postgres://apes@h/db",
+    ]);
+    expect(both.code).toBe(2);
+    const loose = await runApes(["idp", "users", "list", "--database-key-file", "k"]);
+    expect(loose.code).toBe(2);
     const param = await runApes([
       "idp",
       "users",

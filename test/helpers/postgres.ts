@@ -134,13 +134,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<PgServe
     host: "127.0.0.1",
     port,
     adminUrl,
-    async createDatabase(prefix = "t", owner?: string) {
-      const name = `${prefix}_${process.pid}_${++databases}`;
-      await admin((c) =>
-        c.query(`CREATE DATABASE ${name} TEMPLATE template0${owner ? ` OWNER ${owner}` : ""}`),
-      );
-      return `postgres://${owner ?? "apes"}@127.0.0.1:${port}/${name}`;
-    },
+    createDatabase: (prefix, owner) => createDatabase(adminUrl, port, prefix, owner),
     pid: () => Number(readFileSync(join(data, "postmaster.pid"), "utf8").split("\n")[0]),
     stop,
   };
@@ -148,8 +142,47 @@ export async function startPostgres(options: StartOptions = {}): Promise<PgServe
 
 let shared: Promise<PgServer> | undefined;
 
-/** One server per test file (per vitest worker process), started on first use, stopped at exit. */
+/**
+ * The run's server (test/postgres-setup.ts, found through APES_TEST_PG_PORT), or else one started
+ * for this process (a script, a single file run without the global setup), stopped at its exit.
+ */
 export function sharedPostgres(): Promise<PgServer> {
-  shared ??= startPostgres();
+  shared ??= (async () => {
+    const port = Number(process.env.APES_TEST_PG_PORT);
+    if (port > 0) return attach(port);
+    const server = await startPostgres();
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      process.once(signal, () => {
+        server.stop();
+        process.exit(1);
+      });
+    }
+    return server;
+  })();
   return shared;
+}
+
+/** A server another process started and stops: databases can be made on it, nothing else. */
+function attach(port: number): PgServer {
+  const adminUrl = `postgres://apes@127.0.0.1:${port}/postgres`;
+  return {
+    host: "127.0.0.1",
+    port,
+    adminUrl,
+    createDatabase: (prefix, owner) => createDatabase(adminUrl, port, prefix, owner),
+    pid: () => Number.NaN,
+    stop: () => {},
+  };
+}
+
+async function createDatabase(adminUrl: string, port: number, prefix = "t", owner?: string): Promise<string> {
+  const name = `${prefix}_${process.pid}_${++databases}`;
+  const c = new pg.Client({ connectionString: adminUrl });
+  await c.connect();
+  try {
+    await c.query(`CREATE DATABASE ${name} TEMPLATE template0${owner ? ` OWNER ${owner}` : ""}`);
+  } finally {
+    await c.end();
+  }
+  return `postgres://${owner ?? "apes"}@127.0.0.1:${port}/${name}`;
 }

@@ -9,17 +9,16 @@ import { DatabaseUrlError, postgresTarget, readPasswordFile } from "../../idp/st
 import { KeyFileError, loadKeyFile } from "../../idp/store/postgres/key-file.ts";
 import { MIGRATIONS, migrate } from "../../idp/store/postgres/migrations.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
-import { PASSWORD_ROLE, type PgServer, startPostgres } from "../helpers/postgres.ts";
+import { PASSWORD_ROLE, type PgServer, sharedPostgres } from "../helpers/postgres.ts";
 
 /** The PostgreSQL store's own parts on a real server: migrations, sealed keys, password, notifications. */
 
 let server: PgServer;
 const dir = mkdtempSync(join(tmpdir(), "apes-pg-store-"));
 beforeAll(async () => {
-  server = await startPostgres();
+  server = await sharedPostgres();
 });
 afterAll(() => {
-  server?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -169,13 +169,18 @@ export async function openPostgresStore(o: PostgresOptions): Promise<PostgresSto
     } finally {
       client.release();
     }
-    const store = new PostgresStore(pool, o);
-    if (o.listen) await store.startListening();
-    return store;
   } catch (e) {
     await pool.end().catch(() => undefined);
     throw e;
   }
+  const store = new PostgresStore(pool, o);
+  try {
+    if (o.listen) await store.startListening();
+  } catch (e) {
+    await store.close().catch(() => undefined); // also stops the listener's reconnect attempts
+    throw e;
+  }
+  return store;
 }
 
 export class PostgresStore implements Store {

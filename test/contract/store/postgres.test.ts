@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { afterAll, beforeAll } from "vitest";
+import { beforeAll } from "vitest";
 import { postgresTarget } from "../../../idp/store/postgres/config.ts";
 import { openPostgresStore } from "../../../idp/store/postgres/store.ts";
-import { type PgServer, startPostgres } from "../../helpers/postgres.ts";
+import { type PgServer, sharedPostgres } from "../../helpers/postgres.ts";
 import { storeContract } from "./contract.ts";
 
 /**
@@ -13,9 +13,8 @@ import { storeContract } from "./contract.ts";
 
 let server: PgServer;
 beforeAll(async () => {
-  server = await startPostgres();
+  server = await sharedPostgres();
 });
-afterAll(() => server?.stop());
 
 storeContract("postgres (pool, notifications, sealed keys)", async () => {
   const url = await server.createDatabase("contract");

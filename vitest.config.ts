@@ -13,13 +13,13 @@ export default defineConfig({
     projects: [
       { extends: true, test: { name: "sqlite", include: ["test/**/*.test.ts"] } },
       // The IdP integration suites once more against the PostgreSQL store (test/helpers/idp.ts
-      // startIdp reads APES_TEST_STORE). idp-lock is about the SQLite data dir's lock: nothing of
+      // startIdp reads APES_TEST_STORE), and approval-proof (it starts the IdP the same way). idp-lock is about the SQLite data dir's lock: nothing of
       // it applies. (include/exclude stay per project: extends would merge them with the root's.)
       {
         extends: true,
         test: {
           name: "postgres",
-          include: ["test/integration/idp-*.test.ts"],
+          include: ["test/integration/idp-*.test.ts", "test/integration/approval-proof.test.ts"],
           exclude: ["test/integration/idp-lock.test.ts"],
           env: { APES_TEST_STORE: "postgres" },
         },

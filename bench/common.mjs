@@ -1,5 +1,5 @@
 // Shared by the benchmark drivers: the preconditions every one checks, and the bare floor they compare to.
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildSea } from "../scripts/sea.mjs";
@@ -28,6 +28,16 @@ export function buildBareSea(work) {
 }
 
 /** Quantile p (0..1) of xs, linearly interpolated between the nearest ranks. */
+/**
+ * CPU ticks (1/100 s, user + system) of this process's children that have been waited for
+ * (cutime + cstime in /proc/self/stat): the difference around a spawnSync is that child's CPU,
+ * summed over many runs a measure that a loaded machine moves far less than wall time.
+ */
+export function childTicks() {
+  const f = readFileSync("/proc/self/stat", "utf8").split(") ")[1].split(" ");
+  return Number(f[13]) + Number(f[14]);
+}
+
 export function quantile(xs, p) {
   const s = [...xs].sort((a, b) => a - b);
   const i = (s.length - 1) * p;

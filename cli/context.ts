@@ -1,7 +1,10 @@
+import { type ClientWarning, type Clock, type Fetch, systemClock } from "../client/context.ts";
 import { loadUserConfig, type UserConfig } from "./config.ts";
+import { warningLine } from "./errors.ts";
 import { type Paths, xdgPaths } from "./paths.ts";
 
-/** What a command may touch. Commands receive it; tests build one with fakes (see test/helpers/fake-context.ts). */
+/**
+ * What a command may touch; it is also a client/ ClientContext as it is (client/context.ts). Commands receive it; tests build one with fakes (see test/helpers/fake-context.ts). */
 export interface Output {
   write(chunk: string): unknown;
   /** True when a person is watching (progress lines, colour). */
@@ -14,19 +17,14 @@ export interface Io {
   stdin: NodeJS.ReadableStream;
 }
 
-export interface Clock {
-  /** Milliseconds since the epoch. */
-  now(): number;
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
-}
+export type { Clock, Fetch };
+export { systemClock };
 
 export interface GlobalOptions {
   json: boolean;
   debug: boolean;
   color: boolean;
 }
-
-export type Fetch = typeof fetch;
 
 export interface Context {
   io: Io;
@@ -39,24 +37,9 @@ export interface Context {
   config(): Promise<UserConfig>;
   /** Debug line on stderr when --debug is on. */
   debug(message: string): void;
+  /** A client warning, as an `apes: warning:` line on stderr. */
+  warn(warning: ClientWarning): void;
 }
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  sleep: (ms, signal) =>
-    new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal?.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-    }),
-};
 
 export function createContext(globals: GlobalOptions, overrides: Partial<Context> = {}): Context {
   const env = overrides.env ?? process.env;
@@ -70,7 +53,8 @@ export function createContext(globals: GlobalOptions, overrides: Partial<Context
     // the single executable, more than the whole request (bench/BENCHMARKS.md, CLI section).
     http:
       overrides.http ??
-      (async (input, init) => (await import("./http.ts")).nodeFetch(input as string | URL | Request, init)),
+      (async (input, init) =>
+        (await import("../client/http.ts")).nodeFetch(input as string | URL | Request, init)),
     clock: overrides.clock ?? systemClock,
     paths,
     globals,
@@ -82,6 +66,9 @@ export function createContext(globals: GlobalOptions, overrides: Partial<Context
       }),
     debug(message) {
       if (globals.debug) io.stderr.write(`debug: ${message}\n`);
+    },
+    warn(warning) {
+      io.stderr.write(warningLine(warning));
     },
   };
 }

@@ -1,10 +1,10 @@
-import { Command, CommanderError, Option } from "commander";
+import { Command, CommanderError, Help, Option } from "commander";
 import { hasUnsafeChars, visible } from "../protocol/display.ts";
-import { registerCommands } from "./commands/index.ts";
+import { commandWords, registerCommands, stubTerms } from "./commands/index.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
 import { isInternal, runInternal } from "./elevation/fast.ts";
 import { routeArgv } from "./elevation/grammar.ts";
-import { CliError } from "./errors.ts";
+import { asCliError, CliError } from "./errors.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { VERSION } from "./version.ts";
 
@@ -12,9 +12,13 @@ export type GetContext = () => Context;
 
 /**
  * Builds the commander program. `overrides` lets tests inject io/http/clock; the real binary passes
- * none. Commands register themselves in commands/index.ts, one file per command.
+ * none. Commands register themselves in commands/index.ts, one file per command. With `argv`, only the
+ * top-level command it runs is loaded (the others are stubs for the help listing); without, all.
  */
-export function buildProgram(overrides: Partial<Context> = {}): { program: Command; getContext: GetContext } {
+export async function buildProgram(
+  overrides: Partial<Context> = {},
+  argv?: readonly string[],
+): Promise<{ program: Command; getContext: GetContext }> {
   const program = new Command("apes");
   let context: Context | undefined;
   const getContext: GetContext = () => {
@@ -41,7 +45,13 @@ export function buildProgram(overrides: Partial<Context> = {}): { program: Comma
     .showSuggestionAfterError(true)
     // Subcommands are sorted in `propagate` below: commander's sortSubcommands uses localeCompare, whose
     // ICU collator costs ~6 ms on every `apes --help`.
-    .configureHelp({ showGlobalOptions: true })
+    .configureHelp({
+      showGlobalOptions: true,
+      // A stub (a command this run did not load) shows the term its real command would.
+      subcommandTerm(this: Help, cmd: Command) {
+        return stubTerms.get(cmd) ?? Help.prototype.subcommandTerm.call(this, cmd);
+      },
+    })
     .exitOverride()
     .configureOutput({
       writeOut: (s) => (io?.stdout ?? process.stdout).write(s),
@@ -58,7 +68,8 @@ Examples:
 
 Run \`apes <command> --help\` for a command's options.`,
   );
-  registerCommands(program, getContext);
+  const words = argv ? commandWords(argv) : undefined;
+  await registerCommands(program, getContext, words ? (name) => words.has(name) : undefined);
   // Every subcommand inherits the error handling and output routing of the root.
   const byName = (a: Command, b: Command) => (a.name() < b.name() ? -1 : a.name() > b.name() ? 1 : 0);
   const propagate = (cmd: Command) => {
@@ -83,20 +94,23 @@ export async function runCli(argv: readonly string[], overrides: Partial<Context
       return reportError(e, stderr, () => (overrides.env ?? process.env).APES_DEBUG === "1");
     }
   }
-  const { program, getContext } = buildProgram(overrides);
+  // `apes [--reason R ...] -- cmd` is `apes run ...`: routed here, before commander sees it, so a
+  // command word after `--` can never be taken for a subcommand.
+  const routed = routeArgv(argv);
+  const { program, getContext } = await buildProgram(overrides, routed);
   // process.stderr is created on first access (a stream and its modules): only touch it for an error.
   const stderr = overrides.io?.stderr ?? { write: (s: string) => process.stderr.write(s) };
   try {
-    // `apes [--reason R ...] -- cmd` is `apes run ...`: routed here, before commander sees it, so a
-    // command word after `--` can never be taken for a subcommand.
-    await program.parseAsync(routeArgv(argv), { from: "user" });
+    await program.parseAsync(routed, { from: "user" });
     return typeof process.exitCode === "number" && !overrides.io ? process.exitCode : ExitCode.OK;
   } catch (e) {
     return reportError(e, stderr, () => getContext().globals.debug);
   }
 }
 
-function reportError(e: unknown, stderr: { write(s: string): unknown }, debug: () => boolean): number {
+function reportError(thrown: unknown, stderr: { write(s: string): unknown }, debug: () => boolean): number {
+  // client/'s failures carry no exit status or hint: the CLI's one mapping adds them (cli/errors.ts).
+  const e = asCliError(thrown);
   if (e instanceof CommanderError) {
     // help and --version end through exitOverride with code 0.
     if (e.exitCode === 0) return ExitCode.OK;

@@ -27,6 +27,8 @@ export interface Idp {
   authenticate(call: Call): Promise<Principal>;
   /** Takes one request from `key`'s bucket of the class; throws 429 (with retry_after) when empty. */
   rateLimit(limitClass: LimitClass, key: string): void;
+  /** The opaque handle of an identity or delegation in the revocation feed and `rev` claims. */
+  revocationHandle(kind: "user" | "delegation", subject: string): string;
 }
 
 export interface Principal {

@@ -8,6 +8,7 @@ import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { type App, pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
+import { type ApprovalSettings, approvalProofTypes, passkeyVerifier } from "./approval.ts";
 import { ChallengeSealer, loadChallengeSecret } from "./challenges.ts";
 import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.ts";
 import { oauthErrorReply, Router } from "./http.ts";
@@ -18,14 +19,22 @@ import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from ".
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerOAuthRoutes } from "./routes/oauth.ts";
+import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.ts";
+import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openStore } from "./store/open.ts";
 import { challengeSecretOf } from "./store/postgres/key-file.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
 import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
+import { type WebContext, webContext, webUnavailable } from "./web/context.ts";
+import { recordIssuer } from "./web/invites.ts";
+import { WEB_PATHS } from "./web/paths.ts";
+import { checkStateChange, currentHuman, formToken } from "./web/session.ts";
 
 export interface ServeOptions {
   host: string;
@@ -46,6 +55,8 @@ export interface ServeOptions {
   connectionRate: string;
   /** Also accept login signatures over the bare challenge (older clients); off by default, logged. */
   allowRawLoginSignatures?: boolean;
+  /** Accept approvals without a proof (older clients; protocol/approval.ts); off by default, logged. */
+  allowBearerApprove?: boolean;
   log: Logger;
 }
 
@@ -69,6 +80,16 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
+  try {
+    // For the invite links of the offline admin commands: in the database when it is shared.
+    if (data.store.recordIssuer) await data.store.recordIssuer(issuer);
+    else recordIssuer(opts.dataDir, issuer);
+  } catch (e) {
+    // E.g. out of file descriptors: exit with the error instead of hanging on the open port and store.
+    await http.close();
+    await data.close();
+    throw e;
+  }
   const idp = idpOf(opts, data, issuer, http.shutdown);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
@@ -78,6 +99,8 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     data: data.where,
     kid: idp.keys.activeKid(),
   });
+  const webOff = webUnavailable(issuer);
+  if (webOff) opts.log.log("info", "passkey pages off", { reason: webOff });
   let closing: Promise<void> | undefined;
   return {
     url: http.url,
@@ -96,7 +119,7 @@ type Data = Awaited<ReturnType<typeof openData>>;
 /** What the request pipeline runs for the IdP: its routes, hooks and error format. */
 function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
   return {
-    router: routes(opts, idp, data.login),
+    router: routes(opts, idp, data.login, webContext(idp, data.secret)),
     log: opts.log,
     base: idp.base,
     shutdown,
@@ -140,8 +163,11 @@ async function openDatabase(opts: ServeOptions, database: NonNullable<ServeOptio
     await store.close().catch(() => undefined);
     throw e;
   }
+  // One secret for every instance (derived from the key file): login and passkey challenges, the
+  // pages' CSRF tokens and the revocation handles are then the same whichever instance answers.
+  const secret = challengeSecretOf(opened.sealKey!);
   const login: LoginSettings = {
-    challenges: new ChallengeSealer(challengeSecretOf(opened.sealKey!)),
+    challenges: new ChallengeSealer(secret),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   return {
@@ -149,6 +175,9 @@ async function openDatabase(opts: ServeOptions, database: NonNullable<ServeOptio
     keys,
     login,
     where: opened.where,
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
+    secret,
     async close() {
       try {
         await store.close();
@@ -190,8 +219,9 @@ async function openData(opts: ServeOptions) {
     lock.release();
     throw e;
   }
+  const secret = loadChallengeSecret(opts.dataDir);
   const login: LoginSettings = {
-    challenges: new ChallengeSealer(loadChallengeSecret(opts.dataDir)),
+    challenges: new ChallengeSealer(secret),
     allowRawSignatures: opts.allowRawLoginSignatures === true,
   };
   return {
@@ -199,6 +229,10 @@ async function openData(opts: ServeOptions) {
     keys,
     login,
     where: opts.dataDir,
+    // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
+    secret,
     async close() {
       try {
         await store.close();
@@ -243,6 +277,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     sessionClaims: (token) => sessions.claims(token),
     authenticate: (call) => principalOf(call, idp, sessions),
     rateLimit: (limitClass, key) => limits.take(limitClass, key),
+    revocationHandle: data.revocationHandle,
   };
   return idp;
 }
@@ -265,7 +300,7 @@ async function principalOf(call: Call, idp: Idp, sessions: BearerVerifier): Prom
   return principal;
 }
 
-function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Principal> {
+function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebContext): Router<Principal> {
   const router = new Router<Principal>();
   if (login.allowRawSignatures) {
     opts.log.always(
@@ -274,14 +309,40 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings): Router<Prin
       {},
     );
   }
-  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login));
+  const verifyPasskey = passkeyVerifier(web);
+  const approvals: ApprovalSettings = {
+    allowBearer: opts.allowBearerApprove === true,
+    ...(verifyPasskey ? { verifyPasskey } : {}),
+  };
+  registerDiscoveryRoutes(router, idp, loginSignatureFormats(login), approvalProofTypes(approvals));
   registerAuthRoutes(router, idp, login);
   registerAgentRoutes(router, idp);
-  registerGrantRoutes(router, idp);
+  if (opts.allowBearerApprove) {
+    opts.log.always(
+      "warn",
+      "approvals without a proof accepted (--allow-bearer-approve): a stolen session token alone can approve grants",
+      {},
+    );
+  }
+  registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
   registerTokenRoutes(router, idp);
+  registerOAuthRoutes(router, idp);
+  registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
+  registerWebLoginRoutes(router, web);
+  registerOAuthWebRoutes(router, idp, humanSessions(web));
   return router;
+}
+
+/** The browser sessions of the passkey pages, as the OAuth pages (/authorize, /device) use them. */
+function humanSessions(web: WebContext): HumanSessions {
+  return {
+    currentHuman: (call) => currentHuman(web, call),
+    formToken: (human) => formToken(web, human),
+    checkStateChange: (call, human, token) => checkStateChange(web, call, human, token),
+    loginPath: WEB_PATHS.login,
+  };
 }
 
 /** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
@@ -291,6 +352,7 @@ function sweep(log: Logger, idp: Idp): () => void {
       const now = nowSec();
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
+      await idp.store.purgeExpiredWeb(now);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

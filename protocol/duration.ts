@@ -30,3 +30,12 @@ export function durationSeconds(value: unknown): number | undefined {
   const ms = parseDurationMs(value);
   return ms !== undefined && ms % 1000 === 0 ? ms / 1000 : undefined;
 }
+
+/** A short elapsed time as people read it: "42s", "3m05s", "2h07m" (progress lines and messages). */
+export function formatElapsed(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
+}

@@ -19,6 +19,8 @@ export const PROBLEM_TYPES = {
   unauthorized: { status: 401, title: "Authentication required" },
   invalid_token: { status: 401, title: "Invalid token" },
   forbidden: { status: 403, title: "Not permitted" },
+  proof_required: { status: 403, title: "Approval proof required" },
+  invalid_proof: { status: 403, title: "Invalid approval proof" },
   not_found: { status: 404, title: "Not found" },
   method_not_allowed: { status: 405, title: "Method not allowed" },
   conflict: { status: 409, title: "Conflict" },

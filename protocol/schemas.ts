@@ -34,7 +34,8 @@ export type SchemaName =
   | "grant"
   | "jwks"
   | "openid-configuration-extensions"
-  | "session-token-claims";
+  | "session-token-claims"
+  | "sp-token-claims";
 
 export interface SchemaValidator {
   /** The folders the schemas came from, own first. */

@@ -18,7 +18,8 @@ export const SIGNATURE_FORMAT_RAW = "raw";
 /** The discovery field listing the formats an IdP verifies. */
 export const SIGNATURE_FORMATS_FIELD = "apes_auth_signature_formats_supported";
 
-export type SignaturePurpose = "login";
+/** `login`: a login challenge; `approve`: an approval digest (protocol/approval.ts). */
+export type SignaturePurpose = "login" | "approve";
 
 /** Challenges a key will sign: bounded, no separators, no "." (never a JWT signing input). */
 const PLAIN_CHALLENGE = /^[A-Za-z0-9_~+/=-]{16,256}$/;

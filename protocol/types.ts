@@ -21,6 +21,8 @@ export const GRANT_STATUSES: readonly GrantStatus[] = [
 /** Default audience and token audience (docs/protocol.md). */
 export const ELEVATION_AUDIENCE = "escapes";
 export const CLI_TOKEN_AUDIENCE = "apes-cli";
+/** The CLI's OAuth client_id (a native public client, RFC 8252): the audience of its tokens. */
+export const CLI_CLIENT_ID = CLI_TOKEN_AUDIENCE;
 
 export interface GrantRequest {
   requester: string;
@@ -48,6 +50,8 @@ export interface Grant {
   decided_at?: number;
   expires_at?: number;
   used_at?: number;
+  /** How the approval was proven (an apes extension): "ed25519", "webauthn", or "bearer" (no proof). */
+  approval_proof?: "ed25519" | "webauthn" | "bearer";
 }
 
 export interface GrantList {

@@ -147,6 +147,17 @@ function webAssets() {
     for (const f of files) {
       if (f.isFile() && !f.name.startsWith(".")) assets[`${app.name}/${f.name}`] = join(dir, f.name);
     }
+    // Vendored browser files (a package's bundle): web/vendor.json maps asset name -> path from it.
+    const vendorFile = join(root, app.name, "web", "vendor.json");
+    let vendor = {};
+    try {
+      vendor = JSON.parse(readFileSync(vendorFile, "utf8"));
+    } catch (e) {
+      if (e.code !== "ENOENT") throw e;
+    }
+    for (const [name, path] of Object.entries(vendor)) {
+      assets[`${app.name}/${name}`] = join(dirname(vendorFile), path);
+    }
   }
   return assets;
 }

@@ -37,7 +37,8 @@ export interface CommandDoc {
 }
 
 /** The visible command tree, read through commander's own Help (what `--help` shows). */
-export function commandTree(program: Command = buildProgram().program): CommandDoc {
+export async function commandTree(program?: Command): Promise<CommandDoc> {
+  program ??= (await buildProgram()).program;
   const help = program.createHelp();
   const walk = (cmd: Command, path: string[]): CommandDoc => ({
     path,
@@ -539,11 +540,11 @@ export function fishCompletion(tree: CommandDoc): string {
 
 // ---- main ----------------------------------------------------------------------------------------
 
-export function generate(
+export async function generate(
   outDir: string,
   env: Readonly<Record<string, string | undefined>> = process.env,
-): void {
-  const tree = commandTree();
+): Promise<void> {
+  const tree = await commandTree();
   const date = manDate(env);
   const man = join(outDir, "man");
   const completions = join(outDir, "completions");
@@ -570,6 +571,6 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.error("usage: node scripts/gen-docs.ts OUT_DIR");
     process.exit(2);
   }
-  generate(out);
+  await generate(out);
   console.log(`wrote man pages and completions to ${out}`);
 }

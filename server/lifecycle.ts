@@ -7,6 +7,7 @@ import {
 } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import { isChunked, refuseChunked } from "./http.ts";
 import {
   ConnectionCounter,
@@ -32,6 +33,7 @@ export interface ListenOptions {
 }
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 
 export interface Listening {
   /** http(s)://host:port as bound (the port resolved when 0 was asked for). */
@@ -42,6 +44,8 @@ export interface Listening {
   serve(handler: RequestHandler): void;
   /** Runs when close() begins, before HTTP connections are closed (e.g. closing WebSockets). */
   onClose(hook: () => void | Promise<void>): void;
+  /** Takes the server's `upgrade` requests (WebSockets); without a handler they are refused. */
+  onUpgrade(handler: UpgradeHandler): void;
   /** Stop accepting, finish in-flight requests (forced after 10 s); once, however often called. */
   close(): Promise<void>;
 }
@@ -54,6 +58,7 @@ export async function listen(opts: ListenOptions): Promise<Listening> {
   // Requests can arrive as soon as the port is bound (a restart on a known port): they wait here
   // until the app is ready, which may need the bound port (e.g. a default issuer names it).
   let handler: RequestHandler | undefined;
+  const shutdown = new AbortController();
   const ready = Promise.withResolvers<void>();
   server.on("request", (req, res) => {
     if (isChunked(req)) return refuseChunked(req, res);
@@ -61,7 +66,6 @@ export async function listen(opts: ListenOptions): Promise<Listening> {
     else void ready.promise.then(() => handler!(req, res));
   });
   await bind(server, opts);
-  const shutdown = new AbortController();
   const hooks: (() => void | Promise<void>)[] = [];
   let closing: Promise<void> | undefined;
   return {
@@ -72,6 +76,14 @@ export async function listen(opts: ListenOptions): Promise<Listening> {
       ready.resolve();
     },
     onClose: (hook) => hooks.push(hook),
+    // Only an app that takes upgrades listens for them: elsewhere they stay plain requests.
+    onUpgrade: (h) => {
+      server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+        socket.on("error", () => {});
+        if (shutdown.signal.aborted) socket.destroy();
+        else h(req, socket, head);
+      });
+    },
     close() {
       closing ??= (async () => {
         shutdown.abort();

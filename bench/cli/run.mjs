@@ -3,7 +3,10 @@
 // floor, and approval-to-exit latency of `apes grants wait` with push (long-poll) vs 3 s polling.
 //
 //   make bench-cli                        (builds dist/apes first)
-//   node bench/cli/run.mjs [--runs 30] [--warmup 5] [--waits 8]
+//   node bench/cli/run.mjs [--runs 30] [--warmup 5] [--waits 8] [--before PATH]
+//
+// --before PATH adds a second apes binary (an earlier build) to every case, interleaved in the same
+// rounds against the same IdP and HOMEs, for a before/after comparison of a change in one run.
 //
 // Method (written up in bench/BENCHMARKS.md, section "CLI: sessions and grants"):
 // - A real IdP (`dist/apes idp serve` on 127.0.0.1, its own temp data dir) with a human (alice) and
@@ -18,18 +21,22 @@
 //   process. Push = default client (Prefer: wait long-poll); poll = APES_NO_PUSH=1 (3 s interval, the
 //   behaviour of clients without push).
 import { spawn, spawnSync } from "node:child_process";
+import { sign } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
-import { buildBareSea, quantile as q, requireBuiltApes } from "../common.mjs";
+import { approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
+import { parsePrivateKey } from "../../protocol/keys.ts";
+import { buildBareSea, childTicks, quantile as q, requireBuiltApes } from "../common.mjs";
 
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "30" },
     warmup: { type: "string", default: "5" },
     waits: { type: "string", default: "8" },
+    before: { type: "string" },
   },
 });
 const runs = Number(values.runs);
@@ -37,6 +44,7 @@ const warmup = Number(values.warmup);
 const waits = Number(values.waits);
 
 const apes = requireBuiltApes();
+const before = values.before;
 
 const work = mkdtempSync(join(tmpdir(), "apes-bench-cli-"));
 let idpProc;
@@ -118,37 +126,71 @@ try {
     // More commands that make one IdP request (issue 16: each within one round trip of whoami).
     { name: "apes agents list", file: apes, args: ["agents", "list"], env: alice.env },
     { name: "apes delegations list", file: apes, args: ["delegations", "list"], env: alice.env },
+    // Grant creation: a once grant is never reused, so each run creates one (POST, 201).
+    { name: "apes grants request", file: apes, args: ["grants", "request", "--", "true"], env: bot.env },
   ];
-  for (const c of cases) c.times = [];
+  if (before) {
+    for (const c of cases.slice(1)) cases.push({ ...c, name: `${c.name} [before]`, file: before });
+  }
+  for (const c of cases) {
+    c.times = [];
+    c.ticks = 0;
+  }
   for (let round = 0; round < warmup + runs; round++) {
     for (let k = 0; k < cases.length; k++) {
       const c = cases[(round + k) % cases.length];
+      const k0 = childTicks();
       const t0 = process.hrtime.bigint();
       const r = spawnSync(c.file, c.args, { env: c.env, stdio: "ignore" });
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (r.status !== 0) throw new Error(`${c.name} exited ${r.status}`);
-      if (round >= warmup) c.times.push(ms);
+      if (round >= warmup) {
+        c.times.push(ms);
+        c.ticks += childTicks() - k0;
+      }
     }
   }
   const base = q(cases[0].times, 0.5);
   console.log(`node ${process.version}; ${runs} interleaved runs after ${warmup} warm-up rounds`);
   const whoami = q(cases[1].times, 0.5);
-  console.log("command                     median     p10     p90   vs bare   vs whoami");
+  console.log(
+    "command                              median     p10     p90   vs bare   vs whoami   cpu/run (apes only)",
+  );
   for (const c of cases) {
     const med = q(c.times, 0.5);
     console.log(
-      `${c.name.padEnd(24)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms   +${(med - whoami).toFixed(1)} ms`,
+      `${c.name.padEnd(33)} ${fmt(med)} ${fmt(q(c.times, 0.1))} ${fmt(q(c.times, 0.9))}   +${(med - base).toFixed(1)} ms   +${(med - whoami).toFixed(1)} ms   ${((c.ticks * 10) / runs).toFixed(1)} ms`,
     );
   }
 
   // --- approval-to-exit latency ---
   const aliceToken = JSON.parse(readFileSync(join(alice.home, ".config/apes/auth.json"), "utf8")).token;
+  const aliceKey = parsePrivateKey(readFileSync(join(alice.home, ".config/apes/id_ed25519"), "utf8"));
+  // Alice's approve body with her Ed25519 proof over the grant as fetched (docs/signatures.md).
+  const approval = async (id) => {
+    const res = await fetch(`${grantsUrl}/${id}`, { headers: { authorization: `Bearer ${aliceToken}` } });
+    const g = await res.json();
+    const issuer = url.replace(/\/+$/, "");
+    const digest = approvalDigestHex({
+      issuer,
+      grantId: g.id,
+      type: g.type,
+      request: g.request,
+      decision: "approve",
+      grantType: g.request.grant_type,
+      duration: g.request.duration,
+    });
+    const signed = approvalSigningInput(issuer, alice.email, digest);
+    return JSON.stringify({
+      proof: { type: "ed25519", signature: sign(null, signed, aliceKey).toString("base64") },
+    });
+  };
   const grantsUrl = (await (await fetch(`${url}/.well-known/openid-configuration`)).json())
     .openape_grants_endpoint;
-  const latency = async (mode) => {
+  const latency = async (mode, file = apes) => {
     const env = mode === "poll" ? { ...bot.env, APES_NO_PUSH: "1" } : bot.env;
     const id = run(["grants", "request", "--", "true"], bot.env).trim();
-    const child = spawn(apes, ["grants", "wait", id, "--timeout", "60s"], {
+    const child = spawn(file, ["grants", "wait", id, "--timeout", "60s"], {
       env,
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -165,29 +207,33 @@ try {
       child.once("exit", (code) => resolve([code, process.hrtime.bigint()])),
     );
     for (let i = 0; i < 200 && !err.includes("waiting for a decision"); i++) await sleep(10);
+    const body = await approval(id);
     await sleep(500 + Math.random() * 3000);
     const t0 = process.hrtime.bigint();
     const res = await fetch(`${grantsUrl}/${id}/approve`, {
       method: "POST",
       headers: { authorization: `Bearer ${aliceToken}`, "content-type": "application/json" },
-      body: "{}",
+      body,
     });
     if (res.status !== 200) throw new Error(`approve: ${res.status} ${await res.text()}`);
     const [code, t1] = await exited;
     if (code !== 0) throw new Error(`grants wait exited ${code}: ${err}`);
     return { printed: Number(printed - t0) / 1e6, exited: Number(t1 - t0) / 1e6 };
   };
-  const results = { push: [], poll: [] };
+  const results = { push: [], poll: [], ...(before ? { "push [before]": [] } : {}) };
   for (let i = 0; i < waits; i++) {
     results.push.push(await latency("push"));
     results.poll.push(await latency("poll"));
+    if (before) results["push [before]"].push(await latency("push", before));
   }
   console.log(`\napproval -> \`apes grants wait\`, ${waits} runs each (approval after a random 0.5-3.5 s)`);
   console.log(
     "mode                       status on stdout: median    min    max | exit: median    min    max",
   );
   for (const [mode, xs] of Object.entries(results)) {
-    const label = mode === "push" ? "push (Prefer: wait)" : "poll 3 s (APES_NO_PUSH=1)";
+    const label = mode.startsWith("push")
+      ? `push (Prefer: wait)${mode.slice(4)}`
+      : "poll 3 s (APES_NO_PUSH=1)";
     const p = xs.map((x) => x.printed);
     const e = xs.map((x) => x.exited);
     console.log(

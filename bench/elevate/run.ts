@@ -22,7 +22,7 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
-import { addUser, api, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
+import { addUser, api, approveWithProof, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
 import {
   collect,
   ensureUser,
@@ -152,11 +152,8 @@ async function main() {
     import("undici").then((u) =>
       u.fetch(input, { ...(init as object), dispatcher } as never),
     )) as unknown as typeof fetch;
-  const alice = api(
-    idp.url,
-    await loginWithKey(idp.url, "alice@example.com", human.privateKey, tlsFetch),
-    tlsFetch,
-  );
+  const aliceToken = await loginWithKey(idp.url, "alice@example.com", human.privateKey, tlsFetch);
+  const alice = api(idp.url, aliceToken, tlsFetch);
   const grants = (await alice.get("/.well-known/openid-configuration")).body
     .openape_grants_endpoint as string;
 
@@ -190,7 +187,9 @@ async function main() {
     if (!id) await new Promise((r) => setTimeout(r, 50));
   }
   if (!id) throw new Error("no pending grant");
-  await alice.post(`${grants}/${id}/approve`, {});
+  const approved = await approveWithProof(idp.url, aliceToken, id, human.privateKey, {}, tlsFetch);
+  if (approved.status !== 200)
+    throw new Error(`approve: ${approved.status} ${JSON.stringify(approved.body)}`);
   const r0 = await firstDone;
   if (r0.code !== 0) throw new Error(`first elevation failed: ${r0.stderr}`);
 

@@ -11,6 +11,7 @@ import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
 import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
+import { approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
@@ -26,6 +27,8 @@ const SECONDS = Number(args.get("seconds") ?? 8);
 const LEVELS = (args.get("clients") ?? "1,10,50").split(",").map(Number);
 const LOG_LEVEL = args.get("log-level") ?? "warn";
 const NOTIFY_SAMPLES = Number(args.get("notify") ?? 300);
+// --bearer-approve: the IdP with --allow-bearer-approve and approvals without a proof (what a proof costs).
+const BEARER_APPROVE = args.has("bearer-approve");
 const root = resolve(import.meta.dirname, "..", "..");
 const bin = join(root, "dist", "apes");
 const MAX_CLIENTS = Math.max(...LEVELS);
@@ -102,7 +105,10 @@ const serveArgs = [
   dataDir,
   "--log-level",
   LOG_LEVEL,
-].concat(["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"]);
+].concat(
+  ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
+  BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
+);
 const proc = PROFILE
   ? spawn(
       process.execPath,
@@ -166,6 +172,23 @@ async function login(email: string, key: KeyObject) {
   return r.body.token as string;
 }
 const humanToken = await login("alice@bench.test", human.privateKey);
+
+/** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
+function approval(grant: Grant): { proof?: Record<string, string> } {
+  if (BEARER_APPROVE) return {};
+  const issuer = String(disco.issuer).replace(/\/+$/, "");
+  const digest = approvalDigestHex({
+    issuer,
+    grantId: grant.id,
+    type: grant.type,
+    request: grant.request as unknown as Record<string, unknown>,
+    decision: "approve",
+    grantType: grant.request.grant_type,
+    duration: grant.request.duration,
+  });
+  const signed = approvalSigningInput(issuer, "alice@bench.test", digest);
+  return { proof: { type: "ed25519", signature: sign(null, signed, human.privateKey).toString("base64") } };
+}
 const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
 
 /**
@@ -222,7 +245,8 @@ for (const clients of LEVELS) {
           continue;
         }
         const id = c.body.id;
-        const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken));
+        const body = approval(c.body);
+        const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken, body));
         const tk = await timed("token", () => call("POST", `${G}/${id}/token`, token));
         const cs = await timed("consume", () => call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt));
         if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
@@ -264,8 +288,10 @@ for (let i = 0; i < NOTIFY_SAMPLES; i++) {
   });
   // Let the waiter park at the IdP before approving.
   await new Promise((r) => setTimeout(r, 5));
+  const body = approval(c.body);
   const sent = performance.now();
-  await call("POST", `${G}/${c.body.id}/approve`, humanToken);
+  const a = await call("POST", `${G}/${c.body.id}/approve`, humanToken, body);
+  if (a.status !== 200) throw new Error(`approve: ${a.status} ${JSON.stringify(a.body)}`);
   const r = await waiter;
   if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
   notify.push(answered - sent);

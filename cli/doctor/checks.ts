@@ -1,6 +1,6 @@
+import type { StoredSession } from "../../client/session-store.ts";
 import { visible } from "../../protocol/display.ts";
 import { CLOCK_SKEW_S } from "../../protocol/jwt.ts";
-import type { StoredSession } from "../auth/store.ts";
 import type { InstalledPaths } from "../elevation/paths.ts";
 
 /**

@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { lstat, readFile } from "node:fs/promises";
 import { hostname } from "node:os";
-import { authFile } from "../auth/store.ts";
+import { authFile } from "../../client/session-store.ts";
 import type { Context } from "../context.ts";
 import { installedPaths } from "../elevation/paths.ts";
 import type { DoctorEnv, FileInfo, HttpAnswer, Trust } from "./checks.ts";
@@ -48,7 +48,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
         });
       }),
     async get(url: string, trust: Trust): Promise<HttpAnswer> {
-      const { request } = await import("../http.ts");
+      const { request } = await import("../../client/http.ts");
       let through = ctx;
       if (trust !== "user") {
         let pinned = pinnedContexts.get(trust.pinnedCa);
@@ -68,7 +68,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
     },
     authFile: authFile(ctx),
     async session() {
-      const { readSession } = await import("../auth/store.ts");
+      const { readSession } = await import("../../client/session-store.ts");
       return readSession(ctx);
     },
     async keyFingerprint(path) {
@@ -77,7 +77,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
     },
     configuredIdp: async () => (await ctx.config()).idp,
     async ddisa(email) {
-      const { resolveForEmail } = await import("../discovery.ts");
+      const { resolveForEmail } = await import("../../client/ddisa.ts");
       const r = await resolveForEmail(ctx, email);
       const s = r.selection.selected;
       return { name: r.name, ...(s ? { selected: { idp: s.idp, mode: s.mode ?? "open" } } : {}) };
@@ -92,7 +92,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
 async function pinnedContext(ctx: Context, pem: string): Promise<Context> {
   const [{ createSecureContext }, { nodeFetch }] = await Promise.all([
     import("node:tls"),
-    import("../http.ts"),
+    import("../../client/http.ts"),
   ]);
   const secureContext = createSecureContext({ ca: pem });
   const config = await ctx.config();

@@ -24,8 +24,8 @@ export async function requestAction(base: Context, raw: readonly string[]): Prom
   if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
   const req = elevationFromRaw(rest);
   // The runtime's fetch loads Node's bundled undici on first use (~30 ms); the requester runs once
-  // per elevation, so it talks HTTP through cli/http.ts's node:http(s) client instead.
-  const { nodeFetch } = await import("../http.ts");
+  // per elevation, so it talks HTTP through client/http.ts's node:http(s) client instead.
+  const { nodeFetch } = await import("../../client/http.ts");
   const ctx: Context = { ...base, http: ((input, init) => nodeFetch(input, init)) as Fetch };
   const controller = new AbortController();
   const onSignal = () => controller.abort(new Error("interrupted"));

@@ -1,15 +1,15 @@
 import { closeSync, fstatSync, realpathSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
+import type { GrantsClient, NewGrantRequest } from "../../client/grants.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { shellWord, visibleArgv } from "../../protocol/display.ts";
 import { READY_LINE, REQUESTER_REASONS, type RequesterReason } from "../../protocol/elevation.ts";
 import { DEFAULT_RUN_AS } from "../../protocol/names.ts";
 import { ELEVATION_AUDIENCE, type Grant, type GrantStatus } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
+import { asCliError, CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
 import { awaitDecision, cancelGrant, grantSettledBy } from "../grants/await-decision.ts";
-import type { GrantsClient, NewGrantRequest } from "../grants/client.ts";
 import { grantWarning, shown, shownCommand } from "../grants/format.ts";
 import { formatElapsed } from "../grants/progress.ts";
 import { continueCommand, type ElevationRequest } from "./grammar.ts";
@@ -53,11 +53,11 @@ export interface RequesterOptions {
 
 export const defaultDeps: RequesterDeps = {
   async client(ctx) {
-    const { grantsClient } = await import("../grants/client.ts");
+    const { grantsClient } = await import("../../client/grants.ts");
     return grantsClient(ctx);
   },
   async wait(ctx, client, id, options) {
-    const { waitForDecision } = await import("../grants/wait.ts");
+    const { waitForDecision } = await import("../../client/wait.ts");
     return waitForDecision(ctx, client, id, options);
   },
   deliver: writeToken,
@@ -210,7 +210,8 @@ async function requestInner(
 /** A pending exit (75) keeps the grant for `--grant ID`; a denied, revoked or used one needs nothing. */
 function keepsGrant(e: unknown): boolean {
   if (grantSettledBy(e)) return true; // the wait cancelled it (or kept a --grant one) already
-  if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL) return true;
+  const err = asCliError(e);
+  if (err instanceof CliError && err.exitCode === ExitCode.TEMPFAIL) return true;
   return e instanceof RequesterError && KEEPS_GRANT.has(e.reason);
 }
 
@@ -335,7 +336,7 @@ export async function approversOf(ctx: Context, client: GrantsClient): Promise<s
   const url = (client.endpoints as { document?: Record<string, unknown> }).document?.userinfo_endpoint;
   if (typeof url !== "string") return fallback;
   try {
-    const { request } = await import("../http.ts");
+    const { request } = await import("../../client/http.ts");
     const res = await request<{ owner?: unknown; approvers?: unknown; kind?: unknown }>(ctx, {
       url,
       token: client.session.token,
@@ -386,9 +387,10 @@ function withReason(
  */
 export function requesterReason(e: unknown): RequesterReason | undefined {
   if (e instanceof RequesterError) return e.reason;
-  if (!(e instanceof CliError)) return "error";
-  if (e.exitCode === ExitCode.TEMPFAIL) return undefined;
-  return BY_EXIT.get(e.exitCode) ?? "error";
+  const err = asCliError(e);
+  if (!(err instanceof CliError)) return "error";
+  if (err.exitCode === ExitCode.TEMPFAIL) return undefined;
+  return BY_EXIT.get(err.exitCode) ?? "error";
 }
 
 /** The codes that stand for a kind of failure: one per exit status. */

@@ -1,12 +1,12 @@
+import type { GrantsClient } from "../../client/grants.ts";
+import { type WaitOptions, waitForDecision } from "../../client/wait.ts";
 import { visible } from "../../protocol/display.ts";
 import type { Grant } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
-import { CliError } from "../errors.ts";
+import { asCliError, CliError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
-import type { GrantsClient } from "./client.ts";
 import { shown, shownCommand } from "./format.ts";
 import { startProgress } from "./progress.ts";
-import { type WaitOptions, waitForDecision } from "./wait.ts";
 
 /**
  * Waiting for a person's decision with a progress line, Ctrl-C and a timeout: the one path behind
@@ -78,9 +78,10 @@ export async function awaitDecision(
       settled.add(error);
       throw error;
     }
-    if (e instanceof CliError && e.exitCode === ExitCode.TEMPFAIL)
-      throw new CliError(e.message, { exitCode: ExitCode.TEMPFAIL, hint: options.continueHint });
-    throw e;
+    const err = asCliError(e);
+    if (err instanceof CliError && err.exitCode === ExitCode.TEMPFAIL)
+      throw new CliError(err.message, { exitCode: ExitCode.TEMPFAIL, hint: options.continueHint });
+    throw err;
   } finally {
     if (own) process.removeListener("SIGINT", onSigint);
   }

@@ -1,6 +1,6 @@
+import type { GrantsClient } from "../../client/grants.ts";
 import type { Grant } from "../../protocol/types.ts";
 import type { Context } from "../context.ts";
-import type { GrantsClient } from "./client.ts";
 
 /** Shared body of approve / deny / revoke: call, print the grant (JSON) or one line. */
 export async function decide(
@@ -10,7 +10,7 @@ export async function decide(
   call: (client: GrantsClient) => Promise<Grant>,
 ): Promise<Grant> {
   const [{ grantsClient, checkGrantId }, { printData }, { grantWarning, shown, shownCommand }] =
-    await Promise.all([import("./client.ts"), import("../output.ts"), import("./format.ts")]);
+    await Promise.all([import("../../client/grants.ts"), import("../output.ts"), import("./format.ts")]);
   checkGrantId(id);
   const client = await grantsClient(ctx);
   const grant = await call(client);

@@ -1,3 +1,4 @@
+import { formatElapsed } from "../../protocol/duration.ts";
 import type { Context } from "../context.ts";
 
 /**
@@ -15,13 +16,8 @@ export interface Progress {
 
 const FRAMES = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
 
-export function formatElapsed(ms: number): string {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  if (s < 60) return `${s}s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m${String(s % 60).padStart(2, "0")}s`;
-  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
-}
+// One implementation, shared with client/wait.ts's timeout message.
+export { formatElapsed };
 
 export function startProgress(ctx: Context, text: string, options: { intervalMs?: number } = {}): Progress {
   const out = ctx.io.stderr;

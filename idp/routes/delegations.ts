@@ -129,6 +129,7 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     const updated = await idp.store.transition(stored.grant.id, {
       from: ["approved", "used"],
       to: "revoked",
+      at: idp.now(),
     });
     if (!updated) {
       throw new ProblemError(

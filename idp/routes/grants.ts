@@ -4,6 +4,7 @@ import { commandWarning } from "../../protocol/display.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantCategory } from "../../protocol/types.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
+import { type ApprovalSettings, checkApprovalProof } from "../approval.ts";
 import { bearer, type Idp, type Principal } from "../context.ts";
 import {
   type Action,
@@ -53,9 +54,13 @@ function invalidState(grant: Grant, wanted: string): ProblemError {
   });
 }
 
-/** approve / deny / revoke, shared by the single calls and batch (so both authorize identically). */
+/**
+ * approve / deny / revoke, shared by the single calls and batch (so both authorize identically). An
+ * approval also needs its proof (idp/approval.ts), checked last, against the grant as stored.
+ */
 export async function applyAction(
   idp: Idp,
+  approvals: ApprovalSettings,
   p: Principal,
   id: string,
   action: Action,
@@ -70,14 +75,16 @@ export async function applyAction(
     onlyFields(body, ["reason"]);
     const decision = canRevoke(p.actor, grant, requester);
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
-    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked" };
+    t = { from: allowedFrom("revoke", grant.request.requester === p.sub), to: "revoked", at: idp.now() };
   } else {
     const decision = canDecide(p.actor, requester);
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
     if (grant.status !== "pending") throw invalidState(grant, "pending");
     t = { from: ["pending"], to: targetStatus(action), decidedBy: p.sub, decidedAt: now };
     if (action === "approve") {
-      const o = parseApproveOverrides(body, grant.request);
+      const { proof, ...choice } = body;
+      const o = parseApproveOverrides(choice, grant.request);
+      t.approvalProof = await checkApprovalProof(idp, approvals, p, grant, o, proof);
       if (o.grantType !== grant.request.grant_type) t.grantType = o.grantType;
       if (o.duration !== grant.request.duration) t.duration = o.duration ?? null;
       if (o.grantType === "timed") t.expiresAt = now + o.duration!;
@@ -96,6 +103,7 @@ export async function applyAction(
     by: p.sub,
     ...actingFields(p),
     requester: grant.request.requester,
+    ...(t.approvalProof ? { proof: t.approvalProof } : {}),
   });
   return updated.grant;
 }
@@ -158,7 +166,11 @@ class IssuedTokens {
   }
 }
 
-export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
+export function registerGrantRoutes(
+  router: Router<Principal>,
+  idp: Idp,
+  approvals: ApprovalSettings = { allowBearer: false },
+): void {
   const G = PATHS.grants;
   const issued = new IssuedTokens();
 
@@ -267,7 +279,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
       }
       const o = op as Record<string, unknown>;
       for (const k of Object.keys(o)) {
-        if (!["id", "action", "grant_type", "duration", "reason"].includes(k)) {
+        if (!["id", "action", "grant_type", "duration", "reason", "proof"].includes(k)) {
           throw new ProblemError("invalid_request", `operations[${i}]: unknown field "${k}"`);
         }
       }
@@ -283,7 +295,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
     const results = [];
     for (const { id, action, rest } of parsed) {
       try {
-        const g = await applyAction(idp, p, id, action, rest);
+        const g = await applyAction(idp, approvals, p, id, action, rest);
         results.push({ id, success: true, status: g.status });
       } catch (e) {
         if (!(e instanceof ProblemError)) throw e;
@@ -299,7 +311,7 @@ export function registerGrantRoutes(router: Router<Principal>, idp: Idp): void {
   for (const action of ["approve", "deny", "revoke"] as const) {
     router.add("POST", `${G}/:id/${action}`, true, async (call, p) => {
       const body = await jsonBody(call);
-      return { status: 200, body: await applyAction(idp, p, call.params.id!, action, body) };
+      return { status: 200, body: await applyAction(idp, approvals, p, call.params.id!, action, body) };
     });
   }
 

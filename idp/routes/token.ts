@@ -4,13 +4,22 @@ import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
 import { effectiveStatus } from "../grants.ts";
 import { formOrJsonBody, OAuthError, type Router } from "../http.ts";
+import {
+  authorizationCodeGrant,
+  DEVICE_CODE_GRANT,
+  deviceCodeGrant,
+  refreshTokenGrant,
+  signDelegatedToken,
+} from "../oauth/flows.ts";
 import type { UserRecord } from "../store/types.ts";
 import { decodeJwt, signJwt, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
 import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
 /**
- * The OAuth token endpoint: RFC 8693 token exchange on a delegation (subject_token optional when
+ * The OAuth token endpoint: authorization code + PKCE, refresh tokens and the device code grant
+ * (idp/oauth/flows.ts); RFC 8693 token exchange of one's own session token for an SP audience, or
+ * on a delegation (subject_token optional when
  * delegation_grant_id names the delegation), and the older client_credentials form with an Ed25519
  * client assertion. Errors are OAuth `{error, error_description}` bodies.
  */
@@ -35,6 +44,12 @@ const KNOWN = new Set([
   "client_id",
   "client_assertion",
   "client_assertion_type",
+  // authorization_code, refresh_token and device_code (idp/oauth/flows.ts)
+  "code",
+  "code_verifier",
+  "redirect_uri",
+  "refresh_token",
+  "device_code",
 ]);
 
 function param(body: Record<string, unknown>, name: string): string | undefined {
@@ -102,21 +117,19 @@ async function exchange(
     if (!used) throw new OAuthError("invalid_grant", "the delegation was already used");
     idp.events.changed(g.id);
   }
-  let exp = now + idp.tokenTtl;
-  if (g.expires_at !== undefined) exp = Math.min(exp, g.expires_at);
-  const token = signJwt(
-    {
-      iss: idp.issuer,
-      sub: g.request.delegator,
-      aud: audience,
-      act: { sub: actor.email },
-      delegation_grant: g.id,
-      scope: g.request.scopes ?? [],
-      iat: now,
-      exp,
-      jti: randomUUID(),
-    },
-    await idp.keys.signingKey(now, exp),
+  const { token, exp } = await signDelegatedToken(
+    idp,
+    g,
+    actor.email,
+    audience,
+    now,
+    audience === CLI_TOKEN_AUDIENCE
+      ? {}
+      : spClaims(idp, actor, [
+          ["user", g.request.delegator!],
+          ["user", actor.email],
+          ["delegation", g.id],
+        ]),
   );
   idp.log.log("info", "token exchanged", {
     delegation: g.id,
@@ -130,6 +143,58 @@ async function exchange(
     token_type: "Bearer",
     expires_in: exp - now,
     scope: (g.request.scopes ?? []).join(" "),
+  };
+}
+
+const AUDIENCE = /^[\x21-\x7e]{1,256}$/;
+
+/**
+ * What a token for an SP says beyond the standard claims (docs/control-plane.md, "Tokens"), about
+ * the identity that holds it (sub for its own token, act.sub for a delegated one): its `owner` (an
+ * agent's) and `approvers`, so an SP such as the troop can tell who may command it; and `rev`, the
+ * revocation-feed handles of everything whose revocation ends the token.
+ */
+function spClaims(
+  idp: Idp,
+  holder: UserRecord,
+  revocable: [kind: "user" | "delegation", subject: string][],
+): Record<string, unknown> {
+  return {
+    ...(holder.owner ? { owner: holder.owner } : {}),
+    approvers: holder.approvers,
+    rev: revocable.map(([kind, subject]) => idp.revocationHandle(kind, subject)),
+  };
+}
+
+/** RFC 8693 exchange of one's own session token for a token at an SP: same sub and act, aud = the SP. */
+async function ownTokenFor(idp: Idp, user: UserRecord, audience: string | undefined) {
+  if (!audience || !AUDIENCE.test(audience) || audience === "*") {
+    throw new OAuthError("invalid_request", "audience (the SP's client id) is required");
+  }
+  if (audience === CLI_TOKEN_AUDIENCE) {
+    throw new OAuthError("invalid_target", `a session token is already a token for ${CLI_TOKEN_AUDIENCE}`);
+  }
+  const now = idp.now();
+  const exp = now + idp.tokenTtl;
+  const token = signJwt(
+    {
+      iss: idp.issuer,
+      sub: user.email,
+      aud: audience,
+      act: user.kind,
+      ...spClaims(idp, user, [["user", user.email]]),
+      iat: now,
+      exp,
+      jti: randomUUID(),
+    },
+    await idp.keys.signingKey(now, exp),
+  );
+  idp.log.log("info", "token exchanged", { sub: user.email, aud: audience });
+  return {
+    access_token: token,
+    issued_token_type: JWT_TOKEN_TYPE,
+    token_type: "Bearer",
+    expires_in: exp - now,
   };
 }
 
@@ -198,15 +263,40 @@ export function registerTokenRoutes(router: Router<Principal>, idp: Idp): void {
     }
     const grantType = param(body, "grant_type");
     const audience = param(body, "audience");
+    if (grantType === "authorization_code")
+      return { status: 200, body: await authorizationCodeGrant(idp, body) };
+    if (grantType === "refresh_token") return { status: 200, body: await refreshTokenGrant(idp, body) };
+    if (grantType === DEVICE_CODE_GRANT) return { status: 200, body: await deviceCodeGrant(idp, body) };
     if (grantType === TOKEN_EXCHANGE) {
       const actorToken = param(body, "actor_token");
+      const delegationId = param(body, "delegation_grant_id") ?? param(body, "delegation_grant");
+      if (!actorToken && !delegationId) {
+        // No delegation: one's own session token (subject_token) for an SP audience.
+        const subjectToken = param(body, "subject_token");
+        if (!subjectToken) {
+          throw new OAuthError(
+            "invalid_request",
+            "send subject_token (your own session token) with audience, or actor_token with delegation_grant_id",
+          );
+        }
+        const subjectType = param(body, "subject_token_type");
+        if (
+          subjectType !== undefined &&
+          subjectType !== JWT_TOKEN_TYPE &&
+          subjectType !== ACCESS_TOKEN_TYPE
+        ) {
+          throw new OAuthError("invalid_request", `subject_token_type must be ${JWT_TOKEN_TYPE}`);
+        }
+        const user = await sessionUser(idp, subjectToken, "subject_token");
+        return { status: 200, body: await ownTokenFor(idp, user, audience) };
+      }
       if (!actorToken)
         throw new OAuthError("invalid_request", "actor_token (the delegate's own token) is required");
       const actorType = param(body, "actor_token_type");
       if (actorType !== undefined && actorType !== JWT_TOKEN_TYPE && actorType !== ACCESS_TOKEN_TYPE) {
         throw new OAuthError("invalid_request", `actor_token_type must be ${JWT_TOKEN_TYPE}`);
       }
-      const grantId = param(body, "delegation_grant_id") ?? param(body, "delegation_grant");
+      const grantId = delegationId;
       if (!grantId) throw new OAuthError("invalid_request", "delegation_grant_id is required");
       const actor = await sessionUser(idp, actorToken, "actor_token");
       const subjectToken = param(body, "subject_token");

@@ -61,9 +61,9 @@ export function withReadCache(store: Store): Store {
       return u;
     },
     listUsers: () => store.listUsers(),
-    async setDisabled(email, disabled) {
+    async setDisabled(email, disabled, at) {
       try {
-        return await store.setDisabled(email, disabled);
+        return await store.setDisabled(email, disabled, at);
       } finally {
         dropUsers();
       }
@@ -87,6 +87,8 @@ export function withReadCache(store: Store): Store {
     spendChallenge: (c, s, e) => store.spendChallenge(c, s, e),
     useJti: (j, e) => store.useJti(j, e),
     purgeExpired: (n) => store.purgeExpired(n),
+    revocationsAfter: (after, limit) => store.revocationsAfter(after, limit),
+    lastRevocation: () => store.lastRevocation(),
     insertGrant: (g) => store.insertGrant(g),
     async getGrant(id) {
       // The change marker only where memory answers: command grants are read from the store anyway.
@@ -102,6 +104,23 @@ export function withReadCache(store: Store): Store {
       return g;
     },
     findReusable: (r, k, n) => store.findReusable(r, k, n),
+    addClient: (c) => store.addClient(c),
+    getClient: (id) => store.getClient(id),
+    listClients: () => store.listClients(),
+    removeClient: (id) => store.removeClient(id),
+    insertAuthCode: (c) => store.insertAuthCode(c),
+    spendAuthCode: (h, n) => store.spendAuthCode(h, n),
+    getAuthCode: (h) => store.getAuthCode(h),
+    insertRefreshToken: (t) => store.insertRefreshToken(t),
+    spendRefreshToken: (h, n) => store.spendRefreshToken(h, n),
+    getRefreshToken: (h) => store.getRefreshToken(h),
+    revokeRefreshFamily: (f, n) => store.revokeRefreshFamily(f, n),
+    insertDeviceCode: (d) => store.insertDeviceCode(d),
+    getDeviceCode: (h) => store.getDeviceCode(h),
+    getDeviceCodeByUserCode: (c, n) => store.getDeviceCodeByUserCode(c, n),
+    decideDeviceCode: (c, to, sub, n) => store.decideDeviceCode(c, to, sub, n),
+    recordDevicePoll: (h, n, i) => store.recordDevicePoll(h, n, i),
+    spendDeviceCode: (h, n) => store.spendDeviceCode(h, n),
     queryGrants: (q) => store.queryGrants(q),
     async transition(id, t) {
       delegations.delete(id);
@@ -119,6 +138,20 @@ export function withReadCache(store: Store): Store {
       for (const id of ids) dropDelegation(id);
       return ids;
     },
+    // Browser records are read from the store every time (a logout or disable elsewhere bites at once).
+    addPasskey: (p) => store.addPasskey(p),
+    getPasskey: (id) => store.getPasskey(id),
+    listPasskeys: (e) => store.listPasskeys(e),
+    recordPasskeyUse: (id, u) => store.recordPasskeyUse(id, u),
+    removePasskey: (e, id) => store.removePasskey(e, id),
+    addInvite: (i) => store.addInvite(i),
+    getInvite: (id, n) => store.getInvite(id, n),
+    redeemInvite: (id, n) => store.redeemInvite(id, n),
+    addWebSession: (w) => store.addWebSession(w),
+    getWebSession: (id, n) => store.getWebSession(id, n),
+    endWebSession: (id) => store.endWebSession(id),
+    endWebSessionsOf: (e) => store.endWebSessionsOf(e),
+    purgeExpiredWeb: (n) => store.purgeExpiredWeb(n),
     lifecycle,
     close: () => store.close(),
   };

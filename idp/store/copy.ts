@@ -8,8 +8,9 @@ import { DB_FILE, openSqliteStore } from "./sqlite/store.ts";
 /**
  * Moves an embedded installation (a SQLite data dir) into an empty PostgreSQL database: users with
  * their approvers, signing keys (sealed with the database key file on the way), spent challenges
- * and used jtis (a replay stays refused), and grants with their seq (so listing cursors handed out
- * before keep their place) and bookkeeping columns. One transaction: all of it or nothing. A target
+ * and used jtis (a replay stays refused), grants with their seq (so listing cursors handed out
+ * before keep their place) and bookkeeping columns, passkeys, invites, web sessions, the revocation
+ * feed with its seq (an SP's position in it stays valid), and the OAuth records. One transaction: all of it or nothing. A target
  * that holds any data is refused (no merge: two histories cannot be put in one order). The data
  * dir's lock is held meanwhile, so no server writes to the source while it is read.
  */
@@ -21,6 +22,15 @@ export interface CopyCounts {
   challenges: number;
   used_jtis: number;
   grants: number;
+  passkeys: number;
+  invites: number;
+  web_sessions: number;
+  revocations: number;
+  oauth_clients: number;
+  oauth_codes: number;
+  refresh_families: number;
+  refresh_tokens: number;
+  device_codes: number;
 }
 
 export class TargetNotEmptyError extends Error {
@@ -61,7 +71,18 @@ async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): P
     await c.query("BEGIN");
     // One migration at a time into one database (the same lock key as nothing else uses).
     await c.query("SELECT pg_advisory_xact_lock($1)", [0x61706573 + 1]);
-    for (const table of ["users", "signing_keys", "grants", "challenges", "used_jtis"]) {
+    for (const table of [
+      "users",
+      "signing_keys",
+      "grants",
+      "challenges",
+      "used_jtis",
+      "passkeys",
+      "invites",
+      "revocations",
+      "oauth_clients",
+      "refresh_families",
+    ]) {
       const { rows } = await c.query(`SELECT 1 FROM ${table} LIMIT 1`);
       if (rows.length > 0) throw new TargetNotEmptyError(table);
     }
@@ -123,7 +144,70 @@ async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): P
         all(`SELECT ${GRANT_COLUMNS.join(", ")} FROM grants ORDER BY seq`),
         "OVERRIDING SYSTEM VALUE",
       ),
+      passkeys: await insert(
+        "passkeys",
+        [
+          "credential_id",
+          "email",
+          "public_key",
+          "counter",
+          "transports",
+          "device_type",
+          "backed_up",
+          "created_at",
+          "last_used_at",
+        ],
+        ["text", "text", "text", "bigint", "jsonb", "text", "boolean", "bigint", "bigint"],
+        all("SELECT * FROM passkeys").map((r) => ({ ...r, backed_up: r.backed_up === 1 ? "true" : "false" })),
+      ),
+      invites: await insert(
+        "invites",
+        ["id", "email", "created_at", "expires_at", "used_at"],
+        ["text", "text", "bigint", "bigint", "bigint"],
+        all("SELECT * FROM invites"),
+      ),
+      web_sessions: await insert(
+        "web_sessions",
+        ["id", "email", "created_at", "expires_at"],
+        ["text", "text", "bigint", "bigint"],
+        all("SELECT * FROM web_sessions"),
+      ),
+      revocations: await insert(
+        "revocations",
+        ["seq", "kind", "subject", "at"],
+        ["bigint", "text", "text", "bigint"],
+        all("SELECT seq, kind, subject, at FROM revocations ORDER BY seq"),
+      ),
+      oauth_clients: await insert(
+        "oauth_clients",
+        ["id", "redirect_uris", "created_at"],
+        ["text", "jsonb", "bigint"],
+        all("SELECT * FROM oauth_clients"),
+      ),
+      oauth_codes: await insert("oauth_codes", CODE_COLUMNS, CODE_CASTS, all("SELECT * FROM oauth_codes")),
+      refresh_families: await insert(
+        "refresh_families",
+        ["family_id", "client_id", "sub", "created_at", "expires_at", "revoked_at"],
+        ["text", "text", "text", "bigint", "bigint", "bigint"],
+        all("SELECT * FROM refresh_families"),
+      ),
+      refresh_tokens: await insert(
+        "refresh_tokens",
+        REFRESH_COLUMNS,
+        REFRESH_CASTS,
+        all("SELECT * FROM refresh_tokens"),
+      ),
+      device_codes: await insert(
+        "device_codes",
+        DEVICE_COLUMNS,
+        DEVICE_CASTS,
+        all("SELECT * FROM device_codes"),
+      ),
     };
+    // New events continue after the copied ones: an SP's `after` keeps meaning the same.
+    await c.query(
+      "SELECT setval('revocations_seq', GREATEST((SELECT max(seq) FROM revocations), 1), (SELECT max(seq) FROM revocations) IS NOT NULL)",
+    );
     // New grants continue after the copied ones: positions (and cursors) keep growing.
     await c.query(
       "SELECT setval(pg_get_serial_sequence('grants', 'seq'), GREATEST((SELECT max(seq) FROM grants), 1), (SELECT max(seq) FROM grants) IS NOT NULL)",
@@ -157,6 +241,7 @@ const GRANT_COLUMNS = [
   "version",
   "created_act",
   "decided_act",
+  "approval_proof",
 ];
 const GRANT_CASTS = [
   "bigint",
@@ -177,4 +262,55 @@ const GRANT_CASTS = [
   "integer",
   "text",
   "text",
+  "text",
+];
+const CODE_COLUMNS = [
+  "code_hash",
+  "client_id",
+  "redirect_uri",
+  "code_challenge",
+  "nonce",
+  "sub",
+  "family_id",
+  "created_at",
+  "expires_at",
+  "used_at",
+];
+const CODE_CASTS = ["text", "text", "text", "text", "text", "text", "text", "bigint", "bigint", "bigint"];
+const REFRESH_COLUMNS = [
+  "token_hash",
+  "family_id",
+  "client_id",
+  "sub",
+  "act",
+  "acting_party",
+  "delegation_grant",
+  "created_at",
+  "expires_at",
+  "used_at",
+];
+const REFRESH_CASTS = ["text", "text", "text", "text", "text", "text", "text", "bigint", "bigint", "bigint"];
+const DEVICE_COLUMNS = [
+  "device_hash",
+  "user_code",
+  "client_id",
+  "status",
+  "sub",
+  "poll_interval",
+  "last_poll_at",
+  "created_at",
+  "expires_at",
+  "decided_at",
+];
+const DEVICE_CASTS = [
+  "text",
+  "text",
+  "text",
+  "text",
+  "text",
+  "integer",
+  "bigint",
+  "bigint",
+  "bigint",
+  "bigint",
 ];

@@ -1,3 +1,4 @@
+import type { ApprovalProofRecord } from "../../protocol/approval.ts";
 import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts";
 
 /**
@@ -83,7 +84,22 @@ export interface Transition {
   /** Replaces request.grant_type / request.duration (an approver's override). */
   grantType?: Grant["request"]["grant_type"];
   duration?: number | null;
+  /** When the change happened (Unix seconds): the time of the revocation event a revoked delegation appends. */
+  at?: number;
+  /** An approval: the proof it came with (protocol/approval.ts), shown as the grant's approval_proof. */
+  approvalProof?: ApprovalProofRecord;
 }
+
+/** An identity disabled (`user`, subject = its email) or a delegation revoked (subject = its id). */
+export interface RevocationEvent {
+  seq: number;
+  kind: "user" | "delegation";
+  subject: string;
+  at: number;
+}
+
+/** How long revocation events are kept: longer than any token the IdP issues lives. */
+export const REVOCATION_RETENTION_S = 86_400;
 
 export interface PageCursor {
   createdAt: number;
@@ -109,15 +125,76 @@ export interface GrantPage {
   hasMore: boolean;
 }
 
-export interface Store {
+/** A registered OAuth client (`apes idp clients add`); the built-in CLI client is never stored. */
+export interface ClientRecord {
+  id: string;
+  /** Matched exactly (idp/oauth/clients.ts). */
+  redirectUris: string[];
+  createdAt: number;
+}
+
+/** An authorization code, stored under the SHA-256 of its value and bound to everything it was issued for. */
+export interface AuthCodeRecord {
+  codeHash: string;
+  clientId: string;
+  redirectUri: string;
+  /** The PKCE S256 challenge. */
+  codeChallenge: string;
+  nonce: string;
+  /** The human who logged in. */
+  sub: string;
+  /** The refresh token family the code's exchange starts (revoked if the code is replayed). */
+  familyId: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+/** A refresh token, stored under the SHA-256 of its value; it keeps the actor of the session it renews. */
+export interface RefreshTokenRecord {
+  tokenHash: string;
+  familyId: string;
+  clientId: string;
+  sub: string;
+  act: "human" | "agent";
+  /** A delegated session: who acts for `sub` (act.sub), under which delegation. */
+  actingParty?: string;
+  delegationGrant?: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+export type DeviceCodeStatus = "pending" | "approved" | "denied" | "used";
+
+/** A device authorization (RFC 8628), stored under the SHA-256 of the device code. */
+export interface DeviceCodeRecord {
+  deviceHash: string;
+  /** Normalised (idp/oauth/device-code.ts); unique among stored codes. */
+  userCode: string;
+  clientId: string;
+  status: DeviceCodeStatus;
+  /** Who approved or denied. */
+  sub?: string;
+  interval: number;
+  lastPollAt?: number;
+  createdAt: number;
+  expiresAt: number;
+  decidedAt?: number;
+}
+
+export interface Store extends WebStore {
   // users (looked up by their normalised identity, protocol/names.ts; stored only in that form)
   /** Adds a user with its approvers atomically; rejects a duplicate or a name not in normal form. */
   addUser(user: NewUser): Promise<void>;
   getUser(email: string): Promise<UserRecord | undefined>;
   /** Every user, ordered by email. */
   listUsers(): Promise<UserRecord[]>;
-  /** false when there is no such user. */
-  setDisabled(email: string, disabled: boolean): Promise<boolean>;
+  /**
+   * false when there is no such user. Disabling also appends a revocation event at `at` (Unix
+   * seconds), atomically with the change.
+   */
+  setDisabled(email: string, disabled: boolean, at: number): Promise<boolean>;
   /** Users this human may decide for: agents it owns and users naming it as an approver. */
   subordinatesOf(email: string): Promise<string[]>;
 
@@ -138,7 +215,7 @@ export interface Store {
   spendChallenge(nonce: string, subject: string, expiresAt: number): Promise<boolean>;
   /** Records a jti; false when it was already used (replay). */
   useJti(jti: string, expiresAt: number): Promise<boolean>;
-  /** Forgets spent nonces and jtis whose expiry is at or before `now`. */
+  /** Forgets spent nonces and jtis, and codes and refresh tokens, whose expiry is at or before `now`. */
   purgeExpired(now: number): Promise<void>;
 
   // grants
@@ -152,6 +229,56 @@ export interface Store {
   transition(id: string, t: Transition): Promise<StoredGrant | undefined>;
   /** Marks approved grants past expires_at as expired; returns their ids. */
   expireDue(now: number): Promise<string[]>;
+
+  // revocation feed (a transition of a delegation to `revoked` appends one too, atomically)
+  /** Events with seq > `after`, oldest first, at most `limit`; purgeExpired drops those older than a day. */
+  revocationsAfter(after: number, limit: number): Promise<RevocationEvent[]>;
+  /** The seq of the newest event (0 when there is none). */
+  lastRevocation(): Promise<number>;
+
+  // OAuth (idp/oauth/): registered clients, authorization codes, refresh tokens, device codes.
+  // Secrets are stored only as SHA-256 hashes; every single-use value is spent by one conditional update.
+  /** Rejects a duplicate id. */
+  addClient(c: ClientRecord): Promise<void>;
+  getClient(id: string): Promise<ClientRecord | undefined>;
+  /** Ordered by id. */
+  listClients(): Promise<ClientRecord[]>;
+  /** false when there is no such client. */
+  removeClient(id: string): Promise<boolean>;
+  insertAuthCode(c: AuthCodeRecord): Promise<void>;
+  /** Spends the code (unspent and unexpired at `now`): the record when this call spent it, else undefined. */
+  spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined>;
+  /** The code whatever its state (to see a replay). */
+  getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined>;
+  /** Stores a refresh token, creating its family when it is the first one. */
+  insertRefreshToken(r: RefreshTokenRecord): Promise<void>;
+  /**
+   * Spends the token: the record when this call spent it (unspent, unexpired at `now`, its family not
+   * revoked), else undefined.
+   */
+  spendRefreshToken(tokenHash: string, now: number): Promise<RefreshTokenRecord | undefined>;
+  /** The token whatever its state, with whether its family is revoked. */
+  getRefreshToken(tokenHash: string): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined>;
+  /** Revokes every token of the family, also those issued later; false when it was revoked already. */
+  revokeRefreshFamily(familyId: string, now: number): Promise<boolean>;
+  /** Rejects a duplicate device hash or user code. */
+  insertDeviceCode(d: DeviceCodeRecord): Promise<void>;
+  getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined>;
+  /** The code a person typed, when it is still unexpired at `now`. */
+  getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined>;
+  /** pending -> approved|denied by `sub`, while unexpired at `now`; false when it was not pending. */
+  decideDeviceCode(userCode: string, to: "approved" | "denied", sub: string, now: number): Promise<boolean>;
+  /** Records a poll at `now` and the interval the client must keep from now on. */
+  recordDevicePoll(deviceHash: string, now: number, interval: number): Promise<void>;
+  /** approved -> used, while unexpired at `now`: the record when this call spent it, else undefined. */
+  spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined>;
+
+  /**
+   * The issuer the server last ran as, for the invite links of the offline admin commands. Only a
+   * store shared by several hosts (PostgreSQL) keeps it; otherwise it is a file in the data dir.
+   */
+  recordIssuer?(issuer: string): Promise<void>;
+  recordedIssuer?(): Promise<string | undefined>;
 
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;
@@ -188,4 +315,80 @@ export interface StoreLifecycle {
    * is waited on. Without it only this process's own changes wake long polls. Returns unsubscribe.
    */
   watchGrants?(onChange: (id: string | undefined) => void): () => void;
+}
+
+// --- the browser side: passkeys, invites, web sessions (idp/web/) ---
+
+/** A WebAuthn credential of a human (idp/web/passkeys.ts). Binary values are base64url. */
+export interface PasskeyRecord {
+  /** The credential id (base64url), unique over all users. */
+  credentialId: string;
+  email: string;
+  /** COSE public key (base64url). */
+  publicKey: string;
+  /** The authenticator's signature counter as last seen (0: it keeps none). */
+  counter: number;
+  transports: string[];
+  /** WebAuthn backup eligibility ("multiDevice") and backup state, as last reported. */
+  deviceType: "singleDevice" | "multiDevice";
+  backedUp: boolean;
+  createdAt: number;
+  lastUsedAt?: number;
+}
+
+/** A one-time registration link; only the SHA-256 of its secret is stored. */
+export interface InviteRecord {
+  /** base64url SHA-256 of the secret in the link's fragment. */
+  id: string;
+  email: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt?: number;
+}
+
+/** A browser session; only the SHA-256 of the cookie value is stored. */
+export interface WebSessionRecord {
+  /** base64url SHA-256 of the session cookie's value. */
+  id: string;
+  email: string;
+  createdAt: number;
+  expiresAt: number;
+}
+
+/**
+ * The records of the browser side, kept apart from the rest of the Store so another implementation
+ * can add them on their own. Same rules: times passed in, single use by one conditional statement.
+ */
+export interface WebStore {
+  /** false when the credential id is already registered (to anyone). */
+  addPasskey(p: PasskeyRecord): Promise<boolean>;
+  getPasskey(credentialId: string): Promise<PasskeyRecord | undefined>;
+  /** The user's passkeys, oldest first. */
+  listPasskeys(email: string): Promise<PasskeyRecord[]>;
+  /**
+   * Records a verified use: sets counter, backed_up and last_used_at only when the stored counter
+   * is still `fromCounter` (compare-and-set: of two concurrent uses with one counter, one wins).
+   */
+  recordPasskeyUse(
+    credentialId: string,
+    u: { fromCounter: number; counter: number; backedUp: boolean; usedAt: number },
+  ): Promise<boolean>;
+  /** false when `email` has no such passkey. */
+  removePasskey(email: string, credentialId: string): Promise<boolean>;
+
+  addInvite(i: InviteRecord): Promise<void>;
+  /** An unspent, unexpired invite (read only: the page shows whom it is for). */
+  getInvite(id: string, now: number): Promise<InviteRecord | undefined>;
+  /** Spends the invite if unspent and unexpired at `now` (one conditional update); else undefined. */
+  redeemInvite(id: string, now: number): Promise<InviteRecord | undefined>;
+
+  addWebSession(s: WebSessionRecord): Promise<void>;
+  /** The session if it exists and has not expired at `now`. */
+  getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined>;
+  /** false when there was no such session. */
+  endWebSession(id: string): Promise<boolean>;
+  /** Ends every session of the user (disable, recovery); how many there were. */
+  endWebSessionsOf(email: string): Promise<number>;
+  /** Forgets sessions and invites that expired at or before `now`. */
+  purgeExpiredWeb(now: number): Promise<void>;
 }

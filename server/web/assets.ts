@@ -40,10 +40,19 @@ export class Assets {
     this.read = read;
   }
 
-  /** The assets of `app`: from the executable when it is one, else from `dir` (a file: URL). */
+  /**
+   * The assets of `app`: from the executable when it is one, else from `dir` (a file: URL), plus
+   * the vendored files `dir/../vendor.json` names (asset name -> path relative to that file, e.g. a
+   * package's browser bundle under node_modules; scripts/build.mjs embeds them the same way).
+   */
   static of(app: string, dir: URL): Assets {
     if (isSea()) return new Assets((name) => seaAsset(`${app}/${name}`));
-    return new Assets((name) => fileAsset(fileURLToPath(new URL(name, dir))));
+    const vendorFile = new URL("../vendor.json", dir);
+    const vendor = vendorMap(fileAsset(fileURLToPath(vendorFile)));
+    return new Assets((name) => {
+      const from = Object.hasOwn(vendor, name) ? new URL(vendor[name]!, vendorFile) : new URL(name, dir);
+      return fileAsset(fileURLToPath(from));
+    });
   }
 
   get(name: string): Asset | undefined {
@@ -61,6 +70,12 @@ export class Assets {
     this.cache.set(name, asset);
     return asset;
   }
+}
+
+function vendorMap(json: Buffer | undefined): Record<string, string> {
+  if (!json) return {};
+  const map = JSON.parse(json.toString("utf8")) as Record<string, string>;
+  return Object.fromEntries(Object.entries(map).filter(([name]) => NAME.test(name)));
 }
 
 function seaAsset(key: string): Buffer | undefined {

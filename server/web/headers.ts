@@ -18,7 +18,9 @@ export const HTML_HEADERS: Readonly<Record<string, string>> = {
   "content-security-policy": CONTENT_SECURITY_POLICY,
   "x-content-type-options": "nosniff",
   "x-frame-options": "DENY",
-  "referrer-policy": "no-referrer",
+  // Not no-referrer: under it browsers send `Origin: null` on our own form posts, which the CSRF
+  // check (csrf.ts) must then refuse. same-origin sends nothing to any other site.
+  "referrer-policy": "same-origin",
   "cross-origin-opener-policy": "same-origin",
   "cache-control": "no-store",
 };

@@ -35,6 +35,12 @@ function tsFiles(dir: string): string[] {
 
 const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"(\.{1,2}\/[^"]+)"/gm;
 
+/** What belongs to the CLI, not to client/: exit statuses, hints, `apes ...` commands to run. */
+const CLI_TERMS = /\bexitCode\b|\bExitCode\b|\bhint\s*:|`apes |\\`apes /;
+
+/** Package specifiers (not relative): `from "x"`, `import("x")`, `import "x"`. */
+const BARE = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)"([^".][^"]*)"/gm;
+
 function topFolder(path: string): string {
   return relative(REPO, path).split("/")[0]!;
 }
@@ -82,6 +88,51 @@ describe("import boundaries", () => {
     }
     expect(checked).toBeGreaterThan(200);
     expect(violations).toEqual([]);
+  });
+
+  it("client/ imports only protocol/ and node: built-ins, and nest/ only client/ and protocol/ of ours", () => {
+    // client/ is what the Nest (and a service outside apes) loads: no CLI, no server, no npm package.
+    const clientFiles = tsFiles(join(REPO, "client"));
+    expect(clientFiles.length).toBeGreaterThan(5);
+    const bad: string[] = [];
+    for (const file of clientFiles) {
+      const text = readFileSync(file, "utf8");
+      for (const m of text.matchAll(SPECIFIER)) {
+        const target = topFolder(resolve(dirname(file), m[1]!));
+        if (target !== "client" && target !== "protocol") bad.push(`${relative(REPO, file)} -> ${m[1]}`);
+      }
+      for (const m of text.matchAll(BARE)) {
+        if (!m[1]!.startsWith("node:")) bad.push(`${relative(REPO, file)} -> ${m[1]}`);
+      }
+    }
+    expect(bad).toEqual([]);
+    expect(ALLOWED.client).toEqual(["client", "protocol"]);
+    expect(ALLOWED.nest).toEqual(["nest", "client", "protocol"]);
+  });
+
+  it("client/'s code names no exit status and no shell command (the CLI adds those: cli/errors.ts)", () => {
+    const bad: string[] = [];
+    for (const file of tsFiles(join(REPO, "client"))) {
+      readFileSync(file, "utf8")
+        .split("\n")
+        .forEach((line, i) => {
+          if (/^\s*(\*|\/\/|\/\*)/.test(line)) return; // comments may say which command uses what
+          if (CLI_TERMS.test(line)) bad.push(`${relative(REPO, file)}:${i + 1}: ${line.trim()}`);
+        });
+    }
+    expect(bad).toEqual([]);
+    expect(CLI_TERMS.test("hint: `run \\`apes login\\``")).toBe(true);
+    expect(CLI_TERMS.test("exitCode: 77")).toBe(true);
+    expect(CLI_TERMS.test("`another apes process holds the lock`")).toBe(false);
+  });
+
+  it("catches client/ importing the CLI or an npm package (the rule is not vacuous)", () => {
+    const sample = 'import { x } from "../cli/errors.ts";\nimport { Command } from "commander";';
+    const relativeTargets = [...sample.matchAll(SPECIFIER)].map((m) =>
+      topFolder(resolve(join(REPO, "client"), m[1]!)),
+    );
+    expect(relativeTargets).toEqual(["cli"]);
+    expect([...sample.matchAll(BARE)].map((m) => m[1])).toEqual(["commander"]);
   });
 
   it("a command file imports no other command file (only its folder's group.ts or common.ts)", () => {

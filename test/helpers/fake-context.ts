@@ -1,6 +1,7 @@
 import { Readable } from "node:stream";
 import { defaultConfig, type UserConfig } from "../../cli/config.ts";
 import type { Clock, Context, Fetch, GlobalOptions } from "../../cli/context.ts";
+import { warningLine } from "../../cli/errors.ts";
 import { runCli } from "../../cli/program.ts";
 
 /** A captured output stream. */
@@ -95,6 +96,9 @@ export function fakeContext(options: FakeContextOptions = {}): FakeContext {
     config: async () => config,
     debug(message: string) {
       if (globals.debug) stderr.write(`debug: ${message}\n`);
+    },
+    warn(warning) {
+      stderr.write(warningLine(warning));
     },
   };
 }

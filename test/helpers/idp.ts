@@ -4,7 +4,17 @@ import { chownSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Agent, fetch as undiciFetch } from "undici";
-import { formatSshPublicKey } from "../../protocol/keys.ts";
+import { openStore } from "../../idp/store/open.ts";
+import type { Store } from "../../idp/store/types.ts";
+import {
+  type ApprovalInput,
+  approvalDigestHex,
+  approvalSigningInput,
+  effectiveApproval,
+} from "../../protocol/approval.ts";
+import { durationSeconds } from "../../protocol/duration.ts";
+import { decodeJwt } from "../../protocol/jwt.ts";
+import { fingerprint, formatSshPublicKey } from "../../protocol/keys.ts";
 import { advertisedFormats, SIGNATURE_FORMAT_V1, signingInput } from "../../protocol/signatures.ts";
 import { sharedPostgres } from "./postgres.ts";
 
@@ -44,6 +54,8 @@ export interface StartIdpOptions {
   tokenTtl?: string;
   tls?: { cert: string; key: string };
   issuer?: string;
+  /** The port on 127.0.0.1 (default 0: any free one). */
+  port?: number;
   extraArgs?: string[];
   env?: Record<string, string>;
 }
@@ -94,13 +106,23 @@ export function storeArgs(dataDir: string): string[] {
   return databases.get(dataDir) ?? ["--data", dataDir];
 }
 
+/**
+ * The store of a test's IdP, opened in the test process as an admin command would: the data dir's
+ * SQLite, or the PostgreSQL database standing in for it (databaseFor).
+ */
+export async function openTestStore(dataDir: string): Promise<Store> {
+  const db = databases.get(dataDir);
+  if (db === undefined) return (await openStore({ kind: "sqlite", dataDir })).store;
+  return (await openStore({ kind: "postgres", url: db[1]!, keyFile: db[3]! })).store;
+}
+
 export async function startIdp(options: StartIdpOptions = {}): Promise<IdpHandle> {
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "apes-idp-")), "data");
   const store = options.store ?? testStore();
   const location = store === "postgres" ? await databaseFor(dataDir) : ["--data", dataDir];
   let stderr = "";
   let proc: ChildProcess;
-  let port = 0;
+  let port = options.port ?? 0;
   let url = "";
   let issuer = "";
 
@@ -384,6 +406,60 @@ export function api(base: string, token?: string, f: FetchLike = fetch) {
   };
 }
 
+// --- approvals (docs/signatures.md, "Approvals") ---
+
+/** An Ed25519 approval proof by `approver` over `input` (tests tamper with the input to get bad ones). */
+export function signApproval(input: ApprovalInput, approver: string, privateKey: KeyObject) {
+  const signed = approvalSigningInput(input.issuer, approver, approvalDigestHex(input));
+  return {
+    type: "ed25519" as const,
+    key_fingerprint: fingerprint(privateKey),
+    signature: sign(null, signed, privateKey).toString("base64"),
+  };
+}
+
+/** The approval input of `grant` (as fetched) at `issuer` for an approve body's choice. */
+export function approvalInputOf(
+  issuer: string,
+  grant: Json,
+  choice: { grant_type?: string; duration?: number | string } = {},
+): ApprovalInput {
+  const a = effectiveApproval(grant.request, {
+    grant_type: choice.grant_type as ApprovalInput["grantType"] | undefined,
+    duration: durationSeconds(choice.duration),
+  });
+  return {
+    issuer: issuer.replace(/\/+$/, ""),
+    grantId: grant.id,
+    type: grant.type,
+    request: grant.request,
+    decision: "approve",
+    grantType: a.grantType,
+    duration: a.duration,
+  };
+}
+
+/**
+ * Approves grant `id` as the holder of `token` the way `apes grants approve` does: fetch the grant,
+ * sign its approval digest with `privateKey`, send `body` with the proof.
+ */
+export async function approveWithProof(
+  base: string,
+  token: string,
+  id: string,
+  privateKey: KeyObject,
+  body: { grant_type?: string; duration?: number | string } = {},
+  f: FetchLike = fetch,
+): Promise<ApiResponse<Json>> {
+  const d = await discovery(base, f);
+  const client = api(base, token, f);
+  const grant = await client.get(`${d.openape_grants_endpoint}/${id}`);
+  if (grant.status !== 200) return grant;
+  const approver = String(decodeJwt(token).payload.sub);
+  const proof = signApproval(approvalInputOf(d.issuer!, grant.body, body), approver, privateKey);
+  return client.post(`${d.openape_grants_endpoint}/${id}/approve`, { ...body, proof });
+}
+
 // --- a small organisation for tests ---
 /**
  * A small organisation on a real IdP process, shared by the idp-* integration tests:
@@ -405,6 +481,14 @@ export interface World {
   keys: Record<Name, ReturnType<typeof newKey>>;
   tokens: Record<Name, string>;
   as(name: Name): ReturnType<typeof api>;
+  /** `name` approves grant `id` with an Ed25519 proof of its own key (approveWithProof). */
+  approve(
+    name: Name,
+    id: string,
+    body?: { grant_type?: string; duration?: number | string },
+  ): Promise<ApiResponse<Json>>;
+  /** `name`'s Ed25519 proof approving `grant` (as fetched or created) with `body`'s choice. */
+  proof(name: Name, grant: Json, body?: { grant_type?: string; duration?: number | string }): Json;
   relogin(): Promise<void>;
   grants: string;
   delegations: string;
@@ -432,6 +516,10 @@ export async function startWorld(options: StartIdpOptions = {}): Promise<World> 
     keys,
     tokens: {} as World["tokens"],
     as: (name) => api(idp.url, world.tokens[name]),
+    approve: (name, id, body) =>
+      approveWithProof(idp.url, world.tokens[name], id, keys[name].privateKey, body),
+    proof: (name, grant, body) =>
+      signApproval(approvalInputOf(world.discovery.issuer!, grant, body), USERS[name], keys[name].privateKey),
     async relogin() {
       for (const n of Object.keys(USERS) as Name[]) {
         world.tokens[n] = await loginWithKey(idp.url, USERS[n], keys[n].privateKey);

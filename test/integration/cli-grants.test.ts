@@ -235,17 +235,26 @@ describe("grants between an agent and its owner", () => {
 describe("the grants client module against the real IdP (used by elevation)", () => {
   it("batch decides several grants; consume spends a once grant exactly once", async () => {
     const { createContext } = await import("../../cli/context.ts");
-    const { grantsClient } = await import("../../cli/grants/client.ts");
+    const { grantsClient } = await import("../../client/grants.ts");
     const globals = { json: false, debug: false, color: false };
     const botClient = await grantsClient(createContext(globals, { env: bot.env }));
-    const aliceClient = await grantsClient(createContext(globals, { env: alice.env }));
+    const { approvalChoice, ed25519ApprovalProof } = await import("../../cli/grants/approval-proof.ts");
+    const aliceCtx = createContext(globals, { env: alice.env });
+    const aliceClient = await grantsClient(aliceCtx);
     const base = { target_host: "web2", audience: "escapes", grant_type: "once" as const };
     const a = (await botClient.create({ ...base, command: ["echo", "a"], cmd_hash: cmdHash(["echo", "a"]) }))
       .grant;
     const b = (await botClient.create({ ...base, command: ["echo", "b"], cmd_hash: cmdHash(["echo", "b"]) }))
       .grant;
+    const proof = await ed25519ApprovalProof(
+      aliceCtx,
+      aliceClient.session,
+      aliceClient.endpoints,
+      a,
+      approvalChoice(a, {}),
+    );
     const { results } = await aliceClient.batch([
-      { id: a.id, action: "approve" },
+      { id: a.id, action: "approve", proof: { ...proof } },
       { id: b.id, action: "deny" },
     ]);
     expect(results).toEqual([

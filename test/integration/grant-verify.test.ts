@@ -9,7 +9,16 @@ import { type VerifyGrantOptions, verifyAuthzJwt } from "../../client/verify-gra
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { signJwt } from "../../protocol/jwt.ts";
 import { loadSchemas } from "../../protocol/schemas.ts";
-import { addUser, apesBin, api, type IdpHandle, loginWithKey, newKey, startIdp } from "../helpers/idp.ts";
+import {
+  addUser,
+  apesBin,
+  api,
+  approveWithProof,
+  type IdpHandle,
+  loginWithKey,
+  newKey,
+  startIdp,
+} from "../helpers/idp.ts";
 import { jwtClaims } from "./cli-helpers.ts";
 
 // The target side of the grant flow against a real IdP: the mission's example body, the
@@ -50,7 +59,7 @@ async function approvedToken(body: string | Record<string, unknown>): Promise<{ 
   const created = await api(idp.url, agentToken).post(grants, body);
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   const id = created.body.id as string;
-  expect((await api(idp.url, aliceToken).post(`${grants}/${id}/approve`)).status).toBe(200);
+  expect((await approveWithProof(idp.url, aliceToken, id, aliceKey.privateKey)).status).toBe(200);
   const t = await api(idp.url, agentToken).post(`${grants}/${id}/token`);
   expect(t.status).toBe(200);
   return { id, jwt: t.body.authz_jwt };
@@ -135,7 +144,7 @@ describe("the mission's example body", () => {
       reason: "Deploy hotfix #123",
     });
     const id = created.body.id;
-    expect((await api(idp.url, aliceToken).post(`${grants}/${id}/approve`)).status).toBe(200);
+    expect((await approveWithProof(idp.url, aliceToken, id, aliceKey.privateKey)).status).toBe(200);
     const t = await api(idp.url, agentToken).post(`${grants}/${id}/token`);
     expect(t.status).toBe(200);
     const claims = jwtClaims(t.body.authz_jwt);
@@ -161,7 +170,7 @@ describe("the mission's example body", () => {
       permissions: ["deploy"],
     });
     expect(created.status).toBe(201);
-    await api(idp.url, aliceToken).post(`${grants}/${created.body.id}/approve`);
+    await approveWithProof(idp.url, aliceToken, created.body.id, aliceKey.privateKey);
     const t = await api(idp.url, aliceToken).post(`${grants}/${created.body.id}/token`);
     expect(jwtClaims(t.body.authz_jwt)).toMatchObject({ sub: "alice@example.com", act: "human" });
   });

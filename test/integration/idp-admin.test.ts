@@ -46,7 +46,7 @@ describe("idp admin: key rotation, users, files", () => {
     const oldToken = w.tokens.bot;
     const oldKid = kidOf(oldToken);
     const g = (await w.as("bot").post(w.grants, { ...ls(["rotate"]), grant_type: "once" })).body;
-    await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+    await w.approve("alice", g.id);
     const oldAuthz = (await w.as("bot").post(`${w.grants}/${g.id}/token`)).body.authz_jwt;
 
     const r = await runApes(["--json", "idp", "keys", "rotate", "--data", w.idp.dataDir]);
@@ -65,7 +65,7 @@ describe("idp admin: key rotation, users, files", () => {
     expect((await api(w.idp.url, oldAuthz).post(`${w.grants}/${g.id}/consume`)).body.status).toBe("consumed");
     expect((await api(w.idp.url, fresh).get(w.grants)).status).toBe(200);
     const g2 = (await w.as("bot").post(w.grants, { ...ls(["rotate2"]), grant_type: "once" })).body;
-    await w.as("alice").post(`${w.grants}/${g2.id}/approve`);
+    await w.approve("alice", g2.id);
     expect(kidOf((await api(w.idp.url, fresh).post(`${w.grants}/${g2.id}/token`)).body.authz_jwt)).toBe(
       newKid,
     );
@@ -94,7 +94,7 @@ describe("idp admin: key rotation, users, files", () => {
     expect(r.body).toMatchObject({ email: "helper+agent@example.com", kind: "agent", owner: USERS.alice });
     const token = await loginWithKey(w.idp.url, "helper+agent@example.com", k.privateKey);
     const g = (await api(w.idp.url, token).post(w.grants, { ...ls(["x"]), grant_type: "once" })).body;
-    expect((await w.as("alice").post(`${w.grants}/${g.id}/approve`)).status).toBe(200);
+    expect((await w.approve("alice", g.id)).status).toBe(200);
     expect((await w.as("alice").post(agents, { name: "helper", public_key: k.publicLine })).status).toBe(409);
     expect((await w.as("bot").post(agents, { name: "sub", public_key: k.publicLine })).status).toBe(403);
     expect((await w.as("alice").post(agents, { name: "Bad Name", public_key: k.publicLine })).status).toBe(

@@ -12,7 +12,7 @@ describe("idp concurrency and push", () => {
 
   const approvedOnce = async (argv: string[]) => {
     const g = (await w.as("bot").post(w.grants, { ...ls(argv), grant_type: "once" })).body;
-    await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+    await w.approve("alice", g.id);
     const t = (await w.as("bot").post(`${w.grants}/${g.id}/token`)).body;
     return { id: g.id as string, jwt: t.authz_jwt as string };
   };
@@ -32,7 +32,9 @@ describe("idp concurrency and push", () => {
     const g = (await w.as("bot").post(w.grants, { ...ls(["race"]), grant_type: "once" })).body;
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
-        (i % 2 ? w.as("alice") : w.as("bob")).post(`${w.grants}/${g.id}/${i % 3 ? "approve" : "deny"}`),
+        i % 3
+          ? w.approve(i % 2 ? "alice" : "bob", g.id)
+          : (i % 2 ? w.as("alice") : w.as("bob")).post(`${w.grants}/${g.id}/deny`),
       ),
     );
     expect(results.filter((r) => r.status === 200).length).toBe(1);
@@ -47,7 +49,7 @@ describe("idp concurrency and push", () => {
     // Approve only once the waiter is parked at the IdP (its request is logged when answered, so
     // instead give it a moment by round-tripping another request first).
     await w.as("alice").get(`${w.grants}/${g.id}`);
-    const approved = await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+    const approved = await w.approve("alice", g.id);
     expect(approved.status).toBe(200);
     const r = await waiting;
     expect(r.status).toBe(200);
@@ -94,7 +96,7 @@ describe("idp concurrency and push", () => {
     const etag = r.headers.get("etag")!;
     const waiting = w.as("bot").get(`${w.grants}/${g.id}`, { prefer: "wait=3600", "if-none-match": etag });
     await w.as("alice").get(`${w.grants}/${g.id}`);
-    await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+    await w.approve("alice", g.id);
     const answered = await waiting;
     expect(answered.headers.get("preference-applied")).toBe("wait=60");
     expect(answered.body.status).toBe("approved");

@@ -48,7 +48,7 @@ describe("idp: delegated tokens stop at revocation and at a disabled party", () 
   /** The delegator's own approved `once` grant, for the delegated token to fetch. */
   const approvedGrant = async (delegator: Name, argv: string[]) => {
     const g = await w.as(delegator).post(w.grants, { ...ls(argv), grant_type: "once" });
-    expect((await w.as(delegator).post(`${w.grants}/${g.body.id}/approve`)).status).toBe(200);
+    expect((await w.approve(delegator, g.body.id)).status).toBe(200);
     return g.body.id as string;
   };
 
@@ -97,7 +97,7 @@ describe("idp: delegated tokens stop at revocation and at a disabled party", () 
     // grant changes (were it later, the poll would get 401 at its start: the test cannot pass wrongly).
     await sleep(500);
     expect((await w.as("alice").delete(`${w.delegations}/${id}`)).status).toBe(200);
-    expect((await w.as("alice").post(`${w.grants}/${g.body.id}/approve`)).status).toBe(200);
+    expect((await w.approve("alice", g.body.id)).status).toBe(200);
     const answer = await poll;
     expect(answer.status).toBe(401);
     expect(answer.body).not.toHaveProperty("request");

@@ -25,7 +25,7 @@ describe("idp durability", () => {
     // Half approved and tokened up front, to consume during the crash.
     const jwts = new Map<string, string>();
     for (const id of ids.slice(0, 40)) {
-      await w.as("alice").post(`${w.grants}/${id}/approve`);
+      await w.approve("alice", id);
       jwts.set(id, (await w.as("bot").post(`${w.grants}/${id}/token`)).body.authz_jwt);
     }
     const approvedAck = new Set<string>(jwts.keys());
@@ -39,7 +39,7 @@ describe("idp durability", () => {
     const approver = (async () => {
       for (const id of ids.slice(40)) {
         try {
-          const r = await w.as("alice").post(`${w.grants}/${id}/approve`);
+          const r = await w.approve("alice", id);
           if (r.status === 200) approvedAck.add(id);
         } catch {
           if (killed) return;

@@ -90,7 +90,7 @@ describe("idp grants API", () => {
       expect(g.request.requester).toBe(USERS.bot);
       expect(g.request.cmd_hash).toBe(cmdHash(["systemctl", "restart", "nginx"]));
 
-      const a = await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      const a = await w.approve("alice", g.id);
       expect(a.status).toBe(200);
       schemas.assert("grant", a.body);
       expect(a.body).toMatchObject({ status: "approved", decided_by: USERS.alice });
@@ -140,7 +140,7 @@ describe("idp grants API", () => {
       const missing = await w.as("bot").post(w.grants, { ...ls(), grant_type: "timed" });
       expectProblem(missing, 400, "invalid_request");
       const g = await create("bot", { ...ls(["uptime"]), grant_type: "timed", duration: 600 });
-      const a = await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      const a = await w.approve("alice", g.id);
       expect(a.body.expires_at).toBe(a.body.decided_at + 600);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       const claims = claimsOf(t.body.authz_jwt);
@@ -156,7 +156,7 @@ describe("idp grants API", () => {
     it("always: AuthZ-JWT lives 3600 s; an exactly matching request reuses it (200)", async () => {
       const body = { ...ls(["journalctl", "-u", "nginx"]), grant_type: "always", run_as: "root" };
       const g = await create("bot", body);
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       const claims = claimsOf(t.body.authz_jwt);
       expect((claims.exp as number) - (claims.iat as number)).toBe(3600);
@@ -182,14 +182,13 @@ describe("idp grants API", () => {
 
     it("approve may override grant_type and duration", async () => {
       const g = await create("bot", { ...ls(["df", "-h"]), grant_type: "always" });
-      const bad = await w.as("alice").post(`${w.grants}/${g.id}/approve`, { grant_type: "timed" });
+      const bad = await w.approve("alice", g.id, { grant_type: "timed" });
       expectProblem(bad, 400, "invalid_request");
-      const a = await w
-        .as("alice")
-        .post(`${w.grants}/${g.id}/approve`, { grant_type: "timed", duration: "30m" });
+      const a = await w.approve("alice", g.id, { grant_type: "timed", duration: "30m" });
       expect(a.status).toBe(200);
       schemas.assert("grant", a.body);
       expect(a.body.request).toMatchObject({ grant_type: "timed", duration: 1800 });
+      expect(a.body.approval_proof).toBe("ed25519");
       expect(a.body.expires_at).toBe(a.body.decided_at + 1800);
     });
 
@@ -201,7 +200,7 @@ describe("idp grants API", () => {
       expectProblem(tok, 409, "invalid_state");
 
       const g = await create();
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       const rv = await w.as("alice").post(`${w.grants}/${g.id}/revoke`);
       expect(rv.body.status).toBe("revoked");
@@ -210,7 +209,7 @@ describe("idp grants API", () => {
       expect(c.body).toMatchObject({ error: "revoked", status: "revoked" });
       // revoked is final
       expectProblem(await w.as("alice").post(`${w.grants}/${g.id}/revoke`), 409, "invalid_state");
-      expectProblem(await w.as("alice").post(`${w.grants}/${g.id}/approve`), 409, "invalid_state");
+      expectProblem(await w.approve("alice", g.id), 409, "invalid_state");
     });
 
     it("the requester may cancel its own pending grant; others may not revoke a pending one", async () => {
@@ -222,19 +221,20 @@ describe("idp grants API", () => {
 
     it("a human's own grant: decided by itself, its approvers or an admin, not by others", async () => {
       const g = await create("dave");
+      // Not visible to alice: refused before any proof is looked at.
       expectProblem(await w.as("alice").post(`${w.grants}/${g.id}/approve`), 404, "not_found");
-      const byApprover = await w.as("carol").post(`${w.grants}/${g.id}/approve`);
+      const byApprover = await w.approve("carol", g.id);
       expect(byApprover.body).toMatchObject({ status: "approved", decided_by: USERS.carol });
       const g2 = await create("dave", ls(["id"]));
       expect((await w.as("root").post(`${w.grants}/${g2.id}/deny`)).body.status).toBe("denied");
       const g3 = await create("dave", ls(["whoami"]));
-      expect((await w.as("dave").post(`${w.grants}/${g3.id}/approve`)).body.decided_by).toBe(USERS.dave);
+      expect((await w.approve("dave", g3.id)).body.decided_by).toBe(USERS.dave);
     });
 
     it("expires a timed grant on read once expires_at has passed", async () => {
       // 2 s leaves room for approve + token on a loaded machine before the window closes.
       const g = await create("bot", { ...ls(["sleep", "1"]), grant_type: "timed", duration: 2 });
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       // Wait (bounded) for the second to pass, using long-poll on the grant instead of sleeping blindly.
       let status = "approved";
@@ -262,7 +262,7 @@ describe("idp grants API", () => {
       expect(etag).toBeTruthy();
       const same = await w.as("bot").get(`${w.grants}/${g.id}`, { "if-none-match": etag });
       expect(same.status).toBe(304);
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       const changed = await w.as("bot").get(`${w.grants}/${g.id}`, { "if-none-match": etag });
       expect(changed.status).toBe(200);
       expect(changed.headers.get("etag")).not.toBe(etag);
@@ -322,10 +322,10 @@ describe("idp grants API", () => {
       const foreign = await create("bot2", ls(["foreign"]));
       const r = await w.as("alice").post(`${w.grants}/batch`, {
         operations: [
-          { id: a.id, action: "approve" },
+          { id: a.id, action: "approve", proof: w.proof("alice", a) },
           { id: b.id, action: "deny" },
-          { id: foreign.id, action: "approve" },
-          { id: a.id, action: "approve" },
+          { id: foreign.id, action: "approve", proof: w.proof("alice", foreign) },
+          { id: a.id, action: "approve", proof: w.proof("alice", a) },
         ],
       });
       expect(r.status).toBe(200);
@@ -351,11 +351,11 @@ describe("idp grants API", () => {
   describe("authorization negative matrix", () => {
     it("an agent cannot approve its own grant (single call and batch)", async () => {
       const g = await create();
-      expectProblem(await w.as("bot").post(`${w.grants}/${g.id}/approve`), 403, "forbidden");
+      expectProblem(await w.approve("bot", g.id), 403, "forbidden");
       expectProblem(await w.as("bot").post(`${w.grants}/${g.id}/deny`), 403, "forbidden");
-      const b = await w
-        .as("bot")
-        .post(`${w.grants}/batch`, { operations: [{ id: g.id, action: "approve" }] });
+      const b = await w.as("bot").post(`${w.grants}/batch`, {
+        operations: [{ id: g.id, action: "approve", proof: w.proof("bot", g) }],
+      });
       expect(b.body.results[0]).toMatchObject({ id: g.id, success: false, error: "forbidden" });
       expect((await w.as("bot").get(`${w.grants}/${g.id}`)).body.status).toBe("pending");
     });
@@ -364,17 +364,19 @@ describe("idp grants API", () => {
       const g = await create();
       expectProblem(await w.as("bot2").post(`${w.grants}/${g.id}/approve`), 404);
       expectProblem(await w.as("carol").post(`${w.grants}/${g.id}/approve`), 404);
+      const carolsProof = { proof: w.proof("carol", g) };
+      expectProblem(await w.as("carol").post(`${w.grants}/${g.id}/approve`, carolsProof), 404);
       expectProblem(await w.as("dave").get(`${w.grants}/${g.id}`), 404);
       expectProblem(await w.as("bot2").get(`${w.grants}/${g.id}`), 404);
       // The admin sees it but may not decide for an agent it neither owns nor approves.
       expect((await w.as("root").get(`${w.grants}/${g.id}`)).status).toBe(200);
-      expectProblem(await w.as("root").post(`${w.grants}/${g.id}/approve`), 403);
+      expectProblem(await w.approve("root", g.id), 403);
       expect((await w.as("bot").get(`${w.grants}/${g.id}`)).body.status).toBe("pending");
     });
 
     it("only the requester fetches the token", async () => {
       const g = await create();
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       expectProblem(await w.as("alice").post(`${w.grants}/${g.id}/token`), 403, "forbidden");
       expectProblem(await w.as("bot2").post(`${w.grants}/${g.id}/token`), 404);
     });
@@ -398,7 +400,7 @@ describe("idp grants API", () => {
       expectProblem(await api(w.idp.url, none).get(w.grants), 401, "invalid_token");
       // An AuthZ-JWT (aud "escapes") is not a session token.
       const g = await create();
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       expectProblem(await api(w.idp.url, t.body.authz_jwt).get(w.grants), 401, "invalid_token");
       // A JWT signed by someone else's key with a matching kid is refused too.
@@ -430,7 +432,7 @@ describe("idp grants API", () => {
 
     it("a forged or mismatching AuthZ-JWT cannot consume", async () => {
       const g = await create();
-      await w.as("alice").post(`${w.grants}/${g.id}/approve`);
+      await w.approve("alice", g.id);
       const t = await w.as("bot").post(`${w.grants}/${g.id}/token`);
       const [h, p, s] = t.body.authz_jwt.split(".");
       const claims = JSON.parse(Buffer.from(p, "base64url").toString());

@@ -25,7 +25,7 @@ interface Expected {
 }
 
 /** The visible tree, read straight from commander (not through the generator's own walk). */
-function expectedTree(): Expected[] {
+function expectedTree(program: Command): Expected[] {
   const out: Expected[] = [];
   const hidden = (c: Command) => (c as unknown as { _hidden: boolean })._hidden;
   const walk = (cmd: Command, path: string[]) => {
@@ -37,17 +37,20 @@ function expectedTree(): Expected[] {
     });
     for (const sub of subs) walk(sub, [...path, sub.name()]);
   };
-  walk(buildProgram().program, []);
+  walk(program, []);
   return out;
 }
 
 let dir: string;
 let tree: Expected[];
 
-beforeAll(() => {
+let full: Command;
+
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "apes-docs-"));
-  generate(dir, { SOURCE_DATE_EPOCH: "1767225600" });
-  tree = expectedTree();
+  await generate(dir, { SOURCE_DATE_EPOCH: "1767225600" });
+  full = (await buildProgram()).program;
+  tree = expectedTree(full);
 });
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -248,7 +251,7 @@ describe("zsh completion", () => {
     const out = execFileSync("zsh", ["-f", "-c", script], { encoding: "utf8" }).trimEnd().split("\n");
     expect(out[0]!.split(" ")).toContain("grants");
     // Exactly the grants subcommands the tree has (hidden ones left out), in its order.
-    const grants = buildProgram().program.commands.find((c) => c.name() === "grants")!;
+    const grants = full.commands.find((c) => c.name() === "grants")!;
     expect(out[1]).toBe(
       grants.commands
         .filter((c) => !(c as unknown as { _hidden?: boolean })._hidden)

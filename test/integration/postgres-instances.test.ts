@@ -3,16 +3,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MIGRATIONS } from "../../idp/store/postgres/migrations.ts";
 import {
   type ApiResponse,
   addUser,
   api,
+  approvalInputOf,
   discovery,
   type IdpHandle,
   loginSignature,
   ls,
   newKey,
   runApes,
+  signApproval,
   startIdp,
   storeArgs,
 } from "../helpers/idp.ts";
@@ -55,6 +58,16 @@ describe("two IdP instances on one PostgreSQL database", () => {
     return t.body.token as string;
   };
   const as = (who: "alice" | "bot", on: IdpHandle) => api(on.url, tokens[who]![on === a ? "a" : "b"]);
+  /** alice approves on `on` with a proof signed by her key, as `apes grants approve` does. */
+  const approveOn = async (on: IdpHandle, id: string) => {
+    const grant = await as("alice", on).get(`${grants}/${id}`);
+    const proof = signApproval(
+      approvalInputOf(doc.issuer!, grant.body, {}),
+      "alice@example.com",
+      alice.privateKey,
+    );
+    return as("alice", on).post(`${grants}/${id}/approve`, { proof });
+  };
 
   beforeAll(async () => {
     dataDir = join(mkdtempSync(join(tmpdir(), "apes-pg-instances-")), "data");
@@ -82,7 +95,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
 
   const approvedOnce = async (argv: string[]) => {
     const g = (await as("bot", a).post(grants, { ...ls(argv), grant_type: "once" })).body;
-    expect((await as("alice", b).post(`${grants}/${g.id}/approve`)).status).toBe(200);
+    expect((await approveOn(b, g.id)).status).toBe(200);
     const t = await as("bot", a).post(`${grants}/${g.id}/token`);
     expect(t.status, JSON.stringify(t.body)).toBe(200);
     return { id: g.id as string, jwt: t.body.authz_jwt as string };
@@ -94,7 +107,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
     await c.connect();
     try {
       const { rows } = await c.query("SELECT version FROM apes_idp_migrations ORDER BY version");
-      expect(rows.map((r) => r.version)).toEqual([1]);
+      expect(rows.map((r) => r.version)).toEqual(MIGRATIONS.map((m) => m.version));
     } finally {
       await c.end();
     }
@@ -119,7 +132,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
     const g = (await as("bot", a).post(grants, { ...ls(["race"]), grant_type: "once" })).body;
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
-        as("alice", i % 2 ? a : b).post(`${grants}/${g.id}/${i % 3 ? "approve" : "deny"}`),
+        i % 3 ? approveOn(i % 2 ? a : b, g.id) : as("alice", i % 2 ? a : b).post(`${grants}/${g.id}/deny`),
       ),
     );
     expect(results.filter((r) => r.status === 200)).toHaveLength(1);
@@ -151,7 +164,7 @@ describe("two IdP instances on one PostgreSQL database", () => {
       "if-none-match": etag,
     });
     await as("bot", a).get(`${grants}/${created.body.id}`); // the waiter is parked by now
-    expect((await as("alice", b).post(`${grants}/${created.body.id}/approve`)).status).toBe(200);
+    expect((await approveOn(b, created.body.id)).status).toBe(200);
     const r = await waiting;
     expect(r.status).toBe(200);
     expect(r.body.status).toBe("approved");

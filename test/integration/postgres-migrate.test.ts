@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   api,
+  approveWithProof,
   databaseFor,
   type IdpHandle,
   loginWithKey,
@@ -24,21 +25,29 @@ describe("apes idp migrate", () => {
     await moved?.stop();
   });
 
-  it("copies users, keys and grants in order; the PostgreSQL IdP serves them; a second run is refused", async () => {
+  it("copies users, keys, grants, the revocation feed and OAuth clients in order; the PostgreSQL IdP serves them; a second run is refused", async () => {
     w = await startWorld({ store: "sqlite" });
     const created: string[] = [];
     for (let i = 0; i < 7; i++) {
       created.push((await w.as("bot").post(w.grants, { ...ls([`m-${i}`]), grant_type: "once" })).body.id);
     }
-    expect((await w.as("alice").post(`${w.grants}/${created[1]}/approve`)).status).toBe(200);
+    const approved = await approveWithProof(w.idp.url, w.tokens.alice, created[1]!, w.keys.alice.privateKey);
+    expect(approved.status).toBe(200);
     expect((await w.as("alice").post(`${w.grants}/${created[2]}/deny`)).status).toBe(200);
     const oldKid = JSON.parse(Buffer.from(w.tokens.alice.split(".")[0]!, "base64url").toString()).kid;
     const rotated = await runApes(["idp", "keys", "rotate", "--data", w.idp.dataDir]);
     expect(rotated.code, rotated.stderr).toBe(0);
+    const client = ["idp", "clients", "add", "sp.example", "--redirect-uri", "https://sp.example/cb"];
+    expect((await runApes([...client, "--data", w.idp.dataDir])).code).toBe(0);
+    expect((await runApes(["idp", "users", "disable", USERS.dave, "--data", w.idp.dataDir])).code).toBe(0);
+    const feed = (await api(w.idp.url).get("/api/revocations?after=0")).body.events as { seq: number }[];
+    expect(feed).toHaveLength(1);
     const before = (await w.as("root").get(`${w.grants}?limit=100`)).body.data as {
       id: string;
       status: string;
+      approval_proof?: string;
     }[];
+    expect(before.find((g) => g.id === created[1])?.approval_proof).toBeDefined();
     const firstPage = (await w.as("root").get(`${w.grants}?limit=3`)).body.pagination.cursor as string;
 
     const pgDir = join(mkdtempSync(join(tmpdir(), "apes-migrate-")), "pg");
@@ -63,7 +72,13 @@ describe("apes idp migrate", () => {
 
     const r = await runApes(args);
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ users: 7, signing_keys: 2, grants: 7 });
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      users: 7,
+      signing_keys: 2,
+      grants: 7,
+      revocations: 1,
+      oauth_clients: 1,
+    });
     const again = await runApes(args);
     expect(again.code).toBe(78);
     expect(again.stderr).toMatch(/already holds IdP data/);
@@ -74,7 +89,7 @@ describe("apes idp migrate", () => {
     const d = (await api(moved.url).get("/.well-known/openid-configuration")).body;
     const grants = new URL(d.openape_grants_endpoint).pathname;
     const after = (await as.get(`${grants}?limit=100`)).body.data as { id: string; status: string }[];
-    expect(after.map((g) => [g.id, g.status])).toEqual(before.map((g) => [g.id, g.status]));
+    expect(after).toEqual(before); // approval proofs and every other field too
     // A cursor handed out by the embedded IdP continues at the same place.
     const rest = (await as.get(`${grants}?limit=100&cursor=${firstPage}`)).body.data as { id: string }[];
     expect(rest.map((g) => g.id)).toEqual(before.slice(3).map((g) => g.id));
@@ -85,6 +100,14 @@ describe("apes idp migrate", () => {
     const fresh = (await api(moved.url, botToken).post(grants, { ...ls(["after"]), grant_type: "once" }))
       .body;
     expect((await as.get(`${grants}?limit=1`)).body.data[0].id).toBe(fresh.id);
+    // The feed keeps its seq (an SP's position stays valid) and continues after it.
+    const movedFeed = (await api(moved.url).get("/api/revocations?after=0")).body.events as { seq: number }[];
+    expect(movedFeed.map((e) => e.seq)).toEqual(feed.map((e) => e.seq));
+    expect((await runApes(["idp", "users", "disable", USERS.carol, "--data", pgDir])).code).toBe(0);
+    const next = (await api(moved.url).get(`/api/revocations?after=${feed[0]!.seq}`)).body.events;
+    expect(next.map((e: { seq: number }) => e.seq)).toEqual([feed[0]!.seq + 1]);
+    const clients = await runApes(["--json", "idp", "clients", "list", "--data", pgDir]);
+    expect(clients.stdout).toContain("https://sp.example/cb");
   });
 
   it("refuses a bad --from and a missing key file", async () => {

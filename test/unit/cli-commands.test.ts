@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { inboxOf } from "../../cli/commands/grants/list.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
-import { clearDiscoveryMemory } from "../../cli/idp-client.ts";
+import { clearDiscoveryMemory } from "../../client/discovery.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { formatOpenSshPrivateKey, formatSshPublicKey } from "../../protocol/keys.ts";
 import type { Grant } from "../../protocol/types.ts";
@@ -27,11 +27,12 @@ interface Actor {
   run(argv: string[], extra?: FakeContextOptions): Promise<{ code: number; stdout: string; stderr: string }>;
 }
 
-function world(options: { noTokenExchange?: boolean } = {}) {
+function world(options: { noTokenExchange?: boolean; approvalProofs?: boolean } = {}) {
   const clock = new StepClock();
   const idp = fakeIdp({
     now: () => Math.floor(clock.now() / 1000),
     noTokenExchange: options.noTokenExchange,
+    approvalProofs: options.approvalProofs,
   });
   const actor = (
     email: string,
@@ -255,6 +256,8 @@ describe("apes grants", () => {
     expect((await carol.run(["grants", "approve", id])).code).toBe(ExitCode.NOPERM);
     const ok = await alice.run(["grants", "approve", id]);
     expect(ok.stdout).toContain(`approved grant ${id} of bot@example.test`);
+    // This fake is an older IdP (no apes_approval_proofs_supported): no proof, and the user is told.
+    expect(ok.stderr).toContain("verifies no approval proofs; approving with the session token alone");
     const waited = await bot.run(["grants", "wait", id], { clock: new StepClock() });
     expect(waited.code).toBe(0);
     expect(waited.stdout.trim()).toBe("approved");
@@ -368,5 +371,69 @@ describe("apes agents", () => {
     expect(Object.keys(sent).sort()).toEqual(["name", "public_key"]);
     const list = await alice.run(["--json", "agents", "list"]);
     expect(JSON.parse(list.stdout)[0].email).toBe("bot@agents.example.test");
+  });
+});
+
+describe("apes grants approve: the approval proof", () => {
+  async function pendingOfBot(w: ReturnType<typeof world>, argv = ["systemctl", "restart", "nginx"]) {
+    const bot = w.actor("bot@example.test", "agent", "openssh", "alice@example.test");
+    const alice = w.actor("alice@example.test", "human");
+    await loggedIn(bot);
+    await loggedIn(alice);
+    const id = (await bot.run(["grants", "request", "--", ...argv])).stdout.trim();
+    return { alice, bot, id };
+  }
+  const approves = (w: ReturnType<typeof world>) =>
+    w.idp.requests.filter((q) => q.method === "POST" && q.path.endsWith("/approve"));
+
+  it("signs the grant it fetched; the IdP's own check (idp/approval.ts) accepts it, also as timed", async () => {
+    const w = world({ approvalProofs: true });
+    const { alice, bot, id } = await pendingOfBot(w);
+    const r = await alice.run(["grants", "approve", id]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toContain("warning");
+    expect(w.idp.grants.get(id)!.approval_proof).toBe("ed25519");
+    const sent = approves(w)[0]!.body as { proof: Record<string, string> };
+    expect(Object.keys(sent.proof).sort()).toEqual(["key_fingerprint", "signature", "type"]);
+    const id2 = (await bot.run(["grants", "request", "--", "true"])).stdout.trim();
+    const timed = await alice.run(["grants", "approve", id2, "--approval", "timed", "--duration", "30m"]);
+    expect(timed.code, timed.stderr).toBe(0);
+    expect(approves(w)[1]!.body).toMatchObject({ grant_type: "timed", duration: 1800 });
+    expect(w.idp.grants.get(id2)!.approval_proof).toBe("ed25519");
+  });
+
+  it("a grant changed at the IdP after it was shown is not approved (the proof covers what was shown)", async () => {
+    const w = world({ approvalProofs: true });
+    const { alice, id } = await pendingOfBot(w);
+    w.idp.onRead = (g) => {
+      if (g.id === id) g.request.command = ["rm", "-rf", "/"];
+    };
+    const r = await alice.run(["grants", "approve", id]);
+    expect(r.code).toBe(ExitCode.NOPERM);
+    expect(r.stderr).toContain("not your registered key's over this grant");
+    expect(w.idp.grants.get(id)!.status).toBe("pending");
+  });
+
+  it("a session without a key cannot sign: exit 77, the browser named, nothing sent", async () => {
+    const w = world({ approvalProofs: true });
+    const { alice, id } = await pendingOfBot(w);
+    const file = join(alice.home, ".config/apes/auth.json");
+    const session = JSON.parse(readFileSync(file, "utf8"));
+    delete session.key_path;
+    delete session.key_fingerprint;
+    writeFileSync(file, JSON.stringify(session), { mode: 0o600 });
+    const r = await alice.run(["grants", "approve", id]);
+    expect(r.code).toBe(ExitCode.NOPERM);
+    expect(r.stderr).toContain("logged in without a key");
+    expect(r.stderr).toContain(`approve it in the browser at ${w.idp.base}`);
+    expect(approves(w)).toEqual([]);
+  });
+
+  it("a timed approval without any duration is a usage error before anything is signed or sent", async () => {
+    const w = world({ approvalProofs: true });
+    const { alice, id } = await pendingOfBot(w);
+    const r = await alice.run(["grants", "approve", id, "--approval", "timed"]);
+    expect(r.code).toBe(ExitCode.USAGE);
+    expect(approves(w)).toEqual([]);
   });
 });

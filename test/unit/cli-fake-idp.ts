@@ -1,8 +1,13 @@
-import { type KeyObject, randomUUID, verify } from "node:crypto";
+import { createPublicKey, type KeyObject, randomUUID, verify } from "node:crypto";
+import { checkApprovalProof } from "../../idp/approval.ts";
 import { type Actor, canDecide, canRevoke } from "../../idp/grants.ts";
 import type { UserRecord } from "../../idp/store/types.ts";
+import { APPROVAL_PROOFS_FIELD, effectiveApproval } from "../../protocol/approval.ts";
+import { formatSshPublicKey } from "../../protocol/keys.ts";
+import { ProblemError } from "../../protocol/problem.ts";
 import { SIGNATURE_FORMAT_V1, SIGNATURE_FORMATS_FIELD, signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
+import { jsonLogger } from "../../server/log.ts";
 
 /**
  * An in-memory stand-in for an IdP's HTTP API, injected as ctx.http in unit tests only (integration
@@ -23,6 +28,8 @@ export interface FakeIdpOptions {
   noTokenExchange?: boolean;
   /** An older IdP: advertises no signature format and verifies the raw challenge. */
   rawSignatures?: boolean;
+  /** Advertises and requires approval proofs, checked by the real IdP's rule (idp/approval.ts). */
+  approvalProofs?: boolean;
 }
 
 export interface FakeUser {
@@ -43,6 +50,8 @@ export interface FakeIdp {
   authentications: number;
   /** Called while a `Prefer: wait` request is held; return to release it. */
   onWait?: (grant: Grant) => Promise<void>;
+  /** Called after a grant was read (GET /{id}): lets a test change the grant behind the reader's back. */
+  onRead?: (grant: Grant) => void;
   down: boolean;
 }
 
@@ -132,6 +141,7 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
         openape_delegations_endpoint: `${base}/api/delegations`,
       };
       if (!options.rawSignatures) doc[SIGNATURE_FORMATS_FIELD] = [SIGNATURE_FORMAT_V1];
+      if (options.approvalProofs) doc[APPROVAL_PROOFS_FIELD] = ["ed25519"];
       if (family === "auth") {
         doc.ddisa_auth_challenge_endpoint = `${base}/api/auth/challenge`;
         doc.ddisa_auth_authenticate_endpoint = `${base}/api/auth/authenticate`;
@@ -256,12 +266,30 @@ export function fakeIdp(options: FakeIdpOptions = {}): FakeIdp {
         }
         if (headers["if-none-match"] === etags.get(g.id))
           return new Response(null, { status: 304, headers: { etag: etags.get(g.id)! } });
-        return json(200, g, { etag: etags.get(g.id)! });
+        const shown = json(200, g, { etag: etags.get(g.id)! });
+        idp.onRead?.(g);
+        return shown;
       }
       if (verb === "approve" || verb === "deny") {
         const may = canDecide(actorOf(me!), userRecord(g.request.requester));
         if (!may.ok) return problem(403, may.reason);
         if (g.status !== "pending") return problem(409, `grant is ${g.status}`);
+        if (verb === "approve" && options.approvalProofs) {
+          const { proof, ...choice } = b as Record<string, unknown>;
+          const user = {
+            ...userRecord(me!.sub)!,
+            publicKey: formatSshPublicKey(createPublicKey(idp.users.get(me!.sub)!.key)),
+          };
+          const p = { sub: me!.sub, user, actor: actorOf(me!), tokenExp: 0 };
+          const quiet = { base, log: jsonLogger("error", () => undefined) };
+          try {
+            const a = effectiveApproval(g.request, choice as Parameters<typeof effectiveApproval>[1]);
+            g.approval_proof = await checkApprovalProof(quiet, { allowBearer: false }, p, g, a, proof);
+          } catch (e) {
+            if (e instanceof ProblemError) return problem(e.status, e.message);
+            throw e;
+          }
+        }
         g.status = verb === "approve" ? "approved" : "denied";
         g.decided_by = me!.sub;
         g.decided_at = now();

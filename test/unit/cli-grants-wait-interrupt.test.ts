@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ExitCode } from "../../cli/exit-codes.ts";
 import { waitAndReport } from "../../cli/grants/await-decision.ts";
-import type { GrantFetch, GrantsClient } from "../../cli/grants/client.ts";
+import type { GrantFetch, GrantsClient } from "../../client/grants.ts";
 import { Capture, fakeContext } from "../helpers/fake-context.ts";
 import { sampleGrant } from "../helpers/grants.ts";
 

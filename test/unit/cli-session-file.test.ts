@@ -3,9 +3,10 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writ
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { authFile, readSession, type StoredSession, sessionFileRefusal } from "../../cli/auth/store.ts";
-import { CliError } from "../../cli/errors.ts";
+import type { CliError } from "../../cli/errors.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
+import { authFile, readSession, type StoredSession, sessionFileRefusal } from "../../client/session-store.ts";
+import { asCli } from "../helpers/cli-error.ts";
 import { fakeContext, runInProcess } from "../helpers/fake-context.ts";
 
 // auth.json holds a bearer token: apes uses it only when it is a regular file of the user's, private.
@@ -38,9 +39,9 @@ async function refusal(): Promise<CliError> {
     () => undefined,
     (x: unknown) => x,
   );
-  expect(e).toBeInstanceOf(CliError);
-  expect((e as CliError).exitCode).toBe(ExitCode.CONFIG);
-  return e as CliError;
+  const c = asCli(e);
+  expect(c.exitCode).toBe(ExitCode.CONFIG);
+  return c;
 }
 
 describe("auth.json must be a private regular file of the user", () => {

@@ -2,6 +2,7 @@ import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { asCli } from "../helpers/cli-error.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 
 /**
@@ -29,7 +30,7 @@ vi.mock("node:fs/promises", async (importOriginal) => {
   return { ...real, open, default: { ...real, open } };
 });
 
-const { authFile, readSession } = await import("../../cli/auth/store.ts");
+const { authFile, readSession } = await import("../../client/session-store.ts");
 
 const SESSION = {
   version: 1,
@@ -58,6 +59,8 @@ describe("auth.json replaced while being read", () => {
 
   it("still fails (78) when it keeps changing under every read", async () => {
     swaps.left = 100;
-    await expect(readSession(fakeContext({ home }))).rejects.toMatchObject({ exitCode: 78 });
+    const e = await readSession(fakeContext({ home })).catch((x: unknown) => x);
+    expect(e).toMatchObject({ failure: "session_unreadable" });
+    expect(asCli(e).exitCode).toBe(78);
   });
 });

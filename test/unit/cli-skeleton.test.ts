@@ -27,7 +27,7 @@ describe("CLI skeleton", () => {
 
   it("every command, group and subcommand has help with `$ apes` examples", async () => {
     const { buildProgram } = await import("../../cli/program.ts");
-    const { program } = buildProgram();
+    const { program } = await buildProgram();
     type Cmd = import("commander").Command & { _hidden?: boolean };
     const walk = (cmd: Cmd, path: string[]): string[][] =>
       (cmd.commands as Cmd[])

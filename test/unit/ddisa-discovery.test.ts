@@ -1,8 +1,9 @@
 import { createSocket } from "node:dgram";
 import { describe, expect, it } from "vitest";
-import { discoverIdp } from "../../cli/discovery.ts";
-import { CliError } from "../../cli/errors.ts";
+import type { CliError } from "../../cli/errors.ts";
 import { ExitCode } from "../../cli/exit-codes.ts";
+import { discoverIdp } from "../../client/ddisa.ts";
+import { asCli } from "../helpers/cli-error.ts";
 import { type FakeContextOptions, fakeContext, runInProcess } from "../helpers/fake-context.ts";
 
 // A loopback UDP port with nobody listening: queries fail at once (ICMP port unreachable), so the
@@ -42,8 +43,7 @@ async function cliErrorOf(p: Promise<unknown>): Promise<CliError> {
     () => undefined,
     (x: unknown) => x,
   );
-  expect(e).toBeInstanceOf(CliError);
-  return e as CliError;
+  return asCli(e);
 }
 
 describe("discoverIdp", () => {

@@ -1,5 +1,4 @@
 import { describe, expect, it } from "vitest";
-import type { StoredSession } from "../../cli/auth/store.ts";
 import { doctor } from "../../cli/commands/doctor/doctor.ts";
 import {
   type CheckResult,
@@ -22,6 +21,7 @@ import {
 } from "../../cli/doctor/checks.ts";
 import { pathsFrom } from "../../cli/elevation/paths.ts";
 import { CliError } from "../../cli/errors.ts";
+import type { StoredSession } from "../../client/session-store.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
 
 const file = (mode: number, uid = 0): FileInfo => ({

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { nodeFetch } from "../../cli/http.ts";
+import { nodeFetch } from "../../client/http.ts";
 import { checkDohUrl, DOH_MAX_BODY, parseDohJson, parseTxtData, queryDoh } from "../../protocol/doh.ts";
 import { DnsQueryError } from "../../protocol/resolver.ts";
 import { type HostileMode, startHostileServer } from "../helpers/hostile-http.ts";

@@ -10,7 +10,7 @@ import {
   runRequester,
 } from "../../cli/elevation/request.ts";
 import { CliError } from "../../cli/errors.ts";
-import type { GrantsClient } from "../../cli/grants/client.ts";
+import type { GrantsClient } from "../../client/grants.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { REQUESTER_REASONS } from "../../protocol/elevation.ts";
 import type { Grant } from "../../protocol/types.ts";

@@ -64,6 +64,7 @@ describe("grant long poll", () => {
       sessionClaims: async () => ({}),
       authenticate: async () => principal,
       rateLimit() {},
+      revocationHandle: (kind, subject) => `${kind}:${subject}`,
     };
     const routes = new Map<string, Handler>();
     const add = (method: string, path: string, _auth: boolean, handler: Handler) => {

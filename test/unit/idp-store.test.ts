@@ -196,7 +196,7 @@ describe("read cache (the server's view of users and delegations)", () => {
     ]);
     expect(revoked?.grant.status).toBe("revoked");
     expect((await cached.getGrant(grant.id))?.grant.status).toBe("revoked");
-    await Promise.all([cached.getUser("bot@x"), cached.setDisabled("bot@x", true)]);
+    await Promise.all([cached.getUser("bot@x"), cached.setDisabled("bot@x", true, 1)]);
     expect((await cached.getUser("bot@x"))?.disabled).toBe(true);
     await s.addUser({ email: "bot2@x", kind: "agent", owner: "alice@x", createdAt: 1 });
     await Promise.all([

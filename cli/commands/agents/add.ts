@@ -32,14 +32,14 @@ Examples:
 }
 
 export async function agentsAdd(ctx: Context, options: AgentsAddOptions): Promise<void> {
-  const [{ readFile }, { parseSshPublicKey, fingerprint }, { usageError }, { authed }, { idpEndpoints }] =
-    await Promise.all([
+  const [{ readFile }, { parseSshPublicKey, fingerprint }, { usageError }, { agentsApi }] = await Promise.all(
+    [
       import("node:fs/promises"),
       import("../../../protocol/keys.ts"),
       import("../../errors.ts"),
-      import("../../grants/client.ts"),
-      import("../../idp-client.ts"),
-    ]);
+      import("../../../client/agents.ts"),
+    ],
+  );
   if (!/^[a-z0-9][a-z0-9-]{0,39}$/.test(options.name)) {
     throw usageError(`--name "${options.name}" must be 1-40 lowercase letters, digits or dashes`);
   }
@@ -65,17 +65,11 @@ export async function agentsAdd(ctx: Context, options: AgentsAddOptions): Promis
       line.includes("PRIVATE KEY") ? "that is a PRIVATE key: give the .pub file" : undefined,
     );
   }
-  const auth = await authed(ctx);
-  const endpoints = await idpEndpoints(ctx, auth.session().idp);
-  const res = await auth.call<Record<string, unknown>>({
-    url: endpoints.agentsEndpoint,
-    method: "POST",
-    json: { name: options.name, public_key: line },
-  });
-  const agent = res.body ?? {};
+  const api = await agentsApi(ctx);
+  const agent = await api.add(options.name, line);
   const { shown } = await import("../../grants/format.ts");
   printData(ctx, agent, () => {
     const email = shown(agent.email ?? options.name);
-    return `enrolled ${email} (owner ${shown(agent.owner ?? auth.session().email)}, key ${fp})\nthe agent logs in with: apes login ${email} --key <its private key>`;
+    return `enrolled ${email} (owner ${shown(agent.owner ?? api.auth.session().email)}, key ${fp})\nthe agent logs in with: apes login ${email} --key <its private key>`;
   });
 }

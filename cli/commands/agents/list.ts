@@ -19,26 +19,13 @@ Examples:
     });
 }
 
-interface AgentView {
-  email?: string;
-  name?: string;
-  owner?: string;
-  approvers?: string[];
-  fingerprint?: string;
-  disabled?: boolean;
-}
-
 export async function agentsList(ctx: Context): Promise<void> {
-  const [{ authed }, { idpEndpoints }, { formatTable }, { shown, shownList }] = await Promise.all([
-    import("../../grants/client.ts"),
-    import("../../idp-client.ts"),
+  const [{ agentsApi }, { formatTable }, { shown, shownList }] = await Promise.all([
+    import("../../../client/agents.ts"),
     import("../../output.ts"),
     import("../../grants/format.ts"),
   ]);
-  const auth = await authed(ctx);
-  const endpoints = await idpEndpoints(ctx, auth.session().idp);
-  const res = await auth.call<{ data?: AgentView[] } | AgentView[]>({ url: endpoints.agentsEndpoint });
-  const agents = Array.isArray(res.body) ? res.body : (res.body?.data ?? []);
+  const agents = await (await agentsApi(ctx)).list();
   printData(ctx, agents, () =>
     agents.length === 0
       ? "no agents (enroll one with `apes agents add --name N --key PUBKEY`)"

@@ -39,7 +39,7 @@ Examples:
 
 export async function delegate(ctx: Context, options: DelegateOptions): Promise<void> {
   const [{ delegationsApi }, fmt, { usageError }, { printData }, { identityArg }] = await Promise.all([
-    import("../../grants/delegations.ts"),
+    import("../../../client/delegations.ts"),
     import("../../grants/format.ts"),
     import("../../errors.ts"),
     import("../../output.ts"),

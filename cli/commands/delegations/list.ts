@@ -22,7 +22,7 @@ Examples:
 
 export async function delegationsList(ctx: Context, role?: "delegator" | "delegate"): Promise<void> {
   const [{ delegationsApi }, { delegationTable }, { printData }] = await Promise.all([
-    import("../../grants/delegations.ts"),
+    import("../../../client/delegations.ts"),
     import("../../grants/format.ts"),
     import("../../output.ts"),
   ]);

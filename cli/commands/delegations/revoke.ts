@@ -21,7 +21,7 @@ Examples:
 
 export async function delegationsRevoke(ctx: Context, id: string): Promise<void> {
   const [{ delegationsApi }, { printData }] = await Promise.all([
-    import("../../grants/delegations.ts"),
+    import("../../../client/delegations.ts"),
     import("../../output.ts"),
   ]);
   const api = await delegationsApi(ctx);

@@ -61,7 +61,7 @@ export interface DnsCheckResult {
 
 export async function dnsCheck(ctx: Context, email: string): Promise<DnsCheckResult> {
   // Loaded here, not at the top: `apes --version` must not pay for DNS code.
-  const { resolveForEmail } = await import("../../discovery.ts");
+  const { resolveForEmail } = await import("../../../client/ddisa.ts");
   const r = await resolveForEmail(ctx, email);
   const config = await ctx.config();
   const winner = r.selection.selected;

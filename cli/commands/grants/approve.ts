@@ -6,7 +6,7 @@ import type { GetContext } from "../../program.ts";
 export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("approve")
-    .description("approve a pending grant (owners and approvers of the requester)")
+    .description("approve a pending grant (owners and approvers of the requester), signed with your key")
     .argument("<id>", "grant id")
     .option("--approval <type>", "once | timed | always (default: what was requested)")
     .option("--duration <d>", "for timed: how long, e.g. 30m (implies --approval timed)")
@@ -16,7 +16,11 @@ export function register(parent: Command, getContext: GetContext): void {
 Examples:
   $ apes grants list --inbox
   $ apes grants approve 0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d
-  $ apes grants approve "$id" --approval timed --duration 1h`,
+  $ apes grants approve "$id" --approval timed --duration 1h
+
+The approval is signed with the key you logged in with, over this grant exactly as the IdP
+shows it, the decision and your --approval/--duration (docs/signatures.md). Logged in with a
+passkey (no key)? Approve in the browser.`,
     )
     .action(async (id: string, options: { approval?: string; duration?: string }) => {
       await grantsApprove(getContext(), id, options);
@@ -28,8 +32,23 @@ export async function grantsApprove(
   id: string,
   options: { approval?: string; duration?: string },
 ) {
-  const { approvalAndDuration } = await import("../../grants/format.ts");
+  const [{ approvalAndDuration }, proofs] = await Promise.all([
+    import("../../grants/format.ts"),
+    import("../../grants/approval-proof.ts"),
+  ]);
   const body = approvalAndDuration(options.approval, options.duration, { timedNeedsDuration: false });
   const json = Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
-  return decide(ctx, id, "approved", (c) => c.approve(id, json));
+  return decide(ctx, id, "approved", async (c) => {
+    if (!proofs.verifiesProofs(c.endpoints)) {
+      ctx.io.stderr.write(
+        `apes: warning: the IdP at ${c.endpoints.idp} verifies no approval proofs; approving with the session token alone\n`,
+      );
+      return c.approve(id, json);
+    }
+    // The proof covers the grant as fetched here: the IdP refuses it if what it stores differs.
+    const grant = await c.get(id);
+    const choice = proofs.approvalChoice(grant, body);
+    const proof = await proofs.ed25519ApprovalProof(ctx, c.session, c.endpoints, grant, choice);
+    return c.approve(id, { ...json, proof: { ...proof } });
+  });
 }

@@ -39,7 +39,7 @@ export function inboxOf(grants: readonly Grant[], me: string): Grant[] {
 
 export async function grantsList(ctx: Context, options: GrantsListOptions): Promise<void> {
   const [{ grantsClient }, { grantTable }, { usageError }, { printData }] = await Promise.all([
-    import("../../grants/client.ts"),
+    import("../../../client/grants.ts"),
     import("../../grants/format.ts"),
     import("../../errors.ts"),
     import("../../output.ts"),

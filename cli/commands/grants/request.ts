@@ -73,7 +73,7 @@ export async function grantsRequest(
       import("../../../protocol/cmd-hash.ts"),
       import("node:os"),
       import("../../grants/format.ts"),
-      import("../../grants/client.ts"),
+      import("../../../client/grants.ts"),
       import("../../errors.ts"),
       import("../../output.ts"),
     ]);

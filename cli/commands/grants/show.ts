@@ -21,7 +21,7 @@ Examples:
 
 export async function grantsShow(ctx: Context, id: string): Promise<void> {
   const [{ grantsClient }, { grantDetails }, { printData }] = await Promise.all([
-    import("../../grants/client.ts"),
+    import("../../../client/grants.ts"),
     import("../../grants/format.ts"),
     import("../../output.ts"),
   ]);

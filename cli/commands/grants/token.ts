@@ -24,7 +24,7 @@ Examples:
 }
 
 export async function grantsToken(ctx: Context, id: string): Promise<void> {
-  const { grantsClient } = await import("../../grants/client.ts");
+  const { grantsClient } = await import("../../../client/grants.ts");
   const r = await (await grantsClient(ctx)).token(id);
   if (ctx.globals.json) ctx.io.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
   else ctx.io.stdout.write(`${r.authz_jwt}\n`);

@@ -23,7 +23,7 @@ Examples:
       const [{ parseDurationSeconds }, { grantsClient, checkGrantId }, { waitAndReport }] = await Promise.all(
         [
           import("../../grants/format.ts"),
-          import("../../grants/client.ts"),
+          import("../../../client/grants.ts"),
           import("../../grants/await-decision.ts"),
         ],
       );

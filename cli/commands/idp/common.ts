@@ -87,3 +87,78 @@ export async function openStore(ctx: Context, opts: StoreOpts): Promise<Store> {
     });
   }
 }
+
+/** `--ttl` and `--issuer` of the commands that make invite links. */
+export const inviteTtlOption = () =>
+  new Option("--ttl <duration>", "how long the invite link works (default 24h; e.g. 30m, 7d; at most 30d)");
+export const inviteIssuerOption = () =>
+  new Option("--issuer <url>", "the IdP's issuer URL for the link (default: the one the server last ran as)");
+
+export interface InviteSettings {
+  ttl: number;
+  issuer: string;
+}
+
+/** The checked `--ttl` in seconds (before anything is opened). */
+export async function inviteTtl(opts: { ttl?: string }): Promise<number> {
+  const [{ parseDurationMs }, { MAX_INVITE_TTL }] = await Promise.all([
+    import("../../../protocol/duration.ts"),
+    import("../../../idp/web/invites.ts"),
+  ]);
+  const ttl = opts.ttl ?? "24h";
+  const ms = parseDurationMs(ttl);
+  if (ms === undefined || ms < 60_000 || ms > MAX_INVITE_TTL * 1000) {
+    throw usageError(`invalid --ttl "${ttl}"`, "give a duration from 1m to 30d, e.g. 24h");
+  }
+  return Math.floor(ms / 1000);
+}
+
+/**
+ * The checked issuer of the link: `--issuer`, else the one the server last ran as (recorded in the
+ * database when it is PostgreSQL, else in the data dir).
+ */
+export async function inviteSettings(
+  ctx: Context,
+  opts: StoreOpts & { issuer?: string },
+  store: Store,
+  ttl: number,
+): Promise<InviteSettings> {
+  const { recordedIssuer } = await import("../../../idp/web/invites.ts");
+  const issuer =
+    opts.issuer ??
+    (store.recordedIssuer ? await store.recordedIssuer() : recordedIssuer(dataDirOf(ctx, opts.data)));
+  if (issuer === undefined) {
+    throw usageError(
+      "no issuer known for the invite link",
+      "start `apes idp serve` once, or give --issuer URL",
+    );
+  }
+  let u: URL;
+  try {
+    u = new URL(issuer);
+  } catch {
+    throw usageError(`invalid --issuer "${issuer}"`, "give an absolute URL like https://id.example.com");
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") throw usageError("--issuer must be http(s)");
+  return { ttl, issuer: u.origin + u.pathname.replace(/\/+$/, "") };
+}
+
+/**
+ * Makes a one-time invite link for `email` (a human of the store) and returns it with its expiry.
+ * The secret is in the link's fragment only (idp/web/invites.ts); the store keeps its hash.
+ */
+export async function makeInvite(
+  ctx: Context,
+  store: Store,
+  email: string,
+  settings: InviteSettings,
+): Promise<{ url: string; expiresAt: number }> {
+  const { newInvite, inviteUrl } = await import("../../../idp/web/invites.ts");
+  const { secret, record } = newInvite(email, Math.floor(ctx.clock.now() / 1000), settings.ttl);
+  await store.addInvite(record);
+  return { url: inviteUrl(settings.issuer, secret), expiresAt: record.expiresAt };
+}
+
+/** How an invite is shown to the admin who hands it over. */
+export const inviteText = (i: { url: string; expiresAt: number }) =>
+  `invite link (works once, until ${new Date(i.expiresAt * 1000).toISOString()}):\n${i.url}`;

@@ -1,10 +1,14 @@
 import type { Command } from "commander";
 import type { GetContext } from "../../program.ts";
+import { register as registerClientsAdd } from "./clients-add.ts";
+import { register as registerClientsList } from "./clients-list.ts";
+import { register as registerClientsRemove } from "./clients-remove.ts";
 import { register as registerKeysRotate } from "./keys-rotate.ts";
 import { register as registerMigrate } from "./migrate.ts";
 import { register as registerServe } from "./serve.ts";
 import { register as registerUsersAdd } from "./users-add.ts";
 import { register as registerUsersDisable } from "./users-disable.ts";
+import { register as registerUsersInvite } from "./users-invite.ts";
 import { register as registerUsersList } from "./users-list.ts";
 
 /** `apes idp ...`: the reference identity provider and its offline admin commands. */
@@ -27,7 +31,7 @@ Examples:
   registerMigrate(idp, getContext);
   const users = idp
     .command("users")
-    .description("add, list and disable users (offline, on the data dir)")
+    .description("add, list, disable and invite users (offline, on the data dir)")
     .helpCommand(false)
     .addHelpText(
       "after",
@@ -35,15 +39,32 @@ Examples:
 Examples:
   $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
   $ apes idp users list --json
-  $ apes idp users disable bot@example.com`,
+  $ apes idp users disable bot@example.com
+  $ apes idp users invite alice@example.com`,
     );
   registerUsersAdd(users, getContext);
   registerUsersList(users, getContext);
   registerUsersDisable(users, getContext);
+  registerUsersInvite(users, getContext);
   const keys = idp
     .command("keys")
     .description("manage the IdP's signing keys")
     .helpCommand(false)
     .addHelpText("after", "\nExamples:\n  $ apes idp keys rotate --data /var/lib/apes-idp");
   registerKeysRotate(keys, getContext);
+  const clients = idp
+    .command("clients")
+    .description("register, list and remove OAuth clients (offline, on the data dir)")
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ apes idp clients add troop --redirect-uri https://troop.example.com/auth/callback
+  $ apes idp clients list --json
+  $ apes idp clients remove troop`,
+    );
+  registerClientsAdd(clients, getContext);
+  registerClientsList(clients, getContext);
+  registerClientsRemove(clients, getContext);
 }

@@ -7,6 +7,7 @@ import {
 } from "../../../server/limit-defaults.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
+import { parseListen } from "../../listen.ts";
 import type { GetContext } from "../../program.ts";
 import {
   checkStoreLocation,
@@ -32,19 +33,12 @@ interface ServeOpts extends StoreOpts {
   maxConnectionsPerClient: string;
   connectionRate: string;
   allowRawLoginSignatures?: boolean;
+  allowBearerApprove?: boolean;
   logLevel: string;
 }
 
-export function parseListen(value: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || port > 65535)
-    throw usageError(
-      `invalid --listen "${value}"`,
-      "use HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)",
-    );
-  return { host: (m[1] ?? m[2])!, port };
-}
+/** `--listen HOST:PORT` (shared with `apes troop serve`). */
+export { parseListen };
 
 /** Why the server could not start, with what to do about it. */
 /** Why the IdP could not start, as the exit code a supervisor can act on (78: fix the config). */
@@ -172,6 +166,10 @@ export function register(parent: Command, getContext: GetContext): void {
       "--allow-raw-login-signatures",
       "also accept key logins signed over the bare challenge (older clients; unsafe, logged)",
     )
+    .option(
+      "--allow-bearer-approve",
+      "also accept approvals without a proof, on the session token alone (older clients; unsafe, logged)",
+    )
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -180,6 +178,9 @@ The first line logged is {"level":"info","msg":"listening","url":...,"issuer":..
 A signing key is created on first start; rotate it with \`apes idp keys rotate\`.
 Key logins must sign the domain-separated message of docs/signatures.md; with
 --allow-raw-login-signatures the bare challenge is accepted too (older clients; logged as a warning).
+An approval must carry a proof (an Ed25519 signature or a passkey assertion over the grant's
+approval digest, docs/signatures.md); --allow-bearer-approve also accepts one without (older
+clients; logged as a warning at start and on every such approval).
 
 Examples:
   $ apes idp serve --listen 127.0.0.1:8080
@@ -268,6 +269,7 @@ Examples:
           maxConnectionsPerClient,
           connectionRate: opts.connectionRate,
           allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
+          allowBearerApprove: opts.allowBearerApprove === true,
           log,
         });
       } catch (e) {

@@ -9,6 +9,12 @@ import {
   databaseOption,
   databasePasswordFileOption,
   dataOption,
+  inviteIssuerOption,
+  inviteSettings,
+  inviteText,
+  inviteTtl,
+  inviteTtlOption,
+  makeInvite,
   openStore,
   type StoreOpts,
 } from "./common.ts";
@@ -21,6 +27,9 @@ interface AddOpts extends StoreOpts {
   key?: string;
   admin?: boolean;
   name?: string;
+  invite?: boolean;
+  ttl?: string;
+  issuer?: string;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -45,6 +54,9 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--key <key>", "ssh-ed25519 public key line, or a file containing it")
     .option("--admin", "may see every grant and decide humans' grants")
     .option("--name <name>", "display name")
+    .option("--invite", "print a one-time link to register a passkey (humans)")
+    .addOption(inviteTtlOption())
+    .addOption(inviteIssuerOption())
     .addOption(dataOption())
     .addOption(databaseOption())
     .addOption(databasePasswordFileOption())
@@ -57,7 +69,8 @@ Safe while the server runs.
 Examples:
   $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
   $ apes idp users add bot@example.com --agent --owner alice@example.com --key "ssh-ed25519 AAAA... bot"
-  $ apes idp users add carol@example.com --human --approver alice@example.com`,
+  $ apes idp users add carol@example.com --human --approver alice@example.com
+  $ apes idp users add dora@example.com --human --invite --ttl 2h`,
     )
     .action(async (emailArg: string, opts: AddOpts) => {
       const ctx = getContext();
@@ -74,6 +87,11 @@ Examples:
       if (kind === "agent" && !opts.owner) throw usageError("an agent needs --owner <human email>");
       if (kind === "human" && opts.owner) throw usageError("--owner is only for agents");
       if (kind === "agent" && opts.admin) throw usageError("agents cannot be admins");
+      if (kind === "agent" && opts.invite)
+        throw usageError("--invite is for humans (agents log in with --key)");
+      if (!opts.invite && (opts.ttl !== undefined || opts.issuer !== undefined))
+        throw usageError("--ttl and --issuer go with --invite");
+      const ttl = opts.invite ? await inviteTtl(opts) : undefined;
       let publicKey: string | undefined;
       let fingerprint: string | undefined;
       if (opts.key !== undefined) {
@@ -89,6 +107,7 @@ Examples:
       }
       const store = await openStore(ctx, opts);
       try {
+        const settings = ttl !== undefined ? await inviteSettings(ctx, opts, store, ttl) : undefined;
         if (await store.getUser(email))
           throw new CliError(`${email} already exists`, { hint: "`apes idp users list` shows the users" });
         const owner = opts.owner === undefined ? undefined : identityArg("--owner", opts.owner);
@@ -112,6 +131,7 @@ Examples:
           ...(opts.name ? { name: opts.name } : {}),
           createdAt: Math.floor(ctx.clock.now() / 1000),
         });
+        const invite = settings ? await makeInvite(ctx, store, email, settings) : undefined;
         printData(
           ctx,
           {
@@ -121,8 +141,11 @@ Examples:
             approvers,
             admin: Boolean(opts.admin),
             fingerprint: fingerprint ?? null,
+            ...(invite ? { invite_url: invite.url, invite_expires_at: invite.expiresAt } : {}),
           },
-          () => `added ${kind} ${email}${fingerprint ? ` (${fingerprint})` : ""}`,
+          () =>
+            `added ${kind} ${email}${fingerprint ? ` (${fingerprint})` : ""}` +
+            (invite ? `\n${inviteText(invite)}` : ""),
         );
       } finally {
         await store.close();

@@ -14,7 +14,7 @@ import {
 export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("disable")
-    .description("disable a user: it can no longer log in and its tokens stop working")
+    .description("disable a user: it can no longer log in, its tokens stop working, its browser sessions end")
     .argument("<email>", "the user")
     .addOption(dataOption())
     .addOption(databaseOption())
@@ -30,9 +30,11 @@ export function register(parent: Command, getContext: GetContext): void {
       const identity = identityArg("the email", email);
       const store = await openStore(ctx, opts);
       try {
-        if (!(await store.setDisabled(identity, true))) {
+        if (!(await store.setDisabled(identity, true, Math.floor(ctx.clock.now() / 1000)))) {
           throw new CliError(`no user ${identity}`, { hint: "`apes idp users list` shows the users" });
         }
+        // Its browser sessions end too (a disabled user's session is refused anyway).
+        await store.endWebSessionsOf(identity);
         printData(ctx, { email: identity, disabled: true }, () => `disabled ${identity}`);
       } finally {
         await store.close();

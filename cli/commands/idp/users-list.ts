@@ -26,6 +26,9 @@ export function register(parent: Command, getContext: GetContext): void {
       const store = await openStore(ctx, opts);
       try {
         const users = await store.listUsers();
+        const passkeys = new Map<string, number>();
+        for (const u of users)
+          if (u.kind === "human") passkeys.set(u.email, (await store.listPasskeys(u.email)).length);
         const data = users.map((u) => ({
           email: u.email,
           kind: u.kind,
@@ -34,13 +37,14 @@ export function register(parent: Command, getContext: GetContext): void {
           admin: u.admin,
           disabled: u.disabled,
           fingerprint: u.fingerprint ?? null,
+          passkeys: passkeys.get(u.email) ?? 0,
           created_at: u.createdAt,
         }));
         printData(ctx, data, () =>
           users.length === 0
             ? "no users; add one with `apes idp users add <email> --human`"
             : formatTable([
-                ["EMAIL", "KIND", "OWNER", "ADMIN", "STATUS", "KEY", "CREATED"],
+                ["EMAIL", "KIND", "OWNER", "ADMIN", "STATUS", "KEY", "PASSKEYS", "CREATED"],
                 ...users.map((u) => [
                   // A name stored before identities were normalised and refused now: no login finds it.
                   `${visible(u.email)}${canonicalIdentity(u.email) === u.email ? "" : " (refused name: cannot log in)"}`,
@@ -49,6 +53,7 @@ export function register(parent: Command, getContext: GetContext): void {
                   u.admin ? "yes" : "no",
                   u.disabled ? "disabled" : "active",
                   u.fingerprint ?? "-",
+                  u.kind === "human" ? String(passkeys.get(u.email) ?? 0) : "-",
                   formatTime(u.createdAt),
                 ]),
               ]),

@@ -41,7 +41,8 @@ export async function keygen(ctx: Context, options: KeygenOptions): Promise<void
     { dirname },
     os,
     keys,
-    { apesKeyPath, expandPath },
+    { expandPath },
+    { apesKeyPath },
     { CliError, usageError },
   ] = await Promise.all([
     import("node:crypto"),
@@ -50,6 +51,7 @@ export async function keygen(ctx: Context, options: KeygenOptions): Promise<void
     import("node:os"),
     import("../../../protocol/keys.ts"),
     import("../../auth/keys.ts"),
+    import("../../../client/keys.ts"),
     import("../../errors.ts"),
   ]);
   const out = options.out ? expandPath(ctx, options.out) : apesKeyPath(ctx);

@@ -25,7 +25,7 @@ Examples:
 }
 
 export async function whoami(ctx: Context): Promise<void> {
-  const { freshSession } = await import("../../auth/session.ts");
+  const { freshSession } = await import("../../../client/session.ts");
   const { formatTime } = await import("../../output.ts");
   const s = await freshSession(ctx);
   const nowS = Math.floor(ctx.clock.now() / 1000);

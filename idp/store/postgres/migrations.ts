@@ -107,6 +107,127 @@ export const MIGRATIONS: readonly Migration[] = [
     FOR EACH ROW EXECUTE FUNCTION apes_grant_changed();
   `,
   },
+  {
+    // The parts main gained after migration 1 (SQLite's migrations 4-7), in this dialect.
+    version: 2,
+    what: "passkeys, invites, web sessions; the revocation feed; approval proofs; OAuth clients, codes, refresh tokens and families, device codes; the recorded issuer",
+    sql: `
+  CREATE TABLE passkeys (
+    credential_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    counter BIGINT NOT NULL,
+    transports JSONB NOT NULL,
+    device_type TEXT NOT NULL,
+    backed_up BOOLEAN NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_used_at BIGINT
+  );
+  CREATE INDEX passkeys_by_email ON passkeys(email, created_at);
+  CREATE TABLE invites (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+  );
+  CREATE INDEX invites_expiring ON invites(expires_at);
+  CREATE TABLE web_sessions (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+  );
+  CREATE INDEX web_sessions_by_email ON web_sessions(email);
+  CREATE INDEX web_sessions_expiring ON web_sessions(expires_at);
+
+  -- Readers page by seq > last seen: a seq must never become visible after a higher one. An
+  -- identity column would allow that (two transactions, the lower one committing last), so each
+  -- append takes a transaction-scoped advisory lock before drawing its seq: appends commit in seq
+  -- order. They are rare (a disable, a delegation revoked), so serialising them costs nothing.
+  CREATE SEQUENCE revocations_seq;
+  CREATE TABLE revocations (
+    seq BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'delegation')),
+    subject TEXT NOT NULL,
+    at BIGINT NOT NULL
+  );
+  CREATE INDEX revocations_at ON revocations(at);
+  CREATE FUNCTION apes_revocation_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN
+    IF NEW.seq IS NULL THEN -- given only by the copy from SQLite (idp/store/copy.ts)
+      PERFORM pg_advisory_xact_lock(1634755955, 2); -- "apes", the revocation feed
+      NEW.seq := nextval('revocations_seq');
+    END IF;
+    RETURN NEW;
+  END $$;
+  CREATE TRIGGER revocations_seq BEFORE INSERT ON revocations
+    FOR EACH ROW EXECUTE FUNCTION apes_revocation_seq();
+
+  ALTER TABLE grants ADD COLUMN approval_proof TEXT;
+
+  CREATE TABLE oauth_clients (
+    id TEXT PRIMARY KEY,
+    redirect_uris JSONB NOT NULL,
+    created_at BIGINT NOT NULL
+  );
+  CREATE TABLE oauth_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    family_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+  );
+  CREATE INDEX oauth_codes_expiring ON oauth_codes(expires_at);
+  CREATE TABLE refresh_families (
+    family_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT
+  );
+  CREATE INDEX refresh_families_by_sub ON refresh_families(sub);
+  CREATE INDEX refresh_families_expiring ON refresh_families(expires_at);
+  CREATE TABLE refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id TEXT NOT NULL REFERENCES refresh_families(family_id),
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    act TEXT NOT NULL CHECK (act IN ('human', 'agent')),
+    acting_party TEXT,
+    delegation_grant TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+  );
+  CREATE INDEX refresh_tokens_by_family ON refresh_tokens(family_id);
+  CREATE INDEX refresh_tokens_expiring ON refresh_tokens(expires_at);
+  CREATE TABLE device_codes (
+    device_hash TEXT PRIMARY KEY,
+    user_code TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'used')),
+    sub TEXT,
+    poll_interval INTEGER NOT NULL,
+    last_poll_at BIGINT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    decided_at BIGINT
+  );
+  CREATE INDEX device_codes_expiring ON device_codes(expires_at);
+
+  CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  );
+  `,
+  },
 ];
 
 /** Any constant will do: it names "the apes IdP schema" among the database's advisory locks. */

@@ -1,17 +1,26 @@
 import pg from "pg";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
-import type {
-  GrantPage,
-  GrantQuery,
-  NewGrant,
-  NewUser,
-  SigningKeyRecord,
-  Store,
-  StoredGrant,
-  StoreLifecycle,
-  Transition,
-  UserRecord,
+import {
+  type AuthCodeRecord,
+  type ClientRecord,
+  type DeviceCodeRecord,
+  type GrantPage,
+  type GrantQuery,
+  type InviteRecord,
+  type NewGrant,
+  type NewUser,
+  type PasskeyRecord,
+  REVOCATION_RETENTION_S,
+  type RefreshTokenRecord,
+  type RevocationEvent,
+  type SigningKeyRecord,
+  type Store,
+  type StoredGrant,
+  type StoreLifecycle,
+  type Transition,
+  type UserRecord,
+  type WebSessionRecord,
 } from "../types.ts";
 import type { PostgresTarget } from "./config.ts";
 import { openSecret, sealSecret } from "./key-file.ts";
@@ -90,10 +99,11 @@ interface GrantRow {
   version: number;
   created_act: string | null;
   decided_act: string | null;
+  approval_proof: string | null;
 }
 
 const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act";
+  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act, approval_proof";
 
 function grantFromRow(r: GrantRow): StoredGrant {
   const grant: Grant = {
@@ -107,10 +117,153 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.decided_at !== null) grant.decided_at = r.decided_at;
   if (r.expires_at !== null) grant.expires_at = r.expires_at;
   if (r.used_at !== null) grant.used_at = r.used_at;
+  if (r.approval_proof !== null)
+    grant.approval_proof = r.approval_proof as NonNullable<Grant["approval_proof"]>;
   const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
   if (r.created_act !== null) stored.createdAct = r.created_act;
   if (r.decided_act !== null) stored.decidedAct = r.decided_act;
   return stored;
+}
+
+interface PasskeyRow {
+  credential_id: string;
+  email: string;
+  public_key: string;
+  counter: number;
+  transports: string[];
+  device_type: "singleDevice" | "multiDevice";
+  backed_up: boolean;
+  created_at: number;
+  last_used_at: number | null;
+}
+
+function passkeyFromRow(r: PasskeyRow): PasskeyRecord {
+  const p: PasskeyRecord = {
+    credentialId: r.credential_id,
+    email: r.email,
+    publicKey: r.public_key,
+    counter: r.counter,
+    transports: r.transports,
+    deviceType: r.device_type,
+    backedUp: r.backed_up,
+    createdAt: r.created_at,
+  };
+  if (r.last_used_at !== null) p.lastUsedAt = r.last_used_at;
+  return p;
+}
+
+interface InviteRow {
+  id: string;
+  email: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function inviteFromRow(r: InviteRow): InviteRecord {
+  const i: InviteRecord = { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
+  if (r.used_at !== null) i.usedAt = r.used_at;
+  return i;
+}
+
+/** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
+const FAMILY_GRACE_S = 600;
+
+interface ClientRow {
+  id: string;
+  redirect_uris: string[];
+  created_at: number;
+}
+
+function clientFromRow(r: ClientRow): ClientRecord {
+  return { id: r.id, redirectUris: r.redirect_uris, createdAt: r.created_at };
+}
+
+interface CodeRow {
+  code_hash: string;
+  client_id: string;
+  redirect_uri: string;
+  code_challenge: string;
+  nonce: string;
+  sub: string;
+  family_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function codeFromRow(r: CodeRow): AuthCodeRecord {
+  const c: AuthCodeRecord = {
+    codeHash: r.code_hash,
+    clientId: r.client_id,
+    redirectUri: r.redirect_uri,
+    codeChallenge: r.code_challenge,
+    nonce: r.nonce,
+    sub: r.sub,
+    familyId: r.family_id,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.used_at !== null) c.usedAt = r.used_at;
+  return c;
+}
+
+interface RefreshRow {
+  token_hash: string;
+  family_id: string;
+  client_id: string;
+  sub: string;
+  act: "human" | "agent";
+  acting_party: string | null;
+  delegation_grant: string | null;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function refreshFromRow(r: RefreshRow): RefreshTokenRecord {
+  const t: RefreshTokenRecord = {
+    tokenHash: r.token_hash,
+    familyId: r.family_id,
+    clientId: r.client_id,
+    sub: r.sub,
+    act: r.act,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.acting_party !== null) t.actingParty = r.acting_party;
+  if (r.delegation_grant !== null) t.delegationGrant = r.delegation_grant;
+  if (r.used_at !== null) t.usedAt = r.used_at;
+  return t;
+}
+
+interface DeviceRow {
+  device_hash: string;
+  user_code: string;
+  client_id: string;
+  status: DeviceCodeRecord["status"];
+  sub: string | null;
+  poll_interval: number;
+  last_poll_at: number | null;
+  created_at: number;
+  expires_at: number;
+  decided_at: number | null;
+}
+
+function deviceFromRow(r: DeviceRow): DeviceCodeRecord {
+  const d: DeviceCodeRecord = {
+    deviceHash: r.device_hash,
+    userCode: r.user_code,
+    clientId: r.client_id,
+    status: r.status,
+    interval: r.poll_interval,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.sub !== null) d.sub = r.sub;
+  if (r.last_poll_at !== null) d.lastPollAt = r.last_poll_at;
+  if (r.decided_at !== null) d.decidedAt = r.decided_at;
+  return d;
 }
 
 function userFromRow(r: UserRow): UserRecord {
@@ -374,11 +527,31 @@ export class PostgresStore implements Store {
     return (await this.rows<UserRow>(`${USER_SELECT} ORDER BY u.email COLLATE "C"`)).map(userFromRow);
   }
 
-  async setDisabled(name: string, disabled: boolean): Promise<boolean> {
+  async setDisabled(name: string, disabled: boolean, at: number): Promise<boolean> {
     const email = canonicalIdentity(name);
     if (email === undefined) return false;
-    const r = await this.run("UPDATE users SET disabled = $1 WHERE email = $2", [disabled, email]);
-    return r.rowCount === 1;
+    // One statement: the change and its revocation event commit together or not at all.
+    const [r] = await this.rows<{ n: number }>(
+      `WITH u AS (UPDATE users SET disabled = $1 WHERE email = $2 RETURNING email),
+         e AS (INSERT INTO revocations (kind, subject, at) SELECT 'user', email, $3 FROM u WHERE $1)
+       SELECT count(*)::int AS n FROM u`,
+      [disabled, email, at],
+    );
+    return r?.n === 1;
+  }
+
+  async revocationsAfter(after: number, limit: number): Promise<RevocationEvent[]> {
+    return this.rows<RevocationEvent>(
+      "SELECT seq, kind, subject, at FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2",
+      [after, limit],
+    );
+  }
+
+  async lastRevocation(): Promise<number> {
+    const [r] = await this.rows<{ seq: number }>(
+      "SELECT COALESCE(MAX(seq), 0)::bigint AS seq FROM revocations",
+    );
+    return r?.seq ?? 0;
   }
 
   async subordinatesOf(name: string): Promise<string[]> {
@@ -461,9 +634,208 @@ export class PostgresStore implements Store {
 
   async purgeExpired(now: number): Promise<void> {
     await this.run(
-      "WITH c AS (DELETE FROM challenges WHERE expires_at <= $1) DELETE FROM used_jtis WHERE expires_at <= $1",
-      [now],
+      `WITH c AS (DELETE FROM challenges WHERE expires_at <= $1),
+         j AS (DELETE FROM used_jtis WHERE expires_at <= $1),
+         r AS (DELETE FROM revocations WHERE at <= $2),
+         o AS (DELETE FROM oauth_codes WHERE expires_at <= $1)
+       DELETE FROM device_codes WHERE expires_at <= $1`,
+      [now, now - REVOCATION_RETENTION_S],
     );
+    // Tokens before their families (the foreign key); a family expires with its last token.
+    await this.run("DELETE FROM refresh_tokens WHERE expires_at <= $1", [now]);
+    await this.run("DELETE FROM refresh_families WHERE expires_at <= $1", [now]);
+  }
+
+  // --- OAuth ---
+
+  async addClient(c: ClientRecord): Promise<void> {
+    await this.run("INSERT INTO oauth_clients (id, redirect_uris, created_at) VALUES ($1, $2, $3)", [
+      c.id,
+      JSON.stringify(c.redirectUris),
+      c.createdAt,
+    ]);
+  }
+
+  async getClient(id: string): Promise<ClientRecord | undefined> {
+    const [r] = await this.rows<ClientRow>("SELECT * FROM oauth_clients WHERE id = $1", [id]);
+    return r ? clientFromRow(r) : undefined;
+  }
+
+  async listClients(): Promise<ClientRecord[]> {
+    return (await this.rows<ClientRow>('SELECT * FROM oauth_clients ORDER BY id COLLATE "C"')).map(
+      clientFromRow,
+    );
+  }
+
+  async removeClient(id: string): Promise<boolean> {
+    return (await this.run("DELETE FROM oauth_clients WHERE id = $1", [id])).rowCount === 1;
+  }
+
+  async insertAuthCode(c: AuthCodeRecord): Promise<void> {
+    await this.run(
+      `INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, code_challenge, nonce, sub, family_id, created_at, expires_at, used_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+      [
+        c.codeHash,
+        c.clientId,
+        c.redirectUri,
+        c.codeChallenge,
+        c.nonce,
+        c.sub,
+        c.familyId,
+        c.createdAt,
+        c.expiresAt,
+        c.usedAt ?? null,
+      ],
+    );
+  }
+
+  async spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined> {
+    const [r] = await this.rows<CodeRow>(
+      "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING *",
+      [now, codeHash],
+    );
+    return r ? codeFromRow(r) : undefined;
+  }
+
+  async getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined> {
+    const [r] = await this.rows<CodeRow>("SELECT * FROM oauth_codes WHERE code_hash = $1", [codeHash]);
+    return r ? codeFromRow(r) : undefined;
+  }
+
+  async insertRefreshToken(t: RefreshTokenRecord): Promise<void> {
+    // One statement: the family (created, or its expiry raised to the newest token's) and the token.
+    await this.run(
+      `WITH f AS (
+         INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at) VALUES ($2, $3, $4, $8, $9)
+         ON CONFLICT (family_id) DO UPDATE SET expires_at = GREATEST(refresh_families.expires_at, excluded.expires_at))
+       INSERT INTO refresh_tokens (token_hash, family_id, client_id, sub, act, acting_party, delegation_grant, created_at, expires_at, used_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+      [
+        t.tokenHash,
+        t.familyId,
+        t.clientId,
+        t.sub,
+        t.act,
+        t.actingParty ?? null,
+        t.delegationGrant ?? null,
+        t.createdAt,
+        t.expiresAt,
+        t.usedAt ?? null,
+      ],
+    );
+  }
+
+  async spendRefreshToken(tokenHash: string, now: number): Promise<RefreshTokenRecord | undefined> {
+    // One compare-and-set: unspent, unexpired, its family not revoked. FOR SHARE on the family row
+    // waits for a concurrent revocation (which locks it) and re-checks it: a spend and a revocation
+    // of one family on two instances are ordered, as in one process.
+    const [r] = await this.rows<RefreshRow>(
+      `UPDATE refresh_tokens SET used_at = $1
+       WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1
+         AND EXISTS (SELECT 1 FROM refresh_families f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NULL FOR SHARE)
+       RETURNING *`,
+      [now, tokenHash],
+    );
+    return r ? refreshFromRow(r) : undefined;
+  }
+
+  async getRefreshToken(
+    tokenHash: string,
+  ): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined> {
+    const [r] = await this.rows<RefreshRow & { family_revoked_at: number | null }>(
+      `SELECT t.*, f.revoked_at AS family_revoked_at FROM refresh_tokens t
+       LEFT JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = $1`,
+      [tokenHash],
+    );
+    return r ? { ...refreshFromRow(r), familyRevoked: r.family_revoked_at !== null } : undefined;
+  }
+
+  async revokeRefreshFamily(familyId: string, now: number): Promise<boolean> {
+    // A family not stored yet (a code replayed while its first exchange is under way) is stored
+    // revoked for FAMILY_GRACE_S (longer than a code lives): the token that exchange is about to
+    // store is dead on arrival. One statement, whichever instance the two requests reach.
+    const r = await this.run(
+      `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at, revoked_at) VALUES ($1, '', '', $2, $3, $2)
+       ON CONFLICT (family_id) DO UPDATE SET revoked_at = excluded.revoked_at WHERE refresh_families.revoked_at IS NULL`,
+      [familyId, now, now + FAMILY_GRACE_S],
+    );
+    return r.rowCount === 1;
+  }
+
+  async insertDeviceCode(d: DeviceCodeRecord): Promise<void> {
+    await this.run(
+      `INSERT INTO device_codes (device_hash, user_code, client_id, status, sub, poll_interval, last_poll_at, created_at, expires_at, decided_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+      [
+        d.deviceHash,
+        d.userCode,
+        d.clientId,
+        d.status,
+        d.sub ?? null,
+        d.interval,
+        d.lastPollAt ?? null,
+        d.createdAt,
+        d.expiresAt,
+        d.decidedAt ?? null,
+      ],
+    );
+  }
+
+  async getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined> {
+    const [r] = await this.rows<DeviceRow>("SELECT * FROM device_codes WHERE device_hash = $1", [deviceHash]);
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  async getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined> {
+    const [r] = await this.rows<DeviceRow>(
+      "SELECT * FROM device_codes WHERE user_code = $1 AND expires_at > $2",
+      [userCode, now],
+    );
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  async decideDeviceCode(
+    userCode: string,
+    to: "approved" | "denied",
+    sub: string,
+    now: number,
+  ): Promise<boolean> {
+    const r = await this.run(
+      "UPDATE device_codes SET status = $1, sub = $2, decided_at = $3 WHERE user_code = $4 AND status = 'pending' AND expires_at > $3",
+      [to, sub, now, userCode],
+    );
+    return r.rowCount === 1;
+  }
+
+  async recordDevicePoll(deviceHash: string, now: number, interval: number): Promise<void> {
+    await this.run("UPDATE device_codes SET last_poll_at = $1, poll_interval = $2 WHERE device_hash = $3", [
+      now,
+      interval,
+      deviceHash,
+    ]);
+  }
+
+  async spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined> {
+    const [r] = await this.rows<DeviceRow>(
+      "UPDATE device_codes SET status = 'used' WHERE device_hash = $1 AND status = 'approved' AND expires_at > $2 RETURNING *",
+      [deviceHash, now],
+    );
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  // --- the issuer, for the offline admin commands' invite links ---
+
+  async recordIssuer(issuer: string): Promise<void> {
+    await this.run(
+      "INSERT INTO settings (name, value) VALUES ('issuer', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+      [issuer],
+    );
+  }
+
+  async recordedIssuer(): Promise<string | undefined> {
+    const [r] = await this.rows<{ value: string }>("SELECT value FROM settings WHERE name = 'issuer'");
+    return r?.value;
   }
 
   // --- grants ---
@@ -560,6 +932,7 @@ export class PostgresStore implements Store {
     if (t.expiresAt !== undefined) sets.push(`expires_at = ${arg(t.expiresAt)}`);
     if (t.usedAt !== undefined) sets.push(`used_at = ${arg(t.usedAt)}`);
     if (t.actingParty !== undefined) sets.push(`decided_act = ${arg(t.actingParty)}`);
+    if (t.approvalProof !== undefined) sets.push(`approval_proof = ${arg(t.approvalProof)}`);
     // Both request edits in one expression: a column assigned twice keeps only the last.
     let request = "request";
     if (t.grantType !== undefined) {
@@ -574,10 +947,15 @@ export class PostgresStore implements Store {
     if (request !== "request") sets.push(`request = ${request}`);
     // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive,
     // across instances too (a second UPDATE waits for the first's row lock, then re-checks).
-    const [r] = await this.rows<GrantRow>(
-      `UPDATE grants SET ${sets.join(", ")} WHERE id = ${arg(id)} AND status = ANY(${arg([...t.from])}::text[]) RETURNING ${GRANT_COLS}`,
-      args,
-    );
+    const update = `UPDATE grants SET ${sets.join(", ")} WHERE id = ${arg(id)} AND status = ANY(${arg([...t.from])}::text[]) RETURNING ${GRANT_COLS}`;
+    // A delegation revoked appends its revocation event in the same statement (atomically).
+    const sql =
+      t.to === "revoked"
+        ? `WITH g AS (${update}),
+             e AS (INSERT INTO revocations (kind, subject, at) SELECT 'delegation', id, ${arg(t.at ?? t.decidedAt ?? 0)} FROM g WHERE type = 'delegation')
+           SELECT * FROM g`
+        : update;
+    const [r] = await this.rows<GrantRow>(sql, args);
     return r ? grantFromRow(r) : undefined;
   }
 
@@ -587,6 +965,117 @@ export class PostgresStore implements Store {
       [now],
     );
     return rows.map((r) => r.id);
+  }
+
+  // --- passkeys, invites, web sessions ---
+
+  async addPasskey(p: PasskeyRecord): Promise<boolean> {
+    const r = await this.run(
+      `INSERT INTO passkeys (credential_id, email, public_key, counter, transports, device_type, backed_up, created_at, last_used_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
+      [
+        p.credentialId,
+        p.email,
+        p.publicKey,
+        p.counter,
+        JSON.stringify(p.transports),
+        p.deviceType,
+        p.backedUp,
+        p.createdAt,
+        p.lastUsedAt ?? null,
+      ],
+    );
+    return r.rowCount === 1;
+  }
+
+  async getPasskey(credentialId: string): Promise<PasskeyRecord | undefined> {
+    const [r] = await this.rows<PasskeyRow>("SELECT * FROM passkeys WHERE credential_id = $1", [
+      credentialId,
+    ]);
+    return r ? passkeyFromRow(r) : undefined;
+  }
+
+  async listPasskeys(email: string): Promise<PasskeyRecord[]> {
+    const rows = await this.rows<PasskeyRow>(
+      'SELECT * FROM passkeys WHERE email = $1 ORDER BY created_at, credential_id COLLATE "C"',
+      [email],
+    );
+    return rows.map(passkeyFromRow);
+  }
+
+  async recordPasskeyUse(
+    credentialId: string,
+    u: { fromCounter: number; counter: number; backedUp: boolean; usedAt: number },
+  ): Promise<boolean> {
+    const r = await this.run(
+      "UPDATE passkeys SET counter = $1, backed_up = $2, last_used_at = $3 WHERE credential_id = $4 AND counter = $5",
+      [u.counter, u.backedUp, u.usedAt, credentialId, u.fromCounter],
+    );
+    return r.rowCount === 1;
+  }
+
+  async removePasskey(email: string, credentialId: string): Promise<boolean> {
+    const r = await this.run("DELETE FROM passkeys WHERE credential_id = $1 AND email = $2", [
+      credentialId,
+      email,
+    ]);
+    return r.rowCount === 1;
+  }
+
+  async addInvite(i: InviteRecord): Promise<void> {
+    await this.run(
+      "INSERT INTO invites (id, email, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5)",
+      [i.id, i.email, i.createdAt, i.expiresAt, i.usedAt ?? null],
+    );
+  }
+
+  async getInvite(id: string, now: number): Promise<InviteRecord | undefined> {
+    const [r] = await this.rows<InviteRow>(
+      "SELECT * FROM invites WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
+      [id, now],
+    );
+    return r ? inviteFromRow(r) : undefined;
+  }
+
+  async redeemInvite(id: string, now: number): Promise<InviteRecord | undefined> {
+    // One compare-and-set: of concurrent redemptions (on any instance) exactly one gets the row.
+    const [r] = await this.rows<InviteRow>(
+      "UPDATE invites SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND expires_at > $1 RETURNING *",
+      [now, id],
+    );
+    return r ? inviteFromRow(r) : undefined;
+  }
+
+  async addWebSession(w: WebSessionRecord): Promise<void> {
+    await this.run("INSERT INTO web_sessions (id, email, created_at, expires_at) VALUES ($1, $2, $3, $4)", [
+      w.id,
+      w.email,
+      w.createdAt,
+      w.expiresAt,
+    ]);
+  }
+
+  async getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined> {
+    const [r] = await this.rows<{ id: string; email: string; created_at: number; expires_at: number }>(
+      "SELECT id, email, created_at, expires_at FROM web_sessions WHERE id = $1 AND expires_at > $2",
+      [id, now],
+    );
+    return r ? { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at } : undefined;
+  }
+
+  async endWebSession(id: string): Promise<boolean> {
+    return (await this.run("DELETE FROM web_sessions WHERE id = $1", [id])).rowCount === 1;
+  }
+
+  async endWebSessionsOf(email: string): Promise<number> {
+    return (await this.run("DELETE FROM web_sessions WHERE email = $1", [email])).rowCount ?? 0;
+  }
+
+  async purgeExpiredWeb(now: number): Promise<void> {
+    await this.run(
+      "WITH s AS (DELETE FROM web_sessions WHERE expires_at <= $1) DELETE FROM invites WHERE expires_at <= $1",
+      [now],
+    );
   }
 
   /** The pool, for the migration tool's bulk copy (one transaction). */

@@ -93,6 +93,124 @@ export const MIGRATIONS: readonly Migration[] = [
   ALTER TABLE grants ADD COLUMN decided_act TEXT;
   `,
   },
+  {
+    version: 4,
+    what: "passkeys, invites and browser sessions (idp/web/)",
+    sql: `
+  CREATE TABLE passkeys (
+    credential_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    transports TEXT NOT NULL,
+    device_type TEXT NOT NULL,
+    backed_up INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+  );
+  CREATE INDEX passkeys_by_email ON passkeys(email, created_at);
+  CREATE TABLE invites (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX invites_expiring ON invites(expires_at);
+  CREATE TABLE web_sessions (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+  );
+  CREATE INDEX web_sessions_by_email ON web_sessions(email);
+  CREATE INDEX web_sessions_expiring ON web_sessions(expires_at);
+  `,
+  },
+  {
+    // Read by SPs (the troop) to close live connections of a disabled identity or revoked delegation.
+    version: 5,
+    what: "revocation feed: identities disabled and delegations revoked, in order",
+    sql: `
+  CREATE TABLE revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'delegation')),
+    subject TEXT NOT NULL,
+    at INTEGER NOT NULL
+  );
+  CREATE INDEX revocations_at ON revocations(at);
+  `,
+  },
+  {
+    // NULL: not approved (or approved before proofs existed). See protocol/approval.ts.
+    version: 6,
+    what: "the proof an approval came with (ed25519, webauthn, or bearer in the opt-in old-client mode)",
+    sql: `
+  ALTER TABLE grants ADD COLUMN approval_proof TEXT;
+  `,
+  },
+  {
+    // Secrets (codes, refresh tokens, device codes) only as SHA-256 hashes.
+    version: 7,
+    what: "OAuth: registered clients, authorization codes, refresh tokens and their families, device codes",
+    sql: `
+  CREATE TABLE oauth_clients (
+    id TEXT PRIMARY KEY,
+    redirect_uris TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE TABLE oauth_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    family_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX oauth_codes_expiring ON oauth_codes(expires_at);
+  CREATE TABLE refresh_families (
+    family_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+  CREATE INDEX refresh_families_by_sub ON refresh_families(sub);
+  CREATE INDEX refresh_families_expiring ON refresh_families(expires_at);
+  CREATE TABLE refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id TEXT NOT NULL REFERENCES refresh_families(family_id),
+    client_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    act TEXT NOT NULL CHECK (act IN ('human', 'agent')),
+    acting_party TEXT,
+    delegation_grant TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+  );
+  CREATE INDEX refresh_tokens_by_family ON refresh_tokens(family_id);
+  CREATE INDEX refresh_tokens_expiring ON refresh_tokens(expires_at);
+  CREATE TABLE device_codes (
+    device_hash TEXT PRIMARY KEY,
+    user_code TEXT NOT NULL UNIQUE,
+    client_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'used')),
+    sub TEXT,
+    poll_interval INTEGER NOT NULL,
+    last_poll_at INTEGER,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    decided_at INTEGER
+  );
+  CREATE INDEX device_codes_expiring ON device_codes(expires_at);
+  `,
+  },
 ];
 
 /** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */

@@ -3,17 +3,26 @@ import { join } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
-import type {
-  GrantPage,
-  GrantQuery,
-  NewGrant,
-  NewUser,
-  SigningKeyRecord,
-  Store,
-  StoredGrant,
-  StoreLifecycle,
-  Transition,
-  UserRecord,
+import {
+  type AuthCodeRecord,
+  type ClientRecord,
+  type DeviceCodeRecord,
+  type GrantPage,
+  type GrantQuery,
+  type InviteRecord,
+  type NewGrant,
+  type NewUser,
+  type PasskeyRecord,
+  REVOCATION_RETENTION_S,
+  type RefreshTokenRecord,
+  type RevocationEvent,
+  type SigningKeyRecord,
+  type Store,
+  type StoredGrant,
+  type StoreLifecycle,
+  type Transition,
+  type UserRecord,
+  type WebSessionRecord,
 } from "../types.ts";
 import { startCheckpointer } from "./checkpointer.ts";
 import { migrate } from "./migrations.ts";
@@ -56,10 +65,11 @@ interface GrantRow {
   version: number;
   created_act: string | null;
   decided_act: string | null;
+  approval_proof: string | null;
 }
 
 const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act";
+  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act, approval_proof";
 
 function grantFromRow(r: GrantRow): StoredGrant {
   const grant: Grant = {
@@ -73,10 +83,153 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.decided_at !== null) grant.decided_at = r.decided_at;
   if (r.expires_at !== null) grant.expires_at = r.expires_at;
   if (r.used_at !== null) grant.used_at = r.used_at;
+  if (r.approval_proof !== null)
+    grant.approval_proof = r.approval_proof as NonNullable<Grant["approval_proof"]>;
   const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
   if (r.created_act !== null) stored.createdAct = r.created_act;
   if (r.decided_act !== null) stored.decidedAct = r.decided_act;
   return stored;
+}
+
+interface PasskeyRow {
+  credential_id: string;
+  email: string;
+  public_key: string;
+  counter: number;
+  transports: string;
+  device_type: "singleDevice" | "multiDevice";
+  backed_up: number;
+  created_at: number;
+  last_used_at: number | null;
+}
+
+function passkeyFromRow(r: PasskeyRow): PasskeyRecord {
+  const p: PasskeyRecord = {
+    credentialId: r.credential_id,
+    email: r.email,
+    publicKey: r.public_key,
+    counter: r.counter,
+    transports: JSON.parse(r.transports) as string[],
+    deviceType: r.device_type,
+    backedUp: r.backed_up === 1,
+    createdAt: r.created_at,
+  };
+  if (r.last_used_at !== null) p.lastUsedAt = r.last_used_at;
+  return p;
+}
+
+interface InviteRow {
+  id: string;
+  email: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function inviteFromRow(r: InviteRow): InviteRecord {
+  const i: InviteRecord = { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
+  if (r.used_at !== null) i.usedAt = r.used_at;
+  return i;
+}
+
+/** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
+const FAMILY_GRACE_S = 600;
+
+interface ClientRow {
+  id: string;
+  redirect_uris: string;
+  created_at: number;
+}
+
+function clientFromRow(r: ClientRow): ClientRecord {
+  return { id: r.id, redirectUris: JSON.parse(r.redirect_uris) as string[], createdAt: r.created_at };
+}
+
+interface CodeRow {
+  code_hash: string;
+  client_id: string;
+  redirect_uri: string;
+  code_challenge: string;
+  nonce: string;
+  sub: string;
+  family_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function codeFromRow(r: CodeRow): AuthCodeRecord {
+  const c: AuthCodeRecord = {
+    codeHash: r.code_hash,
+    clientId: r.client_id,
+    redirectUri: r.redirect_uri,
+    codeChallenge: r.code_challenge,
+    nonce: r.nonce,
+    sub: r.sub,
+    familyId: r.family_id,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.used_at !== null) c.usedAt = r.used_at;
+  return c;
+}
+
+interface RefreshRow {
+  token_hash: string;
+  family_id: string;
+  client_id: string;
+  sub: string;
+  act: "human" | "agent";
+  acting_party: string | null;
+  delegation_grant: string | null;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+function refreshFromRow(r: RefreshRow): RefreshTokenRecord {
+  const t: RefreshTokenRecord = {
+    tokenHash: r.token_hash,
+    familyId: r.family_id,
+    clientId: r.client_id,
+    sub: r.sub,
+    act: r.act,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.acting_party !== null) t.actingParty = r.acting_party;
+  if (r.delegation_grant !== null) t.delegationGrant = r.delegation_grant;
+  if (r.used_at !== null) t.usedAt = r.used_at;
+  return t;
+}
+
+interface DeviceRow {
+  device_hash: string;
+  user_code: string;
+  client_id: string;
+  status: DeviceCodeRecord["status"];
+  sub: string | null;
+  poll_interval: number;
+  last_poll_at: number | null;
+  created_at: number;
+  expires_at: number;
+  decided_at: number | null;
+}
+
+function deviceFromRow(r: DeviceRow): DeviceCodeRecord {
+  const d: DeviceCodeRecord = {
+    deviceHash: r.device_hash,
+    userCode: r.user_code,
+    clientId: r.client_id,
+    status: r.status,
+    interval: r.poll_interval,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.sub !== null) d.sub = r.sub;
+  if (r.last_poll_at !== null) d.lastPollAt = r.last_poll_at;
+  if (r.decided_at !== null) d.decidedAt = r.decided_at;
+  return d;
 }
 
 export interface SqliteOptions {
@@ -296,12 +449,32 @@ export class SqliteStore implements Store {
     return rows.map((r) => this.userFromRow(r, approvers.get(r.email) ?? []));
   }
 
-  async setDisabled(name: string, disabled: boolean): Promise<boolean> {
+  async setDisabled(name: string, disabled: boolean, at: number): Promise<boolean> {
     const email = canonicalIdentity(name);
     if (email === undefined) return false;
+    return this.atomically(() => {
+      const changed =
+        this.wq("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1;
+      if (changed && disabled) this.appendRevocation("user", email, at);
+      return changed;
+    });
+  }
+
+  private appendRevocation(kind: RevocationEvent["kind"], subject: string, at: number): void {
+    this.wq("INSERT INTO revocations (kind, subject, at) VALUES (?, ?, ?)").run(kind, subject, at);
+  }
+
+  async revocationsAfter(after: number, limit: number): Promise<RevocationEvent[]> {
     return (
-      this.wq("UPDATE users SET disabled = ? WHERE email = ?").run(disabled ? 1 : 0, email).changes === 1
-    );
+      this.q("SELECT seq, kind, subject, at FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?").all(
+        after,
+        limit,
+      ) as unknown as RevocationEvent[]
+    ).map((r) => ({ seq: r.seq, kind: r.kind, subject: r.subject, at: r.at }));
+  }
+
+  async lastRevocation(): Promise<number> {
+    return (this.q("SELECT COALESCE(MAX(seq), 0) AS seq FROM revocations").get() as { seq: number }).seq;
   }
 
   async subordinatesOf(name: string): Promise<string[]> {
@@ -377,6 +550,184 @@ export class SqliteStore implements Store {
   async purgeExpired(now: number): Promise<void> {
     this.wq("DELETE FROM challenges WHERE expires_at <= ?").run(now);
     this.wq("DELETE FROM used_jtis WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM revocations WHERE at <= ?").run(now - REVOCATION_RETENTION_S);
+    this.wq("DELETE FROM oauth_codes WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM device_codes WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM refresh_tokens WHERE expires_at <= ?").run(now);
+    // A family expires with its last token (its expires_at is the latest of theirs), never before.
+    this.wq("DELETE FROM refresh_families WHERE expires_at <= ?").run(now);
+  }
+
+  // --- OAuth ---
+
+  async addClient(c: ClientRecord): Promise<void> {
+    this.wq("INSERT INTO oauth_clients (id, redirect_uris, created_at) VALUES (?, ?, ?)").run(
+      c.id,
+      JSON.stringify(c.redirectUris),
+      c.createdAt,
+    );
+  }
+
+  async getClient(id: string): Promise<ClientRecord | undefined> {
+    const r = this.q("SELECT * FROM oauth_clients WHERE id = ?").get(id) as ClientRow | undefined;
+    return r ? clientFromRow(r) : undefined;
+  }
+
+  async listClients(): Promise<ClientRecord[]> {
+    return (this.q("SELECT * FROM oauth_clients ORDER BY id").all() as unknown as ClientRow[]).map(
+      clientFromRow,
+    );
+  }
+
+  async removeClient(id: string): Promise<boolean> {
+    return this.wq("DELETE FROM oauth_clients WHERE id = ?").run(id).changes === 1;
+  }
+
+  async insertAuthCode(c: AuthCodeRecord): Promise<void> {
+    this.wq(
+      `INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, code_challenge, nonce, sub, family_id, created_at, expires_at, used_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      c.codeHash,
+      c.clientId,
+      c.redirectUri,
+      c.codeChallenge,
+      c.nonce,
+      c.sub,
+      c.familyId,
+      c.createdAt,
+      c.expiresAt,
+      c.usedAt ?? null,
+    );
+  }
+
+  async spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined> {
+    const r = this.wq(
+      "UPDATE oauth_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING *",
+    ).get(now, codeHash, now) as CodeRow | undefined;
+    return r ? codeFromRow(r) : undefined;
+  }
+
+  async getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined> {
+    const r = this.q("SELECT * FROM oauth_codes WHERE code_hash = ?").get(codeHash) as CodeRow | undefined;
+    return r ? codeFromRow(r) : undefined;
+  }
+
+  async insertRefreshToken(t: RefreshTokenRecord): Promise<void> {
+    this.atomically(() => {
+      this.wq(
+        `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (family_id) DO UPDATE SET expires_at = MAX(refresh_families.expires_at, excluded.expires_at)`,
+      ).run(t.familyId, t.clientId, t.sub, t.createdAt, t.expiresAt);
+      this.wq(
+        `INSERT INTO refresh_tokens (token_hash, family_id, client_id, sub, act, acting_party, delegation_grant, created_at, expires_at, used_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        t.tokenHash,
+        t.familyId,
+        t.clientId,
+        t.sub,
+        t.act,
+        t.actingParty ?? null,
+        t.delegationGrant ?? null,
+        t.createdAt,
+        t.expiresAt,
+        t.usedAt ?? null,
+      );
+    });
+  }
+
+  async spendRefreshToken(tokenHash: string, now: number): Promise<RefreshTokenRecord | undefined> {
+    // One compare-and-set: unspent, unexpired, and its family not revoked.
+    const r = this.wq(
+      `UPDATE refresh_tokens SET used_at = ?
+       WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
+         AND NOT EXISTS (SELECT 1 FROM refresh_families f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NOT NULL)
+       RETURNING *`,
+    ).get(now, tokenHash, now) as RefreshRow | undefined;
+    return r ? refreshFromRow(r) : undefined;
+  }
+
+  async getRefreshToken(
+    tokenHash: string,
+  ): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined> {
+    const r = this.q(
+      `SELECT t.*, f.revoked_at AS family_revoked_at FROM refresh_tokens t
+       LEFT JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = ?`,
+    ).get(tokenHash) as (RefreshRow & { family_revoked_at: number | null }) | undefined;
+    return r ? { ...refreshFromRow(r), familyRevoked: r.family_revoked_at !== null } : undefined;
+  }
+
+  async revokeRefreshFamily(familyId: string, now: number): Promise<boolean> {
+    // A family not stored yet (a code replayed while its first exchange is under way) is stored
+    // revoked, for FAMILY_GRACE_S (longer than a code lives), so the token that exchange is about to
+    // store is dead on arrival.
+    const r = this.wq(
+      `INSERT INTO refresh_families (family_id, client_id, sub, created_at, expires_at, revoked_at) VALUES (?, '', '', ?, ?, ?)
+       ON CONFLICT (family_id) DO UPDATE SET revoked_at = excluded.revoked_at WHERE refresh_families.revoked_at IS NULL`,
+    ).run(familyId, now, now + FAMILY_GRACE_S, now);
+    return r.changes === 1;
+  }
+
+  async insertDeviceCode(d: DeviceCodeRecord): Promise<void> {
+    this.wq(
+      `INSERT INTO device_codes (device_hash, user_code, client_id, status, sub, poll_interval, last_poll_at, created_at, expires_at, decided_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      d.deviceHash,
+      d.userCode,
+      d.clientId,
+      d.status,
+      d.sub ?? null,
+      d.interval,
+      d.lastPollAt ?? null,
+      d.createdAt,
+      d.expiresAt,
+      d.decidedAt ?? null,
+    );
+  }
+
+  async getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined> {
+    const r = this.q("SELECT * FROM device_codes WHERE device_hash = ?").get(deviceHash) as
+      | DeviceRow
+      | undefined;
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  async getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined> {
+    const r = this.q("SELECT * FROM device_codes WHERE user_code = ? AND expires_at > ?").get(
+      userCode,
+      now,
+    ) as DeviceRow | undefined;
+    return r ? deviceFromRow(r) : undefined;
+  }
+
+  async decideDeviceCode(
+    userCode: string,
+    to: "approved" | "denied",
+    sub: string,
+    now: number,
+  ): Promise<boolean> {
+    return (
+      this.wq(
+        "UPDATE device_codes SET status = ?, sub = ?, decided_at = ? WHERE user_code = ? AND status = 'pending' AND expires_at > ?",
+      ).run(to, sub, now, userCode, now).changes === 1
+    );
+  }
+
+  async recordDevicePoll(deviceHash: string, now: number, interval: number): Promise<void> {
+    this.wq("UPDATE device_codes SET last_poll_at = ?, poll_interval = ? WHERE device_hash = ?").run(
+      now,
+      interval,
+      deviceHash,
+    );
+  }
+
+  async spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined> {
+    const r = this.wq(
+      "UPDATE device_codes SET status = 'used' WHERE device_hash = ? AND status = 'approved' AND expires_at > ? RETURNING *",
+    ).get(deviceHash, now) as DeviceRow | undefined;
+    return r ? deviceFromRow(r) : undefined;
   }
 
   // --- grants ---
@@ -489,6 +840,10 @@ export class SqliteStore implements Store {
       sets.push("decided_act = ?");
       args.push(t.actingParty);
     }
+    if (t.approvalProof !== undefined) {
+      sets.push("approval_proof = ?");
+      args.push(t.approvalProof);
+    }
     // Both request edits go into one expression: a column assigned twice keeps only the last.
     let request = "request";
     const requestArgs: (string | number)[] = [];
@@ -508,11 +863,18 @@ export class SqliteStore implements Store {
       args.push(...requestArgs);
     }
     const placeholders = t.from.map(() => "?").join(", ");
-    // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
-    const r = this.wq(
-      `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
-    ).get(...args, id, ...t.from) as GrantRow | undefined;
-    return r ? grantFromRow(r) : undefined;
+    return this.atomically(() => {
+      // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
+      const r = this.wq(
+        `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
+      ).get(...args, id, ...t.from) as GrantRow | undefined;
+      if (!r) return undefined;
+      const g = grantFromRow(r);
+      if (t.to === "revoked" && g.grant.type === "delegation") {
+        this.appendRevocation("delegation", g.grant.id, t.at ?? t.decidedAt ?? 0);
+      }
+      return g;
+    });
   }
 
   async expireDue(now: number): Promise<string[]> {
@@ -520,6 +882,114 @@ export class SqliteStore implements Store {
       "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
     ).all(now) as { id: string }[];
     return rows.map((r) => r.id);
+  }
+
+  // --- passkeys, invites, web sessions ---
+
+  async addPasskey(p: PasskeyRecord): Promise<boolean> {
+    return (
+      this.wq(
+        `INSERT OR IGNORE INTO passkeys (credential_id, email, public_key, counter, transports, device_type, backed_up, created_at, last_used_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        p.credentialId,
+        p.email,
+        p.publicKey,
+        p.counter,
+        JSON.stringify(p.transports),
+        p.deviceType,
+        p.backedUp ? 1 : 0,
+        p.createdAt,
+        p.lastUsedAt ?? null,
+      ).changes === 1
+    );
+  }
+
+  async getPasskey(credentialId: string): Promise<PasskeyRecord | undefined> {
+    const r = this.q("SELECT * FROM passkeys WHERE credential_id = ?").get(credentialId) as
+      | PasskeyRow
+      | undefined;
+    return r ? passkeyFromRow(r) : undefined;
+  }
+
+  async listPasskeys(email: string): Promise<PasskeyRecord[]> {
+    const rows = this.q("SELECT * FROM passkeys WHERE email = ? ORDER BY created_at, credential_id").all(
+      email,
+    ) as unknown as PasskeyRow[];
+    return rows.map(passkeyFromRow);
+  }
+
+  async recordPasskeyUse(
+    credentialId: string,
+    u: { fromCounter: number; counter: number; backedUp: boolean; usedAt: number },
+  ): Promise<boolean> {
+    return (
+      this.wq(
+        "UPDATE passkeys SET counter = ?, backed_up = ?, last_used_at = ? WHERE credential_id = ? AND counter = ?",
+      ).run(u.counter, u.backedUp ? 1 : 0, u.usedAt, credentialId, u.fromCounter).changes === 1
+    );
+  }
+
+  async removePasskey(email: string, credentialId: string): Promise<boolean> {
+    return (
+      this.wq("DELETE FROM passkeys WHERE credential_id = ? AND email = ?").run(credentialId, email)
+        .changes === 1
+    );
+  }
+
+  async addInvite(i: InviteRecord): Promise<void> {
+    this.wq("INSERT INTO invites (id, email, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?)").run(
+      i.id,
+      i.email,
+      i.createdAt,
+      i.expiresAt,
+      i.usedAt ?? null,
+    );
+  }
+
+  async getInvite(id: string, now: number): Promise<InviteRecord | undefined> {
+    const r = this.q("SELECT * FROM invites WHERE id = ? AND used_at IS NULL AND expires_at > ?").get(
+      id,
+      now,
+    ) as InviteRow | undefined;
+    return r ? inviteFromRow(r) : undefined;
+  }
+
+  async redeemInvite(id: string, now: number): Promise<InviteRecord | undefined> {
+    // One compare-and-set: of concurrent redemptions exactly one sees its row returned.
+    const r = this.wq(
+      "UPDATE invites SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ? RETURNING *",
+    ).get(now, id, now) as InviteRow | undefined;
+    return r ? inviteFromRow(r) : undefined;
+  }
+
+  async addWebSession(w: WebSessionRecord): Promise<void> {
+    this.wq("INSERT INTO web_sessions (id, email, created_at, expires_at) VALUES (?, ?, ?, ?)").run(
+      w.id,
+      w.email,
+      w.createdAt,
+      w.expiresAt,
+    );
+  }
+
+  async getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined> {
+    const r = this.q(
+      "SELECT id, email, created_at, expires_at FROM web_sessions WHERE id = ? AND expires_at > ?",
+    ).get(id, now) as { id: string; email: string; created_at: number; expires_at: number } | undefined;
+    return r ? { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at } : undefined;
+  }
+
+  async endWebSession(id: string): Promise<boolean> {
+    return this.wq("DELETE FROM web_sessions WHERE id = ?").run(id).changes === 1;
+  }
+
+  async endWebSessionsOf(email: string): Promise<number> {
+    return Number(this.wq("DELETE FROM web_sessions WHERE email = ?").run(email).changes);
+  }
+
+  async purgeExpiredWeb(now: number): Promise<void> {
+    this.wq("DELETE FROM web_sessions WHERE expires_at <= ?").run(now);
+    this.wq("DELETE FROM invites WHERE expires_at <= ?").run(now);
   }
 
   /** A passive WAL checkpoint on this connection (the worker's fallback). */

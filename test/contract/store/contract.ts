@@ -1,9 +1,15 @@
 import { createPrivateKey } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
 import { Keyring, rotateKeys } from "../../../idp/keys.ts";
-import type { Store } from "../../../idp/store/types.ts";
+import type {
+  AuthCodeRecord,
+  DeviceCodeRecord,
+  RefreshTokenRecord,
+  Store,
+} from "../../../idp/store/types.ts";
 import { signJwt } from "../../../idp/tokens.ts";
 import type { Grant } from "../../../protocol/types.ts";
+import { webStoreContract } from "./web-contract.ts";
 
 /**
  * The contract every Store (idp/store/types.ts) must meet, whatever the database: run it with
@@ -118,12 +124,12 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           ["bob@x", true, []],
           ["bot@x", false, ["bob@x"]],
         ]);
-        expect(await s.setDisabled("bot@x", true)).toBe(true);
+        expect(await s.setDisabled("bot@x", true, 1)).toBe(true);
         expect((await s.getUser("bot@x"))?.disabled).toBe(true);
         expect((await s.listUsers()).find((u) => u.email === "bot@x")?.disabled).toBe(true);
-        expect(await s.setDisabled("bot@x", false)).toBe(true);
+        expect(await s.setDisabled("bot@x", false, 1)).toBe(true);
         expect((await s.getUser("bot@x"))?.disabled).toBe(false);
-        expect(await s.setDisabled("nobody@x", true)).toBe(false);
+        expect(await s.setDisabled("nobody@x", true, 1)).toBe(false);
       });
 
       it("refuses a second user of the same name, also when added concurrently", async () => {
@@ -173,7 +179,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await s.getUser("CAF\u00c9@X"))?.email).toBe("caf\u00e9@x");
         expect(await s.getUser("caf\u00e9@x\u202e")).toBeUndefined();
         expect(await s.subordinatesOf("CAFE\u0301@x")).toEqual(["bot@x"]);
-        expect(await s.setDisabled("CAFE\u0301@x", true)).toBe(true);
+        expect(await s.setDisabled("CAFE\u0301@x", true, 1)).toBe(true);
         expect((await s.getUser("caf\u00e9@x"))?.disabled).toBe(true);
         await expect(s.addUser({ email: "Bob@x", kind: "human", createdAt: 1 })).rejects.toThrow(
           /normalised/,
@@ -195,7 +201,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await s.subordinatesOf("alice@x")).toEqual(["bot@x"]);
         await committed(s);
         const other = await connect();
-        expect(await other.setDisabled("bot@x", true)).toBe(true);
+        expect(await other.setDisabled("bot@x", true, 1)).toBe(true);
         await other.addUser({ email: "bot2@x", kind: "agent", owner: "alice@x", createdAt: 2 });
         await committed(other);
         expect((await s.getUser("bot@x"))?.disabled).toBe(true);
@@ -206,7 +212,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const { s } = await fresh();
         await s.addUser({ email: "bot@x", kind: "human", createdAt: 1 });
         const during = s.getUser("bot@x");
-        const disabled = s.setDisabled("bot@x", true);
+        const disabled = s.setDisabled("bot@x", true, 1);
         await Promise.all([during, disabled]);
         expect((await s.getUser("bot@x"))?.disabled).toBe(true);
       });
@@ -313,6 +319,44 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
       });
     });
 
+    describe("revocation feed", () => {
+      it("disabling a user and revoking a delegation append events in order; others do not; old ones are purged", async () => {
+        const { s, connect } = await fresh();
+        await s.addUser({ email: "alice@x", kind: "human", createdAt: 1 });
+        await s.addUser({ email: "bot@x", kind: "agent", owner: "alice@x", createdAt: 1 });
+        expect(await s.lastRevocation()).toBe(0);
+        expect(await s.setDisabled("bot@x", false, 10)).toBe(true); // enabling revokes nothing
+        expect(await s.setDisabled("nobody@x", true, 10)).toBe(false);
+        expect(await s.revocationsAfter(0, 10)).toEqual([]);
+        const d = delegation("alice@x", "bot@x");
+        const c = command("bot@x", 1);
+        await s.insertGrant({ grant: d });
+        await s.insertGrant({ grant: c });
+        expect(await s.setDisabled("bot@x", true, 20)).toBe(true);
+        await s.transition(c.id, { from: ["pending"], to: "approved" });
+        await s.transition(c.id, { from: ["approved"], to: "revoked", at: 25 }); // a command grant: no event
+        expect(await s.transition(d.id, { from: ["approved"], to: "revoked", at: 30 })).toBeDefined();
+        expect(await s.transition(d.id, { from: ["approved"], to: "revoked", at: 31 })).toBeUndefined();
+        const events = await s.revocationsAfter(0, 10);
+        expect(events.map((e) => [e.kind, e.subject, e.at])).toEqual([
+          ["user", "bot@x", 20],
+          ["delegation", d.id, 30],
+        ]);
+        expect(events[1]!.seq).toBeGreaterThan(events[0]!.seq);
+        expect(await s.revocationsAfter(events[0]!.seq, 10)).toEqual([events[1]]);
+        expect(await s.revocationsAfter(0, 1)).toEqual([events[0]]);
+        expect(await s.lastRevocation()).toBe(events[1]!.seq);
+        // Written by another process (the offline admin command): seen here.
+        await committed(s);
+        const other = await connect();
+        await other.setDisabled("alice@x", true, 40);
+        await committed(other);
+        expect((await s.revocationsAfter(events[1]!.seq, 10)).map((e) => e.subject)).toEqual(["alice@x"]);
+        await s.purgeExpired(30 + 86_400);
+        expect((await s.revocationsAfter(0, 10)).map((e) => e.subject)).toEqual(["alice@x"]);
+      });
+    });
+
     describe("single-use values", () => {
       it("spent challenge nonces and jtis are single use until they expire", async () => {
         const { s } = await fresh();
@@ -399,6 +443,30 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const revoked = await s.transition(grant.id, { from: ["approved", "used"], to: "revoked" });
         expect(revoked?.grant).toMatchObject({ status: "revoked", used_at: 3, decided_by: "x" });
         expect(await s.getGrant(grant.id)).toEqual(revoked);
+      });
+
+      it("an approval records its proof type; later transitions keep it, a denial has none", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("a", 1) });
+        expect(grant.approval_proof).toBeUndefined();
+        const approved = await s.transition(grant.id, {
+          from: ["pending"],
+          to: "approved",
+          decidedBy: "x",
+          decidedAt: 2,
+          approvalProof: "ed25519",
+        });
+        expect(approved?.grant.approval_proof).toBe("ed25519");
+        const used = await s.transition(grant.id, { from: ["approved"], to: "used", usedAt: 3 });
+        expect(used?.grant.approval_proof).toBe("ed25519");
+        expect((await s.getGrant(grant.id))?.grant.approval_proof).toBe("ed25519");
+        const other = await s.insertGrant({ grant: command("a", 4) });
+        const denied = await s.transition(other.grant.id, {
+          from: ["pending"],
+          to: "denied",
+          decidedBy: "x",
+        });
+        expect(denied?.grant.approval_proof).toBeUndefined();
       });
 
       it("of N concurrent consumes of a once grant exactly one succeeds", async () => {
@@ -662,6 +730,175 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
       });
     });
 
+    describe("OAuth: clients, codes, refresh tokens, device codes", () => {
+      const code = (hash: string, extra: Partial<AuthCodeRecord> = {}): AuthCodeRecord => ({
+        codeHash: hash,
+        clientId: "apes-cli",
+        redirectUri: "http://127.0.0.1:5000/cb",
+        codeChallenge: "c".repeat(43),
+        nonce: "n",
+        sub: "alice@x",
+        familyId: `fam-${hash}`,
+        createdAt: 100,
+        expiresAt: 160,
+        ...extra,
+      });
+      const refresh = (hash: string, familyId: string, extra: Partial<RefreshTokenRecord> = {}) => ({
+        tokenHash: hash,
+        familyId,
+        clientId: "apes-cli",
+        sub: "alice@x",
+        act: "human" as const,
+        createdAt: 100,
+        expiresAt: 1000,
+        ...extra,
+      });
+      const device = (
+        hash: string,
+        userCode: string,
+        extra: Partial<DeviceCodeRecord> = {},
+      ): DeviceCodeRecord => ({
+        deviceHash: hash,
+        userCode,
+        clientId: "apes-cli",
+        status: "pending",
+        interval: 5,
+        createdAt: 100,
+        expiresAt: 700,
+        ...extra,
+      });
+
+      it("registers, lists (by id) and removes clients; a duplicate id is refused", async () => {
+        const { s } = await fresh();
+        await s.addClient({ id: "sp-b", redirectUris: ["https://b/cb"], createdAt: 1 });
+        await s.addClient({ id: "sp-a", redirectUris: ["https://a/cb", "https://a/cb2"], createdAt: 2 });
+        await expect(s.addClient({ id: "sp-a", redirectUris: [], createdAt: 3 })).rejects.toThrow();
+        expect(await s.getClient("sp-a")).toEqual({
+          id: "sp-a",
+          redirectUris: ["https://a/cb", "https://a/cb2"],
+          createdAt: 2,
+        });
+        expect((await s.listClients()).map((c) => c.id)).toEqual(["sp-a", "sp-b"]);
+        expect(await s.removeClient("sp-a")).toBe(true);
+        expect(await s.removeClient("sp-a")).toBe(false);
+        expect(await s.getClient("sp-a")).toBeUndefined();
+      });
+
+      it("an authorization code is spent once (of concurrent spends exactly one wins), never after expiry", async () => {
+        const { s } = await fresh();
+        await s.insertAuthCode(code("h1"));
+        await s.insertAuthCode(code("h2"));
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendAuthCode("h1", 120)));
+        const won = spends.filter((x) => x !== undefined);
+        expect(won).toHaveLength(1);
+        expect(won[0]).toMatchObject({ codeHash: "h1", sub: "alice@x", familyId: "fam-h1", usedAt: 120 });
+        expect(await s.getAuthCode("h1")).toMatchObject({ usedAt: 120 });
+        expect(await s.spendAuthCode("h2", 160)).toBeUndefined(); // expiry at `now` counts as expired
+        expect(await s.getAuthCode("h2")).not.toHaveProperty("usedAt");
+        expect(await s.spendAuthCode("nope", 120)).toBeUndefined();
+        await s.purgeExpired(160);
+        expect(await s.getAuthCode("h1")).toBeUndefined();
+      });
+
+      it("a refresh token is spent once; a revoked family kills its unspent tokens and those stored later", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(
+          refresh("r1", "f1", { actingParty: "bot@x", delegationGrant: "g", act: "agent" }),
+        );
+        const spends = await Promise.all(Array.from({ length: 20 }, () => s.spendRefreshToken("r1", 200)));
+        expect(spends.filter((x) => x !== undefined)).toHaveLength(1);
+        expect(spends.find((x) => x)).toMatchObject({
+          act: "agent",
+          actingParty: "bot@x",
+          delegationGrant: "g",
+        });
+        await s.insertRefreshToken(refresh("r2", "f1"));
+        expect(await s.getRefreshToken("r1")).toMatchObject({ usedAt: 200, familyRevoked: false });
+        expect(await s.revokeRefreshFamily("f1", 300)).toBe(true);
+        expect(await s.revokeRefreshFamily("f1", 301)).toBe(false);
+        expect(await s.spendRefreshToken("r2", 302)).toBeUndefined();
+        expect(await s.getRefreshToken("r2")).toMatchObject({ familyRevoked: true });
+        await s.insertRefreshToken(refresh("r3", "f1"));
+        expect(await s.spendRefreshToken("r3", 303)).toBeUndefined();
+        // Another family is untouched; an expired token is not spent.
+        await s.insertRefreshToken(refresh("o1", "f2", { expiresAt: 400 }));
+        expect(await s.spendRefreshToken("o1", 400)).toBeUndefined();
+        await s.insertRefreshToken(refresh("o2", "f2"));
+        expect(await s.spendRefreshToken("o2", 400)).toMatchObject({ tokenHash: "o2" });
+      });
+
+      it("a family revoked before its first token exists stays revoked when the token arrives", async () => {
+        const { s } = await fresh();
+        expect(await s.revokeRefreshFamily("early", 100)).toBe(true);
+        await s.insertRefreshToken(refresh("e1", "early"));
+        expect(await s.spendRefreshToken("e1", 101)).toBeUndefined();
+        // Purged only with its last token: until then it stays revoked.
+        await s.purgeExpired(999);
+        expect(await s.getRefreshToken("e1")).toMatchObject({ familyRevoked: true });
+        await s.purgeExpired(1000);
+        expect(await s.getRefreshToken("e1")).toBeUndefined();
+      });
+
+      it("a family lives as long as its longest-lived token", async () => {
+        const { s } = await fresh();
+        await s.insertRefreshToken(refresh("a", "f", { expiresAt: 500 }));
+        await s.insertRefreshToken(refresh("b", "f", { expiresAt: 2000 }));
+        await s.revokeRefreshFamily("f", 100);
+        await s.purgeExpired(500);
+        expect(await s.getRefreshToken("a")).toBeUndefined();
+        expect(await s.getRefreshToken("b")).toMatchObject({ familyRevoked: true });
+        expect(await s.spendRefreshToken("b", 600)).toBeUndefined();
+        await s.purgeExpired(2000);
+        expect(await s.getRefreshToken("b")).toBeUndefined();
+      });
+
+      it("a spend or revocation in another process counts here", async () => {
+        const { s, connect } = await fresh();
+        await s.insertAuthCode(code("h"));
+        await s.insertRefreshToken(refresh("r", "f"));
+        await s.insertRefreshToken(refresh("q", "g"));
+        await committed(s);
+        const other = await connect();
+        expect(await other.spendAuthCode("h", 120)).toBeDefined();
+        expect(await other.spendRefreshToken("r", 120)).toBeDefined();
+        expect(await other.revokeRefreshFamily("g", 120)).toBe(true);
+        await committed(other);
+        expect(await s.spendAuthCode("h", 121)).toBeUndefined();
+        expect(await s.spendRefreshToken("r", 121)).toBeUndefined();
+        expect(await s.spendRefreshToken("q", 121)).toBeUndefined();
+      });
+
+      it("device codes: unique user codes, one decision while pending, spent once when approved", async () => {
+        const { s } = await fresh();
+        await s.insertDeviceCode(device("d1", "BCDFGHJK"));
+        await expect(s.insertDeviceCode(device("d2", "BCDFGHJK"))).rejects.toThrow();
+        await expect(s.insertDeviceCode(device("d1", "ZZZZZZZZ"))).rejects.toThrow();
+        expect(await s.getDeviceCodeByUserCode("BCDFGHJK", 699)).toMatchObject({ deviceHash: "d1" });
+        expect(await s.getDeviceCodeByUserCode("BCDFGHJK", 700)).toBeUndefined();
+        expect(await s.spendDeviceCode("d1", 200)).toBeUndefined(); // pending
+        await s.recordDevicePoll("d1", 150, 10);
+        expect(await s.getDeviceCode("d1")).toMatchObject({ lastPollAt: 150, interval: 10 });
+        const decisions = await Promise.all([
+          s.decideDeviceCode("BCDFGHJK", "approved", "alice@x", 200),
+          s.decideDeviceCode("BCDFGHJK", "denied", "bob@x", 200),
+        ]);
+        expect(decisions.filter(Boolean)).toHaveLength(1);
+        expect(await s.getDeviceCode("d1")).toMatchObject({
+          status: "approved",
+          sub: "alice@x",
+          decidedAt: 200,
+        });
+        const spends = await Promise.all(Array.from({ length: 10 }, () => s.spendDeviceCode("d1", 210)));
+        expect(spends.filter((x) => x !== undefined)).toHaveLength(1);
+        expect(await s.getDeviceCode("d1")).toMatchObject({ status: "used" });
+        // Expired: no decision, no spend.
+        await s.insertDeviceCode(device("d3", "CCCCCCCC", { expiresAt: 300 }));
+        expect(await s.decideDeviceCode("CCCCCCCC", "approved", "alice@x", 300)).toBe(false);
+        await s.purgeExpired(700);
+        expect(await s.getDeviceCode("d1")).toBeUndefined();
+      });
+    });
+
     describe("durability", () => {
       it("every write is there for the next process once the store is closed", async () => {
         const { s, connect } = await fresh();
@@ -684,5 +921,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await other.getGrant(grant.id))?.grant.status).toBe("pending");
       });
     });
+
+    describe("passkeys, invites, web sessions", () => webStoreContract(fresh));
   });
 }

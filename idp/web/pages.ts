@@ -1,0 +1,120 @@
+import { type Html, html } from "../../server/web/html.ts";
+import type { PasskeyRecord } from "../store/types.ts";
+import { WEB_PATHS } from "./paths.ts";
+import { CSRF_FIELD } from "./session.ts";
+
+/**
+ * The IdP's HTML pages. Markup only through the `html` tag (every value escaped); no inline script
+ * or style (the CSP forbids both): behaviour is in idp/web/assets/*.js, data for it in data-*
+ * attributes, looks in assets/web.css.
+ */
+
+const WEBAUTHN_SCRIPT = "/assets/simplewebauthn-browser.js";
+
+/** The frame of every page (also the OAuth pages, idp/web/oauth-pages.ts). */
+export function layout(title: string, body: Html, scripts: string[] = []): Html {
+  return html`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${title} &middot; apes</title>
+<link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/assets/web.css">
+${scripts.map((s) => html`<script src="${s}" defer></script>\n`)}</head>
+<body>
+<main class="card">
+<p class="brand">apes <span>identity</span></p>
+${body}
+</main>
+</body>
+</html>
+`;
+}
+
+export function loginPage(o: { returnTo: string; loginHint?: string; unavailable?: string }): Html {
+  if (o.unavailable) return unavailablePage(o.unavailable);
+  return layout(
+    "Sign in",
+    html`<h1>Sign in</h1>
+<p class="lead">Use a passkey: the one on this device, your phone or a security key.</p>
+<form id="login-form" class="stack" data-return-to="${o.returnTo}" novalidate>
+<label for="email">Email</label>
+<input id="email" name="username" type="email" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" value="${o.loginHint ?? ""}">
+<button type="submit" class="primary">Sign in with a passkey</button>
+<p id="status" class="status" role="status" aria-live="polite"></p>
+</form>
+<p class="hint">No passkey yet? Ask your administrator for an invite link.</p>`,
+    [WEBAUTHN_SCRIPT, "/assets/page.js", "/assets/login.js"],
+  );
+}
+
+export function invitePage(unavailable?: string): Html {
+  if (unavailable) return unavailablePage(unavailable);
+  return layout(
+    "Create a passkey",
+    html`<h1>Create a passkey</h1>
+<p id="invite-for" class="lead">Checking your invite link&hellip;</p>
+<div class="stack">
+<button id="register" type="button" class="primary" disabled>Create a passkey</button>
+<p id="status" class="status" role="status" aria-live="polite"></p>
+</div>
+<p class="hint">A passkey replaces a password: your device keeps it, unlocked by your fingerprint, face or PIN. The link works once.</p>
+<p class="hint">Already have a passkey? <a href="${WEB_PATHS.login}">Sign in</a></p>`,
+    [WEBAUTHN_SCRIPT, "/assets/page.js", "/assets/invite.js"],
+  );
+}
+
+const day = (t: number) => new Date(t * 1000).toISOString().slice(0, 10);
+
+function passkeyItem(p: PasskeyRecord, i: number, csrf: string, only: boolean): Html {
+  const kind = p.deviceType === "multiDevice" ? (p.backedUp ? "synced" : "can sync") : "this device only";
+  return html`<li class="passkey">
+<div class="passkey-info">
+<strong>Passkey ${i + 1}</strong> <code>${p.credentialId.slice(0, 8)}</code>
+<span class="meta"><span>added ${day(p.createdAt)}</span> &middot; <span>${p.lastUsedAt ? html`last used ${day(p.lastUsedAt)}` : "not used to sign in yet"}</span> &middot; <span>${kind}</span></span>
+</div>
+${
+  only
+    ? html`<span class="meta">your only passkey</span>`
+    : html`<form method="post" action="${WEB_PATHS.removePasskey}">
+<input type="hidden" name="${CSRF_FIELD}" value="${csrf}">
+<input type="hidden" name="credential_id" value="${p.credentialId}">
+<button type="submit" class="danger">Remove</button>
+</form>`
+}
+</li>`;
+}
+
+export function accountPage(o: { email: string; passkeys: PasskeyRecord[]; csrf: string }): Html {
+  const only = o.passkeys.length === 1;
+  return layout(
+    "Your account",
+    html`<div class="top">
+<h1>Your account</h1>
+<form method="post" action="${WEB_PATHS.logout}">
+<input type="hidden" name="${CSRF_FIELD}" value="${o.csrf}">
+<button type="submit" class="quiet">Sign out</button>
+</form>
+</div>
+<p class="lead">Signed in as <strong>${o.email}</strong></p>
+<h2>Passkeys</h2>
+<ul class="passkeys">
+${o.passkeys.map((p, i) => passkeyItem(p, i, o.csrf, only))}
+</ul>
+<p class="hint">To add a passkey on another device, or to recover access, ask your administrator for an invite link.</p>`,
+  );
+}
+
+export function errorPage(title: string, message: string, back?: { href: string; text: string }): Html {
+  return layout(
+    title,
+    html`<h1>${title}</h1>
+<p class="lead">${message}</p>
+${back ? html`<p><a class="button" href="${back.href}">${back.text}</a></p>` : ""}`,
+  );
+}
+
+function unavailablePage(why: string): Html {
+  return errorPage("Passkeys unavailable", `Passkey sign-in is off on this identity provider: ${why}.`);
+}

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-idp-instances bench-troop
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-idp-instances bench-troop bench-notify
 
 all: build
 
@@ -50,6 +50,9 @@ bench-idp-instances: build
 
 bench-troop: build
 	node bench/troop/run.ts
+
+bench-notify: build
+	node bench/notify/run.mjs
 
 clean:
 	rm -rf dist build

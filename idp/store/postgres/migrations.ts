@@ -228,6 +228,39 @@ export const MIGRATIONS: readonly Migration[] = [
   );
   `,
   },
+  {
+    version: 3,
+    what: "notification subscriptions and the outbox",
+    sql: `
+  CREATE TABLE notify_subscriptions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('webhook', 'ntfy', 'email', 'webpush')),
+    target TEXT NOT NULL,
+    secret TEXT,
+    events TEXT[] NOT NULL,
+    created_at BIGINT NOT NULL
+  );
+  CREATE INDEX notify_subscriptions_by_owner ON notify_subscriptions(owner, created_at);
+  CREATE TABLE notify_outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    subscription_id TEXT NOT NULL,
+    grant_id TEXT,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at_ms BIGINT NOT NULL,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    delivered_at BIGINT
+  );
+  CREATE INDEX notify_outbox_due ON notify_outbox(due_at_ms) WHERE status = 'pending';
+  CREATE INDEX notify_outbox_by_status ON notify_outbox(status, id);
+  CREATE INDEX notify_outbox_by_subscription ON notify_outbox(subscription_id, id);
+  `,
+  },
 ];
 
 /** Any constant will do: it names "the apes IdP schema" among the database's advisory locks. */

@@ -2,6 +2,7 @@ import pg from "pg";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
 import {
+  type AttemptOutcome,
   type AuthCodeRecord,
   type ClientRecord,
   type DeviceCodeRecord,
@@ -9,7 +10,12 @@ import {
   type GrantQuery,
   type InviteRecord,
   type NewGrant,
+  type NewNotification,
   type NewUser,
+  type NotificationQuery,
+  type NotificationRecord,
+  type NotifyChannel,
+  type NotifyEvent,
   type PasskeyRecord,
   REVOCATION_RETENTION_S,
   type RefreshTokenRecord,
@@ -18,6 +24,7 @@ import {
   type Store,
   type StoredGrant,
   type StoreLifecycle,
+  type SubscriptionRecord,
   type Transition,
   type UserRecord,
   type WebSessionRecord,
@@ -264,6 +271,87 @@ function deviceFromRow(r: DeviceRow): DeviceCodeRecord {
   if (r.last_poll_at !== null) d.lastPollAt = r.last_poll_at;
   if (r.decided_at !== null) d.decidedAt = r.decided_at;
   return d;
+}
+
+interface SubscriptionRow {
+  id: string;
+  owner: string;
+  channel: NotifyChannel;
+  target: string;
+  secret: string | null;
+  events: NotifyEvent[];
+  created_at: number;
+}
+
+function subscriptionFromRow(r: SubscriptionRow): SubscriptionRecord {
+  const s: SubscriptionRecord = {
+    id: r.id,
+    owner: r.owner,
+    channel: r.channel,
+    target: r.target,
+    events: r.events,
+    createdAt: r.created_at,
+  };
+  if (r.secret !== null) s.secret = r.secret;
+  return s;
+}
+
+interface OutboxRow {
+  id: number;
+  key: string;
+  subscription_id: string;
+  grant_id: string | null;
+  event: NotifyEvent;
+  payload: string;
+  status: NotificationRecord["status"];
+  attempts: number;
+  due_at_ms: number;
+  last_error: string | null;
+  created_at: number;
+  delivered_at: number | null;
+}
+
+function notificationFromRow(r: OutboxRow): NotificationRecord {
+  const n: NotificationRecord = {
+    id: r.id,
+    key: r.key,
+    subscriptionId: r.subscription_id,
+    event: r.event,
+    payload: r.payload,
+    status: r.status,
+    attempts: r.attempts,
+    dueAtMs: r.due_at_ms,
+    createdAt: r.created_at,
+  };
+  if (r.grant_id !== null) n.grantId = r.grant_id;
+  if (r.last_error !== null) n.lastError = r.last_error;
+  if (r.delivered_at !== null) n.deliveredAt = r.delivered_at;
+  return n;
+}
+
+/**
+ * Outbox rows as one INSERT ... SELECT over arrays (the placeholders are appended to `args`), for a
+ * CTE of the grant's own statement: written together with the change or not at all. `onlyIf` makes
+ * it conditional on another CTE having returned a row (a transition that applied).
+ */
+function outboxInsert(
+  rows: readonly NewNotification[],
+  arg: (v: unknown) => string,
+  onlyIf?: string,
+): string {
+  const cols = [
+    arg(rows.map((r) => r.key)),
+    arg(rows.map((r) => r.subscriptionId)),
+    arg(rows.map((r) => r.grantId ?? null)),
+    arg(rows.map((r) => r.event)),
+    arg(rows.map((r) => r.payload)),
+    arg(rows.map((r) => r.createdAt)),
+  ];
+  return `INSERT INTO notify_outbox (key, subscription_id, grant_id, event, payload, status, attempts, due_at_ms, created_at)
+    SELECT k, sid, gid, ev, pl, 'pending', 0, ca * 1000, ca
+    FROM unnest(${cols[0]}::text[], ${cols[1]}::text[], ${cols[2]}::text[], ${cols[3]}::text[], ${cols[4]}::text[], ${cols[5]}::bigint[]) AS o(k, sid, gid, ev, pl, ca)
+    ${onlyIf ? `WHERE EXISTS (SELECT 1 FROM ${onlyIf})` : ""}
+    ON CONFLICT (key) DO NOTHING`;
 }
 
 function userFromRow(r: UserRow): UserRecord {
@@ -842,27 +930,34 @@ export class PostgresStore implements Store {
 
   async insertGrant(n: NewGrant): Promise<StoredGrant> {
     const g = n.grant;
-    const [r] = await this.rows<{ seq: number }>(
-      `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq`,
-      [
-        g.id,
-        g.type,
-        g.request.requester,
-        g.status,
-        g.request.grant_type,
-        JSON.stringify(g.request),
-        n.matchKey ?? null,
-        g.type === "delegation" ? (g.request.delegator ?? null) : null,
-        g.type === "delegation" ? (g.request.delegate ?? null) : null,
-        g.decided_by ?? null,
-        g.created_at,
-        g.decided_at ?? null,
-        g.expires_at ?? null,
-        g.used_at ?? null,
-        n.actingParty ?? null,
-      ],
-    );
+    const insert = `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq`;
+    const args: unknown[] = [
+      g.id,
+      g.type,
+      g.request.requester,
+      g.status,
+      g.request.grant_type,
+      JSON.stringify(g.request),
+      n.matchKey ?? null,
+      g.type === "delegation" ? (g.request.delegator ?? null) : null,
+      g.type === "delegation" ? (g.request.delegate ?? null) : null,
+      g.decided_by ?? null,
+      g.created_at,
+      g.decided_at ?? null,
+      g.expires_at ?? null,
+      g.used_at ?? null,
+      n.actingParty ?? null,
+    ];
+    // The grant's notifications in the same statement: both commit, or neither.
+    const arg = (v: unknown) => {
+      args.push(v);
+      return `$${args.length}`;
+    };
+    const sql = n.outbox?.length
+      ? `WITH g AS (${insert}), o AS (${outboxInsert(n.outbox, arg)}) SELECT seq FROM g`
+      : insert;
+    const [r] = await this.rows<{ seq: number }>(sql, args);
     const stored: StoredGrant = { grant: g, version: 1, seq: r!.seq };
     if (n.actingParty !== undefined) stored.createdAct = n.actingParty;
     return stored;
@@ -948,13 +1043,16 @@ export class PostgresStore implements Store {
     // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive,
     // across instances too (a second UPDATE waits for the first's row lock, then re-checks).
     const update = `UPDATE grants SET ${sets.join(", ")} WHERE id = ${arg(id)} AND status = ANY(${arg([...t.from])}::text[]) RETURNING ${GRANT_COLS}`;
-    // A delegation revoked appends its revocation event in the same statement (atomically).
-    const sql =
-      t.to === "revoked"
-        ? `WITH g AS (${update}),
-             e AS (INSERT INTO revocations (kind, subject, at) SELECT 'delegation', id, ${arg(t.at ?? t.decidedAt ?? 0)} FROM g WHERE type = 'delegation')
-           SELECT * FROM g`
-        : update;
+    // A delegation revoked appends its revocation event, and the change's notifications are
+    // written, in the same statement: only when the transition applied, atomically with it.
+    const ctes = [`g AS (${update})`];
+    if (t.to === "revoked") {
+      ctes.push(
+        `e AS (INSERT INTO revocations (kind, subject, at) SELECT 'delegation', id, ${arg(t.at ?? t.decidedAt ?? 0)} FROM g WHERE type = 'delegation')`,
+      );
+    }
+    if (t.outbox?.length) ctes.push(`o AS (${outboxInsert(t.outbox, arg, "g")})`);
+    const sql = ctes.length > 1 ? `WITH ${ctes.join(", ")} SELECT * FROM g` : update;
     const [r] = await this.rows<GrantRow>(sql, args);
     return r ? grantFromRow(r) : undefined;
   }
@@ -965,6 +1063,151 @@ export class PostgresStore implements Store {
       [now],
     );
     return rows.map((r) => r.id);
+  }
+
+  // --- notifications ---
+
+  async addSubscription(sub: SubscriptionRecord): Promise<void> {
+    await this.run(
+      "INSERT INTO notify_subscriptions (id, owner, channel, target, secret, events, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+      [sub.id, sub.owner, sub.channel, sub.target, sub.secret ?? null, [...sub.events], sub.createdAt],
+    );
+  }
+
+  async getSubscription(id: string): Promise<SubscriptionRecord | undefined> {
+    const [r] = await this.rows<SubscriptionRow>("SELECT * FROM notify_subscriptions WHERE id = $1", [id]);
+    return r ? subscriptionFromRow(r) : undefined;
+  }
+
+  async subscriptionsOf(owners: readonly string[]): Promise<SubscriptionRecord[]> {
+    const list = [...new Set(owners)];
+    if (list.length === 0) return [];
+    // Per owner at most 100 (each has at most MAX_SUBSCRIPTIONS), in the order of `owners`.
+    const rows = await this.rows<SubscriptionRow>(
+      `SELECT s.* FROM unnest($1::text[]) WITH ORDINALITY AS o(owner, n)
+       CROSS JOIN LATERAL (SELECT * FROM notify_subscriptions x WHERE x.owner = o.owner ORDER BY x.created_at, x.id COLLATE "C" LIMIT 100) s
+       ORDER BY o.n, s.created_at, s.id COLLATE "C"`,
+      [list],
+    );
+    return rows.map(subscriptionFromRow);
+  }
+
+  async removeSubscription(id: string, owner?: string): Promise<boolean> {
+    // One statement: the subscription and its pending rows go together.
+    const [r] = await this.rows<{ n: number }>(
+      `WITH d AS (DELETE FROM notify_subscriptions WHERE id = $1 AND ($2::text IS NULL OR owner = $2) RETURNING id),
+         p AS (DELETE FROM notify_outbox WHERE subscription_id IN (SELECT id FROM d) AND status = 'pending')
+       SELECT count(*)::int AS n FROM d`,
+      [id, owner ?? null],
+    );
+    return r?.n === 1;
+  }
+
+  async enqueueNotifications(rows: readonly NewNotification[]): Promise<number> {
+    if (rows.length === 0) return 0;
+    const args: unknown[] = [];
+    const arg = (v: unknown) => {
+      args.push(v);
+      return `$${args.length}`;
+    };
+    return (await this.run(outboxInsert(rows, arg), args)).rowCount ?? 0;
+  }
+
+  async dueNotifications(
+    nowMs: number,
+    limit: number,
+    skip: readonly string[] = [],
+  ): Promise<NotificationRecord[]> {
+    const rows = await this.rows<OutboxRow>(
+      `SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= $1 AND NOT (subscription_id = ANY($2::text[]))
+       ORDER BY due_at_ms, id LIMIT $3`,
+      [nowMs, [...skip], limit],
+    );
+    return rows.map(notificationFromRow);
+  }
+
+  async nextNotificationDue(): Promise<number | undefined> {
+    const [r] = await this.rows<{ due: number | null }>(
+      "SELECT MIN(due_at_ms) AS due FROM notify_outbox WHERE status = 'pending'",
+    );
+    return r?.due ?? undefined;
+  }
+
+  async recordAttempt(id: number, o: AttemptOutcome): Promise<boolean> {
+    const r = o.delivered
+      ? await this.run(
+          "UPDATE notify_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = $1, last_error = NULL WHERE id = $2 AND status = 'pending'",
+          [o.at, id],
+        )
+      : "dead" in o
+        ? await this.run(
+            "UPDATE notify_outbox SET status = 'dead', attempts = attempts + 1, last_error = $1 WHERE id = $2 AND status = 'pending'",
+            [o.error, id],
+          )
+        : await this.run(
+            "UPDATE notify_outbox SET attempts = attempts + 1, last_error = $1, due_at_ms = $2 WHERE id = $3 AND status = 'pending'",
+            [o.error, o.retryAtMs, id],
+          );
+    return r.rowCount === 1;
+  }
+
+  async listNotifications(q: NotificationQuery): Promise<NotificationRecord[]> {
+    const args: unknown[] = [];
+    const arg = (v: unknown) => {
+      args.push(v);
+      return `$${args.length}`;
+    };
+    const where: string[] = [];
+    if (q.status) where.push(`o.status = ${arg(q.status)}`);
+    if (q.owner !== undefined) where.push(`s.owner = ${arg(q.owner)}`);
+    const join = q.owner !== undefined ? "JOIN notify_subscriptions s ON s.id = o.subscription_id" : "";
+    const rows = await this.rows<OutboxRow>(
+      `SELECT o.* FROM notify_outbox o ${join} ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY o.id DESC LIMIT ${arg(q.limit)}`,
+      args,
+    );
+    return rows.map(notificationFromRow);
+  }
+
+  async retryNotification(id: number, nowMs: number): Promise<boolean> {
+    const r = await this.run(
+      "UPDATE notify_outbox SET status = 'pending', attempts = 0, due_at_ms = $1 WHERE id = $2 AND status = 'dead'",
+      [nowMs, id],
+    );
+    return r.rowCount === 1;
+  }
+
+  async purgeNotifications(before: number): Promise<number> {
+    let n = 0;
+    for (const status of ["delivered", "dead"]) {
+      const r = await this.run(
+        `DELETE FROM notify_outbox WHERE id IN (
+           SELECT id FROM notify_outbox WHERE status = $1 AND created_at < $2 ORDER BY id LIMIT 1000)`,
+        [status, before],
+      );
+      n += r.rowCount ?? 0;
+    }
+    return n;
+  }
+
+  /**
+   * A secret every instance shares, kept sealed with the key file under `name` (e.g. the VAPID key
+   * pair): made by `make` on first use; of instances starting together, the first insert wins and
+   * every one reads that.
+   */
+  async sealedSetting(name: string, make: () => Promise<string>): Promise<string> {
+    const key = this.sealKey();
+    const label = `setting:${name}`;
+    const read = async () =>
+      (await this.rows<{ value: string }>("SELECT value FROM settings WHERE name = $1", [label]))[0]?.value;
+    let sealed = await read();
+    if (sealed === undefined) {
+      await this.run("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", [
+        label,
+        sealSecret(key, label, await make()),
+      ]);
+      sealed = await read();
+    }
+    return openSecret(key, label, sealed!);
   }
 
   // --- passkeys, invites, web sessions ---

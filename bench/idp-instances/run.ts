@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
-import { postgresTarget } from "../../idp/store/postgres/config.ts";
+import { postgresTarget } from "../../server/postgres.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
 import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import type { Store } from "../../idp/store/types.ts";

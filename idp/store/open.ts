@@ -1,4 +1,4 @@
-import { type PostgresTarget, postgresTarget } from "./postgres/config.ts";
+import { type PostgresTarget, postgresTarget } from "../../server/postgres.ts";
 import { loadKeyFile } from "./postgres/key-file.ts";
 import { openPostgresStore, type PostgresStore } from "./postgres/store.ts";
 import { openSqliteStore, type SqliteOptions } from "./sqlite/store.ts";

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
-import { DatabaseUrlError, postgresTarget, readPasswordFile } from "../../idp/store/postgres/config.ts";
+import { DatabaseUrlError, postgresTarget, readPasswordFile } from "../../server/postgres.ts";
 import { KeyFileError, loadKeyFile } from "../../idp/store/postgres/key-file.ts";
 import { MIGRATIONS, migrate } from "../../idp/store/postgres/migrations.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";

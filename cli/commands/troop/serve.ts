@@ -25,6 +25,8 @@ interface ServeOpts {
   maxConnectionsPerClient: string;
   connectionRate: string;
   logLevel: string;
+  database?: string;
+  databasePasswordFile?: string;
 }
 
 function positiveInt(value: string, option: string): number {
@@ -47,6 +49,16 @@ function startError(e: unknown, listenAt: string): CliError {
     return new CliError(`cannot start the troop: ${message}`, {
       exitCode: ExitCode.UNAVAILABLE,
       hint: "the troop needs its IdP (--idp) reachable at start: it reads the IdP's revocation feed first",
+    });
+  if (err?.code === "ECONNREFUSED" || err?.code === "ENOTFOUND")
+    return new CliError(`cannot start the troop: ${message}`, {
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "check --database and that the PostgreSQL server is up",
+    });
+  if (err?.code === "28P01" || err?.code === "28000" || err?.code === "3D000")
+    return new CliError(`cannot start the troop: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "check --database, the database password (file) and the role's access",
     });
   if (err?.code === "ENOENT" || err?.code === "EACCES" || err?.code === "EPERM")
     return new CliError(`cannot start the troop: ${message}`, {
@@ -95,6 +107,14 @@ export function register(parent: Command, getContext: GetContext): void {
     )
     .option("--connection-rate <n/period>", "new connections per client address", DEFAULT_CONNECTION_RATE)
     .option("--log-level <level>", "debug, info, warn or error", "info")
+    .option(
+      "--database <url>",
+      "PostgreSQL for the intents and nests: postgres://USER@HOST:PORT/DB (no password in it; env APES_TROOP_DATABASE_URL)",
+    )
+    .option(
+      "--database-password-file <file>",
+      "file (mode 0600) with the database password (else PGPASSWORD or PGPASSFILE)",
+    )
     .addHelpText(
       "after",
       `
@@ -104,7 +124,8 @@ The first line logged is {"level":"info","msg":"listening","url":...}.
 
 Examples:
   $ apes troop serve --idp https://id.example.com --client-id troop.example.com
-  $ apes troop serve --idp http://127.0.0.1:8080 --client-id troop.test --listen 127.0.0.1:0 --data /tmp/troop`,
+  $ apes troop serve --idp http://127.0.0.1:8080 --client-id troop.test --listen 127.0.0.1:0 --data /tmp/troop
+  $ PGPASSWORD=... apes troop serve --idp https://id.example.com --client-id troop.example.com --database postgres://troop@db.internal:5432/troop`,
     )
     .action(async (opts: ServeOpts) => {
       const ctx = getContext();
@@ -170,6 +191,23 @@ Examples:
           throw new CliError(`cannot read --idp-ca: ${(e as Error).message}`, { exitCode: ExitCode.CONFIG });
         }
       }
+      const databaseUrl = opts.database ?? (ctx.env.APES_TROOP_DATABASE_URL || undefined);
+      if (databaseUrl === undefined && opts.databasePasswordFile !== undefined)
+        throw usageError("--database-password-file goes with --database");
+      let database: { url: string; passwordFile?: string } | undefined;
+      if (databaseUrl !== undefined) {
+        const { postgresTarget } = await import("../../../server/postgres.ts");
+        try {
+          // Checked before anything starts: a password in the URL (argv) or a loose file is refused.
+          postgresTarget(databaseUrl, opts.databasePasswordFile);
+        } catch (e) {
+          throw new CliError((e as Error).message, { exitCode: ExitCode.CONFIG, cause: e });
+        }
+        database = {
+          url: databaseUrl,
+          ...(opts.databasePasswordFile ? { passwordFile: opts.databasePasswordFile } : {}),
+        };
+      }
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       const signals = stopSignals();
       let troop: Awaited<ReturnType<typeof startTroop>>;
@@ -188,6 +226,7 @@ Examples:
           maxConnections: positiveInt(opts.maxConnections, "--max-connections"),
           maxConnectionsPerClient: positiveInt(opts.maxConnectionsPerClient, "--max-connections-per-client"),
           connectionRate: opts.connectionRate,
+          ...(database ? { database } : {}),
           log,
         });
       } catch (e) {

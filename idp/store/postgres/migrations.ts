@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { migratePostgres, type PgMigration } from "../../../server/postgres.ts";
 
 /**
  * The PostgreSQL schema as numbered migrations (the same tables as idp/store/sqlite/migrations.ts in
@@ -10,11 +11,7 @@ import type pg from "pg";
  * `apes_grant` with the grant's id after any change of a grant (long polls answer). NOTIFY is
  * transactional: sent at commit, never for a rolled-back change.
  */
-export interface Migration {
-  version: number;
-  what: string;
-  sql: string;
-}
+export type Migration = PgMigration;
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -266,50 +263,10 @@ export const MIGRATIONS: readonly Migration[] = [
 /** Any constant will do: it names "the apes IdP schema" among the database's advisory locks. */
 const MIGRATION_LOCK = 0x61706573; // "apes"
 
-/**
- * Brings the database to the newest version. Several instances starting at once serialise on a
- * session advisory lock: the first applies what is missing, each migration in its own transaction
- * together with its version row, and the others then find nothing left to do. Returns the versions
- * this call applied.
- */
-export async function migrate(
+/** Brings the database to the newest IdP schema (server/postgres.ts migratePostgres). */
+export function migrate(
   client: pg.ClientBase,
   migrations: readonly Migration[] = MIGRATIONS,
 ): Promise<number[]> {
-  const applied: number[] = [];
-  await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
-  try {
-    await client.query(
-      "CREATE TABLE IF NOT EXISTS apes_idp_migrations (version INTEGER PRIMARY KEY, what TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    );
-    const { rows } = await client.query<{ v: number | null }>(
-      "SELECT max(version) AS v FROM apes_idp_migrations",
-    );
-    const current = rows[0]?.v ?? 0;
-    const newest = migrations.at(-1)?.version ?? 0;
-    if (current > newest) {
-      throw new Error(
-        `the database is at schema version ${current}, newer than this apes knows (${newest}): upgrade apes`,
-      );
-    }
-    for (const m of migrations) {
-      if (m.version <= current) continue;
-      await client.query("BEGIN");
-      try {
-        await client.query(m.sql);
-        await client.query("INSERT INTO apes_idp_migrations (version, what) VALUES ($1, $2)", [
-          m.version,
-          m.what,
-        ]);
-        await client.query("COMMIT");
-      } catch (e) {
-        await client.query("ROLLBACK");
-        throw e;
-      }
-      applied.push(m.version);
-    }
-  } finally {
-    await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK]);
-  }
-  return applied;
+  return migratePostgres(client, migrations, { table: "apes_idp_migrations", lock: MIGRATION_LOCK });
 }

@@ -1,6 +1,7 @@
 import pg from "pg";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
+import { type PostgresTarget, pgClientConfig } from "../../../server/postgres.ts";
 import {
   type AttemptOutcome,
   type AuthCodeRecord,
@@ -29,7 +30,6 @@ import {
   type UserRecord,
   type WebSessionRecord,
 } from "../types.ts";
-import type { PostgresTarget } from "./config.ts";
 import { openSecret, sealSecret } from "./key-file.ts";
 import { migrate } from "./migrations.ts";
 
@@ -70,14 +70,6 @@ export interface PostgresOptions {
   /** The application_name the database shows in pg_stat_activity. */
   applicationName?: string;
 }
-
-// Unix seconds and seq fit a double: read BIGINT as a number, for this store's connections only.
-const types = {
-  getTypeParser(oid: number, format?: "text" | "binary") {
-    if (oid === 20 && format !== "binary") return (v: string) => Number(v);
-    return pg.types.getTypeParser(oid, format);
-  },
-} as pg.CustomTypesConfig;
 
 interface UserRow {
   email: string;
@@ -373,25 +365,11 @@ function userFromRow(r: UserRow): UserRecord {
 const USER_SELECT = `SELECT u.*, (SELECT array_agg(a.approver ORDER BY a.approver COLLATE "C") FROM approvers a WHERE a.subject = u.email) AS approvers FROM users u`;
 
 function clientConfig(o: PostgresOptions): pg.ClientConfig {
-  // pg lets the URL's fields override the config's: the password from the file goes into the URL
-  // (only in memory here; the URL from the command line has none, config.ts checked).
-  let connectionString = o.target.connectionString;
-  if (o.target.password !== undefined) {
-    const u = new URL(connectionString);
-    u.password = encodeURIComponent(o.target.password);
-    connectionString = u.toString();
-  }
-  const c: pg.ClientConfig = {
-    connectionString,
-    types,
-    statement_timeout: o.statementTimeoutMs ?? 5000,
-    // A connection left inside a transaction (a bug, a killed request) cannot hold locks for long.
-    idle_in_transaction_session_timeout: 10_000,
-    connectionTimeoutMillis: o.connectTimeoutMs ?? 5000,
-    application_name: o.applicationName ?? "apes-idp",
-    keepAlive: true,
-  };
-  return c;
+  return pgClientConfig(o.target, {
+    ...(o.statementTimeoutMs !== undefined ? { statementTimeoutMs: o.statementTimeoutMs } : {}),
+    ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
+    applicationName: o.applicationName ?? "apes-idp",
+  });
 }
 
 /** Connects, migrates (once, under an advisory lock, however many instances start together), opens. */

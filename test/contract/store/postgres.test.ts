@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { beforeAll } from "vitest";
-import { postgresTarget } from "../../../idp/store/postgres/config.ts";
 import { openPostgresStore } from "../../../idp/store/postgres/store.ts";
+import { postgresTarget } from "../../../server/postgres.ts";
 import { type PgServer, sharedPostgres } from "../../helpers/postgres.ts";
 import { storeContract } from "./contract.ts";
 

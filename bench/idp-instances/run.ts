@@ -12,13 +12,13 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
-import { postgresTarget } from "../../server/postgres.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
 import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import type { Store } from "../../idp/store/types.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
+import { postgresTarget } from "../../server/postgres.ts";
 import { startPostgres } from "../../test/helpers/postgres.ts";
 
 const args = new Map(

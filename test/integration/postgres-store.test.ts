@@ -5,10 +5,10 @@ import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
-import { DatabaseUrlError, postgresTarget, readPasswordFile } from "../../server/postgres.ts";
 import { KeyFileError, loadKeyFile } from "../../idp/store/postgres/key-file.ts";
 import { MIGRATIONS, migrate } from "../../idp/store/postgres/migrations.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
+import { DatabaseUrlError, postgresTarget, readPasswordFile } from "../../server/postgres.ts";
 import { PASSWORD_ROLE, type PgServer, sharedPostgres } from "../helpers/postgres.ts";
 
 /** The PostgreSQL store's own parts on a real server: migrations, sealed keys, password, notifications. */

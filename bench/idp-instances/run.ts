@@ -5,20 +5,25 @@
 // approved on instance B. Drives real `dist/apes idp serve` processes over HTTP against a real
 // PostgreSQL 15 the bench starts itself (test/helpers/postgres.ts, fsync on). Bounded: SECONDS per
 // configuration, NOTIFY samples. Run with the pinned node: `node bench/idp-instances/run.ts`.
+// More than BULK grants (e.g. --seed=1000000) are seeded in bulk SQL instead of through the store
+// API (rows of the same shape; seeding is not what is measured).
 import { spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomBytes, randomUUID, sign } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import pgClient from "pg";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
-import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
+import { DB_FILE, openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import type { Store } from "../../idp/store/types.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { postgresTarget } from "../../server/postgres.ts";
+import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
 import { startPostgres } from "../../test/helpers/postgres.ts";
 
 const args = new Map(
@@ -37,6 +42,7 @@ const SYNC_COMMIT = args.get("synchronous-commit");
 // --profile=DIR: the servers run from source under --cpu-prof (where the IdP's time goes).
 const PROFILE = args.get("profile");
 const POOL = args.get("pool") ?? "10";
+const BULK = 50_000;
 const root = resolve(import.meta.dirname, "..", "..");
 const bin = join(root, "dist", "apes");
 const ISSUER = "https://idp.bench.test";
@@ -107,6 +113,7 @@ async function seed(store: Store): Promise<void> {
   }
   const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
   const now = Math.floor(Date.now() / 1000);
+  if (SEED > BULK) return;
   const batch: Promise<unknown>[] = [];
   for (let i = 0; i < SEED; i++) {
     const grant: Grant = {
@@ -127,6 +134,62 @@ async function seed(store: Store): Promise<void> {
   }
   await Promise.all(batch);
   await store.lifecycle?.flush?.();
+}
+
+const STATUSES = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
+
+/** SEED grants in bulk into PostgreSQL: generate_series, 100,000 rows per statement, then ANALYZE. */
+async function bulkPostgres(url: string): Promise<void> {
+  const c = new pgClient.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const now = Math.floor(Date.now() / 1000);
+    for (let from = 0; from < SEED; from += 100_000) {
+      await c.query(
+        `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, created_at)
+         SELECT gen_random_uuid()::text, 'command', r, ($3::text[])[1 + i % 7], 'once',
+                jsonb_build_object('requester', r, 'target_host', 'web1', 'audience', 'escapes', 'grant_type', 'once', 'command', jsonb_build_array('seed', i::text)),
+                'seed:' || i, $4::bigint - $5::bigint + i
+         FROM generate_series($1::bigint, $2::bigint) AS i, LATERAL (SELECT ($6::text[])[1 + i % $7] AS r) AS x`,
+        [
+          from,
+          Math.min(SEED, from + 100_000) - 1,
+          STATUSES,
+          now,
+          SEED,
+          agents.map((a) => a.email),
+          agents.length,
+        ],
+      );
+    }
+    await c.query("ANALYZE grants");
+  } finally {
+    await c.end();
+  }
+}
+
+/** SEED grants in bulk into the SQLite file: one transaction, one prepared insert. */
+function bulkSqlite(dir: string): void {
+  const db = new DatabaseSync(join(dir, DB_FILE));
+  const now = Math.floor(Date.now() / 1000);
+  const ins = db.prepare(
+    "INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, created_at) VALUES (?, 'command', ?, ?, 'once', ?, ?, ?)",
+  );
+  db.exec("BEGIN");
+  for (let i = 0; i < SEED; i++) {
+    const requester = agents[i % agents.length]!.email;
+    const request = {
+      requester,
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "once",
+      command: ["seed", String(i)],
+    };
+    ins.run(randomUUID(), requester, STATUSES[i % 7]!, JSON.stringify(request), `seed:${i}`, now - SEED + i);
+  }
+  db.exec("COMMIT");
+  db.exec("ANALYZE");
+  db.close();
 }
 
 interface Instance {
@@ -227,6 +290,9 @@ async function run(name: string, location: string[], instances: number) {
     return r.body.token as string;
   };
   const humanToken = await login("alice@bench.test", human.privateKey);
+  // Every approval carries alice's Ed25519 proof over the grant as created (docs/signatures.md).
+  const proofFor = (grant: Record<string, unknown>) =>
+    signApproval(approvalInputOf(ISSUER, grant, {}), "alice@bench.test", human.privateKey);
   const tokens = await Promise.all(agents.map((a) => login(a.email, a.key.privateKey)));
 
   let done = 0;
@@ -253,7 +319,7 @@ async function run(name: string, location: string[], instances: number) {
           continue;
         }
         const id = c.body.id;
-        const a = await call("POST", `${G}/${id}/approve`, humanToken);
+        const a = await call("POST", `${G}/${id}/approve`, humanToken, { proof: proofFor(c.body) });
         const tk = await call("POST", `${G}/${id}/token`, token);
         const cs = await call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt);
         if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
@@ -293,7 +359,14 @@ async function run(name: string, location: string[], instances: number) {
     });
     await new Promise((r) => setTimeout(r, 5));
     const sent = performance.now();
-    await call("POST", `${G}/${c.body.id}/approve`, humanToken, undefined, {}, servers.length - 1);
+    await call(
+      "POST",
+      `${G}/${c.body.id}/approve`,
+      humanToken,
+      { proof: proofFor(c.body) },
+      {},
+      servers.length - 1,
+    );
     const r = await waiter;
     if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
     notify.push(answered - sent);
@@ -316,6 +389,7 @@ try {
     const s = openSqliteStore(dir, { groupCommit: true });
     await seed(s);
     await s.close();
+    if (SEED > BULK) bulkSqlite(dir);
     rows.push(await run("SQLite, 1 instance", ["--data", dir], 1));
   }
   for (const [key, name, count] of [
@@ -337,6 +411,7 @@ try {
     const s = await openPostgresStore({ target: postgresTarget(url), maxConnections: 10 });
     await seed(s);
     await s.close();
+    if (SEED > BULK) await bulkPostgres(url);
     rows.push(
       await run(
         name,

@@ -1,8 +1,10 @@
+import { randomBytes, randomUUID } from "node:crypto";
 import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { s256 } from "../../idp/oauth/pkce.ts";
 import { MIGRATIONS } from "../../idp/store/postgres/migrations.ts";
 import {
   type ApiResponse,
@@ -14,6 +16,7 @@ import {
   loginSignature,
   ls,
   newKey,
+  openTestStore,
   runApes,
   signApproval,
   startIdp,
@@ -137,6 +140,36 @@ describe("two IdP instances on one PostgreSQL database", () => {
     );
     expect(results.filter((r) => r.status === 200)).toHaveLength(1);
     expect(results.filter((r) => r.status === 409)).toHaveLength(19);
+  });
+
+  it("of concurrent refreshes of one refresh token on both instances exactly one wins; the replays end its family", async () => {
+    const rt = randomBytes(32).toString("base64url");
+    const now = Math.floor(Date.now() / 1000);
+    const store = await openTestStore(dataDir);
+    try {
+      await store.insertRefreshToken({
+        tokenHash: s256(rt),
+        familyId: randomUUID(),
+        clientId: "apes-cli",
+        sub: "bot@example.com",
+        act: "agent",
+        createdAt: now,
+        expiresAt: now + 3600,
+      });
+    } finally {
+      await store.close();
+    }
+    const body = { grant_type: "refresh_token", refresh_token: rt, client_id: "apes-cli" };
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => api((i % 2 ? a : b).url).post(path(doc.token_endpoint!), body)),
+    );
+    const won = results.filter((r) => r.status === 200);
+    expect(won).toHaveLength(1);
+    expect(results.filter((r) => r.status === 400 && r.body.error === "invalid_grant")).toHaveLength(9);
+    // The rotated token belongs to the family the replays revoked: it is dead on both instances.
+    const next = { ...body, refresh_token: won[0]!.body.refresh_token as string };
+    for (const on of [a, b])
+      expect((await api(on.url).post(path(doc.token_endpoint!), next)).status).toBe(400);
   });
 
   it("a login challenge is single use across instances: one of concurrent authentications wins", async () => {

@@ -1,8 +1,10 @@
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { lockDataDir } from "../../server/lock.ts";
+import { VAPID_FILE } from "../notify/notifier.ts";
 import { sealSecret } from "./postgres/key-file.ts";
-import type { PostgresStore } from "./postgres/store.ts";
+import { type PostgresStore, sealedSettingName } from "./postgres/store.ts";
 import { DB_FILE, openSqliteStore } from "./sqlite/store.ts";
 
 /**
@@ -31,6 +33,10 @@ export interface CopyCounts {
   refresh_families: number;
   refresh_tokens: number;
   device_codes: number;
+  notify_subscriptions: number;
+  notify_outbox: number;
+  /** The Web Push VAPID key pair (vapid.json in the data dir), sealed into the database: 0 or 1. */
+  vapid_keys: number;
 }
 
 export class TargetNotEmptyError extends Error {
@@ -41,6 +47,8 @@ export class TargetNotEmptyError extends Error {
 }
 
 const CHUNK = 1000;
+/** The settings row PostgresStore.sealedSetting("vapid") reads (the server's Web Push key pair). */
+const VAPID_SETTING = sealedSettingName("vapid");
 
 type Row = Record<string, string | number | null>;
 
@@ -55,7 +63,7 @@ export async function copySqliteToPostgres(
     openSqliteStore(dataDir).close();
     const db = new DatabaseSync(join(dataDir, DB_FILE), { readOnly: true });
     try {
-      return await copy(db, target, sealKey);
+      return await copy(db, target, sealKey, vapidOf(dataDir));
     } finally {
       db.close();
     }
@@ -64,7 +72,23 @@ export async function copySqliteToPostgres(
   }
 }
 
-async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): Promise<CopyCounts> {
+/** The data dir's VAPID key pair as JSON (idp/notify/notifier.ts), undefined when there is none. */
+function vapidOf(dataDir: string): string | undefined {
+  const file = join(dataDir, VAPID_FILE);
+  if (!existsSync(file)) return undefined;
+  const k = JSON.parse(readFileSync(file, "utf8")) as { publicKey?: unknown; privateKey?: unknown };
+  if (typeof k.publicKey !== "string" || typeof k.privateKey !== "string") {
+    throw new Error(`${file}: not a VAPID key pair`);
+  }
+  return JSON.stringify({ publicKey: k.publicKey, privateKey: k.privateKey });
+}
+
+async function copy(
+  db: DatabaseSync,
+  target: PostgresStore,
+  sealKey: Buffer,
+  vapid: string | undefined,
+): Promise<CopyCounts> {
   const all = (sql: string) => db.prepare(sql).all() as Row[];
   const c = await target.connect();
   try {
@@ -82,6 +106,8 @@ async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): P
       "revocations",
       "oauth_clients",
       "refresh_families",
+      "notify_subscriptions",
+      "notify_outbox",
     ]) {
       const { rows } = await c.query(`SELECT 1 FROM ${table} LIMIT 1`);
       if (rows.length > 0) throw new TargetNotEmptyError(table);
@@ -98,12 +124,27 @@ async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): P
       }
       return rows.length;
     };
+    // SQLite keeps a subscription's events as "a,b", PostgreSQL as an array.
+    const subscriptions = async (rows: Row[]) => {
+      for (let i = 0; i < rows.length; i += CHUNK) {
+        const chunk = rows.slice(i, i + CHUNK);
+        const col = (k: string) => chunk.map((r) => r[k] ?? null);
+        await c.query(
+          `INSERT INTO notify_subscriptions (id, owner, channel, target, secret, events, created_at)
+           SELECT id, owner, channel, target, secret, string_to_array(events, ','), created_at
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+             AS t(id, owner, channel, target, secret, events, created_at)`,
+          ["id", "owner", "channel", "target", "secret", "events", "created_at"].map(col),
+        );
+      }
+      return rows.length;
+    };
     const users = all("SELECT * FROM users ORDER BY email").map((r) => ({
       ...r,
       admin: r.admin === 1 ? "true" : "false",
       disabled: r.disabled === 1 ? "true" : "false",
     }));
-    const counts: CopyCounts = {
+    const counts: Omit<CopyCounts, "vapid_keys"> & { vapid_keys?: number } = {
       users: await insert(
         "users",
         ["email", "kind", "owner", "admin", "disabled", "public_key", "fingerprint", "name", "created_at"],
@@ -203,7 +244,26 @@ async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): P
         DEVICE_CASTS,
         all("SELECT * FROM device_codes"),
       ),
+      notify_subscriptions: await subscriptions(all("SELECT * FROM notify_subscriptions")),
+      notify_outbox: await insert(
+        "notify_outbox",
+        OUTBOX_COLUMNS,
+        OUTBOX_CASTS,
+        all(`SELECT ${OUTBOX_COLUMNS.join(", ")} FROM notify_outbox ORDER BY id`),
+        "OVERRIDING SYSTEM VALUE",
+      ),
     };
+    await c.query(
+      "SELECT setval(pg_get_serial_sequence('notify_outbox', 'id'), GREATEST((SELECT max(id) FROM notify_outbox), 1), (SELECT max(id) FROM notify_outbox) IS NOT NULL)",
+    );
+    // Browsers' push subscriptions are bound to this public key: the instances keep signing with it.
+    if (vapid !== undefined) {
+      await c.query("INSERT INTO settings (name, value) VALUES ($1, $2)", [
+        VAPID_SETTING,
+        sealSecret(sealKey, VAPID_SETTING, vapid),
+      ]);
+    }
+    counts.vapid_keys = vapid === undefined ? 0 : 1;
     // New events continue after the copied ones: an SP's `after` keeps meaning the same.
     await c.query(
       "SELECT setval('revocations_seq', GREATEST((SELECT max(seq) FROM revocations), 1), (SELECT max(seq) FROM revocations) IS NOT NULL)",
@@ -213,7 +273,7 @@ async function copy(db: DatabaseSync, target: PostgresStore, sealKey: Buffer): P
       "SELECT setval(pg_get_serial_sequence('grants', 'seq'), GREATEST((SELECT max(seq) FROM grants), 1), (SELECT max(seq) FROM grants) IS NOT NULL)",
     );
     await c.query("COMMIT");
-    return counts;
+    return counts as CopyCounts;
   } catch (e) {
     await c.query("ROLLBACK").catch(() => undefined);
     throw e;
@@ -263,6 +323,34 @@ const GRANT_CASTS = [
   "text",
   "text",
   "text",
+];
+const OUTBOX_COLUMNS = [
+  "id",
+  "key",
+  "subscription_id",
+  "grant_id",
+  "event",
+  "payload",
+  "status",
+  "attempts",
+  "due_at_ms",
+  "last_error",
+  "created_at",
+  "delivered_at",
+];
+const OUTBOX_CASTS = [
+  "bigint",
+  "text",
+  "text",
+  "text",
+  "text",
+  "text",
+  "text",
+  "integer",
+  "bigint",
+  "text",
+  "bigint",
+  "bigint",
 ];
 const CODE_COLUMNS = [
   "code_hash",

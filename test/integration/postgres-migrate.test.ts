@@ -1,7 +1,9 @@
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import type { PostgresStore } from "../../idp/store/postgres/store.ts";
+import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import {
   api,
   approveWithProof,
@@ -9,6 +11,7 @@ import {
   type IdpHandle,
   loginWithKey,
   ls,
+  openTestStore,
   runApes,
   startIdp,
   startWorld,
@@ -40,6 +43,23 @@ describe("apes idp migrate", () => {
     const client = ["idp", "clients", "add", "sp.example", "--redirect-uri", "https://sp.example/cb"];
     expect((await runApes([...client, "--data", w.idp.dataDir])).code).toBe(0);
     expect((await runApes(["idp", "users", "disable", USERS.dave, "--data", w.idp.dataDir])).code).toBe(0);
+    const sqlite = openSqliteStore(w.idp.dataDir);
+    await sqlite.addSubscription({
+      id: "sub-1",
+      owner: USERS.alice,
+      channel: "webhook",
+      target: "https://hooks.example/a",
+      secret: "k",
+      events: ["pending", "decided"],
+      createdAt: 5,
+    });
+    await sqlite.enqueueNotifications([
+      { key: "t.1", subscriptionId: "sub-1", event: "test", payload: "{}", createdAt: 6 },
+    ]);
+    await sqlite.close();
+    // A Web Push key pair as the notifier keeps it (made on a first start with Web Push on).
+    const vapid = { publicKey: "BPub-test", privateKey: "priv-test" };
+    writeFileSync(join(w.idp.dataDir, "vapid.json"), `${JSON.stringify(vapid)}\n`, { mode: 0o600 });
     const feed = (await api(w.idp.url).get("/api/revocations?after=0")).body.events as { seq: number }[];
     expect(feed).toHaveLength(1);
     const before = (await w.as("root").get(`${w.grants}?limit=100`)).body.data as {
@@ -78,6 +98,9 @@ describe("apes idp migrate", () => {
       grants: 7,
       revocations: 1,
       oauth_clients: 1,
+      notify_subscriptions: 1,
+      notify_outbox: 1,
+      vapid_keys: 1,
     });
     const again = await runApes(args);
     expect(again.code).toBe(78);
@@ -108,6 +131,29 @@ describe("apes idp migrate", () => {
     expect(next.map((e: { seq: number }) => e.seq)).toEqual([feed[0]!.seq + 1]);
     const clients = await runApes(["--json", "idp", "clients", "list", "--data", pgDir]);
     expect(clients.stdout).toContain("https://sp.example/cb");
+    const pgStore = await openTestStore(pgDir);
+    try {
+      expect(await pgStore.getSubscription("sub-1")).toMatchObject({
+        events: ["pending", "decided"],
+        secret: "k",
+      });
+      // The copied row, and the one the moved IdP wrote for the grant created on it (bot's, alice subscribed).
+      const copied = await pgStore.listNotifications({ limit: 10 });
+      const row = copied.find((r) => r.key === "t.1");
+      expect(row).toMatchObject({ status: "pending", subscriptionId: "sub-1" });
+      expect(copied.some((r) => r.key === `${fresh.id}.pending.sub-1`)).toBe(true);
+      // New rows continue after the copied ids.
+      await pgStore.enqueueNotifications([
+        { key: "t.2", subscriptionId: "sub-1", event: "test", payload: "{}", createdAt: 7 },
+      ]);
+      const added = (await pgStore.listNotifications({ limit: 10 })).find((r) => r.key === "t.2");
+      expect(added!.id).toBeGreaterThan(row!.id);
+      // The key pair is in the database, sealed, for every instance (the same one browsers subscribed to).
+      const kept = await (pgStore as PostgresStore).sealedSetting("vapid", async () => "made anew");
+      expect(JSON.parse(kept)).toEqual(vapid);
+    } finally {
+      await pgStore.close();
+    }
   });
 
   it("refuses a bad --from and a missing key file", async () => {

@@ -402,6 +402,9 @@ export async function openPostgresStore(o: PostgresOptions): Promise<PostgresSto
   return store;
 }
 
+/** The settings row (and sealing label) of a sealedSetting. */
+export const sealedSettingName = (name: string) => `setting:${name}`;
+
 export class PostgresStore implements Store {
   private readonly pool: pg.Pool;
   private readonly options: PostgresOptions;
@@ -1174,7 +1177,7 @@ export class PostgresStore implements Store {
    */
   async sealedSetting(name: string, make: () => Promise<string>): Promise<string> {
     const key = this.sealKey();
-    const label = `setting:${name}`;
+    const label = sealedSettingName(name);
     const read = async () =>
       (await this.rows<{ value: string }>("SELECT value FROM settings WHERE name = $1", [label]))[0]?.value;
     let sealed = await read();

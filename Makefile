@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-troop bench-approval bench-notify
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-troop bench-approval bench-notify bench-idp-instances
 
 all: build
 
@@ -44,6 +44,9 @@ bench-idp: build
 
 bench-idp-flood: build
 	node bench/idp-flood/run.mjs
+
+bench-idp-instances: build
+	node bench/idp-instances/run.ts
 
 bench-troop: build
 	node bench/troop/run.ts

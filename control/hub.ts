@@ -104,6 +104,11 @@ export class Hub {
     return this.conns.has(nest);
   }
 
+  /** The nests holding a socket here. */
+  nests(): string[] {
+    return [...this.conns.keys()];
+  }
+
   /** The `upgrade` event of the HTTP server. */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     void this.admit(req, socket, head).catch((e) => {

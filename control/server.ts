@@ -14,6 +14,7 @@ import { Hub } from "./hub.ts";
 import { AuthError, IdpLink } from "./idp-link.ts";
 import { troopRoutes } from "./routes.ts";
 import { openTroopStore } from "./store/sqlite.ts";
+import type { TroopStore } from "./store/types.ts";
 
 /** `apes troop serve`: the control plane as an app on server/ (docs/control-plane.md). */
 
@@ -35,6 +36,11 @@ export interface TroopOptions {
   maxConnections: number;
   maxConnectionsPerClient: number;
   connectionRate: string;
+  /**
+   * PostgreSQL instead of the data dir's SQLite: several instances on one database (the data dir
+   * then keeps only this instance's lock and audit log).
+   */
+  database?: { url: string; passwordFile?: string };
   log: Logger;
   /** The status page behind DDISA sign-in in the browser (docs/sp-login.md); bearer stays for the API. */
   webLogin?: {
@@ -55,7 +61,15 @@ const nowSec = () => Math.floor(Date.now() / 1000);
 
 export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
   const lock = lockDataDir(o.dataDir, "troop server");
-  const store = openTroopStore(o.dataDir);
+  let store: TroopStore;
+  let database: string | undefined; // user@host:port/db, for the log (never a password)
+  try {
+    if (o.database) ({ store, display: database } = await openDatabase(o, o.database));
+    else store = openTroopStore(o.dataDir);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
   const audit = openAudit(o.dataDir, nowSec);
   const link = new IdpLink({
     issuer: o.idp,
@@ -134,6 +148,15 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
   }
   hub = new Hub(troop);
   const h = hub;
+  // Intents queued on other instances (PostgreSQL: LISTEN/NOTIFY) reach the sockets this one holds;
+  // `undefined` (notifications were lost): every nest served here re-reads what is pending.
+  store.lifecycle?.watchIntents?.((nest) => {
+    const nests = nest === undefined ? [...h.nests(), ...waitingNests(troop)] : [nest];
+    for (const n of new Set(nests)) {
+      troop.events.emit(`intent:${n}`);
+      h.push(n);
+    }
+  });
   http.onUpgrade((req, socket, head) => h.upgrade(req, socket, head));
   http.onClose(() => h.close());
   http.serve(
@@ -153,6 +176,7 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
     client_id: o.clientId,
     data: o.dataDir,
     ...(troop.sp ? { redirect_uri: troop.sp.redirectUri } : {}),
+    ...(database ? { database } : {}),
   });
   let closing: Promise<void> | undefined;
   return {
@@ -163,4 +187,31 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
         await release();
       })()),
   };
+}
+
+/** The nests whose fallback long polls (GET /v1/nest/intents) wait on this instance. */
+function waitingNests(troop: Troop): string[] {
+  return troop.events
+    .eventNames()
+    .filter((e): e is string => typeof e === "string" && e.startsWith("intent:"))
+    .map((e) => e.slice("intent:".length));
+}
+
+/** The PostgreSQL store, listening for intents queued by the other instances. */
+async function openDatabase(
+  o: TroopOptions,
+  database: NonNullable<TroopOptions["database"]>,
+): Promise<{ store: TroopStore; display: string }> {
+  const [{ openPostgresTroopStore }, { postgresTarget }] = await Promise.all([
+    import("./store/postgres.ts"),
+    import("../server/postgres.ts"),
+  ]);
+  const target = postgresTarget(database.url, database.passwordFile);
+  const store = await openPostgresTroopStore({
+    target,
+    listen: true,
+    onListenerError: (e) =>
+      o.log.log("warn", "database notifications lost; re-reading until they are back", { error: e.message }),
+  });
+  return { store, display: target.display };
 }

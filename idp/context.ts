@@ -52,6 +52,10 @@ export class GrantEvents {
   changed(id: string): void {
     this.emitter.emit(id);
   }
+  /** Wakes every waiter (changes may have been missed): each re-reads its grant. */
+  changedAll(): void {
+    for (const id of this.emitter.eventNames()) this.emitter.emit(id);
+  }
   /** Resolves on the next change of `id`, or when `signal` aborts. */
   wait(id: string, signal: AbortSignal): Promise<void> {
     return new Promise((resolve) => {

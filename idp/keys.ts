@@ -86,7 +86,9 @@ export class Keyring {
     this.marker = this.store.lifecycle?.changeMarker?.();
     let recs = await this.store.listSigningKeys();
     if (!recs.some((r) => r.retiredAt === undefined)) {
-      await rotateKeys(this.store, now); // first start (or every key retired): create one
+      // First start (or every key retired): add one, retiring none. Instances starting together on
+      // one database may each add one; all then sign with the newest, and the others stay valid.
+      await this.store.addSigningKey(newSigningKeyRecord(now));
       recs = await this.store.listSigningKeys();
     }
     const next = new Map<string, LoadedKey>();
@@ -132,6 +134,8 @@ export class Keyring {
   async publicKey(kid: string, now: number): Promise<KeyObject | undefined> {
     let k = this.keys.get(kid);
     if (!k) {
+      // A token signed by another instance's new key can arrive before the notice of it.
+      await this.store.lifecycle?.sync?.();
       await this.refresh(now);
       k = this.keys.get(kid);
     }

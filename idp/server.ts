@@ -14,8 +14,9 @@ import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.
 import { oauthErrorReply, Router } from "./http.ts";
 import { Keyring } from "./keys.ts";
 import { type LimitClass, limitClassOf } from "./limits.ts";
+import type { VapidKeys } from "./notify/channels.ts";
 import { DEFAULT_NOTIFY, type NotifyConfig } from "./notify/config.ts";
-import { type Notifier, startNotifier } from "./notify/notifier.ts";
+import { type Notifier, newVapidKeys, startNotifier } from "./notify/notifier.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
 import { registerDelegationRoutes } from "./routes/delegations.ts";
@@ -30,6 +31,8 @@ import { registerWebRoutes } from "./routes/web.ts";
 import { registerWebApprovalRoutes } from "./routes/web-approvals.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
+import { openStore } from "./store/open.ts";
+import { challengeSecretOf } from "./store/postgres/key-file.ts";
 import { openSqliteStore } from "./store/sqlite/store.ts";
 import type { Store } from "./store/types.ts";
 import { TokenError } from "./tokens.ts";
@@ -42,6 +45,8 @@ export interface ServeOptions {
   host: string;
   port: number;
   dataDir: string;
+  /** PostgreSQL instead of the data dir's SQLite: several instances on one database. */
+  database?: { url: string; passwordFile?: string; keyFile?: string; maxConnections?: number };
   issuer?: string;
   tls?: { cert: string; key: string };
   /** Session token lifetime in seconds. */
@@ -84,9 +89,12 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   const issuer = opts.issuer ?? http.url;
   let notifier: Notifier;
   try {
-    recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+    // For the invite links of the offline admin commands: in the database when it is shared.
+    if (data.store.recordIssuer) await data.store.recordIssuer(issuer);
+    else recordIssuer(opts.dataDir, issuer);
     notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
       dataDir: opts.dataDir,
+      ...(data.vapidKeys ? { vapidKeys: data.vapidKeys } : {}),
       base: issuer.replace(/\/+$/, ""),
       log: opts.log,
     });
@@ -102,7 +110,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
   opts.log.always("info", "listening", {
     url: http.url,
     issuer,
-    data: opts.dataDir,
+    data: data.where,
     kid: idp.keys.activeKid(),
   });
   const webOff = webUnavailable(issuer);
@@ -140,8 +148,69 @@ function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): A
   };
 }
 
+/**
+ * PostgreSQL: the store (pooled, listening for the other instances' changes; no read cache, so a
+ * change made on another instance counts at the next request), the keys sealed with the key file,
+ * and the login challenge secret derived from it, so every instance opens every other's challenges.
+ */
+async function openDatabase(opts: ServeOptions, database: NonNullable<ServeOptions["database"]>) {
+  if (database.keyFile === undefined) {
+    throw new Error("--database needs --database-key-file: the signing keys are stored sealed with it");
+  }
+  const opened = await openStore(
+    { kind: "postgres", ...database },
+    {
+      postgres: {
+        listen: true,
+        ...(database.maxConnections !== undefined ? { maxConnections: database.maxConnections } : {}),
+        onListenerError: (e) =>
+          opts.log.log("warn", "database notifications lost; re-reading until they are back", {
+            error: e.message,
+          }),
+      },
+    },
+  );
+  const store = opened.store;
+  let keys: Keyring;
+  try {
+    keys = await Keyring.open(store, nowSec());
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+  // One secret for every instance (derived from the key file): login and passkey challenges, the
+  // pages' CSRF tokens and the revocation handles are then the same whichever instance answers.
+  const secret = challengeSecretOf(opened.sealKey!);
+  const login: LoginSettings = {
+    challenges: new ChallengeSealer(secret),
+    allowRawSignatures: opts.allowRawLoginSignatures === true,
+  };
+  return {
+    store,
+    keys,
+    login,
+    where: opened.where,
+    revocationHandle: (kind: "user" | "delegation", subject: string) =>
+      revocationHandle(secret, kind, subject),
+    secret,
+    // Web Push signs with one VAPID key pair for all instances: kept in the database, sealed.
+    vapidKeys: async () =>
+      JSON.parse(
+        await opened.postgres!.sealedSetting("vapid", async () => JSON.stringify(await newVapidKeys())),
+      ) as VapidKeys,
+    async close() {
+      try {
+        await store.close();
+      } catch (e) {
+        opts.log.log("error", "closing the store failed", { error: (e as Error).message });
+      }
+    },
+  };
+}
+
 /** The data directory: its lock, the store (checkpointed off the main thread), the keys, the login secret. */
 async function openData(opts: ServeOptions) {
+  if (opts.database) return openDatabase(opts, opts.database);
   const lock = lockDataDir(opts.dataDir, "IdP server");
   let store: Store;
   let keys: Keyring;
@@ -179,6 +248,8 @@ async function openData(opts: ServeOptions) {
     store,
     keys,
     login,
+    where: opts.dataDir,
+    vapidKeys: undefined as (() => Promise<VapidKeys>) | undefined, // the notifier's file in the data dir
     // Keyed by the data dir's secret (HMAC with its own context): stable across restarts.
     revocationHandle: (kind: "user" | "delegation", subject: string) =>
       revocationHandle(secret, kind, subject),
@@ -197,7 +268,11 @@ async function openData(opts: ServeOptions) {
 
 /** What every route gets, with the principal hook and the rate limits. */
 function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal, notify: Notifier): Idp {
+  // Per instance: each instance counts the requests it serves (see README, "Running several instances").
   const limits = new RateLimits(opts.rateLimits);
+  const events = new GrantEvents();
+  // Grants decided on other instances wake this one's long polls (PostgreSQL: LISTEN/NOTIFY).
+  data.store.lifecycle?.watchGrants?.((id) => (id === undefined ? events.changedAll() : events.changed(id)));
   const sessions = new BearerVerifier({
     keyFor: (kid, now) => data.keys.publicKey(kid, now),
     now: nowSec,
@@ -217,7 +292,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     base: issuer.replace(/\/+$/, ""),
     tokenTtl: opts.tokenTtl,
     log: opts.log,
-    events: new GrantEvents(),
+    events,
     notify,
     now: nowSec,
     shutdown,

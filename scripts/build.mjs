@@ -77,6 +77,22 @@ const dynamicBuiltins = {
   },
 };
 
+// esbuild escapes non-ASCII in strings but keeps some comments as they are (class bodies): a
+// dependency's line comment with an em dash (pg-protocol) would make the bundle non-ASCII.
+const asciiComments = {
+  name: "ascii-comments",
+  setup(b) {
+    b.onLoad({ filter: /[\\/]node_modules[\\/].*\.js$/ }, (args) => {
+      const text = readFileSync(args.path, "utf8");
+      if (!/[^\x00-\x7f]/.test(text)) return undefined;
+      return {
+        contents: text.replace(/^(\s*\/\/.*)$/gm, (line) => line.replace(/[^\x00-\x7f]/g, "?")),
+        loader: "js",
+      };
+    });
+  },
+};
+
 // Per-process names so concurrent builds (parallel test runs, several developers) never collide.
 const bundle = join(work, `apes.${process.pid}.cjs`);
 const started = Date.now();
@@ -94,7 +110,7 @@ await build({
   define: { __APES_VERSION__: JSON.stringify(pkg.version), "import.meta.url": "__apes_import_meta_url" },
   banner: { js: 'var __apes_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: "warning",
-  plugins: [dynamicBuiltins, lazyBuiltins],
+  plugins: [dynamicBuiltins, lazyBuiltins, asciiComments],
 });
 
 // The bundle runs through scripts/sea-loader.cjs with a code cache warmed by running start-up

@@ -8,8 +8,9 @@ import type {
 
 /**
  * The troop's persistence, database-neutral like idp/store/types.ts: every method returns a Promise,
- * times are Unix seconds passed in by the caller, state changes are conditional updates. SQLite now
- * (sqlite.ts); a PostgreSQL implementation is to follow behind the same interface.
+ * times are Unix seconds passed in by the caller, state changes are conditional updates. SQLite
+ * (sqlite.ts) and PostgreSQL (postgres.ts, several instances on one database); both pass
+ * test/contract/troop-store/.
  */
 
 /** An intent with the troop's bookkeeping. */
@@ -81,6 +82,16 @@ export interface TroopStore {
   nestStatus(id: string, version: string, agents: AgentStatus[], now: number): Promise<void>;
   /** Nests the identity may command (named among their commanders) or is, by id. */
   nestsVisibleTo(identity: string): Promise<NestRecord[]>;
+
+  /** What the store offers beyond the data (absent: nothing). */
+  readonly lifecycle?: {
+    /**
+     * Calls onNest(nest) when an intent for that nest was queued by any instance, and
+     * onNest(undefined) when some may have been missed (the notification connection dropped or
+     * came back): re-read every nest this instance serves. Returns unsubscribe.
+     */
+    watchIntents?(onNest: (nest: string | undefined) => void): () => void;
+  };
 
   close(): Promise<void>;
 }

@@ -31,12 +31,17 @@ export interface Notifier {
 
 export const VAPID_FILE = "vapid.json";
 
+/** A new VAPID key pair (web-push loaded only when Web Push is on). */
+export async function newVapidKeys(): Promise<VapidKeys> {
+  const webpush = (await import("web-push")).default;
+  return webpush.generateVAPIDKeys();
+}
+
 /** The IdP's VAPID key pair: made on the first start with Web Push on, kept 0600 in the data dir. */
 async function vapidKeys(dataDir: string): Promise<VapidKeys> {
   const file = join(dataDir, VAPID_FILE);
   if (!existsSync(file)) {
-    const webpush = (await import("web-push")).default;
-    const keys = webpush.generateVAPIDKeys();
+    const keys = await newVapidKeys();
     try {
       const fd = openSync(file, "wx", 0o600);
       writeSync(fd, `${JSON.stringify(keys)}\n`);
@@ -55,9 +60,17 @@ async function vapidKeys(dataDir: string): Promise<VapidKeys> {
 export async function startNotifier(
   store: Store,
   config: NotifyConfig,
-  options: { dataDir: string; base: string; log: Logger },
+  options: {
+    dataDir: string;
+    /** Where the key pair is kept instead of the data dir (PostgreSQL: the database, for every instance). */
+    vapidKeys?: () => Promise<VapidKeys>;
+    base: string;
+    log: Logger;
+  },
 ): Promise<Notifier> {
-  const vapid = config.webpushSubject ? await vapidKeys(options.dataDir) : undefined;
+  const vapid = config.webpushSubject
+    ? await (options.vapidKeys ? options.vapidKeys() : vapidKeys(options.dataDir))
+    : undefined;
   const channels = await openChannels(config, vapid, () => Math.floor(Date.now() / 1000));
   const worker = new NotifyWorker(store, channels, config, options.log, async () => {
     await store.lifecycle?.flush?.();

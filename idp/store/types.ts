@@ -3,7 +3,7 @@ import type { Grant, GrantCategory, GrantStatus } from "../../protocol/types.ts"
 
 /**
  * The IdP's persistence, database-neutral: every method returns a Promise, and nothing here names a
- * database. Implementations: idp/store/sqlite/ (a PostgreSQL one is to follow); every implementation
+ * database. Implementations: idp/store/sqlite/ and idp/store/postgres/; every implementation
  * passes the contract suite in test/contract/store/. Times are Unix seconds and always passed in by
  * the caller (no hidden clock). Every method is an indexed lookup or a bounded scan: per-request cost
  * must not grow with the number of stored grants. State changes are conditional updates (one
@@ -305,6 +305,13 @@ export interface Store extends WebStore {
   /** Forgets delivered and dead rows created before `before` (Unix seconds), at most 1000 a call; how many. */
   purgeNotifications(before: number): Promise<number>;
 
+  /**
+   * The issuer the server last ran as, for the invite links of the offline admin commands. Only a
+   * store shared by several hosts (PostgreSQL) keeps it; otherwise it is a file in the data dir.
+   */
+  recordIssuer?(issuer: string): Promise<void>;
+  recordedIssuer?(): Promise<string | undefined>;
+
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;
 
@@ -391,6 +398,17 @@ export interface StoreLifecycle {
    * across requests: idp/store/cache.ts and the keyring read the store every time.
    */
   changeMarker?(): number;
+  /**
+   * Resolves once changeMarker() reflects every change committed anywhere before the call (a store
+   * whose marker follows notifications from other instances: PostgreSQL; one round trip).
+   */
+  sync?(): Promise<void>;
+  /**
+   * Calls onChange(id) when a grant changed in any instance or process, and onChange(undefined) when
+   * changes may have been missed (the notification connection dropped or came back): re-read what
+   * is waited on. Without it only this process's own changes wake long polls. Returns unsubscribe.
+   */
+  watchGrants?(onChange: (id: string | undefined) => void): () => void;
 }
 
 // --- the browser side: passkeys, invites, web sessions (idp/web/) ---

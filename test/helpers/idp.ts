@@ -1,9 +1,11 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
-import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
+import { generateKeyPairSync, type KeyObject, randomBytes, sign } from "node:crypto";
 import { chownSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Agent, fetch as undiciFetch } from "undici";
+import { openStore } from "../../idp/store/open.ts";
+import type { Store } from "../../idp/store/types.ts";
 import {
   type ApprovalInput,
   approvalDigestHex,
@@ -14,6 +16,7 @@ import { durationSeconds } from "../../protocol/duration.ts";
 import { decodeJwt } from "../../protocol/jwt.ts";
 import { fingerprint, formatSshPublicKey } from "../../protocol/keys.ts";
 import { advertisedFormats, SIGNATURE_FORMAT_V1, signingInput } from "../../protocol/signatures.ts";
+import { sharedPostgres } from "./postgres.ts";
 
 /**
  * The real IdP (`dist/apes idp serve`) as a child process for integration tests, plus small HTTP
@@ -40,6 +43,14 @@ export interface IdpHandle {
 
 export interface StartIdpOptions {
   dataDir?: string;
+  /**
+   * Where the IdP keeps its data: a SQLite data dir, or a database on this worker's PostgreSQL
+   * server (test/helpers/postgres.ts). Default: APES_TEST_STORE, else sqlite. With postgres,
+   * `dataDir` names the database: the same dataDir is the same database (restarts, a second
+   * instance), and runApes rewrites `--data <that dir>` to the database options, so the offline
+   * admin commands of a test run against the same store either way.
+   */
+  store?: "sqlite" | "postgres";
   tokenTtl?: string;
   tls?: { cert: string; key: string };
   issuer?: string;
@@ -63,8 +74,52 @@ function waitExit(p: ChildProcess): Promise<void> {
   return new Promise((r) => p.once("exit", () => r()));
 }
 
+/** The store integration tests use unless told otherwise (CI runs the IdP suites with both). */
+export function testStore(): "sqlite" | "postgres" {
+  return process.env.APES_TEST_STORE === "postgres" ? "postgres" : "sqlite";
+}
+
+/** The database options standing in for `--data DIR` when DIR names a PostgreSQL test database (created on first use). */
+const databases = new Map<string, string[]>();
+const creating = new Map<string, Promise<string[]>>();
+
+export function databaseFor(dataDir: string): Promise<string[]> {
+  let p = creating.get(dataDir);
+  if (!p) {
+    p = (async () => {
+      const pg = await sharedPostgres();
+      const url = await pg.createDatabase("idp");
+      mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      const keyFile = join(dataDir, "db.key");
+      writeFileSync(keyFile, randomBytes(32), { mode: 0o600 });
+      const args = ["--database", url, "--database-key-file", keyFile];
+      databases.set(dataDir, args);
+      return args;
+    })();
+    creating.set(dataDir, p);
+  }
+  return p;
+}
+
+/** `--data DIR` as the command line of an admin command on that test's store. */
+export function storeArgs(dataDir: string): string[] {
+  return databases.get(dataDir) ?? ["--data", dataDir];
+}
+
+/**
+ * The store of a test's IdP, opened in the test process as an admin command would: the data dir's
+ * SQLite, or the PostgreSQL database standing in for it (databaseFor).
+ */
+export async function openTestStore(dataDir: string): Promise<Store> {
+  const db = databases.get(dataDir);
+  if (db === undefined) return (await openStore({ kind: "sqlite", dataDir })).store;
+  return (await openStore({ kind: "postgres", url: db[1]!, keyFile: db[3]! })).store;
+}
+
 export async function startIdp(options: StartIdpOptions = {}): Promise<IdpHandle> {
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "apes-idp-")), "data");
+  const store = options.store ?? testStore();
+  const location = store === "postgres" ? await databaseFor(dataDir) : ["--data", dataDir];
   let stderr = "";
   let proc: ChildProcess;
   let port = options.port ?? 0;
@@ -72,7 +127,7 @@ export async function startIdp(options: StartIdpOptions = {}): Promise<IdpHandle
   let issuer = "";
 
   const launch = async () => {
-    const args = ["idp", "serve", "--listen", `127.0.0.1:${port}`, "--data", dataDir];
+    const args = ["idp", "serve", "--listen", `127.0.0.1:${port}`, ...location];
     if (options.tokenTtl) args.push("--token-ttl", options.tokenTtl);
     if (options.tls) args.push("--tls-cert", options.tls.cert, "--tls-key", options.tls.key);
     if (options.issuer) args.push("--issuer", options.issuer);
@@ -206,7 +261,17 @@ export interface RunResult {
 }
 
 /** Runs `dist/apes ...args` and collects its output (never throws on a non-zero exit). */
-export function runApes(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+export async function runApes(argv: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  // With the PostgreSQL store, `--data DIR` of an idp command names DIR's database.
+  const dir = argv[0] === "idp" || argv.includes("idp") ? argv[argv.indexOf("--data") + 1] : undefined;
+  if (dir !== undefined && argv.includes("--data") && testStore() === "postgres") await databaseFor(dir);
+  const args = argv.flatMap((a, i) =>
+    a === "--data" && databases.has(argv[i + 1]!)
+      ? []
+      : i > 0 && argv[i - 1] === "--data" && databases.has(a)
+        ? databases.get(a)!
+        : [a],
+  );
   return new Promise((resolveRun) => {
     execFile(apesBin(), args, { env: { ...process.env, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;

@@ -1,7 +1,8 @@
 import { createECDH, createPublicKey, randomBytes, verify } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyWebhook } from "../../protocol/webhook.ts";
 import {
@@ -14,6 +15,8 @@ import {
   runApes,
   startIdp,
   startWorld,
+  storeArgs,
+  testStore,
   USERS,
   type World,
 } from "../helpers/idp.ts";
@@ -546,8 +549,22 @@ describe("subscriptions are checked", () => {
     expect(r.stderr).toContain('unknown key "notify.retries"');
   });
 
-  it("the VAPID key pair is kept 0600 in the data dir", () => {
+  it("the VAPID key pair is kept 0600 in the data dir (PostgreSQL: sealed in the database)", async () => {
     const file = join(world.idp.dataDir, "vapid.json");
+    if (testStore() === "postgres") {
+      // One pair for every instance, sealed with the key file: the database alone does not reveal it.
+      expect(existsSync(file)).toBe(false);
+      const c = new pg.Client({ connectionString: storeArgs(world.idp.dataDir)[1]! });
+      await c.connect();
+      try {
+        const { rows } = await c.query("SELECT value FROM settings WHERE name = 'setting:vapid'");
+        expect(rows).toHaveLength(1);
+        expect(rows[0].value).not.toContain("publicKey");
+      } finally {
+        await c.end();
+      }
+      return;
+    }
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(JSON.parse(readFileSync(file, "utf8"))).toHaveProperty("publicKey");
   });

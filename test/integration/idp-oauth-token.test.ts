@@ -4,11 +4,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { s256 } from "../../idp/oauth/pkce.ts";
-import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import type { AuthCodeRecord, RefreshTokenRecord, Store } from "../../idp/store/types.ts";
 import { decodeJwt, publicKeyFromJwk, verifyJwt } from "../../protocol/jwt.ts";
 import { loadSchemas } from "../../protocol/schemas.ts";
-import { addUser, api, discovery, type IdpHandle, type Json, runApes, startIdp } from "../helpers/idp.ts";
+import {
+  addUser,
+  api,
+  discovery,
+  type IdpHandle,
+  type Json,
+  openTestStore,
+  runApes,
+  startIdp,
+} from "../helpers/idp.ts";
 
 /**
  * The OAuth grants of the real `dist/apes idp serve`: authorization code + PKCE, refresh rotation and
@@ -48,7 +56,7 @@ describe("idp serve: OAuth token endpoint", () => {
     ]);
     expect(r.code, r.stderr).toBe(0);
     idp = await startIdp({ dataDir });
-    store = openSqliteStore(dataDir);
+    store = await openTestStore(dataDir);
     doc = await discovery(idp.url);
     jwks = (await api(idp.url).get("/.well-known/jwks.json")).body;
   });

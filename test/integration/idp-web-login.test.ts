@@ -6,10 +6,10 @@
  * the invite commands check their input. The browser flows are in test/e2e/web-login.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
+import type { Store } from "../../idp/store/types.ts";
 import { newInvite } from "../../idp/web/invites.ts";
 import { startWebIdp } from "../helpers/browser.ts";
-import { addUser, type IdpHandle, type Json, runApes, startIdp } from "../helpers/idp.ts";
+import { addUser, type IdpHandle, type Json, openTestStore, runApes, startIdp } from "../helpers/idp.ts";
 import { softPasskey } from "../helpers/soft-passkey.ts";
 
 const ALICE = "alice@example.com";
@@ -39,8 +39,8 @@ const post = (path: string, body: unknown, headers: Record<string, string> = {})
     redirect: "manual",
   });
 
-async function withStore<T>(fn: (s: ReturnType<typeof openSqliteStore>) => Promise<T>): Promise<T> {
-  const s = openSqliteStore(idp.dataDir);
+async function withStore<T>(fn: (s: Store) => Promise<T>): Promise<T> {
+  const s = await openTestStore(idp.dataDir);
   try {
     return await fn(s);
   } finally {

@@ -3,7 +3,14 @@ import { visible } from "../../../protocol/display.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -19,6 +26,9 @@ export function register(parent: Command, getContext: GetContext): void {
       [],
     )
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       `
@@ -30,7 +40,7 @@ Examples:
   $ apes idp clients add troop --redirect-uri https://troop.example.com/auth/callback
   $ apes idp clients add dev-sp --redirect-uri http://127.0.0.1:3000/callback`,
     )
-    .action(async (id: string, opts: { redirectUri: string[]; data?: string }) => {
+    .action(async (id: string, opts: { redirectUri: string[]; data?: string } & StoreOpts) => {
       const ctx = getContext();
       const { clientIdProblem, redirectUriRegistrationProblem, MAX_REDIRECT_URIS } = await import(
         "../../../idp/oauth/clients.ts"
@@ -46,7 +56,7 @@ Examples:
         if (problem) throw usageError(`--redirect-uri ${visible(uri, { max: 200 })}: ${problem}`);
       }
       const redirectUris = [...new Set(opts.redirectUri)];
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         if (await store.getClient(id)) {
           throw new CliError(`client ${id} exists`, {

@@ -1,17 +1,27 @@
 import type { Command } from "commander";
 import { formatTable, formatTime, printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
 export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("list")
     .description("list the registered OAuth clients (apes-cli, the CLI's own, is built in)")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText("after", "\nExamples:\n  $ apes idp clients list\n  $ apes --json idp clients list")
-    .action(async (opts: { data?: string }) => {
+    .action(async (opts: { data?: string } & StoreOpts) => {
       const ctx = getContext();
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         const clients = await store.listClients();
         printData(

@@ -3,7 +3,14 @@ import { visible } from "../../../protocol/display.ts";
 import { CliError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
 export function register(parent: Command, getContext: GetContext): void {
   parent
@@ -11,13 +18,16 @@ export function register(parent: Command, getContext: GetContext): void {
     .description("remove a registered OAuth client: /authorize refuses it from then on")
     .argument("<id>", "the client_id")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       "\nTakes effect at once, also while the server runs.\n\nExamples:\n  $ apes idp clients remove troop",
     )
-    .action(async (id: string, opts: { data?: string }) => {
+    .action(async (id: string, opts: { data?: string } & StoreOpts) => {
       const ctx = getContext();
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         if (!(await store.removeClient(id))) {
           throw new CliError(`no client ${visible(id, { max: 80 })}`, {

@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { Option } from "commander";
+import type { StoreLocation } from "../../../idp/store/open.ts";
 import type { Store } from "../../../idp/store/types.ts";
 import type { Context } from "../../context.ts";
 import { CliError, usageError } from "../../errors.ts";
@@ -13,16 +14,75 @@ export function dataDirOf(ctx: Context, data: string | undefined): string {
   return data ?? join(ctx.paths.dataDir, "idp");
 }
 
-/** Opens the store lazily (node:sqlite is loaded only by idp commands); every call commits at once. */
-export async function openStore(ctx: Context, data: string | undefined): Promise<Store> {
-  const dir = dataDirOf(ctx, data);
-  const { openSqliteStore } = await import("../../../idp/store/sqlite/store.ts");
+/** Where the data is: `--data DIR` (SQLite) or `--database URL` (PostgreSQL), and the latter's files. */
+export interface StoreOpts {
+  data?: string;
+  database?: string;
+  databasePasswordFile?: string;
+  databaseKeyFile?: string;
+}
+
+/** The PostgreSQL options, next to --data on serve and every offline admin command. */
+export const databaseOption = () =>
+  new Option(
+    "--database <url>",
+    "PostgreSQL instead of --data: postgres://USER@HOST:PORT/DB (no password in it; env APES_DATABASE_URL)",
+  );
+export const databasePasswordFileOption = () =>
+  new Option(
+    "--database-password-file <file>",
+    "file (mode 0600) with the database password (else PGPASSWORD or PGPASSFILE)",
+  );
+export const databaseKeyFileOption = () =>
+  new Option(
+    "--database-key-file <file>",
+    "32-byte key file (mode 0600) sealing the signing keys in the database (env APES_DATABASE_KEY_FILE)",
+  );
+
+/** The store's location from the options and the environment (APES_DATABASE_URL, APES_DATABASE_KEY_FILE). */
+export function storeLocation(ctx: Context, opts: StoreOpts): StoreLocation {
+  const url = opts.database ?? (opts.data === undefined ? ctx.env.APES_DATABASE_URL : undefined);
+  if (url === undefined || url === "") {
+    if (opts.databasePasswordFile || opts.databaseKeyFile) {
+      throw usageError("--database-password-file and --database-key-file go with --database");
+    }
+    return { kind: "sqlite", dataDir: dataDirOf(ctx, opts.data) };
+  }
+  if (opts.data !== undefined) throw usageError("--data and --database exclude each other");
+  const keyFile = opts.databaseKeyFile ?? (ctx.env.APES_DATABASE_KEY_FILE || undefined);
+  return {
+    kind: "postgres",
+    url,
+    ...(opts.databasePasswordFile ? { passwordFile: opts.databasePasswordFile } : {}),
+    ...(keyFile ? { keyFile } : {}),
+  };
+}
+
+/** The URL and password file checked before anything starts: a password on argv is refused. */
+export async function checkStoreLocation(location: StoreLocation): Promise<void> {
+  const { checkLocation } = await import("../../../idp/store/open.ts");
   try {
-    return openSqliteStore(dir);
+    checkLocation(location);
   } catch (e) {
-    throw new CliError(`cannot open the IdP database in ${dir}: ${(e as Error).message}`, {
+    throw new CliError((e as Error).message, { exitCode: ExitCode.CONFIG, cause: e });
+  }
+}
+
+/** Opens the store lazily (node:sqlite / pg are loaded only by idp commands); every call commits at once. */
+export async function openStore(ctx: Context, opts: StoreOpts): Promise<Store> {
+  const location = storeLocation(ctx, opts);
+  await checkStoreLocation(location);
+  const { openStore: open } = await import("../../../idp/store/open.ts");
+  try {
+    return (await open(location)).store;
+  } catch (e) {
+    const where = location.kind === "sqlite" ? `in ${location.dataDir}` : "at --database";
+    throw new CliError(`cannot open the IdP database ${where}: ${(e as Error).message}`, {
       exitCode: ExitCode.CONFIG,
-      hint: "check --data and the directory's permissions",
+      hint:
+        location.kind === "sqlite"
+          ? "check --data and the directory's permissions"
+          : "check --database, the password (file), --database-key-file and that the server is up",
       cause: e,
     });
   }
@@ -39,13 +99,9 @@ export interface InviteSettings {
   issuer: string;
 }
 
-/** The checked `--ttl` (seconds) and issuer (`--issuer`, else the one the server last ran as). */
-export async function inviteSettings(
-  ctx: Context,
-  data: string | undefined,
-  opts: { ttl?: string; issuer?: string },
-): Promise<InviteSettings> {
-  const [{ parseDurationMs }, { MAX_INVITE_TTL, recordedIssuer }] = await Promise.all([
+/** The checked `--ttl` in seconds (before anything is opened). */
+export async function inviteTtl(opts: { ttl?: string }): Promise<number> {
+  const [{ parseDurationMs }, { MAX_INVITE_TTL }] = await Promise.all([
     import("../../../protocol/duration.ts"),
     import("../../../idp/web/invites.ts"),
   ]);
@@ -54,7 +110,23 @@ export async function inviteSettings(
   if (ms === undefined || ms < 60_000 || ms > MAX_INVITE_TTL * 1000) {
     throw usageError(`invalid --ttl "${ttl}"`, "give a duration from 1m to 30d, e.g. 24h");
   }
-  const issuer = opts.issuer ?? recordedIssuer(dataDirOf(ctx, data));
+  return Math.floor(ms / 1000);
+}
+
+/**
+ * The checked issuer of the link: `--issuer`, else the one the server last ran as (recorded in the
+ * database when it is PostgreSQL, else in the data dir).
+ */
+export async function inviteSettings(
+  ctx: Context,
+  opts: StoreOpts & { issuer?: string },
+  store: Store,
+  ttl: number,
+): Promise<InviteSettings> {
+  const { recordedIssuer } = await import("../../../idp/web/invites.ts");
+  const issuer =
+    opts.issuer ??
+    (store.recordedIssuer ? await store.recordedIssuer() : recordedIssuer(dataDirOf(ctx, opts.data)));
   if (issuer === undefined) {
     throw usageError(
       "no issuer known for the invite link",
@@ -68,7 +140,7 @@ export async function inviteSettings(
     throw usageError(`invalid --issuer "${issuer}"`, "give an absolute URL like https://id.example.com");
   }
   if (u.protocol !== "https:" && u.protocol !== "http:") throw usageError("--issuer must be http(s)");
-  return { ttl: Math.floor(ms / 1000), issuer: u.origin + u.pathname.replace(/\/+$/, "") };
+  return { ttl, issuer: u.origin + u.pathname.replace(/\/+$/, "") };
 }
 
 /**

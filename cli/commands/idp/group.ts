@@ -4,6 +4,7 @@ import { register as registerClientsAdd } from "./clients-add.ts";
 import { register as registerClientsList } from "./clients-list.ts";
 import { register as registerClientsRemove } from "./clients-remove.ts";
 import { register as registerKeysRotate } from "./keys-rotate.ts";
+import { register as registerMigrate } from "./migrate.ts";
 import { register as registerNotificationsList } from "./notifications-list.ts";
 import { register as registerNotificationsRetry } from "./notifications-retry.ts";
 import { register as registerServe } from "./serve.ts";
@@ -25,9 +26,11 @@ Examples:
   $ apes idp serve --listen 127.0.0.1:8080
   $ apes idp users add alice@example.com --human --key ~/.ssh/id_ed25519.pub --admin
   $ apes idp users add bot@example.com --agent --owner alice@example.com --key bot.pub
-  $ apes idp keys rotate`,
+  $ apes idp keys rotate
+  $ apes idp migrate --from sqlite /var/lib/apes-idp --to postgres://apes@db:5432/apes --database-key-file /etc/apes/idp-db.key`,
     );
   registerServe(idp, getContext);
+  registerMigrate(idp, getContext);
   const users = idp
     .command("users")
     .description("add, list, disable and invite users (offline, on the data dir)")

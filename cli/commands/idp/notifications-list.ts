@@ -2,7 +2,14 @@ import type { Command } from "commander";
 import { visible } from "../../../protocol/display.ts";
 import { formatTable, formatTime, printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
 /** `apes idp notifications list`: the outbox as the admin sees it (offline, on the data dir). */
 export function register(parent: Command, getContext: GetContext): void {
@@ -13,11 +20,14 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--pending", "only deliveries still to be made (or retried)")
     .option("--limit <n>", "at most this many", "50")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       "\nExamples:\n  $ apes idp notifications list --dead\n  $ apes --json idp notifications list --limit 10",
     )
-    .action(async (opts: { dead?: boolean; pending?: boolean; limit: string; data?: string }) => {
+    .action(async (opts: { dead?: boolean; pending?: boolean; limit: string; data?: string } & StoreOpts) => {
       const ctx = getContext();
       const { usageError } = await import("../../errors.ts");
       const limit = Number(opts.limit);
@@ -25,7 +35,7 @@ export function register(parent: Command, getContext: GetContext): void {
         throw usageError("--limit must be 1..10000");
       if (opts.dead && opts.pending) throw usageError("--dead and --pending exclude each other");
       const status = opts.dead ? "dead" : opts.pending ? "pending" : undefined;
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         const rows = await store.listNotifications({ limit, ...(status ? { status } : {}) });
         const data = rows.map((n) => ({

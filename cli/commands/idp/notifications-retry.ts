@@ -2,7 +2,14 @@ import type { Command } from "commander";
 import { CliError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
 /** `apes idp notifications retry`: dead deliveries back into the outbox (the running server picks them up within a second). */
 export function register(parent: Command, getContext: GetContext): void {
@@ -12,17 +19,20 @@ export function register(parent: Command, getContext: GetContext): void {
     .argument("[ids...]", "delivery ids (from `apes idp notifications list --dead`)")
     .option("--all-dead", "every dead delivery (at most 10000)")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       "\nWorks while the server runs.\n\nExamples:\n  $ apes idp notifications retry 17 18\n  $ apes idp notifications retry --all-dead",
     )
-    .action(async (ids: string[], opts: { allDead?: boolean; data?: string }) => {
+    .action(async (ids: string[], opts: { allDead?: boolean; data?: string } & StoreOpts) => {
       const ctx = getContext();
       const { usageError } = await import("../../errors.ts");
       if (opts.allDead === ids.length > 0)
         throw usageError("give delivery ids or --all-dead (one of the two)");
       for (const id of ids) if (!/^[1-9]\d{0,15}$/.test(id)) throw usageError(`"${id}" is not a delivery id`);
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         const targets = opts.allDead
           ? (await store.listNotifications({ status: "dead", limit: 10_000 })).map((n) => n.id)

@@ -9,12 +9,20 @@ import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import { parseListen } from "../../listen.ts";
 import type { GetContext } from "../../program.ts";
-import { dataDirOf, dataOption } from "./common.ts";
+import {
+  checkStoreLocation,
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  type StoreOpts,
+  storeLocation,
+} from "./common.ts";
 
-interface ServeOpts {
+interface ServeOpts extends StoreOpts {
   listen: string;
   issuer?: string;
-  data?: string;
+  databaseConnections: string;
   tlsCert?: string;
   tlsKey?: string;
   tokenTtl: string;
@@ -48,6 +56,29 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
     return new CliError(message, {
       exitCode: ExitCode.CONFIG,
       hint: "one server per --data dir: stop the other one, or give this one its own --data dir (the admin commands need no server stopped)",
+    });
+  }
+  if (
+    err?.name === "KeyFileError" ||
+    err?.name === "DatabaseUrlError" ||
+    /^(28|3D)/.test(String(err?.code))
+  ) {
+    // The key file, the URL, or the database refusing the login / not existing (SQLSTATE 28xxx, 3D000).
+    return new CliError(`cannot start the IdP: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "check --database, its password (--database-password-file, PGPASSWORD) and --database-key-file",
+      cause: e,
+    });
+  }
+  if (
+    err?.code === "ECONNREFUSED" ||
+    err?.code === "ETIMEDOUT" ||
+    /timeout exceeded when trying to connect/i.test(message)
+  ) {
+    return new CliError(`cannot start the IdP: the database is not reachable (${message})`, {
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "is PostgreSQL running and listening at the --database host and port?",
+      cause: e,
     });
   }
   if (err?.code === "EACCES" && err.syscall === "listen") {
@@ -131,6 +162,10 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--listen <host:port>", "address to listen on (port 0: any free port)", "127.0.0.1:8080")
     .option("--issuer <url>", "issuer URL (default: derived from --listen and the scheme)")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
+    .option("--database-connections <n>", "PostgreSQL connections in this instance's pool", "10")
     .option("--tls-cert <file>", "PEM certificate chain (serve HTTPS)")
     .option("--tls-key <file>", "PEM private key for --tls-cert")
     .option("--token-ttl <duration>", "session token lifetime (e.g. 15m, 1h)", "1h")
@@ -184,6 +219,7 @@ Examples:
   $ apes idp serve --listen 127.0.0.1:8080
   $ apes idp serve --listen 0.0.0.0:443 --issuer https://id.example.com --tls-cert cert.pem --tls-key key.pem
   $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m
+  $ PGPASSWORD=... apes idp serve --database postgres://apes@db.internal:5432/apes --database-key-file /etc/apes/idp-db.key
   $ apes idp serve --listen 127.0.0.1:8080 --config /etc/apes/idp.toml`,
     )
     .action(async (opts: ServeOpts) => {
@@ -231,6 +267,15 @@ Examples:
         opts.maxConnectionsPerClient,
         "--max-connections-per-client",
       );
+      const location = storeLocation(ctx, opts);
+      await checkStoreLocation(location);
+      const databaseConnections = positiveInt(opts.databaseConnections, "--database-connections");
+      if (location.kind === "postgres" && location.keyFile === undefined) {
+        throw usageError(
+          "--database needs --database-key-file (or APES_DATABASE_KEY_FILE): the signing keys are stored sealed with it",
+          "create one: head -c 32 /dev/urandom > /etc/apes/idp-db.key && chmod 600 /etc/apes/idp-db.key (the same file on every instance)",
+        );
+      }
       const notify = opts.config === undefined ? undefined : await readServeConfig(opts.config);
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       // Caught from before the "listening" line (see stopSignals).
@@ -240,7 +285,17 @@ Examples:
         idp = await startIdp({
           host,
           port,
-          dataDir: dataDirOf(ctx, opts.data),
+          dataDir: location.kind === "sqlite" ? location.dataDir : "",
+          ...(location.kind === "postgres"
+            ? {
+                database: {
+                  url: location.url,
+                  ...(location.passwordFile ? { passwordFile: location.passwordFile } : {}),
+                  ...(location.keyFile ? { keyFile: location.keyFile } : {}),
+                  maxConnections: databaseConnections,
+                },
+              }
+            : {}),
           ...(opts.issuer ? { issuer: opts.issuer } : {}),
           ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
           tokenTtl,

@@ -5,16 +5,21 @@ import { CliError, usageError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
 import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
   dataOption,
   inviteIssuerOption,
   inviteSettings,
   inviteText,
+  inviteTtl,
   inviteTtlOption,
   makeInvite,
   openStore,
+  type StoreOpts,
 } from "./common.ts";
 
-interface AddOpts {
+interface AddOpts extends StoreOpts {
   human?: boolean;
   agent?: boolean;
   owner?: string;
@@ -22,7 +27,6 @@ interface AddOpts {
   key?: string;
   admin?: boolean;
   name?: string;
-  data?: string;
   invite?: boolean;
   ttl?: string;
   issuer?: string;
@@ -54,6 +58,9 @@ export function register(parent: Command, getContext: GetContext): void {
     .addOption(inviteTtlOption())
     .addOption(inviteIssuerOption())
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       `
@@ -84,7 +91,7 @@ Examples:
         throw usageError("--invite is for humans (agents log in with --key)");
       if (!opts.invite && (opts.ttl !== undefined || opts.issuer !== undefined))
         throw usageError("--ttl and --issuer go with --invite");
-      const settings = opts.invite ? await inviteSettings(ctx, opts.data, opts) : undefined;
+      const ttl = opts.invite ? await inviteTtl(opts) : undefined;
       let publicKey: string | undefined;
       let fingerprint: string | undefined;
       if (opts.key !== undefined) {
@@ -98,8 +105,9 @@ Examples:
           );
         }
       }
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
+        const settings = ttl !== undefined ? await inviteSettings(ctx, opts, store, ttl) : undefined;
         if (await store.getUser(email))
           throw new CliError(`${email} already exists`, { hint: "`apes idp users list` shows the users" });
         const owner = opts.owner === undefined ? undefined : identityArg("--owner", opts.owner);

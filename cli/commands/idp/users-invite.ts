@@ -3,13 +3,18 @@ import { CliError } from "../../errors.ts";
 import { printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
 import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
   dataOption,
   inviteIssuerOption,
   inviteSettings,
   inviteText,
+  inviteTtl,
   inviteTtlOption,
   makeInvite,
   openStore,
+  type StoreOpts,
 } from "./common.ts";
 
 export function register(parent: Command, getContext: GetContext): void {
@@ -20,6 +25,9 @@ export function register(parent: Command, getContext: GetContext): void {
     .addOption(inviteTtlOption())
     .addOption(inviteIssuerOption())
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText(
       "after",
       `
@@ -31,13 +39,14 @@ Examples:
   $ apes idp users invite alice@example.com --ttl 1h --issuer https://id.example.com
   $ apes --json idp users invite alice@example.com`,
     )
-    .action(async (emailArg: string, opts: { ttl?: string; issuer?: string; data?: string }) => {
+    .action(async (emailArg: string, opts: { ttl?: string; issuer?: string; data?: string } & StoreOpts) => {
       const ctx = getContext();
       const { identityArg } = await import("../../identity.ts");
       const email = identityArg("the email", emailArg);
-      const settings = await inviteSettings(ctx, opts.data, opts);
-      const store = await openStore(ctx, opts.data);
+      const ttl = await inviteTtl(opts);
+      const store = await openStore(ctx, opts);
       try {
+        const settings = await inviteSettings(ctx, opts, store, ttl);
         const user = await store.getUser(email);
         if (!user)
           throw new CliError(`no user ${email}`, {

@@ -3,17 +3,27 @@ import { visible } from "../../../protocol/display.ts";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import { formatTable, formatTime, printData } from "../../output.ts";
 import type { GetContext } from "../../program.ts";
-import { dataOption, openStore } from "./common.ts";
+import {
+  databaseKeyFileOption,
+  databaseOption,
+  databasePasswordFileOption,
+  dataOption,
+  openStore,
+  type StoreOpts,
+} from "./common.ts";
 
 export function register(parent: Command, getContext: GetContext): void {
   parent
     .command("list")
     .description("list users")
     .addOption(dataOption())
+    .addOption(databaseOption())
+    .addOption(databasePasswordFileOption())
+    .addOption(databaseKeyFileOption())
     .addHelpText("after", "\nExamples:\n  $ apes idp users list\n  $ apes --json idp users list")
-    .action(async (opts: { data?: string }) => {
+    .action(async (opts: StoreOpts) => {
       const ctx = getContext();
-      const store = await openStore(ctx, opts.data);
+      const store = await openStore(ctx, opts);
       try {
         const users = await store.listUsers();
         const passkeys = new Map<string, number>();

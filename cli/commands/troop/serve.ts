@@ -27,6 +27,8 @@ interface ServeOpts {
   logLevel: string;
   webLogin?: boolean;
   publicUrl?: string;
+  database?: string;
+  databasePasswordFile?: string;
 }
 
 function positiveInt(value: string, option: string): number {
@@ -54,6 +56,16 @@ function startError(e: unknown, listenAt: string): CliError {
     return new CliError(`cannot start the troop's web login: ${message}`, {
       exitCode: ExitCode.CONFIG,
       hint: "give --public-url https://... (plain http only on a loopback host)",
+    });
+  if (err?.code === "ECONNREFUSED" || err?.code === "ENOTFOUND")
+    return new CliError(`cannot start the troop: ${message}`, {
+      exitCode: ExitCode.UNAVAILABLE,
+      hint: "check --database and that the PostgreSQL server is up",
+    });
+  if (err?.code === "28P01" || err?.code === "28000" || err?.code === "3D000")
+    return new CliError(`cannot start the troop: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "check --database, the database password (file) and the role's access",
     });
   if (err?.code === "ENOENT" || err?.code === "EACCES" || err?.code === "EPERM")
     return new CliError(`cannot start the troop: ${message}`, {
@@ -107,6 +119,14 @@ export function register(parent: Command, getContext: GetContext): void {
       "the status page signs people in with DDISA in the browser (register <url>/auth/callback at the IdP)",
     )
     .option("--public-url <url>", "the troop's public origin for --web-login (default: the listening URL)")
+    .option(
+      "--database <url>",
+      "PostgreSQL for the intents and nests: postgres://USER@HOST:PORT/DB (no password in it; env APES_TROOP_DATABASE_URL)",
+    )
+    .option(
+      "--database-password-file <file>",
+      "file (mode 0600) with the database password (else PGPASSWORD or PGPASSFILE)",
+    )
     .addHelpText(
       "after",
       `
@@ -121,7 +141,8 @@ comes from [dns] in config.toml or APES_DNS_SERVERS / APES_DOH_URL / APES_ALLOW_
 Examples:
   $ apes troop serve --idp https://id.example.com --client-id troop.example.com
   $ apes troop serve --idp https://id.example.com --client-id troop.example.com --web-login --public-url https://troop.example.com
-  $ apes troop serve --idp http://127.0.0.1:8080 --client-id troop.test --listen 127.0.0.1:0 --data /tmp/troop`,
+  $ apes troop serve --idp http://127.0.0.1:8080 --client-id troop.test --listen 127.0.0.1:0 --data /tmp/troop
+  $ PGPASSWORD=... apes troop serve --idp https://id.example.com --client-id troop.example.com --database postgres://troop@db.internal:5432/troop`,
     )
     .action(async (opts: ServeOpts) => {
       const ctx = getContext();
@@ -190,6 +211,23 @@ Examples:
       if (opts.publicUrl !== undefined && !opts.webLogin)
         throw usageError("--public-url goes with --web-login");
       const dns = opts.webLogin ? (await ctx.config()).dns : undefined;
+      const databaseUrl = opts.database ?? (ctx.env.APES_TROOP_DATABASE_URL || undefined);
+      if (databaseUrl === undefined && opts.databasePasswordFile !== undefined)
+        throw usageError("--database-password-file goes with --database");
+      let database: { url: string; passwordFile?: string } | undefined;
+      if (databaseUrl !== undefined) {
+        const { postgresTarget } = await import("../../../server/postgres.ts");
+        try {
+          // Checked before anything starts: a password in the URL (argv) or a loose file is refused.
+          postgresTarget(databaseUrl, opts.databasePasswordFile);
+        } catch (e) {
+          throw new CliError((e as Error).message, { exitCode: ExitCode.CONFIG, cause: e });
+        }
+        database = {
+          url: databaseUrl,
+          ...(opts.databasePasswordFile ? { passwordFile: opts.databasePasswordFile } : {}),
+        };
+      }
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       const signals = stopSignals();
       let troop: Awaited<ReturnType<typeof startTroop>>;
@@ -208,6 +246,7 @@ Examples:
           maxConnections: positiveInt(opts.maxConnections, "--max-connections"),
           maxConnectionsPerClient: positiveInt(opts.maxConnectionsPerClient, "--max-connections-per-client"),
           connectionRate: opts.connectionRate,
+          ...(database ? { database } : {}),
           log,
           ...(dns
             ? {

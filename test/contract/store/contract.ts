@@ -62,6 +62,11 @@ const committed = async (s: Store) => {
   await s.lifecycle?.flush?.();
 };
 
+/** This handle has heard of every change committed anywhere so far (a store notified of them). */
+const caughtUp = async (s: Store) => {
+  await s.lifecycle?.sync?.();
+};
+
 export function storeContract(name: string, open: () => Promise<OpenedStore>): void {
   describe(`store contract: ${name}`, () => {
     const handles: Store[] = [];
@@ -260,6 +265,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const other = await connect();
         const rec = await rotateKeys(other, 1100);
         await committed(other);
+        await caughtUp(s);
         expect((await ring.signingKey(1100, 1400)).kid).toBe(rec.kid);
         expect((await ring.jwks(1200)).keys.map((k) => k.kid).sort()).toEqual([first, rec.kid].sort());
         expect(await ring.publicKey(first, 1299)).toBeDefined();

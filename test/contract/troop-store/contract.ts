@@ -113,5 +113,35 @@ export function troopStoreContract(
       expect(await store.nestsVisibleTo("bob@x")).toEqual([]);
       expect((await store.getNest("m@x"))?.actingFor).toBe("carol@x");
     });
+
+    it("concurrent submissions (here and in another process) get distinct seqs of one nest; of one id exactly one is created", async () => {
+      const { store, dir } = await fresh();
+      const other = (await fresh(dir)).store;
+      const subs = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          (i % 2 ? store : other).submitIntent(stop(`c${i}`), `C${i}`, { sub: "alice@x" }, 10),
+        ),
+      );
+      expect(subs.map((r) => r.stored.intent.seq).sort((a, b) => a - b)).toEqual(
+        Array.from({ length: 20 }, (_, i) => i + 1),
+      );
+      const same = await Promise.all(
+        Array.from({ length: 10 }, (_, i) =>
+          (i % 2 ? store : other).submitIntent(stop("one"), "ONE", { sub: "alice@x" }, 11),
+        ),
+      );
+      expect(same.filter((r) => r.outcome === "created")).toHaveLength(1);
+      expect(same.filter((r) => r.outcome === "same")).toHaveLength(9);
+      expect(new Set(same.map((r) => r.stored.intent.seq)).size).toBe(1);
+      // Of concurrent acks of one delivered intent, one changes it; the others are repeats.
+      await store.applyEvent("one", "n@x", "delivered", undefined, 12);
+      const acks = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          (i % 2 ? store : other).applyEvent("one", "n@x", "ack", undefined, 13),
+        ),
+      );
+      expect(acks.every((r) => r.ok)).toBe(true);
+      expect(acks.filter((r) => r.ok && r.changed)).toHaveLength(1);
+    });
   });
 }

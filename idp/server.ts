@@ -28,6 +28,7 @@ import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.t
 import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
 import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
+import { registerWebApprovalRoutes } from "./routes/web-approvals.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openStore } from "./store/open.ts";
@@ -354,6 +355,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
   registerOAuthWebRoutes(router, idp, humanSessions(web));
+  registerWebApprovalRoutes(router, web);
   return router;
 }
 

@@ -75,6 +75,8 @@ echo "human key: $HUMAN_HOME/id_ed25519.pub   agent key (owned by $DEMO_USER): $
 step "the reference IdP on 127.0.0.1 with TLS (apes idp serve), with $HUMAN and $AGENT"
 "$EXEC" idp users add "$HUMAN" --human --key "$HUMAN_HOME/id_ed25519.pub" --data "$D/idp"
 "$EXEC" idp users add "$AGENT" --agent --owner "$HUMAN" --key "$AGENT_HOME/id_ed25519.pub" --data "$D/idp"
+# The logs exist before the background jobs start: the loops below read them at once (pipefail).
+: >"$D/idp.log"
 "$EXEC" idp serve --listen 127.0.0.1:0 --data "$D/idp" --tls-cert "$D/server.pem" --tls-key "$D/server.key" \
   2>"$D/idp.log" &
 IDP_PID=$!
@@ -102,6 +104,7 @@ step "the policy: sudo apes trust (validates the IdP's discovery and JWKS over T
 ls -l "$D/etc/apes/config.toml"
 
 step "the agent ($DEMO_USER) runs: apes --reason demo -- id -u"
+: >"$D/err"
 as_user "$SHIM" --reason demo -- id -u >"$D/out" 2>"$D/err" &
 AGENT_PID=$!
 GRANT=""

@@ -149,6 +149,19 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
     description: "show the elevation audit log (as root): who ran what, approved or denied, and why",
     load: async () => (await import("./audit/audit.ts")).register,
   },
+  // The Nest (issue 13).
+  {
+    name: "daemon",
+    term: "daemon",
+    description: "the Nest: this machine's agent supervisor, itself an ape with its own identity",
+    load: async () => (await import("./daemon/group.ts")).registerDaemonCommands,
+  },
+  {
+    name: "nest",
+    term: "nest",
+    description: "command nests through the troop: spawn, stop, restart, pause, resume, remove agents",
+    load: async () => (await import("./nest/group.ts")).registerNestCommands,
+  },
 ];
 
 /** Stubs, and the usage term the top-level help shows for each (a stub has no options or arguments). */

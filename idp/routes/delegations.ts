@@ -39,60 +39,98 @@ function scopesOf(value: unknown): string[] | undefined {
   return value as string[];
 }
 
+/**
+ * Creates a delegation by `p` from a request body (the API's JSON, or the delegations page's form):
+ * only a human acting with its own token may hand out its authority.
+ */
+export async function createDelegation(
+  idp: Idp,
+  p: Principal,
+  body: Record<string, unknown>,
+  rid: string,
+): Promise<Grant> {
+  if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot create delegations");
+  if (p.actor.kind !== "human") throw new ProblemError("forbidden", "only humans create delegations");
+  onlyFields(body, ["delegator", "delegate", "audience", "scopes", "grant_type", "duration"]);
+  if (body.delegator !== undefined && canonicalIdentity(body.delegator) !== p.sub) {
+    throw new ProblemError("forbidden", "delegator must be the authenticated identity");
+  }
+  const delegate = identityField("delegate", body.delegate);
+  if (delegate === p.sub) throw new ProblemError("invalid_request", "cannot delegate to yourself");
+  const delegateUser = await idp.store.getUser(delegate);
+  if (!delegateUser || delegateUser.disabled) {
+    throw new ProblemError("invalid_request", `${delegate} is not an active user of this IdP`);
+  }
+  if (typeof body.audience !== "string" || body.audience.length === 0 || body.audience.length > 256) {
+    throw new ProblemError("invalid_request", 'audience is required (an SP identifier, or "*" for any)');
+  }
+  refuseUnsafe("audience", body.audience);
+  const grantType = parseGrantType(body.grant_type ?? "always");
+  const request: GrantRequest = {
+    requester: p.sub,
+    target_host: "*",
+    audience: body.audience,
+    grant_type: grantType,
+    delegator: p.sub,
+    delegate,
+  };
+  const scopes = scopesOf(body.scopes);
+  if (scopes) request.scopes = scopes;
+  const now = idp.now();
+  const grant: Grant = {
+    id: randomUUID(),
+    type: "delegation",
+    request,
+    status: "approved",
+    decided_by: p.sub,
+    created_at: now,
+    decided_at: now,
+  };
+  if (grantType === "timed") {
+    if (body.duration === undefined)
+      throw new ProblemError("invalid_request", "a timed delegation needs duration");
+    request.duration = parseDuration(body.duration);
+    grant.expires_at = now + request.duration;
+  } else if (body.duration !== undefined) {
+    throw new ProblemError("invalid_request", "duration is only valid for timed delegations");
+  }
+  const stored = await idp.store.insertGrant({ grant });
+  idp.log.log("info", "delegation created", { rid, grant: grant.id, delegator: p.sub, delegate });
+  return stored.grant;
+}
+
+/** Revokes delegation `id` for `p`: only its delegator (or an admin), never through a delegated token. */
+export async function revokeDelegation(idp: Idp, p: Principal, id: string): Promise<Grant> {
+  const stored = await visibleDelegation(idp, p, id);
+  if (stored.grant.request.delegator !== p.sub && !p.actor.admin) {
+    throw new ProblemError("forbidden", "only the delegator revokes a delegation");
+  }
+  if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot revoke delegations");
+  // A used `once` delegation is revoked too: that stops the token its one exchange issued.
+  const updated = await idp.store.transition(stored.grant.id, {
+    from: ["approved", "used"],
+    to: "revoked",
+    at: idp.now(),
+  });
+  if (!updated) {
+    throw new ProblemError(
+      "invalid_state",
+      `the delegation is ${stored.grant.status}, not approved or used`,
+      {
+        grant_status: stored.grant.status,
+      },
+    );
+  }
+  idp.events.changed(stored.grant.id);
+  return updated.grant;
+}
+
 export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): void {
   const D = PATHS.delegations;
 
   router.add("POST", D, true, async (call, p) => {
-    // Only a human acting with its own token may hand out its authority.
-    if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot create delegations");
-    if (p.actor.kind !== "human") throw new ProblemError("forbidden", "only humans create delegations");
-    const body = await jsonBody(call);
-    onlyFields(body, ["delegator", "delegate", "audience", "scopes", "grant_type", "duration"]);
-    if (body.delegator !== undefined && canonicalIdentity(body.delegator) !== p.sub) {
-      throw new ProblemError("forbidden", "delegator must be the authenticated identity");
-    }
-    const delegate = identityField("delegate", body.delegate);
-    if (delegate === p.sub) throw new ProblemError("invalid_request", "cannot delegate to yourself");
-    const delegateUser = await idp.store.getUser(delegate);
-    if (!delegateUser || delegateUser.disabled) {
-      throw new ProblemError("invalid_request", `${delegate} is not an active user of this IdP`);
-    }
-    if (typeof body.audience !== "string" || body.audience.length === 0 || body.audience.length > 256) {
-      throw new ProblemError("invalid_request", 'audience is required (an SP identifier, or "*" for any)');
-    }
-    refuseUnsafe("audience", body.audience);
-    const grantType = parseGrantType(body.grant_type ?? "always");
-    const request: GrantRequest = {
-      requester: p.sub,
-      target_host: "*",
-      audience: body.audience,
-      grant_type: grantType,
-      delegator: p.sub,
-      delegate,
-    };
-    const scopes = scopesOf(body.scopes);
-    if (scopes) request.scopes = scopes;
-    const now = idp.now();
-    const grant: Grant = {
-      id: randomUUID(),
-      type: "delegation",
-      request,
-      status: "approved",
-      decided_by: p.sub,
-      created_at: now,
-      decided_at: now,
-    };
-    if (grantType === "timed") {
-      if (body.duration === undefined)
-        throw new ProblemError("invalid_request", "a timed delegation needs duration");
-      request.duration = parseDuration(body.duration);
-      grant.expires_at = now + request.duration;
-    } else if (body.duration !== undefined) {
-      throw new ProblemError("invalid_request", "duration is only valid for timed delegations");
-    }
-    const stored = await idp.store.insertGrant({ grant });
-    idp.log.log("info", "delegation created", { rid: call.rid, grant: grant.id, delegator: p.sub, delegate });
-    return { status: 201, body: stored.grant, headers: { location: `${idp.base}${D}/${grant.id}` } };
+    const grant = await createDelegation(idp, p, await jsonBody(call), call.rid);
+    return { status: 201, body: grant, headers: { location: `${idp.base}${D}/${grant.id}` } };
   });
 
   router.add("GET", D, true, async (call, p) => {
@@ -119,30 +157,10 @@ export function registerDelegationRoutes(router: Router<Principal>, idp: Idp): v
     return { status: 200, body: stored.grant, headers: { etag: etagOf(stored) } };
   });
 
-  router.add("DELETE", `${D}/:id`, true, async (call, p) => {
-    const stored = await visibleDelegation(idp, p, call.params.id!);
-    if (stored.grant.request.delegator !== p.sub && !p.actor.admin) {
-      throw new ProblemError("forbidden", "only the delegator revokes a delegation");
-    }
-    if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot revoke delegations");
-    // A used `once` delegation is revoked too: that stops the token its one exchange issued.
-    const updated = await idp.store.transition(stored.grant.id, {
-      from: ["approved", "used"],
-      to: "revoked",
-      at: idp.now(),
-    });
-    if (!updated) {
-      throw new ProblemError(
-        "invalid_state",
-        `the delegation is ${stored.grant.status}, not approved or used`,
-        {
-          grant_status: stored.grant.status,
-        },
-      );
-    }
-    idp.events.changed(stored.grant.id);
-    return { status: 200, body: updated.grant };
-  });
+  router.add("DELETE", `${D}/:id`, true, async (call, p) => ({
+    status: 200,
+    body: await revokeDelegation(idp, p, call.params.id!),
+  }));
 
   router.add("POST", `${D}/:id/validate`, true, async (call, p) => {
     const body = await jsonBody(call);

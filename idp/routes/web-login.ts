@@ -37,13 +37,13 @@ const LOGIN_BINDING = new Uint8Array(0);
 const INVALID_INVITE = "this invite link is not valid: it may have expired or been used already";
 const MAX_FORM_FIELD = 4096;
 
-function redirect(location: string, cookies: string[] = [], call?: Call): Reply {
+export function redirect(location: string, cookies: string[] = [], call?: Call): Reply {
   if (cookies.length && call) call.res.setHeader("set-cookie", cookies);
   return { status: 303, headers: { location, "cache-control": "no-store" } };
 }
 
 /** A url-encoded form body: every field once, each bounded. */
-async function formBody(call: Call): Promise<Map<string, string>> {
+export async function formBody(call: Call): Promise<Map<string, string>> {
   if (mediaType(call.req) !== "application/x-www-form-urlencoded") {
     throw new ProblemError("unsupported_media_type", "send application/x-www-form-urlencoded");
   }

@@ -117,6 +117,8 @@ export interface GrantQuery {
   delegate?: string;
   /** Delegations where this identity is the delegator or the delegate. */
   party?: string;
+  /** Grants this identity approved or denied (the history page). */
+  decidedBy?: string;
   status?: GrantStatus;
   type?: GrantCategory;
   limit: number;

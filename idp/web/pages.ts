@@ -11,8 +11,32 @@ import { CSRF_FIELD } from "./session.ts";
 
 const WEBAUTHN_SCRIPT = "/assets/simplewebauthn-browser.js";
 
-/** The frame of every page (also the OAuth pages, idp/web/oauth-pages.ts). */
-export function layout(title: string, body: Html, scripts: string[] = []): Html {
+/** The signed-in pages' navigation (the approval pages and the account). */
+export const NAV = [
+  ["inbox", WEB_PATHS.inbox, "Inbox"],
+  ["history", WEB_PATHS.history, "History"],
+  ["delegations", WEB_PATHS.delegations, "Delegations"],
+  ["account", WEB_PATHS.account, "Account"],
+] as const;
+export type NavItem = (typeof NAV)[number][0];
+
+function nav(active: NavItem): Html {
+  return html`<nav class="nav" aria-label="Pages">
+${NAV.map(([key, href, text]) => (key === active ? html`<a href="${href}" aria-current="page">${text}</a>` : html`<a href="${href}">${text}</a>`))}
+</nav>
+`;
+}
+
+/**
+ * The frame of every page (also the OAuth pages, idp/web/oauth-pages.ts). `nav` shows the signed-in
+ * navigation with that item current; `wide` for pages of tables and commands.
+ */
+export function layout(
+  title: string,
+  body: Html,
+  scripts: string[] = [],
+  options: { nav?: NavItem; wide?: boolean } = {},
+): Html {
   return html`<!doctype html>
 <html lang="en">
 <head>
@@ -23,9 +47,9 @@ export function layout(title: string, body: Html, scripts: string[] = []): Html 
 <link rel="stylesheet" href="/assets/web.css">
 ${scripts.map((s) => html`<script src="${s}" defer></script>\n`)}</head>
 <body>
-<main class="card">
+<main class="${options.wide ? "card wide" : "card"}">
 <p class="brand">apes <span>identity</span></p>
-${body}
+${options.nav ? nav(options.nav) : ""}${body}
 </main>
 </body>
 </html>
@@ -103,6 +127,8 @@ export function accountPage(o: { email: string; passkeys: PasskeyRecord[]; csrf:
 ${o.passkeys.map((p, i) => passkeyItem(p, i, o.csrf, only))}
 </ul>
 <p class="hint">To add a passkey on another device, or to recover access, ask your administrator for an invite link.</p>`,
+    [],
+    { nav: "account" },
   );
 }
 

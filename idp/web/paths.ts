@@ -9,6 +9,14 @@ export const WEB_PATHS = {
   account: "/account",
   removePasskey: "/account/passkeys/remove",
   logout: "/logout",
+  inbox: "/inbox",
+  /** JSON for the inbox script: the pending grants, long-polled with `Prefer: wait` and ETag. */
+  inboxItems: "/inbox/items",
+  /** `/grants/<id>` (the page); `/grants/<id>/state|approve/options|approve|deny` (its script's JSON calls). */
+  grants: "/grants",
+  history: "/history",
+  delegations: "/delegations",
+  revokeDelegation: "/delegations/revoke",
 } as const;
 
 /** Calls that try a credential or an invite: counted in the `login` rate-limit class per address. */

@@ -846,6 +846,7 @@ export class SqliteStore implements Store {
       scopes.push({ column: "delegator", value: q.party }, { column: "delegate", value: q.party });
     } else if (q.delegator !== undefined) scopes.push({ column: "delegator", value: q.delegator });
     else if (q.delegate !== undefined) scopes.push({ column: "delegate", value: q.delegate });
+    else if (q.decidedBy !== undefined) scopes.push({ column: "decided_by", value: q.decidedBy });
     else if (q.requesters) for (const r of q.requesters) scopes.push({ column: "requester", value: r });
     const rows: GrantRow[] = [];
     if (q.requesters && q.requesters.length === 0) return { items: [], hasMore: false };

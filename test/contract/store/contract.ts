@@ -597,6 +597,42 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         ).toEqual([d1.grant.id]);
       });
 
+      it("lists the grants one identity decided, newest first, in pages (the history page)", async () => {
+        const { s } = await fresh();
+        const a = await s.insertGrant({ grant: command("bot@x", 1) });
+        const b = await s.insertGrant({ grant: command("bot@x", 2) });
+        const c = await s.insertGrant({ grant: command("bot@x", 3) });
+        await s.insertGrant({ grant: command("bot@x", 4) });
+        await s.transition(a.grant.id, {
+          from: ["pending"],
+          to: "approved",
+          decidedBy: "alice@x",
+          decidedAt: 5,
+        });
+        await s.transition(b.grant.id, { from: ["pending"], to: "denied", decidedBy: "bob@x", decidedAt: 6 });
+        await s.transition(c.grant.id, {
+          from: ["pending"],
+          to: "denied",
+          decidedBy: "alice@x",
+          decidedAt: 7,
+        });
+        const ids = async (q: Parameters<Store["queryGrants"]>[0]) =>
+          (await s.queryGrants(q)).items.map((i) => i.grant.id);
+        expect(await ids({ decidedBy: "alice@x", limit: 10 })).toEqual([c.grant.id, a.grant.id]);
+        expect(await ids({ decidedBy: "bob@x", limit: 10 })).toEqual([b.grant.id]);
+        expect(await ids({ decidedBy: "nobody@x", limit: 10 })).toEqual([]);
+        const first = await s.queryGrants({ decidedBy: "alice@x", limit: 1 });
+        expect(first.hasMore).toBe(true);
+        const last = first.items[0]!;
+        expect(
+          await ids({
+            decidedBy: "alice@x",
+            limit: 1,
+            before: { createdAt: last.grant.created_at, seq: last.seq },
+          }),
+        ).toEqual([a.grant.id]);
+      });
+
       it("finds reusable approved timed/always grants by requester and match key while unexpired", async () => {
         const { s } = await fresh();
         const always = command("a", 1, { status: "approved" });

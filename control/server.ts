@@ -175,8 +175,8 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
     idp: o.idp,
     client_id: o.clientId,
     data: o.dataDir,
-    ...(troop.sp ? { redirect_uri: troop.sp.redirectUri } : {}),
     ...(database ? { database } : {}),
+    ...(troop.sp ? { redirect_uri: troop.sp.redirectUri } : {}),
   });
   let closing: Promise<void> | undefined;
   return {

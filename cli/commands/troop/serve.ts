@@ -25,10 +25,10 @@ interface ServeOpts {
   maxConnectionsPerClient: string;
   connectionRate: string;
   logLevel: string;
-  webLogin?: boolean;
-  publicUrl?: string;
   database?: string;
   databasePasswordFile?: string;
+  webLogin?: boolean;
+  publicUrl?: string;
 }
 
 function positiveInt(value: string, option: string): number {
@@ -52,11 +52,6 @@ function startError(e: unknown, listenAt: string): CliError {
       exitCode: ExitCode.UNAVAILABLE,
       hint: "the troop needs its IdP (--idp) reachable at start: it reads the IdP's revocation feed first",
     });
-  if (/^(origin|clientId|base and home|cookieName): /.test(message))
-    return new CliError(`cannot start the troop's web login: ${message}`, {
-      exitCode: ExitCode.CONFIG,
-      hint: "give --public-url https://... (plain http only on a loopback host)",
-    });
   if (err?.code === "ECONNREFUSED" || err?.code === "ENOTFOUND")
     return new CliError(`cannot start the troop: ${message}`, {
       exitCode: ExitCode.UNAVAILABLE,
@@ -66,6 +61,11 @@ function startError(e: unknown, listenAt: string): CliError {
     return new CliError(`cannot start the troop: ${message}`, {
       exitCode: ExitCode.CONFIG,
       hint: "check --database, the database password (file) and the role's access",
+    });
+  if (/^(origin|clientId|base and home|cookieName): /.test(message))
+    return new CliError(`cannot start the troop's web login: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "give --public-url https://... (plain http only on a loopback host)",
     });
   if (err?.code === "ENOENT" || err?.code === "EACCES" || err?.code === "EPERM")
     return new CliError(`cannot start the troop: ${message}`, {
@@ -115,11 +115,6 @@ export function register(parent: Command, getContext: GetContext): void {
     .option("--connection-rate <n/period>", "new connections per client address", DEFAULT_CONNECTION_RATE)
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .option(
-      "--web-login",
-      "the status page signs people in with DDISA in the browser (register <url>/auth/callback at the IdP)",
-    )
-    .option("--public-url <url>", "the troop's public origin for --web-login (default: the listening URL)")
-    .option(
       "--database <url>",
       "PostgreSQL for the intents and nests: postgres://USER@HOST:PORT/DB (no password in it; env APES_TROOP_DATABASE_URL)",
     )
@@ -127,6 +122,11 @@ export function register(parent: Command, getContext: GetContext): void {
       "--database-password-file <file>",
       "file (mode 0600) with the database password (else PGPASSWORD or PGPASSFILE)",
     )
+    .option(
+      "--web-login",
+      "the status page signs people in with DDISA in the browser (register <url>/auth/callback at the IdP)",
+    )
+    .option("--public-url <url>", "the troop's public origin for --web-login (default: the listening URL)")
     .addHelpText(
       "after",
       `
@@ -208,9 +208,6 @@ Examples:
           throw new CliError(`cannot read --idp-ca: ${(e as Error).message}`, { exitCode: ExitCode.CONFIG });
         }
       }
-      if (opts.publicUrl !== undefined && !opts.webLogin)
-        throw usageError("--public-url goes with --web-login");
-      const dns = opts.webLogin ? (await ctx.config()).dns : undefined;
       const databaseUrl = opts.database ?? (ctx.env.APES_TROOP_DATABASE_URL || undefined);
       if (databaseUrl === undefined && opts.databasePasswordFile !== undefined)
         throw usageError("--database-password-file goes with --database");
@@ -228,6 +225,9 @@ Examples:
           ...(opts.databasePasswordFile ? { passwordFile: opts.databasePasswordFile } : {}),
         };
       }
+      if (opts.publicUrl !== undefined && !opts.webLogin)
+        throw usageError("--public-url goes with --web-login");
+      const dns = opts.webLogin ? (await ctx.config()).dns : undefined;
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       const signals = stopSignals();
       let troop: Awaited<ReturnType<typeof startTroop>>;

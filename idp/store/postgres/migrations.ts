@@ -258,6 +258,14 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX notify_outbox_by_subscription ON notify_outbox(subscription_id, id);
   `,
   },
+  {
+    // The approval pages' history: a person's decisions, newest first, one index range per page.
+    version: 4,
+    what: "grants by who decided them",
+    sql: `
+  CREATE INDEX grants_by_decider ON grants(decided_by, seq) WHERE decided_by IS NOT NULL;
+  `,
+  },
 ];
 
 /** Any constant will do: it names "the apes IdP schema" among the database's advisory locks. */

@@ -984,6 +984,7 @@ export class PostgresStore implements Store {
       scans.push(scan(`delegator = ${p}`), scan(`delegate = ${p}`));
     } else if (q.delegator !== undefined) scans.push(scan(`delegator = ${arg(q.delegator)}`));
     else if (q.delegate !== undefined) scans.push(scan(`delegate = ${arg(q.delegate)}`));
+    else if (q.decidedBy !== undefined) scans.push(scan(`decided_by = ${arg(q.decidedBy)}`));
     else if (q.requesters) {
       for (const r of new Set(q.requesters)) scans.push(scan(`requester = ${arg(r)}`));
     } else scans.push(scan());

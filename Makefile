@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-troop
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-troop bench-notify
 
 all: build
 
@@ -47,6 +47,9 @@ bench-idp-flood: build
 
 bench-troop: build
 	node bench/troop/run.ts
+
+bench-notify: build
+	node bench/notify/run.mjs
 
 clean:
 	rm -rf dist build
@@ -152,6 +155,12 @@ uninstall:
 .PHONY: demo
 demo: build
 	bash scripts/demo.sh
+
+# As root: the Nest (scripts/demo-nest.sh): IdP, troop and `apes daemon run` as _apes-nest; alice
+# spawns an agent through the troop, approves its grants, it runs as its own user and identity.
+.PHONY: demo-nest
+demo-nest: build
+	bash scripts/demo-nest.sh
 
 # As root: `apes -- /bin/true` through the shim (reused timed grant) against `sudo -n true`, with the
 # split between requester, verifier and shim (bench/elevate/run.ts; installs sudo with apt if missing).

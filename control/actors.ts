@@ -104,3 +104,24 @@ export function chainOf(actor: Actor): { by: string; via?: string } {
 export function revokedBy(events: ReadonlyMap<string, number>, rev: readonly string[], iat: number): boolean {
   return rev.some((h) => (events.get(h) ?? -1) >= iat);
 }
+
+/**
+ * A person signed in to the status page in the browser (sp/login.ts): an identity acting for itself,
+ * like a human or agent token. It has no revocation handles: the SP session ends at its own TTL.
+ */
+export function sessionActor(s: {
+  email: string;
+  act: "human" | "agent";
+  createdAt: number;
+  expiresAt: number;
+}): Actor {
+  return {
+    holder: s.email,
+    kind: s.act,
+    principal: s.email,
+    commanders: [s.email],
+    rev: [],
+    iat: s.createdAt,
+    exp: s.expiresAt,
+  };
+}

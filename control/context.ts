@@ -1,5 +1,8 @@
 import { EventEmitter } from "node:events";
+import type { Call } from "../server/http.ts";
 import type { Logger } from "../server/log.ts";
+import type { SpLogin } from "../sp/login.ts";
+import type { Actor } from "./actors.ts";
 import type { AuditLog } from "./audit.ts";
 import type { IdpLink } from "./idp-link.ts";
 import type { TroopStore } from "./store/types.ts";
@@ -26,6 +29,10 @@ export interface Troop {
   connected(nest: string): boolean;
   /** Sends queued intents of the nest over its socket, if it has one. */
   push(nest: string): void;
+  /** The bearer token's actor (admitToken first); throws the 401/403/503 problem. */
+  authenticate(call: Call): Promise<Actor>;
+  /** DDISA browser sign-in for the status page (sp/login.ts), when `--web-login` is on. */
+  sp?: SpLogin;
 }
 
 export function troopEvents(): EventEmitter {

@@ -51,10 +51,13 @@ export class IdpLink {
   private lastFeedOk = 0;
   private readonly stop = new AbortController();
   private listeners: ((handle: string, at: number) => void)[] = [];
+  /** The IdP's trust (--idp-ca beside the system roots), for every request to it: JWKS and feed. */
+  private readonly ca: string[] | undefined;
 
   constructor(o: IdpLinkOptions) {
     this.o = o;
     const ca = o.ca ? [...process.getBuiltinModule("node:tls").rootCertificates, o.ca] : undefined;
+    this.ca = ca;
     this.getJson = (url) =>
       fetchJson(url, {
         timeoutMs: 5000,
@@ -160,6 +163,7 @@ export class IdpLink {
       plainHttp: "loopback",
       signal: this.stop.signal,
       headers: { accept: "application/json", ...(waitS > 0 ? { prefer: `wait=${waitS}` } : {}) },
+      ...(this.ca ? { ca: this.ca } : {}),
     });
     const body = answer.body as { events?: unknown; next?: unknown } | undefined;
     if (answer.status !== 200 || !body || !Array.isArray(body.events) || typeof body.next !== "number") {

@@ -7,7 +7,7 @@ import {
   parseNestFrame,
 } from "../protocol/troop.ts";
 import { type Call, jsonBody, Router, readBody } from "../server/http.ts";
-import { type Actor, chainOf, mayCommand } from "./actors.ts";
+import { type Actor, chainOf, mayCommand, sessionActor } from "./actors.ts";
 import type { Troop } from "./context.ts";
 import { applyNestFrame } from "./frames.ts";
 import { statusPage } from "./status-page.ts";
@@ -262,7 +262,12 @@ export function troopRoutes(troop: Troop): Router<Actor> {
     return { status: 200, body: { ok: true } };
   });
 
-  router.add("GET", "/status", true, async (_call, actor) => {
+  // The status page: the browser's DDISA session (with --web-login), else the bearer token.
+  router.add("GET", "/status", false, async (call) => {
+    const session = troop.sp?.session(call.req.headers);
+    if (!session && troop.sp && call.req.headers.authorization === undefined)
+      return { status: 303, headers: { location: troop.sp.loginPath, "cache-control": "no-store" } };
+    const actor = session ? sessionActor(session) : await troop.authenticate(call);
     const nests = await troop.store.nestsVisibleTo(actor.principal);
     const rows = await Promise.all(
       nests.map(async (n) => ({
@@ -271,8 +276,17 @@ export function troopRoutes(troop: Troop): Router<Actor> {
         intents: await troop.store.listIntents(n.id, 20),
       })),
     );
-    return statusPage(actor, rows, troop.now());
+    const signOut =
+      session && troop.sp ? { action: troop.sp.logoutPath, csrf: troop.sp.csrf(session) } : undefined;
+    return statusPage(actor, rows, troop.now(), signOut);
   });
+
+  const sp = troop.sp;
+  if (sp) {
+    const web = (call: Call) => sp.handle(call);
+    for (const path of ["/auth/login", "/auth/callback", "/auth/sp.css"]) router.add("GET", path, false, web);
+    for (const path of ["/auth/login", "/auth/logout"]) router.add("POST", path, false, web);
+  }
 
   return router;
 }

@@ -6,6 +6,7 @@ import { lockDataDir } from "../server/lock.ts";
 import type { Logger } from "../server/log.ts";
 import { pipeline } from "../server/pipeline.ts";
 import { RateLimits } from "../server/rate-limit.ts";
+import { SpLogin } from "../sp/login.ts";
 import type { Actor } from "./actors.ts";
 import { openAudit } from "./audit.ts";
 import { type Troop, troopEvents } from "./context.ts";
@@ -35,6 +36,14 @@ export interface TroopOptions {
   maxConnectionsPerClient: number;
   connectionRate: string;
   log: Logger;
+  /** The status page behind DDISA sign-in in the browser (docs/sp-login.md); bearer stays for the API. */
+  webLogin?: {
+    /** The troop's public origin (default: the listening URL); the redirect URI is <origin>/auth/callback. */
+    publicUrl?: string;
+    dnsServers?: readonly string[];
+    dohUrl?: string;
+    allowLoopbackHttp?: boolean;
+  };
 }
 
 export interface RunningTroop {
@@ -86,7 +95,43 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
     },
     connected: (nest) => hub?.connected(nest) ?? false,
     push: (nest) => hub?.push(nest),
+    async authenticate(call) {
+      const token = bearerToken(call);
+      troop.admitToken(token, call.ip);
+      try {
+        return await link.authenticate(token);
+      } catch (e) {
+        if (!(e instanceof AuthError)) throw e;
+        throw new ProblemError(
+          e.status === 401 ? "invalid_token" : e.status === 403 ? "forbidden" : "unavailable",
+          e.message,
+        );
+      }
+    },
   };
+  if (o.webLogin) {
+    const w = o.webLogin;
+    try {
+      troop.sp = new SpLogin({
+        clientId: o.clientId,
+        origin: w.publicUrl ?? http.url,
+        home: "/status",
+        service: "apes troop",
+        // Only people of the troop's own IdP: the status page shows what that IdP's tokens command.
+        idps: [o.idp],
+        cookieName: "apes-troop",
+        sessionTtlS: 3600,
+        ...(w.dnsServers ? { dnsServers: w.dnsServers } : {}),
+        ...(w.dohUrl ? { dohUrl: w.dohUrl } : {}),
+        allowLoopbackHttp: w.allowLoopbackHttp === true,
+        log: (level, msg, fields) => o.log.log(level, msg, fields ?? {}),
+      });
+    } catch (e) {
+      await http.close();
+      await release();
+      throw e;
+    }
+  }
   hub = new Hub(troop);
   const h = hub;
   http.onUpgrade((req, socket, head) => h.upgrade(req, socket, head));
@@ -97,24 +142,18 @@ export async function startTroop(o: TroopOptions): Promise<RunningTroop> {
       log: o.log,
       base: http.url,
       shutdown: http.shutdown,
-      async authenticate(call) {
-        const token = bearerToken(call);
-        troop.admitToken(token, call.ip);
-        try {
-          return await link.authenticate(token);
-        } catch (e) {
-          if (!(e instanceof AuthError)) throw e;
-          throw new ProblemError(
-            e.status === 401 ? "invalid_token" : e.status === 403 ? "forbidden" : "unavailable",
-            e.message,
-          );
-        }
-      },
+      authenticate: (call) => troop.authenticate(call),
       who: (a): Record<string, string> =>
         a.actingFor ? { sub: a.actingFor, act_sub: a.holder } : { sub: a.holder },
     }),
   );
-  o.log.always("info", "listening", { url: http.url, idp: o.idp, client_id: o.clientId, data: o.dataDir });
+  o.log.always("info", "listening", {
+    url: http.url,
+    idp: o.idp,
+    client_id: o.clientId,
+    data: o.dataDir,
+    ...(troop.sp ? { redirect_uri: troop.sp.redirectUri } : {}),
+  });
   let closing: Promise<void> | undefined;
   return {
     url: http.url,

@@ -1,12 +1,13 @@
 import type { Reply } from "../server/http.ts";
 import { html, htmlReply, untrusted } from "../server/web/html.ts";
+import { logoutForm } from "../sp/pages.ts";
 import type { Actor } from "./actors.ts";
 import type { NestRecord, StoredIntent } from "./store/types.ts";
 
 /**
  * The status page (GET /status): server-rendered, no script, no style (HTML_HEADERS' CSP allows
- * neither inline), no build step. Bearer-only for now
- * (no browser login on the troop yet): `curl -H "Authorization: Bearer ..." .../status`. It lists
+ * neither inline), no build step. With `--web-login` a browser signs in with DDISA (sp/login.ts) and
+ * the page has a sign-out button; scripts keep `curl -H "Authorization: Bearer ..." .../status`. It lists
  * the nests the caller may command, their agents and their recent intents; every value a nest or
  * submitter chose goes through `untrusted` (protocol/display.ts visible(), then HTML escaping).
  */
@@ -14,6 +15,7 @@ export function statusPage(
   actor: Actor,
   rows: { nest: NestRecord; connected: boolean; intents: StoredIntent[] }[],
   now: number,
+  signOut?: { action: string; csrf: string },
 ): Reply {
   const when = (t: number) => new Date(t * 1000).toISOString().replace(".000Z", "Z");
   const page = html`<!doctype html>
@@ -21,6 +23,7 @@ export function statusPage(
 </head><body>
 <h1>apes troop</h1>
 <p>Signed in as ${untrusted(actor.holder)}${actor.actingFor ? html` acting for ${untrusted(actor.actingFor)}` : ""} at ${when(now)}.</p>
+${signOut ? logoutForm(signOut.action, signOut.csrf) : ""}
 ${rows.length === 0 ? html`<p>No nest you may command has connected.</p>` : ""}
 ${rows.map(
   ({ nest, connected, intents }) => html`<section>

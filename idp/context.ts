@@ -6,6 +6,7 @@ import type { Logger } from "../server/log.ts";
 import { type Actor, effectiveStatus } from "./grants.ts";
 import type { Keyring } from "./keys.ts";
 import type { LimitClass } from "./limits.ts";
+import type { Notifier } from "./notify/notifier.ts";
 import type { Store, UserRecord } from "./store/types.ts";
 
 /** Everything a route needs, built once by the server. */
@@ -18,6 +19,8 @@ export interface Idp {
   tokenTtl: number;
   log: Logger;
   events: GrantEvents;
+  /** Notifications of pending and decided grants (absent: none are written). */
+  notify?: Notifier;
   /** Unix seconds. */
   now(): number;
   /** Resolves when the server shuts down (long polls answer at once). */
@@ -65,6 +68,25 @@ export class GrantEvents {
   listeners(id: string): number {
     return this.emitter.listenerCount(id);
   }
+  /**
+   * The pending list of everyone who sees this requester's grants changed (a grant was created or
+   * decided): wakes `GET /api/grants` long polls (`apes grants watch`) of the requester, its owner,
+   * its approvers and admins.
+   */
+  inboxChanged(requester: UserRecord | undefined, email: string): void {
+    const who = new Set([
+      email,
+      ...(requester?.owner ? [requester.owner] : []),
+      ...(requester?.approvers ?? []),
+    ]);
+    for (const w of who) this.emitter.emit(inboxKey(w));
+    this.emitter.emit(inboxKey("*"));
+  }
+}
+
+/** The event name of one user's inbox ("*": every admin's). */
+export function inboxKey(email: string): string {
+  return `inbox:${email}`;
 }
 
 /** The bearer token of a request (server/bearer.ts), under the name the routes use. */

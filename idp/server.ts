@@ -14,11 +14,14 @@ import { GrantEvents, type Idp, type Principal, principalFrom } from "./context.
 import { oauthErrorReply, Router } from "./http.ts";
 import { Keyring } from "./keys.ts";
 import { type LimitClass, limitClassOf } from "./limits.ts";
+import { DEFAULT_NOTIFY, type NotifyConfig } from "./notify/config.ts";
+import { type Notifier, startNotifier } from "./notify/notifier.ts";
 import { registerAgentRoutes } from "./routes/agents.ts";
 import { type LoginSettings, loginSignatureFormats, registerAuthRoutes } from "./routes/auth.ts";
 import { registerDelegationRoutes } from "./routes/delegations.ts";
 import { registerDiscoveryRoutes } from "./routes/discovery.ts";
 import { registerGrantRoutes } from "./routes/grants.ts";
+import { registerNotifyRoutes } from "./routes/notify.ts";
 import { registerOAuthRoutes } from "./routes/oauth.ts";
 import { type HumanSessions, registerOAuthWebRoutes } from "./routes/oauth-web.ts";
 import { registerRevocationRoutes, revocationHandle } from "./routes/revocations.ts";
@@ -53,6 +56,8 @@ export interface ServeOptions {
   allowRawLoginSignatures?: boolean;
   /** Accept approvals without a proof (older clients; protocol/approval.ts); off by default, logged. */
   allowBearerApprove?: boolean;
+  /** The `[notify]` table of --config (idp/notify/config.ts); absent: defaults (webhooks only). */
+  notify?: NotifyConfig;
   log: Logger;
 }
 
@@ -76,15 +81,21 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const issuer = opts.issuer ?? http.url;
+  let notifier: Notifier;
   try {
     recordIssuer(opts.dataDir, issuer); // for the invite links of the offline admin commands
+    notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
+      dataDir: opts.dataDir,
+      base: issuer.replace(/\/+$/, ""),
+      log: opts.log,
+    });
   } catch (e) {
-    // E.g. out of file descriptors: exit with the error instead of hanging on the open port and store.
+    // Nothing may keep the process alive after a failed start (the port, the checkpoint worker).
     await http.close();
     await data.close();
     throw e;
   }
-  const idp = idpOf(opts, data, issuer, http.shutdown);
+  const idp = idpOf(opts, data, issuer, http.shutdown, notifier);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
   const stopSweep = sweep(opts.log, idp);
   opts.log.always("info", "listening", {
@@ -103,6 +114,7 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
       (closing ??= (async () => {
         stopSweep();
         await http.close();
+        await notifier.close();
         await data.close();
       })()),
   };
@@ -183,7 +195,7 @@ async function openData(opts: ServeOptions) {
 }
 
 /** What every route gets, with the principal hook and the rate limits. */
-function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal): Idp {
+function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSignal, notify: Notifier): Idp {
   const limits = new RateLimits(opts.rateLimits);
   const sessions = new BearerVerifier({
     keyFor: (kid, now) => data.keys.publicKey(kid, now),
@@ -205,6 +217,7 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
     tokenTtl: opts.tokenTtl,
     log: opts.log,
     events: new GrantEvents(),
+    notify,
     now: nowSec,
     shutdown,
     sessionClaims: (token) => sessions.claims(token),
@@ -259,6 +272,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   }
   registerGrantRoutes(router, idp, approvals);
   registerDelegationRoutes(router, idp);
+  registerNotifyRoutes(router, idp);
   registerTokenRoutes(router, idp);
   registerOAuthRoutes(router, idp);
   registerRevocationRoutes(router, idp);
@@ -278,7 +292,10 @@ function humanSessions(web: WebContext): HumanSessions {
   };
 }
 
-/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis. */
+/** Delivered and dead notifications are kept this long (the dead-letter queue's memory). */
+const NOTIFICATION_RETENTION_S = 14 * 86_400;
+
+/** Housekeeping: expire timed grants (and wake their waiters), drop used challenges/jtis and old notifications. */
 function sweep(log: Logger, idp: Idp): () => void {
   const timer = setInterval(async () => {
     try {
@@ -286,6 +303,7 @@ function sweep(log: Logger, idp: Idp): () => void {
       for (const id of await idp.store.expireDue(now)) idp.events.changed(id);
       await idp.store.purgeExpired(now);
       await idp.store.purgeExpiredWeb(now);
+      await idp.store.purgeNotifications(now - NOTIFICATION_RETENTION_S);
     } catch (e) {
       log.log("warn", "sweep failed", { error: (e as Error).message });
     }

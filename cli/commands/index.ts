@@ -50,13 +50,15 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
   {
     name: "login",
     term: "login [options] [email]",
-    description: "log in with an Ed25519 key (challenge-response); the session renews itself with the key",
+    description:
+      "log in with an Ed25519 key, or as a human in the browser (passkey at the IdP) or with a device code",
     load: async () => (await import("./login/login.ts")).register,
   },
   {
     name: "logout",
     term: "logout",
-    description: "forget the session (deletes auth.json; the key stays where it is)",
+    description:
+      "end the session: revokes a browser/device session's refresh token at the IdP, deletes auth.json",
     load: async () => (await import("./logout/logout.ts")).register,
   },
   {
@@ -101,6 +103,12 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
     description: "tokens for services (token exchange on a delegation)",
     load: async () => (await import("./token/group.ts")).registerTokenCommands,
   },
+  {
+    name: "notify",
+    term: "notify",
+    description: "notifications: be told when a grant waits for your decision, or yours was decided",
+    load: async () => (await import("./notify/group.ts")).registerNotifyCommands,
+  },
   // Elevation: `apes [run] -- cmd`, the policy, and the shim's hidden helpers (issue 5).
   {
     name: "run",
@@ -140,6 +148,19 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
     term: "audit [options]",
     description: "show the elevation audit log (as root): who ran what, approved or denied, and why",
     load: async () => (await import("./audit/audit.ts")).register,
+  },
+  // The Nest (issue 13).
+  {
+    name: "daemon",
+    term: "daemon",
+    description: "the Nest: this machine's agent supervisor, itself an ape with its own identity",
+    load: async () => (await import("./daemon/group.ts")).registerDaemonCommands,
+  },
+  {
+    name: "nest",
+    term: "nest",
+    description: "command nests through the troop: spawn, stop, restart, pause, resume, remove agents",
+    load: async () => (await import("./nest/group.ts")).registerNestCommands,
   },
 ];
 

@@ -1,5 +1,6 @@
 import { sign } from "node:crypto";
 import { type IdpEndpoints, normalizeIdpUrl } from "../../client/discovery.ts";
+import type { GrantsClient } from "../../client/grants.ts";
 import { loadPrivateKey } from "../../client/keys.ts";
 import type { Session } from "../../client/session.ts";
 import {
@@ -125,4 +126,29 @@ export async function ed25519ApprovalProof(
     key_fingerprint: loaded.fingerprint,
     signature: sign(null, signed, loaded.key).toString("base64"),
   };
+}
+
+/**
+ * Approves grant `id` the one way the CLI does (`apes grants approve`, `apes grants watch -i`):
+ * fetch the grant, sign its approval as `options` choose, send both. An IdP that verifies no
+ * proofs (older) gets the bare approval, with a warning on stderr.
+ */
+export async function approveSigned(
+  ctx: Context,
+  client: GrantsClient,
+  id: string,
+  options: { grant_type?: GrantType | undefined; duration?: number | undefined } = {},
+): Promise<Grant> {
+  const json = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+  if (!verifiesProofs(client.endpoints)) {
+    ctx.io.stderr.write(
+      `apes: warning: the IdP at ${client.endpoints.idp} verifies no approval proofs; approving with the session token alone\n`,
+    );
+    return client.approve(id, json);
+  }
+  // The proof covers the grant as fetched here: the IdP refuses it if what it stores differs.
+  const grant = await client.get(id);
+  const choice = approvalChoice(grant, options);
+  const proof = await ed25519ApprovalProof(ctx, client.session, client.endpoints, grant, choice);
+  return client.approve(id, { ...json, proof: { ...proof } });
 }

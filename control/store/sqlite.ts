@@ -1,6 +1,4 @@
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
-import { join } from "node:path";
-import { DatabaseSync, type StatementSync } from "node:sqlite";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
 import {
   type AgentStatus,
   type Intent,
@@ -8,6 +6,7 @@ import {
   type IntentSubmission,
   nextIntentState,
 } from "../../protocol/troop.ts";
+import { type Migration, migrate, openPrivateSqlite, privateWalFiles } from "../../server/sqlite.ts";
 import type {
   IntentCursor,
   NestRecord,
@@ -20,12 +19,6 @@ import type {
 /** The troop's SQLite store (node:sqlite): one file in the data dir, 0600, WAL, numbered migrations. */
 
 export const DB_FILE = "troop.sqlite";
-
-interface Migration {
-  version: number;
-  what: string;
-  sql: string;
-}
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -63,22 +56,6 @@ export const MIGRATIONS: readonly Migration[] = [
   `,
   },
 ];
-
-function migrate(db: DatabaseSync): void {
-  db.exec("BEGIN IMMEDIATE");
-  try {
-    const { user_version: current } = db.prepare("PRAGMA user_version").get() as { user_version: number };
-    for (const m of MIGRATIONS) {
-      if (m.version <= current) continue;
-      db.exec(m.sql);
-      db.exec(`PRAGMA user_version = ${m.version}`);
-    }
-    db.exec("COMMIT");
-  } catch (e) {
-    db.exec("ROLLBACK");
-    throw e;
-  }
-}
 
 interface IntentRow {
   body: string;
@@ -120,17 +97,10 @@ function nestFromRow(r: NestRow): NestRecord {
 }
 
 export function openTroopStore(dataDir: string): TroopStore {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  chmodSync(dataDir, 0o700);
-  const file = join(dataDir, DB_FILE);
-  if (!existsSync(file)) closeSync(openSync(file, "a", 0o600));
-  chmodSync(file, 0o600);
-  const db = new DatabaseSync(file, { timeout: 5000 });
-  db.exec("PRAGMA journal_mode = WAL");
-  db.exec("PRAGMA synchronous = NORMAL");
+  const { db, path } = openPrivateSqlite(dataDir, DB_FILE);
   try {
-    migrate(db);
-    for (const suffix of ["-wal", "-shm"]) if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
+    migrate(db, MIGRATIONS);
+    privateWalFiles(path);
   } catch (e) {
     db.close();
     throw e;

@@ -27,8 +27,17 @@ export function registerAgentRoutes(router: Router<Principal>, idp: Idp): void {
 
   // A human enrolls an agent it will own: `{name, public_key}` -> 201 with `<name>+agent@<owner domain>`.
   router.add("POST", PATHS.agents, true, async (call, p) => {
-    if (p.actor.delegated) throw new ProblemError("forbidden", "a delegated token cannot enroll agents");
     if (p.actor.kind !== "human") throw new ProblemError("forbidden", "only humans enroll agents");
+    // A delegated token enrolls for its delegator only when the delegate is an agent the delegator
+    // owns (a Nest enrolling the agents its owner asked for): the audit line names both.
+    if (p.actingParty !== undefined) {
+      const delegate = await idp.store.getUser(p.actingParty);
+      if (delegate?.kind !== "agent" || delegate.owner !== p.sub || delegate.disabled)
+        throw new ProblemError(
+          "forbidden",
+          "a delegated token enrolls agents only when its delegate is an agent the delegator owns",
+        );
+    }
     const body = await jsonBody(call);
     onlyFields(body, ["name", "public_key"]);
     if (typeof body.name !== "string" || !AGENT_NAME.test(body.name)) {
@@ -55,7 +64,12 @@ export function registerAgentRoutes(router: Router<Principal>, idp: Idp): void {
       fingerprint: fingerprint(key.key),
       createdAt: idp.now(),
     });
-    idp.log.log("info", "agent enrolled", { rid: call.rid, sub: p.sub, agent: email });
+    idp.log.log("info", "agent enrolled", {
+      rid: call.rid,
+      sub: p.sub,
+      agent: email,
+      ...(p.actingParty !== undefined ? { acting_party: p.actingParty } : {}),
+    });
     return { status: 201, body: userView((await idp.store.getUser(email))!) };
   });
 

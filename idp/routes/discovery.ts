@@ -22,6 +22,7 @@ export const PATHS = {
   agents: "/api/agents",
   me: "/api/me",
   revocations: "/api/revocations",
+  notify: "/api/notify",
 } as const;
 
 export const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -69,6 +70,7 @@ export function discoveryDocument(
     openape_delegations_endpoint: u(PATHS.delegations),
     openape_agents_endpoint: u(PATHS.agents),
     openape_revocations_endpoint: u(PATHS.revocations),
+    apes_notify_endpoint: u(PATHS.notify),
     openape_grant_types_supported: ["once", "timed", "always"],
     openape_grant_categories_supported: ["command", "delegation"],
   };

@@ -1,11 +1,11 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { checkAuthzShape } from "../../protocol/authz.ts";
 import { commandWarning } from "../../protocol/display.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import type { Grant, GrantCategory } from "../../protocol/types.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import { type ApprovalSettings, checkApprovalProof } from "../approval.ts";
-import { bearer, type Idp, type Principal } from "../context.ts";
+import { bearer, type Idp, inboxKey, type Principal } from "../context.ts";
 import {
   type Action,
   allowedFrom,
@@ -33,6 +33,13 @@ import { PATHS } from "./discovery.ts";
  */
 
 const MAX_BATCH = 100;
+
+/** A list's ETag: changes when a grant joins, leaves or changes status (a digest of ids and states). */
+function listEtag(grants: readonly Grant[]): string {
+  const h = createHash("sha256");
+  for (const g of grants) h.update(`${g.id}:${g.status}:${g.decided_at ?? ""}\n`);
+  return `"l-${h.digest("base64url").slice(0, 22)}"`;
+}
 
 /** Loads a grant the principal may see; others' grants are indistinguishable from missing ones. */
 async function visibleGrant(idp: Idp, p: Principal, id: string): Promise<StoredGrant> {
@@ -81,6 +88,10 @@ export async function applyAction(
     if (!decision.ok) throw new ProblemError("forbidden", decision.reason);
     if (grant.status !== "pending") throw invalidState(grant, "pending");
     t = { from: ["pending"], to: targetStatus(action), decidedBy: p.sub, decidedAt: now };
+    // The requester hears of the decision: rows written with the transition, only if it applies.
+    const decided: Grant = { ...grant, status: t.to, decided_by: p.sub, decided_at: now };
+    const outbox = (await idp.notify?.rowsFor("decided", decided, requester, now)) ?? [];
+    if (outbox.length) t.outbox = outbox;
     if (action === "approve") {
       const { proof, ...choice } = body;
       const o = parseApproveOverrides(choice, grant.request);
@@ -98,6 +109,8 @@ export async function applyAction(
     throw invalidState((await idp.store.getGrant(id))?.grant ?? grant, t.from.join(" or "));
   }
   idp.events.changed(id);
+  idp.events.inboxChanged(requester, grant.request.requester);
+  if (t.outbox) idp.notify?.kick();
   idp.log.log("info", `grant ${updated.grant.status}`, {
     grant: id,
     by: p.sub,
@@ -227,11 +240,16 @@ export function registerGrantRoutes(
       return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
     }
     const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
+    // The requester's owner and approvers hear of it: the rows are written with the grant.
+    const outbox = (await idp.notify?.rowsFor("pending", grant, p.user, now)) ?? [];
     const stored = await idp.store.insertGrant({
       grant,
       matchKey: key,
       ...(p.actingParty ? { actingParty: p.actingParty } : {}),
+      ...(outbox.length ? { outbox } : {}),
     });
+    idp.events.inboxChanged(p.user, p.sub);
+    if (outbox.length) idp.notify?.kick();
     idp.log.log("info", "grant created", {
       rid: call.rid,
       grant: grant.id,
@@ -263,14 +281,48 @@ export function registerGrantRoutes(
       const visible = [p.sub, ...(await idp.store.subordinatesOf(p.sub))];
       requesters = requester ? visible.filter((r) => r === requester) : visible;
     }
-    const result = await idp.store.queryGrants({
-      ...(requesters ? { requesters } : {}),
-      ...(q.status ? { status: q.status } : {}),
-      ...(type ? { type: type as GrantCategory } : {}),
-      limit: q.limit,
-      ...(q.before ? { before: q.before } : {}),
-    });
-    return { status: 200, body: await page(idp, result.items, result.hasMore) };
+    const load = async () => {
+      const result = await idp.store.queryGrants({
+        ...(requesters ? { requesters } : {}),
+        ...(q.status ? { status: q.status } : {}),
+        ...(type ? { type: type as GrantCategory } : {}),
+        limit: q.limit,
+        ...(q.before ? { before: q.before } : {}),
+      });
+      const body = await page(idp, result.items, result.hasMore);
+      return { body, etag: listEtag(body.data) };
+    };
+    let current = await load();
+    const ifNoneMatch = call.req.headers["if-none-match"];
+    const wait = preferWait(call);
+    const headers: Record<string, string> = {};
+    // A long poll on the list (`apes grants watch`): answered when the list differs from the
+    // client's ETag. Woken by inbox events (GrantEvents.inboxChanged), bounded by MAX_WAIT.
+    if (wait !== undefined) {
+      headers["preference-applied"] = `wait=${wait}`;
+      if (etagMatches(ifNoneMatch, current.etag)) {
+        const stop = AbortSignal.any([
+          call.closed,
+          idp.shutdown,
+          AbortSignal.timeout(Math.min(wait, MAX_WAIT) * 1000),
+        ]);
+        const key = inboxKey(p.actor.admin ? "*" : p.sub);
+        for (;;) {
+          const round = new AbortController();
+          const changed = idp.events.wait(key, AbortSignal.any([stop, round.signal]));
+          current = await load();
+          if (stop.aborted || !etagMatches(ifNoneMatch, current.etag)) {
+            round.abort();
+            break;
+          }
+          await changed;
+        }
+        await idp.authenticate(call);
+      }
+    }
+    headers.etag = current.etag;
+    if (etagMatches(ifNoneMatch, current.etag)) return { status: 304, headers };
+    return { status: 200, body: current.body, headers };
   });
 
   // Verify an AuthZ-JWT without consuming it. The token in the body is the credential.

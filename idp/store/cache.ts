@@ -152,6 +152,18 @@ export function withReadCache(store: Store): Store {
     endWebSession: (id) => store.endWebSession(id),
     endWebSessionsOf: (e) => store.endWebSessionsOf(e),
     purgeExpiredWeb: (n) => store.purgeExpiredWeb(n),
+    // Notifications: read by the delivery worker and the subscription routes, never cached.
+    addSubscription: (x) => store.addSubscription(x),
+    getSubscription: (id) => store.getSubscription(id),
+    subscriptionsOf: (o) => store.subscriptionsOf(o),
+    removeSubscription: (id, o) => store.removeSubscription(id, o),
+    enqueueNotifications: (r) => store.enqueueNotifications(r),
+    dueNotifications: (n, l, skip) => store.dueNotifications(n, l, skip),
+    nextNotificationDue: () => store.nextNotificationDue(),
+    recordAttempt: (id, o) => store.recordAttempt(id, o),
+    listNotifications: (q) => store.listNotifications(q),
+    retryNotification: (id, n) => store.retryNotification(id, n),
+    purgeNotifications: (b) => store.purgeNotifications(b),
     lifecycle,
     close: () => store.close(),
   };

@@ -69,6 +69,8 @@ export interface NewGrant {
   matchKey?: string;
   /** Created with a delegated token: who acted (act.sub) for the requester. */
   actingParty?: string;
+  /** Notifications of this grant, written in the same transaction (see the notifications section). */
+  outbox?: readonly NewNotification[];
 }
 
 /** A conditional state change: applied only when the grant's status is one of `from`. */
@@ -88,6 +90,8 @@ export interface Transition {
   at?: number;
   /** An approval: the proof it came with (protocol/approval.ts), shown as the grant's approval_proof. */
   approvalProof?: ApprovalProofRecord;
+  /** Notifications of the change, written in the same transaction only when the transition applies. */
+  outbox?: readonly NewNotification[];
 }
 
 /** An identity disabled (`user`, subject = its email) or a delegation revoked (subject = its id). */
@@ -273,11 +277,99 @@ export interface Store extends WebStore {
   /** approved -> used, while unexpired at `now`: the record when this call spent it, else undefined. */
   spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined>;
 
+  // notifications: subscriptions and the outbox (types in the section below the Store)
+  /** Adds a subscription; rejects a duplicate id. */
+  addSubscription(s: SubscriptionRecord): Promise<void>;
+  getSubscription(id: string): Promise<SubscriptionRecord | undefined>;
+  /** The subscriptions of these owners (bounded: each owner has at most MAX_SUBSCRIPTIONS), oldest first. */
+  subscriptionsOf(owners: readonly string[]): Promise<SubscriptionRecord[]>;
+  /** Removes the subscription (only the owner's, when `owner` is given) and its pending rows; false when none. */
+  removeSubscription(id: string, owner?: string): Promise<boolean>;
+  /** Writes outbox rows on their own (a test notification); a duplicate key is ignored. Returns the rows written. */
+  enqueueNotifications(rows: readonly NewNotification[]): Promise<number>;
+  /**
+   * Pending rows due at `nowMs` (dueAtMs <= nowMs), earliest first, at most `limit`, none of the
+   * subscriptions in `skip` (the worker's busy ones: a receiver that hangs holds one slot, not all).
+   */
+  dueNotifications(nowMs: number, limit: number, skip?: readonly string[]): Promise<NotificationRecord[]>;
+  /** The earliest dueAtMs of a pending row (the worker's next wake-up), undefined when none. */
+  nextNotificationDue(): Promise<number | undefined>;
+  /** Records one delivery attempt of a pending row; false when the row is no longer pending. */
+  recordAttempt(id: number, outcome: AttemptOutcome): Promise<boolean>;
+  /** Newest first, optionally only one status and/or the rows of one owner's subscriptions. */
+  listNotifications(q: NotificationQuery): Promise<NotificationRecord[]>;
+  /** A dead row back to pending, attempts reset, due at `nowMs`; false when it is not dead. */
+  retryNotification(id: number, nowMs: number): Promise<boolean>;
+  /** Forgets delivered and dead rows created before `before` (Unix seconds), at most 1000 a call; how many. */
+  purgeNotifications(before: number): Promise<number>;
+
   /** What this store offers beyond the data (absent: nothing to do). */
   readonly lifecycle?: StoreLifecycle;
 
   /** Makes every write made so far durable, stops background work and releases the database. */
   close(): Promise<void>;
+}
+
+// --- notifications -------------------------------------------------------------------------------
+// The outbox (idp/notify/): one row per (grant, event, subscription), keyed by an idempotency key
+// that is also sent to the receiver, so a row is never written twice and a receiver can drop a
+// repeated delivery. Rows for a grant are written in the grant's own transaction (NewGrant.outbox,
+// Transition.outbox): a committed pending grant always has its notifications, none are written for a
+// change that did not happen. Delivery is at least once: a row stays pending until an attempt is
+// recorded, so a restart delivers what was left.
+
+/** Most subscriptions one user may have (bounds the fan-out of one grant). */
+export const MAX_SUBSCRIPTIONS = 20;
+
+export type NotifyChannel = "webhook" | "ntfy" | "email" | "webpush";
+
+export interface SubscriptionRecord {
+  id: string;
+  owner: string;
+  channel: NotifyChannel;
+  /** Where to: a webhook or ntfy topic URL, a mail address, a push service endpoint. */
+  target: string;
+  /** Channel secrets: the webhook's HMAC key, a push subscription's p256dh and auth keys. Never logged or listed. */
+  secret?: string;
+  /** Which events: "pending" (grants waiting for this user) and/or "decided" (this user's own grants). */
+  events: readonly NotifyEvent[];
+  createdAt: number;
+}
+
+export type NotifyEvent = "pending" | "decided" | "test";
+
+export type NotificationStatus = "pending" | "delivered" | "dead";
+
+export interface NewNotification {
+  /** Idempotency key, unique: `${grant}.${event}.${subscription}` (test: its own id). */
+  key: string;
+  subscriptionId: string;
+  grantId?: string;
+  event: NotifyEvent;
+  /** The notification's content as JSON (no token, no secret: idp/notify/content.ts). */
+  payload: string;
+  createdAt: number;
+}
+
+export interface NotificationRecord extends NewNotification {
+  id: number;
+  status: NotificationStatus;
+  attempts: number;
+  /** When the next attempt is due, in Unix milliseconds (backoff steps are below a second). */
+  dueAtMs: number;
+  lastError?: string;
+  deliveredAt?: number;
+}
+
+export type AttemptOutcome =
+  | { delivered: true; at: number }
+  | { delivered: false; error: string; retryAtMs: number }
+  | { delivered: false; error: string; dead: true };
+
+export interface NotificationQuery {
+  status?: NotificationStatus;
+  owner?: string;
+  limit: number;
 }
 
 /**

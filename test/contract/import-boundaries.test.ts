@@ -17,10 +17,11 @@ const ALLOWED: Record<string, readonly string[]> = {
   verifier: ["verifier", "protocol"],
   server: ["server", "protocol"],
   idp: ["idp", "server", "protocol"],
-  control: ["control", "server", "protocol"],
+  control: ["control", "sp", "server", "protocol"],
+  sp: ["sp", "server", "protocol"], // DDISA login for any web service (the troop's pages, examples/sp)
   nest: ["nest", "client", "protocol"],
-  cli: ["cli", "client", "protocol", "verifier", "server", "idp", "control", "nest"],
-  examples: ["examples", "client", "protocol"], // what a service outside apes would import
+  cli: ["cli", "client", "protocol", "verifier", "server", "idp", "control", "nest", "sp"],
+  examples: ["examples", "client", "sp", "protocol"], // what a service outside apes would import
 };
 
 function tsFiles(dir: string): string[] {

@@ -32,7 +32,7 @@ process.on("exit", () => {
 
 export async function startTroop(
   idpIssuer: string,
-  options: { dataDir?: string; extraArgs?: string[]; audience?: string } = {},
+  options: { dataDir?: string; extraArgs?: string[]; audience?: string; env?: Record<string, string> } = {},
 ): Promise<TroopHandle> {
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "apes-troop-")), "data");
   let stderr = "";
@@ -52,7 +52,10 @@ export async function startTroop(
       "0s",
     );
     args.push(...(options.extraArgs ?? []));
-    const p = spawn(apesBin(), args, { stdio: ["ignore", "ignore", "pipe"] });
+    const p = spawn(apesBin(), args, {
+      stdio: ["ignore", "ignore", "pipe"],
+      ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
+    });
     proc = p;
     live.add(p);
     p.once("exit", () => live.delete(p));

@@ -37,18 +37,5 @@ export async function grantsApprove(
     import("../../grants/approval-proof.ts"),
   ]);
   const body = approvalAndDuration(options.approval, options.duration, { timedNeedsDuration: false });
-  const json = Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
-  return decide(ctx, id, "approved", async (c) => {
-    if (!proofs.verifiesProofs(c.endpoints)) {
-      ctx.io.stderr.write(
-        `apes: warning: the IdP at ${c.endpoints.idp} verifies no approval proofs; approving with the session token alone\n`,
-      );
-      return c.approve(id, json);
-    }
-    // The proof covers the grant as fetched here: the IdP refuses it if what it stores differs.
-    const grant = await c.get(id);
-    const choice = proofs.approvalChoice(grant, body);
-    const proof = await proofs.ed25519ApprovalProof(ctx, c.session, c.endpoints, grant, choice);
-    return c.approve(id, { ...json, proof: { ...proof } });
-  });
+  return decide(ctx, id, "approved", (c) => proofs.approveSigned(ctx, c, id, body));
 }

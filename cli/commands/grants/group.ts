@@ -9,6 +9,7 @@ import { register as registerShow } from "./show.ts";
 import { register as registerToken } from "./token.ts";
 import { register as registerVerify } from "./verify.ts";
 import { register as registerWait } from "./wait.ts";
+import { register as registerWatch } from "./watch.ts";
 
 /** `apes grants ...`: one command per file. */
 export function registerGrantsCommands(program: Command, getContext: GetContext): void {
@@ -28,5 +29,6 @@ export function registerGrantsCommands(program: Command, getContext: GetContext)
   registerRevoke(group, getContext);
   registerToken(group, getContext);
   registerWait(group, getContext);
+  registerWatch(group, getContext);
   registerVerify(group, getContext);
 }

@@ -4,6 +4,8 @@ import { register as registerClientsAdd } from "./clients-add.ts";
 import { register as registerClientsList } from "./clients-list.ts";
 import { register as registerClientsRemove } from "./clients-remove.ts";
 import { register as registerKeysRotate } from "./keys-rotate.ts";
+import { register as registerNotificationsList } from "./notifications-list.ts";
+import { register as registerNotificationsRetry } from "./notifications-retry.ts";
 import { register as registerServe } from "./serve.ts";
 import { register as registerUsersAdd } from "./users-add.ts";
 import { register as registerUsersDisable } from "./users-disable.ts";
@@ -64,4 +66,14 @@ Examples:
   registerClientsAdd(clients, getContext);
   registerClientsList(clients, getContext);
   registerClientsRemove(clients, getContext);
+  const notifications = idp
+    .command("notifications")
+    .description("the notification outbox: deliveries and the dead-letter queue (offline, on the data dir)")
+    .helpCommand(false)
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ apes idp notifications list --dead\n  $ apes idp notifications retry --all-dead",
+    );
+  registerNotificationsList(notifications, getContext);
+  registerNotificationsRetry(notifications, getContext);
 }

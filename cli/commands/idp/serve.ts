@@ -26,6 +26,7 @@ interface ServeOpts {
   connectionRate: string;
   allowRawLoginSignatures?: boolean;
   allowBearerApprove?: boolean;
+  config?: string;
   logLevel: string;
 }
 
@@ -88,6 +89,34 @@ export function startError(e: unknown, opts: Pick<ServeOpts, "listen">): CliErro
   return new CliError(`cannot start the IdP: ${message}`, { exitCode: ExitCode.ERROR, cause: e });
 }
 
+/** The --config file's notify settings; any problem is a config error (78) before the port opens. */
+async function readServeConfig(file: string) {
+  const [{ readFile }, { parse }, { parseNotifyConfig }, { isLoopbackHost }] = await Promise.all([
+    import("node:fs/promises"),
+    import("smol-toml"),
+    import("../../../idp/notify/config.ts"),
+    import("../../../protocol/ddisa.ts"),
+  ]);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    throw new CliError(`cannot read --config ${file}: ${(e as Error).message}`, {
+      exitCode: ExitCode.CONFIG,
+    });
+  }
+  if (text.length > 256 * 1024)
+    throw new CliError(`--config ${file} is larger than 256 KiB`, { exitCode: ExitCode.CONFIG });
+  try {
+    return parseNotifyConfig(parse(text), isLoopbackHost);
+  } catch (e) {
+    throw new CliError(`${file}: ${(e as Error).message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "see docs/notifications.md for the [notify] settings",
+    });
+  }
+}
+
 function positiveInt(value: string, option: string): number {
   if (!/^[1-9]\d{0,8}$/.test(value))
     throw usageError(`invalid ${option} "${value}"`, "give a whole number >= 1");
@@ -135,6 +164,10 @@ export function register(parent: Command, getContext: GetContext): void {
       "--allow-bearer-approve",
       "also accept approvals without a proof, on the session token alone (older clients; unsafe, logged)",
     )
+    .option(
+      "--config <file>",
+      "TOML settings: the [notify] table (channels, retries; see docs/notifications.md)",
+    )
     .option("--log-level <level>", "debug, info, warn or error", "info")
     .addHelpText(
       "after",
@@ -150,7 +183,8 @@ clients; logged as a warning at start and on every such approval).
 Examples:
   $ apes idp serve --listen 127.0.0.1:8080
   $ apes idp serve --listen 0.0.0.0:443 --issuer https://id.example.com --tls-cert cert.pem --tls-key key.pem
-  $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m`,
+  $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m
+  $ apes idp serve --listen 127.0.0.1:8080 --config /etc/apes/idp.toml`,
     )
     .action(async (opts: ServeOpts) => {
       const ctx = getContext();
@@ -197,6 +231,7 @@ Examples:
         opts.maxConnectionsPerClient,
         "--max-connections-per-client",
       );
+      const notify = opts.config === undefined ? undefined : await readServeConfig(opts.config);
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       // Caught from before the "listening" line (see stopSignals).
       const signals = stopSignals();
@@ -215,6 +250,7 @@ Examples:
           connectionRate: opts.connectionRate,
           allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
           allowBearerApprove: opts.allowBearerApprove === true,
+          ...(notify ? { notify } : {}),
           log,
         });
       } catch (e) {

@@ -25,6 +25,8 @@ interface ServeOpts {
   maxConnectionsPerClient: string;
   connectionRate: string;
   logLevel: string;
+  webLogin?: boolean;
+  publicUrl?: string;
 }
 
 function positiveInt(value: string, option: string): number {
@@ -47,6 +49,11 @@ function startError(e: unknown, listenAt: string): CliError {
     return new CliError(`cannot start the troop: ${message}`, {
       exitCode: ExitCode.UNAVAILABLE,
       hint: "the troop needs its IdP (--idp) reachable at start: it reads the IdP's revocation feed first",
+    });
+  if (/^(origin|clientId|base and home|cookieName): /.test(message))
+    return new CliError(`cannot start the troop's web login: ${message}`, {
+      exitCode: ExitCode.CONFIG,
+      hint: "give --public-url https://... (plain http only on a loopback host)",
     });
   if (err?.code === "ENOENT" || err?.code === "EACCES" || err?.code === "EPERM")
     return new CliError(`cannot start the troop: ${message}`, {
@@ -95,6 +102,11 @@ export function register(parent: Command, getContext: GetContext): void {
     )
     .option("--connection-rate <n/period>", "new connections per client address", DEFAULT_CONNECTION_RATE)
     .option("--log-level <level>", "debug, info, warn or error", "info")
+    .option(
+      "--web-login",
+      "the status page signs people in with DDISA in the browser (register <url>/auth/callback at the IdP)",
+    )
+    .option("--public-url <url>", "the troop's public origin for --web-login (default: the listening URL)")
     .addHelpText(
       "after",
       `
@@ -102,8 +114,13 @@ Nests connect to ws(s)://HOST:PORT/v1/nest/socket with Authorization: Bearer <to
 the IdP issued for --client-id (token exchange). The contract is docs/control-plane.md.
 The first line logged is {"level":"info","msg":"listening","url":...}.
 
+With --web-login, /status in a browser goes through DDISA sign-in (docs/sp-login.md): register
+the redirect URI first (apes idp clients add <client-id> --redirect-uri <url>/auth/callback); DNS
+comes from [dns] in config.toml or APES_DNS_SERVERS / APES_DOH_URL / APES_ALLOW_LOOPBACK_HTTP.
+
 Examples:
   $ apes troop serve --idp https://id.example.com --client-id troop.example.com
+  $ apes troop serve --idp https://id.example.com --client-id troop.example.com --web-login --public-url https://troop.example.com
   $ apes troop serve --idp http://127.0.0.1:8080 --client-id troop.test --listen 127.0.0.1:0 --data /tmp/troop`,
     )
     .action(async (opts: ServeOpts) => {
@@ -170,6 +187,9 @@ Examples:
           throw new CliError(`cannot read --idp-ca: ${(e as Error).message}`, { exitCode: ExitCode.CONFIG });
         }
       }
+      if (opts.publicUrl !== undefined && !opts.webLogin)
+        throw usageError("--public-url goes with --web-login");
+      const dns = opts.webLogin ? (await ctx.config()).dns : undefined;
       const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
       const signals = stopSignals();
       let troop: Awaited<ReturnType<typeof startTroop>>;
@@ -189,6 +209,16 @@ Examples:
           maxConnectionsPerClient: positiveInt(opts.maxConnectionsPerClient, "--max-connections-per-client"),
           connectionRate: opts.connectionRate,
           log,
+          ...(dns
+            ? {
+                webLogin: {
+                  ...(opts.publicUrl ? { publicUrl: opts.publicUrl.replace(/\/+$/, "") } : {}),
+                  ...(dns.servers?.length ? { dnsServers: dns.servers } : {}),
+                  ...(dns.dohUrl ? { dohUrl: dns.dohUrl } : {}),
+                  allowLoopbackHttp: dns.allowLoopbackHttp,
+                },
+              }
+            : {}),
         });
       } catch (e) {
         signals.dispose();

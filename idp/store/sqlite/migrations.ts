@@ -1,15 +1,8 @@
 import type { DatabaseSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
+import { type Migration, migrate as runMigrations } from "../../../server/sqlite.ts";
 
-/**
- * The SQLite schema as numbered migrations: migration N brings the database to user_version N.
- * Append only; a released migration is never edited (a data dir may have run it).
- */
-export interface Migration {
-  version: number;
-  what: string;
-  sql: string;
-}
+/** The SQLite schema as numbered migrations (server/sqlite.ts): append only. */
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -211,24 +204,44 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX device_codes_expiring ON device_codes(expires_at);
   `,
   },
+  {
+    version: 8,
+    what: "notification subscriptions and the outbox",
+    sql: `
+  CREATE TABLE notify_subscriptions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('webhook', 'ntfy', 'email', 'webpush')),
+    target TEXT NOT NULL,
+    secret TEXT,
+    events TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX notify_subscriptions_by_owner ON notify_subscriptions(owner, created_at);
+  CREATE TABLE notify_outbox (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    subscription_id TEXT NOT NULL,
+    grant_id TEXT,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at_ms INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER
+  );
+  CREATE INDEX notify_outbox_due ON notify_outbox(due_at_ms) WHERE status = 'pending';
+  CREATE INDEX notify_outbox_by_status ON notify_outbox(status, id);
+  CREATE INDEX notify_outbox_by_subscription ON notify_outbox(subscription_id, id);
+  `,
+  },
 ];
 
-/** Brings the database to the newest version; concurrent first starts (server + admin command) serialise. */
+/** Brings the database to the newest version (and re-keys users stored before normalisation). */
 export function migrate(db: DatabaseSync, migrations: readonly Migration[] = MIGRATIONS): void {
-  db.exec("BEGIN IMMEDIATE");
-  try {
-    const { user_version: current } = db.prepare("PRAGMA user_version").get() as { user_version: number };
-    for (const m of migrations) {
-      if (m.version <= current) continue;
-      db.exec(m.sql);
-      db.exec(`PRAGMA user_version = ${m.version}`);
-    }
-    normalizeStoredUsers(db);
-    db.exec("COMMIT");
-  } catch (e) {
-    db.exec("ROLLBACK");
-    throw e;
-  }
+  runMigrations(db, migrations, () => normalizeStoredUsers(db));
 }
 
 /**

@@ -1,9 +1,9 @@
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
-import { join } from "node:path";
-import { DatabaseSync, type StatementSync } from "node:sqlite";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
+import { openPrivateSqlite, privateWalFiles } from "../../../server/sqlite.ts";
 import {
+  type AttemptOutcome,
   type AuthCodeRecord,
   type ClientRecord,
   type DeviceCodeRecord,
@@ -11,7 +11,12 @@ import {
   type GrantQuery,
   type InviteRecord,
   type NewGrant,
+  type NewNotification,
   type NewUser,
+  type NotificationQuery,
+  type NotificationRecord,
+  type NotifyChannel,
+  type NotifyEvent,
   type PasskeyRecord,
   REVOCATION_RETENTION_S,
   type RefreshTokenRecord,
@@ -20,6 +25,7 @@ import {
   type Store,
   type StoredGrant,
   type StoreLifecycle,
+  type SubscriptionRecord,
   type Transition,
   type UserRecord,
   type WebSessionRecord,
@@ -89,6 +95,62 @@ function grantFromRow(r: GrantRow): StoredGrant {
   if (r.created_act !== null) stored.createdAct = r.created_act;
   if (r.decided_act !== null) stored.decidedAct = r.decided_act;
   return stored;
+}
+
+interface SubscriptionRow {
+  id: string;
+  owner: string;
+  channel: NotifyChannel;
+  target: string;
+  secret: string | null;
+  events: string;
+  created_at: number;
+}
+
+function subscriptionFromRow(r: SubscriptionRow): SubscriptionRecord {
+  const s: SubscriptionRecord = {
+    id: r.id,
+    owner: r.owner,
+    channel: r.channel,
+    target: r.target,
+    events: r.events.split(",").filter(Boolean) as NotifyEvent[],
+    createdAt: r.created_at,
+  };
+  if (r.secret !== null) s.secret = r.secret;
+  return s;
+}
+
+interface OutboxRow {
+  id: number;
+  key: string;
+  subscription_id: string;
+  grant_id: string | null;
+  event: NotifyEvent;
+  payload: string;
+  status: NotificationRecord["status"];
+  attempts: number;
+  due_at_ms: number;
+  last_error: string | null;
+  created_at: number;
+  delivered_at: number | null;
+}
+
+function notificationFromRow(r: OutboxRow): NotificationRecord {
+  const n: NotificationRecord = {
+    id: r.id,
+    key: r.key,
+    subscriptionId: r.subscription_id,
+    event: r.event,
+    payload: r.payload,
+    status: r.status,
+    attempts: r.attempts,
+    dueAtMs: r.due_at_ms,
+    createdAt: r.created_at,
+  };
+  if (r.grant_id !== null) n.grantId = r.grant_id;
+  if (r.last_error !== null) n.lastError = r.last_error;
+  if (r.delivered_at !== null) n.deliveredAt = r.delivered_at;
+  return n;
 }
 
 interface PasskeyRow {
@@ -248,15 +310,7 @@ export interface SqliteOptions {
 
 /** Opens (creating 0700/0600 as needed) and migrates the database in `dataDir`. */
 export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): SqliteStore {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  chmodSync(dataDir, 0o700);
-  const file = join(dataDir, DB_FILE);
-  // Create the file 0600 ourselves: sqlite would use the umask (the db holds the signing keys).
-  if (!existsSync(file)) closeSync(openSync(file, "a", 0o600));
-  chmodSync(file, 0o600);
-  const db = new DatabaseSync(file, { timeout: options.busyTimeoutMs ?? 5000 });
-  db.exec("PRAGMA journal_mode = WAL");
-  db.exec("PRAGMA synchronous = NORMAL");
+  const { db, path: file } = openPrivateSqlite(dataDir, DB_FILE, options.busyTimeoutMs);
   db.exec("PRAGMA foreign_keys = ON");
   // A page cache and memory map large enough for the hot indexes: random uuid lookups on a big
   // table otherwise become a read syscall each.
@@ -265,9 +319,7 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   if (options.checkpointer) db.exec("PRAGMA wal_autocheckpoint = 0");
   try {
     migrate(db);
-    for (const suffix of ["-wal", "-shm"]) {
-      if (existsSync(file + suffix)) chmodSync(file + suffix, 0o600);
-    }
+    privateWalFiles(file);
     return new SqliteStore(db, file, options);
   } catch (e) {
     db.close();
@@ -733,6 +785,18 @@ export class SqliteStore implements Store {
   // --- grants ---
 
   async insertGrant(n: NewGrant): Promise<StoredGrant> {
+    if (n.outbox?.length) {
+      const outbox = n.outbox;
+      return this.atomically(() => {
+        const stored = this.insertGrantRow(n);
+        this.insertOutboxRows(outbox);
+        return stored;
+      });
+    }
+    return this.insertGrantRow(n);
+  }
+
+  private insertGrantRow(n: NewGrant): StoredGrant {
     const g = n.grant;
     const r = this.wq(
       `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
@@ -873,6 +937,8 @@ export class SqliteStore implements Store {
       if (t.to === "revoked" && g.grant.type === "delegation") {
         this.appendRevocation("delegation", g.grant.id, t.at ?? t.decidedAt ?? 0);
       }
+      // Notifications of the change: written in the same transaction, only when the transition applied.
+      if (t.outbox?.length) this.insertOutboxRows(t.outbox);
       return g;
     });
   }
@@ -882,6 +948,132 @@ export class SqliteStore implements Store {
       "UPDATE grants SET status = 'expired', version = version + 1 WHERE status = 'approved' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
     ).all(now) as { id: string }[];
     return rows.map((r) => r.id);
+  }
+
+  // --- notifications ---
+
+  private insertOutboxRows(rows: readonly NewNotification[]): number {
+    let n = 0;
+    for (const r of rows) {
+      n += this.wq(
+        `INSERT OR IGNORE INTO notify_outbox (key, subscription_id, grant_id, event, payload, status, attempts, due_at_ms, created_at)
+         VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)`,
+      ).run(r.key, r.subscriptionId, r.grantId ?? null, r.event, r.payload, r.createdAt * 1000, r.createdAt)
+        .changes as number;
+    }
+    return n;
+  }
+
+  async addSubscription(s: SubscriptionRecord): Promise<void> {
+    this.wq(
+      "INSERT INTO notify_subscriptions (id, owner, channel, target, secret, events, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    ).run(s.id, s.owner, s.channel, s.target, s.secret ?? null, s.events.join(","), s.createdAt);
+  }
+
+  async getSubscription(id: string): Promise<SubscriptionRecord | undefined> {
+    const r = this.q("SELECT * FROM notify_subscriptions WHERE id = ?").get(id) as
+      | SubscriptionRow
+      | undefined;
+    return r ? subscriptionFromRow(r) : undefined;
+  }
+
+  async subscriptionsOf(owners: readonly string[]): Promise<SubscriptionRecord[]> {
+    const out: SubscriptionRecord[] = [];
+    for (const owner of new Set(owners)) {
+      const rows = this.q(
+        "SELECT * FROM notify_subscriptions WHERE owner = ? ORDER BY created_at, id LIMIT 100",
+      ).all(owner) as unknown as SubscriptionRow[];
+      out.push(...rows.map(subscriptionFromRow));
+    }
+    return out;
+  }
+
+  async removeSubscription(id: string, owner?: string): Promise<boolean> {
+    return this.atomically(() => {
+      const gone =
+        owner === undefined
+          ? this.wq("DELETE FROM notify_subscriptions WHERE id = ?").run(id)
+          : this.wq("DELETE FROM notify_subscriptions WHERE id = ? AND owner = ?").run(id, owner);
+      if (gone.changes !== 1) return false;
+      this.wq("DELETE FROM notify_outbox WHERE subscription_id = ? AND status = 'pending'").run(id);
+      return true;
+    });
+  }
+
+  async enqueueNotifications(rows: readonly NewNotification[]): Promise<number> {
+    return this.atomically(() => this.insertOutboxRows(rows));
+  }
+
+  async dueNotifications(
+    nowMs: number,
+    limit: number,
+    skip: readonly string[] = [],
+  ): Promise<NotificationRecord[]> {
+    const notIn = skip.length ? `AND subscription_id NOT IN (${skip.map(() => "?").join(", ")})` : "";
+    const rows = this.q(
+      `SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= ? ${notIn} ORDER BY due_at_ms, id LIMIT ?`,
+    ).all(nowMs, ...skip, limit) as unknown as OutboxRow[];
+    return rows.map(notificationFromRow);
+  }
+
+  async nextNotificationDue(): Promise<number | undefined> {
+    const r = this.q("SELECT MIN(due_at_ms) AS due FROM notify_outbox WHERE status = 'pending'").get() as {
+      due: number | null;
+    };
+    return r.due ?? undefined;
+  }
+
+  async recordAttempt(id: number, o: AttemptOutcome): Promise<boolean> {
+    const r = o.delivered
+      ? this.wq(
+          "UPDATE notify_outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ? AND status = 'pending'",
+        ).run(o.at, id)
+      : "dead" in o
+        ? this.wq(
+            "UPDATE notify_outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ? AND status = 'pending'",
+          ).run(o.error, id)
+        : this.wq(
+            "UPDATE notify_outbox SET attempts = attempts + 1, last_error = ?, due_at_ms = ? WHERE id = ? AND status = 'pending'",
+          ).run(o.error, o.retryAtMs, id);
+    return r.changes === 1;
+  }
+
+  async listNotifications(q: NotificationQuery): Promise<NotificationRecord[]> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (q.status) {
+      where.push("o.status = ?");
+      args.push(q.status);
+    }
+    if (q.owner !== undefined) {
+      where.push("s.owner = ?");
+      args.push(q.owner);
+    }
+    const join = q.owner !== undefined ? "JOIN notify_subscriptions s ON s.id = o.subscription_id" : "";
+    args.push(q.limit);
+    const rows = this.q(
+      `SELECT o.* FROM notify_outbox o ${join} ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY o.id DESC LIMIT ?`,
+    ).all(...args) as unknown as OutboxRow[];
+    return rows.map(notificationFromRow);
+  }
+
+  async retryNotification(id: number, nowMs: number): Promise<boolean> {
+    return (
+      this.wq(
+        "UPDATE notify_outbox SET status = 'pending', attempts = 0, due_at_ms = ? WHERE id = ? AND status = 'dead'",
+      ).run(nowMs, id).changes === 1
+    );
+  }
+
+  async purgeNotifications(before: number): Promise<number> {
+    let n = 0;
+    for (const status of ["delivered", "dead"]) {
+      n += this.wq(
+        `DELETE FROM notify_outbox WHERE id IN (
+           SELECT id FROM notify_outbox WHERE status = ? AND created_at < ? ORDER BY id LIMIT 1000)`,
+      ).run(status, before).changes as number;
+    }
+    return n;
   }
 
   // --- passkeys, invites, web sessions ---

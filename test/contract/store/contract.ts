@@ -4,8 +4,10 @@ import { Keyring, rotateKeys } from "../../../idp/keys.ts";
 import type {
   AuthCodeRecord,
   DeviceCodeRecord,
+  NewNotification,
   RefreshTokenRecord,
   Store,
+  SubscriptionRecord,
 } from "../../../idp/store/types.ts";
 import { signJwt } from "../../../idp/tokens.ts";
 import type { Grant } from "../../../protocol/types.ts";
@@ -890,6 +892,182 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await s.decideDeviceCode("CCCCCCCC", "approved", "alice@x", 300)).toBe(false);
         await s.purgeExpired(700);
         expect(await s.getDeviceCode("d1")).toBeUndefined();
+      });
+    });
+
+    describe("notifications", () => {
+      const sub = (
+        id: string,
+        owner: string,
+        extra: Partial<SubscriptionRecord> = {},
+      ): SubscriptionRecord => ({
+        id,
+        owner,
+        channel: "webhook",
+        target: "https://hooks.example/x",
+        secret: "s3cret",
+        events: ["pending", "decided"],
+        createdAt: 1,
+        ...extra,
+      });
+      const row = (
+        key: string,
+        subscriptionId: string,
+        extra: Partial<NewNotification> = {},
+      ): NewNotification => ({
+        key,
+        subscriptionId,
+        event: "pending",
+        payload: '{"x":1}',
+        createdAt: 10,
+        ...extra,
+      });
+
+      it("keeps subscriptions per owner, removes only the owner's", async () => {
+        const { s } = await fresh();
+        await s.addSubscription(sub("s1", "alice@x"));
+        await s.addSubscription(sub("s2", "alice@x", { channel: "email", target: "alice@x", createdAt: 2 }));
+        await s.addSubscription(sub("s3", "bob@x", { secret: undefined, events: ["decided"] }));
+        await expect(s.addSubscription(sub("s1", "bob@x"))).rejects.toThrow();
+        expect((await s.subscriptionsOf(["alice@x"])).map((x) => x.id)).toEqual(["s1", "s2"]);
+        expect((await s.subscriptionsOf(["alice@x", "bob@x", "alice@x"])).map((x) => x.id)).toEqual([
+          "s1",
+          "s2",
+          "s3",
+        ]);
+        expect(await s.getSubscription("s3")).toEqual({
+          id: "s3",
+          owner: "bob@x",
+          channel: "webhook",
+          target: "https://hooks.example/x",
+          events: ["decided"],
+          createdAt: 1,
+        });
+        expect(await s.removeSubscription("s1", "bob@x")).toBe(false);
+        expect(await s.removeSubscription("s1", "alice@x")).toBe(true);
+        expect(await s.removeSubscription("s1", "alice@x")).toBe(false);
+        expect(await s.removeSubscription("s3")).toBe(true);
+        expect((await s.subscriptionsOf(["alice@x", "bob@x"])).map((x) => x.id)).toEqual(["s2"]);
+      });
+
+      it("writes a grant's outbox rows with the grant, at most once per key", async () => {
+        const { s } = await fresh();
+        const g = command("bot@x", 10);
+        await s.insertGrant({ grant: g, outbox: [row(`${g.id}.pending.s1`, "s1", { grantId: g.id })] });
+        expect(await s.enqueueNotifications([row(`${g.id}.pending.s1`, "s1")])).toBe(0);
+        const due = await s.dueNotifications(10_000, 10);
+        expect(due).toEqual([
+          {
+            id: due[0]!.id,
+            key: `${g.id}.pending.s1`,
+            subscriptionId: "s1",
+            grantId: g.id,
+            event: "pending",
+            payload: '{"x":1}',
+            status: "pending",
+            attempts: 0,
+            dueAtMs: 10_000,
+            createdAt: 10,
+          },
+        ]);
+        expect(await s.dueNotifications(9_999, 10)).toEqual([]);
+        expect(await s.dueNotifications(10_000, 10, ["s1"])).toEqual([]);
+        expect(await s.dueNotifications(10_000, 10, ["s2", "s3"])).toHaveLength(1);
+        expect(await s.nextNotificationDue()).toBe(10_000);
+      });
+
+      it("writes a transition's outbox rows only when the transition applies", async () => {
+        const { s } = await fresh();
+        const { grant } = await s.insertGrant({ grant: command("bot@x", 10) });
+        const outbox = [row(`${grant.id}.decided.s1`, "s1", { event: "decided", grantId: grant.id })];
+        expect(await s.transition(grant.id, { from: ["approved"], to: "used", outbox })).toBeUndefined();
+        expect(await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+        expect(await s.transition(grant.id, { from: ["pending"], to: "denied", outbox })).toBeDefined();
+        expect((await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10)).map((r) => r.event)).toEqual([
+          "decided",
+        ]);
+      });
+
+      it("a failed grant insert writes no outbox row", async () => {
+        const { s } = await fresh();
+        const g = command("bot@x", 10);
+        await s.insertGrant({ grant: g });
+        await expect(s.insertGrant({ grant: g, outbox: [row("k-dup", "s1")] })).rejects.toThrow();
+        expect(await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+      });
+
+      it("records attempts: retry later, delivered, dead; a dead row can be retried", async () => {
+        const { s } = await fresh();
+        await s.enqueueNotifications([row("a", "s1"), row("b", "s1", { createdAt: 11 })]);
+        const [a, b] = await s.dueNotifications(20_000, 10);
+        expect(await s.recordAttempt(a!.id, { delivered: false, error: "HTTP 500", retryAtMs: 50_000 })).toBe(
+          true,
+        );
+        expect((await s.dueNotifications(20_000, 10)).map((r) => r.key)).toEqual(["b"]);
+        expect(await s.nextNotificationDue()).toBe(11_000);
+        expect(await s.recordAttempt(b!.id, { delivered: false, error: "gone", dead: true })).toBe(true);
+        expect(await s.recordAttempt(b!.id, { delivered: true, at: 12 })).toBe(false);
+        const [again] = await s.dueNotifications(50_000, 10);
+        expect(again).toMatchObject({ key: "a", attempts: 1, lastError: "HTTP 500", dueAtMs: 50_000 });
+        expect(await s.recordAttempt(a!.id, { delivered: true, at: 51 })).toBe(true);
+        expect(await s.nextNotificationDue()).toBeUndefined();
+        expect((await s.listNotifications({ status: "dead", limit: 10 })).map((r) => r.key)).toEqual(["b"]);
+        expect(await s.listNotifications({ limit: 10 })).toMatchObject([
+          { key: "b", status: "dead", attempts: 1, lastError: "gone" },
+          { key: "a", status: "delivered", attempts: 2, deliveredAt: 51 },
+        ]);
+        expect(await s.retryNotification(a!.id, 60_000)).toBe(false);
+        expect(await s.retryNotification(b!.id, 60_000)).toBe(true);
+        expect(await s.dueNotifications(60_000, 10)).toMatchObject([
+          { key: "b", status: "pending", attempts: 0 },
+        ]);
+      });
+
+      it("lists one owner's rows; removing a subscription drops its undelivered rows", async () => {
+        const { s } = await fresh();
+        await s.addSubscription(sub("s1", "alice@x"));
+        await s.addSubscription(sub("s2", "bob@x"));
+        await s.enqueueNotifications([row("a", "s1"), row("b", "s2"), row("c", "s1")]);
+        const [first] = await s.dueNotifications(20_000, 1);
+        await s.recordAttempt(first!.id, { delivered: true, at: 20 });
+        expect((await s.listNotifications({ owner: "alice@x", limit: 10 })).map((r) => r.key)).toEqual([
+          "c",
+          "a",
+        ]);
+        expect(await s.removeSubscription("s1", "alice@x")).toBe(true);
+        expect((await s.listNotifications({ limit: 10 })).map((r) => r.key)).toEqual(["b", "a"]);
+      });
+
+      it("purges delivered and dead rows older than the cutoff, never pending ones", async () => {
+        const { s } = await fresh();
+        await s.enqueueNotifications([
+          row("old-ok", "s1", { createdAt: 5 }),
+          row("old-dead", "s1", { createdAt: 6 }),
+          row("old-pending", "s1", { createdAt: 7 }),
+          row("new-ok", "s1", { createdAt: 50 }),
+        ]);
+        const rows = await s.dueNotifications(Number.MAX_SAFE_INTEGER, 10);
+        const id = (k: string) => rows.find((r) => r.key === k)!.id;
+        await s.recordAttempt(id("old-ok"), { delivered: true, at: 8 });
+        await s.recordAttempt(id("old-dead"), { delivered: false, error: "x", dead: true });
+        await s.recordAttempt(id("new-ok"), { delivered: true, at: 51 });
+        expect(await s.purgeNotifications(10)).toBe(2);
+        expect((await s.listNotifications({ limit: 10 })).map((r) => r.key).sort()).toEqual([
+          "new-ok",
+          "old-pending",
+        ]);
+      });
+
+      it("another process sees the outbox once flushed (an admin retry reaches the server)", async () => {
+        const { s, connect } = await fresh();
+        const other = await connect();
+        await s.enqueueNotifications([row("a", "s1")]);
+        await committed(s);
+        const [r] = await other.dueNotifications(20_000, 10);
+        expect(r?.key).toBe("a");
+        await other.recordAttempt(r!.id, { delivered: false, error: "x", dead: true });
+        expect(await other.retryNotification(r!.id, 30_000)).toBe(true);
+        expect((await s.dueNotifications(30_000, 10)).map((x) => x.key)).toEqual(["a"]);
       });
     });
 

@@ -8,7 +8,8 @@
  *   2. the requester (`apes __request`) as the calling user, which gets the AuthZ-JWT approved by
  *      a human and hands it back through a pipe;
  *   3. the verifier (`apes __verify`) as the unprivileged _apes user with a fixed environment,
- *      which checks the JWT against the root-only policy and consumes the grant;
+ *      which checks the JWT against the root-only policy and consumes the grant (started with the
+ *      requester when the caller's one slot is free, else at its READY: start_verifier);
  *   4. the audit line, then execve of CMD as run_as with an allow-listed environment.
  * From the moment the audit log is open (step 1) every exit leaves a line in it, and an `attempt`
  * line is on disk before the verifier can consume a grant.

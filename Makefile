@@ -72,7 +72,7 @@ FUZZ_TIME ?= 20
 APES_EXEC_PATH := $(PREFIX)/libexec/apes/apes
 NATIVE_PATHS := -DAPES_EXEC='"$(APES_EXEC_PATH)"' -DAPES_EXEC_DIR='"$(PREFIX)/libexec/apes"' \
   -DAPES_CONFIG='"$(SYSCONFDIR)/apes/config.toml"' -DAPES_AUDIT_LOG='"$(LOCALSTATEDIR)/log/apes/audit.log"' \
-  -DAPES_CACHE_DIR='"$(LOCALSTATEDIR)/cache/apes"'
+  -DAPES_CACHE_DIR='"$(LOCALSTATEDIR)/cache/apes"' -DAPES_SLOT_DIR='"$(LOCALSTATEDIR)/lib/apes"'
 NATIVE_WARN := -std=c11 -Wall -Wextra -Werror -Wformat=2 -Wformat-security -Wshadow -Wvla -Wstrict-prototypes
 NATIVE_CFLAGS := $(NATIVE_WARN) -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3 -fstack-protector-strong \
   -fstack-clash-protection -fcf-protection -fPIE
@@ -138,6 +138,8 @@ install: build native
 	mv -f $(DESTDIR)$(PREFIX)/libexec/apes/paths.json.new $(DESTDIR)$(PREFIX)/libexec/apes/paths.json
 	install -d -m 0755 -o root -g root $(DESTDIR)$(SYSCONFDIR)/apes
 	install -d -m 0700 -o root -g root $(DESTDIR)$(LOCALSTATEDIR)/log/apes
+	# Root-only per-user slot files: at most one early (idle) verifier per user (docs/elevation.md).
+	install -d -m 0700 -o root -g root $(DESTDIR)$(LOCALSTATEDIR)/lib/apes
 	@if [ -n "$(DESTDIR)" ]; then \
 	  echo "note: DESTDIR set: create the _apes system user and chown $(LOCALSTATEDIR)/cache/apes to it at package install"; \
 	  install -d -m 0700 $(DESTDIR)$(LOCALSTATEDIR)/cache/apes; \

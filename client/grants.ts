@@ -51,7 +51,12 @@ export interface BatchResult {
 export interface GrantsClient {
   readonly session: Session;
   readonly endpoints: IdpEndpoints;
-  create(req: NewGrantRequest): Promise<{ grant: Grant; reused: boolean }>;
+  /** `authzJwt`: ask the IdP to put the AuthZ-JWT into a reuse answer (`Prefer: authz-jwt`); it is
+   * there when the IdP reused an approved grant and supports the preference. */
+  create(
+    req: NewGrantRequest,
+    options?: { authzJwt?: boolean },
+  ): Promise<{ grant: Grant; reused: boolean; authz_jwt?: string }>;
   get(id: string, etag?: string): Promise<Grant>;
   /** Low-level read for waiting: ETag, long-poll (`waitSeconds`), abort signal. */
   fetch(
@@ -127,6 +132,13 @@ export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
     }
     throw unexpectedAnswer("the IdP answered with something that is not a grant");
   };
+  const authzJwtOf = (body: unknown): string => {
+    const jwt = body && typeof body === "object" ? (body as { authz_jwt?: unknown }).authz_jwt : undefined;
+    if (typeof jwt !== "string" || jwt.split(".").length !== 3) {
+      throw unexpectedAnswer("the IdP answered the token request without an authz_jwt");
+    }
+    return jwt;
+  };
   const action = async (id: string, verb: string, json: unknown = {}) =>
     grantOf((await auth.call({ url: url(checkGrantId(id), verb), method: "POST", json })).body);
 
@@ -135,9 +147,18 @@ export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
       return auth.session();
     },
     endpoints,
-    async create(req) {
-      const res = await auth.call<unknown>({ url: base, method: "POST", json: req });
-      return { grant: grantOf(res.body), reused: res.status === 200 };
+    async create(req, options = {}) {
+      const res = await auth.call<unknown>({
+        url: base,
+        method: "POST",
+        json: req,
+        ...(options.authzJwt ? { headers: { prefer: "authz-jwt" } } : {}),
+      });
+      const grant = grantOf(res.body);
+      const reused = res.status === 200;
+      const applied = /\bauthz-jwt\b/i.test(res.headers.get("preference-applied") ?? "");
+      if (!options.authzJwt || !reused || !applied) return { grant, reused };
+      return { grant, reused, authz_jwt: authzJwtOf(res.body) };
     },
     async get(id) {
       return grantOf((await auth.call({ url: url(checkGrantId(id)) })).body);
@@ -186,11 +207,7 @@ export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
         method: "POST",
         json: {},
       });
-      const jwt = res.body?.authz_jwt;
-      if (typeof jwt !== "string" || jwt.split(".").length !== 3) {
-        throw unexpectedAnswer("the IdP answered the token request without an authz_jwt");
-      }
-      return { authz_jwt: jwt, grant: res.body.grant as Grant };
+      return { authz_jwt: authzJwtOf(res.body), grant: res.body?.grant as Grant };
     },
     async consume(id, authzJwt) {
       // Authorized by the AuthZ-JWT itself, not the session.

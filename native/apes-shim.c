@@ -8,7 +8,8 @@
  *   2. the requester (`apes __request`) as the calling user, which gets the AuthZ-JWT approved by
  *      a human and hands it back through a pipe;
  *   3. the verifier (`apes __verify`) as the unprivileged _apes user with a fixed environment,
- *      which checks the JWT against the root-only policy and consumes the grant;
+ *      which checks the JWT against the root-only policy and consumes the grant (started with the
+ *      requester when the caller's one slot is free, else at its READY: start_verifier);
  *   4. the audit line, then execve of CMD as run_as with an allow-listed environment.
  * From the moment the audit log is open (step 1) every exit leaves a line in it, and an `attempt`
  * line is on disk before the verifier can consume a grant.
@@ -45,6 +46,9 @@
 #if !defined(APES_EXEC) || !defined(APES_CONFIG) || !defined(APES_AUDIT_LOG) || !defined(APES_CACHE_DIR)
 #error "build with `make native`: the Makefile sets APES_EXEC, APES_CONFIG, APES_AUDIT_LOG, APES_CACHE_DIR"
 #endif
+#ifndef APES_SLOT_DIR
+#error "APES_SLOT_DIR (the root-only directory of the per-user early-verifier slots) comes from the Makefile"
+#endif
 #ifndef APES_EXEC_DIR
 #error "APES_EXEC_DIR (the directory of APES_EXEC) comes from the Makefile"
 #endif
@@ -54,6 +58,7 @@
 #define MAX_TOKEN (16 * 1024) /* the AuthZ-JWT: MAX_JWT_LENGTH of protocol/jwt.ts, which every TS reader uses */
 #define MAX_VERDICT (64 * 1024)
 #define AUDIT_LOCK_MS 3000 /* longer than any write; a holder past this is stuck or hostile */
+#define EARLY_IDLE_MS 2000 /* an early verifier without READY within this is killed (docs/elevation.md) */
 #define MIN_FDS 64         /* what the shim itself needs open at most, with room to spare */
 
 enum {
@@ -418,20 +423,72 @@ static int wait_child(pid_t pid) {
 
 static int reason_ok(const char *r);
 
-/* Step 3's verifier, as _apes with a fixed environment. It is started when the requester says it has
- * an approved grant (READY), so its start-up (a Node runtime, tens of ms) overlaps the token fetch,
- * and no verifier waits beside a request pending for a human; it learns nothing before the shim
- * writes its request line. */
+/* Step 3's verifier, as _apes with a fixed environment. Its start-up (a Node runtime, tens of ms) is
+ * overlapped with the requester's work in one of two bounded ways; it learns nothing before the shim
+ * writes its request line (the token) in either:
+ *  - early: started before the requester, but only while the shim holds the caller's slot (one per
+ *    uid: a non-blocking flock on a root-only file), and killed when the requester has not said READY
+ *    within EARLY_IDLE_MS; so one user never keeps more than one idle _apes process, whatever they do;
+ *  - at READY (the requester has an approved grant), as before, when there was no slot or the early
+ *    one was killed: no verifier waits beside a request pending for a human beyond the idle budget. */
 struct verifier_proc {
-  int cfd;                  /* the policy, handed to the verifier */
+  int cfd;                  /* the policy, handed to the verifier (rewound for a second start) */
   const struct user *user;  /* _apes */
   pid_t pid;                /* 0 until started */
   int in_fd, out_fd, err_fd;
-  long long deadline_ms;    /* now_ms() at its start + VERIFY_DEADLINE_S: its whole run ends by then */
+  long long deadline_ms;    /* from its adoption (READY or the token) + VERIFY_DEADLINE_S: its whole run ends by then */
+  int early;                /* started before READY; idle until then */
+  int slot;                 /* the caller's slot lock while early, else -1 */
+  long long idle_until;     /* an early one not adopted by then is killed */
 };
 
-/* Starts the verifier once; a second call does nothing. */
-static void start_verifier(struct verifier_proc *v) {
+/* The caller's early-verifier slot: a root-owned file per uid in APES_SLOT_DIR (every directory from /
+ * root's alone, the directory itself 0700), locked without blocking. -1 (no early verifier, the
+ * elevation goes on as without one) when anything is off or another elevation of the caller holds it. */
+static int take_slot(uid_t uid) {
+  char bad[PATH_MAX], name[32];
+  struct stat st;
+  if (parents_trusted(APES_SLOT_DIR "/x", bad, sizeof bad) != 0) return -1;
+  int dfd = open(APES_SLOT_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dfd < 0) return -1;
+  if (fstat(dfd, &st) != 0 || st.st_uid != 0 || (st.st_mode & 077)) {
+    close(dfd);
+    return -1;
+  }
+  snprintf(name, sizeof name, "early-%lu", (unsigned long)uid);
+  int fd = openat(dfd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+  close(dfd);
+  if (fd < 0) return -1;
+  if (fstat(fd, &st) != 0 || !file_trusted(&st) || st.st_nlink != 1 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static void release_slot(struct verifier_proc *v) {
+  if (v->slot >= 0) close(v->slot); /* the lock goes with the last fd of it: the verifier's closed at exec */
+  v->slot = -1;
+}
+
+/* Kills an early verifier that was not adopted in time and reaps it; the policy is rewound (the two
+ * share its file offset) so a verifier started at READY reads it whole. */
+static void retire_early(struct verifier_proc *v) {
+  kill(-v->pid, SIGKILL); /* its own session and group, once setsid has run */
+  kill(v->pid, SIGKILL);
+  if (wait_child(v->pid) == -1) die(1, "cannot reap the idle verifier: %s", strerror(errno));
+  close(v->in_fd);
+  close(v->out_fd);
+  close(v->err_fd);
+  v->pid = 0;
+  v->early = 0;
+  release_slot(v);
+  if (lseek(v->cfd, 0, SEEK_SET) != 0) die(EXIT_CONFIG, "cannot rewind the policy: %s", strerror(errno));
+}
+
+/* Starts the verifier (early: before the requester, idle until adopted). A later call adopts a running
+ * one: from then on its deadline runs. */
+static void start_verifier(struct verifier_proc *v, int early) {
   static char *const vargv[] = {"apes", "__verify", "--config-fd", "3", NULL};
   static char *const venv[] = {"PATH=" SECURE_PATH, "HOME=" APES_CACHE_DIR, "LANG=C.UTF-8", "APES_VERIFIER=1",
                                NULL};
@@ -439,9 +496,18 @@ static void start_verifier(struct verifier_proc *v) {
   const struct user *verifier = v->user;
   pid_t shim = getpid();
 
-  if (v->pid > 0) return;
+  if (v->pid > 0) {
+    if (v->early) {
+      v->early = 0;
+      v->deadline_ms = now_ms() + (long long)VERIFY_DEADLINE_S * 1000;
+      release_slot(v); /* no longer idle: bounded by its deadline, like one started now */
+    }
+    return;
+  }
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0)
     die(1, "pipe: %s", strerror(errno));
+  v->early = early;
+  v->idle_until = now_ms() + EARLY_IDLE_MS;
   v->deadline_ms = now_ms() + (long long)VERIFY_DEADLINE_S * 1000;
   pid_t pid = fork();
   if (pid < 0) die(1, "fork: %s", strerror(errno));
@@ -469,7 +535,6 @@ static void start_verifier(struct verifier_proc *v) {
   close(in[0]);
   close(outp[1]);
   close(errp[1]);
-  close(cfd);
   v->pid = pid;
   v->in_fd = in[1];
   v->out_fd = outp[0];
@@ -505,13 +570,17 @@ static ssize_t read_result(int fd, char *buf, size_t max, struct verifier_proc *
     if (!looked && got >= READY_LEN) {
       looked = 1;
       if (memcmp(buf, READY, READY_LEN) == 0) {
-        start_verifier(v);
+        start_verifier(v, 0);
         memmove(buf, buf + READY_LEN, got - READY_LEN);
         got -= READY_LEN;
       }
     }
     if (got >= (looked ? max : max + READY_LEN)) break;
-    int w = wait_readable(fd, v->pid > 0 ? v->deadline_ms : 0);
+    int w = wait_readable(fd, v->early ? v->idle_until : v->pid > 0 ? v->deadline_ms : 0);
+    if (w == 0 && v->early) {
+      retire_early(v); /* idle too long: a human decides; a fresh one at READY */
+      continue;
+    }
     if (w <= 0) return w == 0 ? -2 : -1;
     ssize_t n = read(fd, buf + got, (looked ? max : max + READY_LEN) - got);
     if (n < 0 && errno == EINTR) continue;
@@ -565,6 +634,7 @@ static char *request_token(int argc, char **argv, const struct elevation *el, st
   set_ignore(SIGINT, 1);
   set_ignore(SIGQUIT, 1);
   ssize_t n = read_result(p[0], token, MAX_TOKEN + 1, v);
+  if (v->early) retire_early(v); /* no READY before the result: not adopted, never idle past it */
   close(p[0]); /* a requester still writing gets EPIPE instead of blocking us */
   st = n == -2 ? -2 : wait_requester(pid, v);
   set_ignore(SIGINT, 0);
@@ -853,11 +923,13 @@ int main(int argc, char **argv) {
   if (!(pw = getpwnam(VERIFY_USER)) || pw->pw_uid == 0 || copy_user(pw, &verifier) != 0)
     deny("verifier_missing", EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
   canonical_command(argc, argv, &el);
-  struct verifier_proc v = {.cfd = open_policy(), .user = &verifier};
+  struct verifier_proc v = {.cfd = open_policy(), .user = &verifier, .slot = take_slot(A.caller.uid)};
+  if (v.slot >= 0) start_verifier(&v, 1); /* early, idle-bounded: its start-up overlaps the requester's */
 
   /* ---- 2. requester, as the caller ---- */
   const char *token = request_token(argc, argv, &el, &v);
-  start_verifier(&v); /* a token without READY before it: now */
+  start_verifier(&v, 0); /* a token without READY before it: now */
+  close(v.cfd);
 
   /* ---- 3. verifier, as _apes; returns only when allowed. The attempt is on disk before it can
    * consume the grant, so a consumed grant always has a line, and a log that cannot take one more

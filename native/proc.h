@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* The verifier's whole run (from its start, when the requester has an approved grant: the token
+/* The verifier's whole run (from its start or adoption, when the requester has an approved grant: the token
  * fetch, then request, policy, discovery, JWKS, consume, verdict) ends within this, or the shim kills
  * its process group and denies (verifier_timeout). */
 #define VERIFY_DEADLINE_S 20

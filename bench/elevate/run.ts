@@ -4,7 +4,7 @@
 // a user and a sudoers drop-in, both removed at the end; installs sudo with apt when missing).
 // Run with the pinned node: `node bench/elevate/run.ts [--rounds=40]` (or `make bench-elevate`).
 // Before/after in one run: build the old version, `node bench/elevate/run.ts --install-only=F` (installs
-// that build into a temp prefix and describes it in F), build the new one, then `--compare=F`: the old
+// that build into a temp prefix and describes it in F), build the new one, then `--compare=F` (or `--compare=F1,F2`): the old
 // shim and binary are measured interleaved with the new ones (and removed at the end, unless
 // --keep-compare).
 import { execFileSync, spawnSync } from "node:child_process";
@@ -19,7 +19,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { hostname, tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { addUser, api, approveWithProof, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
@@ -81,12 +81,19 @@ async function main() {
     );
     return;
   }
-  const before = COMPARE
-    ? (JSON.parse(readFileSync(COMPARE, "utf8")) as { root: string; shim: string; config: string })
-    : undefined;
-  // --keep-compare: leave the old install for another run (it holds a setuid shim: remove it after).
-  if (before && !args.has("keep-compare"))
-    cleanups.push(() => rmSync(before.root, { recursive: true, force: true }));
+  // --compare=F1,F2,...: each an earlier build, named in the tables by its file's base name.
+  const befores = (COMPARE ? COMPARE.split(",") : []).map((file) => ({
+    name: basename(file).replace(/\.json$/, ""),
+    ...(JSON.parse(readFileSync(file, "utf8")) as {
+      root: string;
+      shim: string;
+      exec: string;
+      config: string;
+    }),
+  }));
+  // --keep-compare: leave the old installs for another run (they hold a setuid shim: remove them after).
+  for (const b of befores)
+    if (!args.has("keep-compare")) cleanups.push(() => rmSync(b.root, { recursive: true, force: true }));
   const inst = await installIntoTempPrefix();
   cleanups.push(() => inst.cleanup());
   const user = ensureUser(BENCH_USER);
@@ -175,7 +182,7 @@ async function main() {
   if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
   const policy = `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`;
   writeConfig(inst, policy);
-  if (before) writeConfig({ config: before.config } as Parameters<typeof writeConfig>[0], policy);
+  for (const b of befores) writeConfig({ config: b.config } as Parameters<typeof writeConfig>[0], policy);
 
   // The reusable timed grant: the first elevation asks, alice approves over HTTP.
   const first = spawnAsUser(user, [inst.shim, ...OPTS, "--", ...CMD], { env });
@@ -229,12 +236,25 @@ async function main() {
     "sudo -n true": () => run([...asUser, "/usr/bin/sudo", "-n", "true"], { env }).ms,
     "apes -- /bin/true (shim, timed grant reused)": () =>
       run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
-    ...(before
-      ? {
-          "before: apes -- /bin/true (the --compare build)": () =>
-            run([...asUser, before.shim, ...OPTS, "--", ...CMD], { env }).ms,
-        }
-      : {}),
+    ...Object.fromEntries(
+      befores.map((b) => [
+        `before (${b.name}): apes -- /bin/true`,
+        () => run([...asUser, b.shim, ...OPTS, "--", ...CMD], { env }).ms,
+      ]),
+    ),
+    // --compare-requester: each earlier build's requester alone too (a smaller change shows there).
+    ...Object.fromEntries(
+      befores
+        .filter(() => args.has("compare-requester"))
+        .map((b) => [
+          `before (${b.name}): requester alone`,
+          () =>
+            run([...asUser, b.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
+              env,
+              stdio: ["ignore", "ignore", "pipe", "pipe"],
+            }).ms,
+        ]),
+    ),
     "requester alone (__request)": () =>
       run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
         env,
@@ -328,10 +348,10 @@ async function main() {
   );
   const sudo = median(times["sudo -n true"]!);
   console.log(`apes -- /bin/true = ${f(total / sudo)}x sudo -n true (${f(total)} / ${f(sudo)} ms)`);
-  if (before) {
-    const old = median(times["before: apes -- /bin/true (the --compare build)"]!);
+  for (const b of befores) {
+    const old = median(times[`before (${b.name}): apes -- /bin/true`]!);
     console.log(
-      `before (--compare build): ${f(old)} ms = ${f(old / sudo)}x sudo -n true; after/before ${(total / old).toFixed(2)}`,
+      `before (${b.name}): ${f(old)} ms = ${f(old / sudo)}x sudo -n true; after/before ${(total / old).toFixed(2)}`,
     );
   }
   console.log(

@@ -121,6 +121,33 @@ export async function applyAction(
   return updated.grant;
 }
 
+/** `Prefer: authz-jwt` (RFC 7240 syntax) on a create: fold the AuthZ-JWT into a reuse answer. */
+function preferAuthzJwt(call: Call): boolean {
+  const raw = call.req.headers.prefer;
+  const h = Array.isArray(raw) ? raw.join(",") : (raw ?? "");
+  return /(?:^|[,;\s])authz-jwt(?:$|[,;\s])/.test(h);
+}
+
+/**
+ * The requester's AuthZ-JWT for an approved command grant: `{authz_jwt, grant}`, what `POST
+ * /{id}/token` answers; undefined when the token endpoint would refuse (not the requester, not a
+ * command grant, not approved). The one place such a token is minted.
+ */
+async function issueAuthz(
+  idp: Idp,
+  p: Principal,
+  grant: Grant,
+  issued: IssuedTokens,
+): Promise<{ authz_jwt: string; grant: Grant } | undefined> {
+  if (grant.request.requester !== p.sub || grant.type !== "command" || grant.status !== "approved")
+    return undefined;
+  const iat = idp.now();
+  const claims = authzClaims({ issuer: idp.issuer, grant, act: p.actor.kind, iat, jti: randomUUID() });
+  const authzJwt = signJwt(claims, await idp.keys.signingKey(iat, authzExp(grant, iat)));
+  issued.add(authzJwt, claims);
+  return { authz_jwt: authzJwt, grant };
+}
+
 /** GET with ETag, If-None-Match and `Prefer: wait=N` (answered as soon as the grant changes). */
 async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
   const id = call.params.id!;
@@ -200,7 +227,18 @@ export function registerGrantRoutes(
     const key = matchKey(request);
     // An approved timed/always grant for exactly this command is reused (200) instead of asking again.
     const reusable = await idp.store.findReusable(request.requester, key, now);
-    if (reusable) return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
+    if (reusable) {
+      // `Prefer: authz-jwt`: the requester's token in the same answer, saving it a round trip (the
+      // token endpoint's own checks and token: docs/protocol.md section 3).
+      const folded = preferAuthzJwt(call) ? await issueAuthz(idp, p, reusable.grant, issued) : undefined;
+      if (folded)
+        return {
+          status: 200,
+          body: folded,
+          headers: { etag: etagOf(reusable), "preference-applied": "authz-jwt" },
+        };
+      return { status: 200, body: reusable.grant, headers: { etag: etagOf(reusable) } };
+    }
     const grant: Grant = { id: randomUUID(), type: "command", request, status: "pending", created_at: now };
     // The requester's owner and approvers hear of it: the rows are written with the grant.
     const outbox = (await idp.notify?.rowsFor("pending", grant, p.user, now)) ?? [];
@@ -382,11 +420,7 @@ export function registerGrantRoutes(
       );
     }
     if (grant.status !== "approved") throw invalidState(grant, "approved");
-    const iat = idp.now();
-    const claims = authzClaims({ issuer: idp.issuer, grant, act: p.actor.kind, iat, jti: randomUUID() });
-    const authzJwt = signJwt(claims, await idp.keys.signingKey(iat, authzExp(grant, iat)));
-    issued.add(authzJwt, claims);
-    return { status: 200, body: { authz_jwt: authzJwt, grant } };
+    return { status: 200, body: (await issueAuthz(idp, p, grant, issued))! };
   });
 
   // Consume with the AuthZ-JWT as bearer: `once` grants are used exactly once (conditional update).

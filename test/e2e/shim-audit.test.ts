@@ -11,9 +11,12 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import {
   chmodSync,
   chownSync,
+  closeSync,
+  constants,
   existsSync,
   linkSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
   renameSync,
@@ -331,7 +334,10 @@ describe("a consumed grant always has a line", () => {
       await sleep(25);
     expect(existsSync(stdin)).toBe(true);
     process.kill(child.pid!, "SIGKILL"); // the shim itself (setpriv and env exec into it)
-    writeFileSync(verdict, ""); // lets the stand-in verifier finish
+    // Lets a stand-in verifier that is reading the FIFO finish. Opened read-write without blocking:
+    // the verifier may have died with the shim before it opened the FIFO, and a write-only open
+    // would then wait for a reader forever.
+    closeSync(openSync(verdict, constants.O_RDWR | constants.O_NONBLOCK));
     const r = await done;
     expect(r.signal).toBe("SIGKILL");
     expect(ran()).toBe(false);

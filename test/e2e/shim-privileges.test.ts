@@ -11,11 +11,13 @@
 import { execFileSync } from "node:child_process";
 import {
   chmodSync,
+  chownSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -411,8 +413,9 @@ describe("the requester", () => {
     const r = await shim(["--", ...cmd]);
     expect(r.code).toBe(code);
     expect(stubVerifierGotRequest(stub)).toBe(false);
-    // Started only after "ready" (it may be killed before it records its start).
-    expect(stubVerifierStarts(stub)).toBeLessThanOrEqual(mode.startsWith("ready+") ? 1 : 0);
+    // One at most: the early one (killed at the result unless "ready" came first, maybe before it
+    // records its start), adopted at "ready"; never a second.
+    expect(stubVerifierStarts(stub)).toBeLessThanOrEqual(1);
     expect(existsSync(join(out, "never.uid"))).toBe(false);
     expect(newAudit()).toEqual([
       expect.objectContaining({ decision, reason, argv: cmd, cmd_hash: cmdHash(cmd) }),
@@ -478,8 +481,9 @@ describe("the requester", () => {
     90_000,
   );
 
-  async function startWaiting(cmd: string[]) {
-    writeFileSync(join(stub, "request.mode"), "sleep");
+  /** sleep: waits with its result pipe closed; wait: with it open, as a requester waiting for a human. */
+  async function startWaiting(cmd: string[], mode: "sleep" | "wait" = "sleep") {
+    writeFileSync(join(stub, "request.mode"), mode);
     allow(cmd);
     const child = spawnAsUser(user, [inst.shim, "--reason", "r", "--", ...cmd], {
       env: callerEnv(),
@@ -503,17 +507,148 @@ describe("the requester", () => {
     expect(newAudit()).toEqual([expect.objectContaining({ decision: "deny", reason: "requester_failed" })]);
   });
 
-  it("no verifier runs while the requester waits (a pending request holds no _apes process)", async () => {
+  /** The live verifiers of this install (cwd CACHE_DIR: other tests run _apes too), one per session:
+   * each verifier is a session of its own (the stand-in's `cat` children belong to it). */
+  function liveVerifiers(): number[] {
+    const sessions = new Set<number>();
+    for (const e of readdirSync("/proc")) {
+      if (!/^\d+$/.test(e)) continue;
+      try {
+        const uid = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${e}/status`, "utf8"))?.[1];
+        if (Number(uid) !== verifier.uid || readlinkSync(`/proc/${e}/cwd`) !== inst.cacheDir) continue;
+        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+        sessions.add(Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[3]));
+      } catch {
+        // gone meanwhile, or a zombie (no cwd)
+      }
+    }
+    return [...sessions];
+  }
+
+  /** The direct children of pid (its requester), from /proc/N/stat. */
+  function childrenOf(pid: number): number[] {
+    const kids: number[] = [];
+    for (const e of readdirSync("/proc")) {
+      if (!/^\d+$/.test(e)) continue;
+      try {
+        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+        if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) kids.push(Number(e));
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return kids;
+  }
+
+  it("a waiting requester has at most one early verifier beside it, killed within the idle budget (2 s)", async () => {
     const cmd = recorder("never");
-    const { child, done, requester } = await startWaiting(cmd);
-    await sleep(1000); // time enough for a verifier to record its start, were one started
-    expect(existsSync(join(stub, "verify.pid"))).toBe(false);
-    process.kill(child.pid!, "SIGKILL");
-    process.kill(requester, "SIGKILL"); // the stand-in requester holds the caller's stdio
-    await done;
-    expect(stubVerifierStarts(stub)).toBe(0);
+    const { child, done, requester } = await startWaiting(cmd, "wait");
+    try {
+      for (let i = 0; i < 100 && !existsSync(join(stub, "verify.pid")); i++) await sleep(20);
+      expect(stubVerifierStarts(stub)).toBe(1); // the early one
+      for (let i = 0; i < 100 && !verifierGone(); i++) await sleep(50);
+      expect(verifierGone()).toBe(true); // idle past the budget: killed while the requester still waits
+      expect(stubVerifierGotRequest(stub)).toBe(false); // it learnt nothing
+      expect(existsSync(join(stub, "request.sleeping"))).toBe(true);
+      await sleep(1000);
+      expect(stubVerifierStarts(stub)).toBe(1); // and none after it while pending
+      expect(liveVerifiers()).toEqual([]);
+    } finally {
+      process.kill(child.pid!, "SIGKILL");
+      process.kill(requester, "SIGKILL"); // the stand-in requester holds the caller's stdio
+      await done;
+    }
     expect(existsSync(join(out, "never.uid"))).toBe(false);
-  });
+  }, 30_000);
+
+  it("one user cannot hold more than one idle _apes process: parallel or stopped elevations get no early verifier", async () => {
+    const cmd = recorder("never");
+    writeFileSync(join(stub, "request.mode"), "wait");
+    allow(cmd);
+    const shims = Array.from({ length: 5 }, () =>
+      spawnAsUser(user, [inst.shim, "--reason", "r", "--", ...cmd], { env: callerEnv(), cwd: home }),
+    );
+    const dones = shims.map((c) => collect(c, { timeoutMs: 30_000 }));
+    try {
+      // The first holder is stopped (SIGSTOP: it can no longer kill its verifier): the slot still holds.
+      for (let i = 0; i < 100 && !existsSync(join(stub, "verify.pid")); i++) await sleep(20);
+      let most = 0;
+      for (let i = 0; i < 30; i++) {
+        most = Math.max(most, liveVerifiers().length);
+        if (i === 5) for (const c of shims) process.kill(c.pid!, "SIGSTOP");
+        await sleep(100);
+      }
+      expect(most).toBe(1);
+      expect(stubVerifierStarts(stub)).toBe(1);
+      // A sixth elevation while the stopped one holds the slot: no early verifier either.
+      const more = spawnAsUser(user, [inst.shim, "--reason", "r", "--", ...cmd], {
+        env: callerEnv(),
+        cwd: home,
+      });
+      shims.push(more);
+      dones.push(collect(more, { timeoutMs: 30_000 }));
+      await sleep(1000);
+      expect(liveVerifiers().length).toBe(1);
+      expect(stubVerifierStarts(stub)).toBe(1);
+      for (const c of shims) process.kill(c.pid!, "SIGCONT");
+      // Continued, its holder kills the idle verifier (the budget is long past).
+      for (let i = 0; i < 100 && liveVerifiers().length > 0; i++) await sleep(50);
+      expect(liveVerifiers()).toEqual([]);
+    } finally {
+      const requesters = shims.flatMap((c) => childrenOf(c.pid!));
+      for (const c of shims) process.kill(c.pid!, "SIGKILL");
+      for (const r of requesters) process.kill(r, "SIGKILL");
+      await Promise.all(dones);
+    }
+  }, 60_000);
+
+  it("approved after the idle budget: a fresh verifier at ready gets the whole policy and the token; the command runs", async () => {
+    const cmd = recorder("ran");
+    allow(cmd);
+    writeFileSync(join(stub, "request.mode"), "slow+ready+token");
+    const r = await shim(["--", ...cmd]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(existsSync(join(out, "ran.uid"))).toBe(true);
+    expect(stubVerifierStarts(stub)).toBe(2); // the early one killed at 2 s, a fresh one at ready
+    expect(stubFile("verify.config")).toBe(POLICY); // the policy rewound for it, read whole
+    expect(JSON.parse(stubFile("verify.stdin")).jwt).toBe(TOKEN);
+    expect(newAudit().map((l) => l.decision)).toEqual(["attempt", "allow"]);
+  }, 30_000);
+
+  it.each([
+    ["missing", (d: string) => rmSync(d, { recursive: true, force: true })],
+    ["readable by others (0755)", (d: string) => chmodSync(d, 0o755)],
+    ["owned by the caller", (d: string) => chownSync(d, user.uid, user.gid)],
+  ])(
+    "the slot directory %s: no early verifier (started at ready only); the elevation still works",
+    async (_, spoil) => {
+      const saved = `${inst.slotDir}.saved`;
+      execFileSync("cp", ["-a", inst.slotDir, saved]);
+      spoil(inst.slotDir);
+      try {
+        const cmd = recorder("never");
+        const { child, done, requester } = await startWaiting(cmd, "wait");
+        await sleep(1000); // time enough for a verifier to record its start, were one started
+        expect(existsSync(join(stub, "verify.pid"))).toBe(false);
+        process.kill(child.pid!, "SIGKILL");
+        process.kill(requester, "SIGKILL");
+        await done;
+        expect(stubVerifierStarts(stub)).toBe(0);
+        for (const f of readdirSync(stub))
+          if (f.startsWith("request.")) rmSync(join(stub, f), { force: true });
+        const ran = recorder("ran");
+        allow(ran);
+        writeFileSync(join(stub, "request.mode"), "ready+token");
+        const r = await shim(["--", ...ran]);
+        expect(r.code, r.stderr).toBe(0);
+        expect(stubVerifierStarts(stub)).toBe(1);
+      } finally {
+        rmSync(inst.slotDir, { recursive: true, force: true });
+        execFileSync("mv", [saved, inst.slotDir]);
+      }
+    },
+    30_000,
+  );
 
   it("Ctrl-C reaches the requester, not the shim: exit 130, nothing runs", async () => {
     const cmd = recorder("never");

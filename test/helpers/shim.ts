@@ -51,6 +51,8 @@ export interface ShimInstall {
   config: string;
   auditLog: string;
   cacheDir: string;
+  /** $(LOCALSTATEDIR)/lib/apes: root's 0700 directory of the per-user early-verifier slots. */
+  slotDir: string;
   /** Where the shim was built (test-hash is there too). */
   buildDir: string;
   cleanup(): Promise<void>;
@@ -139,6 +141,7 @@ export async function installIntoTempPrefix(): Promise<ShimInstall> {
     config: join(etc, "apes", "config.toml"),
     auditLog: join(varDir, "log", "apes", "audit.log"),
     cacheDir: join(varDir, "cache", "apes"),
+    slotDir: join(varDir, "lib", "apes"),
     buildDir,
     cleanup: () => rm(root, { recursive: true, force: true }),
   };
@@ -295,11 +298,14 @@ __request)
   if { true >&3; } 2>/dev/null; then echo open > "$S/request.fd3"; fi
   /bin/ls -l /proc/self/fd > "$S/request.fds"
   mode=$(/bin/cat "$S/request.mode" 2>/dev/null || echo token)
+  # slow+MODE: MODE after 3 s (longer than the shim's idle budget for an early verifier).
+  case "$mode" in slow+*) /bin/sleep 3; mode=\${mode#slow+} ;; esac
   # ready+MODE: the approved-grant marker first (each ready+ one more), then MODE.
   while case "$mode" in ready+*) true ;; *) false ;; esac; do printf 'ready\n' >&3; mode=\${mode#ready+}; done
   case "$mode" in
   token) /bin/cat "$S/token" >&3; exit 0 ;;
   sleep) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 3>&- ;;
+  wait) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 ;;
   hold) exec /bin/sleep 120 </dev/null >/dev/null 2>&1 ;;
   linger) exec /bin/sleep 120 3>&- </dev/null >/dev/null 2>&1 ;;
   garbage) printf 'not a token!' >&3; exit 0 ;;

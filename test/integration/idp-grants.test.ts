@@ -180,6 +180,49 @@ describe("idp grants API", () => {
       expect(other.status).toBe(201);
     });
 
+    it("`Prefer: authz-jwt` folds the requester's AuthZ-JWT into a reuse answer, and only there", async () => {
+      const body = {
+        ...ls(["journalctl", "-u", "sshd"]),
+        grant_type: "timed",
+        duration: 600,
+        run_as: "root",
+      };
+      const prefer = { prefer: "authz-jwt" };
+      // Pending (201): no token, the preference not applied.
+      const pending = await w.as("bot").post(w.grants, body, prefer);
+      expect(pending.status).toBe(201);
+      expect(pending.headers.get("preference-applied")).toBeNull();
+      schemas.assert("grant", pending.body);
+      expect(JSON.stringify(pending.body)).not.toContain("authz_jwt");
+      await w.approve("alice", pending.body.id);
+
+      const folded = await w.as("bot").post(w.grants, body, prefer);
+      expect(folded.status).toBe(200);
+      expect(folded.headers.get("preference-applied")).toBe("authz-jwt");
+      schemas.assert("grant", folded.body.grant);
+      expect(folded.body.grant.id).toBe(pending.body.id);
+      // The token endpoint's token: the same claims but its own jti (and iat).
+      const t = await w.as("bot").post(`${w.grants}/${pending.body.id}/token`);
+      const { jti: j1, iat: i1, ...c1 } = claimsOf(folded.body.authz_jwt);
+      const { jti: j2, iat: i2, ...c2 } = claimsOf(t.body.authz_jwt);
+      expect(c1).toEqual(c2);
+      expect(j1).not.toBe(j2);
+      expect(headerOf(folded.body.authz_jwt)).toEqual(headerOf(t.body.authz_jwt));
+      const c = await api(w.idp.url, folded.body.authz_jwt).post(`${w.grants}/${pending.body.id}/consume`);
+      expect(c.status).toBe(200);
+      expect(c.body.status).toBe("valid");
+      // Without the preference: the grant alone, as before.
+      const plain = await w.as("bot").post(w.grants, body);
+      expect(plain.status).toBe(200);
+      expect(plain.headers.get("preference-applied")).toBeNull();
+      schemas.assert("grant", plain.body);
+      expect(JSON.stringify(plain.body)).not.toContain("authz_jwt");
+      // Another requester asking the same never reuses it, so never gets its token.
+      const other = await w.as("bot2").post(w.grants, body, prefer);
+      expect(other.status).toBe(201);
+      expect(JSON.stringify(other.body)).not.toContain("authz_jwt");
+    });
+
     it("approve may override grant_type and duration", async () => {
       const g = await create("bot", { ...ls(["df", "-h"]), grant_type: "always" });
       const bad = await w.approve("alice", g.id, { grant_type: "timed" });

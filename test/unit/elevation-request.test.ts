@@ -32,6 +32,7 @@ const grant = (over: Partial<Grant> = {}, req: Partial<Grant["request"]> = {}): 
 
 interface Recorder {
   created: unknown[];
+  createOptions: unknown[];
   revoked: string[];
   delivered: { fd: number; token: string }[];
   /** The fds the shim was told "approved, start the verifier" on. */
@@ -40,13 +41,23 @@ interface Recorder {
   fetchedAfterReady: number[];
 }
 
-function fakeClient(options: { create?: () => { grant: Grant; reused: boolean }; get?: Grant } = {}) {
-  const rec: Recorder = { created: [], revoked: [], delivered: [], ready: [], fetchedAfterReady: [] };
+function fakeClient(
+  options: { create?: () => { grant: Grant; reused: boolean; authz_jwt?: string }; get?: Grant } = {},
+) {
+  const rec: Recorder = {
+    created: [],
+    createOptions: [],
+    revoked: [],
+    delivered: [],
+    ready: [],
+    fetchedAfterReady: [],
+  };
   const client = {
     session: { idp: "https://id.example.com", email: ME, act: "agent", token: "session", expiresAt: 0 },
     endpoints: {},
-    async create(req: unknown) {
+    async create(req: unknown, createOptions?: unknown) {
       rec.created.push(req);
+      rec.createOptions.push(createOptions);
       return options.create ? options.create() : { grant: grant(), reused: false };
     },
     async get(id: string) {
@@ -287,6 +298,39 @@ describe("runRequester", () => {
     expect(e.message).toBe("interrupted; grant g-1 is still pending");
     expect(e.hint).toContain("apes --grant g-1 -- id -u");
     expect(rec.delivered).toEqual([{ fd: 3, token: "interrupted" }]);
+  });
+
+  it("through the shim asks for the token in the reuse answer and delivers it without a token request", async () => {
+    const { client, rec } = fakeClient({
+      create: () => ({ grant: grant({ status: "approved" }), reused: true, authz_jwt: "folded.jwt.sig" }),
+    });
+    const code = await runRequester(fakeContext(), request(["--", "id", "-u"]), {
+      resultFd: 3,
+      deps: deps(client, rec, async () => grant()),
+    });
+    expect(code).toBe(0);
+    expect(rec.createOptions).toEqual([{ authzJwt: true }]);
+    expect(rec.fetchedAfterReady).toEqual([]); // no second round trip
+    expect(rec.ready).toEqual([3]);
+    expect(rec.delivered).toEqual([{ fd: 3, token: "folded.jwt.sig" }]);
+    // An IdP that does not fold it (no authz_jwt): the token endpoint, after ready, as before.
+    const old = fakeClient({ create: () => ({ grant: grant({ status: "approved" }), reused: true }) });
+    await runRequester(fakeContext(), request(["--", "id", "-u"]), {
+      resultFd: 3,
+      deps: deps(old.client, old.rec, async () => grant()),
+    });
+    expect(old.rec.fetchedAfterReady).toEqual([1]);
+    expect(old.rec.delivered).toEqual([{ fd: 3, token: "jwt-for-g-1" }]);
+  });
+
+  it("without the shim does not ask for a token in the create answer", async () => {
+    const { client, rec } = fakeClient();
+    await failure(
+      runRequester(fakeContext(), request(["--no-wait", "--", "id", "-u"]), {
+        deps: deps(client, rec, async () => grant()),
+      }),
+    );
+    expect(rec.createOptions).toEqual([{ authzJwt: false }]);
   });
 
   it("an interrupt that arrives while an approved grant is fetched delivers no token", async () => {

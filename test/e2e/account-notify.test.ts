@@ -1,6 +1,6 @@
 /**
  * Notification subscriptions on the account page, in a real chromium against the real `dist/apes
- * idp serve` (its [notify] config allows loopback targets, webhook and ntfy, no mail): the page lists
+ * idp serve` (its [notify] config allows loopback targets; webhook, ntfy, mail, Web Push): the page lists
  * none, adds a webhook to a receiver on loopback and shows its secret once, an agent's real grant
  * request is delivered there signed with that secret, the API's rules refuse what they refuse on the
  * API, a form without the CSRF token or from another site changes nothing, and Remove removes it.
@@ -15,8 +15,8 @@ import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyWebhook } from "../../protocol/webhook.ts";
 import { type Human, humanWithPasskey, launchBrowser, screenshot, startWebIdp } from "../helpers/browser.ts";
-import { addUser, type IdpHandle } from "../helpers/idp.ts";
-import { type HttpReceiver, httpReceiver } from "../helpers/receivers.ts";
+import { addUser, type IdpHandle, loopbackCert } from "../helpers/idp.ts";
+import { type HttpReceiver, httpReceiver, type SmtpServer, smtpServer } from "../helpers/receivers.ts";
 import { type CliUser, cliUser } from "../integration/cli-helpers.ts";
 
 const ALICE = "alice@example.com";
@@ -29,6 +29,7 @@ let alice: Human;
 let bot: CliUser;
 let hook: HttpReceiver;
 let ntfy: HttpReceiver;
+let smtp: SmtpServer;
 let evil: Server;
 let evilUrl = "";
 /** The HTML the other site serves at / (set by a test). */
@@ -36,7 +37,9 @@ let evilPage = "";
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "apes-account-notify-"));
-  [hook, ntfy] = await Promise.all([httpReceiver(), httpReceiver()]);
+  const tls = loopbackCert(dir);
+  [hook, ntfy, smtp] = await Promise.all([httpReceiver(), httpReceiver(), smtpServer(tls)]);
+  writeFileSync(join(dir, "smtp-auth"), "relay:relay-pass-Zq81\n", { mode: 0o600 });
   const config = join(dir, "idp.toml");
   writeFileSync(
     config,
@@ -49,6 +52,16 @@ retry_max = "200ms"
 
 [notify.ntfy]
 server = "${ntfy.url}"
+
+[notify.smtp]
+host = "127.0.0.1"
+port = ${smtp.port}
+from = "apes@id.example.com"
+auth_file = "${join(dir, "smtp-auth")}"
+ca_file = "${tls.cert}"
+
+[notify.webpush]
+subject = "mailto:admin@example.com"
 `,
   );
   // Another site (127.0.0.1 is not the IdP's localhost): a page whose form posts to the IdP.
@@ -70,7 +83,7 @@ server = "${ntfy.url}"
 afterAll(async () => {
   await browser?.close();
   await idp?.stop();
-  await Promise.all([hook?.close(), ntfy?.close()]);
+  await Promise.all([hook?.close(), ntfy?.close(), smtp?.close()]);
   await new Promise((r) => (evil ? evil.close(r) : r(undefined)));
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -107,6 +120,32 @@ function postForm(page: Page, path: string, fields: Record<string, string>): Pro
 }
 
 describe("notifications on the account page", () => {
+  it("an IdP without [notify] offers webhooks only, and to no loopback target", async () => {
+    const bare = await startWebIdp();
+    try {
+      const carol = await humanWithPasskey(browser, bare, "carol@example.com");
+      const offered = await carol.page
+        .locator("#channel option")
+        .evaluateAll((o) => o.map((x) => (x as unknown as { value: string }).value));
+      expect(offered).toEqual(["webhook"]);
+      const name = (await carol.page.getAttribute(".add-notification input[type=hidden]", "name"))!;
+      const csrf = (await carol.page.getAttribute(".add-notification input[type=hidden]", "value"))!;
+      const fields = { [name]: csrf, channel: "ntfy", target: "alerts", event_pending: "1" };
+      expect(await postForm(carol.page, "/account/notifications/add", fields)).toBe(400);
+      await carol.page.fill("#target", `${hook.url}/carol`);
+      await Promise.all([
+        carol.page.waitForNavigation(),
+        carol.page.click(".add-notification button[type=submit]"),
+      ]);
+      expect(await carol.page.textContent(".lead")).toMatch(/allow_local_targets is off/);
+      await carol.page.goto(`${bare.issuer}/account`);
+      expect(await carol.page.textContent("#notifications + p")).toBe("You get no notifications yet.");
+      await carol.context.close();
+    } finally {
+      await bare.stop();
+    }
+  });
+
   it("lists none at first and offers only the channels the IdP's config enables", async () => {
     const page = alice.page;
     await account(page);
@@ -114,8 +153,8 @@ describe("notifications on the account page", () => {
     const offered = await page
       .locator("#channel option")
       .evaluateAll((o) => o.map((x) => (x as unknown as { value: string }).value));
-    // No [notify.smtp]: no email; Web Push is subscribed from the approval pages, not this form.
-    expect(offered).toEqual(["webhook", "ntfy"]);
+    // Web Push (configured too) is subscribed from the approval pages, not this form.
+    expect(offered).toEqual(["webhook", "ntfy", "email"]);
     await screenshot(page, "account-notify-empty");
   });
 
@@ -179,11 +218,26 @@ describe("notifications on the account page", () => {
     // A topic that is no topic.
     await add(page, "ntfy", "no spaces here");
     expect(await page.textContent(".lead")).toMatch(/ntfy topic/);
+    // Mail only to your own address.
+    await add(page, "email", "bob@example.com");
+    expect(await page.textContent(".lead")).toMatch(/mail goes only to your own address/);
     // The same webhook twice.
     await add(page, "webhook", `${hook.url}/alice`);
     expect(await page.textContent(".lead")).toMatch(/already have this subscription/);
     await screenshot(page, "account-notify-refused");
     await account(page);
+    expect(await targets(page)).toEqual([`${hook.url}/alice`]);
+  });
+
+  it("adds mail to your own address when the target is left empty", async () => {
+    const page = alice.page;
+    await add(page, "email", "");
+    expect(page.url()).toBe(`${idp.issuer}/account#notifications`);
+    expect(await targets(page)).toEqual([`${hook.url}/alice`, ALICE]);
+    await Promise.all([
+      page.waitForNavigation(),
+      page.click(`.subscription:has-text('${ALICE}') button.danger`),
+    ]);
     expect(await targets(page)).toEqual([`${hook.url}/alice`]);
   });
 

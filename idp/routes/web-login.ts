@@ -9,9 +9,10 @@ import {
   readBody,
 } from "../../server/http.ts";
 import { htmlReply } from "../../server/web/html.ts";
+import { addSubscription, removeSubscription } from "../notify/subscriptions.ts";
 import type { WebContext } from "../web/context.ts";
 import { inviteId } from "../web/invites.ts";
-import { accountPage, errorPage, invitePage, loginPage } from "../web/pages.ts";
+import { accountPage, errorPage, invitePage, loginPage, webhookSecretPage } from "../web/pages.ts";
 import { startAssertion, startRegistration, verifyAssertion, verifyRegistration } from "../web/passkeys.ts";
 import { WEB_PATHS } from "../web/paths.ts";
 import {
@@ -181,8 +182,57 @@ export function registerWebLoginRoutes<P>(router: Router<P>, web: WebContext): v
     const human = web.unavailable ? undefined : await currentHuman(web, call);
     if (!human) return redirect(`${WEB_PATHS.login}?return_to=${encodeURIComponent(WEB_PATHS.account)}`);
     const passkeys = await idp.store.listPasskeys(human.email);
-    return htmlReply(200, accountPage({ email: human.email, passkeys, csrf: formToken(web, human) }));
+    const subscriptions = await idp.store.subscriptionsOf([human.email]);
+    return htmlReply(
+      200,
+      accountPage({
+        email: human.email,
+        passkeys,
+        csrf: formToken(web, human),
+        subscriptions,
+        channels: [...(idp.notify?.enabled ?? [])],
+      }),
+    );
   });
+
+  // Notification subscriptions from the account page: the API's rules (idp/notify/subscriptions.ts),
+  // the form's fields mapped to its body; the signed-in session stands for the user's own token.
+  router.add("POST", WEB_PATHS.addNotification, false, (call) =>
+    asPage(async () => {
+      const human = await currentHuman(web, call);
+      if (!human) throw new ProblemError("unauthorized", "you are not signed in");
+      const form = await formBody(call);
+      checkStateChange(web, call, human, form.get(CSRF_FIELD));
+      for (const k of form.keys()) {
+        if (![CSRF_FIELD, "channel", "target", "event_pending", "event_decided"].includes(k))
+          throw new ProblemError("invalid_request", `unknown field ${k}`);
+      }
+      const target = form.get("target")?.trim();
+      const { sub, secret } = await addSubscription(
+        idp,
+        human.email,
+        {
+          channel: form.get("channel"),
+          ...(target ? { target } : {}),
+          events: (["pending", "decided"] as const).filter((e) => form.has(`event_${e}`)),
+        },
+        call.rid,
+      );
+      if (secret) return htmlReply(201, webhookSecretPage({ target: sub.target, secret }));
+      return redirect(`${WEB_PATHS.account}#notifications`);
+    }),
+  );
+
+  router.add("POST", WEB_PATHS.removeNotification, false, (call) =>
+    asPage(async () => {
+      const human = await currentHuman(web, call);
+      if (!human) throw new ProblemError("unauthorized", "you are not signed in");
+      const form = await formBody(call);
+      checkStateChange(web, call, human, form.get(CSRF_FIELD));
+      await removeSubscription(idp, human.email, form.get("id") ?? "", call.rid);
+      return redirect(`${WEB_PATHS.account}#notifications`);
+    }),
+  );
 
   router.add("POST", WEB_PATHS.removePasskey, false, (call) =>
     asPage(async () => {

@@ -1,5 +1,6 @@
+import { visible } from "../../protocol/display.ts";
 import { type Html, html } from "../../server/web/html.ts";
-import type { PasskeyRecord } from "../store/types.ts";
+import type { NotifyChannel, PasskeyRecord, SubscriptionRecord } from "../store/types.ts";
 import { WEB_PATHS } from "./paths.ts";
 import { CSRF_FIELD } from "./session.ts";
 
@@ -110,7 +111,84 @@ ${
 </li>`;
 }
 
-export function accountPage(o: { email: string; passkeys: PasskeyRecord[]; csrf: string }): Html {
+/** The channels a person can add on the page (Web Push is subscribed from the approval pages). */
+const PAGE_CHANNELS: Record<string, { label: string; target: string; hint: string }> = {
+  webhook: { label: "Webhook", target: "https://...", hint: "an HTTPS URL that receives a signed JSON POST" },
+  ntfy: { label: "ntfy topic", target: "my-topic", hint: "a topic on the IdP's ntfy server" },
+  email: { label: "Email", target: "", hint: "to your own address (leave the target empty)" },
+};
+
+const EVENT_LABELS = { pending: "a request awaits you", decided: "your request was decided" } as const;
+
+function subscriptionItem(s: SubscriptionRecord, csrf: string): Html {
+  return html`<li class="passkey subscription">
+<div class="passkey-info">
+<strong>${PAGE_CHANNELS[s.channel]?.label ?? s.channel}</strong> <code class="target">${visible(s.target)}</code>
+<span class="meta"><span>${s.events.map((e) => (e in EVENT_LABELS ? EVENT_LABELS[e as keyof typeof EVENT_LABELS] : e)).join(", ")}</span> &middot; <span>added ${day(s.createdAt)}</span></span>
+</div>
+<form method="post" action="${WEB_PATHS.removeNotification}">
+<input type="hidden" name="${CSRF_FIELD}" value="${csrf}">
+<input type="hidden" name="id" value="${s.id}">
+<button type="submit" class="danger">Remove</button>
+</form>
+</li>`;
+}
+
+function notificationsSection(o: {
+  subscriptions: SubscriptionRecord[];
+  channels: readonly NotifyChannel[];
+  csrf: string;
+}): Html {
+  const offered = o.channels.filter((c) => c in PAGE_CHANNELS);
+  return html`<h2 id="notifications">Notifications</h2>
+${
+  o.subscriptions.length
+    ? html`<ul class="passkeys subscriptions">
+${o.subscriptions.map((s) => subscriptionItem(s, o.csrf))}
+</ul>`
+    : html`<p class="hint">You get no notifications yet.</p>`
+}
+${
+  offered.length
+    ? html`<form method="post" action="${WEB_PATHS.addNotification}" class="stack add-notification">
+<input type="hidden" name="${CSRF_FIELD}" value="${o.csrf}">
+<label for="channel">Add a channel</label>
+<select id="channel" name="channel">
+${offered.map((c) => html`<option value="${c}">${PAGE_CHANNELS[c]!.label}</option>\n`)}</select>
+<p class="hint">${offered.map((c) => html`<span class="channel-hint"><strong>${PAGE_CHANNELS[c]!.label}</strong>: ${PAGE_CHANNELS[c]!.hint}.</span> `)}</p>
+<label for="target">Target</label>
+<input id="target" name="target" type="text" autocomplete="off" autocapitalize="none" spellcheck="false" placeholder="https://hooks.example/apes or a topic">
+<fieldset class="events">
+<legend>Tell me when</legend>
+<label><input type="checkbox" name="event_pending" value="1" checked> ${EVENT_LABELS.pending}</label>
+<label><input type="checkbox" name="event_decided" value="1" checked> ${EVENT_LABELS.decided}</label>
+</fieldset>
+<button type="submit" class="primary">Add</button>
+</form>`
+    : html`<p class="hint">This identity provider sends no notifications by webhook, ntfy or email.</p>`
+}`;
+}
+
+/** After adding a webhook: its signing secret, shown this once (the page is not cached). */
+export function webhookSecretPage(o: { target: string; secret: string }): Html {
+  return layout(
+    "Webhook added",
+    html`<h1>Webhook added</h1>
+<p class="lead">Deliveries to <code>${visible(o.target)}</code> are signed with this secret. Copy it now: it is not shown again.</p>
+<p><code id="webhook-secret" class="secret">${o.secret}</code></p>
+<p><a class="button" href="${WEB_PATHS.account}#notifications">Back to your account</a></p>`,
+    [],
+    { nav: "account" },
+  );
+}
+
+export function accountPage(o: {
+  email: string;
+  passkeys: PasskeyRecord[];
+  csrf: string;
+  subscriptions: SubscriptionRecord[];
+  channels: readonly NotifyChannel[];
+}): Html {
   const only = o.passkeys.length === 1;
   return layout(
     "Your account",
@@ -126,7 +204,8 @@ export function accountPage(o: { email: string; passkeys: PasskeyRecord[]; csrf:
 <ul class="passkeys">
 ${o.passkeys.map((p, i) => passkeyItem(p, i, o.csrf, only))}
 </ul>
-<p class="hint">To add a passkey on another device, or to recover access, ask your administrator for an invite link.</p>`,
+<p class="hint">To add a passkey on another device, or to recover access, ask your administrator for an invite link.</p>
+${notificationsSection(o)}`,
     [],
     { nav: "account" },
   );

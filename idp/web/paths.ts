@@ -8,6 +8,8 @@ export const WEB_PATHS = {
   inviteVerify: "/invite/verify",
   account: "/account",
   removePasskey: "/account/passkeys/remove",
+  addNotification: "/account/notifications/add",
+  removeNotification: "/account/notifications/remove",
   logout: "/logout",
   inbox: "/inbox",
   /** JSON for the inbox script: the pending grants, long-polled with `Prefer: wait` and ETag. */

@@ -1,6 +1,7 @@
 /**
  * `make deb` on this machine, installed for real into /usr with dpkg: the package's files, modes
- * and users; an elevation through the installed setuid shim as a real non-root user, approved by a
+ * and users (the IdP's and the Nest's units shipped, neither enabled; the copyright file naming every
+ * bundled package); an elevation through the installed setuid shim as a real non-root user, approved by a
  * human, against a real `apes idp serve` over TLS with the CA pinned by `apes trust` (as
  * scripts/demo.sh does it); then an upgrade over a package built from the same tree with a higher
  * version (the shim still elevates, the policy and users stay), then a purge (nothing is left but
@@ -25,6 +26,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { nestLayout } from "../../cli/daemon/host.ts";
+import { nestUnit } from "../../cli/daemon/unit.ts";
+import { pathsFrom } from "../../cli/elevation/paths.ts";
 import {
   collect,
   ensureTestUser,
@@ -43,6 +47,8 @@ if (!HAVE_DPKG)
 const SHIM = "/usr/bin/apes";
 const EXEC = "/usr/libexec/apes/apes";
 const POLICY = "/etc/apes/config.toml";
+/** The Nest's unit, named as `apes daemon install` names it (cli/commands/daemon/install.ts). */
+const NEST_UNIT = "/lib/systemd/system/apes-nest.service";
 const AUDIT = "/var/log/apes/audit.log";
 const IDP_DATA = "/var/lib/apes-idp";
 /** The directories the package and `apes trust` write outside their own files. */
@@ -262,6 +268,7 @@ function expectInstalledLayout(): void {
   }
   for (const f of [
     "/lib/systemd/system/apes-idp.service",
+    NEST_UNIT,
     "/usr/share/bash-completion/completions/apes",
     "/usr/share/zsh/vendor-completions/_apes",
     "/usr/share/fish/vendor_completions.d/apes.fish",
@@ -273,6 +280,34 @@ function expectInstalledLayout(): void {
   expect(readFileSync("/lib/systemd/system/apes-idp.service", "utf8")).toMatch(
     /^ExecStart=\/usr\/libexec\/apes\/apes idp serve --data \/var\/lib\/apes-idp /m,
   );
+  // The Nest's unit is the one `apes daemon install` would write for these paths (same function), and
+  // the package neither enables nor starts either unit.
+  expect(readFileSync(NEST_UNIT, "utf8")).toBe(
+    nestUnit(nestLayout(pathsFrom({ prefix: "/usr", sysconfdir: "/etc", localstatedir: "/var" }, "package"))),
+  );
+  expect(readFileSync(NEST_UNIT, "utf8")).toMatch(/^ExecStart=\/usr\/libexec\/apes\/apes daemon run$/m);
+  for (const unit of ["apes-idp.service", "apes-nest.service"]) {
+    expect(existsSync(`/etc/systemd/system/multi-user.target.wants/${unit}`), unit).toBe(false);
+  }
+  // The copyright file names every package the build bundled (dist/bundled-packages.json, from
+  // esbuild's metafile), the ones added since the first two among them.
+  const copyright = readFileSync("/usr/share/doc/apes/copyright", "utf8");
+  const bundled = JSON.parse(readFileSync(join(REPO, "dist", "bundled-packages.json"), "utf8")) as {
+    name: string;
+    dir: string;
+  }[];
+  expect(bundled.map((p) => p.name)).toEqual(
+    expect.arrayContaining([
+      "commander",
+      "smol-toml",
+      "@simplewebauthn/server",
+      "@simplewebauthn/browser",
+      "ws",
+      "web-push",
+      "nodemailer",
+    ]),
+  );
+  for (const p of bundled) expect(copyright, p.name).toContain(`\nFiles: ${p.dir}/*\nComment: ${p.name} `);
   // man finds the pages by name, and every file matches the package's md5sums.
   expect(execFileSync("man", ["-w", "apes-grants"], { encoding: "utf8" }).trim()).toBe(
     "/usr/share/man/man1/apes-grants.1.gz",
@@ -409,6 +444,7 @@ describe.skipIf(!HAVE_DPKG)("the Debian package", () => {
       .split("\n")
       .filter((f) => f.startsWith("/") && existsSync(f) && !statSync(f).isDirectory());
     expect(files).toContain(SHIM);
+    expect(files).toContain(NEST_UNIT);
     // IdP data in /var/lib/apes-idp is kept by a purge (postrm): an IdP's keys and accounts.
     writeFileSync(join(IDP_DATA, "kept"), "x");
     const { stderr } = await dpkg(["--purge", "apes"]);

@@ -57,6 +57,8 @@ export class NestLink {
   private deadline: NodeJS.Timeout | undefined;
   private reauthTimer: NodeJS.Timeout | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
+  /** A poll round is in flight: a second one would POST the outbox's head frame twice. */
+  private polling = false;
   private silenceMs: number;
   private queue: Promise<void> = Promise.resolve();
   state: LinkState = "down";
@@ -287,13 +289,18 @@ export class NestLink {
   }
 
   private startPolling(): void {
-    if (this.pollTimer || this.state === "stopped") return;
+    if (this.pollTimer || this.polling || this.state === "stopped") return;
     const tick = async () => {
       this.pollTimer = undefined;
       if (this.state === "open" || this.state === "stopped") return;
-      await this.pollOnce().catch((e) =>
-        this.o.log.log("debug", "poll failed", { error: (e as Error).message }),
-      );
+      this.polling = true;
+      try {
+        await this.pollOnce();
+      } catch (e) {
+        this.o.log.log("debug", "poll failed", { error: (e as Error).message });
+      } finally {
+        this.polling = false;
+      }
       if (!this.isOpen() && !this.stopped())
         this.pollTimer = this.later(this.o.pollMs ?? 5000, () => void tick());
     };

@@ -47,8 +47,9 @@ make -s -o build install install-idp-service DESTDIR="$STAGE" PREFIX=/usr SYSCON
 # As dh_strip does: the shim without its symbol table (the build keeps it for debugging).
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$STAGE/usr/bin/apes"
 chmod 4755 "$STAGE/usr/bin/apes"
-# Owned by the system users, so made by the postinst once they exist.
-rmdir "$STAGE/var/cache/apes" "$STAGE/var/cache" "$STAGE/var/lib/apes-idp" "$STAGE/var/lib"
+# Owned by the system users, so made by the postinst once they exist; the shim's early-verifier slot
+# directory (root, 0700) is made there too, beside them.
+rmdir "$STAGE/var/cache/apes" "$STAGE/var/cache" "$STAGE/var/lib/apes-idp" "$STAGE/var/lib/apes" "$STAGE/var/lib"
 
 # The Nest's unit, from the function `apes daemon install` writes it with (cli/daemon/unit.ts), for
 # this package's paths; shipped, never enabled or started (as the IdP's).

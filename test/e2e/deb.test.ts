@@ -52,7 +52,7 @@ const NEST_UNIT = "/lib/systemd/system/apes-nest.service";
 const AUDIT = "/var/log/apes/audit.log";
 const IDP_DATA = "/var/lib/apes-idp";
 /** The directories the package and `apes trust` write outside their own files. */
-const LEFTOVERS = ["/etc/apes", "/var/log/apes", "/var/cache/apes", IDP_DATA];
+const LEFTOVERS = ["/etc/apes", "/var/log/apes", "/var/cache/apes", "/var/lib/apes", IDP_DATA];
 const LOCK = "/run/lock/apes-deb-e2e.lock";
 const HUMAN = "alice@deb.example";
 const AGENT = "agent@deb.example";
@@ -258,6 +258,8 @@ function expectInstalledLayout(): void {
   });
   expect([mode("/etc/apes"), owner("/etc/apes")]).toEqual([0o755, "0:0"]);
   expect([mode("/var/log/apes"), owner("/var/log/apes")]).toEqual([0o700, "0:0"]);
+  // The shim's early-verifier slots: root's alone, or the shim starts no early verifier.
+  expect([mode("/var/lib/apes"), owner("/var/lib/apes")]).toEqual([0o700, "0:0"]);
   // The verifier's cache and the IdP's data belong to their system users (made by the postinst).
   expect([mode("/var/cache/apes"), owner("/var/cache/apes")]).toEqual([0o700, uidOf("_apes")]);
   expect([mode(IDP_DATA), owner(IDP_DATA)]).toEqual([0o700, uidOf("_apes-idp")]);
@@ -450,7 +452,7 @@ describe.skipIf(!HAVE_DPKG)("the Debian package", () => {
     const { stderr } = await dpkg(["--purge", "apes"]);
     expect(installedVersion()).toBeUndefined();
     for (const f of files) expect(existsSync(f), f).toBe(false);
-    for (const d of ["/etc/apes", "/var/log/apes", "/var/cache/apes", "/usr/libexec/apes"]) {
+    for (const d of ["/etc/apes", "/var/log/apes", "/var/cache/apes", "/var/lib/apes", "/usr/libexec/apes"]) {
       expect(existsSync(d), d).toBe(false);
     }
     expect(stderr).toMatch(/kept the IdP data in \/var\/lib\/apes-idp/);

@@ -22,7 +22,8 @@ import { startTroop, TROOP_AUDIENCE, type TroopHandle } from "../helpers/troop.t
  * `apes daemon init`) connects to the troop with its own token; alice spawns an agent with
  * `apes nest spawn --approve`; the agent runs `apes whoami` and asks for a grant as its own identity;
  * a troop restart drops the socket and the Nest comes back; a kill -9 of the Nest while a spawn is in
- * flight (acked, waiting for approval) ends with the agent started once. The shim is installed in a
+ * flight (acked, waiting for approval) ends with the agent started once; a kill -9 with the agent
+ * running brings it back in the next run, through its `always` grant, no new approval. The shim is installed in a
  * test prefix; the IdP speaks TLS. Needs root (CI runs as root).
  */
 
@@ -329,6 +330,44 @@ describe("IdP + troop + Nest", () => {
         .split("\n"),
     ).toEqual(["started"]);
   }, 180_000);
+
+  it("kill -9 of the Nest with an agent running: the next run starts it again through its `always` grant", async () => {
+    const statusOf = async () => {
+      const r = await alice(["--json", "nest", "status", NEST]);
+      return (JSON.parse(r.stdout) as { name: string; pid?: number; state: string; restarts: number }[]).find(
+        (a) => a.name === a2,
+      );
+    };
+    const before = await until("a2 running", async () => {
+      const a = await statusOf();
+      return a?.state === "running" && a.pid ? a : undefined;
+    });
+    const allowsBefore = readAudit(inst).filter((l) => l.decision === "allow" && l.run_as === a2).length;
+    nest!.kill("SIGKILL");
+    await new Promise((r) => nest!.once("exit", r));
+    // `apes agents run` ends the agent when the Nest's pipe closes.
+    await until("old agent gone", () => !existsSync(`/proc/${before.pid}`), 15_000);
+    startNest();
+    // No approval asked: the restart reuses the `always` grant for the exact start command.
+    await until("second start", () => {
+      const lines = readFileSync(join(agentHome(a2), "starts"), "utf8")
+        .trim()
+        .split("\n");
+      return lines.length === 2 ? lines : undefined;
+    });
+    const after = await until("reported running again", async () => {
+      const a = await statusOf();
+      return a?.state === "running" && a.pid && a.pid !== before.pid ? a : undefined;
+    });
+    expect(after.restarts).toBe(before.restarts + 1);
+    expect(readFileSync(`/proc/${after.pid}/status`, "utf8")).toMatch(
+      new RegExp(`\\nUid:\\s+${passwd(a2)![2]}\\s`),
+    );
+    const allows = readAudit(inst).filter((l) => l.decision === "allow" && l.run_as === a2);
+    expect(allows.length).toBe(allowsBefore + 1);
+    expect(allows.at(-1)).toMatchObject({ sub: NEST, run_as: a2 });
+    expect(nestLog).toContain('"msg":"restoring an agent of the previous run"');
+  }, 120_000);
 
   it("SIGHUP re-reads nest.toml; SIGTERM drains: agents stopped, exit 0; no token in any log line", async () => {
     nest!.kill("SIGHUP");

@@ -31,6 +31,7 @@ const ALICE = "alice@example.com";
 const NEST = "nest-tt+agent@example.com";
 const a1 = `nt${randomBytes(3).toString("hex")}`;
 const a2 = `nu${randomBytes(3).toString("hex")}`;
+const a3 = `nv${randomBytes(3).toString("hex")}`;
 let inst: ShimInstall;
 let idp: IdpHandle;
 let troop: TroopHandle;
@@ -74,7 +75,14 @@ function startNest(): void {
     { name: "_apes-nest", uid: nestUid, gid: nestGid },
     [inst.exec, "daemon", "run"],
     {
-      env: { PATH: "/usr/bin:/bin", HOME: nestHome(), LANG: "C.UTF-8" },
+      // What the operator gives the unit: BOT_GREETING may be passed to an agent that lists it.
+      env: {
+        PATH: "/usr/bin:/bin",
+        HOME: nestHome(),
+        LANG: "C.UTF-8",
+        BOT_GREETING: "hello from the nest",
+        NOT_LISTED: "never passed",
+      },
     },
   );
   child.stderr!.setEncoding("utf8").on("data", (d: string) => {
@@ -148,7 +156,7 @@ beforeAll(async () => {
       "--map",
       `_apes-nest=${NEST}`,
       "--run-as",
-      `root,${a1},${a2}`,
+      `root,${a1},${a2},${a3}`,
     ],
     {
       stdio: ["ignore", "ignore", "pipe"],
@@ -169,7 +177,7 @@ afterAll(async () => {
       } catch {}
     }
   }
-  for (const a of [a1, a2]) if (passwd(a)) execFileSync("/usr/sbin/userdel", [a]);
+  for (const a of [a1, a2, a3]) if (passwd(a)) execFileSync("/usr/sbin/userdel", [a]);
   await troop?.stop();
   await idp?.stop();
   await inst?.cleanup();
@@ -368,6 +376,41 @@ describe("IdP + troop + Nest", () => {
     expect(allows.at(-1)).toMatchObject({ sub: NEST, run_as: a2 });
     expect(nestLog).toContain('"msg":"restoring an agent of the previous run"');
   }, 120_000);
+
+  it("the spawn's env allow-list reaches the agent (through its stdin, past the shim's allow-list)", async () => {
+    const script = `printf '%s|%s|%s' "$BOT_GREETING" "$NOT_LISTED" "$HOME" > "$HOME/env.txt"; exec /bin/sleep 1000`;
+    const r = await alice([
+      "--json",
+      "nest",
+      "spawn",
+      NEST,
+      a3,
+      "--env",
+      "BOT_GREETING",
+      "--env",
+      "HOME",
+      "--approve",
+      "--timeout",
+      "90",
+      "--",
+      "/bin/sh",
+      "-c",
+      script,
+    ]);
+    expect(r.code, `${r.stderr}\n${nestLog.slice(-3000)}`).toBe(0);
+    const got = await until("env.txt", () => {
+      try {
+        return readFileSync(join(agentHome(a3), "env.txt"), "utf8") || undefined;
+      } catch {
+        return undefined;
+      }
+    });
+    // Listed: passed; not listed: not; HOME is the runner's own, never taken from the Nest.
+    expect(got).toBe(`hello from the nest||${agentHome(a3)}`);
+    expect(readFileSync(join(nestHome(), ".local", "state", "apes", "agents.json"), "utf8")).not.toContain(
+      "hello from the nest",
+    );
+  }, 150_000);
 
   it("SIGHUP re-reads nest.toml; SIGTERM drains: agents stopped, exit 0; no token in any log line", async () => {
     nest!.kill("SIGHUP");

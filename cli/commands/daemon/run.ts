@@ -103,6 +103,7 @@ export async function daemonRun(ctx: Context): Promise<number> {
     launcher: elevationLauncher({
       config,
       env,
+      agentEnv: ctx.env,
       log: { log: (...a) => log.log(...a) },
       logDir: join(ctx.paths.stateDir, "logs"),
       enroll: async (agent, publicKey) => {

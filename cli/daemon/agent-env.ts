@@ -14,11 +14,14 @@ import { ENV_NAME } from "../../protocol/troop.ts";
 export const ENV_LINE_PREFIX = "env ";
 /** Well under a pipe's 64 KiB buffer, so the Nest's write never blocks before the runner reads. */
 export const MAX_ENV_LINE_BYTES = 32 * 1024;
-const RESERVED = new Set(["PATH", "HOME", "USER", "LOGNAME", "APES_AGENT", "APES_SECRETS_DIR"]);
+const RESERVED = new Set(["PATH", "HOME", "USER", "LOGNAME"]);
 
-/** Whether a name may be passed to an agent (the runner's own names may not be overridden). */
+/**
+ * Whether a name may be passed to an agent: not the runner's own names, nor APES_* (the agent's
+ * APES_AGENT, APES_SECRETS_DIR, and the Nest's own apes settings stay the Nest's).
+ */
 export function passableEnvName(name: string): boolean {
-  return ENV_NAME.test(name) && !RESERVED.has(name);
+  return ENV_NAME.test(name) && !RESERVED.has(name) && !name.startsWith("APES_");
 }
 
 /** The Nest's side: the line for an agent whose spec allows `names`, from the Nest's environment. */

@@ -4,7 +4,8 @@ import { encodeEnvLine, MAX_ENV_LINE_BYTES, parseEnvLine } from "../../cli/daemo
 /** The env line the Nest writes on `apes agents run`'s stdin: only allowed names, bounded, both ends. */
 describe("agent env line", () => {
   it("carries only the listed names the Nest has, never the runner's own names", () => {
-    const line = encodeEnvLine(["BOT", "MISSING", "HOME", "PATH"], {
+    const line = encodeEnvLine(["BOT", "MISSING", "HOME", "PATH", "APES_IDP"], {
+      APES_IDP: "https://x",
       BOT: "x y",
       HOME: "/root",
       PATH: "/evil",
@@ -19,6 +20,7 @@ describe("agent env line", () => {
     for (const [line, allowed] of [
       ['env {"OTHER":"1"}', ["BOT"]],
       ['env {"PATH":"/tmp"}', ["PATH"]],
+      ['env {"APES_AGENT":"x"}', ["APES_AGENT"]],
       ['env {"BOT":1}', ["BOT"]],
       ['env {"BOT":"a\\u0000b"}', ["BOT"]],
       ["env [1]", ["BOT"]],

@@ -21,8 +21,8 @@ process group, and obeys the Nest on stdin, one word a line: pause (SIGSTOP to t
 once the kernel shows it stopped), resume (SIGCONT), stop (SIGTERM, SIGKILL after 5 s). End of
 stdin (the Nest is gone) stops the agent too. An agent provisioned with --env NAME first reads one
 line \`env {"NAME":"value"}\` (the Nest sends it from its own environment; the shim's environment
-allow-list would drop the values): only the recorded names, else it exits 2 without starting. Events are JSON lines on stdout; the program's own
-output goes to stderr. Exits with the program's status.
+allow-list would drop the values): only the recorded names, else it exits 2 without starting.
+Events are JSON lines on stdout; the program's own output goes to stderr. Exits with the program's status.
 
 Examples:
   $ apes agents run bot1`,

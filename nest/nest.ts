@@ -68,10 +68,11 @@ export class Nest {
     const unfinished = this.o.journal.unfinished();
     const restoring = this.supervisor.restore(this.o.agentState?.load() ?? []);
     this.link.start();
-    void restoring.catch((e) =>
-      this.o.log.log("error", "restoring the agents failed", { error: (e as Error).message }),
-    );
     this.resumed = (async () => {
+      // Intents wait for the restored agents' starts, so no intent starts an agent a second time.
+      await restoring.catch((e) =>
+        this.o.log.log("error", "restoring the agents failed", { error: (e as Error).message }),
+      );
       for (const r of unfinished) {
         this.o.log.log("info", "finishing an intent of the previous run", {
           intent: r.intent.id,

@@ -174,6 +174,11 @@ demo-nest: build
 bench-elevate: build
 	node bench/elevate/run.ts
 
+# As root: intent submit -> ack at the Nest -> agent started, socket vs 1 s poll (bench/nest/run.ts).
+.PHONY: bench-nest
+bench-nest: build
+	node bench/nest/run.ts
+
 # ---- the IdP as a systemd service (packaging/systemd/) -------------------------------------------
 # `sudo make install install-idp-service`: the unit runs $(APES_EXEC_PATH) (what `make install` puts
 # there) as the system user _apes-idp on $(LOCALSTATEDIR)/lib/apes-idp. Never enables or starts it.

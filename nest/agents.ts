@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import type { Intent } from "../protocol/troop.ts";
+import type { SavedAgent } from "./agent-state.ts";
 import type { NestLog } from "./log.ts";
 import {
   type AgentRecord,
@@ -124,6 +125,38 @@ export class Supervisor {
         return;
       }
     }
+  }
+
+  /**
+   * After a restart of the Nest: the agents its previous run had running or paused are started
+   * again (as a restart: with the launcher's start, the same `always` grant), a paused one paused
+   * again once it runs; a stopped one is known again, not started. Their records are set at once, so intents and status see them while they start.
+   */
+  restore(saved: SavedAgent[]): Promise<void> {
+    const nowS = Math.floor(this.nowMs() / 1000);
+    for (const s of saved) {
+      if (this.agents.has(s.name)) continue;
+      const state = s.desired === "stopped" ? "stopped" : "starting";
+      this.set({ ...s, state, since: nowS, failures: [] }, s.name);
+    }
+    return Promise.all(
+      saved
+        .filter((s) => s.desired !== "stopped")
+        .map(async (s) => {
+          this.o.log.log("info", "restoring an agent of the previous run", {
+            agent: s.name,
+            desired: s.desired,
+          });
+          await this.launch(s.name, true);
+          const agent = this.agents.get(s.name);
+          const proc = this.procs.get(s.name);
+          if (s.desired !== "paused" || !agent || !proc || agent.state !== "running") return;
+          await this.o.launcher.signal(agent, proc, "SIGSTOP");
+          if (await this.waitStopped(proc.pid, true))
+            this.set(paused(agent, true, Math.floor(this.nowMs() / 1000)), s.name);
+          else this.o.log.log("warn", "restored agent did not pause", { agent: s.name, pid: proc.pid });
+        }),
+    ).then(() => undefined);
   }
 
   private async waitStopped(pid: number, wanted: boolean): Promise<boolean> {

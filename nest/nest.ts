@@ -1,5 +1,6 @@
 import { visible } from "../protocol/display.ts";
 import type { Intent, NestFrame } from "../protocol/troop.ts";
+import { type AgentStateFile, agentsToSave } from "./agent-state.ts";
 import { type Launcher, Supervisor } from "./agents.ts";
 import type { IntentJournal } from "./journal.ts";
 import { type LinkOptions, NestLink } from "./link.ts";
@@ -20,6 +21,8 @@ export interface NestOptions {
   log: NestLog;
   version: string;
   policy?: SupervisorPolicy;
+  /** Where the agents' wished states are kept, so a restart of the Nest brings them back. */
+  agentState?: AgentStateFile;
   link: Omit<LinkOptions, "onIntent" | "log" | "onConnected">;
   random?: () => number;
   /** Called with every status frame (the daemon keeps the last one for `apes daemon status`). */
@@ -41,7 +44,10 @@ export class Nest {
       log: o.log,
       ...(o.policy ? { policy: o.policy } : {}),
       ...(o.random ? { random: o.random } : {}),
-      onTransition: () => this.sendStatus(),
+      onTransition: () => {
+        this.saveAgents();
+        this.sendStatus();
+      },
     });
     this.link = new NestLink({
       ...o.link,
@@ -60,8 +66,13 @@ export class Nest {
    */
   async start(): Promise<void> {
     const unfinished = this.o.journal.unfinished();
+    const restoring = this.supervisor.restore(this.o.agentState?.load() ?? []);
     this.link.start();
     this.resumed = (async () => {
+      // Intents wait for the restored agents' starts, so no intent starts an agent a second time.
+      await restoring.catch((e) =>
+        this.o.log.log("error", "restoring the agents failed", { error: (e as Error).message }),
+      );
       for (const r of unfinished) {
         this.o.log.log("info", "finishing an intent of the previous run", {
           intent: r.intent.id,
@@ -79,6 +90,16 @@ export class Nest {
       version: this.o.version,
       agents: [...this.supervisor.agents.values()].map(statusOf),
     };
+  }
+
+  /** Not while draining: SIGTERM stops the agents, but the owner still wants them after the restart. */
+  private saveAgents(): void {
+    if (this.draining || !this.o.agentState) return;
+    try {
+      this.o.agentState.save(agentsToSave(this.supervisor.agents.values()));
+    } catch (e) {
+      this.o.log.log("error", "saving the agents' states failed", { error: (e as Error).message });
+    }
   }
 
   private sendStatus(): void {
@@ -129,9 +150,11 @@ export class Nest {
       try {
         detail = await this.supervisor.apply(intent);
         state = "done";
+        this.saveAgents(); // an intent with nothing to do still changes what the owner wants
       } catch (e) {
         detail = (e as Error).message;
         state = "failed";
+        this.saveAgents();
       }
       // The detail may quote an error text from elsewhere: shown safely, bounded so that even escaped it fits the 1 KiB of a frame.
       detail = visible(detail, { max: 160 });

@@ -1,8 +1,8 @@
 // Troop benchmark: intent latency submit -> `intent` frame at a connected nest socket (p50/p99),
 // side by side with a nest polling GET /v1/nest/intents every 1 s; then the troop's memory per idle
-// nest connection with N sockets open (default 2,000; 10,000 is extrapolated). Drives the real
+// nest connection with N sockets open (default 10,000, measured; needs `ulimit -n` above 10,500). Drives the real
 // `dist/apes idp serve` and `dist/apes troop serve` over HTTP and WebSocket (package ws) on loopback.
-// Run with the pinned node: `node bench/troop/run.ts [--nests=2000] [--push=200] [--poll=12]`.
+// Run with the pinned node: `node bench/troop/run.ts [--nests=10000] [--push=200] [--poll=12]`.
 import { spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -20,7 +20,7 @@ const args = new Map(
     return [k!, v ?? "1"];
   }),
 );
-const NESTS = Number(args.get("nests") ?? 2000);
+const NESTS = Number(args.get("nests") ?? 10000);
 const PUSH = Number(args.get("push") ?? 200);
 const POLL = Number(args.get("poll") ?? 12);
 const root = resolve(import.meta.dirname, "..", "..");
@@ -262,7 +262,7 @@ try {
   const after = rssKiB(troop.pid);
   const per = (after - before) / NESTS;
   console.log(
-    `idle: ${NESTS} sockets opened in ${(openMs / 1000).toFixed(1)} s (tokens ${(tokensMs / 1000).toFixed(1)} s); troop RSS ${(before / 1024).toFixed(1)} -> ${(after / 1024).toFixed(1)} MiB = ${per.toFixed(1)} KiB per connection; 10,000 extrapolated: +${((per * 10_000) / 1024).toFixed(0)} MiB`,
+    `idle: ${NESTS} sockets opened in ${(openMs / 1000).toFixed(1)} s (tokens ${(tokensMs / 1000).toFixed(1)} s); troop RSS ${(before / 1024).toFixed(1)} -> ${(after / 1024).toFixed(1)} MiB = ${per.toFixed(1)} KiB per connection`,
   );
   // 4. Reconnect storm: STORM nests hold sockets; the troop restarts (SIGTERM, closes them with
   // 1001, starts again on the same port); each nest reconnects after 0-500 ms of jitter, then every

@@ -8,6 +8,7 @@ import type { NestConfig } from "../../nest/config.ts";
 import type { NestLog } from "../../nest/log.ts";
 import type { AgentRecord, ExitFacts } from "../../nest/supervisor.ts";
 import type { Intent } from "../../protocol/troop.ts";
+import { encodeEnvLine, passableEnvName } from "./agent-env.ts";
 
 /**
  * The production launcher: every privileged step goes through the setuid shim, the elevation path
@@ -16,7 +17,8 @@ import type { Intent } from "../../protocol/troop.ts";
  *   start       apes --reason R --approval always --as NAME -- <exec> agents run NAME        (one `always` grant, approved once)
  *   remove      apes --reason R -- <exec> agents deprovision NAME                            (exact-command grant)
  * The agent runs as its own user, so the Nest (another uid) cannot signal it: `apes agents run` obeys
- * pause/resume/stop on its stdin and says what it did on stdout; the Nest confirms a pause in /proc.
+ * pause/resume/stop on its stdin (first, the values of its env allow-list: cli/daemon/agent-env.ts)
+ * and says what it did on stdout; the Nest confirms a pause in /proc.
  * After provision the Nest enrolls the agent's identity for the owner (`enroll`, a delegated token).
  */
 
@@ -24,6 +26,8 @@ export interface ElevationLauncherOptions {
   config: NestConfig;
   /** The Nest's own environment for the shim's requester (its HOME, its session). */
   env: Record<string, string>;
+  /** Where the values of a spawn's env allow-list come from (the Nest's whole environment). */
+  agentEnv?: Readonly<Record<string, string | undefined>>;
   log: NestLog;
   /** Where each agent's output is appended (<dir>/<name>.log, 0600, cut at 1 MiB). */
   logDir: string;
@@ -119,13 +123,18 @@ export function elevationLauncher(o: ElevationLauncherOptions): Launcher {
         "run",
         agent.name,
       ];
+      // Buffered in the pipe while the shim waits for its grant; read by `apes agents run` first.
+      const envLine = agent.spec.env.some(passableEnvName)
+        ? encodeEnvLine(agent.spec.env, o.agentEnv ?? {})
+        : undefined;
       const child = elevate(argv, "pipe");
+      child.stdin!.on("error", () => undefined);
+      if (envLine) child.stdin!.write(envLine);
       const exited = new Promise<ExitFacts>((resolve) => {
         child.once("exit", (code, signal) => resolve({ code, signal }));
         child.once("error", () => resolve({ code: 127, signal: null }));
       });
       child.stderr!.setEncoding("utf8").on("data", (c: string) => appendLog(agent.name, c));
-      child.stdin!.on("error", () => undefined);
       return await new Promise<Controlled>((resolve) => {
         const lines = createInterface({ input: child.stdout! });
         lines.on("line", (line) => {

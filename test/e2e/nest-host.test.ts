@@ -302,6 +302,53 @@ describe("apes agents provision | run | deprovision", () => {
     await until("program gone", () => !existsSync(`/proc/${pid}`));
   });
 
+  it("`agents run` with an env allow-list: takes the values from its first stdin line, only listed names, else does not start", async () => {
+    const envAgent = `ne${randomBytes(3).toString("hex")}`;
+    made.push(envAgent);
+    const home = join(inst.var, "lib", "apes-agents", envAgent);
+    const prov = await run([
+      "--json",
+      "agents",
+      "provision",
+      envAgent,
+      "--owner",
+      "alice@example.com",
+      "--env",
+      "BOT_WORD",
+      "--",
+      "/bin/sh",
+      "-c",
+      'printf %s "$BOT_WORD" > "$HOME/word"',
+    ]);
+    expect(prov.code, prov.stderr).toBe(0);
+    const pw = passwd(envAgent)!;
+    const user = { name: envAgent, uid: Number(pw[2]), gid: Number(pw[3]) };
+    const runWith = async (first: string) => {
+      const child = spawnAsUser(user, [inst.exec, "agents", "run", envAgent], {
+        env: { PATH: "/usr/bin:/bin", HOME: home, BOT_WORD: "from the environment: dropped" },
+      });
+      let out = "";
+      let err = "";
+      child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+      child.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
+      child.stdin!.write(first);
+      const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+      return { code, out, err };
+    };
+    const bad = await runWith('env {"OTHER":"x"}\n');
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/not allowed/);
+    expect(bad.out).not.toContain("started");
+    const notEnv = await runWith("pause\n");
+    expect(notEnv.code).toBe(2);
+    expect(notEnv.out).not.toContain("started");
+    expect(existsSync(join(home, "word"))).toBe(false);
+    const ok = await runWith('env {"BOT_WORD":"hello agent"}\n');
+    expect(ok.code, ok.err).toBe(0);
+    expect(ok.out).toContain('"event":"started"');
+    expect(readFileSync(join(home, "word"), "utf8")).toBe("hello agent");
+  });
+
   it("`agents run` refuses any other user", async () => {
     const r = await collect(
       spawnAsUser(tester, [inst.exec, "agents", "run", agentName], {

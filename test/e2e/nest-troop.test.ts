@@ -22,7 +22,8 @@ import { startTroop, TROOP_AUDIENCE, type TroopHandle } from "../helpers/troop.t
  * `apes daemon init`) connects to the troop with its own token; alice spawns an agent with
  * `apes nest spawn --approve`; the agent runs `apes whoami` and asks for a grant as its own identity;
  * a troop restart drops the socket and the Nest comes back; a kill -9 of the Nest while a spawn is in
- * flight (acked, waiting for approval) ends with the agent started once. The shim is installed in a
+ * flight (acked, waiting for approval) ends with the agent started once; a kill -9 with the agent
+ * running brings it back in the next run, through its `always` grant, no new approval. The shim is installed in a
  * test prefix; the IdP speaks TLS. Needs root (CI runs as root).
  */
 
@@ -30,6 +31,7 @@ const ALICE = "alice@example.com";
 const NEST = "nest-tt+agent@example.com";
 const a1 = `nt${randomBytes(3).toString("hex")}`;
 const a2 = `nu${randomBytes(3).toString("hex")}`;
+const a3 = `nv${randomBytes(3).toString("hex")}`;
 let inst: ShimInstall;
 let idp: IdpHandle;
 let troop: TroopHandle;
@@ -73,7 +75,14 @@ function startNest(): void {
     { name: "_apes-nest", uid: nestUid, gid: nestGid },
     [inst.exec, "daemon", "run"],
     {
-      env: { PATH: "/usr/bin:/bin", HOME: nestHome(), LANG: "C.UTF-8" },
+      // What the operator gives the unit: BOT_GREETING may be passed to an agent that lists it.
+      env: {
+        PATH: "/usr/bin:/bin",
+        HOME: nestHome(),
+        LANG: "C.UTF-8",
+        BOT_GREETING: "hello from the nest",
+        NOT_LISTED: "never passed",
+      },
     },
   );
   child.stderr!.setEncoding("utf8").on("data", (d: string) => {
@@ -147,7 +156,7 @@ beforeAll(async () => {
       "--map",
       `_apes-nest=${NEST}`,
       "--run-as",
-      `root,${a1},${a2}`,
+      `root,${a1},${a2},${a3}`,
     ],
     {
       stdio: ["ignore", "ignore", "pipe"],
@@ -168,7 +177,7 @@ afterAll(async () => {
       } catch {}
     }
   }
-  for (const a of [a1, a2]) if (passwd(a)) execFileSync("/usr/sbin/userdel", [a]);
+  for (const a of [a1, a2, a3]) if (passwd(a)) execFileSync("/usr/sbin/userdel", [a]);
   await troop?.stop();
   await idp?.stop();
   await inst?.cleanup();
@@ -329,6 +338,79 @@ describe("IdP + troop + Nest", () => {
         .split("\n"),
     ).toEqual(["started"]);
   }, 180_000);
+
+  it("kill -9 of the Nest with an agent running: the next run starts it again through its `always` grant", async () => {
+    const statusOf = async () => {
+      const r = await alice(["--json", "nest", "status", NEST]);
+      return (JSON.parse(r.stdout) as { name: string; pid?: number; state: string; restarts: number }[]).find(
+        (a) => a.name === a2,
+      );
+    };
+    const before = await until("a2 running", async () => {
+      const a = await statusOf();
+      return a?.state === "running" && a.pid ? a : undefined;
+    });
+    const allowsBefore = readAudit(inst).filter((l) => l.decision === "allow" && l.run_as === a2).length;
+    nest!.kill("SIGKILL");
+    await new Promise((r) => nest!.once("exit", r));
+    // `apes agents run` ends the agent when the Nest's pipe closes.
+    await until("old agent gone", () => !existsSync(`/proc/${before.pid}`), 15_000);
+    startNest();
+    // No approval asked: the restart reuses the `always` grant for the exact start command.
+    await until("second start", () => {
+      const lines = readFileSync(join(agentHome(a2), "starts"), "utf8")
+        .trim()
+        .split("\n");
+      return lines.length === 2 ? lines : undefined;
+    });
+    const after = await until("reported running again", async () => {
+      const a = await statusOf();
+      return a?.state === "running" && a.pid && a.pid !== before.pid ? a : undefined;
+    });
+    expect(after.restarts).toBe(before.restarts + 1);
+    expect(readFileSync(`/proc/${after.pid}/status`, "utf8")).toMatch(
+      new RegExp(`\\nUid:\\s+${passwd(a2)![2]}\\s`),
+    );
+    const allows = readAudit(inst).filter((l) => l.decision === "allow" && l.run_as === a2);
+    expect(allows.length).toBe(allowsBefore + 1);
+    expect(allows.at(-1)).toMatchObject({ sub: NEST, run_as: a2 });
+    expect(nestLog).toContain('"msg":"restoring an agent of the previous run"');
+  }, 120_000);
+
+  it("the spawn's env allow-list reaches the agent (through its stdin, past the shim's allow-list)", async () => {
+    const script = `printf '%s|%s|%s' "$BOT_GREETING" "$NOT_LISTED" "$HOME" > "$HOME/env.txt"; exec /bin/sleep 1000`;
+    const r = await alice([
+      "--json",
+      "nest",
+      "spawn",
+      NEST,
+      a3,
+      "--env",
+      "BOT_GREETING",
+      "--env",
+      "HOME",
+      "--approve",
+      "--timeout",
+      "90",
+      "--",
+      "/bin/sh",
+      "-c",
+      script,
+    ]);
+    expect(r.code, `${r.stderr}\n${nestLog.slice(-3000)}`).toBe(0);
+    const got = await until("env.txt", () => {
+      try {
+        return readFileSync(join(agentHome(a3), "env.txt"), "utf8") || undefined;
+      } catch {
+        return undefined;
+      }
+    });
+    // Listed: passed; not listed: not; HOME is the runner's own, never taken from the Nest.
+    expect(got).toBe(`hello from the nest||${agentHome(a3)}`);
+    expect(readFileSync(join(nestHome(), ".local", "state", "apes", "agents.json"), "utf8")).not.toContain(
+      "hello from the nest",
+    );
+  }, 150_000);
 
   it("SIGHUP re-reads nest.toml; SIGTERM drains: agents stopped, exit 0; no token in any log line", async () => {
     nest!.kill("SIGHUP");

@@ -19,8 +19,10 @@ owner approved once for exactly this command:
 It logs the agent in with its own key (its own identity), starts the recorded program in a new
 process group, and obeys the Nest on stdin, one word a line: pause (SIGSTOP to the group, answered
 once the kernel shows it stopped), resume (SIGCONT), stop (SIGTERM, SIGKILL after 5 s). End of
-stdin (the Nest is gone) stops the agent too. Events are JSON lines on stdout; the program's own
-output goes to stderr. Exits with the program's status.
+stdin (the Nest is gone) stops the agent too. An agent provisioned with --env NAME first reads one
+line \`env {"NAME":"value"}\` (the Nest sends it from its own environment; the shim's environment
+allow-list would drop the values): only the recorded names, else it exits 2 without starting.
+Events are JSON lines on stdout; the program's own output goes to stderr. Exits with the program's status.
 
 Examples:
   $ apes agents run bot1`,
@@ -41,6 +43,7 @@ export async function agentsRun(ctx: Context, name: string): Promise<number> {
     { CliError },
     { processStopped },
     { loginIfNeeded },
+    agentEnv,
   ] = await Promise.all([
     import("../../daemon/host.ts"),
     import("../../daemon/agent-spec.ts"),
@@ -51,6 +54,7 @@ export async function agentsRun(ctx: Context, name: string): Promise<number> {
     import("../../errors.ts"),
     import("../../../nest/agents.ts"),
     import("../../../nest/identity.ts"),
+    import("../../daemon/agent-env.ts"),
   ]);
   spec.checkAgentName(name);
   const layout = host.nestLayout();
@@ -71,7 +75,46 @@ export async function agentsRun(ctx: Context, name: string): Promise<number> {
     LOGNAME: name,
     APES_AGENT: record.email,
   };
-  for (const k of ["LANG", "TERM", ...record.env]) if (ctx.env[k] !== undefined) env[k] = ctx.env[k]!;
+  for (const k of ["LANG", "TERM"]) if (ctx.env[k] !== undefined) env[k] = ctx.env[k]!;
+  // The Nest's commands on stdin; with an env allow-list, its first line carries the values (the
+  // shim's environment allow-list drops them from ours): see cli/daemon/agent-env.ts.
+  const rl = createInterface({ input: ctx.io.stdin });
+  const lines: string[] = [];
+  let onLine: ((line: string) => void) | undefined;
+  let stdinClosed = false;
+  let onClose: (() => void) | undefined;
+  rl.on("line", (line) => (onLine ? onLine(line) : lines.push(line)));
+  rl.on("close", () => {
+    stdinClosed = true;
+    onClose?.();
+  });
+  const firstLine = () =>
+    new Promise<string | undefined>((resolve) => {
+      if (lines.length > 0) return resolve(lines.shift());
+      if (stdinClosed) return resolve(undefined);
+      const t = setTimeout(() => resolve(undefined), 30_000);
+      const done = (l: string | undefined) => {
+        clearTimeout(t);
+        onLine = undefined;
+        onClose = undefined;
+        resolve(l);
+      };
+      onLine = (l) => done(l);
+      onClose = () => done(undefined);
+    });
+  const passable = record.env.filter((n) => agentEnv.passableEnvName(n));
+  if (passable.length > 0) {
+    const line = await firstLine();
+    const parsed =
+      line === undefined
+        ? { ok: false as const, reason: "no env line on stdin" }
+        : agentEnv.parseEnvLine(line, passable);
+    if (!parsed.ok) {
+      rl.close();
+      throw new CliError(`apes agents run ${name}: ${parsed.reason}`, { exitCode: 2 });
+    }
+    Object.assign(env, parsed.env);
+  }
   const secrets = join(me.home, ".config", "apes", "secrets");
   if (record.secrets.length > 0 && existsSync(secrets)) env.APES_SECRETS_DIR = secrets;
   const [file, ...args] = record.argv;
@@ -112,8 +155,7 @@ export async function agentsRun(ctx: Context, name: string): Promise<number> {
     }
     return false;
   };
-  const rl = createInterface({ input: ctx.io.stdin });
-  rl.on("line", (line) => {
+  const control = (line: string) => {
     void (async () => {
       const word = line.trim();
       if (word === "pause") {
@@ -124,8 +166,11 @@ export async function agentsRun(ctx: Context, name: string): Promise<number> {
         event({ event: (await waitState(false)) ? "resumed" : "resume-failed" });
       } else if (word === "stop") await stop();
     })();
-  });
-  rl.on("close", () => void stop());
+  };
+  for (const l of lines.splice(0)) control(l);
+  onLine = control;
+  onClose = () => void stop();
+  if (stdinClosed) void stop();
   for (const s of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(s, () => void stop());
   const code = await exited;
   event({ event: "exited", code });

@@ -34,6 +34,7 @@ export async function daemonRun(ctx: Context): Promise<number> {
     cfg,
     { nestLogger },
     { IntentJournal },
+    { AgentStateFile },
     { Nest },
     { elevationLauncher },
     tokens,
@@ -47,6 +48,7 @@ export async function daemonRun(ctx: Context): Promise<number> {
     import("../../../nest/config.ts"),
     import("../../../nest/log.ts"),
     import("../../../nest/journal.ts"),
+    import("../../../nest/agent-state.ts"),
     import("../../../nest/nest.ts"),
     import("../../daemon/launcher.ts"),
     import("../../../nest/identity.ts"),
@@ -97,9 +99,11 @@ export async function daemonRun(ctx: Context): Promise<number> {
   const startedAt = Math.floor(Date.now() / 1000);
   const nest: InstanceType<typeof Nest> = new Nest({
     journal: await IntentJournal.open(join(ctx.paths.stateDir, "intents")),
+    agentState: new AgentStateFile(join(ctx.paths.stateDir, "agents.json")),
     launcher: elevationLauncher({
       config,
       env,
+      agentEnv: ctx.env,
       log: { log: (...a) => log.log(...a) },
       logDir: join(ctx.paths.stateDir, "logs"),
       enroll: async (agent, publicKey) => {

@@ -1,6 +1,8 @@
 // IdP benchmark: full grant lifecycles (create -> approve -> token -> consume) per second at 1, 10
 // and 50 concurrent clients with p50/p99 per request type, on a store already holding 100,000
-// grants; then approval-to-waiter notification latency (Prefer: wait). Drives the real
+// grants, each level alternating slices with the floor server (bench/idp/floor.ts: the same
+// signatures, verifications and SQLite writes per lifecycle, nothing else) to report ours as a
+// percentage of it; then approval-to-waiter notification latency (Prefer: wait). Drives the real
 // `dist/apes idp serve` process over HTTP. Run with the pinned node: `node bench/idp/run.ts`.
 import { execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
@@ -202,70 +204,169 @@ const CLK_TCK = (() => {
     return 100;
   }
 })();
-const serverCpuMs = () => {
+const serverCpuMs = (pid: number) => {
   try {
-    const f = readFileSync(`/proc/${proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
     return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
   } catch {
     return Number.NaN;
   }
 };
 
-// --- lifecycles ---
+// --- the floor (bench/idp/floor.ts): the same signatures, verifications and writes, nothing else ---
+const floorProc = spawn(
+  process.execPath,
+  [
+    join(import.meta.dirname, "floor.ts"),
+    `--data=${base}`,
+    `--seed=${SEED}`,
+    `--approver-key=${human.publicKey.export({ format: "der", type: "spki" }).toString("base64")}`,
+  ],
+  { stdio: ["ignore", "pipe", "inherit"] },
+);
+const floorUrl: string = await new Promise((res, rej) => {
+  let buf = "";
+  floorProc.stdout!.on("data", (c: Buffer) => {
+    buf += c.toString();
+    const m = /^(http:\/\/\S+)\n/.exec(buf);
+    if (m) res(m[1]!);
+  });
+  floorProc.once("exit", (c) => rej(new Error(`floor exited ${c}`)));
+});
+const floorPool = new Pool(floorUrl, { connections: MAX_CLIENTS + 10, pipelining: 1 });
+async function floorCall(path: string, body: unknown, token?: string) {
+  const r = await floorPool.request({
+    method: "POST",
+    path,
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> };
+}
+/** One floor lifecycle; the client signs the proof as it does for the IdP. */
+async function floorLifecycle(n: number): Promise<boolean> {
+  const c = await floorCall("/grants", {
+    target_host: "web1",
+    audience: "escapes",
+    grant_type: "once",
+    command: ["bench", String(n)],
+  });
+  const id = c.body.id as string;
+  const signature = sign(null, Buffer.from(`approve:${id}`), human.privateKey).toString("base64");
+  const a = await floorCall(`/grants/${id}/approve`, { signature });
+  const tk = await floorCall(`/grants/${id}/token`, {});
+  const cs = await floorCall(`/grants/${id}/consume`, {}, tk.body.authz_jwt as string);
+  return c.status === 201 && a.status === 200 && tk.status === 200 && cs.body.status === "consumed";
+}
+
+// --- lifecycles: ours and the floor's, alternating slices at each level ---
 type Kind = "create" | "approve" | "token" | "consume";
 const results: string[] = [];
+const floorResults: string[] = [];
+// --floor-slices=N: each level runs N slices of ours and N of the floor's, alternating (0: no floor).
+const SLICES = Number(args.get("floor-slices") ?? 2);
 let seq = 0;
+const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+const loadSeen: string[] = [];
 for (const clients of LEVELS) {
   const lat: Record<Kind, number[]> = { create: [], approve: [], token: [], consume: [] };
   let done = 0;
   let errors = 0;
+  let secs = 0;
+  let cpu = 0;
+  let floorDone = 0;
+  let floorErrors = 0;
+  let floorSecs = 0;
+  let floorCpu = 0;
   const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
     const s = performance.now();
     const r = await f();
     lat[kind].push(performance.now() - s);
     return r;
   };
-  const deadline = performance.now() + SECONDS * 1000;
-  const started = performance.now();
-  const cpuBefore = serverCpuMs();
-  await Promise.all(
-    Array.from({ length: clients }, async (_, i) => {
-      const token = agentTokens[i]!;
-      while (performance.now() < deadline) {
-        const c = await timed("create", () =>
-          call("POST", G, token, {
-            target_host: "web1",
-            audience: "escapes",
-            grant_type: "once",
-            command: ["bench", String(seq++)],
-          }),
-        );
-        if (c.status !== 201) {
-          errors++;
-          continue;
+  const ours = async (seconds: number) => {
+    const deadline = performance.now() + seconds * 1000;
+    const started = performance.now();
+    const cpuBefore = serverCpuMs(proc.pid!);
+    await Promise.all(
+      Array.from({ length: clients }, async (_, i) => {
+        const token = agentTokens[i]!;
+        while (performance.now() < deadline) {
+          const c = await timed("create", () =>
+            call("POST", G, token, {
+              target_host: "web1",
+              audience: "escapes",
+              grant_type: "once",
+              command: ["bench", String(seq++)],
+            }),
+          );
+          if (c.status !== 201) {
+            errors++;
+            continue;
+          }
+          const id = c.body.id;
+          const body = approval(c.body);
+          const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken, body));
+          const tk = await timed("token", () => call("POST", `${G}/${id}/token`, token));
+          const cs = await timed("consume", () => call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt));
+          if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
+          else errors++;
         }
-        const id = c.body.id;
-        const body = approval(c.body);
-        const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken, body));
-        const tk = await timed("token", () => call("POST", `${G}/${id}/token`, token));
-        const cs = await timed("consume", () => call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt));
-        if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
-        else errors++;
-      }
-    }),
-  );
-  const secs = (performance.now() - started) / 1000;
-  const cpuPerLifecycle = (serverCpuMs() - cpuBefore) / done;
-  const line = `| ${clients} | ${(done / secs).toFixed(0)} | ${ms(cpuPerLifecycle)} | ${(
+      }),
+    );
+    secs += (performance.now() - started) / 1000;
+    cpu += serverCpuMs(proc.pid!) - cpuBefore;
+  };
+  const floor = async (seconds: number) => {
+    const deadline = performance.now() + seconds * 1000;
+    const started = performance.now();
+    const cpuBefore = serverCpuMs(floorProc.pid!);
+    await Promise.all(
+      Array.from({ length: clients }, async () => {
+        while (performance.now() < deadline) {
+          if (await floorLifecycle(seq++)) floorDone++;
+          else floorErrors++;
+        }
+      }),
+    );
+    floorSecs += (performance.now() - started) / 1000;
+    floorCpu += serverCpuMs(floorProc.pid!) - cpuBefore;
+  };
+  if (SLICES === 0) await ours(SECONDS);
+  for (let s = 0; s < SLICES; s++) {
+    // Alternate which goes first, so neither always runs on the warmer machine.
+    if (s % 2 === 0) {
+      await ours(SECONDS / SLICES);
+      await floor(SECONDS / SLICES);
+    } else {
+      await floor(SECONDS / SLICES);
+      await ours(SECONDS / SLICES);
+    }
+  }
+  loadSeen.push(loadavg());
+  const rate = done / secs;
+  const line = `| ${clients} | ${rate.toFixed(0)} | ${ms(cpu / done)} | ${(
     ["create", "approve", "token", "consume"] as Kind[]
   )
     .map((k) => `${ms(pct(lat[k], 50))} / ${ms(pct(lat[k], 99))}`)
     .join(" | ")} | ${errors} |`;
   results.push(line);
+  if (SLICES > 0) {
+    const floorRate = floorDone / floorSecs;
+    floorResults.push(
+      `| ${clients} | ${rate.toFixed(0)} | ${floorRate.toFixed(0)} | ${((100 * rate) / floorRate).toFixed(0)} % | ${ms(cpu / done)} | ${ms(floorCpu / floorDone)} | ${((100 * (floorCpu / floorDone)) / (cpu / done)).toFixed(0)} % | ${floorErrors} |`,
+    );
+  }
   console.log(
-    `clients=${clients}: ${done} lifecycles in ${secs.toFixed(1)} s = ${(done / secs).toFixed(0)}/s, errors ${errors}`,
+    `clients=${clients}: ${done} lifecycles in ${secs.toFixed(1)} s = ${rate.toFixed(0)}/s, errors ${errors}` +
+      (SLICES > 0
+        ? `; floor ${floorDone} in ${floorSecs.toFixed(1)} s = ${(floorDone / floorSecs).toFixed(0)}/s; load ${loadSeen.at(-1)}`
+        : ""),
   );
 }
+floorProc.kill("SIGTERM");
+await new Promise((r) => floorProc.once("exit", r));
+await floorPool.close();
 
 // --- notification latency: approve -> parked waiter answered ---
 const notify: number[] = [];
@@ -308,6 +409,16 @@ console.log(
 );
 console.log("|---|---|---|---|---|---|---|---|");
 for (const l of results) console.log(l);
+if (SLICES > 0) {
+  console.log(
+    `\nagainst the floor (bench/idp/floor.ts), ${SLICES} alternating slices each per level, load average after each level: ${loadSeen.join(" / ")}\n`,
+  );
+  console.log(
+    "| clients | ours lifecycles/s | floor lifecycles/s | ours / floor | ours CPU ms / lifecycle | floor CPU ms / lifecycle | floor CPU / ours | floor errors |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|");
+  for (const l of floorResults) console.log(l);
+}
 console.log(
   `\nnotification (approve sent -> waiter answered), ${NOTIFY_SAMPLES} samples: p50 ${ms(pct(notify, 50))} ms, p99 ${ms(pct(notify, 99))} ms, max ${ms(Math.max(...notify))} ms`,
 );

@@ -32,6 +32,8 @@ const args = new Map(
 );
 const SAMPLES = Math.min(200, Number(args.get("samples") ?? 20));
 const WARMUP = 2;
+// --timing: the requester's phases (APES_TIMING=1 through the shim) after the wake, medians.
+const TIMING = args.has("timing");
 // How long after the requester says it waits before approving: its long poll is parked by then.
 const PARK_MS = 300;
 const BENCH_USER = "apes-push";
@@ -133,7 +135,8 @@ async function main() {
   mkdirSync(join(home, ".config", "apes"), { recursive: true });
   writeFileSync(join(home, ".config", "apes", "config.toml"), `ca_file = "${tls.cert}"\n`);
   spawnSync("chown", ["-R", `${user.uid}:${user.gid}`, home]);
-  const env = { HOME: home, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" };
+  const env: Record<string, string> = { HOME: home, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" };
+  if (TIMING) env.APES_TIMING = "1";
   const login = await collect(
     spawnAsUser(user, [inst.shim, "login", AGENT, "--key", join(home, "key.pem"), "--idp", issuer], { env }),
   );
@@ -213,6 +216,7 @@ async function main() {
   const latency: Record<Kind, number[]> = { cli: [], browser: [] };
   const approverTime: Record<Kind, number[]> = { cli: [], browser: [] };
   const afterAnswer: Record<Kind, number[]> = { cli: [], browser: [] };
+  const phases: Record<string, number[]> = {};
 
   for (let i = 0; i < WARMUP + SAMPLES; i++) {
     for (const kind of (i % 2 ? ["browser", "cli"] : ["cli", "browser"]) as Kind[]) {
@@ -244,6 +248,10 @@ async function main() {
         latency[kind].push(started - a.t0);
         approverTime[kind].push(a.approverDone);
         afterAnswer[kind].push(started - a.t0 - a.approverDone);
+        for (const m of `${stderr}${r.stderr}`.matchAll(/^apes-timing: (\w+) (\w+) ([\d.]+)$/gm)) {
+          const key = `${m[1]} ${m[2]}`;
+          phases[key] = [...(phases[key] ?? []), Number(m[3])];
+        }
       }
     }
   }
@@ -267,6 +275,7 @@ async function main() {
       `  of which the page's calls until the approve answer: ${summary(approverTime.browser)}\n` +
       `  from the approve answer to the command: ${summary(afterAnswer.browser)}`,
   );
+  for (const [name, xs] of Object.entries(phases)) console.log(`${name}: p50 ${f(pct(xs, 50))} ms`);
   console.log(`floor of the measure (spawn /bin/date -> the time it prints): ${summary(dateFloor)}`);
   console.log(
     `load average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`,

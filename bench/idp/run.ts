@@ -6,7 +6,7 @@
 // `dist/apes idp serve` process over HTTP. Run with the pinned node: `node bench/idp/run.ts`.
 import { execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Pool } from "undici";
@@ -97,101 +97,112 @@ console.log(
 // --- server ---
 // --profile=DIR runs the server from source under --cpu-prof (for optimizing), else the built binary.
 const PROFILE = args.get("profile");
-// The bench measures throughput, not the limits: every client is one loopback address.
-const serveArgs = [
-  "idp",
-  "serve",
-  "--listen",
-  "127.0.0.1:0",
-  "--data",
-  dataDir,
-  "--log-level",
-  LOG_LEVEL,
-].concat(
-  ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
-  BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
-);
-const proc = PROFILE
-  ? spawn(
-      process.execPath,
-      ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs],
-      {
-        stdio: ["ignore", "ignore", "pipe"],
-      },
-    )
-  : spawn(bin, serveArgs, { stdio: ["ignore", "ignore", "pipe"] });
-const url: string = await new Promise((res, rej) => {
-  let buf = "";
-  proc.stderr!.on("data", (c: Buffer) => {
-    buf += c.toString();
-    const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
-    if (m) {
-      proc.stderr!.removeAllListeners("data");
-      proc.stderr!.resume();
-      res(m[1]!);
-    }
+// --compare-bin=PATH: another build (e.g. main's dist/apes copied aside) on a copy of the same seeded
+// data dir, run in the same alternating slices: a before/after in one run.
+const COMPARE_BIN = args.get("compare-bin");
+if (COMPARE_BIN) cpSync(dataDir, join(base, "data-compare"), { recursive: true });
+
+/** Starts an IdP from `binPath` (or from source under --cpu-prof) on `dir`; logs everyone in. */
+async function startServer(binPath: string | undefined, dir: string) {
+  // The bench measures throughput, not the limits: every client is one loopback address.
+  const serveArgs = [
+    "idp",
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--data",
+    dir,
+    "--log-level",
+    LOG_LEVEL,
+  ].concat(
+    ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
+    BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
+  );
+  const proc =
+    binPath === undefined && PROFILE
+      ? spawn(
+          process.execPath,
+          ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs],
+          { stdio: ["ignore", "ignore", "pipe"] },
+        )
+      : spawn(binPath ?? bin, serveArgs, { stdio: ["ignore", "ignore", "pipe"] });
+  const url: string = await new Promise((res, rej) => {
+    let buf = "";
+    proc.stderr!.on("data", (c: Buffer) => {
+      buf += c.toString();
+      const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
+      if (m) {
+        proc.stderr!.removeAllListeners("data");
+        proc.stderr!.resume();
+        res(m[1]!);
+      }
+    });
+    proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
   });
-  proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
-});
-const pool = new Pool(url, { connections: MAX_CLIENTS + 10, pipelining: 1 });
+  const pool = new Pool(url, { connections: MAX_CLIENTS + 10, pipelining: 1 });
 
-async function call(
-  method: string,
-  path: string,
-  token: string | undefined,
-  body?: unknown,
-  headers: Record<string, string> = {},
-) {
-  const h: Record<string, string> = { ...headers };
-  if (token) h.authorization = `Bearer ${token}`;
-  if (body !== undefined) h["content-type"] = "application/json";
-  const r = await pool.request({
-    method: method as "GET",
-    path,
-    headers: h,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await r.body.text();
-  return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
-}
+  async function call(
+    method: string,
+    path: string,
+    token: string | undefined,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ) {
+    const h: Record<string, string> = { ...headers };
+    if (token) h.authorization = `Bearer ${token}`;
+    if (body !== undefined) h["content-type"] = "application/json";
+    const r = await pool.request({
+      method: method as "GET",
+      path,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.body.text();
+    return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
+  }
 
-const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
-const path = (u: string) => new URL(u).pathname;
-const G = path(disco.openape_grants_endpoint);
-
-async function login(email: string, key: KeyObject) {
-  const { challenge } = (
-    await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
-  ).body;
+  const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
+  const path = (u: string) => new URL(u).pathname;
+  const G = path(disco.openape_grants_endpoint);
   const issuer = String(disco.issuer).replace(/\/+$/, "");
-  const signature = sign(null, signingInput("login", issuer, email, challenge), key).toString("base64");
-  const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
-    id: email,
-    challenge,
-    signature,
-  });
-  if (r.status !== 200) throw new Error(`login ${email}: ${r.status}`);
-  return r.body.token as string;
-}
-const humanToken = await login("alice@bench.test", human.privateKey);
 
-/** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
-function approval(grant: Grant): { proof?: Record<string, string> } {
-  if (BEARER_APPROVE) return {};
-  const issuer = String(disco.issuer).replace(/\/+$/, "");
-  const digest = approvalDigestHex({
-    issuer,
-    grantId: grant.id,
-    type: grant.type,
-    request: grant.request as unknown as Record<string, unknown>,
-    decision: "approve",
-    grantType: grant.request.grant_type,
-    duration: grant.request.duration,
-  });
-  const signed = approvalSigningInput(issuer, "alice@bench.test", digest);
-  return { proof: { type: "ed25519", signature: sign(null, signed, human.privateKey).toString("base64") } };
+  async function login(email: string, key: KeyObject) {
+    const { challenge } = (
+      await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
+    ).body;
+    const signature = sign(null, signingInput("login", issuer, email, challenge), key).toString("base64");
+    const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
+      id: email,
+      challenge,
+      signature,
+    });
+    if (r.status !== 200) throw new Error(`login ${email}: ${r.status}`);
+    return r.body.token as string;
+  }
+  const humanToken = await login("alice@bench.test", human.privateKey);
+
+  /** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
+  function approval(grant: Grant): { proof?: Record<string, string> } {
+    if (BEARER_APPROVE) return {};
+    const digest = approvalDigestHex({
+      issuer,
+      grantId: grant.id,
+      type: grant.type,
+      request: grant.request as unknown as Record<string, unknown>,
+      decision: "approve",
+      grantType: grant.request.grant_type,
+      duration: grant.request.duration,
+    });
+    const signed = approvalSigningInput(issuer, "alice@bench.test", digest);
+    return { proof: { type: "ed25519", signature: sign(null, signed, human.privateKey).toString("base64") } };
+  }
+  const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
+  return { proc, pool, call, G, humanToken, agentTokens, approval };
 }
-const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
+type Server = Awaited<ReturnType<typeof startServer>>;
+const main = await startServer(undefined, dataDir);
+const { call, G, humanToken, agentTokens, approval } = main;
+const compare = COMPARE_BIN ? await startServer(COMPARE_BIN, join(base, "data-compare")) : undefined;
 
 /**
  * The server's CPU time so far in ms (Linux /proc; NaN elsewhere). Per lifecycle it varies far less
@@ -263,6 +274,7 @@ async function floorLifecycle(n: number): Promise<boolean> {
 type Kind = "create" | "approve" | "token" | "consume";
 const results: string[] = [];
 const floorResults: string[] = [];
+const compareResults: string[] = [];
 // --floor-slices=N: each level runs N slices of ours and N of the floor's, alternating (0: no floor).
 const SLICES = Number(args.get("floor-slices") ?? 2);
 let seq = 0;
@@ -270,30 +282,29 @@ const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 
 const loadSeen: string[] = [];
 for (const clients of LEVELS) {
   const lat: Record<Kind, number[]> = { create: [], approve: [], token: [], consume: [] };
-  let done = 0;
-  let errors = 0;
-  let secs = 0;
-  let cpu = 0;
+  type Stats = { done: number; errors: number; secs: number; cpu: number; lat?: Record<Kind, number[]> };
+  const mine: Stats = { done: 0, errors: 0, secs: 0, cpu: 0, lat };
+  const cmp: Stats = { done: 0, errors: 0, secs: 0, cpu: 0 };
   let floorDone = 0;
   let floorErrors = 0;
   let floorSecs = 0;
   let floorCpu = 0;
-  const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
-    const s = performance.now();
-    const r = await f();
-    lat[kind].push(performance.now() - s);
-    return r;
-  };
-  const ours = async (seconds: number) => {
+  const run = async (srv: Server, st: Stats, seconds: number) => {
+    const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
+      const s = performance.now();
+      const r = await f();
+      st.lat?.[kind].push(performance.now() - s);
+      return r;
+    };
     const deadline = performance.now() + seconds * 1000;
     const started = performance.now();
-    const cpuBefore = serverCpuMs(proc.pid!);
+    const cpuBefore = serverCpuMs(srv.proc.pid!);
     await Promise.all(
       Array.from({ length: clients }, async (_, i) => {
-        const token = agentTokens[i]!;
+        const token = srv.agentTokens[i]!;
         while (performance.now() < deadline) {
           const c = await timed("create", () =>
-            call("POST", G, token, {
+            srv.call("POST", srv.G, token, {
               target_host: "web1",
               audience: "escapes",
               grant_type: "once",
@@ -301,21 +312,29 @@ for (const clients of LEVELS) {
             }),
           );
           if (c.status !== 201) {
-            errors++;
+            st.errors++;
             continue;
           }
           const id = c.body.id;
-          const body = approval(c.body);
-          const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken, body));
-          const tk = await timed("token", () => call("POST", `${G}/${id}/token`, token));
-          const cs = await timed("consume", () => call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt));
-          if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
-          else errors++;
+          const body = srv.approval(c.body);
+          const a = await timed("approve", () =>
+            srv.call("POST", `${srv.G}/${id}/approve`, srv.humanToken, body),
+          );
+          const tk = await timed("token", () => srv.call("POST", `${srv.G}/${id}/token`, token));
+          const cs = await timed("consume", () =>
+            srv.call("POST", `${srv.G}/${id}/consume`, tk.body?.authz_jwt),
+          );
+          if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") st.done++;
+          else st.errors++;
         }
       }),
     );
-    secs += (performance.now() - started) / 1000;
-    cpu += serverCpuMs(proc.pid!) - cpuBefore;
+    st.secs += (performance.now() - started) / 1000;
+    st.cpu += serverCpuMs(srv.proc.pid!) - cpuBefore;
+  };
+  const ours = async (seconds: number) => {
+    await run(main, mine, seconds);
+    if (compare) await run(compare, cmp, seconds);
   };
   const floor = async (seconds: number) => {
     const deadline = performance.now() + seconds * 1000;
@@ -344,7 +363,13 @@ for (const clients of LEVELS) {
     }
   }
   loadSeen.push(loadavg());
+  const { done, errors, secs, cpu } = mine;
   const rate = done / secs;
+  if (compare) {
+    compareResults.push(
+      `| ${clients} | ${rate.toFixed(0)} | ${(cmp.done / cmp.secs).toFixed(0)} | ${ms(cpu / done)} | ${ms(cmp.cpu / cmp.done)} | ${cmp.errors} |`,
+    );
+  }
   const line = `| ${clients} | ${rate.toFixed(0)} | ${ms(cpu / done)} | ${(
     ["create", "approve", "token", "consume"] as Kind[]
   )
@@ -398,9 +423,11 @@ for (let i = 0; i < NOTIFY_SAMPLES; i++) {
   notify.push(answered - sent);
 }
 
-proc.kill("SIGTERM");
-await new Promise((r) => proc.once("exit", r));
-await pool.close();
+for (const srv of compare ? [main, compare] : [main]) {
+  srv.proc.kill("SIGTERM");
+  await new Promise((r) => srv.proc.once("exit", r));
+  await srv.pool.close();
+}
 rmSync(base, { recursive: true, force: true });
 
 console.log(`\nstore: ${SEED} seeded grants; server log level ${LOG_LEVEL}; ${SECONDS} s per level\n`);
@@ -418,6 +445,14 @@ if (SLICES > 0) {
   );
   console.log("|---|---|---|---|---|---|---|---|");
   for (const l of floorResults) console.log(l);
+}
+if (compare) {
+  console.log(`\nthis build against --compare-bin=${COMPARE_BIN} (same slices, same seeded data)\n`);
+  console.log(
+    "| clients | this lifecycles/s | compare lifecycles/s | this CPU ms / lifecycle | compare CPU ms / lifecycle | compare errors |",
+  );
+  console.log("|---|---|---|---|---|---|");
+  for (const l of compareResults) console.log(l);
 }
 console.log(
   `\nnotification (approve sent -> waiter answered), ${NOTIFY_SAMPLES} samples: p50 ${ms(pct(notify, 50))} ms, p99 ${ms(pct(notify, 99))} ms, max ${ms(Math.max(...notify))} ms`,

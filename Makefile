@@ -179,6 +179,11 @@ bench-elevate: build
 bench-nest: build
 	node bench/nest/run.ts
 
+# As root: approval -> a waiting `apes -- cmd` (the shim) runs the command, CLI and browser approvals.
+.PHONY: bench-push
+bench-push: build
+	node bench/push/run.ts
+
 # ---- the IdP as a systemd service (packaging/systemd/) -------------------------------------------
 # `sudo make install install-idp-service`: the unit runs $(APES_EXEC_PATH) (what `make install` puts
 # there) as the system user _apes-idp on $(LOCALSTATEDIR)/lib/apes-idp. Never enables or starts it.

@@ -1,4 +1,4 @@
-import { verify } from "node:crypto";
+import { type KeyObject, verify } from "node:crypto";
 import {
   APPROVAL_PROOF_TYPES,
   type ApprovalProofRecord,
@@ -136,6 +136,22 @@ export async function checkApprovalProof(
   }
 }
 
+/**
+ * Registered keys as KeyObjects, by their exact stored line: parsing one (base64, SSH wire format,
+ * DER import) cost the IdP more than the signature check it serves (bench/BENCHMARKS.md, "Against
+ * its own floor"). A changed key is another line, so nothing stale is used; bounded.
+ */
+const parsedKeys = new Map<string, KeyObject>();
+function registeredKey(line: string): KeyObject {
+  let key = parsedKeys.get(line);
+  if (!key) {
+    key = parseSshPublicKey(line).key;
+    if (parsedKeys.size >= 10_000) parsedKeys.clear();
+    parsedKeys.set(line, key);
+  }
+  return key;
+}
+
 function ed25519Proof(
   idp: Pick<Idp, "base">,
   p: Principal,
@@ -158,7 +174,7 @@ function ed25519Proof(
       "you have no Ed25519 key registered at this IdP: approve in the browser with your passkey",
     );
   }
-  const key = parseSshPublicKey(p.user.publicKey).key;
+  const key = registeredKey(p.user.publicKey);
   if (named !== undefined && named !== fingerprint(key)) {
     throw invalidProof("proof.key_fingerprint names another key than the one registered for you");
   }

@@ -1,10 +1,12 @@
 // IdP benchmark: full grant lifecycles (create -> approve -> token -> consume) per second at 1, 10
 // and 50 concurrent clients with p50/p99 per request type, on a store already holding 100,000
-// grants; then approval-to-waiter notification latency (Prefer: wait). Drives the real
+// grants, each level alternating slices with the floor server (bench/idp/floor.ts: the same
+// signatures, verifications and SQLite writes per lifecycle, nothing else) to report ours as a
+// percentage of it; then approval-to-waiter notification latency (Prefer: wait). Drives the real
 // `dist/apes idp serve` process over HTTP. Run with the pinned node: `node bench/idp/run.ts`.
 import { execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Pool } from "undici";
@@ -95,101 +97,112 @@ console.log(
 // --- server ---
 // --profile=DIR runs the server from source under --cpu-prof (for optimizing), else the built binary.
 const PROFILE = args.get("profile");
-// The bench measures throughput, not the limits: every client is one loopback address.
-const serveArgs = [
-  "idp",
-  "serve",
-  "--listen",
-  "127.0.0.1:0",
-  "--data",
-  dataDir,
-  "--log-level",
-  LOG_LEVEL,
-].concat(
-  ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
-  BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
-);
-const proc = PROFILE
-  ? spawn(
-      process.execPath,
-      ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs],
-      {
-        stdio: ["ignore", "ignore", "pipe"],
-      },
-    )
-  : spawn(bin, serveArgs, { stdio: ["ignore", "ignore", "pipe"] });
-const url: string = await new Promise((res, rej) => {
-  let buf = "";
-  proc.stderr!.on("data", (c: Buffer) => {
-    buf += c.toString();
-    const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
-    if (m) {
-      proc.stderr!.removeAllListeners("data");
-      proc.stderr!.resume();
-      res(m[1]!);
-    }
+// --compare-bin=PATH: another build (e.g. main's dist/apes copied aside) on a copy of the same seeded
+// data dir, run in the same alternating slices: a before/after in one run.
+const COMPARE_BIN = args.get("compare-bin");
+if (COMPARE_BIN) cpSync(dataDir, join(base, "data-compare"), { recursive: true });
+
+/** Starts an IdP from `binPath` (or from source under --cpu-prof) on `dir`; logs everyone in. */
+async function startServer(binPath: string | undefined, dir: string) {
+  // The bench measures throughput, not the limits: every client is one loopback address.
+  const serveArgs = [
+    "idp",
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--data",
+    dir,
+    "--log-level",
+    LOG_LEVEL,
+  ].concat(
+    ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
+    BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
+  );
+  const proc =
+    binPath === undefined && PROFILE
+      ? spawn(
+          process.execPath,
+          ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs],
+          { stdio: ["ignore", "ignore", "pipe"] },
+        )
+      : spawn(binPath ?? bin, serveArgs, { stdio: ["ignore", "ignore", "pipe"] });
+  const url: string = await new Promise((res, rej) => {
+    let buf = "";
+    proc.stderr!.on("data", (c: Buffer) => {
+      buf += c.toString();
+      const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
+      if (m) {
+        proc.stderr!.removeAllListeners("data");
+        proc.stderr!.resume();
+        res(m[1]!);
+      }
+    });
+    proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
   });
-  proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
-});
-const pool = new Pool(url, { connections: MAX_CLIENTS + 10, pipelining: 1 });
+  const pool = new Pool(url, { connections: MAX_CLIENTS + 10, pipelining: 1 });
 
-async function call(
-  method: string,
-  path: string,
-  token: string | undefined,
-  body?: unknown,
-  headers: Record<string, string> = {},
-) {
-  const h: Record<string, string> = { ...headers };
-  if (token) h.authorization = `Bearer ${token}`;
-  if (body !== undefined) h["content-type"] = "application/json";
-  const r = await pool.request({
-    method: method as "GET",
-    path,
-    headers: h,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await r.body.text();
-  return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
-}
+  async function call(
+    method: string,
+    path: string,
+    token: string | undefined,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ) {
+    const h: Record<string, string> = { ...headers };
+    if (token) h.authorization = `Bearer ${token}`;
+    if (body !== undefined) h["content-type"] = "application/json";
+    const r = await pool.request({
+      method: method as "GET",
+      path,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.body.text();
+    return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
+  }
 
-const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
-const path = (u: string) => new URL(u).pathname;
-const G = path(disco.openape_grants_endpoint);
-
-async function login(email: string, key: KeyObject) {
-  const { challenge } = (
-    await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
-  ).body;
+  const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
+  const path = (u: string) => new URL(u).pathname;
+  const G = path(disco.openape_grants_endpoint);
   const issuer = String(disco.issuer).replace(/\/+$/, "");
-  const signature = sign(null, signingInput("login", issuer, email, challenge), key).toString("base64");
-  const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
-    id: email,
-    challenge,
-    signature,
-  });
-  if (r.status !== 200) throw new Error(`login ${email}: ${r.status}`);
-  return r.body.token as string;
-}
-const humanToken = await login("alice@bench.test", human.privateKey);
 
-/** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
-function approval(grant: Grant): { proof?: Record<string, string> } {
-  if (BEARER_APPROVE) return {};
-  const issuer = String(disco.issuer).replace(/\/+$/, "");
-  const digest = approvalDigestHex({
-    issuer,
-    grantId: grant.id,
-    type: grant.type,
-    request: grant.request as unknown as Record<string, unknown>,
-    decision: "approve",
-    grantType: grant.request.grant_type,
-    duration: grant.request.duration,
-  });
-  const signed = approvalSigningInput(issuer, "alice@bench.test", digest);
-  return { proof: { type: "ed25519", signature: sign(null, signed, human.privateKey).toString("base64") } };
+  async function login(email: string, key: KeyObject) {
+    const { challenge } = (
+      await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
+    ).body;
+    const signature = sign(null, signingInput("login", issuer, email, challenge), key).toString("base64");
+    const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
+      id: email,
+      challenge,
+      signature,
+    });
+    if (r.status !== 200) throw new Error(`login ${email}: ${r.status}`);
+    return r.body.token as string;
+  }
+  const humanToken = await login("alice@bench.test", human.privateKey);
+
+  /** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
+  function approval(grant: Grant): { proof?: Record<string, string> } {
+    if (BEARER_APPROVE) return {};
+    const digest = approvalDigestHex({
+      issuer,
+      grantId: grant.id,
+      type: grant.type,
+      request: grant.request as unknown as Record<string, unknown>,
+      decision: "approve",
+      grantType: grant.request.grant_type,
+      duration: grant.request.duration,
+    });
+    const signed = approvalSigningInput(issuer, "alice@bench.test", digest);
+    return { proof: { type: "ed25519", signature: sign(null, signed, human.privateKey).toString("base64") } };
+  }
+  const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
+  return { proc, pool, call, G, humanToken, agentTokens, approval };
 }
-const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
+type Server = Awaited<ReturnType<typeof startServer>>;
+const main = await startServer(undefined, dataDir);
+const { call, G, humanToken, agentTokens, approval } = main;
+const compare = COMPARE_BIN ? await startServer(COMPARE_BIN, join(base, "data-compare")) : undefined;
 
 /**
  * The server's CPU time so far in ms (Linux /proc; NaN elsewhere). Per lifecycle it varies far less
@@ -202,70 +215,183 @@ const CLK_TCK = (() => {
     return 100;
   }
 })();
-const serverCpuMs = () => {
+const serverCpuMs = (pid: number) => {
   try {
-    const f = readFileSync(`/proc/${proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
     return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
   } catch {
     return Number.NaN;
   }
 };
 
-// --- lifecycles ---
+// --- the floor (bench/idp/floor.ts): the same signatures, verifications and writes, nothing else ---
+const floorProc = spawn(
+  process.execPath,
+  [
+    join(import.meta.dirname, "floor.ts"),
+    `--data=${base}`,
+    `--seed=${SEED}`,
+    `--approver-key=${human.publicKey.export({ format: "der", type: "spki" }).toString("base64")}`,
+  ],
+  { stdio: ["ignore", "pipe", "inherit"] },
+);
+const floorUrl: string = await new Promise((res, rej) => {
+  let buf = "";
+  floorProc.stdout!.on("data", (c: Buffer) => {
+    buf += c.toString();
+    const m = /^(http:\/\/\S+)\n/.exec(buf);
+    if (m) res(m[1]!);
+  });
+  floorProc.once("exit", (c) => rej(new Error(`floor exited ${c}`)));
+});
+const floorPool = new Pool(floorUrl, { connections: MAX_CLIENTS + 10, pipelining: 1 });
+async function floorCall(path: string, body: unknown, token?: string) {
+  const r = await floorPool.request({
+    method: "POST",
+    path,
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> };
+}
+/** One floor lifecycle; the client signs the proof as it does for the IdP. */
+async function floorLifecycle(n: number): Promise<boolean> {
+  const c = await floorCall("/grants", {
+    target_host: "web1",
+    audience: "escapes",
+    grant_type: "once",
+    command: ["bench", String(n)],
+  });
+  const id = c.body.id as string;
+  const signature = sign(null, Buffer.from(`approve:${id}`), human.privateKey).toString("base64");
+  const a = await floorCall(`/grants/${id}/approve`, { signature });
+  const tk = await floorCall(`/grants/${id}/token`, {});
+  const cs = await floorCall(`/grants/${id}/consume`, {}, tk.body.authz_jwt as string);
+  return c.status === 201 && a.status === 200 && tk.status === 200 && cs.body.status === "consumed";
+}
+
+// --- lifecycles: ours and the floor's, alternating slices at each level ---
 type Kind = "create" | "approve" | "token" | "consume";
 const results: string[] = [];
+const floorResults: string[] = [];
+const compareResults: string[] = [];
+// --floor-slices=N: each level runs N slices of ours and N of the floor's, alternating (0: no floor).
+const SLICES = Number(args.get("floor-slices") ?? 2);
 let seq = 0;
+const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+const loadSeen: string[] = [];
 for (const clients of LEVELS) {
   const lat: Record<Kind, number[]> = { create: [], approve: [], token: [], consume: [] };
-  let done = 0;
-  let errors = 0;
-  const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
-    const s = performance.now();
-    const r = await f();
-    lat[kind].push(performance.now() - s);
-    return r;
-  };
-  const deadline = performance.now() + SECONDS * 1000;
-  const started = performance.now();
-  const cpuBefore = serverCpuMs();
-  await Promise.all(
-    Array.from({ length: clients }, async (_, i) => {
-      const token = agentTokens[i]!;
-      while (performance.now() < deadline) {
-        const c = await timed("create", () =>
-          call("POST", G, token, {
-            target_host: "web1",
-            audience: "escapes",
-            grant_type: "once",
-            command: ["bench", String(seq++)],
-          }),
-        );
-        if (c.status !== 201) {
-          errors++;
-          continue;
+  type Stats = { done: number; errors: number; secs: number; cpu: number; lat?: Record<Kind, number[]> };
+  const mine: Stats = { done: 0, errors: 0, secs: 0, cpu: 0, lat };
+  const cmp: Stats = { done: 0, errors: 0, secs: 0, cpu: 0 };
+  let floorDone = 0;
+  let floorErrors = 0;
+  let floorSecs = 0;
+  let floorCpu = 0;
+  const run = async (srv: Server, st: Stats, seconds: number) => {
+    const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
+      const s = performance.now();
+      const r = await f();
+      st.lat?.[kind].push(performance.now() - s);
+      return r;
+    };
+    const deadline = performance.now() + seconds * 1000;
+    const started = performance.now();
+    const cpuBefore = serverCpuMs(srv.proc.pid!);
+    await Promise.all(
+      Array.from({ length: clients }, async (_, i) => {
+        const token = srv.agentTokens[i]!;
+        while (performance.now() < deadline) {
+          const c = await timed("create", () =>
+            srv.call("POST", srv.G, token, {
+              target_host: "web1",
+              audience: "escapes",
+              grant_type: "once",
+              command: ["bench", String(seq++)],
+            }),
+          );
+          if (c.status !== 201) {
+            st.errors++;
+            continue;
+          }
+          const id = c.body.id;
+          const body = srv.approval(c.body);
+          const a = await timed("approve", () =>
+            srv.call("POST", `${srv.G}/${id}/approve`, srv.humanToken, body),
+          );
+          const tk = await timed("token", () => srv.call("POST", `${srv.G}/${id}/token`, token));
+          const cs = await timed("consume", () =>
+            srv.call("POST", `${srv.G}/${id}/consume`, tk.body?.authz_jwt),
+          );
+          if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") st.done++;
+          else st.errors++;
         }
-        const id = c.body.id;
-        const body = approval(c.body);
-        const a = await timed("approve", () => call("POST", `${G}/${id}/approve`, humanToken, body));
-        const tk = await timed("token", () => call("POST", `${G}/${id}/token`, token));
-        const cs = await timed("consume", () => call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt));
-        if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
-        else errors++;
-      }
-    }),
-  );
-  const secs = (performance.now() - started) / 1000;
-  const cpuPerLifecycle = (serverCpuMs() - cpuBefore) / done;
-  const line = `| ${clients} | ${(done / secs).toFixed(0)} | ${ms(cpuPerLifecycle)} | ${(
+      }),
+    );
+    st.secs += (performance.now() - started) / 1000;
+    st.cpu += serverCpuMs(srv.proc.pid!) - cpuBefore;
+  };
+  const ours = async (seconds: number) => {
+    await run(main, mine, seconds);
+    if (compare) await run(compare, cmp, seconds);
+  };
+  const floor = async (seconds: number) => {
+    const deadline = performance.now() + seconds * 1000;
+    const started = performance.now();
+    const cpuBefore = serverCpuMs(floorProc.pid!);
+    await Promise.all(
+      Array.from({ length: clients }, async () => {
+        while (performance.now() < deadline) {
+          if (await floorLifecycle(seq++)) floorDone++;
+          else floorErrors++;
+        }
+      }),
+    );
+    floorSecs += (performance.now() - started) / 1000;
+    floorCpu += serverCpuMs(floorProc.pid!) - cpuBefore;
+  };
+  if (SLICES === 0) await ours(SECONDS);
+  for (let s = 0; s < SLICES; s++) {
+    // Alternate which goes first, so neither always runs on the warmer machine.
+    if (s % 2 === 0) {
+      await ours(SECONDS / SLICES);
+      await floor(SECONDS / SLICES);
+    } else {
+      await floor(SECONDS / SLICES);
+      await ours(SECONDS / SLICES);
+    }
+  }
+  loadSeen.push(loadavg());
+  const { done, errors, secs, cpu } = mine;
+  const rate = done / secs;
+  if (compare) {
+    compareResults.push(
+      `| ${clients} | ${rate.toFixed(0)} | ${(cmp.done / cmp.secs).toFixed(0)} | ${ms(cpu / done)} | ${ms(cmp.cpu / cmp.done)} | ${cmp.errors} |`,
+    );
+  }
+  const line = `| ${clients} | ${rate.toFixed(0)} | ${ms(cpu / done)} | ${(
     ["create", "approve", "token", "consume"] as Kind[]
   )
     .map((k) => `${ms(pct(lat[k], 50))} / ${ms(pct(lat[k], 99))}`)
     .join(" | ")} | ${errors} |`;
   results.push(line);
+  if (SLICES > 0) {
+    const floorRate = floorDone / floorSecs;
+    floorResults.push(
+      `| ${clients} | ${rate.toFixed(0)} | ${floorRate.toFixed(0)} | ${((100 * rate) / floorRate).toFixed(0)} % | ${ms(cpu / done)} | ${ms(floorCpu / floorDone)} | ${((100 * (floorCpu / floorDone)) / (cpu / done)).toFixed(0)} % | ${floorErrors} |`,
+    );
+  }
   console.log(
-    `clients=${clients}: ${done} lifecycles in ${secs.toFixed(1)} s = ${(done / secs).toFixed(0)}/s, errors ${errors}`,
+    `clients=${clients}: ${done} lifecycles in ${secs.toFixed(1)} s = ${rate.toFixed(0)}/s, errors ${errors}` +
+      (SLICES > 0
+        ? `; floor ${floorDone} in ${floorSecs.toFixed(1)} s = ${(floorDone / floorSecs).toFixed(0)}/s; load ${loadSeen.at(-1)}`
+        : ""),
   );
 }
+floorProc.kill("SIGTERM");
+await new Promise((r) => floorProc.once("exit", r));
+await floorPool.close();
 
 // --- notification latency: approve -> parked waiter answered ---
 const notify: number[] = [];
@@ -297,9 +423,11 @@ for (let i = 0; i < NOTIFY_SAMPLES; i++) {
   notify.push(answered - sent);
 }
 
-proc.kill("SIGTERM");
-await new Promise((r) => proc.once("exit", r));
-await pool.close();
+for (const srv of compare ? [main, compare] : [main]) {
+  srv.proc.kill("SIGTERM");
+  await new Promise((r) => srv.proc.once("exit", r));
+  await srv.pool.close();
+}
 rmSync(base, { recursive: true, force: true });
 
 console.log(`\nstore: ${SEED} seeded grants; server log level ${LOG_LEVEL}; ${SECONDS} s per level\n`);
@@ -308,6 +436,24 @@ console.log(
 );
 console.log("|---|---|---|---|---|---|---|---|");
 for (const l of results) console.log(l);
+if (SLICES > 0) {
+  console.log(
+    `\nagainst the floor (bench/idp/floor.ts), ${SLICES} alternating slices each per level, load average after each level: ${loadSeen.join(" / ")}\n`,
+  );
+  console.log(
+    "| clients | ours lifecycles/s | floor lifecycles/s | ours / floor | ours CPU ms / lifecycle | floor CPU ms / lifecycle | floor CPU / ours | floor errors |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|");
+  for (const l of floorResults) console.log(l);
+}
+if (compare) {
+  console.log(`\nthis build against --compare-bin=${COMPARE_BIN} (same slices, same seeded data)\n`);
+  console.log(
+    "| clients | this lifecycles/s | compare lifecycles/s | this CPU ms / lifecycle | compare CPU ms / lifecycle | compare errors |",
+  );
+  console.log("|---|---|---|---|---|---|");
+  for (const l of compareResults) console.log(l);
+}
 console.log(
   `\nnotification (approve sent -> waiter answered), ${NOTIFY_SAMPLES} samples: p50 ${ms(pct(notify, 50))} ms, p99 ${ms(pct(notify, 99))} ms, max ${ms(Math.max(...notify))} ms`,
 );

@@ -131,6 +131,26 @@ describe("checkApprovalProof", () => {
     }
   });
 
+  it("after the approver's key changed, a proof of the old key is refused and one of the new key accepted", async () => {
+    // The registered key is parsed once per stored line: a proof must be checked against the key stored now.
+    expect(await checkApprovalProof(idp(), strict, principal(), grant, once, ed25519())).toBe("ed25519");
+    const next = generateKeyPairSync("ed25519");
+    const rotated = principal({}, { publicKey: formatSshPublicKey(next.publicKey, "alice") });
+    const old = await problemOf(checkApprovalProof(idp(), strict, rotated, grant, once, ed25519(rotated)));
+    expect(old.code).toBe("invalid_proof");
+    const fresh = {
+      ...ed25519(rotated),
+      signature: sign(
+        null,
+        approvalSigningInput(ISSUER, rotated.sub, approvalBinding(ISSUER, grant, once).toString("hex")),
+        next.privateKey,
+      ).toString("base64"),
+    };
+    expect(await checkApprovalProof(idp(), strict, rotated, grant, once, fresh)).toBe("ed25519");
+    // And back: the first key's line is still cached, and is again the registered one.
+    expect(await checkApprovalProof(idp(), strict, principal(), grant, once, ed25519())).toBe("ed25519");
+  });
+
   it("a human without a registered key is pointed at the passkey", async () => {
     const p = principal({}, { publicKey: undefined });
     const e = await problemOf(checkApprovalProof(idp(), strict, p, grant, once, ed25519()));

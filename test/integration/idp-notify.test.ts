@@ -56,7 +56,8 @@ beforeAll(async () => {
     `[notify]
 link_base = "https://id.example.com"
 allow_local_targets = true
-timeout = "1s"
+# Long enough that a loaded machine (or PostgreSQL) delivers the other receiver well inside it.
+timeout = "3s"
 max_attempts = 4
 retry_base = "50ms"
 retry_max = "200ms"
@@ -312,7 +313,7 @@ describe("webhooks", () => {
     // Another grant is created (and answered) while that delivery still hangs.
     await request();
     expect(hook.hanging()).toBe(1);
-    // The deadline (1 s) ends it; the retry is delivered.
+    // The deadline (3 s) ends it; the retry is delivered.
     await waitAt(hook, s.path, 3);
   });
 });
@@ -328,7 +329,7 @@ describe("a receiver that hangs holds one delivery slot, not all of them", () =>
     const before = hook.abandoned();
     await request(["echo", "fast"]);
     await waitAt(hook, fast.path, 1);
-    // Delivered before the IdP gave up on any hanging request (1 s deadline): no slot was needed back.
+    // Delivered before the IdP gave up on any hanging request (3 s deadline): no slot was needed back.
     expect(hook.abandoned()).toBe(before);
     expect(at(hook, slow.path)).toHaveLength(1);
     for (const s of [slow, fast])

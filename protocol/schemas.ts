@@ -79,13 +79,16 @@ function loadDir(dir: string): {
 }
 
 /**
- * Fields apes emits beyond the external set, which refuses unknown properties. The one deviation:
+ * Fields apes emits beyond the external set, which refuses unknown properties. Two deviations:
  * the AuthZ-JWT's `act` (the requester's kind, "agent" or "human"), which the mission's grant flow
- * requires in every AuthZ-JWT while the protocol family's published schema has no such claim. Our
- * own schema requires it; an external set checks the claims without it.
+ * requires in every AuthZ-JWT, and a decided grant's `approval_proof` (how the approver proved the
+ * decision: "ed25519", "webauthn" or "bearer", docs/signatures.md), which the protocol family's
+ * published schemas have no field for. Our own schemas define both; an external set checks the
+ * object without them.
  */
 export const EXTENSION_FIELDS: Partial<Record<SchemaName, readonly string[]>> = {
   "authz-jwt-claims": ["act"],
+  grant: ["approval_proof"],
 };
 
 function withoutExtensions(name: SchemaName, value: unknown): unknown {

@@ -105,4 +105,20 @@ describe("the external conformance set (APES_SCHEMAS_DIR)", () => {
     expect(both.validate("authz-jwt-claims", { ...claims, extra: 1 }).valid).toBe(false);
     expect(loadSchemas([external!]).validate("authz-jwt-claims", claims).valid).toBe(true);
   });
+
+  it.skipIf(!external)("checks a decided grant without its approval_proof (apes' extension) only", () => {
+    const both = loadSchemas([OWN_SCHEMAS_DIR, external!]);
+    const decided = {
+      ...grant,
+      status: "approved",
+      decided_by: "alice@example.com",
+      decided_at: 1_700_000_010,
+      approval_proof: "ed25519",
+    };
+    both.assert("grant", decided);
+    // Our own schema still checks the extension's value, and any other unknown field is refused.
+    expect(both.validate("grant", { ...decided, approval_proof: "trust-me" }).valid).toBe(false);
+    expect(both.validate("grant", { ...decided, extra: 1 }).valid).toBe(false);
+    expect(loadSchemas([external!]).validate("grant", decided).valid).toBe(true);
+  });
 });

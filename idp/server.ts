@@ -30,6 +30,7 @@ import { registerTokenRoutes } from "./routes/token.ts";
 import { registerWebRoutes } from "./routes/web.ts";
 import { registerWebApprovalRoutes } from "./routes/web-approvals.ts";
 import { registerWebLoginRoutes } from "./routes/web-login.ts";
+import { registerWebPushRoutes } from "./routes/web-push.ts";
 import { withReadCache } from "./store/cache.ts";
 import { openStore } from "./store/open.ts";
 import { challengeSecretOf } from "./store/postgres/key-file.ts";
@@ -354,6 +355,7 @@ function routes(opts: ServeOptions, idp: Idp, login: LoginSettings, web: WebCont
   registerRevocationRoutes(router, idp);
   registerWebRoutes(router);
   registerWebLoginRoutes(router, web);
+  registerWebPushRoutes(router, web);
   registerOAuthWebRoutes(router, idp, humanSessions(web));
   registerWebApprovalRoutes(router, web);
   return router;

@@ -161,7 +161,17 @@ export function registerWebApprovalRoutes<P>(router: Router<P>, web: WebContext)
     const h = await human(call);
     if (!h) return loginFirst(call);
     const view = await inboxView(await principalOf(idp, h));
-    return htmlReply(200, inboxPage({ email: h.email, items: view.items, etag: view.etag }));
+    const vapidKey = idp.notify?.vapidPublicKey;
+    return htmlReply(
+      200,
+      inboxPage({
+        email: h.email,
+        items: view.items,
+        etag: view.etag,
+        csrf: formToken(web, h),
+        ...(vapidKey ? { vapidKey } : {}),
+      }),
+    );
   });
 
   // The inbox script's long poll: answered at once when the list differs from its ETag, else when

@@ -191,6 +191,7 @@ export function registerWebLoginRoutes<P>(router: Router<P>, web: WebContext): v
         csrf: formToken(web, human),
         subscriptions,
         channels: [...(idp.notify?.enabled ?? [])],
+        ...(idp.notify?.vapidPublicKey ? { vapidKey: idp.notify.vapidPublicKey } : {}),
       }),
     );
   });

@@ -12,7 +12,7 @@ import {
   requesterRole,
   timeText,
 } from "./grant-view.ts";
-import { layout } from "./pages.ts";
+import { layout, PUSH_SCRIPTS, pushControl } from "./pages.ts";
 import { WEB_PATHS } from "./paths.ts";
 import { CSRF_FIELD } from "./session.ts";
 
@@ -48,7 +48,14 @@ ${s.reason ? html`<span class="reason">${s.reason}</span>` : ""}
 </li>`;
 }
 
-export function inboxPage(o: { email: string; items: GrantSummary[]; etag: string }): Html {
+export function inboxPage(o: {
+  email: string;
+  items: GrantSummary[];
+  etag: string;
+  csrf: string;
+  /** The IdP's VAPID public key when it offers Web Push: the page offers "Notify me in this browser". */
+  vapidKey?: string;
+}): Html {
   return layout(
     "Inbox",
     html`<h1>Waiting for you</h1>
@@ -57,8 +64,9 @@ export function inboxPage(o: { email: string; items: GrantSummary[]; etag: strin
 <ul id="inbox" class="grants" data-etag="${o.etag}" data-src="${WEB_PATHS.inboxItems}">
 ${o.items.map(inboxRow)}
 </ul>
-<p id="empty" class="empty"${o.items.length ? html` hidden` : ""}>Nothing is waiting for you.</p>`,
-    ["/assets/page.js", "/assets/inbox.js"],
+<p id="empty" class="empty"${o.items.length ? html` hidden` : ""}>Nothing is waiting for you.</p>
+${pushControl(o)}`,
+    o.vapidKey ? [...PUSH_SCRIPTS, "/assets/inbox.js"] : ["/assets/page.js", "/assets/inbox.js"],
     { nav: "inbox", wide: true },
   );
 }

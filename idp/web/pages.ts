@@ -118,12 +118,36 @@ const PAGE_CHANNELS: Record<string, { label: string; target: string; hint: strin
   email: { label: "Email", target: "", hint: "to your own address (leave the target empty)" },
 };
 
+/** Labels of every channel in the list (Web Push is added by push.js, not by the form). */
+const CHANNEL_LABELS: Record<NotifyChannel, string> = {
+  webhook: "Webhook",
+  ntfy: "ntfy topic",
+  email: "Email",
+  webpush: "Web Push (a browser)",
+};
+
+/**
+ * "Notify me in this browser" (push.js): shown by the script only where the browser can do Web Push,
+ * and only on an IdP with the webpush channel (its VAPID public key). The page must load page.js
+ * and push.js.
+ */
+export function pushControl(o: { vapidKey?: string; csrf: string }): Html {
+  if (!o.vapidKey) return html``;
+  return html`<div id="push" class="push" hidden data-key="${o.vapidKey}" data-csrf="${o.csrf}" data-subscribe="${WEB_PATHS.pushSubscribe}" data-unsubscribe="${WEB_PATHS.pushUnsubscribe}" data-worker="${WEB_PATHS.serviceWorker}">
+<button id="push-on" type="button" class="quiet">Notify me in this browser</button>
+<button id="push-off" type="button" class="quiet" hidden>Stop notifying this browser</button>
+<p id="push-status" class="status" role="status" aria-live="polite"></p>
+</div>`;
+}
+
+export const PUSH_SCRIPTS = ["/assets/page.js", "/assets/push.js"];
+
 const EVENT_LABELS = { pending: "a request awaits you", decided: "your request was decided" } as const;
 
 function subscriptionItem(s: SubscriptionRecord, csrf: string): Html {
   return html`<li class="passkey subscription">
 <div class="passkey-info">
-<strong>${PAGE_CHANNELS[s.channel]?.label ?? s.channel}</strong> <code class="target">${visible(s.target)}</code>
+<strong>${CHANNEL_LABELS[s.channel] ?? s.channel}</strong> <code class="target">${visible(s.target)}</code>
 <span class="meta"><span>${s.events.map((e) => (e in EVENT_LABELS ? EVENT_LABELS[e as keyof typeof EVENT_LABELS] : e)).join(", ")}</span> &middot; <span>added ${day(s.createdAt)}</span></span>
 </div>
 <form method="post" action="${WEB_PATHS.removeNotification}">
@@ -138,6 +162,7 @@ function notificationsSection(o: {
   subscriptions: SubscriptionRecord[];
   channels: readonly NotifyChannel[];
   csrf: string;
+  vapidKey?: string;
 }): Html {
   const offered = o.channels.filter((c) => c in PAGE_CHANNELS);
   return html`<h2 id="notifications">Notifications</h2>
@@ -148,6 +173,7 @@ ${o.subscriptions.map((s) => subscriptionItem(s, o.csrf))}
 </ul>`
     : html`<p class="hint">You get no notifications yet.</p>`
 }
+${pushControl(o)}
 ${
   offered.length
     ? html`<form method="post" action="${WEB_PATHS.addNotification}" class="stack add-notification">
@@ -188,6 +214,8 @@ export function accountPage(o: {
   csrf: string;
   subscriptions: SubscriptionRecord[];
   channels: readonly NotifyChannel[];
+  /** The IdP's VAPID public key when it offers Web Push. */
+  vapidKey?: string;
 }): Html {
   const only = o.passkeys.length === 1;
   return layout(
@@ -206,7 +234,7 @@ ${o.passkeys.map((p, i) => passkeyItem(p, i, o.csrf, only))}
 </ul>
 <p class="hint">To add a passkey on another device, or to recover access, ask your administrator for an invite link.</p>
 ${notificationsSection(o)}`,
-    [],
+    o.vapidKey ? PUSH_SCRIPTS : [],
     { nav: "account" },
   );
 }

@@ -10,6 +10,11 @@ export const WEB_PATHS = {
   removePasskey: "/account/passkeys/remove",
   addNotification: "/account/notifications/add",
   removeNotification: "/account/notifications/remove",
+  /** JSON calls of push.js: this browser's Web Push subscription, added or removed. */
+  pushSubscribe: "/account/push/subscribe",
+  pushUnsubscribe: "/account/push/unsubscribe",
+  /** The service worker (idp/web/assets/sw.js), served at the root so its scope is every page. */
+  serviceWorker: "/sw.js",
   logout: "/logout",
   inbox: "/inbox",
   /** JSON for the inbox script: the pending grants, long-polled with `Prefer: wait` and ETag. */

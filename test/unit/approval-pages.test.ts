@@ -70,9 +70,22 @@ describe("what the approval pages show of a grant", () => {
     expect(page).not.toContain("<img src=x>");
     expect(page).toContain("&lt;script&gt;alert(1)&lt;/script&gt;");
     expect(page).not.toContain("\u202e");
-    const inbox = inboxPage({ email: "a", items: [grantSummary(g, agent)], etag: '"x"' }).text;
+    const inbox = inboxPage({ email: "a", items: [grantSummary(g, agent)], etag: '"x"', csrf: "t" }).text;
     expect(inbox).not.toContain("<script>alert");
     expect(inbox).not.toContain("\u202e");
+  });
+
+  it("offers Web Push on the inbox only where the IdP has a VAPID key", () => {
+    const bare = inboxPage({ email: "a", items: [], etag: '"x"', csrf: "t" }).text;
+    expect(bare).not.toContain('id="push"');
+    expect(bare).not.toContain("push.js");
+    const key = "BExampleVapidKey_-";
+    const push = inboxPage({ email: "a", items: [], etag: '"x"', csrf: "t", vapidKey: key }).text;
+    expect(push).toContain(`data-key="${key}"`);
+    expect(push).toContain('data-worker="/sw.js"');
+    expect(push).toContain('<script src="/assets/push.js" defer>');
+    // Hidden until the script finds that this browser can do push.
+    expect(push).toMatch(/<div id="push" class="push" hidden /);
   });
 
   it("offers no decision on a grant the person may not decide, and shows the reason", () => {

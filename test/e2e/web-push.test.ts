@@ -173,7 +173,13 @@ function shown(page: Page): Promise<Notice[]> {
 async function shownOne(page: Page, pick: (n: Notice) => boolean): Promise<Notice> {
   let found: Notice | undefined;
   await expect
-    .poll(async () => (found = (await shown(page)).find(pick)) !== undefined, { timeout: 10_000 })
+    .poll(
+      async () => {
+        found = (await shown(page)).find(pick);
+        return found !== undefined;
+      },
+      { timeout: 10_000 },
+    )
     .toBe(true);
   return found!;
 }

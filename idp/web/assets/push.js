@@ -59,7 +59,7 @@
     off.disabled = true;
     try {
       const reg = await navigator.serviceWorker.getRegistration("/");
-      const sub = reg && (await reg.pushManager.getSubscription());
+      const sub = await reg?.pushManager.getSubscription();
       if (sub) {
         await post(unsubscribe, { csrf_token: csrf, endpoint: sub.endpoint });
         await sub.unsubscribe();
@@ -76,7 +76,7 @@
   // Already subscribed (an earlier visit): offer Stop.
   navigator.serviceWorker
     .getRegistration("/")
-    .then((reg) => reg && reg.pushManager.getSubscription())
+    .then((reg) => reg?.pushManager.getSubscription())
     .then((sub) => show(Boolean(sub)))
     .catch(() => show(false));
 })();

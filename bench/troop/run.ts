@@ -1,6 +1,7 @@
 // Troop benchmark: intent latency submit -> `intent` frame at a connected nest socket (p50/p99),
 // side by side with a nest polling GET /v1/nest/intents every 1 s; then the troop's memory per idle
-// nest connection with N sockets open (default 10,000, measured; needs `ulimit -n` above 10,500). Drives the real
+// nest connection with N sockets open (default 10,000, measured; needs `ulimit -n` above 10,500), its CPU
+// while they idle, and one intent broadcast to each of them (submit all -> every frame in). Drives the real
 // `dist/apes idp serve` and `dist/apes troop serve` over HTTP and WebSocket (package ws) on loopback.
 // Run with the pinned node: `node bench/troop/run.ts [--nests=10000] [--push=200] [--poll=12]`.
 import { spawn } from "node:child_process";
@@ -83,6 +84,12 @@ async function troopTokenOf(idp: string, email: string, key: KeyObject): Promise
   const r = await post(`${idp}/token`, { grant_type: EXCHANGE, subject_token: token, audience: AUD });
   if (r.status !== 200) throw new Error(`exchange: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.access_token as string;
+}
+
+/** The process's user + system CPU so far, in ms (/proc/PID/stat utime + stime, clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 function rssKiB(pid: number): number {
@@ -256,13 +263,50 @@ try {
   await new Promise((r) => setTimeout(r, 1500));
   const before = rssKiB(troop.pid);
   const t1 = performance.now();
-  const sockets = await pool(NESTS, 50, (i) => open(wsUrl, tokens[i]!));
+  // Each idle nest acks what it gets (the broadcast below), and its arrival time is noted.
+  const delivered = new Map<string, number>();
+  let allDelivered: (() => void) | undefined;
+  const sockets: WebSocket[] = [];
+  await pool(NESTS, 50, async (i) => {
+    const ws = await open(wsUrl, tokens[i]!, (f) => {
+      if (f.type !== "intent" || !f.intent) return;
+      delivered.set(f.intent.id, performance.now());
+      ws.send(JSON.stringify({ type: "ack", intent_id: f.intent.id }));
+      if (delivered.size === NESTS) allDelivered?.();
+    });
+    sockets[i] = ws;
+  });
   const openMs = performance.now() - t1;
   await new Promise((r) => setTimeout(r, 3000));
   const after = rssKiB(troop.pid);
   const per = (after - before) / NESTS;
   console.log(
     `idle: ${NESTS} sockets opened in ${(openMs / 1000).toFixed(1)} s (tokens ${(tokensMs / 1000).toFixed(1)} s); troop RSS ${(before / 1024).toFixed(1)} -> ${(after / 1024).toFixed(1)} MiB = ${per.toFixed(1)} KiB per connection`,
+  );
+  // 3b. The troop's CPU while the N sockets sit idle, over 20 s: one round of its pings (--ping-interval 20s).
+  const idleCpu0 = cpuMs(troop.pid);
+  await new Promise((r) => setTimeout(r, 20_000));
+  const idleCpu = (cpuMs(troop.pid) - idleCpu0) / 20_000;
+  console.log(`idle CPU: ${(idleCpu * 100).toFixed(2)} % of one core with ${NESTS} sockets (20 s, one ping round)`);
+  // 3c. Broadcast: one intent to each of the N nests (submitted 50 at a time), until every nest
+  // has its frame; bounded by a 120 s deadline.
+  const everyone = new Promise<void>((r) => {
+    allDelivered = r;
+  });
+  const bCpu0 = cpuMs(troop.pid);
+  const b0 = performance.now();
+  await pool(NESTS, 50, async (i) => {
+    const r = await post(`${troop.url}/v1/intents`, body(`all-${i}`, nests[i + 2]!), alice);
+    if (r.status !== 201) throw new Error(`submit ${r.status}`);
+  });
+  const submittedMs = performance.now() - b0;
+  const deadline = new Promise<"late">((r) => setTimeout(() => r("late"), 120_000).unref());
+  if ((await Promise.race([everyone, deadline])) === "late")
+    throw new Error(`broadcast: only ${delivered.size} of ${NESTS} frames within 120 s`);
+  const broadcastMs = Math.max(...delivered.values()) - b0;
+  const bCpu = cpuMs(troop.pid) - bCpu0;
+  console.log(
+    `broadcast: one intent to each of ${NESTS} nests: all submitted in ${(submittedMs / 1000).toFixed(2)} s, all delivered ${(broadcastMs / 1000).toFixed(2)} s after the first submit (${Math.round(NESTS / (broadcastMs / 1000))} intents/s); troop CPU ${(bCpu / NESTS).toFixed(2)} ms per intent`,
   );
   // 4. Reconnect storm: STORM nests hold sockets; the troop restarts (SIGTERM, closes them with
   // 1001, starts again on the same port); each nest reconnects after 0-500 ms of jitter, then every

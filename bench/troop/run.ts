@@ -287,7 +287,9 @@ try {
   const idleCpu0 = cpuMs(troop.pid);
   await new Promise((r) => setTimeout(r, 20_000));
   const idleCpu = (cpuMs(troop.pid) - idleCpu0) / 20_000;
-  console.log(`idle CPU: ${(idleCpu * 100).toFixed(2)} % of one core with ${NESTS} sockets (20 s, one ping round)`);
+  console.log(
+    `idle CPU: ${(idleCpu * 100).toFixed(2)} % of one core with ${NESTS} sockets (20 s, one ping round)`,
+  );
   // 3c. Broadcast: one intent to each of the N nests (submitted 50 at a time), until every nest
   // has its frame; bounded by a 120 s deadline.
   const everyone = new Promise<void>((r) => {

@@ -315,6 +315,18 @@ describe("Web Push from the approval pages", () => {
         grant_id: id,
       }),
     });
+    // A path of this origin's URL that a click would resolve to another origin.
+    const id2 = "6f1c0e0a-0000-4000-8000-00000000cafe";
+    await cdp.send("ServiceWorker.deliverPushMessage", {
+      origin: idp.issuer,
+      registrationId: registration,
+      data: JSON.stringify({
+        title: "t",
+        body: "b",
+        url: `${idp.issuer}//evil.example/phish`,
+        grant_id: id2,
+      }),
+    });
     await cdp.send("ServiceWorker.deliverPushMessage", {
       origin: idp.issuer,
       registrationId: registration,
@@ -324,6 +336,7 @@ describe("Web Push from the approval pages", () => {
     expect(evil.title.length).toBe(200);
     expect(evil.body).toBe("");
     expect(evil.data.page).toBe(`/grants/${id}`);
+    expect((await shownOne(page, (n) => n.tag === id2)).data.page).toBe(`/grants/${id2}`);
     const junk = await shownOne(page, (n) => n.title === "apes: something changed");
     expect(junk.data.page).toBe("/inbox");
   });

@@ -18,7 +18,11 @@ function pageFor(msg) {
   if (typeof msg.url === "string") {
     try {
       const u = new URL(msg.url, self.location.origin);
-      if (u.origin === self.location.origin) return u.pathname + u.search;
+      const page = u.pathname + u.search;
+      // The path is resolved again on a click: "//other.example/x" is a path of this origin's URL
+      // but another origin's page.
+      if (u.origin === self.location.origin && new URL(page, self.location.origin).origin === u.origin)
+        return page;
     } catch {}
   }
   return grant ? `/grants/${grant}` : "/inbox";

@@ -12,7 +12,7 @@ import {
   requesterRole,
   timeText,
 } from "./grant-view.ts";
-import { layout, PUSH_SCRIPTS, pushControl } from "./pages.ts";
+import { layout, PUSH_SCRIPT, pushControl } from "./pages.ts";
 import { WEB_PATHS } from "./paths.ts";
 import { CSRF_FIELD } from "./session.ts";
 
@@ -66,7 +66,7 @@ ${o.items.map(inboxRow)}
 </ul>
 <p id="empty" class="empty"${o.items.length ? html` hidden` : ""}>Nothing is waiting for you.</p>
 ${pushControl(o)}`,
-    o.vapidKey ? [...PUSH_SCRIPTS, "/assets/inbox.js"] : ["/assets/page.js", "/assets/inbox.js"],
+    ["/assets/page.js", ...(o.vapidKey ? [PUSH_SCRIPT] : []), "/assets/inbox.js"],
     { nav: "inbox", wide: true },
   );
 }

@@ -111,14 +111,7 @@ ${
 </li>`;
 }
 
-/** The channels a person can add on the page (Web Push is subscribed from the approval pages). */
-const PAGE_CHANNELS: Record<string, { label: string; target: string; hint: string }> = {
-  webhook: { label: "Webhook", target: "https://...", hint: "an HTTPS URL that receives a signed JSON POST" },
-  ntfy: { label: "ntfy topic", target: "my-topic", hint: "a topic on the IdP's ntfy server" },
-  email: { label: "Email", target: "", hint: "to your own address (leave the target empty)" },
-};
-
-/** Labels of every channel in the list (Web Push is added by push.js, not by the form). */
+/** Labels of every channel in the list. */
 const CHANNEL_LABELS: Record<NotifyChannel, string> = {
   webhook: "Webhook",
   ntfy: "ntfy topic",
@@ -126,10 +119,17 @@ const CHANNEL_LABELS: Record<NotifyChannel, string> = {
   webpush: "Web Push (a browser)",
 };
 
+/** The channels a person can add with the form (Web Push is added by push.js: pushControl). */
+const PAGE_CHANNELS: Partial<Record<NotifyChannel, { target: string; hint: string }>> = {
+  webhook: { target: "https://...", hint: "an HTTPS URL that receives a signed JSON POST" },
+  ntfy: { target: "my-topic", hint: "a topic on the IdP's ntfy server" },
+  email: { target: "", hint: "to your own address (leave the target empty)" },
+};
+
 /**
  * "Notify me in this browser" (push.js): shown by the script only where the browser can do Web Push,
  * and only on an IdP with the webpush channel (its VAPID public key). The page must load page.js
- * and push.js.
+ * and then PUSH_SCRIPT.
  */
 export function pushControl(o: { vapidKey?: string; csrf: string }): Html {
   if (!o.vapidKey) return html``;
@@ -140,7 +140,7 @@ export function pushControl(o: { vapidKey?: string; csrf: string }): Html {
 </div>`;
 }
 
-export const PUSH_SCRIPTS = ["/assets/page.js", "/assets/push.js"];
+export const PUSH_SCRIPT = "/assets/push.js";
 
 const EVENT_LABELS = { pending: "a request awaits you", decided: "your request was decided" } as const;
 
@@ -180,8 +180,8 @@ ${
 <input type="hidden" name="${CSRF_FIELD}" value="${o.csrf}">
 <label for="channel">Add a channel</label>
 <select id="channel" name="channel">
-${offered.map((c) => html`<option value="${c}">${PAGE_CHANNELS[c]!.label}</option>\n`)}</select>
-<p class="hint">${offered.map((c) => html`<span class="channel-hint"><strong>${PAGE_CHANNELS[c]!.label}</strong>: ${PAGE_CHANNELS[c]!.hint}.</span> `)}</p>
+${offered.map((c) => html`<option value="${c}">${CHANNEL_LABELS[c]}</option>\n`)}</select>
+<p class="hint">${offered.map((c) => html`<span class="channel-hint"><strong>${CHANNEL_LABELS[c]}</strong>: ${PAGE_CHANNELS[c]!.hint}.</span> `)}</p>
 <label for="target">Target</label>
 <input id="target" name="target" type="text" autocomplete="off" autocapitalize="none" spellcheck="false" placeholder="https://hooks.example/apes or a topic">
 <fieldset class="events">
@@ -234,7 +234,7 @@ ${o.passkeys.map((p, i) => passkeyItem(p, i, o.csrf, only))}
 </ul>
 <p class="hint">To add a passkey on another device, or to recover access, ask your administrator for an invite link.</p>
 ${notificationsSection(o)}`,
-    o.vapidKey ? PUSH_SCRIPTS : [],
+    o.vapidKey ? ["/assets/page.js", PUSH_SCRIPT] : [],
     { nav: "account" },
   );
 }

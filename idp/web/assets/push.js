@@ -29,48 +29,48 @@
     return navigator.serviceWorker.ready;
   }
 
-  on.addEventListener("click", async () => {
-    on.disabled = true;
-    try {
-      if ((await Notification.requestPermission()) !== "granted") {
-        say(
-          line,
-          "This browser does not allow notifications from this site. Allow them in its settings, then try again.",
-          "error",
-        );
-        return;
+  /** A button's click: disabled while `run` works; its failure said as "Could not <what>: why". */
+  function onClick(button, what, run) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await run();
+      } catch (err) {
+        say(line, `Could not ${what}: ${explain(err)}`, "error");
+      } finally {
+        button.disabled = false;
       }
-      const reg = await registration();
-      const sub =
-        (await reg.pushManager.getSubscription()) ||
-        (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: bytes(key) }));
-      const json = sub.toJSON();
-      await post(subscribe, { csrf_token: csrf, endpoint: json.endpoint, keys: json.keys });
-      show(true);
-      say(line, "This browser is notified of requests that wait for you.", "ok");
-    } catch (err) {
-      say(line, `Could not turn on notifications: ${explain(err)}`, "error");
-    } finally {
-      on.disabled = false;
+    });
+  }
+
+  onClick(on, "turn on notifications", async () => {
+    if ((await Notification.requestPermission()) !== "granted") {
+      say(
+        line,
+        "This browser does not allow notifications from this site. Allow them in its settings, then try again.",
+        "error",
+      );
+      return;
     }
+    const reg = await registration();
+    const sub =
+      (await reg.pushManager.getSubscription()) ||
+      (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: bytes(key) }));
+    const json = sub.toJSON();
+    await post(subscribe, { csrf_token: csrf, endpoint: json.endpoint, keys: json.keys });
+    show(true);
+    say(line, "This browser is notified of requests that wait for you.", "ok");
   });
 
-  off.addEventListener("click", async () => {
-    off.disabled = true;
-    try {
-      const reg = await navigator.serviceWorker.getRegistration("/");
-      const sub = await reg?.pushManager.getSubscription();
-      if (sub) {
-        await post(unsubscribe, { csrf_token: csrf, endpoint: sub.endpoint });
-        await sub.unsubscribe();
-      }
-      show(false);
-      say(line, "This browser is no longer notified.", "ok");
-    } catch (err) {
-      say(line, `Could not turn off notifications: ${explain(err)}`, "error");
-    } finally {
-      off.disabled = false;
+  onClick(off, "turn off notifications", async () => {
+    const reg = await navigator.serviceWorker.getRegistration("/");
+    const sub = await reg?.pushManager.getSubscription();
+    if (sub) {
+      await post(unsubscribe, { csrf_token: csrf, endpoint: sub.endpoint });
+      await sub.unsubscribe();
     }
+    show(false);
+    say(line, "This browser is no longer notified.", "ok");
   });
 
   // Already subscribed (an earlier visit): offer Stop.

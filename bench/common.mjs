@@ -27,7 +27,6 @@ export function buildBareSea(work) {
   return buildSea({ main, out: join(work, "bare"), workDir: work });
 }
 
-/** Quantile p (0..1) of xs, linearly interpolated between the nearest ranks. */
 /**
  * CPU ticks (1/100 s, user + system) of this process's children that have been waited for
  * (cutime + cstime in /proc/self/stat): the difference around a spawnSync is that child's CPU,
@@ -38,6 +37,13 @@ export function childTicks() {
   return Number(f[13]) + Number(f[14]);
 }
 
+/** User + system CPU ms that process `pid` has used so far (utime + stime in /proc/PID/stat; USER_HZ 100). */
+export function processCpuMs(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
+/** Quantile p (0..1) of xs, linearly interpolated between the nearest ranks. */
 export function quantile(xs, p) {
   const s = [...xs].sort((a, b) => a - b);
   const i = (s.length - 1) * p;

@@ -14,6 +14,7 @@ import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import { TROOP_SUBPROTOCOL } from "../../protocol/troop.ts";
+import { processCpuMs } from "../common.mjs";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
@@ -84,12 +85,6 @@ async function troopTokenOf(idp: string, email: string, key: KeyObject): Promise
   const r = await post(`${idp}/token`, { grant_type: EXCHANGE, subject_token: token, audience: AUD });
   if (r.status !== 200) throw new Error(`exchange: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.access_token as string;
-}
-
-/** The process's user + system CPU so far, in ms (/proc/PID/stat utime + stime, clock ticks of 10 ms). */
-function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 function rssKiB(pid: number): number {
@@ -284,9 +279,9 @@ try {
     `idle: ${NESTS} sockets opened in ${(openMs / 1000).toFixed(1)} s (tokens ${(tokensMs / 1000).toFixed(1)} s); troop RSS ${(before / 1024).toFixed(1)} -> ${(after / 1024).toFixed(1)} MiB = ${per.toFixed(1)} KiB per connection`,
   );
   // 3b. The troop's CPU while the N sockets sit idle, over 20 s: one round of its pings (--ping-interval 20s).
-  const idleCpu0 = cpuMs(troop.pid);
+  const idleCpu0 = processCpuMs(troop.pid);
   await new Promise((r) => setTimeout(r, 20_000));
-  const idleCpu = (cpuMs(troop.pid) - idleCpu0) / 20_000;
+  const idleCpu = (processCpuMs(troop.pid) - idleCpu0) / 20_000;
   console.log(
     `idle CPU: ${(idleCpu * 100).toFixed(2)} % of one core with ${NESTS} sockets (20 s, one ping round)`,
   );
@@ -295,7 +290,7 @@ try {
   const everyone = new Promise<void>((r) => {
     allDelivered = r;
   });
-  const bCpu0 = cpuMs(troop.pid);
+  const bCpu0 = processCpuMs(troop.pid);
   const b0 = performance.now();
   await pool(NESTS, 50, async (i) => {
     const r = await post(`${troop.url}/v1/intents`, body(`all-${i}`, nests[i + 2]!), alice);
@@ -306,7 +301,7 @@ try {
   if ((await Promise.race([everyone, deadline])) === "late")
     throw new Error(`broadcast: only ${delivered.size} of ${NESTS} frames within 120 s`);
   const broadcastMs = Math.max(...delivered.values()) - b0;
-  const bCpu = cpuMs(troop.pid) - bCpu0;
+  const bCpu = processCpuMs(troop.pid) - bCpu0;
   console.log(
     `broadcast: one intent to each of ${NESTS} nests: all submitted in ${(submittedMs / 1000).toFixed(2)} s, all delivered ${(broadcastMs / 1000).toFixed(2)} s after the first submit (${Math.round(NESTS / (broadcastMs / 1000))} intents/s); troop CPU ${(bCpu / NESTS).toFixed(2)} ms per intent`,
   );

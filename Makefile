@@ -70,9 +70,14 @@ DESTDIR ?=
 NATIVE_OUT ?= native
 FUZZ_TIME ?= 20
 APES_EXEC_PATH := $(PREFIX)/libexec/apes/apes
+# How long an early verifier may wait beside a request for its approval before it is killed (a fresh
+# one then starts at approval, ~30-60 ms later on the elevation's path): long enough for a person to
+# decide (docs/elevation.md section 3). Tests of the kill path build with a short one.
+EARLY_IDLE_MS ?= 600000
 NATIVE_PATHS := -DAPES_EXEC='"$(APES_EXEC_PATH)"' -DAPES_EXEC_DIR='"$(PREFIX)/libexec/apes"' \
   -DAPES_CONFIG='"$(SYSCONFDIR)/apes/config.toml"' -DAPES_AUDIT_LOG='"$(LOCALSTATEDIR)/log/apes/audit.log"' \
-  -DAPES_CACHE_DIR='"$(LOCALSTATEDIR)/cache/apes"' -DAPES_SLOT_DIR='"$(LOCALSTATEDIR)/lib/apes"'
+  -DAPES_CACHE_DIR='"$(LOCALSTATEDIR)/cache/apes"' -DAPES_SLOT_DIR='"$(LOCALSTATEDIR)/lib/apes"' \
+  -DEARLY_IDLE_MS=$(EARLY_IDLE_MS)
 NATIVE_WARN := -std=c11 -Wall -Wextra -Werror -Wformat=2 -Wformat-security -Wshadow -Wvla -Wstrict-prototypes
 NATIVE_CFLAGS := $(NATIVE_WARN) -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3 -fstack-protector-strong \
   -fstack-clash-protection -fcf-protection -fPIE

@@ -49,6 +49,9 @@
 #ifndef APES_SLOT_DIR
 #error "APES_SLOT_DIR (the root-only directory of the per-user early-verifier slots) comes from the Makefile"
 #endif
+#if !defined(EARLY_IDLE_MS) || EARLY_IDLE_MS < 1
+#error "EARLY_IDLE_MS (how long an early verifier may wait for READY before it is killed) comes from the Makefile"
+#endif
 #ifndef APES_EXEC_DIR
 #error "APES_EXEC_DIR (the directory of APES_EXEC) comes from the Makefile"
 #endif
@@ -58,7 +61,6 @@
 #define MAX_TOKEN (16 * 1024) /* the AuthZ-JWT: MAX_JWT_LENGTH of protocol/jwt.ts, which every TS reader uses */
 #define MAX_VERDICT (64 * 1024)
 #define AUDIT_LOCK_MS 3000 /* longer than any write; a holder past this is stuck or hostile */
-#define EARLY_IDLE_MS 2000 /* an early verifier without READY within this is killed (docs/elevation.md) */
 #define MIN_FDS 64         /* what the shim itself needs open at most, with room to spare */
 
 enum {

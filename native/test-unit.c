@@ -1,6 +1,7 @@
 /* C unit tests of the shim's pure parts, run under ASan/UBSan by `make native-test`:
  * UTF-8 validation, JSON escaping, cmd_hash, the elevation grammar, argv limits, the verdict parser,
- * which files and directories the shim trusts, and the audit lock's deadline. */
+ * which files and directories the shim trusts, the audit lock's deadline, and the conversation with
+ * a child (the verifier's). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -8,11 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "elev.h"
 #include "json.h"
+#include "proc.h"
 #include "secure.h"
 #include "sha256.h"
 #include "utf8.h"
@@ -329,6 +332,53 @@ static void test_lock(void) {
   close(b);
 }
 
+/* A child that answers, closes its pipes, then exits only later: the verdict and the exit status are
+ * both collected (the exit is waited for through a pidfd, not a 50 ms look); one that outlives the
+ * deadline is killed and reported as -2. */
+static pid_t conversing_child(int linger_ms, int status, struct conversation *c) {
+  int in[2], out[2], err[2];
+  if (pipe(in) != 0 || pipe(out) != 0 || pipe(err) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    char line[64];
+    close(in[1]);
+    close(out[0]);
+    close(err[0]);
+    ssize_t n = read(in[0], line, sizeof line);
+    if (n > 0 && write(out[1], "{\"ok\":true}\n", 12) != 12) _exit(99);
+    if (write(err[1], "diag", 4) != 4) _exit(98);
+    close(out[1]);
+    close(err[1]);
+    struct timespec ts = {linger_ms / 1000, (long)(linger_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    _exit(status);
+  }
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  static char outbuf[64];
+  *c = (struct conversation){.in_fd = in[1], .out_fd = out[0], .err_fd = err[0], .req = "{}\n", .reqlen = 3,
+                             .out = outbuf, .outmax = sizeof outbuf};
+  return pid;
+}
+
+static void test_converse(void) {
+  static struct conversation c;
+  pid_t pid = conversing_child(200, 7, &c);
+  CHECK(pid > 0);
+  int st = converse(pid, &c, now_ms() + 10000);
+  CHECK(st != -1 && st != -2 && WIFEXITED(st) && WEXITSTATUS(st) == 7);
+  CHECK(c.outlen == 12 && memcmp(c.out, "{\"ok\":true}\n", 12) == 0);
+  CHECK(c.diaglen == 4 && memcmp(c.diag, "diag", 4) == 0);
+  CHECK(waitpid(pid, NULL, WNOHANG) == -1 && errno == ECHILD); /* reaped */
+
+  pid = conversing_child(30000, 0, &c); /* lingers past the deadline: killed and reaped */
+  CHECK(pid > 0);
+  st = converse(pid, &c, now_ms() + 300);
+  CHECK(st == -2);
+  CHECK(waitpid(pid, NULL, WNOHANG) == -1 && errno == ECHILD);
+}
+
 int main(void) {
   test_utf8();
   test_escape();
@@ -338,6 +388,7 @@ int main(void) {
   test_verdict();
   test_trust();
   test_lock();
+  test_converse();
   printf("native unit tests: %d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

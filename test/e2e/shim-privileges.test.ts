@@ -62,7 +62,9 @@ let out: string; // world-writable: markers written by whoever ran
 let auditMark = 0;
 
 beforeAll(async () => {
-  inst = await installIntoTempPrefix();
+  // A short idle budget for the early verifier (the default is 10 min), so that the tests of its kill
+  // path are quick; the last describe checks the default with an install of its own.
+  inst = await installIntoTempPrefix({ earlyIdleMs: 2000 });
   stub = installStubExec(inst);
   user = ensureTestUser();
   verifier = ensureUser(VERIFY_USER, true);
@@ -540,7 +542,7 @@ describe("the requester", () => {
     return kids;
   }
 
-  it("a waiting requester has at most one early verifier beside it, killed within the idle budget (2 s)", async () => {
+  it("a waiting requester has at most one early verifier beside it, killed within the idle budget (2 s here)", async () => {
     const cmd = recorder("never");
     const { child, done, requester } = await startWaiting(cmd, "wait");
     try {
@@ -797,4 +799,31 @@ describe("not an elevation", () => {
     expect(stubFile("plain.argv").split("\0").slice(0, -1)).toEqual(args);
     expect(newAudit()).toEqual([]);
   });
+});
+
+describe("with the default idle budget (10 min)", () => {
+  let saved: { inst: ShimInstall; stub: string };
+  beforeAll(async () => {
+    saved = { inst, stub };
+    inst = await installIntoTempPrefix();
+    stub = installStubExec(inst);
+  }, 120_000);
+  afterAll(async () => {
+    const mine = inst;
+    ({ inst, stub } = saved);
+    await mine?.cleanup();
+  });
+
+  it("approved after 3 s (a person deciding): the early verifier is adopted, none other started; the command runs", async () => {
+    const cmd = recorder("ran");
+    allow(cmd);
+    writeFileSync(join(stub, "request.mode"), "slow+ready+token");
+    const r = await shim(["--", ...cmd]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(existsSync(join(out, "ran.uid"))).toBe(true);
+    expect(stubVerifierStarts(stub)).toBe(1); // warm at the approval: its start-up is off the path
+    expect(stubFile("verify.config")).toBe(POLICY);
+    expect(JSON.parse(stubFile("verify.stdin")).jwt).toBe(TOKEN);
+    expect(newAudit().map((l) => l.decision)).toEqual(["attempt", "allow"]);
+  }, 30_000);
 });

@@ -103,9 +103,10 @@ export function ensureTestUser(name = TEST_USER): UnixUser {
 /**
  * `make install` into a fresh temporary PREFIX/SYSCONFDIR/LOCALSTATEDIR (dist/apes must be built:
  * the global setup checks it; `-o build` keeps make from rebuilding it). The shim is compiled with
- * these paths and installed 4755 root:root, so it is a real setuid binary.
+ * these paths and installed 4755 root:root, so it is a real setuid binary. `earlyIdleMs`: how long
+ * an early verifier may wait for READY (the Makefile's EARLY_IDLE_MS; default 10 min).
  */
-export async function installIntoTempPrefix(): Promise<ShimInstall> {
+export async function installIntoTempPrefix(opts: { earlyIdleMs?: number } = {}): Promise<ShimInstall> {
   if (process.getuid?.() !== 0) throw new Error("installing the setuid shim needs root");
   if (!existsSync(DIST_APES)) throw new Error(`${DIST_APES} is missing: run \`make build\``);
   // The system user the verifier runs as; created here first so `make install` does not give it
@@ -128,6 +129,7 @@ export async function installIntoTempPrefix(): Promise<ShimInstall> {
       `SYSCONFDIR=${etc}`,
       `LOCALSTATEDIR=${varDir}`,
       `NATIVE_OUT=${buildDir}`,
+      ...(opts.earlyIdleMs === undefined ? [] : [`EARLY_IDLE_MS=${opts.earlyIdleMs}`]),
     ],
     { cwd: REPO, maxBuffer: 16 << 20 },
   );
@@ -298,7 +300,7 @@ __request)
   if { true >&3; } 2>/dev/null; then echo open > "$S/request.fd3"; fi
   /bin/ls -l /proc/self/fd > "$S/request.fds"
   mode=$(/bin/cat "$S/request.mode" 2>/dev/null || echo token)
-  # slow+MODE: MODE after 3 s (longer than the shim's idle budget for an early verifier).
+  # slow+MODE: MODE after 3 s (longer than the short idle budget the kill-path tests build with).
   case "$mode" in slow+*) /bin/sleep 3; mode=\${mode#slow+} ;; esac
   # ready+MODE: the approved-grant marker first (each ready+ one more), then MODE.
   while case "$mode" in ready+*) true ;; *) false ;; esac; do printf 'ready\n' >&3; mode=\${mode#ready+}; done

@@ -157,7 +157,7 @@ export class JwksCache {
   async lookup(issuer: string, kid: string, nowS: number): Promise<{ meta: IssuerKeys; key?: KeyObject }> {
     const o = this.#o;
     const iss = normalizeIssuer(issuer);
-    const cacheKey = `${o.anchor}\n${iss}`;
+    const cacheKey = jwksCacheKey(o.anchor, iss);
     const cached = o.store.get(cacheKey);
     let kidMiss = false;
     if (
@@ -176,6 +176,11 @@ export class JwksCache {
     o.store.set(cacheKey, meta);
     return { meta, key: keyIn(meta, kid) };
   }
+}
+
+/** The store key of an issuer's keys as seen through one trust anchor (JwksCacheOptions.anchor). */
+export function jwksCacheKey(anchor: string, issuer: string): string {
+  return `${anchor}\n${normalizeIssuer(issuer)}`;
 }
 
 function keyIn(meta: IssuerKeys, kid: string): KeyObject | undefined {

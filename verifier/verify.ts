@@ -2,8 +2,9 @@ import type { KeyObject } from "node:crypto";
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
+import type { SecureContext } from "node:tls";
 import { fetchJson, HttpFailure } from "../protocol/http.ts";
-import { type IssuerKeys, JwksCache } from "../protocol/jwks.ts";
+import { type IssuerKeys, JwksCache, jwksCacheKey, type KeyStore } from "../protocol/jwks.ts";
 import { fileKeyStore, trustAnchorId } from "../protocol/jwks-store.ts";
 import { type DecodedJwt, decodeJwt, JwtError, verifySignature } from "../protocol/jwt.ts";
 import {
@@ -110,17 +111,16 @@ async function verify(
   onRequest: (r: VerifyRequest) => void,
 ): Promise<Decision> {
   const nowS = options.nowS ?? (() => Math.floor(Date.now() / 1000));
-  // The shim starts the verifier while the requester fetches the token and writes the line once it
-  // has it: load the TLS stack while waiting (it is needed for the consume; loading contacts no one).
-  if (!options.http) process.getBuiltinModule("node:https");
+  const ownerUid = options.policyOwnerUid ?? 0;
+  const prepared = prepare(options, ownerUid);
   const line = await readLine(io.stdin, MAX_REQUEST_BYTES);
+  mark("line");
   if (line === undefined) return deny("request_invalid", "no request line on stdin (or longer than 64 KiB)");
   const request = parseRequest(line);
   if ("ok" in request) return request;
   onRequest(request);
 
-  const ownerUid = options.policyOwnerUid ?? 0;
-  const policy = readPolicy(options.configFd, ownerUid);
+  const { policy } = prepared;
   if ("ok" in policy) return policy;
   mark("read");
 
@@ -145,16 +145,11 @@ async function verify(
   if (typeof kid !== "string" || kid.length === 0)
     return deny("signature_invalid", "the token header has no kid");
 
-  let anchor: TrustAnchor;
-  try {
-    anchor = trustAnchor(policy, ownerUid);
-  } catch (e) {
-    return deny("config_invalid", (e as Error).message);
-  }
-  const http = options.http ?? httpWithCa(anchor.ca);
+  const { trust } = prepared;
+  if (!trust || "ok" in trust) return trust ?? deny("config_invalid", "no trust anchor");
+  const { anchor, http, store } = trust;
   let found: { meta: IssuerKeys; key?: KeyObject };
   try {
-    const store = options.cacheDir ? fileKeyStore(options.cacheDir) : undefined;
     const cache = new JwksCache({
       getJson: (url) => http(url, { method: "GET", headers: { accept: "application/json" } }),
       anchor: anchor.id,
@@ -187,6 +182,66 @@ async function verify(
   const consumed = await consume(http, found.meta.endpoints[GRANTS_ENDPOINT]!, decision, request.jwt);
   mark("consume");
   return consumed;
+}
+
+type Denial = ReturnType<typeof deny>;
+
+/** What depends on the policy alone; each denial is returned where verify() used to meet it. */
+interface Prepared {
+  policy: Policy | Denial;
+  /** Undefined when there is no policy to take it from. */
+  trust?: { anchor: TrustAnchor; http: HttpFn; store?: KeyStore } | Denial;
+}
+
+/**
+ * Done while the verifier waits for its request line, which comes once a person has approved (an
+ * early verifier waits through the decision), so none of it is on the path after the approval: the
+ * policy read from the fd, the trust anchor and its one TLS context, the TLS stack loaded, each
+ * allow-listed issuer's cached keys read. It contacts no one and learns nothing of the request.
+ */
+function prepare(options: VerifierOptions, ownerUid: number): Prepared {
+  const policy = readPolicy(options.configFd, ownerUid);
+  if ("ok" in policy) return { policy };
+  let anchor: TrustAnchor;
+  try {
+    anchor = trustAnchor(policy, ownerUid);
+  } catch (e) {
+    return { policy, trust: deny("config_invalid", (e as Error).message) };
+  }
+  let http = options.http;
+  if (!http) {
+    try {
+      http = httpWithCa(anchor.ca);
+    } catch (e) {
+      return {
+        policy,
+        trust: deny("config_invalid", `the policy's CA is not usable: ${(e as Error).message}`),
+      };
+    }
+  }
+  if (!options.cacheDir) return { policy, trust: { anchor, http } };
+  const store = readAheadStore(fileKeyStore(options.cacheDir));
+  for (const issuer of policy.issuers) store.get(jwksCacheKey(anchor.id, issuer));
+  return { policy, trust: { anchor, http, store } };
+}
+
+/**
+ * The store with each entry read at most once per process: entries read ahead in prepare() are not
+ * read again at the lookup. A copy older than the file is still checked for age and kid by the cache
+ * (an expired or kid-less one is fetched afresh), so reading early changes no decision.
+ */
+function readAheadStore(store: KeyStore): KeyStore {
+  const read = new Map<string, ReturnType<KeyStore["get"]>>();
+  return {
+    get(key) {
+      if (!read.has(key)) read.set(key, store.get(key));
+      return read.get(key);
+    },
+    set(key, value) {
+      read.set(key, value);
+      store.set(key, value);
+    },
+  };
 }
 
 function readPolicy(fd: number, ownerUid: number): Policy | ReturnType<typeof deny> {
@@ -299,7 +354,9 @@ function readCaFile(path: string, ownerUid: number): string {
  * and it skips parsing ~140 roots).
  */
 export function httpWithCa(ca: string | undefined): HttpFn {
-  return (url, init) => httpsRequest(url, init, ca ? [ca] : undefined);
+  // One TLS context for every request of the process (building one parses the CA: a few ms each).
+  const secureContext = ca ? process.getBuiltinModule("node:tls").createSecureContext({ ca }) : undefined;
+  return (url, init) => httpsRequest(url, init, secureContext);
 }
 
 /** The HTTP function for a policy (`apes trust` validates an IdP with it before writing). */
@@ -310,12 +367,13 @@ export function httpForPolicy(policy: Policy): HttpFn {
 async function httpsRequest(
   url: string,
   init: { method: string; headers?: Record<string, string>; body?: string },
-  ca: string[] | undefined,
+  secureContext: SecureContext | undefined,
 ): Promise<{ status: number; body: unknown }> {
   try {
+    // Without a context of the policy's CA, the system roots (the https default).
     return await fetchJson(url, {
       ...init,
-      ...(ca ? { ca } : {}),
+      ...(secureContext ? { secureContext } : {}),
       plainHttp: "never",
       timeoutMs: HTTP_DEADLINE_MS,
       maxBytes: MAX_ANSWER_BYTES,

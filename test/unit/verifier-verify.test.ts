@@ -15,7 +15,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { exportJWK, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
@@ -365,6 +365,53 @@ describe("runVerifier", () => {
     expect(timed.stderr).toMatch(/^apes-timing: verifier consume [\d.]+$/m);
     // ms from the process's start to the verifier's first line (the runtime's and the bundle's start-up)
     expect(timed.stderr).toMatch(/^apes-timing: verifier start [\d.]+$/m);
+  });
+});
+
+describe("while it waits for its request line (an early verifier waits through a person's decision)", () => {
+  it("has read the policy and the issuers' cached keys: the line then costs no file read, no fetch but consume", async () => {
+    const cacheDir = mkdtempSync(join(dir, "cache-"));
+    const idp = fakeIdp();
+    expect((await verify(await token(), idp, { cacheDir })).exit).toBe(0); // fills the cache
+    const file = join(dir, `policy-${n++}.toml`);
+    writeFileSync(file, POLICY, { mode: 0o600 });
+    const fd = openSync(file, "r");
+    const stdin = new PassThrough();
+    let stdout = "";
+    try {
+      idp.calls.length = 0;
+      const run = runVerifier(
+        { stdin, stdout: { write: (s: string) => (stdout += s) }, stderr: { write: () => true } },
+        { configFd: fd, http: idp.http, cacheDir, policyOwnerUid: process.getuid?.() ?? 0 },
+      );
+      // The policy fd's offset (shared with the shim) is at its end before any line was written.
+      const pos = () => Number(/^pos:\s+(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"))?.[1]);
+      for (let i = 0; i < 100 && pos() === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(pos()).toBe(Buffer.byteLength(POLICY));
+      // The keys were read ahead: removing the cache file now changes nothing.
+      for (const f of readdirSync(cacheDir)) rmSync(join(cacheDir, f));
+      const line = {
+        jwt: await token(),
+        argv: ARGV,
+        cmd_hash: cmdHash(ARGV),
+        user: "deploy",
+        uid: 1001,
+        run_as: "root",
+      };
+      stdin.end(`${JSON.stringify(line)}\n`);
+      expect((await run).exit).toBe(0);
+      expect(JSON.parse(stdout)).toMatchObject({ ok: true });
+      expect(idp.calls).toEqual([`POST ${ISS}/api/grants/6f1c2b3a-0000-4000-8000-000000000001/consume`]);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it("still refuses a bad policy only after a valid line, with the same reason", async () => {
+    const r = await verify(await token(), fakeIdp(), { policy: "issuers = 1\n" });
+    expect(r.verdict).toMatchObject({ ok: false, reason: "config_invalid" });
+    const noLine = await verify("", fakeIdp(), { policy: "issuers = 1\n", req: { jwt: undefined } });
+    expect(noLine.verdict).toMatchObject({ ok: false, reason: "request_invalid" });
   });
 });
 

@@ -12,6 +12,12 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
+/**
+ * For the build only (scripts/sea-cache.cjs reads it from the bundle's exports): the text the SEA
+ * loader prints for `apes --help` without loading the program, made by this program (cli/help-text.ts).
+ */
+export const rootHelp = async (): Promise<string> => (await import("./help-text.ts")).rootHelp();
+
 if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
   // Answered before the command tree is built (the same line commander prints): scripts and
   // installers call this often, and it need not pay for ~50 command modules.

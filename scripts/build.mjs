@@ -126,9 +126,10 @@ if (dynamicImport)
 const wrapped = join(work, `apes.${process.pid}.js`);
 const cache = join(work, `apes.${process.pid}.cache`);
 const versionLine = join(work, `apes.${process.pid}.version`);
+const rootHelp = join(work, `apes.${process.pid}.help`);
 writeFileSync(wrapped, `(function (exports, require, module, __filename, __dirname) {${code}\n})`, "latin1");
 const { NODE_OPTIONS: _ignored, ...cacheEnv } = process.env; // flags must match the runtime's
-execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache, versionLine], {
+execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache, versionLine, rootHelp], {
   env: cacheEnv,
   stdio: ["ignore", "ignore", "inherit"],
 });
@@ -210,19 +211,31 @@ try {
     out,
     workDir: work,
     nodeBinary,
-    assets: { "apes.js": wrapped, "apes.cache": cache, "apes.version": versionLine, ...assets },
+    assets: {
+      "apes.js": wrapped,
+      "apes.cache": cache,
+      "apes.version": versionLine,
+      "apes.help": rootHelp,
+      ...assets,
+    },
   });
 } finally {
-  for (const f of [bundle, wrapped, cache, versionLine]) rmSync(f, { force: true });
+  for (const f of [bundle, wrapped, cache, versionLine, rootHelp]) rmSync(f, { force: true });
 }
-// A rejected cache still works, only slower: catch it here rather than in a benchmark.
-const check = spawnSync(out, ["--help"], { env: { APES_DEBUG: "1" }, encoding: "utf8" });
+// A rejected cache still works, only slower: catch it here rather than in a benchmark. (`--help`
+// alone is answered by the loader without the program; `--no-color --help` runs the program.)
+const check = spawnSync(out, ["--no-color", "--help"], { env: { APES_DEBUG: "1" }, encoding: "utf8" });
 if (
   check.status !== 0 ||
   !check.stdout.startsWith("Usage: apes") ||
   check.stderr.includes("cache rejected")
 ) {
   throw new Error(`build: dist/apes --help failed or rejected its code cache: ${check.stderr}`);
+}
+// The loader's `--help` must be what the program prints (test/integration/binary.test.ts checks more).
+const fastHelp = spawnSync(out, ["--help"], { env: {}, encoding: "utf8" });
+if (fastHelp.status !== 0 || fastHelp.stdout !== check.stdout) {
+  throw new Error("build: dist/apes --help (the loader's text) differs from the program's help");
 }
 // The loader answers --version itself (scripts/sea-loader.cjs): it must be the package's version.
 const version = spawnSync(out, ["--version"], { env: {}, encoding: "utf8" });

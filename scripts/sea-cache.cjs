@@ -1,11 +1,12 @@
-// Build step (scripts/build.mjs): `node sea-cache.cjs <wrapped.js> <out.cache> <out.version>` runs the program's
-// start-up paths once (help output only: no files, no network) and writes the V8 code cache of
-// everything that ran, and the `--version` line, for scripts/sea-loader.cjs. Run with the pinned node that becomes dist/apes:
-// V8 accepts a cache only from the same version and flags.
+// Build step (scripts/build.mjs): `node sea-cache.cjs <wrapped.js> <out.cache> <out.version> <out.help>`
+// runs the program's start-up paths once (help output only: no files, no network) and writes the V8
+// code cache of everything that ran, the `--version` line and the root help text, for
+// scripts/sea-loader.cjs. Run with the pinned node that becomes dist/apes: V8 accepts a cache only
+// from the same version and flags.
 const { readFileSync, writeFileSync } = require("node:fs");
 const { Script } = require("node:vm");
 
-const [wrapped, out, versionOut] = process.argv.slice(2);
+const [wrapped, out, versionOut, helpOut] = process.argv.slice(2);
 // The same source and options as the loader's, so V8 accepts the cache there.
 const script = new Script(readFileSync(wrapped, "latin1"), { filename: "apes.js" });
 const main = script.runInThisContext();
@@ -26,6 +27,9 @@ process.stderr.write = () => true;
   if (!/^apes \S+\n$/.test(version))
     throw new Error(`sea-cache: unexpected --version output ${JSON.stringify(version)}`);
   writeFileSync(versionOut, version);
+  // The root help the loader prints when stdout is not a terminal (cli/help-text.ts makes it the way
+  // `apes --help` does and checks it does not depend on colour or on which of the help argvs ran).
+  writeFileSync(helpOut, await first.exports.rootHelp());
   process.stdout.write = () => true;
   for (const args of WARM) {
     process.argv = [process.argv[0], "apes", ...args];

@@ -8,16 +8,17 @@
 // `import()` (build.mjs turns those of built-ins into require), so the script needs no module loader.
 const { getRawAsset } = require("node:sea");
 
-// `apes --version` (scripts and installers call it often) is answered before the program is read and
-// compiled (~4-7 ms of a ~30 ms start): with the line the program itself printed at build time
-// (scripts/sea-cache.cjs), so there is one implementation of it (cli/main.ts).
+// `apes --version` (scripts and installers call it often) and the root help are answered before the
+// program is read and compiled (~4-7 ms of a ~30 ms start; the help skips ~15 ms more of building the
+// command tree): with the text the program itself printed at build time (scripts/sea-cache.cjs), so
+// there is one implementation of each (cli/main.ts, cli/help-text.ts). Commander wraps help to a
+// terminal's width: on a terminal the program answers.
 const args = process.argv.slice(2);
-if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
-  try {
-    require("node:fs").writeSync(1, Buffer.from(getRawAsset("apes.version")));
-  } catch (e) {
-    if (e.code !== "EPIPE") throw e; // a closed pipe is the reader's choice (as in cli/main.ts)
-  }
+const one = args.length === 1 ? args[0] : undefined;
+if (one === "--version" || one === "-V") {
+  print(getRawAsset("apes.version"));
+} else if ((one === "--help" || one === "-h" || one === "help") && !require("node:tty").isatty(1)) {
+  print(getRawAsset("apes.help"));
 } else {
   const { Script } = require("node:vm");
   const source = Buffer.from(getRawAsset("apes.js")).latin1Slice(); // the bundle is ASCII (esbuild)
@@ -29,4 +30,21 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
     process.stderr.write("debug: start-up code cache rejected (slower start)\n");
   }
   script.runInThisContext()(exports, require, module, __filename, __dirname);
+}
+
+/** Writes all of an asset to stdout, as process.stdout would, without creating it unless needed. */
+function print(asset) {
+  const bytes = Buffer.from(asset);
+  let done = 0;
+  try {
+    while (done < bytes.length) done += require("node:fs").writeSync(1, bytes, done);
+  } catch (e) {
+    if (e.code === "EAGAIN") {
+      // A non-blocking stdout that is full (its reader is slow): process.stdout waits for it.
+      process.stdout.on("error", (err) => {
+        if (err.code !== "EPIPE") throw err;
+      });
+      process.stdout.write(bytes.subarray(done));
+    } else if (e.code !== "EPIPE") throw e; // a closed pipe is the reader's choice (as in cli/main.ts)
+  }
 }

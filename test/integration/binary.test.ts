@@ -2,6 +2,7 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { rootHelp } from "../../cli/help-text.ts";
 import { collect } from "../helpers/process.ts";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -9,8 +10,11 @@ const bin = join(root, "dist", "apes");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string };
 
 /** Runs dist/apes like `env -i apes ...` from `/`: no environment at all, not even PATH or HOME. */
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return collect(spawn(bin, args, { cwd: "/", env: {}, stdio: ["pipe", "pipe", "pipe"] }));
+function run(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return collect(spawn(bin, args, { cwd: "/", env, stdio: ["pipe", "pipe", "pipe"] }));
 }
 
 describe("dist/apes with an empty environment, from /", () => {
@@ -93,5 +97,78 @@ describe("dist/apes writing into a closed pipe (`apes --help | head -0`)", () =>
     });
     expect(r.stderr).not.toMatch(/EPIPE|Error|at /);
     expect(r.code).toBe(0);
+  });
+});
+
+// `apes --help`, `-h` and `apes help` on a stdout that is not a terminal are answered by the SEA
+// loader with a text the program made at build time (scripts/sea-loader.cjs, cli/help-text.ts).
+describe("dist/apes --help answered without the program", () => {
+  it("prints what the program and the source print, for every help argv and colour setting", async () => {
+    // Any other argv runs the program: `--no-color` changes nothing in the help.
+    const program = await run(["--no-color", "--help"]);
+    expect(program.code).toBe(0);
+    // What the source prints: a build older than the commands fails here.
+    expect(program.stdout).toBe(await rootHelp());
+    expect((await run(["--json", "--help"])).stdout).toBe(program.stdout);
+    for (const argv of [["--help"], ["-h"], ["help"]]) {
+      const envs: Record<string, string>[] = [
+        {},
+        { NO_COLOR: "1" },
+        { FORCE_COLOR: "1" },
+        { CLICOLOR_FORCE: "1" },
+      ];
+      for (const env of envs) {
+        const r = await run(argv, env);
+        expect(r.code).toBe(0);
+        expect(r.stdout, `${argv} ${JSON.stringify(env)}`).toBe(program.stdout);
+        expect(r.stderr).toBe("");
+      }
+    }
+  });
+
+  it("on a terminal, the program answers (it wraps to the terminal's width)", async () => {
+    // script(1) (util-linux) runs the command on a pseudo-terminal of 120 columns.
+    const onTerminal = async (args: string) => {
+      const r = await collect(
+        spawn("script", ["-qec", `stty cols 120 rows 40 && exec ${bin} ${args}`, "/dev/null"], {
+          cwd: "/",
+          env: { PATH: "/usr/bin:/bin", SHELL: "/bin/sh" },
+          stdio: ["ignore", "pipe", "pipe"],
+        }),
+      );
+      expect(r.code).toBe(0);
+      return r.stdout.replaceAll("\r\n", "\n");
+    };
+    const program = await onTerminal("--no-color --help");
+    expect(program).toMatch(/^Usage: apes /);
+    expect(Math.max(...program.split("\n").map((l) => l.length))).toBeGreaterThan(80);
+    for (const argv of ["--help", "-h", "help"]) expect(await onTerminal(argv), argv).toBe(program);
+  });
+
+  it("a full non-blocking stdout gets the whole help once its reader drains it", async () => {
+    // perl (Debian's perl-base is essential) fills a non-blocking pipe, runs apes with it as stdout,
+    // waits up to 2 s (apes blocks, or fails at once if it cannot wait), then reads it all.
+    const script = String.raw`
+      use strict; use Fcntl; use POSIX ":sys_wait_h";
+      pipe(my $r, my $w) or die "pipe: $!";
+      fcntl($w, F_SETFL, fcntl($w, F_GETFL, 0) | O_NONBLOCK) or die "fcntl: $!";
+      my $filled = 0;
+      for my $size (4096, 1) {
+        while (defined(my $n = syswrite($w, "." x $size))) { $filled += $n }
+        $!{EAGAIN} or die "fill: $!";
+      }
+      my $pid = fork() // die "fork: $!";
+      if ($pid == 0) { close $r; open(STDOUT, ">&", $w) or die "dup: $!"; exec @ARGV or die "exec: $!" }
+      close $w;
+      my $status;
+      for (1 .. 40) { if (waitpid($pid, WNOHANG) == $pid) { $status = $?; last } select(undef, undef, undef, 0.05) }
+      my $all = do { local $/; <$r> };
+      if (!defined $status) { waitpid($pid, 0); $status = $? }
+      print STDERR "status=$status\n";
+      print substr($all, $filled);
+    `;
+    const r = await collect(spawn("perl", ["-e", script, bin, "--help"], { cwd: "/", env: {} }));
+    expect(r.stderr).toBe("status=0\n");
+    expect(r.stdout).toBe(await rootHelp());
   });
 });

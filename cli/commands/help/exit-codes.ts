@@ -27,6 +27,7 @@ export function register(program: Command, getContext: GetContext): void {
         if (!next) throw usageError(`no help topic or command "${topic.join(" ")}"`, "try `apes --help`");
         cmd = next;
       }
-      ctx.io.stdout.write(cmd.helpInformation());
+      // What `apes <command...> --help` prints (with the text added after it, e.g. examples).
+      cmd.outputHelp();
     });
 }

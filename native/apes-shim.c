@@ -88,6 +88,7 @@ static struct {
   size_t ncmd;
   char hash[CMD_HASH_LEN];
   const char *grant_id, *sub, *decided_by, *issuer;
+  pid_t requester; /* a requester that delivered its token and is still to be reaped, else 0 */
   int audited; /* the audit log is open: every exit from here on writes a line */
 } A;
 
@@ -593,6 +594,27 @@ static ssize_t read_result(int fd, char *buf, size_t max, struct verifier_proc *
   return (ssize_t)got;
 }
 
+/* Three non-empty base64url parts joined by dots (a trailing newline allowed): the shape of an
+ * AuthZ-JWT, which a reason code ([a-z0-9_], no dot) never has. The verifier checks the rest. */
+static int jwt_shaped(const char *s, size_t n) {
+  static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+  if (n > 0 && s[n - 1] == '\n') n--;
+  if (n == 0 || n > MAX_TOKEN) return 0;
+  int dots = 0;
+  size_t part = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '.') {
+      if (part == 0 || ++dots > 2) return 0;
+      part = 0;
+    } else if (!s[i] || !strchr(b64url, s[i])) {
+      return 0;
+    } else {
+      part++;
+    }
+  }
+  return dots == 2 && part > 0;
+}
+
 /* The requester's wait status; once the verifier runs, -2 when its deadline passes first. */
 static int wait_requester(pid_t pid, const struct verifier_proc *v) {
   if (v->pid > 0) {
@@ -638,7 +660,11 @@ static char *request_token(int argc, char **argv, const struct elevation *el, st
   ssize_t n = read_result(p[0], token, MAX_TOKEN + 1, v);
   if (v->early) retire_early(v); /* no READY before the result: not adopted, never idle past it */
   close(p[0]); /* a requester still writing gets EPIPE instead of blocking us */
-  st = n == -2 ? -2 : wait_requester(pid, v);
+  /* A token, not a reason code: the verifier gets it while the requester's runtime shuts down (a few
+   * ms more on the path otherwise); its exit is collected before the command runs (finish_requester). */
+  int token_first = n > 0 && jwt_shaped(token, (size_t)n);
+  st = n == -2 ? -2 : token_first ? 0 : wait_requester(pid, v);
+  if (token_first) A.requester = pid;
   set_ignore(SIGINT, 0);
   set_ignore(SIGQUIT, 0);
   free(rargv);
@@ -661,7 +687,7 @@ static char *request_token(int argc, char **argv, const struct elevation *el, st
     if (n > 0 && n <= 65) {
       if (token[n - 1] == '\n') n--;
       token[n] = '\0';
-      if (reason_ok(token)) snprintf(reason, sizeof reason, "requester_%s", token);
+      if (reason_ok(token)) snprintf(reason, sizeof reason, "requester_%.64s", token);
     }
     deny(reason, code, "not run: the approval request did not succeed");
   }
@@ -671,6 +697,19 @@ static char *request_token(int argc, char **argv, const struct elevation *el, st
   if (n == 0 || strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != (size_t)n)
     deny("requester_failed", EXIT_DENIED, "not run: the requester returned a malformed token");
   return token;
+}
+
+/* A requester that delivered its token must still have succeeded: exit 0 within the verifier's
+ * deadline (the same bound as before it delivered), or nothing runs. */
+static void finish_requester(const struct verifier_proc *v) {
+  if (!A.requester) return;
+  int st = wait_requester(A.requester, v);
+  A.requester = 0;
+  if (st == -2)
+    deny("verifier_timeout", EXIT_UNAVAILABLE, "not run: the requester did not exit within %d s of its approval",
+         VERIFY_DEADLINE_S);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    deny("requester_failed", EXIT_DENIED, "not run: the requester failed after it delivered its token");
 }
 
 static int reason_ok(const char *r) {
@@ -940,6 +979,7 @@ int main(int argc, char **argv) {
   verify(&v, token);
 
   /* ---- 4. audit, then exec; no audit line, no command ---- */
+  finish_requester(&v);
   recheck_command();
   if (audit("allow", "") != 0) audit_failed();
   run_command();

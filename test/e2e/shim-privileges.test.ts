@@ -400,7 +400,7 @@ describe("the requester", () => {
     ["reason:77:grant_denied", 77, "deny", "requester_grant_denied"],
     ["reason:69:idp_unreachable", 69, "deny", "requester_idp_unreachable"],
     ["reason:77:Evil reason", 77, "deny", "requester_failed"],
-    ["reason:77:a.b.c", 77, "deny", "requester_failed"],
+    ["reason:77:a.b", 77, "deny", "requester_failed"], // (a token-shaped a.b.c goes to the verifier: below)
     [`reason:77:${"x".repeat(65)}`, 77, "deny", "requester_failed"],
     // After "ready" (an approved grant, the verifier started) the same rules, and one verifier at most.
     ["ready+exit:0", 77, "deny", "requester_failed"],
@@ -798,6 +798,33 @@ describe("not an elevation", () => {
     expect(stubFile("plain.uid")).toBe(`${user.uid}\n`);
     expect(stubFile("plain.argv").split("\0").slice(0, -1)).toEqual(args);
     expect(newAudit()).toEqual([]);
+  });
+});
+
+describe("a requester that delivered its token and is still exiting", () => {
+  it("the verifier already has the token while the requester shuts down; exit 0, the command runs", async () => {
+    const cmd = recorder("ran");
+    allow(cmd);
+    writeFileSync(join(stub, "request.mode"), "ready+token+exit:0");
+    const r = await shim(["--", ...cmd]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(existsSync(join(stub, "verify.before-requester-exit"))).toBe(true);
+    expect(existsSync(join(out, "ran.uid"))).toBe(true);
+    expect(newAudit().map((l) => l.decision)).toEqual(["attempt", "allow"]);
+  });
+
+  it("exits non-zero after its token: nothing runs, denied requester_failed after the attempt", async () => {
+    const cmd = recorder("never");
+    allow(cmd);
+    writeFileSync(join(stub, "request.mode"), "ready+token+exit:3");
+    const r = await shim(["--", ...cmd]);
+    expect(r.code).toBe(77);
+    expect(r.stderr).toContain("the requester failed after it delivered its token");
+    expect(existsSync(join(out, "never.uid"))).toBe(false);
+    expect(newAudit()).toEqual([
+      expect.objectContaining({ decision: "attempt" }),
+      expect.objectContaining({ decision: "deny", reason: "requester_failed" }),
+    ]);
   });
 });
 

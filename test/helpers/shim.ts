@@ -151,7 +151,7 @@ export async function installIntoTempPrefix(opts: { earlyIdleMs?: number } = {})
 
 /** Writes the policy file as `apes trust` would (root:root 0600 unless told otherwise). */
 export function writeConfig(
-  inst: ShimInstall,
+  inst: Pick<ShimInstall, "config">,
   text: string,
   opts: { mode?: number; uid?: number; gid?: number } = {},
 ): void {
@@ -306,6 +306,8 @@ __request)
   while case "$mode" in ready+*) true ;; *) false ;; esac; do printf 'ready\n' >&3; mode=\${mode#ready+}; done
   case "$mode" in
   token) /bin/cat "$S/token" >&3; exit 0 ;;
+  # token+exit:N: the token, the pipe closed, then exit N 0.3 s later (marked in request.exited).
+  token+exit:*) /bin/cat "$S/token" >&3; exec 3>&-; /bin/sleep 0.3; echo > "$S/request.exited"; exit "\${mode#token+exit:}" ;;
   sleep) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 3>&- ;;
   wait) echo sleeping > "$S/request.sleeping"; exec /bin/sleep 120 ;;
   hold) exec /bin/sleep 120 </dev/null >/dev/null 2>&1 ;;
@@ -322,6 +324,7 @@ __verify)
   /bin/ls -l /proc/self/fd > "$S/verify.fds"
   /bin/cat <&3 > "$S/verify.config"
   /bin/cat > "$S/verify.stdin"
+  [ -e "$S/request.exited" ] || echo yes > "$S/verify.before-requester-exit"
   /bin/cat "$S/verdict" 2>/dev/null
   exit "$(/bin/cat "$S/verify.exit" 2>/dev/null || echo 0)" ;;
 *)

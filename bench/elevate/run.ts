@@ -19,7 +19,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { hostname, tmpdir } from "node:os";
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
 import { addUser, api, approveWithProof, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
@@ -34,6 +34,7 @@ import {
   writeConfig,
 } from "../../test/helpers/shim.ts";
 import { buildBareSea } from "../common.mjs";
+import { earlierInstalls } from "../installs.ts";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
@@ -82,18 +83,8 @@ async function main() {
     return;
   }
   // --compare=F1,F2,...: each an earlier build, named in the tables by its file's base name.
-  const befores = (COMPARE ? COMPARE.split(",") : []).map((file) => ({
-    name: basename(file).replace(/\.json$/, ""),
-    ...(JSON.parse(readFileSync(file, "utf8")) as {
-      root: string;
-      shim: string;
-      exec: string;
-      config: string;
-    }),
-  }));
-  // --keep-compare: leave the old installs for another run (they hold a setuid shim: remove them after).
-  for (const b of befores)
-    if (!args.has("keep-compare")) cleanups.push(() => rmSync(b.root, { recursive: true, force: true }));
+  // --keep-compare: leave the old installs for another run.
+  const befores = earlierInstalls(COMPARE, args.has("keep-compare"), cleanups);
   const inst = await installIntoTempPrefix();
   cleanups.push(() => inst.cleanup());
   const user = ensureUser(BENCH_USER);
@@ -182,7 +173,7 @@ async function main() {
   if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
   const policy = `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`;
   writeConfig(inst, policy);
-  for (const b of befores) writeConfig({ config: b.config } as Parameters<typeof writeConfig>[0], policy);
+  for (const b of befores) writeConfig(b, policy);
 
   // The reusable timed grant: the first elevation asks, alice approves over HTTP.
   const first = spawnAsUser(user, [inst.shim, ...OPTS, "--", ...CMD], { env });

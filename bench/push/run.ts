@@ -3,8 +3,12 @@
 // (`apes grants approve ID`, Ed25519-signed proof) and a browser approval (the grant page's JSON
 // calls, made as the page's script makes them, with a software passkey: test/helpers/soft-passkey.ts).
 // The command is `/bin/date +%s.%N`: the time it prints is when it ran. The two kinds alternate.
-// As root (installs the shim; adds a user, removed at the end). TLS IdP on 127.0.0.1.
-// Run with the pinned node after `make build`: `node bench/push/run.ts [--samples=20]`.
+// The approval comes --park-ms (3 s) after the request waits: a person takes seconds, past any
+// short idle budget of the shim's early verifier. As root (installs the shim; adds a user, removed
+// at the end). TLS IdP on 127.0.0.1.
+// Run with the pinned node after `make build`: `node bench/push/run.ts [--samples=20] [--park-ms=3000]`.
+// Before/after in one run: `--compare=F1,...`, earlier builds installed by `node bench/elevate/run.ts
+// --install-only=F` from their checkout (bench/installs.ts), each measured in the same rotation.
 import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -23,6 +27,7 @@ import {
   writeConfig,
 } from "../../test/helpers/shim.ts";
 import { softPasskey } from "../../test/helpers/soft-passkey.ts";
+import { earlierInstalls } from "../installs.ts";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
@@ -34,8 +39,8 @@ const SAMPLES = Math.min(200, Number(args.get("samples") ?? 20));
 const WARMUP = 2;
 // --timing: the requester's phases (APES_TIMING=1 through the shim) after the wake, medians.
 const TIMING = args.has("timing");
-// How long after the requester says it waits before approving: its long poll is parked by then.
-const PARK_MS = 300;
+// How long after the requester says it waits before approving (its long poll is parked by then).
+const PARK_MS = Number(args.get("park-ms") ?? 3000);
 const BENCH_USER = "apes-push";
 const ALICE = "alice@example.com";
 const AGENT = "bot@example.com";
@@ -141,10 +146,13 @@ async function main() {
     spawnAsUser(user, [inst.shim, "login", AGENT, "--key", join(home, "key.pem"), "--idp", issuer], { env }),
   );
   if (login.code !== 0) throw new Error(`agent login failed: ${login.stderr}`);
-  writeConfig(
-    inst,
-    `issuers = ["${idp.issuer}"]\napprovers = ["${ALICE}"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(tls.cert, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["${AGENT}"]\n`,
-  );
+  // This build first, then the earlier ones (--compare): each gets the same policy.
+  const builds = [
+    { name: "this build", shim: inst.shim, config: inst.config },
+    ...earlierInstalls(args.get("compare"), args.has("keep-compare"), cleanups),
+  ];
+  const policy = `issuers = ["${idp.issuer}"]\napprovers = ["${ALICE}"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(tls.cert, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["${AGENT}"]\n`;
+  for (const b of builds) writeConfig(b, policy);
 
   // Alice on the CLI (root's process, its own HOME) with her Ed25519 key.
   const aliceHome = join(work, "alice");
@@ -213,23 +221,30 @@ async function main() {
     },
   };
   type Kind = keyof typeof approvers;
-  const latency: Record<Kind, number[]> = { cli: [], browser: [] };
-  const approverTime: Record<Kind, number[]> = { cli: [], browser: [] };
-  const afterAnswer: Record<Kind, number[]> = { cli: [], browser: [] };
+  type Series = { latency: number[]; approverTime: number[]; afterAnswer: number[] };
+  const series = new Map<string, Series>();
+  const seriesOf = (build: string, kind: Kind) => {
+    const key = `${build}\t${kind}`;
+    if (!series.has(key)) series.set(key, { latency: [], approverTime: [], afterAnswer: [] });
+    return series.get(key)!;
+  };
   const phases: Record<string, number[]> = {};
 
   for (let i = 0; i < WARMUP + SAMPLES; i++) {
-    for (const kind of (i % 2 ? ["browser", "cli"] : ["cli", "browser"]) as Kind[]) {
+    // Every build with both kinds each round, the order rotating so that drift hits all alike.
+    const cases = builds.flatMap((b) => (["cli", "browser"] as Kind[]).map((kind) => ({ b, kind })));
+    for (let c = 0; c < cases.length; c++) {
+      const { b, kind } = cases[(c + i) % cases.length]!;
       const child = spawnAsUser(
         user,
-        [inst.shim, "--approval", "once", "--reason", `push ${i}`, "--", "/bin/date", "+%s.%N"],
+        [b.shim, "--approval", "once", "--reason", `push ${i}`, "--", "/bin/date", "+%s.%N"],
         { env },
       );
       let stderr = "";
       const id: string = await new Promise((res, rej) => {
         const timer = setTimeout(() => rej(new Error(`no pending grant within 20 s: ${stderr}`)), 20_000);
-        child.stderr!.on("data", (c: Buffer) => {
-          stderr += c.toString();
+        child.stderr!.on("data", (chunk: Buffer) => {
+          stderr += chunk.toString();
           const m = /apes: grant (\S+) needs approval/.exec(stderr);
           if (m) {
             clearTimeout(timer);
@@ -245,13 +260,15 @@ async function main() {
       const started = Number(r.stdout.trim()) * 1000;
       if (!Number.isFinite(started)) throw new Error(`date printed ${JSON.stringify(r.stdout)}`);
       if (i >= WARMUP) {
-        latency[kind].push(started - a.t0);
-        approverTime[kind].push(a.approverDone);
-        afterAnswer[kind].push(started - a.t0 - a.approverDone);
-        for (const m of `${stderr}${r.stderr}`.matchAll(/^apes-timing: (\w+) (\w+) ([\d.]+)$/gm)) {
-          const key = `${m[1]} ${m[2]}`;
-          phases[key] = [...(phases[key] ?? []), Number(m[3])];
-        }
+        const s = seriesOf(b.name, kind);
+        s.latency.push(started - a.t0);
+        s.approverTime.push(a.approverDone);
+        s.afterAnswer.push(started - a.t0 - a.approverDone);
+        if (b === builds[0])
+          for (const m of `${stderr}${r.stderr}`.matchAll(/^apes-timing: (\w+) (\w+) ([\d.]+)$/gm)) {
+            const key = `${m[1]} ${m[2]}`;
+            phases[key] = [...(phases[key] ?? []), Number(m[3])];
+          }
       }
     }
   }
@@ -264,17 +281,22 @@ async function main() {
     dateFloor.push(Number(out.trim()) * 1000 - t0);
   }
 
-  console.log(`\n${SAMPLES} samples per kind after ${WARMUP} warm-up, alternating; TLS IdP on 127.0.0.1\n`);
   console.log(
-    `CLI approval (\`apes grants approve\` started -> the command runs): ${summary(latency.cli)}\n` +
-      `  of which \`apes grants approve\` until it exits: ${summary(approverTime.cli)}\n` +
-      `  from its exit (the IdP answered before) to the command: ${summary(afterAnswer.cli)}`,
+    `\n${SAMPLES} samples per kind and build after ${WARMUP} warm-up, rotating; approved ${PARK_MS} ms after the request waits; TLS IdP on 127.0.0.1\n`,
   );
-  console.log(
-    `browser approval (approve clicked: options + passkey + approve -> the command runs): ${summary(latency.browser)}\n` +
-      `  of which the page's calls until the approve answer: ${summary(approverTime.browser)}\n` +
-      `  from the approve answer to the command: ${summary(afterAnswer.browser)}`,
-  );
+  for (const b of builds) {
+    const cli = seriesOf(b.name, "cli");
+    const browser = seriesOf(b.name, "browser");
+    console.log(
+      `${b.name}:\n` +
+        `CLI approval (\`apes grants approve\` started -> the command runs): ${summary(cli.latency)}\n` +
+        `  of which \`apes grants approve\` until it exits: ${summary(cli.approverTime)}\n` +
+        `  from its exit (the IdP answered before) to the command: ${summary(cli.afterAnswer)}\n` +
+        `browser approval (approve clicked: options + passkey + approve -> the command runs): ${summary(browser.latency)}\n` +
+        `  of which the page's calls until the approve answer: ${summary(browser.approverTime)}\n` +
+        `  from the approve answer to the command: ${summary(browser.afterAnswer)}`,
+    );
+  }
   for (const [name, xs] of Object.entries(phases)) console.log(`${name}: p50 ${f(pct(xs, 50))} ms`);
   console.log(`floor of the measure (spawn /bin/date -> the time it prints): ${summary(dateFloor)}`);
   console.log(

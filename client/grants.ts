@@ -116,8 +116,17 @@ export async function authed(ctx: ClientContext): Promise<Authed> {
   };
 }
 
-export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
+/**
+ * `foldTokens` (the requester of an elevation): reads ask for the requester's AuthZ-JWT with the
+ * grant (`Prefer: authz-jwt`), so the long poll that reports the approval brings the token too, and
+ * `token(id)` then answers from it without a request.
+ */
+export async function grantsClient(
+  ctx: ClientContext,
+  options: { foldTokens?: boolean } = {},
+): Promise<GrantsClient> {
   const auth = await authed(ctx);
+  const folded = new Map<string, { authz_jwt: string; grant: Grant }>();
   const endpoints = await idpEndpoints(ctx, auth.session().idp);
   const base = requireEndpoint(endpoints, endpoints.grantsEndpoint, "openape_grants_endpoint").replace(
     /\/+$/,
@@ -163,21 +172,26 @@ export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
     async get(id) {
       return grantOf((await auth.call({ url: url(checkGrantId(id)) })).body);
     },
-    async fetch(id, options = {}) {
-      const headers: Record<string, string> = {};
-      if (options.waitSeconds && options.waitSeconds > 0)
-        headers.prefer = `wait=${Math.ceil(options.waitSeconds)}`;
+    async fetch(id, fetchOptions = {}) {
+      const prefer: string[] = [];
+      if (fetchOptions.waitSeconds && fetchOptions.waitSeconds > 0)
+        prefer.push(`wait=${Math.ceil(fetchOptions.waitSeconds)}`);
+      if (options.foldTokens) prefer.push("authz-jwt");
+      const headers: Record<string, string> = prefer.length ? { prefer: prefer.join(", ") } : {};
       const res = await auth.call<unknown>({
         url: url(checkGrantId(id)),
         headers,
-        etag: options.etag,
-        signal: options.signal,
-        timeoutMs: options.waitSeconds ? options.waitSeconds * 1000 + 10_000 : undefined,
+        etag: fetchOptions.etag,
+        signal: fetchOptions.signal,
+        timeoutMs: fetchOptions.waitSeconds ? fetchOptions.waitSeconds * 1000 + 10_000 : undefined,
       });
       const applied = res.headers.get("preference-applied") ?? "";
       const retryAfter = Number(res.headers.get("retry-after"));
+      const grant = res.notModified ? undefined : grantOf(res.body);
+      if (grant && options.foldTokens && /\bauthz-jwt\b/i.test(applied))
+        folded.set(grant.id, { authz_jwt: authzJwtOf(res.body), grant });
       return {
-        grant: res.notModified ? undefined : grantOf(res.body),
+        grant,
         etag: res.etag,
         notModified: res.notModified,
         waitApplied: /\bwait\b/i.test(applied),
@@ -202,6 +216,10 @@ export async function grantsClient(ctx: ClientContext): Promise<GrantsClient> {
     deny: (id) => action(id, "deny"),
     revoke: (id) => action(id, "revoke"),
     async token(id) {
+      // From the answer that reported the approval, once; else the token endpoint.
+      const kept = folded.get(id);
+      folded.delete(id);
+      if (kept && kept.grant.status === "approved") return kept;
       const res = await auth.call<{ authz_jwt?: unknown; grant?: Grant }>({
         url: url(checkGrantId(id), "token"),
         method: "POST",

@@ -54,7 +54,8 @@ export interface RequesterOptions {
 export const defaultDeps: RequesterDeps = {
   async client(ctx) {
     const { grantsClient } = await import("../../client/grants.ts");
-    return grantsClient(ctx);
+    // The long poll that reports the approval brings the AuthZ-JWT too: no token round trip after it.
+    return grantsClient(ctx, { foldTokens: true });
   },
   async wait(ctx, client, id, options) {
     const { waitForDecision } = await import("../../client/wait.ts");

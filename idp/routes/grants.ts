@@ -121,7 +121,10 @@ export async function applyAction(
   return updated.grant;
 }
 
-/** `Prefer: authz-jwt` (RFC 7240 syntax) on a create: fold the AuthZ-JWT into a reuse answer. */
+/**
+ * `Prefer: authz-jwt` (RFC 7240 syntax) on a create or a read: fold the requester's AuthZ-JWT into a
+ * reuse answer, or into the answer of a read (a long poll's included) that finds its grant approved.
+ */
 function preferAuthzJwt(call: Call): boolean {
   const raw = call.req.headers.prefer;
   const h = Array.isArray(raw) ? raw.join(",") : (raw ?? "");
@@ -148,8 +151,12 @@ async function issueAuthz(
   return { authz_jwt: authzJwt, grant };
 }
 
-/** GET with ETag, If-None-Match and `Prefer: wait=N` (answered as soon as the grant changes). */
-async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
+/**
+ * GET with ETag, If-None-Match and `Prefer: wait=N` (answered as soon as the grant changes); with
+ * `Prefer: authz-jwt` an approved grant comes as `{authz_jwt, grant}` for its requester, so a waiting
+ * elevation has its token in the answer that tells it of the approval.
+ */
+async function getGrant(idp: Idp, call: Call, p: Principal, issued: IssuedTokens): Promise<Reply> {
   const id = call.params.id!;
   let stored = await visibleGrant(idp, p, id);
   const ifNoneMatch = call.req.headers["if-none-match"];
@@ -184,6 +191,12 @@ async function getGrant(idp: Idp, call: Call, p: Principal): Promise<Reply> {
   const etag = etagOf(stored);
   headers.etag = etag;
   if (etagMatches(ifNoneMatch, etag)) return { status: 304, headers };
+  const folded = preferAuthzJwt(call) ? await issueAuthz(idp, p, stored.grant, issued) : undefined;
+  if (folded) {
+    const applied = headers["preference-applied"];
+    headers["preference-applied"] = applied ? `${applied}, authz-jwt` : "authz-jwt";
+    return { status: 200, body: folded, headers };
+  }
   return { status: 200, body: stored.grant, headers };
 }
 
@@ -396,7 +409,7 @@ export function registerGrantRoutes(
     return { status: 200, body: { results } };
   });
 
-  router.add("GET", `${G}/:id`, true, (call, p) => getGrant(idp, call, p));
+  router.add("GET", `${G}/:id`, true, (call, p) => getGrant(idp, call, p, issued));
 
   for (const action of ["approve", "deny", "revoke"] as const) {
     router.add("POST", `${G}/:id/${action}`, true, async (call, p) => {

@@ -268,6 +268,56 @@ describe("the grants client module against the real IdP (used by elevation)", ()
   });
 });
 
+describe("foldTokens (the elevation's requester)", () => {
+  it("the long poll that reports the approval brings the AuthZ-JWT: token() then makes no request", async () => {
+    const { createContext } = await import("../../cli/context.ts");
+    const { grantsClient } = await import("../../client/grants.ts");
+    const { nodeFetch } = await import("../../client/http.ts");
+    const { approvalChoice, ed25519ApprovalProof } = await import("../../cli/grants/approval-proof.ts");
+    const globals = { json: false, debug: false, color: false };
+    const sent: string[] = [];
+    const counting = ((input: string | URL | Request, init?: RequestInit) => {
+      sent.push(`${init?.method ?? "GET"} ${new URL(String(input)).pathname}`);
+      return nodeFetch(input, init);
+    }) as typeof fetch;
+    const botClient = await grantsClient(createContext(globals, { env: bot.env, http: counting }), {
+      foldTokens: true,
+    });
+    const aliceCtx = createContext(globals, { env: alice.env });
+    const aliceClient = await grantsClient(aliceCtx);
+    const argv = ["echo", "folded"];
+    const g = (
+      await botClient.create({
+        target_host: "web2",
+        audience: "escapes",
+        grant_type: "once",
+        command: argv,
+        cmd_hash: cmdHash(argv),
+      })
+    ).grant;
+    const first = await botClient.fetch(g.id);
+    const waiting = botClient.fetch(g.id, { waitSeconds: 20, etag: first.etag });
+    await new Promise((r) => setTimeout(r, 200));
+    const proof = await ed25519ApprovalProof(
+      aliceCtx,
+      aliceClient.session,
+      aliceClient.endpoints,
+      g,
+      approvalChoice(g, {}),
+    );
+    await aliceClient.approve(g.id, { proof: { ...proof } });
+    expect((await waiting).grant?.status).toBe("approved");
+    const before = sent.length;
+    const { authz_jwt } = await botClient.token(g.id);
+    expect(sent.slice(before)).toEqual([]); // no POST /token
+    expect(jwtClaims(authz_jwt)).toMatchObject({ grant_id: g.id, cmd_hash: cmdHash(argv) });
+    // Used once: a second token() asks the token endpoint.
+    await botClient.token(g.id);
+    expect(sent.slice(before)).toEqual([`POST /api/grants/${g.id}/token`]);
+    expect(await botClient.consume(g.id, authz_jwt)).toMatchObject({ status: "consumed" });
+  });
+});
+
 describe("delegations and token exchange", () => {
   it("alice delegates to bot; bot exchanges for a token with sub=alice, act.sub=bot", async () => {
     const d = await alice.run([

@@ -180,7 +180,44 @@ describe("idp grants API", () => {
       expect(other.status).toBe(201);
     });
 
-    it("`Prefer: authz-jwt` folds the requester's AuthZ-JWT into a reuse answer, and only there", async () => {
+    it("`Prefer: authz-jwt` on a read: the requester's AuthZ-JWT with its approved grant, in the long poll the approval wakes", async () => {
+      const g = await create("bot", ls(["echo", "folded into a read"]));
+      expect(g.status).toBe("pending");
+      const url = `${w.grants}/${g.id}`;
+      // Pending: the grant alone, the preference not applied.
+      const pending = await w.as("bot").get(url, { prefer: "authz-jwt" });
+      expect(pending.status).toBe(200);
+      schemas.assert("grant", pending.body);
+      expect(pending.headers.get("preference-applied")).toBeNull();
+      // A long poll parked on the pending grant, answered by the approval with the token in it.
+      const waiting = w
+        .as("bot")
+        .get(url, { prefer: "wait=20, authz-jwt", "if-none-match": pending.headers.get("etag")! });
+      await new Promise((r) => setTimeout(r, 100));
+      await w.approve("alice", g.id);
+      const woken = await waiting;
+      expect(woken.status).toBe(200);
+      expect(woken.headers.get("preference-applied")).toBe("wait=20, authz-jwt");
+      schemas.assert("grant", woken.body.grant);
+      expect(woken.body.grant).toMatchObject({ id: g.id, status: "approved" });
+      schemas.assert("authz-jwt-claims", claimsOf(woken.body.authz_jwt));
+      expect(claimsOf(woken.body.authz_jwt)).toMatchObject({ grant_id: g.id, sub: "bot@example.com" });
+      // The approver reads the same grant with the same preference: the grant alone (not the requester).
+      const byAlice = await w.as("alice").get(url, { prefer: "authz-jwt" });
+      expect(byAlice.status).toBe(200);
+      schemas.assert("grant", byAlice.body);
+      expect(byAlice.headers.get("preference-applied")).toBeNull();
+      // Without the preference: the grant alone, as before.
+      const plain = await w.as("bot").get(url);
+      schemas.assert("grant", plain.body);
+      expect(JSON.stringify(plain.body)).not.toContain("authz_jwt");
+      // The folded token is a real one: it consumes the once grant.
+      const c = await api(w.idp.url, woken.body.authz_jwt).post(`${url}/consume`);
+      expect(c.status).toBe(200);
+      expect(c.body.status).toBe("consumed");
+    });
+
+    it("`Prefer: authz-jwt` folds the requester's AuthZ-JWT into a reuse answer, and into nothing else on a create", async () => {
       const body = {
         ...ls(["journalctl", "-u", "sshd"]),
         grant_type: "timed",

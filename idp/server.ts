@@ -276,6 +276,8 @@ async function openData(opts: ServeOptions) {
     store = withReadCache(
       openSqliteStore(opts.dataDir, {
         groupCommit: true,
+        // Workers share the write lock: each holds it only until its writes are waited for.
+        commitOnFlush: opts.worker !== undefined,
         checkpointer: {
           intervalMs: 1000,
           onError: (e) =>

@@ -302,6 +302,14 @@ export interface SqliteOptions {
    */
   groupCommit?: boolean;
   /**
+   * Several processes write this database (`serve --workers`): a batch commits as soon as someone
+   * waits for it (flush(): a request about to be answered) instead of at the end of the event-loop
+   * turn, so the write lock, which every other process waits for, is not held through the rest of
+   * the turn's work (parsing, signing, other requests). Group commit still joins what was written
+   * meanwhile.
+   */
+  commitOnFlush?: boolean;
+  /**
    * Checkpoint the WAL every `intervalMs` from a worker thread (checkpointer.ts) instead of inside
    * commits: a checkpoint syncs the files, and once a second is enough. Stopped by close().
    */
@@ -333,13 +341,18 @@ export class SqliteStore implements Store {
   private stopCheckpointer: (() => Promise<void>) | undefined;
 
   readonly lifecycle: StoreLifecycle = {
-    flush: () => this.batch?.promise ?? Promise.resolve(),
+    flush: () => {
+      const b = this.batch;
+      if (b && this.commitOnFlush) this.commitBatch();
+      return b?.promise ?? Promise.resolve();
+    },
     changeMarker: () => (this.q("PRAGMA data_version").get() as { data_version: number }).data_version,
   };
 
   constructor(db: DatabaseSync, file: string, options: SqliteOptions) {
     this.db = db;
     this.groupCommit = options.groupCommit === true;
+    this.commitOnFlush = options.commitOnFlush === true;
     if (options.checkpointer) {
       const { intervalMs, onError } = options.checkpointer;
       this.stopCheckpointer = startCheckpointer(file, intervalMs, () => this.checkpoint(), onError);
@@ -393,6 +406,7 @@ export class SqliteStore implements Store {
   // thread, one connection, each statement runs to its end when called, and reads see the batch's
   // own writes.
   private readonly groupCommit: boolean;
+  private readonly commitOnFlush: boolean;
   private batch: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | undefined;
 
   private openBatch(): void {

@@ -428,3 +428,43 @@ describe("idp serve --workers 2: limits and start-up", () => {
     }
   });
 });
+
+describe("idp serve --workers 2 on PostgreSQL", () => {
+  let w: World;
+  beforeAll(async () => {
+    // startWorld adds its users to the test store (test/helpers/idp.ts testStore): PostgreSQL here.
+    const before = process.env.APES_TEST_STORE;
+    process.env.APES_TEST_STORE = "postgres";
+    try {
+      w = await startWorld({ store: "postgres", extraArgs: ["--workers", "2", "--connection-rate", "off"] });
+    } finally {
+      if (before === undefined) delete process.env.APES_TEST_STORE;
+      else process.env.APES_TEST_STORE = before;
+    }
+  });
+  afterAll(async () => {
+    await w?.idp.stop();
+  });
+  const as = (name: keyof typeof USERS) => api(w.idp.url, w.tokens[name], fresh);
+
+  it("consumes a once-grant once over both workers and answers a long poll across them", async () => {
+    const g = (await as("bot").post(w.grants, { ...ls(["pg-workers"]), grant_type: "once" })).body;
+    const etag = (await as("bot").get(`${w.grants}/${g.id}`)).headers.get("etag")!;
+    const waiters = Array.from({ length: 4 }, () =>
+      as("bot").get(`${w.grants}/${g.id}`, { prefer: "wait=50", "if-none-match": etag }),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const grant = (await as("bot").get(`${w.grants}/${g.id}`)).body;
+    expect(
+      (await as("alice").post(`${w.grants}/${g.id}/approve`, { proof: w.proof("alice", grant) })).status,
+    ).toBe(200);
+    for (const r of await Promise.all(waiters)) expect(r.body.status).toBe("approved");
+    const jwt = (await as("bot").post(`${w.grants}/${g.id}/token`)).body.authz_jwt as string;
+    const results = await Promise.all(
+      Array.from({ length: 12 }, () => api(w.idp.url, jwt, fresh).post(`${w.grants}/${g.id}/consume`)),
+    );
+    expect(results.filter((r) => r.status === 200 && r.body.status === "consumed")).toHaveLength(1);
+    expect(workersServing(w, "POST", `${w.grants}/${g.id}/consume`)).toEqual(new Set([1, 2]));
+    expect(lines(w).filter((l) => l.msg === "listening")).toHaveLength(1);
+  });
+});

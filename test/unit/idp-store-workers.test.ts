@@ -1,6 +1,7 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Worker } from "node:worker_threads";
 import { afterEach, describe, expect, it } from "vitest";
 import { openSqliteStore, type SqliteOptions } from "../../idp/store/sqlite/store.ts";
 import type { Store } from "../../idp/store/types.ts";
@@ -55,6 +56,48 @@ describe("commitOnFlush (several processes share the write lock)", () => {
     );
     await flushed;
     expect((await other.getGrant(g.id))?.grant.id).toBe(g.id);
+  });
+});
+
+/** Another connection (a thread standing in for another worker) takes the write lock for `ms` (-1: until terminated). */
+async function holdWriteLock(dir: string, ms: number): Promise<Worker> {
+  const w = new Worker(
+    `const { workerData, parentPort } = require("node:worker_threads");
+     const { DatabaseSync } = require("node:sqlite");
+     const db = new DatabaseSync(workerData.file);
+     db.exec("BEGIN IMMEDIATE");
+     parentPort.postMessage("held");
+     if (workerData.ms >= 0) setTimeout(() => { db.exec("COMMIT"); parentPort.postMessage("released"); }, workerData.ms);
+     else setInterval(() => {}, 1000);`,
+    { eval: true, workerData: { file: join(dir, "idp.sqlite"), ms } },
+  );
+  await new Promise((r) => w.once("message", r));
+  return w;
+}
+
+describe("waiting for another process's write lock (commitOnFlush)", () => {
+  it("a write waits until the lock is released, then succeeds", async () => {
+    const dir = newDir();
+    const s = open(dir, { groupCommit: true, commitOnFlush: true });
+    const holder = await holdWriteLock(dir, 40);
+    try {
+      await s.addUser({ email: "late@x", kind: "human", createdAt: 1 });
+      await s.lifecycle.flush?.();
+      expect((await open(dir).getUser("late@x"))?.email).toBe("late@x");
+    } finally {
+      await holder.terminate();
+    }
+  });
+
+  it("gives up with 'database is locked' after the busy timeout, and the next write works", async () => {
+    const dir = newDir();
+    const s = open(dir, { groupCommit: true, commitOnFlush: true, busyTimeoutMs: 100 });
+    const holder = await holdWriteLock(dir, -1);
+    await expect(s.addUser({ email: "x@x", kind: "human", createdAt: 1 })).rejects.toThrow(/locked/);
+    await holder.terminate();
+    await s.addUser({ email: "y@x", kind: "human", createdAt: 1 });
+    await s.lifecycle.flush?.();
+    expect((await open(dir).getUser("y@x"))?.email).toBe("y@x");
   });
 });
 

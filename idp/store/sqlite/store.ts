@@ -194,6 +194,9 @@ function inviteFromRow(r: InviteRow): InviteRecord {
   return i;
 }
 
+/** A cell to Atomics.wait on: a sleep shorter than a millisecond (beginWaitingFinely). */
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));
+
 /** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
 const FAMILY_GRACE_S = 600;
 
@@ -353,6 +356,7 @@ export class SqliteStore implements Store {
     this.db = db;
     this.groupCommit = options.groupCommit === true;
     this.commitOnFlush = options.commitOnFlush === true;
+    this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
     if (options.checkpointer) {
       const { intervalMs, onError } = options.checkpointer;
       this.stopCheckpointer = startCheckpointer(file, intervalMs, () => this.checkpoint(), onError);
@@ -407,11 +411,13 @@ export class SqliteStore implements Store {
   // own writes.
   private readonly groupCommit: boolean;
   private readonly commitOnFlush: boolean;
+  private readonly busyTimeoutMs: number;
   private batch: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | undefined;
 
   private openBatch(): void {
     if (this.batch) return;
-    this.db.exec("BEGIN IMMEDIATE");
+    if (this.commitOnFlush) this.beginWaitingFinely();
+    else this.db.exec("BEGIN IMMEDIATE");
     let resolve!: () => void;
     let reject!: (e: unknown) => void;
     const promise = new Promise<void>((res, rej) => {
@@ -421,6 +427,29 @@ export class SqliteStore implements Store {
     promise.catch(() => {}); // observed by flush() callers
     this.batch = { promise, resolve, reject };
     setImmediate(() => this.commitBatch());
+  }
+
+  /**
+   * BEGIN IMMEDIATE for a write lock other processes hold briefly (commitOnFlush): SQLite's busy
+   * handler sleeps 1, 2, 5, 10 ms..., far longer than such a hold, and this thread does nothing
+   * meanwhile; here it tries again every 50 us, up to the same busy timeout.
+   */
+  private beginWaitingFinely(): void {
+    this.db.exec("PRAGMA busy_timeout = 0");
+    try {
+      const deadline = performance.now() + this.busyTimeoutMs;
+      for (;;) {
+        try {
+          this.db.exec("BEGIN IMMEDIATE");
+          return;
+        } catch (e) {
+          if ((e as { errcode?: number }).errcode !== 5 || performance.now() > deadline) throw e;
+          Atomics.wait(PAUSE, 0, 0, 0.05);
+        }
+      }
+    } finally {
+      this.db.exec(`PRAGMA busy_timeout = ${this.busyTimeoutMs}`);
+    }
   }
 
   private commitBatch(): void {

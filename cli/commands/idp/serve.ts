@@ -268,7 +268,7 @@ Examples:
         { startIdp },
         { jsonLogger, isLogLevel },
         { parseDuration },
-        { parseRateLimit },
+        { parseRateLimit, shareOfRateLimit },
         { stopSignals },
       ] = await Promise.all([
         import("../../../idp/server.ts"),
@@ -277,7 +277,6 @@ Examples:
         import("../../../server/rate-limit.ts"),
         import("../../../server/lifecycle.ts"),
       ]);
-      const { shareOfRateLimit } = await import("../../../server/rate-limit.ts");
       if (!isLogLevel(opts.logLevel)) throw usageError(`invalid --log-level "${opts.logLevel}"`);
       let tokenTtl: number;
       const rateLimits = { api: opts.rateLimit, login: opts.loginRateLimit, token: opts.tokenRateLimit };

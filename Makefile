@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(NODE_BIN):$(PATH)
 
-.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-idp-instances bench-troop bench-approval bench-notify
+.PHONY: all build bundle test test-deps lint typecheck check clean bench-startup bench-cli bench-idp bench-idp-flood bench-idp-instances bench-idp-workers bench-troop bench-approval bench-notify
 
 all: build
 
@@ -47,6 +47,10 @@ bench-idp-flood: build
 
 bench-idp-instances: build
 	node bench/idp-instances/run.ts
+
+bench-idp-workers: build
+	node bench/idp-workers/run.ts
+	node bench/idp-workers/crypto-offload.ts
 
 bench-troop: build
 	node bench/troop/run.ts

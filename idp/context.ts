@@ -46,11 +46,24 @@ export interface Principal {
 /** In-process change notification, keyed by grant id: long polls wait on it (no db polling). */
 export class GrantEvents {
   private readonly emitter = new EventEmitter();
+  private publish: ((name: string) => void) | undefined;
   constructor() {
     this.emitter.setMaxListeners(0);
   }
+  /** Every event of this process also goes to `publish` (the other workers: idp/server.ts). */
+  relayTo(publish: (name: string) => void): void {
+    this.publish = publish;
+  }
+  /** An event relayed from another worker: wakes this process's waiters, and is not relayed again. */
+  received(name: string): void {
+    this.emitter.emit(name);
+  }
+  private emit(name: string): void {
+    this.emitter.emit(name);
+    this.publish?.(name);
+  }
   changed(id: string): void {
-    this.emitter.emit(id);
+    this.emit(id);
   }
   /** Wakes every waiter (changes may have been missed): each re-reads its grant. */
   changedAll(): void {
@@ -83,8 +96,8 @@ export class GrantEvents {
       ...(requester?.owner ? [requester.owner] : []),
       ...(requester?.approvers ?? []),
     ]);
-    for (const w of who) this.emitter.emit(inboxKey(w));
-    this.emitter.emit(inboxKey("*"));
+    for (const w of who) this.emit(inboxKey(w));
+    this.emit(inboxKey("*"));
   }
 }
 

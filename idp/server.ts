@@ -1,6 +1,7 @@
 import { ProblemError } from "../protocol/problem.ts";
 import { CLI_TOKEN_AUDIENCE } from "../protocol/types.ts";
 import { BearerVerifier, bearerToken } from "../server/bearer.ts";
+import type { WorkerRole } from "../server/cluster.ts";
 import type { Call } from "../server/http.ts";
 import { type Listening, listen } from "../server/lifecycle.ts";
 import { clientKey } from "../server/limits.ts";
@@ -66,6 +67,12 @@ export interface ServeOptions {
   /** The `[notify]` table of --config (idp/notify/config.ts); absent: defaults (webhooks only). */
   notify?: NotifyConfig;
   log: Logger;
+  /**
+   * One of the workers of `serve --workers N` (server/cluster.ts): the primary holds the data dir's
+   * lock; events go to the other workers after their commit; worker 1 alone runs the housekeeping
+   * (sweeps, notification delivery); "listening" is the primary's to log.
+   */
+  worker?: WorkerRole;
 }
 
 export interface RunningIdp {
@@ -93,11 +100,21 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     // For the invite links of the offline admin commands: in the database when it is shared.
     if (data.store.recordIssuer) await data.store.recordIssuer(issuer);
     else recordIssuer(opts.dataDir, issuer);
+    const worker = opts.worker;
     notifier = await startNotifier(data.store, opts.notify ?? DEFAULT_NOTIFY, {
       dataDir: opts.dataDir,
       ...(data.vapidKeys ? { vapidKeys: data.vapidKeys } : {}),
       base: issuer.replace(/\/+$/, ""),
       log: opts.log,
+      ...(worker && !housekeeper(opts)
+        ? {
+            kickElsewhere: () =>
+              committed(data.store).then(
+                () => worker.relay({ kick: true }),
+                () => {},
+              ),
+          }
+        : {}),
     });
   } catch (e) {
     // Nothing may keep the process alive after a failed start (the port, the checkpoint worker).
@@ -106,14 +123,12 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
     throw e;
   }
   const idp = idpOf(opts, data, issuer, http.shutdown, notifier);
+  if (opts.worker) joinWorkers(opts.worker, idp);
   http.serve(pipeline(app(opts, idp, data, http.shutdown)));
-  const stopSweep = sweep(opts.log, idp);
-  opts.log.always("info", "listening", {
-    url: http.url,
-    issuer,
-    data: data.where,
-    kid: idp.keys.activeKid(),
-  });
+  const stopSweep = housekeeper(opts) ? sweep(opts.log, idp) : () => {};
+  const started = { url: http.url, issuer, data: data.where, kid: idp.keys.activeKid() };
+  if (opts.worker) opts.worker.ready(started);
+  else opts.log.always("info", "listening", started);
   const webOff = webUnavailable(issuer);
   if (webOff) opts.log.log("info", "passkey pages off", { reason: webOff });
   let closing: Promise<void> | undefined;
@@ -131,6 +146,47 @@ export async function startIdp(opts: ServeOptions): Promise<RunningIdp> {
 }
 
 type Data = Awaited<ReturnType<typeof openData>>;
+
+/** Sweeps and notification delivery: the process itself, or worker 1 of several. */
+const housekeeper = (opts: ServeOptions) => (opts.worker?.index ?? 1) === 1;
+
+const committed = (store: Store): Promise<void> => store.lifecycle?.flush?.() ?? Promise.resolve();
+
+/**
+ * `serve --workers`: this worker's grant and inbox events reach the other workers once the writes
+ * behind them are committed (earlier, a waiter there would re-read the old state and sleep on), one
+ * message per commit; theirs wake this worker's waiters. When a worker died, what it committed may
+ * not have been relayed: every waiter re-reads and the outbox is looked at.
+ */
+function joinWorkers(role: WorkerRole, idp: Idp): void {
+  const waiting = new Map<Promise<void>, Set<string>>();
+  idp.events.relayTo((name) => {
+    const commit = committed(idp.store);
+    let names = waiting.get(commit);
+    if (!names) {
+      const batch = new Set<string>();
+      waiting.set(commit, batch);
+      commit.then(
+        () => {
+          waiting.delete(commit);
+          role.relay({ events: [...batch] });
+        },
+        () => waiting.delete(commit), // rolled back: nothing changed
+      );
+      names = batch;
+    }
+    names.add(name);
+  });
+  role.onRelay((body) => {
+    const { events, kick } = body as { events?: unknown; kick?: unknown };
+    if (Array.isArray(events)) for (const n of events) if (typeof n === "string") idp.events.received(n);
+    if (kick === true) idp.notify?.kick();
+  });
+  role.onMissed(() => {
+    idp.events.changedAll();
+    idp.notify?.kick();
+  });
+}
 
 /** What the request pipeline runs for the IdP: its routes, hooks and error format. */
 function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): App<Principal> {
@@ -212,13 +268,16 @@ async function openDatabase(opts: ServeOptions, database: NonNullable<ServeOptio
 /** The data directory: its lock, the store (checkpointed off the main thread), the keys, the login secret. */
 async function openData(opts: ServeOptions) {
   if (opts.database) return openDatabase(opts, opts.database);
-  const lock = lockDataDir(opts.dataDir, "IdP server");
+  // The workers of `serve --workers` share the data dir: their primary holds its lock.
+  const lock = opts.worker ? { release() {} } : lockDataDir(opts.dataDir, "IdP server");
   let store: Store;
   let keys: Keyring;
   try {
     store = withReadCache(
       openSqliteStore(opts.dataDir, {
         groupCommit: true,
+        // Workers share the write lock: each holds it only until its writes are waited for.
+        commitOnFlush: opts.worker !== undefined,
         checkpointer: {
           intervalMs: 1000,
           onError: (e) =>
@@ -273,7 +332,8 @@ function idpOf(opts: ServeOptions, data: Data, issuer: string, shutdown: AbortSi
   const limits = new RateLimits(opts.rateLimits);
   const events = new GrantEvents();
   // Grants decided on other instances wake this one's long polls (PostgreSQL: LISTEN/NOTIFY).
-  data.store.lifecycle?.watchGrants?.((id) => (id === undefined ? events.changedAll() : events.changed(id)));
+  // Every process hears these itself: received, not relayed to the other workers again.
+  data.store.lifecycle?.watchGrants?.((id) => (id === undefined ? events.changedAll() : events.received(id)));
   const sessions = new BearerVerifier({
     keyFor: (kid, now) => data.keys.publicKey(kid, now),
     now: nowSec,

@@ -17,13 +17,15 @@ export function isLogLevel(v: string): v is LogLevel {
   return v in ORDER;
 }
 
+/** `base`: fields on every line (a worker's number, server/cluster.ts). */
 export function jsonLogger(
   level: LogLevel,
   write: (line: string) => void = (l) => process.stderr.write(l),
+  base?: Record<string, unknown>,
 ): Logger {
   const min = ORDER[level];
   const emit = (l: LogLevel, msg: string, fields?: Record<string, unknown>) =>
-    write(`${JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...fields })}\n`);
+    write(`${JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...base, ...fields })}\n`);
   return {
     enabled: (l) => ORDER[l] >= min,
     log(l, msg, fields) {

@@ -46,6 +46,17 @@ export function parseRateLimit(spec: string): { limit: number; windowSec: number
   return { limit, windowSec };
 }
 
+/**
+ * One of `workers` processes' share of a limit: N/PERIOD becomes floor(N/workers)/PERIOD (at least
+ * 1), so however a client's connections are spread over the workers, together they admit no more
+ * than the limit (a client on one keep-alive connection gets one share). "off" stays off.
+ */
+export function shareOfRateLimit(spec: string, workers: number): string {
+  const limit = parseRateLimit(spec);
+  if (!limit || workers <= 1) return spec;
+  return `${Math.max(1, Math.floor(limit.limit / workers))}/${limit.windowSec}s`;
+}
+
 /** A limiter for a spec, or undefined for "off". */
 export function rateLimiterOf(spec: string): RateLimiter | undefined {
   const limit = parseRateLimit(spec);

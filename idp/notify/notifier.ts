@@ -66,16 +66,23 @@ export async function startNotifier(
     vapidKeys?: () => Promise<VapidKeys>;
     base: string;
     log: Logger;
+    /**
+     * Another process delivers (the housekeeping worker of `serve --workers`: one deliverer, so no
+     * row is sent twice at once): no delivery worker here, and kick() calls this instead.
+     */
+    kickElsewhere?: () => void;
   },
 ): Promise<Notifier> {
   const vapid = config.webpushSubject
     ? await (options.vapidKeys ? options.vapidKeys() : vapidKeys(options.dataDir))
     : undefined;
   const channels = await openChannels(config, vapid, () => Math.floor(Date.now() / 1000));
-  const worker = new NotifyWorker(store, channels, config, options.log, async () => {
-    await store.lifecycle?.flush?.();
-  });
-  worker.start();
+  const worker = options.kickElsewhere
+    ? undefined
+    : new NotifyWorker(store, channels, config, options.log, async () => {
+        await store.lifecycle?.flush?.();
+      });
+  worker?.start();
   const linkBase = config.linkBase ?? options.base;
   return {
     enabled: channels.enabled,
@@ -100,7 +107,10 @@ export async function startNotifier(
       payload: JSON.stringify(testContent(now)),
       createdAt: now,
     }),
-    kick: () => worker.kick(),
-    close: () => worker.close(),
+    kick: () => (worker ? worker.kick() : options.kickElsewhere!()),
+    close: async () => {
+      if (worker) await worker.close();
+      else channels.close();
+    },
   };
 }

@@ -1,12 +1,14 @@
 import type { Command } from "commander";
 import { DEFAULT_RATE_LIMITS } from "../../../idp/limit-defaults.ts";
+import type { StoreLocation } from "../../../idp/store/open.ts";
 import {
   DEFAULT_CONNECTION_RATE,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
 } from "../../../server/limit-defaults.ts";
+import type { Logger } from "../../../server/log.ts";
 import { CliError, usageError } from "../../errors.ts";
-import { ExitCode } from "../../exit-codes.ts";
+import { ExitCode, type ExitCodeValue } from "../../exit-codes.ts";
 import { parseListen } from "../../listen.ts";
 import type { GetContext } from "../../program.ts";
 import {
@@ -36,6 +38,7 @@ interface ServeOpts extends StoreOpts {
   allowBearerApprove?: boolean;
   config?: string;
   logLevel: string;
+  workers: string;
 }
 
 /** `--listen HOST:PORT` (shared with `apes troop serve`). */
@@ -148,6 +151,18 @@ async function readServeConfig(file: string) {
   }
 }
 
+/** Most workers `--workers` takes (a typo must not fork thousands of processes). */
+const MAX_WORKERS = 256;
+
+/** `--workers N|auto`: auto is one per CPU the process may use. */
+async function workerCount(value: string): Promise<number> {
+  if (value === "auto") return (await import("node:os")).availableParallelism();
+  const n = /^[1-9]\d{0,2}$/.test(value) ? Number(value) : 0;
+  if (n < 1 || n > MAX_WORKERS)
+    throw usageError(`invalid --workers "${value}"`, `give a number 1..${MAX_WORKERS}, or auto`);
+  return n;
+}
+
 function positiveInt(value: string, option: string): number {
   if (!/^[1-9]\d{0,8}$/.test(value))
     throw usageError(`invalid ${option} "${value}"`, "give a whole number >= 1");
@@ -204,6 +219,11 @@ export function register(parent: Command, getContext: GetContext): void {
       "TOML settings: the [notify] table (channels, retries; see docs/notifications.md)",
     )
     .option("--log-level <level>", "debug, info, warn or error", "info")
+    .option(
+      "--workers <n>",
+      "processes serving one port and one data dir or database, on as many cores (auto: one per CPU)",
+      "1",
+    )
     .addHelpText(
       "after",
       `
@@ -214,13 +234,17 @@ Key logins must sign the domain-separated message of docs/signatures.md; with
 An approval must carry a proof (an Ed25519 signature or a passkey assertion over the grant's
 approval digest, docs/signatures.md); --allow-bearer-approve also accepts one without (older
 clients; logged as a warning at start and on every such approval).
+With --workers N a supervising process starts N worker processes on one port and one store (a
+worker that dies is restarted; SIGTERM drains them all); each worker admits 1/N of every rate and
+connection limit, so together they admit no more than one process would. See README, "Every core".
 
 Examples:
   $ apes idp serve --listen 127.0.0.1:8080
   $ apes idp serve --listen 0.0.0.0:443 --issuer https://id.example.com --tls-cert cert.pem --tls-key key.pem
   $ apes idp serve --listen 127.0.0.1:0 --data /tmp/idp --token-ttl 15m
   $ PGPASSWORD=... apes idp serve --database postgres://apes@db.internal:5432/apes --database-key-file /etc/apes/idp-db.key
-  $ apes idp serve --listen 127.0.0.1:8080 --config /etc/apes/idp.toml`,
+  $ apes idp serve --listen 127.0.0.1:8080 --config /etc/apes/idp.toml
+  $ apes idp serve --listen 0.0.0.0:8443 --data /var/lib/apes-idp --workers auto`,
     )
     .action(async (opts: ServeOpts) => {
       const ctx = getContext();
@@ -244,7 +268,7 @@ Examples:
         { startIdp },
         { jsonLogger, isLogLevel },
         { parseDuration },
-        { parseRateLimit },
+        { parseRateLimit, shareOfRateLimit },
         { stopSignals },
       ] = await Promise.all([
         import("../../../idp/server.ts"),
@@ -277,9 +301,20 @@ Examples:
         );
       }
       const notify = opts.config === undefined ? undefined : await readServeConfig(opts.config);
-      const log = jsonLogger(opts.logLevel, (line) => ctx.io.stderr.write(line));
+      const workers = await workerCount(opts.workers);
+      const { workerRole, exitWithPrimary, leavePrimary } = await import("../../../server/cluster.ts");
+      const worker = workerRole();
+      const log = jsonLogger(
+        opts.logLevel,
+        (line) => ctx.io.stderr.write(line),
+        worker ? { worker: worker.index } : undefined,
+      );
       // Caught from before the "listening" line (see stopSignals).
       const signals = stopSignals();
+      if (!worker && workers > 1) return superviseServe(opts, workers, location, log, signals);
+      // A worker's share of each limit (see shareOfRateLimit); one process: the limits as given.
+      const share = (n: number) => (worker ? Math.max(1, Math.floor(n / worker.count)) : n);
+      const shareSpec = (spec: string) => (worker ? shareOfRateLimit(spec, worker.count) : spec);
       let idp: Awaited<ReturnType<typeof startIdp>>;
       try {
         idp = await startIdp({
@@ -299,23 +334,94 @@ Examples:
           ...(opts.issuer ? { issuer: opts.issuer } : {}),
           ...(opts.tlsCert && opts.tlsKey ? { tls: { cert: opts.tlsCert, key: opts.tlsKey } } : {}),
           tokenTtl,
-          rateLimits,
-          maxConnections,
-          maxConnectionsPerClient,
-          connectionRate: opts.connectionRate,
+          rateLimits: {
+            api: shareSpec(rateLimits.api),
+            login: shareSpec(rateLimits.login),
+            token: shareSpec(rateLimits.token),
+          },
+          maxConnections: share(maxConnections),
+          maxConnectionsPerClient: share(maxConnectionsPerClient),
+          connectionRate: shareSpec(opts.connectionRate),
           allowRawLoginSignatures: opts.allowRawLoginSignatures === true,
           allowBearerApprove: opts.allowBearerApprove === true,
           ...(notify ? { notify } : {}),
           log,
+          ...(worker ? { worker } : {}),
         });
       } catch (e) {
         signals.dispose();
-        throw startError(e, opts);
+        const err = startError(e, opts);
+        if (worker) leavePrimary(err.exitCode);
+        throw err;
       }
+      if (worker) exitWithPrimary(() => idp.close());
       const signal = await signals.stopped;
       signals.dispose();
+      // A worker hears a supervisor's SIGTERM and its primary's: the second must not cut the drain short.
+      if (worker) for (const s of ["SIGTERM", "SIGINT"] as const) process.on(s, () => {});
       log.always("info", "shutting down", { signal });
       await idp.close();
       log.always("info", "stopped", {});
+      // The channel to the primary keeps a worker alive: closing it ends the process (exitWithPrimary).
+      if (worker) process.disconnect();
     });
+}
+
+/**
+ * `--workers N`: this process takes the data dir's lock (SQLite), starts the workers (each runs this
+ * command line as a worker of it, server/cluster.ts), logs "listening" once all listen, restarts a
+ * worker that dies, and on SIGTERM/SIGINT drains them all. A worker that fails at start ends the
+ * start with its exit code (its own error line is above); workers that keep dying: exit 1.
+ */
+async function superviseServe(
+  opts: ServeOpts,
+  workers: number,
+  location: StoreLocation,
+  log: Logger,
+  signals: { stopped: Promise<string>; dispose(): void },
+): Promise<void> {
+  const [{ lockDataDir }, { superviseWorkers }] = await Promise.all([
+    import("../../../server/lock.ts"),
+    import("../../../server/cluster.ts"),
+  ]);
+  let lock: { release(): void } | undefined;
+  try {
+    if (location.kind === "sqlite") lock = lockDataDir(location.dataDir, "IdP server");
+  } catch (e) {
+    signals.dispose();
+    throw startError(e, opts);
+  }
+  const supervisor = superviseWorkers(workers, log, process.argv.slice(2));
+  const stop = async (signal: string) => {
+    log.always("info", "shutting down", { signal });
+    await supervisor.stop();
+    log.always("info", "stopped", {});
+  };
+  try {
+    const started = await Promise.race([
+      supervisor.ready.then((info) => ({ info })),
+      supervisor.failed.then((code) => ({ code })),
+      signals.stopped.then((signal) => ({ signal })),
+    ]);
+    if ("code" in started) {
+      throw new CliError(`cannot start the IdP: a worker exited with status ${started.code}`, {
+        exitCode: started.code as ExitCodeValue,
+      });
+    }
+    if ("signal" in started) return await stop(started.signal);
+    log.always("info", "listening", { ...started.info, workers });
+    const ended = await Promise.race([
+      signals.stopped.then((signal) => ({ signal })),
+      supervisor.failed.then((code) => ({ code })),
+    ]);
+    if ("code" in ended) {
+      throw new CliError("the IdP stopped: its workers kept dying (see the log lines above)", {
+        exitCode: ExitCode.ERROR,
+      });
+    }
+    await stop(ended.signal);
+  } finally {
+    signals.dispose();
+    lock?.release();
+  }
 }

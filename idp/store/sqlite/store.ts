@@ -194,6 +194,9 @@ function inviteFromRow(r: InviteRow): InviteRecord {
   return i;
 }
 
+/** A cell to Atomics.wait on: a sleep shorter than a millisecond (beginWaitingFinely). */
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));
+
 /** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
 const FAMILY_GRACE_S = 600;
 
@@ -302,6 +305,14 @@ export interface SqliteOptions {
    */
   groupCommit?: boolean;
   /**
+   * Several processes write this database (`serve --workers`): a batch commits as soon as someone
+   * waits for it (flush(): a request about to be answered) instead of at the end of the event-loop
+   * turn, so the write lock, which every other process waits for, is not held through the rest of
+   * the turn's work (parsing, signing, other requests). Group commit still joins what was written
+   * meanwhile.
+   */
+  commitOnFlush?: boolean;
+  /**
    * Checkpoint the WAL every `intervalMs` from a worker thread (checkpointer.ts) instead of inside
    * commits: a checkpoint syncs the files, and once a second is enough. Stopped by close().
    */
@@ -333,13 +344,19 @@ export class SqliteStore implements Store {
   private stopCheckpointer: (() => Promise<void>) | undefined;
 
   readonly lifecycle: StoreLifecycle = {
-    flush: () => this.batch?.promise ?? Promise.resolve(),
+    flush: () => {
+      const b = this.batch;
+      if (b && this.commitOnFlush) this.commitBatch();
+      return b?.promise ?? Promise.resolve();
+    },
     changeMarker: () => (this.q("PRAGMA data_version").get() as { data_version: number }).data_version,
   };
 
   constructor(db: DatabaseSync, file: string, options: SqliteOptions) {
     this.db = db;
     this.groupCommit = options.groupCommit === true;
+    this.commitOnFlush = options.commitOnFlush === true;
+    this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
     if (options.checkpointer) {
       const { intervalMs, onError } = options.checkpointer;
       this.stopCheckpointer = startCheckpointer(file, intervalMs, () => this.checkpoint(), onError);
@@ -393,11 +410,14 @@ export class SqliteStore implements Store {
   // thread, one connection, each statement runs to its end when called, and reads see the batch's
   // own writes.
   private readonly groupCommit: boolean;
+  private readonly commitOnFlush: boolean;
+  private readonly busyTimeoutMs: number;
   private batch: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | undefined;
 
   private openBatch(): void {
     if (this.batch) return;
-    this.db.exec("BEGIN IMMEDIATE");
+    if (this.commitOnFlush) this.beginWaitingFinely();
+    else this.db.exec("BEGIN IMMEDIATE");
     let resolve!: () => void;
     let reject!: (e: unknown) => void;
     const promise = new Promise<void>((res, rej) => {
@@ -407,6 +427,29 @@ export class SqliteStore implements Store {
     promise.catch(() => {}); // observed by flush() callers
     this.batch = { promise, resolve, reject };
     setImmediate(() => this.commitBatch());
+  }
+
+  /**
+   * BEGIN IMMEDIATE for a write lock other processes hold briefly (commitOnFlush): SQLite's busy
+   * handler sleeps 1, 2, 5, 10 ms..., far longer than such a hold, and this thread does nothing
+   * meanwhile; here it tries again every 50 us, up to the same busy timeout.
+   */
+  private beginWaitingFinely(): void {
+    this.db.exec("PRAGMA busy_timeout = 0");
+    try {
+      const deadline = performance.now() + this.busyTimeoutMs;
+      for (;;) {
+        try {
+          this.db.exec("BEGIN IMMEDIATE");
+          return;
+        } catch (e) {
+          if ((e as { errcode?: number }).errcode !== 5 || performance.now() > deadline) throw e;
+          Atomics.wait(PAUSE, 0, 0, 0.05);
+        }
+      }
+    } finally {
+      this.db.exec(`PRAGMA busy_timeout = ${this.busyTimeoutMs}`);
+    }
   }
 
   private commitBatch(): void {

@@ -1,0 +1,368 @@
+// IdP on every core: full grant lifecycles (create -> approve -> token -> consume) per second at 50
+// clients for `apes idp serve --workers N` on SQLite, N = 1 and 2 (--workers=1,2,...), in ONE run:
+// one server per N, each on its own copy of one seeded data dir, measured in alternating slices
+// (the order rotates every round), so the machine's background load falls on all alike. Per N: the
+// rate, the CPU of the server's processes (primary + workers) and of this load generator per
+// lifecycle, and the share of the time SQLite's write lock is held (sampled from /proc/locks: the
+// WAL write lock is an fcntl lock on byte 120 of the -shm file, held from a batch's BEGIN IMMEDIATE
+// to its COMMIT), then approval-to-waiter latency with the waiter and the approval on two
+// different connections (the primary hands consecutive connections to different workers).
+// Run with the pinned node: `node bench/idp-workers/run.ts`.
+import { spawn } from "node:child_process";
+import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { Pool } from "undici";
+import { matchKey } from "../../idp/grants.ts";
+import { DB_FILE, openSqliteStore } from "../../idp/store/sqlite/store.ts";
+import { formatSshPublicKey } from "../../protocol/keys.ts";
+import { signingInput } from "../../protocol/signatures.ts";
+import type { Grant } from "../../protocol/types.ts";
+import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
+import { processCpuMs, quantile, requireBuiltApes } from "../common.mjs";
+
+const args = new Map(
+  process.argv.slice(2).map((a) => {
+    const [k, v] = a.replace(/^--/, "").split("=");
+    return [k!, v ?? "1"];
+  }),
+);
+const SEED = Number(args.get("seed") ?? 20_000);
+const SECONDS = Number(args.get("seconds") ?? 12); // per configuration, over all its slices
+const SLICES = Number(args.get("slices") ?? 4);
+const CLIENTS = Number(args.get("clients") ?? 50);
+const WORKERS = (args.get("workers") ?? "1,2").split(",").map(Number);
+const NOTIFY = Number(args.get("notify") ?? 100);
+const SAMPLE_HZ = Number(args.get("lock-sample-hz") ?? 200);
+const ISSUER = "https://idp.bench.test";
+const bin = requireBuiltApes();
+
+const base = mkdtempSync(join(tmpdir(), "apes-bench-workers-"));
+const human = generateKeyPairSync("ed25519");
+const agents = Array.from({ length: CLIENTS }, (_, i) => ({
+  email: `agent${i}@bench.test`,
+  key: generateKeyPairSync("ed25519"),
+}));
+
+// --- one seeded data dir, copied for every configuration ---
+{
+  const store = openSqliteStore(join(base, "seed"), { groupCommit: true });
+  await store.addUser({
+    email: "alice@bench.test",
+    kind: "human",
+    publicKey: formatSshPublicKey(human.publicKey),
+    createdAt: 1,
+  });
+  for (const a of agents) {
+    await store.addUser({
+      email: a.email,
+      kind: "agent",
+      owner: "alice@bench.test",
+      publicKey: formatSshPublicKey(a.key.publicKey),
+      createdAt: 1,
+    });
+  }
+  const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
+  const now = Math.floor(Date.now() / 1000);
+  for (let i = 0; i < SEED; i++) {
+    const grant: Grant = {
+      id: randomUUID(),
+      type: "command",
+      request: {
+        requester: agents[i % agents.length]!.email,
+        target_host: "web1",
+        audience: "escapes",
+        grant_type: "once",
+        command: ["seed", String(i)],
+      },
+      status: statuses[i % statuses.length]!,
+      created_at: now - SEED + i,
+    };
+    await store.insertGrant({ grant, matchKey: matchKey(grant.request) });
+  }
+  await store.lifecycle.flush?.();
+  await store.close();
+}
+
+/** The pids of `pid`'s children (the workers of a primary). */
+function children(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, "utf8");
+      if (Number(s.slice(s.lastIndexOf(")") + 2).split(" ")[1]) === pid) out.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+// --- the write-lock sampler: a thread reading /proc/locks SAMPLE_HZ times a second ---
+// counters[0]: samples, counters[1]: samples with the write lock held, per watched file (slot 2k, 2k+1)
+const counters = new Int32Array(new SharedArrayBuffer(4 * 2 * WORKERS.length));
+const SAMPLER = `
+const { workerData } = require("node:worker_threads");
+const { readFileSync } = require("node:fs");
+const c = workerData.counters;
+const sleep = new Int32Array(new SharedArrayBuffer(4));
+for (;;) {
+  const locks = readFileSync("/proc/locks", "utf8").split("\\n");
+  workerData.inodes.forEach((ino, k) => {
+    Atomics.add(c, 2 * k, 1);
+    // "N: POSIX  ADVISORY  WRITE PID MAJ:MIN:INODE START END": the WAL write lock is byte 120.
+    if (locks.some((l) => l.includes(":" + ino + " 120 120") && l.includes(" WRITE "))) Atomics.add(c, 2 * k + 1, 1);
+  });
+  Atomics.wait(sleep, 0, 0, workerData.periodMs);
+}`;
+
+interface Server {
+  workers: number;
+  proc: ReturnType<typeof spawn>;
+  pool: Pool;
+  dir: string;
+  origin: string;
+  pids: number[];
+  G: string;
+  humanToken: string;
+  tokens: string[];
+  call(
+    method: string,
+    path: string,
+    token?: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+    pool?: Pool,
+    // biome-ignore lint/suspicious/noExplicitAny: our own server's JSON, read field by field
+  ): Promise<{ status: number; body: any; headers: Record<string, unknown> }>;
+}
+
+async function start(workers: number): Promise<Server> {
+  const dir = join(base, `w${workers}`);
+  cpSync(join(base, "seed"), dir, { recursive: true });
+  const proc = spawn(
+    bin,
+    ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dir, "--issuer", ISSUER, "--log-level", "warn"]
+      .concat(["--workers", String(workers), "--rate-limit", "off", "--login-rate-limit", "off"])
+      .concat(["--token-rate-limit", "off", "--connection-rate", "off"]),
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  const url: string = await new Promise((res, rej) => {
+    let buf = "";
+    proc.stderr!.on("data", (c: Buffer) => {
+      buf += c.toString();
+      const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
+      if (m) {
+        proc.stderr!.removeAllListeners("data");
+        proc.stderr!.resume();
+        res(m[1]!);
+      }
+    });
+    proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
+  });
+  const pool = new Pool(url, { connections: CLIENTS + 10, pipelining: 1 });
+  const call: Server["call"] = async (method, path, token, body, headers = {}, via = pool) => {
+    const h: Record<string, string> = { ...headers };
+    if (token) h.authorization = `Bearer ${token}`;
+    if (body !== undefined) h["content-type"] = "application/json";
+    const r = await via.request({
+      method: method as "GET",
+      path,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.body.text();
+    return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
+  };
+  const disco = (await call("GET", "/.well-known/openid-configuration")).body;
+  const path = (u: string) => new URL(u).pathname;
+  const login = async (email: string, key: KeyObject) => {
+    const { challenge } = (
+      await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
+    ).body;
+    const signature = sign(null, signingInput("login", ISSUER, email, challenge), key).toString("base64");
+    const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
+      id: email,
+      challenge,
+      signature,
+    });
+    if (r.status !== 200) throw new Error(`login ${email}: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body.token as string;
+  };
+  const humanToken = await login("alice@bench.test", human.privateKey);
+  const tokens = await Promise.all(agents.map((a) => login(a.email, a.key.privateKey)));
+  const pids = [proc.pid!, ...(workers > 1 ? children(proc.pid!) : [])];
+  return {
+    workers,
+    proc,
+    pool,
+    dir,
+    origin: url,
+    pids,
+    G: path(disco.openape_grants_endpoint),
+    humanToken,
+    tokens,
+    call,
+  };
+}
+
+const proofFor = (grant: Record<string, unknown>) =>
+  signApproval(approvalInputOf(ISSUER, grant, {}), "alice@bench.test", human.privateKey);
+
+const servers: Server[] = [];
+for (const n of WORKERS) servers.push(await start(n));
+const inodes = servers.map((s) => statSync(join(s.dir, `${DB_FILE}-shm`)).ino);
+const sampler = new Worker(SAMPLER, {
+  eval: true,
+  workerData: { counters, inodes, periodMs: 1000 / SAMPLE_HZ },
+});
+sampler.unref();
+
+interface Totals {
+  done: number;
+  errors: number;
+  secs: number;
+  serverCpu: number;
+  clientCpu: number;
+  samples: number;
+  held: number;
+  lat: number[];
+  loads: string[];
+}
+const totals = new Map<number, Totals>(
+  servers.map((s) => [
+    s.workers,
+    { done: 0, errors: 0, secs: 0, serverCpu: 0, clientCpu: 0, samples: 0, held: 0, lat: [], loads: [] },
+  ]),
+);
+const treeCpu = (s: Server) => s.pids.reduce((sum, pid) => sum + processCpuMs(pid), 0);
+const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+let n = 0;
+
+async function slice(s: Server, seconds: number): Promise<void> {
+  const t = totals.get(s.workers)!;
+  const k = servers.indexOf(s);
+  const [samples0, held0] = [Atomics.load(counters, 2 * k), Atomics.load(counters, 2 * k + 1)];
+  const cpu0 = treeCpu(s);
+  const client0 = process.cpuUsage();
+  const started = performance.now();
+  const deadline = started + seconds * 1000;
+  await Promise.all(
+    s.tokens.map(async (token) => {
+      while (performance.now() < deadline) {
+        const t0 = performance.now();
+        const c = await s.call("POST", s.G, token, {
+          target_host: "web1",
+          audience: "escapes",
+          grant_type: "once",
+          command: ["bench", String(n++)],
+        });
+        if (c.status !== 201) {
+          t.errors++;
+          continue;
+        }
+        const id = c.body.id;
+        const a = await s.call("POST", `${s.G}/${id}/approve`, s.humanToken, { proof: proofFor(c.body) });
+        const tk = await s.call("POST", `${s.G}/${id}/token`, token);
+        const cs = await s.call("POST", `${s.G}/${id}/consume`, tk.body?.authz_jwt);
+        if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") t.done++;
+        else t.errors++;
+        t.lat.push(performance.now() - t0);
+      }
+    }),
+  );
+  t.secs += (performance.now() - started) / 1000;
+  t.serverCpu += treeCpu(s) - cpu0;
+  const client = process.cpuUsage(client0);
+  t.clientCpu += (client.user + client.system) / 1000;
+  t.samples += Atomics.load(counters, 2 * k) - samples0;
+  t.held += Atomics.load(counters, 2 * k + 1) - held0;
+  t.loads.push(loadavg());
+}
+
+console.log(
+  `${SEED} grants seeded; ${CLIENTS} clients; workers ${WORKERS.join(", ")}; ${SLICES} alternating slices of ${(SECONDS / SLICES).toFixed(1)} s each; ${availableParallelism()} CPUs; load before ${loadavg()}`,
+);
+for (let round = 0; round < SLICES; round++) {
+  // Rotate the order each round: no configuration always runs first (on the warmer machine).
+  const order = servers.map((_, i) => servers[(i + round) % servers.length]!);
+  for (const s of order) await slice(s, SECONDS / SLICES);
+}
+
+// --- notification latency: waiter and approval on two different connections ---
+const notify = new Map<number, number[]>(servers.map((s) => [s.workers, []]));
+for (const s of servers) {
+  const origin = s.origin;
+  // Two pools of one connection each, opened one after the other: different workers (round robin).
+  const waiterPool = new Pool(origin, { connections: 1 });
+  const approverPool = new Pool(origin, { connections: 1 });
+  await s.call("GET", "/.well-known/openid-configuration", undefined, undefined, {}, waiterPool);
+  await s.call("GET", "/.well-known/openid-configuration", undefined, undefined, {}, approverPool);
+  const out = notify.get(s.workers)!;
+  for (let i = 0; i < NOTIFY; i++) {
+    const token = s.tokens[i % s.tokens.length]!;
+    const c = await s.call("POST", s.G, token, {
+      target_host: "web1",
+      audience: "escapes",
+      grant_type: "once",
+      command: ["n", String(i)],
+    });
+    let answered = 0;
+    const waiter = s
+      .call(
+        "GET",
+        `${s.G}/${c.body.id}`,
+        token,
+        undefined,
+        { prefer: "wait=30", "if-none-match": c.headers.etag as string },
+        waiterPool,
+      )
+      .then((r) => {
+        answered = performance.now();
+        return r;
+      });
+    await new Promise((r) => setTimeout(r, 5));
+    const sent = performance.now();
+    const a = await s.call(
+      "POST",
+      `${s.G}/${c.body.id}/approve`,
+      s.humanToken,
+      { proof: proofFor(c.body) },
+      {},
+      approverPool,
+    );
+    if (a.status !== 200) throw new Error(`approve: ${a.status}`);
+    const r = await waiter;
+    if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
+    out.push(answered - sent);
+  }
+  await waiterPool.close();
+  await approverPool.close();
+}
+
+for (const s of servers) {
+  s.proc.kill("SIGTERM");
+  await new Promise((r) => s.proc.once("exit", r));
+  await s.pool.close();
+}
+void sampler.terminate();
+rmSync(base, { recursive: true, force: true });
+
+const f = (x: number, d = 2) => x.toFixed(d);
+console.log(
+  "\n| workers | lifecycles/s | server CPU ms / lifecycle | server cores busy | client CPU ms / lifecycle | write lock held | lock ms / lifecycle | lifecycle p50 / p99 ms | notification p50 / p99 ms | errors |",
+);
+console.log("|---|---|---|---|---|---|---|---|---|---|");
+for (const s of servers) {
+  const t = totals.get(s.workers)!;
+  const share = t.held / Math.max(1, t.samples);
+  const nt = notify.get(s.workers)!;
+  console.log(
+    `| ${s.workers} | ${f(t.done / t.secs, 0)} | ${f(t.serverCpu / t.done)} | ${f(t.serverCpu / 1000 / t.secs)} | ${f(t.clientCpu / t.done)} | ${f(100 * share, 1)} % | ${f((share * t.secs * 1000) / t.done, 3)} | ${f(quantile(t.lat, 0.5))} / ${f(quantile(t.lat, 0.99))} | ${f(quantile(nt, 0.5))} / ${f(quantile(nt, 0.99))} | ${t.errors} |`,
+  );
+}
+console.log("\nload average after each slice:");
+for (const s of servers) console.log(`  ${s.workers} worker(s): ${totals.get(s.workers)!.loads.join(" | ")}`);

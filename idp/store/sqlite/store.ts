@@ -45,6 +45,12 @@ import { migrate } from "./migrations.ts";
 
 export const DB_FILE = "idp.sqlite";
 
+/**
+ * Writes and commits made through any SqliteStore of this process (each also counts its own): what
+ * another connection here may have committed since a data_version was read (see changeMarker).
+ */
+let processWrites = 0;
+
 interface UserRow {
   email: string;
   kind: "human" | "agent";
@@ -319,6 +325,7 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   if (options.checkpointer) db.exec("PRAGMA wal_autocheckpoint = 0");
   try {
     migrate(db);
+    processWrites++; // a migration is a commit the other connections of this process must see
     privateWalFiles(file);
     return new SqliteStore(db, file, options);
   } catch (e) {
@@ -331,11 +338,39 @@ export class SqliteStore implements Store {
   private readonly db: DatabaseSync;
   private readonly stmts = new Map<string, StatementSync>();
   private stopCheckpointer: (() => Promise<void>) | undefined;
+  private ownWrites = 0;
+  /** data_version as read in this synchronous run (undefined: read it), and the others' writes then. */
+  private marker: number | undefined;
+  private markerOthers = 0;
 
   readonly lifecycle: StoreLifecycle = {
     flush: () => this.batch?.promise ?? Promise.resolve(),
-    changeMarker: () => (this.q("PRAGMA data_version").get() as { data_version: number }).data_version,
+    changeMarker: () => this.changeMarker(),
   };
+
+  /**
+   * PRAGMA data_version, read once per synchronous run (a callback and the promise jobs it settles)
+   * instead of at every cached lookup. Within one run no new request is read from a socket, so a
+   * value read in it is as fresh, for every request handled in it, as one read at each lookup: a
+   * change another process commits meanwhile counts for the requests read after it, which run
+   * later. A commit by another connection of this process can land inside a run: it is counted
+   * (processWrites) and re-reads the value.
+   */
+  private changeMarker(): number {
+    const others = processWrites - this.ownWrites;
+    if (this.marker === undefined || others !== this.markerOthers) {
+      if (this.marker === undefined) process.nextTick(() => (this.marker = undefined));
+      this.marker = (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
+      this.markerOthers = others;
+    }
+    return this.marker;
+  }
+
+  /** Counts a write or commit of this connection (see processWrites). */
+  private wrote(): void {
+    processWrites++;
+    this.ownWrites++;
+  }
 
   constructor(db: DatabaseSync, file: string, options: SqliteOptions) {
     this.db = db;
@@ -378,6 +413,7 @@ export class SqliteStore implements Store {
     try {
       const r = fn();
       this.db.exec("COMMIT");
+      this.wrote();
       return r;
     } catch (e) {
       this.db.exec("ROLLBACK");
@@ -415,6 +451,7 @@ export class SqliteStore implements Store {
     this.batch = undefined;
     try {
       this.db.exec("COMMIT");
+      this.wrote();
       b.resolve();
     } catch (e) {
       try {
@@ -429,6 +466,7 @@ export class SqliteStore implements Store {
   /** A cached statement that writes: joins (or opens) the group-commit batch. */
   private wq(sql: string): StatementSync {
     if (this.groupCommit && !this.batch) this.openBatch();
+    this.wrote(); // outside a transaction the statement commits when it runs
     return this.q(sql);
   }
 
@@ -928,7 +966,7 @@ export class SqliteStore implements Store {
       args.push(...requestArgs);
     }
     const placeholders = t.from.map(() => "?").join(", ");
-    return this.atomically(() => {
+    const apply = () => {
       // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
       const r = this.wq(
         `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
@@ -941,7 +979,9 @@ export class SqliteStore implements Store {
       // Notifications of the change: written in the same transaction, only when the transition applied.
       if (t.outbox?.length) this.insertOutboxRows(t.outbox);
       return g;
-    });
+    };
+    // One statement is atomic on its own: the savepoint only when more rows may follow it.
+    return t.outbox?.length || t.to === "revoked" ? this.atomically(apply) : apply();
   }
 
   async expireDue(now: number): Promise<string[]> {

@@ -74,18 +74,24 @@ export class Router<P> {
     const allowed: string[] = [];
     for (const route of this.routes) {
       if (route.segments.length !== parts.length) continue;
-      const params: Record<string, string> = {};
       let ok = true;
       for (let i = 0; i < parts.length; i++) {
         const seg = route.segments[i]!;
-        if (seg.startsWith(":")) params[seg.slice(1)] = decodeURIComponentSafe(parts[i]!);
-        else if (seg !== parts[i]) {
+        if (seg[0] !== ":" && seg !== parts[i]) {
           ok = false;
           break;
         }
       }
       if (!ok) continue;
-      if (route.method === method || (method === "HEAD" && route.method === "GET")) return { route, params };
+      if (route.method === method || (method === "HEAD" && route.method === "GET")) {
+        // Parameters are decoded for the matching route only (not for each one tried).
+        const params: Record<string, string> = {};
+        for (let i = 0; i < parts.length; i++) {
+          const seg = route.segments[i]!;
+          if (seg[0] === ":") params[seg.slice(1)] = decodeURIComponentSafe(parts[i]!);
+        }
+        return { route, params };
+      }
       allowed.push(route.method);
     }
     return allowed.length ? { allowed } : undefined;
@@ -156,7 +162,8 @@ export function readBody(req: IncomingMessage): Promise<Buffer> {
     };
     const onEnd = () => finish(undefined);
     // Closed before its end (the client went away): what an async iterator reports as premature.
-    const onClose = () => finish(Object.assign(new Error("Premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
+    const onClose = () =>
+      finish(Object.assign(new Error("Premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
     if (req.readableEnded) return resolve(body.subarray(0, 0));
     req.on("data", onData);
     req.on("end", onEnd);

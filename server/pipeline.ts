@@ -17,6 +17,8 @@ export interface App<P> {
   admitPublic?(call: Call): void;
   /** Who made the request, on each of its log lines. */
   who?(principal: P): Record<string, string>;
+  /** Runs first for every request (e.g. what a cache trusts is looked at again). */
+  begin?(): void;
   /** Awaited before any answer leaves (e.g. a store's group commit); a failure answers 500. */
   settle?(): Promise<void> | void;
   /** The answer for an error the app expects that is not a ProblemError (undefined: not one). */
@@ -27,6 +29,7 @@ export interface App<P> {
 export function pipeline<P>(app: App<P>): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
     const started = performance.now();
+    app.begin?.();
     const call = callOf(req, res);
     res.setHeader("x-request-id", call.rid);
     let status = 500;
@@ -60,21 +63,36 @@ export function pipeline<P>(app: App<P>): (req: IncomingMessage, res: ServerResp
 function callOf(req: IncomingMessage, res: ServerResponse): Call {
   const rawUrl = req.url ?? "/";
   const q = rawUrl.indexOf("?");
-  const ac = new AbortController();
-  // The client going away (not a finished response) stops a long poll.
-  res.on("close", () => {
-    if (!res.writableFinished) ac.abort();
-  });
+  // Made when first asked for (most requests need neither): a query string's parameters, and the
+  // signal of the client going away, which only long polls wait on.
+  let query: URLSearchParams | undefined;
+  let closed: AbortSignal | undefined;
   return {
     req,
     res,
     method: req.method ?? "GET",
     path: q === -1 ? rawUrl : rawUrl.slice(0, q),
     params: {},
-    query: new URLSearchParams(q === -1 ? "" : rawUrl.slice(q + 1)),
+    get query() {
+      query ??= new URLSearchParams(q === -1 ? "" : rawUrl.slice(q + 1));
+      return query;
+    },
     rid: requestId(req),
     ip: req.socket.remoteAddress ?? "",
-    closed: ac.signal,
+    get closed() {
+      if (!closed) {
+        const ac = new AbortController();
+        // The client going away (not a finished response) stops a long poll; it may be gone already.
+        if (res.closed) {
+          if (!res.writableFinished) ac.abort();
+        } else
+          res.on("close", () => {
+            if (!res.writableFinished) ac.abort();
+          });
+        closed = ac.signal;
+      }
+      return closed;
+    },
   };
 }
 

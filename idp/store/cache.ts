@@ -111,8 +111,8 @@ export function withReadCache(store: Store): Store {
     async insertGrant(g) {
       const generation = grantsGeneration;
       const stored = await store.insertGrant(g);
-      // A copy is kept (frozen): the caller's own objects stay its own.
-      keepGrant(structuredClone(stored), generation);
+      // Kept frozen: a store that answers with the caller's own objects has them copied first.
+      keepGrant(stored.grant === g.grant ? structuredClone(stored) : stored, generation);
       return stored;
     },
     async getGrant(id) {

@@ -185,8 +185,8 @@ describe("read cache (the server's view of users and delegations)", () => {
     const grant = g("bot@x", 1);
     const inserted = await cached.insertGrant({ grant });
     const first = await cached.getGrant(grant.id);
-    // A frozen copy: the caller's own object stays its own, the shared one cannot be changed.
-    expect(first).toEqual(inserted);
+    // Frozen, and not the caller's own object, which stays its own.
+    expect(first).toBe(inserted);
     expect(Object.isFrozen(first?.grant.request)).toBe(true);
     expect(Object.isFrozen(grant)).toBe(false);
     const approved = await cached.transition(grant.id, {
@@ -236,22 +236,28 @@ describe("read cache (the server's view of users and delegations)", () => {
     expect(await cached.subscriptionsOf(["alice@x"])).toEqual([]);
   });
 
-  it("reads data_version once per synchronous run, again when a connection of this process commits", async () => {
+  it("reads data_version once per request, in the next turn outside requests, at once after a commit here", async () => {
     const { s, dir } = open();
     const marker = () => s.lifecycle.changeMarker!();
+    const raw = new DatabaseSync(join(dir, "idp.sqlite")); // another process
     const before = marker();
-    const raw = new DatabaseSync(join(dir, "idp.sqlite"));
-    raw.exec("CREATE TABLE IF NOT EXISTS t (x)");
-    // Another process's commit inside this run counts for what this run reads next...
+    raw.exec("CREATE TABLE t1 (x)");
+    // Committed while a request was handled: counts from the next request on.
     expect(marker()).toBe(before);
+    s.lifecycle.beginRequest!();
+    const next = marker();
+    expect(next).not.toBe(before);
+    // Outside requests: from the next event-loop turn on.
+    raw.exec("CREATE TABLE t2 (x)");
+    expect(marker()).toBe(next);
     await new Promise((r) => setImmediate(r));
-    const after = marker();
-    expect(after).not.toBe(before);
+    const later = marker();
+    expect(later).not.toBe(next);
     raw.close();
-    // ...while a commit by another store of this process counts at once.
+    // A commit by another store of this process counts at once.
     const other = open(dir).s;
     await other.addUser({ email: "carol@x", kind: "human", createdAt: 1 });
-    expect(marker()).not.toBe(after);
+    expect(marker()).not.toBe(later);
   });
 
   it("is not used for a store that cannot say when another process changed the data", () => {

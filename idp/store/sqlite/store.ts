@@ -346,25 +346,32 @@ export class SqliteStore implements Store {
   readonly lifecycle: StoreLifecycle = {
     flush: () => this.batch?.promise ?? Promise.resolve(),
     changeMarker: () => this.changeMarker(),
+    beginRequest: () => this.forgetMarker(),
   };
 
   /**
-   * PRAGMA data_version, read once per synchronous run (a callback and the promise jobs it settles)
-   * instead of at every cached lookup. Within one run no new request is read from a socket, so a
-   * value read in it is as fresh, for every request handled in it, as one read at each lookup: a
-   * change another process commits meanwhile counts for the requests read after it, which run
-   * later. A commit by another connection of this process can land inside a run: it is counted
-   * (processWrites) and re-reads the value.
+   * PRAGMA data_version, read once per request (beginRequest) instead of at every cached lookup: a
+   * change another process committed before a request was read counts for it, as with a read at
+   * every lookup. Outside requests (housekeeping, the admin commands) it is read again in the next
+   * event-loop turn at the latest. A commit by another connection of this process can come at any
+   * time: it is counted (processWrites) and the value read again.
    */
   private changeMarker(): number {
     const others = processWrites - this.ownWrites;
     if (this.marker === undefined || others !== this.markerOthers) {
-      if (this.marker === undefined) process.nextTick(() => (this.marker = undefined));
       this.marker = (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
       this.markerOthers = others;
+      if (!this.markerTimer) this.markerTimer = setImmediate(this.forgetMarker).unref();
     }
     return this.marker;
   }
+
+  private markerTimer: NodeJS.Immediate | undefined;
+  private readonly forgetMarker = () => {
+    this.marker = undefined;
+    if (this.markerTimer) clearImmediate(this.markerTimer);
+    this.markerTimer = undefined;
+  };
 
   /** Counts a write or commit of this connection (see processWrites). */
   private wrote(): void {
@@ -836,6 +843,7 @@ export class SqliteStore implements Store {
 
   private insertGrantRow(n: NewGrant): StoredGrant {
     const g = n.grant;
+    const request = JSON.stringify(g.request);
     const r = this.wq(
       `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -845,7 +853,7 @@ export class SqliteStore implements Store {
       g.request.requester,
       g.status,
       g.request.grant_type,
-      JSON.stringify(g.request),
+      request,
       n.matchKey ?? null,
       g.type === "delegation" ? (g.request.delegator ?? null) : null,
       g.type === "delegation" ? (g.request.delegate ?? null) : null,
@@ -856,9 +864,23 @@ export class SqliteStore implements Store {
       g.used_at ?? null,
       n.actingParty ?? null,
     );
-    const stored: StoredGrant = { grant: g, version: 1, seq: Number(r.lastInsertRowid) };
-    if (n.actingParty !== undefined) stored.createdAct = n.actingParty;
-    return stored;
+    // The grant as a read would return it, in objects of its own (not the caller's).
+    return grantFromRow({
+      seq: Number(r.lastInsertRowid),
+      id: g.id,
+      type: g.type,
+      status: g.status,
+      request,
+      decided_by: g.decided_by ?? null,
+      created_at: g.created_at,
+      decided_at: g.decided_at ?? null,
+      expires_at: g.expires_at ?? null,
+      used_at: g.used_at ?? null,
+      version: 1,
+      created_act: n.actingParty ?? null,
+      decided_act: null,
+      approval_proof: null,
+    });
   }
 
   async getGrant(id: string): Promise<StoredGrant | undefined> {

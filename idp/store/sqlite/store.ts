@@ -352,16 +352,18 @@ export class SqliteStore implements Store {
   /**
    * PRAGMA data_version, read once per request (beginRequest) instead of at every cached lookup: a
    * change another process committed before a request was read counts for it, as with a read at
-   * every lookup. Outside requests (housekeeping, the admin commands) it is read again in the next
-   * event-loop turn at the latest. A commit by another connection of this process can come at any
-   * time: it is counted (processWrites) and the value read again.
+   * every lookup. Outside requests (housekeeping, the admin commands) it is kept until the next
+   * setImmediate at the latest, and the loop does not wait for I/O meanwhile. A commit by another
+   * connection of this process can come at any time: it is counted (processWrites) and the value
+   * read again.
    */
   private changeMarker(): number {
     const others = processWrites - this.ownWrites;
     if (this.marker === undefined || others !== this.markerOthers) {
       this.marker = (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
       this.markerOthers = others;
-      if (!this.markerTimer) this.markerTimer = setImmediate(this.forgetMarker).unref();
+      // Referenced: the loop does not block in a poll for I/O while the value is kept.
+      this.markerTimer ??= setImmediate(this.forgetMarker);
     }
     return this.marker;
   }

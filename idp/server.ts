@@ -199,6 +199,8 @@ function app(opts: ServeOptions, idp: Idp, data: Data, shutdown: AbortSignal): A
     admitPublic: (call) => idp.rateLimit(limitClassOf(call.path), `ip:${clientKey(call.ip)}`),
     who: (p): Record<string, string> =>
       p.actingParty ? { sub: p.sub, act_sub: p.actingParty } : { sub: p.sub },
+    // Another process's change counts from the next request on (the read cache's change marker).
+    begin: () => data.store.lifecycle?.beginRequest?.(),
     // Acknowledge nothing before it is durable (group commit; see store/sqlite/store.ts).
     settle: () => data.store.lifecycle?.flush?.(),
     errorReply: oauthErrorReply,

@@ -74,18 +74,24 @@ export class Router<P> {
     const allowed: string[] = [];
     for (const route of this.routes) {
       if (route.segments.length !== parts.length) continue;
-      const params: Record<string, string> = {};
       let ok = true;
       for (let i = 0; i < parts.length; i++) {
         const seg = route.segments[i]!;
-        if (seg.startsWith(":")) params[seg.slice(1)] = decodeURIComponentSafe(parts[i]!);
-        else if (seg !== parts[i]) {
+        if (seg[0] !== ":" && seg !== parts[i]) {
           ok = false;
           break;
         }
       }
       if (!ok) continue;
-      if (route.method === method || (method === "HEAD" && route.method === "GET")) return { route, params };
+      if (route.method === method || (method === "HEAD" && route.method === "GET")) {
+        // Parameters are decoded for the matching route only (not for each one tried).
+        const params: Record<string, string> = {};
+        for (let i = 0; i < parts.length; i++) {
+          const seg = route.segments[i]!;
+          if (seg[0] === ":") params[seg.slice(1)] = decodeURIComponentSafe(parts[i]!);
+        }
+        return { route, params };
+      }
       allowed.push(route.method);
     }
     return allowed.length ? { allowed } : undefined;
@@ -123,26 +129,47 @@ export function refuseChunked(req: IncomingMessage, res: ServerResponse): void {
 /**
  * Reads the body up to MAX_BODY_BYTES (413 beyond, checked against Content-Length first) into one
  * buffer: sized from Content-Length when given, else grown by doubling up to the limit. Chunks are
- * copied, never kept: a body sent as 1-byte chunks costs its bytes, not a Buffer object each.
+ * copied, never kept: a body sent as 1-byte chunks costs its bytes, not a Buffer object each. Plain
+ * listeners, not an async iterator (which cost several objects and promises per request). A body
+ * over the limit or a failed stream destroys the request: nothing more is read from it.
  */
-export async function readBody(req: IncomingMessage): Promise<Buffer> {
+export function readBody(req: IncomingMessage): Promise<Buffer> {
   const tooLarge = () => new ProblemError("payload_too_large", `the body exceeds ${MAX_BODY_BYTES} bytes`);
   const declared = Number(req.headers["content-length"] ?? Number.NaN);
-  if (declared > MAX_BODY_BYTES) throw tooLarge();
-  let body = Buffer.alloc(declared >= 0 ? declared : 0);
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    const needed = size + chunk.length;
-    if (needed > MAX_BODY_BYTES) throw tooLarge();
-    if (needed > body.length) {
-      const grown = Buffer.alloc(Math.min(MAX_BODY_BYTES, Math.max(needed, body.length * 2, 1024)));
-      body.copy(grown, 0, 0, size);
-      body = grown;
-    }
-    chunk.copy(body, size);
-    size = needed;
-  }
-  return body.subarray(0, size);
+  if (declared > MAX_BODY_BYTES) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    let body = Buffer.alloc(declared >= 0 ? declared : 0);
+    let size = 0;
+    const finish = (e: Error | undefined) => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", finish);
+      req.off("close", onClose);
+      if (e === undefined) return resolve(body.subarray(0, size));
+      req.destroy();
+      reject(e);
+    };
+    const onData = (chunk: Buffer) => {
+      const needed = size + chunk.length;
+      if (needed > MAX_BODY_BYTES) return finish(tooLarge());
+      if (needed > body.length) {
+        const grown = Buffer.alloc(Math.min(MAX_BODY_BYTES, Math.max(needed, body.length * 2, 1024)));
+        body.copy(grown, 0, 0, size);
+        body = grown;
+      }
+      chunk.copy(body, size);
+      size = needed;
+    };
+    const onEnd = () => finish(undefined);
+    // Closed before its end (the client went away): what an async iterator reports as premature.
+    const onClose = () =>
+      finish(Object.assign(new Error("Premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" }));
+    if (req.readableEnded) return resolve(body.subarray(0, 0));
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", finish);
+    req.on("close", onClose);
+  });
 }
 
 export function mediaType(req: IncomingMessage): string {

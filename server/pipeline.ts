@@ -17,6 +17,8 @@ export interface App<P> {
   admitPublic?(call: Call): void;
   /** Who made the request, on each of its log lines. */
   who?(principal: P): Record<string, string>;
+  /** Runs first for every request (e.g. what a cache trusts is looked at again). */
+  begin?(): void;
   /** Awaited before any answer leaves (e.g. a store's group commit); a failure answers 500. */
   settle?(): Promise<void> | void;
   /** The answer for an error the app expects that is not a ProblemError (undefined: not one). */
@@ -27,6 +29,7 @@ export interface App<P> {
 export function pipeline<P>(app: App<P>): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
     const started = performance.now();
+    app.begin?.();
     const call = callOf(req, res);
     res.setHeader("x-request-id", call.rid);
     let status = 500;
@@ -58,24 +61,58 @@ export function pipeline<P>(app: App<P>): (req: IncomingMessage, res: ServerResp
 }
 
 function callOf(req: IncomingMessage, res: ServerResponse): Call {
-  const rawUrl = req.url ?? "/";
-  const q = rawUrl.indexOf("?");
-  const ac = new AbortController();
-  // The client going away (not a finished response) stops a long poll.
-  res.on("close", () => {
-    if (!res.writableFinished) ac.abort();
-  });
-  return {
-    req,
-    res,
-    method: req.method ?? "GET",
-    path: q === -1 ? rawUrl : rawUrl.slice(0, q),
-    params: {},
-    query: new URLSearchParams(q === -1 ? "" : rawUrl.slice(q + 1)),
-    rid: requestId(req),
-    ip: req.socket.remoteAddress ?? "",
-    closed: ac.signal,
-  };
+  return new RequestCall(req, res);
+}
+
+/**
+ * A request's Call. The query string's parameters and the signal of the client going away (which
+ * only long polls wait on) are made when first asked for: most requests need neither. A class, so
+ * the getters live on its prototype (an object literal with getters costs more than both values).
+ */
+class RequestCall implements Call {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly method: string;
+  readonly path: string;
+  params: Record<string, string> = {};
+  readonly rid: string;
+  readonly ip: string;
+  private readonly rawQuery: string;
+  private parsedQuery: URLSearchParams | undefined;
+  private closedSignal: AbortSignal | undefined;
+
+  constructor(req: IncomingMessage, res: ServerResponse) {
+    const rawUrl = req.url ?? "/";
+    const q = rawUrl.indexOf("?");
+    this.req = req;
+    this.res = res;
+    this.method = req.method ?? "GET";
+    this.path = q === -1 ? rawUrl : rawUrl.slice(0, q);
+    this.rawQuery = q === -1 ? "" : rawUrl.slice(q + 1);
+    this.rid = requestId(req);
+    this.ip = req.socket.remoteAddress ?? "";
+  }
+
+  get query(): URLSearchParams {
+    this.parsedQuery ??= new URLSearchParams(this.rawQuery);
+    return this.parsedQuery;
+  }
+
+  get closed(): AbortSignal {
+    if (!this.closedSignal) {
+      const res = this.res;
+      const ac = new AbortController();
+      // The client going away (not a finished response) stops a long poll; it may be gone already.
+      if (res.closed) {
+        if (!res.writableFinished) ac.abort();
+      } else
+        res.on("close", () => {
+          if (!res.writableFinished) ac.abort();
+        });
+      this.closedSignal = ac.signal;
+    }
+    return this.closedSignal;
+  }
 }
 
 async function route<P>(app: App<P>, call: Call, authenticated: (p: P) => void): Promise<Reply> {

@@ -1,16 +1,18 @@
-import type { Store, StoredGrant, UserRecord } from "./types.ts";
+import type { Store, StoredGrant, SubscriptionRecord, UserRecord } from "./types.ts";
 
 /**
- * A Store whose lookups on every authenticated request (users, and the delegation behind a delegated
- * token) are served from memory. They change rarely, and only through this process (every write
- * goes through this wrapper and drops what it touches) or through the offline admin commands in
- * another process (detected by the store's change marker, checked on every cached lookup: a user
- * disabled there is refused on its next request). A store without a change marker is returned
- * as it is: nothing could tell this process that another one changed the data.
+ * A Store whose lookups on every request are served from memory: users, the delegation behind a
+ * delegated token, grants (each step of a lifecycle reads the grant the previous step wrote: the
+ * write's RETURNING row is kept) and the notification subscriptions read at every create and
+ * decision. They change only through this process (every write goes through this wrapper and keeps
+ * or drops what it touches) or through another process (the offline admin commands, key rotation;
+ * detected by the store's change marker, checked on every cached lookup: a user disabled there is
+ * refused on its next request, a grant decided there is read again). A store without a change
+ * marker is returned as it is: nothing could tell this process that another one changed the data.
  *
  * Lookups and writes interleave (each awaits the store): a value read while a write to it was under
  * way may be the old one, so it is kept only when no such write completed meanwhile (a generation
- * counter per kind of value, bumped when a write completes).
+ * counter per kind of value, bumped when a write completes; a grant also keeps its higher version).
  */
 export function withReadCache(store: Store): Store {
   const lifecycle = store.lifecycle;
@@ -18,28 +20,45 @@ export function withReadCache(store: Store): Store {
   const changeMarker = () => lifecycle.changeMarker!();
   const users = new Map<string, UserRecord | undefined>();
   const subordinates = new Map<string, string[]>();
-  // Delegations only: command grants are read once or twice each and change on every step.
-  const delegations = new Map<string, StoredGrant>();
+  const grants = new Map<string, StoredGrant>();
+  const subscriptions = new Map<string, readonly SubscriptionRecord[]>();
   let usersGeneration = 0;
-  let delegationsGeneration = 0;
+  let grantsGeneration = 0;
+  let subscriptionsGeneration = 0;
   let marker = changeMarker();
   const dropUsers = () => {
     usersGeneration++;
     users.clear();
     subordinates.clear();
   };
-  const dropDelegation = (id: string) => {
-    delegationsGeneration++;
-    delegations.delete(id);
+  const dropGrant = (id: string) => {
+    grantsGeneration++;
+    grants.delete(id);
+  };
+  const dropSubscriptions = () => {
+    subscriptionsGeneration++;
+    subscriptions.clear();
   };
   const fresh = () => {
     const m = changeMarker();
     if (m !== marker) {
       marker = m;
       dropUsers();
-      delegationsGeneration++;
-      delegations.clear();
+      grantsGeneration++;
+      grants.clear();
+      dropSubscriptions();
     }
+  };
+  /** Keeps `g` as read or written at `generation`, unless a newer version is kept or a drop came between. */
+  const keepGrant = (g: StoredGrant, generation: number) => {
+    if (generation !== grantsGeneration) return;
+    const id = g.grant.id;
+    const kept = grants.get(id);
+    if (kept && kept.version >= g.version) return;
+    if (kept) grants.delete(id);
+    // Bounded: the oldest kept goes first (a finished lifecycle's grant is rarely read again).
+    else if (grants.size >= 10_000) grants.delete(grants.keys().next().value!);
+    grants.set(id, deepFreeze(g));
   };
   return {
     async addUser(u) {
@@ -89,18 +108,20 @@ export function withReadCache(store: Store): Store {
     purgeExpired: (n) => store.purgeExpired(n),
     revocationsAfter: (after, limit) => store.revocationsAfter(after, limit),
     lastRevocation: () => store.lastRevocation(),
-    insertGrant: (g) => store.insertGrant(g),
+    async insertGrant(g) {
+      const generation = grantsGeneration;
+      const stored = await store.insertGrant(g);
+      // Kept frozen: a store that answers with the caller's own objects has them copied first.
+      keepGrant(stored.grant === g.grant ? structuredClone(stored) : stored, generation);
+      return stored;
+    },
     async getGrant(id) {
-      // The change marker only where memory answers: command grants are read from the store anyway.
-      if (delegations.has(id)) fresh();
-      const cached = delegations.get(id);
-      if (cached) return cached;
-      const generation = delegationsGeneration;
+      fresh();
+      const kept = grants.get(id);
+      if (kept) return kept;
+      const generation = grantsGeneration;
       const g = await store.getGrant(id);
-      if (g?.grant.type === "delegation" && generation === delegationsGeneration) {
-        if (delegations.size > 10_000) delegations.clear();
-        delegations.set(id, deepFreeze(g));
-      }
+      if (g) keepGrant(g, generation);
       return g;
     },
     findReusable: (r, k, n) => store.findReusable(r, k, n),
@@ -123,19 +144,21 @@ export function withReadCache(store: Store): Store {
     spendDeviceCode: (h, n) => store.spendDeviceCode(h, n),
     queryGrants: (q) => store.queryGrants(q),
     async transition(id, t) {
-      delegations.delete(id);
+      const generation = grantsGeneration;
       let updated: StoredGrant | undefined;
       try {
         updated = await store.transition(id, t);
         return updated;
       } finally {
-        // A command grant's step leaves the delegations' generation alone (it changes nothing cached).
-        if (updated?.grant.type !== "command") dropDelegation(id);
+        // The row the update returned is the grant as it now is; a refused (or failed) one tells
+        // nothing, so nothing is kept of the grant.
+        if (updated) keepGrant(updated, generation);
+        else dropGrant(id);
       }
     },
     async expireDue(n) {
       const ids = await store.expireDue(n);
-      for (const id of ids) dropDelegation(id);
+      for (const id of ids) dropGrant(id);
       return ids;
     },
     // Browser records are read from the store every time (a logout or disable elsewhere bites at once).
@@ -152,11 +175,39 @@ export function withReadCache(store: Store): Store {
     endWebSession: (id) => store.endWebSession(id),
     endWebSessionsOf: (e) => store.endWebSessionsOf(e),
     purgeExpiredWeb: (n) => store.purgeExpiredWeb(n),
-    // Notifications: read by the delivery worker and the subscription routes, never cached.
-    addSubscription: (x) => store.addSubscription(x),
+    // Subscriptions by owner (read at every create and decision); the outbox is never cached.
+    async addSubscription(x) {
+      try {
+        await store.addSubscription(x);
+      } finally {
+        dropSubscriptions();
+      }
+    },
     getSubscription: (id) => store.getSubscription(id),
-    subscriptionsOf: (o) => store.subscriptionsOf(o),
-    removeSubscription: (id, o) => store.removeSubscription(id, o),
+    async subscriptionsOf(owners) {
+      fresh();
+      const out: SubscriptionRecord[] = [];
+      for (const owner of new Set(owners)) {
+        let subs = subscriptions.get(owner);
+        if (!subs) {
+          const generation = subscriptionsGeneration;
+          subs = await store.subscriptionsOf([owner]);
+          if (generation === subscriptionsGeneration) {
+            if (subscriptions.size >= 10_000) subscriptions.clear();
+            subscriptions.set(owner, deepFreeze(subs));
+          }
+        }
+        out.push(...subs);
+      }
+      return out;
+    },
+    async removeSubscription(id, o) {
+      try {
+        return await store.removeSubscription(id, o);
+      } finally {
+        dropSubscriptions();
+      }
+    },
     enqueueNotifications: (r) => store.enqueueNotifications(r),
     dueNotifications: (n, l, skip) => store.dueNotifications(n, l, skip),
     nextNotificationDue: () => store.nextNotificationDue(),

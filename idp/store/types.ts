@@ -399,6 +399,11 @@ export interface StoreLifecycle {
    */
   changeMarker?(): number;
   /**
+   * A request begins: the next changeMarker() looks at the database again (SQLite reads
+   * data_version once per request instead of at every cached lookup; see its changeMarker).
+   */
+  beginRequest?(): void;
+  /**
    * Resolves once changeMarker() reflects every change committed anywhere before the call (a store
    * whose marker follows notifications from other instances: PostgreSQL; one round trip).
    */

@@ -179,6 +179,87 @@ describe("read cache (the server's view of users and delegations)", () => {
     expect((await cached.getGrant(grant.id))?.grant.status).toBe("revoked");
   });
 
+  it("serves a command grant from its last write, and reads it again once another process changed it", async () => {
+    const { s, dir } = open();
+    const cached = withReadCache(s);
+    const grant = g("bot@x", 1);
+    const inserted = await cached.insertGrant({ grant });
+    const first = await cached.getGrant(grant.id);
+    // Frozen, and not the caller's own object, which stays its own.
+    expect(first).toBe(inserted);
+    expect(Object.isFrozen(first?.grant.request)).toBe(true);
+    expect(Object.isFrozen(grant)).toBe(false);
+    const approved = await cached.transition(grant.id, {
+      from: ["pending"],
+      to: "approved",
+      decidedBy: "alice@x",
+      decidedAt: 2,
+    });
+    expect(await cached.getGrant(grant.id)).toBe(approved);
+    // Another process (no SqliteStore of this one: a raw connection) consumes it.
+    const other = new DatabaseSync(join(dir, "idp.sqlite"));
+    other.prepare("UPDATE grants SET status = 'used', version = version + 1 WHERE id = ?").run(grant.id);
+    other.close();
+    await new Promise((r) => setImmediate(r)); // the next request
+    expect((await cached.getGrant(grant.id))?.grant.status).toBe("used");
+    // A refused transition keeps nothing of the grant: the next read asks the store.
+    expect(await cached.transition(grant.id, { from: ["pending"], to: "denied" })).toBeUndefined();
+    expect((await cached.getGrant(grant.id))?.grant.status).toBe("used");
+  });
+
+  it("keeps the owner's notification subscriptions until one is added or removed", async () => {
+    const { s, dir } = open();
+    const cached = withReadCache(s);
+    const sub = (id: string) => ({
+      id,
+      owner: "alice@x",
+      channel: "webhook" as const,
+      target: `https://hooks.example/${id}`,
+      events: ["pending" as const],
+      createdAt: 1,
+    });
+    const id1 = "00000000-0000-4000-8000-00000000aa01";
+    const id2 = "00000000-0000-4000-8000-00000000aa02";
+    await cached.addSubscription(sub(id1));
+    expect((await cached.subscriptionsOf(["alice@x", "bob@x"])).map((x) => x.id)).toEqual([id1]);
+    const again = await cached.subscriptionsOf(["alice@x"]);
+    expect(Object.isFrozen(again[0])).toBe(true);
+    await cached.addSubscription(sub(id2));
+    expect((await cached.subscriptionsOf(["alice@x"])).map((x) => x.id)).toEqual([id1, id2]);
+    expect(await cached.removeSubscription(id1)).toBe(true);
+    expect((await cached.subscriptionsOf(["alice@x"])).map((x) => x.id)).toEqual([id2]);
+    // Removed by another process: gone here at the next request.
+    const other = new DatabaseSync(join(dir, "idp.sqlite"));
+    other.prepare("DELETE FROM notify_subscriptions WHERE id = ?").run(id2);
+    other.close();
+    await new Promise((r) => setImmediate(r));
+    expect(await cached.subscriptionsOf(["alice@x"])).toEqual([]);
+  });
+
+  it("reads data_version once per request, in the next turn outside requests, at once after a commit here", async () => {
+    const { s, dir } = open();
+    const marker = () => s.lifecycle.changeMarker!();
+    const raw = new DatabaseSync(join(dir, "idp.sqlite")); // another process
+    const before = marker();
+    raw.exec("CREATE TABLE t1 (x)");
+    // Committed while a request was handled: counts from the next request on.
+    expect(marker()).toBe(before);
+    s.lifecycle.beginRequest!();
+    const next = marker();
+    expect(next).not.toBe(before);
+    // Outside requests: from the next event-loop turn on.
+    raw.exec("CREATE TABLE t2 (x)");
+    expect(marker()).toBe(next);
+    await new Promise((r) => setImmediate(r));
+    const later = marker();
+    expect(later).not.toBe(next);
+    raw.close();
+    // A commit by another store of this process counts at once.
+    const other = open(dir).s;
+    await other.addUser({ email: "carol@x", kind: "human", createdAt: 1 });
+    expect(marker()).not.toBe(later);
+  });
+
   it("is not used for a store that cannot say when another process changed the data", () => {
     const bare = replacing(open().s, { lifecycle: undefined });
     expect(withReadCache(bare)).toBe(bare);

@@ -1,8 +1,9 @@
 import { request } from "node:http";
+import { connect } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { ProblemError } from "../../protocol/problem.ts";
 import { bearerToken } from "../../server/bearer.ts";
-import { Bytes, type Call, Router } from "../../server/http.ts";
+import { Bytes, type Call, jsonBody, Router } from "../../server/http.ts";
 import { type Listening, listen } from "../../server/lifecycle.ts";
 import { jsonLogger } from "../../server/log.ts";
 import { type App, pipeline } from "../../server/pipeline.ts";
@@ -92,6 +93,16 @@ describe("typed routes", () => {
     expect((await get(`${url}/me`)).status).toBe(401);
   });
 
+  it("decodes the parameters of the matching route only; a malformed one there is a 400", () => {
+    const router = new Router<Who>();
+    router.add("GET", "/g/:id", false, () => ({ status: 200 }));
+    router.add("POST", "/g/:id/x", false, () => ({ status: 200 }));
+    expect(router.match("GET", "/g/a%20b")).toMatchObject({ params: { id: "a b" } });
+    expect(() => router.match("GET", "/g/%E0%A4%A")).toThrow(/percent-encoding/);
+    // Another method on that path: 405 (allowed methods), not a 400 for a parameter never used.
+    expect(router.match("PUT", "/g/%E0%A4%A")).toEqual({ allowed: ["GET"] });
+  });
+
   it("a handler cannot be registered with the wrong shape", () => {
     const router = new Router<Who>();
     // @ts-expect-error a public route's handler gets no principal
@@ -159,6 +170,126 @@ describe("hooks", () => {
       expect(r.status, path).toBe(500);
       expect(JSON.parse(r.body).detail, path).toBe("storage failure");
     }
+  });
+});
+
+describe("begin and bodies", () => {
+  /** Writes `parts` to one connection (pausing between them) and returns all it answered. */
+  const raw = (url: string, parts: string[]) =>
+    new Promise<string>((resolve, reject) => {
+      const u = new URL(url);
+      const sock = connect(Number(u.port), u.hostname);
+      let answer = "";
+      sock.setEncoding("utf8");
+      sock.on("data", (c: string) => {
+        answer += c;
+      });
+      sock.on("end", () => resolve(answer));
+      sock.on("error", reject);
+      sock.on("connect", async () => {
+        for (const p of parts) {
+          sock.write(p);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      });
+    });
+
+  it("begin runs before each request's route, also for requests pipelined in one write", async () => {
+    const router = new Router<Who>();
+    let begun = 0;
+    const seen: number[] = [];
+    router.add("GET", "/open", false, () => {
+      seen.push(begun);
+      return { status: 200, body: {} };
+    });
+    router.add("GET", "/me", true, () => {
+      seen.push(begun);
+      return { status: 200, body: {} };
+    });
+    const url = await start(
+      router,
+      () => {
+        seen.push(begun);
+        return { name: "x" };
+      },
+      { begin: () => void begun++ },
+    );
+    const two =
+      "GET /open HTTP/1.1\r\nHost: x\r\n\r\nGET /me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    const answer = await raw(url, [two]);
+    expect(answer.match(/HTTP\/1.1 200/g)).toHaveLength(2);
+    // The second request's principal hook and route saw its own begin.
+    expect(seen).toEqual([1, 2, 2]);
+  });
+
+  it("call.closed aborts when the client goes away, also when first asked for after it left", async () => {
+    const router = new Router<Who>();
+    const seen: Record<string, boolean> = {};
+    let done!: () => void;
+    const both = new Promise<void>((r) => {
+      let n = 0;
+      done = () => {
+        if (++n === 2) r();
+      };
+    });
+    router.add("GET", "/early", false, async (call) => {
+      const signal = call.closed;
+      await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+      seen.early = signal.aborted;
+      done();
+      return { status: 200 };
+    });
+    router.add("GET", "/late", false, async (call) => {
+      await new Promise((r) => setTimeout(r, 150));
+      seen.late = call.closed.aborted;
+      done();
+      return { status: 200 };
+    });
+    const url = await start(router, () => ({ name: "x" }));
+    for (const path of ["/early", "/late"]) {
+      const u = new URL(url);
+      const sock = connect(Number(u.port), u.hostname, () => {
+        sock.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`);
+        setTimeout(() => sock.destroy(), 30);
+      });
+    }
+    await both;
+    expect(seen).toEqual({ early: true, late: true });
+    // A finished answer is not a client gone away.
+    let after: boolean | undefined;
+    router.add("GET", "/done", false, (call) => {
+      call.res.on("finish", () => setImmediate(() => (after = call.closed.aborted)));
+      return { status: 200, body: {} };
+    });
+    expect((await get(`${url}/done`)).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(after).toBe(false);
+  });
+
+  it("a JSON body is read whole across several packets; a client gone mid-body gets no answer", async () => {
+    const router = new Router<Who>();
+    router.add("POST", "/echo", false, async (call) => ({ status: 200, body: await jsonBody(call) }));
+    const url = await start(router, () => ({ name: "x" }));
+    const body = JSON.stringify({ a: "x".repeat(3000), b: [1, 2, 3] });
+    const head = `POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+    const answer = await raw(url, [head, body.slice(0, 10), body.slice(10, 2000), body.slice(2000)]);
+    expect(answer).toMatch(/^HTTP\/1.1 200/);
+    expect(JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4))).toEqual(JSON.parse(body));
+    // Half a body, then the client goes: nothing is answered and the server keeps serving.
+    const half = await new Promise<string>((resolve) => {
+      const u = new URL(url);
+      const sock = connect(Number(u.port), u.hostname, () => {
+        sock.write(head + body.slice(0, 100));
+        setTimeout(() => sock.destroy(), 20);
+      });
+      let got = "";
+      sock.on("data", (c) => {
+        got += c;
+      });
+      sock.on("close", () => resolve(got));
+    });
+    expect(half).toBe("");
+    expect((await raw(url, [head, body])).startsWith("HTTP/1.1 200")).toBe(true);
   });
 });
 

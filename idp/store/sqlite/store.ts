@@ -45,6 +45,12 @@ import { migrate } from "./migrations.ts";
 
 export const DB_FILE = "idp.sqlite";
 
+/**
+ * Writes and commits made through any SqliteStore of this process (each also counts its own): what
+ * another connection here may have committed since a data_version was read (see changeMarker).
+ */
+let processWrites = 0;
+
 interface UserRow {
   email: string;
   kind: "human" | "agent";
@@ -330,6 +336,7 @@ export function openSqliteStore(dataDir: string, options: SqliteOptions = {}): S
   if (options.checkpointer) db.exec("PRAGMA wal_autocheckpoint = 0");
   try {
     migrate(db);
+    processWrites++; // a migration is a commit the other connections of this process must see
     privateWalFiles(file);
     return new SqliteStore(db, file, options);
   } catch (e) {
@@ -342,6 +349,10 @@ export class SqliteStore implements Store {
   private readonly db: DatabaseSync;
   private readonly stmts = new Map<string, StatementSync>();
   private stopCheckpointer: (() => Promise<void>) | undefined;
+  private ownWrites = 0;
+  /** data_version as read in this synchronous run (undefined: read it), and the others' writes then. */
+  private marker: number | undefined;
+  private markerOthers = 0;
 
   readonly lifecycle: StoreLifecycle = {
     flush: () => {
@@ -349,8 +360,41 @@ export class SqliteStore implements Store {
       if (b && this.commitOnFlush) this.commitBatch();
       return b?.promise ?? Promise.resolve();
     },
-    changeMarker: () => (this.q("PRAGMA data_version").get() as { data_version: number }).data_version,
+    changeMarker: () => this.changeMarker(),
+    beginRequest: () => this.forgetMarker(),
   };
+
+  /**
+   * PRAGMA data_version, read once per request (beginRequest) instead of at every cached lookup: a
+   * change another process committed before a request was read counts for it, as with a read at
+   * every lookup. Outside requests (housekeeping, the admin commands) it is kept until the next
+   * setImmediate at the latest, and the loop does not wait for I/O meanwhile. A commit by another
+   * connection of this process can come at any time: it is counted (processWrites) and the value
+   * read again.
+   */
+  private changeMarker(): number {
+    const others = processWrites - this.ownWrites;
+    if (this.marker === undefined || others !== this.markerOthers) {
+      this.marker = (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
+      this.markerOthers = others;
+      // Referenced: the loop does not block in a poll for I/O while the value is kept.
+      this.markerTimer ??= setImmediate(this.forgetMarker);
+    }
+    return this.marker;
+  }
+
+  private markerTimer: NodeJS.Immediate | undefined;
+  private readonly forgetMarker = () => {
+    this.marker = undefined;
+    if (this.markerTimer) clearImmediate(this.markerTimer);
+    this.markerTimer = undefined;
+  };
+
+  /** Counts a write or commit of this connection (see processWrites). */
+  private wrote(): void {
+    processWrites++;
+    this.ownWrites++;
+  }
 
   constructor(db: DatabaseSync, file: string, options: SqliteOptions) {
     this.db = db;
@@ -395,6 +439,7 @@ export class SqliteStore implements Store {
     try {
       const r = fn();
       this.db.exec("COMMIT");
+      this.wrote();
       return r;
     } catch (e) {
       this.db.exec("ROLLBACK");
@@ -458,6 +503,7 @@ export class SqliteStore implements Store {
     this.batch = undefined;
     try {
       this.db.exec("COMMIT");
+      this.wrote();
       b.resolve();
     } catch (e) {
       try {
@@ -472,6 +518,7 @@ export class SqliteStore implements Store {
   /** A cached statement that writes: joins (or opens) the group-commit batch. */
   private wq(sql: string): StatementSync {
     if (this.groupCommit && !this.batch) this.openBatch();
+    this.wrote(); // outside a transaction the statement commits when it runs
     return this.q(sql);
   }
 
@@ -841,6 +888,7 @@ export class SqliteStore implements Store {
 
   private insertGrantRow(n: NewGrant): StoredGrant {
     const g = n.grant;
+    const request = JSON.stringify(g.request);
     const r = this.wq(
       `INSERT INTO grants (id, type, requester, status, grant_type, request, match_key, delegator, delegate, decided_by, created_at, decided_at, expires_at, used_at, created_act)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -850,7 +898,7 @@ export class SqliteStore implements Store {
       g.request.requester,
       g.status,
       g.request.grant_type,
-      JSON.stringify(g.request),
+      request,
       n.matchKey ?? null,
       g.type === "delegation" ? (g.request.delegator ?? null) : null,
       g.type === "delegation" ? (g.request.delegate ?? null) : null,
@@ -861,9 +909,23 @@ export class SqliteStore implements Store {
       g.used_at ?? null,
       n.actingParty ?? null,
     );
-    const stored: StoredGrant = { grant: g, version: 1, seq: Number(r.lastInsertRowid) };
-    if (n.actingParty !== undefined) stored.createdAct = n.actingParty;
-    return stored;
+    // The grant as a read would return it, in objects of its own (not the caller's).
+    return grantFromRow({
+      seq: Number(r.lastInsertRowid),
+      id: g.id,
+      type: g.type,
+      status: g.status,
+      request,
+      decided_by: g.decided_by ?? null,
+      created_at: g.created_at,
+      decided_at: g.decided_at ?? null,
+      expires_at: g.expires_at ?? null,
+      used_at: g.used_at ?? null,
+      version: 1,
+      created_act: n.actingParty ?? null,
+      decided_act: null,
+      approval_proof: null,
+    });
   }
 
   async getGrant(id: string): Promise<StoredGrant | undefined> {
@@ -971,7 +1033,7 @@ export class SqliteStore implements Store {
       args.push(...requestArgs);
     }
     const placeholders = t.from.map(() => "?").join(", ");
-    return this.atomically(() => {
+    const apply = () => {
       // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
       const r = this.wq(
         `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
@@ -984,7 +1046,9 @@ export class SqliteStore implements Store {
       // Notifications of the change: written in the same transaction, only when the transition applied.
       if (t.outbox?.length) this.insertOutboxRows(t.outbox);
       return g;
-    });
+    };
+    // One statement is atomic on its own: the savepoint only when more rows may follow it.
+    return t.outbox?.length || t.to === "revoked" ? this.atomically(apply) : apply();
   }
 
   async expireDue(now: number): Promise<string[]> {

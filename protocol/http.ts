@@ -1,4 +1,6 @@
 import type { IncomingMessage } from "node:http";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import type { SecureContext } from "node:tls";
 import { boundedChunks, checkDeclaredLength, discardBody, readBounded } from "./bounded-body.ts";
 import { isLoopbackHost } from "./ddisa.ts";
@@ -32,6 +34,11 @@ export interface HttpOptions {
   secureContext?: SecureContext;
   /** Reuse pooled keep-alive sockets. Default false: one connection per request, none left behind. */
   keepAlive?: boolean;
+  /**
+   * A connection to the URL's origin opened beforehand (TLS verified as this request's would be:
+   * the same trust, the host's name), used for this request only; it closes with the answer.
+   */
+  socket?: Duplex;
   /** Ends the request (and a body being read) when it aborts. */
   signal?: AbortSignal;
 }
@@ -124,7 +131,11 @@ export function openHttp(input: string | URL, options: HttpOptions): Promise<Htt
     const req = send(url, {
       method: options.method ?? "GET",
       headers,
-      ...(options.keepAlive ? {} : { agent: false }),
+      ...(options.socket
+        ? { createConnection: () => options.socket as Socket }
+        : options.keepAlive
+          ? {}
+          : { agent: false }),
       ...(secure && options.ca ? { ca: [...options.ca] } : {}),
       ...(secure && options.secureContext ? { secureContext: options.secureContext } : {}),
     });

@@ -2,7 +2,7 @@ import type { KeyObject } from "node:crypto";
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
-import type { SecureContext } from "node:tls";
+import type { SecureContext, TLSSocket } from "node:tls";
 import { fetchJson, HttpFailure } from "../protocol/http.ts";
 import { type IssuerKeys, JwksCache, jwksCacheKey, type KeyStore } from "../protocol/jwks.ts";
 import { fileKeyStore, trustAnchorId } from "../protocol/jwks-store.ts";
@@ -110,9 +110,22 @@ async function verify(
   mark: (name: string) => void,
   onRequest: (r: VerifyRequest) => void,
 ): Promise<Decision> {
+  const prepared = prepare(options, options.policyOwnerUid ?? 0);
+  try {
+    return await verifyPrepared(io, options, prepared, mark, onRequest);
+  } finally {
+    prepared.ahead?.close(); // nothing left open past the verdict
+  }
+}
+
+async function verifyPrepared(
+  io: VerifierIo,
+  options: VerifierOptions,
+  prepared: Prepared,
+  mark: (name: string) => void,
+  onRequest: (r: VerifyRequest) => void,
+): Promise<Decision> {
   const nowS = options.nowS ?? (() => Math.floor(Date.now() / 1000));
-  const ownerUid = options.policyOwnerUid ?? 0;
-  const prepared = prepare(options, ownerUid);
   const line = await readLine(io.stdin, MAX_REQUEST_BYTES);
   mark("line");
   if (line === undefined) return deny("request_invalid", "no request line on stdin (or longer than 64 KiB)");
@@ -191,6 +204,8 @@ interface Prepared {
   policy: Policy | Denial;
   /** Undefined when there is no policy to take it from. */
   trust?: { anchor: TrustAnchor; http: HttpFn; store?: KeyStore } | Denial;
+  /** Connections opened ahead to the issuers (closed when the verdict is out). */
+  ahead?: ConnectionsAhead;
 }
 
 /**
@@ -209,9 +224,12 @@ function prepare(options: VerifierOptions, ownerUid: number): Prepared {
     return { policy, trust: deny("config_invalid", (e as Error).message) };
   }
   let http = options.http;
+  let ahead: ConnectionsAhead | undefined;
   if (!http) {
     try {
-      http = httpWithCa(anchor.ca);
+      const secureContext = anchor.ca ? tlsContext(anchor.ca) : undefined;
+      ahead = new ConnectionsAhead(policy.issuers, secureContext);
+      http = httpsWith(secureContext, ahead);
     } catch (e) {
       return {
         policy,
@@ -219,10 +237,77 @@ function prepare(options: VerifierOptions, ownerUid: number): Prepared {
       };
     }
   }
-  if (!options.cacheDir) return { policy, trust: { anchor, http } };
-  const store = readAheadStore(fileKeyStore(options.cacheDir));
-  for (const issuer of policy.issuers) store.get(jwksCacheKey(anchor.id, issuer));
-  return { policy, trust: { anchor, http, store } };
+  const store = options.cacheDir ? readAheadStore(fileKeyStore(options.cacheDir)) : undefined;
+  for (const issuer of store ? policy.issuers : []) store!.get(jwksCacheKey(anchor.id, issuer));
+  return { policy, trust: { anchor, http, ...(store ? { store } : {}) }, ...(ahead ? { ahead } : {}) };
+}
+
+/** The most issuers a verifier connects to ahead (a policy rarely names more than one or two). */
+const MAX_CONNECTIONS_AHEAD = 4;
+/**
+ * How long a connection opened ahead is used for a request: an IdP may close a connection that
+ * brought no request after a few seconds (apes idp serve after 10), and a request on a closing one
+ * would fail. Past this, a request connects anew, on the TLS stack the connection ahead has warmed.
+ */
+const AHEAD_REUSE_MS = 2000;
+
+/**
+ * TLS connections to the policy's issuers, opened while the verifier waits for its line: a
+ * process's first TLS request costs ~20-30 ms more than its next ones (the TLS and HTTP machinery's
+ * first use), and that is paid here, off the path after the approval. The first request to an
+ * origin within AHEAD_REUSE_MS goes over its connection. Only allow-listed issuers are contacted,
+ * with the trust the requests use; nothing of the request is known yet. Idle, they keep no one
+ * waiting (unref'd), and close() ends what is left.
+ */
+class ConnectionsAhead {
+  private readonly open = new Map<string, { socket: TLSSocket; at: number }>();
+
+  constructor(issuers: readonly string[], secureContext: SecureContext | undefined) {
+    const { connect } = process.getBuiltinModule("node:tls");
+    const { isIP } = process.getBuiltinModule("node:net");
+    for (const issuer of issuers.slice(0, MAX_CONNECTIONS_AHEAD)) {
+      let url: URL;
+      try {
+        url = new URL(issuer);
+      } catch {
+        continue;
+      }
+      if (url.protocol !== "https:" || this.open.has(url.origin)) continue;
+      const host = url.hostname.replace(/^\[|\]$/g, "");
+      const socket = connect({
+        host,
+        port: Number(url.port || 443),
+        ...(isIP(host) ? {} : { servername: host }),
+        ...(secureContext ? { secureContext } : {}),
+      });
+      const entry = { socket, at: performance.now() };
+      this.open.set(url.origin, entry);
+      const drop = () => {
+        if (this.open.get(url.origin) === entry) this.open.delete(url.origin);
+      };
+      socket.on("error", drop).once("close", drop).once("end", drop);
+      socket.setTimeout(HTTP_DEADLINE_MS, () => socket.destroy());
+      socket.unref();
+    }
+  }
+
+  /** The origin's connection for one request, if it is fresh enough; it is then the request's. */
+  take(origin: string): TLSSocket | undefined {
+    const entry = this.open.get(origin);
+    this.open.delete(origin);
+    if (!entry || entry.socket.destroyed || performance.now() - entry.at > AHEAD_REUSE_MS) {
+      entry?.socket.destroy();
+      return undefined;
+    }
+    entry.socket.setTimeout(0);
+    entry.socket.ref();
+    return entry.socket;
+  }
+
+  close(): void {
+    for (const { socket } of this.open.values()) socket.destroy();
+    this.open.clear();
+  }
 }
 
 /**
@@ -354,9 +439,16 @@ function readCaFile(path: string, ownerUid: number): string {
  * and it skips parsing ~140 roots).
  */
 export function httpWithCa(ca: string | undefined): HttpFn {
-  // One TLS context for every request of the process (building one parses the CA: a few ms each).
-  const secureContext = ca ? process.getBuiltinModule("node:tls").createSecureContext({ ca }) : undefined;
-  return (url, init) => httpsRequest(url, init, secureContext);
+  return httpsWith(ca ? tlsContext(ca) : undefined);
+}
+
+/** One TLS context for every request of the process (building one parses the CA: a few ms each). */
+function tlsContext(ca: string): SecureContext {
+  return process.getBuiltinModule("node:tls").createSecureContext({ ca });
+}
+
+function httpsWith(secureContext: SecureContext | undefined, ahead?: ConnectionsAhead): HttpFn {
+  return (url, init) => httpsRequest(url, init, secureContext, ahead?.take(new URL(url).origin));
 }
 
 /** The HTTP function for a policy (`apes trust` validates an IdP with it before writing). */
@@ -368,12 +460,14 @@ async function httpsRequest(
   url: string,
   init: { method: string; headers?: Record<string, string>; body?: string },
   secureContext: SecureContext | undefined,
+  socket: TLSSocket | undefined,
 ): Promise<{ status: number; body: unknown }> {
   try {
     // Without a context of the policy's CA, the system roots (the https default).
     return await fetchJson(url, {
       ...init,
       ...(secureContext ? { secureContext } : {}),
+      ...(socket ? { socket } : {}),
       plainHttp: "never",
       timeoutMs: HTTP_DEADLINE_MS,
       maxBytes: MAX_ANSWER_BYTES,

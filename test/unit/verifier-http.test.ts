@@ -4,7 +4,7 @@ import { createServer, type Server } from "node:https";
 import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough } from "node:stream";
 import { exportJWK, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
@@ -25,6 +25,8 @@ let server: Server;
 let issuer: string;
 let caPem: string;
 const sockets = new Set<Socket>();
+const connections: Socket[] = [];
+const requestsOn = new Map<Socket, number>();
 const timers = new Set<NodeJS.Timeout>();
 const idpKey = generateKeyPairSync("ed25519");
 let jwk: Record<string, unknown>;
@@ -90,7 +92,9 @@ beforeAll(async () => {
     res.flushHeaders();
     drip(req.socket, padded);
   });
+  server.on("request", (req) => requestsOn.set(req.socket, (requestsOn.get(req.socket) ?? 0) + 1));
   server.on("secureConnection", (s: Socket) => {
+    connections.push(s);
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
   });
@@ -107,7 +111,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function verifyAgainst(mode: Drip) {
+async function verifyAgainst(mode: Drip, beforeLine?: () => Promise<void>) {
   const iss = `${issuer}/${mode}`;
   const now = Math.floor(Date.now() / 1000);
   const jwt = await new SignJWT({
@@ -145,15 +149,19 @@ async function verifyAgainst(mode: Drip) {
   });
   let stdout = "";
   const started = performance.now();
+  const stdin = new PassThrough();
   try {
-    const r = await runVerifier(
+    const run = runVerifier(
       {
-        stdin: Readable.from([`${line}\n`]),
+        stdin,
         stdout: { write: (s: string) => (stdout += s) },
         stderr: { write: () => true },
       },
       { configFd: fd, policyOwnerUid: process.getuid?.() ?? 0 },
     );
+    await beforeLine?.();
+    stdin.end(`${line}\n`);
+    const r = await run;
     return { ...r, verdict: JSON.parse(stdout) as Record<string, unknown>, ms: performance.now() - started };
   } finally {
     closeSync(fd);
@@ -191,4 +199,23 @@ describe.concurrent("the verifier's HTTPS client: a deadline for each whole requ
     expect(r.exit).toBe(69);
     expect(r.ms).toBeLessThan(bound);
   }, 30_000);
+});
+
+describe("connections opened ahead (while the verifier waits for its line)", () => {
+  it("one to the allow-listed issuer before any line; the first request goes over it, nothing is left open", async () => {
+    const before = connections.length;
+    const r = await verifyAgainst("none", async () => {
+      for (let i = 0; i < 100 && connections.length === before; i++)
+        await new Promise((t) => setTimeout(t, 10));
+      expect(connections.length).toBe(before + 1); // made ahead, with the pinned CA
+      expect(requestsOn.get(connections[before]!)).toBeUndefined(); // and no request on it yet
+    });
+    expect(r.verdict).toMatchObject({ ok: true });
+    const mine = connections.slice(before);
+    // discovery (over the connection made ahead), JWKS and consume: three requests, three connections.
+    expect(mine.map((c) => requestsOn.get(c) ?? 0)).toEqual([1, 1, 1]);
+    for (let i = 0; i < 100 && mine.some((c) => !c.destroyed); i++)
+      await new Promise((t) => setTimeout(t, 10));
+    expect(mine.every((c) => c.destroyed)).toBe(true);
+  });
 });

@@ -108,7 +108,7 @@ describe("the shim's reason codes (native/*.c)", () => {
 
   it("prefix a requester's code with REQUESTER_PREFIX, in a buffer that holds the longest code", () => {
     const shim = read("native/apes-shim.c");
-    expect(shim).toContain(`snprintf(reason, sizeof reason, "${REQUESTER_PREFIX}%s", token)`);
+    expect(shim).toContain(`snprintf(reason, sizeof reason, "${REQUESTER_PREFIX}%.64s", token)`);
     expect(shim).toContain(`static char reason[sizeof "${REQUESTER_PREFIX}" + 64];`);
   });
 

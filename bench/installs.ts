@@ -11,6 +11,8 @@ export interface EarlierInstall {
   shim: string;
   exec: string;
   config: string;
+  /** The verifier's HOME (its JWKS cache). */
+  cacheDir: string;
 }
 
 /** The installs described in the comma-separated files; removed at the end unless `keep` (they hold a setuid shim). */

@@ -44,7 +44,19 @@ export interface Context {
 export function createContext(globals: GlobalOptions, overrides: Partial<Context> = {}): Context {
   const env = overrides.env ?? process.env;
   const paths = overrides.paths ?? xdgPaths(env);
-  const io: Io = overrides.io ?? { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
+  // Node makes each stream on first access: process.stdin alone costs up to ~2 ms (a file or
+  // /dev/null), which a command that never reads it (the shim's requester, every elevation) need not pay.
+  const io: Io = overrides.io ?? {
+    get stdout() {
+      return process.stdout;
+    },
+    get stderr() {
+      return process.stderr;
+    },
+    get stdin() {
+      return process.stdin;
+    },
+  };
   let configPromise: Promise<UserConfig> | undefined;
   return {
     io,

@@ -5,6 +5,7 @@ import {
   type HttpProblem,
   type SessionFileRefusal,
 } from "../client/errors.ts";
+import { hasUnsafeChars, visible } from "../protocol/display.ts";
 import { ExitCode, type ExitCodeValue } from "./exit-codes.ts";
 
 /**
@@ -269,5 +270,57 @@ export function warningLine(w: ClientWarning): string {
       return `apes: warning: ${w.path} is readable by others (mode ${w.mode.toString(8)}); run \`chmod 600 ${w.path}\`\n`;
     case "raw_login_signature":
       return `apes: warning: signing the bare challenge of ${w.idp} (allow_raw_login_signature): this signature is not bound to the IdP\n`;
+  }
+}
+
+/**
+ * Prints a command's failure on stderr the one way apes does (message, hint, with `debug` the cause
+ * or stack) and returns its exit status. cli/program.ts adds commander's own ends in front of it.
+ */
+export function reportFailure(
+  thrown: unknown,
+  stderr: { write(s: string): unknown },
+  debug: () => boolean,
+): number {
+  // client/'s failures carry no exit status or hint: the CLI's one mapping (above) adds them.
+  const e = asCliError(thrown);
+  if (e instanceof CliError) {
+    stderr.write(`apes: ${guarded(e.message)}\n`);
+    if (e.hint) stderr.write(`  ${e.hint.split("\n").map(guarded).join("\n  ")}\n`);
+    if (safe(debug) && e.cause) stderr.write(`  cause: ${guarded(describeCause(e.cause))}\n`);
+    return e.exitCode;
+  }
+  stderr.write(
+    `apes: unexpected error: ${visible(e instanceof Error ? e.message : String(e), { max: MESSAGE_MAX })}\n`,
+  );
+  if (safe(debug) && e instanceof Error && e.stack) stderr.write(`${e.stack}\n`);
+  else stderr.write("  run again with --debug for details\n");
+  return ExitCode.ERROR;
+}
+
+const MESSAGE_MAX = 2000;
+
+/**
+ * A message apes built, shown as it is, unless something in it (text from an IdP or a file that its
+ * source forgot to pass through `visible`) holds a control character or is unboundedly long: then
+ * the whole line is escaped and cut, so no error can drive the terminal.
+ */
+function guarded(text: string): string {
+  return hasUnsafeChars(text) || text.length > MESSAGE_MAX ? visible(text, { max: MESSAGE_MAX }) : text;
+}
+
+function describeCause(cause: unknown): string {
+  if (cause instanceof Error) {
+    const inner = (cause as Error & { cause?: unknown }).cause;
+    return inner ? `${cause.message} (${describeCause(inner)})` : cause.message;
+  }
+  return String(cause);
+}
+
+function safe(f: () => boolean): boolean {
+  try {
+    return f();
+  } catch {
+    return false;
   }
 }

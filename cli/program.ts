@@ -1,10 +1,9 @@
 import { Command, CommanderError, Help, Option } from "commander";
-import { hasUnsafeChars, visible } from "../protocol/display.ts";
 import { commandWords, registerCommands, stubTerms } from "./commands/index.ts";
 import { type Context, createContext, type GlobalOptions } from "./context.ts";
-import { isInternal, runInternal } from "./elevation/fast.ts";
+import { isInternal, runHelper } from "./elevation/fast.ts";
 import { routeArgv } from "./elevation/grammar.ts";
-import { asCliError, CliError } from "./errors.ts";
+import { reportFailure } from "./errors.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { VERSION } from "./version.ts";
 
@@ -85,15 +84,9 @@ Run \`apes <command> --help\` for a command's options.`,
 
 /** Runs the program and returns the exit status; never throws. */
 export async function runCli(argv: readonly string[], overrides: Partial<Context> = {}): Promise<number> {
-  if (isInternal(argv)) {
-    // The shim's helpers (every elevation): no command tree, see elevation/fast.ts.
-    const stderr = overrides.io?.stderr ?? { write: (s: string) => process.stderr.write(s) };
-    try {
-      return await runInternal(argv, overrides);
-    } catch (e) {
-      return reportError(e, stderr, () => (overrides.env ?? process.env).APES_DEBUG === "1");
-    }
-  }
+  // The shim's helpers (every elevation): no command tree, see elevation/fast.ts. dist/apes runs
+  // them from their own small bundle (elevation/helpers-main.ts); this serves `node cli/main.ts` and tests.
+  if (isInternal(argv)) return runHelper(argv, overrides);
   // `apes [--reason R ...] -- cmd` is `apes run ...`: routed here, before commander sees it, so a
   // command word after `--` can never be taken for a subcommand.
   const routed = routeArgv(argv);
@@ -108,54 +101,15 @@ export async function runCli(argv: readonly string[], overrides: Partial<Context
   }
 }
 
+/** Commander's own ends (help, version, usage) here; everything else as the helpers report it. */
 function reportError(thrown: unknown, stderr: { write(s: string): unknown }, debug: () => boolean): number {
-  // client/'s failures carry no exit status or hint: the CLI's one mapping adds them (cli/errors.ts).
-  const e = asCliError(thrown);
-  if (e instanceof CommanderError) {
+  if (thrown instanceof CommanderError) {
     // help and --version end through exitOverride with code 0.
-    if (e.exitCode === 0) return ExitCode.OK;
-    if (e.code === "commander.unknownCommand" || e.code === "commander.unknownOption") {
+    if (thrown.exitCode === 0) return ExitCode.OK;
+    if (thrown.code === "commander.unknownCommand" || thrown.code === "commander.unknownOption") {
       stderr.write("  run `apes --help` for the commands and options\n");
     }
     return ExitCode.USAGE;
   }
-  if (e instanceof CliError) {
-    stderr.write(`apes: ${guarded(e.message)}\n`);
-    if (e.hint) stderr.write(`  ${e.hint.split("\n").map(guarded).join("\n  ")}\n`);
-    if (safe(debug) && e.cause) stderr.write(`  cause: ${guarded(describeCause(e.cause))}\n`);
-    return e.exitCode;
-  }
-  stderr.write(
-    `apes: unexpected error: ${visible(e instanceof Error ? e.message : String(e), { max: MESSAGE_MAX })}\n`,
-  );
-  if (safe(debug) && e instanceof Error && e.stack) stderr.write(`${e.stack}\n`);
-  else stderr.write("  run again with --debug for details\n");
-  return ExitCode.ERROR;
-}
-
-const MESSAGE_MAX = 2000;
-
-/**
- * A message apes built, shown as it is, unless something in it (text from an IdP or a file that its
- * source forgot to pass through `visible`) holds a control character or is unboundedly long: then
- * the whole line is escaped and cut, so no error can drive the terminal.
- */
-function guarded(text: string): string {
-  return hasUnsafeChars(text) || text.length > MESSAGE_MAX ? visible(text, { max: MESSAGE_MAX }) : text;
-}
-
-function describeCause(cause: unknown): string {
-  if (cause instanceof Error) {
-    const inner = (cause as Error & { cause?: unknown }).cause;
-    return inner ? `${cause.message} (${describeCause(inner)})` : cause.message;
-  }
-  return String(cause);
-}
-
-function safe(f: () => boolean): boolean {
-  try {
-    return f();
-  } catch {
-    return false;
-  }
+  return reportFailure(thrown, stderr, debug);
 }

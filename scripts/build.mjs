@@ -94,42 +94,76 @@ const asciiComments = {
 };
 
 // Per-process names so concurrent builds (parallel test runs, several developers) never collide.
-const bundle = join(work, `apes.${process.pid}.cjs`);
 const started = Date.now();
-const built = await build({
-  entryPoints: [join(root, "cli/main.ts")],
-  bundle: true,
-  platform: "node",
-  target: "node24",
-  format: "cjs",
-  outfile: bundle,
-  minifySyntax: true,
-  keepNames: false,
-  legalComments: "none",
-  sourcemap: false,
-  define: { __APES_VERSION__: JSON.stringify(pkg.version), "import.meta.url": "__apes_import_meta_url" },
-  banner: { js: 'var __apes_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
-  logLevel: "warning",
-  metafile: true,
-  plugins: [dynamicBuiltins, lazyBuiltins, asciiComments],
-});
+const { NODE_OPTIONS: _ignored, ...cacheEnv } = process.env; // flags must match the runtime's
 
-// The bundle runs through scripts/sea-loader.cjs with a code cache warmed by running start-up
+/**
+ * Bundles `entry` (esbuild) into build/<name>.<pid>.js, wrapped like a CommonJS module for the SEA
+ * loader (scripts/sea-loader.cjs runs it through vm.Script), and returns that file and the metafile.
+ */
+async function bundleProgram(entry, name) {
+  const bundle = join(work, `${name}.${process.pid}.cjs`);
+  const built = await build({
+    entryPoints: [join(root, entry)],
+    bundle: true,
+    platform: "node",
+    target: "node24",
+    format: "cjs",
+    outfile: bundle,
+    minifySyntax: true,
+    keepNames: false,
+    legalComments: "none",
+    sourcemap: false,
+    define: { __APES_VERSION__: JSON.stringify(pkg.version), "import.meta.url": "__apes_import_meta_url" },
+    banner: { js: 'var __apes_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
+    logLevel: "warning",
+    metafile: true,
+    plugins: [dynamicBuiltins, lazyBuiltins, asciiComments],
+  });
+  try {
+    const code = readFileSync(bundle, "latin1");
+    if (/[^\x00-\x7f]/.test(code))
+      throw new Error(`build: ${name}'s bundle is not ASCII (esbuild charset changed?)`);
+    const dynamicImport = /\bimport\(\s*["'`]/.exec(code);
+    if (dynamicImport)
+      throw new Error(
+        `build: a dynamic import() is left in ${name}'s bundle: ${code.slice(dynamicImport.index, dynamicImport.index + 60)}`,
+      );
+    const wrapped = join(work, `${name}.${process.pid}.js`);
+    writeFileSync(
+      wrapped,
+      `(function (exports, require, module, __filename, __dirname) {${code}\n})`,
+      "latin1",
+    );
+    return { wrapped, metafile: built.metafile };
+  } finally {
+    rmSync(bundle, { force: true });
+  }
+}
+
+// The program, run through scripts/sea-loader.cjs with a code cache warmed by running start-up
 // (scripts/sea-cache.cjs); see the loader for why.
-const code = readFileSync(bundle, "latin1");
-if (/[^\x00-\x7f]/.test(code)) throw new Error("build: the bundle is not ASCII (esbuild charset changed?)");
-const dynamicImport = /\bimport\(\s*["'`]/.exec(code);
-if (dynamicImport)
-  throw new Error(
-    `build: a dynamic import() is left in the bundle: ${code.slice(dynamicImport.index, dynamicImport.index + 60)}`,
-  );
-const wrapped = join(work, `apes.${process.pid}.js`);
+const program = await bundleProgram("cli/main.ts", "apes");
+const wrapped = program.wrapped;
 const cache = join(work, `apes.${process.pid}.cache`);
 const versionLine = join(work, `apes.${process.pid}.version`);
 const rootHelp = join(work, `apes.${process.pid}.help`);
-writeFileSync(wrapped, `(function (exports, require, module, __filename, __dirname) {${code}\n})`, "latin1");
-const { NODE_OPTIONS: _ignored, ...cacheEnv } = process.env; // flags must match the runtime's
 execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), wrapped, cache, versionLine, rootHelp], {
+  env: cacheEnv,
+  stdio: ["ignore", "ignore", "inherit"],
+});
+
+// The setuid shim's two helpers (`apes __request`, `apes __verify`: two processes on every
+// elevation) get a bundle of their own with only their code, which the loader runs for them. It must
+// stay small: the command tree (commander, cli/commands/, cli/program.ts) has no place in it.
+const helpers = await bundleProgram("cli/elevation/helpers-main.ts", "helpers");
+const helpersCache = join(work, `helpers.${process.pid}.cache`);
+const intruder = Object.keys(helpers.metafile.inputs).find((f) =>
+  /(^|\/)node_modules\/commander\/|^cli\/commands\/|^cli\/program\.ts$/.test(f),
+);
+if (intruder)
+  throw new Error(`build: the helpers' bundle (cli/elevation/helpers-main.ts) imports ${intruder}`);
+execFileSync(nodeBinary, [join(root, "scripts/sea-cache.cjs"), "--helpers", helpers.wrapped, helpersCache], {
   env: cacheEnv,
   stdio: ["ignore", "ignore", "inherit"],
 });
@@ -196,7 +230,9 @@ writeFileSync(
   join(dist, "bundled-packages.json"),
   `${JSON.stringify(
     bundledPackages(
-      Object.keys(built.metafile.inputs).map((f) => join(root, f)),
+      [...Object.keys(program.metafile.inputs), ...Object.keys(helpers.metafile.inputs)].map((f) =>
+        join(root, f),
+      ),
       Object.values(assets),
     ),
     null,
@@ -216,11 +252,14 @@ try {
       "apes.cache": cache,
       "apes.version": versionLine,
       "apes.help": rootHelp,
+      "helpers.js": helpers.wrapped,
+      "helpers.cache": helpersCache,
       ...assets,
     },
   });
 } finally {
-  for (const f of [bundle, wrapped, cache, versionLine, rootHelp]) rmSync(f, { force: true });
+  for (const f of [wrapped, cache, versionLine, rootHelp, helpers.wrapped, helpersCache])
+    rmSync(f, { force: true });
 }
 // A rejected cache still works, only slower: catch it here rather than in a benchmark. (`--help`
 // alone is answered by the loader without the program; `--no-color --help` runs the program.)
@@ -236,6 +275,18 @@ if (
 const fastHelp = spawnSync(out, ["--help"], { env: {}, encoding: "utf8" });
 if (fastHelp.status !== 0 || fastHelp.stdout !== check.stdout) {
   throw new Error("build: dist/apes --help (the loader's text) differs from the program's help");
+}
+// The shim's helpers run from their own bundle, with its cache (a usage error: no fd or file needed).
+const helperCheck = spawnSync(out, ["__verify"], { env: { APES_DEBUG_LOADER: "1" }, encoding: "utf8" });
+if (
+  helperCheck.status !== 2 ||
+  !/^debug: loader: helpers\.js, \d+ bytes, code cache accepted\napes: usage: apes __verify --config-fd N\n$/.test(
+    helperCheck.stderr,
+  )
+) {
+  throw new Error(
+    `build: dist/apes __verify did not run the helpers' bundle with its cache: ${helperCheck.stderr}`,
+  );
 }
 // The loader answers --version itself (scripts/sea-loader.cjs): it must be the package's version.
 const version = spawnSync(out, ["--version"], { env: {}, encoding: "utf8" });

@@ -19,15 +19,29 @@ if (one === "--version" || one === "-V") {
   print(getRawAsset("apes.version"));
 } else if ((one === "--help" || one === "-h" || one === "help") && !require("node:tty").isatty(1)) {
   print(getRawAsset("apes.help"));
+} else if (args[0] === "__request" || args[0] === "__verify") {
+  // The setuid shim's two helpers (every elevation): their own small bundle
+  // (cli/elevation/helpers-main.ts; cli/elevation/fast.ts `isInternal` is the same test).
+  run("helpers");
 } else {
+  run("apes");
+}
+
+/** Compiles the bundle asset `<name>.js` with its code cache `<name>.cache` and runs it. */
+function run(name) {
   const { Script } = require("node:vm");
-  const source = Buffer.from(getRawAsset("apes.js")).latin1Slice(); // the bundle is ASCII (esbuild)
+  const source = Buffer.from(getRawAsset(`${name}.js`)).latin1Slice(); // the bundle is ASCII (esbuild)
   const script = new Script(source, {
-    filename: "apes.js",
-    cachedData: new Uint8Array(getRawAsset("apes.cache")),
+    filename: `${name}.js`,
+    cachedData: new Uint8Array(getRawAsset(`${name}.cache`)),
   });
   if (script.cachedDataRejected && process.env.APES_DEBUG === "1") {
     process.stderr.write("debug: start-up code cache rejected (slower start)\n");
+  }
+  // For the build's and the tests' checks (which bundle ran, its cache taken): one line on stderr.
+  if (process.env.APES_DEBUG_LOADER === "1") {
+    const cache = script.cachedDataRejected ? "rejected" : "accepted";
+    process.stderr.write(`debug: loader: ${name}.js, ${source.length} bytes, code cache ${cache}\n`);
   }
   script.runInThisContext()(exports, require, module, __filename, __dirname);
 }

@@ -219,6 +219,27 @@ async function main() {
     "--",
   ];
 
+  // One build's requester (`__request` on fd 3) and verifier (`__verify`, the policy on fd 3) alone.
+  type Install = { exec: string; config: string; cacheDir: string };
+  const requesterRun = (i: Install, extraEnv: Record<string, string> = {}) =>
+    run([...asUser, i.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
+      env: { ...env, ...extraEnv },
+      stdio: ["ignore", "ignore", "pipe", "pipe"],
+    });
+  const verifierRun = (i: Install, line: string) => {
+    const fd = openSync(i.config, "r");
+    try {
+      return run([...asVerifier, i.exec, "__verify", "--config-fd", "3"], {
+        env: verifierEnv,
+        cwd: i.cacheDir,
+        input: line,
+        stdio: ["pipe", "pipe", "pipe", fd],
+      });
+    } finally {
+      closeSync(fd);
+    }
+  };
+
   // The runtime's floor: a one-line single executable built like dist/apes (bench/common.mjs).
   const bare = buildBareSea(work);
   const cases: Record<string, () => number> = {
@@ -233,37 +254,17 @@ async function main() {
         () => run([...asUser, b.shim, ...OPTS, "--", ...CMD], { env }).ms,
       ]),
     ),
-    // --compare-requester: each earlier build's requester alone too (a smaller change shows there).
+    // --compare-requester: each earlier build's requester and verifier alone too (a smaller change shows there).
     ...Object.fromEntries(
       befores
         .filter(() => args.has("compare-requester"))
-        .map((b) => [
-          `before (${b.name}): requester alone`,
-          () =>
-            run([...asUser, b.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
-              env,
-              stdio: ["ignore", "ignore", "pipe", "pipe"],
-            }).ms,
+        .flatMap((b) => [
+          [`before (${b.name}): requester alone`, () => requesterRun(b).ms],
+          [`before (${b.name}): verifier alone`, () => verifierRun(b, requestLine).ms],
         ]),
     ),
-    "requester alone (__request)": () =>
-      run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
-        env,
-        stdio: ["ignore", "ignore", "pipe", "pipe"],
-      }).ms,
-    "verifier alone (__verify)": () => {
-      const fd = openSync(inst.config, "r");
-      try {
-        return run([...asVerifier, inst.exec, "__verify", "--config-fd", "3"], {
-          env: verifierEnv,
-          cwd: inst.cacheDir,
-          input: requestLine,
-          stdio: ["pipe", "pipe", "pipe", fd],
-        }).ms;
-      } finally {
-        closeSync(fd);
-      }
-    },
+    "requester alone (__request)": () => requesterRun(inst).ms,
+    "verifier alone (__verify)": () => verifierRun(inst, requestLine).ms,
   };
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(cases).map((k) => [k, []]));
   const names = Object.keys(cases);
@@ -276,24 +277,22 @@ async function main() {
     }
   }
 
-  // Phase split from the programs' own timing lines (median over 15 runs each).
+  // Phase split from the programs' own timing lines (median over 15 runs each); with --compare, each
+  // earlier build's too, interleaved with this one's ("before (name): requester start" ...).
   const phases: Record<string, number[]> = {};
+  const timed = requestLine.replace(/}\n$/, ',"timing":true}\n');
+  const builds: [string, Install][] = [
+    ["", inst],
+    ...befores.map((b) => [`before (${b.name}): `, b] as [string, Install]),
+  ];
   for (let i = 0; i < 15; i++) {
-    const req = run([...asUser, inst.exec, "__request", "--result-fd", "3", ...OPTS, "--", ...CMD], {
-      env: { ...env, APES_TIMING: "1" },
-      stdio: ["ignore", "ignore", "pipe", "pipe"],
-    }).r.stderr!.toString();
-    const fd = openSync(inst.config, "r");
-    const ver = run([...asVerifier, inst.exec, "__verify", "--config-fd", "3"], {
-      env: verifierEnv,
-      cwd: inst.cacheDir,
-      input: requestLine.replace(/}\n$/, ',"timing":true}\n'),
-      stdio: ["pipe", "pipe", "pipe", fd],
-    }).r.stderr!.toString();
-    closeSync(fd);
-    for (const m of `${req}\n${ver}`.matchAll(/^apes-timing: (\w+) (\w+) ([\d.]+)$/gm)) {
-      const key = `${m[1]} ${m[2]}`;
-      phases[key] = [...(phases[key] ?? []), Number(m[3])];
+    for (const [label, b] of builds) {
+      const req = requesterRun(b, { APES_TIMING: "1" }).r.stderr!.toString();
+      const ver = verifierRun(b, timed).r.stderr!.toString();
+      for (const m of `${req}\n${ver}`.matchAll(/^apes-timing: (\w+) (\w+) ([\d.]+)$/gm)) {
+        const key = `${label}${m[1]} ${m[2]}`;
+        phases[key] = [...(phases[key] ?? []), Number(m[3])];
+      }
     }
   }
 

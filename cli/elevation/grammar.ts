@@ -1,6 +1,7 @@
 import { shellWord, visibleArgv } from "../../protocol/display.ts";
 import { DEFAULT_RUN_AS, isGrantId, isUnixUser } from "../../protocol/names.ts";
 import { parseDuration } from "../config.ts";
+import { usageError } from "../errors.ts";
 
 /**
  * The elevation grammar, the same one the setuid shim parses in C (docs/elevation.md):
@@ -186,4 +187,14 @@ export function continueCommand(
 ): string {
   const as = request.runAs !== DEFAULT_RUN_AS ? ` --as ${shellWord(request.runAs)}` : "";
   return `apes --grant ${shellWord(grantId)}${as} -- ${visibleArgv(request.command)}`;
+}
+
+/** The raw argv tail after the root program's own tokens, parsed and validated. */
+export function elevationFromRaw(raw: readonly string[]): ElevationRequest {
+  const parsed = parseElevation(raw, false);
+  if (!parsed.ok)
+    throw usageError(parsed.error, "usage: apes [--reason R] [--as USER] [options] -- cmd args...");
+  const valid = validateElevation(parsed.args);
+  if (!valid.ok) throw usageError(valid.error, "see `apes run --help`");
+  return valid.request;
 }

@@ -1,6 +1,4 @@
 import { type Command, Option } from "commander";
-import { usageError } from "../errors.ts";
-import { type ElevationRequest, parseElevation, validateElevation } from "./grammar.ts";
 
 /**
  * The elevation options as commander options (for help text and value checks); the meaning is
@@ -26,16 +24,6 @@ export function addElevationOptions(cmd: Command): Command {
       // The grammar (parseElevation) gives the precise error, e.g. for a missing `--`.
       .allowUnknownOption()
   );
-}
-
-/** The raw argv tail after the root program's own tokens, parsed and validated. */
-export function elevationFromRaw(raw: readonly string[]): ElevationRequest {
-  const parsed = parseElevation(raw, false);
-  if (!parsed.ok)
-    throw usageError(parsed.error, "usage: apes [--reason R] [--as USER] [options] -- cmd args...");
-  const valid = validateElevation(parsed.args);
-  if (!valid.ok) throw usageError(valid.error, "see `apes run --help`");
-  return valid.request;
 }
 
 /** The root program's raw argv (what the user typed, after routing). */

@@ -1,7 +1,7 @@
 import type { Context, Fetch } from "../context.ts";
 import { CliError, usageError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
-import { elevationFromRaw } from "./options.ts";
+import { elevationFromRaw } from "./grammar.ts";
 
 /**
  * The action of `apes __request --result-fd N [elevation options] -- CMD...` (docs/elevation.md

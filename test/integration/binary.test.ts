@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { rootHelp } from "../../cli/help-text.ts";
+import { runInProcess } from "../helpers/fake-context.ts";
 import { collect } from "../helpers/process.ts";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -170,5 +171,118 @@ describe("dist/apes --help answered without the program", () => {
     const r = await collect(spawn("perl", ["-e", script, bin, "--help"], { cwd: "/", env: {} }));
     expect(r.stderr).toBe("status=0\n");
     expect(r.stdout).toBe(await rootHelp());
+  });
+});
+
+// The setuid shim's helpers run from a bundle of their own (cli/elevation/helpers-main.ts), which the
+// SEA loader picks by the first word: the same code as the program's fast route, a fraction of its size.
+describe("dist/apes __request / __verify from the helpers' bundle", () => {
+  const LOADER_LINE = /^debug: loader: (\w+)\.js, (\d+) bytes, code cache accepted\n/;
+
+  it("runs the small bundle (with its code cache) for both helpers and the whole program otherwise", async () => {
+    const size = async (args: string[]) => {
+      const r = await run(args, { APES_DEBUG_LOADER: "1" });
+      const m = LOADER_LINE.exec(r.stderr);
+      expect(m, `${args.join(" ")}: ${r.stderr}`).not.toBeNull();
+      return { bundle: m![1], bytes: Number(m![2]) };
+    };
+    const program = await size(["--no-color", "--help"]);
+    expect(program.bundle).toBe("apes");
+    for (const args of [["__verify"], ["__request"], ["__request", "--result-fd", "3", "--", "id"]]) {
+      const helpers = await size(args);
+      expect(helpers.bundle).toBe("helpers");
+      // No command tree, no servers: today ~0.2 MB against ~3 MB.
+      expect(helpers.bytes).toBeLessThan(program.bytes / 4);
+    }
+    // Without the variable the loader says nothing.
+    expect((await run(["__verify"])).stderr).toBe("apes: usage: apes __verify --config-fd N\n");
+  });
+
+  // What the program printed before the helpers had their own bundle (main's build, 2026-12-02), and
+  // what the source prints in-process: the same text and status from both entries.
+  const REFUSALS: [string[], number, string][] = [
+    [["__verify"], 2, "apes: usage: apes __verify --config-fd N\n"],
+    [["__verify", "--config-fd"], 2, "apes: usage: apes __verify --config-fd N\n"],
+    [["__verify", "--help"], 2, "apes: usage: apes __verify --config-fd N\n"],
+    [["__verify", "--config-fd", "3", "extra"], 2, "apes: usage: apes __verify --config-fd N\n"],
+    [["__verify", "--config-fd", "x"], 2, "apes: --config-fd must be a file descriptor number\n"],
+    [["__verify", "--config-fd=12345"], 2, "apes: --config-fd must be a file descriptor number\n"],
+    [["__request"], 2, "apes: __request needs --result-fd N first\n"],
+    [["__request", "--help"], 2, "apes: __request needs --result-fd N first\n"],
+    [["__request", "--result-fd", "x", "--", "id"], 2, "apes: __request needs --result-fd N first\n"],
+    [
+      ["__request", "--result-fd", "3"],
+      2,
+      "apes: missing -- before the command (apes [--reason R] -- cmd args...)\n" +
+        "  usage: apes [--reason R] [--as USER] [options] -- cmd args...\n",
+    ],
+    [
+      ["__request", "--result-fd", "3", "--approval", "bogus", "--", "id"],
+      2,
+      'apes: --approval must be once, timed or always (got "bogus")\n  see `apes run --help`\n',
+    ],
+  ];
+
+  it("refuses a malformed argv with the same words and status as before, and as the source", async () => {
+    for (const [args, code, stderr] of REFUSALS) {
+      const r = await run(args);
+      expect({ code: r.code, stdout: r.stdout, stderr: r.stderr }, args.join(" ")).toEqual({
+        code,
+        stdout: "",
+        stderr,
+      });
+      const source = await runInProcess(args);
+      expect({ code: source.code, stdout: source.stdout, stderr: source.stderr }, args.join(" ")).toEqual({
+        code,
+        stdout: "",
+        stderr,
+      });
+    }
+    // Checks that need a real process: fd 1 is not an inherited pipe; a verifier with no request line.
+    for (const args of [
+      ["__request", "--result-fd", "1", "--", "id"],
+      ["__request", "--result-fd=1", "--reason", "r", "--", "id"],
+    ]) {
+      const r = await run(args);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toBe(
+        "apes: --result-fd 1 is not an inherited pipe\n" +
+          "  __request is run by the apes setuid shim; run `apes --reason R -- cmd` instead\n",
+      );
+    }
+    const denied = await run(["__verify", "--config-fd", "9"]);
+    expect(denied.code).toBe(77);
+    expect(JSON.parse(denied.stdout)).toEqual({
+      ok: false,
+      reason: "request_invalid",
+      detail: "no request line on stdin (or longer than 64 KiB)",
+    });
+    expect(denied.stderr).toBe(
+      "apes: not allowed (request_invalid): no request line on stdin (or longer than 64 KiB)\n",
+    );
+  });
+
+  it("a closed stdout or stderr ends a helper as before (no crash, its own status)", async () => {
+    const closed = (args: string[], stream: "stdout" | "stderr") =>
+      new Promise<{ code: number | null; other: string }>((resolve, reject) => {
+        const child = spawn(bin, args, { cwd: "/", env: {}, stdio: ["ignore", "pipe", "pipe"] });
+        child[stream].destroy();
+        let other = "";
+        child[stream === "stdout" ? "stderr" : "stdout"].on("data", (d) => {
+          other += d;
+        });
+        child.on("error", reject);
+        child.on("close", (code) => resolve({ code, other }));
+      });
+    expect(await closed(["__verify", "--config-fd", "9"], "stdout")).toEqual({
+      code: 77,
+      other: "apes: not allowed (request_invalid): no request line on stdin (or longer than 64 KiB)\n",
+    });
+    expect(
+      await closed(["__request", "--result-fd", "3", "--approval", "bogus", "--", "id"], "stderr"),
+    ).toEqual({
+      code: 2,
+      other: "",
+    });
   });
 });

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { Context } from "../../context.ts";
-import { addElevationOptions, elevationFromRaw, rootRawArgs } from "../../elevation/options.ts";
+import { elevationFromRaw } from "../../elevation/grammar.ts";
+import { addElevationOptions, rootRawArgs } from "../../elevation/options.ts";
 import { CliError, usageError } from "../../errors.ts";
 import { ExitCode } from "../../exit-codes.ts";
 import type { GetContext } from "../../program.ts";

@@ -10,7 +10,7 @@
 // Run with the pinned node: `node bench/idp-workers/run.ts`.
 import { spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -21,6 +21,7 @@ import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
+import { childPids } from "../../test/helpers/process.ts";
 import { processCpuMs, quantile, requireBuiltApes } from "../common.mjs";
 
 const args = new Map(
@@ -84,21 +85,6 @@ const agents = Array.from({ length: CLIENTS }, (_, i) => ({
   }
   await store.lifecycle.flush?.();
   await store.close();
-}
-
-/** The pids of `pid`'s children (the workers of a primary). */
-function children(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const s = readFileSync(`/proc/${d}/stat`, "utf8");
-      if (Number(s.slice(s.lastIndexOf(")") + 2).split(" ")[1]) === pid) out.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
 }
 
 // --- the write-lock sampler: a thread reading /proc/locks SAMPLE_HZ times a second ---
@@ -194,7 +180,7 @@ async function start(workers: number): Promise<Server> {
   };
   const humanToken = await login("alice@bench.test", human.privateKey);
   const tokens = await Promise.all(agents.map((a) => login(a.email, a.key.privateKey)));
-  const pids = [proc.pid!, ...(workers > 1 ? children(proc.pid!) : [])];
+  const pids = [proc.pid!, ...(workers > 1 ? childPids(proc.pid!) : [])];
   return {
     workers,
     proc,

@@ -30,6 +30,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { canonicalCommand } from "../../cli/elevation/request.ts";
 import { cmdHash } from "../../protocol/cmd-hash.ts";
+import { childPids } from "../helpers/process.ts";
 import {
   type AuditLine,
   collect,
@@ -527,21 +528,6 @@ describe("the requester", () => {
     return [...sessions];
   }
 
-  /** The direct children of pid (its requester), from /proc/N/stat. */
-  function childrenOf(pid: number): number[] {
-    const kids: number[] = [];
-    for (const e of readdirSync("/proc")) {
-      if (!/^\d+$/.test(e)) continue;
-      try {
-        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
-        if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) kids.push(Number(e));
-      } catch {
-        // gone meanwhile
-      }
-    }
-    return kids;
-  }
-
   it("a waiting requester has at most one early verifier beside it, killed within the idle budget (2 s here)", async () => {
     const cmd = recorder("never");
     const { child, done, requester } = await startWaiting(cmd, "wait");
@@ -597,7 +583,7 @@ describe("the requester", () => {
       for (let i = 0; i < 100 && liveVerifiers().length > 0; i++) await sleep(50);
       expect(liveVerifiers()).toEqual([]);
     } finally {
-      const requesters = shims.flatMap((c) => childrenOf(c.pid!));
+      const requesters = shims.flatMap((c) => childPids(c.pid!));
       for (const c of shims) process.kill(c.pid!, "SIGKILL");
       for (const r of requesters) process.kill(r, "SIGKILL");
       await Promise.all(dones);

@@ -1,4 +1,5 @@
 import type { ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 
 /** What a finished child process printed, and how it ended. */
 export interface RunResult {
@@ -37,4 +38,19 @@ export function collect(
     child.stdin?.on("error", () => {}); // the program may exit without reading its input
     child.stdin?.end(opts.input ?? "");
   });
+}
+
+/** The pids of pid's direct children, from /proc/N/stat (its 4th field is the parent's pid). */
+export function childPids(pid: number): number[] {
+  const kids: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) kids.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return kids;
 }

@@ -1,5 +1,4 @@
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -14,6 +13,7 @@ import {
   USERS,
   type World,
 } from "../helpers/idp.ts";
+import { childPids } from "../helpers/process.ts";
 import { httpReceiver } from "../helpers/receivers.ts";
 
 /**
@@ -68,21 +68,6 @@ const workersServing = (w: World, method: string, path: string) =>
       )
       .map((l) => l.worker),
   );
-
-/** The pids of the primary's children (the workers), from /proc. */
-function workerPids(primary: number): number[] {
-  const pids: number[] = [];
-  for (const d of readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === primary) pids.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids;
-}
 
 async function until<T>(what: string, check: () => T | undefined | false, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -140,7 +125,7 @@ describe("idp serve --workers 2 (SQLite)", () => {
     expect(listening).toHaveLength(1);
     expect(listening[0]).toMatchObject({ workers: 2 });
     expect(listening[0]!.worker).toBeUndefined();
-    expect(workerPids(w.idp.pid)).toHaveLength(2);
+    expect(childPids(w.idp.pid)).toHaveLength(2);
     for (let i = 0; i < 6; i++) expect((await as("bot").get("/api/me")).status).toBe(200);
     expect(workersServing(w, "GET", "/api/me")).toEqual(new Set([1, 2]));
   });
@@ -323,13 +308,13 @@ describe("idp serve --workers 2 (SQLite)", () => {
       }),
     );
     await until("some approvals", () => acked.size >= 15);
-    const [victim] = workerPids(w.idp.pid);
+    const [victim] = childPids(w.idp.pid);
     process.kill(victim!, "SIGKILL");
     killed = true;
     await approver;
     expect(killed).toBe(true);
     await until("the worker restarted", () => {
-      const pids = workerPids(w.idp.pid);
+      const pids = childPids(w.idp.pid);
       return (
         pids.length === 2 &&
         !pids.includes(victim!) &&
@@ -352,7 +337,7 @@ describe("idp serve --workers 2 (SQLite)", () => {
       ),
     );
     await new Promise((r) => setTimeout(r, 300));
-    const pids = workerPids(w.idp.pid);
+    const pids = childPids(w.idp.pid);
     await w.idp.stop();
     for (const r of await waiting) expect([200, 304]).toContain(r.status);
     expect(w.idp.exitCode()).toBe(0);

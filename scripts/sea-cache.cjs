@@ -36,16 +36,21 @@ function warmProgram(wrapped, out, versionOut, helpOut) {
     // `apes --help` does and checks it does not depend on colour or on which of the help argvs ran).
     writeFileSync(helpOut, await first.exports.rootHelp());
     process.stdout.write = () => true;
-    for (const args of WARM) {
-      process.argv = [process.argv[0], "apes", ...args];
-      const mod = { exports: {} };
-      main(mod.exports, require, mod, "/apes", "/");
-      // main runs asynchronously (a dynamic import, then commander); help output is done in far less.
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    process.exitCode = 0;
+    await runEach(main, WARM);
     writeFileSync(out, script.createCachedData());
   })();
+}
+
+/** Runs the bundle's main once per argv, each given time to finish (it runs asynchronously: a
+ * dynamic import, then the command; what is warmed here is done in far less than 100 ms). */
+async function runEach(main, argvs) {
+  for (const args of argvs) {
+    process.argv = [process.argv[0], "apes", ...args];
+    const mod = { exports: {} };
+    main(mod.exports, require, mod, "/apes", "/");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  process.exitCode = 0;
 }
 
 function warmHelpers(wrapped, out) {
@@ -64,13 +69,7 @@ function warmHelpers(wrapped, out) {
   process.stdout.write = () => true;
   process.stderr.write = () => true;
   (async () => {
-    for (const args of WARM_HELPERS) {
-      process.argv = [process.argv[0], "apes", ...args];
-      const mod = { exports: {} };
-      main(mod.exports, require, mod, "/apes", "/");
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    process.exitCode = 0;
+    await runEach(main, WARM_HELPERS);
     writeFileSync(out, script.createCachedData());
   })();
 }

@@ -87,8 +87,8 @@ NATIVE_CFLAGS := $(NATIVE_WARN) -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3 -fstac
   -fstack-clash-protection -fcf-protection -fPIE
 NATIVE_LDFLAGS := -pie -Wl,-z,relro,-z,now -Wl,-z,noexecstack
 NATIVE_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c native/secure.c native/proc.c
-NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h native/secure.h native/proc.h
+NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c native/secure.c native/proc.c native/sock.c
+NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h native/secure.h native/proc.h native/sock.h
 
 .PHONY: native native-test native-fuzz install uninstall FORCE
 

@@ -42,6 +42,7 @@
 #include "json.h"
 #include "proc.h"
 #include "secure.h"
+#include "sock.h"
 
 #if !defined(APES_EXEC) || !defined(APES_CONFIG) || !defined(APES_AUDIT_LOG) || !defined(APES_CACHE_DIR)
 #error "build with `make native`: the Makefile sets APES_EXEC, APES_CONFIG, APES_AUDIT_LOG, APES_CACHE_DIR"
@@ -548,19 +549,6 @@ static void start_verifier(struct verifier_proc *v, int early) {
  * to fetch the token (READY_LINE of protocol/elevation.ts), then the token or one reason code, EOF. */
 static const char READY[] = "ready\n";
 #define READY_LEN (sizeof READY - 1)
-
-/* Waits until fd is readable or hung up: 1, 0 once deadline_ms (0: none) has passed, -1 on an error.
- * Past the deadline what is already there still counts (the shim may have been stopped, Ctrl-Z). */
-static int wait_readable(int fd, long long deadline_ms) {
-  for (;;) {
-    long long left = deadline_ms ? deadline_ms - now_ms() : -1;
-    struct pollfd pf = {fd, POLLIN, 0};
-    int r = poll(&pf, 1, !deadline_ms ? -1 : left > 0 ? (int)left : 0);
-    if (r > 0) return 1;
-    if (r < 0 && errno != EINTR) return -1;
-    if (r == 0 && deadline_ms && left <= 0) return 0;
-  }
-}
 
 /* Reads the result pipe to EOF, or until more than max bytes follow the marker. READY, only as the
  * first line, starts the verifier (once: a second one is just bytes of a malformed token), and from

@@ -1,14 +1,18 @@
 /* C unit tests of the shim's pure parts, run under ASan/UBSan by `make native-test`:
  * UTF-8 validation, JSON escaping, cmd_hash, the elevation grammar, argv limits, the verdict parser,
  * which files and directories the shim trusts, the audit lock's deadline, and the conversation with
- * a child (the verifier's). */
+ * a child (the verifier's), and the checked unix-socket connect. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +22,7 @@
 #include "proc.h"
 #include "secure.h"
 #include "sha256.h"
+#include "sock.h"
 #include "utf8.h"
 
 static int failures, checks;
@@ -379,6 +384,88 @@ static void test_converse(void) {
   CHECK(waitpid(pid, NULL, WNOHANG) == -1 && errno == ECHILD);
 }
 
+/* A listening socket at dir/name; its fd. */
+static int listen_at(const char *dir, const char *name) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s/%s", dir, name);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 1) != 0) return -1;
+  return fd;
+}
+
+static void test_sock(void) {
+  char dir[] = "/tmp/apes-test-sock-XXXXXX", path[256], link[300];
+  uid_t me = getuid();
+  CHECK(mkdtemp(dir) != NULL);
+  int l = listen_at(dir, "s.sock");
+  CHECK(l >= 0);
+  int fd = sock_connect_owned(dir, "s.sock", me);
+  CHECK(fd >= 0);
+  CHECK(fd >= 0 && !(fcntl(fd, F_GETFL) & O_NONBLOCK) && (fcntl(fd, F_GETFD) & FD_CLOEXEC));
+  /* A write to a reader that never reads ends at the deadline, not in a hang. */
+  static char big[1 << 20];
+  long long t0 = now_ms();
+  errno = 0;
+  CHECK(fd >= 0 && send_all(fd, big, sizeof big, now_ms() + 100) == -1 && errno == ETIMEDOUT);
+  CHECK(now_ms() - t0 < 5000);
+  if (fd >= 0) close(fd);
+
+  errno = 0;
+  CHECK(sock_connect_owned(dir, "s.sock", me + 1) == -1 && errno == EPERM); /* not the owner's */
+  errno = 0;
+  CHECK(sock_connect_owned(dir, "none.sock", me) == -1 && errno == ENOENT);
+  errno = 0;
+  CHECK(sock_connect_owned(dir, "../s.sock", me) == -1 && errno == EINVAL);
+  CHECK(chmod(dir, 0710) == 0);
+  errno = 0;
+  CHECK(sock_connect_owned(dir, "s.sock", me) == -1 && errno == EPERM); /* group bits on the directory */
+  CHECK(chmod(dir, 0700) == 0);
+  snprintf(link, sizeof link, "%s-link", dir);
+  CHECK(symlink(dir, link) == 0);
+  errno = 0;
+  CHECK(sock_connect_owned(link, "s.sock", me) == -1 && errno == EPERM); /* the directory as a symlink */
+  unlink(link);
+  snprintf(path, sizeof path, "%s/file.sock", dir);
+  int f = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  CHECK(f >= 0);
+  if (f >= 0) close(f);
+  errno = 0;
+  CHECK(sock_connect_owned(dir, "file.sock", me) == -1 && errno == EPERM); /* not a socket */
+  unlink(path);
+  close(l); /* the file stays, nobody listens */
+  errno = 0;
+  CHECK(sock_connect_owned(dir, "s.sock", me) == -1 && errno == ECONNREFUSED);
+  snprintf(path, sizeof path, "%s/s.sock", dir);
+  unlink(path);
+  /* A socket file that is the owner's, but the process listening on it is not: the peer check. */
+  if (geteuid() == 0) {
+    int ready[2];
+    CHECK(pipe(ready) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+      struct sockaddr_un a = {.sun_family = AF_UNIX};
+      snprintf(a.sun_path, sizeof a.sun_path, "%s/s.sock", dir);
+      int s2 = socket(AF_UNIX, SOCK_STREAM, 0);
+      if (s2 < 0 || bind(s2, (struct sockaddr *)&a, sizeof a) != 0 || setresuid(65534, 65534, 65534) != 0 ||
+          listen(s2, 1) != 0)
+        _exit(1);
+      if (write(ready[1], "x", 1) != 1) _exit(1);
+      pause();
+      _exit(0);
+    }
+    char c;
+    close(ready[1]);
+    CHECK(read(ready[0], &c, 1) == 1);
+    close(ready[0]);
+    errno = 0;
+    CHECK(sock_connect_owned(dir, "s.sock", me) == -1 && errno == EPERM);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
 int main(void) {
   test_utf8();
   test_escape();
@@ -389,6 +476,7 @@ int main(void) {
   test_trust();
   test_lock();
   test_converse();
+  test_sock();
   printf("native unit tests: %d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

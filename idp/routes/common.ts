@@ -45,14 +45,23 @@ export function etagMatches(header: string | string[] | undefined, etag: string)
 
 export const MAX_WAIT = 60;
 
-/** `Prefer: wait=N` (RFC 7240), capped at 60 s. */
-export function preferWait(call: Call): number | undefined {
+/**
+ * The words of the `Prefer` headers (RFC 7240), every line joined and split at commas, semicolons and
+ * whitespace: `wait=5`, `authz-jwt`, ... The one parser of the header for every route.
+ */
+export function preferences(call: Call): string[] {
   const raw = call.req.headers.prefer;
-  if (!raw) return undefined;
-  const h = Array.isArray(raw) ? raw.join(",") : raw;
-  const m = /(?:^|[,;\s])wait=(\d{1,6})(?:$|[,;\s])/.exec(h);
-  if (!m) return undefined;
-  return Math.min(Number(m[1]), MAX_WAIT);
+  if (!raw) return [];
+  return (Array.isArray(raw) ? raw.join(",") : raw).split(/[,;\s]+/).filter(Boolean);
+}
+
+/** `Prefer: wait=N`, capped at 60 s. */
+export function preferWait(call: Call): number | undefined {
+  for (const p of preferences(call)) {
+    const m = /^wait=(\d{1,6})$/.exec(p);
+    if (m) return Math.min(Number(m[1]), MAX_WAIT);
+  }
+  return undefined;
 }
 
 export function encodeCursor(c: PageCursor): string {

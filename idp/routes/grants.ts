@@ -24,7 +24,16 @@ import {
 import { type Call, jsonBody, onlyFields, type Reply, type Router } from "../http.ts";
 import type { StoredGrant, Transition } from "../store/types.ts";
 import { checkClaims, signJwt, TokenError } from "../tokens.ts";
-import { etagMatches, etagOf, listParams, loadGrant, MAX_WAIT, page, preferWait } from "./common.ts";
+import {
+  etagMatches,
+  etagOf,
+  listParams,
+  loadGrant,
+  MAX_WAIT,
+  page,
+  preferences,
+  preferWait,
+} from "./common.ts";
 import { PATHS } from "./discovery.ts";
 
 /**
@@ -126,9 +135,7 @@ export async function applyAction(
  * reuse answer, or into the answer of a read (a long poll's included) that finds its grant approved.
  */
 function preferAuthzJwt(call: Call): boolean {
-  const raw = call.req.headers.prefer;
-  const h = Array.isArray(raw) ? raw.join(",") : (raw ?? "");
-  return /(?:^|[,;\s])authz-jwt(?:$|[,;\s])/.test(h);
+  return preferences(call).includes("authz-jwt");
 }
 
 /**

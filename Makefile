@@ -87,8 +87,8 @@ NATIVE_CFLAGS := $(NATIVE_WARN) -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3 -fstac
   -fstack-clash-protection -fcf-protection -fPIE
 NATIVE_LDFLAGS := -pie -Wl,-z,relro,-z,now -Wl,-z,noexecstack
 NATIVE_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c native/secure.c native/proc.c native/sock.c
-NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h native/secure.h native/proc.h native/sock.h
+NATIVE_LIB := native/sha256.c native/utf8.c native/json.c native/elev.c native/secure.c native/proc.c native/sock.c native/resident.c native/warm.c
+NATIVE_HDR := native/sha256.h native/utf8.h native/json.h native/elev.h native/secure.h native/proc.h native/sock.h native/resident.h native/warm.h
 
 .PHONY: native native-test native-fuzz install uninstall FORCE
 
@@ -223,6 +223,26 @@ uninstall-idp-service:
 	rm -f $(IDP_UNIT)
 	@echo "kept: $(IDP_DATA_DIR) (IdP data), $(SYSCONFDIR)/apes/idp.env, user _apes-idp"
 	@echo "stop it first if it runs: systemctl disable --now apes-idp && systemctl daemon-reload"
+
+# ---- the resident verifier as a systemd service (optional; packaging/systemd/) --------------------
+# `sudo make install install-verifier-service`: `apes verifier serve` as _apes on the cache directory
+# `make install` made; the shim then hands elevations to it (docs/elevation.md section 3). Never
+# enables or starts it.
+VERIFIER_UNIT := $(DESTDIR)$(SYSTEMD_UNITDIR)/apes-verifier.service
+
+.PHONY: install-verifier-service uninstall-verifier-service
+install-verifier-service:
+	install -d -m 0755 $(DESTDIR)$(SYSTEMD_UNITDIR)
+	sed -e 's|@EXEC@|$(APES_EXEC_PATH)|g' -e 's|@LOCALSTATEDIR@|$(LOCALSTATEDIR)|g' \
+	  packaging/systemd/apes-verifier.service.in > $(VERIFIER_UNIT).new
+	chmod 0644 $(VERIFIER_UNIT).new
+	mv -f $(VERIFIER_UNIT).new $(VERIFIER_UNIT)
+	@echo "installed $(SYSTEMD_UNITDIR)/apes-verifier.service"
+	@echo "start it with: systemctl daemon-reload && systemctl enable --now apes-verifier"
+
+uninstall-verifier-service:
+	rm -f $(VERIFIER_UNIT)
+	@echo "stop it first if it runs: systemctl disable --now apes-verifier && systemctl daemon-reload"
 
 # ---- man pages, shell completions and the Debian package (packaging/) ----------------------------
 # `make docs`: man pages and bash/zsh/fish completions generated from the command definitions

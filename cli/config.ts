@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { isLoopbackHost } from "../protocol/ddisa.ts";
+import { visible } from "../protocol/display.ts";
 import { parseDurationMs } from "../protocol/duration.ts";
 import { configError } from "./errors.ts";
 
@@ -17,6 +18,7 @@ import { configError } from "./errors.ts";
  *   ca_file = "/etc/apes/idp-ca.pem"     # extra CA for a private-PKI IdP (env APES_CA_FILE wins)
  *   allow_raw_login_signature = false     # sign an older IdP's bare challenge (docs/signatures.md)
  *   idp_endpoint_origins = ["https://api.example.com"]  # other origins discovery may point at
+ *   keep_warm = "5m"                      # the warm requester's idle time, "0": none (env APES_KEEP_WARM)
  */
 export interface UserConfig {
   idp?: string;
@@ -38,17 +40,25 @@ export interface UserConfig {
    * endpoints; anything else is refused, so a discovery document cannot send the token elsewhere.
    */
   idpEndpointOrigins: string[];
+  /**
+   * How long the caller's warm requester (cli/elevation/resident.ts) stays after its last elevation,
+   * in ms; 0: no warm requester, every elevation starts its own.
+   */
+  keepWarmMs: number;
   /** Where the file was read from, if it existed. */
   source?: string;
 }
 
 export const DEFAULT_DNS_TIMEOUT_MS = 5000;
+/** Like sudo's credential cache: long enough for an agent's next command, short enough not to linger. */
+export const DEFAULT_KEEP_WARM_MS = 5 * 60_000;
 
 export function defaultConfig(): UserConfig {
   return {
     dns: { allowLoopbackHttp: false, timeoutMs: DEFAULT_DNS_TIMEOUT_MS },
     allowRawLoginSignature: false,
     idpEndpointOrigins: [],
+    keepWarmMs: DEFAULT_KEEP_WARM_MS,
   };
 }
 
@@ -129,6 +139,12 @@ export async function parseUserConfig(text: string, file: string): Promise<UserC
         config.idpEndpointOrigins = origins as string[];
         break;
       }
+      case "keep_warm": {
+        const ms = typeof value === "string" ? parseDuration(value) : undefined;
+        if (ms === undefined) throw bad(key, 'a duration such as "5m", or "0" for none');
+        config.keepWarmMs = ms;
+        break;
+      }
       default:
         throw configError(`${file}: unknown key "${key}"`, "see `apes --help` and README.md for the keys");
     }
@@ -156,6 +172,12 @@ function applyEnv(config: UserConfig, env: Readonly<Record<string, string | unde
   if (env.APES_DOH_URL) config.dns.dohUrl = env.APES_DOH_URL;
   if (env.APES_ALLOW_LOOPBACK_HTTP === "1") config.dns.allowLoopbackHttp = true;
   if (env.APES_CA_FILE) config.caFile = env.APES_CA_FILE;
+  if (env.APES_KEEP_WARM !== undefined) {
+    const ms = parseDuration(env.APES_KEEP_WARM);
+    if (ms === undefined)
+      throw configError(`APES_KEEP_WARM: not a duration: ${visible(env.APES_KEEP_WARM, { max: 40 })}`);
+    config.keepWarmMs = ms;
+  }
   return config;
 }
 

@@ -1,3 +1,4 @@
+import type { Agent } from "node:http";
 import type { SecureContext } from "node:tls";
 import { BodyTooLargeError, describeBytes } from "../protocol/bounded-body.ts";
 import { isLoopbackHost } from "../protocol/ddisa.ts";
@@ -248,6 +249,43 @@ async function transport(ctx: ClientContext): Promise<Fetch> {
   return t;
 }
 
+/**
+ * A resident process (the caller's warm requester, cli/elevation/resident.ts) keeps one TLS context and
+ * one kept-alive connection pool per extra CA across its contexts, so a request after the first costs
+ * one round trip on a warm connection instead of a context build, a connect and a handshake. The CA
+ * file is still read for every context: the pool is chosen by its content, so an edit takes effect.
+ */
+let warmPools: Map<string, Fetch> | undefined;
+
+export function keepConnectionsWarm(): void {
+  warmPools ??= new Map();
+}
+
+/** The system roots' fetch of a warm process (one kept-alive pool), or undefined in any other. */
+export function warmFetch(): Fetch | undefined {
+  if (!warmPools) return undefined;
+  return pooledFetch("", undefined);
+}
+
+function pooledFetch(pem: string, secureContext: SecureContext | undefined): Fetch {
+  let f = warmPools!.get(pem);
+  if (!f) {
+    // A pool per CA: an agent does not tell sockets of different secure contexts apart. LIFO: the
+    // socket used last is the one least likely to have been closed by the server meanwhile.
+    const pool = { keepAlive: true, maxSockets: 8, scheduling: "lifo" } as const;
+    const tls = new (process.getBuiltinModule("node:https").Agent)(pool);
+    const plain = new (process.getBuiltinModule("node:http").Agent)(pool);
+    f = ((input: string | URL | Request, init?: RequestInit) =>
+      nodeFetch(input, init, {
+        ...(secureContext ? { secureContext } : {}),
+        agent: String(input instanceof Request ? input.url : input).startsWith("https:") ? tls : plain,
+      })) as Fetch;
+    if (warmPools!.size >= 8) warmPools!.clear();
+    warmPools!.set(pem, f);
+  }
+  return f;
+}
+
 async function buildTransport(ctx: ClientContext): Promise<Fetch> {
   const config = await ctx.config();
   const caFile = config.caFile;
@@ -268,6 +306,7 @@ async function buildTransport(ctx: ClientContext): Promise<Fetch> {
   if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
     throw new ClientError("ca_file_not_pem", `${caFile} holds no PEM certificate`, { file: caFile });
   }
+  if (warmPools?.has(pem)) return warmPools.get(pem)!;
   const { createSecureContext } = await import("node:tls");
   // One TLS context for the process: the runtime's system roots (parsed once, in C++) plus the CA
   // added to this context's own copy of them, as createSecureContext({ ca }) adds each of its CAs.
@@ -284,6 +323,7 @@ async function buildTransport(ctx: ClientContext): Promise<Fetch> {
     );
   }
   ctx.debug(`https: trusting the extra CA in ${caFile}`);
+  if (warmPools) return pooledFetch(pem, secureContext);
   return ((input: string | URL | Request, init?: RequestInit) =>
     nodeFetch(input, init, { secureContext })) as Fetch;
 }
@@ -308,7 +348,7 @@ interface MinimalResponse {
 export async function nodeFetch(
   input: string | URL | Request,
   init: RequestInit = {},
-  options: { secureContext?: SecureContext } = {},
+  options: { secureContext?: SecureContext; agent?: Agent } = {},
 ): Promise<Response> {
   const headers = (init.headers ?? {}) as Record<string, string>;
   const credentials = Object.keys(headers).some((k) => k.toLowerCase() === "authorization");
@@ -321,6 +361,7 @@ export async function nodeFetch(
       ...(typeof init.body === "string" ? { body: init.body } : {}),
       ...(signal ? { signal } : {}),
       ...(options.secureContext ? { secureContext: options.secureContext } : {}),
+      ...(options.agent ? { agent: options.agent } : {}),
       // The same rule as request()'s, at the socket: whoever calls this, no token crosses a network in the clear.
       plainHttp: credentials ? "loopback" : "any",
       // request() bounds every call through the signal (a long poll may take minutes); without one,

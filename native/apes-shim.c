@@ -41,8 +41,10 @@
 #include "elev.h"
 #include "json.h"
 #include "proc.h"
+#include "resident.h"
 #include "secure.h"
 #include "sock.h"
+#include "warm.h"
 
 #if !defined(APES_EXEC) || !defined(APES_CONFIG) || !defined(APES_AUDIT_LOG) || !defined(APES_CACHE_DIR)
 #error "build with `make native`: the Makefile sets APES_EXEC, APES_CONFIG, APES_AUDIT_LOG, APES_CACHE_DIR"
@@ -437,6 +439,9 @@ static int reason_ok(const char *r);
  *    one was killed: no verifier waits beside a request pending for a human beyond the idle budget. */
 struct verifier_proc {
   int cfd;                  /* the policy, handed to the verifier (rewound for a second start) */
+  int resident;             /* the resident verifier answered at the start: it gets the request */
+  char *policy;             /* with it: the policy's bytes, read from cfd */
+  size_t policylen;
   const struct user *user;  /* _apes */
   pid_t pid;                /* 0 until started */
   int in_fd, out_fd, err_fd;
@@ -500,6 +505,10 @@ static void start_verifier(struct verifier_proc *v, int early) {
   const struct user *verifier = v->user;
   pid_t shim = getpid();
 
+  if (v->resident) { /* nothing to start; its deadline runs from here, as a started one's would */
+    if (!v->deadline_ms) v->deadline_ms = now_ms() + (long long)VERIFY_DEADLINE_S * 1000;
+    return;
+  }
   if (v->pid > 0) {
     if (v->early) {
       v->early = 0;
@@ -550,6 +559,40 @@ static void start_verifier(struct verifier_proc *v, int early) {
 static const char READY[] = "ready\n";
 #define READY_LEN (sizeof READY - 1)
 
+/* Whether the resident verifier answers on its socket (connected and closed again: the request goes
+ * over a connection of its own after the `attempt` line). With it, the policy's bytes are read now:
+ * what a one-shot verifier would read from the same fd. A policy too large for it, or one that cannot
+ * be read whole, leaves the elevation to a one-shot verifier, which judges it. */
+static int resident_answers(struct verifier_proc *v) {
+  struct stat st;
+  int fd = sock_connect_owned(APES_CACHE_DIR, RESIDENT_SOCKET, v->user->uid);
+  if (fd < 0) return 0;
+  close(fd);
+  if (fstat(v->cfd, &st) != 0 || st.st_size < 0 || st.st_size > RESIDENT_MAX_POLICY) return 0;
+  size_t size = (size_t)st.st_size, got = 0;
+  char *p = malloc(size + 1);
+  if (!p) return 0;
+  while (got < size) {
+    ssize_t r = pread(v->cfd, p + got, size - got, (off_t)got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      free(p);
+      return 0;
+    }
+    got += (size_t)r;
+  }
+  v->policy = p;
+  v->policylen = got;
+  v->resident = 1;
+  return 1;
+}
+
+/* The bound on the requester once a verifier waits for its token (one started or adopted, or the
+ * resident's turn begun): 0 before that. */
+static long long verifier_deadline(const struct verifier_proc *v) {
+  return v->pid > 0 || v->resident ? v->deadline_ms : 0;
+}
+
 /* Reads the result pipe to EOF, or until more than max bytes follow the marker. READY, only as the
  * first line, starts the verifier (once: a second one is just bytes of a malformed token), and from
  * then on the verifier's deadline bounds the wait. Returns the count after the marker, -1 on an
@@ -567,7 +610,7 @@ static ssize_t read_result(int fd, char *buf, size_t max, struct verifier_proc *
       }
     }
     if (got >= (looked ? max : max + READY_LEN)) break;
-    int w = wait_readable(fd, v->early ? v->idle_until : v->pid > 0 ? v->deadline_ms : 0);
+    int w = wait_readable(fd, v->early ? v->idle_until : verifier_deadline(v));
     if (w == 0 && v->early) {
       retire_early(v); /* idle too long: a human decides; a fresh one at READY */
       continue;
@@ -605,12 +648,39 @@ static int jwt_shaped(const char *s, size_t n) {
 
 /* The requester's wait status; once the verifier runs, -2 when its deadline passes first. */
 static int wait_requester(pid_t pid, const struct verifier_proc *v) {
-  if (v->pid > 0) {
-    int pfd = pidfd_open(pid, 0), w = pfd < 0 ? -1 : wait_readable(pfd, v->deadline_ms);
+  if (verifier_deadline(v)) {
+    int pfd = pidfd_open(pid, 0), w = pfd < 0 ? -1 : wait_readable(pfd, verifier_deadline(v));
     if (pfd >= 0) close(pfd);
     if (w <= 0) return w == 0 ? -2 : -1;
   }
   return wait_child(pid);
+}
+
+/* In the requester's child, the caller for good: the caller's warm requester answers (and this never
+ * returns), or `apes __request` runs, told where to start one for next time (docs/elevation.md section 2). */
+static void exec_requester(char **rargv) __attribute__((noreturn));
+static void exec_requester(char **rargv) {
+  char dir[PATH_MAX], name[64], exec_id[96], path[PATH_MAX + 64];
+  struct stat st;
+  size_t n = 0;
+  while (rargv[n]) n++;
+  if (stat(APES_EXEC, &st) == 0 &&
+      snprintf(exec_id, sizeof exec_id, "%lu:%lu:%lld:%lld.%09ld", (unsigned long)st.st_dev, (unsigned long)st.st_ino,
+               (long long)st.st_size, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec) < (int)sizeof exec_id &&
+      warm_socket(environ, getuid(), exec_id, dir, sizeof dir, name, sizeof name) == 0) {
+    warm_request(dir, name, rargv); /* returns only when nobody answers there */
+    char **with = calloc(n + 3, sizeof *with);
+    if (with && snprintf(path, sizeof path, "%s/%s", dir, name) < (int)sizeof path) {
+      /* apes __request --result-fd 3 --resident PATH [options] -- CMD... */
+      memcpy(with, rargv, 4 * sizeof *with);
+      with[4] = (char *)"--resident";
+      with[5] = path;
+      memcpy(with + 6, rargv + 4, (n - 4 + 1) * sizeof *with);
+      rargv = with;
+    }
+  }
+  execv(APES_EXEC, rargv);
+  child_fail("cannot execute " APES_EXEC);
 }
 
 /* Step 2: the requester, as the calling user with the caller's environment. Returns the token; starts
@@ -637,8 +707,7 @@ static char *request_token(int argc, char **argv, const struct elevation *el, st
     if (drop_to_caller() != 0) child_fail("cannot drop privileges");
     if (caller_limits(0) != 0) child_fail("cannot restore the resource limits");
     if (move_fd(p[1], 3) != 0) child_fail("result pipe");
-    execv(APES_EXEC, rargv);
-    child_fail("cannot execute " APES_EXEC);
+    exec_requester(rargv);
   }
   close(p[1]);
   /* The terminal's Ctrl-C is for the requester (it cancels the pending grant, exits 130). Ctrl-Z
@@ -704,14 +773,14 @@ static int reason_ok(const char *r) {
   return r && *r && strlen(r) <= 64 && strspn(r, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(r);
 }
 
-/* Sends the request line to the started verifier; returns only when the command is allowed. */
-static void verify(const struct verifier_proc *v, const char *token) {
+/* Sends the request line to the resident verifier, or else to the started one; returns only when the
+ * command is allowed. */
+static void verify(struct verifier_proc *v, const char *token) {
   static char out[MAX_VERDICT + 1];
   struct buf req = {0};
   struct json_kv *kv = NULL;
   static struct conversation talk;
-  int st, count = -1;
-  pid_t pid = v->pid;
+  int code, count = -1;
 
   buf_puts(&req, "{\"jwt\":");
   json_str(&req, token, strlen(token));
@@ -725,13 +794,25 @@ static void verify(const struct verifier_proc *v, const char *token) {
   if (req.err) die(1, "out of memory");
 
   set_ignore(SIGPIPE, 1);
-  talk = (struct conversation){.in_fd = v->in_fd, .out_fd = v->out_fd, .err_fd = v->err_fd, .req = req.p,
-                               .reqlen = req.len, .out = out, .outmax = sizeof out};
-  st = converse(pid, &talk, v->deadline_ms);
+  talk = (struct conversation){.req = req.p, .reqlen = req.len, .out = out, .outmax = sizeof out};
+  /* The resident answered at the start; if it no longer does, nothing was sent: a one-shot one now. */
+  int rfd = v->resident ? sock_connect_owned(APES_CACHE_DIR, RESIDENT_SOCKET, v->user->uid) : -1;
+  if (rfd >= 0) {
+    code = resident_converse(rfd, v->policy, v->policylen, &talk, v->deadline_ms);
+  } else {
+    v->resident = 0;
+    start_verifier(v, 0);
+    talk.in_fd = v->in_fd;
+    talk.out_fd = v->out_fd;
+    talk.err_fd = v->err_fd;
+    int st = converse(v->pid, &talk, v->deadline_ms);
+    code = st < 0 ? st : WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  }
+  close(v->cfd);
   size_t n = talk.outlen;
   buf_free(&req);
   forward_diag(talk.diag, talk.diaglen, talk.dropped);
-  if (st == -2)
+  if (code == -2)
     deny("verifier_timeout", EXIT_UNAVAILABLE, "not run: the verifier did not finish within %d s (the IdP is too slow)",
          VERIFY_DEADLINE_S);
 
@@ -739,7 +820,6 @@ static void verify(const struct verifier_proc *v, const char *token) {
     if (n > 0 && out[n - 1] == '\n') n--;
     count = json_parse_flat(out, n, &kv);
   }
-  int code = st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   const char *reason = count >= 0 ? json_get_str(kv, count, "reason") : NULL;
   if (code == 0 && count >= 0 && json_get_bool(kv, count, "ok") == 1) {
     const char *h = json_get_str(kv, count, "cmd_hash"), *r = json_get_str(kv, count, "run_as");
@@ -952,13 +1032,13 @@ int main(int argc, char **argv) {
   if (!(pw = getpwnam(VERIFY_USER)) || pw->pw_uid == 0 || copy_user(pw, &verifier) != 0)
     deny("verifier_missing", EXIT_CONFIG, "the verifier user %s is missing: run `sudo make install`", VERIFY_USER);
   canonical_command(argc, argv, &el);
-  struct verifier_proc v = {.cfd = open_policy(), .user = &verifier, .slot = take_slot(A.caller.uid)};
-  if (v.slot >= 0) start_verifier(&v, 1); /* early, idle-bounded: its start-up overlaps the requester's */
+  struct verifier_proc v = {.cfd = open_policy(), .user = &verifier, .slot = -1};
+  if (!resident_answers(&v) && (v.slot = take_slot(A.caller.uid)) >= 0)
+    start_verifier(&v, 1); /* early, idle-bounded: its start-up overlaps the requester's */
 
   /* ---- 2. requester, as the caller ---- */
   const char *token = request_token(argc, argv, &el, &v);
   start_verifier(&v, 0); /* a token without READY before it: now */
-  close(v.cfd);
 
   /* ---- 3. verifier, as _apes; returns only when allowed. The attempt is on disk before it can
    * consume the grant, so a consumed grant always has a line, and a log that cannot take one more

@@ -20,6 +20,7 @@
 #include "elev.h"
 #include "json.h"
 #include "proc.h"
+#include "resident.h"
 #include "secure.h"
 #include "sha256.h"
 #include "sock.h"
@@ -466,6 +467,60 @@ static void test_sock(void) {
   rmdir(dir);
 }
 
+static int split(const char *s, size_t *v, int *code, size_t *d) { return resident_answer_split(s, strlen(s), v, code, d); }
+
+static void test_resident(void) {
+  size_t v = 0, d = 0;
+  int code = -1;
+  CHECK(split("{\"ok\":true}\nexit 0\n", &v, &code, &d) == 0 && v == 11 && code == 0 && d == 19);
+  CHECK(split("{}\nexit 77\napes: not allowed\n", &v, &code, &d) == 0 && v == 2 && code == 77 && d == 11);
+  CHECK(split("{}\nexit 255\n", &v, &code, &d) == 0 && code == 255);
+  CHECK(split("{}\nexit 256\n", &v, &code, &d) == -1);   /* not an exit status */
+  CHECK(split("{}\nexit 077\n", &v, &code, &d) == -1);   /* a leading zero */
+  CHECK(split("{}\nexit -1\n", &v, &code, &d) == -1);
+  CHECK(split("{}\nexit 0", &v, &code, &d) == -1);        /* cut before its newline */
+  CHECK(split("{}\nexit \n", &v, &code, &d) == -1);
+  CHECK(split("{}\nexits 0\n", &v, &code, &d) == -1);
+  CHECK(split("{}", &v, &code, &d) == -1);                 /* no verdict line end */
+  CHECK(split("{}\nexit 10000\n", &v, &code, &d) == -1);
+
+  /* A whole conversation over a socket pair with a forked answerer: what it got, what we got. */
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    char in[256];
+    size_t got = 0;
+    ssize_t r;
+    /* "policy 3\nabc" + "{}\n" = 15 bytes, then the answer. */
+    while (got < 15 && (r = read(sv[1], in + got, sizeof in - got)) > 0) got += (size_t)r;
+    int ok = got == 15 && memcmp(in, "policy 3\nabc{}\n", 15) == 0;
+    const char *ans = ok ? "{\"ok\":false}\nexit 77\ndiag\n" : "bad\nexit 1\n";
+    if (write(sv[1], ans, strlen(ans)) < 0) _exit(1);
+    _exit(0);
+  }
+  close(sv[1]);
+  static char out[128];
+  struct conversation c = {.req = "{}\n", .reqlen = 3, .out = out, .outmax = sizeof out};
+  CHECK(resident_converse(sv[0], "abc", 3, &c, now_ms() + 5000) == 77);
+  CHECK(c.outlen == 13 && memcmp(out, "{\"ok\":false}\n", 13) == 0);
+  CHECK(c.diaglen == 5 && memcmp(c.diag, "diag\n", 5) == 0);
+  waitpid(pid, NULL, 0);
+
+  /* An answerer that never answers: the deadline, not a hang. */
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  struct conversation c2 = {.req = "{}\n", .reqlen = 3, .out = out, .outmax = sizeof out};
+  CHECK(resident_converse(sv[0], "abc", 3, &c2, now_ms() + 100) == -2);
+  close(sv[1]);
+  /* One that closes without a whole answer. */
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(write(sv[1], "{\"ok\":true}\n", 12) == 12);
+  close(sv[1]);
+  struct conversation c3 = {.req = "{}\n", .reqlen = 3, .out = out, .outmax = sizeof out};
+  CHECK(resident_converse(sv[0], "abc", 3, &c3, now_ms() + 5000) == -1);
+}
+
 int main(void) {
   test_utf8();
   test_escape();
@@ -477,6 +532,7 @@ int main(void) {
   test_lock();
   test_converse();
   test_sock();
+  test_resident();
   printf("native unit tests: %d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

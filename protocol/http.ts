@@ -1,4 +1,4 @@
-import type { IncomingMessage } from "node:http";
+import type { Agent, IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { SecureContext } from "node:tls";
@@ -35,6 +35,12 @@ export interface HttpOptions {
   /** Reuse pooled keep-alive sockets. Default false: one connection per request, none left behind. */
   keepAlive?: boolean;
   /**
+   * A keep-alive pool of the caller's (a resident process's; one per trust anchor, since a pool does
+   * not tell sockets of different secure contexts apart). A request that fails on a reused socket
+   * before any answer (the server closed it while idle) is sent once more on a fresh connection.
+   */
+  agent?: Agent;
+  /**
    * A connection to the URL's origin opened beforehand (TLS verified as this request's would be:
    * the same trust, the host's name), used for this request only; it closes with the answer.
    */
@@ -50,11 +56,18 @@ export class HttpFailure extends Error {
   readonly kind: HttpFailureKind;
   /** The network error's code (ECONNREFUSED, ERR_TLS_..., ...), when there is one. */
   readonly code?: string;
-  constructor(kind: HttpFailureKind, message: string, options: { cause?: unknown; code?: string } = {}) {
+  /** It failed before any answer on a kept-alive socket of `agent` (openHttp then tries once more). */
+  readonly onReusedSocket: boolean;
+  constructor(
+    kind: HttpFailureKind,
+    message: string,
+    options: { cause?: unknown; code?: string; onReusedSocket?: boolean } = {},
+  ) {
     super(message, { cause: options.cause });
     this.name = "HttpFailure";
     this.kind = kind;
     this.code = options.code;
+    this.onReusedSocket = options.onReusedSocket === true;
   }
 }
 
@@ -86,6 +99,18 @@ export function schemeRefusal(
 
 /** Sends the request; resolves at the answer's headers. */
 export function openHttp(input: string | URL, options: HttpOptions): Promise<HttpAnswer> {
+  const first = openOnce(input, options); // a missing deadline throws here, before anything is sent
+  if (!options.agent) return first;
+  return first.catch((e: unknown) => {
+    if (!(e instanceof HttpFailure && e.onReusedSocket && IDLE_CLOSE_CODES.has(e.code ?? ""))) throw e;
+    return openOnce(input, options);
+  });
+}
+
+/** How a kept-alive socket that the server closed while it was idle fails the next request on it. */
+const IDLE_CLOSE_CODES: ReadonlySet<string> = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED"]);
+
+function openOnce(input: string | URL, options: HttpOptions): Promise<HttpAnswer> {
   const url = new URL(String(input));
   const refusal = schemeRefusal(url, options.plainHttp);
   if (refusal) return Promise.reject(new HttpFailure("scheme", refusal));
@@ -133,15 +158,18 @@ export function openHttp(input: string | URL, options: HttpOptions): Promise<Htt
       headers,
       ...(options.socket
         ? { createConnection: () => options.socket as Socket }
-        : options.keepAlive
-          ? {}
-          : { agent: false }),
+        : options.agent
+          ? { agent: options.agent }
+          : options.keepAlive
+            ? {}
+            : { agent: false }),
       ...(secure && options.ca ? { ca: [...options.ca] } : {}),
       ...(secure && options.secureContext ? { secureContext: options.secureContext } : {}),
     });
     req.on("error", (e: Error & { code?: string }) => {
       settle();
-      reject(new HttpFailure("network", e.message, { cause: e, code: e.code }));
+      const onReusedSocket = res === undefined && req.reusedSocket && options.agent !== undefined;
+      reject(new HttpFailure("network", e.message, { cause: e, code: e.code, onReusedSocket }));
     });
     req.on("response", (answer) => {
       res = answer;

@@ -1,8 +1,10 @@
 import type { KeyObject } from "node:crypto";
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, realpathSync } from "node:fs";
+import type { Agent } from "node:http";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
 import type { SecureContext, TLSSocket } from "node:tls";
+import { visible } from "../protocol/display.ts";
 import { fetchJson, HttpFailure } from "../protocol/http.ts";
 import { type IssuerKeys, JwksCache, jwksCacheKey, type KeyStore } from "../protocol/jwks.ts";
 import { fileKeyStore, trustAnchorId } from "../protocol/jwks-store.ts";
@@ -44,7 +46,15 @@ export interface VerifierIo {
 }
 
 export interface VerifierOptions {
-  configFd: number;
+  /** The policy's fd (the one-shot verifier); or: */
+  configFd?: number;
+  /**
+   * The policy's bytes, as the shim read them from the fd it opened and checked (the resident
+   * verifier, verifier/serve.ts, gets them over its root-only socket).
+   */
+  policyText?: string;
+  /** A resident verifier's state kept across requests (its connections and the keys in memory). */
+  warm?: WarmState;
   /** Where the JWKS cache lives (the verifier's HOME). Undefined: no cache. */
   cacheDir?: string;
   nowS?: () => number;
@@ -52,6 +62,14 @@ export interface VerifierOptions {
   http?: HttpFn;
   /** Owner the policy file and a ca_file must have: root, except in unit tests run by another user. */
   policyOwnerUid?: number;
+}
+
+/** What a resident verifier keeps warm between requests; every check is made per request as before. */
+export interface WarmState {
+  /** The HTTP function of one trust anchor: https with its TLS context and a kept-alive pool of its own. */
+  httpFor(anchor: TrustAnchor): HttpFn;
+  /** The JWKS cache, read from its files once and then kept in memory (readAheadStore). */
+  store?: KeyStore;
 }
 
 export type HttpFn = (
@@ -62,8 +80,8 @@ export type HttpFn = (
 /** A network-level failure (no HTTP answer, or a 5xx): fail closed. */
 export class Unreachable extends Error {}
 
-const MAX_REQUEST_BYTES = 64 * 1024;
-const MAX_POLICY_BYTES = 256 * 1024;
+export const MAX_REQUEST_BYTES = 64 * 1024;
+export const MAX_POLICY_BYTES = 256 * 1024;
 const MAX_CA_FILE_BYTES = 1024 * 1024;
 const MAX_ANSWER_BYTES = 1024 * 1024;
 /**
@@ -215,7 +233,10 @@ interface Prepared {
  * allow-listed issuer's cached keys read. It contacts no one and learns nothing of the request.
  */
 function prepare(options: VerifierOptions, ownerUid: number): Prepared {
-  const policy = readPolicy(options.configFd, ownerUid);
+  const policy =
+    options.policyText !== undefined
+      ? policyFromText(options.policyText)
+      : readPolicy(options.configFd, ownerUid);
   if ("ok" in policy) return { policy };
   let anchor: TrustAnchor;
   try {
@@ -225,7 +246,16 @@ function prepare(options: VerifierOptions, ownerUid: number): Prepared {
   }
   let http = options.http;
   let ahead: ConnectionsAhead | undefined;
-  if (!http) {
+  if (!http && options.warm) {
+    try {
+      http = options.warm.httpFor(anchor);
+    } catch (e) {
+      return {
+        policy,
+        trust: deny("config_invalid", `the policy's CA is not usable: ${(e as Error).message}`),
+      };
+    }
+  } else if (!http) {
     try {
       const secureContext = anchor.ca ? tlsContext(anchor.ca) : undefined;
       ahead = new ConnectionsAhead(policy.issuers, secureContext);
@@ -237,6 +267,8 @@ function prepare(options: VerifierOptions, ownerUid: number): Prepared {
       };
     }
   }
+  if (options.warm)
+    return { policy, trust: { anchor, http, ...(options.warm.store ? { store: options.warm.store } : {}) } };
   const store = options.cacheDir ? readAheadStore(fileKeyStore(options.cacheDir)) : undefined;
   for (const issuer of store ? policy.issuers : []) store!.get(jwksCacheKey(anchor.id, issuer));
   return { policy, trust: { anchor, http, ...(store ? { store } : {}) }, ...(ahead ? { ahead } : {}) };
@@ -315,7 +347,7 @@ class ConnectionsAhead {
  * read again at the lookup. A copy older than the file is still checked for age and kid by the cache
  * (an expired or kid-less one is fetched afresh), so reading early changes no decision.
  */
-function readAheadStore(store: KeyStore): KeyStore {
+export function readAheadStore(store: KeyStore): KeyStore {
   const read = new Map<string, ReturnType<KeyStore["get"]>>();
   return {
     get(key) {
@@ -329,7 +361,8 @@ function readAheadStore(store: KeyStore): KeyStore {
   };
 }
 
-function readPolicy(fd: number, ownerUid: number): Policy | ReturnType<typeof deny> {
+function readPolicy(fd: number | undefined, ownerUid: number): Policy | ReturnType<typeof deny> {
+  if (fd === undefined) return deny("config_invalid", "no policy given");
   try {
     const st = fstatSync(fd);
     const problem = policyFileProblem({ uid: st.uid, mode: st.mode, isFile: st.isFile() }, ownerUid);
@@ -341,6 +374,25 @@ function readPolicy(fd: number, ownerUid: number): Policy | ReturnType<typeof de
     if (e instanceof PolicyError) return deny("config_invalid", e.message);
     return deny("config_invalid", `cannot read the policy from fd ${fd}: ${(e as Error).message}`);
   }
+}
+
+function policyFromText(text: string): Policy | ReturnType<typeof deny> {
+  if (Buffer.byteLength(text, "utf8") > MAX_POLICY_BYTES)
+    return deny("config_invalid", "the policy is larger than 256 KiB");
+  try {
+    return parsePolicy(text, "the policy", { hostname: hostname() });
+  } catch (e) {
+    if (e instanceof PolicyError) return deny("config_invalid", e.message);
+    return deny("config_invalid", `cannot parse the policy: ${(e as Error).message}`);
+  }
+}
+
+/** Characters of a denial's detail shown (the shim forwards at most 4 KiB of diagnostics anyway). */
+const MAX_DETAIL = 500;
+
+/** The one line a denial is explained by on the verifier's diagnostics (the shim forwards it, escaped). */
+export function denialMessage(decision: Decision & { ok: false }): string {
+  return `not allowed (${decision.reason}): ${visible(decision.detail, { max: MAX_DETAIL })}`;
 }
 
 async function consume(
@@ -443,7 +495,7 @@ export function httpWithCa(ca: string | undefined): HttpFn {
 }
 
 /** One TLS context for every request of the process (building one parses the CA: a few ms each). */
-function tlsContext(ca: string): SecureContext {
+export function tlsContext(ca: string): SecureContext {
   return process.getBuiltinModule("node:tls").createSecureContext({ ca });
 }
 
@@ -456,11 +508,12 @@ export function httpForPolicy(policy: Policy): HttpFn {
   return httpWithCa(trustAnchor(policy).ca);
 }
 
-async function httpsRequest(
+export async function httpsRequest(
   url: string,
   init: { method: string; headers?: Record<string, string>; body?: string },
   secureContext: SecureContext | undefined,
   socket: TLSSocket | undefined,
+  agent?: Agent,
 ): Promise<{ status: number; body: unknown }> {
   try {
     // Without a context of the policy's CA, the system roots (the https default).
@@ -468,6 +521,7 @@ async function httpsRequest(
       ...init,
       ...(secureContext ? { secureContext } : {}),
       ...(socket ? { socket } : {}),
+      ...(agent ? { agent } : {}),
       plainHttp: "never",
       timeoutMs: HTTP_DEADLINE_MS,
       maxBytes: MAX_ANSWER_BYTES,

@@ -123,6 +123,12 @@ export const TOP_LEVEL: readonly TopLevelCommand[] = [
     load: async () => (await import("./trust/trust.ts")).register,
   },
   {
+    name: "verifier",
+    term: "verifier",
+    description: "run the elevation verifier as a resident service (faster elevations)",
+    load: async () => (await import("./verifier/group.ts")).registerVerifierCommands,
+  },
+  {
     name: "__request",
     term: "__request [options] <command...>",
     description: "internal: request, wait for and deliver an elevation grant (run by the shim)",

@@ -34,8 +34,13 @@ export async function runInternal(argv: readonly string[], overrides: Partial<Co
     await verifyAction(ctx, fd);
     return 0;
   }
+  if (argv[0] === "__request" && argv[1] === "--serve") {
+    const { serveWarmRequester } = await import("./resident.ts");
+    return serveWarmRequester(argv);
+  }
   // __request --result-fd N [elevation options] -- CMD: the globals are among the options.
-  const rest = argv[1]?.startsWith("--result-fd=") ? argv.slice(2) : argv.slice(3);
+  let rest = argv[1]?.startsWith("--result-fd=") ? argv.slice(2) : argv.slice(3);
+  if (rest[0] === "--resident") rest = rest.slice(2);
   const parsed = parseElevation(rest, false);
   const flags = parsed.ok ? parsed.args : { json: false, debug: false, noColor: false };
   const ctx = createContext(

@@ -9,8 +9,17 @@ import { elevationFromRaw } from "./grammar.ts";
  * abort signal and runs the requester (./request.ts).
  */
 
-/** `raw` is the whole argv, starting with `__request`. */
-export async function requestAction(base: Context, raw: readonly string[]): Promise<void> {
+/**
+ * `__request --result-fd N [--resident PATH] [elevation options] -- CMD...` split up: the fd as text,
+ * the warm requester's socket the shim's child asks this one to start (native/warm.c), and the
+ * elevation. Throws a usage error.
+ */
+export function requesterArgs(raw: readonly string[]): {
+  fdText: string;
+  resident?: string;
+  rest: string[];
+  req: ReturnType<typeof elevationFromRaw>;
+} {
   if (raw[0] !== "__request") throw usageError("__request must come first");
   let rest = raw.slice(1);
   let fdText: string | undefined;
@@ -22,7 +31,19 @@ export async function requestAction(base: Context, raw: readonly string[]): Prom
     rest = rest.slice(1);
   }
   if (!fdText || !/^\d{1,4}$/.test(fdText)) throw usageError("__request needs --result-fd N first");
-  const req = elevationFromRaw(rest);
+  let resident: string | undefined;
+  if (rest[0] === "--resident") {
+    resident = rest[1];
+    rest = rest.slice(2);
+    if (!resident?.startsWith("/") || resident.includes("\0"))
+      throw usageError("--resident needs an absolute path");
+  }
+  return { fdText, rest, req: elevationFromRaw(rest), ...(resident ? { resident } : {}) };
+}
+
+/** `raw` is the whole argv, starting with `__request`. */
+export async function requestAction(base: Context, raw: readonly string[]): Promise<void> {
+  const { fdText, req, resident } = requesterArgs(raw);
   // The runtime's fetch loads Node's bundled undici on first use (~30 ms); the requester runs once
   // per elevation, so it talks HTTP through client/http.ts's node:http(s) client instead.
   const { nodeFetch } = await import("../../client/http.ts");
@@ -49,5 +70,17 @@ export async function requestAction(base: Context, raw: readonly string[]): Prom
   } finally {
     for (const s of signals) process.off(s, onSignal);
     for (const r of restore) r();
+    // After the result is out: the next elevation of this caller finds a warm requester.
+    if (resident) await startWarm(base, resident);
+  }
+}
+
+async function startWarm(ctx: Context, path: string): Promise<void> {
+  try {
+    const { keepWarmMs } = await ctx.config();
+    const { startWarmRequester } = await import("./resident.ts");
+    startWarmRequester(path, keepWarmMs);
+  } catch {
+    // a config error was reported already, or will be by the next command: nothing to warm
   }
 }

@@ -1,4 +1,3 @@
-import { visible } from "../../protocol/display.ts";
 import type { Context } from "../context.ts";
 import { CliError, usageError } from "../errors.ts";
 
@@ -12,12 +11,9 @@ export function configFdArg(raw: readonly string[]): string {
   throw usageError("usage: apes __verify --config-fd N");
 }
 
-/** Characters of a denial's detail the verifier prints (the shim forwards at most 4 KiB anyway). */
-const MAX_DETAIL = 500;
-
 export async function verifyAction(ctx: Context, configFd: string): Promise<void> {
   if (!/^\d{1,4}$/.test(configFd)) throw usageError("--config-fd must be a file descriptor number");
-  const { runVerifier } = await import("../../verifier/verify.ts");
+  const { denialMessage, runVerifier } = await import("../../verifier/verify.ts");
   const home = ctx.env.HOME;
   const { exit, decision } = await runVerifier(ctx.io, {
     configFd: Number(configFd),
@@ -26,8 +22,5 @@ export async function verifyAction(ctx: Context, configFd: string): Promise<void
   // The verdict is on stdout already. The denial's detail goes to stderr, which under the shim is a
   // bounded pipe the shim reads and forwards (escaped) to the user: one short line, never the
   // user's own stderr, which the user could leave full to block the verifier.
-  if (!decision.ok)
-    throw new CliError(`not allowed (${decision.reason}): ${visible(decision.detail, { max: MAX_DETAIL })}`, {
-      exitCode: exit,
-    });
+  if (!decision.ok) throw new CliError(denialMessage(decision), { exitCode: exit });
 }

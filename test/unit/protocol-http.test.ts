@@ -207,3 +207,63 @@ describe("connections", () => {
     server.closeAllConnections();
   });
 });
+
+describe("a caller's keep-alive agent", () => {
+  /**
+   * A raw server: every connection answers its first request with keep-alive, and resets
+   * (`resetOnSecond`) instead of answering a second one: what a server that closed an idle
+   * kept-alive socket looks like to the next request on it.
+   */
+  async function resettingServer(resetFirst: boolean) {
+    const { createServer: createNetServer } = await import("node:net");
+    let connections = 0;
+    let answered = 0;
+    const server = createNetServer((socket) => {
+      const n = ++connections;
+      let requests = 0;
+      socket.on("data", (d) => {
+        if (!d.toString().includes("\r\n\r\n")) return;
+        requests++;
+        if ((resetFirst && n === 1) || requests > 1) return void socket.resetAndDestroy();
+        answered++;
+        socket.write(
+          "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n{}",
+        );
+      });
+      socket.on("error", () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/x`;
+    return { url, server, stats: () => ({ connections, answered }) };
+  }
+
+  it("sends a request that failed on a reused socket once more, on a fresh connection", async () => {
+    const { Agent } = await import("node:http");
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const s = await resettingServer(false);
+    try {
+      const opts = { timeoutMs: 2000, maxBytes: 100, agent } as const;
+      expect((await fetchJson(s.url, opts)).status).toBe(200);
+      expect((await fetchJson(s.url, opts)).status).toBe(200); // reset on the kept socket, then fresh
+      expect(s.stats()).toEqual({ connections: 2, answered: 2 });
+    } finally {
+      agent.destroy();
+      s.server.close();
+    }
+  });
+
+  it("does not retry a failure on a fresh connection, nor without an agent", async () => {
+    const { Agent } = await import("node:http");
+    const agent = new Agent({ keepAlive: true });
+    const s = await resettingServer(true);
+    try {
+      const e = await failureOf(fetchJson(s.url, { timeoutMs: 2000, maxBytes: 100, agent }));
+      expect(e).toBeInstanceOf(HttpFailure);
+      expect((e as HttpFailure).onReusedSocket).toBe(false);
+      expect(s.stats()).toEqual({ connections: 1, answered: 0 });
+    } finally {
+      agent.destroy();
+      s.server.close();
+    }
+  });
+});

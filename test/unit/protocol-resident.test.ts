@@ -139,7 +139,11 @@ describe("FrameReader", () => {
     await new Promise<void>((r) => srv.listen(path, r));
     const client = createConnection(path);
     const socket = await got;
-    return { client, reader: new FrameReader(socket), close: () => (socket.destroy(), srv.close()) };
+    const close = () => {
+      socket.destroy();
+      srv.close();
+    };
+    return { client, reader: new FrameReader(socket), close };
   }
 
   it("reads lines and counted bytes across chunks, keeping the rest", async () => {

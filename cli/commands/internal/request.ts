@@ -12,7 +12,8 @@ export function register(program: Command, getContext: GetContext): void {
   const cmd = program
     .command("__request", { hidden: true })
     .description("internal: request, wait for and deliver an elevation grant (run by the shim)")
-    .requiredOption("--result-fd <n>", "the inherited pipe the AuthZ-JWT is written to");
+    .requiredOption("--result-fd <n>", "the inherited pipe the AuthZ-JWT is written to")
+    .option("--resident <path>", "afterwards, start the caller's warm requester on this socket");
   addElevationOptions(cmd).action(async (_args: string[], _opts: unknown, self: Command) => {
     await requestAction(getContext(), rootRawArgs(self));
   });

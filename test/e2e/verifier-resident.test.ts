@@ -1,0 +1,424 @@
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import {
+  addUser,
+  api,
+  approveWithProof,
+  fetchTrusting,
+  type IdpHandle,
+  loginWithKey,
+  loopbackCert,
+  newKey,
+  startIdp,
+  trustCaIn,
+} from "../helpers/idp.ts";
+import {
+  type AuditLine,
+  collect,
+  ensureTestUser,
+  ensureUser,
+  installIntoTempPrefix,
+  makeUserDir,
+  REPO,
+  readAudit,
+  runAsUser,
+  type ShimInstall,
+  spawnAsUser,
+  type UnixUser,
+  VERIFY_USER,
+  writeConfig,
+} from "../helpers/shim.ts";
+
+/**
+ * The resident verifier (`apes verifier serve`, docs/elevation.md section 3) with the REAL setuid
+ * shim, a REAL non-root caller and the real IdP over TLS: started as its systemd unit
+ * (packaging/systemd/apes-verifier.service.in, installed by `make install-verifier-service`) would
+ * start it, it answers the shim's elevations with every check of the one-shot verifier; the shim
+ * falls back to a one-shot verifier only while nothing was sent, refuses a hostile peer's verdict
+ * for another command, and ignores a socket that is not _apes's alone.
+ */
+
+const execFileP = promisify(execFile);
+const ALICE = "alice@example.com";
+const BOT = "bot@example.com";
+const CMD = ["/bin/sh", "-c", "echo ran-as-$(id -u)"];
+const OPTS = ["--approval", "timed", "--duration", "1h", "--reason", "resident test"];
+
+let inst: ShimInstall;
+let user: UnixUser;
+let verifierUser: UnixUser;
+let idp: IdpHandle;
+let work: string;
+let agentHome: string;
+let caPem: string;
+let unit: { exec: string[]; env: Record<string, string>; cwd: string; user: string };
+const residents = new Set<ChildProcess>();
+
+function policy(extra: { approvers?: string[] } = {}): string {
+  return [
+    `issuers = ${JSON.stringify([idp.issuer])}`,
+    `approvers = ${JSON.stringify(extra.approvers ?? [ALICE])}`,
+    `host = "${hostname()}"`,
+    `ca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''`,
+    `run_as = ["root"]`,
+    "[users]",
+    `"${user.name}" = ${JSON.stringify([BOT])}`,
+    "",
+  ].join("\n");
+}
+
+const userEnv = () => ({ HOME: agentHome, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" });
+
+async function until(probe: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!probe()) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** The resident as systemd starts the unit: its user, Environment=, WorkingDirectory=, ExecStart=. */
+async function startResident(extraArgs: string[] = []): Promise<{ child: ChildProcess; log: () => string }> {
+  const [file, ...args] = unit.exec;
+  const child = spawnAsUser(unit.user, [file!, ...args, ...extraArgs], { env: unit.env, cwd: unit.cwd });
+  residents.add(child);
+  let log = "";
+  child.stderr!.on("data", (c: Buffer) => {
+    log += c.toString();
+  });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the resident did not start: ${log}`)), 20_000);
+    child.stderr!.on("data", () => {
+      if (log.includes("serving on")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the resident exited (${code}): ${log}`));
+    });
+  });
+  return { child, log: () => log };
+}
+
+async function stopResident(child: ChildProcess): Promise<void> {
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGKILL");
+    await exited;
+  }
+  residents.delete(child);
+}
+
+/** Runs `apes [OPTS] -- CMD` as the caller; the last audit line of it. */
+async function elevate(cmd = CMD) {
+  const before = readAudit(inst).length;
+  const r = await collect(spawnAsUser(user, [inst.shim, ...OPTS, "--", ...cmd], { env: userEnv() }), {
+    timeoutMs: 30_000,
+  });
+  return { ...r, audit: readAudit(inst).slice(before).at(-1) as AuditLine | undefined };
+}
+
+/** A stand-in peer on the verifier's socket, as `who`: answers `answer` to the first request (or closes). */
+async function hostilePeer(
+  who: UnixUser,
+  answer: string | undefined,
+): Promise<{ stop(): Promise<void>; got(): string }> {
+  const dir = mkdtempSync(join(work, "peer-"));
+  chownSync(dir, who.uid, who.gid); // it writes what it got there
+  const out = join(dir, "got");
+  const script = join(dir, "peer.mjs");
+  writeFileSync(
+    script,
+    `import { createServer } from "node:net";
+import { writeFileSync } from "node:fs";
+const [path, out, answer] = process.argv.slice(2);
+const server = createServer((s) => {
+  let got = "";
+  s.on("data", (d) => {
+    got += d.toString();
+    // the policy, then the request line: answer after the request line's newline
+    const m = /^policy (\\d+)\\n/.exec(got);
+    if (!m) return;
+    const rest = got.slice(m[0].length + Number(m[1]));
+    if (!rest.includes("\\n")) return;
+    writeFileSync(out, rest);
+    if (answer === "-") s.destroy(); else s.end(answer);
+  });
+  s.on("error", () => {});
+});
+server.listen(path, () => console.log("listening"));
+`,
+    { mode: 0o644 },
+  );
+  const sock = join(inst.cacheDir, "verifier.sock");
+  rmSync(sock, { force: true }); // a killed resident's file
+  const child = spawnAsUser(who, [process.execPath, script, sock, out, answer ?? "-"], {
+    env: { PATH: "/usr/bin:/bin" },
+  });
+  residents.add(child);
+  let stderr = "";
+  child.stderr!.on("data", (c: Buffer) => {
+    stderr += c.toString();
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (c: Buffer) => c.toString().includes("listening") && resolve());
+    child.once("exit", (code) => reject(new Error(`the peer exited (${code}): ${stderr}`)));
+  });
+  if (who.uid !== verifierUser.uid) chownSync(sock, verifierUser.uid, verifierUser.gid);
+  return {
+    got: () => (existsSync(out) ? readFileSync(out, "utf8") : ""),
+    stop: async () => {
+      await stopResident(child);
+      rmSync(sock, { force: true });
+    },
+  };
+}
+
+beforeAll(async () => {
+  if (process.getuid?.() !== 0) throw new Error("the shim e2e tests run as root (CI does)");
+  inst = await installIntoTempPrefix();
+  user = ensureTestUser();
+  verifierUser = ensureUser(VERIFY_USER, true);
+  work = mkdtempSync(join(tmpdir(), "apes-verifier-resident-"));
+  chmodSync(work, 0o755);
+
+  // The unit as `make install-verifier-service` writes it for this prefix.
+  await execFileP(
+    "make",
+    [
+      "-s",
+      "install-verifier-service",
+      `PREFIX=${inst.prefix}`,
+      `SYSCONFDIR=${inst.etc}`,
+      `LOCALSTATEDIR=${inst.var}`,
+    ],
+    { cwd: REPO },
+  );
+  const text = readFileSync(join(inst.prefix, "lib", "systemd", "system", "apes-verifier.service"), "utf8");
+  const values = (key: string) =>
+    [...text.matchAll(new RegExp(`^${key}=(.*)$`, "gm"))].map((m) => m[1]!.trim());
+  unit = {
+    exec: values("ExecStart")[0]!.split(/\s+/),
+    env: Object.fromEntries(
+      values("Environment").map((v) => v.split(/=(.*)/s).slice(0, 2) as [string, string]),
+    ),
+    cwd: values("WorkingDirectory")[0]!,
+    user: values("User")[0]!,
+  };
+
+  const tls = loopbackCert(work);
+  caPem = tls.cert;
+  chmodSync(caPem, 0o644);
+  const data = join(work, "idp");
+  const alice = newKey(ALICE);
+  const bot = newKey(BOT);
+  await addUser(data, ALICE, { publicKey: alice.publicLine });
+  await addUser(data, BOT, { agent: true, owner: ALICE, publicKey: bot.publicLine });
+  idp = await startIdp({ dataDir: data, tls });
+  const tlsFetch = fetchTrusting(caPem);
+  const aliceToken = await loginWithKey(idp.url, ALICE, alice.privateKey, tlsFetch);
+  const aliceApi = api(idp.url, aliceToken, tlsFetch);
+  const grants = (await aliceApi.get("/.well-known/openid-configuration")).body
+    .openape_grants_endpoint as string;
+
+  agentHome = makeUserDir(user, work);
+  trustCaIn(agentHome, caPem, user);
+  writeFileSync(
+    join(agentHome, "key.pem"),
+    bot.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    {
+      mode: 0o600,
+    },
+  );
+  chownSync(join(agentHome, "key.pem"), user.uid, user.gid);
+  const login = await collect(
+    spawnAsUser(user, [inst.shim, "login", BOT, "--key", join(agentHome, "key.pem"), "--idp", idp.url], {
+      env: userEnv(),
+    }),
+  );
+  expect(login.code, login.stderr).toBe(0);
+  writeConfig(inst, policy());
+
+  // The timed grant every elevation below reuses: the first one asks, alice approves.
+  const first = collect(spawnAsUser(user, [inst.shim, ...OPTS, "--", ...CMD], { env: userEnv() }), {
+    timeoutMs: 30_000,
+  });
+  let id: string | undefined;
+  for (let i = 0; i < 300 && !id; i++) {
+    id = (await aliceApi.get(`${grants}?status=pending`)).body?.data?.[0]?.id;
+    if (!id) await new Promise((r) => setTimeout(r, 50));
+  }
+  expect(id).toBeDefined();
+  const approved = await approveWithProof(idp.url, aliceToken, id!, alice.privateKey, {}, tlsFetch);
+  expect(approved.status).toBe(200);
+  const r0 = await first;
+  expect(r0.code, r0.stderr).toBe(0);
+}, 180_000);
+
+afterEach(() => {
+  writeConfig(inst, policy());
+  chmodSync(inst.cacheDir, 0o700);
+});
+
+afterAll(async () => {
+  for (const c of [...residents]) await stopResident(c);
+  await idp?.stop();
+  await inst?.cleanup();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe("the resident verifier", () => {
+  it("runs as its unit says and answers an elevation: the command runs, the verdict is its own", async () => {
+    expect(unit.user).toBe(VERIFY_USER);
+    expect(unit.exec.slice(1, 3)).toEqual(["verifier", "serve"]);
+    const r = await startResident();
+    try {
+      const e = await elevate();
+      expect(e.code, e.stderr).toBe(0);
+      expect(e.stdout).toContain("ran-as-0");
+      expect(e.audit?.decision).toBe("allow");
+      // Its own log line for this verdict: the elevation did not go to a one-shot verifier.
+      expect(r.log()).toMatch(/apes verifier: allow grant \S+/);
+    } finally {
+      await stopResident(r.child);
+    }
+  });
+
+  it("reads the policy the shim sends with each request: an edit counts at the next elevation", async () => {
+    const r = await startResident();
+    try {
+      writeConfig(inst, policy({ approvers: ["carol@example.com"] }));
+      const denied = await elevate();
+      expect(denied.code).toBe(77);
+      expect(denied.audit).toMatchObject({ decision: "deny", reason: "approver_not_allowed" });
+      expect(denied.stdout).not.toContain("ran-as");
+      expect(denied.stderr).toContain("not allowed (approver_not_allowed)"); // its diagnostics, forwarded
+      writeConfig(inst, "issuers = [");
+      const broken = await elevate();
+      expect(broken.code).toBe(78);
+      expect(broken.audit).toMatchObject({ decision: "deny", reason: "config_invalid" });
+      writeConfig(inst, policy());
+      expect((await elevate()).code).toBe(0);
+      expect(r.log().match(/apes verifier: (allow|deny)/g)?.length).toBe(3);
+    } finally {
+      await stopResident(r.child);
+    }
+  });
+
+  it("is not needed: once it is gone, a one-shot verifier answers", async () => {
+    const r = await startResident();
+    await stopResident(r.child); // killed: its socket file stays, nobody listens
+    expect(existsSync(join(inst.cacheDir, "verifier.sock"))).toBe(true);
+    const e = await elevate();
+    expect(e.code, e.stderr).toBe(0);
+    expect(e.stdout).toContain("ran-as-0");
+    // The next start replaces the stale socket file.
+    const again = await startResident();
+    expect((await elevate()).code).toBe(0);
+    expect(again.log()).toMatch(/apes verifier: allow/);
+    await stopResident(again.child);
+  });
+
+  it("a peer's allow for another command is refused: verdict_mismatch, nothing runs", async () => {
+    const forged = `${JSON.stringify({ ok: true, grant_id: "g", cmd_hash: "SHA-256:forged", run_as: "root", sub: BOT, decided_by: ALICE, issuer: "x", grant_type: "timed", jti: "j" })}\nexit 0\n`;
+    const peer = await hostilePeer(verifierUser, forged);
+    try {
+      const e = await elevate();
+      expect(peer.got(), JSON.stringify(e)).toContain('"cmd_hash"'); // it did get the request
+      expect(e.code).toBe(77);
+      expect(e.audit).toMatchObject({ decision: "deny", reason: "verdict_mismatch" });
+      expect(e.stdout).not.toContain("ran-as");
+    } finally {
+      await peer.stop();
+    }
+  });
+
+  it("a peer that takes the request and closes, or answers garbage, is a denial: never a second verifier", async () => {
+    for (const answer of [undefined, "not a verdict\n", `${JSON.stringify({ ok: true })}\nexit 0`]) {
+      const peer = await hostilePeer(verifierUser, answer);
+      try {
+        const e = await elevate();
+        expect(peer.got()).toContain('"jwt"');
+        expect(e.code).toBe(77);
+        expect(e.audit).toMatchObject({ decision: "deny", reason: "verifier_failed" });
+        expect(e.stdout).not.toContain("ran-as");
+      } finally {
+        await peer.stop();
+      }
+    }
+  });
+
+  it("a socket that is not _apes's alone is not used: another owner's peer, or a directory open to others", async () => {
+    const root = { name: "root", uid: 0, gid: 0 };
+    const rootPeer = await hostilePeer(root, "x\nexit 0\n"); // the socket file chowned to _apes; the peer is root
+    try {
+      const e = await elevate();
+      expect(e.code, e.stderr).toBe(0);
+      expect(e.stdout).toContain("ran-as-0");
+      expect(rootPeer.got()).toBe("");
+    } finally {
+      await rootPeer.stop();
+    }
+    const peer = await hostilePeer(verifierUser, "x\nexit 0\n");
+    try {
+      chmodSync(inst.cacheDir, 0o750);
+      const e = await elevate();
+      expect(e.code, e.stderr).toBe(0);
+      expect(peer.got()).toBe("");
+    } finally {
+      chmodSync(inst.cacheDir, 0o700);
+      await peer.stop();
+    }
+  });
+
+  it("refuses to run as anyone but _apes (root becomes _apes first), and beside a live one", async () => {
+    const [file, ...args] = unit.exec;
+    const asCaller = await runAsUser(user, [file!, ...args], { env: userEnv() });
+    expect(asCaller.code).toBe(77);
+    expect(asCaller.stderr).toContain("runs as _apes only");
+    const asRoot = spawn(file!, [...args, "--idle", "1s"], {
+      env: unit.env,
+      cwd: unit.cwd,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    residents.add(asRoot);
+    let rootLog = "";
+    asRoot.stderr!.on("data", (c: Buffer) => {
+      rootLog += c.toString();
+    });
+    await until(() => rootLog.includes("serving on"));
+    const status = readFileSync(`/proc/${asRoot.pid}/status`, "utf8");
+    const id = verifierUser.uid;
+    expect(status).toMatch(new RegExp(`^Uid:\\s+${id}\\s+${id}\\s+${id}\\s+${id}$`, "m"));
+    expect(status).toMatch(/^Groups:\s*$/m);
+    await new Promise((r) => asRoot.once("exit", r)); // idle after 1 s
+    residents.delete(asRoot);
+    const r = await startResident();
+    try {
+      const second = await runAsUser(unit.user, [file!, ...args], { env: unit.env, cwd: unit.cwd });
+      expect(second.code).toBe(75);
+      expect(second.stderr).toContain("already answers");
+    } finally {
+      await stopResident(r.child);
+    }
+  });
+
+  it("ends by itself when idle and when its socket is removed", async () => {
+    const idle = await startResident(["--idle", "1s"]);
+    const code = await new Promise((r) => idle.child.once("exit", r));
+    expect(code).toBe(0);
+    expect(idle.log()).toContain("stopped (idle)");
+    residents.delete(idle.child);
+    const r = await startResident();
+    rmSync(join(inst.cacheDir, "verifier.sock"));
+    expect(await new Promise((res) => r.child.once("exit", res))).toBe(0);
+    expect(r.log()).toContain("stopped (socket gone)");
+    residents.delete(r.child);
+  });
+});

@@ -1,13 +1,15 @@
 // Elevation benchmark: `apes --reason bench -- /bin/true` through the real setuid shim, with a reusable
 // approved timed grant, against `sudo -n true` (NOPASSWD) in the same run, plus the split between
-// shim, requester, verifier and IdP round trips. As root (installs the shim into a temp prefix, adds
+// shim, requester, verifier and IdP round trips. Four ways in the same rotation: with the resident
+// verifier (`apes verifier serve`) and the caller's warm requester, with either alone, and with the
+// one-shot halves only (a second install without a resident verifier; APES_KEEP_WARM=0). As root (installs the shim into a temp prefix, adds
 // a user and a sudoers drop-in, both removed at the end; installs sudo with apt when missing).
 // Run with the pinned node: `node bench/elevate/run.ts [--rounds=40]` (or `make bench-elevate`).
 // Before/after in one run: build the old version, `node bench/elevate/run.ts --install-only=F` (installs
 // that build into a temp prefix and describes it in F), build the new one, then `--compare=F` (or `--compare=F1,F2`): the old
 // shim and binary are measured interleaved with the new ones (and removed at the end, unless
 // --keep-compare).
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import {
   chmodSync,
   closeSync,
@@ -51,6 +53,8 @@ const BENCH_USER = "apes-bench";
 const SUDOERS = "/etc/sudoers.d/apes-bench";
 const CMD = ["/bin/true"];
 const OPTS = ["--approval", "timed", "--duration", "1h", "--reason", "bench"];
+const BOTH = "apes -- /bin/true: resident verifier + warm requester";
+const NEITHER = "apes -- /bin/true: one-shot halves (no residents)";
 
 if (process.getuid?.() !== 0) {
   console.error("bench/elevate needs root (it installs the setuid shim into a temporary prefix)");
@@ -87,6 +91,9 @@ async function main() {
   const befores = earlierInstalls(COMPARE, args.has("keep-compare"), cleanups);
   const inst = await installIntoTempPrefix();
   cleanups.push(() => inst.cleanup());
+  // The same build again, where no resident verifier runs.
+  const oneShot = await installIntoTempPrefix();
+  cleanups.push(() => oneShot.cleanup());
   const user = ensureUser(BENCH_USER);
   cleanups.push(() => spawnSync("userdel", [BENCH_USER]));
   const verifier = ensureUser(VERIFY_USER, true);
@@ -163,6 +170,7 @@ async function main() {
   writeFileSync(join(home, ".config", "apes", "config.toml"), `ca_file = "${caPem}"\n`);
   execFileSync("chown", ["-R", `${user.uid}:${user.gid}`, home]);
   const env = { HOME: home, PATH: "/usr/bin:/bin", LANG: "C.UTF-8" };
+  const cold = { ...env, APES_KEEP_WARM: "0" }; // no warm requester: each elevation starts its own
   const login = await collect(
     spawnAsUser(
       user,
@@ -173,7 +181,23 @@ async function main() {
   if (login.code !== 0) throw new Error(`login failed: ${login.stderr}`);
   const policy = `issuers = ["${idp.issuer}"]\napprovers = ["alice@example.com"]\nhost = "${hostname()}"\nca_pem = '''\n${readFileSync(caPem, "utf8").trim()}\n'''\n[users]\n${BENCH_USER} = ["bot@example.com"]\n`;
   writeConfig(inst, policy);
+  writeConfig(oneShot, policy);
   for (const b of befores) writeConfig(b, policy);
+  // The resident verifier of `inst`, started as root as the unit's ExecStart (it becomes _apes).
+  const resident = spawn(inst.exec, ["verifier", "serve", "--idle", "1h"], {
+    cwd: inst.cacheDir,
+    env: { PATH: "/usr/bin:/bin", HOME: inst.cacheDir, LANG: "C.UTF-8", APES_VERIFIER: "1" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  cleanups.push(() => resident.kill("SIGKILL"));
+  await new Promise<void>((resolve, reject) => {
+    let log = "";
+    resident.stderr!.on("data", (c: Buffer) => {
+      log += c.toString();
+      if (log.includes("serving on")) resolve();
+    });
+    resident.once("exit", (code) => reject(new Error(`apes verifier serve exited (${code}): ${log}`)));
+  });
 
   // The reusable timed grant: the first elevation asks, alice approves over HTTP.
   const first = spawnAsUser(user, [inst.shim, ...OPTS, "--", ...CMD], { env });
@@ -246,8 +270,12 @@ async function main() {
     "setpriv /bin/true (harness floor)": () => run([...asUser, "/bin/true"], { env }).ms,
     "bare single executable (runtime floor)": () => run([...asUser, bare], { env }).ms,
     "sudo -n true": () => run([...asUser, "/usr/bin/sudo", "-n", "true"], { env }).ms,
-    "apes -- /bin/true (shim, timed grant reused)": () =>
-      run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
+    [BOTH]: () => run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
+    "apes -- /bin/true: resident verifier, one-shot requester": () =>
+      run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env: cold }).ms,
+    "apes -- /bin/true: warm requester, one-shot verifier": () =>
+      run([...asUser, oneShot.shim, ...OPTS, "--", ...CMD], { env }).ms,
+    [NEITHER]: () => run([...asUser, oneShot.shim, ...OPTS, "--", ...CMD], { env: cold }).ms,
     ...Object.fromEntries(
       befores.map((b) => [
         `before (${b.name}): apes -- /bin/true`,
@@ -312,7 +340,7 @@ async function main() {
   }
   console.log('\n| phase (from APES_TIMING / "timing":true) | median |\n| --- | ---: |');
   for (const [name, xs] of Object.entries(phases)) console.log(`| ${name} | ${f(median(xs))} ms |`);
-  const total = median(times["apes -- /bin/true (shim, timed grant reused)"]!);
+  const total = median(times[NEITHER]!);
   const reqMs = median(times["requester alone (__request)"]!);
   const verMs = median(times["verifier alone (__verify)"]!);
   const floor = median(times["setpriv /bin/true (harness floor)"]!);
@@ -337,11 +365,14 @@ async function main() {
       `shim + exec of the command + harness - overlap of the two ${f(total - (reqMs - floor) - (verMs - floor))} ms (harness floor ${f(floor)} ms)`,
   );
   const sudo = median(times["sudo -n true"]!);
-  console.log(`apes -- /bin/true = ${f(total / sudo)}x sudo -n true (${f(total)} / ${f(sudo)} ms)`);
+  for (const name of Object.keys(times).filter((k) => k.startsWith("apes -- /bin/true"))) {
+    const ms = median(times[name]!);
+    console.log(`${name}: ${f(ms)} ms = ${f(ms / sudo)}x sudo -n true (${f(sudo)} ms)`);
+  }
   for (const b of befores) {
     const old = median(times[`before (${b.name}): apes -- /bin/true`]!);
     console.log(
-      `before (${b.name}): ${f(old)} ms = ${f(old / sudo)}x sudo -n true; after/before ${(total / old).toFixed(2)}`,
+      `before (${b.name}): ${f(old)} ms = ${f(old / sudo)}x sudo -n true; after/before: one-shot halves ${(total / old).toFixed(2)}, both residents ${(median(times[BOTH]!) / old).toFixed(2)}`,
     );
   }
   console.log(

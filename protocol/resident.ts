@@ -90,7 +90,8 @@ export async function serveResident(options: ResidentOptions): Promise<Resident>
   };
   const timer = setInterval(() => {
     if (socketIno(socketPath) !== ownIno) return close("socket_gone");
-    if (fileIdentity(executable) !== exeId) return close("executable_changed");
+    // Gone already at the start (removed between its exec and here) counts as changed too.
+    if (exeId === undefined || fileIdentity(executable) !== exeId) return close("executable_changed");
     if (active.size === 0 && performance.now() - lastActivity >= options.idleMs) close("idle");
   }, options.checkEveryMs ?? 1000);
   timer.unref();

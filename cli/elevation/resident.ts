@@ -132,6 +132,7 @@ async function runOne(
     },
     { io, env, ...(warmFetch() ? { http: warmFetch()! } : {}) },
   );
+  ctx.debug(`served by the warm requester (pid ${process.pid})`);
   const { runRequester } = await import("./request.ts");
   return runRequester(ctx, req, {
     resultFd: 3,

@@ -115,6 +115,9 @@ describe("serveResident", () => {
     writeFileSync(exe, "version 2");
     utimesSync(exe, new Date(), new Date(Date.now() + 5000));
     expect(await s2.ended).toBe("executable_changed");
+    // One whose executable was removed before it could look at it ends at the first check.
+    const s3 = await echoServer(join(tempDir(), "r3.sock"), { executable: join(tempDir(), "gone") });
+    expect(await s3.ended).toBe("executable_changed");
   });
 
   it("closes connections beyond maxConnections at once", async () => {

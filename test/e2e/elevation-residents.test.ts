@@ -1,5 +1,16 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { createConnection } from "node:net";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -57,6 +68,9 @@ let agentHome: string;
 let caPem: string;
 let unit: { exec: string[]; env: Record<string, string>; cwd: string; user: string };
 const residents = new Set<ChildProcess>();
+let aliceApi: ReturnType<typeof api>;
+let grants: string;
+let botKey: string;
 
 function policy(extra: { approvers?: string[] } = {}): string {
   return [
@@ -116,9 +130,10 @@ async function stopResident(child: ChildProcess): Promise<void> {
 }
 
 /** Runs `apes [OPTS] -- CMD` as the caller; the last audit line of it. */
-async function elevate(cmd = CMD) {
+async function elevate(cmd = CMD, options: { env?: Record<string, string>; opts?: string[] } = {}) {
   const before = readAudit(inst).length;
-  const r = await collect(spawnAsUser(user, [inst.shim, ...OPTS, "--", ...cmd], { env: userEnv() }), {
+  const argv = [inst.shim, ...(options.opts ?? OPTS), "--", ...cmd];
+  const r = await collect(spawnAsUser(user, argv, { env: { ...userEnv(), ...options.env } }), {
     timeoutMs: 30_000,
   });
   return { ...r, audit: readAudit(inst).slice(before).at(-1) as AuditLine | undefined };
@@ -223,9 +238,8 @@ beforeAll(async () => {
   idp = await startIdp({ dataDir: data, tls });
   const tlsFetch = fetchTrusting(caPem);
   const aliceToken = await loginWithKey(idp.url, ALICE, alice.privateKey, tlsFetch);
-  const aliceApi = api(idp.url, aliceToken, tlsFetch);
-  const grants = (await aliceApi.get("/.well-known/openid-configuration")).body
-    .openape_grants_endpoint as string;
+  aliceApi = api(idp.url, aliceToken, tlsFetch);
+  grants = (await aliceApi.get("/.well-known/openid-configuration")).body.openape_grants_endpoint as string;
 
   agentHome = makeUserDir(user, work);
   trustCaIn(agentHome, caPem, user);
@@ -236,7 +250,8 @@ beforeAll(async () => {
       mode: 0o600,
     },
   );
-  chownSync(join(agentHome, "key.pem"), user.uid, user.gid);
+  botKey = join(agentHome, "key.pem");
+  chownSync(botKey, user.uid, user.gid);
   const login = await collect(
     spawnAsUser(user, [inst.shim, "login", BOT, "--key", join(agentHome, "key.pem"), "--idp", idp.url], {
       env: userEnv(),
@@ -268,6 +283,7 @@ afterEach(() => {
 
 afterAll(async () => {
   for (const c of [...residents]) await stopResident(c);
+  for (const w of warmRequesters()) process.kill(w.pid, "SIGKILL");
   await idp?.stop();
   await inst?.cleanup();
   if (work) rmSync(work, { recursive: true, force: true });
@@ -420,5 +436,232 @@ describe("the resident verifier", () => {
     expect(await new Promise((res) => r.child.once("exit", res))).toBe(0);
     expect(r.log()).toContain("stopped (socket gone)");
     residents.delete(r.child);
+  });
+});
+
+/** The caller's warm requesters of this install: `__request --serve PATH` processes of its uid. */
+function warmRequesters(): { pid: number; path: string }[] {
+  const found: { pid: number; path: string }[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0");
+      const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${name}/status`, "utf8"))?.[1]);
+      if (uid === user.uid && argv[0] === inst.exec && argv[1] === "__request" && argv[2] === "--serve")
+        found.push({ pid: Number(name), path: argv[3]! });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+async function untilAsync<T>(probe: () => Promise<T | undefined> | T | undefined, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** The one warm requester for the default environment, started by an elevation if there is none. */
+async function warmOne(): Promise<{ pid: number; path: string }> {
+  if (warmRequesters().length === 0) expect((await elevate()).code).toBe(0);
+  // Started is not yet listening (a killed one's socket file may still be there): until it answers,
+  // an elevation would not reach it.
+  const answers = (path: string) =>
+    new Promise<boolean>((resolve) => {
+      const c = createConnection(path);
+      c.once("connect", () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.once("error", () => resolve(false));
+    });
+  return untilAsync(async () => {
+    const all = warmRequesters();
+    return all.length === 1 && (await answers(all[0]!.path)) ? all[0] : undefined;
+  });
+}
+
+async function killWarm(): Promise<void> {
+  for (const w of warmRequesters()) process.kill(w.pid, "SIGKILL");
+  await untilAsync(() => (warmRequesters().length === 0 ? true : undefined));
+}
+
+/** Grants for this command (as given, or with its program's directory made canonical), as alice sees them. */
+async function grantsFor(argv: string[]): Promise<{ id: string; status: string }[]> {
+  const res = await aliceApi.get(`${grants}?limit=100`);
+  const names = [
+    JSON.stringify(argv),
+    JSON.stringify([argv[0]!.replace(/^\/bin\//, "/usr/bin/"), ...argv.slice(1)]),
+  ];
+  return (res.body?.data ?? []).filter((g: { request: { command?: string[] } }) =>
+    names.includes(JSON.stringify(g.request.command)),
+  );
+}
+
+/** The shim's requester child: the process whose parent is the shim (pid), running as the caller (not the early verifier, _apes's). */
+function childOf(pid: number): number | undefined {
+  for (const p of readdirSync("/proc")) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+      const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1]);
+      if (uid === user.uid && stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1] === String(pid))
+        return Number(p);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
+describe("the caller's warm requester", () => {
+  afterEach(async () => {
+    await killWarm();
+  });
+
+  it("is started by an elevation and serves the next ones: no requester process, its lines reach the caller", async () => {
+    await killWarm();
+    const first = await elevate(CMD, { opts: ["--debug", ...OPTS] });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stderr).not.toContain("served by the warm requester");
+    const warm = await warmOne();
+    expect(warm.path).toMatch(new RegExp(`^/tmp/apes-${user.uid}/requester-[0-9a-f]{32}\\.sock$`));
+    expect(statSync(join(warm.path, "..")).mode & 0o777).toBe(0o700);
+    const next = await elevate(CMD, { opts: ["--debug", ...OPTS] });
+    expect(next.code, next.stderr).toBe(0);
+    expect(next.stdout).toContain("ran-as-0");
+    expect(next.stderr).toContain(`served by the warm requester (pid ${warm.pid})`);
+    expect(next.stderr).toMatch(/apes: using timed grant \S+, approved by alice@example.com/);
+    expect(next.audit?.decision).toBe("allow");
+    expect(warmRequesters()).toHaveLength(1); // still one: it served, nobody started another
+  });
+
+  it("pending (--no-wait): exit 75, the grant id on stdout, audited pending", async () => {
+    await warmOne();
+    const cmd = ["/bin/echo", `pending-${Date.now()}`];
+    const e = await elevate(cmd, { opts: ["--debug", "--no-wait", "--reason", "pending test"] });
+    expect(e.stderr).toContain("served by the warm requester");
+    expect(e.code).toBe(75);
+    expect(e.audit?.decision).toBe("pending");
+    const [g] = await grantsFor(cmd);
+    expect(g?.status).toBe("pending");
+    expect(e.stdout.trim()).toBe(g!.id);
+  });
+
+  it("an interrupted elevation (SIGINT to the requester's side, as Ctrl-C sends it) ends with 130 and revokes its grant", async () => {
+    await warmOne();
+    const cmd = ["/bin/echo", `interrupted-${Date.now()}`];
+    const child = spawnAsUser(user, [inst.shim, "--reason", "ctrl-c", "--", ...cmd], { env: userEnv() });
+    const done = collect(child, { timeoutMs: 30_000 });
+    await untilAsync(async () =>
+      (await grantsFor(cmd)).some((g) => g.status === "pending") ? true : undefined,
+    );
+    const relay = await untilAsync(() => childOf(child.pid!));
+    process.kill(relay, "SIGINT");
+    const r = await done;
+    expect(r.code).toBe(130);
+    expect(r.stdout).not.toContain("interrupted-");
+    await untilAsync(async () =>
+      (await grantsFor(cmd)).some((g) => g.status === "revoked") ? true : undefined,
+    );
+  });
+
+  it("another value of an APES_* variable gets a warm requester of its own", async () => {
+    const warm = await warmOne();
+    const other = await elevate(CMD, { env: { APES_POLL_INTERVAL_MS: "1500" }, opts: ["--debug", ...OPTS] });
+    expect(other.code, other.stderr).toBe(0);
+    expect(other.stderr).not.toContain("served by the warm requester");
+    const both = await untilAsync(() => (warmRequesters().length === 2 ? warmRequesters() : undefined));
+    expect(new Set(both.map((w) => w.path)).size).toBe(2);
+    expect(both.map((w) => w.pid)).toContain(warm.pid);
+  });
+
+  it("APES_KEEP_WARM=0 starts none and uses none", async () => {
+    await killWarm();
+    const e = await elevate(CMD, { env: { APES_KEEP_WARM: "0" } });
+    expect(e.code, e.stderr).toBe(0);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(warmRequesters()).toHaveLength(0);
+    await warmOne();
+    const off = await elevate(CMD, { env: { APES_KEEP_WARM: "0" }, opts: ["--debug", ...OPTS] });
+    expect(off.code).toBe(0);
+    expect(off.stderr).not.toContain("served by the warm requester");
+  });
+
+  it("reads the session each time: after logout the next elevation is refused, after login it works again", async () => {
+    await warmOne();
+    const out = await collect(spawnAsUser(user, [inst.shim, "logout"], { env: userEnv() }));
+    expect(out.code, out.stderr).toBe(0);
+    const refused = await elevate(CMD, { opts: ["--debug", ...OPTS] });
+    expect(refused.stderr).toContain("served by the warm requester");
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/not logged in|apes login/);
+    expect(refused.stdout).not.toContain("ran-as");
+    const back = await collect(
+      spawnAsUser(user, [inst.shim, "login", BOT, "--key", botKey, "--idp", idp.url], { env: userEnv() }),
+    );
+    expect(back.code, back.stderr).toBe(0);
+    expect((await elevate()).code).toBe(0);
+  });
+
+  it("one killed mid-request is a denial: nothing runs, and no second requester is started", async () => {
+    const warm = await warmOne();
+    const cmd = ["/bin/echo", `killed-${Date.now()}`];
+    const before = readAudit(inst).length;
+    const child = spawnAsUser(user, [inst.shim, "--reason", "killed", "--", ...cmd], { env: userEnv() });
+    const done = collect(child, { timeoutMs: 30_000 });
+    await untilAsync(async () => ((await grantsFor(cmd)).length > 0 ? true : undefined));
+    process.kill(warm.pid, "SIGKILL");
+    const r = await done;
+    expect(r.code).not.toBe(0);
+    expect(r.stdout).not.toContain("killed-");
+    expect(readAudit(inst).slice(before).at(-1)).toMatchObject({
+      decision: "deny",
+      reason: "requester_failed",
+    });
+  });
+
+  it("a socket that is not the caller's alone is not used: a directory open to others, or a peer of another uid", async () => {
+    const warm = await warmOne();
+    const dir = join(warm.path, "..");
+    chmodSync(dir, 0o750);
+    try {
+      const e = await elevate(CMD, { opts: ["--debug", ...OPTS] });
+      expect(e.code, e.stderr).toBe(0);
+      expect(e.stderr).not.toContain("served by the warm requester");
+    } finally {
+      chmodSync(dir, 0o700);
+    }
+    // Root listens on the caller's socket path, the file chowned to the caller: the peer check.
+    await killWarm();
+    rmSync(warm.path, { force: true });
+    const { createServer } = await import("node:net");
+    let got = "";
+    const squatter = createServer((s) =>
+      s.on("data", (d) => {
+        got += d.toString();
+      }),
+    );
+    await new Promise<void>((r) => squatter.listen(warm.path, r));
+    chownSync(warm.path, user.uid, user.gid);
+    try {
+      const e = await elevate(CMD, { env: {}, opts: ["--debug", ...OPTS] });
+      expect(e.code, e.stderr).toBe(0);
+      expect(e.stderr).not.toContain("served by the warm requester");
+      expect(got).toBe("");
+    } finally {
+      await new Promise((r) => squatter.close(r));
+    }
+  });
+
+  it("ends when its socket is removed", async () => {
+    const warm = await warmOne();
+    rmSync(warm.path);
+    await untilAsync(() => (warmRequesters().some((w) => w.pid === warm.pid) ? undefined : true), 10_000);
   });
 });

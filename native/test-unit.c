@@ -25,6 +25,7 @@
 #include "sha256.h"
 #include "sock.h"
 #include "utf8.h"
+#include "warm.h"
 
 static int failures, checks;
 
@@ -521,6 +522,55 @@ static void test_resident(void) {
   CHECK(resident_converse(sv[0], "abc", 3, &c3, now_ms() + 5000) == -1);
 }
 
+static int hdr(const char *s, int *fd, long *len) { return warm_frame_header(s, strlen(s), fd, len); }
+
+static void test_warm(void) {
+  int fd = -9;
+  long len = -9;
+  CHECK(hdr("2 17", &fd, &len) == 0 && fd == 2 && len == 17);
+  CHECK(hdr("3 0", &fd, &len) == 0 && fd == 3 && len == 0);
+  CHECK(hdr("1 1048576", &fd, &len) == 0 && fd == 1 && len == 1048576);
+  CHECK(hdr("close 3", &fd, &len) == 0 && fd == 3 && len == -1);
+  CHECK(hdr("exit 75", &fd, &len) == 0 && fd == 0 && len == 75);
+  CHECK(hdr("exit 256", &fd, &len) == -1);
+  CHECK(hdr("1 1048577", &fd, &len) == -1); /* larger than a frame may be */
+  CHECK(hdr("4 1", &fd, &len) == -1);       /* only fds 1, 2 and 3 */
+  CHECK(hdr("0 1", &fd, &len) == -1);
+  CHECK(hdr("2 01", &fd, &len) == -1);
+  CHECK(hdr("2 -1", &fd, &len) == -1);
+  CHECK(hdr("2 ", &fd, &len) == -1);
+  CHECK(hdr("2  1", &fd, &len) == -1);
+  CHECK(hdr("close 2", &fd, &len) == -1);
+  CHECK(hdr("exit", &fd, &len) == -1);
+  CHECK(hdr("", &fd, &len) == -1);
+
+  /* The digest: what is on the list (and every APES_*) changes it, anything else does not. */
+  char a[65], b[65];
+  char *e1[] = {"HOME=/home/x", "APES_IDP=https://a", "PWD=/tmp", NULL};
+  char *e2[] = {"PWD=/srv", "APES_IDP=https://a", "HOME=/home/x", "OLDPWD=/", NULL};
+  char *e3[] = {"HOME=/home/y", "APES_IDP=https://a", NULL};
+  char *e4[] = {"HOME=/home/x", "APES_IDP=https://b", NULL};
+  char *e5[] = {"HOME=/home/x", "APES_IDP=https://a", "APES_DEBUG=1", NULL};
+  char *e6[] = {"HOME=/home/x", "APES_IDP=https://a", "XDG_CONFIG_HOME=", NULL}; /* empty is not unset */
+  CHECK(warm_digest(e1, "1:2:3:4.5", a) == 0 && warm_digest(e2, "1:2:3:4.5", b) == 0 && strcmp(a, b) == 0);
+  CHECK(strlen(a) == 64);
+  CHECK(warm_digest(e3, "1:2:3:4.5", b) == 0 && strcmp(a, b) != 0);
+  CHECK(warm_digest(e4, "1:2:3:4.5", b) == 0 && strcmp(a, b) != 0);
+  CHECK(warm_digest(e5, "1:2:3:4.5", b) == 0 && strcmp(a, b) != 0);
+  CHECK(warm_digest(e6, "1:2:3:4.5", b) == 0 && strcmp(a, b) != 0);
+  CHECK(warm_digest(e1, "1:2:3:4.6", b) == 0 && strcmp(a, b) != 0); /* another executable */
+
+  char dir[256], name[64];
+  char *off[] = {"APES_KEEP_WARM=0s", NULL}, *on[] = {"APES_KEEP_WARM=10m", NULL};
+  char *xdg[] = {"XDG_RUNTIME_DIR=/", NULL}; /* not the caller's (uid 12345): /tmp/apes-<uid> then */
+  CHECK(warm_socket(off, 12345, "x", dir, sizeof dir, name, sizeof name) == -1);
+  CHECK(warm_socket(on, 12345, "x", dir, sizeof dir, name, sizeof name) == 0 && strcmp(dir, "/tmp/apes-12345") == 0);
+  CHECK(strncmp(name, "requester-", 10) == 0 && strlen(name) == 10 + 32 + 5);
+  CHECK(warm_socket(xdg, 12345, "x", dir, sizeof dir, name, sizeof name) == 0 && strcmp(dir, "/tmp/apes-12345") == 0);
+  CHECK(warm_socket(xdg, 0, "x", dir, sizeof dir, name, sizeof name) == 0 && strcmp(dir, "//apes") == 0);
+  CHECK(warm_socket(on, 12345, "x", dir, 8, name, sizeof name) == -1); /* does not fit */
+}
+
 int main(void) {
   test_utf8();
   test_escape();
@@ -533,6 +583,7 @@ int main(void) {
   test_converse();
   test_sock();
   test_resident();
+  test_warm();
   printf("native unit tests: %d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

@@ -40,9 +40,10 @@ trap 'rm -rf "$WORK"' EXIT
 STAGE=$WORK/root
 DEB=$OUT/apes_${VERSION}_${ARCH}.deb
 
-# The programs, paths.json, /etc/apes, /var/log/apes (0700) and the IdP's unit: the same targets as
-# `sudo make install install-idp-service`. -o build: dist/apes is already built.
-make -s -o build install install-idp-service DESTDIR="$STAGE" PREFIX=/usr SYSCONFDIR=/etc LOCALSTATEDIR=/var \
+# The programs, paths.json, /etc/apes, /var/log/apes (0700), the IdP's and the resident verifier's
+# units: the same targets as `sudo make install install-idp-service install-verifier-service`.
+# -o build: dist/apes is already built.
+make -s -o build install install-idp-service install-verifier-service DESTDIR="$STAGE" PREFIX=/usr SYSCONFDIR=/etc LOCALSTATEDIR=/var \
   SYSTEMD_UNITDIR=/lib/systemd/system NATIVE_OUT="$WORK/native" >/dev/null
 # As dh_strip does: the shim without its symbol table (the build keeps it for debugging).
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$STAGE/usr/bin/apes"

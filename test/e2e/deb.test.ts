@@ -270,6 +270,7 @@ function expectInstalledLayout(): void {
   }
   for (const f of [
     "/lib/systemd/system/apes-idp.service",
+    "/lib/systemd/system/apes-verifier.service",
     NEST_UNIT,
     "/usr/share/bash-completion/completions/apes",
     "/usr/share/zsh/vendor-completions/_apes",
@@ -288,7 +289,10 @@ function expectInstalledLayout(): void {
     nestUnit(nestLayout(pathsFrom({ prefix: "/usr", sysconfdir: "/etc", localstatedir: "/var" }, "package"))),
   );
   expect(readFileSync(NEST_UNIT, "utf8")).toMatch(/^ExecStart=\/usr\/libexec\/apes\/apes daemon run$/m);
-  for (const unit of ["apes-idp.service", "apes-nest.service"]) {
+  expect(readFileSync("/lib/systemd/system/apes-verifier.service", "utf8")).toMatch(
+    /^ExecStart=\/usr\/libexec\/apes\/apes verifier serve /m,
+  );
+  for (const unit of ["apes-idp.service", "apes-nest.service", "apes-verifier.service"]) {
     expect(existsSync(`/etc/systemd/system/multi-user.target.wants/${unit}`), unit).toBe(false);
   }
   // The copyright file names every package the build bundled (dist/bundled-packages.json, from

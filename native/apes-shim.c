@@ -559,13 +559,23 @@ static void start_verifier(struct verifier_proc *v, int early) {
 static const char READY[] = "ready\n";
 #define READY_LEN (sizeof READY - 1)
 
+/* A connection to the resident verifier that it will serve (checked, and greeted "ready"), or -1. */
+static int resident_connect(const struct verifier_proc *v) {
+  int fd = sock_connect_owned(APES_CACHE_DIR, RESIDENT_SOCKET, v->user->uid);
+  if (fd >= 0 && sock_greeted(fd, now_ms() + GREETING_MS) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 /* Whether the resident verifier answers on its socket (connected and closed again: the request goes
  * over a connection of its own after the `attempt` line). With it, the policy's bytes are read now:
  * what a one-shot verifier would read from the same fd. A policy too large for it, or one that cannot
  * be read whole, leaves the elevation to a one-shot verifier, which judges it. */
 static int resident_answers(struct verifier_proc *v) {
   struct stat st;
-  int fd = sock_connect_owned(APES_CACHE_DIR, RESIDENT_SOCKET, v->user->uid);
+  int fd = resident_connect(v);
   if (fd < 0) return 0;
   close(fd);
   if (fstat(v->cfd, &st) != 0 || st.st_size < 0 || st.st_size > RESIDENT_MAX_POLICY) return 0;
@@ -796,7 +806,7 @@ static void verify(struct verifier_proc *v, const char *token) {
   set_ignore(SIGPIPE, 1);
   talk = (struct conversation){.req = req.p, .reqlen = req.len, .out = out, .outmax = sizeof out};
   /* The resident answered at the start; if it no longer does, nothing was sent: a one-shot one now. */
-  int rfd = v->resident ? sock_connect_owned(APES_CACHE_DIR, RESIDENT_SOCKET, v->user->uid) : -1;
+  int rfd = v->resident ? resident_connect(v) : -1;
   if (rfd >= 0) {
     code = resident_converse(rfd, v->policy, v->policylen, &talk, v->deadline_ms);
   } else {

@@ -75,6 +75,21 @@ int sock_connect_owned(const char *dir, const char *name, uid_t owner) {
   return fd;
 }
 
+int sock_greeted(int fd, long long deadline_ms) {
+  static const char READY[] = "ready\n";
+  char got[sizeof READY - 1];
+  size_t n = 0;
+  /* One byte at a time: nothing after the greeting may be taken from the socket here. */
+  while (n < sizeof got) {
+    if (wait_readable(fd, deadline_ms) != 1) return -1;
+    ssize_t r = read(fd, got + n, 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0 || got[n] != READY[n]) return -1;
+    n++;
+  }
+  return 0;
+}
+
 int send_all(int fd, const void *buf, size_t len, long long deadline_ms) {
   const char *p = buf;
   int is_socket = 1;

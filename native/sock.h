@@ -17,6 +17,13 @@ int wait_readable(int fd, long long deadline_ms);
  * mode or peer check failed), ENAMETOOLONG, or what the system calls said. Never blocks. */
 int sock_connect_owned(const char *dir, const char *name, uid_t owner);
 
+/* Reads the resident's greeting (GREETING_READY of protocol/resident.ts) before deadline_ms: 0 when it
+ * is "ready\n", -1 for "busy\n" (it serves enough clients already), anything else, EOF or no greeting
+ * in time; the client then uses its one-shot path, having sent nothing. */
+int sock_greeted(int fd, long long deadline_ms);
+/* How long a client waits for the greeting: a resident that is alive answers in microseconds. */
+#define GREETING_MS 1000
+
 /* Writes all len bytes of buf to fd before deadline_ms (0: none): 0, or -1 with errno (ETIMEDOUT past
  * the deadline, EPIPE when the reader is gone). Never raises SIGPIPE on a socket (MSG_NOSIGNAL); on a
  * pipe the caller must ignore SIGPIPE. */

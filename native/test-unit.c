@@ -470,7 +470,27 @@ static void test_sock(void) {
 
 static int split(const char *s, size_t *v, int *code, size_t *d) { return resident_answer_split(s, strlen(s), v, code, d); }
 
+static int greeted(const char *what, long long ms) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -9;
+  if (*what && write(sv[1], what, strlen(what)) < 0) return -9;
+  int r = sock_greeted(sv[0], now_ms() + ms);
+  char rest[8] = {0};
+  if (r == 0 && strlen(what) > 6) {
+    if (read(sv[0], rest, sizeof rest - 1) != (ssize_t)strlen(what) - 6 || strcmp(rest, what + 6) != 0) r = -8;
+  }
+  close(sv[0]);
+  close(sv[1]);
+  return r;
+}
+
 static void test_resident(void) {
+  CHECK(greeted("ready\n", 1000) == 0);
+  CHECK(greeted("ready\nX", 1000) == 0); /* what follows the greeting stays in the socket */
+  CHECK(greeted("busy\n", 1000) == -1);
+  CHECK(greeted("rea", 100) == -1);       /* cut short: the deadline */
+  CHECK(greeted("", 100) == -1);
+  CHECK(greeted("READY\n", 1000) == -1);
   size_t v = 0, d = 0;
   int code = -1;
   CHECK(split("{\"ok\":true}\nexit 0\n", &v, &code, &d) == 0 && v == 11 && code == 0 && d == 19);

@@ -7,9 +7,11 @@
 #include "sock.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -118,15 +120,31 @@ struct reader {
   int fd;
   char buf[65536];
   size_t start, end;
+  int shut; /* our side is shut: the warm requester was told to stop */
 };
+
+/* Ctrl-C (and SIGTERM, SIGHUP) reach this child as they would reach a requester. It does not die of
+ * them: it shuts its side of the socket, which the warm requester takes as the requester takes the
+ * signal (it revokes the grant it created, says so, and ends with 130), and relays that to the end. */
+static volatile sig_atomic_t stop_asked;
+static void on_stop(int sig) {
+  (void)sig;
+  stop_asked = 1;
+}
 
 /* The next byte run of up to max bytes into *p (pointing into the buffer): its length, 0 at EOF, -1 on an error. */
 static ssize_t more(struct reader *r) {
   if (r->start == r->end) {
     r->start = r->end = 0;
     ssize_t n;
-    do n = read(r->fd, r->buf, sizeof r->buf);
-    while (n < 0 && errno == EINTR);
+    for (;;) {
+      n = read(r->fd, r->buf, sizeof r->buf);
+      if (stop_asked && !r->shut) {
+        shutdown(r->fd, SHUT_WR);
+        r->shut = 1;
+      }
+      if (!(n < 0 && errno == EINTR)) break;
+    }
     if (n <= 0) return n;
     r->end = (size_t)n;
   }
@@ -147,6 +165,10 @@ static int write_all(int fd, const char *p, size_t n) {
 int warm_request(const char *dir, const char *name, char *const *rargv) {
   int fd = sock_connect_owned(dir, name, getuid());
   if (fd < 0) return -1;
+  if (sock_greeted(fd, now_ms() + GREETING_MS) != 0) { /* busy, or not a warm requester at all */
+    close(fd);
+    return -1;
+  }
   struct buf req = {0};
   size_t argc = 0;
   while (rargv[argc]) argc++;
@@ -160,6 +182,13 @@ int warm_request(const char *dir, const char *name, char *const *rargv) {
     return -1;
   }
   buf_free(&req);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop; /* no SA_RESTART: a blocked read returns, and the socket is shut */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
   /* From here on, never a second requester: whatever happens is this one's outcome. */
   struct reader r = {.fd = fd};
   char line[32];

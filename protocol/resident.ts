@@ -11,16 +11,20 @@ import { dirname } from "node:path";
  *   - its socket file removed or replaced (another server took the path, or the directory is gone);
  *   - the executable it runs from changed on disk (an upgrade: the next start runs the new code).
  * Clients check who listens (native/sock.c `sock_connect_owned`: directory and socket owned by the
- * expected user, mode 0700, SO_PEERCRED); this side creates the directory 0700 and refuses one that
+ * expected user, mode 0700, SO_PEERCRED) and wait for its greeting; this side creates the directory 0700 and refuses one that
  * is a symlink, someone else's, or open to group or others.
  */
+
+/** The first line on every connection (native/sock.c `sock_greeted` reads it): served, or not. */
+export const GREETING_READY = "ready\n";
+export const GREETING_BUSY = "busy\n";
 
 export interface ResidentOptions {
   /** Absolute path of the socket; its directory is created 0700 when missing. */
   socketPath: string;
   /** Ends after this long with no connection open. */
   idleMs: number;
-  /** Connections beyond this are closed at once (the client falls back to its one-shot path). */
+  /** Connections beyond this are greeted GREETING_BUSY and closed (the client uses its one-shot path). */
   maxConnections: number;
   /** Serves one connection; the socket is destroyed when it settles. */
   onConnection(socket: Socket): Promise<void>;
@@ -51,10 +55,18 @@ export async function serveResident(options: ResidentOptions): Promise<Resident>
   ensurePrivateDirectory(dirname(socketPath));
   const active = new Set<Socket>();
   let lastActivity = performance.now();
-  const server = createServer((socket) => {
+  // Half-open: a client may shut its side to say "stop" and still read the answer (native/warm.c).
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on("error", () => {}); // a client that goes away mid-answer is its own problem
+    // The greeting says whether this one will be served, before the client sends anything: a client
+    // told "busy" (or that gets no greeting) uses its one-shot path, with nothing done twice.
+    if (active.size >= options.maxConnections) {
+      socket.end(GREETING_BUSY);
+      return;
+    }
     active.add(socket);
     lastActivity = performance.now();
-    socket.on("error", () => {}); // a client that goes away mid-answer is its own problem
+    socket.write(GREETING_READY);
     options
       .onConnection(socket)
       .catch(() => {})
@@ -64,7 +76,6 @@ export async function serveResident(options: ResidentOptions): Promise<Resident>
         lastActivity = performance.now();
       });
   });
-  server.maxConnections = options.maxConnections;
   await listenOn(server, socketPath);
   const ownIno = lstatSync(socketPath).ino;
   const executable = options.executable ?? process.execPath;

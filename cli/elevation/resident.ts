@@ -100,7 +100,10 @@ async function serveOne(socket: Socket, env: NodeJS.ProcessEnv): Promise<void> {
   }
   const frames = new Frames(socket);
   const controller = new AbortController();
-  socket.on("close", () => controller.abort(new Error("interrupted")));
+  // The child shuts its side on Ctrl-C (SIGINT, SIGTERM, SIGHUP), or is gone: a requester's signal.
+  const interrupted = () => controller.abort(new Error("interrupted"));
+  socket.on("end", interrupted);
+  socket.on("close", interrupted);
   const out = (fd: 1 | 2, isTTY: boolean): Output => ({ write: (s: string) => frames.output(fd, s), isTTY });
   const io = { stdout: out(1, false), stderr: out(2, tty), stdin: Readable.from([]) };
   let code: number;

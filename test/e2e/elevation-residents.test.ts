@@ -143,6 +143,7 @@ async function elevate(cmd = CMD, options: { env?: Record<string, string>; opts?
 async function hostilePeer(
   who: UnixUser,
   answer: string | undefined,
+  greeting = "ready\n",
 ): Promise<{ stop(): Promise<void>; got(): string }> {
   const dir = mkdtempSync(join(work, "peer-"));
   chownSync(dir, who.uid, who.gid); // it writes what it got there
@@ -152,8 +153,9 @@ async function hostilePeer(
     script,
     `import { createServer } from "node:net";
 import { writeFileSync } from "node:fs";
-const [path, out, answer] = process.argv.slice(2);
+const [path, out, answer, greeting] = process.argv.slice(2);
 const server = createServer((s) => {
+  s.write(greeting);
   let got = "";
   s.on("data", (d) => {
     got += d.toString();
@@ -173,7 +175,7 @@ server.listen(path, () => console.log("listening"));
   );
   const sock = join(inst.cacheDir, "verifier.sock");
   rmSync(sock, { force: true }); // a killed resident's file
-  const child = spawnAsUser(who, [process.execPath, script, sock, out, answer ?? "-"], {
+  const child = spawnAsUser(who, [process.execPath, script, sock, out, answer ?? "-", greeting], {
     env: { PATH: "/usr/bin:/bin" },
   });
   residents.add(child);
@@ -367,6 +369,18 @@ describe("the resident verifier", () => {
       } finally {
         await peer.stop();
       }
+    }
+  });
+
+  it("a resident that greets busy gets nothing: a one-shot verifier answers", async () => {
+    const peer = await hostilePeer(verifierUser, "x\nexit 0\n", "busy\n");
+    try {
+      const e = await elevate();
+      expect(e.code, e.stderr).toBe(0);
+      expect(e.stdout).toContain("ran-as-0");
+      expect(peer.got()).toBe("");
+    } finally {
+      await peer.stop();
     }
   });
 
@@ -566,6 +580,9 @@ describe("the caller's warm requester", () => {
     const r = await done;
     expect(r.code).toBe(130);
     expect(r.stdout).not.toContain("interrupted-");
+    // The child shut its side; the warm requester revoked the grant, said so through it, ended 130.
+    expect(r.stderr).toMatch(/interrupted; .*cancel/);
+    expect(readAudit(inst).at(-1)).toMatchObject({ decision: "deny" });
     await untilAsync(async () =>
       (await grantsFor(cmd)).some((g) => g.status === "revoked") ? true : undefined,
     );
@@ -642,11 +659,12 @@ describe("the caller's warm requester", () => {
     rmSync(warm.path, { force: true });
     const { createServer } = await import("node:net");
     let got = "";
-    const squatter = createServer((s) =>
+    const squatter = createServer((s) => {
+      s.write("ready\n"); // greets like a warm requester: only the peer check keeps it out
       s.on("data", (d) => {
         got += d.toString();
-      }),
-    );
+      });
+    });
     await new Promise<void>((r) => squatter.listen(warm.path, r));
     chownSync(warm.path, user.uid, user.gid);
     try {

@@ -524,8 +524,10 @@ describe("elevation through the setuid shim: nothing runs when", () => {
   it("the requester is SIGKILLed while waiting (and a later approval runs nothing)", async () => {
     const m = marker("killed");
     const before = readAudit(inst).length;
+    // The one-shot requester process itself (a warm requester would revoke the grant when its
+    // client dies: the Ctrl-C test below covers that path).
     const child = spawnAsUser(user, [inst.shim, "--reason", "e2e", "--", "touch", m], {
-      env: { HOME: agentHome, PATH: "/usr/bin:/bin" },
+      env: { HOME: agentHome, PATH: "/usr/bin:/bin", APES_KEEP_WARM: "0" },
     });
     const done = collect(child);
     const id = await pendingGrant(["touch", m]);
@@ -559,8 +561,9 @@ describe("elevation through the setuid shim: nothing runs when", () => {
 });
 
 /**
- * The requester: the shim's child running `__request` (the other child is the verifier, which the
- * shim starts first and which waits for its request line). Bounded wait for it to appear.
+ * The requester: the shim's child running `__request`, or relaying to the caller's warm requester
+ * (the shim's own program, as the caller). The other child is the verifier (as _apes), which the
+ * shim starts first and which waits for its request line. Bounded wait for it to appear.
  */
 async function childOf(pid: number): Promise<number> {
   const { readFileSync } = await import("node:fs");
@@ -570,9 +573,11 @@ async function childOf(pid: number): Promise<number> {
         .trim()
         .split(/\s+/)
         .filter(Boolean);
-      const requester = kids.find(
-        (k) => readFileSync(`/proc/${k}/cmdline`, "utf8").split("\0")[1] === "__request",
-      );
+      const requester = kids.find((k) => {
+        const argv = readFileSync(`/proc/${k}/cmdline`, "utf8").split("\0");
+        const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${k}/status`, "utf8"))?.[1]);
+        return argv[1] === "__request" || (uid === user.uid && argv[0] === inst.shim);
+      });
       if (requester) return Number(requester);
     } catch {
       // not yet (or a child ended between listing and reading)

@@ -372,10 +372,13 @@ describe("the requester", () => {
     expect(stubFile("request.uid")).toBe(`${user.uid}\n`);
     expect(stubFile("request.groups").trim().split(" ").map(Number)).toEqual([user.gid]);
     expect(stubFile("request.fd3")).toBe("open\n");
+    // With no warm requester to answer, it is told where to start one (docs/elevation.md section 2).
     expect(stubFile("request.argv").split("\0").slice(0, -1)).toEqual([
       "__request",
       "--result-fd",
       "3",
+      "--resident",
+      expect.stringMatching(new RegExp(`^/tmp/apes-${user.uid}/requester-[0-9a-f]{32}\\.sock$`)),
       "--reason",
       "why not",
       "--approval=timed",

@@ -25,6 +25,7 @@ describe("parseUserConfig", () => {
       `idp = "https://id.example.com"
 allow_raw_login_signature = true
 idp_endpoint_origins = ["https://api.example.com"]
+keep_warm = "2m"
 [dns]
 servers = ["127.0.0.1:5353", "[::1]:53"]
 doh_url = "https://dns.example/resolve"
@@ -43,6 +44,7 @@ timeout = "1500ms"
       },
       allowRawLoginSignature: true,
       idpEndpointOrigins: ["https://api.example.com"],
+      keepWarmMs: 120_000,
       source: F,
     });
   });

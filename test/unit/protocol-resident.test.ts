@@ -63,7 +63,7 @@ describe("serveResident", () => {
   it("serves connections on a socket in a directory it makes 0700", async () => {
     const path = join(tempDir(), "run", "r.sock");
     await echoServer(path);
-    expect(await ask(path, "hello\n")).toBe("echo hello\n");
+    expect(await ask(path, "hello\n")).toBe("ready\necho hello\n");
     const { statSync } = await import("node:fs");
     expect(statSync(join(path, "..")).mode & 0o777).toBe(0o700);
   });
@@ -95,7 +95,7 @@ describe("serveResident", () => {
     await new Promise<void>((r) => raw.listen(path, r));
     (raw as unknown as { _handle: { close(): void } })._handle.close(); // the fd goes, the file stays
     await echoServer(path);
-    expect(await ask(path, "again\n")).toBe("echo again\n");
+    expect(await ask(path, "again\n")).toBe("ready\necho again\n");
   });
 
   it("ends when idle", async () => {
@@ -120,13 +120,13 @@ describe("serveResident", () => {
     expect(await s3.ended).toBe("executable_changed");
   });
 
-  it("closes connections beyond maxConnections at once", async () => {
+  it("greets connections beyond maxConnections busy and closes them, serving none of it", async () => {
     const path = join(tempDir(), "r.sock");
     await echoServer(path, { max: 1 });
     const held = createConnection(path); // never sends: holds the one slot
     await new Promise((r) => held.on("connect", r));
     await new Promise((r) => setTimeout(r, 50));
-    expect(await ask(path, "second\n")).toBe("");
+    expect(await ask(path, "second\n")).toBe("busy\n");
     held.destroy();
   });
 });

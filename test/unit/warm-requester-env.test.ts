@@ -32,7 +32,8 @@ function envReads(text: string): string[] {
   for (const m of text.matchAll(/\benv(?:\?\.|\.)([A-Z][A-Z0-9_]*)\b/g)) names.add(m[1]!);
   for (const m of text.matchAll(/\benv\[\s*"([A-Za-z_][A-Za-z0-9_]*)"\s*\]/g)) names.add(m[1]!);
   // Names looked up through a variable (cli/paths.ts: env[name] over "XDG_..." literals).
-  if (/\benv\[\s*[a-z]\w*\s*\]/.test(text)) for (const m of text.matchAll(/"(XDG_[A-Z_]+)"/g)) names.add(m[1]!);
+  if (/\benv\[\s*[a-z]\w*\s*\]/.test(text))
+    for (const m of text.matchAll(/"(XDG_[A-Z_]+)"/g)) names.add(m[1]!);
   return [...names];
 }
 

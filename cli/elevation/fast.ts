@@ -1,6 +1,6 @@
 import { type Context, createContext } from "../context.ts";
 import { reportFailure } from "../errors.ts";
-import { parseElevation } from "./grammar.ts";
+import { requesterGlobals } from "./grammar.ts";
 
 /**
  * The setuid shim runs `apes __request ...` and `apes __verify ...` on every elevation; they skip
@@ -41,16 +41,7 @@ export async function runInternal(argv: readonly string[], overrides: Partial<Co
   // __request --result-fd N [elevation options] -- CMD: the globals are among the options.
   let rest = argv[1]?.startsWith("--result-fd=") ? argv.slice(2) : argv.slice(3);
   if (rest[0] === "--resident") rest = rest.slice(2);
-  const parsed = parseElevation(rest, false);
-  const flags = parsed.ok ? parsed.args : { json: false, debug: false, noColor: false };
-  const ctx = createContext(
-    {
-      json: flags.json,
-      debug: flags.debug || env.APES_DEBUG === "1",
-      color: !flags.noColor && !env.NO_COLOR,
-    },
-    overrides,
-  );
+  const ctx = createContext(requesterGlobals(rest, env), overrides);
   const { requestAction } = await import("./request-action.ts");
   await requestAction(ctx, argv);
   return 0;

@@ -45,6 +45,24 @@ export interface ElevationArgs {
 export type GrammarResult = { ok: true; args: ElevationArgs } | { ok: false; error: string };
 
 /** Parses `[run] [options] -- CMD...`; `allowRun` says whether a leading `run` is accepted. */
+/**
+ * The global options (--json, --debug, --no-color) among a requester's elevation options, with the
+ * environment's say (APES_DEBUG, NO_COLOR); options that do not parse give the defaults (the
+ * requester then reports the usage error itself).
+ */
+export function requesterGlobals(
+  options: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): { json: boolean; debug: boolean; color: boolean } {
+  const parsed = parseElevation(options, false);
+  const flags = parsed.ok ? parsed.args : { json: false, debug: false, noColor: false };
+  return {
+    json: flags.json,
+    debug: flags.debug || env.APES_DEBUG === "1",
+    color: !flags.noColor && !env.NO_COLOR,
+  };
+}
+
 export function parseElevation(argv: readonly string[], allowRun = true): GrammarResult {
   let i = 0;
   if (allowRun && argv[0] === "run") i = 1;

@@ -7,7 +7,7 @@ import { FrameError, FrameReader, serveResident } from "../../protocol/resident.
 import { type Context, createContext, type Output } from "../context.ts";
 import { reportFailure, usageError } from "../errors.ts";
 import { ExitCode } from "../exit-codes.ts";
-import { parseElevation } from "./grammar.ts";
+import { requesterGlobals } from "./grammar.ts";
 import { requesterArgs } from "./request-action.ts";
 
 /**
@@ -125,16 +125,8 @@ async function runOne(
   const { fdText, rest, req, resident } = requesterArgs(argv);
   if (resident !== undefined) throw usageError("--resident is for a one-shot requester");
   if (fdText !== "3") throw usageError("the warm requester delivers on fd 3 only");
-  const parsed = parseElevation(rest, false);
-  const flags = parsed.ok ? parsed.args : { json: false, debug: false, noColor: false };
-  const ctx = createContext(
-    {
-      json: flags.json,
-      debug: flags.debug || env.APES_DEBUG === "1",
-      color: !flags.noColor && !env.NO_COLOR,
-    },
-    { io, env, ...(warmFetch() ? { http: warmFetch()! } : {}) },
-  );
+  const http = warmFetch();
+  const ctx = createContext(requesterGlobals(rest, env), { io, env, ...(http ? { http } : {}) });
   ctx.debug(`served by the warm requester (pid ${process.pid})`);
   const { runRequester } = await import("./request.ts");
   return runRequester(ctx, req, {

@@ -30,6 +30,7 @@ export interface FileInfo {
   isFile: boolean;
   isDirectory: boolean;
   isSymbolicLink: boolean;
+  isSocket?: boolean;
 }
 
 export interface HttpAnswer {
@@ -192,6 +193,30 @@ export function decideVerifierUser(
     );
   else cacheResult = ok("cache-dir", `${cacheDir}: ${VERIFIER_USER}, mode ${octal(cache.mode)}`);
   return [ok("verifier-user", `${VERIFIER_USER} exists (uid ${user.uid})`), cacheResult];
+}
+
+/**
+ * The resident verifier (`apes verifier serve`, optional): its socket in the cache directory, which
+ * only root can look into. Its absence is fine (one-shot verifiers); a socket that is not _apes's is
+ * ignored by the shim, and said here.
+ */
+export function decideResidentVerifier(
+  socket: string,
+  info: FileInfo | undefined,
+  verifierUid: number | undefined,
+): CheckResult {
+  if (!info)
+    return ok(
+      "verifier-svc",
+      `not running (no ${socket}): each elevation starts its own verifier; for faster elevations: sudo make install-verifier-service && sudo systemctl enable --now apes-verifier`,
+    );
+  if (!info.isSocket || info.uid !== verifierUid)
+    return warn(
+      "verifier-svc",
+      `${socket} is not a socket of ${VERIFIER_USER} (uid ${info.uid}): the shim ignores it`,
+      `sudo rm ${socket}`,
+    );
+  return ok("verifier-svc", `${socket}: elevations go to the resident verifier while it answers`);
 }
 
 /**
@@ -482,13 +507,12 @@ export async function runDoctor(env: DoctorEnv): Promise<CheckResult[]> {
   if (elevation) {
     const dir = exec.slice(0, exec.lastIndexOf("/"));
     results.push(decideExec(exec, await env.lstat(exec), dir, await env.lstat(dir)));
-    results.push(
-      ...decideVerifierUser(
-        await env.lookupUser(VERIFIER_USER),
-        paths.cacheDir,
-        await env.lstat(paths.cacheDir),
-      ),
-    );
+    const verifier = await env.lookupUser(VERIFIER_USER);
+    results.push(...decideVerifierUser(verifier, paths.cacheDir, await env.lstat(paths.cacheDir)));
+    if (env.uid === 0) {
+      const socket = `${paths.cacheDir}/verifier.sock`;
+      results.push(decideResidentVerifier(socket, await env.lstat(socket), verifier?.uid));
+    }
     results.push(
       decideDirectories([
         [paths.configFile, await untrustedParent(env, paths.configFile)],

@@ -30,6 +30,7 @@ export function systemDoctorEnv(ctx: Context): DoctorEnv {
           isFile: st.isFile(),
           isDirectory: st.isDirectory(),
           isSymbolicLink: st.isSymbolicLink(),
+          isSocket: st.isSocket(),
         } satisfies FileInfo;
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;

@@ -164,6 +164,7 @@ describe("apes doctor on a real installation", () => {
       "executable",
       "verifier-user",
       "cache-dir",
+      "verifier-svc",
       "directories",
       "audit-log",
       "policy-file",
@@ -178,13 +179,14 @@ describe("apes doctor on a real installation", () => {
       "dns",
     ]);
     expect(r.results.find((c) => c.check === "idp")!.detail).toContain("through the policy's pinned CA");
+    expect(r.results.find((c) => c.check === "verifier-svc")!.detail).toContain("not running");
   });
 
   it("the human output: one line per check", async () => {
     const r = await runAsRoot(["doctor"]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^ok {4}shim +.*setuid root, mode 4755$/m);
-    expect(r.stdout.trimEnd().split("\n")).toHaveLength(16);
+    expect(r.stdout.trimEnd().split("\n")).toHaveLength(17);
   });
 
   it("a shim without its setuid bit fails, with the chmod that fixes it", async () => {
@@ -195,7 +197,7 @@ describe("apes doctor on a real installation", () => {
       expect(failures(r.results)).toEqual([
         expect.objectContaining({ check: "shim", status: "fail", fix: `sudo chmod 4755 ${inst.shim}` }),
       ]);
-      expect(r.stderr).toContain("1 of 16 checks failed");
+      expect(r.stderr).toContain("1 of 17 checks failed");
     } finally {
       chmodSync(inst.shim, 0o4755);
     }

@@ -10,6 +10,7 @@ import {
   decideExec,
   decideKey,
   decidePolicyFile,
+  decideResidentVerifier,
   decideSessionFile,
   decideShim,
   decideToken,
@@ -97,6 +98,21 @@ describe("doctor: the installation", () => {
     expect(decideVerifierUser({ uid: 990, gid: 990 }, "/c", dir(0o755, 990))[1]!.status).toBe("warn");
     expect(decideVerifierUser({ uid: 990, gid: 990 }, "/c", dir(0o700, 0))[1]!.status).toBe("warn");
     expect(decideVerifierUser({ uid: 990, gid: 990 }, "/c", undefined)[1]!.status).toBe("warn");
+  });
+
+  it("the resident verifier: absent is fine, a socket of _apes is used, anything else is ignored and said", () => {
+    const sock = "/c/verifier.sock";
+    expect(decideResidentVerifier(sock, undefined, 990)).toMatchObject({ status: "ok" });
+    expect(decideResidentVerifier(sock, undefined, 990).detail).toContain(
+      "systemctl enable --now apes-verifier",
+    );
+    const socket = { ...file(0o755, 990), isFile: false, isSocket: true };
+    expect(decideResidentVerifier(sock, socket, 990)).toMatchObject({ status: "ok" });
+    expect(decideResidentVerifier(sock, { ...socket, uid: 0 }, 990)).toMatchObject({
+      status: "warn",
+      fix: `sudo rm ${sock}`,
+    });
+    expect(decideResidentVerifier(sock, file(0o600, 990), 990).status).toBe("warn");
   });
 
   it("audit log: a root-only directory, a root-owned file", () => {
@@ -282,6 +298,7 @@ describe("doctor: the whole run with fakes", () => {
       ["executable", "ok"],
       ["verifier-user", "ok"],
       ["cache-dir", "ok"],
+      ["verifier-svc", "ok"],
       ["directories", "ok"],
       ["audit-log", "ok"],
       ["policy-file", "ok"],

@@ -92,6 +92,62 @@ describe("sqlite store", () => {
     check.close();
   });
 
+  it("upgrades a data dir that had grants_by_status: every grant and listing as before", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "apes-store-"));
+    const db = new DatabaseSync(join(dir, "idp.sqlite"));
+    migrate(db, MIGRATIONS.slice(0, 9));
+    const add = db.prepare(
+      "INSERT INTO grants (id, type, requester, status, grant_type, request, delegator, delegate, created_at) VALUES (?, ?, ?, ?, 'once', ?, ?, ?, ?)",
+    );
+    const statuses = ["pending", "approved", "used", "denied"] as const;
+    const inserted: { id: string; status: string; type: string }[] = [];
+    for (let i = 0; i < 24; i++) {
+      const grant = g(`r${i % 3}@x`, i);
+      const type = i % 5 === 0 ? "delegation" : "command";
+      const [delegator, delegate] = type === "delegation" ? [grant.request.requester, "bot@x"] : [null, null];
+      add.run(
+        grant.id,
+        type,
+        grant.request.requester,
+        statuses[i % 4]!,
+        JSON.stringify(grant.request),
+        delegator,
+        delegate,
+        i,
+      );
+      inserted.push({ id: grant.id, status: statuses[i % 4]!, type });
+    }
+    const before = db.prepare("SELECT * FROM grants ORDER BY seq").all();
+    db.close();
+    const { s } = open(dir);
+    const newest = [...inserted].reverse();
+    const ids = async (q: Parameters<Store["queryGrants"]>[0]) =>
+      (await s.queryGrants(q)).items.map((i) => i.grant.id);
+    expect(await ids({ status: "pending", limit: 100 })).toEqual(
+      newest.filter((x) => x.status === "pending").map((x) => x.id),
+    );
+    expect(await ids({ type: "delegation", limit: 100 })).toEqual(
+      newest.filter((x) => x.type === "delegation").map((x) => x.id),
+    );
+    expect(await ids({ status: "used", type: "command", limit: 2 })).toEqual(
+      newest
+        .filter((x) => x.status === "used" && x.type === "command")
+        .slice(0, 2)
+        .map((x) => x.id),
+    );
+    await s.close();
+    const check = new DatabaseSync(join(dir, "idp.sqlite"), { readOnly: true });
+    expect(check.prepare("SELECT * FROM grants ORDER BY seq").all()).toEqual(before);
+    const indexes = (
+      check.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'grants'").all() as {
+        name: string;
+      }[]
+    ).map((r) => r.name);
+    expect(indexes).not.toContain("grants_by_status");
+    expect(indexes).toContain("grants_delegations");
+    check.close();
+  });
+
   it("re-keys users stored before normalisation when it opens the data dir", async () => {
     const { s, dir } = open();
     await s.close();

@@ -266,6 +266,18 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX grants_by_decider ON grants(decided_by, seq) WHERE decided_by IS NOT NULL;
   `,
   },
+  {
+    // As the SQLite store's migration 10: an index on the status alone was rewritten at every
+    // status change; an admin's status list merges the per-requester scans instead
+    // (PostgresStore.queryGrants), and only delegations, the rare type, keep an index of their own.
+    version: 5,
+    what: "no index on the status or the type alone; delegations by seq",
+    sql: `
+  DROP INDEX grants_by_status;
+  DROP INDEX grants_by_type;
+  CREATE INDEX grants_delegations ON grants(seq) WHERE type = 'delegation';
+  `,
+  },
 ];
 
 /** Any constant will do: it names "the apes IdP schema" among the database's advisory locks. */

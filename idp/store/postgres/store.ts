@@ -969,15 +969,20 @@ export class PostgresStore implements Store {
       args.push(v);
       return `$${args.length}`;
     };
+    // Delegations by their partial index, whose WHERE a literal implies and a parameter may not.
+    const delegationsOnly = q.type === "delegation";
     const common: string[] = [];
     if (q.status) common.push(`status = ${arg(q.status)}`);
-    if (q.type) common.push(`type = ${arg(q.type)}`);
+    if (q.type && !delegationsOnly) common.push(`type = ${arg(q.type)}`);
     if (q.before) common.push(`seq < ${arg(q.before.seq)}`);
+    if (delegationsOnly) common.push("type = 'delegation'");
     const limit = arg(q.limit + 1);
-    const scan = (scope?: string) => {
-      const where = [...(scope ? [scope] : []), ...common];
-      return `(SELECT ${GRANT_COLS} FROM grants ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ${limit})`;
+    const where = (scope?: string) => {
+      const all = [...(scope ? [scope] : []), ...common];
+      return all.length ? `WHERE ${all.join(" AND ")}` : "";
     };
+    const scan = (scope?: string) =>
+      `(SELECT ${GRANT_COLS} FROM grants ${where(scope)} ORDER BY seq DESC LIMIT ${limit})`;
     const scans: string[] = [];
     if (q.party !== undefined) {
       const p = arg(q.party);
@@ -987,13 +992,38 @@ export class PostgresStore implements Store {
     else if (q.decidedBy !== undefined) scans.push(scan(`decided_by = ${arg(q.decidedBy)}`));
     else if (q.requesters) {
       for (const r of new Set(q.requesters)) scans.push(scan(`requester = ${arg(r)}`));
+    } else if (q.status && !delegationsOnly) {
+      // An admin's status list, without an index on the status alone (it would be rewritten at
+      // every status change): the requesters (a loose scan of grants_by_requester, one probe each),
+      // each one's newest match, and the limit+1 requesters whose newest are newest: only they can
+      // hold the page (those limit+1 newest are limit+1 matches; any other requester's are older
+      // than all of them). Their scans are merged as above. The cost grows with the number of
+      // requesters, not of grants.
+      const sql = `WITH RECURSIVE r(requester) AS (
+          (SELECT min(requester) FROM grants)
+          UNION ALL
+          SELECT (SELECT min(requester) FROM grants WHERE requester > r.requester) FROM r WHERE r.requester IS NOT NULL
+        ), tops AS (
+          SELECT r.requester, (SELECT seq FROM grants ${where("requester = r.requester")} ORDER BY seq DESC LIMIT 1) AS top
+          FROM r WHERE r.requester IS NOT NULL
+        ), chosen AS (
+          SELECT requester FROM tops WHERE top IS NOT NULL ORDER BY top DESC LIMIT ${limit}
+        )
+        SELECT g.* FROM chosen CROSS JOIN LATERAL
+          (SELECT ${GRANT_COLS} FROM grants ${where("requester = chosen.requester")} ORDER BY seq DESC LIMIT ${limit}) AS g
+        ORDER BY g.seq DESC LIMIT ${limit}`;
+      return this.pageFrom(q, await this.rows<GrantRow>(sql, args));
     } else scans.push(scan());
     // UNION (not ALL) drops a grant found by two scans (a delegation between the party and itself).
     const sql =
       scans.length === 1
         ? scans[0]!
         : `SELECT * FROM (${scans.join(" UNION ")}) AS s ORDER BY seq DESC LIMIT ${limit}`;
-    const rows = await this.rows<GrantRow>(sql, args);
+    return this.pageFrom(q, await this.rows<GrantRow>(sql, args));
+  }
+
+  /** The page of `q` from its limit+1 newest rows. */
+  private pageFrom(q: GrantQuery, rows: GrantRow[]): GrantPage {
     return { items: rows.slice(0, q.limit).map(grantFromRow), hasMore: rows.length > q.limit };
   }
 

@@ -245,6 +245,18 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX grants_by_decider ON grants(decided_by, seq) WHERE decided_by IS NOT NULL;
   `,
   },
+  {
+    // Every status change moved a grant in grants_by_status (two more pages written a change); an
+    // admin's status list now merges the per-requester scans (SqliteStore.newestRequesters). The
+    // delegations' own index costs a command grant nothing and spares a scan of every grant for
+    // an admin's list of delegations.
+    version: 10,
+    what: "no index on the status alone; delegations by seq",
+    sql: `
+  DROP INDEX grants_by_status;
+  CREATE INDEX grants_delegations ON grants(seq) WHERE type = 'delegation';
+  `,
+  },
 ];
 
 /** Brings the database to the newest version (and re-keys users stored before normalisation). */

@@ -944,8 +944,9 @@ export class SqliteStore implements Store {
   }
 
   async queryGrants(q: GrantQuery): Promise<GrantPage> {
-    // One index range scan per requester (each bounded by limit+1), merged here: the cost depends
-    // on the page size and the number of requesters, not on how many grants are stored.
+    // One index range scan per scope (each bounded by limit+1), merged here: the cost depends on
+    // the page size and the number of scopes, not on how many grants are stored.
+    if (q.requesters && q.requesters.length === 0) return { items: [], hasMore: false };
     const scopes: { column: string; value: string }[] = [];
     if (q.party !== undefined) {
       scopes.push({ column: "delegator", value: q.party }, { column: "delegate", value: q.party });
@@ -953,20 +954,36 @@ export class SqliteStore implements Store {
     else if (q.delegate !== undefined) scopes.push({ column: "delegate", value: q.delegate });
     else if (q.decidedBy !== undefined) scopes.push({ column: "decided_by", value: q.decidedBy });
     else if (q.requesters) for (const r of q.requesters) scopes.push({ column: "requester", value: r });
-    const rows: GrantRow[] = [];
-    if (q.requesters && q.requesters.length === 0) return { items: [], hasMore: false };
-    const run = (column: string | undefined, value: string | undefined) => {
+    else if (q.type === "delegation") scopes.push({ column: "type", value: "delegation" });
+    else if (q.status) {
+      return this.snapshot(() => {
+        const { scopes: newest, from } = this.newestRequesters(q);
+        return newest.length ? this.pageOf(q, newest, from) : { items: [], hasMore: false };
+      });
+    }
+    return scopes.length > 1 ? this.snapshot(() => this.pageOf(q, scopes)) : this.pageOf(q, scopes);
+  }
+
+  /** The page of `q` over these scopes (none: every grant), seqs from `from` on; see queryGrants. */
+  private pageOf(
+    q: GrantQuery,
+    scopes: readonly { column: string; value: string }[],
+    from?: number,
+  ): GrantPage {
+    const scan = (cols: string, scope: { column: string; value: string } | undefined) => {
       const where: string[] = [];
       const args: (string | number)[] = [];
-      if (column) {
-        where.push(`${column} = ?`);
-        args.push(value!);
+      // A literal: a bound parameter does not imply grants_delegations' WHERE.
+      if (scope?.column === "type") where.push("type = 'delegation'");
+      else if (scope) {
+        where.push(`${scope.column} = ?`);
+        args.push(scope.value);
       }
       if (q.status) {
         where.push("status = ?");
         args.push(q.status);
       }
-      if (q.type) {
+      if (q.type && scope?.column !== "type") {
         where.push("type = ?");
         args.push(q.type);
       }
@@ -974,17 +991,74 @@ export class SqliteStore implements Store {
         where.push("seq < ?");
         args.push(q.before.seq);
       }
-      const sql = `SELECT ${GRANT_COLS} FROM grants ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
+      if (from !== undefined) {
+        where.push("seq >= ?");
+        args.push(from);
+      }
+      const sql = `SELECT ${cols} FROM grants ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
         ORDER BY seq DESC LIMIT ?`;
       args.push(q.limit + 1);
-      rows.push(...(this.q(sql).all(...args) as unknown as GrantRow[]));
+      return this.q(sql).all(...args);
     };
-    if (scopes.length === 0) run(undefined, undefined);
-    else for (const s of scopes) run(s.column, s.value);
-    rows.sort((a, b) => b.seq - a.seq);
-    const unique = rows.filter((r, i) => i === 0 || r.seq !== rows[i - 1]!.seq);
+    if (scopes.length <= 1) {
+      const rows = scan(GRANT_COLS, scopes[0]) as unknown as GrantRow[];
+      return { items: rows.slice(0, q.limit).map(grantFromRow), hasMore: rows.length > q.limit };
+    }
+    // Several scopes: their seqs only (from the index, no row read when it covers the filters),
+    // merged, then the page's rows.
+    const seqs: number[] = [];
+    for (const s of scopes) for (const r of scan("seq", s) as { seq: number }[]) seqs.push(r.seq);
+    seqs.sort((a, b) => b - a);
+    const unique = seqs.filter((x, i) => i === 0 || x !== seqs[i - 1]);
     const page = unique.slice(0, q.limit);
-    return { items: page.map(grantFromRow), hasMore: unique.length > q.limit };
+    const rows = this.q(
+      `SELECT ${GRANT_COLS} FROM grants WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq DESC`,
+    ).all(JSON.stringify(page)) as unknown as GrantRow[];
+    return { items: rows.map(grantFromRow), hasMore: unique.length > q.limit };
+  }
+
+  /**
+   * An admin's status-filtered list over every requester, without an index on the status alone
+   * (it would move at every status change): the requesters (a skip scan of grants_by_requester,
+   * one seek each), each one's newest matching seq (one seek in grants_by_requester_status), and
+   * the limit+1 requesters whose newest is newest. Only they can hold the page, and only from the
+   * last one's newest on (`from`): those limit+1 newest are limit+1 matches at or above it, and any
+   * other requester's are all below it. The cost grows with the number of requesters, not of grants.
+   */
+  private newestRequesters(q: GrantQuery): { scopes: { column: string; value: string }[]; from?: number } {
+    const where = ["requester = r.requester", "status = ?"];
+    const args: (string | number)[] = [q.status!];
+    if (q.type) {
+      where.push("type = ?");
+      args.push(q.type);
+    }
+    if (q.before) {
+      where.push("seq < ?");
+      args.push(q.before.seq);
+    }
+    args.push(q.limit + 1);
+    const rows = this.q(
+      `WITH RECURSIVE r(requester) AS (
+         SELECT min(requester) FROM grants
+         UNION ALL
+         SELECT (SELECT min(requester) FROM grants WHERE requester > r.requester) FROM r WHERE r.requester IS NOT NULL
+       )
+       SELECT requester, (SELECT seq FROM grants WHERE ${where.join(" AND ")} ORDER BY seq DESC LIMIT 1) AS top
+       FROM r WHERE requester IS NOT NULL AND top IS NOT NULL ORDER BY top DESC LIMIT ?`,
+    ).all(...args) as { requester: string; top: number }[];
+    const scopes = rows.map((r) => ({ column: "requester", value: r.requester }));
+    return rows.length > q.limit ? { scopes, from: rows[rows.length - 1]!.top } : { scopes };
+  }
+
+  /** Several reads as one snapshot (WAL: one read transaction); inside a batch, its transaction. */
+  private snapshot<T>(fn: () => T): T {
+    if (this.db.isTransaction) return fn();
+    this.db.exec("BEGIN");
+    try {
+      return fn();
+    } finally {
+      this.db.exec("COMMIT");
+    }
   }
 
   async transition(id: string, t: Transition): Promise<StoredGrant | undefined> {

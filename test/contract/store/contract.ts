@@ -566,6 +566,55 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect([more.items.length, more.hasMore]).toEqual([18, true]);
       });
 
+      it("pages an admin's status and type listings over many requesters exactly as the grants say", async () => {
+        const { s } = await fresh();
+        // Requesters whose newest grants of a status interleave, some with none of it; a pseudo-random
+        // but fixed mix, so a failure reproduces.
+        const statuses: Grant["status"][] = ["pending", "approved", "denied", "revoked", "expired", "used"];
+        const all: { id: string; status: Grant["status"]; type: Grant["type"] }[] = [];
+        let x = 7;
+        const next = (n: number) => {
+          x = (x * 1103515245 + 12345) % 2147483648;
+          return x % n;
+        };
+        for (let i = 0; i < 150; i++) {
+          const requester = `r${next(9)}@x`;
+          const status = i % 50 === 0 ? "revoked" : statuses[next(requester === "r0@x" ? 2 : 6)]!;
+          const grant =
+            next(10) === 0
+              ? delegation(requester, "bot@x", 100 + i, { status })
+              : command(requester, 100 + i, { status });
+          await s.insertGrant({ grant });
+          all.push({ id: grant.id, status, type: grant.type });
+        }
+        const newestFirst = [...all].reverse();
+        for (const status of [...statuses, undefined])
+          for (const type of ["command", "delegation", undefined] as const)
+            for (const limit of [1, 4, 25]) {
+              const expected = newestFirst
+                .filter((g) => (!status || g.status === status) && (!type || g.type === type))
+                .map((g) => g.id);
+              const seen: string[] = [];
+              let before: { createdAt: number; seq: number } | undefined;
+              for (let page = 0; page < 200; page++) {
+                const r = await s.queryGrants({
+                  ...(status ? { status } : {}),
+                  ...(type ? { type } : {}),
+                  limit,
+                  ...(before ? { before } : {}),
+                });
+                seen.push(...r.items.map((i) => i.grant.id));
+                expect(r.items.length, `${status} ${type} ${limit}`).toBe(
+                  Math.min(limit, expected.length - seen.length + r.items.length),
+                );
+                if (!r.hasMore) break;
+                const last = r.items.at(-1)!;
+                before = { createdAt: last.grant.created_at, seq: last.seq };
+              }
+              expect(seen, `${status} ${type} ${limit}`).toEqual(expected);
+            }
+      });
+
       it("filters listings by status, type and party", async () => {
         const { s } = await fresh();
         const cmd = await s.insertGrant({ grant: command("alice@x", 1, { status: "approved" }) });

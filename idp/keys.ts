@@ -71,7 +71,7 @@ export class Keyring {
   /** Re-reads the keys when another process changed the database (cheap: one counter). */
   async refresh(now: number): Promise<void> {
     if (this.reloading) return this.reloading;
-    const m = this.store.lifecycle?.changeMarker?.();
+    const m = this.store.lifecycle?.changeMarker?.("keys");
     if (m === undefined || m !== this.marker) await this.reload(now);
   }
 
@@ -83,7 +83,7 @@ export class Keyring {
   }
 
   private async read(now: number): Promise<void> {
-    this.marker = this.store.lifecycle?.changeMarker?.();
+    this.marker = this.store.lifecycle?.changeMarker?.("keys");
     let recs = await this.store.listSigningKeys();
     if (!recs.some((r) => r.retiredAt === undefined)) {
       // First start (or every key retired): add one, retiring none. Instances starting together on

@@ -45,6 +45,13 @@ export function migrate(db: DatabaseSync, migrations: readonly Migration[], afte
   db.exec("BEGIN IMMEDIATE");
   try {
     const { user_version: current } = db.prepare("PRAGMA user_version").get() as { user_version: number };
+    const newest = migrations.at(-1)?.version ?? 0;
+    // An older apes would miss what the newer schema relies on (an index dropped, a counter kept).
+    if (current > newest) {
+      throw new Error(
+        `${db.location() ?? "the database"} is at schema version ${current}, newer than this apes knows (${newest}): upgrade apes`,
+      );
+    }
     for (const m of migrations) {
       if (m.version <= current) continue;
       db.exec(m.sql);

@@ -9,6 +9,7 @@ import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:cryp
 import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
@@ -20,8 +21,8 @@ import type { Grant } from "../../protocol/types.ts";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
+    const [k, ...v] = a.replace(/^--/, "").split("=");
+    return [k!, v.length ? v.join("=") : "1"];
   }),
 );
 const SEED = Number(args.get("seed") ?? 100_000);
@@ -101,6 +102,14 @@ const PROFILE = args.get("profile");
 // data dir, run in the same alternating slices: a before/after in one run.
 const COMPARE_BIN = args.get("compare-bin");
 if (COMPARE_BIN) cpSync(dataDir, join(base, "data-compare"), { recursive: true });
+// --compare-sql="...": SQL run on that copy first, to give an older build its own schema (the seed
+// is made by this tree's store): e.g. the index a migration dropped, and its user_version.
+const COMPARE_SQL = args.get("compare-sql");
+if (COMPARE_BIN && COMPARE_SQL) {
+  const db = new DatabaseSync(join(base, "data-compare", "idp.sqlite"));
+  db.exec(COMPARE_SQL);
+  db.close();
+}
 
 /** Starts an IdP from `binPath` (or from source under --cpu-prof) on `dir`; logs everyone in. */
 async function startServer(binPath: string | undefined, dir: string) {

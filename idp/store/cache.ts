@@ -1,4 +1,4 @@
-import type { Store, StoredGrant, SubscriptionRecord, UserRecord } from "./types.ts";
+import type { ChangeKind, Store, StoredGrant, SubscriptionRecord, UserRecord } from "./types.ts";
 
 /**
  * A Store whose lookups on every request are served from memory: users, the delegation behind a
@@ -7,7 +7,9 @@ import type { Store, StoredGrant, SubscriptionRecord, UserRecord } from "./types
  * decision. They change only through this process (every write goes through this wrapper and keeps
  * or drops what it touches) or through another process (the offline admin commands, key rotation;
  * detected by the store's change marker, checked on every cached lookup: a user disabled there is
- * refused on its next request, a grant decided there is read again). A store without a change
+ * refused on its next request, a grant decided there is read again; users and subscriptions are
+ * dropped only when the store's marker for their kind moved, so other workers' grant writes leave
+ * them alone). A store without a change
  * marker is returned as it is: nothing could tell this process that another one changed the data.
  *
  * Lookups and writes interleave (each awaits the store): a value read while a write to it was under
@@ -17,7 +19,7 @@ import type { Store, StoredGrant, SubscriptionRecord, UserRecord } from "./types
 export function withReadCache(store: Store): Store {
   const lifecycle = store.lifecycle;
   if (!lifecycle?.changeMarker) return store;
-  const changeMarker = () => lifecycle.changeMarker!();
+  const changeMarker = (kind?: ChangeKind) => lifecycle.changeMarker!(kind);
   const users = new Map<string, UserRecord | undefined>();
   const subordinates = new Map<string, string[]>();
   const grants = new Map<string, StoredGrant>();
@@ -26,6 +28,8 @@ export function withReadCache(store: Store): Store {
   let grantsGeneration = 0;
   let subscriptionsGeneration = 0;
   let marker = changeMarker();
+  let usersMarker = changeMarker("users");
+  let subscriptionsMarker = changeMarker("subscriptions");
   const dropUsers = () => {
     usersGeneration++;
     users.clear();
@@ -41,11 +45,20 @@ export function withReadCache(store: Store): Store {
   };
   const fresh = () => {
     const m = changeMarker();
-    if (m !== marker) {
-      marker = m;
+    if (m === marker) return;
+    marker = m;
+    // Another process changed something: grants (written by every worker) are read again, users
+    // and subscriptions only when their own counter moved.
+    grantsGeneration++;
+    grants.clear();
+    const u = changeMarker("users");
+    if (u !== usersMarker) {
+      usersMarker = u;
       dropUsers();
-      grantsGeneration++;
-      grants.clear();
+    }
+    const s = changeMarker("subscriptions");
+    if (s !== subscriptionsMarker) {
+      subscriptionsMarker = s;
       dropSubscriptions();
     }
   };

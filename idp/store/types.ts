@@ -386,6 +386,9 @@ export interface NotificationQuery {
  * housekeeping (SQLite: WAL checkpoints in a worker thread) is the implementation's own business,
  * started when it opens and stopped by close().
  */
+/** What changeMarker(kind) can tell apart: the rarely written data kept in memory. */
+export type ChangeKind = "users" | "subscriptions" | "keys";
+
 export interface StoreLifecycle {
   /**
    * Resolves once every write made so far is committed (SQLite: group commit batches the writes of
@@ -395,9 +398,12 @@ export interface StoreLifecycle {
   /**
    * A cheap synchronous counter that differs once another process has committed (key rotation, the
    * offline admin commands; SQLite: PRAGMA data_version). Without it nothing is kept in memory
-   * across requests: idp/store/cache.ts and the keyring read the store every time.
+   * across requests: idp/store/cache.ts and the keyring read the store every time. With a kind: a
+   * counter that differs at least once another process has changed that kind of data (SQLite: one
+   * counter a kind, kept by triggers), so the grants other workers write all the time leave cached
+   * users, subscriptions and keys alone; a store that cannot tell kinds apart answers as without.
    */
-  changeMarker?(): number;
+  changeMarker?(kind?: ChangeKind): number;
   /**
    * A request begins: the next changeMarker() looks at the database again (SQLite reads
    * data_version once per request instead of at every cached lookup; see its changeMarker).

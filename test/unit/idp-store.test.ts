@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterEach, describe, expect, it } from "vitest";
-import { Keyring, rotateKeys } from "../../idp/keys.ts";
+import { Keyring, newSigningKeyRecord, rotateKeys } from "../../idp/keys.ts";
 import { withReadCache } from "../../idp/store/cache.ts";
 import { MIGRATIONS, migrate } from "../../idp/store/sqlite/migrations.ts";
 import { openSqliteStore, type SqliteOptions } from "../../idp/store/sqlite/store.ts";
@@ -145,6 +145,20 @@ describe("sqlite store", () => {
     ).map((r) => r.name);
     expect(indexes).not.toContain("grants_by_status");
     expect(indexes).toContain("grants_delegations");
+    check.close();
+  });
+
+  it("refuses a data dir migrated by a newer apes, changing nothing", async () => {
+    const { s, dir } = open();
+    await s.close();
+    const db = new DatabaseSync(join(dir, "idp.sqlite"));
+    db.exec(`PRAGMA user_version = ${MIGRATIONS.length + 1}`);
+    db.close();
+    expect(() => openSqliteStore(dir)).toThrow(/newer than this apes knows/);
+    const check = new DatabaseSync(join(dir, "idp.sqlite"), { readOnly: true });
+    expect((check.prepare("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(
+      MIGRATIONS.length + 1,
+    );
     check.close();
   });
 
@@ -290,6 +304,71 @@ describe("read cache (the server's view of users and delegations)", () => {
     other.close();
     await new Promise((r) => setImmediate(r));
     expect(await cached.subscriptionsOf(["alice@x"])).toEqual([]);
+  });
+
+  it("keeps users, subscriptions and keys while another process writes grants, not once it changes them", async () => {
+    const { s, dir } = open();
+    await s.addUser({ email: "alice@x", kind: "human", publicKey: "ssh-ed25519 AAAA", createdAt: 1 });
+    await s.addUser({
+      email: "bot@x",
+      kind: "agent",
+      owner: "alice@x",
+      publicKey: "ssh-ed25519 AAAB",
+      createdAt: 1,
+    });
+    await s.addSigningKey(newSigningKeyRecord(1));
+    const reads = { users: 0, subordinates: 0, subscriptions: 0, keys: 0 };
+    const counting =
+      <A extends unknown[], R>(kind: keyof typeof reads, fn: (...a: A) => R) =>
+      (...a: A) => {
+        reads[kind]++;
+        return fn(...a);
+      };
+    const counted: Store = Object.assign(Object.create(s) as Store, {
+      getUser: counting("users", (e: string) => s.getUser(e)),
+      subordinatesOf: counting("subordinates", (e: string) => s.subordinatesOf(e)),
+      subscriptionsOf: counting("subscriptions", (o: readonly string[]) => s.subscriptionsOf(o)),
+      listSigningKeys: counting("keys", () => s.listSigningKeys()),
+    });
+    const cached = withReadCache(counted);
+    const ring = await Keyring.open(cached, 1);
+    const lookUp = async () => {
+      await cached.getUser("bot@x");
+      await cached.subordinatesOf("alice@x");
+      await cached.subscriptionsOf(["alice@x"]);
+      await ring.refresh(2);
+    };
+    await lookUp();
+    const other = new DatabaseSync(join(dir, "idp.sqlite")); // another worker
+    const otherGrant = g("bot@x", 3);
+    other
+      .prepare(
+        "INSERT INTO grants (id, type, requester, status, grant_type, request, created_at) VALUES (?, 'command', 'bot@x', 'pending', 'once', ?, 3)",
+      )
+      .run(otherGrant.id, JSON.stringify(otherGrant.request));
+    await new Promise((r) => setImmediate(r)); // the next request
+    await lookUp();
+    expect(reads).toEqual({ users: 1, subordinates: 1, subscriptions: 1, keys: 1 });
+    // Its grant is read from the store, not missed.
+    expect((await cached.getGrant(otherGrant.id))?.grant.status).toBe("pending");
+    // A user, a subscription and a key changed there: each read again here.
+    other.prepare("UPDATE users SET disabled = 1 WHERE email = 'bot@x'").run();
+    await new Promise((r) => setImmediate(r));
+    expect((await cached.getUser("bot@x"))?.disabled).toBe(true);
+    expect(reads.users).toBe(2);
+    other
+      .prepare(
+        "INSERT INTO notify_subscriptions (id, owner, channel, target, secret, events, created_at) VALUES ('00000000-0000-4000-8000-00000000bb01', 'alice@x', 'webhook', 'https://hooks.example/x', NULL, '[\"pending\"]', 1)",
+      )
+      .run();
+    other.prepare("UPDATE signing_keys SET max_exp = max_exp + 1").run();
+    await new Promise((r) => setImmediate(r));
+    await lookUp();
+    expect(reads).toMatchObject({ subscriptions: 2, keys: 2 });
+    expect((await cached.subscriptionsOf(["alice@x"])).map((x) => x.id)).toEqual([
+      "00000000-0000-4000-8000-00000000bb01",
+    ]);
+    other.close();
   });
 
   it("reads data_version once per request, in the next turn outside requests, at once after a commit here", async () => {

@@ -257,6 +257,29 @@ export const MIGRATIONS: readonly Migration[] = [
   CREATE INDEX grants_delegations ON grants(seq) WHERE type = 'delegation';
   `,
   },
+  {
+    // What each worker keeps in memory (users, subscriptions, keys) changes rarely; grants change
+    // at every request of every worker. data_version moves at any other connection's commit, these
+    // counters only when their kind changed (SqliteStore.changeMarker(kind)).
+    version: 11,
+    what: "a change counter for each kind of data the server keeps in memory",
+    sql: `
+  CREATE TABLE change_counters (kind TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+  INSERT INTO change_counters (kind, n) VALUES ('users', 0), ('subscriptions', 0), ('keys', 0);
+  CREATE TRIGGER users_insert_counted AFTER INSERT ON users BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'users'; END;
+  CREATE TRIGGER users_update_counted AFTER UPDATE ON users BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'users'; END;
+  CREATE TRIGGER users_delete_counted AFTER DELETE ON users BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'users'; END;
+  CREATE TRIGGER approvers_insert_counted AFTER INSERT ON approvers BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'users'; END;
+  CREATE TRIGGER approvers_update_counted AFTER UPDATE ON approvers BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'users'; END;
+  CREATE TRIGGER approvers_delete_counted AFTER DELETE ON approvers BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'users'; END;
+  CREATE TRIGGER notify_subscriptions_insert_counted AFTER INSERT ON notify_subscriptions BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'subscriptions'; END;
+  CREATE TRIGGER notify_subscriptions_update_counted AFTER UPDATE ON notify_subscriptions BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'subscriptions'; END;
+  CREATE TRIGGER notify_subscriptions_delete_counted AFTER DELETE ON notify_subscriptions BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'subscriptions'; END;
+  CREATE TRIGGER signing_keys_insert_counted AFTER INSERT ON signing_keys BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'keys'; END;
+  CREATE TRIGGER signing_keys_update_counted AFTER UPDATE ON signing_keys BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'keys'; END;
+  CREATE TRIGGER signing_keys_delete_counted AFTER DELETE ON signing_keys BEGIN UPDATE change_counters SET n = n + 1 WHERE kind = 'keys'; END;
+  `,
+  },
 ];
 
 /** Brings the database to the newest version (and re-keys users stored before normalisation). */

@@ -5,6 +5,7 @@ import { openPrivateSqlite, privateWalFiles } from "../../../server/sqlite.ts";
 import {
   type AttemptOutcome,
   type AuthCodeRecord,
+  type ChangeKind,
   type ClientRecord,
   type DeviceCodeRecord,
   type GrantPage,
@@ -360,7 +361,7 @@ export class SqliteStore implements Store {
       if (b && this.commitOnFlush) this.commitBatch();
       return b?.promise ?? Promise.resolve();
     },
-    changeMarker: () => this.changeMarker(),
+    changeMarker: (kind) => (kind === undefined ? this.changeMarker() : this.kindMarker(kind)),
     beginRequest: () => this.forgetMarker(),
   };
 
@@ -381,6 +382,27 @@ export class SqliteStore implements Store {
       this.markerTimer ??= setImmediate(this.forgetMarker);
     }
     return this.marker;
+  }
+
+  /** change_counters as read at data_version `countersAt` (migration 11). */
+  private counters = new Map<string, number>();
+  private countersAt: number | undefined;
+
+  /**
+   * The change counter of `kind`, read again only when data_version moved: one small read after
+   * another process's commit, instead of every cached user, subscription and key read again.
+   * Read after data_version, so it includes at least every change that one does.
+   */
+  private kindMarker(kind: ChangeKind): number {
+    const version = this.changeMarker();
+    if (this.countersAt !== version) {
+      const rows = this.q("SELECT kind, n FROM change_counters").all() as { kind: string; n: number }[];
+      this.counters = new Map(rows.map((r) => [r.kind, r.n]));
+      this.countersAt = version;
+    }
+    const n = this.counters.get(kind);
+    if (n === undefined) throw new Error(`no change counter for ${kind}`);
+    return n;
   }
 
   private markerTimer: NodeJS.Immediate | undefined;

@@ -13,6 +13,7 @@ import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:cryp
 import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { Worker } from "node:worker_threads";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
@@ -26,8 +27,8 @@ import { processCpuMs, quantile, requireBuiltApes } from "../common.mjs";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
+    const [k, ...v] = a.replace(/^--/, "").split("=");
+    return [k!, v.length ? v.join("=") : "1"];
   }),
 );
 const SEED = Number(args.get("seed") ?? 20_000);
@@ -39,6 +40,12 @@ const NOTIFY = Number(args.get("notify") ?? 100);
 const SAMPLE_HZ = Number(args.get("lock-sample-hz") ?? 200);
 const ISSUER = "https://idp.bench.test";
 const bin = requireBuiltApes();
+// --compare-bin=PATH: another build (e.g. main's dist/apes copied aside) run with each worker count
+// in the same rotation, on its own copy of the seed; --compare-sql="..." is run on its copies first
+// (the seed is made by this tree's store: give the older build its own schema).
+const COMPARE_BIN = args.get("compare-bin");
+const COMPARE_SQL = args.get("compare-sql");
+const BUILDS = COMPARE_BIN ? [bin, COMPARE_BIN] : [bin];
 
 const base = mkdtempSync(join(tmpdir(), "apes-bench-workers-"));
 const human = generateKeyPairSync("ed25519");
@@ -89,7 +96,7 @@ const agents = Array.from({ length: CLIENTS }, (_, i) => ({
 
 // --- the write-lock sampler: a thread reading /proc/locks SAMPLE_HZ times a second ---
 // counters[0]: samples, counters[1]: samples with the write lock held, per watched file (slot 2k, 2k+1)
-const counters = new Int32Array(new SharedArrayBuffer(4 * 2 * WORKERS.length));
+const counters = new Int32Array(new SharedArrayBuffer(4 * 2 * WORKERS.length * BUILDS.length));
 const SAMPLER = `
 const { workerData } = require("node:worker_threads");
 const { readFileSync } = require("node:fs");
@@ -107,6 +114,8 @@ for (;;) {
 
 interface Server {
   workers: number;
+  /** The worker count, and "(compare)" for --compare-bin's build. */
+  label: string;
   proc: ReturnType<typeof spawn>;
   pool: Pool;
   dir: string;
@@ -126,11 +135,18 @@ interface Server {
   ): Promise<{ status: number; body: any; headers: Record<string, unknown> }>;
 }
 
-async function start(workers: number): Promise<Server> {
-  const dir = join(base, `w${workers}`);
+async function start(workers: number, build: string): Promise<Server> {
+  const compared = build !== bin;
+  const label = compared ? `${workers} (compare)` : String(workers);
+  const dir = join(base, `w${workers}${compared ? "-compare" : ""}`);
   cpSync(join(base, "seed"), dir, { recursive: true });
+  if (compared && COMPARE_SQL) {
+    const db = new DatabaseSync(join(dir, DB_FILE));
+    db.exec(COMPARE_SQL);
+    db.close();
+  }
   const proc = spawn(
-    bin,
+    build,
     ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dir, "--issuer", ISSUER, "--log-level", "warn"]
       .concat(["--workers", String(workers), "--rate-limit", "off", "--login-rate-limit", "off"])
       .concat(["--token-rate-limit", "off", "--connection-rate", "off"]),
@@ -183,6 +199,7 @@ async function start(workers: number): Promise<Server> {
   const pids = [proc.pid!, ...(workers > 1 ? childPids(proc.pid!) : [])];
   return {
     workers,
+    label,
     proc,
     pool,
     dir,
@@ -199,7 +216,7 @@ const proofFor = (grant: Record<string, unknown>) =>
   signApproval(approvalInputOf(ISSUER, grant, {}), "alice@bench.test", human.privateKey);
 
 const servers: Server[] = [];
-for (const n of WORKERS) servers.push(await start(n));
+for (const n of WORKERS) for (const build of BUILDS) servers.push(await start(n, build));
 const inodes = servers.map((s) => statSync(join(s.dir, `${DB_FILE}-shm`)).ino);
 const sampler = new Worker(SAMPLER, {
   eval: true,
@@ -218,9 +235,9 @@ interface Totals {
   lat: number[];
   loads: string[];
 }
-const totals = new Map<number, Totals>(
+const totals = new Map<string, Totals>(
   servers.map((s) => [
-    s.workers,
+    s.label,
     { done: 0, errors: 0, secs: 0, serverCpu: 0, clientCpu: 0, samples: 0, held: 0, lat: [], loads: [] },
   ]),
 );
@@ -229,7 +246,7 @@ const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 
 let n = 0;
 
 async function slice(s: Server, seconds: number): Promise<void> {
-  const t = totals.get(s.workers)!;
+  const t = totals.get(s.label)!;
   const k = servers.indexOf(s);
   const [samples0, held0] = [Atomics.load(counters, 2 * k), Atomics.load(counters, 2 * k + 1)];
   const cpu0 = treeCpu(s);
@@ -279,7 +296,7 @@ for (let round = 0; round < SLICES; round++) {
 }
 
 // --- notification latency: waiter and approval on two different connections ---
-const notify = new Map<number, number[]>(servers.map((s) => [s.workers, []]));
+const notify = new Map<string, number[]>(servers.map((s) => [s.label, []]));
 for (const s of servers) {
   const origin = s.origin;
   // Two pools of one connection each, opened one after the other: different workers (round robin).
@@ -287,7 +304,7 @@ for (const s of servers) {
   const approverPool = new Pool(origin, { connections: 1 });
   await s.call("GET", "/.well-known/openid-configuration", undefined, undefined, {}, waiterPool);
   await s.call("GET", "/.well-known/openid-configuration", undefined, undefined, {}, approverPool);
-  const out = notify.get(s.workers)!;
+  const out = notify.get(s.label)!;
   for (let i = 0; i < NOTIFY; i++) {
     const token = s.tokens[i % s.tokens.length]!;
     const c = await s.call("POST", s.G, token, {
@@ -343,12 +360,12 @@ console.log(
 );
 console.log("|---|---|---|---|---|---|---|---|---|---|");
 for (const s of servers) {
-  const t = totals.get(s.workers)!;
+  const t = totals.get(s.label)!;
   const share = t.held / Math.max(1, t.samples);
-  const nt = notify.get(s.workers)!;
+  const nt = notify.get(s.label)!;
   console.log(
-    `| ${s.workers} | ${f(t.done / t.secs, 0)} | ${f(t.serverCpu / t.done)} | ${f(t.serverCpu / 1000 / t.secs)} | ${f(t.clientCpu / t.done)} | ${f(100 * share, 1)} % | ${f((share * t.secs * 1000) / t.done, 3)} | ${f(quantile(t.lat, 0.5))} / ${f(quantile(t.lat, 0.99))} | ${f(quantile(nt, 0.5))} / ${f(quantile(nt, 0.99))} | ${t.errors} |`,
+    `| ${s.label} | ${f(t.done / t.secs, 0)} | ${f(t.serverCpu / t.done)} | ${f(t.serverCpu / 1000 / t.secs)} | ${f(t.clientCpu / t.done)} | ${f(100 * share, 1)} % | ${f((share * t.secs * 1000) / t.done, 3)} | ${f(quantile(t.lat, 0.5))} / ${f(quantile(t.lat, 0.99))} | ${f(quantile(nt, 0.5))} / ${f(quantile(nt, 0.99))} | ${t.errors} |`,
   );
 }
 console.log("\nload average after each slice:");
-for (const s of servers) console.log(`  ${s.workers} worker(s): ${totals.get(s.workers)!.loads.join(" | ")}`);
+for (const s of servers) console.log(`  ${s.label} worker(s): ${totals.get(s.label)!.loads.join(" | ")}`);

@@ -4,12 +4,17 @@
 // synchronous=NORMAL and the same group commit (one transaction per event-loop turn, no reply
 // before its COMMIT), JSON bodies in and out. No routing table, authentication, validation,
 // rate limits, logging or events. Started by bench/idp/run.ts; prints its URL on stdout.
-//   node bench/idp/floor.ts --data=DIR --seed=N --approver-key=<base64 SPKI DER>
+//   node bench/idp/floor.ts --data=DIR --seed=N --approver-key=<base64 SPKI DER> [--schema=apes --requesters=N]
+// --schema=bare (the default): a grants table of id, status and request, no other index.
+// --schema=apes: the IdP's own schema (its migrations, every index of the grants table), the same
+// columns written by the same three statements (without RETURNING), the seed spread over
+// --requesters as bench/idp/run.ts spreads its own: the same SQLite writes, index upkeep included.
 import { createPublicKey, generateKeyPairSync, randomUUID, sign, verify } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { startCheckpointer } from "../../idp/store/sqlite/checkpointer.ts";
+import { migrate } from "../../idp/store/sqlite/migrations.ts";
 
 const args = new Map(
   process.argv.slice(2).map((a) => {
@@ -22,14 +27,28 @@ db.exec("PRAGMA journal_mode = WAL");
 db.exec("PRAGMA synchronous = NORMAL");
 db.exec("PRAGMA cache_size = -65536");
 db.exec("PRAGMA mmap_size = 268435456");
-db.exec(
-  "CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, status TEXT NOT NULL, request TEXT NOT NULL)",
-);
-// The same number of stored grants as the IdP's store, so the primary-key b-tree has the same depth.
+const APES_SCHEMA = args.get("schema") === "apes";
+const REQUESTERS = Number(args.get("requesters") ?? 50);
+if (APES_SCHEMA) migrate(db);
+else {
+  db.exec(
+    "CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, status TEXT NOT NULL, request TEXT NOT NULL)",
+  );
+}
+// The same number of stored grants as the IdP's store, so the b-trees have the same depth.
 const seed = Number(args.get("seed") ?? 0);
 db.exec("BEGIN");
-const seedRow = db.prepare("INSERT INTO grants (id, status, request) VALUES (?, 'used', ?)");
-for (let i = 0; i < seed; i++) seedRow.run(randomUUID(), `{"command":["seed","${i}"]}`);
+const SEED_STATUSES = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
+const seedRow = APES_SCHEMA
+  ? db.prepare(
+      "INSERT INTO grants (id, type, requester, status, grant_type, request, created_at) VALUES (?, 'command', ?, ?, 'once', ?, 1)",
+    )
+  : db.prepare("INSERT INTO grants (id, status, request) VALUES (?, 'used', ?)");
+for (let i = 0; i < seed; i++) {
+  const request = `{"command":["seed","${i}"]}`;
+  if (APES_SCHEMA) seedRow.run(randomUUID(), `agent${i % REQUESTERS}`, SEED_STATUSES[i % 7]!, request);
+  else seedRow.run(randomUUID(), request);
+}
 db.exec("COMMIT");
 // Checkpoints off the event loop, once a second, as the IdP does.
 db.exec("PRAGMA wal_autocheckpoint = 0");
@@ -46,9 +65,28 @@ const approver = createPublicKey({
   type: "spki",
 });
 const signing = generateKeyPairSync("ed25519").privateKey;
-const insert = db.prepare("INSERT INTO grants (id, status, request) VALUES (?, 'pending', ?)");
-const approve = db.prepare("UPDATE grants SET status = 'approved' WHERE id = ? AND status = 'pending'");
-const consume = db.prepare("UPDATE grants SET status = 'used' WHERE id = ? AND status = 'approved'");
+const nowSec = () => Math.floor(Date.now() / 1000);
+const insertRow = APES_SCHEMA
+  ? db.prepare(
+      "INSERT INTO grants (id, type, requester, status, grant_type, request, created_at) VALUES (?, 'command', ?, 'pending', 'once', ?, ?)",
+    )
+  : db.prepare("INSERT INTO grants (id, status, request) VALUES (?, 'pending', ?)");
+const insert = {
+  run: (id: string, request: string, requester: string) =>
+    APES_SCHEMA ? insertRow.run(id, requester, request, nowSec()) : insertRow.run(id, request),
+};
+const approveRow = APES_SCHEMA
+  ? db.prepare(
+      "UPDATE grants SET status = 'approved', version = version + 1, decided_by = 'alice@bench.test', decided_at = ? WHERE id = ? AND status = 'pending'",
+    )
+  : db.prepare("UPDATE grants SET status = 'approved' WHERE id = ? AND status = 'pending'");
+const approve = { run: (id: string) => (APES_SCHEMA ? approveRow.run(nowSec(), id) : approveRow.run(id)) };
+const consumeRow = APES_SCHEMA
+  ? db.prepare(
+      "UPDATE grants SET status = 'used', version = version + 1, used_at = ? WHERE id = ? AND status = 'approved'",
+    )
+  : db.prepare("UPDATE grants SET status = 'used' WHERE id = ? AND status = 'approved'");
+const consume = { run: (id: string) => (APES_SCHEMA ? consumeRow.run(nowSec(), id) : consumeRow.run(id)) };
 const issued = new Map<string, string>();
 
 // Group commit, as the IdP's store: the first write of a turn opens the transaction, the next turn
@@ -87,7 +125,7 @@ function handle(req: IncomingMessage, res: ServerResponse, raw: string): void {
     const grantId = randomUUID();
     const request = JSON.stringify(body);
     write(
-      () => insert.run(grantId, request),
+      () => insert.run(grantId, request, String(body.requester ?? "agent0")),
       () => send(res, 201, { id: grantId, status: "pending", request: body }),
     );
   } else if (action === "approve") {

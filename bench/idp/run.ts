@@ -234,6 +234,8 @@ const serverCpuMs = (pid: number) => {
 };
 
 // --- the floor (bench/idp/floor.ts): the same signatures, verifications and writes, nothing else ---
+const FLOOR_SCHEMA = args.get("floor-schema") ?? "bare";
+if (FLOOR_SCHEMA !== "bare" && FLOOR_SCHEMA !== "apes") throw new Error("--floor-schema is bare or apes");
 const floorProc = spawn(
   process.execPath,
   [
@@ -241,6 +243,9 @@ const floorProc = spawn(
     `--data=${base}`,
     `--seed=${SEED}`,
     `--approver-key=${human.publicKey.export({ format: "der", type: "spki" }).toString("base64")}`,
+    // --floor-schema=apes: the floor on the IdP's own schema (every index), see floor.ts.
+    `--schema=${FLOOR_SCHEMA}`,
+    `--requesters=${MAX_CLIENTS}`,
   ],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
@@ -266,6 +271,7 @@ async function floorCall(path: string, body: unknown, token?: string) {
 /** One floor lifecycle; the client signs the proof as it does for the IdP. */
 async function floorLifecycle(n: number): Promise<boolean> {
   const c = await floorCall("/grants", {
+    ...(FLOOR_SCHEMA === "apes" ? { requester: agents[n % agents.length]!.email } : {}),
     target_host: "web1",
     audience: "escapes",
     grant_type: "once",
@@ -447,7 +453,7 @@ console.log("|---|---|---|---|---|---|---|---|");
 for (const l of results) console.log(l);
 if (SLICES > 0) {
   console.log(
-    `\nagainst the floor (bench/idp/floor.ts), ${SLICES} alternating slices each per level, load average after each level: ${loadSeen.join(" / ")}\n`,
+    `\nagainst the floor (bench/idp/floor.ts, --schema=${FLOOR_SCHEMA}), ${SLICES} alternating slices each per level, load average after each level: ${loadSeen.join(" / ")}\n`,
   );
   console.log(
     "| clients | ours lifecycles/s | floor lifecycles/s | ours / floor | ours CPU ms / lifecycle | floor CPU ms / lifecycle | floor CPU / ours | floor errors |",

@@ -371,6 +371,32 @@ describe("read cache (the server's view of users and delegations)", () => {
     other.close();
   });
 
+  it("reads data_version once per batch while its write lock is held, again at the request after its commit", async () => {
+    const { s, dir } = open(undefined, { groupCommit: true });
+    const pragma = (s as unknown as { q(sql: string): { get(): unknown } }).q("PRAGMA data_version");
+    const get = pragma.get.bind(pragma);
+    let reads = 0;
+    pragma.get = () => {
+      reads++;
+      return get();
+    };
+    await s.insertGrant({ grant: g("a", 1) }); // opens a batch (BEGIN IMMEDIATE)
+    s.lifecycle.beginRequest!();
+    const first = s.lifecycle.changeMarker!();
+    for (let i = 0; i < 5; i++) {
+      s.lifecycle.beginRequest!();
+      expect(s.lifecycle.changeMarker!()).toBe(first);
+    }
+    expect(reads).toBe(1);
+    await s.lifecycle.flush!();
+    const raw = new DatabaseSync(join(dir, "idp.sqlite")); // another process, once the lock is free
+    raw.exec("CREATE TABLE t1 (x)");
+    raw.close();
+    s.lifecycle.beginRequest!();
+    expect(s.lifecycle.changeMarker!()).not.toBe(first);
+    expect(reads).toBe(2);
+  });
+
   it("reads data_version once per request, in the next turn outside requests, at once after a commit here", async () => {
     const { s, dir } = open();
     const marker = () => s.lifecycle.changeMarker!();

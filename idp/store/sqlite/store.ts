@@ -362,7 +362,11 @@ export class SqliteStore implements Store {
       return b?.promise ?? Promise.resolve();
     },
     changeMarker: (kind) => (kind === undefined ? this.changeMarker() : this.kindMarker(kind)),
-    beginRequest: () => this.forgetMarker(),
+    beginRequest: () => {
+      // While this connection's batch holds the write lock no other can commit: a value read
+      // inside the batch stays true until it commits.
+      if (this.batch === undefined || this.markerBatch !== this.batch) this.forgetMarker();
+    },
   };
 
   /**
@@ -378,11 +382,15 @@ export class SqliteStore implements Store {
     if (this.marker === undefined || others !== this.markerOthers) {
       this.marker = (this.q("PRAGMA data_version").get() as { data_version: number }).data_version;
       this.markerOthers = others;
+      this.markerBatch = this.batch;
       // Referenced: the loop does not block in a poll for I/O while the value is kept.
       this.markerTimer ??= setImmediate(this.forgetMarker);
     }
     return this.marker;
   }
+
+  /** The group-commit batch open when the marker was read (see beginRequest). */
+  private markerBatch: object | undefined;
 
   /** change_counters as read at data_version `countersAt` (migration 11). */
   private counters = new Map<string, number>();

@@ -986,20 +986,13 @@ export class SqliteStore implements Store {
     else if (q.requesters) for (const r of q.requesters) scopes.push({ column: "requester", value: r });
     else if (q.type === "delegation") scopes.push({ column: "type", value: "delegation" });
     else if (q.status) {
-      return this.snapshot(() => {
-        const { scopes: newest, from } = this.newestRequesters(q);
-        return newest.length ? this.pageOf(q, newest, from) : { items: [], hasMore: false };
-      });
+      return this.snapshot(() => this.statusPage(q));
     }
     return scopes.length > 1 ? this.snapshot(() => this.pageOf(q, scopes)) : this.pageOf(q, scopes);
   }
 
-  /** The page of `q` over these scopes (none: every grant), seqs from `from` on; see queryGrants. */
-  private pageOf(
-    q: GrantQuery,
-    scopes: readonly { column: string; value: string }[],
-    from?: number,
-  ): GrantPage {
+  /** The page of `q` over these scopes (none: every grant); see queryGrants. */
+  private pageOf(q: GrantQuery, scopes: readonly { column: string; value: string }[]): GrantPage {
     const scan = (cols: string, scope: { column: string; value: string } | undefined) => {
       const where: string[] = [];
       const args: (string | number)[] = [];
@@ -1021,10 +1014,6 @@ export class SqliteStore implements Store {
         where.push("seq < ?");
         args.push(q.before.seq);
       }
-      if (from !== undefined) {
-        where.push("seq >= ?");
-        args.push(from);
-      }
       const sql = `SELECT ${cols} FROM grants ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
         ORDER BY seq DESC LIMIT ?`;
       args.push(q.limit + 1);
@@ -1040,44 +1029,65 @@ export class SqliteStore implements Store {
     for (const s of scopes) for (const r of scan("seq", s) as { seq: number }[]) seqs.push(r.seq);
     seqs.sort((a, b) => b - a);
     const unique = seqs.filter((x, i) => i === 0 || x !== seqs[i - 1]);
-    const page = unique.slice(0, q.limit);
+    return this.rowsOf(unique.slice(0, q.limit), unique.length > q.limit);
+  }
+
+  /** The grants of these seqs, newest first. */
+  private rowsOf(seqs: readonly number[], hasMore: boolean): GrantPage {
     const rows = this.q(
       `SELECT ${GRANT_COLS} FROM grants WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq DESC`,
-    ).all(JSON.stringify(page)) as unknown as GrantRow[];
-    return { items: rows.map(grantFromRow), hasMore: unique.length > q.limit };
+    ).all(JSON.stringify(seqs)) as unknown as GrantRow[];
+    return { items: rows.map(grantFromRow), hasMore };
   }
 
   /**
    * An admin's status-filtered list over every requester, without an index on the status alone
-   * (it would move at every status change): the requesters (a skip scan of grants_by_requester,
-   * one seek each), each one's newest matching seq (one seek in grants_by_requester_status), and
-   * the limit+1 requesters whose newest is newest. Only they can hold the page, and only from the
-   * last one's newest on (`from`): those limit+1 newest are limit+1 matches at or above it, and any
-   * other requester's are all below it. The cost grows with the number of requesters, not of grants.
+   * (it would be rewritten at every status change). The requesters come from a skip scan of
+   * grants_by_requester (one seek each), each with its newest match (one seek in
+   * grants_by_requester_status); only the limit+1 whose newest are newest can hold the page (those
+   * are limit+1 matches, and every other requester's are older). Their matches are then merged one
+   * seek at a time, newest first: about limit+1 seeks. The cost grows with the number of
+   * requesters, not of grants.
    */
-  private newestRequesters(q: GrantQuery): { scopes: { column: string; value: string }[]; from?: number } {
-    const where = ["requester = r.requester", "status = ?"];
-    const args: (string | number)[] = [q.status!];
+  private statusPage(q: GrantQuery): GrantPage {
+    const where = ["requester = ?", "status = ?"];
+    const filters: (string | number)[] = [q.status!];
     if (q.type) {
       where.push("type = ?");
-      args.push(q.type);
+      filters.push(q.type);
     }
-    if (q.before) {
-      where.push("seq < ?");
-      args.push(q.before.seq);
-    }
-    args.push(q.limit + 1);
-    const rows = this.q(
+    const below = (seq: number | undefined) => (seq === undefined ? "" : "AND seq < ?");
+    const newest = (requester: string, seq: number | undefined) =>
+      this.q(
+        `SELECT seq FROM grants WHERE ${where.join(" AND ")} ${below(seq)} ORDER BY seq DESC LIMIT 1`,
+      ).get(requester, ...filters, ...(seq === undefined ? [] : [seq])) as { seq: number } | undefined;
+    const top = where.map((w) => w.replace("requester = ?", "requester = r.requester")).join(" AND ");
+    const frontier = this.q(
       `WITH RECURSIVE r(requester) AS (
          SELECT min(requester) FROM grants
          UNION ALL
          SELECT (SELECT min(requester) FROM grants WHERE requester > r.requester) FROM r WHERE r.requester IS NOT NULL
+       ), tops AS MATERIALIZED (
+         SELECT requester, (SELECT seq FROM grants WHERE ${top} ${below(q.before?.seq)} ORDER BY seq DESC LIMIT 1) AS seq
+         FROM r WHERE requester IS NOT NULL
        )
-       SELECT requester, (SELECT seq FROM grants WHERE ${where.join(" AND ")} ORDER BY seq DESC LIMIT 1) AS top
-       FROM r WHERE requester IS NOT NULL AND top IS NOT NULL ORDER BY top DESC LIMIT ?`,
-    ).all(...args) as { requester: string; top: number }[];
-    const scopes = rows.map((r) => ({ column: "requester", value: r.requester }));
-    return rows.length > q.limit ? { scopes, from: rows[rows.length - 1]!.top } : { scopes };
+       SELECT requester, seq FROM tops WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT ?`,
+    ).all(...filters, ...(q.before ? [q.before.seq] : []), q.limit + 1) as {
+      requester: string;
+      seq: number;
+    }[];
+    // frontier: each requester's newest match not yet taken, newest first.
+    const seqs: number[] = [];
+    while (seqs.length <= q.limit && frontier.length > 0) {
+      const head = frontier.shift()!;
+      seqs.push(head.seq);
+      const next = newest(head.requester, head.seq);
+      if (!next) continue;
+      let i = 0;
+      while (i < frontier.length && frontier[i]!.seq > next.seq) i++;
+      frontier.splice(i, 0, { requester: head.requester, seq: next.seq });
+    }
+    return this.rowsOf(seqs.slice(0, q.limit), seqs.length > q.limit);
   }
 
   /** Several reads as one snapshot (WAL: one read transaction); inside a batch, its transaction. */

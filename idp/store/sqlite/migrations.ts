@@ -247,7 +247,7 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     // Every status change moved a grant in grants_by_status (two more pages written a change); an
-    // admin's status list now merges the per-requester scans (SqliteStore.newestRequesters). The
+    // admin's status list now merges the per-requester scans (SqliteStore.statusPage). The
     // delegations' own index costs a command grant nothing and spares a scan of every grant for
     // an admin's list of delegations.
     version: 10,

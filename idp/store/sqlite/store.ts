@@ -1050,29 +1050,23 @@ export class SqliteStore implements Store {
    * requesters, not of grants.
    */
   private statusPage(q: GrantQuery): GrantPage {
-    const where = ["requester = ?", "status = ?"];
-    const filters: (string | number)[] = [q.status!];
-    if (q.type) {
-      where.push("type = ?");
-      filters.push(q.type);
-    }
-    const below = (seq: number | undefined) => (seq === undefined ? "" : "AND seq < ?");
-    const newest = (requester: string, seq: number | undefined) =>
-      this.q(
-        `SELECT seq FROM grants WHERE ${where.join(" AND ")} ${below(seq)} ORDER BY seq DESC LIMIT 1`,
-      ).get(requester, ...filters, ...(seq === undefined ? [] : [seq])) as { seq: number } | undefined;
-    const top = where.map((w) => w.replace("requester = ?", "requester = r.requester")).join(" AND ");
+    const filters = q.type ? "status = ? AND type = ?" : "status = ?";
+    const filterArgs: string[] = q.type ? [q.status!, q.type] : [q.status!];
+    const olderMatch = this.q(
+      `SELECT seq FROM grants WHERE requester = ? AND ${filters} AND seq < ? ORDER BY seq DESC LIMIT 1`,
+    );
     const frontier = this.q(
       `WITH RECURSIVE r(requester) AS (
          SELECT min(requester) FROM grants
          UNION ALL
          SELECT (SELECT min(requester) FROM grants WHERE requester > r.requester) FROM r WHERE r.requester IS NOT NULL
        ), tops AS MATERIALIZED (
-         SELECT requester, (SELECT seq FROM grants WHERE ${top} ${below(q.before?.seq)} ORDER BY seq DESC LIMIT 1) AS seq
+         SELECT requester, (SELECT seq FROM grants WHERE requester = r.requester AND ${filters}
+           ${q.before ? "AND seq < ?" : ""} ORDER BY seq DESC LIMIT 1) AS seq
          FROM r WHERE requester IS NOT NULL
        )
        SELECT requester, seq FROM tops WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT ?`,
-    ).all(...filters, ...(q.before ? [q.before.seq] : []), q.limit + 1) as {
+    ).all(...filterArgs, ...(q.before ? [q.before.seq] : []), q.limit + 1) as {
       requester: string;
       seq: number;
     }[];
@@ -1081,7 +1075,7 @@ export class SqliteStore implements Store {
     while (seqs.length <= q.limit && frontier.length > 0) {
       const head = frontier.shift()!;
       seqs.push(head.seq);
-      const next = newest(head.requester, head.seq);
+      const next = olderMatch.get(head.requester, ...filterArgs, head.seq) as { seq: number } | undefined;
       if (!next) continue;
       let i = 0;
       while (i < frontier.length && frontier[i]!.seq > next.seq) i++;

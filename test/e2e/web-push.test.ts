@@ -169,18 +169,37 @@ function shown(page: Page): Promise<Notice[]> {
   );
 }
 
-/** The first notification `pick` finds, waiting for it to be shown. */
-async function shownOne(page: Page, pick: (n: Notice) => boolean): Promise<Notice> {
+/**
+ * The first notification `pick` finds, waiting for it to be shown. `redeliver`, when given, sends
+ * the pushes again once if nothing came within 10 s: a push that DevTools delivers while Chromium
+ * (re)starts the worker on a loaded machine can be lost before the worker sees it (seen once in a
+ * full CI run); the same payloads again change nothing (a grant's tag replaces its banner).
+ */
+async function shownOne(
+  page: Page,
+  pick: (n: Notice) => boolean,
+  redeliver?: () => Promise<void>,
+): Promise<Notice> {
   let found: Notice | undefined;
-  await expect
-    .poll(
-      async () => {
-        found = (await shown(page)).find(pick);
-        return found !== undefined;
-      },
-      { timeout: 10_000 },
-    )
-    .toBe(true);
+  const look = (timeout: number) =>
+    expect
+      .poll(
+        async () => {
+          found = (await shown(page)).find(pick);
+          return found !== undefined;
+        },
+        { timeout },
+      )
+      .toBe(true);
+  if (!redeliver) await look(10_000);
+  else {
+    try {
+      await look(10_000);
+    } catch {
+      await redeliver();
+      await look(10_000);
+    }
+  }
   return found!;
 }
 
@@ -305,41 +324,31 @@ describe("Web Push from the approval pages", () => {
 
   it("the service worker opens only this origin's pages, and cuts what it shows", async () => {
     const id = "6f1c0e0a-0000-4000-8000-00000000beef";
-    await cdp.send("ServiceWorker.deliverPushMessage", {
-      origin: idp.issuer,
-      registrationId: registration,
-      data: JSON.stringify({
-        title: "x".repeat(5000),
-        body: 7,
-        url: "https://evil.example/phish",
-        grant_id: id,
-      }),
-    });
     // A path of this origin's URL that a click would resolve to another origin.
     const id2 = "6f1c0e0a-0000-4000-8000-00000000cafe";
-    await cdp.send("ServiceWorker.deliverPushMessage", {
-      origin: idp.issuer,
-      registrationId: registration,
-      data: JSON.stringify({
-        title: "t",
-        body: "b",
-        url: `${idp.issuer}//evil.example/phish`,
-        grant_id: id2,
-      }),
-    });
-    await cdp.send("ServiceWorker.deliverPushMessage", {
-      origin: idp.issuer,
-      registrationId: registration,
-      data: "not json",
-    });
-    const evil = await shownOne(page, (n) => n.tag === id);
+    const payloads = [
+      JSON.stringify({ title: "x".repeat(5000), body: 7, url: "https://evil.example/phish", grant_id: id }),
+      JSON.stringify({ title: "t", body: "b", url: `${idp.issuer}//evil.example/phish`, grant_id: id2 }),
+      "not json",
+    ];
+    const deliver = async () => {
+      for (const data of payloads) {
+        await cdp.send("ServiceWorker.deliverPushMessage", {
+          origin: idp.issuer,
+          registrationId: registration,
+          data,
+        });
+      }
+    };
+    await deliver();
+    const evil = await shownOne(page, (n) => n.tag === id, deliver);
     expect(evil.title.length).toBe(200);
     expect(evil.body).toBe("");
     expect(evil.data.page).toBe(`/grants/${id}`);
-    expect((await shownOne(page, (n) => n.tag === id2)).data.page).toBe(`/grants/${id2}`);
-    const junk = await shownOne(page, (n) => n.title === "apes: something changed");
+    expect((await shownOne(page, (n) => n.tag === id2, deliver)).data.page).toBe(`/grants/${id2}`);
+    const junk = await shownOne(page, (n) => n.title === "apes: something changed", deliver);
     expect(junk.data.page).toBe("/inbox");
-  });
+  }, 60_000);
 
   it("Stop removes the subscription here and at the IdP", async () => {
     await page.click("#push-off");

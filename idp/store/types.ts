@@ -381,14 +381,14 @@ export interface NotificationQuery {
   limit: number;
 }
 
+/** What changeMarker(kind) can tell apart: the rarely written data kept in memory. */
+export type ChangeKind = "users" | "subscriptions" | "keys";
+
 /**
  * Optional parts of a store's lifecycle; callers use each only when the store offers it. Background
  * housekeeping (SQLite: WAL checkpoints in a worker thread) is the implementation's own business,
  * started when it opens and stopped by close().
  */
-/** What changeMarker(kind) can tell apart: the rarely written data kept in memory. */
-export type ChangeKind = "users" | "subscriptions" | "keys";
-
 export interface StoreLifecycle {
   /**
    * Resolves once every write made so far is committed (SQLite: group commit batches the writes of

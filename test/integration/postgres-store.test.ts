@@ -9,6 +9,7 @@ import { KeyFileError, loadKeyFile } from "../../idp/store/postgres/key-file.ts"
 import { MIGRATIONS, migrate } from "../../idp/store/postgres/migrations.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
 import { DatabaseUrlError, postgresTarget, readPasswordFile } from "../../server/postgres.ts";
+import { expectListingsOf, upgradeRows } from "../helpers/grants.ts";
 import { PASSWORD_ROLE, type PgServer, sharedPostgres } from "../helpers/postgres.ts";
 
 /** The PostgreSQL store's own parts on a real server: migrations, sealed keys, password, notifications. */
@@ -54,35 +55,15 @@ describe("postgres migrations", () => {
   it("upgrades a database that had grants_by_status and grants_by_type: grants and listings as before", async () => {
     const url = await server.createDatabase("indexes");
     const c = await client(url);
-    const inserted: { id: string; status: string; type: string }[] = [];
+    const rows = upgradeRows();
     let before: unknown[];
     try {
       await migrate(c, MIGRATIONS.slice(0, 4));
-      const statuses = ["pending", "approved", "used", "denied"];
-      for (let i = 0; i < 24; i++) {
-        const id = `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`;
-        const type = i % 5 === 0 ? "delegation" : "command";
-        const requester = `r${i % 3}@x`;
+      for (const r of rows) {
         await c.query(
           "INSERT INTO grants (id, type, requester, status, grant_type, request, delegator, delegate, created_at) VALUES ($1, $2, $3, $4, 'once', $5, $6, $7, $8)",
-          [
-            id,
-            type,
-            requester,
-            statuses[i % 4],
-            JSON.stringify({
-              requester,
-              target_host: "h",
-              audience: "escapes",
-              grant_type: "once",
-              command: ["ls"],
-            }),
-            type === "delegation" ? requester : null,
-            type === "delegation" ? "bot@x" : null,
-            i,
-          ],
+          [r.id, r.type, r.requester, r.status, r.request, r.delegator, r.delegate, r.createdAt],
         );
-        inserted.push({ id, status: statuses[i % 4]!, type });
       }
       before = (await c.query("SELECT * FROM grants ORDER BY seq")).rows;
     } finally {
@@ -90,29 +71,15 @@ describe("postgres migrations", () => {
     }
     const s = await openPostgresStore({ target: postgresTarget(url), maxConnections: 2 });
     try {
-      const newest = [...inserted].reverse();
-      const ids = async (q: Parameters<typeof s.queryGrants>[0]) =>
-        (await s.queryGrants(q)).items.map((i) => i.grant.id);
-      expect(await ids({ status: "pending", limit: 100 })).toEqual(
-        newest.filter((x) => x.status === "pending").map((x) => x.id),
-      );
-      expect(await ids({ type: "delegation", limit: 100 })).toEqual(
-        newest.filter((x) => x.type === "delegation").map((x) => x.id),
-      );
-      expect(await ids({ status: "used", type: "command", limit: 2 })).toEqual(
-        newest
-          .filter((x) => x.status === "used" && x.type === "command")
-          .slice(0, 2)
-          .map((x) => x.id),
-      );
+      await expectListingsOf(s, rows);
     } finally {
       await s.close();
     }
     const check = await client(url);
     try {
       expect((await check.query("SELECT * FROM grants ORDER BY seq")).rows).toEqual(before);
-      const { rows } = await check.query("SELECT indexname FROM pg_indexes WHERE tablename = 'grants'");
-      const names = rows.map((r) => r.indexname);
+      const indexes = await check.query("SELECT indexname FROM pg_indexes WHERE tablename = 'grants'");
+      const names = indexes.rows.map((r) => r.indexname);
       expect(names).not.toContain("grants_by_status");
       expect(names).not.toContain("grants_by_type");
       expect(names).toContain("grants_delegations");

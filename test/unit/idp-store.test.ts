@@ -11,6 +11,7 @@ import { openSqliteStore, type SqliteOptions } from "../../idp/store/sqlite/stor
 import type { Store } from "../../idp/store/types.ts";
 import { signJwt } from "../../idp/tokens.ts";
 import type { Grant } from "../../protocol/types.ts";
+import { expectListingsOf, upgradeRows } from "../helpers/grants.ts";
 
 /**
  * What is particular to the SQLite store and to the read cache. What every store must do is in the
@@ -99,42 +100,13 @@ describe("sqlite store", () => {
     const add = db.prepare(
       "INSERT INTO grants (id, type, requester, status, grant_type, request, delegator, delegate, created_at) VALUES (?, ?, ?, ?, 'once', ?, ?, ?, ?)",
     );
-    const statuses = ["pending", "approved", "used", "denied"] as const;
-    const inserted: { id: string; status: string; type: string }[] = [];
-    for (let i = 0; i < 24; i++) {
-      const grant = g(`r${i % 3}@x`, i);
-      const type = i % 5 === 0 ? "delegation" : "command";
-      const [delegator, delegate] = type === "delegation" ? [grant.request.requester, "bot@x"] : [null, null];
-      add.run(
-        grant.id,
-        type,
-        grant.request.requester,
-        statuses[i % 4]!,
-        JSON.stringify(grant.request),
-        delegator,
-        delegate,
-        i,
-      );
-      inserted.push({ id: grant.id, status: statuses[i % 4]!, type });
-    }
+    const rows = upgradeRows();
+    for (const r of rows)
+      add.run(r.id, r.type, r.requester, r.status, r.request, r.delegator, r.delegate, r.createdAt);
     const before = db.prepare("SELECT * FROM grants ORDER BY seq").all();
     db.close();
     const { s } = open(dir);
-    const newest = [...inserted].reverse();
-    const ids = async (q: Parameters<Store["queryGrants"]>[0]) =>
-      (await s.queryGrants(q)).items.map((i) => i.grant.id);
-    expect(await ids({ status: "pending", limit: 100 })).toEqual(
-      newest.filter((x) => x.status === "pending").map((x) => x.id),
-    );
-    expect(await ids({ type: "delegation", limit: 100 })).toEqual(
-      newest.filter((x) => x.type === "delegation").map((x) => x.id),
-    );
-    expect(await ids({ status: "used", type: "command", limit: 2 })).toEqual(
-      newest
-        .filter((x) => x.status === "used" && x.type === "command")
-        .slice(0, 2)
-        .map((x) => x.id),
-    );
+    await expectListingsOf(s, rows);
     await s.close();
     const check = new DatabaseSync(join(dir, "idp.sqlite"), { readOnly: true });
     expect(check.prepare("SELECT * FROM grants ORDER BY seq").all()).toEqual(before);

@@ -6,6 +6,19 @@ import { buildSea } from "../scripts/sea.mjs";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
+/**
+ * The `--key=value` arguments (a value may itself hold "="); a bare `--flag` is "1". Every driver
+ * reads its options through this one parser.
+ */
+export function benchArgs(argv = process.argv.slice(2)) {
+  return new Map(
+    argv.map((a) => {
+      const [k, ...v] = a.replace(/^--/, "").split("=");
+      return [k, v.length ? v.join("=") : "1"];
+    }),
+  );
+}
+
 /** Exits with a clear message unless run by the pinned node and dist/apes is built; returns its path. */
 export function requireBuiltApes() {
   if (!process.version.startsWith("v24.")) {

@@ -15,13 +15,9 @@ import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import { softPasskey } from "../../test/helpers/soft-passkey.ts";
 import { cliUser } from "../../test/integration/cli-helpers.ts";
+import { benchArgs } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const SAMPLES = Math.min(1000, Number(args.get("samples") ?? 100));
 const CLI_SAMPLES = Math.min(50, Number(args.get("cli") ?? 10));
 const root = resolve(import.meta.dirname, "..", "..");

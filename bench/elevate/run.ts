@@ -35,15 +35,10 @@ import {
   VERIFY_USER,
   writeConfig,
 } from "../../test/helpers/shim.ts";
-import { buildBareSea } from "../common.mjs";
+import { benchArgs, buildBareSea } from "../common.mjs";
 import { earlierInstalls } from "../installs.ts";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const ROUNDS = Number(args.get("rounds") ?? 40);
 const INSTALL_ONLY = args.get("install-only");
 const COMPARE = args.get("compare");

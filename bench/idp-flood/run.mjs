@@ -8,15 +8,10 @@ import { Worker } from "node:worker_threads";
 import { Agent, fetch as undiciFetch } from "undici";
 import { watchRss } from "../../test/helpers/flood.ts";
 import { addUser, api, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
-import { quantile, requireBuiltApes } from "../common.mjs";
+import { benchArgs, quantile, requireBuiltApes } from "../common.mjs";
 
 requireBuiltApes();
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const CONNECTIONS = Math.min(1000, Number(args.get("connections") ?? 150));
 const SECONDS = Math.min(60, Number(args.get("seconds") ?? 6));
 

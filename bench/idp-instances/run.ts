@@ -25,13 +25,9 @@ import type { Grant } from "../../protocol/types.ts";
 import { postgresTarget } from "../../server/postgres.ts";
 import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
 import { startPostgres } from "../../test/helpers/postgres.ts";
+import { benchArgs } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const SEED = Number(args.get("seed") ?? 20_000);
 const SECONDS = Number(args.get("seconds") ?? 6);
 const CLIENTS = Number(args.get("clients") ?? 50);

@@ -23,14 +23,9 @@ import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
 import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
 import { childPids } from "../../test/helpers/process.ts";
-import { processCpuMs, quantile, requireBuiltApes } from "../common.mjs";
+import { benchArgs, processCpuMs, quantile, requireBuiltApes } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, ...v] = a.replace(/^--/, "").split("=");
-    return [k!, v.length ? v.join("=") : "1"];
-  }),
-);
+const args = benchArgs();
 const SEED = Number(args.get("seed") ?? 20_000);
 const SECONDS = Number(args.get("seconds") ?? 12); // per configuration, over all its slices
 const SLICES = Number(args.get("slices") ?? 4);

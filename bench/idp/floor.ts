@@ -15,13 +15,9 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { startCheckpointer } from "../../idp/store/sqlite/checkpointer.ts";
 import { migrate } from "../../idp/store/sqlite/migrations.ts";
+import { benchArgs } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, ...v] = a.replace(/^--/, "").split("=");
-    return [k!, v.join("=")];
-  }),
-);
+const args = benchArgs();
 const db = new DatabaseSync(join(args.get("data")!, "floor.sqlite"));
 db.exec("PRAGMA journal_mode = WAL");
 db.exec("PRAGMA synchronous = NORMAL");
@@ -66,27 +62,35 @@ const approver = createPublicKey({
 });
 const signing = generateKeyPairSync("ed25519").privateKey;
 const nowSec = () => Math.floor(Date.now() / 1000);
-const insertRow = APES_SCHEMA
-  ? db.prepare(
-      "INSERT INTO grants (id, type, requester, status, grant_type, request, created_at) VALUES (?, 'command', ?, 'pending', 'once', ?, ?)",
-    )
-  : db.prepare("INSERT INTO grants (id, status, request) VALUES (?, 'pending', ?)");
-const insert = {
-  run: (id: string, request: string, requester: string) =>
-    APES_SCHEMA ? insertRow.run(id, requester, request, nowSec()) : insertRow.run(id, request),
-};
-const approveRow = APES_SCHEMA
-  ? db.prepare(
-      "UPDATE grants SET status = 'approved', version = version + 1, decided_by = 'alice@bench.test', decided_at = ? WHERE id = ? AND status = 'pending'",
-    )
-  : db.prepare("UPDATE grants SET status = 'approved' WHERE id = ? AND status = 'pending'");
-const approve = { run: (id: string) => (APES_SCHEMA ? approveRow.run(nowSec(), id) : approveRow.run(id)) };
-const consumeRow = APES_SCHEMA
-  ? db.prepare(
-      "UPDATE grants SET status = 'used', version = version + 1, used_at = ? WHERE id = ? AND status = 'approved'",
-    )
-  : db.prepare("UPDATE grants SET status = 'used' WHERE id = ? AND status = 'approved'");
-const consume = { run: (id: string) => (APES_SCHEMA ? consumeRow.run(nowSec(), id) : consumeRow.run(id)) };
+/** The three writes of a lifecycle, as the chosen schema takes them. */
+const writes = APES_SCHEMA
+  ? (() => {
+      const insert = db.prepare(
+        "INSERT INTO grants (id, type, requester, status, grant_type, request, created_at) VALUES (?, 'command', ?, 'pending', 'once', ?, ?)",
+      );
+      const approve = db.prepare(
+        "UPDATE grants SET status = 'approved', version = version + 1, decided_by = 'alice@bench.test', decided_at = ? WHERE id = ? AND status = 'pending'",
+      );
+      const consume = db.prepare(
+        "UPDATE grants SET status = 'used', version = version + 1, used_at = ? WHERE id = ? AND status = 'approved'",
+      );
+      return {
+        insert: (id: string, request: string, requester: string) =>
+          insert.run(id, requester, request, nowSec()),
+        approve: (id: string) => approve.run(nowSec(), id),
+        consume: (id: string) => consume.run(nowSec(), id),
+      };
+    })()
+  : (() => {
+      const insert = db.prepare("INSERT INTO grants (id, status, request) VALUES (?, 'pending', ?)");
+      const approve = db.prepare("UPDATE grants SET status = 'approved' WHERE id = ? AND status = 'pending'");
+      const consume = db.prepare("UPDATE grants SET status = 'used' WHERE id = ? AND status = 'approved'");
+      return {
+        insert: (id: string, request: string) => insert.run(id, request),
+        approve: (id: string) => approve.run(id),
+        consume: (id: string) => consume.run(id),
+      };
+    })();
 const issued = new Map<string, string>();
 
 // Group commit, as the IdP's store: the first write of a turn opens the transaction, the next turn
@@ -125,7 +129,7 @@ function handle(req: IncomingMessage, res: ServerResponse, raw: string): void {
     const grantId = randomUUID();
     const request = JSON.stringify(body);
     write(
-      () => insert.run(grantId, request, String(body.requester ?? "agent0")),
+      () => writes.insert(grantId, request, String(body.requester ?? "agent0")),
       () => send(res, 201, { id: grantId, status: "pending", request: body }),
     );
   } else if (action === "approve") {
@@ -137,7 +141,7 @@ function handle(req: IncomingMessage, res: ServerResponse, raw: string): void {
     let changes = 0;
     write(
       () => {
-        changes = Number(approve.run(id).changes);
+        changes = Number(writes.approve(id).changes);
       },
       () => send(res, changes ? 200 : 409, { id, status: "approved" }),
     );
@@ -157,7 +161,7 @@ function handle(req: IncomingMessage, res: ServerResponse, raw: string): void {
     let changes = 0;
     write(
       () => {
-        changes = Number(consume.run(id).changes);
+        changes = Number(writes.consume(id).changes);
       },
       () => {
         issued.delete(token);

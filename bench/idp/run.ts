@@ -13,18 +13,14 @@ import { DatabaseSync } from "node:sqlite";
 import { Pool } from "undici";
 import { matchKey } from "../../idp/grants.ts";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
-import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
+import { DB_FILE, openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import { approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import type { Grant } from "../../protocol/types.ts";
+import { benchArgs } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, ...v] = a.replace(/^--/, "").split("=");
-    return [k!, v.length ? v.join("=") : "1"];
-  }),
-);
+const args = benchArgs();
 const SEED = Number(args.get("seed") ?? 100_000);
 const SECONDS = Number(args.get("seconds") ?? 8);
 const LEVELS = (args.get("clients") ?? "1,10,50").split(",").map(Number);
@@ -106,7 +102,7 @@ if (COMPARE_BIN) cpSync(dataDir, join(base, "data-compare"), { recursive: true }
 // is made by this tree's store): e.g. the index a migration dropped, and its user_version.
 const COMPARE_SQL = args.get("compare-sql");
 if (COMPARE_BIN && COMPARE_SQL) {
-  const db = new DatabaseSync(join(base, "data-compare", "idp.sqlite"));
+  const db = new DatabaseSync(join(base, "data-compare", DB_FILE));
   db.exec(COMPARE_SQL);
   db.close();
 }

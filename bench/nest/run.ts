@@ -29,13 +29,9 @@ import {
 } from "../../test/helpers/idp.ts";
 import { installIntoTempPrefix, spawnAsUser } from "../../test/helpers/shim.ts";
 import { startTroop, TROOP_AUDIENCE } from "../../test/helpers/troop.ts";
+import { benchArgs } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const PUSH = Math.min(100, Number(args.get("push") ?? 20));
 const POLL = Math.min(50, Number(args.get("poll") ?? 8));
 const DEADLINE = Date.now() + 15 * 60_000; // bounded: the whole run gives up after 15 minutes

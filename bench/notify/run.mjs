@@ -7,15 +7,10 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { addUser, api, loginWithKey, newKey, startIdp } from "../../test/helpers/idp.ts";
-import { quantile, requireBuiltApes } from "../common.mjs";
+import { benchArgs, quantile, requireBuiltApes } from "../common.mjs";
 
 requireBuiltApes();
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const GRANTS = Math.min(1000, Number(args.get("grants") ?? 200));
 const PHASE_MS = 60_000;
 

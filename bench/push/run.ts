@@ -27,14 +27,10 @@ import {
   writeConfig,
 } from "../../test/helpers/shim.ts";
 import { softPasskey } from "../../test/helpers/soft-passkey.ts";
+import { benchArgs } from "../common.mjs";
 import { earlierInstalls } from "../installs.ts";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const SAMPLES = Math.min(200, Number(args.get("samples") ?? 20));
 const WARMUP = 2;
 // --timing: the requester's phases (APES_TIMING=1 through the shim) after the wake, medians.

@@ -14,14 +14,9 @@ import { openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import { formatSshPublicKey } from "../../protocol/keys.ts";
 import { signingInput } from "../../protocol/signatures.ts";
 import { TROOP_SUBPROTOCOL } from "../../protocol/troop.ts";
-import { processCpuMs } from "../common.mjs";
+import { benchArgs, processCpuMs } from "../common.mjs";
 
-const args = new Map(
-  process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, "").split("=");
-    return [k!, v ?? "1"];
-  }),
-);
+const args = benchArgs();
 const NESTS = Number(args.get("nests") ?? 10000);
 const PUSH = Number(args.get("push") ?? 200);
 const POLL = Number(args.get("poll") ?? 12);

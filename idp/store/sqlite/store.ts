@@ -984,10 +984,8 @@ export class SqliteStore implements Store {
     else if (q.delegate !== undefined) scopes.push({ column: "delegate", value: q.delegate });
     else if (q.decidedBy !== undefined) scopes.push({ column: "decided_by", value: q.decidedBy });
     else if (q.requesters) for (const r of q.requesters) scopes.push({ column: "requester", value: r });
-    else if (q.type === "delegation") scopes.push({ column: "type", value: "delegation" });
-    else if (q.status) {
-      return this.snapshot(() => this.statusPage(q));
-    }
+    // Delegations alone: grants_delegations serves every status (see pageOf's type filter).
+    else if (q.status && q.type !== "delegation") return this.snapshot(() => this.statusPage(q));
     return scopes.length > 1 ? this.snapshot(() => this.pageOf(q, scopes)) : this.pageOf(q, scopes);
   }
 
@@ -996,9 +994,7 @@ export class SqliteStore implements Store {
     const scan = (cols: string, scope: { column: string; value: string } | undefined) => {
       const where: string[] = [];
       const args: (string | number)[] = [];
-      // A literal: a bound parameter does not imply grants_delegations' WHERE.
-      if (scope?.column === "type") where.push("type = 'delegation'");
-      else if (scope) {
+      if (scope) {
         where.push(`${scope.column} = ?`);
         args.push(scope.value);
       }
@@ -1006,7 +1002,9 @@ export class SqliteStore implements Store {
         where.push("status = ?");
         args.push(q.status);
       }
-      if (q.type && scope?.column !== "type") {
+      // Delegations as a literal: a bound parameter does not imply grants_delegations' WHERE.
+      if (q.type === "delegation") where.push("type = 'delegation'");
+      else if (q.type) {
         where.push("type = ?");
         args.push(q.type);
       }

@@ -1,4 +1,4 @@
-import { type KeyObject, verify } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import {
   APPROVAL_PROOF_TYPES,
   type ApprovalProofRecord,
@@ -9,6 +9,7 @@ import { fingerprint, parseSshPublicKey } from "../protocol/keys.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import { SignatureInputError } from "../protocol/signatures.ts";
 import type { Grant, GrantType } from "../protocol/types.ts";
+import { ed25519Verify } from "../server/offload.ts";
 import type { Idp, Principal } from "./context.ts";
 import type { WebContext } from "./web/context.ts";
 import { verifyAssertion } from "./web/passkeys.ts";
@@ -152,12 +153,12 @@ function registeredKey(line: string): KeyObject {
   return key;
 }
 
-function ed25519Proof(
+async function ed25519Proof(
   idp: Pick<Idp, "base">,
   p: Principal,
   proof: Record<string, unknown>,
   digest: Buffer,
-): "ed25519" {
+): Promise<"ed25519"> {
   proofFields(proof, ["type", "key_fingerprint", "signature"]);
   if (typeof proof.signature !== "string" || !SIGNATURE.test(proof.signature)) {
     throw new ProblemError(
@@ -185,7 +186,7 @@ function ed25519Proof(
     if (e instanceof SignatureInputError) throw invalidProof(e.message);
     throw e;
   }
-  if (!verify(null, signed, key, Buffer.from(proof.signature, "base64"))) {
+  if (!(await ed25519Verify(signed, key, Buffer.from(proof.signature, "base64")))) {
     throw invalidProof(
       "the signature is not your registered key's over this grant, this decision and this approval (grant type, duration)",
     );

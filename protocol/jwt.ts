@@ -58,16 +58,31 @@ function b64json(value: unknown): string {
   return Buffer.from(JSON.stringify(value), "utf8").toString("base64url");
 }
 
-/** Signs with EdDSA; the header names the key's kid (a client assertion, identified by iss, has none). */
+/** The header and payload part of a JWT; the header names the key's kid (a client assertion, identified by iss, has none). */
+function jwtSigningInput(payload: Record<string, unknown>, kid: string | undefined, typ: string): string {
+  const header = kid === undefined ? { alg: "EdDSA", typ } : { alg: "EdDSA", typ, kid };
+  return `${b64json(header)}.${b64json(payload)}`;
+}
+
+/** Signs with EdDSA. */
 export function signJwt(
   payload: Record<string, unknown>,
   key: { kid?: string; privateKey: KeyObject },
   typ = "JWT",
 ): string {
-  const header = key.kid === undefined ? { alg: "EdDSA", typ } : { alg: "EdDSA", typ, kid: key.kid };
-  const input = `${b64json(header)}.${b64json(payload)}`;
-  const signature = sign(null, Buffer.from(input, "latin1"), key.privateKey);
-  return `${input}.${signature.toString("base64url")}`;
+  const input = jwtSigningInput(payload, key.kid, typ);
+  return `${input}.${sign(null, Buffer.from(input, "latin1"), key.privateKey).toString("base64url")}`;
+}
+
+/** signJwt with the signature made by `signBytes` (a server's signer off its event loop, server/offload.ts). */
+export async function signJwtAsync(
+  payload: Record<string, unknown>,
+  key: { kid?: string; privateKey: KeyObject },
+  signBytes: (data: Buffer, key: KeyObject) => Promise<Buffer>,
+  typ = "JWT",
+): Promise<string> {
+  const input = jwtSigningInput(payload, key.kid, typ);
+  return `${input}.${(await signBytes(Buffer.from(input, "latin1"), key.privateKey)).toString("base64url")}`;
 }
 
 export interface DecodedJwt {

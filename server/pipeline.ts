@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ProblemError } from "../protocol/problem.ts";
 import { type Call, type Reply, type Router, requestId, send, sendProblem } from "./http.ts";
 import type { Logger } from "./log.ts";
+import { requestEnded, requestStarted } from "./offload.ts";
 
 /** What an app on server/ gives the request pipeline. */
 export interface App<P> {
@@ -34,6 +35,7 @@ export function pipeline<P>(app: App<P>): (req: IncomingMessage, res: ServerResp
     res.setHeader("x-request-id", call.rid);
     let status = 500;
     let who: Record<string, string> = {};
+    requestStarted();
     try {
       const reply = await route(app, call, (p) => {
         if (app.who) who = app.who(p);
@@ -46,6 +48,8 @@ export function pipeline<P>(app: App<P>): (req: IncomingMessage, res: ServerResp
       send(res, reply.status, reply.body, reply.headers);
     } catch (e) {
       status = await answerError(app, call, e, who);
+    } finally {
+      requestEnded();
     }
     if (app.log.enabled("info")) {
       app.log.log("info", "request", {

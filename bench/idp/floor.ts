@@ -4,7 +4,7 @@
 // synchronous=NORMAL and the same group commit (one transaction per event-loop turn, no reply
 // before its COMMIT), JSON bodies in and out. No routing table, authentication, validation,
 // rate limits, logging or events. Started by bench/idp/run.ts; prints its URL on stdout.
-//   node bench/idp/floor.ts --data=DIR --seed=N --approver-key=<base64 SPKI DER> [--schema=apes --requesters=N]
+//   node bench/idp/floor.ts --data=DIR --seed=N --approver-key=<base64 SPKI DER> [--schema=apes --requesters=N] [--crypto=pool]
 // --schema=bare (the default): a grants table of id, status and request, no other index.
 // --schema=apes: the IdP's own schema (its migrations, every index of the grants table), the same
 // columns written by the same three statements (without RETURNING), the seed spread over
@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { startCheckpointer } from "../../idp/store/sqlite/checkpointer.ts";
 import { migrate } from "../../idp/store/sqlite/migrations.ts";
+import { ed25519Sign, ed25519Verify, requestEnded, requestStarted } from "../../server/offload.ts";
 import { benchArgs } from "../common.mjs";
 
 const args = benchArgs();
@@ -61,6 +62,10 @@ const approver = createPublicKey({
   type: "spki",
 });
 const signing = generateKeyPairSync("ed25519").privateKey;
+// --crypto=pool: signatures made and checked as the IdP does them (server/offload.ts: on libuv's
+// thread pool while other requests are in flight); inline (the default): on the event loop, the
+// floor the issue names.
+const IN_POOL = args.get("crypto") === "pool";
 const nowSec = () => Math.floor(Date.now() / 1000);
 /** The three writes of a lifecycle, as the chosen schema takes them. */
 const writes = APES_SCHEMA
@@ -115,6 +120,7 @@ const b64url = (s: string) => Buffer.from(s).toString("base64url");
 const HEADER = b64url(JSON.stringify({ alg: "EdDSA", typ: "JWT", kid: "floor" }));
 
 function send(res: ServerResponse, status: number, body: unknown): void {
+  if (IN_POOL) requestEnded();
   const text = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
   res.end(text);
@@ -133,25 +139,34 @@ function handle(req: IncomingMessage, res: ServerResponse, raw: string): void {
       () => send(res, 201, { id: grantId, status: "pending", request: body }),
     );
   } else if (action === "approve") {
-    const ok = verify(null, Buffer.from(`approve:${id}`), approver, Buffer.from(body.signature, "base64"));
-    if (!ok) {
-      send(res, 403, { error: "bad proof" });
-      return;
-    }
-    let changes = 0;
-    write(
-      () => {
-        changes = Number(writes.approve(id).changes);
-      },
-      () => send(res, changes ? 200 : 409, { id, status: "approved" }),
-    );
+    const proven = (ok: boolean) => {
+      if (!ok) {
+        send(res, 403, { error: "bad proof" });
+        return;
+      }
+      let changes = 0;
+      write(
+        () => {
+          changes = Number(writes.approve(id).changes);
+        },
+        () => send(res, changes ? 200 : 409, { id, status: "approved" }),
+      );
+    };
+    const signed = Buffer.from(`approve:${id}`);
+    const signature = Buffer.from(body.signature, "base64");
+    if (IN_POOL) ed25519Verify(signed, approver, signature).then(proven);
+    else proven(verify(null, signed, approver, signature));
   } else if (action === "token") {
     const iat = Math.floor(Date.now() / 1000);
     const payload = b64url(JSON.stringify({ grant_id: id, iat, exp: iat + 300, jti: randomUUID() }));
     const input = `${HEADER}.${payload}`;
-    const jwt = `${input}.${sign(null, Buffer.from(input), signing).toString("base64url")}`;
-    issued.set(jwt, id);
-    send(res, 200, { authz_jwt: jwt });
+    const issue = (signature: Buffer) => {
+      const jwt = `${input}.${signature.toString("base64url")}`;
+      issued.set(jwt, id);
+      send(res, 200, { authz_jwt: jwt });
+    };
+    if (IN_POOL) ed25519Sign(Buffer.from(input), signing).then(issue);
+    else issue(sign(null, Buffer.from(input), signing));
   } else if (action === "consume") {
     const token = (req.headers.authorization ?? "").slice(7);
     if (issued.get(token) !== id) {
@@ -172,6 +187,8 @@ function handle(req: IncomingMessage, res: ServerResponse, raw: string): void {
 }
 
 const server = createServer((req, res) => {
+  // Counted as the IdP's pipeline counts them: the offload only while other requests are in flight.
+  if (IN_POOL) requestStarted();
   let raw = "";
   req.setEncoding("utf8");
   req.on("data", (c: string) => {

@@ -232,6 +232,9 @@ const serverCpuMs = (pid: number) => {
 // --- the floor (bench/idp/floor.ts): the same signatures, verifications and writes, nothing else ---
 const FLOOR_SCHEMA = args.get("floor-schema") ?? "bare";
 if (FLOOR_SCHEMA !== "bare" && FLOOR_SCHEMA !== "apes") throw new Error("--floor-schema is bare or apes");
+// --floor-crypto=pool: the floor signs and verifies on libuv's thread pool, as the IdP does.
+const FLOOR_CRYPTO = args.get("floor-crypto") ?? "inline";
+if (FLOOR_CRYPTO !== "inline" && FLOOR_CRYPTO !== "pool") throw new Error("--floor-crypto is inline or pool");
 const floorProc = spawn(
   process.execPath,
   [
@@ -242,6 +245,7 @@ const floorProc = spawn(
     // --floor-schema=apes: the floor on the IdP's own schema (every index), see floor.ts.
     `--schema=${FLOOR_SCHEMA}`,
     `--requesters=${MAX_CLIENTS}`,
+    `--crypto=${FLOOR_CRYPTO}`,
   ],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
@@ -449,7 +453,7 @@ console.log("|---|---|---|---|---|---|---|---|");
 for (const l of results) console.log(l);
 if (SLICES > 0) {
   console.log(
-    `\nagainst the floor (bench/idp/floor.ts, --schema=${FLOOR_SCHEMA}), ${SLICES} alternating slices each per level, load average after each level: ${loadSeen.join(" / ")}\n`,
+    `\nagainst the floor (bench/idp/floor.ts, --schema=${FLOOR_SCHEMA} --crypto=${FLOOR_CRYPTO}), ${SLICES} alternating slices each per level, load average after each level: ${loadSeen.join(" / ")}\n`,
   );
   console.log(
     "| clients | ours lifecycles/s | floor lifecycles/s | ours / floor | ours CPU ms / lifecycle | floor CPU ms / lifecycle | floor CPU / ours | floor errors |",

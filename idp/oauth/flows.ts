@@ -3,7 +3,7 @@ import { CLI_TOKEN_AUDIENCE, type Grant } from "../../protocol/types.ts";
 import { delegatedTokenProblem, type Idp } from "../context.ts";
 import { OAuthError } from "../http.ts";
 import type { RefreshTokenRecord, UserRecord } from "../store/types.ts";
-import { signJwt } from "../tokens.ts";
+import { signToken } from "../tokens.ts";
 import { CLI_CLIENT_ID, redirectUriAllowed } from "./clients.ts";
 import {
   DEVICE_CODE_TTL,
@@ -335,7 +335,7 @@ async function humanTokens(
     act: "human",
   };
   if (nonce !== undefined) claims.nonce = nonce;
-  const assertion = signJwt(claims, await idp.keys.signingKey(now, exp));
+  const assertion = await signToken(claims, await idp.keys.signingKey(now, exp));
   idp.log.log("info", "login", { sub: user.email, method: "oauth", client: clientId });
   if (clientId !== CLI_CLIENT_ID) {
     return {
@@ -391,7 +391,7 @@ export async function signDelegatedToken(
     exp,
     jti: randomUUID(),
   };
-  return { token: signJwt(claims, await idp.keys.signingKey(now, exp)), exp };
+  return { token: await signToken(claims, await idp.keys.signingKey(now, exp)), exp };
 }
 
 /** A token for the IdP's APIs with the same actor as the session (a delegated one stays delegated). */
@@ -412,7 +412,7 @@ async function accessToken(idp: Idp, s: Actor, now: number): Promise<{ token: st
     exp,
     jti: randomUUID(),
   };
-  return { token: signJwt(claims, await idp.keys.signingKey(now, exp)), exp };
+  return { token: await signToken(claims, await idp.keys.signingKey(now, exp)), exp };
 }
 
 async function storeRefreshToken(

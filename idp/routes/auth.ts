@@ -1,4 +1,4 @@
-import { type KeyObject, randomUUID, verify } from "node:crypto";
+import { type KeyObject, randomUUID } from "node:crypto";
 import { parseSshPublicKey } from "../../protocol/keys.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import {
@@ -8,11 +8,12 @@ import {
   signingInput,
 } from "../../protocol/signatures.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
+import { ed25519Verify } from "../../server/offload.ts";
 import { CHALLENGE_TTL, type ChallengeSealer } from "../challenges.ts";
 import type { Idp, Principal } from "../context.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
 import type { UserRecord } from "../store/types.ts";
-import { signJwt } from "../tokens.ts";
+import { signToken } from "../tokens.ts";
 import { PATHS } from "./discovery.ts";
 
 export interface LoginSettings {
@@ -30,22 +31,22 @@ export function loginSignatureFormats(settings: Pick<LoginSettings, "allowRawSig
  * Which accepted format `signature` is in, or undefined. The v1 message names this IdP (its issuer)
  * and the id exactly as the client sent it, so a signature made for another IdP or purpose fails.
  */
-function verifiedFormat(
+async function verifiedFormat(
   idp: Idp,
   settings: LoginSettings,
   sentId: string,
   challenge: string,
   key: KeyObject,
   signature: Buffer,
-): string | undefined {
+): Promise<string | undefined> {
   try {
-    if (verify(null, signingInput("login", idp.base, sentId, challenge), key, signature)) {
+    if (await ed25519Verify(signingInput("login", idp.base, sentId, challenge), key, signature)) {
       return SIGNATURE_FORMAT_V1;
     }
   } catch (e) {
     if (!(e instanceof SignatureInputError)) throw e;
   }
-  if (settings.allowRawSignatures && verify(null, Buffer.from(challenge, "utf8"), key, signature)) {
+  if (settings.allowRawSignatures && (await ed25519Verify(Buffer.from(challenge, "utf8"), key, signature))) {
     return SIGNATURE_FORMAT_RAW;
   }
   return undefined;
@@ -70,7 +71,7 @@ export async function issueSessionToken(
 ): Promise<{ token: string; expiresIn: number }> {
   const iat = idp.now();
   const exp = iat + idp.tokenTtl;
-  const token = signJwt(
+  const token = await signToken(
     {
       iss: idp.issuer,
       sub: user.email,
@@ -115,7 +116,7 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp, settings
     }
     const key = parseSshPublicKey(user.publicKey).key;
     const signature = Buffer.from(body.signature, "base64");
-    const format = verifiedFormat(idp, settings, sentId, body.challenge, key, signature);
+    const format = await verifiedFormat(idp, settings, sentId, body.challenge, key, signature);
     if (!format) throw new ProblemError("invalid_token", "authentication failed");
     // Spent only once verified: a stranger who saw the challenge cannot burn it with a bad signature.
     if (!(await idp.store.spendChallenge(opened.nonce, id, opened.expiresAt))) {

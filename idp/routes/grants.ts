@@ -23,7 +23,7 @@ import {
 } from "../grants.ts";
 import { type Call, jsonBody, onlyFields, type Reply, type Router } from "../http.ts";
 import type { StoredGrant, Transition } from "../store/types.ts";
-import { checkClaims, signJwt, TokenError } from "../tokens.ts";
+import { checkClaims, signToken, TokenError } from "../tokens.ts";
 import {
   etagMatches,
   etagOf,
@@ -153,7 +153,7 @@ async function issueAuthz(
     return undefined;
   const iat = idp.now();
   const claims = authzClaims({ issuer: idp.issuer, grant, act: p.actor.kind, iat, jti: randomUUID() });
-  const authzJwt = signJwt(claims, await idp.keys.signingKey(iat, authzExp(grant, iat)));
+  const authzJwt = await signToken(claims, await idp.keys.signingKey(iat, authzExp(grant, iat)));
   issued.add(authzJwt, claims);
   return { authz_jwt: authzJwt, grant };
 }

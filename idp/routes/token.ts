@@ -12,7 +12,7 @@ import {
   signDelegatedToken,
 } from "../oauth/flows.ts";
 import type { UserRecord } from "../store/types.ts";
-import { decodeJwt, signJwt, TokenError, verifyJwt } from "../tokens.ts";
+import { decodeJwt, signToken, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
 import { PATHS, TOKEN_EXCHANGE } from "./discovery.ts";
 
@@ -176,7 +176,7 @@ async function ownTokenFor(idp: Idp, user: UserRecord, audience: string | undefi
   }
   const now = idp.now();
   const exp = now + idp.tokenTtl;
-  const token = signJwt(
+  const token = await signToken(
     {
       iss: idp.issuer,
       sub: user.email,

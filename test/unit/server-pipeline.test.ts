@@ -6,6 +6,7 @@ import { bearerToken } from "../../server/bearer.ts";
 import { Bytes, type Call, jsonBody, Router } from "../../server/http.ts";
 import { type Listening, listen } from "../../server/lifecycle.ts";
 import { jsonLogger } from "../../server/log.ts";
+import { requestsInFlight } from "../../server/offload.ts";
 import { type App, pipeline } from "../../server/pipeline.ts";
 
 /** The shared request pipeline on a real loopback server: routes, principal hook, errors, close. */
@@ -290,6 +291,39 @@ describe("begin and bodies", () => {
     });
     expect(half).toBe("");
     expect((await raw(url, [head, body])).startsWith("HTTP/1.1 200")).toBe(true);
+  });
+});
+
+describe("requests in flight (what server/offload.ts decides by)", () => {
+  it("counts each request from its start to its answer, also one that fails or is refused", async () => {
+    const router = new Router<Who>();
+    const seen: number[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let entered = 0;
+    router.add("GET", "/slow", false, async () => {
+      entered++;
+      await gate;
+      seen.push(requestsInFlight());
+      return { status: 200, body: {} };
+    });
+    router.add("GET", "/fails", false, () => {
+      seen.push(requestsInFlight());
+      throw new Error("boom");
+    });
+    const url = await start(router, () => ({ name: "x" }));
+    expect(requestsInFlight()).toBe(0);
+    const slow = [get(`${url}/slow`), get(`${url}/slow`)];
+    while (entered < 2) await new Promise((r) => setTimeout(r, 5));
+    expect((await get(`${url}/fails`)).status).toBe(500);
+    expect((await get(`${url}/missing`)).status).toBe(404);
+    release();
+    expect((await Promise.all(slow)).map((r) => r.status)).toEqual([200, 200]);
+    // The failing one saw both slow ones and itself; the slow ones, released together, both.
+    expect(seen).toEqual([3, 2, 2]);
+    expect(requestsInFlight()).toBe(0);
   });
 });
 

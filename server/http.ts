@@ -50,19 +50,42 @@ export type Route<P> = { method: string; segments: string[] } & (
   | { auth: true; handler: Handler<P> }
 );
 
+/** The key of the routes whose first segment is a parameter (no path segment is empty). */
+const PARAM = "";
+
 export class Router<P> {
-  private readonly routes: Route<P>[] = [];
+  /**
+   * The routes that can match a path, by its number of segments and then its first segment (PARAM
+   * for paths whose first segment no route names), each list in the order the routes were added: a
+   * request tries a handful of routes, not all of them.
+   */
+  private readonly byShape = new Map<number, Map<string, Route<P>[]>>();
 
   /** `auth: true` routes run only with a principal; `auth: false` ones never see one. */
   add(method: string, pattern: string, auth: true, handler: Handler<P>): void;
   add(method: string, pattern: string, auth: false, handler: PublicHandler): void;
   add(method: string, pattern: string, auth: boolean, handler: Handler<P> | PublicHandler): void {
     const segments = pattern.split("/").filter(Boolean);
-    this.routes.push(
-      auth
-        ? { method, segments, auth: true, handler: handler as Handler<P> }
-        : { method, segments, auth: false, handler: handler as PublicHandler },
-    );
+    const route: Route<P> = auth
+      ? { method, segments, auth: true, handler: handler as Handler<P> }
+      : { method, segments, auth: false, handler: handler as PublicHandler };
+    let byFirst = this.byShape.get(segments.length);
+    if (!byFirst) {
+      byFirst = new Map([[PARAM, []]]);
+      this.byShape.set(segments.length, byFirst);
+    }
+    const first = segments[0];
+    if (first === undefined || first[0] === ":") {
+      // A parameter (or the root) first: a candidate whatever the first segment is.
+      for (const list of byFirst.values()) list.push(route);
+      return;
+    }
+    let list = byFirst.get(first);
+    if (!list) {
+      list = [...byFirst.get(PARAM)!];
+      byFirst.set(first, list);
+    }
+    list.push(route);
   }
 
   /** Finds the route; `allowed` lists methods of matching paths for a 405. */
@@ -71,9 +94,11 @@ export class Router<P> {
     path: string,
   ): { route: Route<P>; params: Record<string, string> } | { allowed: string[] } | undefined {
     const parts = path.split("/").filter(Boolean);
+    const byFirst = this.byShape.get(parts.length);
+    if (!byFirst) return undefined;
+    const candidates = byFirst.get(parts[0] ?? PARAM) ?? byFirst.get(PARAM)!;
     const allowed: string[] = [];
-    for (const route of this.routes) {
-      if (route.segments.length !== parts.length) continue;
+    for (const route of candidates) {
       let ok = true;
       for (let i = 0; i < parts.length; i++) {
         const seg = route.segments[i]!;

@@ -104,6 +104,74 @@ describe("typed routes", () => {
     expect(router.match("PUT", "/g/%E0%A4%A")).toEqual({ allowed: ["GET"] });
   });
 
+  it("finds the first route added that fits, as one scan of every route in order would", () => {
+    // Literal and parameter segments of several shapes, added in an order where both kinds come
+    // first; the answers are checked against that scan for paths that fit, fit partly, or fit none.
+    const patterns: [string, string][] = [
+      ["GET", "/"],
+      ["GET", "/grants"],
+      ["POST", "/grants"],
+      ["GET", "/:kind"],
+      ["GET", "/grants/:id"],
+      ["POST", "/grants/batch"],
+      ["GET", "/:kind/:id"],
+      ["DELETE", "/users/:id"],
+      ["POST", "/grants/:id/approve"],
+      ["POST", "/:kind/:id/approve"],
+      ["GET", "/users/me"],
+      ["PUT", "/:kind/:id"],
+      ["POST", "/grants/:id/:action"],
+    ];
+    const router = new Router<Who>();
+    for (const [method, pattern] of patterns) router.add(method, pattern, false, () => ({ status: 200 }));
+    const scan = (method: string, path: string) => {
+      const parts = path.split("/").filter(Boolean);
+      const allowed: string[] = [];
+      for (const [m, pattern] of patterns) {
+        const segs = pattern.split("/").filter(Boolean);
+        if (segs.length !== parts.length || !segs.every((s, i) => s[0] === ":" || s === parts[i])) continue;
+        if (m === method || (method === "HEAD" && m === "GET")) return `${m} ${pattern}`;
+        allowed.push(m);
+      }
+      return allowed.length ? allowed.join(",") : "none";
+    };
+    const answer = (method: string, path: string) => {
+      const m = router.match(method, path);
+      if (!m) return "none";
+      if ("allowed" in m) return m.allowed.join(",");
+      return `${m.route.method} /${m.route.segments.join("/")}`;
+    };
+    const paths = [
+      "/",
+      "/grants",
+      "/users",
+      "/x",
+      "/grants/1",
+      "/grants/batch",
+      "/users/me",
+      "/users/1",
+      "/x/1",
+      "/grants/1/approve",
+      "/x/1/approve",
+      "/grants/1/deny",
+      "/x/1/deny",
+      "/a/b/c/d",
+      "/:kind",
+    ];
+    let compared = 0;
+    for (const method of ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]) {
+      for (const path of paths) {
+        expect(answer(method, path), `${method} ${path}`).toBe(scan(method, path));
+        compared++;
+      }
+    }
+    expect(compared).toBe(90);
+    // Spot checks of what the order decides.
+    expect(answer("GET", "/grants/batch")).toBe("GET /grants/:id");
+    expect(answer("POST", "/grants/batch")).toBe("POST /grants/batch");
+    expect(answer("PATCH", "/users/1")).toBe("GET,DELETE,PUT");
+  });
+
   it("a handler cannot be registered with the wrong shape", () => {
     const router = new Router<Who>();
     // @ts-expect-error a public route's handler gets no principal

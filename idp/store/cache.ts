@@ -157,10 +157,14 @@ export function withReadCache(store: Store): Store {
     spendDeviceCode: (h, n) => store.spendDeviceCode(h, n),
     queryGrants: (q) => store.queryGrants(q),
     async transition(id, t) {
+      fresh();
       const generation = grantsGeneration;
+      // The kept grant is the row as it is (or the update finds another version and refuses): the
+      // store builds its answer from it instead of reading the row back.
+      const seen = t.seen ?? grants.get(id);
       let updated: StoredGrant | undefined;
       try {
-        updated = await store.transition(id, t);
+        updated = await store.transition(id, seen ? { ...t, seen } : t);
         return updated;
       } finally {
         // The row the update returned is the grant as it now is; a refused (or failed) one tells

@@ -92,6 +92,12 @@ export interface Transition {
   approvalProof?: ApprovalProofRecord;
   /** Notifications of the change, written in the same transaction only when the transition applies. */
   outbox?: readonly NewNotification[];
+  /**
+   * The grant as the caller knows it now (the read cache's copy): the transition then applies only
+   * to that version of the row, and a store may build its answer from it (idp/store/transitioned.ts)
+   * instead of reading the row back.
+   */
+  seen?: StoredGrant;
 }
 
 /** An identity disabled (`user`, subject = its email) or a delegation revoked (subject = its id). */

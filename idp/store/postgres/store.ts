@@ -1054,7 +1054,11 @@ export class PostgresStore implements Store {
     if (request !== "request") sets.push(`request = ${request}`);
     // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive,
     // across instances too (a second UPDATE waits for the first's row lock, then re-checks).
-    const update = `UPDATE grants SET ${sets.join(", ")} WHERE id = ${arg(id)} AND status = ANY(${arg([...t.from])}::text[]) RETURNING ${GRANT_COLS}`;
+    if (t.seen && t.seen.grant.id !== id)
+      throw new Error(`transition of ${id} given grant ${t.seen.grant.id} as seen`);
+    // With the grant as the caller saw it: only that version of the row (the answer is still read back).
+    const version = t.seen ? ` AND version = ${arg(t.seen.version)}` : "";
+    const update = `UPDATE grants SET ${sets.join(", ")} WHERE id = ${arg(id)}${version} AND status = ANY(${arg([...t.from])}::text[]) RETURNING ${GRANT_COLS}`;
     // A delegation revoked appends its revocation event, and the change's notifications are
     // written, in the same statement: only when the transition applied, atomically with it.
     const ctes = [`g AS (${update})`];

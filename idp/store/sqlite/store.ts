@@ -2,6 +2,7 @@ import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { Grant, GrantRequest } from "../../../protocol/types.ts";
 import { openPrivateSqlite, privateWalFiles } from "../../../server/sqlite.ts";
+import { transitioned } from "../transitioned.ts";
 import {
   type AttemptOutcome,
   type AuthCodeRecord,
@@ -1139,13 +1140,26 @@ export class SqliteStore implements Store {
       args.push(...requestArgs);
     }
     const placeholders = t.from.map(() => "?").join(", ");
-    const apply = () => {
+    const seen = t.seen;
+    if (seen && seen.grant.id !== id)
+      throw new Error(`transition of ${id} given grant ${seen.grant.id} as seen`);
+    const update = () => {
       // Compare-and-set: the WHERE on the current status makes concurrent transitions exclusive.
+      if (!seen) {
+        const r = this.wq(
+          `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
+        ).get(...args, id, ...t.from) as GrantRow | undefined;
+        return r ? grantFromRow(r) : undefined;
+      }
+      // On the row at the version seen, the answer is that grant with the change applied.
       const r = this.wq(
-        `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND status IN (${placeholders}) RETURNING ${GRANT_COLS}`,
-      ).get(...args, id, ...t.from) as GrantRow | undefined;
-      if (!r) return undefined;
-      const g = grantFromRow(r);
+        `UPDATE grants SET ${sets.join(", ")} WHERE id = ? AND version = ? AND status IN (${placeholders})`,
+      ).run(...args, id, seen.version, ...t.from);
+      return r.changes === 0 ? undefined : transitioned(seen, t);
+    };
+    const apply = () => {
+      const g = update();
+      if (!g) return undefined;
       if (t.to === "revoked" && g.grant.type === "delegation") {
         this.appendRevocation("delegation", g.grant.id, t.at ?? t.decidedAt ?? 0);
       }

@@ -8,6 +8,7 @@ import type {
   RefreshTokenRecord,
   Store,
   SubscriptionRecord,
+  Transition,
 } from "../../../idp/store/types.ts";
 import { signJwt } from "../../../idp/tokens.ts";
 import type { Grant } from "../../../protocol/types.ts";
@@ -445,6 +446,79 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const revoked = await s.transition(grant.id, { from: ["approved", "used"], to: "revoked" });
         expect(revoked?.grant).toMatchObject({ status: "revoked", used_at: 3, decided_by: "x" });
         expect(await s.getGrant(grant.id)).toEqual(revoked);
+      });
+
+      it("a transition given the grant as seen applies to that version only and answers what a read of the row gives", async () => {
+        const { s, connect } = await fresh();
+        const other = await connect();
+        const acted = command("a@x", 1);
+        const timed = command("a@x", 2);
+        timed.request = { ...timed.request, grant_type: "timed", duration: 30 };
+        const d = delegation("a@x", "bot@x", 3);
+        await s.insertGrant({ grant: acted, actingParty: "bot@x" });
+        await s.insertGrant({ grant: timed });
+        await s.insertGrant({ grant: d });
+        // Every field a transition sets, clears or keeps, and the request's rewrites.
+        const steps: [string, Transition][] = [
+          [
+            acted.id,
+            {
+              from: ["pending"],
+              to: "approved",
+              decidedBy: "b@x",
+              decidedAt: 4,
+              approvalProof: "ed25519",
+              actingParty: "bot@x",
+              grantType: "timed",
+              duration: 60,
+              expiresAt: 64,
+            },
+          ],
+          [acted.id, { from: ["approved"], to: "used", usedAt: 5 }],
+          [acted.id, { from: ["used"], to: "revoked", at: 6, actingParty: null }],
+          [
+            timed.id,
+            {
+              from: ["pending"],
+              to: "approved",
+              decidedBy: "b@x",
+              decidedAt: 7,
+              grantType: "always",
+              duration: null,
+              expiresAt: null,
+              actingParty: null,
+            },
+          ],
+          [d.id, { from: ["approved"], to: "revoked", at: 8 }],
+        ];
+        for (const [grantId, t] of steps) {
+          const seen = await s.getGrant(grantId);
+          const answer = await s.transition(grantId, { ...t, seen });
+          expect(answer?.version).toBe(seen!.version + 1);
+          await committed(s);
+          await caughtUp(other);
+          // The same fields in the same order as another handle reads them from the row.
+          expect(JSON.stringify(answer)).toBe(JSON.stringify(await other.getGrant(grantId)));
+        }
+        expect((await s.revocationsAfter(0, 10)).map((e) => e.subject)).toEqual([d.id]);
+        // A version no longer current is refused, even where the status fits.
+        const { grant } = await s.insertGrant({ grant: command("a@x", 9) });
+        const first = await s.getGrant(grant.id);
+        expect(
+          await s.transition(grant.id, { from: ["pending"], to: "approved", seen: first }),
+        ).toBeDefined();
+        expect(
+          await s.transition(grant.id, {
+            from: ["pending", "approved"],
+            to: "used",
+            usedAt: 10,
+            seen: first,
+          }),
+        ).toBeUndefined();
+        expect((await s.getGrant(grant.id))?.grant.status).toBe("approved");
+        await expect(
+          s.transition(acted.id, { from: ["revoked"], to: "revoked", seen: first }),
+        ).rejects.toThrow(/as seen/);
       });
 
       it("an approval records its proof type; later transitions keep it, a denial has none", async () => {

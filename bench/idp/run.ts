@@ -347,9 +347,16 @@ for (const clients of LEVELS) {
     st.secs += (performance.now() - started) / 1000;
     st.cpu += serverCpuMs(srv.proc.pid!) - cpuBefore;
   };
+  // With --compare-bin, this build and the other take turns going first (slice by slice).
+  let turn = 0;
   const ours = async (seconds: number) => {
-    await run(main, mine, seconds);
-    if (compare) await run(compare, cmp, seconds);
+    if (compare && turn++ % 2 === 1) {
+      await run(compare, cmp, seconds);
+      await run(main, mine, seconds);
+    } else {
+      await run(main, mine, seconds);
+      if (compare) await run(compare, cmp, seconds);
+    }
   };
   const floor = async (seconds: number) => {
     const deadline = performance.now() + seconds * 1000;

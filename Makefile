@@ -49,7 +49,7 @@ bench-idp-instances: build
 	node bench/idp-instances/run.ts
 
 bench-idp-workers: build
-	node bench/idp-workers/run.ts
+	node bench/idp-workers/run.ts --one-core
 	node bench/idp-workers/crypto-offload.ts
 
 bench-troop: build

@@ -7,6 +7,7 @@
 // WAL write lock is an fcntl lock on byte 120 of the -shm file, held from a batch's BEGIN IMMEDIATE
 // to its COMMIT), then approval-to-waiter latency with the waiter and the approval on two
 // different connections (the primary hands consecutive connections to different workers).
+// --one-core adds one worker confined to CPU 0 (taskset), so one run also compares 1 and 2 cores.
 // Run with the pinned node: `node bench/idp-workers/run.ts`.
 import { spawn } from "node:child_process";
 import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
@@ -41,6 +42,12 @@ const bin = requireBuiltApes();
 const COMPARE_BIN = args.get("compare-bin");
 const COMPARE_SQL = args.get("compare-sql");
 const BUILDS = COMPARE_BIN ? [bin, COMPARE_BIN] : [bin];
+// --one-core: also one worker confined to CPU 0 (taskset; its thread pool too), against which the
+// unconfined configurations show what a second core gives (the load generator is never confined).
+const ONE_CORE = args.has("one-core");
+const CONFIGS: { workers: number; build: string; cpus?: string }[] = [];
+for (const build of BUILDS) if (ONE_CORE) CONFIGS.push({ workers: 1, build, cpus: "0" });
+for (const workers of WORKERS) for (const build of BUILDS) CONFIGS.push({ workers, build });
 
 const base = mkdtempSync(join(tmpdir(), "apes-bench-workers-"));
 const human = generateKeyPairSync("ed25519");
@@ -91,7 +98,7 @@ const agents = Array.from({ length: CLIENTS }, (_, i) => ({
 
 // --- the write-lock sampler: a thread reading /proc/locks SAMPLE_HZ times a second ---
 // counters[0]: samples, counters[1]: samples with the write lock held, per watched file (slot 2k, 2k+1)
-const counters = new Int32Array(new SharedArrayBuffer(4 * 2 * WORKERS.length * BUILDS.length));
+const counters = new Int32Array(new SharedArrayBuffer(4 * 2 * CONFIGS.length));
 const SAMPLER = `
 const { workerData } = require("node:worker_threads");
 const { readFileSync } = require("node:fs");
@@ -130,23 +137,27 @@ interface Server {
   ): Promise<{ status: number; body: any; headers: Record<string, unknown> }>;
 }
 
-async function start(workers: number, build: string): Promise<Server> {
+async function start(workers: number, build: string, cpus?: string): Promise<Server> {
   const compared = build !== bin;
-  const label = compared ? `${workers} (compare)` : String(workers);
-  const dir = join(base, `w${workers}${compared ? "-compare" : ""}`);
+  const label = `${workers}${cpus === undefined ? "" : ` on CPU ${cpus}`}${compared ? " (compare)" : ""}`;
+  const dir = join(
+    base,
+    `w${workers}${cpus === undefined ? "" : `-cpu${cpus}`}${compared ? "-compare" : ""}`,
+  );
   cpSync(join(base, "seed"), dir, { recursive: true });
   if (compared && COMPARE_SQL) {
     const db = new DatabaseSync(join(dir, DB_FILE));
     db.exec(COMPARE_SQL);
     db.close();
   }
-  const proc = spawn(
-    build,
-    ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dir, "--issuer", ISSUER, "--log-level", "warn"]
-      .concat(["--workers", String(workers), "--rate-limit", "off", "--login-rate-limit", "off"])
-      .concat(["--token-rate-limit", "off", "--connection-rate", "off"]),
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
+  const serveArgs = ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dir, "--issuer", ISSUER]
+    .concat(["--log-level", "warn", "--workers", String(workers), "--rate-limit", "off"])
+    .concat(["--login-rate-limit", "off", "--token-rate-limit", "off", "--connection-rate", "off"]);
+  // taskset execs the server: the pid is the server's, its threads and children stay on `cpus`.
+  const proc =
+    cpus === undefined
+      ? spawn(build, serveArgs, { stdio: ["ignore", "ignore", "pipe"] })
+      : spawn("taskset", ["-c", cpus, build, ...serveArgs], { stdio: ["ignore", "ignore", "pipe"] });
   const url: string = await new Promise((res, rej) => {
     let buf = "";
     proc.stderr!.on("data", (c: Buffer) => {
@@ -211,7 +222,7 @@ const proofFor = (grant: Record<string, unknown>) =>
   signApproval(approvalInputOf(ISSUER, grant, {}), "alice@bench.test", human.privateKey);
 
 const servers: Server[] = [];
-for (const n of WORKERS) for (const build of BUILDS) servers.push(await start(n, build));
+for (const c of CONFIGS) servers.push(await start(c.workers, c.build, c.cpus));
 const inodes = servers.map((s) => statSync(join(s.dir, `${DB_FILE}-shm`)).ino);
 const sampler = new Worker(SAMPLER, {
   eval: true,
@@ -282,7 +293,7 @@ async function slice(s: Server, seconds: number): Promise<void> {
 }
 
 console.log(
-  `${SEED} grants seeded; ${CLIENTS} clients; workers ${WORKERS.join(", ")}; ${SLICES} alternating slices of ${(SECONDS / SLICES).toFixed(1)} s each; ${availableParallelism()} CPUs; load before ${loadavg()}`,
+  `${SEED} grants seeded; ${CLIENTS} clients; workers ${WORKERS.join(", ")}${ONE_CORE ? " (and 1 on CPU 0)" : ""}; ${SLICES} alternating slices of ${(SECONDS / SLICES).toFixed(1)} s each; ${availableParallelism()} CPUs; load before ${loadavg()}`,
 );
 for (let round = 0; round < SLICES; round++) {
   // Rotate the order each round: no configuration always runs first (on the warmer machine).

@@ -1,10 +1,12 @@
 import { type KeyObject, sign, verify } from "node:crypto";
+import { availableParallelism } from "node:os";
 
 /**
  * Ed25519 off the event loop while other requests wait for it: node:crypto's callback form runs the
  * signature on libuv's thread pool, so the loop handles other requests while another core signs or
  * verifies. A lone request keeps it inline: the hop to the pool and back only adds latency when
- * nothing else could use the loop meanwhile (bench/BENCHMARKS.md, "Signatures off the event loop").
+ * nothing else could use the loop meanwhile (bench/BENCHMARKS.md, "Signatures off the event loop"),
+ * and so does a process confined to one CPU.
  * Same operations, same answers, either way.
  */
 
@@ -23,7 +25,18 @@ export function requestsInFlight(): number {
   return handling;
 }
 
-const othersWaiting = () => requestsInFlight() > 1;
+/** CPUs this process may run on (its affinity included), read once. */
+const CPUS = availableParallelism();
+
+/**
+ * To the pool only while another request is in flight and there is another CPU to sign on: confined
+ * to one CPU, the hop costs CPU and gains nothing (bench/BENCHMARKS.md, "Every core").
+ */
+export function offloads(inFlight: number, cpus: number): boolean {
+  return inFlight > 1 && cpus > 1;
+}
+
+const othersWaiting = () => offloads(requestsInFlight(), CPUS);
 
 export function ed25519Sign(data: Buffer, key: KeyObject): Promise<Buffer> {
   if (!othersWaiting()) return Promise.resolve(sign(null, data, key));

@@ -1,6 +1,8 @@
+import { execFileSync } from "node:child_process";
 import { generateKeyPairSync, pbkdf2, sign, verify } from "node:crypto";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ed25519Sign, ed25519Verify, requestEnded, requestStarted } from "../../server/offload.ts";
+import { ed25519Sign, ed25519Verify, offloads, requestEnded, requestStarted } from "../../server/offload.ts";
 
 /** Signatures off the event loop: the same answers inline and in the pool, and the pool only when others wait. */
 
@@ -47,6 +49,37 @@ describe("ed25519 off the event loop", () => {
       });
     });
   }
+
+  it("offloads only with another request in flight and another CPU", () => {
+    expect(offloads(1, 8)).toBe(false);
+    expect(offloads(0, 8)).toBe(false);
+    expect(offloads(2, 1)).toBe(false);
+    expect(offloads(50, 1)).toBe(false);
+    expect(offloads(2, 2)).toBe(true);
+    expect(offloads(50, 32)).toBe(true);
+  });
+
+  it("a process confined to one CPU keeps them inline, busy or not (taskset)", () => {
+    // The order check below, in a process taskset confines to CPU 0: there, even with others in
+    // flight, the signature is made before the pool's first job ends.
+    const script = `
+      import { pbkdf2, generateKeyPairSync } from "node:crypto";
+      import { ed25519Sign, requestStarted } from ${JSON.stringify(join(import.meta.dirname, "../../server/offload.ts"))};
+      const key = generateKeyPairSync("ed25519").privateKey;
+      const order = [];
+      let first;
+      const ended = new Promise((r) => { first = r; }).then(() => order.push("pool job"));
+      for (let i = 0; i < 16; i++) pbkdf2("x", "salt", 400000, 32, "sha256", () => first());
+      requestStarted(); requestStarted();
+      await ed25519Sign(Buffer.from("x"), key).then(() => order.push("with others"));
+      await ended;
+      console.log(JSON.stringify(order));`;
+    const out = execFileSync("taskset", ["-c", "0", process.execPath, "--input-type=module", "-e", script], {
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    expect(JSON.parse(out)).toEqual(["with others", "pool job"]);
+  });
 
   it("stays inline for a lone request and goes to the thread pool while others are in flight", async () => {
     const order: string[] = [];

@@ -1,11 +1,11 @@
-import type { Grant } from "../../protocol/types.ts";
+import { storedGrantOf } from "./grant-row.ts";
 import type { StoredGrant, Transition } from "./types.ts";
 
 /**
- * The grant `seen` becomes when a store applies `t` to its row (the row at seen's version): what
- * reading the row back would return, one version later, with its fields in the order a read gives
- * them. Objects `t` does not change (the request, mostly) are shared with `seen`, not copied. The
- * store contract checks this against the row as read back, for every kind of transition.
+ * The grant `seen` becomes when a store applies `t` to its row (the row at seen's version): the
+ * columns the UPDATE sets, changed as it changes them, mapped as a read maps them (grant-row.ts),
+ * one version later. Objects `t` does not change (the request, mostly) are shared with `seen`, not
+ * copied. The store contract checks this against the row as read back, for every kind of transition.
  */
 export function transitioned(seen: StoredGrant, t: Transition): StoredGrant {
   const was = seen.grant;
@@ -16,20 +16,20 @@ export function transitioned(seen: StoredGrant, t: Transition): StoredGrant {
     if (t.duration === null) delete request.duration;
     else if (t.duration !== undefined) request.duration = t.duration;
   }
-  const grant: Grant = { id: was.id, type: was.type, request, status: t.to, created_at: was.created_at };
-  const decidedBy = t.decidedBy ?? was.decided_by;
-  if (decidedBy !== undefined) grant.decided_by = decidedBy;
-  const decidedAt = t.decidedAt ?? was.decided_at;
-  if (decidedAt !== undefined) grant.decided_at = decidedAt;
-  const expiresAt = t.expiresAt === undefined ? was.expires_at : (t.expiresAt ?? undefined);
-  if (expiresAt !== undefined) grant.expires_at = expiresAt;
-  const usedAt = t.usedAt ?? was.used_at;
-  if (usedAt !== undefined) grant.used_at = usedAt;
-  const proof = t.approvalProof ?? was.approval_proof;
-  if (proof !== undefined) grant.approval_proof = proof;
-  const stored: StoredGrant = { grant, version: seen.version + 1, seq: seen.seq };
-  if (seen.createdAct !== undefined) stored.createdAct = seen.createdAct;
-  const decidedAct = t.actingParty === undefined ? seen.decidedAct : (t.actingParty ?? undefined);
-  if (decidedAct !== undefined) stored.decidedAct = decidedAct;
-  return stored;
+  const columns = {
+    seq: seen.seq,
+    id: was.id,
+    type: was.type,
+    status: t.to,
+    decided_by: t.decidedBy ?? was.decided_by ?? null,
+    created_at: was.created_at,
+    decided_at: t.decidedAt ?? was.decided_at ?? null,
+    expires_at: t.expiresAt === undefined ? (was.expires_at ?? null) : t.expiresAt,
+    used_at: t.usedAt ?? was.used_at ?? null,
+    version: seen.version + 1,
+    created_act: seen.createdAct ?? null,
+    decided_act: t.actingParty === undefined ? (seen.decidedAct ?? null) : t.actingParty,
+    approval_proof: t.approvalProof ?? was.approval_proof ?? null,
+  };
+  return storedGrantOf(columns, request);
 }

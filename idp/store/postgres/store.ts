@@ -1,7 +1,7 @@
 import pg from "pg";
 import { canonicalIdentity } from "../../../protocol/names.ts";
-import type { Grant, GrantRequest } from "../../../protocol/types.ts";
 import { type PostgresTarget, pgClientConfig } from "../../../server/postgres.ts";
+import { GRANT_COLS, type GrantColumns, storedGrantOf } from "../grant-row.ts";
 import {
   type AttemptOutcome,
   type AuthCodeRecord,
@@ -84,44 +84,10 @@ interface UserRow {
   approvers: string[] | null;
 }
 
-interface GrantRow {
-  seq: number;
-  id: string;
-  type: Grant["type"];
-  status: Grant["status"];
-  request: GrantRequest;
-  decided_by: string | null;
-  created_at: number;
-  decided_at: number | null;
-  expires_at: number | null;
-  used_at: number | null;
-  version: number;
-  created_act: string | null;
-  decided_act: string | null;
-  approval_proof: string | null;
-}
-
-const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act, approval_proof";
+type GrantRow = GrantColumns;
 
 function grantFromRow(r: GrantRow): StoredGrant {
-  const grant: Grant = {
-    id: r.id,
-    type: r.type,
-    request: r.request,
-    status: r.status,
-    created_at: r.created_at,
-  };
-  if (r.decided_by !== null) grant.decided_by = r.decided_by;
-  if (r.decided_at !== null) grant.decided_at = r.decided_at;
-  if (r.expires_at !== null) grant.expires_at = r.expires_at;
-  if (r.used_at !== null) grant.used_at = r.used_at;
-  if (r.approval_proof !== null)
-    grant.approval_proof = r.approval_proof as NonNullable<Grant["approval_proof"]>;
-  const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
-  if (r.created_act !== null) stored.createdAct = r.created_act;
-  if (r.decided_act !== null) stored.decidedAct = r.decided_act;
-  return stored;
+  return storedGrantOf(r, r.request);
 }
 
 interface PasskeyRow {

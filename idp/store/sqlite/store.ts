@@ -1,7 +1,8 @@
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
-import type { Grant, GrantRequest } from "../../../protocol/types.ts";
+import type { GrantRequest } from "../../../protocol/types.ts";
 import { openPrivateSqlite, privateWalFiles } from "../../../server/sqlite.ts";
+import { GRANT_COLS, type GrantColumns, storedGrantOf } from "../grant-row.ts";
 import { transitioned } from "../transitioned.ts";
 import {
   type AttemptOutcome,
@@ -65,44 +66,11 @@ interface UserRow {
   created_at: number;
 }
 
-interface GrantRow {
-  seq: number;
-  id: string;
-  type: Grant["type"];
-  status: Grant["status"];
-  request: string;
-  decided_by: string | null;
-  created_at: number;
-  decided_at: number | null;
-  expires_at: number | null;
-  used_at: number | null;
-  version: number;
-  created_act: string | null;
-  decided_act: string | null;
-  approval_proof: string | null;
-}
+type GrantRow = GrantColumns<string>;
 
-const GRANT_COLS =
-  "seq, id, type, status, request, decided_by, created_at, decided_at, expires_at, used_at, version, created_act, decided_act, approval_proof";
-
+/** The row's request is JSON text: parsed here, into objects of this grant's own. */
 function grantFromRow(r: GrantRow): StoredGrant {
-  const grant: Grant = {
-    id: r.id,
-    type: r.type,
-    request: JSON.parse(r.request) as GrantRequest,
-    status: r.status,
-    created_at: r.created_at,
-  };
-  if (r.decided_by !== null) grant.decided_by = r.decided_by;
-  if (r.decided_at !== null) grant.decided_at = r.decided_at;
-  if (r.expires_at !== null) grant.expires_at = r.expires_at;
-  if (r.used_at !== null) grant.used_at = r.used_at;
-  if (r.approval_proof !== null)
-    grant.approval_proof = r.approval_proof as NonNullable<Grant["approval_proof"]>;
-  const stored: StoredGrant = { grant, version: r.version, seq: r.seq };
-  if (r.created_act !== null) stored.createdAct = r.created_act;
-  if (r.decided_act !== null) stored.decidedAct = r.decided_act;
-  return stored;
+  return storedGrantOf(r, JSON.parse(r.request) as GrantRequest);
 }
 
 interface SubscriptionRow {

@@ -2,7 +2,8 @@
 // approved timed grant, against `sudo -n true` (NOPASSWD) in the same run, plus the split between
 // shim, requester, verifier and IdP round trips. Four ways in the same rotation: with the resident
 // verifier (`apes verifier serve`) and the caller's warm requester, with either alone, and with the
-// one-shot halves only (a second install without a resident verifier; APES_KEEP_WARM=0). As root (installs the shim into a temp prefix, adds
+// one-shot halves only (a second install without a resident verifier; APES_KEEP_WARM=0); and a
+// caller's first elevation, which starts its warm requester (the one running is stopped first). As root (installs the shim into a temp prefix, adds
 // a user and a sudoers drop-in, both removed at the end; installs sudo with apt when missing).
 // Run with the pinned node: `node bench/elevate/run.ts [--rounds=40]` (or `make bench-elevate`).
 // Before/after in one run: build the old version, `node bench/elevate/run.ts --install-only=F` (installs
@@ -50,6 +51,10 @@ const CMD = ["/bin/true"];
 const OPTS = ["--approval", "timed", "--duration", "1h", "--reason", "bench"];
 const BOTH = "apes -- /bin/true: resident verifier + warm requester";
 const NEITHER = "apes -- /bin/true: one-shot halves (no residents)";
+const COLD = "apes -- /bin/true: resident verifier, one-shot requester";
+const FIRST =
+  "apes -- /bin/true: resident verifier, the caller's first elevation (starts its warm requester)";
+const FIRST_ROUNDS = Math.max(5, Math.round(ROUNDS / 2));
 
 if (process.getuid?.() !== 0) {
   console.error("bench/elevate needs root (it installs the setuid shim into a temporary prefix)");
@@ -259,6 +264,33 @@ async function main() {
     }
   };
 
+  // A caller's first elevation: none of its warm requesters runs yet, so its one-shot requester asks
+  // and starts one (detached) on the way. Stopped before each such run, not timed; afterwards the
+  // new one is waited for, so the next case that wants it finds it serving.
+  const warmOf = `${inst.exec.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} __request --serve `;
+  const warmSockets = () =>
+    (spawnSync("pgrep", ["-a", "-u", String(user.uid), "-f", warmOf], { encoding: "utf8" }).stdout ?? "")
+      .split("\n")
+      .map((line) => /--serve (\S+)/.exec(line)?.[1])
+      .filter((p): p is string => p !== undefined);
+  const pause = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  const stopWarmRequester = () => {
+    const sockets = warmSockets();
+    spawnSync("pkill", ["-KILL", "-u", String(user.uid), "-f", warmOf]);
+    for (let i = 0; i < 200 && warmSockets().length > 0; i++) pause(10);
+    for (const socket of warmSockets()) throw new Error(`warm requester still serving ${socket}`);
+    // As after its idle end (which removes it): no socket, so the next one is seen once it listens.
+    for (const socket of sockets) rmSync(socket, { force: true });
+  };
+  const awaitWarmRequester = () => {
+    for (let i = 0; i < 300; i++) {
+      const [socket] = warmSockets();
+      if (socket && existsSync(socket)) return;
+      pause(10);
+    }
+    throw new Error("the first elevation started no warm requester");
+  };
+
   // The runtime's floor: a one-line single executable built like dist/apes (bench/common.mjs).
   const bare = buildBareSea(work);
   const cases: Record<string, () => number> = {
@@ -266,8 +298,7 @@ async function main() {
     "bare single executable (runtime floor)": () => run([...asUser, bare], { env }).ms,
     "sudo -n true": () => run([...asUser, "/usr/bin/sudo", "-n", "true"], { env }).ms,
     [BOTH]: () => run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms,
-    "apes -- /bin/true: resident verifier, one-shot requester": () =>
-      run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env: cold }).ms,
+    [COLD]: () => run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env: cold }).ms,
     "apes -- /bin/true: warm requester, one-shot verifier": () =>
       run([...asUser, oneShot.shim, ...OPTS, "--", ...CMD], { env }).ms,
     [NEITHER]: () => run([...asUser, oneShot.shim, ...OPTS, "--", ...CMD], { env: cold }).ms,
@@ -298,6 +329,17 @@ async function main() {
       const ms = cases[name]!();
       if (round >= WARMUP) times[name]!.push(ms);
     }
+  }
+
+  // A caller's first elevation against the same one-shot requester that starts none (APES_KEEP_WARM=0),
+  // alternating, after the rotation: each first elevation leaves a fresh (cold) warm requester behind,
+  // which would slow the warm cases above.
+  const firsts: Record<string, number[]> = { [FIRST]: [], [COLD]: [] };
+  for (let i = 0; i < FIRST_ROUNDS; i++) {
+    stopWarmRequester();
+    firsts[FIRST]!.push(run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env }).ms);
+    awaitWarmRequester();
+    firsts[COLD]!.push(run([...asUser, inst.shim, ...OPTS, "--", ...CMD], { env: cold }).ms);
   }
 
   // Phase split from the programs' own timing lines (median over 15 runs each); with --compare, each
@@ -364,6 +406,11 @@ async function main() {
     const ms = median(times[name]!);
     console.log(`${name}: ${f(ms)} ms = ${f(ms / sudo)}x sudo -n true (${f(sudo)} ms)`);
   }
+  const firstMs = median(firsts[FIRST]!);
+  const coldFirst = median(firsts[COLD]!);
+  console.log(
+    `${FIRST}: ${f(firstMs)} ms = ${f(firstMs / sudo)}x sudo -n true; against the one-shot requester in the same ${FIRST_ROUNDS} alternating rounds (${f(coldFirst)} ms): +${f(firstMs - coldFirst)} ms for starting the warm requester`,
+  );
   for (const b of befores) {
     const old = median(times[`before (${b.name}): apes -- /bin/true`]!);
     console.log(

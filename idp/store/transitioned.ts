@@ -1,9 +1,9 @@
-import { storedGrantOf } from "./grant-row.ts";
+import { storedGrantOf } from "./rows.ts";
 import type { StoredGrant, Transition } from "./types.ts";
 
 /**
  * The grant `seen` becomes when a store applies `t` to its row (the row at seen's version): the
- * columns the UPDATE sets, changed as it changes them, mapped as a read maps them (grant-row.ts),
+ * columns the UPDATE sets, changed as it changes them, mapped as a read maps them (rows.ts),
  * one version later. Objects `t` does not change (the request, mostly) are shared with `seen`, not
  * copied. The store contract checks this against the row as read back, for every kind of transition.
  */

@@ -1,7 +1,29 @@
 import pg from "pg";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import { type PostgresTarget, pgClientConfig } from "../../../server/postgres.ts";
-import { GRANT_COLS, type GrantColumns, storedGrantOf } from "../grant-row.ts";
+import {
+  type AuthCodeColumns,
+  authCodeOf,
+  type ClientColumns,
+  clientOf,
+  type DeviceCodeColumns,
+  deviceCodeOf,
+  GRANT_COLS,
+  type GrantColumns,
+  type InviteColumns,
+  inviteOf,
+  type NotificationColumns,
+  notificationOf,
+  type PasskeyColumns,
+  passkeyOf,
+  type RefreshTokenColumns,
+  refreshTokenOf,
+  type SubscriptionColumns,
+  storedGrantOf,
+  subscriptionOf,
+  type UserColumns,
+  userOf,
+} from "../rows.ts";
 import {
   type AttemptOutcome,
   type AuthCodeRecord,
@@ -15,8 +37,6 @@ import {
   type NewUser,
   type NotificationQuery,
   type NotificationRecord,
-  type NotifyChannel,
-  type NotifyEvent,
   type PasskeyRecord,
   REVOCATION_RETENTION_S,
   type RefreshTokenRecord,
@@ -71,221 +91,35 @@ export interface PostgresOptions {
   applicationName?: string;
 }
 
-interface UserRow {
-  email: string;
-  kind: "human" | "agent";
-  owner: string | null;
-  admin: boolean;
-  disabled: boolean;
-  public_key: string | null;
-  fingerprint: string | null;
-  name: string | null;
-  created_at: number;
-  approvers: string[] | null;
-}
-
+/*
+ * The rows as node-postgres gives them (booleans, arrays and jsonb decoded already), mapped in
+ * ../rows.ts; a user's approvers come with the row (USER_SELECT).
+ */
+type UserRow = UserColumns & { approvers: string[] | null };
 type GrantRow = GrantColumns;
 
 function grantFromRow(r: GrantRow): StoredGrant {
   return storedGrantOf(r, r.request);
 }
 
-interface PasskeyRow {
-  credential_id: string;
-  email: string;
-  public_key: string;
-  counter: number;
-  transports: string[];
-  device_type: "singleDevice" | "multiDevice";
-  backed_up: boolean;
-  created_at: number;
-  last_used_at: number | null;
+function userFromRow(r: UserRow): UserRecord {
+  return userOf(r, { admin: r.admin, disabled: r.disabled, approvers: r.approvers ?? [] });
 }
 
-function passkeyFromRow(r: PasskeyRow): PasskeyRecord {
-  const p: PasskeyRecord = {
-    credentialId: r.credential_id,
-    email: r.email,
-    publicKey: r.public_key,
-    counter: r.counter,
-    transports: r.transports,
-    deviceType: r.device_type,
-    backedUp: r.backed_up,
-    createdAt: r.created_at,
-  };
-  if (r.last_used_at !== null) p.lastUsedAt = r.last_used_at;
-  return p;
+function passkeyFromRow(r: PasskeyColumns): PasskeyRecord {
+  return passkeyOf(r, { transports: r.transports, backedUp: r.backed_up });
 }
 
-interface InviteRow {
-  id: string;
-  email: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
+function clientFromRow(r: ClientColumns): ClientRecord {
+  return clientOf(r, r.redirect_uris);
 }
 
-function inviteFromRow(r: InviteRow): InviteRecord {
-  const i: InviteRecord = { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
-  if (r.used_at !== null) i.usedAt = r.used_at;
-  return i;
+function subscriptionFromRow(r: SubscriptionColumns): SubscriptionRecord {
+  return subscriptionOf(r, r.events);
 }
 
 /** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
 const FAMILY_GRACE_S = 600;
-
-interface ClientRow {
-  id: string;
-  redirect_uris: string[];
-  created_at: number;
-}
-
-function clientFromRow(r: ClientRow): ClientRecord {
-  return { id: r.id, redirectUris: r.redirect_uris, createdAt: r.created_at };
-}
-
-interface CodeRow {
-  code_hash: string;
-  client_id: string;
-  redirect_uri: string;
-  code_challenge: string;
-  nonce: string;
-  sub: string;
-  family_id: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-}
-
-function codeFromRow(r: CodeRow): AuthCodeRecord {
-  const c: AuthCodeRecord = {
-    codeHash: r.code_hash,
-    clientId: r.client_id,
-    redirectUri: r.redirect_uri,
-    codeChallenge: r.code_challenge,
-    nonce: r.nonce,
-    sub: r.sub,
-    familyId: r.family_id,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-  };
-  if (r.used_at !== null) c.usedAt = r.used_at;
-  return c;
-}
-
-interface RefreshRow {
-  token_hash: string;
-  family_id: string;
-  client_id: string;
-  sub: string;
-  act: "human" | "agent";
-  acting_party: string | null;
-  delegation_grant: string | null;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-}
-
-function refreshFromRow(r: RefreshRow): RefreshTokenRecord {
-  const t: RefreshTokenRecord = {
-    tokenHash: r.token_hash,
-    familyId: r.family_id,
-    clientId: r.client_id,
-    sub: r.sub,
-    act: r.act,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-  };
-  if (r.acting_party !== null) t.actingParty = r.acting_party;
-  if (r.delegation_grant !== null) t.delegationGrant = r.delegation_grant;
-  if (r.used_at !== null) t.usedAt = r.used_at;
-  return t;
-}
-
-interface DeviceRow {
-  device_hash: string;
-  user_code: string;
-  client_id: string;
-  status: DeviceCodeRecord["status"];
-  sub: string | null;
-  poll_interval: number;
-  last_poll_at: number | null;
-  created_at: number;
-  expires_at: number;
-  decided_at: number | null;
-}
-
-function deviceFromRow(r: DeviceRow): DeviceCodeRecord {
-  const d: DeviceCodeRecord = {
-    deviceHash: r.device_hash,
-    userCode: r.user_code,
-    clientId: r.client_id,
-    status: r.status,
-    interval: r.poll_interval,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-  };
-  if (r.sub !== null) d.sub = r.sub;
-  if (r.last_poll_at !== null) d.lastPollAt = r.last_poll_at;
-  if (r.decided_at !== null) d.decidedAt = r.decided_at;
-  return d;
-}
-
-interface SubscriptionRow {
-  id: string;
-  owner: string;
-  channel: NotifyChannel;
-  target: string;
-  secret: string | null;
-  events: NotifyEvent[];
-  created_at: number;
-}
-
-function subscriptionFromRow(r: SubscriptionRow): SubscriptionRecord {
-  const s: SubscriptionRecord = {
-    id: r.id,
-    owner: r.owner,
-    channel: r.channel,
-    target: r.target,
-    events: r.events,
-    createdAt: r.created_at,
-  };
-  if (r.secret !== null) s.secret = r.secret;
-  return s;
-}
-
-interface OutboxRow {
-  id: number;
-  key: string;
-  subscription_id: string;
-  grant_id: string | null;
-  event: NotifyEvent;
-  payload: string;
-  status: NotificationRecord["status"];
-  attempts: number;
-  due_at_ms: number;
-  last_error: string | null;
-  created_at: number;
-  delivered_at: number | null;
-}
-
-function notificationFromRow(r: OutboxRow): NotificationRecord {
-  const n: NotificationRecord = {
-    id: r.id,
-    key: r.key,
-    subscriptionId: r.subscription_id,
-    event: r.event,
-    payload: r.payload,
-    status: r.status,
-    attempts: r.attempts,
-    dueAtMs: r.due_at_ms,
-    createdAt: r.created_at,
-  };
-  if (r.grant_id !== null) n.grantId = r.grant_id;
-  if (r.last_error !== null) n.lastError = r.last_error;
-  if (r.delivered_at !== null) n.deliveredAt = r.delivered_at;
-  return n;
-}
 
 /**
  * Outbox rows as one INSERT ... SELECT over arrays (the placeholders are appended to `args`), for a
@@ -310,22 +144,6 @@ function outboxInsert(
     FROM unnest(${cols[0]}::text[], ${cols[1]}::text[], ${cols[2]}::text[], ${cols[3]}::text[], ${cols[4]}::text[], ${cols[5]}::bigint[]) AS o(k, sid, gid, ev, pl, ca)
     ${onlyIf ? `WHERE EXISTS (SELECT 1 FROM ${onlyIf})` : ""}
     ON CONFLICT (key) DO NOTHING`;
-}
-
-function userFromRow(r: UserRow): UserRecord {
-  const u: UserRecord = {
-    email: r.email,
-    kind: r.kind,
-    approvers: r.approvers ?? [],
-    admin: r.admin,
-    disabled: r.disabled,
-    createdAt: r.created_at,
-  };
-  if (r.owner !== null) u.owner = r.owner;
-  if (r.public_key !== null) u.publicKey = r.public_key;
-  if (r.fingerprint !== null) u.fingerprint = r.fingerprint;
-  if (r.name !== null) u.name = r.name;
-  return u;
 }
 
 const USER_SELECT = `SELECT u.*, (SELECT array_agg(a.approver ORDER BY a.approver COLLATE "C") FROM approvers a WHERE a.subject = u.email) AS approvers FROM users u`;
@@ -692,12 +510,12 @@ export class PostgresStore implements Store {
   }
 
   async getClient(id: string): Promise<ClientRecord | undefined> {
-    const [r] = await this.rows<ClientRow>("SELECT * FROM oauth_clients WHERE id = $1", [id]);
+    const [r] = await this.rows<ClientColumns>("SELECT * FROM oauth_clients WHERE id = $1", [id]);
     return r ? clientFromRow(r) : undefined;
   }
 
   async listClients(): Promise<ClientRecord[]> {
-    return (await this.rows<ClientRow>('SELECT * FROM oauth_clients ORDER BY id COLLATE "C"')).map(
+    return (await this.rows<ClientColumns>('SELECT * FROM oauth_clients ORDER BY id COLLATE "C"')).map(
       clientFromRow,
     );
   }
@@ -726,16 +544,18 @@ export class PostgresStore implements Store {
   }
 
   async spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined> {
-    const [r] = await this.rows<CodeRow>(
+    const [r] = await this.rows<AuthCodeColumns>(
       "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING *",
       [now, codeHash],
     );
-    return r ? codeFromRow(r) : undefined;
+    return r ? authCodeOf(r) : undefined;
   }
 
   async getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined> {
-    const [r] = await this.rows<CodeRow>("SELECT * FROM oauth_codes WHERE code_hash = $1", [codeHash]);
-    return r ? codeFromRow(r) : undefined;
+    const [r] = await this.rows<AuthCodeColumns>("SELECT * FROM oauth_codes WHERE code_hash = $1", [
+      codeHash,
+    ]);
+    return r ? authCodeOf(r) : undefined;
   }
 
   async insertRefreshToken(t: RefreshTokenRecord): Promise<void> {
@@ -765,25 +585,25 @@ export class PostgresStore implements Store {
     // One compare-and-set: unspent, unexpired, its family not revoked. FOR SHARE on the family row
     // waits for a concurrent revocation (which locks it) and re-checks it: a spend and a revocation
     // of one family on two instances are ordered, as in one process.
-    const [r] = await this.rows<RefreshRow>(
+    const [r] = await this.rows<RefreshTokenColumns>(
       `UPDATE refresh_tokens SET used_at = $1
        WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1
          AND EXISTS (SELECT 1 FROM refresh_families f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NULL FOR SHARE)
        RETURNING *`,
       [now, tokenHash],
     );
-    return r ? refreshFromRow(r) : undefined;
+    return r ? refreshTokenOf(r) : undefined;
   }
 
   async getRefreshToken(
     tokenHash: string,
   ): Promise<(RefreshTokenRecord & { familyRevoked: boolean }) | undefined> {
-    const [r] = await this.rows<RefreshRow & { family_revoked_at: number | null }>(
+    const [r] = await this.rows<RefreshTokenColumns & { family_revoked_at: number | null }>(
       `SELECT t.*, f.revoked_at AS family_revoked_at FROM refresh_tokens t
        LEFT JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = $1`,
       [tokenHash],
     );
-    return r ? { ...refreshFromRow(r), familyRevoked: r.family_revoked_at !== null } : undefined;
+    return r ? { ...refreshTokenOf(r), familyRevoked: r.family_revoked_at !== null } : undefined;
   }
 
   async revokeRefreshFamily(familyId: string, now: number): Promise<boolean> {
@@ -818,16 +638,18 @@ export class PostgresStore implements Store {
   }
 
   async getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined> {
-    const [r] = await this.rows<DeviceRow>("SELECT * FROM device_codes WHERE device_hash = $1", [deviceHash]);
-    return r ? deviceFromRow(r) : undefined;
+    const [r] = await this.rows<DeviceCodeColumns>("SELECT * FROM device_codes WHERE device_hash = $1", [
+      deviceHash,
+    ]);
+    return r ? deviceCodeOf(r) : undefined;
   }
 
   async getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined> {
-    const [r] = await this.rows<DeviceRow>(
+    const [r] = await this.rows<DeviceCodeColumns>(
       "SELECT * FROM device_codes WHERE user_code = $1 AND expires_at > $2",
       [userCode, now],
     );
-    return r ? deviceFromRow(r) : undefined;
+    return r ? deviceCodeOf(r) : undefined;
   }
 
   async decideDeviceCode(
@@ -852,11 +674,11 @@ export class PostgresStore implements Store {
   }
 
   async spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined> {
-    const [r] = await this.rows<DeviceRow>(
+    const [r] = await this.rows<DeviceCodeColumns>(
       "UPDATE device_codes SET status = 'used' WHERE device_hash = $1 AND status = 'approved' AND expires_at > $2 RETURNING *",
       [deviceHash, now],
     );
-    return r ? deviceFromRow(r) : undefined;
+    return r ? deviceCodeOf(r) : undefined;
   }
 
   // --- the issuer, for the offline admin commands' invite links ---
@@ -1057,7 +879,9 @@ export class PostgresStore implements Store {
   }
 
   async getSubscription(id: string): Promise<SubscriptionRecord | undefined> {
-    const [r] = await this.rows<SubscriptionRow>("SELECT * FROM notify_subscriptions WHERE id = $1", [id]);
+    const [r] = await this.rows<SubscriptionColumns>("SELECT * FROM notify_subscriptions WHERE id = $1", [
+      id,
+    ]);
     return r ? subscriptionFromRow(r) : undefined;
   }
 
@@ -1065,7 +889,7 @@ export class PostgresStore implements Store {
     const list = [...new Set(owners)];
     if (list.length === 0) return [];
     // Per owner at most 100 (each has at most MAX_SUBSCRIPTIONS), in the order of `owners`.
-    const rows = await this.rows<SubscriptionRow>(
+    const rows = await this.rows<SubscriptionColumns>(
       `SELECT s.* FROM unnest($1::text[]) WITH ORDINALITY AS o(owner, n)
        CROSS JOIN LATERAL (SELECT * FROM notify_subscriptions x WHERE x.owner = o.owner ORDER BY x.created_at, x.id COLLATE "C" LIMIT 100) s
        ORDER BY o.n, s.created_at, s.id COLLATE "C"`,
@@ -1100,12 +924,12 @@ export class PostgresStore implements Store {
     limit: number,
     skip: readonly string[] = [],
   ): Promise<NotificationRecord[]> {
-    const rows = await this.rows<OutboxRow>(
+    const rows = await this.rows<NotificationColumns>(
       `SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= $1 AND NOT (subscription_id = ANY($2::text[]))
        ORDER BY due_at_ms, id LIMIT $3`,
       [nowMs, [...skip], limit],
     );
-    return rows.map(notificationFromRow);
+    return rows.map(notificationOf);
   }
 
   async nextNotificationDue(): Promise<number | undefined> {
@@ -1143,11 +967,11 @@ export class PostgresStore implements Store {
     if (q.status) where.push(`o.status = ${arg(q.status)}`);
     if (q.owner !== undefined) where.push(`s.owner = ${arg(q.owner)}`);
     const join = q.owner !== undefined ? "JOIN notify_subscriptions s ON s.id = o.subscription_id" : "";
-    const rows = await this.rows<OutboxRow>(
+    const rows = await this.rows<NotificationColumns>(
       `SELECT o.* FROM notify_outbox o ${join} ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY o.id DESC LIMIT ${arg(q.limit)}`,
       args,
     );
-    return rows.map(notificationFromRow);
+    return rows.map(notificationOf);
   }
 
   async retryNotification(id: number, nowMs: number): Promise<boolean> {
@@ -1214,14 +1038,14 @@ export class PostgresStore implements Store {
   }
 
   async getPasskey(credentialId: string): Promise<PasskeyRecord | undefined> {
-    const [r] = await this.rows<PasskeyRow>("SELECT * FROM passkeys WHERE credential_id = $1", [
+    const [r] = await this.rows<PasskeyColumns>("SELECT * FROM passkeys WHERE credential_id = $1", [
       credentialId,
     ]);
     return r ? passkeyFromRow(r) : undefined;
   }
 
   async listPasskeys(email: string): Promise<PasskeyRecord[]> {
-    const rows = await this.rows<PasskeyRow>(
+    const rows = await this.rows<PasskeyColumns>(
       'SELECT * FROM passkeys WHERE email = $1 ORDER BY created_at, credential_id COLLATE "C"',
       [email],
     );
@@ -1255,20 +1079,20 @@ export class PostgresStore implements Store {
   }
 
   async getInvite(id: string, now: number): Promise<InviteRecord | undefined> {
-    const [r] = await this.rows<InviteRow>(
+    const [r] = await this.rows<InviteColumns>(
       "SELECT * FROM invites WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
       [id, now],
     );
-    return r ? inviteFromRow(r) : undefined;
+    return r ? inviteOf(r) : undefined;
   }
 
   async redeemInvite(id: string, now: number): Promise<InviteRecord | undefined> {
     // One compare-and-set: of concurrent redemptions (on any instance) exactly one gets the row.
-    const [r] = await this.rows<InviteRow>(
+    const [r] = await this.rows<InviteColumns>(
       "UPDATE invites SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND expires_at > $1 RETURNING *",
       [now, id],
     );
-    return r ? inviteFromRow(r) : undefined;
+    return r ? inviteOf(r) : undefined;
   }
 
   async addWebSession(w: WebSessionRecord): Promise<void> {

@@ -2,7 +2,29 @@ import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { canonicalIdentity } from "../../../protocol/names.ts";
 import type { GrantRequest } from "../../../protocol/types.ts";
 import { openPrivateSqlite, privateWalFiles } from "../../../server/sqlite.ts";
-import { GRANT_COLS, type GrantColumns, storedGrantOf } from "../grant-row.ts";
+import {
+  type AuthCodeColumns,
+  authCodeOf,
+  type ClientColumns,
+  clientOf,
+  type DeviceCodeColumns,
+  deviceCodeOf,
+  GRANT_COLS,
+  type GrantColumns,
+  type InviteColumns,
+  inviteOf,
+  type NotificationColumns,
+  notificationOf,
+  type PasskeyColumns,
+  passkeyOf,
+  type RefreshTokenColumns,
+  refreshTokenOf,
+  type SubscriptionColumns,
+  storedGrantOf,
+  subscriptionOf,
+  type UserColumns,
+  userOf,
+} from "../rows.ts";
 import { transitioned } from "../transitioned.ts";
 import {
   type AttemptOutcome,
@@ -18,7 +40,6 @@ import {
   type NewUser,
   type NotificationQuery,
   type NotificationRecord,
-  type NotifyChannel,
   type NotifyEvent,
   type PasskeyRecord,
   REVOCATION_RETENTION_S,
@@ -54,120 +75,35 @@ export const DB_FILE = "idp.sqlite";
  */
 let processWrites = 0;
 
-interface UserRow {
-  email: string;
-  kind: "human" | "agent";
-  owner: string | null;
-  admin: number;
-  disabled: number;
-  public_key: string | null;
-  fingerprint: string | null;
-  name: string | null;
-  created_at: number;
-}
-
+/*
+ * The rows as node:sqlite gives them: booleans as 0/1, lists as JSON text (a subscription's events
+ * as a comma list), a grant's request as JSON text; decoded here, mapped in ../rows.ts.
+ */
+type UserRow = UserColumns<number>;
 type GrantRow = GrantColumns<string>;
+type PasskeyRow = PasskeyColumns<string, number>;
+type ClientRow = ClientColumns<string>;
+type SubscriptionRow = SubscriptionColumns<string>;
 
 /** The row's request is JSON text: parsed here, into objects of this grant's own. */
 function grantFromRow(r: GrantRow): StoredGrant {
   return storedGrantOf(r, JSON.parse(r.request) as GrantRequest);
 }
 
-interface SubscriptionRow {
-  id: string;
-  owner: string;
-  channel: NotifyChannel;
-  target: string;
-  secret: string | null;
-  events: string;
-  created_at: number;
+function passkeyFromRow(r: PasskeyRow): PasskeyRecord {
+  return passkeyOf(r, { transports: JSON.parse(r.transports) as string[], backedUp: r.backed_up === 1 });
+}
+
+function clientFromRow(r: ClientRow): ClientRecord {
+  return clientOf(r, JSON.parse(r.redirect_uris) as string[]);
 }
 
 function subscriptionFromRow(r: SubscriptionRow): SubscriptionRecord {
-  const s: SubscriptionRecord = {
-    id: r.id,
-    owner: r.owner,
-    channel: r.channel,
-    target: r.target,
-    events: r.events.split(",").filter(Boolean) as NotifyEvent[],
-    createdAt: r.created_at,
-  };
-  if (r.secret !== null) s.secret = r.secret;
-  return s;
+  return subscriptionOf(r, r.events.split(",").filter(Boolean) as NotifyEvent[]);
 }
 
-interface OutboxRow {
-  id: number;
-  key: string;
-  subscription_id: string;
-  grant_id: string | null;
-  event: NotifyEvent;
-  payload: string;
-  status: NotificationRecord["status"];
-  attempts: number;
-  due_at_ms: number;
-  last_error: string | null;
-  created_at: number;
-  delivered_at: number | null;
-}
-
-function notificationFromRow(r: OutboxRow): NotificationRecord {
-  const n: NotificationRecord = {
-    id: r.id,
-    key: r.key,
-    subscriptionId: r.subscription_id,
-    event: r.event,
-    payload: r.payload,
-    status: r.status,
-    attempts: r.attempts,
-    dueAtMs: r.due_at_ms,
-    createdAt: r.created_at,
-  };
-  if (r.grant_id !== null) n.grantId = r.grant_id;
-  if (r.last_error !== null) n.lastError = r.last_error;
-  if (r.delivered_at !== null) n.deliveredAt = r.delivered_at;
-  return n;
-}
-
-interface PasskeyRow {
-  credential_id: string;
-  email: string;
-  public_key: string;
-  counter: number;
-  transports: string;
-  device_type: "singleDevice" | "multiDevice";
-  backed_up: number;
-  created_at: number;
-  last_used_at: number | null;
-}
-
-function passkeyFromRow(r: PasskeyRow): PasskeyRecord {
-  const p: PasskeyRecord = {
-    credentialId: r.credential_id,
-    email: r.email,
-    publicKey: r.public_key,
-    counter: r.counter,
-    transports: JSON.parse(r.transports) as string[],
-    deviceType: r.device_type,
-    backedUp: r.backed_up === 1,
-    createdAt: r.created_at,
-  };
-  if (r.last_used_at !== null) p.lastUsedAt = r.last_used_at;
-  return p;
-}
-
-interface InviteRow {
-  id: string;
-  email: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-}
-
-function inviteFromRow(r: InviteRow): InviteRecord {
-  const i: InviteRecord = { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
-  if (r.used_at !== null) i.usedAt = r.used_at;
-  return i;
+function userFromRow(r: UserRow, approvers: string[]): UserRecord {
+  return userOf(r, { admin: r.admin === 1, disabled: r.disabled === 1, approvers });
 }
 
 /** A cell to Atomics.wait on: a sleep shorter than a millisecond (beginWaitingFinely). */
@@ -175,103 +111,6 @@ const PAUSE = new Int32Array(new SharedArrayBuffer(4));
 
 /** Seconds a family revoked before its first token is kept (see revokeRefreshFamily). */
 const FAMILY_GRACE_S = 600;
-
-interface ClientRow {
-  id: string;
-  redirect_uris: string;
-  created_at: number;
-}
-
-function clientFromRow(r: ClientRow): ClientRecord {
-  return { id: r.id, redirectUris: JSON.parse(r.redirect_uris) as string[], createdAt: r.created_at };
-}
-
-interface CodeRow {
-  code_hash: string;
-  client_id: string;
-  redirect_uri: string;
-  code_challenge: string;
-  nonce: string;
-  sub: string;
-  family_id: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-}
-
-function codeFromRow(r: CodeRow): AuthCodeRecord {
-  const c: AuthCodeRecord = {
-    codeHash: r.code_hash,
-    clientId: r.client_id,
-    redirectUri: r.redirect_uri,
-    codeChallenge: r.code_challenge,
-    nonce: r.nonce,
-    sub: r.sub,
-    familyId: r.family_id,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-  };
-  if (r.used_at !== null) c.usedAt = r.used_at;
-  return c;
-}
-
-interface RefreshRow {
-  token_hash: string;
-  family_id: string;
-  client_id: string;
-  sub: string;
-  act: "human" | "agent";
-  acting_party: string | null;
-  delegation_grant: string | null;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-}
-
-function refreshFromRow(r: RefreshRow): RefreshTokenRecord {
-  const t: RefreshTokenRecord = {
-    tokenHash: r.token_hash,
-    familyId: r.family_id,
-    clientId: r.client_id,
-    sub: r.sub,
-    act: r.act,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-  };
-  if (r.acting_party !== null) t.actingParty = r.acting_party;
-  if (r.delegation_grant !== null) t.delegationGrant = r.delegation_grant;
-  if (r.used_at !== null) t.usedAt = r.used_at;
-  return t;
-}
-
-interface DeviceRow {
-  device_hash: string;
-  user_code: string;
-  client_id: string;
-  status: DeviceCodeRecord["status"];
-  sub: string | null;
-  poll_interval: number;
-  last_poll_at: number | null;
-  created_at: number;
-  expires_at: number;
-  decided_at: number | null;
-}
-
-function deviceFromRow(r: DeviceRow): DeviceCodeRecord {
-  const d: DeviceCodeRecord = {
-    deviceHash: r.device_hash,
-    userCode: r.user_code,
-    clientId: r.client_id,
-    status: r.status,
-    interval: r.poll_interval,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-  };
-  if (r.sub !== null) d.sub = r.sub;
-  if (r.last_poll_at !== null) d.lastPollAt = r.last_poll_at;
-  if (r.decided_at !== null) d.decidedAt = r.decided_at;
-  return d;
-}
 
 export interface SqliteOptions {
   busyTimeoutMs?: number;
@@ -557,23 +396,7 @@ export class SqliteStore implements Store {
     const approvers = (
       this.q("SELECT approver FROM approvers WHERE subject = ?").all(email) as { approver: string }[]
     ).map((a) => a.approver);
-    return this.userFromRow(r, approvers);
-  }
-
-  private userFromRow(r: UserRow, approvers: string[]): UserRecord {
-    const u: UserRecord = {
-      email: r.email,
-      kind: r.kind,
-      approvers,
-      admin: r.admin === 1,
-      disabled: r.disabled === 1,
-      createdAt: r.created_at,
-    };
-    if (r.owner !== null) u.owner = r.owner;
-    if (r.public_key !== null) u.publicKey = r.public_key;
-    if (r.fingerprint !== null) u.fingerprint = r.fingerprint;
-    if (r.name !== null) u.name = r.name;
-    return u;
+    return userFromRow(r, approvers);
   }
 
   async listUsers(): Promise<UserRecord[]> {
@@ -587,7 +410,7 @@ export class SqliteStore implements Store {
       list.push(a.approver);
       approvers.set(a.subject, list);
     }
-    return rows.map((r) => this.userFromRow(r, approvers.get(r.email) ?? []));
+    return rows.map((r) => userFromRow(r, approvers.get(r.email) ?? []));
   }
 
   async setDisabled(name: string, disabled: boolean, at: number): Promise<boolean> {
@@ -745,13 +568,15 @@ export class SqliteStore implements Store {
   async spendAuthCode(codeHash: string, now: number): Promise<AuthCodeRecord | undefined> {
     const r = this.wq(
       "UPDATE oauth_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING *",
-    ).get(now, codeHash, now) as CodeRow | undefined;
-    return r ? codeFromRow(r) : undefined;
+    ).get(now, codeHash, now) as AuthCodeColumns | undefined;
+    return r ? authCodeOf(r) : undefined;
   }
 
   async getAuthCode(codeHash: string): Promise<AuthCodeRecord | undefined> {
-    const r = this.q("SELECT * FROM oauth_codes WHERE code_hash = ?").get(codeHash) as CodeRow | undefined;
-    return r ? codeFromRow(r) : undefined;
+    const r = this.q("SELECT * FROM oauth_codes WHERE code_hash = ?").get(codeHash) as
+      | AuthCodeColumns
+      | undefined;
+    return r ? authCodeOf(r) : undefined;
   }
 
   async insertRefreshToken(t: RefreshTokenRecord): Promise<void> {
@@ -785,8 +610,8 @@ export class SqliteStore implements Store {
        WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
          AND NOT EXISTS (SELECT 1 FROM refresh_families f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NOT NULL)
        RETURNING *`,
-    ).get(now, tokenHash, now) as RefreshRow | undefined;
-    return r ? refreshFromRow(r) : undefined;
+    ).get(now, tokenHash, now) as RefreshTokenColumns | undefined;
+    return r ? refreshTokenOf(r) : undefined;
   }
 
   async getRefreshToken(
@@ -795,8 +620,8 @@ export class SqliteStore implements Store {
     const r = this.q(
       `SELECT t.*, f.revoked_at AS family_revoked_at FROM refresh_tokens t
        LEFT JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = ?`,
-    ).get(tokenHash) as (RefreshRow & { family_revoked_at: number | null }) | undefined;
-    return r ? { ...refreshFromRow(r), familyRevoked: r.family_revoked_at !== null } : undefined;
+    ).get(tokenHash) as (RefreshTokenColumns & { family_revoked_at: number | null }) | undefined;
+    return r ? { ...refreshTokenOf(r), familyRevoked: r.family_revoked_at !== null } : undefined;
   }
 
   async revokeRefreshFamily(familyId: string, now: number): Promise<boolean> {
@@ -830,17 +655,17 @@ export class SqliteStore implements Store {
 
   async getDeviceCode(deviceHash: string): Promise<DeviceCodeRecord | undefined> {
     const r = this.q("SELECT * FROM device_codes WHERE device_hash = ?").get(deviceHash) as
-      | DeviceRow
+      | DeviceCodeColumns
       | undefined;
-    return r ? deviceFromRow(r) : undefined;
+    return r ? deviceCodeOf(r) : undefined;
   }
 
   async getDeviceCodeByUserCode(userCode: string, now: number): Promise<DeviceCodeRecord | undefined> {
     const r = this.q("SELECT * FROM device_codes WHERE user_code = ? AND expires_at > ?").get(
       userCode,
       now,
-    ) as DeviceRow | undefined;
-    return r ? deviceFromRow(r) : undefined;
+    ) as DeviceCodeColumns | undefined;
+    return r ? deviceCodeOf(r) : undefined;
   }
 
   async decideDeviceCode(
@@ -867,8 +692,8 @@ export class SqliteStore implements Store {
   async spendDeviceCode(deviceHash: string, now: number): Promise<DeviceCodeRecord | undefined> {
     const r = this.wq(
       "UPDATE device_codes SET status = 'used' WHERE device_hash = ? AND status = 'approved' AND expires_at > ? RETURNING *",
-    ).get(deviceHash, now) as DeviceRow | undefined;
-    return r ? deviceFromRow(r) : undefined;
+    ).get(deviceHash, now) as DeviceCodeColumns | undefined;
+    return r ? deviceCodeOf(r) : undefined;
   }
 
   // --- grants ---
@@ -1208,8 +1033,8 @@ export class SqliteStore implements Store {
     const notIn = skip.length ? `AND subscription_id NOT IN (${skip.map(() => "?").join(", ")})` : "";
     const rows = this.q(
       `SELECT * FROM notify_outbox WHERE status = 'pending' AND due_at_ms <= ? ${notIn} ORDER BY due_at_ms, id LIMIT ?`,
-    ).all(nowMs, ...skip, limit) as unknown as OutboxRow[];
-    return rows.map(notificationFromRow);
+    ).all(nowMs, ...skip, limit) as unknown as NotificationColumns[];
+    return rows.map(notificationOf);
   }
 
   async nextNotificationDue(): Promise<number | undefined> {
@@ -1249,8 +1074,8 @@ export class SqliteStore implements Store {
     args.push(q.limit);
     const rows = this.q(
       `SELECT o.* FROM notify_outbox o ${join} ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY o.id DESC LIMIT ?`,
-    ).all(...args) as unknown as OutboxRow[];
-    return rows.map(notificationFromRow);
+    ).all(...args) as unknown as NotificationColumns[];
+    return rows.map(notificationOf);
   }
 
   async retryNotification(id: number, nowMs: number): Promise<boolean> {
@@ -1339,16 +1164,16 @@ export class SqliteStore implements Store {
     const r = this.q("SELECT * FROM invites WHERE id = ? AND used_at IS NULL AND expires_at > ?").get(
       id,
       now,
-    ) as InviteRow | undefined;
-    return r ? inviteFromRow(r) : undefined;
+    ) as InviteColumns | undefined;
+    return r ? inviteOf(r) : undefined;
   }
 
   async redeemInvite(id: string, now: number): Promise<InviteRecord | undefined> {
     // One compare-and-set: of concurrent redemptions exactly one sees its row returned.
     const r = this.wq(
       "UPDATE invites SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ? RETURNING *",
-    ).get(now, id, now) as InviteRow | undefined;
-    return r ? inviteFromRow(r) : undefined;
+    ).get(now, id, now) as InviteColumns | undefined;
+    return r ? inviteOf(r) : undefined;
   }
 
   async addWebSession(w: WebSessionRecord): Promise<void> {

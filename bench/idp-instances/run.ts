@@ -7,25 +7,35 @@
 // configuration, NOTIFY samples. Run with the pinned node: `node bench/idp-instances/run.ts`.
 // More than BULK grants (e.g. --seed=1000000) are seeded in bulk SQL instead of through the store
 // API (rows of the same shape; seeding is not what is measured).
-import { spawn } from "node:child_process";
-import { generateKeyPairSync, type KeyObject, randomBytes, randomUUID, sign } from "node:crypto";
+import type { ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import pgClient from "pg";
 import { Pool } from "undici";
-import { matchKey } from "../../idp/grants.ts";
 import { openPostgresStore } from "../../idp/store/postgres/store.ts";
 import { DB_FILE, openSqliteStore } from "../../idp/store/sqlite/store.ts";
 import type { Store } from "../../idp/store/types.ts";
-import { formatSshPublicKey } from "../../protocol/keys.ts";
-import { signingInput } from "../../protocol/signatures.ts";
-import type { Grant } from "../../protocol/types.ts";
 import { postgresTarget } from "../../server/postgres.ts";
-import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
 import { startPostgres } from "../../test/helpers/postgres.ts";
 import { benchArgs } from "../common.mjs";
+import {
+  approvalToWaiter,
+  approveBody,
+  benchUsers,
+  type Call,
+  jsonRequest,
+  lifecycle,
+  NO_RATE_LIMITS,
+  SEED_STATUSES,
+  seededGrant,
+  seedStore,
+  signIn,
+  startIdp,
+  stopIdp,
+} from "../idp-load.ts";
 
 const args = benchArgs();
 const SEED = Number(args.get("seed") ?? 20_000);
@@ -85,54 +95,11 @@ const keyFile = join(base, "db.key");
 writeFileSync(keyFile, randomBytes(32), { mode: 0o600 });
 const pg = await startPostgres({ fsync: true });
 
-const human = generateKeyPairSync("ed25519");
-const agents = Array.from({ length: CLIENTS }, (_, i) => ({
-  email: `agent${i}@bench.test`,
-  key: generateKeyPairSync("ed25519"),
-}));
+const users = benchUsers(CLIENTS);
+const { agents } = users;
 
-async function seed(store: Store): Promise<void> {
-  await store.addUser({
-    email: "alice@bench.test",
-    kind: "human",
-    publicKey: formatSshPublicKey(human.publicKey),
-    createdAt: 1,
-  });
-  for (const a of agents) {
-    await store.addUser({
-      email: a.email,
-      kind: "agent",
-      owner: "alice@bench.test",
-      publicKey: formatSshPublicKey(a.key.publicKey),
-      createdAt: 1,
-    });
-  }
-  const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
-  const now = Math.floor(Date.now() / 1000);
-  if (SEED > BULK) return;
-  const batch: Promise<unknown>[] = [];
-  for (let i = 0; i < SEED; i++) {
-    const grant: Grant = {
-      id: randomUUID(),
-      type: "command",
-      request: {
-        requester: agents[i % agents.length]!.email,
-        target_host: "web1",
-        audience: "escapes",
-        grant_type: "once",
-        command: ["seed", String(i)],
-      },
-      status: statuses[i % statuses.length]!,
-      created_at: now - SEED + i,
-    };
-    batch.push(store.insertGrant({ grant, matchKey: matchKey(grant.request) }));
-    if (batch.length >= 200) await Promise.all(batch.splice(0));
-  }
-  await Promise.all(batch);
-  await store.lifecycle?.flush?.();
-}
-
-const STATUSES = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
+/** The users, and up to BULK grants through the store API (more are seeded in bulk afterwards). */
+const seed = (store: Store) => seedStore(store, users, SEED, { inFlight: 200, usersOnly: SEED > BULK });
 
 /** SEED grants in bulk into PostgreSQL: generate_series, 100,000 rows per statement, then ANALYZE. */
 async function bulkPostgres(url: string): Promise<void> {
@@ -150,7 +117,7 @@ async function bulkPostgres(url: string): Promise<void> {
         [
           from,
           Math.min(SEED, from + 100_000) - 1,
-          STATUSES,
+          SEED_STATUSES,
           now,
           SEED,
           agents.map((a) => a.email),
@@ -173,15 +140,8 @@ function bulkSqlite(dir: string): void {
   );
   db.exec("BEGIN");
   for (let i = 0; i < SEED; i++) {
-    const requester = agents[i % agents.length]!.email;
-    const request = {
-      requester,
-      target_host: "web1",
-      audience: "escapes",
-      grant_type: "once",
-      command: ["seed", String(i)],
-    };
-    ins.run(randomUUID(), requester, STATUSES[i % 7]!, JSON.stringify(request), `seed:${i}`, now - SEED + i);
+    const g = seededGrant(users, i, SEED, now);
+    ins.run(g.id, g.request.requester, g.status, JSON.stringify(g.request), `seed:${i}`, g.created_at);
   }
   db.exec("COMMIT");
   db.exec("ANALYZE");
@@ -189,40 +149,19 @@ function bulkSqlite(dir: string): void {
 }
 
 interface Instance {
-  proc: ReturnType<typeof spawn>;
+  proc: ChildProcess;
   pool: Pool;
 }
 
 async function serve(location: string[]): Promise<Instance> {
-  const proc = spawn(
-    PROFILE ? process.execPath : bin,
-    [
-      ...(PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts")] : []),
-      "idp",
-      "serve",
-      "--listen",
-      "127.0.0.1:0",
-      "--issuer",
-      ISSUER,
-      "--log-level",
-      "warn",
-      ...location,
-    ].concat(["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"]),
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  const url: string = await new Promise((res, rej) => {
-    let buf = "";
-    proc.stderr!.on("data", (c: Buffer) => {
-      buf += c.toString();
-      const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
-      if (m) {
-        proc.stderr!.removeAllListeners("data");
-        proc.stderr!.resume();
-        res(m[1]!);
-      }
-    });
-    proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
-  });
+  const { proc, url } = await startIdp([
+    ...(PROFILE
+      ? [process.execPath, "--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts")]
+      : [bin]),
+    ...["idp", "serve", "--listen", "127.0.0.1:0", "--issuer", ISSUER, "--log-level", "warn"],
+    ...location,
+    ...NO_RATE_LIMITS,
+  ]);
   return { proc, pool: new Pool(url, { connections: CLIENTS + 10, pipelining: 1 }) };
 }
 
@@ -248,48 +187,15 @@ async function commits(location: string[]): Promise<number> {
 async function run(name: string, location: string[], instances: number) {
   const servers = await Promise.all(Array.from({ length: instances }, () => serve(location)));
   let next = 0;
-  const call = async (
-    method: string,
-    path: string,
-    token: string | undefined,
-    body?: unknown,
-    headers: Record<string, string> = {},
-    on?: number,
-  ) => {
-    const s = servers[on ?? next++ % servers.length]!;
-    const h: Record<string, string> = { ...headers };
-    if (token) h.authorization = `Bearer ${token}`;
-    if (body !== undefined) h["content-type"] = "application/json";
-    const r = await s.pool.request({
-      method: method as "GET",
-      path,
-      headers: h,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await r.body.text();
-    return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
-  };
-  const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
-  const path = (u: string) => new URL(u).pathname;
-  const G = path(disco.openape_grants_endpoint);
-  const login = async (email: string, key: KeyObject) => {
-    const { challenge } = (
-      await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
-    ).body;
-    const signature = sign(null, signingInput("login", ISSUER, email, challenge), key).toString("base64");
-    const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
-      id: email,
-      challenge,
-      signature,
-    });
-    if (r.status !== 200) throw new Error(`login ${email}: ${r.status} ${JSON.stringify(r.body)}`);
-    return r.body.token as string;
-  };
-  const humanToken = await login("alice@bench.test", human.privateKey);
+  /** A call on instance `on`, or on the next one in turn (round robin). */
+  const on =
+    (instance?: number): Call =>
+    (method, path, token, body, headers) =>
+      jsonRequest(servers[instance ?? next++ % servers.length]!.pool, method, path, token, body, headers);
+  const call = on();
+  const signedIn = await signIn(call, users);
   // Every approval carries alice's Ed25519 proof over the grant as created (docs/signatures.md).
-  const proofFor = (grant: Record<string, unknown>) =>
-    signApproval(approvalInputOf(ISSUER, grant, {}), "alice@bench.test", human.privateKey);
-  const tokens = await Promise.all(agents.map((a) => login(a.email, a.key.privateKey)));
+  const proofFor = approveBody(ISSUER, users);
 
   let done = 0;
   let errors = 0;
@@ -301,26 +207,13 @@ async function run(name: string, location: string[], instances: number) {
   const commitsBefore = await commits(location);
   let n = 0;
   await Promise.all(
-    tokens.map(async (token) => {
+    signedIn.tokens.map(async (token) => {
       while (performance.now() < deadline) {
         const s = performance.now();
-        const c = await call("POST", G, token, {
-          target_host: "web1",
-          audience: "escapes",
-          grant_type: "once",
-          command: ["bench", String(n++)],
-        });
-        if (c.status !== 201) {
-          errors++;
-          continue;
-        }
-        const id = c.body.id;
-        const a = await call("POST", `${G}/${id}/approve`, humanToken, { proof: proofFor(c.body) });
-        const tk = await call("POST", `${G}/${id}/token`, token);
-        const cs = await call("POST", `${G}/${id}/consume`, tk.body?.authz_jwt);
-        if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") done++;
-        else errors++;
-        lat.push(performance.now() - s);
+        if (await lifecycle(call, signedIn, token, proofFor, n++)) {
+          done++;
+          lat.push(performance.now() - s);
+        } else errors++;
       }
     }),
   );
@@ -331,47 +224,12 @@ async function run(name: string, location: string[], instances: number) {
 
   // Waiter on instance 0, approval on the last instance (the same one when there is one).
   const notify: number[] = [];
+  const calls = { create: on(0), wait: on(0), approve: on(servers.length - 1) };
   for (let i = 0; i < NOTIFY; i++) {
-    const token = tokens[i % tokens.length]!;
-    const c = await call(
-      "POST",
-      G,
-      token,
-      { target_host: "web1", audience: "escapes", grant_type: "once", command: ["n", String(i)] },
-      {},
-      0,
-    );
-    let answered = 0;
-    const waiter = call(
-      "GET",
-      `${G}/${c.body.id}`,
-      token,
-      undefined,
-      { prefer: "wait=30", "if-none-match": c.headers.etag as string },
-      0,
-    ).then((r) => {
-      answered = performance.now();
-      return r;
-    });
-    await new Promise((r) => setTimeout(r, 5));
-    const sent = performance.now();
-    await call(
-      "POST",
-      `${G}/${c.body.id}/approve`,
-      humanToken,
-      { proof: proofFor(c.body) },
-      {},
-      servers.length - 1,
-    );
-    const r = await waiter;
-    if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
-    notify.push(answered - sent);
+    const token = signedIn.tokens[i % signedIn.tokens.length]!;
+    notify.push(await approvalToWaiter(calls, signedIn, token, proofFor, i));
   }
-  for (const s of servers) {
-    s.proc.kill("SIGTERM");
-    await new Promise((r) => s.proc.once("exit", r));
-    await s.pool.close();
-  }
+  for (const s of servers) await stopIdp(s.proc, s.pool);
   const row = `| ${name} | ${(done / secs).toFixed(0)} | ${ms(idpPer)} | ${ms(pgPer)} | ${location[0] === "--database" ? txPer.toFixed(1) : "-"} | ${ms(pct(lat, 50))} / ${ms(pct(lat, 99))} | ${ms(pct(notify, 50))} / ${ms(pct(notify, 99))} | ${errors} |`;
   console.log(row);
   return row;

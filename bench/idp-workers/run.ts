@@ -9,22 +9,31 @@
 // different connections (the primary hands consecutive connections to different workers).
 // --one-core adds one worker confined to CPU 0 (taskset), so one run also compares 1 and 2 cores.
 // Run with the pinned node: `node bench/idp-workers/run.ts`.
-import { spawn } from "node:child_process";
-import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
+import type { ChildProcess } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { Worker } from "node:worker_threads";
 import { Pool } from "undici";
-import { matchKey } from "../../idp/grants.ts";
 import { DB_FILE, openSqliteStore } from "../../idp/store/sqlite/store.ts";
-import { formatSshPublicKey } from "../../protocol/keys.ts";
-import { signingInput } from "../../protocol/signatures.ts";
-import type { Grant } from "../../protocol/types.ts";
-import { approvalInputOf, signApproval } from "../../test/helpers/idp.ts";
 import { childPids } from "../../test/helpers/process.ts";
 import { benchArgs, processCpuMs, quantile, requireBuiltApes } from "../common.mjs";
+import {
+  approvalToWaiter,
+  approveBody,
+  benchUsers,
+  type Call,
+  jsonRequest,
+  lifecycle,
+  NO_RATE_LIMITS,
+  type Reply,
+  type SignedIn,
+  seedStore,
+  signIn,
+  startIdp,
+  stopIdp,
+} from "../idp-load.ts";
 
 const args = benchArgs();
 const SEED = Number(args.get("seed") ?? 20_000);
@@ -50,49 +59,12 @@ for (const build of BUILDS) if (ONE_CORE) CONFIGS.push({ workers: 1, build, cpus
 for (const workers of WORKERS) for (const build of BUILDS) CONFIGS.push({ workers, build });
 
 const base = mkdtempSync(join(tmpdir(), "apes-bench-workers-"));
-const human = generateKeyPairSync("ed25519");
-const agents = Array.from({ length: CLIENTS }, (_, i) => ({
-  email: `agent${i}@bench.test`,
-  key: generateKeyPairSync("ed25519"),
-}));
+const users = benchUsers(CLIENTS);
 
 // --- one seeded data dir, copied for every configuration ---
 {
   const store = openSqliteStore(join(base, "seed"), { groupCommit: true });
-  await store.addUser({
-    email: "alice@bench.test",
-    kind: "human",
-    publicKey: formatSshPublicKey(human.publicKey),
-    createdAt: 1,
-  });
-  for (const a of agents) {
-    await store.addUser({
-      email: a.email,
-      kind: "agent",
-      owner: "alice@bench.test",
-      publicKey: formatSshPublicKey(a.key.publicKey),
-      createdAt: 1,
-    });
-  }
-  const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
-  const now = Math.floor(Date.now() / 1000);
-  for (let i = 0; i < SEED; i++) {
-    const grant: Grant = {
-      id: randomUUID(),
-      type: "command",
-      request: {
-        requester: agents[i % agents.length]!.email,
-        target_host: "web1",
-        audience: "escapes",
-        grant_type: "once",
-        command: ["seed", String(i)],
-      },
-      status: statuses[i % statuses.length]!,
-      created_at: now - SEED + i,
-    };
-    await store.insertGrant({ grant, matchKey: matchKey(grant.request) });
-  }
-  await store.lifecycle.flush?.();
+  await seedStore(store, users, SEED);
   await store.close();
 }
 
@@ -118,23 +90,21 @@ interface Server {
   workers: number;
   /** The worker count, and "(compare)" for --compare-bin's build. */
   label: string;
-  proc: ReturnType<typeof spawn>;
+  proc: ChildProcess;
   pool: Pool;
   dir: string;
   origin: string;
   pids: number[];
-  G: string;
-  humanToken: string;
-  tokens: string[];
+  signedIn: SignedIn;
+  /** A call on this server's pool, or on `via` (another connection to it). */
   call(
     method: string,
     path: string,
     token?: string,
     body?: unknown,
     headers?: Record<string, string>,
-    pool?: Pool,
-    // biome-ignore lint/suspicious/noExplicitAny: our own server's JSON, read field by field
-  ): Promise<{ status: number; body: any; headers: Record<string, unknown> }>;
+    via?: Pool,
+  ): Promise<Reply>;
 }
 
 async function start(workers: number, build: string, cpus?: string): Promise<Server> {
@@ -151,75 +121,21 @@ async function start(workers: number, build: string, cpus?: string): Promise<Ser
     db.close();
   }
   const serveArgs = ["idp", "serve", "--listen", "127.0.0.1:0", "--data", dir, "--issuer", ISSUER]
-    .concat(["--log-level", "warn", "--workers", String(workers), "--rate-limit", "off"])
-    .concat(["--login-rate-limit", "off", "--token-rate-limit", "off", "--connection-rate", "off"]);
+    .concat(["--log-level", "warn", "--workers", String(workers), "--connection-rate", "off"])
+    .concat(NO_RATE_LIMITS);
   // taskset execs the server: the pid is the server's, its threads and children stay on `cpus`.
-  const proc =
-    cpus === undefined
-      ? spawn(build, serveArgs, { stdio: ["ignore", "ignore", "pipe"] })
-      : spawn("taskset", ["-c", cpus, build, ...serveArgs], { stdio: ["ignore", "ignore", "pipe"] });
-  const url: string = await new Promise((res, rej) => {
-    let buf = "";
-    proc.stderr!.on("data", (c: Buffer) => {
-      buf += c.toString();
-      const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
-      if (m) {
-        proc.stderr!.removeAllListeners("data");
-        proc.stderr!.resume();
-        res(m[1]!);
-      }
-    });
-    proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
-  });
+  const { proc, url } = await startIdp(
+    cpus === undefined ? [build, ...serveArgs] : ["taskset", "-c", cpus, build, ...serveArgs],
+  );
   const pool = new Pool(url, { connections: CLIENTS + 10, pipelining: 1 });
-  const call: Server["call"] = async (method, path, token, body, headers = {}, via = pool) => {
-    const h: Record<string, string> = { ...headers };
-    if (token) h.authorization = `Bearer ${token}`;
-    if (body !== undefined) h["content-type"] = "application/json";
-    const r = await via.request({
-      method: method as "GET",
-      path,
-      headers: h,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await r.body.text();
-    return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
-  };
-  const disco = (await call("GET", "/.well-known/openid-configuration")).body;
-  const path = (u: string) => new URL(u).pathname;
-  const login = async (email: string, key: KeyObject) => {
-    const { challenge } = (
-      await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
-    ).body;
-    const signature = sign(null, signingInput("login", ISSUER, email, challenge), key).toString("base64");
-    const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
-      id: email,
-      challenge,
-      signature,
-    });
-    if (r.status !== 200) throw new Error(`login ${email}: ${r.status} ${JSON.stringify(r.body)}`);
-    return r.body.token as string;
-  };
-  const humanToken = await login("alice@bench.test", human.privateKey);
-  const tokens = await Promise.all(agents.map((a) => login(a.email, a.key.privateKey)));
+  const call: Server["call"] = (method, path, token, body, headers, via = pool) =>
+    jsonRequest(via, method, path, token, body, headers);
+  const signedIn = await signIn(call, users);
   const pids = [proc.pid!, ...(workers > 1 ? childPids(proc.pid!) : [])];
-  return {
-    workers,
-    label,
-    proc,
-    pool,
-    dir,
-    origin: url,
-    pids,
-    G: path(disco.openape_grants_endpoint),
-    humanToken,
-    tokens,
-    call,
-  };
+  return { workers, label, proc, pool, dir, origin: url, pids, signedIn, call };
 }
 
-const proofFor = (grant: Record<string, unknown>) =>
-  signApproval(approvalInputOf(ISSUER, grant, {}), "alice@bench.test", human.privateKey);
+const proofFor = approveBody(ISSUER, users);
 
 const servers: Server[] = [];
 for (const c of CONFIGS) servers.push(await start(c.workers, c.build, c.cpus));
@@ -260,26 +176,13 @@ async function slice(s: Server, seconds: number): Promise<void> {
   const started = performance.now();
   const deadline = started + seconds * 1000;
   await Promise.all(
-    s.tokens.map(async (token) => {
+    s.signedIn.tokens.map(async (token) => {
       while (performance.now() < deadline) {
         const t0 = performance.now();
-        const c = await s.call("POST", s.G, token, {
-          target_host: "web1",
-          audience: "escapes",
-          grant_type: "once",
-          command: ["bench", String(n++)],
-        });
-        if (c.status !== 201) {
-          t.errors++;
-          continue;
-        }
-        const id = c.body.id;
-        const a = await s.call("POST", `${s.G}/${id}/approve`, s.humanToken, { proof: proofFor(c.body) });
-        const tk = await s.call("POST", `${s.G}/${id}/token`, token);
-        const cs = await s.call("POST", `${s.G}/${id}/consume`, tk.body?.authz_jwt);
-        if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") t.done++;
-        else t.errors++;
-        t.lat.push(performance.now() - t0);
+        if (await lifecycle(s.call, s.signedIn, token, proofFor, n++)) {
+          t.done++;
+          t.lat.push(performance.now() - t0);
+        } else t.errors++;
       }
     }),
   );
@@ -311,52 +214,20 @@ for (const s of servers) {
   await s.call("GET", "/.well-known/openid-configuration", undefined, undefined, {}, waiterPool);
   await s.call("GET", "/.well-known/openid-configuration", undefined, undefined, {}, approverPool);
   const out = notify.get(s.label)!;
+  const on =
+    (via: Pool): Call =>
+    (method, path, token, body, headers) =>
+      s.call(method, path, token, body, headers, via);
+  const calls = { create: s.call, wait: on(waiterPool), approve: on(approverPool) };
   for (let i = 0; i < NOTIFY; i++) {
-    const token = s.tokens[i % s.tokens.length]!;
-    const c = await s.call("POST", s.G, token, {
-      target_host: "web1",
-      audience: "escapes",
-      grant_type: "once",
-      command: ["n", String(i)],
-    });
-    let answered = 0;
-    const waiter = s
-      .call(
-        "GET",
-        `${s.G}/${c.body.id}`,
-        token,
-        undefined,
-        { prefer: "wait=30", "if-none-match": c.headers.etag as string },
-        waiterPool,
-      )
-      .then((r) => {
-        answered = performance.now();
-        return r;
-      });
-    await new Promise((r) => setTimeout(r, 5));
-    const sent = performance.now();
-    const a = await s.call(
-      "POST",
-      `${s.G}/${c.body.id}/approve`,
-      s.humanToken,
-      { proof: proofFor(c.body) },
-      {},
-      approverPool,
-    );
-    if (a.status !== 200) throw new Error(`approve: ${a.status}`);
-    const r = await waiter;
-    if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
-    out.push(answered - sent);
+    const token = s.signedIn.tokens[i % s.signedIn.tokens.length]!;
+    out.push(await approvalToWaiter(calls, s.signedIn, token, proofFor, i));
   }
   await waiterPool.close();
   await approverPool.close();
 }
 
-for (const s of servers) {
-  s.proc.kill("SIGTERM");
-  await new Promise((r) => s.proc.once("exit", r));
-  await s.pool.close();
-}
+for (const s of servers) await stopIdp(s.proc, s.pool);
 void sampler.terminate();
 rmSync(base, { recursive: true, force: true });
 

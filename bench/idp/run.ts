@@ -5,20 +5,29 @@
 // percentage of it; then approval-to-waiter notification latency (Prefer: wait). Drives the real
 // `dist/apes idp serve` process over HTTP. Run with the pinned node: `node bench/idp/run.ts`.
 import { execFileSync, spawn } from "node:child_process";
-import { generateKeyPairSync, type KeyObject, randomUUID, sign } from "node:crypto";
+import { sign } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { Pool } from "undici";
-import { matchKey } from "../../idp/grants.ts";
 import { newSigningKeyRecord } from "../../idp/keys.ts";
 import { DB_FILE, openSqliteStore } from "../../idp/store/sqlite/store.ts";
-import { approvalDigestHex, approvalSigningInput } from "../../protocol/approval.ts";
-import { formatSshPublicKey } from "../../protocol/keys.ts";
-import { signingInput } from "../../protocol/signatures.ts";
-import type { Grant } from "../../protocol/types.ts";
 import { benchArgs } from "../common.mjs";
+import {
+  approvalToWaiter,
+  approveBody,
+  benchUsers,
+  type Call,
+  jsonRequest,
+  lifecycle,
+  NO_RATE_LIMITS,
+  type Step,
+  seedStore,
+  signIn,
+  startIdp,
+  stopIdp,
+} from "../idp-load.ts";
 
 const args = benchArgs();
 const SEED = Number(args.get("seed") ?? 100_000);
@@ -42,51 +51,16 @@ const ms = (x: number) => x.toFixed(2);
 // --- seed ---
 const base = mkdtempSync(join(tmpdir(), "apes-bench-idp-"));
 const dataDir = join(base, "data");
-// Group commit: the whole seed (one event-loop turn) is one transaction, committed by flush().
-const store = openSqliteStore(dataDir, { groupCommit: true });
-const human = generateKeyPairSync("ed25519");
-const agents: { email: string; key: KeyObject }[] = [];
+const users = benchUsers(MAX_CLIENTS);
+const { human, agents } = users;
 const t = performance.now();
-await store.addUser({
-  email: "alice@bench.test",
-  kind: "human",
-  publicKey: formatSshPublicKey(human.publicKey),
-  createdAt: 1,
-});
-for (let i = 0; i < MAX_CLIENTS; i++) {
-  const k = generateKeyPairSync("ed25519");
-  const email = `agent${i}@bench.test`;
-  await store.addUser({
-    email,
-    kind: "agent",
-    owner: "alice@bench.test",
-    publicKey: formatSshPublicKey(k.publicKey),
-    createdAt: 1,
-  });
-  agents.push({ email, key: k.privateKey });
+{
+  // Group commit: the whole seed (one event-loop turn) is one transaction, committed by flush().
+  const store = openSqliteStore(dataDir, { groupCommit: true });
+  await store.addSigningKey(newSigningKeyRecord(1));
+  await seedStore(store, users, SEED);
+  await store.close();
 }
-await store.addSigningKey(newSigningKeyRecord(1));
-const statuses: Grant["status"][] = ["used", "used", "used", "denied", "revoked", "expired", "pending"];
-const now = Math.floor(Date.now() / 1000);
-for (let i = 0; i < SEED; i++) {
-  const requester = agents[i % agents.length]!.email;
-  const grant: Grant = {
-    id: randomUUID(),
-    type: "command",
-    request: {
-      requester,
-      target_host: "web1",
-      audience: "escapes",
-      grant_type: "once",
-      command: ["seed", String(i)],
-    },
-    status: statuses[i % statuses.length]!,
-    created_at: now - SEED + i,
-  };
-  await store.insertGrant({ grant, matchKey: matchKey(grant.request) });
-}
-await store.lifecycle.flush?.();
-await store.close();
 console.log(
   `seeded ${SEED} grants, ${MAX_CLIENTS} agents in ${((performance.now() - t) / 1000).toFixed(1)} s`,
 );
@@ -109,7 +83,6 @@ if (COMPARE_BIN && COMPARE_SQL) {
 
 /** Starts an IdP from `binPath` (or from source under --cpu-prof) on `dir`; logs everyone in. */
 async function startServer(binPath: string | undefined, dir: string) {
-  // The bench measures throughput, not the limits: every client is one loopback address.
   const serveArgs = [
     "idp",
     "serve",
@@ -119,94 +92,22 @@ async function startServer(binPath: string | undefined, dir: string) {
     dir,
     "--log-level",
     LOG_LEVEL,
-  ].concat(
-    ["--rate-limit", "off", "--login-rate-limit", "off", "--token-rate-limit", "off"],
-    BEARER_APPROVE ? ["--allow-bearer-approve"] : [],
-  );
-  const proc =
+  ].concat(NO_RATE_LIMITS, BEARER_APPROVE ? ["--allow-bearer-approve"] : []);
+  const { proc, url } = await startIdp(
     binPath === undefined && PROFILE
-      ? spawn(
-          process.execPath,
-          ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs],
-          { stdio: ["ignore", "ignore", "pipe"] },
-        )
-      : spawn(binPath ?? bin, serveArgs, { stdio: ["ignore", "ignore", "pipe"] });
-  const url: string = await new Promise((res, rej) => {
-    let buf = "";
-    proc.stderr!.on("data", (c: Buffer) => {
-      buf += c.toString();
-      const m = /"msg":"listening","url":"([^"]+)"/.exec(buf);
-      if (m) {
-        proc.stderr!.removeAllListeners("data");
-        proc.stderr!.resume();
-        res(m[1]!);
-      }
-    });
-    proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
-  });
+      ? [process.execPath, "--cpu-prof", `--cpu-prof-dir=${PROFILE}`, join(root, "cli/main.ts"), ...serveArgs]
+      : [binPath ?? bin, ...serveArgs],
+  );
   const pool = new Pool(url, { connections: MAX_CLIENTS + 10, pipelining: 1 });
-
-  async function call(
-    method: string,
-    path: string,
-    token: string | undefined,
-    body?: unknown,
-    headers: Record<string, string> = {},
-  ) {
-    const h: Record<string, string> = { ...headers };
-    if (token) h.authorization = `Bearer ${token}`;
-    if (body !== undefined) h["content-type"] = "application/json";
-    const r = await pool.request({
-      method: method as "GET",
-      path,
-      headers: h,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await r.body.text();
-    return { status: r.statusCode, body: text ? JSON.parse(text) : undefined, headers: r.headers };
-  }
-
-  const disco = (await call("GET", "/.well-known/openid-configuration", undefined)).body;
-  const path = (u: string) => new URL(u).pathname;
-  const G = path(disco.openape_grants_endpoint);
-  const issuer = String(disco.issuer).replace(/\/+$/, "");
-
-  async function login(email: string, key: KeyObject) {
-    const { challenge } = (
-      await call("POST", path(disco.ddisa_auth_challenge_endpoint), undefined, { id: email })
-    ).body;
-    const signature = sign(null, signingInput("login", issuer, email, challenge), key).toString("base64");
-    const r = await call("POST", path(disco.ddisa_auth_authenticate_endpoint), undefined, {
-      id: email,
-      challenge,
-      signature,
-    });
-    if (r.status !== 200) throw new Error(`login ${email}: ${r.status}`);
-    return r.body.token as string;
-  }
-  const humanToken = await login("alice@bench.test", human.privateKey);
-
-  /** The approve body with alice's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
-  function approval(grant: Grant): { proof?: Record<string, string> } {
-    if (BEARER_APPROVE) return {};
-    const digest = approvalDigestHex({
-      issuer,
-      grantId: grant.id,
-      type: grant.type,
-      request: grant.request as unknown as Record<string, unknown>,
-      decision: "approve",
-      grantType: grant.request.grant_type,
-      duration: grant.request.duration,
-    });
-    const signed = approvalSigningInput(issuer, "alice@bench.test", digest);
-    return { proof: { type: "ed25519", signature: sign(null, signed, human.privateKey).toString("base64") } };
-  }
-  const agentTokens = await Promise.all(agents.map((a) => login(a.email, a.key)));
-  return { proc, pool, call, G, humanToken, agentTokens, approval };
+  const call: Call = (method, path, token, body, headers) =>
+    jsonRequest(pool, method, path, token, body, headers);
+  const signedIn = await signIn(call, users);
+  // --bearer-approve: approvals without a proof.
+  const approval = BEARER_APPROVE ? () => ({}) : approveBody(signedIn.issuer, users);
+  return { proc, pool, call, signedIn, approval };
 }
 type Server = Awaited<ReturnType<typeof startServer>>;
 const main = await startServer(undefined, dataDir);
-const { call, G, humanToken, agentTokens, approval } = main;
 const compare = COMPARE_BIN ? await startServer(COMPARE_BIN, join(base, "data-compare")) : undefined;
 
 /**
@@ -286,7 +187,6 @@ async function floorLifecycle(n: number): Promise<boolean> {
 }
 
 // --- lifecycles: ours and the floor's, alternating slices at each level ---
-type Kind = "create" | "approve" | "token" | "consume";
 const results: string[] = [];
 const floorResults: string[] = [];
 const compareResults: string[] = [];
@@ -296,8 +196,8 @@ let seq = 0;
 const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 const loadSeen: string[] = [];
 for (const clients of LEVELS) {
-  const lat: Record<Kind, number[]> = { create: [], approve: [], token: [], consume: [] };
-  type Stats = { done: number; errors: number; secs: number; cpu: number; lat?: Record<Kind, number[]> };
+  const lat: Record<Step, number[]> = { create: [], approve: [], token: [], consume: [] };
+  type Stats = { done: number; errors: number; secs: number; cpu: number; lat?: Record<Step, number[]> };
   const mine: Stats = { done: 0, errors: 0, secs: 0, cpu: 0, lat };
   const cmp: Stats = { done: 0, errors: 0, secs: 0, cpu: 0 };
   let floorDone = 0;
@@ -305,7 +205,7 @@ for (const clients of LEVELS) {
   let floorSecs = 0;
   let floorCpu = 0;
   const run = async (srv: Server, st: Stats, seconds: number) => {
-    const timed = async <T>(kind: Kind, f: () => Promise<T>) => {
+    const timed = async <T>(kind: Step, f: () => Promise<T>) => {
       const s = performance.now();
       const r = await f();
       st.lat?.[kind].push(performance.now() - s);
@@ -316,30 +216,9 @@ for (const clients of LEVELS) {
     const cpuBefore = serverCpuMs(srv.proc.pid!);
     await Promise.all(
       Array.from({ length: clients }, async (_, i) => {
-        const token = srv.agentTokens[i]!;
+        const token = srv.signedIn.tokens[i]!;
         while (performance.now() < deadline) {
-          const c = await timed("create", () =>
-            srv.call("POST", srv.G, token, {
-              target_host: "web1",
-              audience: "escapes",
-              grant_type: "once",
-              command: ["bench", String(seq++)],
-            }),
-          );
-          if (c.status !== 201) {
-            st.errors++;
-            continue;
-          }
-          const id = c.body.id;
-          const body = srv.approval(c.body);
-          const a = await timed("approve", () =>
-            srv.call("POST", `${srv.G}/${id}/approve`, srv.humanToken, body),
-          );
-          const tk = await timed("token", () => srv.call("POST", `${srv.G}/${id}/token`, token));
-          const cs = await timed("consume", () =>
-            srv.call("POST", `${srv.G}/${id}/consume`, tk.body?.authz_jwt),
-          );
-          if (a.status === 200 && tk.status === 200 && cs.body?.status === "consumed") st.done++;
+          if (await lifecycle(srv.call, srv.signedIn, token, srv.approval, seq++, timed)) st.done++;
           else st.errors++;
         }
       }),
@@ -393,7 +272,7 @@ for (const clients of LEVELS) {
     );
   }
   const line = `| ${clients} | ${rate.toFixed(0)} | ${ms(cpu / done)} | ${(
-    ["create", "approve", "token", "consume"] as Kind[]
+    ["create", "approve", "token", "consume"] as Step[]
   )
     .map((k) => `${ms(pct(lat[k], 50))} / ${ms(pct(lat[k], 99))}`)
     .join(" | ")} | ${errors} |`;
@@ -417,39 +296,15 @@ await floorPool.close();
 
 // --- notification latency: approve -> parked waiter answered ---
 const notify: number[] = [];
+const { call, signedIn } = main;
 for (let i = 0; i < NOTIFY_SAMPLES; i++) {
-  const token = agentTokens[i % agentTokens.length]!;
-  const c = await call("POST", G, token, {
-    target_host: "web1",
-    audience: "escapes",
-    grant_type: "once",
-    command: ["notify", String(i)],
-  });
-  const etag = c.headers.etag as string;
-  let answered = 0;
-  const waiter = call("GET", `${G}/${c.body.id}`, token, undefined, {
-    prefer: "wait=30",
-    "if-none-match": etag,
-  }).then((r) => {
-    answered = performance.now();
-    return r;
-  });
-  // Let the waiter park at the IdP before approving.
-  await new Promise((r) => setTimeout(r, 5));
-  const body = approval(c.body);
-  const sent = performance.now();
-  const a = await call("POST", `${G}/${c.body.id}/approve`, humanToken, body);
-  if (a.status !== 200) throw new Error(`approve: ${a.status} ${JSON.stringify(a.body)}`);
-  const r = await waiter;
-  if (r.status !== 200 || r.body.status !== "approved") throw new Error(`waiter got ${r.status}`);
-  notify.push(answered - sent);
+  const token = signedIn.tokens[i % signedIn.tokens.length]!;
+  notify.push(
+    await approvalToWaiter({ create: call, wait: call, approve: call }, signedIn, token, main.approval, i),
+  );
 }
 
-for (const srv of compare ? [main, compare] : [main]) {
-  srv.proc.kill("SIGTERM");
-  await new Promise((r) => srv.proc.once("exit", r));
-  await srv.pool.close();
-}
+for (const srv of compare ? [main, compare] : [main]) await stopIdp(srv.proc, srv.pool);
 rmSync(base, { recursive: true, force: true });
 
 console.log(`\nstore: ${SEED} seeded grants; server log level ${LOG_LEVEL}; ${SECONDS} s per level\n`);

@@ -5,7 +5,7 @@
 // the browser), POST /grants/<id>/approve. The waiter is (a) an HTTP long poll of the agent
 // (GET /api/grants/<id>, Prefer: wait, If-None-Match) and (b) the real CLI, `apes grants wait ID`.
 // Run with the pinned node after `make build`: `node bench/approval-pages/run.ts [--samples=100 --cli=10]`.
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { sign } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -16,6 +16,7 @@ import { signingInput } from "../../protocol/signatures.ts";
 import { softPasskey } from "../../test/helpers/soft-passkey.ts";
 import { cliUser } from "../../test/integration/cli-helpers.ts";
 import { benchArgs } from "../common.mjs";
+import { NO_RATE_LIMITS, startIdp } from "../idp-load.ts";
 
 const args = benchArgs();
 const SAMPLES = Math.min(1000, Number(args.get("samples") ?? 100));
@@ -57,40 +58,11 @@ const cli = cliUser(AGENT, issuer);
   await store.close();
 }
 
-const proc: ChildProcess = spawn(
+const { proc } = await startIdp([
   bin,
-  [
-    "idp",
-    "serve",
-    "--listen",
-    `127.0.0.1:${port}`,
-    "--issuer",
-    issuer,
-    "--data",
-    dataDir,
-    "--log-level",
-    "warn",
-    "--rate-limit",
-    "off",
-    "--login-rate-limit",
-    "off",
-    "--token-rate-limit",
-    "off",
-  ],
-  { stdio: ["ignore", "ignore", "pipe"] },
-);
-await new Promise<void>((res, rej) => {
-  let buf = "";
-  proc.stderr!.on("data", (c: Buffer) => {
-    buf += c.toString();
-    if (buf.includes('"msg":"listening"')) {
-      proc.stderr!.removeAllListeners("data");
-      proc.stderr!.resume();
-      res();
-    }
-  });
-  proc.once("exit", (c) => rej(new Error(`idp exited ${c}: ${buf}`)));
-});
+  ...["idp", "serve", "--listen", `127.0.0.1:${port}`, "--issuer", issuer, "--data", dataDir],
+  ...["--log-level", "warn", ...NO_RATE_LIMITS],
+]);
 
 let cookie = "";
 /** A call as the page's script makes it: same origin, the session's cookies. */

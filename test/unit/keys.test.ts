@@ -11,6 +11,8 @@ import {
   KeyFormatError,
   parsePrivateKey,
   parseSshPublicKey,
+  publicKeyFromRaw,
+  rawPublicKey,
 } from "../../protocol/keys.ts";
 
 const hasSshKeygen = (() => {
@@ -95,5 +97,27 @@ describe("Ed25519 key formats", () => {
         "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
       ),
     ).toThrow(/corrupt|truncated/);
+  });
+
+  it("takes the raw key from either half of a pair, the same 32 bytes as the SPKI encoding ends with", () => {
+    for (let i = 0; i < 100; i++) {
+      const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+      const der = publicKey.export({ format: "der", type: "spki" });
+      const raw = rawPublicKey(publicKey);
+      expect(raw).toEqual(der.subarray(der.length - 32));
+      expect(rawPublicKey(privateKey)).toEqual(raw);
+      expect(publicKeyFromRaw(raw).equals(publicKey)).toBe(true);
+    }
+  });
+
+  it("refuses a key that is not Ed25519", () => {
+    for (const other of [
+      generateKeyPairSync("x25519").publicKey,
+      generateKeyPairSync("ed448").privateKey,
+      generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey,
+    ]) {
+      expect(() => rawPublicKey(other)).toThrow(/not an Ed25519 key/);
+      expect(() => fingerprint(other)).toThrow(KeyFormatError);
+    }
   });
 });

@@ -1,16 +1,15 @@
-import type { KeyObject } from "node:crypto";
 import {
   APPROVAL_PROOF_TYPES,
   type ApprovalProofRecord,
   approvalDigest,
   approvalSigningInput,
 } from "../protocol/approval.ts";
-import { fingerprint, parseSshPublicKey } from "../protocol/keys.ts";
 import { ProblemError } from "../protocol/problem.ts";
 import { SignatureInputError } from "../protocol/signatures.ts";
 import type { Grant, GrantType } from "../protocol/types.ts";
 import { ed25519Verify } from "../server/offload.ts";
 import type { Idp, Principal } from "./context.ts";
+import { registeredKey } from "./registered-keys.ts";
 import type { WebContext } from "./web/context.ts";
 import { verifyAssertion } from "./web/passkeys.ts";
 
@@ -137,22 +136,6 @@ export async function checkApprovalProof(
   }
 }
 
-/**
- * Registered keys as KeyObjects, by their exact stored line: parsing one (base64, SSH wire format,
- * DER import) cost the IdP more than the signature check it serves (bench/BENCHMARKS.md, "Against
- * its own floor"). A changed key is another line, so nothing stale is used; bounded.
- */
-const parsedKeys = new Map<string, KeyObject>();
-function registeredKey(line: string): KeyObject {
-  let key = parsedKeys.get(line);
-  if (!key) {
-    key = parseSshPublicKey(line).key;
-    if (parsedKeys.size >= 10_000) parsedKeys.clear();
-    parsedKeys.set(line, key);
-  }
-  return key;
-}
-
 async function ed25519Proof(
   idp: Pick<Idp, "base">,
   p: Principal,
@@ -175,8 +158,8 @@ async function ed25519Proof(
       "you have no Ed25519 key registered at this IdP: approve in the browser with your passkey",
     );
   }
-  const key = registeredKey(p.user.publicKey);
-  if (named !== undefined && named !== fingerprint(key)) {
+  const { key, fingerprint } = registeredKey(p.user.publicKey);
+  if (named !== undefined && named !== fingerprint) {
     throw invalidProof("proof.key_fingerprint names another key than the one registered for you");
   }
   let signed: Buffer;

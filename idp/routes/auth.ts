@@ -1,5 +1,4 @@
 import { type KeyObject, randomUUID } from "node:crypto";
-import { parseSshPublicKey } from "../../protocol/keys.ts";
 import { ProblemError } from "../../protocol/problem.ts";
 import {
   SIGNATURE_FORMAT_RAW,
@@ -12,6 +11,7 @@ import { ed25519Verify } from "../../server/offload.ts";
 import { CHALLENGE_TTL, type ChallengeSealer } from "../challenges.ts";
 import type { Idp, Principal } from "../context.ts";
 import { jsonBody, onlyFields, type Router } from "../http.ts";
+import { registeredKey } from "../registered-keys.ts";
 import type { UserRecord } from "../store/types.ts";
 import { signToken } from "../tokens.ts";
 import { PATHS } from "./discovery.ts";
@@ -114,7 +114,7 @@ export function registerAuthRoutes(router: Router<Principal>, idp: Idp, settings
     if (!user?.publicKey || user.disabled) {
       throw new ProblemError("invalid_token", "authentication failed");
     }
-    const key = parseSshPublicKey(user.publicKey).key;
+    const { key } = registeredKey(user.publicKey);
     const signature = Buffer.from(body.signature, "base64");
     const format = await verifiedFormat(idp, settings, sentId, body.challenge, key, signature);
     if (!format) throw new ProblemError("invalid_token", "authentication failed");

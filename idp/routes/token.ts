@@ -1,5 +1,5 @@
 import { type KeyObject, randomUUID } from "node:crypto";
-import { KeyFormatError, parseSshPublicKey } from "../../protocol/keys.ts";
+import { KeyFormatError } from "../../protocol/keys.ts";
 import { CLI_TOKEN_AUDIENCE } from "../../protocol/types.ts";
 import type { Idp, Principal } from "../context.ts";
 import { effectiveStatus } from "../grants.ts";
@@ -11,6 +11,7 @@ import {
   refreshTokenGrant,
   signDelegatedToken,
 } from "../oauth/flows.ts";
+import { registeredKey } from "../registered-keys.ts";
 import type { UserRecord } from "../store/types.ts";
 import { decodeJwt, signToken, TokenError, verifyJwt } from "../tokens.ts";
 import { issueSessionToken } from "./auth.ts";
@@ -207,7 +208,7 @@ async function assertionUser(idp: Idp, assertion: string, clientId: string | und
     // The key is the issuer's registered key: read iss before verifying, then check it below.
     const iss = decodeJwt(assertion).payload.iss;
     user = typeof iss === "string" ? await idp.store.getUser(iss.toLowerCase()) : undefined;
-    const key = user?.publicKey && !user.disabled ? registeredKey(user.publicKey) : undefined;
+    const key = user?.publicKey && !user.disabled ? assertionKey(user.publicKey) : undefined;
     claims = verifyJwt(assertion, () => key, {
       now,
       audience: [idp.base + PATHS.token, idp.issuer],
@@ -246,9 +247,9 @@ async function assertionUser(idp: Idp, assertion: string, clientId: string | und
 }
 
 /** A user's registered ssh-ed25519 key, or undefined when it does not parse. */
-function registeredKey(publicKey: string): KeyObject | undefined {
+function assertionKey(publicKey: string): KeyObject | undefined {
   try {
-    return parseSshPublicKey(publicKey).key;
+    return registeredKey(publicKey).key;
   } catch (e) {
     if (e instanceof KeyFormatError) return undefined;
     throw e;

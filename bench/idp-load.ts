@@ -6,7 +6,7 @@ import { generateKeyPairSync, type KeyPairKeyObjectResult, randomUUID, sign } fr
 import type { Pool } from "undici";
 import { matchKey } from "../idp/grants.ts";
 import type { Store } from "../idp/store/types.ts";
-import { formatSshPublicKey } from "../protocol/keys.ts";
+import { fingerprint, formatSshPublicKey } from "../protocol/keys.ts";
 import { signingInput } from "../protocol/signatures.ts";
 import type { Grant } from "../protocol/types.ts";
 import { approvalInputOf, signApproval } from "../test/helpers/idp.ts";
@@ -196,8 +196,10 @@ export async function signIn(call: Call, users: BenchUsers): Promise<SignedIn> {
 
 /** The approve body with the approver's Ed25519 proof over `grant` as created (docs/signatures.md, "Approvals"). */
 export function approveBody(issuer: string, users: BenchUsers) {
+  // Once, as the CLI does per run: a load generator on the IdP's cores must not spend more than a client.
+  const keyFingerprint = fingerprint(users.human.publicKey);
   return (grant: Record<string, unknown>) => ({
-    proof: signApproval(approvalInputOf(issuer, grant, {}), APPROVER, users.human.privateKey),
+    proof: signApproval(approvalInputOf(issuer, grant, {}), APPROVER, users.human.privateKey, keyFingerprint),
   });
 }
 

@@ -408,12 +408,20 @@ export function api(base: string, token?: string, f: FetchLike = fetch) {
 
 // --- approvals (docs/signatures.md, "Approvals") ---
 
-/** An Ed25519 approval proof by `approver` over `input` (tests tamper with the input to get bad ones). */
-export function signApproval(input: ApprovalInput, approver: string, privateKey: KeyObject) {
+/**
+ * An Ed25519 approval proof by `approver` over `input` (tests tamper with the input to get bad ones);
+ * a caller signing many passes its key's fingerprint, computed once, as the CLI does.
+ */
+export function signApproval(
+  input: ApprovalInput,
+  approver: string,
+  privateKey: KeyObject,
+  keyFingerprint = fingerprint(privateKey),
+) {
   const signed = approvalSigningInput(input.issuer, approver, approvalDigestHex(input));
   return {
     type: "ed25519" as const,
-    key_fingerprint: fingerprint(privateKey),
+    key_fingerprint: keyFingerprint,
     signature: sign(null, signed, privateKey).toString("base64"),
   };
 }

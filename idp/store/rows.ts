@@ -9,9 +9,11 @@ import type {
   NotifyEvent,
   PasskeyRecord,
   RefreshTokenRecord,
+  SigningKeyRecord,
   StoredGrant,
   SubscriptionRecord,
   UserRecord,
+  WebSessionRecord,
 } from "./types.ts";
 
 /*
@@ -294,4 +296,31 @@ export function notificationOf(r: NotificationColumns): NotificationRecord {
   if (r.last_error !== null) n.lastError = r.last_error;
   if (r.delivered_at !== null) n.deliveredAt = r.delivered_at;
   return n;
+}
+
+/** A signing_keys row (`private_key` as stored: sealed on PostgreSQL, see its key-file.ts). */
+export interface SigningKeyColumns {
+  kid: string;
+  private_key: string;
+  created_at: number;
+  retired_at: number | null;
+  max_exp: number;
+}
+
+export function signingKeyOf(r: SigningKeyColumns, privateKey: string): SigningKeyRecord {
+  const k: SigningKeyRecord = { kid: r.kid, privateKey, createdAt: r.created_at, maxExp: r.max_exp };
+  if (r.retired_at !== null) k.retiredAt = r.retired_at;
+  return k;
+}
+
+/** The web_sessions columns a session is read from. */
+export interface WebSessionColumns {
+  id: string;
+  email: string;
+  created_at: number;
+  expires_at: number;
+}
+
+export function webSessionOf(r: WebSessionColumns): WebSessionRecord {
+  return { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at };
 }

@@ -18,11 +18,15 @@ import {
   passkeyOf,
   type RefreshTokenColumns,
   refreshTokenOf,
+  type SigningKeyColumns,
   type SubscriptionColumns,
+  signingKeyOf,
   storedGrantOf,
   subscriptionOf,
   type UserColumns,
   userOf,
+  type WebSessionColumns,
+  webSessionOf,
 } from "../rows.ts";
 import {
   type AttemptOutcome,
@@ -427,25 +431,12 @@ export class PostgresStore implements Store {
   }
 
   async listSigningKeys(): Promise<SigningKeyRecord[]> {
-    const rows = await this.rows<{
-      kid: string;
-      private_key: string;
-      created_at: number;
-      retired_at: number | null;
-      max_exp: number;
-    }>('SELECT * FROM signing_keys ORDER BY created_at, kid COLLATE "C"');
+    const rows = await this.rows<SigningKeyColumns>(
+      'SELECT * FROM signing_keys ORDER BY created_at, kid COLLATE "C"',
+    );
     if (rows.length === 0) return [];
     const key = this.sealKey();
-    return rows.map((r) => {
-      const k: SigningKeyRecord = {
-        kid: r.kid,
-        privateKey: openSecret(key, r.kid, r.private_key),
-        createdAt: r.created_at,
-        maxExp: r.max_exp,
-      };
-      if (r.retired_at !== null) k.retiredAt = r.retired_at;
-      return k;
-    });
+    return rows.map((r) => signingKeyOf(r, openSecret(key, r.kid, r.private_key)));
   }
 
   async addSigningKey(k: SigningKeyRecord): Promise<void> {
@@ -1105,11 +1096,11 @@ export class PostgresStore implements Store {
   }
 
   async getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined> {
-    const [r] = await this.rows<{ id: string; email: string; created_at: number; expires_at: number }>(
+    const [r] = await this.rows<WebSessionColumns>(
       "SELECT id, email, created_at, expires_at FROM web_sessions WHERE id = $1 AND expires_at > $2",
       [id, now],
     );
-    return r ? { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at } : undefined;
+    return r ? webSessionOf(r) : undefined;
   }
 
   async endWebSession(id: string): Promise<boolean> {

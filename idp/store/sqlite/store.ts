@@ -19,11 +19,15 @@ import {
   passkeyOf,
   type RefreshTokenColumns,
   refreshTokenOf,
+  type SigningKeyColumns,
   type SubscriptionColumns,
+  signingKeyOf,
   storedGrantOf,
   subscriptionOf,
   type UserColumns,
   userOf,
+  type WebSessionColumns,
+  webSessionOf,
 } from "../rows.ts";
 import { transitioned } from "../transitioned.ts";
 import {
@@ -454,23 +458,10 @@ export class SqliteStore implements Store {
   // --- signing keys ---
 
   async listSigningKeys(): Promise<SigningKeyRecord[]> {
-    const rows = this.q("SELECT * FROM signing_keys ORDER BY created_at, kid").all() as {
-      kid: string;
-      private_key: string;
-      created_at: number;
-      retired_at: number | null;
-      max_exp: number;
-    }[];
-    return rows.map((r) => {
-      const k: SigningKeyRecord = {
-        kid: r.kid,
-        privateKey: r.private_key,
-        createdAt: r.created_at,
-        maxExp: r.max_exp,
-      };
-      if (r.retired_at !== null) k.retiredAt = r.retired_at;
-      return k;
-    });
+    const rows = this.q(
+      "SELECT * FROM signing_keys ORDER BY created_at, kid",
+    ).all() as unknown as SigningKeyColumns[];
+    return rows.map((r) => signingKeyOf(r, r.private_key));
   }
 
   async addSigningKey(k: SigningKeyRecord): Promise<void> {
@@ -1188,8 +1179,8 @@ export class SqliteStore implements Store {
   async getWebSession(id: string, now: number): Promise<WebSessionRecord | undefined> {
     const r = this.q(
       "SELECT id, email, created_at, expires_at FROM web_sessions WHERE id = ? AND expires_at > ?",
-    ).get(id, now) as { id: string; email: string; created_at: number; expires_at: number } | undefined;
-    return r ? { id: r.id, email: r.email, createdAt: r.created_at, expiresAt: r.expires_at } : undefined;
+    ).get(id, now) as WebSessionColumns | undefined;
+    return r ? webSessionOf(r) : undefined;
   }
 
   async endWebSession(id: string): Promise<boolean> {
